@@ -1,0 +1,1 @@
+//! Switchboard's data plane (being built).

@@ -1,0 +1,25 @@
+//! Switchboard's shared vocabulary: everything the data plane and the control plane must agree
+//! on, and nothing that talks to a network.
+//!
+//! - [`snapshot`]: the versioned, hashed config document a data plane runs on (schema v1):
+//!   tenants, virtual keys, providers, deployments, per-model routing policies, prices.
+//! - [`validate`]: checks a snapshot as a whole and reports *every* problem with its path.
+//! - [`secret`]: references to secrets (an environment variable or an inline value), so that a
+//!   standalone file need not hold an upstream credential.
+//! - [`keys`]: virtual-key hashing (HMAC-SHA-256 with a server pepper) and display prefixes.
+//! - [`price`]: one model's price entry, spelled with the field names of LiteLLM's
+//!   `model_prices_and_context_window.json`.
+//! - [`pricing`]: `cost(usage, price)` — token counts times a price entry, tiers included.
+//! - [`usage`]: token usage and the per-request record that the data plane emits.
+//!
+//! Why one crate: a snapshot written by the control plane must be read bit-for-bit the same way
+//! by every data plane, and a cost computed in one place must equal the cost computed in the
+//! other. Keeping the types and the arithmetic here makes that true by construction.
+
+pub mod keys;
+pub mod price;
+pub mod pricing;
+pub mod secret;
+pub mod snapshot;
+pub mod usage;
+pub mod validate;

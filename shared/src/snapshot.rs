@@ -1,0 +1,459 @@
+//! The snapshot: the one document that tells a data plane everything it needs to serve.
+//!
+//! A snapshot is an immutable value with a `revision` (monotonic, assigned by whoever produced
+//! it: the control plane's config revision, or the number written in a standalone file) and a
+//! content hash computed over its canonical JSON form. Data planes hold it behind an `ArcSwap`
+//! and ignore any snapshot whose revision is older than the one they serve.
+//!
+//! Every struct here denies unknown fields, so a typo in a standalone file is an error with a
+//! path rather than a silently ignored setting. Maps are `BTreeMap`s so that serialisation, and
+//! therefore the content hash, is deterministic.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::price::PriceEntry;
+use crate::secret::SecretRef;
+
+/// The schema version this crate reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything a data plane needs to authenticate, admit, route and price a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// Schema version of this document; only [`SCHEMA_VERSION`] is accepted.
+    #[serde(default = "default_schema_version")]
+    pub schema_version: u32,
+    /// Monotonic revision. A data plane never replaces a snapshot with an older revision.
+    #[serde(default)]
+    pub revision: u64,
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+    #[serde(default)]
+    pub virtual_keys: Vec<VirtualKey>,
+    #[serde(default)]
+    pub providers: Vec<Provider>,
+    #[serde(default)]
+    pub deployments: Vec<Deployment>,
+    /// Routing policies by public model name. A model served by deployments but absent here
+    /// gets [`ModelPolicy::default_for`].
+    #[serde(default)]
+    pub models: Vec<ModelPolicy>,
+}
+
+fn default_schema_version() -> u32 {
+    SCHEMA_VERSION
+}
+
+/// Errors from reading a snapshot document (not from validating its content).
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("invalid YAML: {0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Snapshot {
+    /// Parses a snapshot from YAML (which also accepts JSON, a subset of YAML).
+    pub fn from_yaml(text: &str) -> Result<Self, ParseError> {
+        Ok(serde_yaml_ng::from_str(text)?)
+    }
+
+    /// Parses a snapshot from JSON, the form in which it travels between processes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ParseError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// The canonical JSON form: fields in declaration order, maps sorted.
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        // Serialising plain data with string map keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Hex SHA-256 of the canonical JSON form. Two snapshots with equal content have equal
+    /// hashes, whatever file layout they were read from.
+    pub fn content_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.to_canonical_json()))
+    }
+
+    /// The routing policy for a public model name: its own, or the default.
+    pub fn policy_for(&self, model: &str) -> ModelPolicy {
+        self.models
+            .iter()
+            .find(|m| m.model == model)
+            .cloned()
+            .unwrap_or_else(|| ModelPolicy::default_for(model))
+    }
+}
+
+/// A customer of the platform; virtual keys belong to exactly one tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub status: TenantStatus,
+    /// Limits shared by all of the tenant's keys.
+    #[serde(default)]
+    pub limits: RateLimits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    #[default]
+    Active,
+    /// Every key of a suspended tenant is refused.
+    Suspended,
+}
+
+/// A credential handed to a client. Only its keyed hash is stored anywhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualKey {
+    pub id: String,
+    pub tenant_id: String,
+    #[serde(default)]
+    pub name: String,
+    /// Lower-case hex HMAC-SHA-256 of the secret under the server pepper (see [`crate::keys`]).
+    pub key_hash: String,
+    /// The first characters of the secret, for people to recognise a key in listings.
+    #[serde(default)]
+    pub display_prefix: String,
+    #[serde(default)]
+    pub status: KeyStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Public model names this key may use; empty means every model.
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    #[serde(default)]
+    pub limits: RateLimits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    #[default]
+    Active,
+    Revoked,
+}
+
+impl VirtualKey {
+    /// Whether the key may call `model` (a public model name).
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.allowed_models.is_empty() || self.allowed_models.iter().any(|m| m == model)
+    }
+
+    /// Whether the key is usable at `now`: active and not expired.
+    pub fn is_usable_at(&self, now: DateTime<Utc>) -> bool {
+        self.status == KeyStatus::Active && self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+/// Requests and tokens per minute. `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+}
+
+impl RateLimits {
+    pub fn is_unlimited(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none()
+    }
+}
+
+/// Spend settings of a key or tenant. Carried in schema v1; enforcement belongs to the budget
+/// work (Redis counters), which reads exactly these fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Hard limit in USD per period: requests are refused once spend reaches it.
+    pub max_usd: f64,
+    /// Soft threshold in USD: crossing it raises an alert, nothing is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_usd: Option<f64>,
+    #[serde(default)]
+    pub period: BudgetPeriod,
+    /// IANA time zone in which periods are calendar-aligned; UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriod {
+    Daily,
+    Weekly,
+    #[default]
+    Monthly,
+    /// One budget for the life of the key or tenant.
+    None,
+}
+
+/// An upstream account: where to send requests and how to authenticate them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub id: String,
+    pub kind: ProviderKind,
+    /// Base URL including the API version path, e.g. `https://api.openai.com/v1`. Required for
+    /// every kind except `mock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The upstream credential, if the upstream needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<SecretRef>,
+}
+
+/// The wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible API: OpenAI, vLLM, Ollama, Groq, DeepSeek, Together, ...
+    Openai,
+    /// Answers inside the data plane, deterministically and offline. For demos and tests.
+    Mock,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Mock => "mock",
+        }
+    }
+}
+
+/// One way to serve a public model: a provider plus the model name the provider knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    pub id: String,
+    /// The public model name clients ask for.
+    pub model: String,
+    /// Id of the [`Provider`] that serves it.
+    pub provider: String,
+    /// The model name sent upstream in place of the public one.
+    pub upstream_model: String,
+    /// Relative share of traffic among deployments of the same model and priority.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The upstream's own limits for this deployment.
+    #[serde(default)]
+    pub limits: RateLimits,
+    /// Lower is preferred by the `priority` strategy; ties share traffic by weight.
+    #[serde(default)]
+    pub priority: u32,
+    /// Prices, in LiteLLM's field names. Without one, usage is recorded at zero cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<PriceEntry>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// The routing policy of one public model: how to pick among its deployments and what to do
+/// when one fails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPolicy {
+    /// The public model name this policy governs.
+    pub model: String,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Models to try, in order, once this model's own attempts are spent.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Extra attempts on this model's deployments after the first one fails.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub cooldown: Cooldown,
+}
+
+impl ModelPolicy {
+    /// The policy of a model that has none of its own.
+    pub fn default_for(model: &str) -> Self {
+        Self {
+            model: model.to_owned(),
+            strategy: Strategy::default(),
+            fallbacks: Vec::new(),
+            retries: default_retries(),
+            timeouts: Timeouts::default(),
+            cooldown: Cooldown::default(),
+        }
+    }
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+/// Deployment selection strategy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Random, proportional to weight.
+    #[default]
+    WeightedRandom,
+    /// Deterministic rotation, proportional to weight.
+    RoundRobin,
+    /// Lowest `priority` first; weighted random among equals.
+    Priority,
+}
+
+/// Per-attempt time limits, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// From sending the request until the upstream's response head *and* its first body bytes
+    /// have arrived. Until then a failed attempt can still be retried.
+    #[serde(default = "default_first_byte_ms")]
+    pub first_byte_ms: u64,
+    /// The whole attempt, streaming included. A stream cut by it ends early.
+    #[serde(default = "default_total_ms")]
+    pub total_ms: u64,
+}
+
+fn default_first_byte_ms() -> u64 {
+    60_000
+}
+
+fn default_total_ms() -> u64 {
+    600_000
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            first_byte_ms: default_first_byte_ms(),
+            total_ms: default_total_ms(),
+        }
+    }
+}
+
+/// When a failing deployment is taken out of rotation, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cooldown {
+    /// Consecutive failures (5xx, connect errors, timeouts) that put a deployment in cooldown.
+    /// A 429 does so at once.
+    #[serde(default = "default_allowed_failures")]
+    pub allowed_failures: u32,
+    /// How long a cooldown lasts when the upstream gave no `Retry-After`.
+    #[serde(default = "default_cooldown_seconds")]
+    pub seconds: u64,
+}
+
+fn default_allowed_failures() -> u32 {
+    3
+}
+
+fn default_cooldown_seconds() -> u64 {
+    30
+}
+
+impl Default for Cooldown {
+    fn default() -> Self {
+        Self {
+            allowed_failures: default_allowed_failures(),
+            seconds: default_cooldown_seconds(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+revision: 7
+tenants: [{ id: t1 }]
+virtual_keys:
+  - { id: k1, tenant_id: t1, key_hash: "00" }
+providers:
+  - { id: p1, kind: openai, base_url: "http://127.0.0.1:9/v1" }
+deployments:
+  - { id: d1, model: gpt-4o, provider: p1, upstream_model: gpt-4o-2024-08-06 }
+models:
+  - { model: gpt-4o, strategy: round_robin, retries: 1, fallbacks: [] }
+"#;
+
+    #[test]
+    fn defaults_fill_in_and_policy_flattens() {
+        let s = Snapshot::from_yaml(MINIMAL).unwrap();
+        assert_eq!(s.schema_version, SCHEMA_VERSION);
+        assert_eq!(s.revision, 7);
+        assert_eq!(s.deployments[0].weight, 1);
+        let p = s.policy_for("gpt-4o");
+        assert_eq!(p.strategy, Strategy::RoundRobin);
+        assert_eq!(p.retries, 1);
+        assert_eq!(p.timeouts, Timeouts::default());
+        assert_eq!(s.policy_for("other"), ModelPolicy::default_for("other"));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let bad = MINIMAL.replace("upstream_model:", "upstream_modle:");
+        let err = Snapshot::from_yaml(&bad).unwrap_err().to_string();
+        assert!(err.contains("upstream_modle"), "{err}");
+        let bad = MINIMAL.replace("retries: 1", "retrys: 1");
+        let err = Snapshot::from_yaml(&bad).unwrap_err().to_string();
+        assert!(err.contains("retrys"), "{err}");
+    }
+
+    #[test]
+    fn json_round_trip_keeps_content_and_hash() {
+        let s = Snapshot::from_yaml(MINIMAL).unwrap();
+        let back = Snapshot::from_json(&s.to_canonical_json()).unwrap();
+        assert_eq!(s, back);
+        assert_eq!(s.content_hash(), back.content_hash());
+        let mut changed = back.clone();
+        changed.deployments[0].weight = 2;
+        assert_ne!(s.content_hash(), changed.content_hash());
+    }
+
+    #[test]
+    fn key_usability_follows_status_and_expiry() {
+        let s = Snapshot::from_yaml(MINIMAL).unwrap();
+        let mut key = s.virtual_keys[0].clone();
+        let now = Utc::now();
+        assert!(key.is_usable_at(now));
+        key.expires_at = Some(now);
+        assert!(
+            !key.is_usable_at(now),
+            "a key is expired at its expiry instant"
+        );
+        key.expires_at = None;
+        key.status = KeyStatus::Revoked;
+        assert!(!key.is_usable_at(now));
+        assert!(key.allows_model("anything"));
+        key.allowed_models = vec!["gpt-4o".into()];
+        assert!(key.allows_model("gpt-4o") && !key.allows_model("gpt-4"));
+    }
+}

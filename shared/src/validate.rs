@@ -1,0 +1,433 @@
+//! Whole-snapshot validation.
+//!
+//! Parsing catches wrong types and unknown fields; this catches what only the document as a
+//! whole can show: dangling references, duplicate ids, fallbacks to nowhere, impossible limits.
+//! It reports *every* problem at once, each with the path of the offending value, so that an
+//! operator fixes a file in one pass rather than one error per restart.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use crate::keys::parse_key_hash;
+use crate::snapshot::{ProviderKind, SCHEMA_VERSION, Snapshot};
+
+/// One problem in a snapshot, at a path such as `deployments[2].provider`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a snapshot. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} problem(s):", self.0.len())?;
+        for p in &self.0 {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+struct Collector(Vec<Problem>);
+
+impl Collector {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Reports ids that are empty or seen before; returns the set of ids.
+    fn unique_ids<'a>(
+        &mut self,
+        section: &str,
+        ids: impl Iterator<Item = &'a str>,
+    ) -> HashSet<&'a str> {
+        let mut first_seen: HashMap<&str, usize> = HashMap::new();
+        for (i, id) in ids.enumerate() {
+            if id.trim().is_empty() {
+                self.push(format!("{section}[{i}].id"), "must not be empty");
+            } else if let Some(first) = first_seen.get(id) {
+                self.push(
+                    format!("{section}[{i}].id"),
+                    format!("duplicate id {id:?} (first used at {section}[{first}])"),
+                );
+            } else {
+                first_seen.insert(id, i);
+            }
+        }
+        first_seen.into_keys().collect()
+    }
+}
+
+impl Snapshot {
+    /// Checks the snapshot as a whole. `Err` lists every problem found.
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut c = Collector(Vec::new());
+
+        if self.schema_version != SCHEMA_VERSION {
+            c.push(
+                "schema_version",
+                format!(
+                    "unsupported schema version {} (this build reads {SCHEMA_VERSION})",
+                    self.schema_version
+                ),
+            );
+        }
+
+        let tenants = c.unique_ids("tenants", self.tenants.iter().map(|t| t.id.as_str()));
+        let providers = c.unique_ids("providers", self.providers.iter().map(|p| p.id.as_str()));
+        c.unique_ids(
+            "deployments",
+            self.deployments.iter().map(|d| d.id.as_str()),
+        );
+        c.unique_ids(
+            "virtual_keys",
+            self.virtual_keys.iter().map(|k| k.id.as_str()),
+        );
+        let served: HashSet<&str> = self.deployments.iter().map(|d| d.model.as_str()).collect();
+
+        for (i, t) in self.tenants.iter().enumerate() {
+            check_limits(&mut c, &format!("tenants[{i}].limits"), t.limits);
+            if let Some(b) = &t.budget {
+                check_budget(&mut c, &format!("tenants[{i}].budget"), b);
+            }
+        }
+
+        for (i, p) in self.providers.iter().enumerate() {
+            let path = format!("providers[{i}]");
+            match (p.kind, &p.base_url) {
+                (ProviderKind::Mock, _) => {}
+                (_, None) => c.push(format!("{path}.base_url"), "is required for this kind"),
+                (_, Some(url)) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        c.push(
+                            format!("{path}.base_url"),
+                            format!("{url:?} must start with http:// or https://"),
+                        );
+                    }
+                }
+            }
+        }
+
+        let mut key_hashes: HashMap<&str, usize> = HashMap::new();
+        for (i, k) in self.virtual_keys.iter().enumerate() {
+            let path = format!("virtual_keys[{i}]");
+            if !tenants.contains(k.tenant_id.as_str()) {
+                c.push(
+                    format!("{path}.tenant_id"),
+                    format!("unknown tenant {:?}", k.tenant_id),
+                );
+            }
+            if parse_key_hash(&k.key_hash).is_none() {
+                c.push(
+                    format!("{path}.key_hash"),
+                    "must be 64 hex digits (HMAC-SHA-256 of the key under the pepper)",
+                );
+            } else if let Some(first) = key_hashes.insert(k.key_hash.as_str(), i) {
+                c.push(
+                    format!("{path}.key_hash"),
+                    format!("same hash as virtual_keys[{first}]: one secret, two keys"),
+                );
+            }
+            if let (Some(created), Some(expires)) = (k.created_at, k.expires_at)
+                && expires < created
+            {
+                c.push(
+                    format!("{path}.expires_at"),
+                    format!("{expires} is before created_at {created}"),
+                );
+            }
+            for (j, m) in k.allowed_models.iter().enumerate() {
+                if !served.contains(m.as_str()) {
+                    c.push(
+                        format!("{path}.allowed_models[{j}]"),
+                        format!("no deployment serves model {m:?}"),
+                    );
+                }
+            }
+            check_limits(&mut c, &format!("{path}.limits"), k.limits);
+            if let Some(b) = &k.budget {
+                check_budget(&mut c, &format!("{path}.budget"), b);
+            }
+        }
+
+        for (i, d) in self.deployments.iter().enumerate() {
+            let path = format!("deployments[{i}]");
+            if d.model.trim().is_empty() {
+                c.push(format!("{path}.model"), "must not be empty");
+            }
+            if d.upstream_model.trim().is_empty() {
+                c.push(format!("{path}.upstream_model"), "must not be empty");
+            }
+            if !providers.contains(d.provider.as_str()) {
+                c.push(
+                    format!("{path}.provider"),
+                    format!("unknown provider {:?}", d.provider),
+                );
+            }
+            if d.weight == 0 {
+                c.push(
+                    format!("{path}.weight"),
+                    "must be at least 1 (remove the deployment to stop using it)",
+                );
+            }
+            check_limits(&mut c, &format!("{path}.limits"), d.limits);
+        }
+
+        let mut policy_seen: HashMap<&str, usize> = HashMap::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let path = format!("models[{i}]");
+            if let Some(first) = policy_seen.insert(m.model.as_str(), i) {
+                c.push(
+                    format!("{path}.model"),
+                    format!("second policy for {:?} (first at models[{first}])", m.model),
+                );
+            }
+            if !served.contains(m.model.as_str()) {
+                c.push(
+                    format!("{path}.model"),
+                    format!("no deployment serves model {:?}", m.model),
+                );
+            }
+            for (j, f) in m.fallbacks.iter().enumerate() {
+                if f == &m.model {
+                    c.push(
+                        format!("{path}.fallbacks[{j}]"),
+                        "a model cannot fall back to itself",
+                    );
+                } else if !served.contains(f.as_str()) {
+                    c.push(
+                        format!("{path}.fallbacks[{j}]"),
+                        format!("fallback to unknown model {f:?}"),
+                    );
+                }
+            }
+            let t = m.timeouts;
+            if t.first_byte_ms == 0 {
+                c.push(format!("{path}.timeouts.first_byte_ms"), "must be positive");
+            }
+            if t.total_ms < t.first_byte_ms {
+                c.push(
+                    format!("{path}.timeouts.total_ms"),
+                    format!(
+                        "{} is shorter than first_byte_ms {}",
+                        t.total_ms, t.first_byte_ms
+                    ),
+                );
+            }
+            if m.cooldown.allowed_failures == 0 {
+                c.push(
+                    format!("{path}.cooldown.allowed_failures"),
+                    "must be at least 1",
+                );
+            }
+        }
+
+        if c.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(c.0))
+        }
+    }
+}
+
+fn check_limits(c: &mut Collector, path: &str, limits: crate::snapshot::RateLimits) {
+    if limits.rpm == Some(0) {
+        c.push(
+            format!("{path}.rpm"),
+            "0 would refuse every request; omit it for no limit",
+        );
+    }
+    if limits.tpm == Some(0) {
+        c.push(
+            format!("{path}.tpm"),
+            "0 would refuse every request; omit it for no limit",
+        );
+    }
+}
+
+fn check_budget(c: &mut Collector, path: &str, b: &crate::snapshot::Budget) {
+    if !(b.max_usd.is_finite() && b.max_usd >= 0.0) {
+        c.push(format!("{path}.max_usd"), "must be a non-negative number");
+    }
+    if let Some(soft) = b.soft_usd
+        && !(soft.is_finite() && soft >= 0.0 && soft <= b.max_usd)
+    {
+        c.push(
+            format!("{path}.soft_usd"),
+            "must be a non-negative number no larger than max_usd",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn good() -> String {
+        format!(
+            r#"
+tenants: [{{ id: t1 }}]
+virtual_keys:
+  - {{ id: k1, tenant_id: t1, key_hash: "{HASH_A}", allowed_models: [gpt-4o] }}
+providers:
+  - {{ id: p1, kind: openai, base_url: "https://api.openai.com/v1" }}
+  - {{ id: m, kind: mock }}
+deployments:
+  - {{ id: d1, model: gpt-4o, provider: p1, upstream_model: gpt-4o }}
+  - {{ id: d2, model: small, provider: m, upstream_model: mock-small }}
+models:
+  - {{ model: gpt-4o, fallbacks: [small] }}
+"#
+        )
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        let s = Snapshot::from_yaml(yaml).unwrap();
+        match s.validate() {
+            Ok(()) => Vec::new(),
+            Err(p) => p.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_snapshot_passes() {
+        assert_eq!(problems(&good()), Vec::<String>::new());
+    }
+
+    /// Each edit breaks one rule; the report must name the path of exactly that rule.
+    #[test]
+    fn each_bad_file_is_reported_at_its_path() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("provider: p1", "provider: nope", "deployments[0].provider"),
+            ("id: d2", "id: d1", "deployments[1].id"),
+            (
+                "{ id: m, kind: mock }",
+                "{ id: p1, kind: mock }",
+                "providers[1].id",
+            ),
+            (
+                "fallbacks: [small]",
+                "fallbacks: [ghost]",
+                "models[0].fallbacks[0]",
+            ),
+            (
+                "fallbacks: [small]",
+                "fallbacks: [gpt-4o]",
+                "models[0].fallbacks[0]",
+            ),
+            (
+                "tenant_id: t1",
+                "tenant_id: t9",
+                "virtual_keys[0].tenant_id",
+            ),
+            (HASH_A, "xyz", "virtual_keys[0].key_hash"),
+            (
+                "allowed_models: [gpt-4o]",
+                "allowed_models: [gpt-5]",
+                "virtual_keys[0].allowed_models[0]",
+            ),
+            (
+                "allowed_models: [gpt-4o]",
+                "created_at: 2026-02-01T00:00:00Z, expires_at: 2026-01-01T00:00:00Z",
+                "virtual_keys[0].expires_at",
+            ),
+            (
+                ", base_url: \"https://api.openai.com/v1\"",
+                "",
+                "providers[0].base_url",
+            ),
+            (
+                "https://api.openai.com/v1",
+                "ftp://x",
+                "providers[0].base_url",
+            ),
+            (
+                "upstream_model: gpt-4o }",
+                "upstream_model: gpt-4o, weight: 0 }",
+                "deployments[0].weight",
+            ),
+            (
+                "upstream_model: gpt-4o }",
+                "upstream_model: \"\" }",
+                "deployments[0].upstream_model",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-9, fallbacks",
+                "models[0].model",
+            ),
+            (
+                "fallbacks: [small] }",
+                "fallbacks: [small], timeouts: { first_byte_ms: 5000, total_ms: 10 } }",
+                "models[0].timeouts.total_ms",
+            ),
+            (
+                "{ id: t1 }",
+                "{ id: t1, limits: { rpm: 0 } }",
+                "tenants[0].limits.rpm",
+            ),
+            (
+                "allowed_models: [gpt-4o] }",
+                "allowed_models: [gpt-4o], budget: { max_usd: 1.0, soft_usd: 2.0 } }",
+                "virtual_keys[0].budget.soft_usd",
+            ),
+            (
+                "tenants: [{ id: t1 }]",
+                "schema_version: 2\ntenants: [{ id: t1 }]",
+                "schema_version",
+            ),
+        ];
+        for (from, to, path) in cases {
+            let yaml = good().replacen(from, to, 1);
+            assert_ne!(yaml, good(), "case {path}: edit {from:?} did not apply");
+            let found = problems(&yaml);
+            assert!(
+                found.iter().any(|p| p.starts_with(&format!("{path}:"))),
+                "case {path}: expected a problem there, got {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let yaml = good()
+            .replacen("provider: p1", "provider: nope", 1)
+            .replacen("fallbacks: [small]", "fallbacks: [ghost]", 1)
+            .replacen("tenant_id: t1", "tenant_id: t9", 1);
+        let found = problems(&yaml);
+        assert_eq!(found.len(), 3, "{found:#?}");
+    }
+
+    #[test]
+    fn two_keys_with_one_hash_are_refused() {
+        let yaml = good().replacen(
+            "virtual_keys:\n",
+            &format!("virtual_keys:\n  - {{ id: k0, tenant_id: t1, key_hash: \"{HASH_A}\" }}\n"),
+            1,
+        );
+        let found = problems(&yaml);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("virtual_keys[1].key_hash:")),
+            "{found:#?}"
+        );
+    }
+}

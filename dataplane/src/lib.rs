@@ -1,1 +1,53 @@
-//! Switchboard's data plane (being built).
+//! Switchboard's data plane: the request path of the gateway.
+//!
+//! A request walks these phases, each owned by one module:
+//!
+//! 1. [`auth`] — the virtual key from `Authorization`/`x-api-key`, hashed and looked up in the
+//!    [`catalog`] (the compiled [`switchboard_shared::snapshot::Snapshot`] held by [`state`]).
+//! 2. [`request`] — the few body fields the gateway needs, parsed without building a tree.
+//! 3. [`limits`] — requests and tokens per minute for key, tenant and deployment.
+//! 4. [`routing`] — the order in which the model's deployments are tried.
+//! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and cooldowns ([`health`]), through a
+//!    provider adaptor ([`providers`]).
+//! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream.
+//! 7. [`accounting`] — usage, cost, limit settlement and the usage record.
+//!
+//! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
+//! table and layer stack, [`error`] the one error type (OpenAI's shape), [`metrics`] every
+//! metric name, [`config`] the two-stage config, and [`server`] start, reload and drain.
+//!
+//! Why it is built this way: nothing on the request path takes a lock, touches a disk or
+//! waits on a database. The snapshot is swapped atomically (`ArcSwap`), counters are atomics
+//! that live beside what they count, and the body is forwarded as received except for the
+//! model name — the gateway should cost microseconds, not milliseconds.
+
+pub mod accounting;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod health;
+pub mod limits;
+pub mod metrics;
+pub mod providers;
+pub mod proxy;
+pub mod relay;
+pub mod request;
+pub mod routes;
+pub mod routing;
+pub mod server;
+pub mod state;
+
+pub use routes::router;
+pub use server::{Options, build_state, serve};
+
+/// Installs rustls's ring provider as the process default, once. Every TLS user in the
+/// process (the upstream client today; Postgres and NATS clients share the choice) must agree
+/// on one provider, and building a TLS config without one panics.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -1,1 +1,142 @@
-fn main() {}
+//! The `dataplane` binary: reads the command line, sets up logging, calls the library.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dataplane::config::{Config, LogFormat, process_env};
+use switchboard_shared::keys::{display_prefix, hash_key_hex};
+
+#[derive(Parser)]
+#[command(
+    name = "dataplane",
+    version,
+    about = "Switchboard's data plane: an OpenAI-compatible LLM gateway"
+)]
+struct Cli {
+    /// Config file (YAML or JSON) with `server` and `snapshot` sections.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CONFIG",
+        default_value = "deploy/standalone.yaml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Address to listen on; overrides `server.listen`.
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve requests (the default).
+    Serve,
+    /// Validate the config file and list every problem.
+    Check,
+    /// Read a virtual key from standard input and print its `key_hash` and `display_prefix`
+    /// under the config's pepper, for adding the key to a snapshot.
+    HashKey,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => run_server(cli.config, cli.listen),
+        Command::Check => check(&cli.config),
+        Command::HashKey => hash_key(&cli.config),
+    }
+}
+
+fn run_server(config_path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
+    let format = Config::load(&config_path, &process_env())
+        .map(|c| c.server.log_format)
+        .unwrap_or_default();
+    init_logging(format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dataplane::serve(dataplane::Options {
+        config_path,
+        listen,
+    })) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let loaded = Config::load(path, &process_env()).map_err(|e| e.to_string());
+    match loaded.and_then(|c| {
+        c.validate()
+            .map(|()| c)
+            .map_err(|p| format!("{}: {p}", path.display()))
+    }) {
+        Ok(c) => {
+            eprintln!(
+                "{}: ok (revision {}, {} keys, {} deployments)",
+                path.display(),
+                c.snapshot.revision,
+                c.snapshot.virtual_keys.len(),
+                c.snapshot.deployments.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)] // The hash is this command's output.
+fn hash_key(path: &std::path::Path) -> ExitCode {
+    let pepper = match Config::load(path, &process_env()).map(|c| c.server.key_pepper.resolve()) {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            eprintln!("server.key_pepper: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut secret = String::new();
+    if std::io::stdin().read_to_string(&mut secret).is_err() || secret.trim().is_empty() {
+        eprintln!(
+            "pipe the virtual key on standard input, e.g. `echo -n sk-... | dataplane hash-key`"
+        );
+        return ExitCode::FAILURE;
+    }
+    let secret = secret.trim();
+    println!("key_hash: \"{}\"", hash_key_hex(pepper.as_bytes(), secret));
+    println!("display_prefix: \"{}\"", display_prefix(secret));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,272 @@
+//! The data plane's configuration file, read in two stages.
+//!
+//! Stage one parses the file (YAML or JSON) with every struct denying unknown fields, after
+//! layering environment overrides onto it: `SWITCHBOARD__SERVER__MAX_BODY_BYTES=1048576` sets
+//! `server.max_body_bytes`, any depth, values read as YAML scalars. Stage two, [`Config::validate`],
+//! checks the values and the embedded snapshot and reports every problem with its path.
+//!
+//! In standalone mode the file also carries the snapshot (`snapshot:`), which is what a
+//! reload (`SIGHUP` or a change to the file) swaps in. The `server` section is read at start
+//! only; a reload that changes it logs that a restart is needed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchboard_shared::secret::SecretRef;
+use switchboard_shared::snapshot::Snapshot;
+use switchboard_shared::validate::{Problem, Problems};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// The snapshot to serve (standalone mode).
+    pub snapshot: Snapshot,
+}
+
+/// Process settings. Units are in the names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The pepper under which virtual keys are hashed. Required: there is no safe default.
+    pub key_pepper: SecretRef,
+    /// Largest request body accepted; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub upstream_connect_timeout_ms: u64,
+    #[serde(default = "default_pool_idle_timeout_seconds")]
+    pub upstream_pool_idle_timeout_seconds: u64,
+    #[serde(default = "default_pool_max_idle_per_host")]
+    pub upstream_pool_max_idle_per_host: usize,
+    /// How long a shutdown waits for in-flight requests (streams included) to finish.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
+    /// How often the config file is checked for changes; 0 turns watching off (`SIGHUP`
+    /// still reloads).
+    #[serde(default = "default_watch_interval_ms")]
+    pub watch_interval_ms: u64,
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4000))
+}
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_pool_idle_timeout_seconds() -> u64 {
+    90
+}
+fn default_pool_max_idle_per_host() -> usize {
+    1024
+}
+fn default_shutdown_grace_seconds() -> u64 {
+    30
+}
+fn default_watch_interval_ms() -> u64 {
+    2_000
+}
+
+impl ServerConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_connect_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
+/// Why a config could not be loaded. `Display` lists everything wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {problems}")]
+    Invalid { path: String, problems: Problems },
+}
+
+impl Config {
+    /// Reads, overrides from `env` and parses a file. Does not validate.
+    pub fn load(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, env).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses file text with environment overrides (`SWITCHBOARD__A__B=value`).
+    pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, String> {
+        let mut tree: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("SWITCHBOARD__") else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(value)
+                .unwrap_or_else(|_| serde_yaml_ng::Value::String(value.clone()));
+            set_path(&mut tree, &keys, parsed).map_err(|e| format!("{name}: {e}"))?;
+        }
+        serde_yaml_ng::from_value(tree).map_err(|e| e.to_string())
+    }
+
+    /// Checks values and the snapshot; lists every problem.
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut problems = Vec::new();
+        let mut push = |path: &str, message: &str| {
+            problems.push(Problem {
+                path: path.into(),
+                message: message.into(),
+            });
+        };
+        if self.server.max_body_bytes == 0 {
+            push("server.max_body_bytes", "must be positive");
+        }
+        if self.server.upstream_connect_timeout_ms == 0 {
+            push("server.upstream_connect_timeout_ms", "must be positive");
+        }
+        if let Err(e) = self.server.key_pepper.resolve() {
+            push("server.key_pepper", &e.to_string());
+        }
+        if let Err(Problems(found)) = self.snapshot.validate() {
+            problems.extend(found.into_iter().map(|p| Problem {
+                path: format!("snapshot.{}", p.path),
+                message: p.message,
+            }));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(problems))
+        }
+    }
+}
+
+/// Sets `keys` (a path of map keys) in a YAML tree, creating maps on the way.
+fn set_path(
+    tree: &mut serde_yaml_ng::Value,
+    keys: &[String],
+    value: serde_yaml_ng::Value,
+) -> Result<(), String> {
+    let Some((first, rest)) = keys.split_first() else {
+        *tree = value;
+        return Ok(());
+    };
+    if tree.is_null() {
+        *tree = serde_yaml_ng::Value::Mapping(serde_yaml_ng::Mapping::new());
+    }
+    let serde_yaml_ng::Value::Mapping(map) = tree else {
+        return Err(format!(
+            "cannot set `{first}` inside a value that is not a map"
+        ));
+    };
+    let key = serde_yaml_ng::Value::String(first.clone());
+    let slot = map.entry(key).or_insert(serde_yaml_ng::Value::Null);
+    set_path(slot, rest, value)
+}
+
+/// The process environment as pairs, for [`Config::load`].
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+server:
+  key_pepper: { value: "p" }
+snapshot:
+  providers: [{ id: m, kind: mock }]
+  deployments: [{ id: d, model: demo, provider: m, upstream_model: mock-1 }]
+"#;
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::parse(FILE, &[]).unwrap();
+        assert_eq!(c.server.listen, default_listen());
+        assert_eq!(c.server.max_body_bytes, 4 * 1024 * 1024);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn environment_overrides_any_depth_with_typed_values() {
+        let env = vec![
+            (
+                "SWITCHBOARD__SERVER__MAX_BODY_BYTES".to_owned(),
+                "1024".to_owned(),
+            ),
+            (
+                "SWITCHBOARD__SERVER__LISTEN".to_owned(),
+                "0.0.0.0:9999".to_owned(),
+            ),
+            (
+                "SWITCHBOARD__SERVER__KEY_PEPPER__VALUE".to_owned(),
+                "other".to_owned(),
+            ),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::parse(FILE, &env).unwrap();
+        assert_eq!(c.server.max_body_bytes, 1024);
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(c.server.key_pepper, SecretRef::Value("other".into()));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_overrides_are_named() {
+        let err = Config::parse(&FILE.replace("key_pepper", "key_peper"), &[]).unwrap_err();
+        assert!(err.contains("key_peper"), "{err}");
+        let env = vec![(
+            "SWITCHBOARD__SERVER__MAX_BODY_BYTE".to_owned(),
+            "1".to_owned(),
+        )];
+        let err = Config::parse(FILE, &env).unwrap_err();
+        assert!(err.contains("max_body_byte"), "{err}");
+    }
+
+    #[test]
+    fn validation_lists_server_and_snapshot_problems_with_paths() {
+        let text = FILE
+            .replace(
+                "{ value: \"p\" }",
+                "{ env: SWITCHBOARD_TEST_SURELY_UNSET_PEPPER }",
+            )
+            .replace("provider: m", "provider: nope");
+        let c = Config::parse(&text, &[]).unwrap();
+        let problems = c.validate().unwrap_err().to_string();
+        assert!(problems.contains("server.key_pepper: environment variable SWITCHBOARD_TEST_SURELY_UNSET_PEPPER is not set"), "{problems}");
+        assert!(
+            problems.contains("snapshot.deployments[0].provider"),
+            "{problems}"
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! The data plane's one error type, rendered in OpenAI's error shape.
+//!
+//! Every failure a client can see is an [`ApiError`]. Its `status()` is an exhaustive match
+//! (no catch-all arm), so a new variant cannot ship without a deliberate status, and `kind()`
+//! is a low-cardinality label for metrics. The body is always
+//! `{"error":{"message","type","param","code"}}`, which the official OpenAI SDKs map to their
+//! exception classes by status: 400 `BadRequestError`, 401 `AuthenticationError`,
+//! 403 `PermissionDeniedError`, 404 `NotFoundError`, 429 `RateLimitError`, 5xx
+//! `InternalServerError`. Messages never carry a secret: a key is referred to by nothing, an
+//! upstream credential by nothing, an upstream failure only by its class.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// A failure answered to the client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("request body is larger than the {limit_bytes}-byte limit")]
+    PayloadTooLarge { limit_bytes: usize },
+    #[error("missing API key: send it as `Authorization: Bearer <key>` or `x-api-key`")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("this API key has expired")]
+    ExpiredKey,
+    #[error("this API key has been revoked")]
+    RevokedKey,
+    #[error("this API key's tenant is suspended")]
+    TenantSuspended,
+    #[error("this API key may not use model `{model}`")]
+    ModelNotAllowed { model: String },
+    #[error("the model `{model}` does not exist")]
+    ModelNotFound { model: String },
+    #[error("{path} does not exist")]
+    RouteNotFound { path: String },
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("rate limit exceeded: {scope} {what} per minute")]
+    RateLimited {
+        scope: &'static str,
+        what: &'static str,
+        retry_after: Duration,
+    },
+    #[error("the upstream provider is rate limiting this model; retry later")]
+    UpstreamRateLimited { retry_after: Option<Duration> },
+    /// The upstream refused the request itself (e.g. 400 context length): its own OpenAI-shape
+    /// body is passed through unchanged, so this variant only carries what to log.
+    #[error("upstream rejected the request with status {status}")]
+    UpstreamRejected { status: StatusCode },
+    #[error("the upstream provider failed: {reason}")]
+    UpstreamFailed { reason: &'static str },
+    #[error("the upstream provider did not answer in time")]
+    UpstreamTimeout,
+    #[error("no deployment of model `{model}` is available right now; retry later")]
+    NoDeploymentAvailable {
+        model: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("the gateway is not ready to serve requests yet")]
+    NotReady,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MissingKey
+            | ApiError::InvalidKey
+            | ApiError::ExpiredKey
+            | ApiError::RevokedKey
+            | ApiError::TenantSuspended => StatusCode::UNAUTHORIZED,
+            ApiError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ApiError::ModelNotFound { .. } | ApiError::RouteNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RateLimited { .. } | ApiError::UpstreamRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::UpstreamRejected { status } => *status,
+            ApiError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::NoDeploymentAvailable { .. } | ApiError::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short, fixed label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. } => "bad_request",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::MissingKey => "missing_key",
+            ApiError::InvalidKey => "invalid_key",
+            ApiError::ExpiredKey => "expired_key",
+            ApiError::RevokedKey => "revoked_key",
+            ApiError::TenantSuspended => "tenant_suspended",
+            ApiError::ModelNotAllowed { .. } => "model_not_allowed",
+            ApiError::ModelNotFound { .. } => "model_not_found",
+            ApiError::RouteNotFound { .. } => "route_not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::UpstreamRateLimited { .. } => "upstream_rate_limited",
+            ApiError::UpstreamRejected { .. } => "upstream_rejected",
+            ApiError::UpstreamFailed { .. } => "upstream_failed",
+            ApiError::UpstreamTimeout => "upstream_timeout",
+            ApiError::NoDeploymentAvailable { .. } => "no_deployment_available",
+            ApiError::NotReady => "not_ready",
+            ApiError::Internal => "internal",
+        }
+    }
+
+    /// OpenAI's `error.type` for this failure.
+    fn openai_type(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. }
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::ModelNotFound { .. }
+            | ApiError::RouteNotFound { .. }
+            | ApiError::MethodNotAllowed
+            | ApiError::UpstreamRejected { .. } => "invalid_request_error",
+            ApiError::MissingKey
+            | ApiError::InvalidKey
+            | ApiError::ExpiredKey
+            | ApiError::RevokedKey
+            | ApiError::TenantSuspended => "authentication_error",
+            ApiError::ModelNotAllowed { .. } => "permission_error",
+            ApiError::RateLimited { .. } | ApiError::UpstreamRateLimited { .. } => {
+                "rate_limit_error"
+            }
+            ApiError::UpstreamFailed { .. }
+            | ApiError::UpstreamTimeout
+            | ApiError::NoDeploymentAvailable { .. }
+            | ApiError::NotReady
+            | ApiError::Internal => "api_error",
+        }
+    }
+
+    /// OpenAI's `error.code` for this failure, where OpenAI has one.
+    fn openai_code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidKey
+            | ApiError::MissingKey
+            | ApiError::ExpiredKey
+            | ApiError::RevokedKey
+            | ApiError::TenantSuspended => Some("invalid_api_key"),
+            ApiError::ModelNotFound { .. } => Some("model_not_found"),
+            ApiError::RateLimited { .. } | ApiError::UpstreamRateLimited { .. } => {
+                Some("rate_limit_exceeded")
+            }
+            ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
+            ApiError::ModelNotAllowed { .. } => Some("model_not_allowed"),
+            ApiError::BadRequest { .. }
+            | ApiError::RouteNotFound { .. }
+            | ApiError::MethodNotAllowed
+            | ApiError::UpstreamRejected { .. }
+            | ApiError::UpstreamFailed { .. }
+            | ApiError::UpstreamTimeout
+            | ApiError::NoDeploymentAvailable { .. }
+            | ApiError::NotReady
+            | ApiError::Internal => None,
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::BadRequest { param, .. } => param.as_deref(),
+            ApiError::ModelNotAllowed { .. } | ApiError::ModelNotFound { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ApiError::UpstreamRateLimited { retry_after }
+            | ApiError::NoDeploymentAvailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-shape JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: String,
+            r#type: &'a str,
+            param: Option<&'a str>,
+            code: Option<&'a str>,
+        }
+        let envelope = Envelope {
+            error: Inner {
+                message: self.to_string(),
+                r#type: self.openai_type(),
+                param: self.param(),
+                code: self.openai_code(),
+            },
+        };
+        serde_json::to_vec(&envelope).unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status(),
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body(),
+        )
+            .into_response();
+        if let Some(after) = self.retry_after() {
+            // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response.extensions_mut().insert(ErrorKind(self.kind()));
+        response
+    }
+}
+
+/// Set on error responses so that the outermost layer can count them by kind.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorKind(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape() {
+        let e = ApiError::ModelNotFound {
+            model: "gpt-9".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        let r = ApiError::RateLimited {
+            scope: "key",
+            what: "requests",
+            retry_after: Duration::from_millis(1200),
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+}

@@ -1,0 +1,260 @@
+//! HTTP handlers: each one walks a request through the lifecycle phases.
+//!
+//! authenticate → read and parse the body → resolve the model and check access → admit
+//! (rate limits) → forward (route, retry, stream) → account. Each phase is a function of its
+//! own module; this file only strings them together and shapes the HTTP answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::accounting::{Ledger, LedgerOpen};
+use crate::auth::authenticate;
+use crate::error::ApiError;
+use crate::limits::Refusal;
+use crate::metrics;
+use crate::providers::Endpoint;
+use crate::proxy::{Forward, forward};
+use crate::request::RequestView;
+use crate::state::AppState;
+
+pub const REQUEST_ID: &str = "x-request-id";
+pub const REVISION: &str = "x-switchboard-revision";
+
+pub async fn chat_completions(
+    state: State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy(state, Endpoint::ChatCompletions, headers, body).await
+}
+
+pub async fn completions(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy(state, Endpoint::Completions, headers, body).await
+}
+
+pub async fn embeddings(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy(state, Endpoint::Embeddings, headers, body).await
+}
+
+/// The request id: the client's `x-request-id` if it is sane, else a new UUIDv7.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+async fn proxy(
+    State(state): State<Arc<AppState>>,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let id = request_id(&headers);
+    let span = tracing::info_span!("request", request_id = %id, endpoint = endpoint.as_str(), model = tracing::field::Empty, deployment = tracing::field::Empty);
+    let mut response = match serve_proxy(&state, endpoint, &headers, body, &id, started)
+        .instrument(span)
+        .await
+    {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+async fn serve_proxy(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: &str,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
+    let key = authenticate(&catalog, state.pepper(), headers)?;
+    let bytes = read_body(body, headers, state.max_body_bytes).await?;
+    let mut view = RequestView::parse(bytes)?;
+    if !endpoint.supports_streaming() {
+        view.stream = false;
+    }
+    let model = catalog
+        .model(&view.model)
+        .ok_or_else(|| ApiError::ModelNotFound {
+            model: view.model.clone(),
+        })?;
+    if !key.key.allows_model(&model.name) {
+        return Err(ApiError::ModelNotAllowed {
+            model: model.name.clone(),
+        });
+    }
+    tracing::Span::current().record("model", model.name.as_str());
+
+    let estimated_tokens = view.estimated_prompt_tokens() + view.max_tokens.unwrap_or(0);
+    let limits = state
+        .books
+        .limiter
+        .admit(&key.subjects(), estimated_tokens)
+        .await
+        .map_err(rate_limited)?;
+
+    let ledger = Ledger::open(LedgerOpen {
+        books: state.books.clone(),
+        request_id: request_id.to_owned(),
+        key: Arc::clone(&key),
+        model: model.name.clone(),
+        endpoint,
+        stream: view.stream,
+        started,
+        started_at: chrono::Utc::now(),
+        estimated_tokens,
+        revision: catalog.revision,
+    });
+    let mut response = forward(
+        Forward {
+            catalog: &catalog,
+            model,
+            view: &view,
+            endpoint,
+            limiter: &state.books.limiter,
+            estimated_tokens,
+        },
+        ledger,
+    )
+    .await;
+    limits.write_headers(response.headers_mut());
+    response
+        .headers_mut()
+        .insert(REVISION, catalog.revision_header.clone());
+    Ok(response)
+}
+
+fn rate_limited(refusal: Refusal) -> ApiError {
+    ::metrics::counter!(
+        metrics::RATE_LIMITED_TOTAL,
+        "scope" => refusal.scope.as_str(),
+        "resource" => refusal.what.as_str()
+    )
+    .increment(1);
+    ApiError::RateLimited {
+        scope: refusal.scope.as_str(),
+        what: refusal.what.as_str(),
+        retry_after: refusal.retry_after,
+    }
+}
+
+/// Reads the body up to `limit` bytes: 413 beyond it (by `Content-Length` before reading,
+/// or while reading when there is none), 400 if the client breaks off.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge { limit_bytes: limit })
+        }
+        Err(_) => Err(ApiError::bad_request(
+            "the request body could not be read",
+            None,
+        )),
+    }
+}
+
+/// `GET /v1/models`: the models this key may use.
+pub async fn list_models(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
+    let key = authenticate(&catalog, state.pepper(), &headers)?;
+    let data: Vec<serde_json::Value> = catalog
+        .model_names()
+        .iter()
+        .filter(|name| key.key.allows_model(name))
+        .map(|name| model_object(name))
+        .collect();
+    Ok(Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+/// `GET /v1/models/{model}`: one model, if this key may use it (404 otherwise, which tells a
+/// key nothing about models it cannot use).
+pub async fn retrieve_model(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
+    let key = authenticate(&catalog, state.pepper(), &headers)?;
+    match catalog.model(&model) {
+        Some(entry) if key.key.allows_model(&entry.name) => {
+            Ok(Json(model_object(&entry.name)).into_response())
+        }
+        _ => Err(ApiError::ModelNotFound { model }),
+    }
+}
+
+fn model_object(name: &str) -> serde_json::Value {
+    json!({ "id": name, "object": "model", "created": 0, "owned_by": "switchboard" })
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: a snapshot is loaded and the process is not draining.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.catalog() {
+        Some(catalog) if state.is_ready() => Json(json!({
+            "status": "ready",
+            "revision": catalog.revision,
+            "content_hash": catalog.content_hash,
+        }))
+        .into_response(),
+        _ => ApiError::NotReady.into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Any other path: 404 in OpenAI's shape.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::RouteNotFound {
+        path: uri.path().chars().take(200).collect(),
+    }
+}
+
+/// A known path with the wrong method: 405 in OpenAI's shape.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

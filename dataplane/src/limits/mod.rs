@@ -1,0 +1,182 @@
+//! Rate limits: requests and tokens per minute, per virtual key, tenant and deployment.
+//!
+//! [`RateLimiter`] is the contract every implementation meets: this process's in-memory one
+//! ([`local::LocalLimiter`]) now, a Redis-backed one shared by all replicas later. Callers hold
+//! a [`Limiter`], an enum over the implementations, so dispatch costs a `match` rather than a
+//! boxed future per request.
+//!
+//! Token limits are charged twice: an estimate at admission (prompt size plus `max_tokens`),
+//! then a correction once the real usage is known ([`RateLimiter::settle`]).
+
+pub mod gcra;
+pub mod local;
+
+use std::future::Future;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue};
+use switchboard_shared::snapshot::RateLimits;
+
+pub use local::{LocalLimitState, LocalLimiter};
+
+/// Who a limit belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Key,
+    Tenant,
+    Deployment,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Key => "key",
+            Scope::Tenant => "tenant",
+            Scope::Deployment => "deployment",
+        }
+    }
+}
+
+/// One party whose limits a request counts against.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub scope: Scope,
+    pub id: &'a str,
+    pub limits: RateLimits,
+    /// The in-process counters of this subject. The local limiter uses them; a shared limiter
+    /// may fall back to them when its store is unreachable.
+    pub local: &'a LocalLimitState,
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub scope: Scope,
+    pub what: Resource,
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Requests,
+    Tokens,
+}
+
+impl Resource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Requests => "requests",
+            Resource::Tokens => "tokens",
+        }
+    }
+}
+
+/// The state of the first limited subject after admission, for OpenAI-style headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitView {
+    pub requests: Option<gcra::CellState>,
+    pub tokens: Option<gcra::CellState>,
+}
+
+impl LimitView {
+    /// Writes `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` as OpenAI does.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        let pairs = [
+            (
+                self.requests,
+                [
+                    "x-ratelimit-limit-requests",
+                    "x-ratelimit-remaining-requests",
+                    "x-ratelimit-reset-requests",
+                ],
+            ),
+            (
+                self.tokens,
+                [
+                    "x-ratelimit-limit-tokens",
+                    "x-ratelimit-remaining-tokens",
+                    "x-ratelimit-reset-tokens",
+                ],
+            ),
+        ];
+        for (state, [limit, remaining, reset]) in pairs {
+            if let Some(s) = state {
+                headers.insert(limit, HeaderValue::from(s.limit));
+                headers.insert(remaining, HeaderValue::from(s.remaining));
+                if let Ok(v) = HeaderValue::from_str(&format_reset(s.reset_nanos)) {
+                    headers.insert(reset, v);
+                }
+            }
+        }
+    }
+}
+
+/// OpenAI's reset format: `20ms`, `1.5s`, `6m0s`.
+pub fn format_reset(nanos: u64) -> String {
+    let ms = nanos.div_ceil(1_000_000);
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let tenths = ms.div_ceil(100);
+        if tenths.is_multiple_of(10) {
+            format!("{}s", tenths / 10)
+        } else {
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        }
+    } else {
+        let secs = ms.div_ceil(1000);
+        format!("{}m{}s", secs / 60, secs % 60)
+    }
+}
+
+/// The limiter contract.
+pub trait RateLimiter: Send + Sync {
+    /// Counts one request and `estimated_tokens` against every subject, all or nothing: when
+    /// one refuses, what the others took is given back.
+    fn admit(
+        &self,
+        subjects: &[Subject<'_>],
+        estimated_tokens: u64,
+    ) -> impl Future<Output = Result<LimitView, Refusal>> + Send;
+
+    /// Corrects the token charge of an admitted request once its real usage is known.
+    fn settle(&self, subjects: &[Subject<'_>], estimated_tokens: u64, actual_tokens: u64);
+}
+
+/// The limiter this process runs with.
+#[derive(Debug)]
+pub enum Limiter {
+    Local(LocalLimiter),
+}
+
+impl Limiter {
+    pub async fn admit(
+        &self,
+        subjects: &[Subject<'_>],
+        estimated_tokens: u64,
+    ) -> Result<LimitView, Refusal> {
+        match self {
+            Limiter::Local(l) => l.admit(subjects, estimated_tokens).await,
+        }
+    }
+
+    pub fn settle(&self, subjects: &[Subject<'_>], estimated_tokens: u64, actual_tokens: u64) {
+        match self {
+            Limiter::Local(l) => l.settle(subjects, estimated_tokens, actual_tokens),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_format_follows_openai() {
+        assert_eq!(format_reset(20_000_000), "20ms");
+        assert_eq!(format_reset(1_000_000_000), "1s");
+        assert_eq!(format_reset(1_450_000_000), "1.5s");
+        assert_eq!(format_reset(360_000_000_000), "6m0s");
+        assert_eq!(format_reset(1), "1ms");
+    }
+}

@@ -1,0 +1,182 @@
+//! Upstream providers as adaptors behind one trait.
+//!
+//! Each provider file owns what is particular to its upstream: URL building, auth headers,
+//! the request body it sends (from the client's [`RequestView`]) and how its errors are
+//! classified. The proxy ([`crate::proxy`]) owns everything common: timeouts, retries,
+//! fallbacks, cooldowns, streaming and accounting.
+//!
+//! - [`openai`]: any OpenAI-compatible HTTP API; bytes pass through except the model name.
+//! - [`mock`]: answers inside the process, deterministically and offline.
+
+pub mod client;
+pub mod mock;
+pub mod openai;
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, StatusCode};
+use http_body_util::combinators::BoxBody;
+
+use crate::request::RequestView;
+
+/// The API a client called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    /// The path below an OpenAI-compatible base URL.
+    pub fn openai_path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+
+    pub fn supports_streaming(self) -> bool {
+        !matches!(self, Endpoint::Embeddings)
+    }
+}
+
+/// One attempt's request, as the proxy hands it to an adaptor.
+#[derive(Debug)]
+pub struct UpstreamRequest<'a> {
+    pub endpoint: Endpoint,
+    pub view: &'a RequestView,
+    /// The deployment's upstream model name as a JSON string literal.
+    pub upstream_model_json: &'a [u8],
+    pub upstream_model: &'a str,
+    pub request_id: &'a str,
+}
+
+/// An upstream body, boxed so that HTTP and in-process adaptors look the same to the proxy.
+pub type UpstreamBody = BoxBody<Bytes, BodyError>;
+
+/// A failure while reading an upstream body.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("upstream body failed: {0}")]
+pub struct BodyError(pub String);
+
+/// The upstream's answer head and its (still unread) body.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: UpstreamBody,
+}
+
+impl fmt::Debug for UpstreamResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamResponse")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an attempt produced no response head.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    #[error("could not connect to the upstream")]
+    Connect,
+    #[error("the upstream connection failed before an answer")]
+    Transport,
+}
+
+/// What an upstream status means for the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Success: relay the answer.
+    Success,
+    /// The upstream is rate limiting: cool the deployment down, try another.
+    RateLimited { retry_after: Option<Duration> },
+    /// The upstream failed (5xx, 408): count a failure, try another.
+    Failed,
+    /// The upstream refused our credential: take the deployment out, try another.
+    CredentialRejected,
+    /// The request itself is at fault (400 context length, 404 model, 422): relay the
+    /// upstream's error to the client; another deployment would refuse it too.
+    ClientError,
+}
+
+/// An upstream provider.
+pub trait ProviderAdaptor: Send + Sync + fmt::Debug {
+    /// Sends one attempt and resolves when the response head has arrived.
+    fn send<'a>(
+        &'a self,
+        request: &'a UpstreamRequest<'a>,
+    ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>>;
+
+    /// Classifies the upstream's status (and headers, e.g. `Retry-After`).
+    fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
+        classify_http(status, headers)
+    }
+}
+
+/// The classification shared by HTTP APIs that follow common status conventions.
+pub fn classify_http(status: StatusCode, headers: &HeaderMap) -> Verdict {
+    match status.as_u16() {
+        200..=299 => Verdict::Success,
+        429 => Verdict::RateLimited {
+            retry_after: retry_after(headers),
+        },
+        401 | 403 => Verdict::CredentialRejected,
+        408 | 500..=599 => Verdict::Failed,
+        _ => Verdict::ClientError,
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from LLM APIs and is ignored), capped
+/// at an hour so that a hostile value cannot park a deployment forever.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    let secs: f64 = value.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified() {
+        let h = HeaderMap::new();
+        assert_eq!(classify_http(StatusCode::OK, &h), Verdict::Success);
+        assert_eq!(classify_http(StatusCode::BAD_GATEWAY, &h), Verdict::Failed);
+        assert_eq!(
+            classify_http(StatusCode::REQUEST_TIMEOUT, &h),
+            Verdict::Failed
+        );
+        assert_eq!(
+            classify_http(StatusCode::UNAUTHORIZED, &h),
+            Verdict::CredentialRejected
+        );
+        assert_eq!(
+            classify_http(StatusCode::BAD_REQUEST, &h),
+            Verdict::ClientError
+        );
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(
+            classify_http(StatusCode::TOO_MANY_REQUESTS, &h),
+            Verdict::RateLimited {
+                retry_after: Some(Duration::from_secs(2))
+            }
+        );
+        h.insert(http::header::RETRY_AFTER, "99999".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3600)));
+    }
+}

@@ -1,0 +1,301 @@
+//! What the data plane reads from a client's request body, and the two edits it makes.
+//!
+//! "Don't touch the body": the gateway parses only `model`, `stream`,
+//! `stream_options.include_usage` and `max_tokens` (borrowing, without building a tree), and
+//! forwards every other byte as the client sent it. The edits are splices at byte offsets that
+//! the parser reports: the public model name becomes the upstream one, and a stream gets
+//! `"stream_options":{"include_usage":true}` so that the upstream reports usage.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
+
+/// The fields the gateway needs, plus where to splice.
+#[derive(Debug, Clone)]
+pub struct RequestView {
+    /// The original body, shared (not copied) with every attempt.
+    pub body: Bytes,
+    pub model: String,
+    pub stream: bool,
+    /// Whether the client itself asked for the final usage chunk.
+    pub client_wants_usage: bool,
+    /// `max_tokens` or `max_completion_tokens`, for the token-limit estimate.
+    pub max_tokens: Option<u64>,
+    model_span: Range<usize>,
+    /// The raw `stream_options` value's span, when present.
+    stream_options_span: Option<Range<usize>>,
+    /// Offset just after the top-level object's opening `{`.
+    object_start: usize,
+}
+
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+    /// Kept raw even when `null`, so that the splice replaces it rather than adding a twin.
+    #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
+    stream_options: Option<&'a RawValue>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+}
+
+fn raw_even_if_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+impl RequestView {
+    /// Parses the body. Errors are 400s in OpenAI's shape naming the bad field.
+    pub fn parse(body: Bytes) -> Result<Self, ApiError> {
+        let fields: Fields<'_> =
+            serde_json::from_slice(&body).map_err(|e| body_error(&body, &e))?;
+        let Some(raw_model) = fields.model else {
+            return Err(ApiError::bad_request(
+                "you must provide a model parameter",
+                Some("model"),
+            ));
+        };
+        let model: String = match serde_json::from_str::<String>(raw_model.get()) {
+            Ok(m) if !m.is_empty() => m,
+            Ok(_) => {
+                return Err(ApiError::bad_request(
+                    "`model` must not be empty",
+                    Some("model"),
+                ));
+            }
+            Err(_) => {
+                return Err(ApiError::bad_request(
+                    format!("`model` must be a string, got {}", raw_model.get()),
+                    Some("model"),
+                ));
+            }
+        };
+        let client_wants_usage = match fields.stream_options {
+            None => false,
+            Some(raw) if raw.get() == "null" => false,
+            Some(raw) => serde_json::from_str::<StreamOptions>(raw.get())
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        format!("invalid `stream_options`: {e}"),
+                        Some("stream_options"),
+                    )
+                })?
+                .include_usage
+                .unwrap_or(false),
+        };
+        let model_span = span_of(&body, raw_model.get());
+        let stream_options_span = fields.stream_options.map(|raw| span_of(&body, raw.get()));
+        let object_start = body.iter().position(|&b| b == b'{').map_or(0, |p| p + 1);
+        Ok(Self {
+            model,
+            stream: fields.stream.unwrap_or(false),
+            client_wants_usage,
+            max_tokens: fields.max_completion_tokens.or(fields.max_tokens),
+            model_span,
+            stream_options_span,
+            object_start,
+            body,
+        })
+    }
+
+    /// A rough prompt size for the token-limit estimate: about four bytes a token.
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        (self.body.len() as u64).div_ceil(4)
+    }
+
+    /// The body to send upstream: the model replaced by `upstream_model_json` (a JSON string
+    /// literal, quotes included) and, for streams, usage reporting switched on.
+    pub fn upstream_body(&self, upstream_model_json: &[u8]) -> Bytes {
+        let mut edits: [(Range<usize>, Cow<'_, [u8]>); 2] = [
+            (self.model_span.clone(), Cow::Borrowed(upstream_model_json)),
+            (0..0, Cow::Borrowed(b"")),
+        ];
+        if self.stream && !self.client_wants_usage {
+            edits[1] = match &self.stream_options_span {
+                Some(span) => (span.clone(), with_include_usage(&self.body[span.clone()])),
+                None => (
+                    self.object_start..self.object_start,
+                    Cow::Borrowed(b"\"stream_options\":{\"include_usage\":true},"),
+                ),
+            };
+        }
+        edits.sort_by_key(|(range, _)| range.start);
+        let extra: usize = edits.iter().map(|(_, text)| text.len()).sum();
+        let mut out = BytesMut::with_capacity(self.body.len() + extra);
+        let mut at = 0;
+        for (range, text) in &edits {
+            if range.is_empty() && text.is_empty() {
+                continue;
+            }
+            out.extend_from_slice(&self.body[at..range.start]);
+            out.extend_from_slice(text);
+            at = range.end;
+        }
+        out.extend_from_slice(&self.body[at..]);
+        out.freeze()
+    }
+}
+
+/// The client's `stream_options` with `include_usage` forced on, other options kept.
+fn with_include_usage(raw: &[u8]) -> Cow<'static, [u8]> {
+    const ONLY_USAGE: &[u8] = b"{\"include_usage\":true}";
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw) {
+        Ok(mut options) => {
+            options.insert("include_usage".into(), serde_json::Value::Bool(true));
+            serde_json::to_vec(&options).map_or(Cow::Borrowed(ONLY_USAGE), Cow::Owned)
+        }
+        // `null`: no options to keep.
+        Err(_) => Cow::Borrowed(ONLY_USAGE),
+    }
+}
+
+/// A 400 for a body that did not parse: which field, when the JSON was valid but a field had
+/// the wrong type (found by a second, path-tracking parse — only on this error path).
+fn body_error(body: &[u8], error: &serde_json::Error) -> ApiError {
+    if !error.is_data() {
+        return ApiError::bad_request(format!("the request body is not valid JSON: {error}"), None);
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return ApiError::bad_request("the request body must be a JSON object", None);
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let path = match serde_path_to_error::deserialize::<_, Fields<'_>>(&mut de) {
+        Err(e) => e.path().to_string(),
+        Ok(_) => String::new(),
+    };
+    match path.as_str() {
+        "" | "." => ApiError::bad_request(
+            format!("the request body must be a JSON object: {error}"),
+            None,
+        ),
+        field => {
+            let param = field.split('.').next().unwrap_or(field);
+            ApiError::bad_request(format!("invalid `{field}`: {error}"), Some(param))
+        }
+    }
+}
+
+/// The byte range of `part` inside `whole`; `part` must borrow from `whole`.
+fn span_of(whole: &[u8], part: &str) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
+    start..start + part.len()
+}
+
+/// `name` as a JSON string literal, quotes included, for [`RequestView::upstream_body`].
+pub fn json_string_literal(name: &str) -> Bytes {
+    Bytes::from(serde_json::to_vec(name).unwrap_or_else(|_| b"\"\"".to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn view(body: &str) -> RequestView {
+        RequestView::parse(Bytes::from(body.to_owned())).unwrap()
+    }
+
+    fn upstream(body: &str) -> Value {
+        serde_json::from_slice(&view(body).upstream_body(&json_string_literal("up-model"))).unwrap()
+    }
+
+    #[test]
+    fn only_the_model_changes_for_a_plain_request() {
+        let body = r#"{"messages":[{"role":"user","content":"model \"x\""}],"model":"gpt-4o","temperature":0.5,"extra":{"model":"keep"}}"#;
+        let out = view(body).upstream_body(&json_string_literal("up-model"));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            body.replacen(r#""model":"gpt-4o""#, r#""model":"up-model""#, 1)
+        );
+    }
+
+    #[test]
+    fn whitespace_and_escapes_survive() {
+        let body = "{ \"model\" :\n \"gpt-4o\" , \"stream\": false }";
+        let out = view(body).upstream_body(&json_string_literal("a\"b"));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "{ \"model\" :\n \"a\\\"b\" , \"stream\": false }"
+        );
+    }
+
+    #[test]
+    fn streams_get_usage_reporting_switched_on() {
+        let v = upstream(r#"{"model":"m","stream":true,"messages":[]}"#);
+        assert_eq!(v["stream_options"], json!({"include_usage": true}));
+        assert_eq!(v["model"], "up-model");
+        let v = upstream(
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"other":1}}"#,
+        );
+        assert_eq!(
+            v["stream_options"],
+            json!({"include_usage": true, "other": 1})
+        );
+        let v = upstream(r#"{"stream_options":null,"model":"m","stream":true}"#);
+        assert_eq!(v["stream_options"], json!({"include_usage": true}));
+    }
+
+    #[test]
+    fn a_client_that_asked_for_usage_is_left_alone() {
+        let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+        let v = view(body);
+        assert!(v.client_wants_usage);
+        let out = v.upstream_body(&json_string_literal("m"));
+        assert_eq!(&out[..], body.as_bytes());
+    }
+
+    #[test]
+    fn non_streams_are_not_given_stream_options() {
+        let v = upstream(r#"{"model":"m","messages":[]}"#);
+        assert!(v.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn reads_max_tokens_of_either_name() {
+        assert_eq!(view(r#"{"model":"m","max_tokens":7}"#).max_tokens, Some(7));
+        assert_eq!(
+            view(r#"{"model":"m","max_completion_tokens":9,"max_tokens":7}"#).max_tokens,
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_400s_naming_the_field() {
+        let cases = [
+            ("not json", None),
+            ("[1,2]", None),
+            ("{\"messages\":[]}", Some("model")),
+            ("{\"model\":42}", Some("model")),
+            ("{\"model\":\"\"}", Some("model")),
+            ("{\"model\":\"m\",\"stream\":\"yes\"}", Some("stream")),
+            (
+                "{\"model\":\"m\",\"stream_options\":5}",
+                Some("stream_options"),
+            ),
+            ("{\"model\":\"m\",\"max_tokens\":-1}", Some("max_tokens")),
+            ("{\"model\":\"m\"", None),
+        ];
+        for (body, param) in cases {
+            let err = RequestView::parse(Bytes::from(body)).unwrap_err();
+            let v: Value = serde_json::from_slice(&err.body()).unwrap();
+            assert_eq!(err.status(), http::StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(v["error"]["param"].as_str(), param, "{body}: {v}");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Running the data plane: start, reload, drain.
+//!
+//! - Start: load and validate the config, build the shared state, install the snapshot, bind.
+//! - Reload (standalone mode): on `SIGHUP`, or when the file's modification time or size
+//!   changes, the file is read and validated again and its snapshot swapped in atomically. An
+//!   invalid file changes nothing: the old snapshot keeps serving and the problems are logged.
+//! - Drain: on `SIGTERM` or Ctrl-C, `/readyz` turns 503, the listener stops accepting, and
+//!   in-flight requests — streams included — may finish for up to `shutdown_grace_seconds`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use crate::accounting::{Books, LogSink, UsageSink};
+use crate::config::{Config, ServerConfig, process_env};
+use crate::limits::{Limiter, LocalLimiter};
+use crate::metrics;
+use crate::providers::client::{self, ClientSettings};
+use crate::routes::router;
+use crate::state::{AppState, Installed};
+
+/// What `main` passes in.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config_path: PathBuf,
+    /// Overrides `server.listen`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Builds the shared state for a server config, with `sink` receiving usage records.
+pub fn build_state(
+    server: &ServerConfig,
+    sink: Arc<dyn UsageSink>,
+) -> anyhow::Result<Arc<AppState>> {
+    crate::install_crypto_provider();
+    let pepper = server
+        .key_pepper
+        .resolve()
+        .context("server.key_pepper")?
+        .into_bytes();
+    let http = client::build(ClientSettings {
+        connect_timeout: server.connect_timeout(),
+        pool_idle_timeout: Duration::from_secs(server.upstream_pool_idle_timeout_seconds),
+        pool_max_idle_per_host: server.upstream_pool_max_idle_per_host,
+    });
+    let books = Books {
+        limiter: Arc::new(Limiter::Local(LocalLimiter::new())),
+        sink,
+    };
+    Ok(Arc::new(AppState::new(
+        pepper,
+        http,
+        books,
+        server.max_body_bytes,
+        metrics::install(),
+    )))
+}
+
+/// Loads the config and serves until a shutdown signal, then drains.
+pub async fn serve(options: Options) -> anyhow::Result<()> {
+    let config = Config::load(&options.config_path, &process_env())?;
+    config
+        .validate()
+        .map_err(|problems| anyhow::anyhow!("{}: {problems}", options.config_path.display()))?;
+    let state = build_state(&config.server, Arc::new(LogSink))?;
+    state
+        .install(&config.snapshot)
+        .map_err(|problems| anyhow::anyhow!("{}: {problems}", options.config_path.display()))?;
+    let listen = options.listen.unwrap_or(config.server.listen);
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    let catalog = state.catalog();
+    tracing::info!(
+        %local,
+        revision = catalog.as_ref().map_or(0, |c| c.revision),
+        keys = catalog.as_ref().map_or(0, |c| c.key_count()),
+        models = catalog.as_ref().map_or(0, |c| c.model_names().len()),
+        "switchboard data plane listening"
+    );
+
+    tokio::spawn(watch_config(
+        Arc::clone(&state),
+        options.config_path.clone(),
+        config.server.clone(),
+        Duration::from_millis(config.server.watch_interval_ms),
+    ));
+
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let listener = listener.tap_io(|tcp| {
+        // Small SSE writes must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+    });
+    let server =
+        axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(async move {
+            let mut rx = drain_rx;
+            let _ = rx.wait_for(|draining| *draining).await;
+        });
+    let grace = config.server.shutdown_grace();
+    let deadline = async {
+        shutdown_signal().await;
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: draining in-flight requests"
+        );
+        state.begin_shutdown();
+        let _ = drain_tx.send(true);
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result.context("server failed")?,
+        () = deadline => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Re-reads the config file and swaps its snapshot in. The old snapshot stays on any error.
+pub fn reload(state: &AppState, path: &Path, running: &ServerConfig) -> Result<Installed, String> {
+    let result = Config::load(path, &process_env())
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            config.validate().map_err(|p| p.to_string())?;
+            if &config.server != running {
+                tracing::warn!("the server section changed; it takes effect at the next restart");
+            }
+            state.install(&config.snapshot).map_err(|p| p.to_string())
+        });
+    let label = match &result {
+        Ok(Installed::Swapped { .. }) => "swapped",
+        Ok(Installed::Unchanged) => "unchanged",
+        Err(_) => "rejected",
+    };
+    ::metrics::counter!(metrics::SNAPSHOT_RELOADS_TOTAL, "result" => label).increment(1);
+    match &result {
+        Ok(Installed::Swapped { revision }) => tracing::info!(revision, "config reloaded"),
+        Ok(Installed::Unchanged) => tracing::debug!("config unchanged"),
+        Err(problems) => {
+            tracing::error!(%problems, "config reload rejected; still serving the previous snapshot")
+        }
+    }
+    result
+}
+
+/// Reloads on `SIGHUP` and when the file changes (polled every `interval`; 0 = never).
+async fn watch_config(
+    state: Arc<AppState>,
+    path: PathBuf,
+    running: ServerConfig,
+    interval: Duration,
+) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = file_stamp(&path);
+    loop {
+        let poll = async {
+            if interval.is_zero() {
+                std::future::pending::<()>().await;
+            } else {
+                tokio::time::sleep(interval).await;
+            }
+        };
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<()>();
+        let forced = tokio::select! {
+            () = poll => false,
+            () = hup => true,
+        };
+        let stamp = file_stamp(&path);
+        if forced || stamp != seen {
+            seen = stamp;
+            let _ = reload(&state, &path, &running);
+        }
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}

@@ -40,7 +40,7 @@ pub mod server;
 pub mod state;
 
 pub use routes::router;
-pub use server::{Options, build_state, serve};
+pub use server::{Options, build_state, serve, serve_until};
 
 /// Installs rustls's ring provider as the process default, once. Every TLS user in the
 /// process (the upstream client today; Postgres and NATS clients share the choice) must agree

@@ -61,8 +61,18 @@ pub fn build_state(
     )))
 }
 
-/// Loads the config and serves until a shutdown signal, then drains.
+/// Loads the config and serves until `SIGTERM` or Ctrl-C, then drains.
 pub async fn serve(options: Options) -> anyhow::Result<()> {
+    serve_until(options, shutdown_signal(), |_| {}).await
+}
+
+/// [`serve`] with the shutdown trigger given, and `on_listening` told the bound address (for
+/// tests and embedding programs).
+pub async fn serve_until(
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send,
+    on_listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
     let config = Config::load(&options.config_path, &process_env())?;
     config
         .validate()
@@ -76,6 +86,7 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
+    on_listening(local);
     let catalog = state.catalog();
     tracing::info!(
         %local,
@@ -104,7 +115,7 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         });
     let grace = config.server.shutdown_grace();
     let deadline = async {
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!(
             grace_seconds = grace.as_secs(),
             "shutting down: draining in-flight requests"

@@ -1,0 +1,82 @@
+//! The benchmark's command line: what to measure, for how long, and where LiteLLM lives.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Measures the gateway's overhead against a direct call and against peer proxies, all on
+/// the same mock upstream in one run.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bench", about)]
+pub struct BenchArgs {
+    /// Seconds of measurement per cell (after a warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds of warm-up per cell, not measured.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
+    /// Keep-alive connections of the load generator, one request in flight on each.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Request modes to measure.
+    #[arg(long, value_delimiter = ',', default_values = ["non-stream", "stream"])]
+    pub modes: Vec<Mode>,
+    /// Targets to measure; nginx and litellm run only when available.
+    #[arg(long, value_delimiter = ',', default_values = ["direct", "gateway", "nginx", "litellm"])]
+    pub targets: Vec<Target>,
+    /// The `litellm` executable (from `pip install 'litellm[proxy]'`); without it LiteLLM is
+    /// skipped.
+    #[arg(long)]
+    pub litellm: Option<PathBuf>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Content chunks per streamed response (the mock's `chunks` knob, same for every target).
+    #[arg(long, default_value_t = 20)]
+    pub chunks: usize,
+    /// Directory of the `mock-upstream` and `dataplane` binaries; default: next to `bench`.
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// Non-streamed or streamed chat completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    NonStream,
+    Stream,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::NonStream => "non-stream",
+            Mode::Stream => "stream",
+        }
+    }
+}
+
+/// What the load is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Straight to the mock: the ceiling.
+    Direct,
+    /// Switchboard's data plane.
+    Gateway,
+    /// nginx `proxy_pass`, no logic: the floor a gateway is held to.
+    Nginx,
+    /// LiteLLM proxy, one worker.
+    Litellm,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Gateway => "gateway",
+            Target::Nginx => "nginx",
+            Target::Litellm => "litellm",
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The overhead benchmark: the same load, in one run, straight at the mock upstream, through
+//! the gateway, and through peer proxies (nginx, LiteLLM), reported as ratios to the direct
+//! call. On a shared 2-core machine only figures from the same run are comparable, so the
+//! peers are always measured beside the gateway.
+//!
+//! Layout: the load generator and the mock share core 0, the proxy under test has core 1
+//! (see [`procs::Pinning`]). Targets run one at a time; each child process is killed, with its
+//! descendants, when its guard drops — at the end of its cell, on error, or on Ctrl-C.
+
+pub mod cli;
+pub mod http;
+pub mod load;
+pub mod procs;
+pub mod report;
+pub mod targets;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+
+use cli::{BenchArgs, Mode, Target};
+use load::LoadSpec;
+use procs::{Pinning, TempDir};
+use report::{Cell, Context, Report};
+use targets::{BENCH_KEY, BENCH_MODEL, Env, Running};
+
+/// Runs every requested cell and returns the figures. `pinning` has already been applied to
+/// this process (it must be, before the runtime's threads exist).
+pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Result<Report> {
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => bin_dir()?,
+    };
+    let temp = TempDir::new()?;
+    let (mut mock, mock_addr) = targets::start_mock(&bin_dir, &temp.0, &pinning).await?;
+    let env = Env {
+        bin_dir,
+        dir: temp.0.clone(),
+        pinning: pinning.clone(),
+        mock_addr,
+        scenario: format!("chunks={}", args.chunks),
+    };
+    let mut report = Report {
+        context: Context {
+            nproc,
+            pinning: pinning.note,
+            duration_s: args.duration,
+            warmup_s: args.warmup,
+            concurrency: args.concurrency,
+            stream_chunks: args.chunks,
+        },
+        cells: Vec::new(),
+        notes: Vec::new(),
+    };
+    let ticks_per_second = procs::clock_ticks_per_second();
+    for target in [
+        Target::Direct,
+        Target::Gateway,
+        Target::Nginx,
+        Target::Litellm,
+    ] {
+        if !args.targets.contains(&target) {
+            continue;
+        }
+        if let Some(note) = skip_reason(target, args) {
+            report.notes.push(note);
+            continue;
+        }
+        let mut running = targets::start(target, &env, args.litellm.as_deref()).await;
+        for &mode in &args.modes {
+            let cell = match &mut running {
+                Ok(running) => measure(running, target, mode, args, ticks_per_second).await,
+                Err(reason) => Cell::failed(target, mode, reason.clone()),
+            };
+            report.cells.push(cell);
+        }
+        // Dropping `running` here stops the proxy before the next one starts.
+    }
+    if let Some(status) = mock.exited() {
+        report
+            .notes
+            .push(format!("the mock upstream died during the run ({status})"));
+    }
+    report.compare_with_direct();
+    Ok(report)
+}
+
+/// Why a target is skipped without a row, if it is.
+fn skip_reason(target: Target, args: &BenchArgs) -> Option<String> {
+    match target {
+        Target::Nginx if procs::which("nginx").is_none() => {
+            Some("nginx skipped: not installed (apt-get install nginx-light)".to_owned())
+        }
+        Target::Litellm if args.litellm.is_none() => Some(
+            "litellm skipped: pass --litellm PATH (python3 -m venv V && V/bin/pip install \
+             'litellm[proxy]', then --litellm V/bin/litellm)"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+/// The directory of this executable, where cargo puts `mock-upstream` and `dataplane` too.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the bench executable")?;
+    exe.parent()
+        .map(PathBuf::from)
+        .context("the bench executable has no parent directory")
+}
+
+/// The request body of a mode.
+fn body(mode: Mode) -> Bytes {
+    let stream = match mode {
+        Mode::NonStream => "",
+        Mode::Stream => r#","stream":true"#,
+    };
+    Bytes::from(format!(
+        r#"{{"model":"{BENCH_MODEL}","messages":[{{"role":"user","content":"hello"}}]{stream}}}"#
+    ))
+}
+
+async fn measure(
+    running: &mut Running,
+    target: Target,
+    mode: Mode,
+    args: &BenchArgs,
+    ticks_per_second: u64,
+) -> Cell {
+    let spec = LoadSpec {
+        addr: running.addr,
+        path: running.path.clone(),
+        body: body(mode),
+        bearer: format!("Bearer {BENCH_KEY}"),
+        stream: mode == Mode::Stream,
+        concurrency: args.concurrency.max(1),
+        warmup: Duration::from_secs(args.warmup),
+        duration: Duration::from_secs(args.duration.max(1)),
+    };
+    let proc = running.proc.as_ref();
+    let cpu = |p: &procs::Proc| p.tree_cpu_ticks();
+    let mut cpu_start = None;
+    let mut cpu_end = None;
+    let load = load::run(
+        &spec,
+        || cpu_start = proc.map(cpu),
+        || cpu_end = proc.map(cpu),
+    )
+    .await;
+    let mut cell = Cell::measured(target, mode, &load, spec.duration.as_secs_f64());
+    if let (Some(proc), Some(start), Some(end)) = (proc, cpu_start, cpu_end) {
+        if load.requests > 0 {
+            let micros = (end.saturating_sub(start)) as f64 * 1e6 / ticks_per_second as f64;
+            cell.cpu_us_per_req = Some(micros / load.requests as f64);
+        }
+        cell.rss_mb = Some(proc.tree_rss_bytes() as f64 / (1024.0 * 1024.0));
+    }
+    if let Some(proc) = running.proc.as_mut()
+        && let Some(status) = proc.exited()
+    {
+        cell.failed = Some(format!(
+            "exited during the cell ({status}); log tail:\n{}",
+            proc.log_tail(10)
+        ));
+    }
+    cell
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_json_with_and_without_stream() {
+        let plain: serde_json::Value = serde_json::from_slice(&body(Mode::NonStream)).unwrap();
+        assert_eq!(plain["model"], BENCH_MODEL);
+        assert!(plain.get("stream").is_none());
+        let stream: serde_json::Value = serde_json::from_slice(&body(Mode::Stream)).unwrap();
+        assert_eq!(stream["stream"], true);
+        assert_eq!(stream["messages"][0]["content"], "hello");
+    }
+}

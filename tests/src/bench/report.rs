@@ -1,0 +1,230 @@
+//! The benchmark's figures: one cell per target and mode, ratios against the direct call, and
+//! their rendering as a markdown table (for the README) and JSON (for tooling).
+
+use serde::Serialize;
+
+use super::cli::{Mode, Target};
+use super::load::LoadResult;
+
+/// The conditions of a run, printed with the table: figures from another machine or another
+/// pinning are not comparable.
+#[derive(Debug, Clone, Serialize)]
+pub struct Context {
+    pub nproc: usize,
+    pub pinning: String,
+    pub duration_s: u64,
+    pub warmup_s: u64,
+    pub concurrency: usize,
+    pub stream_chunks: usize,
+}
+
+/// One target in one mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    pub target: Target,
+    pub mode: Mode,
+    /// Why there are no figures, if there are none.
+    pub failed: Option<String>,
+    pub requests: u64,
+    pub req_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    /// The proxy's CPU time (process tree, user + system) per successful request.
+    pub cpu_us_per_req: Option<f64>,
+    /// The proxy's resident memory (process tree) after the cell.
+    pub rss_mb: Option<f64>,
+    /// `req_per_s` ÷ the direct cell's of the same mode.
+    pub vs_direct: Option<f64>,
+    /// `p50_ms` − the direct cell's of the same mode.
+    pub added_p50_ms: Option<f64>,
+}
+
+impl Cell {
+    pub fn failed(target: Target, mode: Mode, reason: String) -> Self {
+        Self {
+            failed: Some(reason),
+            ..Self::measured(target, mode, &LoadResult::default(), 1.0)
+        }
+    }
+
+    pub fn measured(target: Target, mode: Mode, load: &LoadResult, seconds: f64) -> Self {
+        Self {
+            target,
+            mode,
+            failed: None,
+            requests: load.requests,
+            req_per_s: load.requests as f64 / seconds,
+            p50_ms: load.quantile_ms(0.50),
+            p99_ms: load.quantile_ms(0.99),
+            errors: load.errors,
+            error_samples: load.error_samples.clone(),
+            cpu_us_per_req: None,
+            rss_mb: None,
+            vs_direct: None,
+            added_p50_ms: None,
+        }
+    }
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub context: Context,
+    pub cells: Vec<Cell>,
+    /// Skipped targets and other remarks.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// Fills in the ratios against the direct cell of each mode.
+    pub fn compare_with_direct(&mut self) {
+        let direct: Vec<(Mode, f64, f64)> = self
+            .cells
+            .iter()
+            .filter(|c| c.target == Target::Direct && c.failed.is_none() && c.requests > 0)
+            .map(|c| (c.mode, c.req_per_s, c.p50_ms))
+            .collect();
+        for cell in &mut self.cells {
+            if cell.target == Target::Direct || cell.failed.is_some() || cell.requests == 0 {
+                continue;
+            }
+            if let Some(&(_, rps, p50)) = direct.iter().find(|(mode, ..)| *mode == cell.mode) {
+                cell.vs_direct = Some(cell.req_per_s / rps);
+                cell.added_p50_ms = Some(cell.p50_ms - p50);
+            }
+        }
+    }
+
+    /// The markdown table, its context line and the notes.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "| target | mode | req/s | × direct | p50 ms | +p50 ms | p99 ms | errors | proxy CPU µs/req | proxy RSS MB |\n",
+        );
+        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+        let mut footnotes = Vec::new();
+        for cell in &self.cells {
+            let name = format!("| {} | {} ", cell.target.name(), cell.mode.name());
+            out.push_str(&name);
+            if let Some(reason) = &cell.failed {
+                footnotes.push(format!(
+                    "{} {}: failed: {reason}",
+                    cell.target.name(),
+                    cell.mode.name()
+                ));
+                out.push_str(&format!(
+                    "| failed [{}] | – | – | – | – | – | – | – |\n",
+                    footnotes.len()
+                ));
+                continue;
+            }
+            let errors = if cell.errors > 0 {
+                footnotes.push(format!(
+                    "{} {}: {} errors, e.g. {}",
+                    cell.target.name(),
+                    cell.mode.name(),
+                    cell.errors,
+                    cell.error_samples.join("; ")
+                ));
+                format!("{} [{}]", thousands(cell.errors as f64), footnotes.len())
+            } else {
+                "0".to_owned()
+            };
+            out.push_str(&format!(
+                "| {} | {} | {:.2} | {} | {:.2} | {} | {} | {} |\n",
+                thousands(cell.req_per_s),
+                cell.vs_direct
+                    .map_or("–".to_owned(), |r| format!("{r:.2}×")),
+                cell.p50_ms,
+                cell.added_p50_ms
+                    .map_or("–".to_owned(), |d| format!("{d:+.2}")),
+                cell.p99_ms,
+                errors,
+                cell.cpu_us_per_req
+                    .map_or("–".to_owned(), |c| format!("{c:.0}")),
+                cell.rss_mb.map_or("–".to_owned(), |m| format!("{m:.0}")),
+            ));
+        }
+        let c = &self.context;
+        out.push_str(&format!(
+            "\nnproc {}; {}; {} s per cell after {} s warm-up; concurrency {}; {} chunks per stream\n",
+            c.nproc, c.pinning, c.duration_s, c.warmup_s, c.concurrency, c.stream_chunks
+        ));
+        for (i, note) in footnotes.iter().enumerate() {
+            out.push_str(&format!("[{}] {note}\n", i + 1));
+        }
+        for note in &self.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
+        out
+    }
+}
+
+/// `70213.4` → `70,213`.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(requests: u64, p50_us: u32) -> LoadResult {
+        LoadResult {
+            requests,
+            latencies_us: vec![p50_us; 10],
+            ..LoadResult::default()
+        }
+    }
+
+    #[test]
+    fn ratios_and_table() {
+        let mut report = Report {
+            context: Context {
+                nproc: 2,
+                pinning: "pinned".into(),
+                duration_s: 3,
+                warmup_s: 1,
+                concurrency: 32,
+                stream_chunks: 20,
+            },
+            cells: vec![
+                Cell::measured(Target::Direct, Mode::NonStream, &load(3000, 1000), 3.0),
+                Cell::measured(Target::Nginx, Mode::NonStream, &load(1500, 1500), 3.0),
+                Cell::failed(Target::Gateway, Mode::NonStream, "no binary".into()),
+            ],
+            notes: vec!["litellm skipped".into()],
+        };
+        report.compare_with_direct();
+        assert_eq!(report.cells[1].vs_direct, Some(0.5));
+        assert_eq!(report.cells[1].added_p50_ms, Some(0.5));
+        assert_eq!(report.cells[2].vs_direct, None);
+        let table = report.markdown();
+        assert!(
+            table.contains("| nginx | non-stream | 500 | 0.50× | 1.50 | +0.50 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| gateway | non-stream | failed [1] |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("[1] gateway non-stream: failed: no binary"),
+            "{table}"
+        );
+        assert!(table.contains("note: litellm skipped"), "{table}");
+        assert_eq!(thousands(70213.4), "70,213");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+    }
+}

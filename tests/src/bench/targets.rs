@@ -1,0 +1,248 @@
+//! Starting what the load is sent to: the mock, the gateway, nginx and LiteLLM, each with a
+//! generated configuration that points it at the same mock scenario.
+//!
+//! Every proxy sees the mock through the scenario URL `/s/chunks=N/v1`, so all targets get
+//! identical upstream behaviour. A proxy that cannot start is a failed row with the tail of
+//! its log, not an aborted run: the gateway may be mid-development.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::cli::Target;
+use super::http::wait_ready;
+use super::procs::{Pinning, Proc, command, free_port, which};
+
+/// Our copy of the peers' nginx configuration, with `@DIR@ @LISTEN@ @UPSTREAM@` to fill.
+const NGINX_TEMPLATE: &str = include_str!("../../../deploy/bench/nginx.conf.template");
+/// LiteLLM's configuration, with `@API_BASE@` to fill.
+const LITELLM_TEMPLATE: &str = include_str!("../../../deploy/bench/litellm-config.yaml");
+
+/// The virtual key the load generator presents to the gateway (and LiteLLM's master key).
+pub const BENCH_KEY: &str = "sk-bench-1234";
+/// The gateway's key pepper in the generated configuration.
+const BENCH_PEPPER: &str = "bench-pepper";
+/// The public model name every request asks for.
+pub const BENCH_MODEL: &str = "gpt-bench";
+
+const MOCK_READY: Duration = Duration::from_secs(10);
+const GATEWAY_READY: Duration = Duration::from_secs(20);
+const NGINX_READY: Duration = Duration::from_secs(10);
+const LITELLM_READY: Duration = Duration::from_secs(120);
+
+/// What the benchmark shares between targets.
+#[derive(Debug)]
+pub struct Env {
+    pub bin_dir: PathBuf,
+    pub dir: PathBuf,
+    pub pinning: Pinning,
+    pub mock_addr: SocketAddr,
+    /// The mock scenario segment, e.g. `chunks=20`.
+    pub scenario: String,
+}
+
+impl Env {
+    /// The mock's base URL for this run's scenario.
+    pub fn upstream_base(&self) -> String {
+        format!("http://{}/s/{}/v1", self.mock_addr, self.scenario)
+    }
+}
+
+/// A target ready for load: where to send it, and the proxy process if there is one.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    /// Path of the chat completions endpoint on `addr`.
+    pub path: String,
+    pub proc: Option<Proc>,
+}
+
+/// Starts `mock-upstream --no-record` on the load core; returns it and its address.
+pub async fn start_mock(
+    bin_dir: &Path,
+    dir: &Path,
+    pinning: &Pinning,
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let binary = bin_dir.join("mock-upstream");
+    anyhow::ensure!(
+        binary.is_file(),
+        "{binary:?} not found: build it with cargo build --release -p switchboard-tests"
+    );
+    let mut cmd = command(&binary, pinning.load_core);
+    cmd.args(["--listen", "127.0.0.1:0", "--no-record", "--threads", "1"]);
+    let mut proc = Proc::spawn("mock-upstream", cmd, dir.join("mock.log"), true)?;
+    let url = proc
+        .wait_for_line("listening on http://", MOCK_READY)
+        .await?;
+    let addr = url
+        .parse()
+        .with_context(|| format!("mock-upstream printed a bad address {url:?}"))?;
+    Ok((proc, addr))
+}
+
+/// Starts `target`; `Err` is the reason it cannot be measured, for the report.
+pub async fn start(target: Target, env: &Env, litellm: Option<&Path>) -> Result<Running, String> {
+    match target {
+        Target::Direct => Ok(Running {
+            addr: env.mock_addr,
+            path: format!("/s/{}/v1/chat/completions", env.scenario),
+            proc: None,
+        }),
+        Target::Gateway => start_gateway(env).await,
+        Target::Nginx => start_nginx(env).await,
+        Target::Litellm => match litellm {
+            Some(binary) => start_litellm(env, binary).await,
+            None => Err("no --litellm PATH given".to_owned()),
+        },
+    }
+}
+
+/// Waits for `GET ready_path` to answer 200; on failure, kills the proxy and reports why
+/// with the tail of its log.
+async fn until_ready(
+    mut proc: Proc,
+    addr: SocketAddr,
+    ready_path: &str,
+    timeout: Duration,
+    path: String,
+) -> Result<Running, String> {
+    let ready = wait_ready(addr, ready_path, timeout, || match proc.exited() {
+        Some(status) => Err(format!("exited ({status}) before it was ready")),
+        None => Ok(()),
+    })
+    .await;
+    match ready {
+        Ok(()) => Ok(Running {
+            addr,
+            path,
+            proc: Some(proc),
+        }),
+        Err(reason) => Err(format!("{reason}; log tail:\n{}", proc.log_tail(10))),
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// The gateway's configuration: one tenant, one key, one provider at the mock.
+pub fn gateway_config(upstream_base: &str) -> String {
+    let key_hash = switchboard_shared::keys::hash_key_hex(BENCH_PEPPER.as_bytes(), BENCH_KEY);
+    format!(
+        r#"server:
+  key_pepper: {{ value: "{BENCH_PEPPER}" }}
+snapshot:
+  revision: 1
+  tenants: [{{ id: bench }}]
+  virtual_keys:
+    - {{ id: bench-key, tenant_id: bench, key_hash: "{key_hash}" }}
+  providers:
+    - {{ id: mock, kind: openai, base_url: "{upstream_base}" }}
+  deployments:
+    - {{ id: mock-gpt, model: {BENCH_MODEL}, provider: mock, upstream_model: gpt-bench-upstream }}
+"#
+    )
+}
+
+async fn start_gateway(env: &Env) -> Result<Running, String> {
+    let binary = env.bin_dir.join("dataplane");
+    if !binary.is_file() {
+        return Err(format!(
+            "{binary:?} not found: cargo build --release -p switchboard-dataplane"
+        ));
+    }
+    let config = env.dir.join("gateway.yaml");
+    std::fs::write(&config, gateway_config(&env.upstream_base())).map_err(err)?;
+    let port = free_port().map_err(err)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = command(&binary, env.pinning.proxy_core);
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .env("RUST_LOG", "warn");
+    let proc = Proc::spawn("dataplane", cmd, env.dir.join("gateway.log"), false).map_err(err)?;
+    let path = "/v1/chat/completions".to_owned();
+    until_ready(proc, addr, "/readyz", GATEWAY_READY, path).await
+}
+
+/// The nginx configuration for a listen address and an upstream `host:port`.
+pub fn nginx_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+    NGINX_TEMPLATE
+        .replace("@DIR@", &dir.display().to_string())
+        .replace("@LISTEN@", &listen.to_string())
+        .replace("@UPSTREAM@", &upstream.to_string())
+}
+
+async fn start_nginx(env: &Env) -> Result<Running, String> {
+    let Some(binary) = which("nginx") else {
+        return Err("nginx not found: apt-get install nginx-light".to_owned());
+    };
+    let dir = env.dir.join("nginx");
+    std::fs::create_dir_all(dir.join("tmp")).map_err(err)?;
+    let port = free_port().map_err(err)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = dir.join("nginx.conf");
+    std::fs::write(&config, nginx_config(&dir, addr, env.mock_addr)).map_err(err)?;
+    let mut cmd = command(&binary, env.pinning.proxy_core);
+    cmd.arg("-c")
+        .arg(&config)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-e")
+        .arg(dir.join("error.log"));
+    let proc = Proc::spawn("nginx", cmd, env.dir.join("nginx.log"), false).map_err(err)?;
+    // nginx passes paths through, so the scenario prefix goes in the request path.
+    let ready_path = format!("/s/{}/v1/models", env.scenario);
+    let path = format!("/s/{}/v1/chat/completions", env.scenario);
+    until_ready(proc, addr, &ready_path, NGINX_READY, path).await
+}
+
+async fn start_litellm(env: &Env, binary: &Path) -> Result<Running, String> {
+    let config = env.dir.join("litellm-config.yaml");
+    let text = LITELLM_TEMPLATE.replace("@API_BASE@", &env.upstream_base());
+    std::fs::write(&config, text).map_err(err)?;
+    let port = free_port().map_err(err)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = command(binary, env.pinning.proxy_core);
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--num_workers", "1"]);
+    let proc = Proc::spawn("litellm", cmd, env.dir.join("litellm.log"), false).map_err(err)?;
+    let path = "/v1/chat/completions".to_owned();
+    until_ready(proc, addr, "/health/liveliness", LITELLM_READY, path).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_configs_fill_every_placeholder() {
+        let gateway = gateway_config("http://127.0.0.1:9/s/chunks=20/v1");
+        assert!(gateway.contains("base_url: \"http://127.0.0.1:9/s/chunks=20/v1\""));
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&gateway).unwrap();
+        let hash = doc["snapshot"]["virtual_keys"][0]["key_hash"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            hash,
+            switchboard_shared::keys::hash_key_hex(b"bench-pepper", "sk-bench-1234")
+        );
+        // The snapshot part is a valid snapshot.
+        let snapshot = serde_yaml_ng::to_string(&doc["snapshot"]).unwrap();
+        switchboard_shared::snapshot::Snapshot::from_yaml(&snapshot).unwrap();
+
+        let nginx = nginx_config(
+            Path::new("/tmp/x"),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        assert!(!nginx.contains('@'), "{nginx}");
+        assert!(nginx.contains("server 127.0.0.1:2;") && nginx.contains("listen 127.0.0.1:1;"));
+        assert!(LITELLM_TEMPLATE.contains("@API_BASE@"));
+    }
+}

@@ -1,0 +1,302 @@
+//! The mock's HTTP/1.1 server: accept loop, routing, scenario faults.
+//!
+//! Plain hyper rather than a framework, so that the mock costs little next to the gateway it
+//! measures: a request is one lock for the counters, one borrowed parse of `model`/`stream`,
+//! and a splice into a pre-rendered template.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use super::body::MockBody;
+use super::render::{
+    self, ERROR_CONTEXT_LENGTH, ERROR_INVALID_API_KEY, ERROR_OVERLOADED, ERROR_RATE_LIMIT,
+    ERROR_SERVER, Reply,
+};
+use super::scenario::{Fault, Scenario, split_scenario};
+use super::state::{RecordedRequest, State};
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
+
+/// The body of a `malformed` non-stream answer: cut-off JSON.
+const MALFORMED_JSON: &[u8] = br#"{"id":"chatcmpl-mock","object":"chat.completion","choices":[{"#;
+/// The bad event of a `malformed` stream.
+const MALFORMED_EVENT: &[u8] = b"data: {not json\n\n";
+
+/// Serves connections from `listener` until the task is aborted; aborting it also ends every
+/// connection, since they live in this task's `JoinSet`.
+pub async fn serve(listener: TcpListener, state: Arc<State>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, Arc::clone(&state)));
+                }
+                Err(error) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "mock upstream: accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, state: Arc<State>) {
+    // Small SSE frames must leave at once, as they would from a real upstream.
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req| handle(req, Arc::clone(&state)));
+    // A connection ending in an error (client gone, deliberate reset) is routine here.
+    let _ = http1::Builder::new()
+        .header_read_timeout(None)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// The error a handler returns to make hyper drop the connection without a response.
+#[derive(Debug)]
+pub struct DeliberateReset;
+
+impl std::fmt::Display for DeliberateReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mock upstream: fault=reset")
+    }
+}
+
+impl std::error::Error for DeliberateReset {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Chat,
+    Completions,
+    Embeddings,
+    Models,
+}
+
+impl Route {
+    fn of(method: &Method, path: &str) -> Option<Self> {
+        match (method, path) {
+            (&Method::POST, "/v1/chat/completions") => Some(Self::Chat),
+            (&Method::POST, "/v1/completions") => Some(Self::Completions),
+            (&Method::POST, "/v1/embeddings") => Some(Self::Embeddings),
+            (&Method::GET, "/v1/models") => Some(Self::Models),
+            _ => None,
+        }
+    }
+}
+
+/// The few request fields the mock reads.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<MockBody>, DeliberateReset> {
+    let (parts, body) = req.into_parts();
+    let (scenario_text, path) = split_scenario(parts.uri.path());
+    if path == "/mock/stats" {
+        return Ok(json(StatusCode::OK, state.stats_json()));
+    }
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return Ok(invalid_request("could not read the request body"));
+    };
+    let index = state.record(scenario_text, || RecordedRequest {
+        method: parts.method.to_string(),
+        path: path.to_owned(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        received_at: Instant::now(),
+    });
+    let scenario = match Scenario::parse(scenario_text) {
+        Ok(scenario) => scenario,
+        Err(error) => return Ok(invalid_request(&error.0)),
+    };
+    let Some(route) = Route::of(&parts.method, path) else {
+        return Ok(error_json(
+            StatusCode::NOT_FOUND,
+            &format!("Invalid URL ({} {path})", parts.method),
+            "invalid_request_error",
+        ));
+    };
+    if scenario.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(scenario.latency_ms)).await;
+    }
+    let fault = scenario.fault_for(index);
+    if let Some(response) = fault_response(fault, &scenario).await? {
+        return Ok(response);
+    }
+    let output = match render_output(route, &body, &scenario, &state) {
+        Ok(output) => output,
+        Err(message) => return Ok(invalid_request(message)),
+    };
+    let interval = Duration::from_millis(scenario.interval_ms);
+    Ok(respond(output, fault, interval, &state))
+}
+
+/// Answers for the faults that need no response body of the route; `None` for the others.
+async fn fault_response(
+    fault: Option<Fault>,
+    scenario: &Scenario,
+) -> Result<Option<Response<MockBody>>, DeliberateReset> {
+    let (status, body) = match fault {
+        None | Some(Fault::ResetMidStream | Fault::Malformed) => return Ok(None),
+        Some(Fault::Hang) => match std::future::pending::<Infallible>().await {},
+        Some(Fault::Reset) => return Err(DeliberateReset),
+        Some(Fault::RateLimited) => (StatusCode::TOO_MANY_REQUESTS, ERROR_RATE_LIMIT),
+        Some(Fault::ServerError) => (StatusCode::INTERNAL_SERVER_ERROR, ERROR_SERVER),
+        Some(Fault::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, ERROR_OVERLOADED),
+        Some(Fault::BadRequest) => (StatusCode::BAD_REQUEST, ERROR_CONTEXT_LENGTH),
+        Some(Fault::Unauthorized) => (StatusCode::UNAUTHORIZED, ERROR_INVALID_API_KEY),
+    };
+    let mut response = json(status, Bytes::from_static(body.as_bytes()));
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(scenario.retry_after_secs()));
+    }
+    Ok(Some(response))
+}
+
+/// A normal answer's body, before any body-level fault is applied.
+enum Output {
+    Json(Bytes),
+    Stream(Vec<Bytes>),
+}
+
+fn render_output(
+    route: Route,
+    body: &[u8],
+    scenario: &Scenario,
+    state: &State,
+) -> Result<Output, &'static str> {
+    let templates = &state.templates;
+    if route == Route::Models {
+        return Ok(Output::Json(templates.models.clone()));
+    }
+    let peek: Peek<'_> = serde_json::from_slice(body).map_err(|_| {
+        "We could not parse the JSON body of your request. (HINT: This likely means you \
+         aren't using your HTTP library correctly.)"
+    })?;
+    let model = match peek.model {
+        Some(raw) if raw.get().starts_with('"') => raw.get().as_bytes(),
+        Some(_) => return Err("model must be a string"),
+        None => return Err("you must provide a model parameter"),
+    };
+    let reply = Reply {
+        model,
+        id: state.next_id(),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        cached: scenario.cached,
+    };
+    let stream = peek.stream.unwrap_or(false) && route != Route::Embeddings;
+    let include_usage = peek
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let chunks = scenario.stream_chunks();
+    Ok(match (route, stream) {
+        (Route::Chat, false) => Output::Json(templates.chat(&reply)),
+        (Route::Chat, true) => Output::Stream(templates.chat_stream(&reply, chunks, include_usage)),
+        (Route::Completions, false) => Output::Json(templates.completion(&reply)),
+        (Route::Completions, true) => {
+            Output::Stream(templates.completion_stream(&reply, chunks, include_usage))
+        }
+        (Route::Embeddings | Route::Models, _) => Output::Json(templates.embedding(&reply)),
+    })
+}
+
+fn respond(
+    output: Output,
+    fault: Option<Fault>,
+    interval: Duration,
+    state: &Arc<State>,
+) -> Response<MockBody> {
+    match (output, fault) {
+        (Output::Json(_), Some(Fault::Malformed)) => {
+            json(StatusCode::OK, Bytes::from_static(MALFORMED_JSON))
+        }
+        (Output::Json(body), Some(Fault::ResetMidStream)) => {
+            let half = body.len() / 2;
+            let frames = vec![body.slice(..half), body.slice(half..)];
+            let length = HeaderValue::from(body.len());
+            let body = MockBody::frames(frames).cut_after(1);
+            let mut response = with_type(StatusCode::OK, JSON, body);
+            response.headers_mut().insert(CONTENT_LENGTH, length);
+            response
+        }
+        (Output::Json(body), _) => json(StatusCode::OK, body),
+        (Output::Stream(_), Some(Fault::Malformed)) => {
+            let frames = vec![
+                Bytes::from_static(MALFORMED_EVENT),
+                Bytes::from_static(render::DONE_EVENT),
+            ];
+            let body = MockBody::stream(frames, interval, Arc::clone(state));
+            with_type(StatusCode::OK, EVENT_STREAM, body)
+        }
+        (Output::Stream(events), fault) => {
+            let keep = events.len() / 2;
+            let body = MockBody::stream(events, interval, Arc::clone(state));
+            let body = if fault == Some(Fault::ResetMidStream) {
+                body.cut_after(keep)
+            } else {
+                body
+            };
+            with_type(StatusCode::OK, EVENT_STREAM, body)
+        }
+    }
+}
+
+fn with_type(status: StatusCode, content_type: HeaderValue, body: MockBody) -> Response<MockBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, content_type);
+    response
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<MockBody> {
+    with_type(status, JSON, MockBody::full(body))
+}
+
+/// An OpenAI-shaped error with a message made on the spot (rare paths only).
+fn error_json(status: StatusCode, message: &str, kind: &str) -> Response<MockBody> {
+    let doc = serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": null }
+    });
+    json(status, Bytes::from(doc.to_string()))
+}
+
+fn invalid_request(message: &str) -> Response<MockBody> {
+    error_json(StatusCode::BAD_REQUEST, message, "invalid_request_error")
+}

@@ -1,0 +1,222 @@
+//! Retries, fallbacks, cooldowns, deployment limits, and what reaches the upstream.
+
+mod common;
+
+use common::*;
+use switchboard_shared::usage::Outcome;
+
+const CHAT: &str = "/v1/chat/completions";
+const GOOD: &str =
+    r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.25,"n":1}"#;
+
+/// Two providers for model `m` (weights 1:1) and a `backup` model.
+fn two_deployments(mock: &MockUpstream, a: &str, b: &str, policy: &str) -> String {
+    config_yaml(
+        &snapshot(
+            "",
+            &format!(
+                "providers:
+  - {{ id: pa, kind: openai, base_url: \"{}\" }}
+  - {{ id: pb, kind: openai, base_url: \"{}\" }}
+  - {{ id: pc, kind: openai, base_url: \"{}\" }}
+deployments:
+  - {{ id: da, model: m, provider: pa, upstream_model: ua }}
+  - {{ id: db, model: m, provider: pb, upstream_model: ub }}
+  - {{ id: dc, model: backup, provider: pc, upstream_model: uc }}
+models:
+  - {{ model: m, {policy} }}
+",
+                mock.scenario_url(a),
+                mock.scenario_url(b),
+                mock.scenario_url("cached=3")
+            ),
+        ),
+        "",
+    )
+}
+
+#[tokio::test]
+async fn the_body_reaches_upstream_untouched_but_for_the_model() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&one_deployment(&mock.base_url(), "", "")).await;
+    let reply = post(&gw.url(CHAT), GOOD).await;
+    assert_eq!(reply.status, 200);
+    let sent = &mock.requests("")[0];
+    assert_eq!(
+        std::str::from_utf8(&sent.body).unwrap(),
+        GOOD.replacen(r#""model":"m""#, r#""model":"up-model""#, 1)
+    );
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(
+        sent.headers["x-request-id"], reply.headers["x-request-id"],
+        "the request id travels upstream"
+    );
+    // The client's own request id is kept.
+    let mine = send(request(
+        http::Method::POST,
+        &gw.url(CHAT),
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("x-request-id", "client-id-42"),
+        ],
+        GOOD,
+    ))
+    .await;
+    assert_eq!(mine.headers["x-request-id"], "client-id-42");
+    assert_eq!(gw.usage_records(2).await[1].request_id, "client-id-42");
+}
+
+#[tokio::test]
+async fn usage_and_cost_are_recorded_from_the_answer() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = one_deployment(&mock.scenario_url("cached=4"), "", "").replace(
+        "upstream_model: up-model }",
+        "upstream_model: up-model, price: { input_cost_per_token: 2.5e-06, output_cost_per_token: 1.0e-05, cache_read_input_token_cost: 1.25e-06 } }",
+    );
+    let gw = Gateway::start(&config).await;
+    let reply = post(&gw.url(CHAT), GOOD).await;
+    assert_eq!(reply.status, 200);
+    let r = &gw.usage_records(1).await[0];
+    assert_eq!(r.outcome, Outcome::Success);
+    assert_eq!(r.usage.prompt_tokens, 19);
+    assert_eq!(r.usage.completion_tokens, 10);
+    assert_eq!(r.usage.cached_read_tokens, 4);
+    // 15 uncached × 2.5e-6 + 4 cached × 1.25e-6 + 10 × 1e-5
+    let expected = 15.0 * 2.5e-6 + 4.0 * 1.25e-6 + 10.0 * 1e-5;
+    assert!(
+        (r.cost_usd - expected).abs() < 1e-15,
+        "{} vs {expected}",
+        r.cost_usd
+    );
+    assert_eq!((r.tenant_id.as_str(), r.key_id.as_str()), ("t1", "k1"));
+    assert_eq!(r.deployment_id.as_deref(), Some("d1"));
+}
+
+#[tokio::test]
+async fn a_failing_deployment_is_retried_on_the_other() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&two_deployments(
+        &mock,
+        "fault=500",
+        "cached=1",
+        "retries: 1",
+    ))
+    .await;
+    for _ in 0..6 {
+        let reply = post(&gw.url(CHAT), GOOD).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(
+        mock.request_count("cached=1"),
+        6,
+        "every request ended on the healthy one"
+    );
+    assert_eq!(mock.request_count("cached=3"), 0);
+}
+
+#[tokio::test]
+async fn when_every_deployment_fails_the_fallback_model_answers() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&two_deployments(
+        &mock,
+        "fault=500",
+        "fault=503",
+        "retries: 1, fallbacks: [backup]",
+    ))
+    .await;
+    let reply = post(&gw.url(CHAT), GOOD).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        mock.request_count("fault=500") + mock.request_count("fault=503"),
+        2
+    );
+    assert_eq!(mock.request_count("cached=3"), 1);
+    let sent: serde_json::Value =
+        serde_json::from_slice(&mock.requests("cached=3")[0].body).unwrap();
+    assert_eq!(
+        sent["model"], "uc",
+        "the fallback deployment's upstream name"
+    );
+    let r = &gw.usage_records(1).await[0];
+    assert_eq!((r.attempts, r.deployment_id.as_deref()), (3, Some("dc")));
+}
+
+#[tokio::test]
+async fn a_failing_deployment_cools_down_and_is_skipped() {
+    let mock = MockUpstream::start().await.unwrap();
+    let policy = "retries: 1, cooldown: { allowed_failures: 2, seconds: 60 }";
+    let gw = Gateway::start(&two_deployments(&mock, "fault=500", "cached=1", policy)).await;
+    for _ in 0..20 {
+        assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
+    }
+    // Two consecutive failures put it in cooldown; after that no request reaches it.
+    assert_eq!(mock.request_count("fault=500"), 2);
+    assert_eq!(mock.request_count("cached=1"), 20);
+}
+
+#[tokio::test]
+async fn an_upstream_429_cools_the_deployment_at_once() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&two_deployments(
+        &mock,
+        "fault=429,retry_after=30",
+        "cached=1",
+        "retries: 1",
+    ))
+    .await;
+    for _ in 0..10 {
+        assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
+    }
+    assert!(mock.request_count("fault=429,retry_after=30") <= 1);
+}
+
+#[tokio::test]
+async fn a_deployment_over_its_own_rpm_is_skipped() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = two_deployments(
+        &mock,
+        "cached=1",
+        "cached=2",
+        "strategy: priority, retries: 0",
+    )
+    .replace(
+        "upstream_model: ua }",
+        "upstream_model: ua, priority: 0, limits: { rpm: 3 } }",
+    )
+    .replace("upstream_model: ub }", "upstream_model: ub, priority: 1 }");
+    let gw = Gateway::start(&config).await;
+    for _ in 0..5 {
+        assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
+    }
+    assert_eq!(
+        mock.request_count("cached=1"),
+        3,
+        "priority 0 until its limit"
+    );
+    assert_eq!(mock.request_count("cached=2"), 2);
+}
+
+#[tokio::test]
+async fn embeddings_and_completions_are_forwarded() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&one_deployment(&mock.base_url(), "", "")).await;
+    let e = post(
+        &gw.url("/v1/embeddings"),
+        r#"{"model":"m","input":"hello"}"#,
+    )
+    .await;
+    assert_eq!(e.status, 200);
+    assert_eq!(e.json()["data"][0]["object"], "embedding");
+    let c = post(
+        &gw.url("/v1/completions"),
+        r#"{"model":"m","prompt":"hello"}"#,
+    )
+    .await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.json()["object"], "text_completion");
+    let paths: Vec<String> = mock.requests("").iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, vec!["/v1/embeddings", "/v1/completions"]);
+    let records = gw.usage_records(2).await;
+    assert_eq!(records[0].usage.prompt_tokens, 8);
+    assert_eq!(records[0].endpoint, "embeddings");
+}

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use switchboard_shared::pricing::cost;
 use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
 
-use crate::catalog::{DeploymentEntry, KeyEntry};
+use crate::catalog::{DeploymentEntry, KeyEntry, ModelEntry};
 use crate::limits::Limiter;
 use crate::metrics;
 use crate::providers::Endpoint;
@@ -102,7 +102,7 @@ pub struct Ledger {
     books: Books,
     pub request_id: String,
     key: Arc<KeyEntry>,
-    model: String,
+    model: Arc<ModelEntry>,
     endpoint: Endpoint,
     stream: bool,
     started: Instant,
@@ -121,7 +121,7 @@ pub struct LedgerOpen {
     pub books: Books,
     pub request_id: String,
     pub key: Arc<KeyEntry>,
-    pub model: String,
+    pub model: Arc<ModelEntry>,
     pub endpoint: Endpoint,
     pub stream: bool,
     pub started: Instant,
@@ -188,34 +188,19 @@ impl Ledger {
             self.books
                 .limiter
                 .settle(&[d.subject()], self.estimated_tokens, actual_tokens);
-            let model = self.model.clone();
-            let count = |kind: &'static str, n: u64| {
-                if n > 0 {
-                    ::metrics::counter!(metrics::TOKENS_TOTAL, "model" => model.clone(), "kind" => kind)
-                        .increment(n);
-                }
-            };
-            count("prompt", usage.prompt_tokens);
-            count("completion", usage.completion_tokens);
-            count("cached_read", usage.cached_read_tokens);
-            count("cache_creation", usage.cache_creation_tokens);
-            if cost_usd > 0.0 {
-                ::metrics::counter!(metrics::COST_NANODOLLARS_TOTAL, "model" => model)
-                    .increment((cost_usd * 1e9).round() as u64);
-            }
         }
+        self.model.metrics.record(&usage, cost_usd);
         let endpoint = self.endpoint.as_str();
-        ::metrics::histogram!(metrics::REQUEST_DURATION_SECONDS, "endpoint" => endpoint)
-            .record(elapsed.as_secs_f64());
-        if let (true, Some(ttft)) = (self.stream, self.ttft) {
-            ::metrics::histogram!(metrics::TIME_TO_FIRST_TOKEN_SECONDS, "endpoint" => endpoint)
-                .record(ttft.as_secs_f64());
-        }
+        metrics::record_latency(
+            endpoint,
+            elapsed.as_secs_f64(),
+            self.ttft.filter(|_| self.stream).map(|t| t.as_secs_f64()),
+        );
         let record = UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
             tenant_id: self.key.tenant.tenant.id.clone(),
             key_id: self.key.key.id.clone(),
-            model: std::mem::take(&mut self.model),
+            model: self.model.name.clone(),
             deployment_id: self.deployment.as_ref().map(|d| d.id.clone()),
             provider_id: self.deployment.as_ref().map(|d| d.provider_id.clone()),
             endpoint: endpoint.to_owned(),

@@ -25,6 +25,7 @@ use switchboard_shared::validate::{Problem, Problems};
 
 use crate::health::DeploymentHealth;
 use crate::limits::{LocalLimitState, Scope, Subject};
+use crate::metrics::ModelMetrics;
 use crate::providers::ProviderAdaptor;
 use crate::providers::client::HttpClient;
 use crate::providers::mock::MockAdaptor;
@@ -94,6 +95,7 @@ pub struct ModelEntry {
     pub total_weight: u64,
     /// Position of the `round_robin` strategy.
     pub rotation: AtomicU64,
+    pub metrics: ModelMetrics,
 }
 
 /// A deployment ready to be called.
@@ -251,6 +253,7 @@ impl Catalog {
                     deployments,
                     name: name.clone(),
                     rotation: AtomicU64::new(0),
+                    metrics: ModelMetrics::new(&name),
                 };
                 (name, Arc::new(entry))
             })

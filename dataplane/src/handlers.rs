@@ -115,7 +115,7 @@ async fn serve_proxy(
         books: state.books.clone(),
         request_id: request_id.to_owned(),
         key: Arc::clone(&key),
-        model: model.name.clone(),
+        model: Arc::clone(model),
         endpoint,
         stream: view.stream,
         started,
@@ -143,12 +143,7 @@ async fn serve_proxy(
 }
 
 fn rate_limited(refusal: Refusal) -> ApiError {
-    ::metrics::counter!(
-        metrics::RATE_LIMITED_TOTAL,
-        "scope" => refusal.scope.as_str(),
-        "resource" => refusal.what.as_str()
-    )
-    .increment(1);
+    metrics::count_rate_limited(refusal.scope.as_str(), refusal.what.as_str());
     ApiError::RateLimited {
         scope: refusal.scope.as_str(),
         what: refusal.what.as_str(),

@@ -4,8 +4,17 @@
 //! closed sets: endpoints, status codes, error kinds, provider kinds, and model and deployment
 //! names *from the snapshot* (a client's unknown model name never becomes a label). Never a
 //! key, a tenant id, a prompt or a user id.
+//!
+//! The per-request metrics are recorded through handles registered once — per model in the
+//! catalog ([`ModelMetrics`]), or in lazily filled static tables for the closed label sets —
+//! because registering on every call hashes the name and labels under the recorder's lock-free
+//! map and allocates a label vector: a measurable share of a request that costs microseconds.
 
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchboard_shared::usage::Usage;
 
 pub const REQUESTS_TOTAL: &str = "switchboard_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "switchboard_request_duration_seconds";
@@ -95,4 +104,218 @@ fn describe() {
     describe_gauge!(SNAPSHOT_REVISION, "Revision of the snapshot being served.");
     describe_counter!(SNAPSHOT_RELOADS_TOTAL, "Snapshot loads, by result.");
     describe_gauge!(INFLIGHT_REQUESTS, "Requests being served now.");
+}
+
+/// Token and cost counters of one public model.
+#[derive(Debug)]
+pub struct ModelMetrics {
+    prompt: Counter,
+    completion: Counter,
+    cached_read: Counter,
+    cache_creation: Counter,
+    cost: Counter,
+}
+
+impl ModelMetrics {
+    pub fn new(model: &str) -> Self {
+        let tokens = |kind: &'static str| counter!(TOKENS_TOTAL, "model" => model.to_owned(), "kind" => kind);
+        Self {
+            prompt: tokens("prompt"),
+            completion: tokens("completion"),
+            cached_read: tokens("cached_read"),
+            cache_creation: tokens("cache_creation"),
+            cost: counter!(COST_NANODOLLARS_TOTAL, "model" => model.to_owned()),
+        }
+    }
+
+    pub fn record(&self, usage: &Usage, cost_usd: f64) {
+        self.prompt.increment(usage.prompt_tokens);
+        self.completion.increment(usage.completion_tokens);
+        self.cached_read.increment(usage.cached_read_tokens);
+        self.cache_creation.increment(usage.cache_creation_tokens);
+        if cost_usd > 0.0 {
+            self.cost.increment((cost_usd * 1e9).round() as u64);
+        }
+    }
+}
+
+/// A table of handles over a closed set of label values, each registered on first use (so
+/// that series nobody produced stay out of `/metrics`).
+struct Table<T, const N: usize>([OnceLock<T>; N]);
+
+impl<T, const N: usize> Table<T, N> {
+    const fn new() -> Self {
+        Self([const { OnceLock::new() }; N])
+    }
+
+    fn get(&self, index: usize, make: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get(index).map(|cell| cell.get_or_init(make))
+    }
+}
+
+/// Route templates: the closed set of the route table, plus `other` for unmatched paths.
+pub const ROUTES: [&str; 9] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/models/{model}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "other",
+];
+
+const STATUSES: [&str; 19] = [
+    "200", "400", "401", "403", "404", "405", "408", "413", "422", "429", "499", "500", "502",
+    "503", "504", "2xx", "4xx", "5xx", "other",
+];
+
+fn status_index(code: u16) -> usize {
+    match code {
+        200 => 0,
+        400 => 1,
+        401 => 2,
+        403 => 3,
+        404 => 4,
+        405 => 5,
+        408 => 6,
+        413 => 7,
+        422 => 8,
+        429 => 9,
+        499 => 10,
+        500 => 11,
+        502 => 12,
+        503 => 13,
+        504 => 14,
+        _ if code < 300 => 15,
+        _ if code < 500 => 16,
+        _ if code < 600 => 17,
+        _ => 18,
+    }
+}
+
+/// Counts an answer by route template (an index into [`ROUTES`]) and status.
+pub fn count_request(route: usize, status: u16) {
+    static TABLE: Table<Counter, { 9 * 19 }> = Table::new();
+    let route = route.min(ROUTES.len() - 1);
+    let status = status_index(status);
+    if let Some(c) = TABLE.get(
+        route * STATUSES.len() + status,
+        || counter!(REQUESTS_TOTAL, "route" => ROUTES[route], "status" => STATUSES[status]),
+    ) {
+        c.increment(1);
+    }
+}
+
+/// The in-flight gauge.
+pub fn inflight() -> &'static Gauge {
+    static GAUGE: OnceLock<Gauge> = OnceLock::new();
+    GAUGE.get_or_init(|| gauge!(INFLIGHT_REQUESTS))
+}
+
+/// Endpoints that have latency histograms.
+pub const ENDPOINTS: [&str; 4] = ["chat_completions", "completions", "embeddings", "models"];
+
+/// Records a request's duration and, for streams, its time to first token.
+pub fn record_latency(endpoint: &'static str, total_seconds: f64, ttft_seconds: Option<f64>) {
+    static TOTAL: Table<Histogram, 4> = Table::new();
+    static TTFT: Table<Histogram, 4> = Table::new();
+    let Some(i) = ENDPOINTS.iter().position(|e| *e == endpoint) else {
+        return;
+    };
+    if let Some(h) = TOTAL.get(
+        i,
+        || histogram!(REQUEST_DURATION_SECONDS, "endpoint" => ENDPOINTS[i]),
+    ) {
+        h.record(total_seconds);
+    }
+    if let (Some(t), Some(h)) = (
+        ttft_seconds,
+        TTFT.get(
+            i,
+            || histogram!(TIME_TO_FIRST_TOKEN_SECONDS, "endpoint" => ENDPOINTS[i]),
+        ),
+    ) {
+        h.record(t);
+    }
+}
+
+/// Results of an upstream attempt.
+pub const ATTEMPT_RESULTS: [&str; 9] = [
+    "ok",
+    "timeout",
+    "connect_error",
+    "transport_error",
+    "rate_limited",
+    "server_error",
+    "credential_rejected",
+    "client_error",
+    "broken_body",
+];
+
+/// Counts an upstream attempt by provider kind and result (one of [`ATTEMPT_RESULTS`]).
+pub fn count_attempt(provider: &'static str, result: &'static str) {
+    // Index by position in both closed sets; an unknown value falls back to registering.
+    const PROVIDERS: [&str; 2] = ["openai", "mock"];
+    static TABLE: Table<Counter, { 2 * 9 }> = Table::new();
+    match (
+        PROVIDERS.iter().position(|p| *p == provider),
+        ATTEMPT_RESULTS.iter().position(|r| *r == result),
+    ) {
+        (Some(p), Some(r)) => {
+            if let Some(c) = TABLE.get(
+                p * ATTEMPT_RESULTS.len() + r,
+                || counter!(UPSTREAM_ATTEMPTS_TOTAL, "provider" => provider, "result" => result),
+            ) {
+                c.increment(1);
+            }
+        }
+        _ => counter!(UPSTREAM_ATTEMPTS_TOTAL, "provider" => provider, "result" => result)
+            .increment(1),
+    }
+}
+
+/// Counts an error answer by kind (rare by nature: registered per call).
+pub fn count_error(kind: &'static str) {
+    counter!(ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+/// Counts a request refused by a rate limit.
+pub fn count_rate_limited(scope: &'static str, resource: &'static str) {
+    counter!(RATE_LIMITED_TOTAL, "scope" => scope, "resource" => resource).increment(1);
+}
+
+/// Counts a deployment entering cooldown.
+pub fn count_cooldown(deployment: &str) {
+    counter!(DEPLOYMENT_COOLDOWNS_TOTAL, "deployment" => deployment.to_owned()).increment(1);
+}
+
+/// Counts a config reload by result (`swapped`, `unchanged`, `rejected`).
+pub fn count_reload(result: &'static str) {
+    counter!(SNAPSHOT_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// Sets the revision being served.
+pub fn set_revision(revision: u64) {
+    gauge!(SNAPSHOT_REVISION).set(revision as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_their_label() {
+        assert_eq!(STATUSES[status_index(200)], "200");
+        assert_eq!(STATUSES[status_index(429)], "429");
+        assert_eq!(STATUSES[status_index(201)], "2xx");
+        assert_eq!(STATUSES[status_index(418)], "4xx");
+        assert_eq!(STATUSES[status_index(599)], "5xx");
+        for code in [
+            200u16, 400, 401, 403, 404, 405, 408, 413, 422, 429, 499, 500, 502, 503, 504,
+        ] {
+            assert_eq!(STATUSES[status_index(code)], code.to_string());
+        }
+    }
 }

@@ -202,12 +202,7 @@ fn backoff(failures: u32) -> Duration {
 
 /// Counts an attempt's result by provider kind.
 fn count_attempt(deployment: &DeploymentEntry, result: &'static str) {
-    ::metrics::counter!(
-        metrics::UPSTREAM_ATTEMPTS_TOTAL,
-        "provider" => deployment.provider_kind.as_str(),
-        "result" => result
-    )
-    .increment(1);
+    metrics::count_attempt(deployment.provider_kind.as_str(), result);
 }
 
 /// A failure that counts against the deployment's health.
@@ -225,8 +220,7 @@ fn failed(
 }
 
 fn cooled(deployment: &DeploymentEntry) {
-    ::metrics::counter!(metrics::DEPLOYMENT_COOLDOWNS_TOTAL, "deployment" => deployment.id.clone())
-        .increment(1);
+    metrics::count_cooldown(&deployment.id);
     tracing::warn!(deployment = %deployment.id, "deployment cooling down");
 }
 

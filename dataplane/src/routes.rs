@@ -45,67 +45,18 @@ async fn count_requests(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", |p| route_label(p.as_str()));
+        .and_then(|p| metrics::ROUTES.iter().position(|r| *r == p.as_str()))
+        .unwrap_or(metrics::ROUTES.len() - 1);
     let started = Instant::now();
-    ::metrics::gauge!(metrics::INFLIGHT_REQUESTS).increment(1.0);
+    metrics::inflight().increment(1.0);
     let response = next.run(request).await;
-    ::metrics::gauge!(metrics::INFLIGHT_REQUESTS).decrement(1.0);
-    let status = response.status();
-    ::metrics::counter!(
-        metrics::REQUESTS_TOTAL,
-        "route" => route,
-        "status" => status_label(status.as_u16())
-    )
-    .increment(1);
+    metrics::inflight().decrement(1.0);
+    metrics::count_request(route, response.status().as_u16());
     if let Some(ErrorKind(kind)) = response.extensions().get::<ErrorKind>() {
-        ::metrics::counter!(metrics::ERRORS_TOTAL, "kind" => *kind).increment(1);
+        metrics::count_error(kind);
     }
-    if route == "/v1/models" || route == "/v1/models/{model}" {
-        ::metrics::histogram!(metrics::REQUEST_DURATION_SECONDS, "endpoint" => "models")
-            .record(started.elapsed().as_secs_f64());
+    if metrics::ROUTES[route].starts_with("/v1/models") {
+        metrics::record_latency("models", started.elapsed().as_secs_f64(), None);
     }
     response
-}
-
-/// Route templates as `'static` labels (the set is closed: the table above).
-fn route_label(path: &str) -> &'static str {
-    const ROUTES: &[&str] = &[
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/models",
-        "/v1/models/{model}",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ];
-    ROUTES
-        .iter()
-        .find(|r| **r == path)
-        .copied()
-        .unwrap_or("other")
-}
-
-/// Status codes as `'static` labels without allocating.
-fn status_label(code: u16) -> &'static str {
-    match code {
-        200 => "200",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        408 => "408",
-        413 => "413",
-        422 => "422",
-        429 => "429",
-        499 => "499",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        _ if code < 300 => "2xx",
-        _ if code < 500 => "4xx",
-        _ => "5xx",
-    }
 }

@@ -169,7 +169,7 @@ pub fn reload(state: &AppState, path: &Path, running: &ServerConfig) -> Result<I
         Ok(Installed::Unchanged) => "unchanged",
         Err(_) => "rejected",
     };
-    ::metrics::counter!(metrics::SNAPSHOT_RELOADS_TOTAL, "result" => label).increment(1);
+    metrics::count_reload(label);
     match &result {
         Ok(Installed::Swapped { revision }) => tracing::info!(revision, "config reloaded"),
         Ok(Installed::Unchanged) => tracing::debug!("config unchanged"),

@@ -108,7 +108,7 @@ impl AppState {
         )?;
         let revision = catalog.revision;
         self.catalog.store(Some(Arc::new(catalog)));
-        ::metrics::gauge!(metrics::SNAPSHOT_REVISION).set(revision as f64);
+        metrics::set_revision(revision);
         Ok(Installed::Swapped { revision })
     }
 

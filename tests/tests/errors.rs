@@ -1,5 +1,6 @@
 //! Every error a client can meet has the right status and OpenAI's body shape, and bad input
 //! changes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
 

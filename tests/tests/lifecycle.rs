@@ -1,4 +1,5 @@
 //! The server's life: config reload (file change, SIGHUP-equivalent), graceful drain, metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Retries, fallbacks, cooldowns, deployment limits, and what reaches the upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
 

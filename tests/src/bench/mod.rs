@@ -26,6 +26,9 @@ use procs::{Pinning, TempDir};
 use report::{Cell, Context, Report};
 use targets::{BENCH_KEY, BENCH_MODEL, Env, Running};
 
+/// How long a child may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// Runs every requested cell and returns the figures. `pinning` has already been applied to
 /// this process (it must be, before the runtime's threads exist).
 pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Result<Report> {
@@ -76,13 +79,20 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
             };
             report.cells.push(cell);
         }
-        // Dropping `running` here stops the proxy before the next one starts.
+        // Stop the proxy before the next one starts (on an error, its guard kills it).
+        if let Ok(Running {
+            proc: Some(proc), ..
+        }) = running
+        {
+            proc.stop(STOP_GRACE).await;
+        }
     }
     if let Some(status) = mock.exited() {
         report
             .notes
             .push(format!("the mock upstream died during the run ({status})"));
     }
+    mock.stop(STOP_GRACE).await;
     report.compare_with_direct();
     Ok(report)
 }

@@ -148,6 +148,18 @@ impl Proc {
         }
     }
 
+    /// Stops the child gracefully: SIGTERM, then up to `grace` for it to exit (nginx's master
+    /// reaps its workers meanwhile, so none is left a zombie); whatever is left is killed.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = tokio::time::timeout(grace, self.child.wait()).await;
+        // Drop kills any descendant still there.
+    }
+
     /// `Some(description)` if the child has exited.
     pub fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {

@@ -1,6 +1,7 @@
 //! Shared harness for the in-process tests: a gateway on port 0 in front of the mock upstream,
 //! a minimal HTTP client that can time each body frame, and config builders.
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A panic is how a test harness reports.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

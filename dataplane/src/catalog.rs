@@ -196,7 +196,7 @@ impl Catalog {
                 ProviderKind::Mock => Arc::new(MockAdaptor),
                 ProviderKind::Openai => {
                     let base = p.base_url.as_deref().unwrap_or_default();
-                    match OpenAiAdaptor::new(ctx.client.clone(), base, api_key.as_deref()) {
+                    match OpenAiAdaptor::new(ctx.client, base, api_key.as_deref()) {
                         Ok(a) => Arc::new(a),
                         Err(message) => {
                             problems.push(Problem {

@@ -43,16 +43,7 @@ pub struct SseRelay {
     ledger: Option<Ledger>,
     deadline: Pin<Box<Sleep>>,
     finished: bool,
-    /// Consecutive polls that yielded to let more upstream frames in (see `poll_next`).
-    yields: u32,
-    /// Of those, the ones in a row that brought nothing new.
-    idle_yields: u32,
 }
-
-/// How many times in a row the relay yields while upstream frames keep arriving.
-const MAX_YIELDS: u32 = 64;
-/// How many yields in a row that bring nothing new end the gathering.
-const IDLE_YIELDS: u32 = 2;
 
 /// Why a relayed stream ended badly (surfaces to hyper, which aborts the response).
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +72,6 @@ impl SseRelay {
             ledger: Some(ledger),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             finished: false,
-            yields: 0,
-            idle_yields: 0,
         }
     }
 
@@ -179,14 +168,12 @@ impl Stream for SseRelay {
         let mut first = this.pending.take();
         let mut gathered: Option<BytesMut> = None;
         let mut ended = false;
-        let mut fresh = false;
         loop {
             match Pin::new(&mut this.upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
                         continue; // trailers: nothing to relay
                     };
-                    fresh = true;
                     match (&mut first, &mut gathered) {
                         (None, None) => first = Some(data),
                         (Some(f), None) => {
@@ -211,24 +198,6 @@ impl Stream for SseRelay {
             }
         }
         let arrived = gathered.map(BytesMut::freeze).or(first);
-        // hyper hands an upstream body over one frame at a time, and decodes the next only
-        // after this one is taken: bytes already in its buffer still wait for its connection
-        // task to run. So while frames keep coming, yield once (waking ourselves puts this task
-        // at the back of the run queue, behind that connection task) and gather again, rather
-        // than paying a client write per frame. When a yield brings nothing new, send.
-        if arrived.is_some()
-            && !ended
-            && this.yields < MAX_YIELDS
-            && (fresh || this.idle_yields < IDLE_YIELDS)
-        {
-            this.yields += 1;
-            this.idle_yields = if fresh { 0 } else { this.idle_yields + 1 };
-            this.pending = arrived;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        this.yields = 0;
-        this.idle_yields = 0;
         let out = arrived.and_then(|bytes| {
             if let Some(ledger) = this.ledger.as_mut() {
                 ledger.first_byte();
@@ -291,8 +260,6 @@ mod tests {
                 ledger: None,
                 deadline: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(60))),
                 finished: false,
-                yields: 0,
-                idle_yields: 0,
             };
             let out = r.process(Bytes::from(input.to_owned()));
             self.tail = std::mem::take(&mut r.tail);

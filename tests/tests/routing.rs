@@ -221,3 +221,44 @@ async fn embeddings_and_completions_are_forwarded() {
     assert_eq!(records[0].usage.prompt_tokens, 8);
     assert_eq!(records[0].endpoint, "embeddings");
 }
+
+#[tokio::test]
+async fn pooled_connections_survive_an_upstream_restart() {
+    let mock = MockUpstream::start().await.unwrap();
+    let addr = mock.addr();
+    let gw = Gateway::start(&one_deployment(
+        &mock.base_url(),
+        "",
+        "models: [{ model: m, retries: 0 }]\n",
+    ))
+    .await;
+    assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
+    assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
+    // The upstream goes away with the gateway's idle connections, and comes back on the same
+    // port: the next request must not fail on a dead pooled connection.
+    drop(mock);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mock = MockUpstream::start_on(addr).await.unwrap();
+    for _ in 0..3 {
+        let reply = post(&gw.url(CHAT), GOOD).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(mock.request_count(""), 3);
+}
+
+#[tokio::test]
+async fn connections_are_reused() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&one_deployment(&mock.base_url(), "", "")).await;
+    for _ in 0..5 {
+        assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
+    }
+    let (_, _, frames, _) = post_timed(&gw.url(CHAT), r#"{"model":"m","stream":true}"#).await;
+    assert!(!frames.is_empty());
+    assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
+    assert_eq!(
+        mock.connections_accepted(),
+        1,
+        "one keep-alive connection for sequential requests"
+    );
+}

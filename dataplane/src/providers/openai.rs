@@ -2,38 +2,42 @@
 //!
 //! The body goes out as the client sent it, with only the model name swapped (and, for
 //! streams, usage reporting switched on — see [`RequestView::upstream_body`]). Everything that
-//! can be computed once per snapshot is: the three endpoint URIs and the auth header.
+//! can be computed once per snapshot is: the three request paths and the auth header.
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderName, HeaderValue, Uri};
+use http_body_util::BodyExt;
 
-use super::client::HttpClient;
-use super::{BodyError, Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
-use crate::request::RequestView;
+use super::client::{self, HttpClient};
+use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 /// An OpenAI-compatible provider.
 #[derive(Debug)]
 pub struct OpenAiAdaptor {
-    client: HttpClient,
-    chat_uri: Uri,
-    completions_uri: Uri,
-    embeddings_uri: Uri,
-    /// `Bearer <key>`, marked sensitive so that hyper never logs it.
+    upstream: client::Endpoint,
+    chat_path: String,
+    completions_path: String,
+    embeddings_path: String,
+    /// `Bearer <key>`, marked sensitive so that it is never printed.
     authorization: Option<HeaderValue>,
 }
 
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 impl OpenAiAdaptor {
     /// `base_url` includes the version path (`https://api.openai.com/v1`).
-    pub fn new(client: HttpClient, base_url: &str, api_key: Option<&str>) -> Result<Self, String> {
-        let base = base_url.trim_end_matches('/');
-        let uri = |endpoint: Endpoint| -> Result<Uri, String> {
-            format!("{base}{}", endpoint.openai_path())
-                .parse::<Uri>()
-                .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))
-        };
+    pub fn new(client: &HttpClient, base_url: &str, api_key: Option<&str>) -> Result<Self, String> {
+        let base: Uri = base_url
+            .parse()
+            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
+        let upstream = client
+            .endpoint(&base)
+            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
+        let prefix = base.path().trim_end_matches('/');
         let authorization = match api_key {
             None => None,
             Some(key) => {
@@ -45,46 +49,20 @@ impl OpenAiAdaptor {
             }
         };
         Ok(Self {
-            client,
-            chat_uri: uri(Endpoint::ChatCompletions)?,
-            completions_uri: uri(Endpoint::Completions)?,
-            embeddings_uri: uri(Endpoint::Embeddings)?,
+            upstream,
+            chat_path: format!("{prefix}{}", Endpoint::ChatCompletions.openai_path()),
+            completions_path: format!("{prefix}{}", Endpoint::Completions.openai_path()),
+            embeddings_path: format!("{prefix}{}", Endpoint::Embeddings.openai_path()),
             authorization,
         })
     }
 
-    fn uri(&self, endpoint: Endpoint) -> &Uri {
+    fn path(&self, endpoint: Endpoint) -> &str {
         match endpoint {
-            Endpoint::ChatCompletions => &self.chat_uri,
-            Endpoint::Completions => &self.completions_uri,
-            Endpoint::Embeddings => &self.embeddings_uri,
+            Endpoint::ChatCompletions => &self.chat_path,
+            Endpoint::Completions => &self.completions_path,
+            Endpoint::Embeddings => &self.embeddings_path,
         }
-    }
-
-    fn build(&self, request: &UpstreamRequest<'_>) -> Request<Full<bytes::Bytes>> {
-        let view: &RequestView = request.view;
-        let body = view.upstream_body(request.upstream_model_json);
-        let mut builder = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri(request.endpoint).clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(
-                ACCEPT,
-                if view.stream {
-                    HeaderValue::from_static("text/event-stream")
-                } else {
-                    HeaderValue::from_static("application/json")
-                },
-            );
-        if let Some(auth) = &self.authorization {
-            builder = builder.header(AUTHORIZATION, auth.clone());
-        }
-        if let Ok(id) = HeaderValue::from_str(request.request_id) {
-            builder = builder.header("x-request-id", id);
-        }
-        builder
-            .body(Full::new(body))
-            .unwrap_or_else(|_| Request::new(Full::default()))
     }
 }
 
@@ -93,21 +71,33 @@ impl ProviderAdaptor for OpenAiAdaptor {
         &'a self,
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
-        let outgoing = self.build(request);
-        self.client
-            .request(outgoing)
-            .map(|result| match result {
-                Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    Ok(UpstreamResponse {
-                        status: parts.status,
-                        headers: parts.headers,
-                        body: body.map_err(|e| BodyError(e.to_string())).boxed(),
-                    })
-                }
-                Err(e) if e.is_connect() => Err(SendError::Connect),
-                Err(_) => Err(SendError::Transport),
+        async move {
+            let body = request.view.upstream_body(request.upstream_model_json);
+            let request_id = HeaderValue::from_str(request.request_id).ok();
+            let accept = if request.view.stream {
+                &EVENT_STREAM
+            } else {
+                &JSON
+            };
+            let mut headers: Vec<(HeaderName, &HeaderValue)> = Vec::with_capacity(4);
+            headers.push((CONTENT_TYPE, &JSON));
+            headers.push((ACCEPT, accept));
+            if let Some(auth) = &self.authorization {
+                headers.push((AUTHORIZATION, auth));
+            }
+            if let Some(id) = &request_id {
+                headers.push((REQUEST_ID, id));
+            }
+            let response = self
+                .upstream
+                .post(self.path(request.endpoint), &headers, &body)
+                .await?;
+            Ok(UpstreamResponse {
+                status: response.status,
+                headers: response.headers,
+                body: response.body.boxed(),
             })
-            .boxed()
+        }
+        .boxed()
     }
 }

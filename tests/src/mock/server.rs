@@ -45,6 +45,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    state.connections_accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     connections.spawn(serve_connection(stream, Arc::clone(&state)));
                 }
                 Err(error) => {

@@ -49,6 +49,8 @@ pub struct State {
     scenarios: Mutex<HashMap<String, ScenarioLog>>,
     pub cancelled_streams: AtomicUsize,
     pub completed_streams: AtomicUsize,
+    /// TCP connections accepted, to tell keep-alive reuse from reconnecting.
+    pub connections_accepted: AtomicUsize,
     next_id: AtomicU64,
     pub templates: Templates,
 }
@@ -60,6 +62,7 @@ impl State {
             scenarios: Mutex::default(),
             cancelled_streams: AtomicUsize::new(0),
             completed_streams: AtomicUsize::new(0),
+            connections_accepted: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             templates: Templates::build()?,
         })

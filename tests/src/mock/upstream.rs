@@ -96,6 +96,11 @@ impl MockUpstream {
         self.state.cancelled_streams.load(Ordering::Relaxed)
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections_accepted(&self) -> usize {
+        self.state.connections_accepted.load(Ordering::Relaxed)
+    }
+
     /// Streams sent to their end.
     pub fn completed_streams(&self) -> usize {
         self.state.completed_streams.load(Ordering::Relaxed)

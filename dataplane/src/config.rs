@@ -44,6 +44,10 @@ pub struct ServerConfig {
     pub upstream_pool_idle_timeout_seconds: u64,
     #[serde(default = "default_pool_max_idle_per_host")]
     pub upstream_pool_max_idle_per_host: usize,
+    /// PEM file of CA certificates to trust for upstream TLS besides the bundled web PKI
+    /// roots (a private CA in front of self-hosted models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca_file: Option<std::path::PathBuf>,
     /// How long a shutdown waits for in-flight requests (streams included) to finish.
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,

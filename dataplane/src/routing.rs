@@ -83,11 +83,15 @@ mod tests {
             "providers: [{{ id: p, kind: mock }}]\ndeployments:\n{deployments}models: [{{ model: m, strategy: {strategy} }}]\n"
         );
         let snapshot = Snapshot::from_yaml(&yaml).unwrap();
-        let client = crate::providers::client::build(crate::providers::client::ClientSettings {
-            connect_timeout: std::time::Duration::from_secs(1),
-            pool_idle_timeout: std::time::Duration::from_secs(1),
-            pool_max_idle_per_host: 1,
-        });
+        let client = crate::providers::client::build(
+            crate::providers::client::ClientSettings {
+                connect_timeout: std::time::Duration::from_secs(1),
+                pool_idle_timeout: std::time::Duration::from_secs(1),
+                pool_max_idle_per_host: 1,
+            },
+            Vec::new(),
+        )
+        .unwrap();
         Catalog::build(
             &snapshot,
             &BuildContext {

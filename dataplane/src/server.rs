@@ -43,11 +43,20 @@ pub fn build_state(
         .resolve()
         .context("server.key_pepper")?
         .into_bytes();
-    let http = client::build(ClientSettings {
-        connect_timeout: server.connect_timeout(),
-        pool_idle_timeout: Duration::from_secs(server.upstream_pool_idle_timeout_seconds),
-        pool_max_idle_per_host: server.upstream_pool_max_idle_per_host,
-    });
+    let extra_roots = match &server.upstream_ca_file {
+        Some(path) => client::load_pem_certificates(path)
+            .map_err(|e| anyhow::anyhow!("server.upstream_ca_file: {e}"))?,
+        None => Vec::new(),
+    };
+    let http = client::build(
+        ClientSettings {
+            connect_timeout: server.connect_timeout(),
+            pool_idle_timeout: Duration::from_secs(server.upstream_pool_idle_timeout_seconds),
+            pool_max_idle_per_host: server.upstream_pool_max_idle_per_host,
+        },
+        extra_roots,
+    )
+    .map_err(|e| anyhow::anyhow!("server.upstream_ca_file: {e}"))?;
     let books = Books {
         limiter: Arc::new(Limiter::Local(LocalLimiter::new())),
         sink,

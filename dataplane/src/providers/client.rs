@@ -25,6 +25,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -61,21 +63,45 @@ impl fmt::Debug for HttpClient {
     }
 }
 
-/// Builds the shared client. Needs the process-wide rustls provider installed first
-/// (see [`crate::install_crypto_provider`]).
-pub fn build(settings: ClientSettings) -> HttpClient {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+/// Builds the shared client, trusting the bundled web PKI roots plus `extra_roots` (e.g. a
+/// private CA in front of self-hosted models). Needs the process-wide rustls provider
+/// installed first (see [`crate::install_crypto_provider`]).
+pub fn build(
+    settings: ClientSettings,
+    extra_roots: Vec<CertificateDer<'static>>,
+) -> Result<HttpClient, String> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for (i, cert) in extra_roots.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| format!("extra root certificate #{}: {e}", i + 1))?;
+    }
     let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    HttpClient {
+    Ok(HttpClient {
         inner: Arc::new(ClientInner {
             settings,
             tls: TlsConnector::from(Arc::new(config)),
             pools: Mutex::new(HashMap::new()),
         }),
+    })
+}
+
+/// Reads the certificates of a PEM file.
+pub fn load_pem_certificates(
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
     }
+    Ok(certs)
 }
 
 /// Scheme, host and port of an upstream.

@@ -11,6 +11,9 @@ use std::fmt;
 use crate::keys::parse_key_hash;
 use crate::snapshot::{ProviderKind, SCHEMA_VERSION, Snapshot};
 
+/// Most extra attempts a model may make on its own deployments.
+pub const MAX_RETRIES: u32 = 10;
+
 /// One problem in a snapshot, at a path such as `deployments[2].provider`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -215,6 +218,15 @@ impl Snapshot {
                         format!("fallback to unknown model {f:?}"),
                     );
                 }
+            }
+            if m.retries > MAX_RETRIES {
+                c.push(
+                    format!("{path}.retries"),
+                    format!(
+                        "{} is more than {MAX_RETRIES}; use fallbacks to try other models",
+                        m.retries
+                    ),
+                );
             }
             let t = m.timeouts;
             if t.first_byte_ms == 0 {

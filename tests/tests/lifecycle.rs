@@ -95,6 +95,18 @@ async fn post_with(addr: std::net::SocketAddr, key: &str) -> Reply {
     .await
 }
 
+/// The revision `/readyz` reports.
+async fn served_revision(addr: std::net::SocketAddr) -> serde_json::Value {
+    let ready = send(request(
+        Method::GET,
+        &format!("http://{addr}/readyz"),
+        &[],
+        "",
+    ))
+    .await;
+    ready.json()["revision"].clone()
+}
+
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -128,14 +140,7 @@ async fn a_changed_file_is_swapped_in_and_a_broken_one_is_refused() {
         post_with(server.addr, KEY).await.status == 401
     })
     .await;
-    let ready = send(request(
-        Method::GET,
-        &format!("http://{}/readyz", server.addr),
-        &[],
-        "",
-    ))
-    .await;
-    assert_eq!(ready.json()["revision"], 2);
+    assert_eq!(served_revision(server.addr).await, 2);
 
     // A broken file changes nothing: the previous snapshot keeps serving.
     std::fs::write(
@@ -149,14 +154,7 @@ async fn a_changed_file_is_swapped_in_and_a_broken_one_is_refused() {
         401,
         "still revision 2"
     );
-    let ready = send(request(
-        Method::GET,
-        &format!("http://{}/readyz", server.addr),
-        &[],
-        "",
-    ))
-    .await;
-    assert_eq!(ready.json()["revision"], 2);
+    assert_eq!(served_revision(server.addr).await, 2);
 
     // Fixed again, it applies.
     std::fs::write(&server.path, watched(&base(4, "active"))).unwrap();
@@ -184,15 +182,7 @@ async fn a_reload_keeps_rate_limit_counters() {
     assert_eq!(post_with(server.addr, KEY).await.status, 200);
     std::fs::write(&server.path, watched(&snapshot_at(2))).unwrap();
     eventually("revision 2 serves", async || {
-        send(request(
-            Method::GET,
-            &format!("http://{}/readyz", server.addr),
-            &[],
-            "",
-        ))
-        .await
-        .json()["revision"]
-            == 2
+        served_revision(server.addr).await == 2
     })
     .await;
     assert_eq!(

@@ -233,3 +233,25 @@ async fn legacy_completions_stream_too() {
     assert_eq!(records[0].usage.completion_tokens, 4);
     assert_eq!(records[0].endpoint, "completions");
 }
+
+#[tokio::test]
+async fn the_total_timeout_cuts_a_stream_that_runs_too_long() {
+    let mock = MockUpstream::start().await.unwrap();
+    let scenario = "chunks=20,interval_ms=50";
+    let models =
+        "models: [{ model: m, retries: 0, timeouts: { first_byte_ms: 200, total_ms: 400 } }]\n";
+    let gw = Gateway::start(&one_deployment(&mock.scenario_url(scenario), "", models)).await;
+    let started = std::time::Instant::now();
+    let (status, _, frames, ended) = post_timed(&gw.url(CHAT), STREAM).await;
+    assert_eq!(status, 200);
+    assert!(!frames.is_empty(), "the stream started");
+    assert!(ended.is_err(), "a cut stream must not look complete");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "cut at about 400 ms, not after 1 s"
+    );
+    assert!(!sse_data(&joined(&frames)).contains(&"[DONE]".to_owned()));
+    let records = gw.usage_records(1).await;
+    assert_eq!(records[0].outcome, Outcome::UpstreamError);
+    assert_eq!(records[0].status, 504);
+}

@@ -95,6 +95,9 @@ pub async fn serve_until(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
+    // Take over SIGHUP before anyone can learn where we listen: its default action would end
+    // the process.
+    let reloads = Reloads::install();
     on_listening(local);
     let catalog = state.catalog();
     tracing::info!(
@@ -110,6 +113,7 @@ pub async fn serve_until(
         options.config_path.clone(),
         config.server.clone(),
         Duration::from_millis(config.server.watch_interval_ms),
+        reloads,
     ));
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
@@ -189,15 +193,38 @@ pub fn reload(state: &AppState, path: &Path, running: &ServerConfig) -> Result<I
     result
 }
 
+/// The `SIGHUP` stream (none off Unix, or if it cannot be installed).
+struct Reloads {
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reloads {
+    fn install() -> Self {
+        Self {
+            #[cfg(unix)]
+            hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(hangup) = self.hangup.as_mut() {
+            hangup.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Reloads on `SIGHUP` and when the file changes (polled every `interval`; 0 = never).
 async fn watch_config(
     state: Arc<AppState>,
     path: PathBuf,
     running: ServerConfig,
     interval: Duration,
+    mut reloads: Reloads,
 ) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut seen = file_stamp(&path);
     loop {
         let poll = async {
@@ -207,20 +234,9 @@ async fn watch_config(
                 tokio::time::sleep(interval).await;
             }
         };
-        #[cfg(unix)]
-        let hup = async {
-            match hangup.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hup = std::future::pending::<()>();
         let forced = tokio::select! {
             () = poll => false,
-            () = hup => true,
+            () = reloads.next() => true,
         };
         let stamp = file_stamp(&path);
         if forced || stamp != seen {

@@ -288,3 +288,36 @@ async fn metrics_are_exported_under_their_documented_names() {
         );
     }
 }
+
+#[tokio::test]
+async fn sighup_reloads_when_watching_is_off() {
+    let mock = MockUpstream::start().await.unwrap();
+    let at = |revision: u32| {
+        let body = snapshot(
+            "",
+            &format!(
+                "providers: [{{ id: up, kind: openai, base_url: \"{}\" }}]\ndeployments: [{{ id: d1, model: m, provider: up, upstream_model: u }}]\n",
+                mock.base_url()
+            ),
+        )
+        .replacen("revision: 1", &format!("revision: {revision}"), 1);
+        config_yaml(&body, "  watch_interval_ms: 0\n")
+    };
+    let server = run(&at(1)).await;
+    std::fs::write(&server.path, at(2)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        served_revision(server.addr).await,
+        1,
+        "no watching: the edit waits for SIGHUP"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    eventually("SIGHUP reloads", async || {
+        served_revision(server.addr).await == 2
+    })
+    .await;
+}

@@ -18,6 +18,7 @@
 //! rather than a clean end it would mistake for a complete answer.
 
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -102,7 +103,7 @@ impl SseRelay {
             let end = last_event_end(&self.tail)?;
             self.tail.split_to(end).freeze()
         };
-        if memmem::find(&complete, b"\"usage\"").is_none() {
+        if !has_usage_object(&complete) {
             return Some(complete);
         }
         self.take_usage(complete)
@@ -112,9 +113,14 @@ impl SseRelay {
     fn take_usage(&mut self, complete: Bytes) -> Option<Bytes> {
         let mut out: Option<BytesMut> = None;
         let mut start = 0;
-        for end in memmem::find_iter(&complete, b"\n\n").map(|i| i + 2) {
+        for end in EVENT_END.find_iter(&complete).map(|i| i + 2) {
             let event = &complete[start..end];
-            let keep = match event_data(event).and_then(usage_from_chunk) {
+            let found = if has_usage_object(event) {
+                event_data(event).and_then(usage_from_chunk)
+            } else {
+                None
+            };
+            let keep = match found {
                 Some((usage, only_usage)) => {
                     self.usage = Some(usage);
                     !(self.strip_usage_event && only_usage)
@@ -136,9 +142,28 @@ impl SseRelay {
     }
 }
 
+static EVENT_END: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\n\n"));
+static LAST_EVENT_END: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(b"\n\n"));
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
 /// Offset just past the last `\n\n` in `bytes`.
 fn last_event_end(bytes: &[u8]) -> Option<usize> {
-    memmem::rfind(bytes, b"\n\n").map(|i| i + 2)
+    LAST_EVENT_END.rfind(bytes).map(|i| i + 2)
+}
+
+/// Whether `bytes` holds a `"usage"` key whose value is an object. OpenAI-compatible servers
+/// put `"usage":null` in every chunk of a stream that asked for usage; only the one real
+/// report is worth parsing.
+fn has_usage_object(bytes: &[u8]) -> bool {
+    USAGE_KEY.find_iter(bytes).any(|at| {
+        let mut rest = bytes[at + b"\"usage\"".len()..]
+            .iter()
+            .filter(|b| !b.is_ascii_whitespace());
+        rest.next() == Some(&b':') && rest.next() == Some(&b'{')
+    })
 }
 
 /// The payload of an event's `data:` line(s), when it has exactly one (OpenAI's events do).
@@ -325,6 +350,16 @@ mod tests {
         let mixed = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n";
         assert_eq!(r.feed(mixed), mixed);
         assert_eq!(r.usage.unwrap().total_tokens(), 2);
+    }
+
+    #[test]
+    fn only_usage_objects_count() {
+        assert!(has_usage_object(br#"{"usage":{"prompt_tokens":1}}"#));
+        assert!(has_usage_object(b"{\"usage\" :\n {}}"));
+        assert!(!has_usage_object(br#"{"usage":null}"#));
+        assert!(!has_usage_object(br#"{"finish_reason":"usage","x":{}}"#));
+        // Escaped inside a string, the key is not a key.
+        assert!(!has_usage_object(br#"{"content":"\"usage\": {"}"#));
     }
 
     #[test]

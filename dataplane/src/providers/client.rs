@@ -496,6 +496,9 @@ impl Framing {
     }
 }
 
+static CRLF: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n"));
+
 /// Takes every decodable byte of body out of `buf`, advancing `framing`.
 /// `Err` on a malformed chunked encoding.
 fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Bytes>, BodyError> {
@@ -537,7 +540,7 @@ fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Bytes>, Bo
             }
             Framing::Chunked { state, reusable } => match *state {
                 Chunk::Size => {
-                    let Some(eol) = memchr::memmem::find(buf, b"\r\n") else {
+                    let Some(eol) = CRLF.find(buf) else {
                         if buf.len() > 1024 {
                             return Err(BodyError("chunk size line too long".into()));
                         }
@@ -579,7 +582,7 @@ fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Bytes>, Bo
                     *state = Chunk::Size;
                 }
                 Chunk::Trailers => {
-                    let Some(eol) = memchr::memmem::find(buf, b"\r\n") else {
+                    let Some(eol) = CRLF.find(buf) else {
                         break;
                     };
                     buf.advance(eol + 2);

@@ -12,6 +12,10 @@ pub struct BenchArgs {
     /// Seconds of measurement per cell (after a warm-up).
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
+    /// Rounds over all targets; each figure reported is the median round's. Targets take
+    /// turns within a round, so a slow spell on a shared machine hits every target alike.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Seconds of warm-up per cell, not measured.
     #[arg(long, default_value_t = 1)]
     pub warmup: u64,

@@ -3,9 +3,12 @@
 //! call. On a shared 2-core machine only figures from the same run are comparable, so the
 //! peers are always measured beside the gateway.
 //!
-//! Layout: the load generator and the mock share core 0, the proxy under test has core 1
-//! (see [`procs::Pinning`]). Targets run one at a time; each child process is killed, with its
-//! descendants, when its guard drops — at the end of its cell, on error, or on Ctrl-C.
+//! Layout: the load generator and the mock share core 0, the proxies have core 1 (see
+//! [`procs::Pinning`]). All proxies start first and idle while another is measured; the cells
+//! then run in rounds (every target and mode once per round, in turn) and each reported figure
+//! is the median round's, so that drift on a shared machine does not favour whoever ran
+//! first. Each child process is killed, with its descendants, when its guard drops — at the
+//! end of the run, on error, or on Ctrl-C.
 
 pub mod cli;
 pub mod http;
@@ -51,6 +54,7 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
             pinning: pinning.note,
             duration_s: args.duration,
             warmup_s: args.warmup,
+            rounds: args.rounds.max(1),
             concurrency: args.concurrency,
             stream_chunks: args.chunks,
         },
@@ -58,6 +62,7 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
         notes: Vec::new(),
     };
     let ticks_per_second = procs::clock_ticks_per_second();
+    let mut started: Vec<(Target, Result<Running, String>)> = Vec::new();
     for target in [
         Target::Direct,
         Target::Gateway,
@@ -71,15 +76,32 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
             report.notes.push(note);
             continue;
         }
-        let mut running = targets::start(target, &env, args.litellm.as_deref()).await;
-        for &mode in &args.modes {
-            let cell = match &mut running {
-                Ok(running) => measure(running, target, mode, args, ticks_per_second).await,
-                Err(reason) => Cell::failed(target, mode, reason.clone()),
-            };
-            report.cells.push(cell);
+        started.push((
+            target,
+            targets::start(target, &env, args.litellm.as_deref()).await,
+        ));
+    }
+    // samples[target index][mode index]: one cell per round.
+    let mut samples: Vec<Vec<Vec<Cell>>> = vec![vec![Vec::new(); args.modes.len()]; started.len()];
+    for _ in 0..args.rounds.max(1) {
+        for (m, &mode) in args.modes.iter().enumerate() {
+            for (t, (target, running)) in started.iter_mut().enumerate() {
+                let cell = match running {
+                    Ok(running) => measure(running, *target, mode, args, ticks_per_second).await,
+                    Err(reason) => Cell::failed(*target, mode, reason.clone()),
+                };
+                samples[t][m].push(cell);
+            }
         }
-        // Stop the proxy before the next one starts (on an error, its guard kills it).
+    }
+    for per_mode in samples {
+        for cells in per_mode {
+            if let Some(cell) = median(cells) {
+                report.cells.push(cell);
+            }
+        }
+    }
+    for (_, running) in started {
         if let Ok(Running {
             proc: Some(proc), ..
         }) = running
@@ -95,6 +117,16 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
     mock.stop(STOP_GRACE).await;
     report.compare_with_direct();
     Ok(report)
+}
+
+/// The round with the median throughput; a failed round wins, so failures are never hidden.
+fn median(mut cells: Vec<Cell>) -> Option<Cell> {
+    if let Some(i) = cells.iter().position(|c| c.failed.is_some()) {
+        return Some(cells.swap_remove(i));
+    }
+    cells.sort_by(|a, b| a.req_per_s.total_cmp(&b.req_per_s));
+    let middle = cells.len() / 2;
+    (!cells.is_empty()).then(|| cells.swap_remove(middle))
 }
 
 /// Why a target is skipped without a row, if it is.
@@ -180,6 +212,27 @@ async fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_round_is_reported_and_failures_win() {
+        let cell = |rps: f64| {
+            let mut c = Cell::failed(Target::Gateway, Mode::Stream, String::new());
+            c.failed = None;
+            c.req_per_s = rps;
+            c
+        };
+        let picked = median(vec![cell(30.0), cell(10.0), cell(20.0)]).unwrap();
+        assert_eq!(picked.req_per_s, 20.0);
+        let mut broken = cell(5.0);
+        broken.failed = Some("exited".into());
+        assert!(
+            median(vec![cell(1.0), broken, cell(3.0)])
+                .unwrap()
+                .failed
+                .is_some()
+        );
+        assert!(median(Vec::new()).is_none());
+    }
 
     #[test]
     fn bodies_are_json_with_and_without_stream() {

@@ -14,6 +14,8 @@ pub struct Context {
     pub pinning: String,
     pub duration_s: u64,
     pub warmup_s: u64,
+    /// Rounds measured; each figure is the median round's.
+    pub rounds: usize,
     pub concurrency: usize,
     pub stream_chunks: usize,
 }
@@ -149,8 +151,8 @@ impl Report {
         }
         let c = &self.context;
         out.push_str(&format!(
-            "\nnproc {}; {}; {} s per cell after {} s warm-up; concurrency {}; {} chunks per stream\n",
-            c.nproc, c.pinning, c.duration_s, c.warmup_s, c.concurrency, c.stream_chunks
+            "\nnproc {}; {}; {} s per cell after {} s warm-up; median of {} rounds; concurrency {}; {} chunks per stream\n",
+            c.nproc, c.pinning, c.duration_s, c.warmup_s, c.rounds, c.concurrency, c.stream_chunks
         ));
         for (i, note) in footnotes.iter().enumerate() {
             out.push_str(&format!("[{}] {note}\n", i + 1));
@@ -195,6 +197,7 @@ mod tests {
                 pinning: "pinned".into(),
                 duration_s: 3,
                 warmup_s: 1,
+                rounds: 1,
                 concurrency: 32,
                 stream_chunks: 20,
             },

@@ -114,23 +114,23 @@ struct Origin {
 
 /// Where one adaptor sends its requests: an origin's pool and the `Host` header.
 #[derive(Clone)]
-pub struct Endpoint {
+pub struct Upstream {
     client: HttpClient,
     pool: Arc<Pool>,
     host_header: HeaderValue,
 }
 
-impl fmt::Debug for Endpoint {
+impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Endpoint")
+        f.debug_struct("Upstream")
             .field("origin", &self.pool.origin)
             .finish_non_exhaustive()
     }
 }
 
 impl HttpClient {
-    /// The endpoint for a base URL's origin, sharing the pool with every other user of it.
-    pub fn endpoint(&self, base: &Uri) -> Result<Endpoint, String> {
+    /// The upstream at a base URL's origin, sharing the pool with every other user of it.
+    pub fn upstream(&self, base: &Uri) -> Result<Upstream, String> {
         let tls = match base.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -167,7 +167,7 @@ impl HttpClient {
                 })
             }))
         };
-        Ok(Endpoint {
+        Ok(Upstream {
             client: self.clone(),
             pool,
             host_header,
@@ -273,7 +273,7 @@ pub struct Response {
     pub body: ResponseBody,
 }
 
-impl Endpoint {
+impl Upstream {
     async fn connect(&self) -> Result<Conn, SendError> {
         let origin = &self.pool.origin;
         let timeout = self.client.inner.settings.connect_timeout;

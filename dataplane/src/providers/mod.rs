@@ -7,6 +7,7 @@
 //!
 //! - [`openai`]: any OpenAI-compatible HTTP API; bytes pass through except the model name.
 //! - [`mock`]: answers inside the process, deterministically and offline.
+//! - [`client`]: the HTTP/1.1 client every HTTP adaptor shares (pooled, rustls).
 
 pub mod client;
 pub mod mock;

@@ -16,7 +16,7 @@ use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamRespo
 /// An OpenAI-compatible provider.
 #[derive(Debug)]
 pub struct OpenAiAdaptor {
-    upstream: client::Endpoint,
+    upstream: client::Upstream,
     chat_path: String,
     completions_path: String,
     embeddings_path: String,
@@ -35,7 +35,7 @@ impl OpenAiAdaptor {
             .parse()
             .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
         let upstream = client
-            .endpoint(&base)
+            .upstream(&base)
             .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
         let prefix = base.path().trim_end_matches('/');
         let authorization = match api_key {

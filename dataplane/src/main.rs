@@ -61,10 +61,18 @@ fn run_server(config_path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
         .map(|c| c.server.log_format)
         .unwrap_or_default();
     init_logging(format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // On one core (e.g. pinned with taskset) the work-stealing scheduler only adds overhead.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let built = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

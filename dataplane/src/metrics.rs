@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchboard_shared::snapshot::ProviderKind;
 use switchboard_shared::usage::Usage;
 
 pub const REQUESTS_TOTAL: &str = "switchboard_requests_total";
@@ -259,38 +260,52 @@ pub fn record_latency(endpoint: &'static str, total_seconds: f64, ttft_seconds: 
     }
 }
 
-/// Results of an upstream attempt.
-pub const ATTEMPT_RESULTS: [&str; 9] = [
-    "ok",
-    "timeout",
-    "connect_error",
-    "transport_error",
-    "rate_limited",
-    "server_error",
-    "credential_rejected",
-    "client_error",
-    "broken_body",
-];
+/// The result of one upstream attempt: a closed set, so the label table needs no lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Ok,
+    Timeout,
+    ConnectError,
+    TransportError,
+    RateLimited,
+    ServerError,
+    CredentialRejected,
+    ClientError,
+    BrokenBody,
+    Malformed,
+}
 
-/// Counts an upstream attempt by provider kind and result (one of [`ATTEMPT_RESULTS`]).
-pub fn count_attempt(provider: &'static str, result: &'static str) {
-    // Index by position in both closed sets; an unknown value falls back to registering.
-    const PROVIDERS: [&str; 2] = ["openai", "mock"];
-    static TABLE: Table<Counter, { 2 * 9 }> = Table::new();
-    match (
-        PROVIDERS.iter().position(|p| *p == provider),
-        ATTEMPT_RESULTS.iter().position(|r| *r == result),
-    ) {
-        (Some(p), Some(r)) => {
-            if let Some(c) = TABLE.get(
-                p * ATTEMPT_RESULTS.len() + r,
-                || counter!(UPSTREAM_ATTEMPTS_TOTAL, "provider" => provider, "result" => result),
-            ) {
-                c.increment(1);
-            }
+impl AttemptResult {
+    const COUNT: usize = 10;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Ok => "ok",
+            AttemptResult::Timeout => "timeout",
+            AttemptResult::ConnectError => "connect_error",
+            AttemptResult::TransportError => "transport_error",
+            AttemptResult::RateLimited => "rate_limited",
+            AttemptResult::ServerError => "server_error",
+            AttemptResult::CredentialRejected => "credential_rejected",
+            AttemptResult::ClientError => "client_error",
+            AttemptResult::BrokenBody => "broken_body",
+            AttemptResult::Malformed => "malformed",
         }
-        _ => counter!(UPSTREAM_ATTEMPTS_TOTAL, "provider" => provider, "result" => result)
-            .increment(1),
+    }
+}
+
+/// Counts an upstream attempt by provider kind and result.
+pub fn count_attempt(provider: ProviderKind, result: AttemptResult) {
+    const PROVIDERS: usize = 2;
+    static TABLE: Table<Counter, { PROVIDERS * AttemptResult::COUNT }> = Table::new();
+    let p = match provider {
+        ProviderKind::Openai => 0,
+        ProviderKind::Mock => 1,
+    };
+    if let Some(c) = TABLE.get(p * AttemptResult::COUNT + result as usize, || {
+        counter!(UPSTREAM_ATTEMPTS_TOTAL, "provider" => provider.as_str(), "result" => result.as_str())
+    }) {
+        c.increment(1);
     }
 }
 

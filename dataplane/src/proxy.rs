@@ -31,7 +31,7 @@ use crate::accounting::{Ledger, usage_from_body};
 use crate::catalog::{Catalog, DeploymentEntry, ModelEntry};
 use crate::error::ApiError;
 use crate::limits::Limiter;
-use crate::metrics;
+use crate::metrics::{self, AttemptResult};
 use crate::providers::{Endpoint, SendError, UpstreamBody, UpstreamRequest, Verdict};
 use crate::relay::SseRelay;
 use crate::request::RequestView;
@@ -201,15 +201,15 @@ fn backoff(failures: u32) -> Duration {
 }
 
 /// Counts an attempt's result by provider kind.
-fn count_attempt(deployment: &DeploymentEntry, result: &'static str) {
-    metrics::count_attempt(deployment.provider_kind.as_str(), result);
+fn count_attempt(deployment: &DeploymentEntry, result: AttemptResult) {
+    metrics::count_attempt(deployment.provider_kind, result);
 }
 
 /// A failure that counts against the deployment's health.
 fn failed(
     deployment: &DeploymentEntry,
     policy: &ModelPolicy,
-    result: &'static str,
+    result: AttemptResult,
     error: ApiError,
 ) -> Attempt {
     count_attempt(deployment, result);
@@ -243,12 +243,19 @@ async fn attempt(
     };
 
     let response = match timeout_at(first_byte_deadline, deployment.adaptor.send(&request)).await {
-        Err(_) => return failed(deployment, policy, "timeout", ApiError::UpstreamTimeout),
+        Err(_) => {
+            return failed(
+                deployment,
+                policy,
+                AttemptResult::Timeout,
+                ApiError::UpstreamTimeout,
+            );
+        }
         Ok(Err(SendError::Connect)) => {
             return failed(
                 deployment,
                 policy,
-                "connect_error",
+                AttemptResult::ConnectError,
                 ApiError::UpstreamFailed {
                     reason: "could not connect",
                 },
@@ -258,7 +265,7 @@ async fn attempt(
             return failed(
                 deployment,
                 policy,
-                "transport_error",
+                AttemptResult::TransportError,
                 ApiError::UpstreamFailed {
                     reason: "the connection broke before an answer",
                 },
@@ -273,7 +280,7 @@ async fn attempt(
     {
         Verdict::Success => {}
         Verdict::RateLimited { retry_after } => {
-            count_attempt(deployment, "rate_limited");
+            count_attempt(deployment, AttemptResult::RateLimited);
             let period = retry_after.unwrap_or(Duration::from_secs(policy.cooldown.seconds));
             deployment.health.cool_down(period);
             cooled(deployment);
@@ -283,14 +290,14 @@ async fn attempt(
             return failed(
                 deployment,
                 policy,
-                "server_error",
+                AttemptResult::ServerError,
                 ApiError::UpstreamFailed {
                     reason: "it answered with a server error",
                 },
             );
         }
         Verdict::CredentialRejected => {
-            count_attempt(deployment, "credential_rejected");
+            count_attempt(deployment, AttemptResult::CredentialRejected);
             tracing::error!(
                 deployment = %deployment.id,
                 provider = %deployment.provider_id,
@@ -306,7 +313,7 @@ async fn attempt(
             });
         }
         Verdict::ClientError => {
-            count_attempt(deployment, "client_error");
+            count_attempt(deployment, AttemptResult::ClientError);
             let content_type = response.headers.get(CONTENT_TYPE).cloned();
             let body = match timeout_at(
                 deadline,
@@ -340,9 +347,14 @@ async fn attempt(
 
     if view.stream && is_event_stream {
         return match timeout_at(first_byte_deadline, first_data(&mut body)).await {
-            Err(_) => failed(deployment, policy, "timeout", ApiError::UpstreamTimeout),
+            Err(_) => failed(
+                deployment,
+                policy,
+                AttemptResult::Timeout,
+                ApiError::UpstreamTimeout,
+            ),
             Ok(Some(first)) => {
-                count_attempt(deployment, "ok");
+                count_attempt(deployment, AttemptResult::Ok);
                 deployment.health.record_success();
                 Attempt::Stream {
                     body,
@@ -353,7 +365,7 @@ async fn attempt(
             Ok(None) => failed(
                 deployment,
                 policy,
-                "broken_body",
+                AttemptResult::BrokenBody,
                 ApiError::UpstreamFailed {
                     reason: "its stream ended before any data",
                 },
@@ -363,12 +375,19 @@ async fn attempt(
 
     let content_type = response.headers.get(CONTENT_TYPE).cloned();
     let bytes = match timeout_at(deadline, body.collect()).await {
-        Err(_) => return failed(deployment, policy, "timeout", ApiError::UpstreamTimeout),
+        Err(_) => {
+            return failed(
+                deployment,
+                policy,
+                AttemptResult::Timeout,
+                ApiError::UpstreamTimeout,
+            );
+        }
         Ok(Err(_)) => {
             return failed(
                 deployment,
                 policy,
-                "broken_body",
+                AttemptResult::BrokenBody,
                 ApiError::UpstreamFailed {
                     reason: "the connection broke mid-answer",
                 },
@@ -378,7 +397,7 @@ async fn attempt(
     };
     match usage_from_body(&bytes) {
         Ok(usage) => {
-            count_attempt(deployment, "ok");
+            count_attempt(deployment, AttemptResult::Ok);
             deployment.health.record_success();
             Attempt::Complete {
                 status: StatusCode::OK,
@@ -390,7 +409,7 @@ async fn attempt(
         Err(_) => failed(
             deployment,
             policy,
-            "malformed",
+            AttemptResult::Malformed,
             ApiError::UpstreamFailed {
                 reason: "its answer was not valid JSON",
             },

@@ -244,9 +244,9 @@ async fn shutdown_lets_in_flight_streams_finish() {
 #[tokio::test]
 async fn metrics_are_exported_under_their_documented_names() {
     let mock = MockUpstream::start().await.unwrap();
-    let config = one_deployment(&mock.base_url(), ", limits: { rpm: 1 }", "").replace(
-        "upstream_model: up-model }",
-        "upstream_model: up-model, price: { input_cost_per_token: 1.0e-06, output_cost_per_token: 2.0e-06 } }",
+    let config = with_deployment_fields(
+        &one_deployment(&mock.base_url(), ", limits: { rpm: 1 }", ""),
+        "price: { input_cost_per_token: 1.0e-06, output_cost_per_token: 2.0e-06 }",
     );
     let gw = Gateway::start(&config).await;
     assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
@@ -271,7 +271,14 @@ async fn metrics_are_exported_under_their_documented_names() {
         text.contains(r#"switchboard_rate_limited_total{scope="key",resource="requests"}"#),
         "{text}"
     );
-    assert!(text.contains(r#"kind="model_not_found""#) || text.contains(r#"kind="rate_limited""#));
+    assert!(
+        text.contains(r#"switchboard_errors_total{kind="rate_limited"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"switchboard_errors_total{kind="model_not_found"}"#),
+        "{text}"
+    );
     // Labels never carry a key or a client-supplied model name.
     assert!(!text.contains(KEY));
     assert!(!text.contains("\"nope\""));

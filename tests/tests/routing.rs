@@ -70,9 +70,9 @@ async fn the_body_reaches_upstream_untouched_but_for_the_model() {
 #[tokio::test]
 async fn usage_and_cost_are_recorded_from_the_answer() {
     let mock = MockUpstream::start().await.unwrap();
-    let config = one_deployment(&mock.scenario_url("cached=4"), "", "").replace(
-        "upstream_model: up-model }",
-        "upstream_model: up-model, price: { input_cost_per_token: 2.5e-06, output_cost_per_token: 1.0e-05, cache_read_input_token_cost: 1.25e-06 } }",
+    let config = with_deployment_fields(
+        &one_deployment(&mock.scenario_url("cached=4"), "", ""),
+        "price: { input_cost_per_token: 2.5e-06, output_cost_per_token: 1.0e-05, cache_read_input_token_cost: 1.25e-06 }",
     );
     let gw = Gateway::start(&config).await;
     let reply = post(&gw.url(CHAT), GOOD).await;

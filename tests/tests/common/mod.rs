@@ -257,3 +257,14 @@ pub fn one_deployment(base_url: &str, key_extra: &str, models: &str) -> String {
         "",
     )
 }
+
+/// [`one_deployment`]'s config with more fields on its deployment (`price: {...}`, ...).
+pub fn with_deployment_fields(config: &str, fields: &str) -> String {
+    let edited = config.replacen(
+        "upstream_model: up-model }",
+        &format!("upstream_model: up-model, {fields} }}"),
+        1,
+    );
+    assert_ne!(edited, config, "not a one_deployment config");
+    edited
+}

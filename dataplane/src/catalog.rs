@@ -135,6 +135,9 @@ pub struct BuildContext<'a> {
     pub client: &'a HttpClient,
     /// Looks up environment variables for `{ env: NAME }` secrets.
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Opens `{ sealed: ... }` secrets (snapshots from the control plane); `None` when this
+    /// data plane holds no master keys.
+    pub master_keys: Option<&'a switchboard_shared::sealed::MasterKeys>,
     /// The catalog being replaced, whose counters and health carry over.
     pub previous: Option<&'a Catalog>,
 }
@@ -181,7 +184,11 @@ impl Catalog {
 
         let mut adaptors: HashMap<&str, (ProviderKind, Arc<dyn ProviderAdaptor>)> = HashMap::new();
         for (i, p) in snapshot.providers.iter().enumerate() {
-            let api_key = match p.api_key.as_ref().map(|s| s.resolve_with(ctx.env)) {
+            let api_key = match p
+                .api_key
+                .as_ref()
+                .map(|s| s.resolve_with(ctx.env, ctx.master_keys))
+            {
                 None => None,
                 Some(Ok(v)) => Some(v),
                 Some(Err(e)) => {

@@ -98,6 +98,7 @@ mod tests {
                 pepper: b"p",
                 client: &client,
                 env: &|_| None,
+                master_keys: None,
                 previous: None,
             },
         )

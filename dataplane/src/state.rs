@@ -103,6 +103,7 @@ impl AppState {
                 pepper: &self.pepper,
                 client: &self.client,
                 env: &env,
+                master_keys: None,
                 previous: previous.as_deref(),
             },
         )?;

@@ -11,15 +11,26 @@
 //!   `model_prices_and_context_window.json`.
 //! - [`pricing`]: `cost(usage, price)` — token counts times a price entry, tiers included.
 //! - [`usage`]: token usage and the per-request record that the data plane emits.
+//! - [`sealed`]: AES-256-GCM sealing of upstream credentials under rotatable master keys.
+//! - [`cluster`]: NATS subjects, JetStream names and messages between the planes.
+//! - [`proto`]: the generated gRPC `ConfigService` (from `proto/`).
 //!
 //! Why one crate: a snapshot written by the control plane must be read bit-for-bit the same way
 //! by every data plane, and a cost computed in one place must equal the cost computed in the
 //! other. Keeping the types and the arithmetic here makes that true by construction.
 
+pub mod cluster;
 pub mod keys;
 pub mod price;
 pub mod pricing;
+pub mod sealed;
 pub mod secret;
 pub mod snapshot;
 pub mod usage;
 pub mod validate;
+
+/// Generated from `proto/switchboard/config/v1/config.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+pub mod proto {
+    tonic::include_proto!("switchboard.config.v1");
+}

@@ -1,0 +1,147 @@
+//! The wire contract between the control plane and the data planes, beside the gRPC one in
+//! `proto/`: NATS subjects, JetStream names and the small JSON messages that travel on them.
+//!
+//! How a snapshot travels (see `docs/cluster.md` for the whole picture):
+//! 1. The control plane commits a change, which bumps the config revision in Postgres.
+//! 2. It builds the snapshot for that revision and puts its canonical JSON into the JetStream
+//!    object store bucket `snapshot_bucket` under [`snapshot_object`]`(revision)` — the
+//!    object store chunks it, so no NATS message limit applies.
+//! 3. It publishes a [`SnapshotHead`] on `head_subject`, in the stream `config_stream`,
+//!    which keeps one message per subject: the last value. The publish expects the subject's
+//!    last sequence to be the one it read, and skips when the head already names a revision at
+//!    least as high, so racing control-plane replicas never move the head backwards.
+//! 4. A data plane follows `head_subject` with an ordered consumer delivering the last value
+//!    first; for each head newer than what it serves it fetches the object, checks the content
+//!    hash and swaps the snapshot in.
+//!
+//! All names come from [`NatsNames`], derived from a configured namespace.
+//!
+//! Data planes announce themselves with a [`Heartbeat`] on its heartbeat subject (core NATS,
+//! not persisted) every few seconds and at once after applying a revision, which is what lets
+//! an admin write wait until the fleet has applied it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Response header naming the config revision that served a request.
+pub const REVISION_HEADER: &str = "x-switchboard-config-revision";
+/// Largest snapshot either side accepts over gRPC.
+pub const MAX_SNAPSHOT_BYTES: usize = 512 * 1024 * 1024;
+/// How many snapshot bodies the control plane keeps in the object store.
+pub const SNAPSHOTS_KEPT: u64 = 5;
+/// The namespace used when none is configured.
+pub const DEFAULT_NAMESPACE: &str = "switchboard";
+
+/// Every NATS name one deployment of Switchboard uses, derived from a namespace so that
+/// several deployments (or parallel tests) can share one NATS server without seeing each
+/// other. Both planes must be configured with the same namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsNames {
+    /// JetStream stream holding config heads, one message per subject (the last value).
+    pub config_stream: String,
+    /// Subjects of `config_stream`: `<ns>.config.>`.
+    pub config_subjects: String,
+    /// Subject of the current [`SnapshotHead`]: `<ns>.config.head`.
+    pub head_subject: String,
+    /// JetStream object store bucket holding snapshot bodies.
+    pub snapshot_bucket: String,
+    /// Prefix of heartbeat subjects (`<ns>.fleet.heartbeat`); the data plane's id follows.
+    pub heartbeat_prefix: String,
+}
+
+impl NatsNames {
+    /// Names for `namespace`, which must match [`valid_namespace`].
+    pub fn new(namespace: &str) -> Self {
+        let upper = namespace.to_ascii_uppercase().replace('-', "_");
+        Self {
+            config_stream: format!("{upper}_CONFIG"),
+            config_subjects: format!("{namespace}.config.>"),
+            head_subject: format!("{namespace}.config.head"),
+            snapshot_bucket: format!("{}_snapshots", namespace.replace('-', "_")),
+            heartbeat_prefix: format!("{namespace}.fleet.heartbeat"),
+        }
+    }
+
+    /// The subject a data plane's heartbeat is published on.
+    pub fn heartbeat_subject(&self, dataplane_id: &str) -> String {
+        format!("{}.{dataplane_id}", self.heartbeat_prefix)
+    }
+
+    /// The subject pattern that matches every heartbeat.
+    pub fn heartbeat_wildcard(&self) -> String {
+        format!("{}.*", self.heartbeat_prefix)
+    }
+}
+
+impl Default for NatsNames {
+    fn default() -> Self {
+        Self::new(DEFAULT_NAMESPACE)
+    }
+}
+
+/// A namespace is 1–32 characters of ASCII letters, digits, `-` and `_`, starting with a
+/// letter, so it is safe in subjects, stream names and bucket names alike.
+pub fn valid_namespace(namespace: &str) -> bool {
+    let mut chars = namespace.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && namespace.len() <= 32
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The object name of a revision's snapshot body.
+pub fn snapshot_object(revision: u64) -> String {
+    format!("snapshot-{revision:020}")
+}
+
+/// Announces the newest snapshot. Small: the body lives in the object store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHead {
+    pub revision: u64,
+    /// Hex SHA-256 of the body, equal to `Snapshot::content_hash()`.
+    pub content_hash: String,
+    /// Object name in the snapshot bucket.
+    pub object: String,
+    /// Body size in bytes.
+    pub size: u64,
+    pub published_at: DateTime<Utc>,
+}
+
+/// What a data plane reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Stable for the life of the process; unique across the fleet.
+    pub dataplane_id: String,
+    pub hostname: String,
+    pub version: String,
+    /// Revision of the snapshot it serves; 0 while it holds none.
+    pub revision: u64,
+    pub content_hash: String,
+    /// Whether it answers ready (holds a snapshot and is not draining).
+    pub ready: bool,
+    pub started_at: DateTime<Utc>,
+    pub sent_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_sort_by_revision() {
+        assert!(snapshot_object(9) < snapshot_object(10));
+    }
+
+    #[test]
+    fn names_derive_from_the_namespace() {
+        let n = NatsNames::new("test-a1");
+        assert_eq!(n.config_stream, "TEST_A1_CONFIG");
+        assert_eq!(n.head_subject, "test-a1.config.head");
+        assert_eq!(n.snapshot_bucket, "test_a1_snapshots");
+        assert_eq!(n.heartbeat_subject("dp-1"), "test-a1.fleet.heartbeat.dp-1");
+        assert_eq!(n.heartbeat_wildcard(), "test-a1.fleet.heartbeat.*");
+        assert!(valid_namespace("switchboard") && valid_namespace("t_1-x"));
+        for bad in ["", "1abc", "a.b", "a*", "a>", &"a".repeat(33)] {
+            assert!(!valid_namespace(bad), "{bad}");
+        }
+    }
+}

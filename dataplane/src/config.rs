@@ -23,6 +23,9 @@ use switchboard_shared::validate::{Problem, Problems};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    /// Shared cluster state. Absent: limits and deployment stats are this process's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<crate::shared_redis::RedisConfig>,
     /// The snapshot to serve (standalone mode).
     pub snapshot: Snapshot,
 }
@@ -159,6 +162,9 @@ impl Config {
         }
         if let Err(e) = self.server.key_pepper.resolve() {
             push("server.key_pepper", &e.to_string());
+        }
+        if let Some(redis) = &self.redis {
+            problems.extend(redis.problems("redis"));
         }
         if let Err(Problems(found)) = self.snapshot.validate() {
             problems.extend(found.into_iter().map(|p| Problem {

@@ -14,7 +14,8 @@
 //!
 //! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
 //! table and layer stack, [`error`] the one error type (OpenAI's shape), [`metrics`] every
-//! metric name, [`config`] the two-stage config, and [`server`] start, reload and drain.
+//! metric name, [`config`] the two-stage config, [`shared_redis`] the connection to the state that
+//! replicas share, and [`server`] start, reload and drain.
 //!
 //! Why it is built this way: nothing on the request path takes a lock, touches a disk or
 //! waits on a database. The snapshot is swapped atomically (`ArcSwap`), counters are atomics
@@ -37,6 +38,7 @@ pub mod request;
 pub mod routes;
 pub mod routing;
 pub mod server;
+pub mod shared_redis;
 pub mod state;
 
 pub use routes::router;

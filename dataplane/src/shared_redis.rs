@@ -1,0 +1,272 @@
+//! The connection to the Redis that all replicas share, and whether it is reachable now.
+//!
+//! Redis holds what replicas must agree on (rate-limit windows, deployment load, latency,
+//! cooldowns). This module owns only the connection: its settings, a key namespace, and a
+//! health flag that the users of Redis flip when a call fails and that a background probe
+//! flips back once Redis answers again. Limiters and shared deployment state build on it;
+//! while it is down they fall back to in-process state per [`FailurePolicy`].
+//!
+//! The handle is a multiplexed, auto-reconnecting connection (`ConnectionManager`): cloning
+//! it is cheap and concurrent requests pipeline over one socket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use switchboard_shared::secret::SecretRef;
+use switchboard_shared::validate::Problem;
+
+/// The `redis:` section of the data plane's config. Absent: in-process state only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]` (or `rediss://`). A secret, since it may hold a
+    /// password.
+    pub url: SecretRef,
+    /// Prefix of every key this deployment writes, so several deployments (or tests) can
+    /// share one Redis. Keys look like `<prefix>:rl:{key:abc}`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// A Redis call that takes longer counts as a failure (and the request proceeds per
+    /// `failure_policy`).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// What admission does while Redis is unreachable.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// How often the local copy of shared deployment state is refreshed from Redis.
+    #[serde(default = "default_refresh_ms")]
+    pub refresh_ms: u64,
+}
+
+/// What to do about limits while Redis is unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Keep serving, enforcing limits with this replica's in-process counters.
+    #[default]
+    Open,
+    /// Refuse requests that have limits (503) until Redis is back.
+    Closed,
+}
+
+fn default_key_prefix() -> String {
+    "switchboard".into()
+}
+fn default_timeout_ms() -> u64 {
+    50
+}
+fn default_refresh_ms() -> u64 {
+    200
+}
+
+impl RedisConfig {
+    /// Every problem with these settings, paths under `at` (e.g. `redis`).
+    pub fn problems(&self, at: &str) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut push = |field: &str, message: String| {
+            out.push(Problem {
+                path: format!("{at}.{field}"),
+                message,
+            });
+        };
+        match self.url.resolve() {
+            Err(e) => push("url", e.to_string()),
+            Ok(url) => {
+                if let Err(e) = redis::Client::open(url.as_str()) {
+                    // The error names the scheme problem; it never echoes the URL (which may
+                    // hold a password).
+                    push("url", format!("not a Redis URL: {}", e.category()));
+                }
+            }
+        }
+        let prefix_ok = !self.key_prefix.is_empty()
+            && self.key_prefix.len() <= 64
+            && self
+                .key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        if !prefix_ok {
+            push(
+                "key_prefix",
+                "1–64 characters of letters, digits, '-', '_', '.', ':'".into(),
+            );
+        }
+        if self.timeout_ms == 0 {
+            push("timeout_ms", "must be positive".into());
+        }
+        if !(10..=10_000).contains(&self.refresh_ms) {
+            push("refresh_ms", "must be between 10 and 10000".into());
+        }
+        out
+    }
+}
+
+/// A shared, cloneable handle to Redis plus its reachability.
+#[derive(Clone)]
+pub struct SharedRedis {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    timeout: Duration,
+    policy: FailurePolicy,
+    refresh: Duration,
+    up: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for SharedRedis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRedis")
+            .field("prefix", &self.prefix)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedRedis {
+    /// Prepares the connection without waiting for Redis: a data plane starts (degraded)
+    /// while Redis is down and connects when it comes up. Fails only on bad settings.
+    pub fn connect(config: &RedisConfig) -> anyhow::Result<Self> {
+        let url = config
+            .url
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| anyhow::anyhow!("redis.url: not a Redis URL: {}", e.category()))?;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|e| anyhow::anyhow!("redis: {}", e.category()))?;
+        Ok(Self {
+            conn,
+            prefix: Arc::from(config.key_prefix.as_str()),
+            timeout,
+            policy: config.failure_policy,
+            refresh: Duration::from_millis(config.refresh_ms),
+            // Optimistic: the first call finds out.
+            up: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// A handle for one command or pipeline; cheap to clone, multiplexed underneath.
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The configured key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn policy(&self) -> FailurePolicy {
+        self.policy
+    }
+
+    pub fn refresh_interval(&self) -> Duration {
+        self.refresh
+    }
+
+    /// Whether the last call reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Records a failed call. Returns true when this flips the state (log once, not per
+    /// request).
+    pub fn mark_down(&self) -> bool {
+        self.up.swap(false, Ordering::Relaxed)
+    }
+
+    /// Records a successful call. Returns true when this flips the state.
+    pub fn mark_up(&self) -> bool {
+        !self.up.swap(true, Ordering::Relaxed)
+    }
+
+    /// One `PING`, bounded by the timeout; updates the health flag.
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.conn();
+        let ok = tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(250)),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if ok {
+            self.mark_up();
+        } else {
+            self.mark_down();
+        }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> RedisConfig {
+        RedisConfig {
+            url: SecretRef::Value(url.into()),
+            key_prefix: default_key_prefix(),
+            timeout_ms: default_timeout_ms(),
+            failure_policy: FailurePolicy::Open,
+            refresh_ms: default_refresh_ms(),
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_listed_without_echoing_the_url() {
+        let mut c = config("http://user:hunter2@host");
+        c.key_prefix = "has space".into();
+        c.timeout_ms = 0;
+        c.refresh_ms = 5;
+        let problems = c.problems("redis");
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "redis.url",
+                "redis.key_prefix",
+                "redis.timeout_ms",
+                "redis.refresh_ms"
+            ]
+        );
+        assert!(problems.iter().all(|p| !p.message.contains("hunter2")));
+        assert!(
+            config("redis://127.0.0.1:6379")
+                .problems("redis")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn yaml_defaults_apply() {
+        let c: RedisConfig = serde_yaml_ng::from_str("url: { value: 'redis://h:1' }").unwrap();
+        assert_eq!(c.key_prefix, "switchboard");
+        assert_eq!(c.failure_policy, FailurePolicy::Open);
+        let c: RedisConfig =
+            serde_yaml_ng::from_str("url: { env: R }\nfailure_policy: closed").unwrap();
+        assert_eq!(c.failure_policy, FailurePolicy::Closed);
+        assert!(serde_yaml_ng::from_str::<RedisConfig>("url: { env: R }\nbogus: 1").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_marks_itself_down_and_recovers_nothing_by_itself() {
+        // Port 1 refuses at once on loopback.
+        let redis = SharedRedis::connect(&config("redis://127.0.0.1:1")).unwrap();
+        assert!(redis.is_up());
+        assert!(!redis.ping().await);
+        assert!(!redis.is_up());
+        assert!(redis.mark_up());
+        assert!(!redis.mark_up());
+    }
+}

@@ -10,7 +10,8 @@
 //! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and cooldowns ([`health`]), through a
 //!    provider adaptor ([`providers`]).
 //! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream.
-//! 7. [`accounting`] — usage, cost, limit settlement and the usage record.
+//! 7. [`accounting`] — usage, cost, limit settlement and the usage record, which
+//!    [`usage_publisher`] sends to the control plane over NATS JetStream in cluster mode.
 //!
 //! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
 //! table and layer stack, [`error`] the one error type (OpenAI's shape), [`metrics`] every
@@ -40,6 +41,7 @@ pub mod routing;
 pub mod server;
 pub mod shared_redis;
 pub mod state;
+pub mod usage_publisher;
 
 pub use routes::router;
 pub use server::{Options, build_state, serve, serve_until};

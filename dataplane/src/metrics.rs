@@ -31,6 +31,9 @@ pub const DEPLOYMENT_COOLDOWNS_TOTAL: &str = "switchboard_deployment_cooldowns_t
 pub const SNAPSHOT_REVISION: &str = "switchboard_snapshot_revision";
 pub const SNAPSHOT_RELOADS_TOTAL: &str = "switchboard_snapshot_reloads_total";
 pub const INFLIGHT_REQUESTS: &str = "switchboard_inflight_requests";
+/// Usage records by fate: `published` (stored by JetStream), `spilled` (to the spill file),
+/// `dropped` (lost: queue full with no spill file). Only in cluster mode.
+pub const USAGE_RECORDS_TOTAL: &str = "switchboard_usage_records_total";
 
 /// Every name above, for the test that scrapes `/metrics`.
 pub const ALL: &[&str] = &[
@@ -327,6 +330,23 @@ pub fn count_cooldown(deployment: &str) {
 /// Counts a config reload by result (`swapped`, `unchanged`, `rejected`).
 pub fn count_reload(result: &'static str) {
     counter!(SNAPSHOT_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// Counts usage records stored by JetStream.
+pub fn count_usage_published() {
+    static C: OnceLock<Counter> = OnceLock::new();
+    C.get_or_init(|| counter!(USAGE_RECORDS_TOTAL, "result" => "published"))
+        .increment(1);
+}
+
+/// Counts usage records written to the spill file.
+pub fn count_usage_spilled(n: usize) {
+    counter!(USAGE_RECORDS_TOTAL, "result" => "spilled").increment(n as u64);
+}
+
+/// Counts usage records lost.
+pub fn count_usage_dropped() {
+    counter!(USAGE_RECORDS_TOTAL, "result" => "dropped").increment(1);
 }
 
 /// Sets the revision being served.

@@ -16,6 +16,10 @@
 //!
 //! All names come from [`NatsNames`], derived from a configured namespace.
 //!
+//! Usage events travel on `usage_subject` into the `usage_stream` work queue, one JSON
+//! `UsageRecord` per message with `Nats-Msg-Id` set to the request id, so JetStream drops a
+//! re-sent duplicate within its window and spend ingestion drops any later one by request id.
+//!
 //! Data planes announce themselves with a [`Heartbeat`] on its heartbeat subject (core NATS,
 //! not persisted) every few seconds and at once after applying a revision, which is what lets
 //! an admin write wait until the fleet has applied it.
@@ -47,6 +51,10 @@ pub struct NatsNames {
     pub snapshot_bucket: String,
     /// Prefix of heartbeat subjects (`<ns>.fleet.heartbeat`); the data plane's id follows.
     pub heartbeat_prefix: String,
+    /// JetStream stream of usage events (work queue; the control plane owns and consumes it).
+    pub usage_stream: String,
+    /// Subject data planes publish `UsageRecord` JSON on: `<ns>.usage.events`.
+    pub usage_subject: String,
 }
 
 impl NatsNames {
@@ -59,6 +67,8 @@ impl NatsNames {
             head_subject: format!("{namespace}.config.head"),
             snapshot_bucket: format!("{}_snapshots", namespace.replace('-', "_")),
             heartbeat_prefix: format!("{namespace}.fleet.heartbeat"),
+            usage_stream: format!("{upper}_USAGE"),
+            usage_subject: format!("{namespace}.usage.events"),
         }
     }
 
@@ -139,6 +149,8 @@ mod tests {
         assert_eq!(n.snapshot_bucket, "test_a1_snapshots");
         assert_eq!(n.heartbeat_subject("dp-1"), "test-a1.fleet.heartbeat.dp-1");
         assert_eq!(n.heartbeat_wildcard(), "test-a1.fleet.heartbeat.*");
+        assert_eq!(n.usage_stream, "TEST_A1_USAGE");
+        assert_eq!(n.usage_subject, "test-a1.usage.events");
         assert!(valid_namespace("switchboard") && valid_namespace("t_1-x"));
         for bad in ["", "1abc", "a.b", "a*", "a>", &"a".repeat(33)] {
             assert!(!valid_namespace(bad), "{bad}");

@@ -1,0 +1,372 @@
+//! Usage records to the control plane over NATS JetStream, without ever blocking a request.
+//!
+//! [`NatsUsageSink::emit`] (called when a request's ledger closes, on the request path or in a
+//! stream's `Drop`) only pushes the record onto a bounded lock-free queue and wakes a
+//! background task. That task publishes in batches to the usage stream, each message carrying
+//! `Nats-Msg-Id = request_id`, and waits for JetStream's acknowledgements: a record leaves
+//! this process only once the stream has stored it (at-least-once; duplicates are dropped by
+//! JetStream's window and by ingestion's unique request id).
+//!
+//! While NATS or the stream is unreachable the task keeps what failed and retries with
+//! backoff. Records that do not fit in memory — the queue is full, or the backlog outgrows
+//! the queue's capacity — go to the spill file when one is configured (JSON lines, appended
+//! by the task, never by a request) and are replayed once publishing works again; without a
+//! spill file they are counted in `switchboard_usage_dropped_total` and logged. At shutdown
+//! [`NatsUsageSink::close`] flushes what it can within a deadline and spills the rest.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use crossbeam_queue::ArrayQueue;
+use switchboard_shared::usage::UsageRecord;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, oneshot};
+
+use crate::accounting::UsageSink;
+use crate::metrics;
+
+/// How many records one publish round sends before awaiting their acknowledgements.
+const BATCH: usize = 256;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest one publish round may take before it counts as failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Settings of the usage publisher.
+#[derive(Debug, Clone)]
+pub struct PublisherSettings {
+    /// Subject of the usage stream (`NatsNames::usage_subject`).
+    pub subject: String,
+    /// Records held in memory before spilling (or dropping).
+    pub capacity: usize,
+    /// Where records that don't fit in memory go until NATS takes them.
+    pub spill_path: Option<PathBuf>,
+}
+
+/// A [`UsageSink`] that publishes to JetStream from a background task.
+#[derive(Debug)]
+pub struct NatsUsageSink {
+    queue: Arc<ArrayQueue<UsageRecord>>,
+    wake: Arc<Notify>,
+    overflow: Arc<ArrayQueue<UsageRecord>>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<Duration>>>,
+    done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl NatsUsageSink {
+    /// Starts the publishing task on the current runtime.
+    pub fn start(jetstream: jetstream::Context, settings: PublisherSettings) -> Arc<Self> {
+        let capacity = settings.capacity.max(1);
+        let queue = Arc::new(ArrayQueue::new(capacity));
+        // Room for records that arrive while the main queue is full: the task moves them to
+        // the spill file. Small, since it only bridges until the task's next turn.
+        let overflow = Arc::new(ArrayQueue::new(capacity.min(4096)));
+        let wake = Arc::new(Notify::new());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let task = Publisher {
+            jetstream,
+            queue: Arc::clone(&queue),
+            overflow: Arc::clone(&overflow),
+            wake: Arc::clone(&wake),
+            backlog: VecDeque::new(),
+            capacity,
+            settings,
+        };
+        tokio::spawn(async move {
+            task.run(stop_rx).await;
+            let _ = done_tx.send(());
+        });
+        Arc::new(Self {
+            queue,
+            wake,
+            overflow,
+            stop: std::sync::Mutex::new(Some(stop_tx)),
+            done: tokio::sync::Mutex::new(Some(done_rx)),
+        })
+    }
+
+    /// Publishes what is pending for up to `deadline`, spills the rest (when a spill file is
+    /// configured), and stops the task. Later records are dropped and counted.
+    pub async fn close(&self, deadline: Duration) {
+        let stop = self.stop.lock().ok().and_then(|mut s| s.take());
+        if let Some(stop) = stop {
+            let _ = stop.send(deadline);
+            self.wake.notify_one();
+        }
+        let done = self.done.lock().await.take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+    }
+
+    /// Records waiting in memory (not counting the task's retry backlog).
+    pub fn queued(&self) -> usize {
+        self.queue.len() + self.overflow.len()
+    }
+}
+
+impl UsageSink for NatsUsageSink {
+    fn emit(&self, record: UsageRecord) {
+        if let Err(record) = self.queue.push(record)
+            && let Err(record) = self.overflow.push(record)
+        {
+            metrics::count_usage_dropped();
+            tracing::error!(
+                request_id = %record.request_id,
+                "usage queue full: record dropped (configure usage.spill_path to keep it)"
+            );
+        }
+        self.wake.notify_one();
+    }
+}
+
+/// The background task's state.
+struct Publisher {
+    jetstream: jetstream::Context,
+    queue: Arc<ArrayQueue<UsageRecord>>,
+    overflow: Arc<ArrayQueue<UsageRecord>>,
+    wake: Arc<Notify>,
+    /// Records taken from the queue but not yet acknowledged by the stream.
+    backlog: VecDeque<UsageRecord>,
+    capacity: usize,
+    settings: PublisherSettings,
+}
+
+impl Publisher {
+    async fn run(mut self, mut stop: oneshot::Receiver<Duration>) {
+        let mut backoff = MIN_BACKOFF;
+        let mut next_attempt = tokio::time::Instant::now();
+        let mut healthy = true;
+        loop {
+            // Draining never waits on NATS, so the queue keeps room while publishing fails.
+            self.drain_queues().await;
+            let connected = self.jetstream.client().connection_state()
+                == async_nats::connection::State::Connected;
+            if connected && healthy && self.backlog.is_empty() {
+                self.replay_spill().await;
+            }
+            if connected && !self.backlog.is_empty() && tokio::time::Instant::now() >= next_attempt
+            {
+                if self.publish_batch().await {
+                    backoff = MIN_BACKOFF;
+                    if !healthy {
+                        tracing::info!("usage publishing works again");
+                        healthy = true;
+                    }
+                    continue;
+                }
+                if healthy {
+                    tracing::warn!(
+                        backlog = self.backlog.len(),
+                        "usage publishing failed; retrying with backoff"
+                    );
+                    healthy = false;
+                }
+                next_attempt = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            if !connected && healthy && !self.backlog.is_empty() {
+                tracing::warn!(
+                    backlog = self.backlog.len(),
+                    "NATS unreachable: holding usage records"
+                );
+                healthy = false;
+            }
+            if !healthy {
+                self.spill_excess().await;
+            }
+            let wait = if self.backlog.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                MIN_BACKOFF
+            };
+            tokio::select! {
+                deadline = &mut stop => {
+                    self.finish(deadline.unwrap_or_default()).await;
+                    return;
+                }
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Moves queued records into the backlog, up to the capacity; the rest go to the spill
+    /// file (or are dropped).
+    async fn drain_queues(&mut self) {
+        let mut excess = Vec::new();
+        for queue in [&self.overflow, &self.queue] {
+            while let Some(r) = queue.pop() {
+                if self.backlog.len() < self.capacity {
+                    self.backlog.push_back(r);
+                } else {
+                    excess.push(r);
+                }
+            }
+        }
+        if !excess.is_empty() {
+            self.spill(excess).await;
+        }
+    }
+
+    /// Sends up to [`BATCH`] records and awaits their acks, for at most [`ATTEMPT_TIMEOUT`].
+    /// True when all were stored.
+    async fn publish_batch(&mut self) -> bool {
+        tokio::time::timeout(ATTEMPT_TIMEOUT, self.publish_batch_unbounded())
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn publish_batch_unbounded(&mut self) -> bool {
+        let n = self.backlog.len().min(BATCH);
+        let mut acks = Vec::with_capacity(n);
+        for record in self.backlog.iter().take(n) {
+            let Ok(payload) = serde_json::to_vec(record) else {
+                acks.push(None);
+                continue;
+            };
+            let publish = PublishMessage::build()
+                .payload(payload.into())
+                .message_id(record.request_id.as_str());
+            match self
+                .jetstream
+                .send_publish(self.settings.subject.clone(), publish)
+                .await
+            {
+                Ok(ack) => acks.push(Some(ack)),
+                Err(_) => break,
+            }
+        }
+        // Records are stored in order of their acks; drop the acknowledged ones and keep the
+        // rest (an unacknowledged record may still have been stored: the id makes a resend
+        // harmless).
+        let mut stored = vec![false; n];
+        let results = futures_util::future::join_all(acks.into_iter().enumerate().map(
+            |(i, ack)| async move {
+                match ack {
+                    // A record that cannot be serialised can never be sent: count it as done.
+                    None => (i, true),
+                    Some(ack) => (i, ack.await.is_ok()),
+                }
+            },
+        ))
+        .await;
+        for (i, ok) in results {
+            stored[i] = ok;
+        }
+        let all = stored.len() == n && stored.iter().all(|s| *s);
+        let mut kept = VecDeque::with_capacity(self.backlog.len());
+        for (i, r) in self.backlog.drain(..).enumerate() {
+            if i >= n || !stored.get(i).copied().unwrap_or(false) {
+                kept.push_back(r);
+            } else {
+                metrics::count_usage_published();
+            }
+        }
+        self.backlog = kept;
+        all && n > 0
+    }
+
+    /// While publishing fails, keeps at most half the capacity in memory and spills the rest,
+    /// so that new records still find room in the queue.
+    async fn spill_excess(&mut self) {
+        if self.settings.spill_path.is_none() || self.backlog.len() <= self.capacity / 2 {
+            return;
+        }
+        let excess: Vec<_> = self.backlog.drain(self.capacity / 2..).collect();
+        self.spill(excess).await;
+    }
+
+    async fn spill(&self, records: Vec<UsageRecord>) {
+        let Some(path) = &self.settings.spill_path else {
+            for r in &records {
+                metrics::count_usage_dropped();
+                tracing::error!(request_id = %r.request_id, "usage backlog full: record dropped");
+            }
+            return;
+        };
+        let mut text = Vec::with_capacity(records.len() * 512);
+        for r in &records {
+            if serde_json::to_writer(&mut text, r).is_ok() {
+                text.push(b'\n');
+            }
+        }
+        let written = async {
+            let mut f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .await?;
+            f.write_all(&text).await?;
+            f.sync_data().await
+        }
+        .await;
+        match written {
+            Ok(()) => metrics::count_usage_spilled(records.len()),
+            Err(e) => {
+                for r in &records {
+                    metrics::count_usage_dropped();
+                    tracing::error!(request_id = %r.request_id, error = %e, "usage spill failed: record dropped");
+                }
+            }
+        }
+    }
+
+    /// Moves spilled records back into the backlog (all of them: the file is only written
+    /// while the backlog is large, and read once it has drained), then removes the file.
+    async fn replay_spill(&mut self) {
+        let Some(path) = self.settings.spill_path.clone() else {
+            return;
+        };
+        let Ok(file) = tokio::fs::File::open(&path).await else {
+            return;
+        };
+        let mut lines = tokio::io::BufReader::new(file).lines();
+        let mut restored = 0usize;
+        let mut overflow = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<UsageRecord>(&line) {
+                Ok(r) if self.backlog.len() < self.capacity => {
+                    self.backlog.push_back(r);
+                    restored += 1;
+                }
+                Ok(r) => overflow.push(r),
+                // A torn last line from a crash mid-write: nothing to recover from it.
+                Err(_) => tracing::warn!("skipping an unreadable line in the usage spill file"),
+            }
+        }
+        if let Err(e) = tokio::fs::remove_file(&path).await {
+            tracing::error!(error = %e, "cannot remove the usage spill file; records may be sent twice");
+        }
+        if !overflow.is_empty() {
+            self.spill(overflow).await;
+        }
+        if restored > 0 {
+            tracing::info!(restored, "replaying spilled usage records");
+        }
+    }
+
+    /// At shutdown: publish until the deadline, then spill what is left.
+    async fn finish(mut self, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            self.drain_queues().await;
+            if self.backlog.is_empty() || tokio::time::Instant::now() >= until {
+                break;
+            }
+            let sent = tokio::time::timeout_at(until, self.publish_batch_unbounded()).await;
+            if !matches!(sent, Ok(true)) && tokio::time::Instant::now() < until {
+                tokio::time::sleep(MIN_BACKOFF).await;
+            }
+        }
+        let left: Vec<_> = self.backlog.drain(..).collect();
+        if !left.is_empty() {
+            tracing::warn!(records = left.len(), "usage not published before shutdown");
+            self.spill(left).await;
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The data plane's usage publisher against real NATS JetStream: every record emitted is
+//! stored exactly once in the usage stream, across a NATS restart and through the spill file.
+//!
+//! Outage tests run their own throwaway `nats-server` (never the shared one) so they can kill
+//! and restart it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use chrono::Utc;
+use dataplane::accounting::UsageSink;
+use dataplane::usage_publisher::{NatsUsageSink, PublisherSettings};
+use switchboard_shared::cluster::NatsNames;
+use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
+
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn unique_namespace(tag: &str) -> String {
+    format!("t{}{}", tag, uuid::Uuid::now_v7().simple())
+        .chars()
+        .take(32)
+        .collect()
+}
+
+fn record(i: usize) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("req-{i:06}"),
+        tenant_id: "acme".into(),
+        key_id: "key-1".into(),
+        model: "gpt-4o".into(),
+        deployment_id: Some("d1".into()),
+        provider_id: Some("p1".into()),
+        endpoint: "chat_completions".into(),
+        stream: i.is_multiple_of(2),
+        outcome: Outcome::Success,
+        status: 200,
+        attempts: 1,
+        usage: Usage {
+            prompt_tokens: 10,
+            completion_tokens: i as u64,
+            ..Usage::default()
+        },
+        usage_reported: true,
+        cost_usd: 0.0001,
+        price_revision: 1,
+        started_at: Utc::now(),
+        latency_ms: 3,
+        ttft_ms: None,
+    }
+}
+
+/// The usage stream as the control plane creates it: a file-backed work queue.
+async fn create_usage_stream(js: &jetstream::Context, names: &NatsNames) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: names.usage_stream.clone(),
+        subjects: vec![names.usage_subject.clone()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Distinct request ids stored in the stream, read without consuming (direct gets by
+/// sequence), and the number of messages.
+async fn stored_ids(stream: &mut stream::Stream) -> (std::collections::BTreeSet<String>, u64) {
+    let info = stream.info().await.unwrap();
+    let (first, last, count) = (
+        info.state.first_sequence,
+        info.state.last_sequence,
+        info.state.messages,
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    if count > 0 {
+        for seq in first..=last {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                let r: UsageRecord = serde_json::from_slice(&m.payload).unwrap();
+                ids.insert(r.request_id);
+            }
+        }
+    }
+    (ids, count)
+}
+
+async fn wait_for_count(stream: &mut stream::Stream, want: u64, within: Duration) -> u64 {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let n = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+        if n >= want || tokio::time::Instant::now() >= until {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn settings(names: &NatsNames, capacity: usize, spill: Option<&Path>) -> PublisherSettings {
+    PublisherSettings {
+        subject: names.usage_subject.clone(),
+        capacity,
+        spill_path: spill.map(Path::to_path_buf),
+    }
+}
+
+#[tokio::test]
+async fn every_emitted_record_is_stored_once() {
+    let names = NatsNames::new(&unique_namespace("up"));
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client);
+    let mut stream = create_usage_stream(&js, &names).await;
+
+    let sink = NatsUsageSink::start(js.clone(), settings(&names, 10_000, None));
+    for i in 0..500 {
+        sink.emit(record(i));
+    }
+    // A record emitted twice (a retry after a lost ack looks like this) is stored once.
+    sink.emit(record(7));
+    sink.close(Duration::from_secs(10)).await;
+
+    let (ids, count) = stored_ids(&mut stream).await;
+    assert_eq!(
+        count, 500,
+        "the duplicate must be dropped by its message id"
+    );
+    assert_eq!(ids.len(), 500);
+    assert_eq!(ids.first().map(String::as_str), Some("req-000000"));
+    assert_eq!(ids.last().map(String::as_str), Some("req-000499"));
+    js.delete_stream(&names.usage_stream).await.unwrap();
+}
+
+/// A throwaway nats-server with JetStream that a test may kill and restart on the same port
+/// and store, so that stored messages survive the restart.
+struct ThrowawayNats {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl ThrowawayNats {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = Self {
+            port,
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        n.restart().await;
+        n
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = tokio::process::Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server must be installed for the outage tests");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("throwaway nats-server did not start");
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn records_emitted_while_nats_is_down_arrive_after_it_returns() {
+    let mut nats = ThrowawayNats::start().await;
+    let names = NatsNames::new(&unique_namespace("out"));
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    create_usage_stream(&js, &names).await;
+    let sink = NatsUsageSink::start(js.clone(), settings(&names, 10_000, None));
+
+    for i in 0..100 {
+        sink.emit(record(i));
+    }
+    let mut stream = js.get_stream(&names.usage_stream).await.unwrap();
+    assert_eq!(
+        wait_for_count(&mut stream, 100, Duration::from_secs(10)).await,
+        100
+    );
+
+    nats.kill().await;
+    for i in 100..200 {
+        sink.emit(record(i));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.restart().await;
+
+    let mut stream = async {
+        loop {
+            if let Ok(s) = js.get_stream(&names.usage_stream).await {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    .await;
+    let stored = wait_for_count(&mut stream, 200, Duration::from_secs(30)).await;
+    let (ids, _) = stored_ids(&mut stream).await;
+    assert_eq!(stored, 200, "records lost or doubled across the restart");
+    assert_eq!(ids.len(), 200);
+    sink.close(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_backlog_beyond_memory_goes_to_the_spill_file_and_is_replayed() {
+    let mut nats = ThrowawayNats::start().await;
+    let names = NatsNames::new(&unique_namespace("sp"));
+    let spill_dir = tempfile::tempdir().unwrap();
+    let spill = spill_dir.path().join("usage.spill");
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    create_usage_stream(&js, &names).await;
+
+    nats.kill().await;
+    // Capacity 10 while 60 records arrive: most cannot stay in memory.
+    let sink = NatsUsageSink::start(js.clone(), settings(&names, 10, Some(&spill)));
+    for i in 0..60 {
+        sink.emit(record(i));
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    sink.close(Duration::from_millis(300)).await;
+    let spilled = std::fs::read_to_string(&spill).unwrap();
+    assert_eq!(
+        spilled.lines().count(),
+        60,
+        "every unpublished record is in the spill file"
+    );
+
+    // A new process (a restarted data plane) replays the file once NATS is back.
+    nats.restart().await;
+    let sink = NatsUsageSink::start(js.clone(), settings(&names, 10, Some(&spill)));
+    sink.emit(record(60));
+    let mut stream = async {
+        loop {
+            if let Ok(s) = js.get_stream(&names.usage_stream).await {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    .await;
+    assert_eq!(
+        wait_for_count(&mut stream, 61, Duration::from_secs(30)).await,
+        61
+    );
+    let (ids, _) = stored_ids(&mut stream).await;
+    assert_eq!(ids.len(), 61);
+    sink.close(Duration::from_secs(5)).await;
+    assert!(!spill.exists(), "a replayed spill file is removed");
+}

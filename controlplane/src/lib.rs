@@ -1,0 +1,3 @@
+//! Switchboard's control plane (being assembled): spend ingestion.
+
+pub mod ingest;

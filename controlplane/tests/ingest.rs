@@ -33,11 +33,11 @@ fn record(i: usize, at: DateTime<Utc>) -> UsageRecord {
         tenant_id: format!("tenant-{}", i % 2),
         key_id: format!("key-{}", i % 3),
         model: "gpt-4o".into(),
-        deployment_id: (i % 5 != 0).then(|| "d1".to_string()),
+        deployment_id: (!i.is_multiple_of(5)).then(|| "d1".to_string()),
         provider_id: Some("p1".into()),
         endpoint: "chat_completions".into(),
         stream: i % 2 == 1,
-        outcome: if i % 7 == 0 {
+        outcome: if i.is_multiple_of(7) {
             Outcome::ClientDisconnected
         } else {
             Outcome::Success

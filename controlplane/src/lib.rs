@@ -1,3 +1,4 @@
-//! Switchboard's control plane (being assembled): spend ingestion.
+//! Switchboard's control plane (being assembled): spend ingestion and price sync.
 
 pub mod ingest;
+pub mod prices;

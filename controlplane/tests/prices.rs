@@ -1,0 +1,174 @@
+//! Price sync against real Postgres: LiteLLM's real price file from disk and over HTTP,
+//! versions only on change, overrides winning, bad files refused without a trace, and one
+//! replica at a time for scheduled syncs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
+
+use std::path::PathBuf;
+
+use sqlx::PgPool;
+use switchboard_controlplane::prices;
+use switchboard_shared::price::PriceEntry;
+
+fn price_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/model_prices_and_context_window.json")
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// Serves `body` at `/prices.json` on a free port; returns the URL.
+async fn serve(body: Vec<u8>) -> String {
+    let app = axum::Router::new().route(
+        "/prices.json",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { body }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/prices.json")
+}
+
+async fn versions(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM price_versions")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_real_file_syncs_once_and_prices_models(pool: PgPool) {
+    let first = prices::sync_from_file(&pool, &price_file()).await.unwrap();
+    assert!(first.new_version);
+    assert!(first.entries > 4000, "{} entries", first.entries);
+    let again = prices::sync_from_file(&pool, &price_file()).await.unwrap();
+    assert!(!again.new_version, "an unchanged file makes no new version");
+    assert_eq!(again.version_id, first.version_id);
+    assert_eq!(versions(&pool).await, 1);
+
+    let wanted = vec!["gpt-4o".to_string(), "no-such-model-xyz".to_string()];
+    let priced = prices::effective_prices(&pool, &wanted).await.unwrap();
+    // gpt-4o in LiteLLM's file: $2.50 / $10 per million tokens, cached reads $1.25.
+    let gpt4o = &priced["gpt-4o"];
+    assert_eq!(gpt4o.input_cost_per_token, Some(2.5e-6));
+    assert_eq!(gpt4o.output_cost_per_token, Some(1e-5));
+    assert_eq!(gpt4o.cache_read_input_token_cost, Some(1.25e-6));
+    assert_eq!(
+        prices::missing_models(&pool, &wanted).await.unwrap(),
+        ["no-such-model-xyz".to_string()].into()
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_url_sync_makes_a_new_version_and_overrides_win(pool: PgPool) {
+    prices::sync_from_file(&pool, &price_file()).await.unwrap();
+    let changed = br#"{
+        "sample_spec": {"input_cost_per_token": 0},
+        "gpt-4o": {"input_cost_per_token": 0.000003, "output_cost_per_token": 0.000012},
+        "my-model": {"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}
+    }"#
+    .to_vec();
+    let url = serve(changed).await;
+    let outcome = prices::sync_from_url(&pool, &client(), &url).await.unwrap();
+    assert!(outcome.new_version);
+    assert_eq!(outcome.entries, 2);
+    assert_eq!(versions(&pool).await, 2);
+
+    let wanted = vec!["gpt-4o".to_string(), "my-model".to_string()];
+    let priced = prices::effective_prices(&pool, &wanted).await.unwrap();
+    assert_eq!(
+        priced["gpt-4o"].input_cost_per_token,
+        Some(3e-6),
+        "newest version wins"
+    );
+
+    let override_entry = PriceEntry {
+        input_cost_per_token: Some(1e-7),
+        output_cost_per_token: Some(2e-7),
+        ..PriceEntry::default()
+    };
+    prices::set_override(&pool, "gpt-4o", &override_entry, "admin@example.com")
+        .await
+        .unwrap();
+    let priced = prices::effective_prices(&pool, &wanted).await.unwrap();
+    assert_eq!(
+        priced["gpt-4o"].input_cost_per_token,
+        Some(1e-7),
+        "an override wins"
+    );
+    assert_eq!(priced["my-model"].output_cost_per_token, Some(2e-6));
+
+    // A later sync (here: the source rolled back to the earlier file, which becomes current
+    // again without a new version) does not disturb the override.
+    let rolled_back = prices::sync_from_file(&pool, &price_file()).await.unwrap();
+    assert!(!rolled_back.new_version);
+    assert_eq!(versions(&pool).await, 2);
+    let priced = prices::effective_prices(&pool, &wanted).await.unwrap();
+    assert_eq!(priced["gpt-4o"].input_cost_per_token, Some(1e-7));
+    assert!(prices::delete_override(&pool, "gpt-4o").await.unwrap());
+    let priced = prices::effective_prices(&pool, &wanted).await.unwrap();
+    assert_eq!(priced["gpt-4o"].input_cost_per_token, Some(2.5e-6));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn bad_files_and_sources_change_nothing(pool: PgPool) {
+    prices::sync_from_file(&pool, &price_file()).await.unwrap();
+    let wrong_type = br#"{"gpt-4o": {"input_cost_per_token": "cheap"}}"#.to_vec();
+    for (body, needle) in [
+        (b"not json".to_vec(), "invalid price file"),
+        (wrong_type, "gpt-4o"),
+        (b"{}".to_vec(), "no model entries"),
+    ] {
+        let url = serve(body).await;
+        let err = prices::sync_from_url(&pool, &client(), &url)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    let err = prices::sync_from_url(&pool, &client(), "http://127.0.0.1:1/prices.json")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, prices::SyncError::Fetch { .. }), "{err}");
+    let err = prices::sync_from_file(&pool, std::path::Path::new("/no/such/file.json"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, prices::SyncError::Fetch { .. }), "{err}");
+    assert_eq!(versions(&pool).await, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn only_one_replica_syncs_at_a_time(pool: PgPool) {
+    let url = serve(std::fs::read(price_file()).unwrap()).await;
+    // Another replica holds the lock.
+    let mut other = pool.acquire().await.unwrap();
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(prices::SYNC_LOCK)
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(held);
+    assert_eq!(
+        prices::sync_once_locked(&pool, &client(), &url)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(versions(&pool).await, 0);
+
+    let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+        .bind(prices::SYNC_LOCK)
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    let done = prices::sync_once_locked(&pool, &client(), &url)
+        .await
+        .unwrap();
+    assert!(done.is_some_and(|o| o.new_version));
+    assert_eq!(versions(&pool).await, 1);
+}

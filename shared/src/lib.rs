@@ -11,6 +11,7 @@
 //!   `model_prices_and_context_window.json`.
 //! - [`pricing`]: `cost(usage, price)` — token counts times a price entry, tiers included.
 //! - [`usage`]: token usage and the per-request record that the data plane emits.
+//! - [`budget`]: calendar-aligned budget periods in a time zone, and nano-dollar money.
 //! - [`sealed`]: AES-256-GCM sealing of upstream credentials under rotatable master keys.
 //! - [`cluster`]: NATS subjects, JetStream names and messages between the planes.
 //! - [`proto`]: the generated gRPC `ConfigService` (from `proto/`).
@@ -19,6 +20,7 @@
 //! by every data plane, and a cost computed in one place must equal the cost computed in the
 //! other. Keeping the types and the arithmetic here makes that true by construction.
 
+pub mod budget;
 pub mod cluster;
 pub mod keys;
 pub mod price;

@@ -273,6 +273,9 @@ fn check_limits(c: &mut Collector, path: &str, limits: crate::snapshot::RateLimi
 }
 
 fn check_budget(c: &mut Collector, path: &str, b: &crate::snapshot::Budget) {
+    if let Err(message) = crate::budget::parse_time_zone(b.time_zone.as_deref()) {
+        c.push(format!("{path}.time_zone"), &message);
+    }
     if !(b.max_usd.is_finite() && b.max_usd >= 0.0) {
         c.push(format!("{path}.max_usd"), "must be a non-negative number");
     }
@@ -399,6 +402,11 @@ models:
                 "allowed_models: [gpt-4o] }",
                 "allowed_models: [gpt-4o], budget: { max_usd: 1.0, soft_usd: 2.0 } }",
                 "virtual_keys[0].budget.soft_usd",
+            ),
+            (
+                "{ id: t1 }",
+                "{ id: t1, budget: { max_usd: 5, period: daily, time_zone: Mars/Olympus } }",
+                "tenants[0].budget.time_zone",
             ),
             (
                 "tenants: [{ id: t1 }]",

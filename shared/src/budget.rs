@@ -1,0 +1,194 @@
+//! Budget periods: which calendar period an instant falls in, for a budget's period and time
+//! zone, and the money unit budgets are counted in.
+//!
+//! Both planes need the same answer — the data plane to pick the spend counter a request
+//! charges, the control plane to reconcile counters with Postgres and to reset them — so the
+//! arithmetic lives here. Periods are calendar-aligned in the budget's IANA time zone: a daily
+//! budget in `America/New_York` resets at local midnight, whatever the UTC offset that day
+//! (DST included); weeks start on Monday; months on the 1st. A budget with period `none` has
+//! one period for all time.
+//!
+//! Money is counted in nano-dollars (`i64`): a cheap request costs a few thousand of them,
+//! and the range covers over nine billion dollars, so integer counters in Redis never round a
+//! request to zero.
+
+use chrono::{DateTime, Datelike, Days, LocalResult, Months, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+
+use crate::snapshot::{Budget, BudgetPeriod};
+
+/// Nano-dollars per dollar.
+pub const NANOS_PER_USD: f64 = 1e9;
+
+/// Dollars to nano-dollars, rounded up (a reservation must never be smaller than its cost),
+/// saturating; negative or non-finite amounts count as zero.
+pub fn usd_to_nanos(usd: f64) -> i64 {
+    if !usd.is_finite() || usd <= 0.0 {
+        return 0;
+    }
+    let nanos = (usd * NANOS_PER_USD).ceil();
+    if nanos >= i64::MAX as f64 {
+        i64::MAX
+    } else {
+        nanos as i64
+    }
+}
+
+/// Nano-dollars to dollars.
+pub fn nanos_to_usd(nanos: i64) -> f64 {
+    nanos as f64 / NANOS_PER_USD
+}
+
+/// One budget period: `[start, end)`; `end` is `None` for period `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period {
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+impl Period {
+    /// A stable id for counter keys: the start as Unix seconds (0 for period `none`).
+    pub fn id(&self) -> i64 {
+        self.start.timestamp()
+    }
+
+    /// Seconds from `now` until the period ends (`None`: it never does).
+    pub fn seconds_left(&self, now: DateTime<Utc>) -> Option<i64> {
+        self.end.map(|end| (end - now).num_seconds().max(0))
+    }
+}
+
+/// Parses a budget's time zone; `None` means UTC.
+pub fn parse_time_zone(name: Option<&str>) -> Result<Tz, String> {
+    match name {
+        None => Ok(Tz::UTC),
+        Some(n) => n.parse::<Tz>().map_err(|_| {
+            format!("unknown time zone {n:?} (use an IANA name such as Europe/Berlin)")
+        }),
+    }
+}
+
+/// The period of `budget` that contains `now`. An unknown time zone counts as UTC (validation
+/// rejects it before a snapshot is served).
+pub fn period_of(budget: &Budget, now: DateTime<Utc>) -> Period {
+    let tz = parse_time_zone(budget.time_zone.as_deref()).unwrap_or(Tz::UTC);
+    period_in(budget.period, tz, now)
+}
+
+/// The period of kind `period` in `tz` that contains `now`.
+pub fn period_in(period: BudgetPeriod, tz: Tz, now: DateTime<Utc>) -> Period {
+    let local = now.with_timezone(&tz).date_naive();
+    let (first, next) = match period {
+        BudgetPeriod::None => {
+            return Period {
+                start: DateTime::<Utc>::UNIX_EPOCH,
+                end: None,
+            };
+        }
+        BudgetPeriod::Daily => (local, local.checked_add_days(Days::new(1))),
+        BudgetPeriod::Weekly => {
+            let monday = local
+                .checked_sub_days(Days::new(u64::from(local.weekday().num_days_from_monday())))
+                .unwrap_or(local);
+            (monday, monday.checked_add_days(Days::new(7)))
+        }
+        BudgetPeriod::Monthly => {
+            let first = local.with_day(1).unwrap_or(local);
+            (first, first.checked_add_months(Months::new(1)))
+        }
+    };
+    Period {
+        start: local_midnight(tz, first),
+        end: next.map(|d| local_midnight(tz, d)),
+    }
+}
+
+/// The instant a local date begins in `tz`. Where midnight does not exist (a DST jump at
+/// midnight), the first instant of the day that does.
+fn local_midnight(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
+    let mut t = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+    for _ in 0..4 {
+        match tz.from_local_datetime(&t) {
+            LocalResult::Single(d) => return d.with_timezone(&Utc),
+            LocalResult::Ambiguous(earliest, _) => return earliest.with_timezone(&Utc),
+            LocalResult::None => t += chrono::Duration::minutes(30),
+        }
+    }
+    Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn budget(period: BudgetPeriod, tz: Option<&str>) -> Budget {
+        Budget {
+            max_usd: 10.0,
+            soft_usd: None,
+            period,
+            time_zone: tz.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn daily_periods_follow_local_midnight() {
+        let b = budget(BudgetPeriod::Daily, Some("America/New_York"));
+        // 03:00 UTC on the 23rd is still the 22nd in New York (UTC-5 in November).
+        let p = period_of(&b, at("2026-11-23T03:00:00Z"));
+        assert_eq!(p.start, at("2026-11-22T05:00:00Z"));
+        assert_eq!(p.end, Some(at("2026-11-23T05:00:00Z")));
+        // The boundary itself belongs to the next period.
+        let next = period_of(&b, at("2026-11-23T05:00:00Z"));
+        assert_eq!(next.start, at("2026-11-23T05:00:00Z"));
+        assert_ne!(next.id(), p.id());
+        assert_eq!(p.seconds_left(at("2026-11-23T04:59:00Z")), Some(60));
+    }
+
+    #[test]
+    fn a_dst_day_is_23_hours_long() {
+        // Europe/Berlin springs forward on 2026-03-29.
+        let b = budget(BudgetPeriod::Daily, Some("Europe/Berlin"));
+        let p = period_of(&b, at("2026-03-29T12:00:00Z"));
+        assert_eq!(p.start, at("2026-03-28T23:00:00Z"));
+        assert_eq!(p.end, Some(at("2026-03-29T22:00:00Z")));
+    }
+
+    #[test]
+    fn weeks_start_on_monday_and_months_on_the_first() {
+        // 2026-11-23 is a Monday.
+        let w = period_of(
+            &budget(BudgetPeriod::Weekly, None),
+            at("2026-11-29T23:59:59Z"),
+        );
+        assert_eq!(w.start, at("2026-11-23T00:00:00Z"));
+        assert_eq!(w.end, Some(at("2026-11-30T00:00:00Z")));
+        let m = period_of(
+            &budget(BudgetPeriod::Monthly, Some("Asia/Tokyo")),
+            at("2026-11-30T15:00:00Z"),
+        );
+        // 15:00 UTC on the 30th is already December 1st in Tokyo.
+        assert_eq!(m.start, at("2026-11-30T15:00:00Z"));
+        assert_eq!(m.end, Some(at("2026-12-31T15:00:00Z")));
+        let none = period_of(
+            &budget(BudgetPeriod::None, None),
+            at("2026-11-30T15:00:00Z"),
+        );
+        assert_eq!((none.id(), none.end), (0, None));
+    }
+
+    #[test]
+    fn money_rounds_up_to_whole_nanodollars() {
+        assert_eq!(usd_to_nanos(0.000_000_000_1), 1);
+        assert_eq!(usd_to_nanos(1.5), 1_500_000_000);
+        assert_eq!(usd_to_nanos(-1.0), 0);
+        assert_eq!(usd_to_nanos(f64::NAN), 0);
+        assert_eq!(usd_to_nanos(1e300), i64::MAX);
+        assert_eq!(nanos_to_usd(2_500_000_000), 2.5);
+        assert!(parse_time_zone(Some("Mars/Olympus")).is_err());
+        assert_eq!(parse_time_zone(None), Ok(Tz::UTC));
+    }
+}

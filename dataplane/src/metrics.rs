@@ -31,6 +31,8 @@ pub const DEPLOYMENT_COOLDOWNS_TOTAL: &str = "switchboard_deployment_cooldowns_t
 pub const SNAPSHOT_REVISION: &str = "switchboard_snapshot_revision";
 pub const SNAPSHOT_RELOADS_TOTAL: &str = "switchboard_snapshot_reloads_total";
 pub const INFLIGHT_REQUESTS: &str = "switchboard_inflight_requests";
+/// Budget checks done without Redis (degraded), counted whatever the policy did.
+pub const BUDGET_DEGRADED_TOTAL: &str = "switchboard_budget_degraded_total";
 /// Usage records by fate: `published` (stored by JetStream), `spilled` (to the spill file),
 /// `dropped` (lost: queue full with no spill file). Only in cluster mode.
 pub const USAGE_RECORDS_TOTAL: &str = "switchboard_usage_records_total";
@@ -330,6 +332,13 @@ pub fn count_cooldown(deployment: &str) {
 /// Counts a config reload by result (`swapped`, `unchanged`, `rejected`).
 pub fn count_reload(result: &'static str) {
     counter!(SNAPSHOT_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// Counts a budget check that could not reach Redis.
+pub fn count_budget_degraded() {
+    static C: OnceLock<Counter> = OnceLock::new();
+    C.get_or_init(|| counter!(BUDGET_DEGRADED_TOTAL))
+        .increment(1);
 }
 
 /// Counts usage records stored by JetStream.

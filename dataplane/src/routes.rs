@@ -4,10 +4,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use http::HeaderName;
+use http::header::Entry;
+use switchboard_shared::cluster::REVISION_HEADER;
 
 use crate::error::ErrorKind;
 use crate::handlers;
@@ -20,6 +23,9 @@ use crate::state::AppState;
 /// 1. `count_requests` — counts every answer by route template and status, and error answers
 ///    by kind (from the [`ErrorKind`] extension that [`crate::error::ApiError`] sets); keeps
 ///    the in-flight gauge.
+/// 2. `stamp_revision` — adds `x-switchboard-config-revision` (the revision served, `0` before
+///    any) to every answer that does not carry it yet; the proxy handlers set it themselves
+///    from the catalog that served the request.
 ///
 /// Authentication is not a layer: the proxy and model routes authenticate as their first
 /// phase (so that the key entry flows on as a value), and the operational routes
@@ -37,8 +43,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(handlers::metrics_text))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            stamp_revision,
+        ))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+const REVISION_NAME: HeaderName = HeaderName::from_static(REVISION_HEADER);
+
+async fn stamp_revision(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if let Entry::Vacant(slot) = response.headers_mut().entry(REVISION_NAME) {
+        slot.insert(state.revision_header());
+    }
+    response
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {

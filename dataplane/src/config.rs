@@ -96,9 +96,10 @@ impl ClusterConfig {
             }
         }
         if let Some(url) = &self.nats_url {
-            let bad = url.split(',').map(str::trim).any(|one| {
-                one.is_empty() || one.parse::<async_nats::ServerAddr>().is_err()
-            });
+            let bad = url
+                .split(',')
+                .map(str::trim)
+                .any(|one| one.is_empty() || one.parse::<async_nats::ServerAddr>().is_err());
             if bad {
                 push(
                     "cluster.nats_url",
@@ -264,7 +265,11 @@ impl Config {
 
     /// Applies the command line's `--controlplane` and `--nats`: each given one sets its URL in
     /// the `cluster` section, which is created when the file has none.
-    pub fn override_cluster(&mut self, controlplane_grpc: Option<String>, nats_url: Option<String>) {
+    pub fn override_cluster(
+        &mut self,
+        controlplane_grpc: Option<String>,
+        nats_url: Option<String>,
+    ) {
         if controlplane_grpc.is_none() && nats_url.is_none() {
             return;
         }
@@ -449,7 +454,10 @@ snapshot:
         c.override_cluster(None, Some("nats://n:4222".into()));
         assert!(c.validate().is_ok(), "{:?}", c.validate());
         let cluster = c.cluster.unwrap();
-        assert_eq!(cluster.controlplane_grpc.as_deref(), Some("http://cp:50051"));
+        assert_eq!(
+            cluster.controlplane_grpc.as_deref(),
+            Some("http://cp:50051")
+        );
         assert_eq!(cluster.nats_url.as_deref(), Some("nats://n:4222"));
     }
 
@@ -480,6 +488,9 @@ snapshot:
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(problems.contains("needs controlplane_grpc, nats_url or both"), "{problems}");
+        assert!(
+            problems.contains("needs controlplane_grpc, nats_url or both"),
+            "{problems}"
+        );
     }
 }

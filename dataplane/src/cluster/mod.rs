@@ -32,8 +32,11 @@ use crate::state::AppState;
 
 pub use install::{Event, Installer, Outcome, Source};
 
-/// How long the follower waits between attempts to get back onto NATS.
+/// How long the follower waits between attempts to open a consumer on a connected NATS
+/// (the control plane may not have created the stream yet).
 const NATS_RETRY: Duration = Duration::from_secs(1);
+/// How often the follower looks at the NATS connection while it is down.
+const CONNECTION_POLL: Duration = Duration::from_millis(50);
 /// Pause before re-creating a consumer that failed while NATS stayed connected.
 const CONSUMER_RETRY: Duration = Duration::from_millis(200);
 
@@ -104,7 +107,9 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
     )));
     if let Some(grpc) = grpc {
         let installer = Arc::clone(&installer);
-        tasks.push(tokio::spawn(async move { grpc.bootstrap(&installer).await }));
+        tasks.push(tokio::spawn(
+            async move { grpc.bootstrap(&installer).await },
+        ));
     }
     if let Some(nats) = nats {
         let identity = heartbeat::Identity {
@@ -129,33 +134,33 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
 }
 
 /// Follows NATS while it works and gRPC `WatchSnapshot` while it does not; never returns.
+///
+/// It starts on gRPC (the first NATS connection is made in the background) and moves to NATS
+/// as soon as a consumer can be opened, usually within milliseconds.
 async fn follow(
     nats: Option<nats::NatsSource>,
     grpc: Option<grpc::GrpcSource>,
     installer: Arc<Installer>,
 ) {
-    let mut following = None;
+    let mut following: Option<nats::Following> = None;
     loop {
-        if let Some(nats) = &nats {
-            let opened = match following.take() {
-                Some(f) => Ok(f),
-                None => nats.open().await,
-            };
-            match opened {
-                Ok(f) => {
-                    tracing::info!(
-                        subject = nats.names().head_subject,
-                        "following snapshot heads on NATS"
-                    );
-                    let stopped = f.run(nats, &installer).await;
-                    tracing::warn!(error = %stopped, "stopped following NATS");
-                    // Straight back if it is still connected (a consumer hiccup).
-                    if nats.is_connected() {
-                        tokio::time::sleep(CONSUMER_RETRY).await;
+        if let (Some(nats), Some(f)) = (&nats, following.take()) {
+            tracing::info!(
+                subject = nats.names().head_subject,
+                "following snapshot heads on NATS"
+            );
+            let stopped = f.run(nats, &installer).await;
+            tracing::warn!(error = %stopped, "stopped following NATS");
+            if nats.is_connected() {
+                // A consumer hiccup while connected: straight back.
+                tokio::time::sleep(CONSUMER_RETRY).await;
+                match nats.open().await {
+                    Ok(f) => {
+                        following = Some(f);
                         continue;
                     }
+                    Err(e) => tracing::warn!(error = %e, "cannot follow NATS"),
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot follow NATS"),
             }
         }
         let back_on_nats = async {
@@ -163,19 +168,22 @@ async fn follow(
                 return std::future::pending().await;
             };
             loop {
-                tokio::time::sleep(NATS_RETRY).await;
-                if nats.is_connected()
-                    && let Ok(f) = nats.open().await
-                {
-                    return f;
+                if nats.is_connected() {
+                    match nats.open().await {
+                        Ok(f) => return f,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "NATS not usable yet");
+                            tokio::time::sleep(NATS_RETRY).await;
+                            continue;
+                        }
+                    }
                 }
+                tokio::time::sleep(CONNECTION_POLL).await;
             }
         };
         match &grpc {
             Some(grpc) => {
-                if nats.is_some() {
-                    tracing::info!("following the control plane over gRPC until NATS works");
-                }
+                tracing::debug!("following the control plane over gRPC while NATS is unusable");
                 tokio::select! {
                     () = grpc.watch(&installer) => {}
                     f = back_on_nats => following = Some(f),
@@ -229,7 +237,13 @@ mod tests {
 
     #[test]
     fn default_ids_are_one_subject_token_and_differ() {
-        for host in ["web-1", "web-1.example.com", "", "ünïcode host", &"x".repeat(200)] {
+        for host in [
+            "web-1",
+            "web-1.example.com",
+            "",
+            "ünïcode host",
+            &"x".repeat(200),
+        ] {
             let id = default_dataplane_id(host);
             assert!(valid_dataplane_id(&id), "{id}");
         }

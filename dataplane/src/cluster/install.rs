@@ -315,3 +315,107 @@ fn write_cache(path: &Path, body: &[u8], revision: u64) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::LogSink;
+    use crate::config::ServerConfig;
+
+    fn state() -> Arc<AppState> {
+        let server: ServerConfig = serde_yaml_ng::from_str("key_pepper: { value: \"p\" }").unwrap();
+        crate::server::build_state(&server, Arc::new(LogSink)).unwrap()
+    }
+
+    fn body(revision: u64, keys: usize) -> (Announced, Bytes) {
+        let mut text = format!(
+            "revision: {revision}\ntenants: [{{ id: t1 }}]\nproviders: [{{ id: m, kind: mock }}]\ndeployments: [{{ id: d, model: demo, provider: m, upstream_model: mock-1 }}]\nvirtual_keys:\n"
+        );
+        for i in 0..keys {
+            let hash = switchboard_shared::keys::hash_key_hex(b"p", &format!("sk-{i}"));
+            text.push_str(&format!(
+                "  - {{ id: k{i}, tenant_id: t1, key_hash: \"{hash}\" }}\n"
+            ));
+        }
+        let snapshot = Snapshot::from_yaml(&text).unwrap();
+        (
+            Announced {
+                revision,
+                content_hash: snapshot.content_hash(),
+            },
+            Bytes::from(snapshot.to_canonical_json()),
+        )
+    }
+
+    #[tokio::test]
+    async fn installs_newer_revisions_only_and_checks_the_announcement() {
+        let installer = Installer::new(state(), None);
+        let (announced, body_2) = body(2, 1);
+        let offer = |announced: Option<Announced>, body: &Bytes| Offer {
+            source: Source::Nats,
+            announced,
+            body: body.clone(),
+        };
+        assert_eq!(
+            installer
+                .offer(offer(Some(announced.clone()), &body_2))
+                .await,
+            Outcome::Installed
+        );
+        assert_eq!(installer.state().revision(), 2);
+        // The same revision again (from the other path): nothing happens.
+        assert_eq!(
+            installer
+                .offer(offer(Some(announced.clone()), &body_2))
+                .await,
+            Outcome::Stale { serving: 2 }
+        );
+        // A body that is not the revision announced.
+        let (announced_3, body_3) = body(3, 1);
+        let lying = Announced {
+            revision: 4,
+            content_hash: announced_3.content_hash.clone(),
+        };
+        match installer.offer(offer(Some(lying), &body_3)).await {
+            Outcome::Rejected(reason) => assert!(reason.contains("revision 3"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Not JSON at all, with a matching hash.
+        let junk = Bytes::from_static(b"not json");
+        let junk_hash = Announced {
+            revision: 5,
+            content_hash: hex::encode(Sha256::digest(&junk)),
+        };
+        match installer.offer(offer(Some(junk_hash), &junk)).await {
+            Outcome::Rejected(reason) => assert!(reason.starts_with("not a snapshot"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(installer.state().revision(), 2);
+        assert_eq!(
+            installer.offer(offer(Some(announced_3), &body_3)).await,
+            Outcome::Installed
+        );
+    }
+
+    /// `cargo test --release -p switchboard-dataplane --lib -- --ignored --nocapture installs_100k`
+    #[tokio::test]
+    #[ignore = "a measurement, not a check"]
+    async fn installs_100k_keys() {
+        let installer = Installer::new(state(), None);
+        let (announced, body) = body(1, 100_000);
+        let started = std::time::Instant::now();
+        let outcome = installer
+            .offer(Offer {
+                source: Source::Nats,
+                announced: Some(announced),
+                body: body.clone(),
+            })
+            .await;
+        let took = started.elapsed();
+        assert_eq!(outcome, Outcome::Installed);
+        eprintln!(
+            "100,000 keys: {} bytes of JSON, hash check + parse + validate + compile + swap in {took:?}",
+            body.len()
+        );
+    }
+}

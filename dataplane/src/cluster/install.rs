@@ -417,5 +417,21 @@ mod tests {
             "100,000 keys: {} bytes of JSON, hash check + parse + validate + compile + swap in {took:?}",
             body.len()
         );
+        // Where the time goes.
+        let t = std::time::Instant::now();
+        let _ = hex::encode(Sha256::digest(&body));
+        let hash = t.elapsed();
+        let t = std::time::Instant::now();
+        let snapshot = Snapshot::from_json(&body).unwrap();
+        let parse = t.elapsed();
+        let t = std::time::Instant::now();
+        snapshot.validate().unwrap();
+        let validate = t.elapsed();
+        let t = std::time::Instant::now();
+        let _ = snapshot.content_hash();
+        let rehash = t.elapsed();
+        eprintln!(
+            "of which: sha256 {hash:?}, parse {parse:?}, validate {validate:?}, canonical re-hash in the catalog {rehash:?}"
+        );
     }
 }

@@ -81,25 +81,35 @@ impl GrpcSource {
         }
     }
 
-    /// Follows `WatchSnapshot`, reconnecting after failures. Returns only if dropped.
+    /// Follows `WatchSnapshot`, reconnecting after failures. Returns only if dropped. The
+    /// first failure of a series is a warning, the repeats are debug lines.
     pub async fn watch(&self, installer: &Installer) {
         let mut delay = FIRST_RETRY;
+        let mut failing = false;
         loop {
             let started = tokio::time::Instant::now();
             let result = self.watch_once(installer).await;
             if started.elapsed() > MAX_RETRY {
                 // It worked for a while: this is a new failure, not the same one again.
                 delay = FIRST_RETRY;
+                failing = false;
             }
             match result {
                 Ok(()) => tracing::info!(url = %self.url, "WatchSnapshot ended; reconnecting"),
-                Err(status) => tracing::warn!(
+                Err(status) if !failing => tracing::warn!(
                     url = %self.url,
                     code = ?status.code(),
                     error = %status.message(),
                     "WatchSnapshot failed; retrying"
                 ),
+                Err(status) => tracing::debug!(
+                    url = %self.url,
+                    code = ?status.code(),
+                    error = %status.message(),
+                    "WatchSnapshot failed again; retrying"
+                ),
             }
+            failing = true;
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(MAX_RETRY);
         }

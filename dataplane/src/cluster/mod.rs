@@ -167,16 +167,23 @@ async fn follow(
             let Some(nats) = &nats else {
                 return std::future::pending().await;
             };
+            let mut warned = false;
             loop {
                 if nats.is_connected() {
                     match nats.open().await {
                         Ok(f) => return f,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "NATS not usable yet");
-                            tokio::time::sleep(NATS_RETRY).await;
-                            continue;
+                        Err(e) if !warned => {
+                            warned = true;
+                            tracing::warn!(
+                                error = %e,
+                                "NATS is connected but cannot be followed yet (has the control plane, \
+                                 with the same namespace, published?); retrying"
+                            );
                         }
+                        Err(e) => tracing::debug!(error = %e, "NATS not usable yet"),
                     }
+                    tokio::time::sleep(NATS_RETRY).await;
+                    continue;
                 }
                 tokio::time::sleep(CONNECTION_POLL).await;
             }

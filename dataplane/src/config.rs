@@ -132,6 +132,24 @@ impl ClusterConfig {
     }
 }
 
+/// `url` (or a comma-separated list of URLs) with any user info replaced by `***`, for logs:
+/// `nats://user:password@host:4222` → `nats://***@host:4222`.
+pub fn redacted_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let one = one.trim();
+            let rest_at = one.find("://").map_or(0, |i| i + 3);
+            let (scheme, rest) = one.split_at(rest_at);
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}***{}", &rest[at..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A data plane id is one NATS subject token, short and plain.
 pub fn valid_dataplane_id(id: &str) -> bool {
     !id.is_empty()
@@ -492,5 +510,15 @@ snapshot:
             problems.contains("needs controlplane_grpc, nats_url or both"),
             "{problems}"
         );
+    }
+
+    #[test]
+    fn urls_lose_their_credentials_in_logs() {
+        assert_eq!(
+            redacted_url("nats://user:secret@n1:4222, tls://tok@n2"),
+            "nats://***@n1:4222,tls://***@n2"
+        );
+        assert_eq!(redacted_url("http://cp:50051/x@y"), "http://cp:50051/x@y");
+        assert_eq!(redacted_url("pw@host:4222"), "***@host:4222");
     }
 }

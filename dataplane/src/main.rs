@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dataplane::config::{Config, LogFormat, process_env};
+use dataplane::config::{Config, LogFormat, process_env, redacted_url};
 use switchboard_shared::keys::{display_prefix, hash_key_hex};
 
 /// mimalloc instead of the system allocator: the request path allocates small, short-lived
@@ -147,8 +147,10 @@ fn check(path: &std::path::Path, controlplane: Option<String>, nats: Option<Stri
                     "{}: ok (cluster mode, namespace {}, nats {}, grpc {})",
                     path.display(),
                     cl.namespace,
-                    cl.nats_url.as_deref().unwrap_or("-"),
-                    cl.controlplane_grpc.as_deref().unwrap_or("-")
+                    cl.nats_url.as_deref().map_or("-".into(), redacted_url),
+                    cl.controlplane_grpc
+                        .as_deref()
+                        .map_or("-".into(), redacted_url)
                 ),
                 (None, None) => {}
             }

@@ -27,6 +27,7 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct GrpcSource {
     client: ConfigServiceClient<Channel>,
+    /// For logs, without credentials.
     url: String,
     dataplane_id: String,
 }
@@ -46,7 +47,7 @@ impl GrpcSource {
             client: ConfigServiceClient::new(channel)
                 .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
                 .max_encoding_message_size(MAX_SNAPSHOT_BYTES),
-            url: url.to_owned(),
+            url: crate::config::redacted_url(url),
             dataplane_id: dataplane_id.to_owned(),
         })
     }

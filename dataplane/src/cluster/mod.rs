@@ -27,7 +27,7 @@ use std::time::Duration;
 use switchboard_shared::cluster::NatsNames;
 use tokio::task::JoinHandle;
 
-use crate::config::{ClusterConfig, valid_dataplane_id};
+use crate::config::{ClusterConfig, redacted_url, valid_dataplane_id};
 use crate::state::AppState;
 
 pub use install::{Event, Installer, Outcome, Source};
@@ -94,8 +94,11 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
     tracing::info!(
         dataplane_id,
         namespace = config.namespace,
-        nats = config.nats_url.as_deref().unwrap_or("-"),
-        grpc = config.controlplane_grpc.as_deref().unwrap_or("-"),
+        nats = config.nats_url.as_deref().map_or("-".into(), redacted_url),
+        grpc = config
+            .controlplane_grpc
+            .as_deref()
+            .map_or("-".into(), redacted_url),
         "cluster mode: following the control plane"
     );
 

@@ -789,3 +789,45 @@ async fn follows_grpc_while_nats_is_down_and_returns_to_nats() {
     until_key_answers(&base, StatusCode::OK).await;
     nats.stop().await;
 }
+
+/// What the issue measures, on the data plane side: over 100 changes that alternately add and
+/// revoke the key, the time from the publication's acknowledgement until *both* data planes
+/// answer the key accordingly. Each must be within a second; p50/p99 are printed
+/// (`cargo test -p switchboard-tests --test cluster_dataplane two_data_planes -- --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_data_planes_follow_100_changes_within_a_second_each() {
+    let namespace = unique_namespace();
+    let publisher = Publisher::new(&namespace).await;
+    publisher.publish(&snapshot(1, false)).await;
+    let config = cluster_config(&namespace, Some(nats_url()), None);
+    let (a, _a) = start_dataplane(&config, None).await;
+    let (b, _b) = start_dataplane(&config, None).await;
+    let (url_a, url_b) = (a.url(""), b.url(""));
+    until_ready(&url_a).await;
+    until_ready(&url_b).await;
+
+    let mut took = Vec::new();
+    for revision in 2..102u64 {
+        let key_works = revision % 2 == 0;
+        let want = if key_works {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        publisher.publish(&snapshot(revision, key_works)).await;
+        let started = Instant::now();
+        tokio::join!(
+            until_key_answers(&url_a, want),
+            until_key_answers(&url_b, want)
+        );
+        let both = started.elapsed();
+        assert!(both < WITHIN, "revision {revision} took {both:?}");
+        took.push(both);
+    }
+    took.sort();
+    eprintln!(
+        "two data planes, 100 changes, publish ack → both answer: p50 {:?}, p99 {:?}, max {:?}",
+        took[49], took[98], took[99]
+    );
+    publisher.delete().await;
+}

@@ -464,6 +464,25 @@ snapshot:
     }
 
     #[test]
+    fn the_environment_can_supply_the_cluster_section() {
+        let env = vec![
+            (
+                "SWITCHBOARD__CLUSTER__NATS_URL".to_owned(),
+                "nats://n:4222".to_owned(),
+            ),
+            (
+                "SWITCHBOARD__CLUSTER__HEARTBEAT_INTERVAL_MS".to_owned(),
+                "500".to_owned(),
+            ),
+        ];
+        let c = Config::parse(SERVER_ONLY, &env).unwrap();
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.nats_url.as_deref(), Some("nats://n:4222"));
+        assert_eq!(cluster.heartbeat_interval_ms, 500);
+    }
+
+    #[test]
     fn flags_make_a_server_only_file_a_cluster_config() {
         let mut c = Config::parse(SERVER_ONLY, &[]).unwrap();
         let problems = c.validate().unwrap_err().to_string();

@@ -37,7 +37,7 @@ use crate::request::json_string_literal;
 pub struct Catalog {
     pub revision: u64,
     pub content_hash: String,
-    /// The revision as a header value, for `x-switchboard-revision`.
+    /// The revision as a header value, for `x-switchboard-config-revision`.
     pub revision_header: HeaderValue,
     keys: HashMap<[u8; KEY_HASH_LEN], Arc<KeyEntry>>,
     models: HashMap<String, Arc<ModelEntry>>,

@@ -6,14 +6,17 @@
 //! checks the values and the embedded snapshot and reports every problem with its path.
 //!
 //! In standalone mode the file also carries the snapshot (`snapshot:`), which is what a
-//! reload (`SIGHUP` or a change to the file) swaps in. The `server` section is read at start
-//! only; a reload that changes it logs that a restart is needed.
+//! reload (`SIGHUP` or a change to the file) swaps in. In cluster mode it has a `cluster:`
+//! section instead, saying where the control plane publishes snapshots ([`ClusterConfig`],
+//! see `crate::cluster`); exactly one of the two is present. The `server` section is read at
+//! start only; a reload that changes it logs that a restart is needed.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use switchboard_shared::cluster::{DEFAULT_NAMESPACE, valid_namespace};
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::Snapshot;
 use switchboard_shared::validate::{Problem, Problems};
@@ -27,7 +30,143 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<crate::shared_redis::RedisConfig>,
     /// The snapshot to serve (standalone mode).
-    pub snapshot: Snapshot,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+    /// Where to get snapshots from (cluster mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Cluster mode: snapshots come from the control plane over NATS JetStream, with gRPC as the
+/// bootstrap and fallback path (`docs/cluster.md`). At least one of the two URLs is needed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The control plane's gRPC `ConfigService`, e.g. `http://controlplane:50051`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlplane_grpc: Option<String>,
+    /// NATS server(s), e.g. `nats://127.0.0.1:4222`; several comma-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// Prefix of every NATS name; must match the control plane's.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// This data plane's id in heartbeats; default `<hostname>-<random>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_id: Option<String>,
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// File keeping the last installed snapshot, served at start until something newer comes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_cache: Option<std::path::PathBuf>,
+}
+
+impl ClusterConfig {
+    /// A cluster section with only the two URLs set and everything else at its default.
+    pub fn with_urls(controlplane_grpc: Option<String>, nats_url: Option<String>) -> Self {
+        Self {
+            controlplane_grpc,
+            nats_url,
+            namespace: default_namespace(),
+            dataplane_id: None,
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            snapshot_cache: None,
+        }
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    fn validate(&self, push: &mut impl FnMut(&str, &str)) {
+        if self.controlplane_grpc.is_none() && self.nats_url.is_none() {
+            push(
+                "cluster",
+                "needs controlplane_grpc, nats_url or both (flags --controlplane, --nats)",
+            );
+        }
+        if let Some(url) = &self.controlplane_grpc {
+            match url.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
+                Ok(uri) if uri.scheme_str() == Some("https") => push(
+                    "cluster.controlplane_grpc",
+                    "https is not supported by this build; use http:// (inside the cluster network)",
+                ),
+                _ => push(
+                    "cluster.controlplane_grpc",
+                    "must be an http:// URL with a host, e.g. http://controlplane:50051",
+                ),
+            }
+        }
+        if let Some(url) = &self.nats_url {
+            let bad = url
+                .split(',')
+                .map(str::trim)
+                .any(|one| one.is_empty() || one.parse::<async_nats::ServerAddr>().is_err());
+            if bad {
+                push(
+                    "cluster.nats_url",
+                    "must be a NATS URL (nats://host:port), or several separated by commas",
+                );
+            }
+        }
+        if !valid_namespace(&self.namespace) {
+            push(
+                "cluster.namespace",
+                "must be 1-32 ASCII letters, digits, '-' or '_', starting with a letter",
+            );
+        }
+        if let Some(id) = &self.dataplane_id
+            && !valid_dataplane_id(id)
+        {
+            push(
+                "cluster.dataplane_id",
+                "must be 1-64 ASCII letters, digits, '-' or '_' (it is a NATS subject token)",
+            );
+        }
+        if self.heartbeat_interval_ms == 0 {
+            push("cluster.heartbeat_interval_ms", "must be positive");
+        }
+        if let Some(path) = &self.snapshot_cache
+            && path.file_name().is_none()
+        {
+            push("cluster.snapshot_cache", "must name a file");
+        }
+    }
+}
+
+/// `url` (or a comma-separated list of URLs) with any user info replaced by `***`, for logs:
+/// `nats://user:password@host:4222` → `nats://***@host:4222`.
+pub fn redacted_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let one = one.trim();
+            let rest_at = one.find("://").map_or(0, |i| i + 3);
+            let (scheme, rest) = one.split_at(rest_at);
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}***{}", &rest[at..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A data plane id is one NATS subject token, short and plain.
+pub fn valid_dataplane_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_owned()
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    2_000
 }
 
 /// Process settings. Units are in the names.
@@ -145,6 +284,27 @@ impl Config {
         serde_yaml_ng::from_value(tree).map_err(|e| e.to_string())
     }
 
+    /// Applies the command line's `--controlplane` and `--nats`: each given one sets its URL in
+    /// the `cluster` section, which is created when the file has none.
+    pub fn override_cluster(
+        &mut self,
+        controlplane_grpc: Option<String>,
+        nats_url: Option<String>,
+    ) {
+        if controlplane_grpc.is_none() && nats_url.is_none() {
+            return;
+        }
+        let cluster = self
+            .cluster
+            .get_or_insert_with(|| ClusterConfig::with_urls(None, None));
+        if controlplane_grpc.is_some() {
+            cluster.controlplane_grpc = controlplane_grpc;
+        }
+        if nats_url.is_some() {
+            cluster.nats_url = nats_url;
+        }
+    }
+
     /// Checks values and the snapshot; lists every problem.
     pub fn validate(&self) -> Result<(), Problems> {
         let mut problems = Vec::new();
@@ -163,14 +323,28 @@ impl Config {
         if let Err(e) = self.server.key_pepper.resolve() {
             push("server.key_pepper", &e.to_string());
         }
-        if let Some(redis) = &self.redis {
-            problems.extend(redis.problems("redis"));
+        match (&self.snapshot, &self.cluster) {
+            (Some(_), Some(_)) => push(
+                "cluster",
+                "the file has both `snapshot` (standalone mode) and `cluster` (cluster mode); keep one",
+            ),
+            (None, None) => push(
+                "snapshot",
+                "missing: the file needs `snapshot` (standalone mode) or `cluster` (cluster mode, or the flags --controlplane / --nats)",
+            ),
+            _ => {}
         }
-        if let Err(Problems(found)) = self.snapshot.validate() {
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(&mut push);
+        }
+        if let Some(Err(Problems(found))) = self.snapshot.as_ref().map(Snapshot::validate) {
             problems.extend(found.into_iter().map(|p| Problem {
                 path: format!("snapshot.{}", p.path),
                 message: p.message,
             }));
+        }
+        if let Some(redis) = &self.redis {
+            problems.extend(redis.problems("redis"));
         }
         if problems.is_empty() {
             Ok(())
@@ -278,5 +452,98 @@ snapshot:
             problems.contains("snapshot.deployments[0].provider"),
             "{problems}"
         );
+    }
+
+    const SERVER_ONLY: &str = "server:\n  key_pepper: { value: \"p\" }\n";
+
+    #[test]
+    fn a_cluster_section_replaces_the_snapshot_with_defaults() {
+        let text = format!("{SERVER_ONLY}cluster:\n  nats_url: nats://127.0.0.1:4222\n");
+        let c = Config::parse(&text, &[]).unwrap();
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.namespace, DEFAULT_NAMESPACE);
+        assert_eq!(cluster.heartbeat_interval_ms, 2000);
+        assert_eq!(cluster.controlplane_grpc, None);
+        assert_eq!(cluster.dataplane_id, None);
+        assert!(c.snapshot.is_none());
+    }
+
+    #[test]
+    fn the_environment_can_supply_the_cluster_section() {
+        let env = vec![
+            (
+                "SWITCHBOARD__CLUSTER__NATS_URL".to_owned(),
+                "nats://n:4222".to_owned(),
+            ),
+            (
+                "SWITCHBOARD__CLUSTER__HEARTBEAT_INTERVAL_MS".to_owned(),
+                "500".to_owned(),
+            ),
+        ];
+        let c = Config::parse(SERVER_ONLY, &env).unwrap();
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.nats_url.as_deref(), Some("nats://n:4222"));
+        assert_eq!(cluster.heartbeat_interval_ms, 500);
+    }
+
+    #[test]
+    fn flags_make_a_server_only_file_a_cluster_config() {
+        let mut c = Config::parse(SERVER_ONLY, &[]).unwrap();
+        let problems = c.validate().unwrap_err().to_string();
+        assert!(problems.contains("snapshot: missing"), "{problems}");
+        c.override_cluster(Some("http://cp:50051".into()), None);
+        c.override_cluster(None, Some("nats://n:4222".into()));
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        let cluster = c.cluster.unwrap();
+        assert_eq!(
+            cluster.controlplane_grpc.as_deref(),
+            Some("http://cp:50051")
+        );
+        assert_eq!(cluster.nats_url.as_deref(), Some("nats://n:4222"));
+    }
+
+    #[test]
+    fn cluster_problems_are_all_listed() {
+        let text = format!(
+            "{}cluster:\n  controlplane_grpc: \"ftp://x\"\n  nats_url: \"\"\n  namespace: \"a.b\"\n  dataplane_id: \"dp.1\"\n  heartbeat_interval_ms: 0\n",
+            FILE
+        );
+        let problems = Config::parse(&text, &[])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        for path in [
+            "cluster: the file has both",
+            "cluster.controlplane_grpc",
+            "cluster.nats_url",
+            "cluster.namespace",
+            "cluster.dataplane_id",
+            "cluster.heartbeat_interval_ms",
+        ] {
+            assert!(problems.contains(path), "{path} in {problems}");
+        }
+        let empty = format!("{SERVER_ONLY}cluster: {{}}\n");
+        let problems = Config::parse(&empty, &[])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            problems.contains("needs controlplane_grpc, nats_url or both"),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn urls_lose_their_credentials_in_logs() {
+        assert_eq!(
+            redacted_url("nats://user:secret@n1:4222, tls://tok@n2"),
+            "nats://***@n1:4222,tls://***@n2"
+        );
+        assert_eq!(redacted_url("http://cp:50051/x@y"), "http://cp:50051/x@y");
+        assert_eq!(redacted_url("pw@host:4222"), "***@host:4222");
     }
 }

@@ -27,7 +27,8 @@ use crate::request::RequestView;
 use crate::state::AppState;
 
 pub const REQUEST_ID: &str = "x-request-id";
-pub const REVISION: &str = "x-switchboard-revision";
+/// The revision that served a request; `routes` adds it to answers that do not set it.
+pub const REVISION: &str = switchboard_shared::cluster::REVISION_HEADER;
 
 pub async fn chat_completions(
     state: State<Arc<AppState>>,

@@ -16,8 +16,10 @@
 //!
 //! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
 //! table and layer stack, [`error`] the one error type (OpenAI's shape), [`metrics`] every
-//! metric name, [`config`] the two-stage config, [`shared_redis`] the connection to the state that
-//! replicas share, and [`server`] start, reload and drain.
+//! metric name, [`config`] the two-stage config, [`shared_redis`] the connection to the state
+//! that replicas share, and [`server`] start, reload and drain. In cluster mode, [`cluster`]
+//! receives snapshots from the control plane (NATS, gRPC, an on-disk cache) and reports this
+//! replica's revision in heartbeats.
 //!
 //! Why it is built this way: nothing on the request path takes a lock, touches a disk or
 //! waits on a database. The snapshot is swapped atomically (`ArcSwap`), counters are atomics
@@ -28,6 +30,7 @@ pub mod accounting;
 pub mod auth;
 pub mod budget;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod handlers;
@@ -46,7 +49,7 @@ pub mod state;
 pub mod usage_publisher;
 
 pub use routes::router;
-pub use server::{Options, build_state, serve, serve_until};
+pub use server::{Options, build_state, build_state_with_keys, serve, serve_until};
 
 /// Installs rustls's ring provider as the process default, once. Every TLS user in the
 /// process (the upstream client today; Postgres and NATS clients share the choice) must agree

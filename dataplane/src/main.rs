@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dataplane::config::{Config, LogFormat, process_env};
+use dataplane::config::{Config, LogFormat, process_env, redacted_url};
 use switchboard_shared::keys::{display_prefix, hash_key_hex};
 
 /// mimalloc instead of the system allocator: the request path allocates small, short-lived
@@ -21,7 +21,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Switchboard's data plane: an OpenAI-compatible LLM gateway"
 )]
 struct Cli {
-    /// Config file (YAML or JSON) with `server` and `snapshot` sections.
+    /// Config file (YAML or JSON) with a `server` section and either `snapshot` (standalone)
+    /// or `cluster` (cluster mode).
     #[arg(
         long,
         env = "SWITCHBOARD_CONFIG",
@@ -32,6 +33,12 @@ struct Cli {
     /// Address to listen on; overrides `server.listen`.
     #[arg(long, env = "SWITCHBOARD_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Cluster mode: the control plane's gRPC URL; overrides `cluster.controlplane_grpc`.
+    #[arg(long, value_name = "GRPC_URL", global = true)]
+    controlplane: Option<String>,
+    /// Cluster mode: the NATS URL; overrides `cluster.nats_url`.
+    #[arg(long, value_name = "URL", global = true)]
+    nats: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -50,14 +57,19 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => run_server(cli.config, cli.listen),
-        Command::Check => check(&cli.config),
+        Command::Serve => run_server(dataplane::Options {
+            config_path: cli.config,
+            listen: cli.listen,
+            controlplane: cli.controlplane,
+            nats: cli.nats,
+        }),
+        Command::Check => check(&cli.config, cli.controlplane, cli.nats),
         Command::HashKey => hash_key(&cli.config),
     }
 }
 
-fn run_server(config_path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
-    let format = Config::load(&config_path, &process_env())
+fn run_server(options: dataplane::Options) -> ExitCode {
+    let format = Config::load(&options.config_path, &process_env())
         .map(|c| c.server.log_format)
         .unwrap_or_default();
     init_logging(format);
@@ -79,10 +91,7 @@ fn run_server(config_path: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dataplane::serve(dataplane::Options {
-        config_path,
-        listen,
-    })) {
+    match runtime.block_on(dataplane::serve(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -104,21 +113,47 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    let loaded = Config::load(path, &process_env()).map_err(|e| e.to_string());
+fn check(path: &std::path::Path, controlplane: Option<String>, nats: Option<String>) -> ExitCode {
+    let loaded = Config::load(path, &process_env())
+        .map(|mut c| {
+            c.override_cluster(controlplane, nats);
+            c
+        })
+        .map_err(|e| e.to_string());
+    let keys = dataplane::server::master_keys_from(
+        std::env::var(dataplane::server::MASTER_KEYS_ENV)
+            .ok()
+            .as_deref(),
+    );
+    if let Err(e) = keys {
+        eprintln!("{e:#}");
+        return ExitCode::FAILURE;
+    }
     match loaded.and_then(|c| {
         c.validate()
             .map(|()| c)
             .map_err(|p| format!("{}: {p}", path.display()))
     }) {
         Ok(c) => {
-            eprintln!(
-                "{}: ok (revision {}, {} keys, {} deployments)",
-                path.display(),
-                c.snapshot.revision,
-                c.snapshot.virtual_keys.len(),
-                c.snapshot.deployments.len()
-            );
+            match (&c.snapshot, &c.cluster) {
+                (Some(s), _) => eprintln!(
+                    "{}: ok (revision {}, {} keys, {} deployments)",
+                    path.display(),
+                    s.revision,
+                    s.virtual_keys.len(),
+                    s.deployments.len()
+                ),
+                (None, Some(cl)) => eprintln!(
+                    "{}: ok (cluster mode, namespace {}, nats {}, grpc {})",
+                    path.display(),
+                    cl.namespace,
+                    cl.nats_url.as_deref().map_or("-".into(), redacted_url),
+                    cl.controlplane_grpc
+                        .as_deref()
+                        .map_or("-".into(), redacted_url)
+                ),
+                (None, None) => {}
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

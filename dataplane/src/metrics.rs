@@ -28,7 +28,8 @@ pub const COST_NANODOLLARS_TOTAL: &str = "switchboard_cost_nanodollars_total";
 pub const ERRORS_TOTAL: &str = "switchboard_errors_total";
 pub const RATE_LIMITED_TOTAL: &str = "switchboard_rate_limited_total";
 pub const DEPLOYMENT_COOLDOWNS_TOTAL: &str = "switchboard_deployment_cooldowns_total";
-pub const SNAPSHOT_REVISION: &str = "switchboard_snapshot_revision";
+/// Named by the cluster contract (`docs/cluster.md`).
+pub const SNAPSHOT_REVISION: &str = "switchboard_config_revision";
 pub const SNAPSHOT_RELOADS_TOTAL: &str = "switchboard_snapshot_reloads_total";
 pub const INFLIGHT_REQUESTS: &str = "switchboard_inflight_requests";
 /// Budget checks done without Redis (degraded), counted whatever the policy did.

@@ -4,10 +4,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use http::HeaderName;
+use http::header::Entry;
+use switchboard_shared::cluster::REVISION_HEADER;
 
 use crate::error::ErrorKind;
 use crate::handlers;
@@ -19,7 +22,10 @@ use crate::state::AppState;
 /// Layers, outer to inner:
 /// 1. `count_requests` — counts every answer by route template and status, and error answers
 ///    by kind (from the [`ErrorKind`] extension that [`crate::error::ApiError`] sets); keeps
-///    the in-flight gauge.
+///    the in-flight gauge; and adds `x-switchboard-config-revision` (the revision served, `0`
+///    before any) to every answer that does not carry it yet — the proxy handlers set it
+///    themselves from the catalog that served the request. One layer, not two: each `from_fn`
+///    layer costs a boxed future per request.
 ///
 /// Authentication is not a layer: the proxy and model routes authenticate as their first
 /// phase (so that the key entry flows on as a value), and the operational routes
@@ -37,11 +43,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(handlers::metrics_text))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(middleware::from_fn(count_requests))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            count_requests,
+        ))
         .with_state(state)
 }
 
-async fn count_requests(request: Request, next: Next) -> Response {
+const REVISION_NAME: HeaderName = HeaderName::from_static(REVISION_HEADER);
+
+/// Adds the served revision unless the handler did.
+fn stamp_revision(state: &AppState, response: &mut Response) {
+    if let Entry::Vacant(slot) = response.headers_mut().entry(REVISION_NAME) {
+        slot.insert(state.revision_header());
+    }
+}
+
+async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -49,7 +71,8 @@ async fn count_requests(request: Request, next: Next) -> Response {
         .unwrap_or(metrics::ROUTES.len() - 1);
     let started = Instant::now();
     metrics::inflight().increment(1.0);
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    stamp_revision(&state, &mut response);
     metrics::inflight().decrement(1.0);
     metrics::count_request(route, response.status().as_u16());
     if let Some(ErrorKind(kind)) = response.extensions().get::<ErrorKind>() {

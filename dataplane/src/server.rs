@@ -1,6 +1,7 @@
 //! Running the data plane: start, reload, drain.
 //!
-//! - Start: load and validate the config, build the shared state, install the snapshot, bind.
+//! - Start: load and validate the config, build the shared state, install the snapshot (or,
+//!   in cluster mode, start following the control plane: [`crate::cluster`]), bind.
 //! - Reload (standalone mode): on `SIGHUP`, or when the file's modification time or size
 //!   changes, the file is read and validated again and its snapshot swapped in atomically. An
 //!   invalid file changes nothing: the old snapshot keeps serving and the problems are logged.
@@ -16,7 +17,10 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
+use switchboard_shared::sealed::MasterKeys;
+
 use crate::accounting::{Books, LogSink, UsageSink};
+use crate::cluster;
 use crate::config::{Config, ServerConfig, process_env};
 use crate::limits::{Limiter, LocalLimiter};
 use crate::metrics;
@@ -25,17 +29,45 @@ use crate::routes::router;
 use crate::state::{AppState, Installed};
 
 /// What `main` passes in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     pub config_path: PathBuf,
     /// Overrides `server.listen`.
     pub listen: Option<SocketAddr>,
+    /// `--controlplane`: sets `cluster.controlplane_grpc` (cluster mode).
+    pub controlplane: Option<String>,
+    /// `--nats`: sets `cluster.nats_url` (cluster mode).
+    pub nats: Option<String>,
+}
+
+/// The environment variable holding the master keys that open sealed upstream credentials:
+/// `id:base64key[,id:base64key...]`.
+pub const MASTER_KEYS_ENV: &str = "SWITCHBOARD_MASTER_KEYS";
+
+/// Parses the value of [`MASTER_KEYS_ENV`]; unset or blank means no keys. The error names
+/// what is wrong, never the value.
+pub fn master_keys_from(value: Option<&str>) -> anyhow::Result<Option<MasterKeys>> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(spec) => MasterKeys::parse(spec)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{MASTER_KEYS_ENV}: {e}")),
+    }
 }
 
 /// Builds the shared state for a server config, with `sink` receiving usage records.
 pub fn build_state(
     server: &ServerConfig,
     sink: Arc<dyn UsageSink>,
+) -> anyhow::Result<Arc<AppState>> {
+    build_state_with_keys(server, sink, None)
+}
+
+/// [`build_state`] with master keys to open sealed credentials.
+pub fn build_state_with_keys(
+    server: &ServerConfig,
+    sink: Arc<dyn UsageSink>,
+    master_keys: Option<MasterKeys>,
 ) -> anyhow::Result<Arc<AppState>> {
     crate::install_crypto_provider();
     let pepper = server
@@ -61,13 +93,16 @@ pub fn build_state(
         limiter: Arc::new(Limiter::Local(LocalLimiter::new())),
         sink,
     };
-    Ok(Arc::new(AppState::new(
-        pepper,
-        http,
-        books,
-        server.max_body_bytes,
-        metrics::install(),
-    )))
+    Ok(Arc::new(
+        AppState::new(
+            pepper,
+            http,
+            books,
+            server.max_body_bytes,
+            metrics::install(),
+        )
+        .with_master_keys(master_keys),
+    ))
 }
 
 /// Loads the config and serves until `SIGTERM` or Ctrl-C, then drains.
@@ -82,14 +117,26 @@ pub async fn serve_until(
     shutdown: impl Future<Output = ()> + Send,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let config = Config::load(&options.config_path, &process_env())?;
+    let mut config = Config::load(&options.config_path, &process_env())?;
+    config.override_cluster(options.controlplane.clone(), options.nats.clone());
     config
         .validate()
         .map_err(|problems| anyhow::anyhow!("{}: {problems}", options.config_path.display()))?;
-    let state = build_state(&config.server, Arc::new(LogSink))?;
-    state
-        .install(&config.snapshot)
-        .map_err(|problems| anyhow::anyhow!("{}: {problems}", options.config_path.display()))?;
+    let master_keys = master_keys_from(std::env::var(MASTER_KEYS_ENV).ok().as_deref())?;
+    let state = build_state_with_keys(&config.server, Arc::new(LogSink), master_keys)?;
+    // Standalone: the file's snapshot. Cluster: the control plane's, kept alive until return.
+    let _cluster = match (&config.snapshot, &config.cluster) {
+        (Some(snapshot), _) => {
+            state.install(snapshot).map_err(|problems| {
+                anyhow::anyhow!("{}: {problems}", options.config_path.display())
+            })?;
+            None
+        }
+        (None, Some(cluster_config)) => {
+            Some(cluster::start(Arc::clone(&state), cluster_config).await?)
+        }
+        (None, None) => anyhow::bail!("no snapshot and no cluster section"),
+    };
     let listen = options.listen.unwrap_or(config.server.listen);
     let listener = TcpListener::bind(listen)
         .await
@@ -108,13 +155,17 @@ pub async fn serve_until(
         "switchboard data plane listening"
     );
 
-    tokio::spawn(watch_config(
-        Arc::clone(&state),
-        options.config_path.clone(),
-        config.server.clone(),
-        Duration::from_millis(config.server.watch_interval_ms),
-        reloads,
-    ));
+    if config.snapshot.is_some() {
+        tokio::spawn(watch_config(
+            Arc::clone(&state),
+            options.config_path.clone(),
+            config.server.clone(),
+            Duration::from_millis(config.server.watch_interval_ms),
+            reloads,
+        ));
+    } else {
+        tokio::spawn(ignore_reloads(reloads));
+    }
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let listener = listener.tap_io(|tcp| {
@@ -175,7 +226,11 @@ pub fn reload(state: &AppState, path: &Path, running: &ServerConfig) -> Result<I
             if &config.server != running {
                 tracing::warn!("the server section changed; it takes effect at the next restart");
             }
-            state.install(&config.snapshot).map_err(|p| p.to_string())
+            let snapshot = config.snapshot.as_ref().ok_or_else(|| {
+                "the file has no `snapshot` section now; switching to cluster mode needs a restart"
+                    .to_owned()
+            })?;
+            state.install(snapshot).map_err(|p| p.to_string())
         });
     let label = match &result {
         Ok(Installed::Swapped { .. }) => "swapped",
@@ -217,6 +272,14 @@ impl Reloads {
     }
 }
 
+/// In cluster mode the control plane sends the config: `SIGHUP` is logged, not fatal.
+async fn ignore_reloads(mut reloads: Reloads) {
+    loop {
+        reloads.next().await;
+        tracing::info!("SIGHUP ignored: in cluster mode the config comes from the control plane");
+    }
+}
+
 /// Reloads on `SIGHUP` and when the file changes (polled every `interval`; 0 = never).
 async fn watch_config(
     state: Arc<AppState>,
@@ -249,4 +312,23 @@ async fn watch_config(
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_keys_parse_or_fail_without_echoing_the_value() {
+        assert!(master_keys_from(None).unwrap().is_none());
+        assert!(master_keys_from(Some("  ")).unwrap().is_none());
+        let keys = master_keys_from(Some("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="))
+            .unwrap()
+            .unwrap();
+        assert_eq!(keys.sealing_key_id(), "k1");
+        let bad = "k1:c2VjcmV0LWtleS1tYXRlcmlhbA==";
+        let err = master_keys_from(Some(bad)).unwrap_err().to_string();
+        assert!(err.starts_with(MASTER_KEYS_ENV), "{err}");
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+    }
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
+use http::HeaderValue;
 use metrics_exporter_prometheus::PrometheusHandle;
+use switchboard_shared::sealed::MasterKeys;
 use switchboard_shared::snapshot::Snapshot;
 use switchboard_shared::validate::{Problem, Problems};
 
@@ -27,6 +29,8 @@ pub struct AppState {
     pub books: Books,
     pub max_body_bytes: usize,
     pub metrics: PrometheusHandle,
+    /// Open `{ sealed: ... }` credentials in snapshots from the control plane.
+    master_keys: Option<MasterKeys>,
     shutting_down: AtomicBool,
 }
 
@@ -63,8 +67,30 @@ impl AppState {
             books,
             max_body_bytes,
             metrics,
+            master_keys: None,
             shutting_down: AtomicBool::new(false),
         }
+    }
+
+    /// Sets the master keys that open sealed credentials (before the state is shared).
+    pub fn with_master_keys(mut self, master_keys: Option<MasterKeys>) -> Self {
+        self.master_keys = master_keys;
+        self
+    }
+
+    /// The revision being served, 0 while none is.
+    pub fn revision(&self) -> u64 {
+        self.catalog.load().as_ref().map_or(0, |c| c.revision)
+    }
+
+    /// The `x-switchboard-config-revision` value for a response: precomputed in the catalog,
+    /// so this costs an atomic load and a reference count, no allocation.
+    pub fn revision_header(&self) -> HeaderValue {
+        const NONE: HeaderValue = HeaderValue::from_static("0");
+        self.catalog
+            .load()
+            .as_ref()
+            .map_or(NONE, |c| c.revision_header.clone())
     }
 
     /// The catalog being served, if any.
@@ -103,7 +129,7 @@ impl AppState {
                 pepper: &self.pepper,
                 client: &self.client,
                 env: &env,
-                master_keys: None,
+                master_keys: self.master_keys.as_ref(),
                 previous: previous.as_deref(),
             },
         )?;

@@ -58,6 +58,7 @@ async fn run(config: &str) -> Running {
     let options = dataplane::Options {
         config_path: path.clone(),
         listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
     };
     let done = tokio::spawn(dataplane::serve_until(
         options,

@@ -60,12 +60,24 @@ impl Drop for Gateway {
 
 impl Gateway {
     pub async fn start(config_text: &str) -> Gateway {
+        Self::start_with_keys(config_text, None).await
+    }
+
+    /// Starts a gateway with master keys for sealed credentials. A config with a `cluster`
+    /// section instead of a `snapshot` starts with nothing installed (not ready).
+    pub async fn start_with_keys(
+        config_text: &str,
+        master_keys: Option<switchboard_shared::sealed::MasterKeys>,
+    ) -> Gateway {
         let config = Config::parse(config_text, &[]).expect("config parses");
         config.validate().expect("config is valid");
         let usage = Arc::new(MemorySink::default());
         let sink = Arc::new(TeeSink(Arc::new(LogSink), usage.clone()));
-        let state = dataplane::build_state(&config.server, sink).expect("state builds");
-        state.install(&config.snapshot).expect("snapshot installs");
+        let state = dataplane::build_state_with_keys(&config.server, sink, master_keys)
+            .expect("state builds");
+        if let Some(snapshot) = &config.snapshot {
+            state.install(snapshot).expect("snapshot installs");
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = dataplane::router(state.clone());

@@ -1,0 +1,74 @@
+//! The last good snapshot on disk, so a data plane can start serving while the control plane
+//! (and NATS) are down.
+//!
+//! The file holds the snapshot's canonical JSON, exactly as it arrived. It is replaced
+//! atomically: written to a temporary file beside it, flushed to disk, renamed over the old
+//! one, and the directory flushed — a crash leaves either the old file or the new one, never
+//! half of one.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The cached body, or `None` when there is no cache file yet.
+pub fn load(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(body) => Ok(Some(body)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces the cache file with `body`, atomically.
+pub fn store(path: &Path, body: &[u8]) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent)?;
+    let temporary = temporary_path(path);
+    let written = (|| {
+        let mut file = File::create(&temporary)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(e);
+    }
+    // Make the rename itself durable. Not every platform can open a directory; the data is
+    // safe either way.
+    if let Ok(dir) = File::open(&parent) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// `<file>.tmp` beside `path`.
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_replaces_and_loads() {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-cache-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let path = dir.join("nested").join("snapshot.json");
+        assert_eq!(load(&path).unwrap(), None);
+        store(&path, b"{\"revision\":1}").unwrap();
+        store(&path, b"{\"revision\":2}").unwrap();
+        assert_eq!(load(&path).unwrap().unwrap(), b"{\"revision\":2}");
+        assert!(!temporary_path(&path).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,151 @@
+//! The control plane's gRPC `ConfigService`: bootstrap and the fallback while NATS is down.
+//!
+//! - [`GrpcSource::bootstrap`] asks `GetSnapshot` for anything newer than what is served,
+//!   racing NATS at start; it retries until it gets an answer or until NATS has delivered.
+//! - [`GrpcSource::watch`] follows `WatchSnapshot`, which sends the latest snapshot at once
+//!   (if newer) and then each new revision; it reconnects until the caller stops it, which
+//!   the follower does as soon as NATS works again.
+//!
+//! Both carry the same canonical JSON and content hash as NATS, so the [`Installer`] checks
+//! them the same way, and a revision that arrives on both paths is installed once.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use switchboard_shared::cluster::MAX_SNAPSHOT_BYTES;
+use switchboard_shared::proto::config_service_client::ConfigServiceClient;
+use switchboard_shared::proto::{GetSnapshotRequest, SnapshotEnvelope, WatchSnapshotRequest};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cluster::install::{Announced, Installer, Offer, Source};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// A lazily connected `ConfigService` client.
+#[derive(Debug, Clone)]
+pub struct GrpcSource {
+    client: ConfigServiceClient<Channel>,
+    /// For logs, without credentials.
+    url: String,
+    dataplane_id: String,
+}
+
+impl GrpcSource {
+    /// Prepares the client; nothing is dialled until the first call.
+    pub fn new(url: &str, dataplane_id: &str) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| anyhow::anyhow!("cluster.controlplane_grpc: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(Self {
+            client: ConfigServiceClient::new(channel)
+                .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
+                .max_encoding_message_size(MAX_SNAPSHOT_BYTES),
+            url: crate::config::redacted_url(url),
+            dataplane_id: dataplane_id.to_owned(),
+        })
+    }
+
+    /// One `GetSnapshot` for anything newer than what is served; offers what comes back.
+    pub async fn get_latest(&self, installer: &Installer) -> Result<(), tonic::Status> {
+        let newer_than = installer.state().revision();
+        let answer = self
+            .client
+            .clone()
+            .get_snapshot(GetSnapshotRequest { newer_than })
+            .await?
+            .into_inner();
+        if let Some(envelope) = answer.snapshot {
+            offer(envelope, installer).await;
+        }
+        Ok(())
+    }
+
+    /// Asks `GetSnapshot` until it answers, or until a live snapshot came by another path.
+    pub async fn bootstrap(&self, installer: &Installer) {
+        let mut delay = FIRST_RETRY;
+        while !installer.has_live_snapshot() {
+            match self.get_latest(installer).await {
+                Ok(()) => return,
+                Err(status) => {
+                    tracing::debug!(url = %self.url, error = %status.message(), "GetSnapshot failed; retrying");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+    }
+
+    /// Follows `WatchSnapshot`, reconnecting after failures. Returns only if dropped. The
+    /// first failure of a series is a warning, the repeats are debug lines.
+    pub async fn watch(&self, installer: &Installer) {
+        let mut delay = FIRST_RETRY;
+        let mut failing = false;
+        loop {
+            let started = tokio::time::Instant::now();
+            let result = self.watch_once(installer).await;
+            if started.elapsed() > MAX_RETRY {
+                // It worked for a while: this is a new failure, not the same one again.
+                delay = FIRST_RETRY;
+                failing = false;
+            }
+            match result {
+                Ok(()) => tracing::info!(url = %self.url, "WatchSnapshot ended; reconnecting"),
+                Err(status) if !failing => tracing::warn!(
+                    url = %self.url,
+                    code = ?status.code(),
+                    error = %status.message(),
+                    "WatchSnapshot failed; retrying"
+                ),
+                Err(status) => tracing::debug!(
+                    url = %self.url,
+                    code = ?status.code(),
+                    error = %status.message(),
+                    "WatchSnapshot failed again; retrying"
+                ),
+            }
+            failing = true;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+    }
+
+    async fn watch_once(&self, installer: &Installer) -> Result<(), tonic::Status> {
+        let mut stream = self
+            .client
+            .clone()
+            .watch_snapshot(WatchSnapshotRequest {
+                newer_than: installer.state().revision(),
+                dataplane_id: self.dataplane_id.clone(),
+            })
+            .await?
+            .into_inner();
+        tracing::info!(url = %self.url, "following WatchSnapshot");
+        while let Some(envelope) = stream.message().await? {
+            offer(envelope, installer).await;
+        }
+        Ok(())
+    }
+}
+
+async fn offer(envelope: SnapshotEnvelope, installer: &Installer) {
+    if installer.skip_stale(Source::Grpc, envelope.revision) {
+        return;
+    }
+    installer
+        .offer(Offer {
+            source: Source::Grpc,
+            announced: Some(Announced {
+                revision: envelope.revision,
+                content_hash: envelope.content_hash,
+            }),
+            body: Bytes::from(envelope.snapshot_json),
+        })
+        .await;
+}

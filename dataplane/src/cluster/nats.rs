@@ -1,0 +1,215 @@
+//! Following the snapshot head on NATS JetStream.
+//!
+//! An ordered consumer on the head subject with `DeliverPolicy::LastPerSubject` delivers the
+//! current [`SnapshotHead`] at once — which is what makes it the bootstrap as well — and every
+//! later one within milliseconds of its publication. For each head newer than the revision
+//! served, the body is fetched from the object store and offered to the [`Installer`], which
+//! checks its hash against the head's.
+//!
+//! The client reconnects by itself. While it is disconnected [`Following::run`] returns, so
+//! that the caller can follow gRPC instead, and [`NatsSource::open`] starts a fresh consumer
+//! when NATS is back — it delivers the then-current head first, so nothing is missed.
+
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::{Client, jetstream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use switchboard_shared::cluster::{MAX_SNAPSHOT_BYTES, NatsNames, SnapshotHead};
+use tokio::io::AsyncReadExt;
+
+use crate::cluster::install::{Announced, Installer, Offer, Source};
+
+/// How often a follower checks that its connection is still up.
+const CONNECTION_CHECK: Duration = Duration::from_millis(200);
+/// Longest pause between reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Why following NATS stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("not connected to NATS")]
+    Disconnected,
+    #[error("stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+    #[error("consumer on {subject}: {message}")]
+    Consumer { subject: String, message: String },
+    #[error("the consumer ended")]
+    Ended,
+}
+
+/// A NATS connection and the names to follow on it.
+#[derive(Debug, Clone)]
+pub struct NatsSource {
+    client: Client,
+    names: NatsNames,
+}
+
+impl NatsSource {
+    /// Connects in the background: this returns at once, even when NATS is down, and the
+    /// client keeps trying (at least once a second).
+    pub async fn connect(url: &str, names: NatsNames, dataplane_id: &str) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("switchboard-dataplane {dataplane_id}"))
+            .connection_timeout(Duration::from_secs(2))
+            .retry_on_initial_connect()
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(100 * attempts as u64).min(MAX_RECONNECT_DELAY)
+            })
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster.nats_url: {e}"))?;
+        Ok(Self { client, names })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn names(&self) -> &NatsNames {
+        &self.names
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// Starts following the head subject. Needs a connection and the control plane's stream.
+    pub async fn open(&self) -> Result<Following, NatsError> {
+        if !self.is_connected() {
+            return Err(NatsError::Disconnected);
+        }
+        let js = jetstream::new(self.client.clone());
+        let stream_error = |message: String| NatsError::Stream {
+            stream: self.names.config_stream.clone(),
+            message,
+        };
+        let stream = js
+            .get_stream(&self.names.config_stream)
+            .await
+            .map_err(|e| stream_error(e.to_string()))?;
+        let consumer_error = |message: String| NatsError::Consumer {
+            subject: self.names.head_subject.clone(),
+            message,
+        };
+        let messages = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.names.head_subject.clone(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?
+            .messages()
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?;
+        Ok(Following {
+            js,
+            messages,
+            bucket_name: self.names.snapshot_bucket.clone(),
+            bucket: None,
+        })
+    }
+}
+
+/// A live ordered consumer on the head subject.
+pub struct Following {
+    js: jetstream::Context,
+    messages: Ordered,
+    bucket_name: String,
+    /// The snapshot bucket, opened at the first head that needs it.
+    bucket: Option<ObjectStore>,
+}
+
+impl Following {
+    /// Offers each new head's snapshot until the connection or the consumer fails.
+    pub async fn run(mut self, source: &NatsSource, installer: &Installer) -> NatsError {
+        let mut check = tokio::time::interval(CONNECTION_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                next = self.messages.next() => match next {
+                    Some(Ok(message)) => self.on_head(&message.payload, installer).await,
+                    Some(Err(e)) => {
+                        return NatsError::Consumer {
+                            subject: source.names.head_subject.clone(),
+                            message: e.to_string(),
+                        };
+                    }
+                    None => return NatsError::Ended,
+                },
+                _ = check.tick() => {
+                    if !source.is_connected() {
+                        return NatsError::Disconnected;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_head(&mut self, payload: &Bytes, installer: &Installer) {
+        let head: SnapshotHead = match serde_json::from_slice(payload) {
+            Ok(head) => head,
+            Err(e) => {
+                installer.reject(Source::Nats, 0, format!("head does not parse: {e}"));
+                return;
+            }
+        };
+        if installer.skip_stale(Source::Nats, head.revision) {
+            return;
+        }
+        let body = match self.fetch(&head).await {
+            Ok(body) => body,
+            Err(reason) => {
+                installer.reject(Source::Nats, head.revision, reason);
+                return;
+            }
+        };
+        installer
+            .offer(Offer {
+                source: Source::Nats,
+                announced: Some(Announced {
+                    revision: head.revision,
+                    content_hash: head.content_hash,
+                }),
+                body,
+            })
+            .await;
+    }
+
+    /// Reads the head's object, refusing anything larger than a snapshot may be.
+    async fn fetch(&mut self, head: &SnapshotHead) -> Result<Bytes, String> {
+        if head.size > MAX_SNAPSHOT_BYTES as u64 {
+            return Err(format!(
+                "announced size {} is over the {MAX_SNAPSHOT_BYTES}-byte limit",
+                head.size
+            ));
+        }
+        let bucket = match &self.bucket {
+            Some(bucket) => bucket,
+            None => {
+                let opened = self
+                    .js
+                    .get_object_store(&self.bucket_name)
+                    .await
+                    .map_err(|e| format!("object store {}: {e}", self.bucket_name))?;
+                self.bucket.insert(opened)
+            }
+        };
+        let object = bucket
+            .get(&head.object)
+            .await
+            .map_err(|e| format!("object {}: {e}", head.object))?;
+        let mut body = Vec::with_capacity(usize::try_from(head.size).unwrap_or(0));
+        object
+            .take(MAX_SNAPSHOT_BYTES as u64 + 1)
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| format!("object {}: {e}", head.object))?;
+        Ok(Bytes::from(body))
+    }
+}

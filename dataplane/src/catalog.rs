@@ -27,6 +27,8 @@ use crate::health::DeploymentHealth;
 use crate::limits::{LocalLimitState, Scope, Subject};
 use crate::metrics::ModelMetrics;
 use crate::providers::ProviderAdaptor;
+use crate::providers::anthropic::AnthropicAdaptor;
+use crate::providers::azure::AzureAdaptor;
 use crate::providers::client::HttpClient;
 use crate::providers::mock::MockAdaptor;
 use crate::providers::openai::OpenAiAdaptor;
@@ -199,20 +201,28 @@ impl Catalog {
                     continue;
                 }
             };
-            let adaptor: Arc<dyn ProviderAdaptor> = match p.kind {
-                ProviderKind::Mock => Arc::new(MockAdaptor),
-                ProviderKind::Openai => {
-                    let base = p.base_url.as_deref().unwrap_or_default();
-                    match OpenAiAdaptor::new(ctx.client, base, api_key.as_deref()) {
-                        Ok(a) => Arc::new(a),
-                        Err(message) => {
-                            problems.push(Problem {
-                                path: format!("providers[{i}]"),
-                                message,
-                            });
-                            continue;
-                        }
-                    }
+            let base = p.base_url.as_deref().unwrap_or_default();
+            let key = api_key.as_deref();
+            let built: Result<Arc<dyn ProviderAdaptor>, String> = match p.kind {
+                ProviderKind::Mock => Ok(Arc::new(MockAdaptor)),
+                ProviderKind::Openai => OpenAiAdaptor::new(ctx.client, base, key)
+                    .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
+                ProviderKind::Anthropic => AnthropicAdaptor::new(ctx.client, base, key)
+                    .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
+                ProviderKind::Azure => {
+                    let version = p.api_version.as_deref().unwrap_or_default();
+                    AzureAdaptor::new(ctx.client, base, version, key)
+                        .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>)
+                }
+            };
+            let adaptor = match built {
+                Ok(adaptor) => adaptor,
+                Err(message) => {
+                    problems.push(Problem {
+                        path: format!("providers[{i}]"),
+                        message,
+                    });
+                    continue;
                 }
             };
             adaptors.insert(p.id.as_str(), (p.kind, adaptor));

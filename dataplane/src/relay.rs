@@ -122,7 +122,7 @@ impl SseRelay {
             };
             let keep = match found {
                 Some((usage, only_usage)) => {
-                    self.usage = Some(usage);
+                    usage.merge_into(self.usage.get_or_insert_with(Usage::default));
                     !(self.strip_usage_event && only_usage)
                 }
                 None => true,

@@ -223,6 +223,10 @@ pub struct Provider {
     /// The upstream credential, if the upstream needs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<SecretRef>,
+    /// Azure OpenAI's `api-version` query parameter (e.g. `2024-10-21`). Required for
+    /// `azure`, refused for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
 }
 
 /// The wire protocol a provider speaks.
@@ -233,6 +237,12 @@ pub enum ProviderKind {
     Openai,
     /// Answers inside the data plane, deterministically and offline. For demos and tests.
     Mock,
+    /// Anthropic's Messages API (`base_url` like `https://api.anthropic.com/v1`).
+    Anthropic,
+    /// Azure OpenAI: `base_url` is the resource endpoint (`https://NAME.openai.azure.com`),
+    /// the deployment's `upstream_model` is the Azure deployment name, and `api_version` is
+    /// required.
+    Azure,
 }
 
 impl ProviderKind {
@@ -240,6 +250,8 @@ impl ProviderKind {
         match self {
             ProviderKind::Openai => "openai",
             ProviderKind::Mock => "mock",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Azure => "azure",
         }
     }
 }

@@ -14,6 +14,15 @@ use crate::snapshot::{ProviderKind, SCHEMA_VERSION, Snapshot};
 /// Most extra attempts a model may make on its own deployments.
 pub const MAX_RETRIES: u32 = 10;
 
+/// Whether `v` is safe to put in a query string as Azure's `api-version` (letters, digits,
+/// dashes, dots).
+fn is_api_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 40
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// One problem in a snapshot, at a path such as `deployments[2].provider`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -123,6 +132,20 @@ impl Snapshot {
                         );
                     }
                 }
+            }
+            match (p.kind, &p.api_version) {
+                (ProviderKind::Azure, None) => {
+                    c.push(format!("{path}.api_version"), "is required for kind azure");
+                }
+                (ProviderKind::Azure, Some(v)) if !is_api_version(v) => c.push(
+                    format!("{path}.api_version"),
+                    format!("{v:?} must look like 2024-10-21 or 2025-01-01-preview"),
+                ),
+                (ProviderKind::Azure, Some(_)) | (_, None) => {}
+                (_, Some(_)) => c.push(
+                    format!("{path}.api_version"),
+                    "is only allowed for kind azure",
+                ),
             }
         }
 
@@ -321,6 +344,11 @@ models:
     #[test]
     fn a_good_snapshot_passes() {
         assert_eq!(problems(&good()), Vec::<String>::new());
+        let more = good().replace(
+            "  - { id: m, kind: mock }",
+            "  - { id: m, kind: mock }\n  - { id: a, kind: anthropic, base_url: \"https://api.anthropic.com/v1\" }\n  - { id: z, kind: azure, base_url: \"https://x.openai.azure.com\", api_version: 2025-01-01-preview }",
+        );
+        assert_eq!(problems(&more), Vec::<String>::new());
     }
 
     /// Each edit breaks one rule; the report must name the path of exactly that rule.
@@ -369,6 +397,17 @@ models:
                 "https://api.openai.com/v1",
                 "ftp://x",
                 "providers[0].base_url",
+            ),
+            ("kind: openai,", "kind: azure,", "providers[0].api_version"),
+            (
+                "kind: openai,",
+                "kind: azure, api_version: \"2024-10-21&x=1\",",
+                "providers[0].api_version",
+            ),
+            (
+                "kind: openai,",
+                "kind: anthropic, api_version: \"2024-10-21\",",
+                "providers[0].api_version",
             ),
             (
                 "upstream_model: gpt-4o }",

@@ -1,4 +1,5 @@
-//! A mock OpenAI upstream, fast enough to benchmark a gateway against and scriptable enough
+//! A mock LLM upstream — OpenAI, Azure OpenAI (`/openai/deployments/{d}/...?api-version=`)
+//! and Anthropic (`/v1/messages`, see [`anthropic`]) — fast enough to benchmark a gateway against and scriptable enough
 //! to test its failure handling.
 //!
 //! Integration tests start one in-process with [`MockUpstream::start`] and point a provider's
@@ -6,6 +7,7 @@
 //! `mock-upstream` binary runs the same server for the benchmark and for other processes
 //! (`GET /mock/stats` reports its counts). Scenario knobs are described in [`scenario`].
 
+pub mod anthropic;
 mod body;
 mod render;
 pub mod scenario;

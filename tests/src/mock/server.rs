@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use super::anthropic;
 use super::body::MockBody;
 use super::render::{
     self, ERROR_CONTEXT_LENGTH, ERROR_INVALID_API_KEY, ERROR_OVERLOADED, ERROR_RATE_LIMIT,
@@ -97,6 +98,20 @@ impl Route {
             (&Method::POST, "/v1/completions") => Some(Self::Completions),
             (&Method::POST, "/v1/embeddings") => Some(Self::Embeddings),
             (&Method::GET, "/v1/models") => Some(Self::Models),
+            // Azure OpenAI: /openai/deployments/{deployment}/<the OpenAI path>.
+            (&Method::POST, p) if p.starts_with("/openai/deployments/") => {
+                let rest = &p["/openai/deployments/".len()..];
+                let (deployment, api) = rest.split_once('/')?;
+                if deployment.is_empty() {
+                    return None;
+                }
+                match api {
+                    "chat/completions" => Some(Self::Chat),
+                    "completions" => Some(Self::Completions),
+                    "embeddings" => Some(Self::Embeddings),
+                    _ => None,
+                }
+            }
             _ => None,
         }
     }
@@ -134,6 +149,7 @@ async fn handle(
     let index = state.record(scenario_text, || RecordedRequest {
         method: parts.method.to_string(),
         path: path.to_owned(),
+        query: parts.uri.query().map(str::to_owned),
         headers: parts.headers.clone(),
         body: body.clone(),
         received_at: Instant::now(),
@@ -142,6 +158,34 @@ async fn handle(
         Ok(scenario) => scenario,
         Err(error) => return Ok(invalid_request(&error.0)),
     };
+    if parts.method == Method::POST && path == "/v1/messages" {
+        if scenario.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(scenario.latency_ms)).await;
+        }
+        let fault = scenario.fault_for(index);
+        if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+            fault_response(fault, &scenario).await?;
+        }
+        return Ok(anthropic::respond(
+            &parts.headers,
+            &body,
+            &scenario,
+            fault,
+            &state,
+        ));
+    }
+    if path.starts_with("/openai/deployments/")
+        && !parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("api-version=")))
+    {
+        return Ok(error_json(
+            StatusCode::NOT_FOUND,
+            "Resource not found: the api-version query parameter is required",
+            "invalid_request_error",
+        ));
+    }
     let Some(route) = Route::of(&parts.method, path) else {
         return Ok(error_json(
             StatusCode::NOT_FOUND,

@@ -1,11 +1,13 @@
 //! A mock LLM upstream — OpenAI, Azure OpenAI (`/openai/deployments/{d}/...?api-version=`)
-//! and Anthropic (`/v1/messages`, see [`anthropic`]) — fast enough to benchmark a gateway against and scriptable enough
-//! to test its failure handling.
+//! and Anthropic (`/v1/messages`, see [`anthropic`]) — fast enough to benchmark a gateway
+//! against and scriptable enough to test its failure handling.
 //!
 //! Integration tests start one in-process with [`MockUpstream::start`] and point a provider's
 //! `base_url` at [`MockUpstream::base_url`] or [`MockUpstream::scenario_url`]; the
 //! `mock-upstream` binary runs the same server for the benchmark and for other processes
 //! (`GET /mock/stats` reports its counts). Scenario knobs are described in [`scenario`].
+//! A chat request with `tools` is answered with the tool-call fixture
+//! (`tests/fixtures/openai/chat_completion_tool_calls{.json,_stream.sse}`).
 
 pub mod anthropic;
 mod body;

@@ -126,6 +126,9 @@ struct Peek<'a> {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    /// A chat request with tools gets the tool-call fixture.
+    #[serde(borrow, default)]
+    tools: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +274,16 @@ fn render_output(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let chunks = scenario.stream_chunks();
+    let tools = peek
+        .tools
+        .is_some_and(|t| t.get().trim() != "[]" && t.get() != "null");
+    if route == Route::Chat && tools {
+        return Ok(if stream {
+            Output::Stream(render::tool_call_stream(include_usage))
+        } else {
+            Output::Json(Bytes::from_static(render::TOOL_CALLS.as_bytes()))
+        });
+    }
     Ok(match (route, stream) {
         (Route::Chat, false) => Output::Json(templates.chat(&reply)),
         (Route::Chat, true) => Output::Stream(templates.chat_stream(&reply, chunks, include_usage)),

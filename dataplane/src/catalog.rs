@@ -30,6 +30,7 @@ use crate::providers::ProviderAdaptor;
 use crate::providers::anthropic::AnthropicAdaptor;
 use crate::providers::azure::AzureAdaptor;
 use crate::providers::client::HttpClient;
+use crate::providers::gemini::GeminiAdaptor;
 use crate::providers::mock::MockAdaptor;
 use crate::providers::openai::OpenAiAdaptor;
 use crate::request::json_string_literal;
@@ -208,6 +209,8 @@ impl Catalog {
                 ProviderKind::Openai => OpenAiAdaptor::new(ctx.client, base, key)
                     .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
                 ProviderKind::Anthropic => AnthropicAdaptor::new(ctx.client, base, key)
+                    .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
+                ProviderKind::Gemini => GeminiAdaptor::new(ctx.client, base, key)
                     .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
                 ProviderKind::Azure => {
                     let version = p.api_version.as_deref().unwrap_or_default();

@@ -243,6 +243,9 @@ pub enum ProviderKind {
     /// the deployment's `upstream_model` is the Azure deployment name, and `api_version` is
     /// required.
     Azure,
+    /// Google's Gemini API (`base_url` like
+    /// `https://generativelanguage.googleapis.com/v1beta`).
+    Gemini,
 }
 
 impl ProviderKind {
@@ -252,6 +255,7 @@ impl ProviderKind {
             ProviderKind::Mock => "mock",
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Azure => "azure",
+            ProviderKind::Gemini => "gemini",
         }
     }
 }

@@ -1,7 +1,8 @@
 """The official `openai` Python SDK against deployments on every provider, through the gateway.
 
 Run by tests/tests/provider_sdks.rs (see test_anthropic_sdk.py for the environment). Models:
-`claude` (Anthropic, translated), `azure` (Azure OpenAI), `claude-too-long` (an Anthropic
+`claude` (Anthropic, translated), `azure` (Azure OpenAI), `gemini` (Gemini, translated),
+`claude-too-long` (an Anthropic
 upstream that refuses every prompt as too long).
 """
 
@@ -93,5 +94,22 @@ def test_azure_chat_stream_and_embeddings():
 
 def test_azure_tool_call():
     reply = client().chat.completions.create(model="azure", messages=MESSAGES, tools=TOOLS)
+    call = reply.choices[0].message.tool_calls[0]
+    assert json.loads(call.function.arguments) == {"location": "Boston, MA"}
+
+
+def test_gemini_chat_stream_and_tools():
+    reply = client().chat.completions.create(model="gemini", messages=MESSAGES)
+    assert reply.choices[0].message.content == "AI learns patterns from data to make predictions."
+    assert reply.usage.prompt_tokens_details.cached_tokens == 100
+    chunks = list(
+        client().chat.completions.create(
+            model="gemini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "AI learns patterns from data to make predictions."
+    assert chunks[-1].usage.prompt_tokens == 120
+    reply = client().chat.completions.create(model="gemini", messages=MESSAGES, tools=TOOLS)
     call = reply.choices[0].message.tool_calls[0]
     assert json.loads(call.function.arguments) == {"location": "Boston, MA"}

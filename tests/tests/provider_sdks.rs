@@ -1,5 +1,5 @@
 //! The official SDKs against deployments on every provider: the `openai` SDK against
-//! Anthropic and Azure deployments, the `anthropic` SDK against `/v1/messages` with an
+//! Anthropic, Azure and Gemini deployments, the `anthropic` SDK against `/v1/messages` with an
 //! Anthropic and an OpenAI-compatible deployment behind it
 //! (tests/python/test_providers_openai_sdk.py, tests/python/test_anthropic_sdk.py).
 //!
@@ -32,6 +32,7 @@ async fn the_openai_and_anthropic_sdks_work_against_every_provider() {
     let mock = MockUpstream::start().await.unwrap();
     let root = mock.base_url();
     let azure_root = root.trim_end_matches("/v1").to_owned();
+    let gemini_root = format!("{azure_root}/v1beta");
     let config = config_yaml(
         &snapshot(
             "",
@@ -40,6 +41,7 @@ async fn the_openai_and_anthropic_sdks_work_against_every_provider() {
   - {{ id: ant, kind: anthropic, base_url: \"{root}\", api_key: {{ value: sk-ant-x }} }}
   - {{ id: ant-long, kind: anthropic, base_url: \"{long}\", api_key: {{ value: sk-ant-x }} }}
   - {{ id: oai, kind: openai, base_url: \"{root}\" }}
+  - {{ id: gem, kind: gemini, base_url: \"{gemini_root}\", api_key: {{ value: g-x }} }}
   - {{ id: az, kind: azure, base_url: \"{azure_root}\", api_version: 2024-10-21, api_key: {{ value: az-x }} }}
 deployments:
   - {{ id: d1, model: claude, provider: ant, upstream_model: claude-up }}
@@ -47,6 +49,7 @@ deployments:
   - {{ id: d3, model: gpt, provider: oai, upstream_model: gpt-up }}
   - {{ id: d4, model: azure, provider: az, upstream_model: gpt-4o-prod }}
   - {{ id: d5, model: azure-embed, provider: az, upstream_model: embed-prod }}
+  - {{ id: d6, model: gemini, provider: gem, upstream_model: gemini-up }}
 models:
   - {{ model: claude-too-long, retries: 0 }}
 ",
@@ -72,7 +75,7 @@ models:
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the SDK suites failed:\n{stdout}");
     assert!(
-        stdout.contains("17 passed"),
-        "expected all 17 SDK tests to run:\n{stdout}"
+        stdout.contains("18 passed"),
+        "expected all 18 SDK tests to run:\n{stdout}"
     );
 }

@@ -13,13 +13,12 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use http_body_util::BodyExt;
-use serde_json::json;
 
 use super::client::{self, HttpClient};
 use super::ratelimit::UpstreamRateLimits;
-use super::translate::{self, anthropic_openai, openai_anthropic};
+use super::translate::{self, TranslateError, anthropic_openai, openai_anthropic};
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 /// The API version the gateway speaks (the only stable one Anthropic has published).
@@ -114,12 +113,7 @@ impl ProviderAdaptor for AnthropicAdaptor {
                         view.stream,
                     ) {
                         Ok(body) => body,
-                        Err(e) => {
-                            return Ok(translate::synthetic(
-                                StatusCode::BAD_REQUEST,
-                                openai_error(&e.message, e.param),
-                            ));
-                        }
+                        Err(e) => return Ok(translate::refusal(request.endpoint, &e)),
                     };
                     let response = self.post(&body, view.stream, request.request_id).await?;
                     Ok(translate::wrap(
@@ -130,10 +124,10 @@ impl ProviderAdaptor for AnthropicAdaptor {
                         openai_anthropic::error,
                     ))
                 }
-                Endpoint::Completions | Endpoint::Embeddings => Ok(translate::synthetic(
-                    StatusCode::BAD_REQUEST,
-                    openai_error(
-                        &format!(
+                Endpoint::Completions | Endpoint::Embeddings => Ok(translate::refusal(
+                    request.endpoint,
+                    &TranslateError::new(
+                        format!(
                             "Anthropic deployments do not serve the {} API",
                             request.endpoint.as_str()
                         ),
@@ -148,12 +142,6 @@ impl ProviderAdaptor for AnthropicAdaptor {
     fn rate_limits(&self, headers: &HeaderMap) -> Option<UpstreamRateLimits> {
         UpstreamRateLimits::from_anthropic_headers(headers, chrono::Utc::now())
     }
-}
-
-/// An OpenAI-shape 400 body.
-fn openai_error(message: &str, param: Option<&str>) -> Vec<u8> {
-    serde_json::to_vec(&json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))
-        .unwrap_or_default()
 }
 
 /// Wraps an OpenAI-format answer for a `/v1/messages` client (used by every OpenAI-compatible
@@ -178,10 +166,5 @@ pub fn openai_request_body(request: &UpstreamRequest<'_>) -> Result<Bytes, Upstr
     }
     anthropic_openai::request(&view.body, request.upstream_model, view.stream)
         .map(Bytes::from)
-        .map_err(|e| {
-            translate::synthetic(
-                StatusCode::BAD_REQUEST,
-                anthropic_openai::error_body("invalid_request_error", &e.message),
-            )
-        })
+        .map_err(|e| translate::refusal(request.endpoint, &e))
 }

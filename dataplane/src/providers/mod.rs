@@ -9,6 +9,7 @@
 //! - [`azure`]: Azure OpenAI — OpenAI's wire format at deployment URLs, `api-key` auth.
 //! - [`anthropic`]: Anthropic's Messages API; bytes pass through for `/v1/messages`, OpenAI
 //!   requests are translated.
+//! - [`gemini`]: Google's Gemini API (`generateContent`), translated.
 //! - [`mock`]: answers inside the process, deterministically and offline.
 //! - [`client`]: the HTTP/1.1 client every HTTP adaptor shares (pooled, rustls).
 //! - [`translate`]: request, answer, stream and error translation between protocols.
@@ -21,6 +22,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod client;
+pub mod gemini;
 pub mod mock;
 pub mod openai;
 pub mod ratelimit;

@@ -1,6 +1,7 @@
-//! A mock LLM upstream — OpenAI, Azure OpenAI (`/openai/deployments/{d}/...?api-version=`)
-//! and Anthropic (`/v1/messages`, see [`anthropic`]) — fast enough to benchmark a gateway
-//! against and scriptable enough to test its failure handling.
+//! A mock LLM upstream — OpenAI, Azure OpenAI (`/openai/deployments/{d}/...?api-version=`),
+//! Anthropic (`/v1/messages`, see [`anthropic`]) and Gemini (`/v1beta/models/{m}:...`, see
+//! [`gemini`]) — fast enough to benchmark a gateway against and scriptable enough to test its
+//! failure handling.
 //!
 //! Integration tests start one in-process with [`MockUpstream::start`] and point a provider's
 //! `base_url` at [`MockUpstream::base_url`] or [`MockUpstream::scenario_url`]; the
@@ -11,6 +12,7 @@
 
 pub mod anthropic;
 mod body;
+pub mod gemini;
 mod render;
 pub mod scenario;
 mod server;

@@ -21,7 +21,6 @@ use serde_json::value::RawValue;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use super::anthropic;
 use super::body::MockBody;
 use super::render::{
     self, ERROR_CONTEXT_LENGTH, ERROR_INVALID_API_KEY, ERROR_OVERLOADED, ERROR_RATE_LIMIT,
@@ -29,6 +28,7 @@ use super::render::{
 };
 use super::scenario::{Fault, Scenario, split_scenario};
 use super::state::{RecordedRequest, State};
+use super::{anthropic, gemini};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
@@ -170,6 +170,26 @@ async fn handle(
             fault_response(fault, &scenario).await?;
         }
         return Ok(anthropic::respond(
+            &parts.headers,
+            &body,
+            &scenario,
+            fault,
+            &state,
+        ));
+    }
+    if parts.method == Method::POST
+        && let Some(stream) = gemini::route(path)
+    {
+        if scenario.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(scenario.latency_ms)).await;
+        }
+        let fault = scenario.fault_for(index);
+        if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+            fault_response(fault, &scenario).await?;
+        }
+        return Ok(gemini::respond(
+            stream,
+            parts.uri.query(),
             &parts.headers,
             &body,
             &scenario,

@@ -7,6 +7,11 @@
 //! - [`openai_anthropic`]: an OpenAI client in front of Anthropic's Messages API.
 //! - [`anthropic_openai`]: an Anthropic client (`/v1/messages`) in front of an
 //!   OpenAI-compatible API.
+//! - [`openai_gemini`]: an OpenAI client in front of Gemini.
+//!
+//! Translations compose: a `/v1/messages` client in front of Gemini goes Anthropic → OpenAI →
+//! Gemini on the way out and back through both on the way in, so each provider needs only
+//! its OpenAI translation.
 //!
 //! The body wrappers here are shared by both directions:
 //! - [`whole`] converts a complete JSON answer (or error) once its last byte arrived;
@@ -16,6 +21,7 @@
 
 pub mod anthropic_openai;
 pub mod openai_anthropic;
+pub mod openai_gemini;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -193,6 +199,46 @@ pub fn synthetic(status: StatusCode, body: Vec<u8>) -> UpstreamResponse {
             .map_err(|never| match never {})
             .boxed(),
     }
+}
+
+/// A 400 for a request the gateway cannot translate, in the client's shape, sent without
+/// touching the network.
+pub fn refusal(endpoint: super::Endpoint, error: &TranslateError) -> UpstreamResponse {
+    let body = if endpoint == super::Endpoint::Messages {
+        anthropic_openai::error_body("invalid_request_error", &error.message)
+    } else {
+        serde_json::to_vec(&serde_json::json!({"error": {
+            "message": error.message, "type": "invalid_request_error", "param": error.param, "code": null,
+        }}))
+        .unwrap_or_default()
+    };
+    synthetic(StatusCode::BAD_REQUEST, body)
+}
+
+/// Reads an error answer's body whole (up to 64 KiB), so that an adaptor can look inside it
+/// before the proxy classifies the status; the body is handed on unchanged.
+pub async fn read_error(response: UpstreamResponse) -> (UpstreamResponse, Bytes) {
+    let UpstreamResponse {
+        status,
+        headers,
+        body,
+    } = response;
+    let bytes = http_body_util::Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .unwrap_or_default();
+    let body = Full::new(bytes.clone())
+        .map_err(|never| match never {})
+        .boxed();
+    (
+        UpstreamResponse {
+            status,
+            headers,
+            body,
+        },
+        bytes,
+    )
 }
 
 /// Marks a response as the stream or JSON it has become.

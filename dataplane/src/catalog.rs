@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use switchboard_shared::keys::{KEY_HASH_LEN, parse_key_hash};
 use switchboard_shared::price::PriceEntry;
+use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::{
     ModelPolicy, ProviderKind, RateLimits, Snapshot, Tenant, TenantStatus, VirtualKey,
 };
@@ -29,6 +30,8 @@ use crate::metrics::ModelMetrics;
 use crate::providers::ProviderAdaptor;
 use crate::providers::anthropic::AnthropicAdaptor;
 use crate::providers::azure::AzureAdaptor;
+use crate::providers::bedrock::BedrockAdaptor;
+use crate::providers::bedrock::sigv4::Credentials;
 use crate::providers::client::HttpClient;
 use crate::providers::gemini::GeminiAdaptor;
 use crate::providers::mock::MockAdaptor;
@@ -187,20 +190,27 @@ impl Catalog {
 
         let mut adaptors: HashMap<&str, (ProviderKind, Arc<dyn ProviderAdaptor>)> = HashMap::new();
         for (i, p) in snapshot.providers.iter().enumerate() {
-            let api_key = match p
-                .api_key
-                .as_ref()
+            // Every credential of the provider, resolved; a failure is reported at its path.
+            let mut resolve = |field: &str, secret: Option<&SecretRef>| match secret
                 .map(|s| s.resolve_with(ctx.env, ctx.master_keys))
             {
-                None => None,
-                Some(Ok(v)) => Some(v),
+                None => Ok(None),
+                Some(Ok(v)) => Ok(Some(v)),
                 Some(Err(e)) => {
                     problems.push(Problem {
-                        path: format!("providers[{i}].api_key"),
+                        path: format!("providers[{i}].{field}"),
                         message: e.to_string(),
                     });
-                    continue;
+                    Err(())
                 }
+            };
+            let (Ok(api_key), Ok(aws_key_id), Ok(aws_secret), Ok(aws_token)) = (
+                resolve("api_key", p.api_key.as_ref()),
+                resolve("aws_access_key_id", p.aws_access_key_id.as_ref()),
+                resolve("aws_secret_access_key", p.aws_secret_access_key.as_ref()),
+                resolve("aws_session_token", p.aws_session_token.as_ref()),
+            ) else {
+                continue;
             };
             let base = p.base_url.as_deref().unwrap_or_default();
             let key = api_key.as_deref();
@@ -212,6 +222,16 @@ impl Catalog {
                     .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
                 ProviderKind::Gemini => GeminiAdaptor::new(ctx.client, base, key)
                     .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
+                ProviderKind::Bedrock => {
+                    let credentials = Credentials {
+                        access_key_id: aws_key_id.unwrap_or_default(),
+                        secret_access_key: aws_secret.unwrap_or_default(),
+                        session_token: aws_token,
+                    };
+                    let region = p.region.as_deref().unwrap_or_default();
+                    BedrockAdaptor::new(ctx.client, p.base_url.as_deref(), region, credentials)
+                        .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>)
+                }
                 ProviderKind::Azure => {
                     let version = p.api_version.as_deref().unwrap_or_default();
                     AzureAdaptor::new(ctx.client, base, version, key)

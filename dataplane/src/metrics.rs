@@ -303,7 +303,7 @@ impl AttemptResult {
 
 /// Counts an upstream attempt by provider kind and result.
 pub fn count_attempt(provider: ProviderKind, result: AttemptResult) {
-    const PROVIDERS: usize = 5;
+    const PROVIDERS: usize = 6;
     static TABLE: Table<Counter, { PROVIDERS * AttemptResult::COUNT }> = Table::new();
     let p = match provider {
         ProviderKind::Openai => 0,
@@ -311,6 +311,7 @@ pub fn count_attempt(provider: ProviderKind, result: AttemptResult) {
         ProviderKind::Anthropic => 2,
         ProviderKind::Azure => 3,
         ProviderKind::Gemini => 4,
+        ProviderKind::Bedrock => 5,
     };
     if let Some(c) = TABLE.get(p * AttemptResult::COUNT + result as usize, || {
         counter!(UPSTREAM_ATTEMPTS_TOTAL, "provider" => provider.as_str(), "result" => result.as_str())

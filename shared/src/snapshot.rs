@@ -217,7 +217,7 @@ pub struct Provider {
     pub id: String,
     pub kind: ProviderKind,
     /// Base URL including the API version path, e.g. `https://api.openai.com/v1`. Required for
-    /// every kind except `mock`.
+    /// every kind except `mock` and `bedrock`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     /// The upstream credential, if the upstream needs one.
@@ -227,6 +227,18 @@ pub struct Provider {
     /// `azure`, refused for every other kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
+    /// AWS region (e.g. `us-east-1`). Required for `bedrock`, refused for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// AWS access key id, for SigV4. Required for `bedrock`, refused for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id: Option<SecretRef>,
+    /// AWS secret access key, for SigV4. Required for `bedrock`, refused for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secret_access_key: Option<SecretRef>,
+    /// AWS session token, for temporary credentials. `bedrock` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_session_token: Option<SecretRef>,
 }
 
 /// The wire protocol a provider speaks.
@@ -246,6 +258,9 @@ pub enum ProviderKind {
     /// Google's Gemini API (`base_url` like
     /// `https://generativelanguage.googleapis.com/v1beta`).
     Gemini,
+    /// Amazon Bedrock's Converse API, SigV4-signed with the `aws_*` credentials in `region`;
+    /// `base_url` defaults to `https://bedrock-runtime.{region}.amazonaws.com`.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -256,6 +271,7 @@ impl ProviderKind {
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Azure => "azure",
             ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
         }
     }
 }

@@ -1,7 +1,7 @@
 """The official `openai` Python SDK against deployments on every provider, through the gateway.
 
 Run by tests/tests/provider_sdks.rs (see test_anthropic_sdk.py for the environment). Models:
-`claude` (Anthropic, translated), `azure` (Azure OpenAI), `gemini` (Gemini, translated),
+`claude` (Anthropic, translated), `azure` (Azure OpenAI), `gemini` (Gemini, translated), `bedrock` (Bedrock Converse, SigV4),
 `claude-too-long` (an Anthropic
 upstream that refuses every prompt as too long).
 """
@@ -113,3 +113,23 @@ def test_gemini_chat_stream_and_tools():
     reply = client().chat.completions.create(model="gemini", messages=MESSAGES, tools=TOOLS)
     call = reply.choices[0].message.tool_calls[0]
     assert json.loads(call.function.arguments) == {"location": "Boston, MA"}
+
+
+def test_bedrock_chat_stream_and_tools():
+    reply = client().chat.completions.create(model="bedrock", messages=MESSAGES)
+    assert reply.choices[0].message.content == "Hello! How can I help you today?"
+    assert reply.usage.prompt_tokens == 50 and reply.usage.completion_tokens == 12
+    chunks = list(
+        client().chat.completions.create(
+            model="bedrock", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello! How can I help you today?"
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == 16
+    chunks = list(
+        client().chat.completions.create(model="bedrock", messages=MESSAGES, tools=TOOLS, stream=True)
+    )
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert calls[0].function.name == "top_song"
+    assert json.loads("".join(tc.function.arguments or "" for tc in calls)) == {"sign": "WZPZ"}

@@ -1,5 +1,5 @@
 //! The official SDKs against deployments on every provider: the `openai` SDK against
-//! Anthropic, Azure and Gemini deployments, the `anthropic` SDK against `/v1/messages` with an
+//! Anthropic, Azure, Gemini and Bedrock deployments, the `anthropic` SDK against `/v1/messages` with an
 //! Anthropic and an OpenAI-compatible deployment behind it
 //! (tests/python/test_providers_openai_sdk.py, tests/python/test_anthropic_sdk.py).
 //!
@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use common::*;
+use switchboard_tests::mock::bedrock::{BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY};
 
 fn python() -> PathBuf {
     if let Ok(p) = std::env::var("SWITCHBOARD_PYTHON") {
@@ -42,6 +43,7 @@ async fn the_openai_and_anthropic_sdks_work_against_every_provider() {
   - {{ id: ant-long, kind: anthropic, base_url: \"{long}\", api_key: {{ value: sk-ant-x }} }}
   - {{ id: oai, kind: openai, base_url: \"{root}\" }}
   - {{ id: gem, kind: gemini, base_url: \"{gemini_root}\", api_key: {{ value: g-x }} }}
+  - {{ id: br, kind: bedrock, base_url: \"{azure_root}\", region: us-east-1, aws_access_key_id: {{ value: {BEDROCK_ACCESS_KEY_ID} }}, aws_secret_access_key: {{ value: \"{BEDROCK_SECRET_ACCESS_KEY}\" }} }}
   - {{ id: az, kind: azure, base_url: \"{azure_root}\", api_version: 2024-10-21, api_key: {{ value: az-x }} }}
 deployments:
   - {{ id: d1, model: claude, provider: ant, upstream_model: claude-up }}
@@ -50,6 +52,7 @@ deployments:
   - {{ id: d4, model: azure, provider: az, upstream_model: gpt-4o-prod }}
   - {{ id: d5, model: azure-embed, provider: az, upstream_model: embed-prod }}
   - {{ id: d6, model: gemini, provider: gem, upstream_model: gemini-up }}
+  - {{ id: d7, model: bedrock, provider: br, upstream_model: \"anthropic.claude-3-5-sonnet-20240620-v1:0\" }}
 models:
   - {{ model: claude-too-long, retries: 0 }}
 ",
@@ -75,7 +78,7 @@ models:
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the SDK suites failed:\n{stdout}");
     assert!(
-        stdout.contains("18 passed"),
-        "expected all 18 SDK tests to run:\n{stdout}"
+        stdout.contains("19 passed"),
+        "expected all 19 SDK tests to run:\n{stdout}"
     );
 }

@@ -9,6 +9,7 @@
 //! - [`azure`]: Azure OpenAI — OpenAI's wire format at deployment URLs, `api-key` auth.
 //! - [`anthropic`]: Anthropic's Messages API; bytes pass through for `/v1/messages`, OpenAI
 //!   requests are translated.
+//! - [`bedrock`]: Amazon Bedrock's Converse API, SigV4-signed, event-stream framing decoded.
 //! - [`gemini`]: Google's Gemini API (`generateContent`), translated.
 //! - [`mock`]: answers inside the process, deterministically and offline.
 //! - [`client`]: the HTTP/1.1 client every HTTP adaptor shares (pooled, rustls).
@@ -21,6 +22,7 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
 pub mod client;
 pub mod gemini;
 pub mod mock;

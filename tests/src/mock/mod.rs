@@ -1,6 +1,7 @@
 //! A mock LLM upstream — OpenAI, Azure OpenAI (`/openai/deployments/{d}/...?api-version=`),
-//! Anthropic (`/v1/messages`, see [`anthropic`]) and Gemini (`/v1beta/models/{m}:...`, see
-//! [`gemini`]) — fast enough to benchmark a gateway against and scriptable enough to test its
+//! Anthropic (`/v1/messages`, see [`anthropic`]), Gemini (`/v1beta/models/{m}:...`, see
+//! [`gemini`]) and Bedrock (`/model/{id}/converse[-stream]`, SigV4-checked, see [`bedrock`])
+//! — fast enough to benchmark a gateway against and scriptable enough to test its
 //! failure handling.
 //!
 //! Integration tests start one in-process with [`MockUpstream::start`] and point a provider's
@@ -11,6 +12,7 @@
 //! (`tests/fixtures/openai/chat_completion_tool_calls{.json,_stream.sse}`).
 
 pub mod anthropic;
+pub mod bedrock;
 mod body;
 pub mod gemini;
 mod render;

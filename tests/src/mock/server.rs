@@ -28,7 +28,7 @@ use super::render::{
 };
 use super::scenario::{Fault, Scenario, split_scenario};
 use super::state::{RecordedRequest, State};
-use super::{anthropic, gemini};
+use super::{anthropic, bedrock, gemini};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
@@ -190,6 +190,26 @@ async fn handle(
         return Ok(gemini::respond(
             stream,
             parts.uri.query(),
+            &parts.headers,
+            &body,
+            &scenario,
+            fault,
+            &state,
+        ));
+    }
+    if parts.method == Method::POST
+        && let Some(stream) = bedrock::route(path)
+    {
+        if scenario.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(scenario.latency_ms)).await;
+        }
+        let fault = scenario.fault_for(index);
+        if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+            fault_response(fault, &scenario).await?;
+        }
+        return Ok(bedrock::respond(
+            stream,
+            parts.uri.path(),
             &parts.headers,
             &body,
             &scenario,

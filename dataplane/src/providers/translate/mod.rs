@@ -8,6 +8,7 @@
 //! - [`anthropic_openai`]: an Anthropic client (`/v1/messages`) in front of an
 //!   OpenAI-compatible API.
 //! - [`openai_gemini`]: an OpenAI client in front of Gemini.
+//! - [`openai_bedrock`]: an OpenAI client in front of Bedrock's Converse API.
 //!
 //! Translations compose: a `/v1/messages` client in front of Gemini goes Anthropic → OpenAI →
 //! Gemini on the way out and back through both on the way in, so each provider needs only
@@ -21,6 +22,7 @@
 
 pub mod anthropic_openai;
 pub mod openai_anthropic;
+pub mod openai_bedrock;
 pub mod openai_gemini;
 
 use std::pin::Pin;

@@ -8,12 +8,14 @@
 //! 3. [`limits`] — requests and tokens per minute for key, tenant and deployment.
 //! 4. [`routing`] — the order in which the model's deployments are tried.
 //! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and cooldowns ([`health`]), through a
-//!    provider adaptor ([`providers`]).
+//!    provider adaptor ([`providers`]), which answers in the client's protocol (translating
+//!    where the deployment speaks another).
 //! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream.
 //! 7. [`accounting`] — usage, cost, limit settlement and the usage record.
 //!
 //! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
-//! table and layer stack, [`error`] the one error type (OpenAI's shape), [`metrics`] every
+//! table and layer stack, [`error`] the one error type (OpenAI's shape; Anthropic's on
+//! `/v1/messages`), [`metrics`] every
 //! metric name, [`config`] the two-stage config, and [`server`] start, reload and drain.
 //!
 //! Why it is built this way: nothing on the request path takes a lock, touches a disk or

@@ -346,9 +346,7 @@ async fn messages_are_translated_for_an_openai_deployment() {
     .await;
     let body = json!({
         "model": "gpt", "max_tokens": 50, "system": "Be brief.",
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
-        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
-        "tool_choice": {"type": "auto"}
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
     });
     let reply = post_messages(&gw.url(MESSAGES), &body, ("x-api-key", KEY)).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -375,6 +373,21 @@ async fn messages_are_translated_for_an_openai_deployment() {
         up["messages"][0],
         json!({"role": "system", "content": "Be brief."})
     );
+
+    // With tools, the upstream's tool call comes back as a tool_use block.
+    let mut with_tools = body.clone();
+    with_tools["tools"] = json!([{"name": "f", "input_schema": {"type": "object"}}]);
+    with_tools["tool_choice"] = json!({"type": "auto"});
+    let v = post_messages(&gw.url(MESSAGES), &with_tools, ("x-api-key", KEY))
+        .await
+        .json();
+    assert_eq!(v["stop_reason"], "tool_use");
+    assert_eq!(
+        v["content"],
+        json!([{"type": "tool_use", "id": "call_abc123", "name": "get_current_weather", "input": {"location": "Boston, MA"}}])
+    );
+    assert_eq!(v["usage"]["input_tokens"], 82);
+    let up = mock.requests("retry_after=105,chunks=4")[1].json();
     assert_eq!(up["tools"][0]["function"]["name"], "f");
     assert_eq!(up["tool_choice"], "auto");
 
@@ -396,14 +409,14 @@ async fn messages_are_translated_for_an_openai_deployment() {
         .filter_map(|e| e["delta"]["text"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(deltas, switchboard_tests::mock::stream_content(4));
-    let up = mock.requests("retry_after=105,chunks=4")[1].json();
+    let up = mock.requests("retry_after=105,chunks=4")[2].json();
     assert_eq!(up["stream_options"], json!({"include_usage": true}));
-    let records = gw.usage_records(2).await;
+    let records = gw.usage_records(3).await;
     assert_eq!(
-        records[1].usage.prompt_tokens,
+        records[2].usage.prompt_tokens,
         switchboard_tests::mock::PROMPT_TOKENS
     );
-    assert_eq!(records[1].usage.completion_tokens, 4);
+    assert_eq!(records[2].usage.completion_tokens, 4);
 }
 
 #[tokio::test]
@@ -472,4 +485,31 @@ async fn messages_errors_use_anthropics_shape() {
     .await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn messages_streams_from_an_openai_deployment_are_translated_without_buffering() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&config(
+        &mock.base_url(),
+        &mock.scenario_url("chunks=4,interval_ms=100"),
+        "",
+    ))
+    .await;
+    let body = r#"{"model":"gpt","max_tokens":20,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, frames, ended) = post_timed(&gw.url(MESSAGES), body).await;
+    assert_eq!(status, 200);
+    assert!(ended.is_ok());
+    let text_frames: Vec<&TimedFrame> = frames
+        .iter()
+        .filter(|f| String::from_utf8_lossy(&f.data).contains("\"text_delta\""))
+        .collect();
+    assert_eq!(text_frames.len(), 4, "one frame per upstream chunk");
+    for pair in text_frames.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(70),
+            "translated events bunched: {gap:?} apart"
+        );
+    }
 }

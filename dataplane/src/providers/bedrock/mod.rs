@@ -163,7 +163,9 @@ impl BedrockAdaptor {
         };
         let body = if !status.is_success() {
             translate::set_content_type(&mut response_headers, false);
-            translate::whole(body, move |b: Bytes| openai_bedrock::error(status, b))
+            translate::whole(translate::limited(body), move |b: Bytes| {
+                openai_bedrock::error(status, b)
+            })
         } else if stream {
             translate::set_content_type(&mut response_headers, true);
             EventStreamTranslate::boxed(

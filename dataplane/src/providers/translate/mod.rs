@@ -175,7 +175,7 @@ pub fn wrap<T: StreamTranslator>(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let body = if !status.is_success() {
         set_content_type(&mut headers, false);
-        whole(body, move |b| error(status, b))
+        whole(limited(body), move |b| error(status, b))
     } else if stream && is_sse {
         set_content_type(&mut headers, true);
         SseTranslate::boxed(body, translator)
@@ -188,6 +188,16 @@ pub fn wrap<T: StreamTranslator>(
         headers,
         body,
     }
+}
+
+/// Largest upstream error body read for translation; longer ones fail as broken bodies.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// `body`, failing once it passes [`MAX_ERROR_BODY_BYTES`] (error bodies are read whole).
+pub fn limited(body: UpstreamBody) -> UpstreamBody {
+    http_body_util::Limited::new(body, MAX_ERROR_BODY_BYTES)
+        .map_err(|e| BodyError(e.to_string()))
+        .boxed()
 }
 
 /// A complete answer made by the gateway (e.g. "this provider cannot do embeddings").
@@ -225,7 +235,7 @@ pub async fn read_error(response: UpstreamResponse) -> (UpstreamResponse, Bytes)
         headers,
         body,
     } = response;
-    let bytes = http_body_util::Limited::new(body, 64 * 1024)
+    let bytes = http_body_util::Limited::new(body, MAX_ERROR_BODY_BYTES)
         .collect()
         .await
         .map(http_body_util::Collected::to_bytes)

@@ -381,3 +381,80 @@ impl<'a> Carryover<'a> {
         self.health.get(id).map(|h| Arc::clone(h))
     }
 }
+
+#[cfg(test)]
+mod provider_tests {
+    use super::*;
+
+    fn build(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Catalog, Problems> {
+        crate::install_crypto_provider();
+        let snapshot = Snapshot::from_yaml(yaml).unwrap();
+        let client = crate::providers::client::build(
+            crate::providers::client::ClientSettings {
+                connect_timeout: std::time::Duration::from_secs(1),
+                pool_idle_timeout: std::time::Duration::from_secs(1),
+                pool_max_idle_per_host: 1,
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        Catalog::build(
+            &snapshot,
+            &BuildContext {
+                pepper: b"p",
+                client: &client,
+                env,
+                master_keys: None,
+                previous: None,
+            },
+        )
+    }
+
+    const YAML: &str = "
+providers:
+  - { id: b, kind: bedrock, region: us-west-2, aws_access_key_id: { env: AK }, aws_secret_access_key: { env: SK } }
+  - { id: g, kind: gemini, base_url: \"https://generativelanguage.googleapis.com/v1beta\", api_key: { env: GK } }
+  - { id: a, kind: anthropic, base_url: \"https://api.anthropic.com/v1\" }
+  - { id: z, kind: azure, base_url: \"https://r.openai.azure.com\", api_version: 2024-10-21 }
+deployments:
+  - { id: d1, model: m, provider: b, upstream_model: \"anthropic.claude-3-5-sonnet-20240620-v1:0\" }
+  - { id: d2, model: m, provider: g, upstream_model: gemini-2.5-flash }
+  - { id: d3, model: m, provider: a, upstream_model: claude-sonnet-4-5 }
+  - { id: d4, model: m, provider: z, upstream_model: gpt-4o-prod }
+";
+
+    #[test]
+    fn every_provider_kind_builds_with_its_credentials() {
+        let env = |name: &str| matches!(name, "AK" | "SK" | "GK").then(|| format!("v-{name}"));
+        let catalog = build(YAML, &env).unwrap();
+        let kinds: Vec<ProviderKind> = catalog
+            .model("m")
+            .unwrap()
+            .deployments
+            .iter()
+            .map(|d| d.provider_kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ProviderKind::Bedrock,
+                ProviderKind::Gemini,
+                ProviderKind::Anthropic,
+                ProviderKind::Azure
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_aws_secret_is_reported_at_its_path_without_its_value() {
+        let env = |name: &str| (name == "AK").then(|| "v-AK".to_owned());
+        let problems = build(YAML, &env).err().unwrap().0;
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(
+            paths.contains(&"providers[0].aws_secret_access_key"),
+            "{paths:?}"
+        );
+        assert!(paths.contains(&"providers[1].api_key"), "{paths:?}");
+        assert!(problems.iter().all(|p| !p.message.contains("v-AK")));
+    }
+}

@@ -56,6 +56,15 @@ pub async fn messages(state: State<Arc<AppState>>, headers: HeaderMap, body: Bod
     response
 }
 
+/// A wrong method on `/v1/messages`: 405 in Anthropic's shape.
+pub async fn messages_method_not_allowed() -> Response {
+    let error = ApiError::MethodNotAllowed;
+    let mut response = error.clone().into_response();
+    response.extensions_mut().remove::<ApiError>();
+    *response.body_mut() = Body::from(error.anthropic_body());
+    response
+}
+
 /// The request id: the client's `x-request-id` if it is sane, else a new UUIDv7.
 fn request_id(headers: &HeaderMap) -> String {
     headers

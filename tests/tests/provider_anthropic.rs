@@ -485,6 +485,16 @@ async fn messages_errors_use_anthropics_shape() {
     .await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    let reply = send(request(
+        Method::GET,
+        &gw.url(MESSAGES),
+        &[("x-api-key", KEY)],
+        "",
+    ))
+    .await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.json()["type"], "error");
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
 }
 
 #[tokio::test]

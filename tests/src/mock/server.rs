@@ -117,6 +117,28 @@ impl Route {
     }
 }
 
+/// The non-OpenAI wire formats, each answered by its own module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProviderRoute {
+    Anthropic,
+    Gemini { stream: bool },
+    Bedrock { stream: bool },
+}
+
+impl ProviderRoute {
+    fn of(method: &Method, path: &str) -> Option<Self> {
+        if method != Method::POST {
+            return None;
+        }
+        if path == "/v1/messages" {
+            return Some(Self::Anthropic);
+        }
+        gemini::route(path)
+            .map(|stream| Self::Gemini { stream })
+            .or_else(|| bedrock::route(path).map(|stream| Self::Bedrock { stream }))
+    }
+}
+
 /// The few request fields the mock reads.
 #[derive(Deserialize)]
 struct Peek<'a> {
@@ -161,7 +183,7 @@ async fn handle(
         Ok(scenario) => scenario,
         Err(error) => return Ok(invalid_request(&error.0)),
     };
-    if parts.method == Method::POST && path == "/v1/messages" {
+    if let Some(provider) = ProviderRoute::of(&parts.method, path) {
         if scenario.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(scenario.latency_ms)).await;
         }
@@ -169,53 +191,30 @@ async fn handle(
         if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
             fault_response(fault, &scenario).await?;
         }
-        return Ok(anthropic::respond(
-            &parts.headers,
-            &body,
-            &scenario,
-            fault,
-            &state,
-        ));
-    }
-    if parts.method == Method::POST
-        && let Some(stream) = gemini::route(path)
-    {
-        if scenario.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(scenario.latency_ms)).await;
-        }
-        let fault = scenario.fault_for(index);
-        if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
-            fault_response(fault, &scenario).await?;
-        }
-        return Ok(gemini::respond(
-            stream,
-            parts.uri.query(),
-            &parts.headers,
-            &body,
-            &scenario,
-            fault,
-            &state,
-        ));
-    }
-    if parts.method == Method::POST
-        && let Some(stream) = bedrock::route(path)
-    {
-        if scenario.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(scenario.latency_ms)).await;
-        }
-        let fault = scenario.fault_for(index);
-        if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
-            fault_response(fault, &scenario).await?;
-        }
-        return Ok(bedrock::respond(
-            stream,
-            parts.uri.path(),
-            &parts.headers,
-            &body,
-            &scenario,
-            fault,
-            &state,
-        ));
+        let headers = &parts.headers;
+        return Ok(match provider {
+            ProviderRoute::Anthropic => {
+                anthropic::respond(headers, &body, &scenario, fault, &state)
+            }
+            ProviderRoute::Gemini { stream } => gemini::respond(
+                stream,
+                parts.uri.query(),
+                headers,
+                &body,
+                &scenario,
+                fault,
+                &state,
+            ),
+            ProviderRoute::Bedrock { stream } => bedrock::respond(
+                stream,
+                parts.uri.path(),
+                headers,
+                &body,
+                &scenario,
+                fault,
+                &state,
+            ),
+        });
     }
     if path.starts_with("/openai/deployments/")
         && !parts

@@ -206,6 +206,10 @@ async fn gemini_errors_are_classified_and_shaped() {
         let reply = post(&gw.url(CHAT), body).await;
         reply.openai_error(status);
         assert!(!reply.text().contains(GOOGLE_KEY));
+        if status == 429 {
+            // RetryInfo's retryDelay ("2s" in the fixture) becomes the cooldown.
+            assert_eq!(reply.headers["retry-after"], "2");
+        }
     }
 }
 

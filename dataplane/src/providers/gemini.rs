@@ -8,7 +8,8 @@
 //! Gemini answers an invalid API key with a 400 (`API_KEY_INVALID`), which would look like
 //! the client's fault; the adaptor reads small error bodies and turns that one into a 401,
 //! so the proxy takes the deployment out instead of blaming the client. 429
-//! `RESOURCE_EXHAUSTED` cools the deployment, 500/503 (`UNAVAILABLE`, "model overloaded") are
+//! `RESOURCE_EXHAUSTED` cools the deployment for the `RetryInfo.retryDelay` in its body
+//! (Gemini sends no `Retry-After`), 500/503 (`UNAVAILABLE`, "model overloaded") are
 //! retried elsewhere, and a prompt blocked by safety settings is a 200 with
 //! `finish_reason: content_filter`.
 
@@ -112,11 +113,18 @@ impl GeminiAdaptor {
             headers: response.headers,
             body: response.body.boxed(),
         };
-        if response.status == StatusCode::BAD_REQUEST {
+        if response.status == StatusCode::BAD_REQUEST
+            || response.status == StatusCode::TOO_MANY_REQUESTS
+        {
             let (read, bytes) = translate::read_error(response).await;
             response = read;
             if openai_gemini::is_invalid_api_key(&bytes) {
                 response.status = StatusCode::UNAUTHORIZED;
+            }
+            if let Some(secs) = openai_gemini::retry_delay_secs(&bytes) {
+                response
+                    .headers
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
             }
         }
         let response = translate::wrap(

@@ -343,6 +343,19 @@ pub fn is_invalid_api_key(body: &[u8]) -> bool {
     memchr::memmem::find(body, b"API_KEY_INVALID").is_some()
 }
 
+/// Whole seconds (rounded up) of the `RetryInfo.retryDelay` (`"2s"`, `"0.5s"`) in a Gemini
+/// error body, if any.
+pub fn retry_delay_secs(body: &[u8]) -> Option<u64> {
+    let parsed: Value = serde_json::from_slice(body).ok()?;
+    let delay = parsed
+        .pointer("/error/details")?
+        .as_array()?
+        .iter()
+        .find_map(|d| d.get("retryDelay").and_then(Value::as_str))?;
+    let secs: f64 = delay.strip_suffix('s')?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| secs.ceil() as u64)
+}
+
 /// OpenAI's error shape for a Gemini error body
 /// (`{"error":{"code","message","status","details"}}`).
 pub fn error(status: StatusCode, body: Bytes) -> Bytes {

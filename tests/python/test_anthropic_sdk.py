@@ -7,7 +7,8 @@ their coordinates in the environment:
 - SWITCHBOARD_KEY: a key allowed to use every model
 
 Models: `claude` (an Anthropic deployment: bytes pass through), `gpt` (an OpenAI-compatible
-deployment: translated both ways). The SDK sends the key as `Authorization: Bearer`.
+deployment: translated both ways), `claude-too-long` and `claude-busy` (Anthropic upstreams
+that refuse every prompt as too long, or rate limit it with `retry-after: 7`). The SDK sends the key as `Authorization: Bearer`.
 """
 
 import json
@@ -139,3 +140,10 @@ def test_errors_are_the_sdks_exception_classes():
     with pytest.raises(anthropic.BadRequestError) as e:
         client().messages.create(model="claude-too-long", max_tokens=5, messages=MESSAGES)
     assert "prompt is too long" in json.dumps(e.value.body)
+
+
+def test_an_upstream_rate_limit_is_the_sdks_rate_limit_error():
+    with pytest.raises(anthropic.RateLimitError) as e:
+        client().messages.create(model="claude-busy", max_tokens=5, messages=MESSAGES)
+    assert e.value.body["error"]["type"] == "rate_limit_error"
+    assert e.value.response.headers["retry-after"] == "7"

@@ -523,3 +523,38 @@ async fn messages_streams_from_an_openai_deployment_are_translated_without_buffe
         );
     }
 }
+
+#[tokio::test]
+async fn messages_share_the_keys_limits_and_model_access() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = config_yaml(
+        &snapshot(
+            ", limits: { rpm: 1 }, allowed_models: [claude]",
+            &format!(
+                "providers:
+  - {{ id: ant, kind: anthropic, base_url: \"{}\" }}
+  - {{ id: oai, kind: openai, base_url: \"{}\" }}
+deployments:
+  - {{ id: d-claude, model: claude, provider: ant, upstream_model: claude-up }}
+  - {{ id: d-gpt, model: gpt, provider: oai, upstream_model: gpt-up }}
+",
+                mock.base_url(),
+                mock.base_url()
+            ),
+        ),
+        "",
+    );
+    let gw = Gateway::start(&config).await;
+    let body = |model: &str| json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let reply = post_messages(&gw.url(MESSAGES), &body("gpt"), ("x-api-key", KEY)).await;
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["type"], "permission_error");
+    let reply = post_messages(&gw.url(MESSAGES), &body("claude"), ("x-api-key", KEY)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = post_messages(&gw.url(MESSAGES), &body("claude"), ("x-api-key", KEY)).await;
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
+    assert!(reply.headers.contains_key("retry-after"));
+    // Only the admitted request was accounted.
+    assert_eq!(gw.usage_records(1).await.len(), 1);
+}

@@ -41,6 +41,7 @@ async fn the_openai_and_anthropic_sdks_work_against_every_provider() {
                 "providers:
   - {{ id: ant, kind: anthropic, base_url: \"{root}\", api_key: {{ value: sk-ant-x }} }}
   - {{ id: ant-long, kind: anthropic, base_url: \"{long}\", api_key: {{ value: sk-ant-x }} }}
+  - {{ id: ant-busy, kind: anthropic, base_url: \"{busy}\", api_key: {{ value: sk-ant-x }} }}
   - {{ id: oai, kind: openai, base_url: \"{root}\" }}
   - {{ id: gem, kind: gemini, base_url: \"{gemini_root}\", api_key: {{ value: g-x }} }}
   - {{ id: br, kind: bedrock, base_url: \"{azure_root}\", region: us-east-1, aws_access_key_id: {{ value: {BEDROCK_ACCESS_KEY_ID} }}, aws_secret_access_key: {{ value: \"{BEDROCK_SECRET_ACCESS_KEY}\" }} }}
@@ -48,6 +49,7 @@ async fn the_openai_and_anthropic_sdks_work_against_every_provider() {
 deployments:
   - {{ id: d1, model: claude, provider: ant, upstream_model: claude-up }}
   - {{ id: d2, model: claude-too-long, provider: ant-long, upstream_model: claude-up }}
+  - {{ id: d8, model: claude-busy, provider: ant-busy, upstream_model: claude-up }}
   - {{ id: d3, model: gpt, provider: oai, upstream_model: gpt-up }}
   - {{ id: d4, model: azure, provider: az, upstream_model: gpt-4o-prod }}
   - {{ id: d5, model: azure-embed, provider: az, upstream_model: embed-prod }}
@@ -55,8 +57,10 @@ deployments:
   - {{ id: d7, model: bedrock, provider: br, upstream_model: \"anthropic.claude-3-5-sonnet-20240620-v1:0\" }}
 models:
   - {{ model: claude-too-long, retries: 0 }}
+  - {{ model: claude-busy, retries: 0 }}
 ",
                 long = mock.scenario_url("fault=400"),
+                busy = mock.scenario_url("fault=429,retry_after=7"),
             ),
         ),
         "",
@@ -78,7 +82,7 @@ models:
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the SDK suites failed:\n{stdout}");
     assert!(
-        stdout.contains("19 passed"),
-        "expected all 19 SDK tests to run:\n{stdout}"
+        stdout.contains("20 passed"),
+        "expected all 20 SDK tests to run:\n{stdout}"
     );
 }

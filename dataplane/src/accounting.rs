@@ -6,8 +6,9 @@
 //! corrects the token limits with the real count, prices the usage with the deployment's price
 //! entry, counts tokens and cost in metrics and hands a [`UsageRecord`] to the [`UsageSink`].
 //!
-//! Usage is read in OpenAI's wire format, the format of every answer that leaves the gateway
-//! (other providers' answers are translated into it before they get here).
+//! Usage is read in the client's wire format — OpenAI's, or Anthropic's on `/v1/messages` —
+//! the format of every answer that leaves the gateway (other providers' answers are
+//! translated into it by their adaptors before they get here).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -238,41 +239,73 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// OpenAI's `usage` object.
-#[derive(Debug, Deserialize)]
-struct WireUsage {
+/// A `usage` object in either client protocol. OpenAI's counts cached tokens inside
+/// `prompt_tokens` (`prompt_tokens_details.cached_tokens`; translated Anthropic answers add
+/// `cache_creation_input_tokens` beside it, as LiteLLM does). Anthropic's counts them beside
+/// `input_tokens`. A stream may report the parts in different events (Anthropic: input in
+/// `message_start`, output in `message_delta`), so every field is optional and
+/// [`PartialUsage::merge_into`] fills in only what an event reported.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct PartialUsage {
     #[serde(default)]
-    prompt_tokens: u64,
+    prompt_tokens: Option<u64>,
     #[serde(default)]
-    completion_tokens: u64,
+    completion_tokens: Option<u64>,
     #[serde(default)]
     prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,
 }
 
-impl From<WireUsage> for Usage {
-    fn from(w: WireUsage) -> Self {
-        Usage {
-            prompt_tokens: w.prompt_tokens,
-            completion_tokens: w.completion_tokens,
-            cached_read_tokens: w
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-            cache_creation_tokens: 0,
+impl PartialUsage {
+    /// Writes the reported parts into `usage`, leaving unreported ones as they were.
+    pub fn merge_into(self, usage: &mut Usage) {
+        let read = self
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .or(self.cache_read_input_tokens);
+        if let Some(read) = read {
+            usage.cached_read_tokens = read;
         }
+        if let Some(created) = self.cache_creation_input_tokens {
+            usage.cache_creation_tokens = created;
+        }
+        if let Some(prompt) = self.prompt_tokens {
+            usage.prompt_tokens = prompt;
+        } else if let Some(input) = self.input_tokens {
+            // Anthropic: the whole prompt is the uncached input plus both cache parts.
+            usage.prompt_tokens = input + usage.cached_read_tokens + usage.cache_creation_tokens;
+        }
+        if let Some(completion) = self.completion_tokens.or(self.output_tokens) {
+            usage.completion_tokens = completion;
+        }
+    }
+}
+
+impl From<PartialUsage> for Usage {
+    fn from(w: PartialUsage) -> Self {
+        let mut usage = Usage::default();
+        w.merge_into(&mut usage);
+        usage
     }
 }
 
 #[derive(Deserialize)]
 struct UsageOnly {
     #[serde(default)]
-    usage: Option<WireUsage>,
+    usage: Option<PartialUsage>,
 }
 
 /// Usage from a complete (non-streamed) JSON answer. `Err` when the body is not a JSON object:
@@ -286,17 +319,24 @@ pub fn usage_from_body(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> 
 struct UsageChunk<'a> {
     #[serde(default, borrow)]
     choices: Option<&'a serde_json::value::RawValue>,
+    /// Anthropic's event name; its events are never dropped.
+    #[serde(default, borrow)]
+    r#type: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
-    usage: Option<WireUsage>,
+    usage: Option<PartialUsage>,
+    /// Anthropic's `message_start` carries usage inside the message.
+    #[serde(default)]
+    message: Option<UsageOnly>,
 }
 
 /// Usage from one SSE event's `data:` payload, and whether that event carries nothing else
-/// (no choices), so that it may be dropped for a client that did not ask for it.
-pub fn usage_from_chunk(data: &[u8]) -> Option<(Usage, bool)> {
+/// (an OpenAI chunk without choices), so that it may be dropped for a client that did not ask
+/// for it.
+pub fn usage_from_chunk(data: &[u8]) -> Option<(PartialUsage, bool)> {
     let chunk: UsageChunk<'_> = serde_json::from_slice(data).ok()?;
-    let usage = chunk.usage?;
-    let only_usage = chunk.choices.is_none_or(|c| c.get().trim() == "[]");
-    Some((usage.into(), only_usage))
+    let usage = chunk.usage.or(chunk.message.and_then(|m| m.usage))?;
+    let only_usage = chunk.r#type.is_none() && chunk.choices.is_none_or(|c| c.get().trim() == "[]");
+    Some((usage, only_usage))
 }
 
 #[cfg(test)]
@@ -335,12 +375,66 @@ mod tests {
         )
         .unwrap();
         assert!(only);
-        assert_eq!(u.total_tokens(), 5);
+        assert_eq!(Usage::from(u).total_tokens(), 5);
         let (_, only) = usage_from_chunk(
             br#"{"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
         )
         .unwrap();
         assert!(!only);
         assert!(usage_from_chunk(br#"{"choices":[],"usage":null}"#).is_none());
+    }
+
+    #[test]
+    fn reads_anthropic_usage_with_cache_parts_in_the_prompt() {
+        let body = br#"{"type":"message","usage":{"input_tokens":10,"output_tokens":5,"cache_read_input_tokens":100,"cache_creation_input_tokens":20}}"#;
+        let usage = usage_from_body(body).unwrap().unwrap();
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 130,
+                completion_tokens: 5,
+                cached_read_tokens: 100,
+                cache_creation_tokens: 20
+            }
+        );
+    }
+
+    #[test]
+    fn merges_anthropic_stream_usage_across_events() {
+        let mut usage = Usage::default();
+        let (start, only) = usage_from_chunk(
+            br#"{"type":"message_start","message":{"usage":{"input_tokens":25,"output_tokens":1,"cache_read_input_tokens":5}}}"#,
+        )
+        .unwrap();
+        assert!(!only, "Anthropic events are never dropped");
+        start.merge_into(&mut usage);
+        let (delta, _) = usage_from_chunk(
+            br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#,
+        )
+        .unwrap();
+        delta.merge_into(&mut usage);
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 30,
+                completion_tokens: 15,
+                cached_read_tokens: 5,
+                cache_creation_tokens: 0
+            }
+        );
+    }
+
+    #[test]
+    fn reads_cache_creation_from_a_translated_openai_answer() {
+        let body = br#"{"usage":{"prompt_tokens":130,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":100},"cache_creation_input_tokens":20}}"#;
+        let usage = usage_from_body(body).unwrap().unwrap();
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.cached_read_tokens,
+                usage.cache_creation_tokens
+            ),
+            (130, 100, 20)
+        );
     }
 }

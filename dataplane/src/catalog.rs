@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use switchboard_shared::keys::{KEY_HASH_LEN, parse_key_hash};
 use switchboard_shared::price::PriceEntry;
+use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::{
     ModelPolicy, ProviderKind, RateLimits, Snapshot, Tenant, TenantStatus, VirtualKey,
 };
@@ -27,7 +28,12 @@ use crate::health::DeploymentHealth;
 use crate::limits::{LocalLimitState, Scope, Subject};
 use crate::metrics::ModelMetrics;
 use crate::providers::ProviderAdaptor;
+use crate::providers::anthropic::AnthropicAdaptor;
+use crate::providers::azure::AzureAdaptor;
+use crate::providers::bedrock::BedrockAdaptor;
+use crate::providers::bedrock::sigv4::Credentials;
 use crate::providers::client::HttpClient;
+use crate::providers::gemini::GeminiAdaptor;
 use crate::providers::mock::MockAdaptor;
 use crate::providers::openai::OpenAiAdaptor;
 use crate::request::json_string_literal;
@@ -184,35 +190,62 @@ impl Catalog {
 
         let mut adaptors: HashMap<&str, (ProviderKind, Arc<dyn ProviderAdaptor>)> = HashMap::new();
         for (i, p) in snapshot.providers.iter().enumerate() {
-            let api_key = match p
-                .api_key
-                .as_ref()
+            // Every credential of the provider, resolved; a failure is reported at its path.
+            let mut resolve = |field: &str, secret: Option<&SecretRef>| match secret
                 .map(|s| s.resolve_with(ctx.env, ctx.master_keys))
             {
-                None => None,
-                Some(Ok(v)) => Some(v),
+                None => Ok(None),
+                Some(Ok(v)) => Ok(Some(v)),
                 Some(Err(e)) => {
                     problems.push(Problem {
-                        path: format!("providers[{i}].api_key"),
+                        path: format!("providers[{i}].{field}"),
                         message: e.to_string(),
                     });
-                    continue;
+                    Err(())
                 }
             };
-            let adaptor: Arc<dyn ProviderAdaptor> = match p.kind {
-                ProviderKind::Mock => Arc::new(MockAdaptor),
-                ProviderKind::Openai => {
-                    let base = p.base_url.as_deref().unwrap_or_default();
-                    match OpenAiAdaptor::new(ctx.client, base, api_key.as_deref()) {
-                        Ok(a) => Arc::new(a),
-                        Err(message) => {
-                            problems.push(Problem {
-                                path: format!("providers[{i}]"),
-                                message,
-                            });
-                            continue;
-                        }
-                    }
+            let (Ok(api_key), Ok(aws_key_id), Ok(aws_secret), Ok(aws_token)) = (
+                resolve("api_key", p.api_key.as_ref()),
+                resolve("aws_access_key_id", p.aws_access_key_id.as_ref()),
+                resolve("aws_secret_access_key", p.aws_secret_access_key.as_ref()),
+                resolve("aws_session_token", p.aws_session_token.as_ref()),
+            ) else {
+                continue;
+            };
+            let base = p.base_url.as_deref().unwrap_or_default();
+            let key = api_key.as_deref();
+            let built: Result<Arc<dyn ProviderAdaptor>, String> = match p.kind {
+                ProviderKind::Mock => Ok(Arc::new(MockAdaptor)),
+                ProviderKind::Openai => OpenAiAdaptor::new(ctx.client, base, key)
+                    .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
+                ProviderKind::Anthropic => AnthropicAdaptor::new(ctx.client, base, key)
+                    .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
+                ProviderKind::Gemini => GeminiAdaptor::new(ctx.client, base, key)
+                    .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
+                ProviderKind::Bedrock => {
+                    let credentials = Credentials {
+                        access_key_id: aws_key_id.unwrap_or_default(),
+                        secret_access_key: aws_secret.unwrap_or_default(),
+                        session_token: aws_token,
+                    };
+                    let region = p.region.as_deref().unwrap_or_default();
+                    BedrockAdaptor::new(ctx.client, p.base_url.as_deref(), region, credentials)
+                        .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>)
+                }
+                ProviderKind::Azure => {
+                    let version = p.api_version.as_deref().unwrap_or_default();
+                    AzureAdaptor::new(ctx.client, base, version, key)
+                        .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>)
+                }
+            };
+            let adaptor = match built {
+                Ok(adaptor) => adaptor,
+                Err(message) => {
+                    problems.push(Problem {
+                        path: format!("providers[{i}]"),
+                        message,
+                    });
+                    continue;
                 }
             };
             adaptors.insert(p.id.as_str(), (p.kind, adaptor));
@@ -346,5 +379,82 @@ impl<'a> Carryover<'a> {
 
     fn health(&self, id: &str) -> Option<Arc<DeploymentHealth>> {
         self.health.get(id).map(|h| Arc::clone(h))
+    }
+}
+
+#[cfg(test)]
+mod provider_tests {
+    use super::*;
+
+    fn build(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Catalog, Problems> {
+        crate::install_crypto_provider();
+        let snapshot = Snapshot::from_yaml(yaml).unwrap();
+        let client = crate::providers::client::build(
+            crate::providers::client::ClientSettings {
+                connect_timeout: std::time::Duration::from_secs(1),
+                pool_idle_timeout: std::time::Duration::from_secs(1),
+                pool_max_idle_per_host: 1,
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        Catalog::build(
+            &snapshot,
+            &BuildContext {
+                pepper: b"p",
+                client: &client,
+                env,
+                master_keys: None,
+                previous: None,
+            },
+        )
+    }
+
+    const YAML: &str = "
+providers:
+  - { id: b, kind: bedrock, region: us-west-2, aws_access_key_id: { env: AK }, aws_secret_access_key: { env: SK } }
+  - { id: g, kind: gemini, base_url: \"https://generativelanguage.googleapis.com/v1beta\", api_key: { env: GK } }
+  - { id: a, kind: anthropic, base_url: \"https://api.anthropic.com/v1\" }
+  - { id: z, kind: azure, base_url: \"https://r.openai.azure.com\", api_version: 2024-10-21 }
+deployments:
+  - { id: d1, model: m, provider: b, upstream_model: \"anthropic.claude-3-5-sonnet-20240620-v1:0\" }
+  - { id: d2, model: m, provider: g, upstream_model: gemini-2.5-flash }
+  - { id: d3, model: m, provider: a, upstream_model: claude-sonnet-4-5 }
+  - { id: d4, model: m, provider: z, upstream_model: gpt-4o-prod }
+";
+
+    #[test]
+    fn every_provider_kind_builds_with_its_credentials() {
+        let env = |name: &str| matches!(name, "AK" | "SK" | "GK").then(|| format!("v-{name}"));
+        let catalog = build(YAML, &env).unwrap();
+        let kinds: Vec<ProviderKind> = catalog
+            .model("m")
+            .unwrap()
+            .deployments
+            .iter()
+            .map(|d| d.provider_kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ProviderKind::Bedrock,
+                ProviderKind::Gemini,
+                ProviderKind::Anthropic,
+                ProviderKind::Azure
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_aws_secret_is_reported_at_its_path_without_its_value() {
+        let env = |name: &str| (name == "AK").then(|| "v-AK".to_owned());
+        let problems = build(YAML, &env).err().unwrap().0;
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(
+            paths.contains(&"providers[0].aws_secret_access_key"),
+            "{paths:?}"
+        );
+        assert!(paths.contains(&"providers[1].api_key"), "{paths:?}");
+        assert!(problems.iter().all(|p| !p.message.contains("v-AK")));
     }
 }

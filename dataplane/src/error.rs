@@ -1,4 +1,5 @@
-//! The data plane's one error type, rendered in OpenAI's error shape.
+//! The data plane's one error type, rendered in OpenAI's error shape (or Anthropic's, on
+//! `/v1/messages`).
 //!
 //! Every failure a client can see is an [`ApiError`]. Its `status()` is an exhaustive match
 //! (no catch-all arm), so a new variant cannot ship without a deliberate status, and `kind()`
@@ -199,6 +200,19 @@ impl ApiError {
         }
     }
 
+    /// Anthropic's error `type` for this failure (the `/v1/messages` route's shape).
+    pub fn anthropic_type(&self) -> &'static str {
+        crate::providers::translate::anthropic_openai::error_type(self.status())
+    }
+
+    /// The Anthropic-shape JSON body: `{"type":"error","error":{"type","message"}}`.
+    pub fn anthropic_body(&self) -> Vec<u8> {
+        crate::providers::translate::anthropic_openai::error_body(
+            self.anthropic_type(),
+            &self.to_string(),
+        )
+    }
+
     /// The OpenAI-shape JSON body.
     pub fn body(&self) -> Vec<u8> {
         #[derive(Serialize)]
@@ -243,6 +257,9 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response.extensions_mut().insert(ErrorKind(self.kind()));
+        // Kept so that a route speaking another protocol can re-render it in its own shape
+        // (`/v1/messages`); error paths only.
+        response.extensions_mut().insert(self);
         response
     }
 }
@@ -266,6 +283,18 @@ mod tests {
         assert_eq!(v["error"]["code"], "model_not_found");
         assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn anthropic_body_has_anthropic_shape() {
+        let e = ApiError::InvalidKey;
+        let v: serde_json::Value = serde_json::from_slice(&e.anthropic_body()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert_eq!(v["error"]["message"], "invalid API key");
+        let e = ApiError::UpstreamRateLimited { retry_after: None };
+        assert_eq!(e.anthropic_type(), "rate_limit_error");
+        assert_eq!(ApiError::UpstreamTimeout.anthropic_type(), "timeout_error");
     }
 
     #[test]

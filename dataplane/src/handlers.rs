@@ -46,6 +46,26 @@ pub async fn embeddings(state: State<Arc<AppState>>, headers: HeaderMap, body: B
     proxy(state, Endpoint::Embeddings, headers, body).await
 }
 
+/// `POST /v1/messages`: Anthropic's Messages API, with the same keys, limits and routing.
+/// Every error leaves in Anthropic's shape.
+pub async fn messages(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let mut response = proxy(state, Endpoint::Messages, headers, body).await;
+    if let Some(error) = response.extensions_mut().remove::<ApiError>() {
+        *response.body_mut() = Body::from(error.anthropic_body());
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+    }
+    response
+}
+
+/// A wrong method on `/v1/messages`: 405 in Anthropic's shape.
+pub async fn messages_method_not_allowed() -> Response {
+    let error = ApiError::MethodNotAllowed;
+    let mut response = error.clone().into_response();
+    response.extensions_mut().remove::<ApiError>();
+    *response.body_mut() = Body::from(error.anthropic_body());
+    response
+}
+
 /// The request id: the client's `x-request-id` if it is sane, else a new UUIDv7.
 fn request_id(headers: &HeaderMap) -> String {
     headers
@@ -91,6 +111,16 @@ async fn serve_proxy(
     let mut view = RequestView::parse(bytes)?;
     if !endpoint.supports_streaming() {
         view.stream = false;
+    }
+    if endpoint == Endpoint::Messages {
+        // Anthropic streams always report usage, and its API refuses `stream_options`.
+        view.client_wants_usage = true;
+        if view.max_tokens.is_none() {
+            return Err(ApiError::bad_request(
+                "max_tokens: Field required",
+                Some("max_tokens"),
+            ));
+        }
     }
     let model = catalog
         .model(&view.model)

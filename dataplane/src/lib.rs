@@ -9,17 +9,18 @@
 //!    — spend per key and tenant per period, reserved at admission and settled at the end.
 //! 4. [`routing`] — the order in which the model's deployments are tried.
 //! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and cooldowns ([`health`]), through a
-//!    provider adaptor ([`providers`]).
+//!    provider adaptor ([`providers`]), which answers in the client's protocol (translating
+//!    where the deployment speaks another).
 //! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream.
 //! 7. [`accounting`] — usage, cost, limit settlement and the usage record, which
 //!    [`usage_publisher`] sends to the control plane over NATS JetStream in cluster mode.
 //!
 //! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
-//! table and layer stack, [`error`] the one error type (OpenAI's shape), [`metrics`] every
-//! metric name, [`config`] the two-stage config, [`shared_redis`] the connection to the state
-//! that replicas share, and [`server`] start, reload and drain. In cluster mode, [`cluster`]
-//! receives snapshots from the control plane (NATS, gRPC, an on-disk cache) and reports this
-//! replica's revision in heartbeats.
+//! table and layer stack, [`error`] the one error type (OpenAI's shape; Anthropic's on
+//! `/v1/messages`), [`metrics`] every metric name, [`config`] the two-stage config,
+//! [`shared_redis`] the connection to the state that replicas share, and [`server`] start,
+//! reload and drain. In cluster mode, [`cluster`] receives snapshots from the control plane
+//! (NATS, gRPC, an on-disk cache) and reports this replica's revision in heartbeats.
 //!
 //! Why it is built this way: nothing on the request path takes a lock, touches a disk or
 //! waits on a database. The snapshot is swapped atomically (`ArcSwap`), counters are atomics

@@ -179,8 +179,9 @@ impl<T, const N: usize> Table<T, N> {
 }
 
 /// Route templates: the closed set of the route table, plus `other` for unmatched paths.
-pub const ROUTES: [&str; 9] = [
+pub const ROUTES: [&str; 10] = [
     "/v1/chat/completions",
+    "/v1/messages",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/models",
@@ -240,7 +241,13 @@ pub fn inflight() -> &'static Gauge {
 }
 
 /// Endpoints that have latency histograms.
-pub const ENDPOINTS: [&str; 4] = ["chat_completions", "completions", "embeddings", "models"];
+pub const ENDPOINTS: [&str; 5] = [
+    "chat_completions",
+    "completions",
+    "embeddings",
+    "messages",
+    "models",
+];
 
 /// Records a request's duration and, for streams, its time to first token.
 pub fn record_latency(endpoint: &'static str, total_seconds: f64, ttft_seconds: Option<f64>) {
@@ -302,11 +309,15 @@ impl AttemptResult {
 
 /// Counts an upstream attempt by provider kind and result.
 pub fn count_attempt(provider: ProviderKind, result: AttemptResult) {
-    const PROVIDERS: usize = 2;
+    const PROVIDERS: usize = 6;
     static TABLE: Table<Counter, { PROVIDERS * AttemptResult::COUNT }> = Table::new();
     let p = match provider {
         ProviderKind::Openai => 0,
         ProviderKind::Mock => 1,
+        ProviderKind::Anthropic => 2,
+        ProviderKind::Azure => 3,
+        ProviderKind::Gemini => 4,
+        ProviderKind::Bedrock => 5,
     };
     if let Some(c) = TABLE.get(p * AttemptResult::COUNT + result as usize, || {
         counter!(UPSTREAM_ATTEMPTS_TOTAL, "provider" => provider.as_str(), "result" => result.as_str())

@@ -7,8 +7,10 @@
 //! - **Aligns to events**: it forwards only complete SSE events (up to the last `\n\n`) and
 //!   keeps a partial tail until its end arrives. A client cannot use half an event, so this
 //!   delays nothing usable, and it lets the relay look at whole events.
-//! - **Reads usage** from the one event that carries it (found with a byte search, parsed only
-//!   when found) and **strips** that event when the gateway, not the client, asked for it.
+//! - **Reads usage** from the events that carry it (found with a byte search, parsed only when
+//!   found; Anthropic's stream reports input in `message_start` and output in
+//!   `message_delta`, so reports are merged) and **strips** OpenAI's usage-only event when the
+//!   gateway, not the client, asked for it.
 //! - **Closes the ledger** when the stream ends, fails, times out, or is dropped because the
 //!   client went away — and dropping the relay drops the upstream body, which closes the
 //!   upstream connection: a client disconnect cancels the upstream request.
@@ -122,7 +124,7 @@ impl SseRelay {
             };
             let keep = match found {
                 Some((usage, only_usage)) => {
-                    self.usage = Some(usage);
+                    usage.merge_into(self.usage.get_or_insert_with(Usage::default));
                     !(self.strip_usage_event && only_usage)
                 }
                 None => true,

@@ -30,10 +30,15 @@ use crate::state::AppState;
 /// Authentication is not a layer: the proxy and model routes authenticate as their first
 /// phase (so that the key entry flows on as a value), and the operational routes
 /// `/healthz`, `/readyz` and `/metrics` are the explicit allow-list that needs no key.
-/// Unknown paths and wrong methods answer in OpenAI's error shape.
+/// Unknown paths and wrong methods answer in OpenAI's error shape (Anthropic's on
+/// `/v1/messages`).
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route(
+            "/v1/messages",
+            post(handlers::messages).fallback(handlers::messages_method_not_allowed),
+        )
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::list_models))

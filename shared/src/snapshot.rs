@@ -217,12 +217,28 @@ pub struct Provider {
     pub id: String,
     pub kind: ProviderKind,
     /// Base URL including the API version path, e.g. `https://api.openai.com/v1`. Required for
-    /// every kind except `mock`.
+    /// every kind except `mock` and `bedrock`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     /// The upstream credential, if the upstream needs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<SecretRef>,
+    /// Azure OpenAI's `api-version` query parameter (e.g. `2024-10-21`). Required for
+    /// `azure`, refused for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// AWS region (e.g. `us-east-1`). Required for `bedrock`, refused for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// AWS access key id, for SigV4. Required for `bedrock`, refused for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id: Option<SecretRef>,
+    /// AWS secret access key, for SigV4. Required for `bedrock`, refused for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secret_access_key: Option<SecretRef>,
+    /// AWS session token, for temporary credentials. `bedrock` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_session_token: Option<SecretRef>,
 }
 
 /// The wire protocol a provider speaks.
@@ -233,6 +249,18 @@ pub enum ProviderKind {
     Openai,
     /// Answers inside the data plane, deterministically and offline. For demos and tests.
     Mock,
+    /// Anthropic's Messages API (`base_url` like `https://api.anthropic.com/v1`).
+    Anthropic,
+    /// Azure OpenAI: `base_url` is the resource endpoint (`https://NAME.openai.azure.com`),
+    /// the deployment's `upstream_model` is the Azure deployment name, and `api_version` is
+    /// required.
+    Azure,
+    /// Google's Gemini API (`base_url` like
+    /// `https://generativelanguage.googleapis.com/v1beta`).
+    Gemini,
+    /// Amazon Bedrock's Converse API, SigV4-signed with the `aws_*` credentials in `region`;
+    /// `base_url` defaults to `https://bedrock-runtime.{region}.amazonaws.com`.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -240,6 +268,10 @@ impl ProviderKind {
         match self {
             ProviderKind::Openai => "openai",
             ProviderKind::Mock => "mock",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
         }
     }
 }

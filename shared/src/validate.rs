@@ -14,6 +14,23 @@ use crate::snapshot::{ProviderKind, SCHEMA_VERSION, Snapshot};
 /// Most extra attempts a model may make on its own deployments.
 pub const MAX_RETRIES: u32 = 10;
 
+/// Whether `v` is safe to put in a query string as Azure's `api-version` (letters, digits,
+/// dashes, dots).
+fn is_api_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 40
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Whether `r` looks like an AWS region (it becomes part of a host name and the signature).
+fn is_region(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 30
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// One problem in a snapshot, at a path such as `deployments[2].provider`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -113,13 +130,63 @@ impl Snapshot {
         for (i, p) in self.providers.iter().enumerate() {
             let path = format!("providers[{i}]");
             match (p.kind, &p.base_url) {
-                (ProviderKind::Mock, _) => {}
+                (ProviderKind::Mock, _) | (ProviderKind::Bedrock, None) => {}
                 (_, None) => c.push(format!("{path}.base_url"), "is required for this kind"),
                 (_, Some(url)) => {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
                         c.push(
                             format!("{path}.base_url"),
                             format!("{url:?} must start with http:// or https://"),
+                        );
+                    }
+                }
+            }
+            match (p.kind, &p.api_version) {
+                (ProviderKind::Azure, None) => {
+                    c.push(format!("{path}.api_version"), "is required for kind azure");
+                }
+                (ProviderKind::Azure, Some(v)) if !is_api_version(v) => c.push(
+                    format!("{path}.api_version"),
+                    format!("{v:?} must look like 2024-10-21 or 2025-01-01-preview"),
+                ),
+                (ProviderKind::Azure, Some(_)) | (_, None) => {}
+                (_, Some(_)) => c.push(
+                    format!("{path}.api_version"),
+                    "is only allowed for kind azure",
+                ),
+            }
+            let aws = [
+                ("aws_access_key_id", p.aws_access_key_id.is_some()),
+                ("aws_secret_access_key", p.aws_secret_access_key.is_some()),
+                ("aws_session_token", p.aws_session_token.is_some()),
+                ("region", p.region.is_some()),
+            ];
+            if p.kind == ProviderKind::Bedrock {
+                for (field, present) in &aws[..2] {
+                    if !present {
+                        c.push(format!("{path}.{field}"), "is required for kind bedrock");
+                    }
+                }
+                match &p.region {
+                    None => c.push(format!("{path}.region"), "is required for kind bedrock"),
+                    Some(r) if !is_region(r) => c.push(
+                        format!("{path}.region"),
+                        format!("{r:?} must look like us-east-1"),
+                    ),
+                    Some(_) => {}
+                }
+                if p.api_key.is_some() {
+                    c.push(
+                        format!("{path}.api_key"),
+                        "is not used by kind bedrock: give aws_access_key_id and aws_secret_access_key",
+                    );
+                }
+            } else {
+                for (field, present) in aws {
+                    if present {
+                        c.push(
+                            format!("{path}.{field}"),
+                            "is only allowed for kind bedrock",
                         );
                     }
                 }
@@ -324,6 +391,11 @@ models:
     #[test]
     fn a_good_snapshot_passes() {
         assert_eq!(problems(&good()), Vec::<String>::new());
+        let more = good().replace(
+            "  - { id: m, kind: mock }",
+            "  - { id: m, kind: mock }\n  - { id: a, kind: anthropic, base_url: \"https://api.anthropic.com/v1\" }\n  - { id: z, kind: azure, base_url: \"https://x.openai.azure.com\", api_version: 2025-01-01-preview }\n  - { id: b, kind: bedrock, region: eu-west-1, aws_access_key_id: { env: AK }, aws_secret_access_key: { env: SK } }\n  - { id: g, kind: gemini, base_url: \"https://generativelanguage.googleapis.com/v1beta\" }",
+        );
+        assert_eq!(problems(&more), Vec::<String>::new());
     }
 
     /// Each edit breaks one rule; the report must name the path of exactly that rule.
@@ -372,6 +444,32 @@ models:
                 "https://api.openai.com/v1",
                 "ftp://x",
                 "providers[0].base_url",
+            ),
+            ("kind: openai,", "kind: azure,", "providers[0].api_version"),
+            (
+                "kind: openai,",
+                "kind: azure, api_version: \"2024-10-21&x=1\",",
+                "providers[0].api_version",
+            ),
+            (
+                "kind: openai,",
+                "kind: anthropic, api_version: \"2024-10-21\",",
+                "providers[0].api_version",
+            ),
+            (
+                "kind: openai,",
+                "kind: bedrock, region: us-east-1, aws_access_key_id: { env: A },",
+                "providers[0].aws_secret_access_key",
+            ),
+            (
+                "kind: openai,",
+                "kind: bedrock, region: \"us east\", aws_access_key_id: { env: A }, aws_secret_access_key: { env: B },",
+                "providers[0].region",
+            ),
+            (
+                "kind: openai,",
+                "kind: openai, region: us-east-1,",
+                "providers[0].region",
             ),
             (
                 "upstream_model: gpt-4o }",

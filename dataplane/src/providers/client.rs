@@ -301,6 +301,11 @@ impl Upstream {
             .map_err(|_| SendError::Connect)?
     }
 
+    /// The `Host` header this upstream's requests carry (request signing covers it).
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host_header
+    }
+
     /// Sends `POST path` with `headers` and `body`; resolves when the answer's head is in.
     pub async fn post(
         &self,

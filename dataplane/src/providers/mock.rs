@@ -16,6 +16,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use serde_json::json;
 
+use super::anthropic::openai_answer_for_messages;
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 /// The in-process provider.
@@ -94,7 +95,7 @@ impl MockAdaptor {
         }
 
         let document = match request.endpoint {
-            Endpoint::ChatCompletions => json!({
+            Endpoint::ChatCompletions | Endpoint::Messages => json!({
                 "id": id,
                 "object": "chat.completion",
                 "created": created,
@@ -165,7 +166,17 @@ impl ProviderAdaptor for MockAdaptor {
         &'a self,
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
-        std::future::ready(Ok(Self::answer(request))).boxed()
+        if request.endpoint != Endpoint::Messages {
+            return std::future::ready(Ok(Self::answer(request))).boxed();
+        }
+        // A `/v1/messages` client: answer as a chat completion, translated like any
+        // OpenAI-compatible upstream's.
+        let chat = UpstreamRequest {
+            endpoint: Endpoint::ChatCompletions,
+            ..*request
+        };
+        let answer = openai_answer_for_messages(Self::answer(&chat), request.view.stream);
+        std::future::ready(Ok(answer)).boxed()
     }
 }
 

@@ -6,12 +6,29 @@
 //! fallbacks, cooldowns, streaming and accounting.
 //!
 //! - [`openai`]: any OpenAI-compatible HTTP API; bytes pass through except the model name.
+//! - [`azure`]: Azure OpenAI — OpenAI's wire format at deployment URLs, `api-key` auth.
+//! - [`anthropic`]: Anthropic's Messages API; bytes pass through for `/v1/messages`, OpenAI
+//!   requests are translated.
+//! - [`bedrock`]: Amazon Bedrock's Converse API, SigV4-signed, event-stream framing decoded.
+//! - [`gemini`]: Google's Gemini API (`generateContent`), translated.
 //! - [`mock`]: answers inside the process, deterministically and offline.
 //! - [`client`]: the HTTP/1.1 client every HTTP adaptor shares (pooled, rustls).
+//! - [`translate`]: request, answer, stream and error translation between protocols.
+//! - [`ratelimit`]: the upstream's own rate-limit headers, per provider.
+//!
+//! The contract with the proxy: an adaptor answers **in the client's protocol** (the
+//! [`Endpoint`] says which). Where the deployment speaks another one, the adaptor translates
+//! the request and wraps the upstream body, so the proxy, relay and accounting never know.
 
+pub mod anthropic;
+pub mod azure;
+pub mod bedrock;
 pub mod client;
+pub mod gemini;
 pub mod mock;
 pub mod openai;
+pub mod ratelimit;
+pub mod translate;
 
 use std::fmt;
 use std::time::Duration;
@@ -29,6 +46,8 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic's Messages API (`/v1/messages`): answers and errors in Anthropic's shape.
+    Messages,
 }
 
 impl Endpoint {
@@ -37,13 +56,14 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
         }
     }
 
-    /// The path below an OpenAI-compatible base URL.
+    /// The path below an OpenAI-compatible base URL (Messages are sent as chat completions).
     pub fn openai_path(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::ChatCompletions | Endpoint::Messages => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
         }
@@ -125,6 +145,11 @@ pub trait ProviderAdaptor: Send + Sync + fmt::Debug {
     fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
         classify_http(status, headers)
     }
+
+    /// The upstream's own rate-limit state, from its response headers, for the router.
+    fn rate_limits(&self, headers: &HeaderMap) -> Option<ratelimit::UpstreamRateLimits> {
+        ratelimit::UpstreamRateLimits::from_openai_headers(headers)
+    }
 }
 
 /// The classification shared by HTTP APIs that follow common status conventions.
@@ -140,12 +165,18 @@ pub fn classify_http(status: StatusCode, headers: &HeaderMap) -> Verdict {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from LLM APIs and is ignored), capped
-/// at an hour so that a hostile value cannot park a deployment forever.
+/// `retry-after-ms` (OpenAI, Azure) or `Retry-After` in seconds (the HTTP-date form is rare
+/// from LLM APIs and is ignored), capped at an hour so that a hostile value cannot park a
+/// deployment forever.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-    let secs: f64 = value.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+    let number = |name: &str| -> Option<f64> {
+        let secs: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+        (secs.is_finite() && secs >= 0.0).then_some(secs)
+    };
+    let secs = number("retry-after-ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| number(http::header::RETRY_AFTER.as_str()))?;
+    Some(Duration::from_secs_f64(secs.min(3600.0)))
 }
 
 #[cfg(test)]
@@ -179,5 +210,7 @@ mod tests {
         );
         h.insert(http::header::RETRY_AFTER, "99999".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3600)));
+        h.insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
     }
 }

@@ -1,7 +1,9 @@
 //! OpenAI-compatible upstreams: OpenAI itself, vLLM, Ollama, Groq, DeepSeek, Together, ...
 //!
 //! The body goes out as the client sent it, with only the model name swapped (and, for
-//! streams, usage reporting switched on — see [`RequestView::upstream_body`]). Everything that
+//! streams, usage reporting switched on — see [`crate::request::RequestView::upstream_body`]).
+//! A `/v1/messages` client's request is translated to a chat completion and the answer back
+//! ([`super::translate::anthropic_openai`]). Everything that
 //! can be computed once per snapshot is: the three request paths and the auth header.
 
 use futures_util::FutureExt;
@@ -10,6 +12,7 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Uri};
 use http_body_util::BodyExt;
 
+use super::anthropic::{openai_answer_for_messages, openai_request_body};
 use super::client::{self, HttpClient};
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
@@ -59,7 +62,7 @@ impl OpenAiAdaptor {
 
     fn path(&self, endpoint: Endpoint) -> &str {
         match endpoint {
-            Endpoint::ChatCompletions => &self.chat_path,
+            Endpoint::ChatCompletions | Endpoint::Messages => &self.chat_path,
             Endpoint::Completions => &self.completions_path,
             Endpoint::Embeddings => &self.embeddings_path,
         }
@@ -71,33 +74,48 @@ impl ProviderAdaptor for OpenAiAdaptor {
         &'a self,
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
-        async move {
-            let body = request.view.upstream_body(request.upstream_model_json);
-            let request_id = HeaderValue::from_str(request.request_id).ok();
-            let accept = if request.view.stream {
-                &EVENT_STREAM
-            } else {
-                &JSON
-            };
-            let mut headers: Vec<(HeaderName, &HeaderValue)> = Vec::with_capacity(4);
-            headers.push((CONTENT_TYPE, &JSON));
-            headers.push((ACCEPT, accept));
-            if let Some(auth) = &self.authorization {
-                headers.push((AUTHORIZATION, auth));
-            }
-            if let Some(id) = &request_id {
-                headers.push((REQUEST_ID, id));
-            }
-            let response = self
-                .upstream
-                .post(self.path(request.endpoint), &headers, &body)
-                .await?;
-            Ok(UpstreamResponse {
-                status: response.status,
-                headers: response.headers,
-                body: response.body.boxed(),
-            })
-        }
-        .boxed()
+        let auth = self.authorization.as_ref().map(|v| (AUTHORIZATION, v));
+        send_openai_compatible(&self.upstream, self.path(request.endpoint), auth, request).boxed()
     }
+}
+
+/// Sends one attempt to an OpenAI-compatible API at `path` (OpenAI itself, Azure OpenAI):
+/// the client's body with the model swapped, or — for a `/v1/messages` client — the
+/// translation of its request, with the answer translated back.
+pub async fn send_openai_compatible(
+    upstream: &client::Upstream,
+    path: &str,
+    auth: Option<(HeaderName, &HeaderValue)>,
+    request: &UpstreamRequest<'_>,
+) -> Result<UpstreamResponse, SendError> {
+    let body = match openai_request_body(request) {
+        Ok(body) => body,
+        Err(refusal) => return Ok(refusal),
+    };
+    let request_id = HeaderValue::from_str(request.request_id).ok();
+    let accept = if request.view.stream {
+        &EVENT_STREAM
+    } else {
+        &JSON
+    };
+    let mut headers: Vec<(HeaderName, &HeaderValue)> = Vec::with_capacity(4);
+    headers.push((CONTENT_TYPE, &JSON));
+    headers.push((ACCEPT, accept));
+    if let Some(auth) = auth {
+        headers.push(auth);
+    }
+    if let Some(id) = &request_id {
+        headers.push((REQUEST_ID, id));
+    }
+    let response = upstream.post(path, &headers, &body).await?;
+    let response = UpstreamResponse {
+        status: response.status,
+        headers: response.headers,
+        body: response.body.boxed(),
+    };
+    Ok(if request.endpoint == Endpoint::Messages {
+        openai_answer_for_messages(response, request.view.stream)
+    } else {
+        response
+    })
 }

@@ -1,12 +1,20 @@
-//! A mock OpenAI upstream, fast enough to benchmark a gateway against and scriptable enough
-//! to test its failure handling.
+//! A mock LLM upstream — OpenAI, Azure OpenAI (`/openai/deployments/{d}/...?api-version=`),
+//! Anthropic (`/v1/messages`, see [`anthropic`]), Gemini (`/v1beta/models/{m}:...`, see
+//! [`gemini`]) and Bedrock (`/model/{id}/converse[-stream]`, SigV4-checked, see [`bedrock`])
+//! — fast enough to benchmark a gateway against and scriptable enough to test its
+//! failure handling.
 //!
 //! Integration tests start one in-process with [`MockUpstream::start`] and point a provider's
 //! `base_url` at [`MockUpstream::base_url`] or [`MockUpstream::scenario_url`]; the
 //! `mock-upstream` binary runs the same server for the benchmark and for other processes
 //! (`GET /mock/stats` reports its counts). Scenario knobs are described in [`scenario`].
+//! A chat request with `tools` is answered with the tool-call fixture
+//! (`tests/fixtures/openai/chat_completion_tool_calls{.json,_stream.sse}`).
 
+pub mod anthropic;
+pub mod bedrock;
 mod body;
+pub mod gemini;
 mod render;
 pub mod scenario;
 mod server;

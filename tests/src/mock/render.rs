@@ -27,6 +27,20 @@ pub const ERROR_CONTEXT_LENGTH: &str =
 pub const ERROR_INVALID_API_KEY: &str =
     include_str!("../../fixtures/openai/error_invalid_api_key.json");
 
+/// A chat completion that calls a tool, served as it is to requests with `tools`.
+pub const TOOL_CALLS: &str = include_str!("../../fixtures/openai/chat_completion_tool_calls.json");
+const TOOL_CALLS_STREAM: &str =
+    include_str!("../../fixtures/openai/chat_completion_tool_calls_stream.sse");
+/// The tool-call stream's events, one per frame; the usage chunk only if asked for.
+pub fn tool_call_stream(include_usage: bool) -> Vec<Bytes> {
+    TOOL_CALLS_STREAM
+        .split_inclusive("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .filter(|e| include_usage || !e.contains("\"usage\":{"))
+        .map(|e| Bytes::from_static(e.as_bytes()))
+        .collect()
+}
+
 /// The per-request values of one response.
 #[derive(Debug, Clone, Copy)]
 pub struct Reply<'a> {

@@ -28,6 +28,7 @@ use super::render::{
 };
 use super::scenario::{Fault, Scenario, split_scenario};
 use super::state::{RecordedRequest, State};
+use super::{anthropic, bedrock, gemini};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
@@ -97,8 +98,44 @@ impl Route {
             (&Method::POST, "/v1/completions") => Some(Self::Completions),
             (&Method::POST, "/v1/embeddings") => Some(Self::Embeddings),
             (&Method::GET, "/v1/models") => Some(Self::Models),
+            // Azure OpenAI: /openai/deployments/{deployment}/<the OpenAI path>.
+            (&Method::POST, p) if p.starts_with("/openai/deployments/") => {
+                let rest = &p["/openai/deployments/".len()..];
+                let (deployment, api) = rest.split_once('/')?;
+                if deployment.is_empty() {
+                    return None;
+                }
+                match api {
+                    "chat/completions" => Some(Self::Chat),
+                    "completions" => Some(Self::Completions),
+                    "embeddings" => Some(Self::Embeddings),
+                    _ => None,
+                }
+            }
             _ => None,
         }
+    }
+}
+
+/// The non-OpenAI wire formats, each answered by its own module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProviderRoute {
+    Anthropic,
+    Gemini { stream: bool },
+    Bedrock { stream: bool },
+}
+
+impl ProviderRoute {
+    fn of(method: &Method, path: &str) -> Option<Self> {
+        if method != Method::POST {
+            return None;
+        }
+        if path == "/v1/messages" {
+            return Some(Self::Anthropic);
+        }
+        gemini::route(path)
+            .map(|stream| Self::Gemini { stream })
+            .or_else(|| bedrock::route(path).map(|stream| Self::Bedrock { stream }))
     }
 }
 
@@ -111,6 +148,9 @@ struct Peek<'a> {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    /// A chat request with tools gets the tool-call fixture.
+    #[serde(borrow, default)]
+    tools: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +174,7 @@ async fn handle(
     let index = state.record(scenario_text, || RecordedRequest {
         method: parts.method.to_string(),
         path: path.to_owned(),
+        query: parts.uri.query().map(str::to_owned),
         headers: parts.headers.clone(),
         body: body.clone(),
         received_at: Instant::now(),
@@ -142,6 +183,51 @@ async fn handle(
         Ok(scenario) => scenario,
         Err(error) => return Ok(invalid_request(&error.0)),
     };
+    if let Some(provider) = ProviderRoute::of(&parts.method, path) {
+        if scenario.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(scenario.latency_ms)).await;
+        }
+        let fault = scenario.fault_for(index);
+        if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+            fault_response(fault, &scenario).await?;
+        }
+        let headers = &parts.headers;
+        return Ok(match provider {
+            ProviderRoute::Anthropic => {
+                anthropic::respond(headers, &body, &scenario, fault, &state)
+            }
+            ProviderRoute::Gemini { stream } => gemini::respond(
+                stream,
+                parts.uri.query(),
+                headers,
+                &body,
+                &scenario,
+                fault,
+                &state,
+            ),
+            ProviderRoute::Bedrock { stream } => bedrock::respond(
+                stream,
+                parts.uri.path(),
+                headers,
+                &body,
+                &scenario,
+                fault,
+                &state,
+            ),
+        });
+    }
+    if path.starts_with("/openai/deployments/")
+        && !parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("api-version=")))
+    {
+        return Ok(error_json(
+            StatusCode::NOT_FOUND,
+            "Resource not found: the api-version query parameter is required",
+            "invalid_request_error",
+        ));
+    }
     let Some(route) = Route::of(&parts.method, path) else {
         return Ok(error_json(
             StatusCode::NOT_FOUND,
@@ -227,6 +313,16 @@ fn render_output(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let chunks = scenario.stream_chunks();
+    let tools = peek
+        .tools
+        .is_some_and(|t| t.get().trim() != "[]" && t.get() != "null");
+    if route == Route::Chat && tools {
+        return Ok(if stream {
+            Output::Stream(render::tool_call_stream(include_usage))
+        } else {
+            Output::Json(Bytes::from_static(render::TOOL_CALLS.as_bytes()))
+        });
+    }
     Ok(match (route, stream) {
         (Route::Chat, false) => Output::Json(templates.chat(&reply)),
         (Route::Chat, true) => Output::Stream(templates.chat_stream(&reply, chunks, include_usage)),

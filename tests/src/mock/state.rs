@@ -19,6 +19,8 @@ pub struct RecordedRequest {
     pub method: String,
     /// The path without the `/s/<scenario>` prefix, e.g. `/v1/chat/completions`.
     pub path: String,
+    /// The query string, if any (Azure's `api-version`).
+    pub query: Option<String>,
     pub headers: http::HeaderMap,
     pub body: Bytes,
     pub received_at: Instant,

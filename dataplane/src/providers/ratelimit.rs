@@ -1,0 +1,152 @@
+//! The upstream's own rate-limit headers, read per provider into one small struct.
+//!
+//! The router can steer away from a deployment whose upstream says it is nearly out of
+//! requests or tokens before the upstream starts answering 429. Adaptors only read the
+//! headers ([`super::ProviderAdaptor::rate_limits`]); sharing the result across replicas
+//! belongs to the router's shared state.
+//!
+//! - OpenAI and Azure: `x-ratelimit-remaining-{requests,tokens}` and
+//!   `x-ratelimit-reset-{requests,tokens}` as durations like `1s`, `6m0s`, `20ms`.
+//! - Anthropic: `anthropic-ratelimit-{requests,tokens}-{remaining,reset}`, resets as RFC 3339
+//!   instants.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+
+/// What the upstream said about its limits for this account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamRateLimits {
+    pub remaining_requests: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    /// Time until the request allowance is fully restored.
+    pub reset_requests: Option<Duration>,
+    /// Time until the token allowance is fully restored.
+    pub reset_tokens: Option<Duration>,
+}
+
+impl UpstreamRateLimits {
+    fn nonempty(self) -> Option<Self> {
+        (self != Self::default()).then_some(self)
+    }
+
+    /// OpenAI's (and Azure OpenAI's) headers.
+    pub fn from_openai_headers(headers: &HeaderMap) -> Option<Self> {
+        Self {
+            remaining_requests: number(headers, "x-ratelimit-remaining-requests"),
+            remaining_tokens: number(headers, "x-ratelimit-remaining-tokens"),
+            reset_requests: text(headers, "x-ratelimit-reset-requests").and_then(go_duration),
+            reset_tokens: text(headers, "x-ratelimit-reset-tokens").and_then(go_duration),
+        }
+        .nonempty()
+    }
+
+    /// Anthropic's headers; `now` is the current time (resets are absolute instants).
+    pub fn from_anthropic_headers(
+        headers: &HeaderMap,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Self> {
+        let until = |name: &str| {
+            let at = chrono::DateTime::parse_from_rfc3339(text(headers, name)?).ok()?;
+            (at.with_timezone(&chrono::Utc) - now).to_std().ok()
+        };
+        Self {
+            remaining_requests: number(headers, "anthropic-ratelimit-requests-remaining"),
+            remaining_tokens: number(headers, "anthropic-ratelimit-tokens-remaining"),
+            reset_requests: until("anthropic-ratelimit-requests-reset"),
+            reset_tokens: until("anthropic-ratelimit-tokens-reset"),
+        }
+        .nonempty()
+    }
+}
+
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok().map(str::trim)
+}
+
+fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    text(headers, name)?.parse().ok()
+}
+
+/// A Go-style duration (`1s`, `6m0s`, `1h2m3.5s`, `20ms`) as OpenAI sends them.
+fn go_duration(s: &str) -> Option<Duration> {
+    let mut total = 0.0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+        total += value * factor;
+        rest = &rest[unit_len..];
+    }
+    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn openai_headers_with_go_durations() {
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "59"),
+            ("x-ratelimit-remaining-tokens", "149984"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-reset-tokens", "6m0.5s"),
+        ]);
+        let r = UpstreamRateLimits::from_openai_headers(&h).unwrap();
+        assert_eq!(r.remaining_requests, Some(59));
+        assert_eq!(r.remaining_tokens, Some(149_984));
+        assert_eq!(r.reset_requests, Some(Duration::from_secs(1)));
+        assert_eq!(r.reset_tokens, Some(Duration::from_millis(360_500)));
+        assert_eq!(go_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(go_duration("5x"), None);
+        assert_eq!(
+            UpstreamRateLimits::from_openai_headers(&HeaderMap::new()),
+            None
+        );
+    }
+
+    #[test]
+    fn anthropic_headers_with_instants() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-23T04:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let h = headers(&[
+            ("anthropic-ratelimit-requests-remaining", "49"),
+            ("anthropic-ratelimit-requests-reset", "2026-11-23T04:00:30Z"),
+            ("anthropic-ratelimit-tokens-remaining", "79000"),
+            ("anthropic-ratelimit-tokens-reset", "2026-11-23T04:01:00Z"),
+        ]);
+        let r = UpstreamRateLimits::from_anthropic_headers(&h, now).unwrap();
+        assert_eq!(r.remaining_requests, Some(49));
+        assert_eq!(r.reset_requests, Some(Duration::from_secs(30)));
+        assert_eq!(r.remaining_tokens, Some(79_000));
+        assert_eq!(r.reset_tokens, Some(Duration::from_secs(60)));
+    }
+}

@@ -1,0 +1,355 @@
+//! Protocol translation: the one place where the gateway rewrites bodies.
+//!
+//! Where the client's protocol and the deployment's differ, an adaptor translates the request
+//! on the way out and wraps the upstream body so that what reaches the proxy is already in the
+//! client's protocol. The proxy, relay and accounting then work as for a passthrough.
+//!
+//! - [`openai_anthropic`]: an OpenAI client in front of Anthropic's Messages API.
+//! - [`anthropic_openai`]: an Anthropic client (`/v1/messages`) in front of an
+//!   OpenAI-compatible API.
+//! - [`openai_gemini`]: an OpenAI client in front of Gemini.
+//! - [`openai_bedrock`]: an OpenAI client in front of Bedrock's Converse API.
+//!
+//! Translations compose: a `/v1/messages` client in front of Gemini goes Anthropic → OpenAI →
+//! Gemini on the way out and back through both on the way in, so each provider needs only
+//! its OpenAI translation.
+//!
+//! The body wrappers here are shared by both directions:
+//! - [`whole`] converts a complete JSON answer (or error) once its last byte arrived;
+//! - [`SseTranslate`] converts a stream event by event: each complete upstream event becomes
+//!   client events in the same poll, so translation adds no buffering beyond the partial event
+//!   still on the wire.
+
+pub mod anthropic_openai;
+pub mod openai_anthropic;
+pub mod openai_bedrock;
+pub mod openai_gemini;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, StatusCode, header::CONTENT_TYPE};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, StreamBody};
+use serde_json::Value;
+
+use super::{BodyError, UpstreamBody, UpstreamResponse};
+
+/// Converts one SSE stream into another, one upstream event at a time.
+pub trait StreamTranslator: Send + Sync + Unpin + 'static {
+    /// One complete upstream event: its `event:` name, if any, and its `data:` payload.
+    fn event(&mut self, name: Option<&str>, data: &[u8], out: &mut BytesMut);
+    /// The upstream stream ended cleanly: write whatever must close the client's stream.
+    fn finish(&mut self, out: &mut BytesMut);
+}
+
+/// A body that converts an upstream SSE stream with a [`StreamTranslator`].
+pub struct SseTranslate<T> {
+    upstream: UpstreamBody,
+    tail: BytesMut,
+    translator: T,
+    done: bool,
+}
+
+impl<T: StreamTranslator> SseTranslate<T> {
+    pub fn boxed(upstream: UpstreamBody, translator: T) -> UpstreamBody {
+        Self {
+            upstream,
+            tail: BytesMut::new(),
+            translator,
+            done: false,
+        }
+        .boxed()
+    }
+
+    /// Hands every complete event in the tail to the translator.
+    fn drain_events(&mut self, out: &mut BytesMut) {
+        while let Some((end, skip)) = event_end(&self.tail) {
+            let event = self.tail.split_to(end + skip);
+            self.dispatch(&event[..end], out);
+        }
+    }
+
+    fn dispatch(&mut self, event: &[u8], out: &mut BytesMut) {
+        let mut name = None;
+        let mut data: Option<&[u8]> = None;
+        for line in event.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(rest) = line.strip_prefix(b"event:") {
+                name = std::str::from_utf8(rest).ok().map(str::trim);
+            } else if let Some(rest) = line.strip_prefix(b"data:") {
+                data = Some(rest.strip_prefix(b" ").unwrap_or(rest));
+            }
+        }
+        if let Some(data) = data {
+            self.translator.event(name, data, out);
+        }
+    }
+}
+
+/// Where the first event in `bytes` ends, and the length of its terminator.
+fn event_end(bytes: &[u8]) -> Option<(usize, usize)> {
+    let lf = memchr::memmem::find(bytes, b"\n\n").map(|i| (i, 2));
+    let crlf = memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+impl<T: StreamTranslator> Body for SseTranslate<T> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    this.tail.extend_from_slice(&data);
+                    let mut out = BytesMut::new();
+                    this.drain_events(&mut out);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let mut out = BytesMut::new();
+                    let rest = std::mem::take(&mut this.tail);
+                    if !rest.iter().all(u8::is_ascii_whitespace) {
+                        this.dispatch(&rest, &mut out);
+                    }
+                    this.translator.finish(&mut out);
+                    return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out.freeze()))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A body that reads the whole upstream body, then yields `convert` of it as one frame.
+pub fn whole(
+    upstream: UpstreamBody,
+    convert: impl FnOnce(Bytes) -> Bytes + Send + Sync + 'static,
+) -> UpstreamBody {
+    let once = futures_util::stream::once(async move {
+        let bytes = upstream.collect().await?.to_bytes();
+        Ok::<_, BodyError>(Frame::data(convert(bytes)))
+    });
+    StreamBody::new(once).boxed()
+}
+
+/// Wraps an upstream answer so that it reaches the proxy in the client's protocol: errors
+/// through `error`, streams through `translator`, complete answers through `answer`.
+pub fn wrap<T: StreamTranslator>(
+    response: UpstreamResponse,
+    stream: bool,
+    translator: T,
+    answer: fn(Bytes) -> Bytes,
+    error: fn(StatusCode, Bytes) -> Bytes,
+) -> UpstreamResponse {
+    let UpstreamResponse {
+        status,
+        mut headers,
+        body,
+    } = response;
+    let is_sse = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = if !status.is_success() {
+        set_content_type(&mut headers, false);
+        whole(limited(body), move |b| error(status, b))
+    } else if stream && is_sse {
+        set_content_type(&mut headers, true);
+        SseTranslate::boxed(body, translator)
+    } else {
+        set_content_type(&mut headers, false);
+        whole(body, answer)
+    };
+    UpstreamResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Largest upstream error body read for translation; longer ones fail as broken bodies.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// `body`, failing once it passes [`MAX_ERROR_BODY_BYTES`] (error bodies are read whole).
+pub fn limited(body: UpstreamBody) -> UpstreamBody {
+    http_body_util::Limited::new(body, MAX_ERROR_BODY_BYTES)
+        .map_err(|e| BodyError(e.to_string()))
+        .boxed()
+}
+
+/// A complete answer made by the gateway (e.g. "this provider cannot do embeddings").
+pub fn synthetic(status: StatusCode, body: Vec<u8>) -> UpstreamResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    UpstreamResponse {
+        status,
+        headers,
+        body: Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    }
+}
+
+/// A 400 for a request the gateway cannot translate, in the client's shape, sent without
+/// touching the network.
+pub fn refusal(endpoint: super::Endpoint, error: &TranslateError) -> UpstreamResponse {
+    let body = if endpoint == super::Endpoint::Messages {
+        anthropic_openai::error_body("invalid_request_error", &error.message)
+    } else {
+        serde_json::to_vec(&serde_json::json!({"error": {
+            "message": error.message, "type": "invalid_request_error", "param": error.param, "code": null,
+        }}))
+        .unwrap_or_default()
+    };
+    synthetic(StatusCode::BAD_REQUEST, body)
+}
+
+/// Reads an error answer's body whole (up to 64 KiB), so that an adaptor can look inside it
+/// before the proxy classifies the status; the body is handed on unchanged.
+pub async fn read_error(response: UpstreamResponse) -> (UpstreamResponse, Bytes) {
+    let UpstreamResponse {
+        status,
+        headers,
+        body,
+    } = response;
+    let bytes = http_body_util::Limited::new(body, MAX_ERROR_BODY_BYTES)
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .unwrap_or_default();
+    let body = Full::new(bytes.clone())
+        .map_err(|never| match never {})
+        .boxed();
+    (
+        UpstreamResponse {
+            status,
+            headers,
+            body,
+        },
+        bytes,
+    )
+}
+
+/// Marks a response as the stream or JSON it has become.
+pub fn set_content_type(headers: &mut HeaderMap, stream: bool) {
+    let value = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(value));
+    headers.remove(http::header::CONTENT_LENGTH);
+}
+
+/// Appends one SSE event (`event:` line optional) to `out`.
+pub fn write_event(out: &mut BytesMut, name: Option<&str>, data: &Value) {
+    if let Some(name) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"data: ");
+    // Serialising a `Value` cannot fail.
+    out.extend_from_slice(&serde_json::to_vec(data).unwrap_or_default());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The text of a content value that is a string or a list of `{type:"text",text}` parts.
+pub fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// The current Unix time in seconds, for OpenAI's `created`.
+pub fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// An error from a request the gateway could not translate: a 400 in the client's shape is
+/// built by the caller from this message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TranslateError {
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl TranslateError {
+    pub fn new(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self {
+            message: message.into(),
+            param,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Echoes each event's data on its own line, and `end` at the finish.
+    struct Echo;
+
+    impl StreamTranslator for Echo {
+        fn event(&mut self, name: Option<&str>, data: &[u8], out: &mut BytesMut) {
+            out.extend_from_slice(name.unwrap_or("-").as_bytes());
+            out.extend_from_slice(b"=");
+            out.extend_from_slice(data);
+            out.extend_from_slice(b";");
+        }
+        fn finish(&mut self, out: &mut BytesMut) {
+            out.extend_from_slice(b"end");
+        }
+    }
+
+    fn frames(parts: &[&'static str]) -> UpstreamBody {
+        let frames: Vec<Result<Frame<Bytes>, BodyError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    }
+
+    #[tokio::test]
+    async fn events_split_across_frames_are_joined_and_each_frame_yields_at_once() {
+        let mut body = SseTranslate::boxed(
+            frames(&["event: a\ndata: 1\n\nda", "ta: 2\r\n\r\n", "data: 3"]),
+            Echo,
+        );
+        let mut seen = Vec::new();
+        while let Some(frame) = body.frame().await {
+            seen.push(String::from_utf8(frame.unwrap().into_data().unwrap().to_vec()).unwrap());
+        }
+        assert_eq!(seen, ["a=1;", "-=2;", "-=3;end"]);
+    }
+}

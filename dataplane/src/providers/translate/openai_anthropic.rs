@@ -1,0 +1,688 @@
+//! An OpenAI client in front of Anthropic's Messages API.
+//!
+//! Request: system and developer messages become `system`; text and image parts become
+//! content blocks (data URLs as base64 sources); assistant `tool_calls` become `tool_use`
+//! blocks and `tool` messages `tool_result` blocks in a user turn (consecutive turns of one
+//! role are merged, as Anthropic requires alternation); `tools`, `tool_choice`
+//! (`parallel_tool_calls: false` → `disable_parallel_tool_use`), `stop` → `stop_sequences`,
+//! and `max_tokens` (Anthropic requires it: [`DEFAULT_MAX_TOKENS`] when absent).
+//!
+//! Answer: content blocks become the message's text and `tool_calls`; `stop_reason` becomes
+//! `finish_reason`; usage becomes OpenAI's, whole prompt in `prompt_tokens` with the cache
+//! read in `prompt_tokens_details.cached_tokens` and the cache write in
+//! `cache_creation_input_tokens` (LiteLLM's name), so that pricing charges both.
+//!
+//! Stream: `message_start` → the role chunk; `content_block_start` of a `tool_use` → the tool
+//! call's id and name; `text_delta` and `input_json_delta` → content and argument chunks;
+//! `message_delta` → the `finish_reason` chunk; `message_stop` → a usage chunk and `[DONE]`.
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Map, Value, json};
+
+use super::{StreamTranslator, TranslateError, now_secs, text_of, write_event};
+
+/// `max_tokens` sent when the client gave none (Anthropic requires one).
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// The Anthropic request for an OpenAI chat completion request.
+pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, TranslateError> {
+    let mut req: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
+    let messages = match req.remove("messages") {
+        Some(Value::Array(m)) => m,
+        _ => {
+            return Err(TranslateError::new(
+                "`messages` must be an array",
+                Some("messages"),
+            ));
+        }
+    };
+    let mut out = Map::new();
+    out.insert("model".into(), upstream_model.into());
+    let mut system: Vec<Value> = Vec::new();
+    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+        let content = m.get("content").unwrap_or(&Value::Null);
+        let (role, blocks) = match role {
+            "system" | "developer" => {
+                let text = text_of(content);
+                if !text.is_empty() {
+                    system.push(json!({"type": "text", "text": text}));
+                }
+                continue;
+            }
+            "user" => ("user", content_blocks(content, i)?),
+            "assistant" => {
+                let mut blocks = content_blocks(content, i)?;
+                for call in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let function = call.get("function").unwrap_or(&Value::Null);
+                    let arguments = function
+                        .get("arguments")
+                        .and_then(Value::as_str)
+                        .unwrap_or("{}");
+                    let input: Value = serde_json::from_str(arguments)
+                        .ok()
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({}));
+                    blocks.push(json!({
+                        "type": "tool_use",
+                        "id": call.get("id").cloned().unwrap_or(Value::Null),
+                        "name": function.get("name").cloned().unwrap_or(Value::Null),
+                        "input": input,
+                    }));
+                }
+                ("assistant", blocks)
+            }
+            "tool" | "function" => {
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                (
+                    "user",
+                    vec![json!({
+                        "type": "tool_result",
+                        "tool_use_id": id,
+                        "content": text_of(content),
+                    })],
+                )
+            }
+            other => {
+                return Err(TranslateError::new(
+                    format!("messages[{i}].role: unsupported role {other:?}"),
+                    Some("messages"),
+                ));
+            }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, existing)) if last == role => existing.extend(blocks),
+            _ => turns.push((role.to_owned(), blocks)),
+        }
+    }
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    out.insert(
+        "messages".into(),
+        Value::Array(
+            turns
+                .into_iter()
+                .map(|(role, content)| json!({"role": role, "content": content}))
+                .collect(),
+        ),
+    );
+    let max_tokens = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    out.insert("max_tokens".into(), max_tokens.into());
+    for key in ["temperature", "top_p"] {
+        if let Some(v) = req.get(key).filter(|v| !v.is_null()) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    match req.get("stop") {
+        Some(Value::String(s)) => {
+            out.insert("stop_sequences".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if !a.is_empty() => {
+            out.insert("stop_sequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    if let Some(user) = req.get("user").and_then(Value::as_str) {
+        out.insert("metadata".into(), json!({"user_id": user}));
+    }
+    if let Some(Value::Array(tools)) = req.get("tools") {
+        let tools: Vec<Value> = tools
+            .iter()
+            .filter_map(|t| t.get("function"))
+            .map(|f| {
+                let mut tool = Map::new();
+                tool.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
+                if let Some(d) = f.get("description") {
+                    tool.insert("description".into(), d.clone());
+                }
+                tool.insert(
+                    "input_schema".into(),
+                    f.get("parameters")
+                        .cloned()
+                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                );
+                Value::Object(tool)
+            })
+            .collect();
+        if !tools.is_empty() {
+            out.insert("tools".into(), Value::Array(tools));
+        }
+    }
+    let mut choice = match req.get("tool_choice") {
+        Some(Value::String(s)) if s == "auto" => Some(json!({"type": "auto"})),
+        Some(Value::String(s)) if s == "required" => Some(json!({"type": "any"})),
+        Some(Value::String(s)) if s == "none" => Some(json!({"type": "none"})),
+        Some(Value::Object(o)) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            Some(json!({"type": "tool", "name": name}))
+        }
+        _ => None,
+    };
+    if req.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
+        let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
+        c["disable_parallel_tool_use"] = Value::Bool(true);
+    }
+    if let Some(c) = choice {
+        out.insert("tool_choice".into(), c);
+    }
+    if stream {
+        out.insert("stream".into(), Value::Bool(true));
+    }
+    Ok(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// Anthropic content blocks for an OpenAI message's content (string or parts).
+fn content_blocks(content: &Value, index: usize) -> Result<Vec<Value>, TranslateError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(
+                    json!({"type": "text", "text": part.get("text").cloned().unwrap_or_default()}),
+                ),
+                Some("image_url") => {
+                    let url = part
+                        .get("image_url")
+                        .and_then(|i| i.get("url").or(Some(i)))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    Ok(image_block(url))
+                }
+                other => Err(TranslateError::new(
+                    format!("messages[{index}].content: unsupported part type {other:?}"),
+                    Some("messages"),
+                )),
+            })
+            .collect(),
+        _ => Err(TranslateError::new(
+            format!("messages[{index}].content must be a string or an array"),
+            Some("messages"),
+        )),
+    }
+}
+
+/// An Anthropic image block for an OpenAI image URL (a `data:` URL becomes a base64 source).
+fn image_block(url: &str) -> Value {
+    if let Some(rest) = url.strip_prefix("data:")
+        && let Some((media_type, data)) = rest.split_once(";base64,")
+    {
+        return json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}});
+    }
+    json!({"type": "image", "source": {"type": "url", "url": url}})
+}
+
+/// OpenAI's `finish_reason` for Anthropic's `stop_reason`.
+fn finish_reason(stop_reason: Option<&str>) -> Value {
+    match stop_reason {
+        None => Value::Null,
+        Some("max_tokens") => "length".into(),
+        Some("tool_use") => "tool_calls".into(),
+        Some("refusal") => "content_filter".into(),
+        Some(_) => "stop".into(),
+    }
+}
+
+/// OpenAI's usage object for Anthropic's.
+fn usage(u: &Value) -> Value {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let (input, output) = (n("input_tokens"), n("output_tokens"));
+    let (read, created) = (
+        n("cache_read_input_tokens"),
+        n("cache_creation_input_tokens"),
+    );
+    let prompt = input + read + created;
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": output,
+        "total_tokens": prompt + output,
+        "prompt_tokens_details": {"cached_tokens": read},
+        "cache_creation_input_tokens": created,
+    })
+}
+
+/// The OpenAI chat completion for an Anthropic message; the input unchanged if it is not one
+/// (the proxy then reports the upstream's answer as malformed).
+pub fn response(body: Bytes) -> Bytes {
+    let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+        return body;
+    };
+    if !msg.is_object() {
+        return body;
+    }
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in msg
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
+                },
+            })),
+            _ => {}
+        }
+    }
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { text.into() }});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let out = json!({
+        "id": msg.get("id").cloned().unwrap_or(Value::Null),
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": msg.get("model").cloned().unwrap_or(Value::Null),
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "finish_reason": finish_reason(msg.get("stop_reason").and_then(Value::as_str)),
+        }],
+        "usage": usage(msg.get("usage").unwrap_or(&Value::Null)),
+    });
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// OpenAI's error shape for an Anthropic error body (`{"type":"error","error":{type,message}}`).
+pub fn error(_status: http::StatusCode, body: Bytes) -> Bytes {
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (kind, message) = anthropic_error_fields(&parsed, &body);
+    let (openai_type, code) = openai_error_kind(kind, &message);
+    let out =
+        json!({"error": {"message": message, "type": openai_type, "param": null, "code": code}});
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+fn anthropic_error_fields<'a>(parsed: &'a Value, raw: &[u8]) -> (&'a str, String) {
+    let error = parsed.get("error").unwrap_or(&Value::Null);
+    let kind = error
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("api_error");
+    let message = error.get("message").and_then(Value::as_str).map_or_else(
+        || String::from_utf8_lossy(&raw[..raw.len().min(500)]).into_owned(),
+        str::to_owned,
+    );
+    (kind, message)
+}
+
+/// OpenAI's `type` and `code` for an Anthropic error type (and message, for context length).
+fn openai_error_kind(kind: &str, message: &str) -> (&'static str, Value) {
+    match kind {
+        "invalid_request_error" if is_context_length(message) => {
+            ("invalid_request_error", "context_length_exceeded".into())
+        }
+        "invalid_request_error" | "request_too_large" => ("invalid_request_error", Value::Null),
+        "authentication_error" => ("authentication_error", "invalid_api_key".into()),
+        "permission_error" => ("permission_error", Value::Null),
+        "not_found_error" => ("invalid_request_error", "model_not_found".into()),
+        "rate_limit_error" => ("rate_limit_error", "rate_limit_exceeded".into()),
+        "overloaded_error" => ("server_error", "overloaded".into()),
+        _ => ("api_error", Value::Null),
+    }
+}
+
+/// Whether an upstream message says the prompt is longer than the model's context.
+pub fn is_context_length(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("prompt is too long")
+        || m.contains("context length")
+        || m.contains("context window")
+        || m.contains("maximum context")
+        || m.contains("too many tokens")
+}
+
+/// Anthropic's stream events into OpenAI chat completion chunks.
+#[derive(Debug, Default)]
+pub struct StreamToOpenAi {
+    id: Value,
+    model: Value,
+    created: i64,
+    usage: Value,
+    /// Anthropic's content block index → OpenAI tool call index, for `tool_use` blocks.
+    tool_blocks: Vec<(u64, usize)>,
+    finished: bool,
+}
+
+impl StreamToOpenAi {
+    pub fn new() -> Self {
+        Self {
+            created: now_secs(),
+            usage: json!({}),
+            ..Self::default()
+        }
+    }
+
+    fn chunk(&self, out: &mut BytesMut, delta: Value, finish: Value) {
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        write_event(out, None, &chunk);
+    }
+
+    fn merge_usage(&mut self, u: Option<&Value>) {
+        if let (Some(Value::Object(u)), Value::Object(mine)) = (u, &mut self.usage) {
+            for (k, v) in u {
+                if !v.is_null() {
+                    mine.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, out: &mut BytesMut) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage(&self.usage),
+        });
+        write_event(out, None, &chunk);
+        out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+}
+
+impl StreamTranslator for StreamToOpenAi {
+    fn event(&mut self, _name: Option<&str>, data: &[u8], out: &mut BytesMut) {
+        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        let index = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match ev.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                let msg = ev.get("message").unwrap_or(&Value::Null);
+                self.id = msg.get("id").cloned().unwrap_or(Value::Null);
+                self.model = msg.get("model").cloned().unwrap_or(Value::Null);
+                self.merge_usage(msg.get("usage"));
+                self.chunk(
+                    out,
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                );
+            }
+            Some("content_block_start") => {
+                let block = ev.get("content_block").unwrap_or(&Value::Null);
+                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                    let call = self.tool_blocks.len();
+                    self.tool_blocks.push((index, call));
+                    self.chunk(
+                        out,
+                        json!({"tool_calls": [{
+                            "index": call,
+                            "id": block.get("id").cloned().unwrap_or(Value::Null),
+                            "type": "function",
+                            "function": {"name": block.get("name").cloned().unwrap_or(Value::Null), "arguments": ""},
+                        }]}),
+                        Value::Null,
+                    );
+                }
+            }
+            Some("content_block_delta") => {
+                let delta = ev.get("delta").unwrap_or(&Value::Null);
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => {
+                        let text = delta.get("text").cloned().unwrap_or_default();
+                        self.chunk(out, json!({"content": text}), Value::Null);
+                    }
+                    Some("input_json_delta") => {
+                        let Some(&(_, call)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
+                        else {
+                            return;
+                        };
+                        let partial = delta.get("partial_json").cloned().unwrap_or_default();
+                        self.chunk(
+                            out,
+                            json!({"tool_calls": [{"index": call, "function": {"arguments": partial}}]}),
+                            Value::Null,
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            Some("message_delta") => {
+                self.merge_usage(ev.get("usage"));
+                let stop = ev
+                    .get("delta")
+                    .and_then(|d| d.get("stop_reason"))
+                    .and_then(Value::as_str);
+                if stop.is_some() {
+                    self.chunk(out, json!({}), finish_reason(stop));
+                }
+            }
+            Some("message_stop") => self.close(out),
+            Some("error") => {
+                let (kind, message) = anthropic_error_fields(&ev, data);
+                let (openai_type, code) = openai_error_kind(kind, &message);
+                write_event(
+                    out,
+                    None,
+                    &json!({"error": {"message": message, "type": openai_type, "param": null, "code": code}}),
+                );
+                self.finished = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self, _out: &mut BytesMut) {
+        // A stream that ends without `message_stop` is cut short: no `[DONE]`, so the client
+        // does not mistake it for a complete answer.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(body: Value) -> Value {
+        serde_json::from_slice(&request(body.to_string().as_bytes(), "claude-up", false).unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn system_images_tools_and_results_translate() {
+        let out = req(json!({
+            "model": "public",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}},
+                    {"type": "image_url", "image_url": {"url": "https://x/y.jpg"}}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+                {"role": "user", "content": "And tomorrow?"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": {"type": "object"}}}],
+            "tool_choice": "required",
+            "parallel_tool_calls": false,
+            "stop": "END",
+            "temperature": 0.2
+        }));
+        assert_eq!(out["model"], "claude-up");
+        assert_eq!(
+            out["system"],
+            json!([{"type": "text", "text": "Be brief."}])
+        );
+        assert_eq!(out["max_tokens"], DEFAULT_MAX_TOKENS);
+        assert_eq!(out["stop_sequences"], json!(["END"]));
+        assert_eq!(out["temperature"], 0.2);
+        assert_eq!(
+            out["tool_choice"],
+            json!({"type": "any", "disable_parallel_tool_use": true})
+        );
+        assert_eq!(out["tools"][0]["input_schema"], json!({"type": "object"}));
+        let m = &out["messages"];
+        assert_eq!(
+            m[0]["content"][1]["source"],
+            json!({"type": "base64", "media_type": "image/png", "data": "iVBOR"})
+        );
+        assert_eq!(
+            m[0]["content"][2]["source"],
+            json!({"type": "url", "url": "https://x/y.jpg"})
+        );
+        assert_eq!(
+            m[1]["content"][0],
+            json!({"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}})
+        );
+        // The tool result and the next user text merge into one user turn.
+        assert_eq!(m[2]["role"], "user");
+        assert_eq!(
+            m[2]["content"][0],
+            json!({"type": "tool_result", "tool_use_id": "call_1", "content": "18C"})
+        );
+        assert_eq!(m[2]["content"][1]["text"], "And tomorrow?");
+        assert_eq!(m.as_array().unwrap().len(), 3);
+        assert!(out.get("stream").is_none());
+    }
+
+    #[test]
+    fn max_tokens_and_named_tool_choice() {
+        let out = req(
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 7,
+            "tool_choice": {"type": "function", "function": {"name": "f"}}}),
+        );
+        assert_eq!(out["max_tokens"], 7);
+        assert_eq!(out["tool_choice"], json!({"type": "tool", "name": "f"}));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_the_field() {
+        let err = request(br#"{"model":"m"}"#, "x", false).unwrap_err();
+        assert_eq!(err.param, Some("messages"));
+        let err = request(
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"audio"}]}]}"#,
+            "x",
+            false,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("audio"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_message_with_tool_use_and_cache_usage_becomes_a_completion() {
+        let body = json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "text", "text": "Checking."}, {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 10, "output_tokens": 4, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20}
+        });
+        let out: Value = serde_json::from_slice(&response(Bytes::from(body.to_string()))).unwrap();
+        let choice = &out["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], "Checking.");
+        assert_eq!(
+            choice["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
+        assert_eq!(out["usage"]["prompt_tokens"], 130);
+        assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
+        assert_eq!(out["usage"]["cache_creation_input_tokens"], 20);
+        assert_eq!(out["usage"]["total_tokens"], 134);
+    }
+
+    #[test]
+    fn errors_map_to_openai_types_and_codes() {
+        let e = |b: &str| -> Value {
+            serde_json::from_slice(&error(
+                http::StatusCode::BAD_REQUEST,
+                Bytes::from(b.to_owned()),
+            ))
+            .unwrap()
+        };
+        let v = e(
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#,
+        );
+        assert_eq!(v["error"]["code"], "context_length_exceeded");
+        let v = e(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
+        assert_eq!(v["error"]["type"], "server_error");
+        let v = e(
+            r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+        );
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        let v = e("not json");
+        assert_eq!(v["error"]["type"], "api_error");
+    }
+
+    #[test]
+    fn stream_events_become_chunks_as_they_come() {
+        let mut t = StreamToOpenAi::new();
+        let mut feed = |data: Value| {
+            let mut out = BytesMut::new();
+            t.event(None, data.to_string().as_bytes(), &mut out);
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        let start = feed(
+            json!({"type": "message_start", "message": {"id": "msg_1", "model": "c", "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+        );
+        assert!(start.contains("\"role\":\"assistant\""));
+        assert_eq!(
+            feed(
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            ),
+            ""
+        );
+        assert!(feed(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}})).contains("\"content\":\"Hi\""));
+        let tool = feed(
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}}),
+        );
+        assert!(tool.contains("\"id\":\"toolu_1\"") && tool.contains("\"index\":0"));
+        let args = feed(
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"a\":"}}),
+        );
+        assert!(args.contains(r#""arguments":"{\"a\":""#), "{args}");
+        let fin = feed(
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 15}}),
+        );
+        assert!(fin.contains("\"finish_reason\":\"tool_calls\""));
+        let stop = feed(json!({"type": "message_stop"}));
+        assert!(stop.ends_with("data: [DONE]\n\n"));
+        assert!(
+            stop.contains("\"prompt_tokens\":25") && stop.contains("\"completion_tokens\":15"),
+            "{stop}"
+        );
+    }
+}

@@ -1,0 +1,502 @@
+//! An OpenAI client in front of Amazon Bedrock's Converse API.
+//!
+//! Request: system and developer messages become `system`; user and assistant turns become
+//! `messages` (consecutive turns of one role merged) with `text`, `image` (from data URLs:
+//! Converse takes image bytes, not URLs), `toolUse` and `toolResult` blocks; `max_tokens`,
+//! `temperature`, `top_p` and `stop` go into `inferenceConfig`; `tools` and `tool_choice` into
+//! `toolConfig`.
+//!
+//! Answer: `output.message.content` becomes the content and `tool_calls`; `stopReason`
+//! becomes `finish_reason` (`guardrail_intervened` and `content_filtered` →
+//! `content_filter`); usage becomes OpenAI's with cache reads and writes inside the prompt.
+//!
+//! Stream (ConverseStream, already unframed by
+//! [`crate::providers::bedrock::eventstream`]): `messageStart` → the role chunk;
+//! `contentBlockStart` of a `toolUse` → the call's id and name; `contentBlockDelta` → content
+//! or argument chunks; `messageStop` → the `finish_reason` chunk; `metadata` carries usage,
+//! written with `[DONE]` when the stream ends.
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use super::openai_anthropic::is_context_length;
+use super::{StreamTranslator, TranslateError, now_secs, text_of, write_event};
+
+/// The Converse request for an OpenAI chat completion request.
+pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
+    let req: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
+    let Some(Value::Array(messages)) = req.get("messages") else {
+        return Err(TranslateError::new(
+            "`messages` must be an array",
+            Some("messages"),
+        ));
+    };
+    let mut system: Vec<Value> = Vec::new();
+    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+        let content = m.get("content").unwrap_or(&Value::Null);
+        let (role, blocks) = match role {
+            "system" | "developer" => {
+                let text = text_of(content);
+                if !text.is_empty() {
+                    system.push(json!({"text": text}));
+                }
+                continue;
+            }
+            "user" => ("user", blocks_of(content, i)?),
+            "assistant" => {
+                let mut blocks = blocks_of(content, i)?;
+                for call in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let f = call.get("function").unwrap_or(&Value::Null);
+                    let input: Value = f
+                        .get("arguments")
+                        .and_then(Value::as_str)
+                        .and_then(|a| serde_json::from_str(a).ok())
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({}));
+                    blocks.push(json!({"toolUse": {
+                        "toolUseId": call.get("id").cloned().unwrap_or(Value::Null),
+                        "name": f.get("name").cloned().unwrap_or(Value::Null),
+                        "input": input,
+                    }}));
+                }
+                ("assistant", blocks)
+            }
+            "tool" | "function" => (
+                "user",
+                vec![json!({"toolResult": {
+                    "toolUseId": m.get("tool_call_id").cloned().unwrap_or(Value::Null),
+                    "content": [{"text": text_of(content)}],
+                }})],
+            ),
+            other => {
+                return Err(TranslateError::new(
+                    format!("messages[{i}].role: unsupported role {other:?}"),
+                    Some("messages"),
+                ));
+            }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, existing)) if last == role => existing.extend(blocks),
+            _ => turns.push((role.to_owned(), blocks)),
+        }
+    }
+    let mut out = Map::new();
+    out.insert(
+        "messages".into(),
+        Value::Array(
+            turns
+                .into_iter()
+                .map(|(role, content)| json!({"role": role, "content": content}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    let mut config = Map::new();
+    if let Some(n) = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .filter(|v| v.is_u64())
+    {
+        config.insert("maxTokens".into(), n.clone());
+    }
+    for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
+        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
+            config.insert(to.into(), v.clone());
+        }
+    }
+    match req.get("stop") {
+        Some(Value::String(s)) => {
+            config.insert("stopSequences".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if !a.is_empty() => {
+            config.insert("stopSequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    if !config.is_empty() {
+        out.insert("inferenceConfig".into(), Value::Object(config));
+    }
+    let choice = req.get("tool_choice");
+    let tools_off = matches!(choice, Some(Value::String(s)) if s == "none");
+    if let Some(Value::Array(tools)) = req.get("tools")
+        && !tools.is_empty()
+        && !tools_off
+    {
+        let specs: Vec<Value> = tools
+            .iter()
+            .filter_map(|t| t.get("function"))
+            .map(|f| {
+                let mut spec = Map::new();
+                spec.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
+                if let Some(d) = f.get("description") {
+                    spec.insert("description".into(), d.clone());
+                }
+                spec.insert(
+                    "inputSchema".into(),
+                    json!({"json": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))}),
+                );
+                json!({"toolSpec": spec})
+            })
+            .collect();
+        let mut tool_config = json!({"tools": specs});
+        let mapped = match choice {
+            Some(Value::String(s)) if s == "auto" => Some(json!({"auto": {}})),
+            Some(Value::String(s)) if s == "required" => Some(json!({"any": {}})),
+            Some(Value::Object(o)) => Some(
+                json!({"tool": {"name": o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or(Value::Null)}}),
+            ),
+            _ => None,
+        };
+        if let Some(mapped) = mapped {
+            tool_config["toolChoice"] = mapped;
+        }
+        out.insert("toolConfig".into(), tool_config);
+    }
+    Ok(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+fn blocks_of(content: &Value, index: usize) -> Result<Vec<Value>, TranslateError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![json!({"text": s})]),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(json!({"text": part.get("text").cloned().unwrap_or_default()})),
+                Some("image_url") => {
+                    let url = part
+                        .get("image_url")
+                        .and_then(|i| i.get("url").or(Some(i)))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    image_block(url).ok_or_else(|| {
+                        TranslateError::new(
+                            format!("messages[{index}].content: Bedrock accepts images only as base64 data URLs (png, jpeg, gif, webp)"),
+                            Some("messages"),
+                        )
+                    })
+                }
+                other => Err(TranslateError::new(
+                    format!("messages[{index}].content: unsupported part type {other:?}"),
+                    Some("messages"),
+                )),
+            })
+            .collect(),
+        _ => Err(TranslateError::new(
+            format!("messages[{index}].content must be a string or an array"),
+            Some("messages"),
+        )),
+    }
+}
+
+fn image_block(url: &str) -> Option<Value> {
+    let (mime, data) = url.strip_prefix("data:")?.split_once(";base64,")?;
+    let format = match mime {
+        "image/png" => "png",
+        "image/jpeg" | "image/jpg" => "jpeg",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        _ => return None,
+    };
+    Some(json!({"image": {"format": format, "source": {"bytes": data}}}))
+}
+
+fn finish_reason(stop: Option<&str>) -> Value {
+    match stop {
+        None => Value::Null,
+        Some("max_tokens") => "length".into(),
+        Some("tool_use") => "tool_calls".into(),
+        Some("guardrail_intervened" | "content_filtered") => "content_filter".into(),
+        Some(_) => "stop".into(),
+    }
+}
+
+fn usage(u: &Value) -> Value {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let (read, write) = (n("cacheReadInputTokens"), n("cacheWriteInputTokens"));
+    let prompt = n("inputTokens") + read + write;
+    let completion = n("outputTokens");
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": read},
+        "cache_creation_input_tokens": write,
+    })
+}
+
+/// The OpenAI chat completion for a Converse answer; the input unchanged if it is not one.
+pub fn response(body: Bytes) -> Bytes {
+    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+        return body;
+    };
+    if !doc.is_object() {
+        return body;
+    }
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in doc
+        .pointer("/output/message/content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(t) = block.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        }
+        if let Some(tool) = block.get("toolUse") {
+            calls.push(json!({
+                "id": tool.get("toolUseId").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": tool.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": tool.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
+                },
+            }));
+        }
+    }
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { text.into() }});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let out = json!({
+        "id": "chatcmpl-bedrock",
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": Value::Null,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(doc.get("stopReason").and_then(Value::as_str))}],
+        "usage": usage(doc.get("usage").unwrap_or(&Value::Null)),
+    });
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// OpenAI's error shape for a Bedrock error (`{"message": ...}`, type in a header).
+pub fn error(status: StatusCode, body: Bytes) -> Bytes {
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let message = parsed
+        .get("message")
+        .or_else(|| parsed.get("Message"))
+        .and_then(Value::as_str)
+        .map_or_else(
+            || String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
+            str::to_owned,
+        );
+    let (kind, code): (&str, Value) = match status.as_u16() {
+        400 if is_context_length(&message) || message.contains("Input is too long") => {
+            ("invalid_request_error", "context_length_exceeded".into())
+        }
+        401 | 403 => ("authentication_error", Value::Null),
+        404 => ("invalid_request_error", "model_not_found".into()),
+        429 => ("rate_limit_error", "rate_limit_exceeded".into()),
+        400..=499 => ("invalid_request_error", Value::Null),
+        _ => ("api_error", Value::Null),
+    };
+    let out = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// ConverseStream events into OpenAI chat completion chunks.
+#[derive(Debug)]
+pub struct StreamToOpenAi {
+    created: i64,
+    model: Value,
+    /// Converse content block index → OpenAI tool call index.
+    tool_blocks: Vec<(u64, usize)>,
+    stopped: bool,
+    usage: Value,
+    failed: bool,
+}
+
+impl StreamToOpenAi {
+    pub fn new(model: &str) -> Self {
+        Self {
+            created: now_secs(),
+            model: model.into(),
+            tool_blocks: Vec::new(),
+            stopped: false,
+            usage: Value::Null,
+            failed: false,
+        }
+    }
+
+    fn chunk(&self, out: &mut BytesMut, delta: Value, finish: Value) {
+        write_event(
+            out,
+            None,
+            &json!({
+                "id": "chatcmpl-bedrock",
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }),
+        );
+    }
+}
+
+impl StreamTranslator for StreamToOpenAi {
+    fn event(&mut self, name: Option<&str>, data: &[u8], out: &mut BytesMut) {
+        let ev: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+        let index = ev
+            .get("contentBlockIndex")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        match name {
+            Some("messageStart") => {
+                self.chunk(
+                    out,
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                );
+            }
+            Some("contentBlockStart") => {
+                if let Some(tool) = ev.pointer("/start/toolUse") {
+                    let call = self.tool_blocks.len();
+                    self.tool_blocks.push((index, call));
+                    self.chunk(
+                        out,
+                        json!({"tool_calls": [{
+                            "index": call,
+                            "id": tool.get("toolUseId").cloned().unwrap_or(Value::Null),
+                            "type": "function",
+                            "function": {"name": tool.get("name").cloned().unwrap_or(Value::Null), "arguments": ""},
+                        }]}),
+                        Value::Null,
+                    );
+                }
+            }
+            Some("contentBlockDelta") => {
+                if let Some(text) = ev.pointer("/delta/text").and_then(Value::as_str) {
+                    self.chunk(out, json!({"content": text}), Value::Null);
+                } else if let Some(input) =
+                    ev.pointer("/delta/toolUse/input").and_then(Value::as_str)
+                    && let Some(&(_, call)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
+                {
+                    self.chunk(
+                        out,
+                        json!({"tool_calls": [{"index": call, "function": {"arguments": input}}]}),
+                        Value::Null,
+                    );
+                }
+            }
+            Some("messageStop") => {
+                self.stopped = true;
+                let stop = ev.get("stopReason").and_then(Value::as_str);
+                self.chunk(out, json!({}), finish_reason(stop));
+            }
+            Some("metadata") => {
+                if let Some(u) = ev.get("usage") {
+                    self.usage = u.clone();
+                }
+            }
+            Some("exception") => {
+                let message = ev
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("upstream error");
+                write_event(
+                    out,
+                    None,
+                    &json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}}),
+                );
+                self.failed = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        if self.failed || !self.stopped {
+            return;
+        }
+        write_event(
+            out,
+            None,
+            &json!({
+                "id": "chatcmpl-bedrock",
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage(&self.usage),
+            }),
+        );
+        out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_request_becomes_a_converse_request() {
+        let body = json!({
+            "model": "m", "max_tokens": 99, "stop": ["X"],
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Look"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}}]},
+                {"role": "assistant", "content": "Calling.", "tool_calls": [{"id": "tooluse_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+                {"role": "tool", "tool_call_id": "tooluse_1", "content": "42"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": "required"
+        });
+        let out: Value =
+            serde_json::from_slice(&request(body.to_string().as_bytes()).unwrap()).unwrap();
+        assert_eq!(out["system"], json!([{"text": "Be brief."}]));
+        assert_eq!(
+            out["messages"][0]["content"][1],
+            json!({"image": {"format": "png", "source": {"bytes": "AAA"}}})
+        );
+        assert_eq!(
+            out["messages"][1]["content"][1],
+            json!({"toolUse": {"toolUseId": "tooluse_1", "name": "f", "input": {"a": 1}}})
+        );
+        assert_eq!(
+            out["messages"][2]["content"][0],
+            json!({"toolResult": {"toolUseId": "tooluse_1", "content": [{"text": "42"}]}})
+        );
+        assert_eq!(
+            out["inferenceConfig"],
+            json!({"maxTokens": 99, "stopSequences": ["X"]})
+        );
+        assert_eq!(
+            out["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"],
+            json!({"json": {"type": "object"}})
+        );
+        assert_eq!(out["toolConfig"]["toolChoice"], json!({"any": {}}));
+        let err = request(br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#).unwrap_err();
+        assert!(err.message.contains("data URLs"));
+    }
+
+    #[test]
+    fn an_answer_with_a_tool_call_and_cache_usage() {
+        let body = json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": "Let me check."}, {"toolUse": {"toolUseId": "t1", "name": "f", "input": {"a": 1}}}]}},
+            "stopReason": "tool_use",
+            "usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 45, "cacheReadInputTokens": 20, "cacheWriteInputTokens": 10}
+        });
+        let out: Value = serde_json::from_slice(&response(Bytes::from(body.to_string()))).unwrap();
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(out["choices"][0]["message"]["tool_calls"][0]["id"], "t1");
+        assert_eq!(out["usage"]["prompt_tokens"], 40);
+        assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 20);
+        assert_eq!(out["usage"]["cache_creation_input_tokens"], 10);
+    }
+}

@@ -1,0 +1,619 @@
+//! An OpenAI client in front of Google's Gemini API (`generateContent`,
+//! `streamGenerateContent?alt=sse`).
+//!
+//! Request: system and developer messages become `systemInstruction`; user and assistant
+//! turns become `contents` with roles `user` and `model` (consecutive turns of one role
+//! merged); text parts become `text`, data-URL images `inlineData` and other image URLs
+//! `fileData`; assistant `tool_calls` become `functionCall` parts and `tool` messages
+//! `functionResponse` parts (named after the call they answer); `tools` become
+//! `functionDeclarations`, `tool_choice` `toolConfig.functionCallingConfig`; `max_tokens`,
+//! `temperature`, `top_p`, `stop` and `n` go into `generationConfig`.
+//!
+//! Answer: the first candidate's text parts become the content, `functionCall` parts
+//! `tool_calls` (ids `call_<n>`, as Gemini has none); `finishReason` becomes `finish_reason`
+//! (`SAFETY`, `RECITATION`, `PROHIBITED_CONTENT`, `BLOCKLIST`, `SPII` and a blocked prompt →
+//! `content_filter`); `usageMetadata` becomes usage, cached content inside the prompt, thoughts
+//! inside the completion.
+//!
+//! Stream: each event is a partial answer; its parts become chunks at once. Gemini's stream has
+//! no end marker, so the usage chunk and `[DONE]` are written when the stream ends cleanly.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use super::openai_anthropic::is_context_length;
+use super::{StreamTranslator, TranslateError, now_secs, text_of, write_event};
+
+/// The Gemini `generateContent` request for an OpenAI chat completion request.
+pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
+    let req: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
+    let Some(Value::Array(messages)) = req.get("messages") else {
+        return Err(TranslateError::new(
+            "`messages` must be an array",
+            Some("messages"),
+        ));
+    };
+    let mut system: Vec<Value> = Vec::new();
+    let mut contents: Vec<(String, Vec<Value>)> = Vec::new();
+    // Tool call id → function name, for the `functionResponse` parts that answer them.
+    let mut call_names: HashMap<String, Value> = HashMap::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+        let content = m.get("content").unwrap_or(&Value::Null);
+        let (role, parts) = match role {
+            "system" | "developer" => {
+                let text = text_of(content);
+                if !text.is_empty() {
+                    system.push(json!({"text": text}));
+                }
+                continue;
+            }
+            "user" => ("user", parts_of(content, i)?),
+            "assistant" => {
+                let mut parts = parts_of(content, i)?;
+                for call in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let f = call.get("function").unwrap_or(&Value::Null);
+                    let name = f.get("name").cloned().unwrap_or(Value::Null);
+                    if let Some(id) = call.get("id").and_then(Value::as_str) {
+                        call_names.insert(id.to_owned(), name.clone());
+                    }
+                    let args: Value = f
+                        .get("arguments")
+                        .and_then(Value::as_str)
+                        .and_then(|a| serde_json::from_str(a).ok())
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({}));
+                    parts.push(json!({"functionCall": {"name": name, "args": args}}));
+                }
+                ("model", parts)
+            }
+            "tool" | "function" => {
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let name = call_names
+                    .get(id)
+                    .cloned()
+                    .or_else(|| m.get("name").cloned())
+                    .unwrap_or_else(|| Value::String(id.to_owned()));
+                let text = text_of(content);
+                let response = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| json!({"content": text}));
+                (
+                    "user",
+                    vec![json!({"functionResponse": {"name": name, "response": response}})],
+                )
+            }
+            other => {
+                return Err(TranslateError::new(
+                    format!("messages[{i}].role: unsupported role {other:?}"),
+                    Some("messages"),
+                ));
+            }
+        };
+        if parts.is_empty() {
+            continue;
+        }
+        match contents.last_mut() {
+            Some((last, existing)) if last == role => existing.extend(parts),
+            _ => contents.push((role.to_owned(), parts)),
+        }
+    }
+    let mut out = Map::new();
+    out.insert(
+        "contents".into(),
+        Value::Array(
+            contents
+                .into_iter()
+                .map(|(role, parts)| json!({"role": role, "parts": parts}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        out.insert("systemInstruction".into(), json!({"parts": system}));
+    }
+    let mut config = Map::new();
+    if let Some(n) = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .filter(|v| v.is_u64())
+    {
+        config.insert("maxOutputTokens".into(), n.clone());
+    }
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("n", "candidateCount"),
+    ] {
+        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
+            config.insert(to.into(), v.clone());
+        }
+    }
+    match req.get("stop") {
+        Some(Value::String(s)) => {
+            config.insert("stopSequences".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if !a.is_empty() => {
+            config.insert("stopSequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    if !config.is_empty() {
+        out.insert("generationConfig".into(), Value::Object(config));
+    }
+    if let Some(Value::Array(tools)) = req.get("tools") {
+        let declarations: Vec<Value> = tools
+            .iter()
+            .filter_map(|t| t.get("function"))
+            .map(|f| {
+                let mut d = Map::new();
+                d.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
+                if let Some(desc) = f.get("description") {
+                    d.insert("description".into(), desc.clone());
+                }
+                if let Some(p) = f.get("parameters") {
+                    d.insert("parameters".into(), p.clone());
+                }
+                Value::Object(d)
+            })
+            .collect();
+        if !declarations.is_empty() {
+            out.insert(
+                "tools".into(),
+                json!([{"functionDeclarations": declarations}]),
+            );
+        }
+    }
+    let calling = match req.get("tool_choice") {
+        Some(Value::String(s)) if s == "auto" => Some(json!({"mode": "AUTO"})),
+        Some(Value::String(s)) if s == "required" => Some(json!({"mode": "ANY"})),
+        Some(Value::String(s)) if s == "none" => Some(json!({"mode": "NONE"})),
+        Some(Value::Object(o)) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            Some(json!({"mode": "ANY", "allowedFunctionNames": [name]}))
+        }
+        _ => None,
+    };
+    if let Some(calling) = calling {
+        out.insert(
+            "toolConfig".into(),
+            json!({"functionCallingConfig": calling}),
+        );
+    }
+    Ok(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// Gemini parts for an OpenAI message's content.
+fn parts_of(content: &Value, index: usize) -> Result<Vec<Value>, TranslateError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![json!({"text": s})]),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(json!({"text": part.get("text").cloned().unwrap_or_default()})),
+                Some("image_url") => {
+                    let url = part
+                        .get("image_url")
+                        .and_then(|i| i.get("url").or(Some(i)))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    Ok(image_part(url))
+                }
+                other => Err(TranslateError::new(
+                    format!("messages[{index}].content: unsupported part type {other:?}"),
+                    Some("messages"),
+                )),
+            })
+            .collect(),
+        _ => Err(TranslateError::new(
+            format!("messages[{index}].content must be a string or an array"),
+            Some("messages"),
+        )),
+    }
+}
+
+fn image_part(url: &str) -> Value {
+    if let Some(rest) = url.strip_prefix("data:")
+        && let Some((mime, data)) = rest.split_once(";base64,")
+    {
+        return json!({"inlineData": {"mimeType": mime, "data": data}});
+    }
+    let lower = url.to_ascii_lowercase();
+    let mime = if lower.ends_with(".png") {
+        "image/png"
+    } else if lower.ends_with(".webp") {
+        "image/webp"
+    } else if lower.ends_with(".gif") {
+        "image/gif"
+    } else {
+        "image/jpeg"
+    };
+    json!({"fileData": {"mimeType": mime, "fileUri": url}})
+}
+
+/// OpenAI's `finish_reason` for Gemini's `finishReason`.
+fn finish_reason(reason: &str, called_tools: bool) -> Value {
+    match reason {
+        "MAX_TOKENS" => "length".into(),
+        "SAFETY" | "RECITATION" | "PROHIBITED_CONTENT" | "BLOCKLIST" | "SPII" | "IMAGE_SAFETY" => {
+            "content_filter".into()
+        }
+        _ if called_tools => "tool_calls".into(),
+        _ => "stop".into(),
+    }
+}
+
+/// OpenAI's usage object for Gemini's `usageMetadata`.
+fn usage(u: &Value) -> Value {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let prompt = n("promptTokenCount");
+    let completion = n("candidatesTokenCount") + n("thoughtsTokenCount");
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": n("cachedContentTokenCount")},
+    })
+}
+
+/// A function call part as an OpenAI tool call (with `index` for stream deltas).
+fn tool_call(call: &Value, n: usize, with_index: bool) -> Value {
+    let mut out = json!({
+        "id": call.get("id").and_then(Value::as_str).map_or_else(|| format!("call_{n}"), str::to_owned),
+        "type": "function",
+        "function": {
+            "name": call.get("name").cloned().unwrap_or(Value::Null),
+            "arguments": call.get("args").map_or_else(|| "{}".to_owned(), Value::to_string),
+        },
+    });
+    if with_index {
+        out["index"] = n.into();
+    }
+    out
+}
+
+/// The OpenAI chat completion for a Gemini answer; the input unchanged if it is not one.
+pub fn response(body: Bytes) -> Bytes {
+    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+        return body;
+    };
+    if !doc.is_object() {
+        return body;
+    }
+    let candidate = doc.pointer("/candidates/0").unwrap_or(&Value::Null);
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for part in candidate
+        .pointer("/content/parts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if part.get("thought") == Some(&Value::Bool(true)) {
+            continue;
+        }
+        if let Some(t) = part.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        }
+        if let Some(call) = part.get("functionCall") {
+            calls.push(tool_call(call, calls.len(), false));
+        }
+    }
+    let finish = match candidate.get("finishReason").and_then(Value::as_str) {
+        Some(reason) => finish_reason(reason, !calls.is_empty()),
+        // No candidate at all: the prompt itself was blocked.
+        None if doc.pointer("/promptFeedback/blockReason").is_some() => "content_filter".into(),
+        None => "stop".into(),
+    };
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && (!calls.is_empty() || finish == "content_filter") { Value::Null } else { text.into() }});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let out = json!({
+        "id": doc.get("responseId").cloned().unwrap_or_else(|| "gemini".into()),
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": doc.get("modelVersion").cloned().unwrap_or(Value::Null),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": usage(doc.get("usageMetadata").unwrap_or(&Value::Null)),
+    });
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// Whether a Gemini error body says the API key is invalid (Gemini answers that with a 400).
+pub fn is_invalid_api_key(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"API_KEY_INVALID").is_some()
+}
+
+/// Whole seconds (rounded up) of the `RetryInfo.retryDelay` (`"2s"`, `"0.5s"`) in a Gemini
+/// error body, if any.
+pub fn retry_delay_secs(body: &[u8]) -> Option<u64> {
+    let parsed: Value = serde_json::from_slice(body).ok()?;
+    let delay = parsed
+        .pointer("/error/details")?
+        .as_array()?
+        .iter()
+        .find_map(|d| d.get("retryDelay").and_then(Value::as_str))?;
+    let secs: f64 = delay.strip_suffix('s')?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| secs.ceil() as u64)
+}
+
+/// OpenAI's error shape for a Gemini error body
+/// (`{"error":{"code","message","status","details"}}`).
+pub fn error(status: StatusCode, body: Bytes) -> Bytes {
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let message = parsed
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .map_or_else(
+            || String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
+            str::to_owned,
+        );
+    let grpc = parsed
+        .pointer("/error/status")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let (kind, code): (&str, Value) = match (status.as_u16(), grpc) {
+        (400, _) if is_invalid_api_key(&body) => ("authentication_error", "invalid_api_key".into()),
+        (400, _)
+            if is_context_length(&message)
+                || message.contains("exceeds the maximum number of tokens") =>
+        {
+            ("invalid_request_error", "context_length_exceeded".into())
+        }
+        (401, _) | (_, "UNAUTHENTICATED") => ("authentication_error", "invalid_api_key".into()),
+        (403, _) | (_, "PERMISSION_DENIED") => ("permission_error", Value::Null),
+        (404, _) => ("invalid_request_error", "model_not_found".into()),
+        (429, _) | (_, "RESOURCE_EXHAUSTED") => ("rate_limit_error", "rate_limit_exceeded".into()),
+        (400..=499, _) => ("invalid_request_error", Value::Null),
+        _ => ("api_error", Value::Null),
+    };
+    let out = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// Gemini's partial answers into OpenAI chat completion chunks.
+#[derive(Debug)]
+pub struct StreamToOpenAi {
+    id: Value,
+    model: Value,
+    created: i64,
+    started: bool,
+    calls: usize,
+    usage: Value,
+    failed: bool,
+}
+
+impl Default for StreamToOpenAi {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamToOpenAi {
+    pub fn new() -> Self {
+        Self {
+            id: Value::Null,
+            model: Value::Null,
+            created: now_secs(),
+            started: false,
+            calls: 0,
+            usage: Value::Null,
+            failed: false,
+        }
+    }
+
+    fn chunk(&self, out: &mut BytesMut, delta: Value, finish: Value) {
+        write_event(
+            out,
+            None,
+            &json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }),
+        );
+    }
+}
+
+impl StreamTranslator for StreamToOpenAi {
+    fn event(&mut self, _name: Option<&str>, data: &[u8], out: &mut BytesMut) {
+        let Ok(doc) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        if let Some(error) = doc.get("error") {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("upstream error");
+            write_event(
+                out,
+                None,
+                &json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}}),
+            );
+            self.failed = true;
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            self.id = doc
+                .get("responseId")
+                .cloned()
+                .unwrap_or_else(|| "gemini".into());
+            self.model = doc.get("modelVersion").cloned().unwrap_or(Value::Null);
+            self.chunk(
+                out,
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+            );
+        }
+        if let Some(u) = doc.get("usageMetadata").filter(|u| u.is_object()) {
+            self.usage = u.clone();
+        }
+        let candidate = doc.pointer("/candidates/0").unwrap_or(&Value::Null);
+        for part in candidate
+            .pointer("/content/parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if part.get("thought") == Some(&Value::Bool(true)) {
+                continue;
+            }
+            if let Some(t) = part
+                .get("text")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
+                self.chunk(out, json!({"content": t}), Value::Null);
+            }
+            if let Some(call) = part.get("functionCall") {
+                let call = tool_call(call, self.calls, true);
+                self.calls += 1;
+                self.chunk(out, json!({"tool_calls": [call]}), Value::Null);
+            }
+        }
+        if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
+            self.chunk(out, json!({}), finish_reason(reason, self.calls > 0));
+        } else if doc.pointer("/promptFeedback/blockReason").is_some() {
+            self.chunk(out, json!({}), "content_filter".into());
+        }
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        if self.failed || !self.started {
+            return;
+        }
+        write_event(
+            out,
+            None,
+            &json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage(&self.usage),
+            }),
+        );
+        out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_request_becomes_contents_with_tools_and_results() {
+        let body = json!({
+            "model": "m", "max_tokens": 64, "temperature": 0.3, "stop": "END",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Look"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_0", "content": "{\"temp\":18}"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}
+        });
+        let out: Value =
+            serde_json::from_slice(&request(body.to_string().as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            out["systemInstruction"],
+            json!({"parts": [{"text": "Be brief."}]})
+        );
+        assert_eq!(
+            out["contents"][0]["parts"][1],
+            json!({"inlineData": {"mimeType": "image/png", "data": "AAA"}})
+        );
+        assert_eq!(
+            out["contents"][1],
+            json!({"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]})
+        );
+        assert_eq!(
+            out["contents"][2]["parts"][0],
+            json!({"functionResponse": {"name": "get_weather", "response": {"temp": 18}}})
+        );
+        assert_eq!(
+            out["generationConfig"],
+            json!({"maxOutputTokens": 64, "temperature": 0.3, "stopSequences": ["END"]})
+        );
+        assert_eq!(
+            out["tools"][0]["functionDeclarations"][0]["name"],
+            "get_weather"
+        );
+        assert_eq!(
+            out["toolConfig"]["functionCallingConfig"],
+            json!({"mode": "ANY", "allowedFunctionNames": ["get_weather"]})
+        );
+    }
+
+    #[test]
+    fn answers_map_finish_reasons_calls_and_usage() {
+        let body = json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {"a": 1}}}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 7, "thoughtsTokenCount": 3, "cachedContentTokenCount": 60},
+            "modelVersion": "gemini-2.5-flash", "responseId": "r1"
+        });
+        let out: Value = serde_json::from_slice(&response(Bytes::from(body.to_string()))).unwrap();
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            out["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
+        assert_eq!(out["usage"]["prompt_tokens"], 100);
+        assert_eq!(out["usage"]["completion_tokens"], 10);
+        assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 60);
+        let blocked = json!({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 5}});
+        let out: Value =
+            serde_json::from_slice(&response(Bytes::from(blocked.to_string()))).unwrap();
+        assert_eq!(out["choices"][0]["finish_reason"], "content_filter");
+    }
+
+    #[test]
+    fn errors_map_by_status_and_reason() {
+        let e = |status: u16, b: &str| -> Value {
+            serde_json::from_slice(&error(
+                StatusCode::from_u16(status).unwrap(),
+                Bytes::from(b.to_owned()),
+            ))
+            .unwrap()
+        };
+        let v = e(
+            400,
+            r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#,
+        );
+        assert_eq!(v["error"]["type"], "authentication_error");
+        let v = e(
+            400,
+            r#"{"error":{"code":400,"message":"The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#,
+        );
+        assert_eq!(v["error"]["code"], "context_length_exceeded");
+        let v = e(
+            429,
+            r#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#,
+        );
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+}

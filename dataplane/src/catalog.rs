@@ -6,7 +6,7 @@
 //! for the body splice, and its price. Secrets are resolved here, once, so a missing
 //! environment variable fails the load, not a request.
 //!
-//! Mutable per-subject state — rate-limit counters and deployment health — lives in `Arc`s that
+//! Mutable per-subject state — rate-limit counters and deployment state ([`crate::fleet`]) — lives in `Arc`s that
 //! a new catalog takes over from the previous one by id, so a config reload neither resets a
 //! limit nor forgets a cooldown.
 
@@ -23,7 +23,7 @@ use switchboard_shared::snapshot::{
 };
 use switchboard_shared::validate::{Problem, Problems};
 
-use crate::health::DeploymentHealth;
+use crate::fleet::DeploymentState;
 use crate::limits::{LocalLimitState, Scope, Subject};
 use crate::metrics::ModelMetrics;
 use crate::providers::ProviderAdaptor;
@@ -114,7 +114,8 @@ pub struct DeploymentEntry {
     pub limits: RateLimits,
     pub price: Option<PriceEntry>,
     pub adaptor: Arc<dyn ProviderAdaptor>,
-    pub health: Arc<DeploymentHealth>,
+    /// Load, latency, breaker and quota: carried over by id, shared through Redis.
+    pub state: Arc<DeploymentState>,
     pub limit_state: Arc<LocalLimitState>,
 }
 
@@ -236,7 +237,7 @@ impl Catalog {
                 limits: d.limits,
                 price: d.price.clone(),
                 adaptor: Arc::clone(adaptor),
-                health: carry.health(&d.id).unwrap_or_default(),
+                state: carry.state(&d.id).unwrap_or_default(),
                 limit_state: previous_limit(Scope::Deployment, &d.id, d.limits),
             };
             by_model
@@ -290,6 +291,11 @@ impl Catalog {
         &self.model_names
     }
 
+    /// Every deployment of every model.
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<DeploymentEntry>> {
+        self.models.values().flat_map(|m| m.deployments.iter())
+    }
+
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
@@ -299,7 +305,7 @@ impl Catalog {
 #[derive(Default)]
 struct Carryover<'a> {
     limits: HashMap<(Scope, &'a str), (RateLimits, &'a Arc<LocalLimitState>)>,
-    health: HashMap<&'a str, &'a Arc<DeploymentHealth>>,
+    states: HashMap<&'a str, &'a Arc<DeploymentState>>,
 }
 
 impl<'a> Carryover<'a> {
@@ -325,7 +331,7 @@ impl<'a> Carryover<'a> {
                 (Scope::Deployment, d.id.as_str()),
                 (d.limits, &d.limit_state),
             );
-            carry.health.insert(d.id.as_str(), &d.health);
+            carry.states.insert(d.id.as_str(), &d.state);
         }
         carry
     }
@@ -344,7 +350,7 @@ impl<'a> Carryover<'a> {
             .map(|(_, state)| Arc::clone(state))
     }
 
-    fn health(&self, id: &str) -> Option<Arc<DeploymentHealth>> {
-        self.health.get(id).map(|h| Arc::clone(h))
+    fn state(&self, id: &str) -> Option<Arc<DeploymentState>> {
+        self.states.get(id).map(|h| Arc::clone(h))
     }
 }

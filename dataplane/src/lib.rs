@@ -7,8 +7,9 @@
 //! 2. [`request`] — the few body fields the gateway needs, parsed without building a tree.
 //! 3. [`limits`] — requests and tokens per minute for key, tenant and deployment.
 //! 4. [`routing`] — the order in which the model's deployments are tried.
-//! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and cooldowns ([`health`]), through a
-//!    provider adaptor ([`providers`]).
+//! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and circuit breakers, through a
+//!    provider adaptor ([`providers`]); each deployment's load, latency, breaker and quota live
+//!    in [`fleet`], shared across replicas through Redis by a background task.
 //! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream.
 //! 7. [`accounting`] — usage, cost, limit settlement and the usage record.
 //!
@@ -27,8 +28,8 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod handlers;
-pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod providers;

@@ -294,7 +294,22 @@ pub struct ModelPolicy {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub cooldown: Cooldown,
+    /// Weights of the `weighted_score` strategy (a preset or explicit weights). Only read by
+    /// that strategy; absent means the `balanced` preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring: Option<Scoring>,
+    /// When every deployment is cooling down, how long a request may wait for the first one
+    /// to come back before it is refused with 503. 0 refuses at once.
+    #[serde(default = "default_wait_for_cooldown_ms")]
+    pub wait_for_cooldown_ms: u64,
 }
+
+fn default_wait_for_cooldown_ms() -> u64 {
+    1_000
+}
+
+/// Longest `wait_for_cooldown_ms` accepted: a request should not hang on a cooling model.
+pub const MAX_WAIT_FOR_COOLDOWN_MS: u64 = 30_000;
 
 impl ModelPolicy {
     /// The policy of a model that has none of its own.
@@ -306,6 +321,8 @@ impl ModelPolicy {
             retries: default_retries(),
             timeouts: Timeouts::default(),
             cooldown: Cooldown::default(),
+            scoring: None,
+            wait_for_cooldown_ms: default_wait_for_cooldown_ms(),
         }
     }
 }
@@ -325,6 +342,88 @@ pub enum Strategy {
     RoundRobin,
     /// Lowest `priority` first; weighted random among equals.
     Priority,
+    /// Fewest requests in flight across the cluster; ties go to the higher weight.
+    LeastBusy,
+    /// Lowest recent latency (time to first token for streams); unmeasured ones first.
+    LowestLatency,
+    /// Most headroom: the smallest used share of the deployment's RPM/TPM limits or of the
+    /// upstream's reported quota, then the fewest tokens used this minute.
+    LowestUsage,
+    /// Cheapest for this request by the deployments' price entries; unpriced ones last.
+    LowestCost,
+    /// A weighted sum of cost, latency, reliability and headroom (see [`Scoring`]).
+    WeightedScore,
+}
+
+/// Weights of the `weighted_score` strategy: a named preset, or explicit weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scoring {
+    /// `{ preset: cost_first }`
+    Preset(PresetChoice),
+    /// `{ cost: 2, latency: 1 }` (missing weights are 0)
+    Weights(ScoreWeights),
+}
+
+/// `{ preset: ... }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetChoice {
+    pub preset: ScoringPreset,
+}
+
+/// Named weight sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoringPreset {
+    /// Equal weights.
+    Balanced,
+    /// Mostly price, a little of everything else.
+    CostFirst,
+    /// Mostly latency, a little of everything else.
+    SpeedFirst,
+}
+
+/// How much each signal counts; each is normalised to 0..1 across the candidates, lower is
+/// better, and the deployment with the lowest weighted sum goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreWeights {
+    #[serde(default)]
+    pub cost: f64,
+    #[serde(default)]
+    pub latency: f64,
+    /// Recent failure rate.
+    #[serde(default)]
+    pub reliability: f64,
+    /// Used share of the limits (less headroom scores worse).
+    #[serde(default)]
+    pub headroom: f64,
+}
+
+impl ScoringPreset {
+    pub fn weights(self) -> ScoreWeights {
+        let w = |cost, latency, reliability, headroom| ScoreWeights {
+            cost,
+            latency,
+            reliability,
+            headroom,
+        };
+        match self {
+            ScoringPreset::Balanced => w(1.0, 1.0, 1.0, 1.0),
+            ScoringPreset::CostFirst => w(0.7, 0.1, 0.1, 0.1),
+            ScoringPreset::SpeedFirst => w(0.1, 0.7, 0.1, 0.1),
+        }
+    }
+}
+
+impl Scoring {
+    pub fn weights(self) -> ScoreWeights {
+        match self {
+            Scoring::Preset(p) => p.preset.weights(),
+            Scoring::Weights(w) => w,
+        }
+    }
 }
 
 /// Per-attempt time limits, in milliseconds.

@@ -241,6 +241,45 @@ impl Snapshot {
                     ),
                 );
             }
+            if let Some(scoring) = m.scoring {
+                if m.strategy != crate::snapshot::Strategy::WeightedScore {
+                    c.push(
+                        format!("{path}.scoring"),
+                        "only the weighted_score strategy reads scoring",
+                    );
+                }
+                let w = scoring.weights();
+                let all = [
+                    ("cost", w.cost),
+                    ("latency", w.latency),
+                    ("reliability", w.reliability),
+                    ("headroom", w.headroom),
+                ];
+                for (name, value) in all {
+                    if !(value.is_finite() && value >= 0.0) {
+                        c.push(
+                            format!("{path}.scoring.{name}"),
+                            "must be a non-negative number",
+                        );
+                    }
+                }
+                if all.iter().all(|(_, v)| *v == 0.0) {
+                    c.push(
+                        format!("{path}.scoring"),
+                        "at least one weight must be positive",
+                    );
+                }
+            }
+            if m.wait_for_cooldown_ms > crate::snapshot::MAX_WAIT_FOR_COOLDOWN_MS {
+                c.push(
+                    format!("{path}.wait_for_cooldown_ms"),
+                    format!(
+                        "{} is more than {}",
+                        m.wait_for_cooldown_ms,
+                        crate::snapshot::MAX_WAIT_FOR_COOLDOWN_MS
+                    ),
+                );
+            }
             if m.cooldown.allowed_failures == 0 {
                 c.push(
                     format!("{path}.cooldown.allowed_failures"),
@@ -404,6 +443,26 @@ models:
                 "tenants: [{ id: t1 }]",
                 "schema_version: 2\ntenants: [{ id: t1 }]",
                 "schema_version",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, scoring: { preset: cost_first }, fallbacks",
+                "models[0].scoring",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, strategy: weighted_score, scoring: { cost: -1 }, fallbacks",
+                "models[0].scoring.cost",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, strategy: weighted_score, scoring: { cost: 0 }, fallbacks",
+                "models[0].scoring",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, wait_for_cooldown_ms: 60000, fallbacks",
+                "models[0].wait_for_cooldown_ms",
             ),
         ];
         for (from, to, path) in cases {

@@ -50,11 +50,15 @@ pub struct Gateway {
     pub state: Arc<AppState>,
     pub usage: Arc<MemorySink>,
     task: tokio::task::JoinHandle<()>,
+    shared_state: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(t) = &self.shared_state {
+            t.abort();
+        }
     }
 }
 
@@ -66,6 +70,8 @@ impl Gateway {
         let sink = Arc::new(TeeSink(Arc::new(LogSink), usage.clone()));
         let state = dataplane::build_state(&config.server, sink).expect("state builds");
         state.install(&config.snapshot).expect("snapshot installs");
+        let shared_state = dataplane::server::start_shared_state(&state, config.redis.as_ref())
+            .expect("shared state starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = dataplane::router(state.clone());
@@ -77,6 +83,7 @@ impl Gateway {
             state,
             usage,
             task,
+            shared_state,
         }
     }
 

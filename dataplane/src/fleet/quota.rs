@@ -1,0 +1,202 @@
+//! What the upstream says is left of its own rate limits for our account.
+//!
+//! OpenAI (and most OpenAI-compatible APIs) answer with `x-ratelimit-{limit,remaining,reset}-
+//! {requests,tokens}`; Anthropic with `anthropic-ratelimit-*`. A provider adaptor turns its
+//! headers into a [`QuotaReading`] (OpenAI's parser is here; other adaptors fill the same
+//! struct) and the proxy stores it in the deployment's [`UpstreamQuota`], which the
+//! `lowest_usage` and `weighted_score` strategies read as used share of the quota.
+//!
+//! Every replica sees the upstream's own account-wide counters in its answers, so this needs
+//! no sharing through Redis: each replica's latest reading is already the cluster's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::HeaderMap;
+
+/// One reading of the upstream's quota headers. `None`: not reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaReading {
+    pub limit_requests: Option<u64>,
+    pub remaining_requests: Option<u64>,
+    pub reset_requests: Option<Duration>,
+    pub limit_tokens: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub reset_tokens: Option<Duration>,
+}
+
+impl QuotaReading {
+    /// OpenAI's `x-ratelimit-*` headers; `None` when none is present.
+    pub fn from_openai_headers(headers: &HeaderMap) -> Option<Self> {
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let duration = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_reset)
+        };
+        let reading = Self {
+            limit_requests: number("x-ratelimit-limit-requests"),
+            remaining_requests: number("x-ratelimit-remaining-requests"),
+            reset_requests: duration("x-ratelimit-reset-requests"),
+            limit_tokens: number("x-ratelimit-limit-tokens"),
+            remaining_tokens: number("x-ratelimit-remaining-tokens"),
+            reset_tokens: duration("x-ratelimit-reset-tokens"),
+        };
+        (reading != Self::default()).then_some(reading)
+    }
+}
+
+/// OpenAI's reset format: `20ms`, `1.5s`, `6m0s`, `1h2m3s` (also a bare number of seconds).
+pub fn parse_reset(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else {
+            return None;
+        };
+        total += value * unit;
+        rest = &rest[len..];
+    }
+    (total.is_finite() && total <= 86_400.0).then(|| Duration::from_secs_f64(total))
+}
+
+const UNKNOWN: u64 = u64::MAX;
+
+/// The latest reading, in atomics (`u64::MAX`: unknown).
+#[derive(Debug)]
+pub struct UpstreamQuota {
+    limit_requests: AtomicU64,
+    remaining_requests: AtomicU64,
+    requests_reset_at_ms: AtomicU64,
+    limit_tokens: AtomicU64,
+    remaining_tokens: AtomicU64,
+    tokens_reset_at_ms: AtomicU64,
+}
+
+impl Default for UpstreamQuota {
+    fn default() -> Self {
+        Self {
+            limit_requests: AtomicU64::new(UNKNOWN),
+            remaining_requests: AtomicU64::new(UNKNOWN),
+            requests_reset_at_ms: AtomicU64::new(0),
+            limit_tokens: AtomicU64::new(UNKNOWN),
+            remaining_tokens: AtomicU64::new(UNKNOWN),
+            tokens_reset_at_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+fn store(cell: &AtomicU64, value: Option<u64>) {
+    if let Some(v) = value {
+        cell.store(v.min(UNKNOWN - 1), Ordering::Relaxed);
+    }
+}
+
+impl UpstreamQuota {
+    pub fn record(&self, r: &QuotaReading, now_ms: u64) {
+        store(&self.limit_requests, r.limit_requests);
+        store(&self.remaining_requests, r.remaining_requests);
+        store(&self.limit_tokens, r.limit_tokens);
+        store(&self.remaining_tokens, r.remaining_tokens);
+        let at = |d: Duration| now_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(0));
+        store(&self.requests_reset_at_ms, r.reset_requests.map(at));
+        store(&self.tokens_reset_at_ms, r.reset_tokens.map(at));
+    }
+
+    /// The larger used share (0..1) of the request and token quotas, if the upstream reported
+    /// one whose window has not reset since.
+    pub fn used_share(&self, now_ms: u64) -> Option<f64> {
+        let share = |limit: &AtomicU64, remaining: &AtomicU64, reset_at: &AtomicU64| {
+            let (limit, remaining) = (
+                limit.load(Ordering::Relaxed),
+                remaining.load(Ordering::Relaxed),
+            );
+            let reset_at = reset_at.load(Ordering::Relaxed);
+            if limit == UNKNOWN || remaining == UNKNOWN || limit == 0 {
+                return None;
+            }
+            if reset_at != 0 && now_ms >= reset_at {
+                return Some(0.0); // the window has reset since the reading
+            }
+            Some(1.0 - (remaining.min(limit) as f64 / limit as f64))
+        };
+        let r = share(
+            &self.limit_requests,
+            &self.remaining_requests,
+            &self.requests_reset_at_ms,
+        );
+        let t = share(
+            &self.limit_tokens,
+            &self.remaining_tokens,
+            &self.tokens_reset_at_ms,
+        );
+        match (r, t) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_durations_in_openai_format() {
+        assert_eq!(parse_reset("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(parse_reset("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_reset("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_reset("1h2m3s"), Some(Duration::from_secs(3723)));
+        assert_eq!(parse_reset("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_reset("soon"), None);
+        assert_eq!(parse_reset("5x"), None);
+    }
+
+    #[test]
+    fn headers_give_the_used_share_until_the_window_resets() {
+        let mut h = HeaderMap::new();
+        assert_eq!(QuotaReading::from_openai_headers(&h), None);
+        h.insert("x-ratelimit-limit-requests", "100".parse().unwrap());
+        h.insert("x-ratelimit-remaining-requests", "75".parse().unwrap());
+        h.insert("x-ratelimit-reset-requests", "30s".parse().unwrap());
+        h.insert("x-ratelimit-limit-tokens", "1000".parse().unwrap());
+        h.insert("x-ratelimit-remaining-tokens", "100".parse().unwrap());
+        let reading = QuotaReading::from_openai_headers(&h).unwrap();
+        assert_eq!(reading.remaining_requests, Some(75));
+        let q = UpstreamQuota::default();
+        assert_eq!(q.used_share(0), None);
+        q.record(&reading, 1_000);
+        assert!(
+            (q.used_share(1_000).unwrap() - 0.9).abs() < 1e-9,
+            "tokens 90% used"
+        );
+        h.remove("x-ratelimit-limit-tokens");
+        let q = UpstreamQuota::default();
+        q.record(&QuotaReading::from_openai_headers(&h).unwrap(), 1_000);
+        assert!((q.used_share(1_000).unwrap() - 0.25).abs() < 1e-9);
+        assert_eq!(q.used_share(31_001), Some(0.0), "after the reset");
+    }
+}

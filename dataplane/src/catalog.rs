@@ -44,6 +44,8 @@ pub struct Catalog {
     /// Every public model name, sorted, for `GET /v1/models`.
     model_names: Vec<String>,
     tenants: HashMap<String, Arc<TenantEntry>>,
+    /// Every deployment once (models, groups and tags share them).
+    all_deployments: Vec<Arc<DeploymentEntry>>,
 }
 
 /// A tenant and its rate-limit counters.
@@ -96,6 +98,8 @@ pub struct ModelEntry {
     /// Position of the `round_robin` strategy.
     pub rotation: AtomicU64,
     pub metrics: ModelMetrics,
+    /// Which deployment each recent `x-session-id` used.
+    pub affinity: crate::selectors::SessionAffinity,
 }
 
 /// A deployment ready to be called.
@@ -250,22 +254,53 @@ impl Catalog {
             return Err(Problems(problems));
         }
 
-        let mut model_names: Vec<String> = by_model.keys().cloned().collect();
-        model_names.sort();
-        let models = by_model
-            .into_iter()
-            .map(|(name, deployments)| {
-                let entry = ModelEntry {
-                    policy: snapshot.policy_for(&name),
-                    total_weight: deployments.iter().map(|d| u64::from(d.weight)).sum(),
-                    deployments,
-                    name: name.clone(),
-                    rotation: AtomicU64::new(0),
-                    metrics: ModelMetrics::new(&name),
-                };
-                (name, Arc::new(entry))
+        let entry = |name: &str, policy: ModelPolicy, deployments: Vec<Arc<DeploymentEntry>>| {
+            Arc::new(ModelEntry {
+                policy,
+                total_weight: deployments.iter().map(|d| u64::from(d.weight)).sum(),
+                deployments,
+                name: name.to_owned(),
+                rotation: AtomicU64::new(0),
+                metrics: ModelMetrics::new(name),
+                affinity: crate::selectors::SessionAffinity::new(),
             })
-            .collect();
+        };
+        let mut models: HashMap<String, Arc<ModelEntry>> = HashMap::new();
+        let mut by_tag: HashMap<&str, Vec<Arc<DeploymentEntry>>> = HashMap::new();
+        for (name, deployments) in &by_model {
+            for d in deployments {
+                for tag in &d.tags {
+                    by_tag.entry(tag.as_str()).or_default().push(Arc::clone(d));
+                }
+            }
+            let policy = snapshot.policy_for(name);
+            models.insert(name.clone(), entry(name, policy, deployments.clone()));
+        }
+        let all_deployments: Vec<Arc<DeploymentEntry>> =
+            by_model.values().flatten().cloned().collect();
+        let mut model_names: Vec<String> = by_model.keys().cloned().collect();
+        // Model groups: one public name over the deployments of several models.
+        for policy in snapshot.models.iter().filter(|m| !m.members.is_empty()) {
+            let deployments: Vec<Arc<DeploymentEntry>> = policy
+                .members
+                .iter()
+                .filter_map(|m| by_model.get(m))
+                .flatten()
+                .cloned()
+                .collect();
+            models.insert(
+                policy.model.clone(),
+                entry(&policy.model, policy.clone(), deployments),
+            );
+            model_names.push(policy.model.clone());
+        }
+        // `tag:<t>`: every deployment carrying tag `t`, whatever its model (not listed).
+        for (tag, deployments) in by_tag {
+            let name = format!("{}{tag}", crate::selectors::TAG_PREFIX);
+            let policy = ModelPolicy::default_for(&name);
+            models.insert(name.clone(), entry(&name, policy, deployments));
+        }
+        model_names.sort();
 
         Ok(Catalog {
             revision: snapshot.revision,
@@ -275,6 +310,7 @@ impl Catalog {
             models,
             model_names,
             tenants,
+            all_deployments,
         })
     }
 
@@ -293,7 +329,7 @@ impl Catalog {
 
     /// Every deployment of every model.
     pub fn deployments(&self) -> impl Iterator<Item = &Arc<DeploymentEntry>> {
-        self.models.values().flat_map(|m| m.deployments.iter())
+        self.all_deployments.iter()
     }
 
     pub fn key_count(&self) -> usize {

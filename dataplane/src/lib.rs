@@ -6,7 +6,8 @@
 //!    [`catalog`] (the compiled [`switchboard_shared::snapshot::Snapshot`] held by [`state`]).
 //! 2. [`request`] — the few body fields the gateway needs, parsed without building a tree.
 //! 3. [`limits`] — requests and tokens per minute for key, tenant and deployment.
-//! 4. [`routing`] — the order in which the model's deployments are tried.
+//! 4. [`routing`] — the order in which the model's deployments are tried, after [`selectors`]
+//!    (tags, model groups, capabilities, session affinity) narrow them.
 //! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and circuit breakers, through a
 //!    provider adaptor ([`providers`]); each deployment's load, latency, breaker and quota live
 //!    in [`fleet`], shared across replicas through Redis by a background task.
@@ -38,6 +39,7 @@ pub mod relay;
 pub mod request;
 pub mod routes;
 pub mod routing;
+pub mod selectors;
 pub mod server;
 pub mod shared_redis;
 pub mod state;

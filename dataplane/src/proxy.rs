@@ -49,6 +49,8 @@ use crate::providers::{Endpoint, SendError, UpstreamBody, UpstreamRequest, Verdi
 use crate::relay::SseRelay;
 use crate::request::RequestView;
 use crate::routing::{RouteInput, attempt_order};
+use crate::selectors::{Exclusion, Selection, unix_seconds};
+use switchboard_shared::snapshot::VirtualKey;
 
 /// Largest upstream error body relayed to a client; longer ones are cut.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -66,7 +68,18 @@ pub struct Forward<'a> {
     pub endpoint: Endpoint,
     pub limiter: &'a Limiter,
     pub estimated_tokens: u64,
+    /// Tags, capabilities and session that narrow the deployments.
+    pub selection: &'a Selection,
+    pub key: &'a VirtualKey,
+    /// Answer with [`EXPLAIN_RESPONSE_HEADER`].
+    pub explain: bool,
 }
+
+/// Request header asking for the routing decision in the answer.
+pub const EXPLAIN_REQUEST_HEADER: &str = "x-switchboard-explain";
+/// Response header with the routing decision: per model tried, the strategy, the order, the
+/// deployments left out and why, and whether a session's deployment was kept.
+pub const EXPLAIN_RESPONSE_HEADER: &str = "x-switchboard-route";
 
 /// What one attempt produced.
 enum Attempt {
@@ -89,7 +102,81 @@ enum Attempt {
 
 /// Forwards the request, trying deployments and fallbacks in turn, and closes the ledger (or
 /// hands it to the streaming body).
-pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
+pub async fn forward(f: Forward<'_>, ledger: Ledger) -> Response {
+    let mut explain = (f.explain || tracing::enabled!(tracing::Level::DEBUG)).then(String::new);
+    let mut response = forward_inner(&f, ledger, &mut explain).await;
+    if let Some(text) = explain {
+        tracing::debug!(route = %text, "routing decision");
+        if f.explain
+            && let Ok(value) = HeaderValue::from_str(&text)
+        {
+            response
+                .headers_mut()
+                .insert(EXPLAIN_RESPONSE_HEADER, value);
+        }
+    }
+    response
+}
+
+/// Orders a model's deployments and leaves out those the selection excludes; puts a session's
+/// deployment first while its breaker is closed.
+fn candidates(
+    f: &Forward<'_>,
+    model: &ModelEntry,
+    input: &RouteInput,
+    explain: &mut Option<String>,
+    excluded: &mut Option<Exclusion>,
+) -> Vec<usize> {
+    let decided = std::time::Instant::now();
+    let mut order = attempt_order(model, input);
+    let mut left_out = String::new();
+    order.retain(|&i| match f.selection.check(&model.deployments[i], f.key) {
+        Ok(()) => true,
+        Err(why) => {
+            excluded.get_or_insert(why);
+            if explain.is_some() {
+                left_out.push_str(&format!(" -{}:{}", model.deployments[i].id, why.as_str()));
+            }
+            false
+        }
+    });
+    let mut kept = false;
+    if let Some(session) = f.selection.session
+        && let Some(i) = model.affinity.get(session, unix_seconds(input.now_ms))
+        && let Some(pos) = order.iter().position(|&o| o == i)
+        && !model.deployments[i].state.breaker.is_open()
+    {
+        order[..=pos].rotate_right(1);
+        kept = true;
+    }
+    metrics::record_routing_decision(decided.elapsed().as_secs_f64());
+    if let Some(text) = explain.as_mut() {
+        let ids: Vec<&str> = order
+            .iter()
+            .map(|&i| model.deployments[i].id.as_str())
+            .collect();
+        let strategy = serde_json::to_value(model.policy.strategy)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!(
+            "{}: {strategy} [{}]{}{left_out}",
+            model.name,
+            ids.join(","),
+            if kept { " session" } else { "" }
+        ));
+    }
+    order
+}
+
+async fn forward_inner(
+    f: &Forward<'_>,
+    mut ledger: Ledger,
+    explain: &mut Option<String>,
+) -> Response {
     let fallbacks = f
         .model
         .policy
@@ -98,6 +185,7 @@ pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
         .filter_map(|name| f.catalog.model(name));
     let mut last_error: Option<ApiError> = None;
     let mut soonest_back: Option<Duration> = None;
+    let mut excluded: Option<Exclusion> = None;
     let input = RouteInput {
         stream: f.view.stream,
         prompt_tokens: f.view.estimated_prompt_tokens(),
@@ -106,9 +194,7 @@ pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
     };
 
     for model in std::iter::once(f.model).chain(fallbacks) {
-        let decided = std::time::Instant::now();
-        let order = attempt_order(model, &input);
-        metrics::record_routing_decision(decided.elapsed().as_secs_f64());
+        let order = candidates(f, model, &input, explain, &mut excluded);
         let mut cursor = 0usize;
         let mut previous: Option<usize> = None;
         let mut failures_in_a_row = 0u32;
@@ -168,6 +254,7 @@ pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
                     usage,
                 } => {
                     let outcome = if status.is_success() {
+                        remember_session(f, model, index, &input);
                         Outcome::Success
                     } else {
                         Outcome::UpstreamError
@@ -181,6 +268,7 @@ pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
                     first,
                     deadline,
                 } => {
+                    remember_session(f, model, index, &input);
                     ledger.first_byte();
                     let strip = !f.view.client_wants_usage;
                     let relay = SseRelay::new(body, first, strip, ledger, deadline);
@@ -198,12 +286,28 @@ pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
         }
     }
 
-    let error = last_error.unwrap_or_else(|| ApiError::NoDeploymentAvailable {
-        model: f.model.name.clone(),
-        retry_after: soonest_back,
-    });
+    let error = match (last_error, excluded) {
+        (Some(e), _) => e,
+        // Nothing was tried and nothing is cooling down: the selection left no deployment.
+        (None, Some(why)) if soonest_back.is_none() => {
+            ApiError::bad_request(why.message(&f.model.name), Some("model"))
+        }
+        (None, _) => ApiError::NoDeploymentAvailable {
+            model: f.model.name.clone(),
+            retry_after: soonest_back,
+        },
+    };
     ledger.close(Outcome::UpstreamError, error.status(), None);
     axum::response::IntoResponse::into_response(error)
+}
+
+/// Keeps the session on the deployment that answered.
+fn remember_session(f: &Forward<'_>, model: &ModelEntry, index: usize, input: &RouteInput) {
+    if let Some(session) = f.selection.session {
+        model
+            .affinity
+            .set(session, index, unix_seconds(input.now_ms));
+    }
 }
 
 /// The next deployment in `order` (from `cursor`, wrapping) whose breaker lets it through and

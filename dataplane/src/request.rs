@@ -26,6 +26,10 @@ pub struct RequestView {
     pub client_wants_usage: bool,
     /// `max_tokens` or `max_completion_tokens`, for the token-limit estimate.
     pub max_tokens: Option<u64>,
+    /// The request offers `tools` or `functions` (routing skips deployments without them).
+    pub uses_tools: bool,
+    /// The request carries an `image_url` part (routing skips deployments without vision).
+    pub has_images: bool,
     model_span: Range<usize>,
     /// The raw `stream_options` value's span, when present.
     stream_options_span: Option<Range<usize>>,
@@ -46,6 +50,10 @@ struct Fields<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    #[serde(borrow, default)]
+    tools: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    functions: Option<&'a RawValue>,
 }
 
 fn raw_even_if_null<'de, D: serde::Deserializer<'de>>(
@@ -102,7 +110,13 @@ impl RequestView {
         let model_span = span_of(&body, raw_model.get());
         let stream_options_span = fields.stream_options.map(|raw| span_of(&body, raw.get()));
         let object_start = body.iter().position(|&b| b == b'{').map_or(0, |p| p + 1);
+        let present =
+            |raw: Option<&RawValue>| raw.is_some_and(|r| !matches!(r.get(), "null" | "[]"));
+        let uses_tools = present(fields.tools) || present(fields.functions);
+        let has_images = memchr::memmem::find(&body, b"\"image_url\"").is_some();
         Ok(Self {
+            uses_tools,
+            has_images,
             model,
             stream: fields.stream.unwrap_or(false),
             client_wants_usage,

@@ -282,6 +282,10 @@ fn default_weight() -> u32 {
 pub struct ModelPolicy {
     /// The public model name this policy governs.
     pub model: String,
+    /// Makes this name a *model group*: one public name over the deployments of these
+    /// models, routed by this policy. Empty for an ordinary model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
     #[serde(default)]
     pub strategy: Strategy,
     /// Models to try, in order, once this model's own attempts are spent.
@@ -316,6 +320,7 @@ impl ModelPolicy {
     pub fn default_for(model: &str) -> Self {
         Self {
             model: model.to_owned(),
+            members: Vec::new(),
             strategy: Strategy::default(),
             fallbacks: Vec::new(),
             retries: default_retries(),

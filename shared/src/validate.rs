@@ -101,7 +101,19 @@ impl Snapshot {
             "virtual_keys",
             self.virtual_keys.iter().map(|k| k.id.as_str()),
         );
-        let served: HashSet<&str> = self.deployments.iter().map(|d| d.model.as_str()).collect();
+        let served_by_deployments: HashSet<&str> =
+            self.deployments.iter().map(|d| d.model.as_str()).collect();
+        // Model groups are public names too.
+        let served: HashSet<&str> = served_by_deployments
+            .iter()
+            .copied()
+            .chain(
+                self.models
+                    .iter()
+                    .filter(|m| !m.members.is_empty())
+                    .map(|m| m.model.as_str()),
+            )
+            .collect();
 
         for (i, t) in self.tenants.iter().enumerate() {
             check_limits(&mut c, &format!("tenants[{i}].limits"), t.limits);
@@ -200,10 +212,36 @@ impl Snapshot {
                     format!("second policy for {:?} (first at models[{first}])", m.model),
                 );
             }
-            if !served.contains(m.model.as_str()) {
+            if m.members.is_empty() {
+                if !served.contains(m.model.as_str()) {
+                    c.push(
+                        format!("{path}.model"),
+                        format!("no deployment serves model {:?}", m.model),
+                    );
+                }
+            } else {
+                if served_by_deployments.contains(m.model.as_str()) {
+                    c.push(
+                        format!("{path}.model"),
+                        format!(
+                            "{:?} is served by deployments; a group needs a name of its own",
+                            m.model
+                        ),
+                    );
+                }
+                for (j, member) in m.members.iter().enumerate() {
+                    if !served_by_deployments.contains(member.as_str()) {
+                        c.push(
+                            format!("{path}.members[{j}]"),
+                            format!("no deployment serves model {member:?}"),
+                        );
+                    }
+                }
+            }
+            if m.model.starts_with("tag:") {
                 c.push(
                     format!("{path}.model"),
-                    format!("no deployment serves model {:?}", m.model),
+                    "names starting with `tag:` select deployments by tag",
                 );
             }
             for (j, f) in m.fallbacks.iter().enumerate() {
@@ -464,6 +502,16 @@ models:
                 "{ model: gpt-4o, wait_for_cooldown_ms: 60000, fallbacks",
                 "models[0].wait_for_cooldown_ms",
             ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, members: [small], fallbacks",
+                "models[0].model",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks: [small] }",
+                "{ model: gpt-4o, fallbacks: [small] }\n  - { model: g, members: [small, nope] }",
+                "models[1].members[1]",
+            ),
         ];
         for (from, to, path) in cases {
             let yaml = good().replacen(from, to, 1);
@@ -474,6 +522,18 @@ models:
                 "case {path}: expected a problem there, got {found:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_model_group_is_a_public_name() {
+        let yaml = good()
+            .replacen(
+                "{ model: gpt-4o, fallbacks: [small] }",
+                "{ model: gpt-4o, fallbacks: [both] }\n  - { model: both, members: [gpt-4o, small] }",
+                1,
+            )
+            .replacen("allowed_models: [gpt-4o]", "allowed_models: [both]", 1);
+        assert_eq!(problems(&yaml), Vec::<String>::new());
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::limits::{LocalLimitState, Scope, Subject};
 use crate::metrics::ModelMetrics;
 use crate::providers::ProviderAdaptor;
 use crate::providers::client::HttpClient;
+use crate::providers::keyring::KeyRing;
 use crate::providers::mock::MockAdaptor;
 use crate::providers::openai::OpenAiAdaptor;
 use crate::request::json_string_literal;
@@ -189,36 +190,53 @@ impl Catalog {
 
         let mut adaptors: HashMap<&str, (ProviderKind, Arc<dyn ProviderAdaptor>)> = HashMap::new();
         for (i, p) in snapshot.providers.iter().enumerate() {
-            let api_key = match p
-                .api_key
-                .as_ref()
-                .map(|s| s.resolve_with(ctx.env, ctx.master_keys))
-            {
-                None => None,
-                Some(Ok(v)) => Some(v),
-                Some(Err(e)) => {
-                    problems.push(Problem {
-                        path: format!("providers[{i}].api_key"),
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            let adaptor: Arc<dyn ProviderAdaptor> = match p.kind {
-                ProviderKind::Mock => Arc::new(MockAdaptor),
-                ProviderKind::Openai => {
-                    let base = p.base_url.as_deref().unwrap_or_default();
-                    match OpenAiAdaptor::new(ctx.client, base, api_key.as_deref()) {
-                        Ok(a) => Arc::new(a),
-                        Err(message) => {
-                            problems.push(Problem {
-                                path: format!("providers[{i}]"),
-                                message,
-                            });
-                            continue;
-                        }
+            // One credential (`api_key`, or none) or several (`api_keys`, each with a weight).
+            let refs: Vec<(String, Option<&switchboard_shared::secret::SecretRef>, u32)> =
+                if p.api_keys.is_empty() {
+                    vec![(format!("providers[{i}].api_key"), p.api_key.as_ref(), 1)]
+                } else {
+                    p.api_keys
+                        .iter()
+                        .enumerate()
+                        .map(|(j, k)| {
+                            (
+                                format!("providers[{i}].api_keys[{j}].key"),
+                                Some(&k.key),
+                                k.weight,
+                            )
+                        })
+                        .collect()
+                };
+            let mut built: Vec<(Arc<dyn ProviderAdaptor>, u32)> = Vec::with_capacity(refs.len());
+            for (path, secret, weight) in refs {
+                let api_key = match secret.map(|s| s.resolve_with(ctx.env, ctx.master_keys)) {
+                    None => None,
+                    Some(Ok(v)) => Some(v),
+                    Some(Err(e)) => {
+                        problems.push(Problem {
+                            path,
+                            message: e.to_string(),
+                        });
+                        continue;
                     }
+                };
+                match build_adaptor(p, ctx.client, api_key.as_deref()) {
+                    Ok(adaptor) => built.push((adaptor, weight)),
+                    Err(message) => problems.push(Problem {
+                        path: format!("providers[{i}]"),
+                        message,
+                    }),
                 }
+            }
+            let adaptor: Arc<dyn ProviderAdaptor> = match built.len() {
+                0 => continue, // reported above
+                1 if p.api_keys.len() <= 1 => {
+                    let Some((adaptor, _)) = built.pop() else {
+                        continue;
+                    };
+                    adaptor
+                }
+                _ => Arc::new(KeyRing::new(&p.id, built)),
             };
             adaptors.insert(p.id.as_str(), (p.kind, adaptor));
         }
@@ -335,6 +353,21 @@ impl Catalog {
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
+}
+
+/// The adaptor of one provider with one credential.
+fn build_adaptor(
+    p: &switchboard_shared::snapshot::Provider,
+    client: &HttpClient,
+    api_key: Option<&str>,
+) -> Result<Arc<dyn ProviderAdaptor>, String> {
+    Ok(match p.kind {
+        ProviderKind::Mock => Arc::new(MockAdaptor),
+        ProviderKind::Openai => {
+            let base = p.base_url.as_deref().unwrap_or_default();
+            Arc::new(OpenAiAdaptor::new(client, base, api_key)?)
+        }
+    })
 }
 
 /// The previous catalog's mutable state, indexed by id for the build of its successor.

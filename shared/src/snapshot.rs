@@ -223,6 +223,21 @@ pub struct Provider {
     /// The upstream credential, if the upstream needs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<SecretRef>,
+    /// Several credentials of the same upstream, used by weight (instead of `api_key`): a key
+    /// the upstream rate limits is left alone until its reset, one it rejects is taken out,
+    /// and the others keep serving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ProviderKey>,
+}
+
+/// One of a provider's several credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderKey {
+    pub key: SecretRef,
+    /// Relative share of the provider's traffic.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
 }
 
 /// The wire protocol a provider speaks.

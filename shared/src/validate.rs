@@ -124,6 +124,20 @@ impl Snapshot {
 
         for (i, p) in self.providers.iter().enumerate() {
             let path = format!("providers[{i}]");
+            if p.api_key.is_some() && !p.api_keys.is_empty() {
+                c.push(
+                    format!("{path}.api_keys"),
+                    "give either api_key or api_keys, not both",
+                );
+            }
+            if p.api_keys.len() > 64 {
+                c.push(format!("{path}.api_keys"), "at most 64 keys per provider");
+            }
+            for (j, k) in p.api_keys.iter().enumerate() {
+                if k.weight == 0 {
+                    c.push(format!("{path}.api_keys[{j}].weight"), "must be at least 1");
+                }
+            }
             match (p.kind, &p.base_url) {
                 (ProviderKind::Mock, _) => {}
                 (_, None) => c.push(format!("{path}.base_url"), "is required for this kind"),
@@ -506,6 +520,16 @@ models:
                 "{ model: gpt-4o, fallbacks",
                 "{ model: gpt-4o, members: [small], fallbacks",
                 "models[0].model",
+            ),
+            (
+                "base_url: \"https://api.openai.com/v1\"",
+                "base_url: \"https://api.openai.com/v1\", api_keys: [{ key: { value: a } }, { key: { value: b }, weight: 0 }]",
+                "providers[0].api_keys[1].weight",
+            ),
+            (
+                "base_url: \"https://api.openai.com/v1\"",
+                "base_url: \"https://api.openai.com/v1\", api_key: { value: a }, api_keys: [{ key: { value: b } }]",
+                "providers[0].api_keys",
             ),
             (
                 "{ model: gpt-4o, fallbacks: [small] }",

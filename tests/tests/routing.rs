@@ -320,3 +320,29 @@ async fn a_rejected_credential_takes_the_deployment_out_without_retrying_it() {
     );
     assert_eq!(mock.request_count("cached=1"), 5);
 }
+
+#[tokio::test]
+async fn a_provider_with_several_keys_spreads_requests_by_weight() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = one_deployment(&mock.base_url(), "", "").replacen(
+        "kind: openai, base_url",
+        "kind: openai, api_keys: [{ key: { value: sk-up-a } }, { key: { value: sk-up-b }, weight: 3 }], base_url",
+        1,
+    );
+    let gw = Gateway::start(&config).await;
+    for _ in 0..400 {
+        assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
+    }
+    let used = |key: &str| {
+        mock.requests("")
+            .iter()
+            .filter(|r| r.header("authorization") == Some(&format!("Bearer {key}")))
+            .count()
+    };
+    assert_eq!(used("sk-up-a") + used("sk-up-b"), 400);
+    let share = used("sk-up-b") as f64 / 400.0;
+    assert!(
+        (share - 0.75).abs() < 0.08,
+        "share of the weight-3 key: {share}"
+    );
+}

@@ -115,11 +115,25 @@ fn store(cell: &AtomicU64, value: Option<u64>) {
     }
 }
 
+/// Without a reported limit, the largest remaining count seen stands in for it.
+fn store_limit(cell: &AtomicU64, limit: Option<u64>, remaining: Option<u64>) {
+    match (limit, remaining) {
+        (Some(l), _) => store(cell, Some(l)),
+        (None, Some(r)) => {
+            let current = cell.load(Ordering::Relaxed);
+            if current == UNKNOWN || r > current {
+                store(cell, Some(r));
+            }
+        }
+        (None, None) => {}
+    }
+}
+
 impl UpstreamQuota {
     pub fn record(&self, r: &QuotaReading, now_ms: u64) {
-        store(&self.limit_requests, r.limit_requests);
+        store_limit(&self.limit_requests, r.limit_requests, r.remaining_requests);
         store(&self.remaining_requests, r.remaining_requests);
-        store(&self.limit_tokens, r.limit_tokens);
+        store_limit(&self.limit_tokens, r.limit_tokens, r.remaining_tokens);
         store(&self.remaining_tokens, r.remaining_tokens);
         let at = |d: Duration| now_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(0));
         store(&self.requests_reset_at_ms, r.reset_requests.map(at));
@@ -198,5 +212,18 @@ mod tests {
         q.record(&QuotaReading::from_openai_headers(&h).unwrap(), 1_000);
         assert!((q.used_share(1_000).unwrap() - 0.25).abs() < 1e-9);
         assert_eq!(q.used_share(31_001), Some(0.0), "after the reset");
+    }
+
+    #[test]
+    fn without_limits_the_largest_remaining_seen_stands_in() {
+        let q = UpstreamQuota::default();
+        let reading = |remaining| QuotaReading {
+            remaining_requests: Some(remaining),
+            ..QuotaReading::default()
+        };
+        q.record(&reading(200), 0);
+        assert_eq!(q.used_share(0), Some(0.0));
+        q.record(&reading(50), 0);
+        assert!((q.used_share(0).unwrap() - 0.75).abs() < 1e-9);
     }
 }

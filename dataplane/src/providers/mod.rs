@@ -8,8 +8,10 @@
 //! - [`openai`]: any OpenAI-compatible HTTP API; bytes pass through except the model name.
 //! - [`mock`]: answers inside the process, deterministically and offline.
 //! - [`client`]: the HTTP/1.1 client every HTTP adaptor shares (pooled, rustls).
+//! - [`keyring`]: several credentials of one provider, by weight, with per-key rest and removal.
 
 pub mod client;
+pub mod keyring;
 pub mod mock;
 pub mod openai;
 

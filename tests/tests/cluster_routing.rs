@@ -174,3 +174,141 @@ async fn a_cooldown_caused_through_one_replica_keeps_the_others_away() {
     );
     assert_eq!(mock.request_count(good), 21);
 }
+
+#[tokio::test]
+async fn a_half_open_breaker_lets_one_probe_through_in_the_whole_cluster() {
+    let mock = MockUpstream::start().await.unwrap();
+    let (bad, good) = ("fault=500,latency_ms=300", "cached=1");
+    let config = cluster_config(
+        &[
+            ("bad", mock.scenario_url(bad), ", priority: 0"),
+            ("good", mock.scenario_url(good), ", priority: 1"),
+        ],
+        "strategy: priority, retries: 1, cooldown: { allowed_failures: 1, seconds: 1 }",
+        &unique_prefix("probe"),
+    );
+    let gws = three(&config).await;
+    assert_eq!(post(&gws[0].url(CHAT), GOOD).await.status, 200);
+    assert_eq!(mock.request_count(bad), 1, "failed once: open for 1 s");
+    // Half-open now, on every replica.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let mut pending = Vec::new();
+    for i in 0..15 {
+        let url = gws[i % 3].url(CHAT);
+        pending.push(tokio::spawn(async move { post(&url, GOOD).await }));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    for p in pending {
+        assert_eq!(p.await.unwrap().status, 200);
+    }
+    assert_eq!(
+        mock.request_count(bad),
+        2,
+        "one probe for the cluster (it failed, so the breaker opened again for 2 s)"
+    );
+}
+
+/// A throwaway Redis on a free port, killed when dropped.
+struct ThrowawayRedis {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl ThrowawayRedis {
+    async fn start(port: u16) -> ThrowawayRedis {
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ThrowawayRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn without_redis_replicas_keep_serving_and_share_again_when_it_returns() {
+    let mock = MockUpstream::start().await.unwrap();
+    let mut redis = ThrowawayRedis::start(free_port()).await;
+    let (bad, good) = ("fault=500", "cached=1");
+    let config = cluster_config(
+        &[
+            ("bad", mock.scenario_url(bad), ", priority: 0"),
+            ("good", mock.scenario_url(good), ", priority: 1"),
+        ],
+        "strategy: priority, retries: 1, cooldown: { allowed_failures: 1, seconds: 60 }",
+        &unique_prefix("outage"),
+    )
+    .replace(&redis_url(), &format!("redis://127.0.0.1:{}", redis.port));
+    let gws = three(&config).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.kill().await;
+    // Redis is gone: every request is still served (each replica learns about `bad` alone).
+    for i in 0..30 {
+        let reply = post(&gws[i % 3].url(CHAT), GOOD).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(
+        mock.request_count(bad),
+        3,
+        "one failure per replica, on its own view"
+    );
+    // Redis returns (empty): the replicas reconnect by themselves and share again — a new
+    // deployment's cooldown caused through replica 1 keeps the others away.
+    let _redis = ThrowawayRedis::start(redis.port).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (bad2, good2) = ("fault=503", "cached=2");
+    let config2 = config
+        .replace(&mock.scenario_url(bad), &mock.scenario_url(bad2))
+        .replace(&mock.scenario_url(good), &mock.scenario_url(good2))
+        .replace("revision: 1", "revision: 2")
+        .replace("id: bad,", "id: bad2,");
+    let snapshot2 = dataplane::config::Config::parse(&config2, &[])
+        .unwrap()
+        .snapshot;
+    for gw in &gws {
+        gw.state.install(&snapshot2).unwrap();
+    }
+    assert_eq!(post(&gws[0].url(CHAT), GOOD).await.status, 200);
+    assert_eq!(mock.request_count(bad2), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..10 {
+        assert_eq!(post(&gws[1 + i % 2].url(CHAT), GOOD).await.status, 200);
+    }
+    assert_eq!(mock.request_count(bad2), 1, "shared again");
+}

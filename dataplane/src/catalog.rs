@@ -101,6 +101,8 @@ pub struct ModelEntry {
     pub metrics: ModelMetrics,
     /// Which deployment each recent `x-session-id` used.
     pub affinity: crate::selectors::SessionAffinity,
+    /// Which deployment served which prompt prefix (`prefix_affinity` models only).
+    pub prefix: Option<crate::fleet::prefix::PrefixIndex>,
 }
 
 /// A deployment ready to be called.
@@ -273,7 +275,11 @@ impl Catalog {
         }
 
         let entry = |name: &str, policy: ModelPolicy, deployments: Vec<Arc<DeploymentEntry>>| {
+            let prefix = (policy.strategy
+                == switchboard_shared::snapshot::Strategy::PrefixAffinity)
+                .then(crate::fleet::prefix::PrefixIndex::new);
             Arc::new(ModelEntry {
+                prefix,
                 policy,
                 total_weight: deployments.iter().map(|d| u64::from(d.weight)).sum(),
                 deployments,
@@ -343,6 +349,11 @@ impl Catalog {
 
     pub fn model_names(&self) -> &[String] {
         &self.model_names
+    }
+
+    /// Every model entry (ordinary models, groups and `tag:` selectors).
+    pub fn models(&self) -> impl Iterator<Item = &Arc<ModelEntry>> {
+        self.models.values()
     }
 
     /// Every deployment of every model.

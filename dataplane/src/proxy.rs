@@ -42,6 +42,7 @@ use tokio::time::{Instant, timeout_at};
 use crate::accounting::{Ledger, usage_from_body};
 use crate::catalog::{Catalog, DeploymentEntry, ModelEntry};
 use crate::error::ApiError;
+use crate::fleet::prefix::block_keys;
 use crate::fleet::{Gate, InFlight, QuotaReading, unix_ms};
 use crate::limits::Limiter;
 use crate::metrics::{self, AttemptResult};
@@ -123,7 +124,7 @@ pub async fn forward(f: Forward<'_>, ledger: Ledger) -> Response {
 fn candidates(
     f: &Forward<'_>,
     model: &ModelEntry,
-    input: &RouteInput,
+    input: &RouteInput<'_>,
     explain: &mut Option<String>,
     excluded: &mut Option<Exclusion>,
 ) -> Vec<usize> {
@@ -186,14 +187,26 @@ async fn forward_inner(
     let mut last_error: Option<ApiError> = None;
     let mut soonest_back: Option<Duration> = None;
     let mut excluded: Option<Exclusion> = None;
-    let input = RouteInput {
+    let base_input = RouteInput {
         stream: f.view.stream,
         prompt_tokens: f.view.estimated_prompt_tokens(),
         max_tokens: f.view.max_tokens,
         now_ms: unix_ms(),
+        prefix_keys: &[],
     };
 
     for model in std::iter::once(f.model).chain(fallbacks) {
+        let prefix_keys = match &model.prefix {
+            Some(_) => {
+                let block = model.policy.prefix_affinity.unwrap_or_default().block_bytes;
+                block_keys(f.view.prompt_bytes(), block as usize)
+            }
+            None => Vec::new(),
+        };
+        let input = RouteInput {
+            prefix_keys: &prefix_keys,
+            ..base_input
+        };
         let order = candidates(f, model, &input, explain, &mut excluded);
         let mut cursor = 0usize;
         let mut previous: Option<usize> = None;
@@ -254,7 +267,7 @@ async fn forward_inner(
                     usage,
                 } => {
                     let outcome = if status.is_success() {
-                        remember_session(f, model, index, &input);
+                        remember_choice(f, model, index, &input);
                         Outcome::Success
                     } else {
                         Outcome::UpstreamError
@@ -268,7 +281,7 @@ async fn forward_inner(
                     first,
                     deadline,
                 } => {
-                    remember_session(f, model, index, &input);
+                    remember_choice(f, model, index, &input);
                     ledger.first_byte();
                     let strip = !f.view.client_wants_usage;
                     let relay = SseRelay::new(body, first, strip, ledger, deadline);
@@ -301,8 +314,11 @@ async fn forward_inner(
     axum::response::IntoResponse::into_response(error)
 }
 
-/// Keeps the session on the deployment that answered.
-fn remember_session(f: &Forward<'_>, model: &ModelEntry, index: usize, input: &RouteInput) {
+/// Keeps the session (and the prompt's prefix) on the deployment that answered.
+fn remember_choice(f: &Forward<'_>, model: &ModelEntry, index: usize, input: &RouteInput<'_>) {
+    if let Some(prefix) = &model.prefix {
+        prefix.record(input.prefix_keys, index);
+    }
     if let Some(session) = f.selection.session {
         model
             .affinity

@@ -30,6 +30,8 @@ pub struct RequestView {
     pub uses_tools: bool,
     /// The request carries an `image_url` part (routing skips deployments without vision).
     pub has_images: bool,
+    /// Where the prompt (`messages`, or `prompt`) sits in the body, for prefix affinity.
+    pub prompt_span: Option<Range<usize>>,
     model_span: Range<usize>,
     /// The raw `stream_options` value's span, when present.
     stream_options_span: Option<Range<usize>>,
@@ -54,6 +56,10 @@ struct Fields<'a> {
     tools: Option<&'a RawValue>,
     #[serde(borrow, default)]
     functions: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt: Option<&'a RawValue>,
 }
 
 fn raw_even_if_null<'de, D: serde::Deserializer<'de>>(
@@ -114,9 +120,14 @@ impl RequestView {
             |raw: Option<&RawValue>| raw.is_some_and(|r| !matches!(r.get(), "null" | "[]"));
         let uses_tools = present(fields.tools) || present(fields.functions);
         let has_images = memchr::memmem::find(&body, b"\"image_url\"").is_some();
+        let prompt_span = fields
+            .messages
+            .or(fields.prompt)
+            .map(|raw| span_of(&body, raw.get()));
         Ok(Self {
             uses_tools,
             has_images,
+            prompt_span,
             model,
             stream: fields.stream.unwrap_or(false),
             client_wants_usage,
@@ -126,6 +137,14 @@ impl RequestView {
             object_start,
             body,
         })
+    }
+
+    /// The prompt's bytes as sent (`messages` or `prompt`), if any.
+    pub fn prompt_bytes(&self) -> &[u8] {
+        self.prompt_span
+            .as_ref()
+            .and_then(|span| self.body.get(span.clone()))
+            .unwrap_or_default()
     }
 
     /// A rough prompt size for the token-limit estimate: about four bytes a token.

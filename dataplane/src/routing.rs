@@ -19,12 +19,14 @@ use crate::catalog::{DeploymentEntry, ModelEntry};
 
 /// What routing needs to know about the request.
 #[derive(Debug, Clone, Copy)]
-pub struct RouteInput {
+pub struct RouteInput<'a> {
     pub stream: bool,
     pub prompt_tokens: u64,
     /// `max_tokens`, if the client set it.
     pub max_tokens: Option<u64>,
     pub now_ms: u64,
+    /// The prompt's block keys, for `prefix_affinity` ([`crate::fleet::prefix`]).
+    pub prefix_keys: &'a [u64],
 }
 
 /// Output tokens assumed for the cost of a request that does not cap them.
@@ -49,7 +51,7 @@ pub struct Signals {
 }
 
 /// Reads a deployment's signals.
-pub fn signals(d: &DeploymentEntry, input: &RouteInput) -> Signals {
+pub fn signals(d: &DeploymentEntry, input: &RouteInput<'_>) -> Signals {
     let load = &d.state.load;
     let minute = load.this_minute(input.now_ms);
     let share = |used: u64, limit: Option<u32>| limit.map(|l| used as f64 / f64::from(l.max(1)));
@@ -84,7 +86,7 @@ pub fn signals(d: &DeploymentEntry, input: &RouteInput) -> Signals {
 }
 
 /// Indexes into `model.deployments`, in the order to try them.
-pub fn attempt_order(model: &ModelEntry, input: &RouteInput) -> Vec<usize> {
+pub fn attempt_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
     let n = model.deployments.len();
     if n <= 1 {
         return (0..n).collect();
@@ -112,9 +114,38 @@ pub fn attempt_order(model: &ModelEntry, input: &RouteInput) -> Vec<usize> {
                 .policy
                 .scoring
                 .map_or(ScoringPreset::Balanced.weights(), |s| s.weights());
-            rank(dynamic, &signals, weights, fastrand::f64)
+            let order = rank(dynamic, &signals, weights, fastrand::f64);
+            match (dynamic, &model.prefix) {
+                (Strategy::PrefixAffinity, Some(index)) => {
+                    let cached = index.longest(input.prefix_keys).map(|(d, _)| d);
+                    let margin = model.policy.prefix_affinity.unwrap_or_default().load_margin;
+                    prefer_cached(order, &signals, cached, margin)
+                }
+                _ => order,
+            }
         }
     }
+}
+
+/// Puts the deployment holding the prompt's prefix first, unless it has more than `margin`
+/// requests in flight beyond the least busy one (then the least-busy order stands).
+pub fn prefer_cached(
+    mut order: Vec<usize>,
+    signals: &[Signals],
+    cached: Option<usize>,
+    margin: u32,
+) -> Vec<usize> {
+    let Some(cached) = cached else {
+        return order;
+    };
+    let least = signals.iter().map(|s| s.inflight).min().unwrap_or(0);
+    let within_margin = signals
+        .get(cached)
+        .is_some_and(|s| s.inflight <= least + u64::from(margin));
+    if within_margin && let Some(pos) = order.iter().position(|&i| i == cached) {
+        order[..=pos].rotate_right(1);
+    }
+    order
 }
 
 /// Orders candidates by a dynamic strategy: best first. Ties are broken by weight (higher
@@ -130,7 +161,9 @@ pub fn rank(
         Strategy::WeightedRandom | Strategy::RoundRobin | Strategy::Priority => {
             return (0..signals.len()).collect();
         }
-        Strategy::LeastBusy => signals.iter().map(|s| s.inflight as f64).collect(),
+        Strategy::LeastBusy | Strategy::PrefixAffinity => {
+            signals.iter().map(|s| s.inflight as f64).collect()
+        }
         // Unmeasured first, so that every deployment gets measured.
         Strategy::LowestLatency => signals
             .iter()
@@ -281,12 +314,13 @@ mod tests {
         .unwrap()
     }
 
-    fn input() -> RouteInput {
+    fn input() -> RouteInput<'static> {
         RouteInput {
             stream: false,
             prompt_tokens: 100,
             max_tokens: Some(100),
             now_ms: crate::fleet::unix_ms(),
+            prefix_keys: &[],
         }
     }
 
@@ -487,6 +521,52 @@ mod tests {
             },
         ];
         assert_eq!(rank(Strategy::WeightedScore, &s, w, fastrand::f64)[0], 1);
+    }
+
+    #[test]
+    fn prefix_affinity_keeps_the_cache_unless_it_is_too_busy() {
+        let s = [
+            Signals {
+                inflight: 0,
+                ..sig()
+            },
+            Signals {
+                inflight: 3,
+                ..sig()
+            },
+            Signals {
+                inflight: 9,
+                ..sig()
+            },
+        ];
+        let least_busy = vec![0, 1, 2];
+        assert_eq!(
+            prefer_cached(least_busy.clone(), &s, Some(1), 4),
+            vec![1, 0, 2]
+        );
+        assert_eq!(
+            prefer_cached(least_busy.clone(), &s, Some(2), 4),
+            least_busy,
+            "9 in flight is more than 4 beyond the least busy"
+        );
+        assert_eq!(prefer_cached(least_busy.clone(), &s, None, 4), least_busy);
+    }
+
+    #[test]
+    fn prefix_affinity_follows_the_index() {
+        crate::install_crypto_provider();
+        let c = model("prefix_affinity", &[(1, 0), (1, 0), (1, 0)]);
+        let m = c.model("m").unwrap();
+        let keys = crate::fleet::prefix::block_keys(&[7u8; 2048], 512);
+        let index = m.prefix.as_ref().unwrap();
+        index.record(&keys, 2);
+        let input = RouteInput {
+            prefix_keys: &keys,
+            ..input()
+        };
+        for _ in 0..20 {
+            assert_eq!(attempt_order(m, &input)[0], 2);
+        }
     }
 
     #[test]

@@ -317,6 +317,9 @@ pub struct ModelPolicy {
     /// that strategy; absent means the `balanced` preset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scoring: Option<Scoring>,
+    /// Settings of the `prefix_affinity` strategy; absent means the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_affinity: Option<PrefixAffinity>,
     /// When every deployment is cooling down, how long a request may wait for the first one
     /// to come back before it is refused with 503. 0 refuses at once.
     #[serde(default = "default_wait_for_cooldown_ms")]
@@ -342,6 +345,7 @@ impl ModelPolicy {
             timeouts: Timeouts::default(),
             cooldown: Cooldown::default(),
             scoring: None,
+            prefix_affinity: None,
             wait_for_cooldown_ms: default_wait_for_cooldown_ms(),
         }
     }
@@ -373,6 +377,41 @@ pub enum Strategy {
     LowestCost,
     /// A weighted sum of cost, latency, reliability and headroom (see [`Scoring`]).
     WeightedScore,
+    /// For self-hosted engines with a prefix (KV) cache, e.g. vLLM, SGLang: the deployment
+    /// that most recently served the longest matching prompt prefix, unless it is busier
+    /// than the least busy one by more than a margin (see [`PrefixAffinity`]); least busy
+    /// otherwise.
+    PrefixAffinity,
+}
+
+/// Settings of the `prefix_affinity` strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixAffinity {
+    /// The prompt is hashed in blocks of this many bytes (about a quarter as many tokens).
+    #[serde(default = "default_block_bytes")]
+    pub block_bytes: u32,
+    /// Requests in flight by which the cached deployment may exceed the least busy one and
+    /// still be chosen.
+    #[serde(default = "default_load_margin")]
+    pub load_margin: u32,
+}
+
+fn default_block_bytes() -> u32 {
+    512
+}
+
+fn default_load_margin() -> u32 {
+    4
+}
+
+impl Default for PrefixAffinity {
+    fn default() -> Self {
+        Self {
+            block_bytes: default_block_bytes(),
+            load_margin: default_load_margin(),
+        }
+    }
 }
 
 /// Weights of the `weighted_score` strategy: a named preset, or explicit weights.

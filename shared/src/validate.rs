@@ -322,6 +322,20 @@ impl Snapshot {
                     );
                 }
             }
+            if let Some(p) = m.prefix_affinity {
+                if m.strategy != crate::snapshot::Strategy::PrefixAffinity {
+                    c.push(
+                        format!("{path}.prefix_affinity"),
+                        "only the prefix_affinity strategy reads it",
+                    );
+                }
+                if !(64..=65_536).contains(&p.block_bytes) {
+                    c.push(
+                        format!("{path}.prefix_affinity.block_bytes"),
+                        "must be between 64 and 65536",
+                    );
+                }
+            }
             if m.wait_for_cooldown_ms > crate::snapshot::MAX_WAIT_FOR_COOLDOWN_MS {
                 c.push(
                     format!("{path}.wait_for_cooldown_ms"),
@@ -520,6 +534,11 @@ models:
                 "{ model: gpt-4o, fallbacks",
                 "{ model: gpt-4o, members: [small], fallbacks",
                 "models[0].model",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, strategy: prefix_affinity, prefix_affinity: { block_bytes: 8 }, fallbacks",
+                "models[0].prefix_affinity.block_bytes",
             ),
             (
                 "base_url: \"https://api.openai.com/v1\"",

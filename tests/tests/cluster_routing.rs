@@ -312,3 +312,50 @@ async fn without_redis_replicas_keep_serving_and_share_again_when_it_returns() {
     }
     assert_eq!(mock.request_count(bad2), 1, "shared again");
 }
+
+#[tokio::test]
+async fn prefix_affinity_finds_the_deployment_that_served_a_prefix_through_another_replica() {
+    let mock = MockUpstream::start().await.unwrap();
+    let scenario = |n: u32| format!("cached={n}");
+    let config = cluster_config(
+        &[
+            ("a", mock.scenario_url(&scenario(1)), ""),
+            ("b", mock.scenario_url(&scenario(2)), ""),
+            ("c", mock.scenario_url(&scenario(3)), ""),
+        ],
+        "strategy: prefix_affinity, prefix_affinity: { block_bytes: 256 }",
+        &unique_prefix("prefix"),
+    );
+    let gws = three(&config).await;
+    let system = "You are a careful assistant. ".repeat(100); // ~2.9 KB: 11 blocks
+    let chat = |question: &str| {
+        format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{question}"}}]}}"#
+        )
+    };
+    assert_eq!(post(&gws[0].url(CHAT), &chat("first")).await.status, 200);
+    let counts = || {
+        (1..=3)
+            .map(|n| mock.request_count(&scenario(n)))
+            .collect::<Vec<_>>()
+    };
+    let holder = counts().iter().position(|&c| c == 1).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..12 {
+        let reply = post(&gws[1 + i % 2].url(CHAT), &chat(&format!("follow-up {i}"))).await;
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(
+        counts()[holder],
+        13,
+        "replicas 2 and 3 send the shared prefix where replica 1 did: {:?}",
+        counts()
+    );
+    // A different prompt is not tied to it: it spreads (least busy, ties at random).
+    for i in 0..30 {
+        let other =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"other {i}"}}]}}"#);
+        assert_eq!(post(&gws[i % 3].url(CHAT), &other).await.status, 200);
+    }
+    assert!(counts().iter().all(|&c| c > 1), "{:?}", counts());
+}

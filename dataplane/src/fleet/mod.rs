@@ -7,11 +7,13 @@
 //! - [`breaker`]: closed → open → half-open with one probe; cooldowns and their timing.
 //! - [`load`]: in flight, latency and TTFT averages, requests/tokens/failures this minute.
 //! - [`quota`]: the upstream's own `x-ratelimit-remaining-*` for our account.
+//! - [`prefix`]: which deployment last served a prompt prefix (the `prefix_affinity` strategy).
 //! - [`sync`]: with Redis, a background task that publishes this replica's part in pipelined
 //!   batches and reads back the cluster's every `redis.refresh_ms`. Requests never wait on it.
 
 pub mod breaker;
 pub mod load;
+pub mod prefix;
 pub mod quota;
 pub mod sync;
 

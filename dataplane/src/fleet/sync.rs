@@ -16,6 +16,7 @@
 //! When Redis fails, the task flips [`SharedRedis`]'s flag (logging once), and every
 //! deployment decides on its own numbers again until a later tick succeeds.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use redis::Script;
 use super::DeploymentState;
 use super::breaker::unix_ms;
 use super::load::{ClusterLoad, LATENCY_STALE_MS, minute_of};
+use crate::catalog::Catalog;
 use crate::shared_redis::SharedRedis;
 use crate::state::AppState;
 
@@ -85,12 +87,17 @@ return all
 
 /// How long a probe claim holds before another replica may claim it.
 const PROBE_CLAIM_MS: u64 = 30_000;
+/// Entries kept in each model's prefix stream (approximately; each holds one tick's keys).
+const PREFIX_STREAM_LEN: u64 = 2_000;
+/// Stream entries read per model per tick.
+const PREFIX_READ_COUNT: u64 = 200;
 
 /// Starts the task that keeps the deployments of `state`'s catalog in sync with Redis.
 pub fn spawn(state: Arc<AppState>, redis: SharedRedis) -> tokio::task::JoinHandle<()> {
     let replica = uuid::Uuid::now_v7().simple().to_string();
     tokio::spawn(async move {
         let script = Script::new(SCRIPT);
+        let mut cursors: HashMap<String, String> = HashMap::new();
         let mut ticker = tokio::time::interval(redis.refresh_interval());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -106,6 +113,9 @@ pub fn spawn(state: Arc<AppState>, redis: SharedRedis) -> tokio::task::JoinHandl
                 continue;
             }
             tick(&redis, &script, &replica, &deployments).await;
+            if redis.is_up() {
+                share_prefixes(&redis, &catalog, &mut cursors).await;
+            }
         }
     })
 }
@@ -198,6 +208,80 @@ pub async fn tick(
                 state.breaker.go_local();
                 state.load.go_local();
             }
+        }
+    }
+}
+
+/// Sends this replica's new prefix-index entries to each `prefix_affinity` model's stream
+/// (`<prefix>:pfx:{<model>}`, capped) and learns the entries written since the last read.
+/// `cursors` holds the last stream id read per model.
+pub async fn share_prefixes(
+    redis: &SharedRedis,
+    catalog: &Catalog,
+    cursors: &mut HashMap<String, String>,
+) {
+    let models: Vec<_> = catalog.models().filter(|m| m.prefix.is_some()).collect();
+    if models.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    for model in &models {
+        let Some(index) = &model.prefix else {
+            continue;
+        };
+        let key = format!("{}:pfx:{{{}}}", redis.prefix(), model.name);
+        let entries = index.drain();
+        if !entries.is_empty() {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(PREFIX_STREAM_LEN)
+                .arg("*");
+            for (block_key, d) in entries {
+                let id = model
+                    .deployments
+                    .get(usize::from(d))
+                    .map_or("", |dep| dep.id.as_str());
+                cmd.arg(format!("{block_key:x}")).arg(id);
+            }
+            pipe.ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(3_600_000).ignore();
+        }
+        let from = cursors
+            .get(&model.name)
+            .map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        pipe.cmd("XRANGE")
+            .arg(&key)
+            .arg(from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(PREFIX_READ_COUNT);
+    }
+    let mut conn = redis.conn();
+    let deadline = redis.timeout().max(Duration::from_millis(200));
+    type Entries = Vec<(String, Vec<String>)>;
+    let Ok(Ok(read)) =
+        tokio::time::timeout(deadline, pipe.query_async::<Vec<Entries>>(&mut conn)).await
+    else {
+        return; // best effort: the breaker/load sync reports Redis health
+    };
+    for (model, entries) in models.iter().zip(read) {
+        let Some(index) = &model.prefix else {
+            continue;
+        };
+        for (id, fields) in &entries {
+            for pair in fields.chunks_exact(2) {
+                let (Ok(block_key), Some(d)) = (
+                    u64::from_str_radix(&pair[0], 16),
+                    model.deployments.iter().position(|dep| dep.id == pair[1]),
+                ) else {
+                    continue;
+                };
+                index.learn(block_key, d);
+            }
+            cursors.insert(model.name.clone(), id.clone());
         }
     }
 }

@@ -569,6 +569,37 @@ mod tests {
         }
     }
 
+    /// The cost of one decision, printed: `cargo test --release -p switchboard-dataplane --lib
+    /// routing::tests::decision_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn decision_cost() {
+        crate::install_crypto_provider();
+        for strategy in [
+            "weighted_random",
+            "least_busy",
+            "lowest_latency",
+            "weighted_score",
+            "prefix_affinity",
+        ] {
+            let c = model(strategy, &[(1, 0), (2, 0), (3, 0), (1, 1), (1, 2)]);
+            let m = c.model("m").unwrap();
+            let keys = crate::fleet::prefix::block_keys(&[1u8; 4096], 512);
+            let input = RouteInput {
+                prefix_keys: &keys,
+                ..input()
+            };
+            let rounds = 200_000u32;
+            let started = std::time::Instant::now();
+            let mut sink = 0usize;
+            for _ in 0..rounds {
+                sink += attempt_order(m, &input)[0];
+            }
+            let per = started.elapsed() / rounds;
+            eprintln!("{strategy}: {per:?} per decision (5 deployments) [{sink}]");
+        }
+    }
+
     #[test]
     fn signals_read_the_deployment_state() {
         crate::install_crypto_provider();

@@ -49,7 +49,7 @@ use crate::metrics::{self, AttemptResult};
 use crate::providers::{Endpoint, SendError, UpstreamBody, UpstreamRequest, Verdict};
 use crate::relay::SseRelay;
 use crate::request::RequestView;
-use crate::routing::{RouteInput, attempt_order};
+use crate::routing::{RouteInput, attempt_order, describe, signals};
 use crate::selectors::{Exclusion, Selection, unix_seconds};
 use switchboard_shared::snapshot::VirtualKey;
 
@@ -78,8 +78,9 @@ pub struct Forward<'a> {
 
 /// Request header asking for the routing decision in the answer.
 pub const EXPLAIN_REQUEST_HEADER: &str = "x-switchboard-explain";
-/// Response header with the routing decision: per model tried, the strategy, the order, the
-/// deployments left out and why, and whether a session's deployment was kept.
+/// Response header with the routing decision: per model tried, the strategy, the order with
+/// each candidate's signals (see [`crate::routing::describe`]), the deployments left out and
+/// why, and whether a session's deployment was kept.
 pub const EXPLAIN_RESPONSE_HEADER: &str = "x-switchboard-route";
 
 /// What one attempt produced.
@@ -152,9 +153,12 @@ fn candidates(
     }
     metrics::record_routing_decision(decided.elapsed().as_secs_f64());
     if let Some(text) = explain.as_mut() {
-        let ids: Vec<&str> = order
+        let ids: Vec<String> = order
             .iter()
-            .map(|&i| model.deployments[i].id.as_str())
+            .map(|&i| {
+                let d = &model.deployments[i];
+                format!("{}{}", d.id, describe(&signals(d, input)))
+            })
             .collect();
         let strategy = serde_json::to_value(model.policy.strategy)
             .ok()

@@ -85,6 +85,22 @@ pub fn signals(d: &DeploymentEntry, input: &RouteInput<'_>) -> Signals {
     }
 }
 
+/// A deployment's signals in a few characters, for the explain header and debug log:
+/// `{if=2,lat=140ms,use=35%,fail=0%,cost=3.1e-4}` (latency `-` when unmeasured; cost only
+/// when priced).
+pub fn describe(s: &Signals) -> String {
+    let latency = s
+        .latency_ms
+        .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0}ms"));
+    let cost = s.cost.map(|c| format!(",cost={c:.1e}")).unwrap_or_default();
+    format!(
+        "{{if={},lat={latency},use={:.0}%,fail={:.0}%{cost}}}",
+        s.inflight,
+        s.used_share * 100.0,
+        s.failure_rate * 100.0
+    )
+}
+
 /// Indexes into `model.deployments`, in the order to try them.
 pub fn attempt_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
     let n = model.deployments.len();
@@ -521,6 +537,28 @@ mod tests {
             },
         ];
         assert_eq!(rank(Strategy::WeightedScore, &s, w, fastrand::f64)[0], 1);
+    }
+
+    #[test]
+    fn signals_are_described_compactly() {
+        assert_eq!(
+            describe(&Signals {
+                inflight: 2,
+                latency_ms: Some(140.4),
+                used_share: 0.35,
+                cost: Some(0.00031),
+                ..sig()
+            }),
+            "{if=2,lat=140ms,use=35%,fail=0%,cost=3.1e-4}"
+        );
+        assert_eq!(
+            describe(&Signals {
+                latency_ms: None,
+                cost: None,
+                ..sig()
+            }),
+            "{if=0,lat=-,use=0%,fail=0%}"
+        );
     }
 
     #[test]

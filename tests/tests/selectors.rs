@@ -259,7 +259,19 @@ async fn the_explain_header_lists_exclusions() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.headers["x-switchboard-route"],
-        "m: least_busy [a] -b:tags"
+        "m: least_busy [a{if=0,lat=-,use=0%,fail=0%}] -b:tags"
+    );
+    // Once measured, the latency shows.
+    let r = post_with(
+        &gw.url(CHAT),
+        &chat("m"),
+        &[("x-switchboard-tags", "x"), ("x-switchboard-explain", "1")],
+    )
+    .await;
+    let route = r.headers["x-switchboard-route"].to_str().unwrap();
+    assert!(
+        route.contains("a{if=0,lat=") && !route.contains("a{if=0,lat=-"),
+        "{route}"
     );
     let r = post(&gw.url(CHAT), &chat("m")).await;
     assert!(

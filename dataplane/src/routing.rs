@@ -639,6 +639,27 @@ mod tests {
     }
 
     #[test]
+    fn lowest_latency_uses_time_to_first_token_for_streams() {
+        crate::install_crypto_provider();
+        let c = model("lowest_latency", &[(1, 0), (1, 0)]);
+        let m = c.model("m").unwrap();
+        let now = input().now_ms;
+        let (d0, d1) = (&m.deployments[0].state.load, &m.deployments[1].state.load);
+        d0.record_latency(50.0, now);
+        d0.record_ttft(500.0, now);
+        d1.record_latency(300.0, now);
+        d1.record_ttft(20.0, now);
+        let stream = RouteInput {
+            stream: true,
+            ..input()
+        };
+        for _ in 0..10 {
+            assert_eq!(attempt_order(m, &input())[0], 0, "whole answers: d0");
+            assert_eq!(attempt_order(m, &stream)[0], 1, "first tokens: d1");
+        }
+    }
+
+    #[test]
     fn signals_read_the_deployment_state() {
         crate::install_crypto_provider();
         let c = model("least_busy", &[(1, 0), (1, 0)]);

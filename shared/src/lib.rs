@@ -13,6 +13,7 @@
 //! - [`usage`]: token usage and the per-request record that the data plane emits.
 //! - [`sealed`]: AES-256-GCM sealing of upstream credentials under rotatable master keys.
 //! - [`cluster`]: NATS subjects, JetStream names and messages between the planes.
+//! - [`fleet_keys`]: Redis keys of the deployment state that data-plane replicas share.
 //! - [`proto`]: the generated gRPC `ConfigService` (from `proto/`).
 //!
 //! Why one crate: a snapshot written by the control plane must be read bit-for-bit the same way
@@ -20,6 +21,7 @@
 //! other. Keeping the types and the arithmetic here makes that true by construction.
 
 pub mod cluster;
+pub mod fleet_keys;
 pub mod keys;
 pub mod price;
 pub mod pricing;

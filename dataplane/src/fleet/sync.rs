@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
+use switchboard_shared::fleet_keys::{deployment_state, prefix_index};
 
 use super::DeploymentState;
 use super::breaker::unix_ms;
@@ -142,7 +143,7 @@ pub async fn tick(
         pipe.cmd("EVALSHA")
             .arg(script.get_hash())
             .arg(1)
-            .arg(format!("{}:fleet:{{{id}}}", redis.prefix()))
+            .arg(deployment_state(redis.prefix(), id))
             .arg(replica)
             .arg(now)
             .arg(minute_of(now))
@@ -229,7 +230,7 @@ pub async fn share_prefixes(
         let Some(index) = &model.prefix else {
             continue;
         };
-        let key = format!("{}:pfx:{{{}}}", redis.prefix(), model.name);
+        let key = prefix_index(redis.prefix(), &model.name);
         let entries = index.drain();
         if !entries.is_empty() {
             let cmd = pipe

@@ -79,7 +79,9 @@ for i = 1, #all, 2 do
   local f = all[i]
   if string.sub(f, 1, 3) == 'if:' then
     local at = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
-    if now - at > stale * 30 then redis.call('HDEL', k, f) end
+    if now - at > stale * 30 then
+      redis.call('HDEL', k, f, 'lat:' .. string.sub(f, 4))
+    end
   end
 end
 redis.call('PEXPIRE', k, 3600000)
@@ -406,6 +408,69 @@ mod tests {
         let v = read_hash(&fields, "r2", now, 2_000);
         assert!(!v.probe_is_ours);
         assert_eq!(v.load.others_inflight, 5);
+    }
+
+    /// Against the real Redis (`REDIS_URL`, default local), under a key prefix of its own.
+    #[tokio::test]
+    async fn a_tick_publishes_reads_back_and_forgets_replicas_gone_quiet() {
+        use crate::shared_redis::{FailurePolicy, RedisConfig};
+        use switchboard_shared::secret::SecretRef;
+        let url =
+            std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let prefix = format!("sbtest-sync-{}", uuid::Uuid::now_v7().simple());
+        let redis = SharedRedis::connect(&RedisConfig {
+            url: SecretRef::Value(url),
+            key_prefix: prefix.clone(),
+            timeout_ms: 500,
+            failure_policy: FailurePolicy::Open,
+            refresh_ms: 100,
+        })
+        .unwrap();
+        let key = deployment_state(&prefix, "d1");
+        let mut conn = redis.conn();
+        // A replica that stopped publishing an hour ago, and one publishing now.
+        let now = unix_ms();
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg("if:gone")
+            .arg(format!("7:{}", now - 3_600_000))
+            .arg("lat:gone")
+            .arg("900:0:0:0")
+            .arg("if:peer")
+            .arg(format!("2:{now}"))
+            .arg("lat:peer")
+            .arg(format!("300:{now}:0:0"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let state = Arc::new(DeploymentState::new());
+        state.load.record_request(now);
+        state.load.record_tokens(40, now);
+        state.load.record_latency(100.0, now);
+        state.breaker.open(Duration::from_secs(60));
+        let script = Script::new(SCRIPT);
+        tick(&redis, &script, "me", &[("d1", &state)]).await;
+        assert!(redis.is_up());
+        assert_eq!(state.load.inflight(), 2, "the peer's, not the gone one's");
+        assert_eq!(state.load.latency_ms(now), Some(200.0), "(100 + 300) / 2");
+        let minute = state.load.this_minute(now);
+        assert_eq!((minute.requests, minute.tokens), (1, 40));
+        let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!fields.contains_key("if:gone") && !fields.contains_key("lat:gone"));
+        assert!(fields.contains_key("if:me") && fields.contains_key("lat:me"));
+        assert!(
+            fields["until"].parse::<u64>().unwrap() > now,
+            "the opening was written"
+        );
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 
     #[test]

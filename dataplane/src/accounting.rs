@@ -111,6 +111,8 @@ pub struct Ledger {
     estimated_tokens: u64,
     revision: u64,
     pub deployment: Option<Arc<DeploymentEntry>>,
+    /// Marks the request in flight on its current deployment until the answer ends.
+    pub inflight: Option<crate::fleet::InFlight>,
     pub attempts: u32,
     ttft: Option<Duration>,
     closed: bool,
@@ -145,6 +147,7 @@ impl Ledger {
             estimated_tokens: o.estimated_tokens,
             revision: o.revision,
             deployment: None,
+            inflight: None,
             attempts: 0,
             ttft: None,
             closed: false,
@@ -189,7 +192,13 @@ impl Ledger {
             self.books
                 .limiter
                 .settle(&[d.subject()], self.estimated_tokens, actual_tokens);
+            if outcome != Outcome::UpstreamError || reported {
+                d.state
+                    .load
+                    .record_tokens(actual_tokens, crate::fleet::unix_ms());
+            }
         }
+        self.inflight = None;
         self.model.metrics.record(&usage, cost_usd);
         let endpoint = self.endpoint.as_str();
         metrics::record_latency(

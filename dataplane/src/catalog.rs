@@ -6,7 +6,7 @@
 //! for the body splice, and its price. Secrets are resolved here, once, so a missing
 //! environment variable fails the load, not a request.
 //!
-//! Mutable per-subject state — rate-limit counters and deployment health — lives in `Arc`s that
+//! Mutable per-subject state — rate-limit counters and deployment state ([`crate::fleet`]) — lives in `Arc`s that
 //! a new catalog takes over from the previous one by id, so a config reload neither resets a
 //! limit nor forgets a cooldown.
 
@@ -24,7 +24,7 @@ use switchboard_shared::snapshot::{
 };
 use switchboard_shared::validate::{Problem, Problems};
 
-use crate::health::DeploymentHealth;
+use crate::fleet::DeploymentState;
 use crate::limits::{LocalLimitState, Scope, Subject};
 use crate::metrics::ModelMetrics;
 use crate::providers::ProviderAdaptor;
@@ -34,6 +34,7 @@ use crate::providers::bedrock::BedrockAdaptor;
 use crate::providers::bedrock::sigv4::Credentials;
 use crate::providers::client::HttpClient;
 use crate::providers::gemini::GeminiAdaptor;
+use crate::providers::keyring::KeyRing;
 use crate::providers::mock::MockAdaptor;
 use crate::providers::openai::OpenAiAdaptor;
 use crate::request::json_string_literal;
@@ -50,6 +51,8 @@ pub struct Catalog {
     /// Every public model name, sorted, for `GET /v1/models`.
     model_names: Vec<String>,
     tenants: HashMap<String, Arc<TenantEntry>>,
+    /// Every deployment once (models, groups and tags share them).
+    all_deployments: Vec<Arc<DeploymentEntry>>,
 }
 
 /// A tenant and its rate-limit counters.
@@ -102,6 +105,10 @@ pub struct ModelEntry {
     /// Position of the `round_robin` strategy.
     pub rotation: AtomicU64,
     pub metrics: ModelMetrics,
+    /// Which deployment each recent `x-session-id` used.
+    pub affinity: crate::selectors::SessionAffinity,
+    /// Which deployment served which prompt prefix (`prefix_affinity` models only).
+    pub prefix: Option<crate::fleet::prefix::PrefixIndex>,
 }
 
 /// A deployment ready to be called.
@@ -120,7 +127,8 @@ pub struct DeploymentEntry {
     pub limits: RateLimits,
     pub price: Option<PriceEntry>,
     pub adaptor: Arc<dyn ProviderAdaptor>,
-    pub health: Arc<DeploymentHealth>,
+    /// Load, latency, breaker and quota: carried over by id, shared through Redis.
+    pub state: Arc<DeploymentState>,
     pub limit_state: Arc<LocalLimitState>,
 }
 
@@ -191,62 +199,84 @@ impl Catalog {
         let mut adaptors: HashMap<&str, (ProviderKind, Arc<dyn ProviderAdaptor>)> = HashMap::new();
         for (i, p) in snapshot.providers.iter().enumerate() {
             // Every credential of the provider, resolved; a failure is reported at its path.
-            let mut resolve = |field: &str, secret: Option<&SecretRef>| match secret
+            let resolve = |problems: &mut Vec<Problem>,
+                           path: String,
+                           secret: Option<&SecretRef>| match secret
                 .map(|s| s.resolve_with(ctx.env, ctx.master_keys))
             {
                 None => Ok(None),
                 Some(Ok(v)) => Ok(Some(v)),
                 Some(Err(e)) => {
                     problems.push(Problem {
-                        path: format!("providers[{i}].{field}"),
+                        path,
                         message: e.to_string(),
                     });
                     Err(())
                 }
             };
-            let (Ok(api_key), Ok(aws_key_id), Ok(aws_secret), Ok(aws_token)) = (
-                resolve("api_key", p.api_key.as_ref()),
-                resolve("aws_access_key_id", p.aws_access_key_id.as_ref()),
-                resolve("aws_secret_access_key", p.aws_secret_access_key.as_ref()),
-                resolve("aws_session_token", p.aws_session_token.as_ref()),
+            let aws = |field: &str| format!("providers[{i}].{field}");
+            let (Ok(aws_key_id), Ok(aws_secret), Ok(aws_token)) = (
+                resolve(
+                    &mut problems,
+                    aws("aws_access_key_id"),
+                    p.aws_access_key_id.as_ref(),
+                ),
+                resolve(
+                    &mut problems,
+                    aws("aws_secret_access_key"),
+                    p.aws_secret_access_key.as_ref(),
+                ),
+                resolve(
+                    &mut problems,
+                    aws("aws_session_token"),
+                    p.aws_session_token.as_ref(),
+                ),
             ) else {
                 continue;
             };
-            let base = p.base_url.as_deref().unwrap_or_default();
-            let key = api_key.as_deref();
-            let built: Result<Arc<dyn ProviderAdaptor>, String> = match p.kind {
-                ProviderKind::Mock => Ok(Arc::new(MockAdaptor)),
-                ProviderKind::Openai => OpenAiAdaptor::new(ctx.client, base, key)
-                    .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
-                ProviderKind::Anthropic => AnthropicAdaptor::new(ctx.client, base, key)
-                    .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
-                ProviderKind::Gemini => GeminiAdaptor::new(ctx.client, base, key)
-                    .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>),
-                ProviderKind::Bedrock => {
-                    let credentials = Credentials {
-                        access_key_id: aws_key_id.unwrap_or_default(),
-                        secret_access_key: aws_secret.unwrap_or_default(),
-                        session_token: aws_token,
-                    };
-                    let region = p.region.as_deref().unwrap_or_default();
-                    BedrockAdaptor::new(ctx.client, p.base_url.as_deref(), region, credentials)
-                        .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>)
-                }
-                ProviderKind::Azure => {
-                    let version = p.api_version.as_deref().unwrap_or_default();
-                    AzureAdaptor::new(ctx.client, base, version, key)
-                        .map(|a| Arc::new(a) as Arc<dyn ProviderAdaptor>)
-                }
+            let aws = Credentials {
+                access_key_id: aws_key_id.unwrap_or_default(),
+                secret_access_key: aws_secret.unwrap_or_default(),
+                session_token: aws_token,
             };
-            let adaptor = match built {
-                Ok(adaptor) => adaptor,
-                Err(message) => {
-                    problems.push(Problem {
+            // One credential (`api_key`, or none) or several (`api_keys`, each with a weight).
+            let refs: Vec<(String, Option<&SecretRef>, u32)> = if p.api_keys.is_empty() {
+                vec![(format!("providers[{i}].api_key"), p.api_key.as_ref(), 1)]
+            } else {
+                p.api_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(j, k)| {
+                        (
+                            format!("providers[{i}].api_keys[{j}].key"),
+                            Some(&k.key),
+                            k.weight,
+                        )
+                    })
+                    .collect()
+            };
+            let mut built: Vec<(Arc<dyn ProviderAdaptor>, u32)> = Vec::with_capacity(refs.len());
+            for (path, secret, weight) in refs {
+                let Ok(api_key) = resolve(&mut problems, path, secret) else {
+                    continue;
+                };
+                match build_adaptor(p, ctx.client, api_key.as_deref(), &aws) {
+                    Ok(adaptor) => built.push((adaptor, weight)),
+                    Err(message) => problems.push(Problem {
                         path: format!("providers[{i}]"),
                         message,
-                    });
-                    continue;
+                    }),
                 }
+            }
+            let adaptor: Arc<dyn ProviderAdaptor> = match built.len() {
+                0 => continue, // reported above
+                1 if p.api_keys.len() <= 1 => {
+                    let Some((adaptor, _)) = built.pop() else {
+                        continue;
+                    };
+                    adaptor
+                }
+                _ => Arc::new(KeyRing::new(&p.id, built)),
             };
             adaptors.insert(p.id.as_str(), (p.kind, adaptor));
         }
@@ -269,7 +299,7 @@ impl Catalog {
                 limits: d.limits,
                 price: d.price.clone(),
                 adaptor: Arc::clone(adaptor),
-                health: carry.health(&d.id).unwrap_or_default(),
+                state: carry.state(&d.id).unwrap_or_default(),
                 limit_state: previous_limit(Scope::Deployment, &d.id, d.limits),
             };
             by_model
@@ -282,22 +312,57 @@ impl Catalog {
             return Err(Problems(problems));
         }
 
-        let mut model_names: Vec<String> = by_model.keys().cloned().collect();
-        model_names.sort();
-        let models = by_model
-            .into_iter()
-            .map(|(name, deployments)| {
-                let entry = ModelEntry {
-                    policy: snapshot.policy_for(&name),
-                    total_weight: deployments.iter().map(|d| u64::from(d.weight)).sum(),
-                    deployments,
-                    name: name.clone(),
-                    rotation: AtomicU64::new(0),
-                    metrics: ModelMetrics::new(&name),
-                };
-                (name, Arc::new(entry))
+        let entry = |name: &str, policy: ModelPolicy, deployments: Vec<Arc<DeploymentEntry>>| {
+            let prefix = (policy.strategy
+                == switchboard_shared::snapshot::Strategy::PrefixAffinity)
+                .then(crate::fleet::prefix::PrefixIndex::new);
+            Arc::new(ModelEntry {
+                prefix,
+                policy,
+                total_weight: deployments.iter().map(|d| u64::from(d.weight)).sum(),
+                deployments,
+                name: name.to_owned(),
+                rotation: AtomicU64::new(0),
+                metrics: ModelMetrics::new(name),
+                affinity: crate::selectors::SessionAffinity::new(),
             })
-            .collect();
+        };
+        let mut models: HashMap<String, Arc<ModelEntry>> = HashMap::new();
+        let mut by_tag: HashMap<&str, Vec<Arc<DeploymentEntry>>> = HashMap::new();
+        for (name, deployments) in &by_model {
+            for d in deployments {
+                for tag in &d.tags {
+                    by_tag.entry(tag.as_str()).or_default().push(Arc::clone(d));
+                }
+            }
+            let policy = snapshot.policy_for(name);
+            models.insert(name.clone(), entry(name, policy, deployments.clone()));
+        }
+        let all_deployments: Vec<Arc<DeploymentEntry>> =
+            by_model.values().flatten().cloned().collect();
+        let mut model_names: Vec<String> = by_model.keys().cloned().collect();
+        // Model groups: one public name over the deployments of several models.
+        for policy in snapshot.models.iter().filter(|m| !m.members.is_empty()) {
+            let deployments: Vec<Arc<DeploymentEntry>> = policy
+                .members
+                .iter()
+                .filter_map(|m| by_model.get(m))
+                .flatten()
+                .cloned()
+                .collect();
+            models.insert(
+                policy.model.clone(),
+                entry(&policy.model, policy.clone(), deployments),
+            );
+            model_names.push(policy.model.clone());
+        }
+        // `tag:<t>`: every deployment carrying tag `t`, whatever its model (not listed).
+        for (tag, deployments) in by_tag {
+            let name = format!("{}{tag}", crate::selectors::TAG_PREFIX);
+            let policy = ModelPolicy::default_for(&name);
+            models.insert(name.clone(), entry(&name, policy, deployments));
+        }
+        model_names.sort();
 
         Ok(Catalog {
             revision: snapshot.revision,
@@ -307,6 +372,7 @@ impl Catalog {
             models,
             model_names,
             tenants,
+            all_deployments,
         })
     }
 
@@ -323,16 +389,55 @@ impl Catalog {
         &self.model_names
     }
 
+    /// Every model entry (ordinary models, groups and `tag:` selectors).
+    pub fn models(&self) -> impl Iterator<Item = &Arc<ModelEntry>> {
+        self.models.values()
+    }
+
+    /// Every deployment of every model.
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<DeploymentEntry>> {
+        self.all_deployments.iter()
+    }
+
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
+}
+
+/// The adaptor of one provider with one credential.
+fn build_adaptor(
+    p: &switchboard_shared::snapshot::Provider,
+    client: &HttpClient,
+    api_key: Option<&str>,
+    aws: &Credentials,
+) -> Result<Arc<dyn ProviderAdaptor>, String> {
+    let base = p.base_url.as_deref().unwrap_or_default();
+    Ok(match p.kind {
+        ProviderKind::Mock => Arc::new(MockAdaptor),
+        ProviderKind::Openai => Arc::new(OpenAiAdaptor::new(client, base, api_key)?),
+        ProviderKind::Anthropic => Arc::new(AnthropicAdaptor::new(client, base, api_key)?),
+        ProviderKind::Gemini => Arc::new(GeminiAdaptor::new(client, base, api_key)?),
+        ProviderKind::Bedrock => {
+            let region = p.region.as_deref().unwrap_or_default();
+            Arc::new(BedrockAdaptor::new(
+                client,
+                p.base_url.as_deref(),
+                region,
+                aws.clone(),
+            )?)
+        }
+        ProviderKind::Azure => {
+            let version = p.api_version.as_deref().unwrap_or_default();
+            Arc::new(AzureAdaptor::new(client, base, version, api_key)?)
+        }
+    })
 }
 
 /// The previous catalog's mutable state, indexed by id for the build of its successor.
 #[derive(Default)]
 struct Carryover<'a> {
     limits: HashMap<(Scope, &'a str), (RateLimits, &'a Arc<LocalLimitState>)>,
-    health: HashMap<&'a str, &'a Arc<DeploymentHealth>>,
+    states: HashMap<&'a str, &'a Arc<DeploymentState>>,
 }
 
 impl<'a> Carryover<'a> {
@@ -358,7 +463,7 @@ impl<'a> Carryover<'a> {
                 (Scope::Deployment, d.id.as_str()),
                 (d.limits, &d.limit_state),
             );
-            carry.health.insert(d.id.as_str(), &d.health);
+            carry.states.insert(d.id.as_str(), &d.state);
         }
         carry
     }
@@ -377,8 +482,8 @@ impl<'a> Carryover<'a> {
             .map(|(_, state)| Arc::clone(state))
     }
 
-    fn health(&self, id: &str) -> Option<Arc<DeploymentHealth>> {
-        self.health.get(id).map(|h| Arc::clone(h))
+    fn state(&self, id: &str) -> Option<Arc<DeploymentState>> {
+        self.states.get(id).map(|h| Arc::clone(h))
     }
 }
 

@@ -122,16 +122,7 @@ async fn serve_proxy(
             ));
         }
     }
-    let model = catalog
-        .model(&view.model)
-        .ok_or_else(|| ApiError::ModelNotFound {
-            model: view.model.clone(),
-        })?;
-    if !key.key.allows_model(&model.name) {
-        return Err(ApiError::ModelNotAllowed {
-            model: model.name.clone(),
-        });
-    }
+    let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
     tracing::Span::current().record("model", model.name.as_str());
 
     let estimated_tokens = view.estimated_prompt_tokens() + view.max_tokens.unwrap_or(0);
@@ -162,6 +153,9 @@ async fn serve_proxy(
             endpoint,
             limiter: &state.books.limiter,
             estimated_tokens,
+            selection: &selection,
+            key: &key.key,
+            explain: headers.contains_key(crate::proxy::EXPLAIN_REQUEST_HEADER),
         },
         ledger,
     )

@@ -7,10 +7,12 @@
 //! 2. [`request`] — the few body fields the gateway needs, parsed without building a tree.
 //! 3. [`limits`] — requests and tokens per minute for key, tenant and deployment; [`budget`]
 //!    — spend per key and tenant per period, reserved at admission and settled at the end.
-//! 4. [`routing`] — the order in which the model's deployments are tried.
-//! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and cooldowns ([`health`]), through a
+//! 4. [`routing`] — the order in which the model's deployments are tried, after [`selectors`]
+//!    (tags, model groups, capabilities, session affinity) narrow them.
+//! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and circuit breakers, through a
 //!    provider adaptor ([`providers`]), which answers in the client's protocol (translating
-//!    where the deployment speaks another).
+//!    where the deployment speaks another); each deployment's load, latency, breaker and quota
+//!    live in [`fleet`], shared across replicas through Redis by a background task.
 //! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream.
 //! 7. [`accounting`] — usage, cost, limit settlement and the usage record, which
 //!    [`usage_publisher`] sends to the control plane over NATS JetStream in cluster mode.
@@ -34,8 +36,8 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod handlers;
-pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod providers;
@@ -44,6 +46,7 @@ pub mod relay;
 pub mod request;
 pub mod routes;
 pub mod routing;
+pub mod selectors;
 pub mod server;
 pub mod shared_redis;
 pub mod state;

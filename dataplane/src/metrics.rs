@@ -37,6 +37,8 @@ pub const BUDGET_DEGRADED_TOTAL: &str = "switchboard_budget_degraded_total";
 /// Usage records by fate: `published` (stored by JetStream), `spilled` (to the spill file),
 /// `dropped` (lost: queue full with no spill file). Only in cluster mode.
 pub const USAGE_RECORDS_TOTAL: &str = "switchboard_usage_records_total";
+/// Time spent choosing the order of deployments (the strategy itself, not the attempts).
+pub const ROUTING_DECISION_SECONDS: &str = "switchboard_routing_decision_seconds";
 
 /// Every name above, for the test that scrapes `/metrics`.
 pub const ALL: &[&str] = &[
@@ -52,6 +54,13 @@ pub const ALL: &[&str] = &[
     SNAPSHOT_REVISION,
     SNAPSHOT_RELOADS_TOTAL,
     INFLIGHT_REQUESTS,
+    ROUTING_DECISION_SECONDS,
+];
+
+/// Buckets of the routing-decision histogram: 1 µs to 1 ms.
+const DECISION_BUCKETS: &[f64] = &[
+    0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
+    0.001,
 ];
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -66,7 +75,13 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .set_buckets_for_metric(
+                    Matcher::Full(ROUTING_DECISION_SECONDS.into()),
+                    DECISION_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(handle) => {
@@ -129,6 +144,11 @@ fn describe() {
     describe_gauge!(SNAPSHOT_REVISION, "Revision of the snapshot being served.");
     describe_counter!(SNAPSHOT_RELOADS_TOTAL, "Snapshot loads, by result.");
     describe_gauge!(INFLIGHT_REQUESTS, "Requests being served now.");
+    describe_histogram!(
+        ROUTING_DECISION_SECONDS,
+        Unit::Seconds,
+        "Time the routing strategy took to order a model's deployments."
+    );
 }
 
 /// Token and cost counters of one public model.
@@ -271,6 +291,14 @@ pub fn record_latency(endpoint: &'static str, total_seconds: f64, ttft_seconds: 
     ) {
         h.record(t);
     }
+}
+
+/// Records how long a routing decision took.
+pub fn record_routing_decision(seconds: f64) {
+    static HISTOGRAM: OnceLock<Histogram> = OnceLock::new();
+    HISTOGRAM
+        .get_or_init(|| histogram!(ROUTING_DECISION_SECONDS))
+        .record(seconds);
 }
 
 /// The result of one upstream attempt: a closed set, so the label table needs no lookup.

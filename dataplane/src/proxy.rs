@@ -1,14 +1,26 @@
-//! Forwarding: attempts, retries, fallbacks and cooldowns — the one place retries live.
+//! Forwarding: attempts, retries, fallbacks and circuit breakers — the one place retries live.
 //!
 //! A request's model gives an ordered list of deployments ([`crate::routing`]); its policy gives
 //! how many attempts it may spend on them (`1 + retries`) and which models to fall back to,
-//! each with its own policy, when they are spent. Before each attempt the deployment must not
-//! be cooling down and must fit within its own rate limits; otherwise it is skipped.
+//! each with its own policy, when they are spent. Before each attempt the deployment's breaker
+//! must let it through ([`crate::fleet::Gate`]) and it must fit within its own rate limits;
+//! otherwise it is skipped. When every candidate is cooling down, the request waits for the
+//! first one to come back if that is within the policy's `wait_for_cooldown_ms`, instead of
+//! failing at once.
 //!
-//! An attempt counts as *failed* — and the next one is tried — on a connect error, a timeout, a
-//! 429, a 5xx, a credential rejection, or a 2xx whose body is broken. The commit point is the
-//! first body bytes: a non-streamed answer is read whole before anything is sent, and a stream
-//! is committed once its first bytes have arrived. After that, nothing is retried.
+//! Failures are classified:
+//! - retryable, counted against the deployment's breaker: connect errors, resets, timeouts,
+//!   5xx and 408, a 2xx whose body is broken;
+//! - 429: the breaker opens at once for the upstream's `Retry-After` (or the cooldown), and the
+//!   next deployment is tried;
+//! - 401/403: our credential is bad: the deployment is taken out for
+//!   [`CREDENTIAL_REJECTED_OUT`], an error is logged once per episode, and it is not retried;
+//! - the request's own fault (400 context length or content filter, 404 model, 422): relayed to
+//!   the client as is, never retried — another deployment would refuse it too.
+//!
+//! The commit point is the first body bytes: a non-streamed answer is read whole before
+//! anything is sent, and a stream is committed once its first bytes have arrived. After that,
+//! nothing is retried.
 //!
 //! Timeouts per attempt: `first_byte_ms` from sending until the head and first body bytes,
 //! `total_ms` for the whole attempt including the stream. The connect timeout is the HTTP
@@ -30,15 +42,23 @@ use tokio::time::{Instant, timeout_at};
 use crate::accounting::{Ledger, usage_from_body};
 use crate::catalog::{Catalog, DeploymentEntry, ModelEntry};
 use crate::error::ApiError;
+use crate::fleet::prefix::block_keys;
+use crate::fleet::{Gate, InFlight, unix_ms};
 use crate::limits::Limiter;
 use crate::metrics::{self, AttemptResult};
 use crate::providers::{Endpoint, SendError, UpstreamBody, UpstreamRequest, Verdict};
 use crate::relay::SseRelay;
 use crate::request::RequestView;
-use crate::routing::attempt_order;
+use crate::routing::{RouteInput, attempt_order, describe, signals};
+use crate::selectors::{Exclusion, Selection, unix_seconds};
+use switchboard_shared::snapshot::VirtualKey;
 
 /// Largest upstream error body relayed to a client; longer ones are cut.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// How long a deployment whose upstream refuses our credential stays out before one probe
+/// checks whether the credential works again.
+pub const CREDENTIAL_REJECTED_OUT: Duration = Duration::from_secs(300);
 
 /// A request ready to be forwarded.
 #[derive(Debug)]
@@ -49,7 +69,19 @@ pub struct Forward<'a> {
     pub endpoint: Endpoint,
     pub limiter: &'a Limiter,
     pub estimated_tokens: u64,
+    /// Tags, capabilities and session that narrow the deployments.
+    pub selection: &'a Selection,
+    pub key: &'a VirtualKey,
+    /// Answer with [`EXPLAIN_RESPONSE_HEADER`].
+    pub explain: bool,
 }
+
+/// Request header asking for the routing decision in the answer.
+pub const EXPLAIN_REQUEST_HEADER: &str = "x-switchboard-explain";
+/// Response header with the routing decision: per model tried, the strategy, the order with
+/// each candidate's signals (see [`crate::routing::describe`]), the deployments left out and
+/// why, and whether a session's deployment was kept.
+pub const EXPLAIN_RESPONSE_HEADER: &str = "x-switchboard-route";
 
 /// What one attempt produced.
 enum Attempt {
@@ -72,7 +104,84 @@ enum Attempt {
 
 /// Forwards the request, trying deployments and fallbacks in turn, and closes the ledger (or
 /// hands it to the streaming body).
-pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
+pub async fn forward(f: Forward<'_>, ledger: Ledger) -> Response {
+    let mut explain = (f.explain || tracing::enabled!(tracing::Level::DEBUG)).then(String::new);
+    let mut response = forward_inner(&f, ledger, &mut explain).await;
+    if let Some(text) = explain {
+        tracing::debug!(route = %text, "routing decision");
+        if f.explain
+            && let Ok(value) = HeaderValue::from_str(&text)
+        {
+            response
+                .headers_mut()
+                .insert(EXPLAIN_RESPONSE_HEADER, value);
+        }
+    }
+    response
+}
+
+/// Orders a model's deployments and leaves out those the selection excludes; puts a session's
+/// deployment first while its breaker is closed.
+fn candidates(
+    f: &Forward<'_>,
+    model: &ModelEntry,
+    input: &RouteInput<'_>,
+    explain: &mut Option<String>,
+    excluded: &mut Option<Exclusion>,
+) -> Vec<usize> {
+    let decided = std::time::Instant::now();
+    let mut order = attempt_order(model, input);
+    let mut left_out = String::new();
+    order.retain(|&i| match f.selection.check(&model.deployments[i], f.key) {
+        Ok(()) => true,
+        Err(why) => {
+            excluded.get_or_insert(why);
+            if explain.is_some() {
+                left_out.push_str(&format!(" -{}:{}", model.deployments[i].id, why.as_str()));
+            }
+            false
+        }
+    });
+    let mut kept = false;
+    if let Some(session) = f.selection.session
+        && let Some(i) = model.affinity.get(session, unix_seconds(input.now_ms))
+        && let Some(pos) = order.iter().position(|&o| o == i)
+        && !model.deployments[i].state.breaker.is_open()
+    {
+        order[..=pos].rotate_right(1);
+        kept = true;
+    }
+    metrics::record_routing_decision(decided.elapsed().as_secs_f64());
+    if let Some(text) = explain.as_mut() {
+        let ids: Vec<String> = order
+            .iter()
+            .map(|&i| {
+                let d = &model.deployments[i];
+                format!("{}{}", d.id, describe(&signals(d, input)))
+            })
+            .collect();
+        let strategy = serde_json::to_value(model.policy.strategy)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!(
+            "{}: {strategy} [{}]{}{left_out}",
+            model.name,
+            ids.join(","),
+            if kept { " session" } else { "" }
+        ));
+    }
+    order
+}
+
+async fn forward_inner(
+    f: &Forward<'_>,
+    mut ledger: Ledger,
+    explain: &mut Option<String>,
+) -> Response {
     let fallbacks = f
         .model
         .policy
@@ -81,23 +190,60 @@ pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
         .filter_map(|name| f.catalog.model(name));
     let mut last_error: Option<ApiError> = None;
     let mut soonest_back: Option<Duration> = None;
+    let mut excluded: Option<Exclusion> = None;
+    let base_input = RouteInput {
+        stream: f.view.stream,
+        prompt_tokens: f.view.estimated_prompt_tokens(),
+        max_tokens: f.view.max_tokens,
+        now_ms: unix_ms(),
+        prefix_keys: &[],
+    };
 
     for model in std::iter::once(f.model).chain(fallbacks) {
-        let order = attempt_order(model);
+        let prefix_keys = match &model.prefix {
+            Some(_) => {
+                let block = model.policy.prefix_affinity.unwrap_or_default().block_bytes;
+                block_keys(f.view.prompt_bytes(), block as usize)
+            }
+            None => Vec::new(),
+        };
+        let input = RouteInput {
+            prefix_keys: &prefix_keys,
+            ..base_input
+        };
+        let order = candidates(f, model, &input, explain, &mut excluded);
         let mut cursor = 0usize;
         let mut previous: Option<usize> = None;
         let mut failures_in_a_row = 0u32;
+        let mut may_wait = Duration::from_millis(model.policy.wait_for_cooldown_ms);
         for _ in 0..=model.policy.retries {
-            let Some(index) = next_available(
-                f.limiter,
-                model,
-                &order,
-                &mut cursor,
-                &mut soonest_back,
-                f.estimated_tokens,
-            )
-            .await
-            else {
+            let index = loop {
+                let mut back: Option<Duration> = None;
+                let found = next_available(
+                    f.limiter,
+                    model,
+                    &order,
+                    &mut cursor,
+                    &mut back,
+                    f.estimated_tokens,
+                )
+                .await;
+                if let Some(b) = back {
+                    soonest_back = Some(soonest_back.map_or(b, |s| s.min(b)));
+                }
+                match (found, back) {
+                    (Some(index), _) => break Some(index),
+                    // Every candidate is cooling down: wait for the first one back if the
+                    // policy allows, once per model.
+                    (None, Some(back)) if back <= may_wait => {
+                        let pause = back + Duration::from_millis(fastrand::u64(0..=25));
+                        may_wait = Duration::ZERO;
+                        tokio::time::sleep(pause).await;
+                    }
+                    (None, _) => break None,
+                }
+            };
+            let Some(index) = index else {
                 break;
             };
             let deployment = &model.deployments[index];
@@ -108,6 +254,7 @@ pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
             previous = Some(index);
             ledger.attempts += 1;
             ledger.deployment = Some(Arc::clone(deployment));
+            ledger.inflight = Some(InFlight::new(Arc::clone(&deployment.state)));
             match attempt(
                 deployment,
                 &model.policy,
@@ -124,6 +271,7 @@ pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
                     usage,
                 } => {
                     let outcome = if status.is_success() {
+                        remember_choice(f, model, index, &input);
                         Outcome::Success
                     } else {
                         Outcome::UpstreamError
@@ -137,12 +285,14 @@ pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
                     first,
                     deadline,
                 } => {
+                    remember_choice(f, model, index, &input);
                     ledger.first_byte();
                     let strip = !f.view.client_wants_usage;
                     let relay = SseRelay::new(body, first, strip, ledger, deadline);
                     return stream_response(relay);
                 }
                 Attempt::Failed(error) => {
+                    ledger.inflight = None;
                     // Give back the deployment's token estimate: nothing was generated.
                     f.limiter
                         .settle(&[deployment.subject()], f.estimated_tokens, 0);
@@ -153,16 +303,35 @@ pub async fn forward(f: Forward<'_>, mut ledger: Ledger) -> Response {
         }
     }
 
-    let error = last_error.unwrap_or_else(|| ApiError::NoDeploymentAvailable {
-        model: f.model.name.clone(),
-        retry_after: soonest_back,
-    });
+    let error = match (last_error, excluded) {
+        (Some(e), _) => e,
+        // Nothing was tried and nothing is cooling down: the selection left no deployment.
+        (None, Some(why)) if soonest_back.is_none() => {
+            ApiError::bad_request(why.message(&f.model.name), Some("model"))
+        }
+        (None, _) => ApiError::NoDeploymentAvailable {
+            model: f.model.name.clone(),
+            retry_after: soonest_back,
+        },
+    };
     ledger.close(Outcome::UpstreamError, error.status(), None);
     axum::response::IntoResponse::into_response(error)
 }
 
-/// The next deployment in `order` (from `cursor`, wrapping) that is not cooling down and fits
-/// its limits. Remembers the soonest moment a skipped one comes back.
+/// Keeps the session (and the prompt's prefix) on the deployment that answered.
+fn remember_choice(f: &Forward<'_>, model: &ModelEntry, index: usize, input: &RouteInput<'_>) {
+    if let Some(prefix) = &model.prefix {
+        prefix.record(input.prefix_keys, index);
+    }
+    if let Some(session) = f.selection.session {
+        model
+            .affinity
+            .set(session, index, unix_seconds(input.now_ms));
+    }
+}
+
+/// The next deployment in `order` (from `cursor`, wrapping) whose breaker lets it through and
+/// that fits its limits. Remembers the soonest moment a skipped one comes back.
 async fn next_available(
     limiter: &Limiter,
     model: &ModelEntry,
@@ -171,12 +340,14 @@ async fn next_available(
     soonest_back: &mut Option<Duration>,
     estimated_tokens: u64,
 ) -> Option<usize> {
+    let now = unix_ms();
     for _ in 0..order.len() {
         let index = order[*cursor % order.len()];
         *cursor += 1;
         let deployment = &model.deployments[index];
-        if let Some(left) = deployment.health.cooling_for() {
-            *soonest_back = Some(soonest_back.map_or(left, |s| s.min(left)));
+        let gate = deployment.state.breaker.gate(now);
+        if let Gate::Open { back_in } = gate {
+            *soonest_back = Some(soonest_back.map_or(back_in, |s| s.min(back_in)));
             continue;
         }
         if !deployment.limits.is_unlimited()
@@ -184,6 +355,9 @@ async fn next_available(
                 .admit(&[deployment.subject()], estimated_tokens)
                 .await
         {
+            if gate == Gate::Probe {
+                deployment.state.breaker.release_probe();
+            }
             *soonest_back =
                 Some(soonest_back.map_or(refusal.retry_after, |s| s.min(refusal.retry_after)));
             continue;
@@ -205,7 +379,7 @@ fn count_attempt(deployment: &DeploymentEntry, result: AttemptResult) {
     metrics::count_attempt(deployment.provider_kind, result);
 }
 
-/// A failure that counts against the deployment's health.
+/// A failure that counts against the deployment's breaker.
 fn failed(
     deployment: &DeploymentEntry,
     policy: &ModelPolicy,
@@ -213,10 +387,25 @@ fn failed(
     error: ApiError,
 ) -> Attempt {
     count_attempt(deployment, result);
-    if deployment.health.record_failure(&policy.cooldown) {
+    deployment.state.load.record_failure(unix_ms());
+    if deployment.state.breaker.record_failure(&policy.cooldown) {
         cooled(deployment);
     }
     Attempt::Failed(error)
+}
+
+/// A success: closes a half-open breaker, and feeds the latency averages.
+fn succeeded(deployment: &DeploymentEntry, started: Instant, streamed: bool) {
+    count_attempt(deployment, AttemptResult::Ok);
+    let state = &deployment.state;
+    state.breaker.record_success();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let now = unix_ms();
+    if streamed {
+        state.load.record_ttft(ms, now);
+    } else {
+        state.load.record_latency(ms, now);
+    }
 }
 
 fn cooled(deployment: &DeploymentEntry) {
@@ -232,6 +421,7 @@ async fn attempt(
     request_id: &str,
 ) -> Attempt {
     let started = Instant::now();
+    deployment.state.load.record_request(unix_ms());
     let first_byte_deadline = started + Duration::from_millis(policy.timeouts.first_byte_ms);
     let deadline = started + Duration::from_millis(policy.timeouts.total_ms);
     let request = UpstreamRequest {
@@ -274,15 +464,21 @@ async fn attempt(
         Ok(Ok(response)) => response,
     };
 
-    match deployment
+    let verdict = deployment
         .adaptor
-        .classify(response.status, &response.headers)
+        .classify(response.status, &response.headers);
+    if matches!(verdict, Verdict::Success | Verdict::RateLimited { .. })
+        && let Some(reading) = deployment.adaptor.rate_limits(&response.headers)
     {
+        deployment.state.quota.record(&reading, unix_ms());
+    }
+    match verdict {
         Verdict::Success => {}
         Verdict::RateLimited { retry_after } => {
             count_attempt(deployment, AttemptResult::RateLimited);
+            deployment.state.load.record_failure(unix_ms());
             let period = retry_after.unwrap_or(Duration::from_secs(policy.cooldown.seconds));
-            deployment.health.cool_down(period);
+            deployment.state.breaker.open(period);
             cooled(deployment);
             return Attempt::Failed(ApiError::UpstreamRateLimited { retry_after });
         }
@@ -298,22 +494,26 @@ async fn attempt(
         }
         Verdict::CredentialRejected => {
             count_attempt(deployment, AttemptResult::CredentialRejected);
-            tracing::error!(
-                deployment = %deployment.id,
-                provider = %deployment.provider_id,
-                status = response.status.as_u16(),
-                "the upstream rejected the gateway's credential; taking the deployment out"
-            );
-            deployment
-                .health
-                .cool_down(Duration::from_secs(policy.cooldown.seconds));
-            cooled(deployment);
+            let breaker = &deployment.state.breaker;
+            breaker.open(CREDENTIAL_REJECTED_OUT);
+            if breaker.first_alert() {
+                tracing::error!(
+                    deployment = %deployment.id,
+                    provider = %deployment.provider_id,
+                    status = response.status.as_u16(),
+                    out_seconds = CREDENTIAL_REJECTED_OUT.as_secs(),
+                    "the upstream rejected the gateway's credential; taking the deployment out"
+                );
+                cooled(deployment);
+            }
             return Attempt::Failed(ApiError::UpstreamFailed {
                 reason: "it rejected the gateway's credentials",
             });
         }
         Verdict::ClientError => {
             count_attempt(deployment, AttemptResult::ClientError);
+            // Not the deployment's fault: if this was the probe, let another request probe.
+            deployment.state.breaker.release_probe();
             let content_type = response.headers.get(CONTENT_TYPE).cloned();
             let body = match timeout_at(
                 deadline,
@@ -354,8 +554,7 @@ async fn attempt(
                 ApiError::UpstreamTimeout,
             ),
             Ok(Some(first)) => {
-                count_attempt(deployment, AttemptResult::Ok);
-                deployment.health.record_success();
+                succeeded(deployment, started, true);
                 Attempt::Stream {
                     body,
                     first,
@@ -397,8 +596,7 @@ async fn attempt(
     };
     match usage_from_body(&bytes) {
         Ok(usage) => {
-            count_attempt(deployment, AttemptResult::Ok);
-            deployment.health.record_success();
+            succeeded(deployment, started, false);
             Attempt::Complete {
                 status: StatusCode::OK,
                 content_type,

@@ -26,6 +26,12 @@ pub struct RequestView {
     pub client_wants_usage: bool,
     /// `max_tokens` or `max_completion_tokens`, for the token-limit estimate.
     pub max_tokens: Option<u64>,
+    /// The request offers `tools` or `functions` (routing skips deployments without them).
+    pub uses_tools: bool,
+    /// The request carries an `image_url` part (routing skips deployments without vision).
+    pub has_images: bool,
+    /// Where the prompt (`messages`, or `prompt`) sits in the body, for prefix affinity.
+    pub prompt_span: Option<Range<usize>>,
     model_span: Range<usize>,
     /// The raw `stream_options` value's span, when present.
     stream_options_span: Option<Range<usize>>,
@@ -46,6 +52,14 @@ struct Fields<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    #[serde(borrow, default)]
+    tools: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    functions: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt: Option<&'a RawValue>,
 }
 
 fn raw_even_if_null<'de, D: serde::Deserializer<'de>>(
@@ -102,7 +116,18 @@ impl RequestView {
         let model_span = span_of(&body, raw_model.get());
         let stream_options_span = fields.stream_options.map(|raw| span_of(&body, raw.get()));
         let object_start = body.iter().position(|&b| b == b'{').map_or(0, |p| p + 1);
+        let present =
+            |raw: Option<&RawValue>| raw.is_some_and(|r| !matches!(r.get(), "null" | "[]"));
+        let uses_tools = present(fields.tools) || present(fields.functions);
+        let has_images = memchr::memmem::find(&body, b"\"image_url\"").is_some();
+        let prompt_span = fields
+            .messages
+            .or(fields.prompt)
+            .map(|raw| span_of(&body, raw.get()));
         Ok(Self {
+            uses_tools,
+            has_images,
+            prompt_span,
             model,
             stream: fields.stream.unwrap_or(false),
             client_wants_usage,
@@ -112,6 +137,14 @@ impl RequestView {
             object_start,
             body,
         })
+    }
+
+    /// The prompt's bytes as sent (`messages` or `prompt`), if any.
+    pub fn prompt_bytes(&self) -> &[u8] {
+        self.prompt_span
+            .as_ref()
+            .and_then(|span| self.body.get(span.clone()))
+            .unwrap_or_default()
     }
 
     /// A rough prompt size for the token-limit estimate: about four bytes a token.

@@ -105,6 +105,20 @@ pub fn build_state_with_keys(
     ))
 }
 
+/// Starts sharing deployment state (load, latency, breakers) through Redis when the config
+/// has a `redis:` section; returns the background task. Without one, routing uses this
+/// process's own view.
+pub fn start_shared_state(
+    state: &Arc<AppState>,
+    redis: Option<&crate::shared_redis::RedisConfig>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(config) = redis else {
+        return Ok(None);
+    };
+    let shared = crate::shared_redis::SharedRedis::connect(config)?;
+    Ok(Some(crate::fleet::sync::spawn(Arc::clone(state), shared)))
+}
+
 /// Loads the config and serves until `SIGTERM` or Ctrl-C, then drains.
 pub async fn serve(options: Options) -> anyhow::Result<()> {
     serve_until(options, shutdown_signal(), |_| {}).await
@@ -137,6 +151,7 @@ pub async fn serve_until(
         }
         (None, None) => anyhow::bail!("no snapshot and no cluster section"),
     };
+    let _shared_state = start_shared_state(&state, config.redis.as_ref())?;
     let listen = options.listen.unwrap_or(config.server.listen);
     let listener = TcpListener::bind(listen)
         .await

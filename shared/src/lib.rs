@@ -14,6 +14,7 @@
 //! - [`budget`]: calendar-aligned budget periods in a time zone, and nano-dollar money.
 //! - [`sealed`]: AES-256-GCM sealing of upstream credentials under rotatable master keys.
 //! - [`cluster`]: NATS subjects, JetStream names and messages between the planes.
+//! - [`fleet_keys`]: Redis keys of the deployment state that data-plane replicas share.
 //! - [`proto`]: the generated gRPC `ConfigService` (from `proto/`).
 //!
 //! Why one crate: a snapshot written by the control plane must be read bit-for-bit the same way
@@ -22,6 +23,7 @@
 
 pub mod budget;
 pub mod cluster;
+pub mod fleet_keys;
 pub mod keys;
 pub mod price;
 pub mod pricing;

@@ -239,6 +239,21 @@ pub struct Provider {
     /// AWS session token, for temporary credentials. `bedrock` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_session_token: Option<SecretRef>,
+    /// Several credentials of the same upstream, used by weight (instead of `api_key`): a key
+    /// the upstream rate limits is left alone until its reset, one it rejects is taken out,
+    /// and the others keep serving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ProviderKey>,
+}
+
+/// One of a provider's several credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderKey {
+    pub key: SecretRef,
+    /// Relative share of the provider's traffic.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
 }
 
 /// The wire protocol a provider speaks.
@@ -314,6 +329,10 @@ fn default_weight() -> u32 {
 pub struct ModelPolicy {
     /// The public model name this policy governs.
     pub model: String,
+    /// Makes this name a *model group*: one public name over the deployments of these
+    /// models, routed by this policy. Empty for an ordinary model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
     #[serde(default)]
     pub strategy: Strategy,
     /// Models to try, in order, once this model's own attempts are spent.
@@ -326,18 +345,40 @@ pub struct ModelPolicy {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub cooldown: Cooldown,
+    /// Weights of the `weighted_score` strategy (a preset or explicit weights). Only read by
+    /// that strategy; absent means the `balanced` preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring: Option<Scoring>,
+    /// Settings of the `prefix_affinity` strategy; absent means the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_affinity: Option<PrefixAffinity>,
+    /// When every deployment is cooling down, how long a request may wait for the first one
+    /// to come back before it is refused with 503. 0 refuses at once.
+    #[serde(default = "default_wait_for_cooldown_ms")]
+    pub wait_for_cooldown_ms: u64,
 }
+
+fn default_wait_for_cooldown_ms() -> u64 {
+    1_000
+}
+
+/// Longest `wait_for_cooldown_ms` accepted: a request should not hang on a cooling model.
+pub const MAX_WAIT_FOR_COOLDOWN_MS: u64 = 30_000;
 
 impl ModelPolicy {
     /// The policy of a model that has none of its own.
     pub fn default_for(model: &str) -> Self {
         Self {
             model: model.to_owned(),
+            members: Vec::new(),
             strategy: Strategy::default(),
             fallbacks: Vec::new(),
             retries: default_retries(),
             timeouts: Timeouts::default(),
             cooldown: Cooldown::default(),
+            scoring: None,
+            prefix_affinity: None,
+            wait_for_cooldown_ms: default_wait_for_cooldown_ms(),
         }
     }
 }
@@ -357,6 +398,123 @@ pub enum Strategy {
     RoundRobin,
     /// Lowest `priority` first; weighted random among equals.
     Priority,
+    /// Fewest requests in flight across the cluster; ties go to the higher weight.
+    LeastBusy,
+    /// Lowest recent latency (time to first token for streams); unmeasured ones first.
+    LowestLatency,
+    /// Most headroom: the smallest used share of the deployment's RPM/TPM limits or of the
+    /// upstream's reported quota, then the fewest tokens used this minute.
+    LowestUsage,
+    /// Cheapest for this request by the deployments' price entries; unpriced ones last.
+    LowestCost,
+    /// A weighted sum of cost, latency, reliability and headroom (see [`Scoring`]).
+    WeightedScore,
+    /// For self-hosted engines with a prefix (KV) cache, e.g. vLLM, SGLang: the deployment
+    /// that most recently served the longest matching prompt prefix, unless it is busier
+    /// than the least busy one by more than a margin (see [`PrefixAffinity`]); least busy
+    /// otherwise.
+    PrefixAffinity,
+}
+
+/// Settings of the `prefix_affinity` strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixAffinity {
+    /// The prompt is hashed in blocks of this many bytes (about a quarter as many tokens).
+    #[serde(default = "default_block_bytes")]
+    pub block_bytes: u32,
+    /// Requests in flight by which the cached deployment may exceed the least busy one and
+    /// still be chosen.
+    #[serde(default = "default_load_margin")]
+    pub load_margin: u32,
+}
+
+fn default_block_bytes() -> u32 {
+    512
+}
+
+fn default_load_margin() -> u32 {
+    4
+}
+
+impl Default for PrefixAffinity {
+    fn default() -> Self {
+        Self {
+            block_bytes: default_block_bytes(),
+            load_margin: default_load_margin(),
+        }
+    }
+}
+
+/// Weights of the `weighted_score` strategy: a named preset, or explicit weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scoring {
+    /// `{ preset: cost_first }`
+    Preset(PresetChoice),
+    /// `{ cost: 2, latency: 1 }` (missing weights are 0)
+    Weights(ScoreWeights),
+}
+
+/// `{ preset: ... }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetChoice {
+    pub preset: ScoringPreset,
+}
+
+/// Named weight sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoringPreset {
+    /// Equal weights.
+    Balanced,
+    /// Mostly price, a little of everything else.
+    CostFirst,
+    /// Mostly latency, a little of everything else.
+    SpeedFirst,
+}
+
+/// How much each signal counts; each is normalised to 0..1 across the candidates, lower is
+/// better, and the deployment with the lowest weighted sum goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreWeights {
+    #[serde(default)]
+    pub cost: f64,
+    #[serde(default)]
+    pub latency: f64,
+    /// Recent failure rate.
+    #[serde(default)]
+    pub reliability: f64,
+    /// Used share of the limits (less headroom scores worse).
+    #[serde(default)]
+    pub headroom: f64,
+}
+
+impl ScoringPreset {
+    pub fn weights(self) -> ScoreWeights {
+        let w = |cost, latency, reliability, headroom| ScoreWeights {
+            cost,
+            latency,
+            reliability,
+            headroom,
+        };
+        match self {
+            ScoringPreset::Balanced => w(1.0, 1.0, 1.0, 1.0),
+            ScoringPreset::CostFirst => w(0.7, 0.1, 0.1, 0.1),
+            ScoringPreset::SpeedFirst => w(0.1, 0.7, 0.1, 0.1),
+        }
+    }
+}
+
+impl Scoring {
+    pub fn weights(self) -> ScoreWeights {
+        match self {
+            Scoring::Preset(p) => p.preset.weights(),
+            Scoring::Weights(w) => w,
+        }
+    }
 }
 
 /// Per-attempt time limits, in milliseconds.

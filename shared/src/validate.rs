@@ -118,7 +118,19 @@ impl Snapshot {
             "virtual_keys",
             self.virtual_keys.iter().map(|k| k.id.as_str()),
         );
-        let served: HashSet<&str> = self.deployments.iter().map(|d| d.model.as_str()).collect();
+        let served_by_deployments: HashSet<&str> =
+            self.deployments.iter().map(|d| d.model.as_str()).collect();
+        // Model groups are public names too.
+        let served: HashSet<&str> = served_by_deployments
+            .iter()
+            .copied()
+            .chain(
+                self.models
+                    .iter()
+                    .filter(|m| !m.members.is_empty())
+                    .map(|m| m.model.as_str()),
+            )
+            .collect();
 
         for (i, t) in self.tenants.iter().enumerate() {
             check_limits(&mut c, &format!("tenants[{i}].limits"), t.limits);
@@ -129,6 +141,20 @@ impl Snapshot {
 
         for (i, p) in self.providers.iter().enumerate() {
             let path = format!("providers[{i}]");
+            if p.api_key.is_some() && !p.api_keys.is_empty() {
+                c.push(
+                    format!("{path}.api_keys"),
+                    "give either api_key or api_keys, not both",
+                );
+            }
+            if p.api_keys.len() > 64 {
+                c.push(format!("{path}.api_keys"), "at most 64 keys per provider");
+            }
+            for (j, k) in p.api_keys.iter().enumerate() {
+                if k.weight == 0 {
+                    c.push(format!("{path}.api_keys[{j}].weight"), "must be at least 1");
+                }
+            }
             match (p.kind, &p.base_url) {
                 (ProviderKind::Mock, _) | (ProviderKind::Bedrock, None) => {}
                 (_, None) => c.push(format!("{path}.base_url"), "is required for this kind"),
@@ -267,10 +293,36 @@ impl Snapshot {
                     format!("second policy for {:?} (first at models[{first}])", m.model),
                 );
             }
-            if !served.contains(m.model.as_str()) {
+            if m.members.is_empty() {
+                if !served.contains(m.model.as_str()) {
+                    c.push(
+                        format!("{path}.model"),
+                        format!("no deployment serves model {:?}", m.model),
+                    );
+                }
+            } else {
+                if served_by_deployments.contains(m.model.as_str()) {
+                    c.push(
+                        format!("{path}.model"),
+                        format!(
+                            "{:?} is served by deployments; a group needs a name of its own",
+                            m.model
+                        ),
+                    );
+                }
+                for (j, member) in m.members.iter().enumerate() {
+                    if !served_by_deployments.contains(member.as_str()) {
+                        c.push(
+                            format!("{path}.members[{j}]"),
+                            format!("no deployment serves model {member:?}"),
+                        );
+                    }
+                }
+            }
+            if m.model.starts_with("tag:") {
                 c.push(
                     format!("{path}.model"),
-                    format!("no deployment serves model {:?}", m.model),
+                    "names starting with `tag:` select deployments by tag",
                 );
             }
             for (j, f) in m.fallbacks.iter().enumerate() {
@@ -305,6 +357,59 @@ impl Snapshot {
                     format!(
                         "{} is shorter than first_byte_ms {}",
                         t.total_ms, t.first_byte_ms
+                    ),
+                );
+            }
+            if let Some(scoring) = m.scoring {
+                if m.strategy != crate::snapshot::Strategy::WeightedScore {
+                    c.push(
+                        format!("{path}.scoring"),
+                        "only the weighted_score strategy reads scoring",
+                    );
+                }
+                let w = scoring.weights();
+                let all = [
+                    ("cost", w.cost),
+                    ("latency", w.latency),
+                    ("reliability", w.reliability),
+                    ("headroom", w.headroom),
+                ];
+                for (name, value) in all {
+                    if !(value.is_finite() && value >= 0.0) {
+                        c.push(
+                            format!("{path}.scoring.{name}"),
+                            "must be a non-negative number",
+                        );
+                    }
+                }
+                if all.iter().all(|(_, v)| *v == 0.0) {
+                    c.push(
+                        format!("{path}.scoring"),
+                        "at least one weight must be positive",
+                    );
+                }
+            }
+            if let Some(p) = m.prefix_affinity {
+                if m.strategy != crate::snapshot::Strategy::PrefixAffinity {
+                    c.push(
+                        format!("{path}.prefix_affinity"),
+                        "only the prefix_affinity strategy reads it",
+                    );
+                }
+                if !(64..=65_536).contains(&p.block_bytes) {
+                    c.push(
+                        format!("{path}.prefix_affinity.block_bytes"),
+                        "must be between 64 and 65536",
+                    );
+                }
+            }
+            if m.wait_for_cooldown_ms > crate::snapshot::MAX_WAIT_FOR_COOLDOWN_MS {
+                c.push(
+                    format!("{path}.wait_for_cooldown_ms"),
+                    format!(
+                        "{} is more than {}",
+                        m.wait_for_cooldown_ms,
+                        crate::snapshot::MAX_WAIT_FOR_COOLDOWN_MS
                     ),
                 );
             }
@@ -511,6 +616,51 @@ models:
                 "schema_version: 2\ntenants: [{ id: t1 }]",
                 "schema_version",
             ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, scoring: { preset: cost_first }, fallbacks",
+                "models[0].scoring",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, strategy: weighted_score, scoring: { cost: -1 }, fallbacks",
+                "models[0].scoring.cost",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, strategy: weighted_score, scoring: { cost: 0 }, fallbacks",
+                "models[0].scoring",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, wait_for_cooldown_ms: 60000, fallbacks",
+                "models[0].wait_for_cooldown_ms",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, members: [small], fallbacks",
+                "models[0].model",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks",
+                "{ model: gpt-4o, strategy: prefix_affinity, prefix_affinity: { block_bytes: 8 }, fallbacks",
+                "models[0].prefix_affinity.block_bytes",
+            ),
+            (
+                "base_url: \"https://api.openai.com/v1\"",
+                "base_url: \"https://api.openai.com/v1\", api_keys: [{ key: { value: a } }, { key: { value: b }, weight: 0 }]",
+                "providers[0].api_keys[1].weight",
+            ),
+            (
+                "base_url: \"https://api.openai.com/v1\"",
+                "base_url: \"https://api.openai.com/v1\", api_key: { value: a }, api_keys: [{ key: { value: b } }]",
+                "providers[0].api_keys",
+            ),
+            (
+                "{ model: gpt-4o, fallbacks: [small] }",
+                "{ model: gpt-4o, fallbacks: [small] }\n  - { model: g, members: [small, nope] }",
+                "models[1].members[1]",
+            ),
         ];
         for (from, to, path) in cases {
             let yaml = good().replacen(from, to, 1);
@@ -521,6 +671,18 @@ models:
                 "case {path}: expected a problem there, got {found:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_model_group_is_a_public_name() {
+        let yaml = good()
+            .replacen(
+                "{ model: gpt-4o, fallbacks: [small] }",
+                "{ model: gpt-4o, fallbacks: [both] }\n  - { model: both, members: [gpt-4o, small] }",
+                1,
+            )
+            .replacen("allowed_models: [gpt-4o]", "allowed_models: [both]", 1);
+        assert_eq!(problems(&yaml), Vec::<String>::new());
     }
 
     #[test]

@@ -265,9 +265,14 @@ async fn metrics_are_exported_under_their_documented_names() {
         dataplane::metrics::ERRORS_TOTAL,
         dataplane::metrics::RATE_LIMITED_TOTAL,
         dataplane::metrics::SNAPSHOT_REVISION,
+        dataplane::metrics::ROUTING_DECISION_SECONDS,
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
+    assert!(
+        text.contains(r#"switchboard_routing_decision_seconds_bucket{le="0.00001"}"#),
+        "routing decisions are measured in microseconds: {text}"
+    );
     assert!(
         text.contains(r#"switchboard_rate_limited_total{scope="key",resource="requests"}"#),
         "{text}"

@@ -262,3 +262,87 @@ async fn connections_are_reused() {
         "one keep-alive connection for sequential requests"
     );
 }
+
+#[tokio::test]
+async fn when_every_deployment_cools_down_the_request_waits_for_the_first_back() {
+    let mock = MockUpstream::start().await.unwrap();
+    let scenario = "fault=429,retry_after=1,fail_first=1";
+    let policy = |wait_ms: u64| {
+        format!("models: [{{ model: m, retries: 1, wait_for_cooldown_ms: {wait_ms} }}]\n")
+    };
+    // Its 429 opens the only deployment for 1 s; the retry waits for it and succeeds.
+    let gw = Gateway::start(&one_deployment(
+        &mock.scenario_url(scenario),
+        "",
+        &policy(2000),
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let reply = post(&gw.url(CHAT), GOOD).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(mock.request_count(scenario), 2);
+
+    // Not allowed to wait that long: the 429 reaches the client at once.
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&one_deployment(
+        &mock.scenario_url(scenario),
+        "",
+        &policy(500),
+    ))
+    .await;
+    let reply = post(&gw.url(CHAT), GOOD).await;
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    assert_eq!(mock.request_count(scenario), 1);
+}
+
+#[tokio::test]
+async fn a_rejected_credential_takes_the_deployment_out_without_retrying_it() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(
+        &two_deployments(
+            &mock,
+            "fault=401",
+            "cached=1",
+            "strategy: priority, retries: 2",
+        )
+        .replace("upstream_model: ua }", "upstream_model: ua, priority: 0 }")
+        .replace("upstream_model: ub }", "upstream_model: ub, priority: 1 }"),
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
+    }
+    assert_eq!(
+        mock.request_count("fault=401"),
+        1,
+        "tried once, then out (not retried, not tried again)"
+    );
+    assert_eq!(mock.request_count("cached=1"), 5);
+}
+
+#[tokio::test]
+async fn a_provider_with_several_keys_spreads_requests_by_weight() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = one_deployment(&mock.base_url(), "", "").replacen(
+        "kind: openai, base_url",
+        "kind: openai, api_keys: [{ key: { value: sk-up-a } }, { key: { value: sk-up-b }, weight: 3 }], base_url",
+        1,
+    );
+    let gw = Gateway::start(&config).await;
+    for _ in 0..400 {
+        assert_eq!(post(&gw.url(CHAT), GOOD).await.status, 200);
+    }
+    let used = |key: &str| {
+        mock.requests("")
+            .iter()
+            .filter(|r| r.header("authorization") == Some(&format!("Bearer {key}")))
+            .count()
+    };
+    assert_eq!(used("sk-up-a") + used("sk-up-b"), 400);
+    let share = used("sk-up-b") as f64 / 400.0;
+    assert!(
+        (share - 0.75).abs() < 0.08,
+        "share of the weight-3 key: {share}"
+    );
+}

@@ -15,6 +15,7 @@
 //! - [`client`]: the HTTP/1.1 client every HTTP adaptor shares (pooled, rustls).
 //! - [`translate`]: request, answer, stream and error translation between protocols.
 //! - [`ratelimit`]: the upstream's own rate-limit headers, per provider.
+//! - [`keyring`]: several credentials of one provider, by weight, with per-key rest and removal.
 //!
 //! The contract with the proxy: an adaptor answers **in the client's protocol** (the
 //! [`Endpoint`] says which). Where the deployment speaks another one, the adaptor translates
@@ -25,6 +26,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod client;
 pub mod gemini;
+pub mod keyring;
 pub mod mock;
 pub mod openai;
 pub mod ratelimit;

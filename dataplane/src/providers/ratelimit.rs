@@ -5,10 +5,13 @@
 //! headers ([`super::ProviderAdaptor::rate_limits`]); sharing the result across replicas
 //! belongs to the router's shared state.
 //!
-//! - OpenAI and Azure: `x-ratelimit-remaining-{requests,tokens}` and
-//!   `x-ratelimit-reset-{requests,tokens}` as durations like `1s`, `6m0s`, `20ms`.
-//! - Anthropic: `anthropic-ratelimit-{requests,tokens}-{remaining,reset}`, resets as RFC 3339
-//!   instants.
+//! - OpenAI and Azure: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, resets as
+//!   durations like `1s`, `6m0s`, `20ms` (or a bare number of seconds).
+//! - Anthropic: `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`, resets as
+//!   RFC 3339 instants.
+//!
+//! The proxy stores each reading in the deployment's `fleet::UpstreamQuota`; the key ring
+//! reads the reset of an exhausted allowance from it.
 
 use std::time::Duration;
 
@@ -17,6 +20,9 @@ use http::HeaderMap;
 /// What the upstream said about its limits for this account.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpstreamRateLimits {
+    /// The allowance itself, when the upstream says (OpenAI and Anthropic do).
+    pub limit_requests: Option<u64>,
+    pub limit_tokens: Option<u64>,
     pub remaining_requests: Option<u64>,
     pub remaining_tokens: Option<u64>,
     /// Time until the request allowance is fully restored.
@@ -30,9 +36,21 @@ impl UpstreamRateLimits {
         (self != Self::default()).then_some(self)
     }
 
+    /// When the exhausted allowance comes back: the reset of whichever is at zero, else the
+    /// later of the two.
+    pub fn exhausted_reset(&self) -> Option<Duration> {
+        match (self.remaining_requests, self.remaining_tokens) {
+            (Some(0), _) => self.reset_requests,
+            (_, Some(0)) => self.reset_tokens,
+            _ => self.reset_requests.max(self.reset_tokens),
+        }
+    }
+
     /// OpenAI's (and Azure OpenAI's) headers.
     pub fn from_openai_headers(headers: &HeaderMap) -> Option<Self> {
         Self {
+            limit_requests: number(headers, "x-ratelimit-limit-requests"),
+            limit_tokens: number(headers, "x-ratelimit-limit-tokens"),
             remaining_requests: number(headers, "x-ratelimit-remaining-requests"),
             remaining_tokens: number(headers, "x-ratelimit-remaining-tokens"),
             reset_requests: text(headers, "x-ratelimit-reset-requests").and_then(go_duration),
@@ -51,6 +69,8 @@ impl UpstreamRateLimits {
             (at.with_timezone(&chrono::Utc) - now).to_std().ok()
         };
         Self {
+            limit_requests: number(headers, "anthropic-ratelimit-requests-limit"),
+            limit_tokens: number(headers, "anthropic-ratelimit-tokens-limit"),
             remaining_requests: number(headers, "anthropic-ratelimit-requests-remaining"),
             remaining_tokens: number(headers, "anthropic-ratelimit-tokens-remaining"),
             reset_requests: until("anthropic-ratelimit-requests-reset"),
@@ -68,8 +88,12 @@ fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
     text(headers, name)?.parse().ok()
 }
 
-/// A Go-style duration (`1s`, `6m0s`, `1h2m3.5s`, `20ms`) as OpenAI sends them.
+/// A Go-style duration (`1s`, `6m0s`, `1h2m3.5s`, `20ms`) as OpenAI sends them, or a bare
+/// number of seconds.
 fn go_duration(s: &str) -> Option<Duration> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
     let mut total = 0.0f64;
     let mut rest = s;
     if rest.is_empty() {

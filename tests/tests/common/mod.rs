@@ -50,11 +50,15 @@ pub struct Gateway {
     pub state: Arc<AppState>,
     pub usage: Arc<MemorySink>,
     task: tokio::task::JoinHandle<()>,
+    shared_state: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(t) = &self.shared_state {
+            t.abort();
+        }
     }
 }
 
@@ -78,6 +82,8 @@ impl Gateway {
         if let Some(snapshot) = &config.snapshot {
             state.install(snapshot).expect("snapshot installs");
         }
+        let shared_state = dataplane::server::start_shared_state(&state, config.redis.as_ref())
+            .expect("shared state starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = dataplane::router(state.clone());
@@ -89,6 +95,7 @@ impl Gateway {
             state,
             usage,
             task,
+            shared_state,
         }
     }
 

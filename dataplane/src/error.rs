@@ -64,6 +64,8 @@ pub enum ApiError {
         model: String,
         retry_after: Option<Duration>,
     },
+    #[error("rate limits cannot be checked right now; retry later")]
+    LimitsUnavailable,
     #[error("the gateway is not ready to serve requests yet")]
     NotReady,
     #[error("internal error")]
@@ -98,9 +100,9 @@ impl ApiError {
             ApiError::UpstreamRejected { status } => *status,
             ApiError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::NoDeploymentAvailable { .. } | ApiError::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NoDeploymentAvailable { .. }
+            | ApiError::LimitsUnavailable
+            | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -125,6 +127,7 @@ impl ApiError {
             ApiError::UpstreamFailed { .. } => "upstream_failed",
             ApiError::UpstreamTimeout => "upstream_timeout",
             ApiError::NoDeploymentAvailable { .. } => "no_deployment_available",
+            ApiError::LimitsUnavailable => "limits_unavailable",
             ApiError::NotReady => "not_ready",
             ApiError::Internal => "internal",
         }
@@ -151,6 +154,7 @@ impl ApiError {
             ApiError::UpstreamFailed { .. }
             | ApiError::UpstreamTimeout
             | ApiError::NoDeploymentAvailable { .. }
+            | ApiError::LimitsUnavailable
             | ApiError::NotReady
             | ApiError::Internal => "api_error",
         }
@@ -177,6 +181,7 @@ impl ApiError {
             | ApiError::UpstreamFailed { .. }
             | ApiError::UpstreamTimeout
             | ApiError::NoDeploymentAvailable { .. }
+            | ApiError::LimitsUnavailable
             | ApiError::NotReady
             | ApiError::Internal => None,
         }
@@ -193,6 +198,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ApiError::LimitsUnavailable => Some(Duration::from_secs(1)),
             ApiError::UpstreamRateLimited { retry_after }
             | ApiError::NoDeploymentAvailable { retry_after, .. } => *retry_after,
             _ => None,

@@ -31,6 +31,8 @@ pub const DEPLOYMENT_COOLDOWNS_TOTAL: &str = "switchboard_deployment_cooldowns_t
 pub const SNAPSHOT_REVISION: &str = "switchboard_snapshot_revision";
 pub const SNAPSHOT_RELOADS_TOTAL: &str = "switchboard_snapshot_reloads_total";
 pub const INFLIGHT_REQUESTS: &str = "switchboard_inflight_requests";
+pub const REDIS_UP: &str = "switchboard_redis_up";
+pub const LIMITS_DEGRADED_TOTAL: &str = "switchboard_limits_degraded_total";
 
 /// Every name above, for the test that scrapes `/metrics`.
 pub const ALL: &[&str] = &[
@@ -46,6 +48,8 @@ pub const ALL: &[&str] = &[
     SNAPSHOT_REVISION,
     SNAPSHOT_RELOADS_TOTAL,
     INFLIGHT_REQUESTS,
+    REDIS_UP,
+    LIMITS_DEGRADED_TOTAL,
 ];
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -123,6 +127,14 @@ fn describe() {
     describe_gauge!(SNAPSHOT_REVISION, "Revision of the snapshot being served.");
     describe_counter!(SNAPSHOT_RELOADS_TOTAL, "Snapshot loads, by result.");
     describe_gauge!(INFLIGHT_REQUESTS, "Requests being served now.");
+    describe_gauge!(
+        REDIS_UP,
+        "1 while the shared Redis answers, 0 while limits run degraded."
+    );
+    describe_counter!(
+        LIMITS_DEGRADED_TOTAL,
+        "Admissions decided without Redis, by failure policy (open: local counters; closed: refused)."
+    );
 }
 
 /// Token and cost counters of one public model.
@@ -327,6 +339,23 @@ pub fn count_cooldown(deployment: &str) {
 /// Counts a config reload by result (`swapped`, `unchanged`, `rejected`).
 pub fn count_reload(result: &'static str) {
     counter!(SNAPSHOT_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// Sets whether the shared Redis answers.
+pub fn set_redis_up(up: bool) {
+    static GAUGE: OnceLock<Gauge> = OnceLock::new();
+    GAUGE
+        .get_or_init(|| gauge!(REDIS_UP))
+        .set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts an admission decided without Redis, by failure policy (`open`, `closed`).
+pub fn count_limits_degraded(policy: &'static str) {
+    static TABLE: Table<Counter, 2> = Table::new();
+    let i = usize::from(policy == "closed");
+    if let Some(c) = TABLE.get(i, || counter!(LIMITS_DEGRADED_TOTAL, "policy" => policy)) {
+        c.increment(1);
+    }
 }
 
 /// Sets the revision being served.

@@ -18,10 +18,11 @@ use tokio::net::TcpListener;
 
 use crate::accounting::{Books, LogSink, UsageSink};
 use crate::config::{Config, ServerConfig, process_env};
-use crate::limits::{Limiter, LocalLimiter};
+use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
 use crate::metrics;
 use crate::providers::client::{self, ClientSettings};
 use crate::routes::router;
+use crate::shared_redis::{RedisConfig, SharedRedis};
 use crate::state::{AppState, Installed};
 
 /// What `main` passes in.
@@ -32,12 +33,16 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
 }
 
-/// Builds the shared state for a server config, with `sink` receiving usage records.
+/// Builds the shared state for a server config, with `sink` receiving usage records. With a
+/// `redis` section, rate limits are shared through Redis (this needs a Tokio runtime, for the
+/// limiter's background tasks); without one they are this process's own.
 pub fn build_state(
     server: &ServerConfig,
+    redis: Option<&RedisConfig>,
     sink: Arc<dyn UsageSink>,
 ) -> anyhow::Result<Arc<AppState>> {
     crate::install_crypto_provider();
+    let metrics = metrics::install();
     let pepper = server
         .key_pepper
         .resolve()
@@ -57,8 +62,12 @@ pub fn build_state(
         extra_roots,
     )
     .map_err(|e| anyhow::anyhow!("server.upstream_ca_file: {e}"))?;
+    let limiter = match redis {
+        Some(config) => Limiter::Redis(RedisLimiter::new(SharedRedis::connect(config)?)),
+        None => Limiter::Local(LocalLimiter::new()),
+    };
     let books = Books {
-        limiter: Arc::new(Limiter::Local(LocalLimiter::new())),
+        limiter: Arc::new(limiter),
         sink,
     };
     Ok(Arc::new(AppState::new(
@@ -66,7 +75,7 @@ pub fn build_state(
         http,
         books,
         server.max_body_bytes,
-        metrics::install(),
+        metrics,
     )))
 }
 
@@ -86,7 +95,7 @@ pub async fn serve_until(
     config
         .validate()
         .map_err(|problems| anyhow::anyhow!("{}: {problems}", options.config_path.display()))?;
-    let state = build_state(&config.server, Arc::new(LogSink))?;
+    let state = build_state(&config.server, config.redis.as_ref(), Arc::new(LogSink))?;
     state
         .install(&config.snapshot)
         .map_err(|problems| anyhow::anyhow!("{}: {problems}", options.config_path.display()))?;

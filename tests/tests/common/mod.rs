@@ -64,7 +64,8 @@ impl Gateway {
         config.validate().expect("config is valid");
         let usage = Arc::new(MemorySink::default());
         let sink = Arc::new(TeeSink(Arc::new(LogSink), usage.clone()));
-        let state = dataplane::build_state(&config.server, sink).expect("state builds");
+        let state = dataplane::build_state(&config.server, config.redis.as_ref(), sink)
+            .expect("state builds");
         state.install(&config.snapshot).expect("snapshot installs");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

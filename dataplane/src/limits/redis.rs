@@ -343,14 +343,14 @@ async fn settle_worker(
         if !redis.is_up() {
             continue;
         }
-        if let Err(reason) = send_settlements(&redis, &script, &batch).await {
-            if redis.mark_down() {
-                metrics::set_redis_up(false);
-                tracing::warn!(
-                    %reason,
-                    "Redis unreachable while settling token limits; degraded until it answers"
-                );
-            }
+        if let Err(reason) = send_settlements(&redis, &script, &batch).await
+            && redis.mark_down()
+        {
+            metrics::set_redis_up(false);
+            tracing::warn!(
+                %reason,
+                "Redis unreachable while settling token limits; degraded until it answers"
+            );
         }
     }
 }

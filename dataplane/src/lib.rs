@@ -5,7 +5,8 @@
 //! 1. [`auth`] — the virtual key from `Authorization`/`x-api-key`, hashed and looked up in the
 //!    [`catalog`] (the compiled [`switchboard_shared::snapshot::Snapshot`] held by [`state`]).
 //! 2. [`request`] — the few body fields the gateway needs, parsed without building a tree.
-//! 3. [`limits`] — requests and tokens per minute for key, tenant and deployment.
+//! 3. [`limits`] — requests and tokens per minute for key, tenant and deployment, in process or
+//!    shared by all replicas through Redis (with a degraded mode while Redis is down).
 //! 4. [`routing`] — the order in which the model's deployments are tried.
 //! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and cooldowns ([`health`]), through a
 //!    provider adaptor ([`providers`]).

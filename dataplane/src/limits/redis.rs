@@ -1,8 +1,8 @@
 //! The rate limiter that all replicas share: GCRA cells kept in Redis, so that N replicas
 //! together admit what one would.
 //!
-//! **One round trip per admission.** A single Lua script (`gcra.lua`, loaded once and called
-//! with `EVALSHA`; the `redis` crate reloads it on `NOSCRIPT`) checks every limit of the
+//! **One round trip per admission.** A single Lua script (`gcra.lua`, called with `EVALSHA`
+//! and loaded only when Redis answers `NOSCRIPT`, e.g. after a restart) checks every limit of the
 //! subjects passed and writes them only if all fit — all or nothing, no refunds. It reads the
 //! clock with `TIME` inside the script, so replicas' clocks never matter. Each cell is one
 //! string key holding its theoretical arrival time in microseconds, with an expiry just past
@@ -10,7 +10,8 @@
 //!
 //! **Settlement off the request path.** The real token count corrects the estimate through the
 //! same script in `settle` mode; [`RedisLimiter::settle`] only queues it, and a background
-//! task sends what has queued up as one pipeline.
+//! task sends what has queued up as one pipeline, summed into one correction per set of cells
+//! (under load, most of a batch is the same few subjects).
 //!
 //! **Keys and Redis Cluster.** Keys look like `<prefix>:rl:{t:<tenant>}:k:<key>:rpm`. A
 //! request's key and tenant are checked by one script call, so they must share a slot: both

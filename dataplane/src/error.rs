@@ -65,6 +65,8 @@ pub enum ApiError {
         model: String,
         retry_after: Option<Duration>,
     },
+    #[error("rate limits cannot be checked right now; retry later")]
+    LimitsUnavailable,
     #[error("the gateway is not ready to serve requests yet")]
     NotReady,
     #[error("internal error")]
@@ -99,9 +101,9 @@ impl ApiError {
             ApiError::UpstreamRejected { status } => *status,
             ApiError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::NoDeploymentAvailable { .. } | ApiError::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NoDeploymentAvailable { .. }
+            | ApiError::LimitsUnavailable
+            | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,6 +128,7 @@ impl ApiError {
             ApiError::UpstreamFailed { .. } => "upstream_failed",
             ApiError::UpstreamTimeout => "upstream_timeout",
             ApiError::NoDeploymentAvailable { .. } => "no_deployment_available",
+            ApiError::LimitsUnavailable => "limits_unavailable",
             ApiError::NotReady => "not_ready",
             ApiError::Internal => "internal",
         }
@@ -152,6 +155,7 @@ impl ApiError {
             ApiError::UpstreamFailed { .. }
             | ApiError::UpstreamTimeout
             | ApiError::NoDeploymentAvailable { .. }
+            | ApiError::LimitsUnavailable
             | ApiError::NotReady
             | ApiError::Internal => "api_error",
         }
@@ -178,6 +182,7 @@ impl ApiError {
             | ApiError::UpstreamFailed { .. }
             | ApiError::UpstreamTimeout
             | ApiError::NoDeploymentAvailable { .. }
+            | ApiError::LimitsUnavailable
             | ApiError::NotReady
             | ApiError::Internal => None,
         }
@@ -194,6 +199,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ApiError::LimitsUnavailable => Some(Duration::from_secs(1)),
             ApiError::UpstreamRateLimited { retry_after }
             | ApiError::NoDeploymentAvailable { retry_after, .. } => *retry_after,
             _ => None,

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::accounting::{Ledger, LedgerOpen};
 use crate::auth::authenticate;
 use crate::error::ApiError;
-use crate::limits::Refusal;
+use crate::limits::Denial;
 use crate::metrics;
 use crate::providers::Endpoint;
 use crate::proxy::{Forward, forward};
@@ -167,12 +167,17 @@ async fn serve_proxy(
     Ok(response)
 }
 
-fn rate_limited(refusal: Refusal) -> ApiError {
-    metrics::count_rate_limited(refusal.scope.as_str(), refusal.what.as_str());
-    ApiError::RateLimited {
-        scope: refusal.scope.as_str(),
-        what: refusal.what.as_str(),
-        retry_after: refusal.retry_after,
+fn rate_limited(denial: Denial) -> ApiError {
+    match denial {
+        Denial::Limited(refusal) => {
+            metrics::count_rate_limited(refusal.scope.as_str(), refusal.what.as_str());
+            ApiError::RateLimited {
+                scope: refusal.scope.as_str(),
+                what: refusal.what.as_str(),
+                retry_after: refusal.retry_after,
+            }
+        }
+        Denial::Unavailable => ApiError::LimitsUnavailable,
     }
 }
 

@@ -5,8 +5,10 @@
 //! 1. [`auth`] — the virtual key from `Authorization`/`x-api-key`, hashed and looked up in the
 //!    [`catalog`] (the compiled [`switchboard_shared::snapshot::Snapshot`] held by [`state`]).
 //! 2. [`request`] — the few body fields the gateway needs, parsed without building a tree.
-//! 3. [`limits`] — requests and tokens per minute for key, tenant and deployment; [`budget`]
-//!    — spend per key and tenant per period, reserved at admission and settled at the end.
+//! 3. [`limits`] — requests and tokens per minute for key, tenant and deployment, in process or
+//!    shared by all replicas through Redis (with a degraded mode while Redis is down);
+//!    [`budget`] — spend per key and tenant per period, reserved at admission and settled at
+//!    the end.
 //! 4. [`routing`] — the order in which the model's deployments are tried, after [`selectors`]
 //!    (tags, model groups, capabilities, session affinity) narrow them.
 //! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and circuit breakers, through a

@@ -39,6 +39,9 @@ pub const BUDGET_DEGRADED_TOTAL: &str = "switchboard_budget_degraded_total";
 pub const USAGE_RECORDS_TOTAL: &str = "switchboard_usage_records_total";
 /// Time spent choosing the order of deployments (the strategy itself, not the attempts).
 pub const ROUTING_DECISION_SECONDS: &str = "switchboard_routing_decision_seconds";
+/// 1 while the shared Redis answers, 0 while limits run degraded.
+pub const REDIS_UP: &str = "switchboard_redis_up";
+pub const LIMITS_DEGRADED_TOTAL: &str = "switchboard_limits_degraded_total";
 
 /// Every name above, for the test that scrapes `/metrics`.
 pub const ALL: &[&str] = &[
@@ -54,6 +57,8 @@ pub const ALL: &[&str] = &[
     SNAPSHOT_REVISION,
     SNAPSHOT_RELOADS_TOTAL,
     INFLIGHT_REQUESTS,
+    REDIS_UP,
+    LIMITS_DEGRADED_TOTAL,
     ROUTING_DECISION_SECONDS,
 ];
 
@@ -148,6 +153,14 @@ fn describe() {
         ROUTING_DECISION_SECONDS,
         Unit::Seconds,
         "Time the routing strategy took to order a model's deployments."
+    );
+    describe_gauge!(
+        REDIS_UP,
+        "1 while the shared Redis answers, 0 while limits run degraded."
+    );
+    describe_counter!(
+        LIMITS_DEGRADED_TOTAL,
+        "Admissions decided without Redis, by failure policy (open: local counters; closed: refused)."
     );
 }
 
@@ -396,6 +409,23 @@ pub fn count_usage_spilled(n: usize) {
 /// Counts usage records lost.
 pub fn count_usage_dropped() {
     counter!(USAGE_RECORDS_TOTAL, "result" => "dropped").increment(1);
+}
+
+/// Sets whether the shared Redis answers.
+pub fn set_redis_up(up: bool) {
+    static GAUGE: OnceLock<Gauge> = OnceLock::new();
+    GAUGE
+        .get_or_init(|| gauge!(REDIS_UP))
+        .set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts an admission decided without Redis, by failure policy (`open`, `closed`).
+pub fn count_limits_degraded(policy: &'static str) {
+    static TABLE: Table<Counter, 2> = Table::new();
+    let i = usize::from(policy == "closed");
+    if let Some(c) = TABLE.get(i, || counter!(LIMITS_DEGRADED_TOTAL, "policy" => policy)) {
+        c.increment(1);
+    }
 }
 
 /// Sets the revision being served.

@@ -351,15 +351,15 @@ async fn next_available(
             continue;
         }
         if !deployment.limits.is_unlimited()
-            && let Err(refusal) = limiter
+            && let Err(denial) = limiter
                 .admit(&[deployment.subject()], estimated_tokens)
                 .await
         {
             if gate == Gate::Probe {
                 deployment.state.breaker.release_probe();
             }
-            *soonest_back =
-                Some(soonest_back.map_or(refusal.retry_after, |s| s.min(refusal.retry_after)));
+            let left = denial.retry_after();
+            *soonest_back = Some(soonest_back.map_or(left, |s| s.min(left)));
             continue;
         }
         return Some(index);

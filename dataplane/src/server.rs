@@ -22,10 +22,11 @@ use switchboard_shared::sealed::MasterKeys;
 use crate::accounting::{Books, LogSink, UsageSink};
 use crate::cluster;
 use crate::config::{Config, ServerConfig, process_env};
-use crate::limits::{Limiter, LocalLimiter};
+use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
 use crate::metrics;
 use crate::providers::client::{self, ClientSettings};
 use crate::routes::router;
+use crate::shared_redis::{RedisConfig, SharedRedis};
 use crate::state::{AppState, Installed};
 
 /// What `main` passes in.
@@ -55,21 +56,26 @@ pub fn master_keys_from(value: Option<&str>) -> anyhow::Result<Option<MasterKeys
     }
 }
 
-/// Builds the shared state for a server config, with `sink` receiving usage records.
+/// Builds the shared state for a server config, with `sink` receiving usage records. With a
+/// `redis` section, rate limits are shared through Redis (this needs a Tokio runtime, for the
+/// limiter's background tasks); without one they are this process's own.
 pub fn build_state(
     server: &ServerConfig,
+    redis: Option<&RedisConfig>,
     sink: Arc<dyn UsageSink>,
 ) -> anyhow::Result<Arc<AppState>> {
-    build_state_with_keys(server, sink, None)
+    build_state_with_keys(server, redis, sink, None)
 }
 
 /// [`build_state`] with master keys to open sealed credentials.
 pub fn build_state_with_keys(
     server: &ServerConfig,
+    redis: Option<&RedisConfig>,
     sink: Arc<dyn UsageSink>,
     master_keys: Option<MasterKeys>,
 ) -> anyhow::Result<Arc<AppState>> {
     crate::install_crypto_provider();
+    let metrics = metrics::install();
     let pepper = server
         .key_pepper
         .resolve()
@@ -89,19 +95,17 @@ pub fn build_state_with_keys(
         extra_roots,
     )
     .map_err(|e| anyhow::anyhow!("server.upstream_ca_file: {e}"))?;
+    let limiter = match redis {
+        Some(config) => Limiter::Redis(RedisLimiter::new(SharedRedis::connect(config)?)),
+        None => Limiter::Local(LocalLimiter::new()),
+    };
     let books = Books {
-        limiter: Arc::new(Limiter::Local(LocalLimiter::new())),
+        limiter: Arc::new(limiter),
         sink,
     };
     Ok(Arc::new(
-        AppState::new(
-            pepper,
-            http,
-            books,
-            server.max_body_bytes,
-            metrics::install(),
-        )
-        .with_master_keys(master_keys),
+        AppState::new(pepper, http, books, server.max_body_bytes, metrics)
+            .with_master_keys(master_keys),
     ))
 }
 
@@ -137,7 +141,12 @@ pub async fn serve_until(
         .validate()
         .map_err(|problems| anyhow::anyhow!("{}: {problems}", options.config_path.display()))?;
     let master_keys = master_keys_from(std::env::var(MASTER_KEYS_ENV).ok().as_deref())?;
-    let state = build_state_with_keys(&config.server, Arc::new(LogSink), master_keys)?;
+    let state = build_state_with_keys(
+        &config.server,
+        config.redis.as_ref(),
+        Arc::new(LogSink),
+        master_keys,
+    )?;
     // Standalone: the file's snapshot. Cluster: the control plane's, kept alive until return.
     let _cluster = match (&config.snapshot, &config.cluster) {
         (Some(snapshot), _) => {

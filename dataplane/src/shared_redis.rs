@@ -26,7 +26,8 @@ pub struct RedisConfig {
     /// password.
     pub url: SecretRef,
     /// Prefix of every key this deployment writes, so several deployments (or tests) can
-    /// share one Redis. Keys look like `<prefix>:rl:{key:abc}`.
+    /// share one Redis. Rate-limit keys look like `<prefix>:rl:{t:<tenant>}:k:<key>:rpm`
+    /// (see `limits::redis`).
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
     /// A Redis call that takes longer counts as a failure (and the request proceeds per

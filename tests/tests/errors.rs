@@ -341,6 +341,7 @@ async fn not_ready_gateways_answer_503() {
     let config = Config::parse(&one_deployment("http://127.0.0.1:9/v1", "", ""), &[]).unwrap();
     let state = dataplane::build_state(
         &config.server,
+        None,
         std::sync::Arc::new(dataplane::accounting::LogSink),
     )
     .unwrap();

@@ -324,7 +324,7 @@ mod tests {
 
     fn state() -> Arc<AppState> {
         let server: ServerConfig = serde_yaml_ng::from_str("key_pepper: { value: \"p\" }").unwrap();
-        crate::server::build_state(&server, Arc::new(LogSink)).unwrap()
+        crate::server::build_state(&server, None, Arc::new(LogSink)).unwrap()
     }
 
     fn body(revision: u64, keys: usize) -> (Announced, Bytes) {

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::gcra::{GcraCell, Take};
-use super::{LimitView, RateLimiter, Refusal, Resource, Subject};
+use super::{Denial, LimitView, RateLimiter, Refusal, Resource, Subject};
 
 /// The counters of one subject: one GCRA cell per resource.
 #[derive(Debug, Default)]
@@ -40,7 +40,8 @@ impl LocalLimiter {
         }
     }
 
-    fn now(&self) -> u64 {
+    /// Nanoseconds on this limiter's clock.
+    pub fn now(&self) -> u64 {
         // Start at one window past zero so that a fresh cell (TAT 0) is fully idle.
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
             + super::gcra::WINDOW_NANOS
@@ -117,16 +118,29 @@ impl RateLimiter for LocalLimiter {
         &self,
         subjects: &[Subject<'_>],
         estimated_tokens: u64,
-    ) -> Result<LimitView, Refusal> {
+    ) -> Result<LimitView, Denial> {
         self.admit_at(subjects, estimated_tokens, self.now())
+            .map_err(Denial::Limited)
     }
 
     fn settle(&self, subjects: &[Subject<'_>], estimated_tokens: u64, actual_tokens: u64) {
+        self.settle_at(subjects, estimated_tokens, actual_tokens, self.now());
+    }
+}
+
+impl LocalLimiter {
+    /// Settlement at an explicit time.
+    pub fn settle_at(
+        &self,
+        subjects: &[Subject<'_>],
+        estimated_tokens: u64,
+        actual_tokens: u64,
+        now: u64,
+    ) {
         let delta = signed(actual_tokens) - signed(estimated_tokens);
         if delta == 0 {
             return;
         }
-        let now = self.now();
         for s in subjects {
             if let Some(tpm) = s.limits.tpm {
                 s.local.tokens.adjust(u64::from(tpm), delta, now);

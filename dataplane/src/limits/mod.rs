@@ -1,15 +1,17 @@
 //! Rate limits: requests and tokens per minute, per virtual key, tenant and deployment.
 //!
 //! [`RateLimiter`] is the contract every implementation meets: this process's in-memory one
-//! ([`local::LocalLimiter`]) now, a Redis-backed one shared by all replicas later. Callers hold
-//! a [`Limiter`], an enum over the implementations, so dispatch costs a `match` rather than a
-//! boxed future per request.
+//! ([`local::LocalLimiter`]) and the Redis-backed one that all replicas share
+//! ([`redis::RedisLimiter`], which falls back to the in-process counters while Redis is
+//! unreachable). Callers hold a [`Limiter`], an enum over the implementations, so dispatch
+//! costs a `match` rather than a boxed future per request.
 //!
 //! Token limits are charged twice: an estimate at admission (prompt size plus `max_tokens`),
 //! then a correction once the real usage is known ([`RateLimiter::settle`]).
 
 pub mod gcra;
 pub mod local;
+pub mod redis;
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use http::{HeaderMap, HeaderValue};
 use switchboard_shared::snapshot::RateLimits;
 
 pub use local::{LocalLimitState, LocalLimiter};
+pub use redis::RedisLimiter;
 
 /// Who a limit belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +57,32 @@ pub struct Refusal {
     pub scope: Scope,
     pub what: Resource,
     pub retry_after: Duration,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// A limit is exhausted (429).
+    Limited(Refusal),
+    /// The shared limit store is unreachable and the policy is to refuse limited requests
+    /// rather than guess (503).
+    Unavailable,
+}
+
+impl Denial {
+    /// How long the client should wait before trying again.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Denial::Limited(r) => r.retry_after,
+            Denial::Unavailable => Duration::from_secs(1),
+        }
+    }
+}
+
+impl From<Refusal> for Denial {
+    fn from(r: Refusal) -> Self {
+        Denial::Limited(r)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +166,7 @@ pub trait RateLimiter: Send + Sync {
         &self,
         subjects: &[Subject<'_>],
         estimated_tokens: u64,
-    ) -> impl Future<Output = Result<LimitView, Refusal>> + Send;
+    ) -> impl Future<Output = Result<LimitView, Denial>> + Send;
 
     /// Corrects the token charge of an admitted request once its real usage is known.
     fn settle(&self, subjects: &[Subject<'_>], estimated_tokens: u64, actual_tokens: u64);
@@ -147,6 +176,7 @@ pub trait RateLimiter: Send + Sync {
 #[derive(Debug)]
 pub enum Limiter {
     Local(LocalLimiter),
+    Redis(RedisLimiter),
 }
 
 impl Limiter {
@@ -154,15 +184,17 @@ impl Limiter {
         &self,
         subjects: &[Subject<'_>],
         estimated_tokens: u64,
-    ) -> Result<LimitView, Refusal> {
+    ) -> Result<LimitView, Denial> {
         match self {
             Limiter::Local(l) => l.admit(subjects, estimated_tokens).await,
+            Limiter::Redis(l) => l.admit(subjects, estimated_tokens).await,
         }
     }
 
     pub fn settle(&self, subjects: &[Subject<'_>], estimated_tokens: u64, actual_tokens: u64) {
         match self {
             Limiter::Local(l) => l.settle(subjects, estimated_tokens, actual_tokens),
+            Limiter::Redis(l) => l.settle(subjects, estimated_tokens, actual_tokens),
         }
     }
 }

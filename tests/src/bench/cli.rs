@@ -26,7 +26,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values = ["non-stream", "stream"])]
     pub modes: Vec<Mode>,
     /// Targets to measure; nginx and litellm run only when available.
-    #[arg(long, value_delimiter = ',', default_values = ["direct", "gateway", "nginx", "litellm"])]
+    #[arg(long, value_delimiter = ',', default_values = ["direct", "gateway", "gateway-redis", "nginx", "litellm"])]
     pub targets: Vec<Target>,
     /// The `litellm` executable (from `pip install 'litellm[proxy]'`); without it LiteLLM is
     /// skipped.
@@ -66,8 +66,11 @@ impl Mode {
 pub enum Target {
     /// Straight to the mock: the ceiling.
     Direct,
-    /// Switchboard's data plane.
+    /// Switchboard's data plane, rate limits in process.
     Gateway,
+    /// Switchboard's data plane with the same limits shared through Redis (a redis-server the
+    /// benchmark starts on the load core).
+    GatewayRedis,
     /// nginx `proxy_pass`, no logic: the floor a gateway is held to.
     Nginx,
     /// LiteLLM proxy, one worker.
@@ -79,6 +82,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Gateway => "gateway",
+            Target::GatewayRedis => "gateway-redis",
             Target::Nginx => "nginx",
             Target::Litellm => "litellm",
         }

@@ -41,12 +41,20 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
     };
     let temp = TempDir::new()?;
     let (mut mock, mock_addr) = targets::start_mock(&bin_dir, &temp.0, &pinning).await?;
+    let redis = if args.targets.contains(&Target::GatewayRedis)
+        && skip_reason(Target::GatewayRedis, args).is_none()
+    {
+        Some(targets::start_redis(&temp.0, &pinning).await?)
+    } else {
+        None
+    };
     let env = Env {
         bin_dir,
         dir: temp.0.clone(),
         pinning: pinning.clone(),
         mock_addr,
         scenario: format!("chunks={}", args.chunks),
+        redis_url: redis.as_ref().map(|(_, url)| url.clone()),
     };
     let mut report = Report {
         context: Context {
@@ -60,12 +68,14 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
         },
         cells: Vec::new(),
         notes: Vec::new(),
+        redis_vs_in_process: Vec::new(),
     };
     let ticks_per_second = procs::clock_ticks_per_second();
     let mut started: Vec<(Target, Result<Running, String>)> = Vec::new();
     for target in [
         Target::Direct,
         Target::Gateway,
+        Target::GatewayRedis,
         Target::Nginx,
         Target::Litellm,
     ] {
@@ -115,7 +125,11 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
             .push(format!("the mock upstream died during the run ({status})"));
     }
     mock.stop(STOP_GRACE).await;
+    if let Some((redis, _)) = redis {
+        redis.stop(STOP_GRACE).await;
+    }
     report.compare_with_direct();
+    report.compare_redis_with_in_process();
     Ok(report)
 }
 
@@ -132,6 +146,10 @@ fn median(mut cells: Vec<Cell>) -> Option<Cell> {
 /// Why a target is skipped without a row, if it is.
 fn skip_reason(target: Target, args: &BenchArgs) -> Option<String> {
     match target {
+        Target::GatewayRedis if procs::which("redis-server").is_none() => Some(
+            "gateway-redis skipped: redis-server not installed (apt-get install redis-server)"
+                .to_owned(),
+        ),
         Target::Nginx if procs::which("nginx").is_none() => {
             Some("nginx skipped: not installed (apt-get install nginx-light)".to_owned())
         }

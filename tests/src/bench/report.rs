@@ -77,6 +77,8 @@ pub struct Report {
     pub cells: Vec<Cell>,
     /// Skipped targets and other remarks.
     pub notes: Vec<String>,
+    /// Per mode: the Redis-mode gateway's throughput ÷ the in-process gateway's.
+    pub redis_vs_in_process: Vec<(Mode, f64)>,
 }
 
 impl Report {
@@ -97,6 +99,26 @@ impl Report {
                 cell.added_p50_ms = Some(cell.p50_ms - p50);
             }
         }
+    }
+
+    /// Fills in the Redis-mode gateway's throughput against the in-process one's, per mode.
+    pub fn compare_redis_with_in_process(&mut self) {
+        let measured = |target: Target, mode: Mode| {
+            self.cells
+                .iter()
+                .find(|c| {
+                    c.target == target && c.mode == mode && c.failed.is_none() && c.requests > 0
+                })
+                .map(|c| c.req_per_s)
+        };
+        self.redis_vs_in_process = [Mode::NonStream, Mode::Stream]
+            .into_iter()
+            .filter_map(|mode| {
+                let local = measured(Target::Gateway, mode)?;
+                let redis = measured(Target::GatewayRedis, mode)?;
+                Some((mode, redis / local))
+            })
+            .collect();
     }
 
     /// The markdown table, its context line and the notes.
@@ -157,6 +179,12 @@ impl Report {
         for (i, note) in footnotes.iter().enumerate() {
             out.push_str(&format!("[{}] {note}\n", i + 1));
         }
+        for (mode, ratio) in &self.redis_vs_in_process {
+            out.push_str(&format!(
+                "Redis-mode limits vs in-process, {}: {ratio:.2}× the throughput\n",
+                mode.name()
+            ));
+        }
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
         }
@@ -207,8 +235,11 @@ mod tests {
                 Cell::failed(Target::Gateway, Mode::NonStream, "no binary".into()),
             ],
             notes: vec!["litellm skipped".into()],
+            redis_vs_in_process: Vec::new(),
         };
         report.compare_with_direct();
+        report.compare_redis_with_in_process();
+        assert!(report.redis_vs_in_process.is_empty());
         assert_eq!(report.cells[1].vs_direct, Some(0.5));
         assert_eq!(report.cells[1].added_p50_ms, Some(0.5));
         assert_eq!(report.cells[2].vs_direct, None);
@@ -226,6 +257,25 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("note: litellm skipped"), "{table}");
+        report.cells.push(Cell::measured(
+            Target::Gateway,
+            Mode::NonStream,
+            &load(2000, 1000),
+            1.0,
+        ));
+        report.cells.push(Cell::measured(
+            Target::GatewayRedis,
+            Mode::NonStream,
+            &load(1700, 1000),
+            1.0,
+        ));
+        report.compare_redis_with_in_process();
+        assert_eq!(report.redis_vs_in_process, [(Mode::NonStream, 0.85)]);
+        assert!(
+            report
+                .markdown()
+                .contains("Redis-mode limits vs in-process, non-stream: 0.85×"),
+        );
         assert_eq!(thousands(70213.4), "70,213");
         assert_eq!(thousands(999.0), "999");
         assert_eq!(thousands(1000.0), "1,000");

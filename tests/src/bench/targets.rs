@@ -30,6 +30,7 @@ pub const BENCH_MODEL: &str = "gpt-bench";
 const MOCK_READY: Duration = Duration::from_secs(10);
 const GATEWAY_READY: Duration = Duration::from_secs(20);
 const NGINX_READY: Duration = Duration::from_secs(10);
+const REDIS_READY: Duration = Duration::from_secs(10);
 const LITELLM_READY: Duration = Duration::from_secs(120);
 
 /// What the benchmark shares between targets.
@@ -41,6 +42,8 @@ pub struct Env {
     pub mock_addr: SocketAddr,
     /// The mock scenario segment, e.g. `chunks=20`.
     pub scenario: String,
+    /// The benchmark's own redis-server, when a Redis-mode target runs.
+    pub redis_url: Option<String>,
 }
 
 impl Env {
@@ -82,6 +85,30 @@ pub async fn start_mock(
     Ok((proc, addr))
 }
 
+/// Starts a throwaway `redis-server` (no persistence) on the load core, for the Redis-mode
+/// gateway; returns it and its URL.
+pub async fn start_redis(dir: &Path, pinning: &Pinning) -> anyhow::Result<(Proc, String)> {
+    let binary = which("redis-server").context("redis-server not found")?;
+    let port = free_port()?;
+    let mut cmd = command(&binary, pinning.load_core);
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"]);
+    let mut proc = Proc::spawn("redis-server", cmd, dir.join("redis.log"), false)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = tokio::time::Instant::now() + REDIS_READY;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Some(status) = proc.exited() {
+            anyhow::bail!("redis-server exited ({status}):\n{}", proc.log_tail(10));
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "redis-server did not listen within {REDIS_READY:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((proc, format!("redis://{addr}")))
+}
+
 /// Starts `target`; `Err` is the reason it cannot be measured, for the report.
 pub async fn start(target: Target, env: &Env, litellm: Option<&Path>) -> Result<Running, String> {
     match target {
@@ -90,7 +117,11 @@ pub async fn start(target: Target, env: &Env, litellm: Option<&Path>) -> Result<
             path: format!("/s/{}/v1/chat/completions", env.scenario),
             proc: None,
         }),
-        Target::Gateway => start_gateway(env).await,
+        Target::Gateway => start_gateway(env, None).await,
+        Target::GatewayRedis => match &env.redis_url {
+            Some(url) => start_gateway(env, Some(url)).await,
+            None => Err("no redis-server was started".to_owned()),
+        },
         Target::Nginx => start_nginx(env).await,
         Target::Litellm => match litellm {
             Some(binary) => start_litellm(env, binary).await,
@@ -127,17 +158,23 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// The gateway's configuration: one tenant, one key, one provider at the mock.
-pub fn gateway_config(upstream_base: &str) -> String {
+/// The gateway's configuration: one tenant, one key, one provider at the mock. Key and tenant
+/// have limits far above what the load reaches, so that every request does the limit work —
+/// in process, or through Redis when `redis_url` is given (one script call per request plus
+/// the pipelined token settlement).
+pub fn gateway_config(upstream_base: &str, redis_url: Option<&str>) -> String {
     let key_hash = switchboard_shared::keys::hash_key_hex(BENCH_PEPPER.as_bytes(), BENCH_KEY);
+    let redis = redis_url.map_or(String::new(), |url| {
+        format!("redis:\n  url: {{ value: \"{url}\" }}\n  key_prefix: bench\n")
+    });
     format!(
         r#"server:
   key_pepper: {{ value: "{BENCH_PEPPER}" }}
-snapshot:
+{redis}snapshot:
   revision: 1
-  tenants: [{{ id: bench }}]
+  tenants: [{{ id: bench, limits: {{ rpm: 1000000000, tpm: 4000000000 }} }}]
   virtual_keys:
-    - {{ id: bench-key, tenant_id: bench, key_hash: "{key_hash}" }}
+    - {{ id: bench-key, tenant_id: bench, key_hash: "{key_hash}", limits: {{ rpm: 1000000000, tpm: 4000000000 }} }}
   providers:
     - {{ id: mock, kind: openai, base_url: "{upstream_base}" }}
   deployments:
@@ -146,15 +183,20 @@ snapshot:
     )
 }
 
-async fn start_gateway(env: &Env) -> Result<Running, String> {
+async fn start_gateway(env: &Env, redis_url: Option<&str>) -> Result<Running, String> {
     let binary = env.bin_dir.join("dataplane");
     if !binary.is_file() {
         return Err(format!(
             "{binary:?} not found: cargo build --release -p switchboard-dataplane"
         ));
     }
-    let config = env.dir.join("gateway.yaml");
-    std::fs::write(&config, gateway_config(&env.upstream_base())).map_err(err)?;
+    let name = if redis_url.is_some() {
+        "gateway-redis"
+    } else {
+        "gateway"
+    };
+    let config = env.dir.join(format!("{name}.yaml"));
+    std::fs::write(&config, gateway_config(&env.upstream_base(), redis_url)).map_err(err)?;
     let port = free_port().map_err(err)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut cmd = command(&binary, env.pinning.proxy_core);
@@ -163,7 +205,8 @@ async fn start_gateway(env: &Env) -> Result<Running, String> {
         .arg("--listen")
         .arg(addr.to_string())
         .env("RUST_LOG", "warn");
-    let proc = Proc::spawn("dataplane", cmd, env.dir.join("gateway.log"), false).map_err(err)?;
+    let proc =
+        Proc::spawn("dataplane", cmd, env.dir.join(format!("{name}.log")), false).map_err(err)?;
     let path = "/v1/chat/completions".to_owned();
     until_ready(proc, addr, "/readyz", GATEWAY_READY, path).await
 }
@@ -222,7 +265,20 @@ mod tests {
 
     #[test]
     fn generated_configs_fill_every_placeholder() {
-        let gateway = gateway_config("http://127.0.0.1:9/s/chunks=20/v1");
+        let gateway = gateway_config("http://127.0.0.1:9/s/chunks=20/v1", None);
+        let with_redis = gateway_config(
+            "http://127.0.0.1:9/s/chunks=20/v1",
+            Some("redis://127.0.0.1:7"),
+        );
+        let config = dataplane::config::Config::parse(&with_redis, &[]).unwrap();
+        config.validate().unwrap();
+        assert!(config.redis.is_some());
+        assert!(
+            dataplane::config::Config::parse(&gateway, &[])
+                .unwrap()
+                .redis
+                .is_none()
+        );
         assert!(gateway.contains("base_url: \"http://127.0.0.1:9/s/chunks=20/v1\""));
         let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&gateway).unwrap();
         let hash = doc["snapshot"]["virtual_keys"][0]["key_hash"]

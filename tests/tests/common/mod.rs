@@ -77,8 +77,13 @@ impl Gateway {
         config.validate().expect("config is valid");
         let usage = Arc::new(MemorySink::default());
         let sink = Arc::new(TeeSink(Arc::new(LogSink), usage.clone()));
-        let state = dataplane::build_state_with_keys(&config.server, sink, master_keys)
-            .expect("state builds");
+        let state = dataplane::build_state_with_keys(
+            &config.server,
+            config.redis.as_ref(),
+            sink,
+            master_keys,
+        )
+        .expect("state builds");
         if let Some(snapshot) = &config.snapshot {
             state.install(snapshot).expect("snapshot installs");
         }

@@ -1,0 +1,742 @@
+//! The rate limiter that all replicas share: GCRA cells kept in Redis, so that N replicas
+//! together admit what one would.
+//!
+//! **One round trip per admission.** A single Lua script (`gcra.lua`, called with `EVALSHA`
+//! and loaded only when Redis answers `NOSCRIPT`, e.g. after a restart) checks every limit of the
+//! subjects passed and writes them only if all fit — all or nothing, no refunds. It reads the
+//! clock with `TIME` inside the script, so replicas' clocks never matter. Each cell is one
+//! string key holding its theoretical arrival time in microseconds, with an expiry just past
+//! the moment it is idle again (no sweeping, an idle subject costs no memory).
+//!
+//! **Settlement off the request path.** The real token count corrects the estimate through the
+//! same script in `settle` mode; [`RedisLimiter::settle`] only queues it, and a background
+//! task sends what has queued up as one pipeline, summed into one correction per set of cells
+//! (under load, most of a batch is the same few subjects).
+//!
+//! **Keys and Redis Cluster.** Keys look like `<prefix>:rl:{t:<tenant>}:k:<key>:rpm`. A
+//! request's key and tenant are checked by one script call, so they must share a slot: both
+//! carry the tenant's hash tag `{t:<tenant>}` (a key belongs to one tenant for life).
+//! Deployments are admitted in their own call and are tagged by themselves, `{d:<id>}`. A
+//! call without a tenant subject tags a virtual key by itself, `{k:<id>}`; every caller passes
+//! a key together with its tenant, so each cell has one name. Ids with `{`, `}` or `%` are
+//! percent-escaped so they cannot break a tag.
+//!
+//! **Degraded mode.** A Redis error or timeout marks the shared connection down (logged once,
+//! `switchboard_redis_up` 0). While it is down, admission never touches Redis: per the
+//! configured [`FailurePolicy`] it uses this process's own counters (`open`) or refuses
+//! limited requests with 503 (`closed`); each such admission counts in
+//! `switchboard_limits_degraded_total`. A probe pings Redis while it is down and switches back
+//! by itself when it answers.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::Script;
+use tokio::sync::mpsc;
+
+use super::gcra::CellState;
+use super::local::LocalLimiter;
+use super::{Denial, LimitView, RateLimiter, Refusal, Resource, Scope, Subject};
+use crate::metrics;
+use crate::shared_redis::{FailurePolicy, SharedRedis};
+
+/// The script's window, in the script's unit (microseconds).
+const WINDOW_MICROS: u64 = 60_000_000;
+/// How often the probe pings while Redis is down.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// Most settlements sent in one pipeline.
+const SETTLE_BATCH: usize = 512;
+
+/// The limiter backed by the shared Redis.
+#[derive(Debug, Clone)]
+pub struct RedisLimiter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    redis: SharedRedis,
+    script: Script,
+    /// This process's limiter over the subjects' own counters: the fallback of `open`.
+    local: LocalLimiter,
+    settlements: mpsc::UnboundedSender<Settlement>,
+}
+
+/// One queued token correction: the cells and their limits, and the signed units to add.
+#[derive(Debug)]
+struct Settlement {
+    cells: Vec<(String, u32)>,
+    delta: i64,
+}
+
+/// A cell of one admission call: which subject, which resource, at what limit.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    subject: usize,
+    what: Resource,
+    limit: u64,
+}
+
+impl RedisLimiter {
+    /// A limiter over `redis`. Starts the settlement task and the probe, so it must be called
+    /// within a Tokio runtime.
+    pub fn new(redis: SharedRedis) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let script = Script::new(include_str!("gcra.lua"));
+        let inner = Arc::new(Inner {
+            redis: redis.clone(),
+            script: script.clone(),
+            local: LocalLimiter::new(),
+            settlements: tx,
+        });
+        metrics::set_redis_up(redis.is_up());
+        tokio::spawn(settle_worker(redis, script, rx));
+        tokio::spawn(probe(Arc::downgrade(&inner)));
+        Self { inner }
+    }
+
+    /// The shared connection this limiter uses.
+    pub fn redis(&self) -> &SharedRedis {
+        &self.inner.redis
+    }
+
+    async fn admit_shared(
+        &self,
+        subjects: &[Subject<'_>],
+        estimated_tokens: u64,
+    ) -> Result<LimitView, Denial> {
+        let inner = &self.inner;
+        let prefix = inner.redis.prefix();
+        let tenant = subjects
+            .iter()
+            .find(|s| s.scope == Scope::Tenant)
+            .map(|s| s.id);
+        let mut cells: Vec<Cell> = Vec::with_capacity(2 * subjects.len());
+        let mut keys: Vec<String> = Vec::with_capacity(2 * subjects.len());
+        let mut args: Vec<u64> = Vec::with_capacity(4 * subjects.len());
+        for (i, s) in subjects.iter().enumerate() {
+            for (what, limit, units) in [
+                (Resource::Requests, s.limits.rpm, 1),
+                (Resource::Tokens, s.limits.tpm, estimated_tokens),
+            ] {
+                if let Some(limit) = limit {
+                    keys.push(cell_key(prefix, tenant, s, what));
+                    args.extend([u64::from(limit), units]);
+                    cells.push(Cell {
+                        subject: i,
+                        what,
+                        limit: u64::from(limit),
+                    });
+                }
+            }
+        }
+        // Built by hand rather than through `ScriptInvocation`, which copies every argument
+        // once more; `NOSCRIPT` (a restarted or flushed Redis) loads the script and retries.
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(inner.script.get_hash())
+            .arg(keys.len())
+            .arg(&keys)
+            .arg("a")
+            .arg(&args);
+        let mut conn = inner.redis.conn();
+        let call = async {
+            match cmd.query_async::<Vec<i64>>(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    inner.script.load_async(&mut conn).await?;
+                    cmd.query_async::<Vec<i64>>(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        let reply = tokio::time::timeout(inner.redis.timeout(), call).await;
+        match reply {
+            Ok(Ok(reply)) => match interpret(&reply, &cells, subjects) {
+                Some(result) => result,
+                None => {
+                    self.went_down("unexpected reply from the limit script");
+                    self.degraded(subjects, estimated_tokens)
+                }
+            },
+            Ok(Err(e)) => {
+                self.went_down(e.category());
+                self.degraded(subjects, estimated_tokens)
+            }
+            Err(_) => {
+                self.went_down("timeout");
+                self.degraded(subjects, estimated_tokens)
+            }
+        }
+    }
+
+    /// Records a failed call: the first one after Redis was up logs and flips the gauge.
+    fn went_down(&self, reason: &str) {
+        if self.inner.redis.mark_down() {
+            metrics::set_redis_up(false);
+            tracing::warn!(
+                reason,
+                policy = policy_name(self.inner.redis.policy()),
+                "Redis unreachable: rate limits degraded to this replica's own counters or refusal, per failure_policy"
+            );
+        }
+    }
+
+    /// Admission while Redis is unreachable, per the failure policy.
+    fn degraded(
+        &self,
+        subjects: &[Subject<'_>],
+        estimated_tokens: u64,
+    ) -> Result<LimitView, Denial> {
+        let policy = self.inner.redis.policy();
+        metrics::count_limits_degraded(policy_name(policy));
+        match policy {
+            FailurePolicy::Open => self
+                .inner
+                .local
+                .admit_at(subjects, estimated_tokens, self.inner.local.now())
+                .map_err(Denial::Limited),
+            FailurePolicy::Closed => Err(Denial::Unavailable),
+        }
+    }
+}
+
+fn policy_name(policy: FailurePolicy) -> &'static str {
+    match policy {
+        FailurePolicy::Open => "open",
+        FailurePolicy::Closed => "closed",
+    }
+}
+
+impl RateLimiter for RedisLimiter {
+    async fn admit(
+        &self,
+        subjects: &[Subject<'_>],
+        estimated_tokens: u64,
+    ) -> Result<LimitView, Denial> {
+        if subjects.iter().all(|s| s.limits.is_unlimited()) {
+            return Ok(LimitView::default());
+        }
+        // While down, no request waits for a timeout: the probe finds out when it is back.
+        if !self.inner.redis.is_up() {
+            return self.degraded(subjects, estimated_tokens);
+        }
+        self.admit_shared(subjects, estimated_tokens).await
+    }
+
+    fn settle(&self, subjects: &[Subject<'_>], estimated_tokens: u64, actual_tokens: u64) {
+        let delta = signed(actual_tokens) - signed(estimated_tokens);
+        if delta == 0 || subjects.iter().all(|s| s.limits.tpm.is_none()) {
+            return;
+        }
+        if !self.inner.redis.is_up() {
+            // Admitted (most likely) by the local fallback: correct that.
+            self.inner.local.settle_at(
+                subjects,
+                estimated_tokens,
+                actual_tokens,
+                self.inner.local.now(),
+            );
+            return;
+        }
+        let prefix = self.inner.redis.prefix();
+        let tenant = subjects
+            .iter()
+            .find(|s| s.scope == Scope::Tenant)
+            .map(|s| s.id);
+        let cells = subjects
+            .iter()
+            .filter_map(|s| {
+                s.limits
+                    .tpm
+                    .map(|tpm| (cell_key(prefix, tenant, s, Resource::Tokens), tpm))
+            })
+            .collect();
+        // Fails only when the worker has ended, i.e. the runtime is shutting down.
+        let _ = self.inner.settlements.send(Settlement { cells, delta });
+    }
+}
+
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The Redis key of one subject's cell for `what`; see the module header for the layout.
+fn cell_key(prefix: &str, tenant: Option<&str>, s: &Subject<'_>, what: Resource) -> String {
+    let suffix = match what {
+        Resource::Requests => "rpm",
+        Resource::Tokens => "tpm",
+    };
+    let id = escape(s.id);
+    match (s.scope, tenant) {
+        (Scope::Key, Some(tenant)) => {
+            format!("{prefix}:rl:{{t:{}}}:k:{id}:{suffix}", escape(tenant))
+        }
+        (Scope::Key, None) => format!("{prefix}:rl:{{k:{id}}}:{suffix}"),
+        (Scope::Tenant, _) => format!("{prefix}:rl:{{t:{id}}}:{suffix}"),
+        (Scope::Deployment, _) => format!("{prefix}:rl:{{d:{id}}}:{suffix}"),
+    }
+}
+
+/// `{`, `}` and `%` percent-escaped, so an id can never open or close a hash tag.
+fn escape(id: &str) -> Cow<'_, str> {
+    if !id.contains(['{', '}', '%']) {
+        return Cow::Borrowed(id);
+    }
+    let mut out = String::with_capacity(id.len() + 6);
+    for c in id.chars() {
+        match c {
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The script's reply as an admission result; `None` if it is not a reply the script gives.
+fn interpret(
+    reply: &[i64],
+    cells: &[Cell],
+    subjects: &[Subject<'_>],
+) -> Option<Result<LimitView, Denial>> {
+    match reply {
+        [1, aheads @ ..] if aheads.len() == cells.len() => {
+            let first_limited = cells.first().map(|c| c.subject);
+            let mut view = LimitView::default();
+            for (cell, &ahead) in cells.iter().zip(aheads) {
+                if Some(cell.subject) != first_limited {
+                    continue;
+                }
+                let ahead = u64::try_from(ahead).unwrap_or(0).min(WINDOW_MICROS);
+                let state = CellState {
+                    limit: cell.limit,
+                    remaining: (WINDOW_MICROS - ahead) * cell.limit / WINDOW_MICROS,
+                    reset_nanos: ahead * 1000,
+                };
+                match cell.what {
+                    Resource::Requests => view.requests = Some(state),
+                    Resource::Tokens => view.tokens = Some(state),
+                }
+            }
+            Some(Ok(view))
+        }
+        [0, index, retry_after_us] => {
+            let cell = cells.get(usize::try_from(*index).ok()?.checked_sub(1)?)?;
+            let subject = subjects.get(cell.subject)?;
+            Some(Err(Denial::Limited(Refusal {
+                scope: subject.scope,
+                what: cell.what,
+                retry_after: Duration::from_micros(u64::try_from(*retry_after_us).unwrap_or(0)),
+            })))
+        }
+        _ => None,
+    }
+}
+
+/// Sends queued settlements as pipelines until the limiter is dropped. Settlements queued
+/// while Redis is down are dropped: their admissions were made by the local fallback, which
+/// `settle` corrects directly.
+async fn settle_worker(
+    redis: SharedRedis,
+    script: Script,
+    mut queue: mpsc::UnboundedReceiver<Settlement>,
+) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    while let Some(first) = queue.recv().await {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < SETTLE_BATCH {
+            match queue.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        if !redis.is_up() {
+            continue;
+        }
+        // One correction per cell set: under load most of a batch is the same few subjects.
+        batch.sort_unstable_by(|a, b| a.cells.cmp(&b.cells));
+        batch.dedup_by(|later, kept| {
+            let same = later.cells == kept.cells;
+            if same {
+                kept.delta = kept.delta.saturating_add(later.delta);
+            }
+            same
+        });
+        batch.retain(|s| s.delta != 0);
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(reason) = send_settlements(&redis, &script, &batch).await
+            && redis.mark_down()
+        {
+            metrics::set_redis_up(false);
+            tracing::warn!(
+                %reason,
+                "Redis unreachable while settling token limits; degraded until it answers"
+            );
+        }
+    }
+}
+
+/// One pipeline of `EVALSHA … s …`; those that find the script missing are sent again after
+/// loading it.
+async fn send_settlements(
+    redis: &SharedRedis,
+    script: &Script,
+    batch: &[Settlement],
+) -> Result<(), String> {
+    let mut conn = redis.conn();
+    let pipeline = |items: &mut dyn Iterator<Item = &Settlement>| {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for s in items {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(s.cells.len());
+            for (key, _) in &s.cells {
+                cmd.arg(key);
+            }
+            cmd.arg("s");
+            for (_, limit) in &s.cells {
+                cmd.arg(*limit).arg(s.delta);
+            }
+        }
+        pipe
+    };
+    let timeout = redis.timeout();
+    let replies: Vec<redis::Value> =
+        tokio::time::timeout(timeout, pipeline(&mut batch.iter()).query_async(&mut conn))
+            .await
+            .map_err(|_| "timeout".to_owned())?
+            .map_err(|e| e.category().to_owned())?;
+    let missing: Vec<&Settlement> = batch
+        .iter()
+        .zip(&replies)
+        .filter(|(_, r)| matches!(r, redis::Value::ServerError(e) if e.code() == "NOSCRIPT"))
+        .map(|(s, _)| s)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(timeout, script.load_async(&mut conn))
+        .await
+        .map_err(|_| "timeout".to_owned())?
+        .map_err(|e| e.category().to_owned())?;
+    tokio::time::timeout(
+        timeout,
+        pipeline(&mut missing.into_iter()).query_async::<Vec<redis::Value>>(&mut conn),
+    )
+    .await
+    .map_err(|_| "timeout".to_owned())?
+    .map_err(|e| e.category().to_owned())?;
+    Ok(())
+}
+
+/// Pings Redis while it is marked down, and marks it up again when it answers. Ends when the
+/// limiter is dropped.
+async fn probe(limiter: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(inner) = limiter.upgrade() else {
+            return;
+        };
+        if inner.redis.is_up() {
+            continue;
+        }
+        let redis = inner.redis.clone();
+        drop(inner);
+        if redis.ping().await {
+            metrics::set_redis_up(true);
+            tracing::info!("Redis reachable again: rate limits are shared across replicas again");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::LocalLimitState;
+    use switchboard_shared::snapshot::RateLimits;
+
+    fn subject<'a>(scope: Scope, id: &'a str, state: &'a LocalLimitState) -> Subject<'a> {
+        Subject {
+            scope,
+            id,
+            limits: RateLimits {
+                rpm: Some(10),
+                tpm: None,
+            },
+            local: state,
+        }
+    }
+
+    #[test]
+    fn a_key_and_its_tenant_share_one_hash_tag() {
+        let state = LocalLimitState::new();
+        let key = subject(Scope::Key, "k1", &state);
+        let tenant = subject(Scope::Tenant, "t{1}", &state);
+        let k = cell_key("p", Some(tenant.id), &key, Resource::Requests);
+        let t = cell_key("p", Some(tenant.id), &tenant, Resource::Tokens);
+        assert_eq!(k, "p:rl:{t:t%7B1%7D}:k:k1:rpm");
+        assert_eq!(t, "p:rl:{t:t%7B1%7D}:tpm");
+        let d = subject(Scope::Deployment, "d1", &state);
+        assert_eq!(
+            cell_key("p", None, &d, Resource::Requests),
+            "p:rl:{d:d1}:rpm"
+        );
+    }
+
+    #[test]
+    fn replies_map_to_views_and_refusals() {
+        let state = LocalLimitState::new();
+        let subjects = [
+            subject(Scope::Key, "k", &state),
+            subject(Scope::Tenant, "t", &state),
+        ];
+        let cells = [
+            Cell {
+                subject: 0,
+                what: Resource::Requests,
+                limit: 10,
+            },
+            Cell {
+                subject: 1,
+                what: Resource::Requests,
+                limit: 60,
+            },
+        ];
+        // Key: 6 s ahead of a 10 rpm limit = one used, nine left.
+        let view = interpret(&[1, 6_000_000, 1_000_000], &cells, &subjects)
+            .unwrap()
+            .unwrap();
+        let requests = view.requests.unwrap();
+        assert_eq!(
+            (requests.limit, requests.remaining, requests.reset_nanos),
+            (10, 9, 6_000_000_000)
+        );
+        assert_eq!(view.tokens, None);
+        let denied = interpret(&[0, 2, 1_500_000], &cells, &subjects)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            denied,
+            Denial::Limited(Refusal {
+                scope: Scope::Tenant,
+                what: Resource::Requests,
+                retry_after: Duration::from_millis(1500)
+            })
+        );
+        assert!(interpret(&[0, 3, 1], &cells, &subjects).is_none());
+        assert!(interpret(&[1, 5], &cells, &subjects).is_none());
+    }
+
+    /// The script against the real Redis (`REDIS_URL`, default the local one), each test
+    /// under its own key prefix.
+    mod against_redis {
+        use super::*;
+        use crate::shared_redis::RedisConfig;
+        use switchboard_shared::secret::SecretRef;
+
+        fn redis_url() -> String {
+            std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+        }
+
+        fn limiter(name: &str) -> RedisLimiter {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let config: RedisConfig = serde_yaml_ng::from_str(&format!(
+                "url: {{ value: '{}' }}\nkey_prefix: 'test-rl-{name}-{}-{nanos}'\ntimeout_ms: 2000",
+                redis_url(),
+                std::process::id()
+            ))
+            .unwrap();
+            assert!(matches!(config.url, SecretRef::Value(_)));
+            RedisLimiter::new(SharedRedis::connect(&config).unwrap())
+        }
+
+        fn limited<'a>(
+            scope: Scope,
+            id: &'a str,
+            state: &'a LocalLimitState,
+            rpm: Option<u32>,
+            tpm: Option<u32>,
+        ) -> Subject<'a> {
+            Subject {
+                scope,
+                id,
+                limits: RateLimits { rpm, tpm },
+                local: state,
+            }
+        }
+
+        async fn get(l: &RedisLimiter, key: &str) -> Option<String> {
+            let mut conn = l.redis().conn();
+            redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap()
+        }
+
+        async fn pttl(l: &RedisLimiter, key: &str) -> i64 {
+            let mut conn = l.redis().conn();
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap()
+        }
+
+        /// Waits for the settlement task to have sent what was queued.
+        async fn settled(l: &RedisLimiter, key: &str, before: Option<String>) -> Option<String> {
+            for _ in 0..200 {
+                let now = get(l, key).await;
+                if now != before {
+                    return now;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            before
+        }
+
+        #[tokio::test]
+        async fn a_burst_of_the_limit_then_a_refusal_with_the_period_to_wait() {
+            let l = limiter("burst");
+            let state = LocalLimitState::new();
+            let s = [limited(Scope::Key, "k", &state, Some(6), None)];
+            for i in 0..6u64 {
+                let view = l.admit(&s, 0).await.unwrap();
+                assert_eq!(view.requests.unwrap().remaining, 5 - i, "request {i}");
+            }
+            match l.admit(&s, 0).await {
+                Err(Denial::Limited(r)) => {
+                    assert_eq!((r.scope, r.what), (Scope::Key, Resource::Requests));
+                    // One request's share of the window: 10 s at 6 rpm (less what has passed).
+                    assert!(r.retry_after <= Duration::from_secs(10), "{r:?}");
+                    assert!(r.retry_after > Duration::from_secs(9), "{r:?}");
+                }
+                other => panic!("7th request at 6 rpm: {other:?}"),
+            }
+            let key = cell_key(l.redis().prefix(), None, &s[0], Resource::Requests);
+            let ttl = pttl(&l, &key).await;
+            assert!(ttl > 59_000 && ttl <= 61_000, "expiry {ttl} ms");
+        }
+
+        #[tokio::test]
+        async fn a_refusal_by_one_subject_writes_nothing_for_the_others() {
+            let l = limiter("atomic");
+            let (ks, ts) = (LocalLimitState::new(), LocalLimitState::new());
+            let s = [
+                limited(Scope::Key, "k", &ks, Some(100), Some(1000)),
+                limited(Scope::Tenant, "t", &ts, Some(1), None),
+            ];
+            let view = l.admit(&s, 10).await.unwrap();
+            // The view is the key's: the first limited subject.
+            assert_eq!(view.requests.unwrap().limit, 100);
+            assert_eq!(view.tokens.unwrap().remaining, 990);
+            let prefix = l.redis().prefix().to_owned();
+            let key_rpm = cell_key(&prefix, Some("t"), &s[0], Resource::Requests);
+            let key_tpm = cell_key(&prefix, Some("t"), &s[0], Resource::Tokens);
+            let (rpm_before, tpm_before) = (get(&l, &key_rpm).await, get(&l, &key_tpm).await);
+            assert!(rpm_before.is_some() && tpm_before.is_some());
+            match l.admit(&s, 10).await {
+                Err(Denial::Limited(r)) => assert_eq!(r.scope, Scope::Tenant),
+                other => panic!("tenant at 1 rpm admitted twice: {other:?}"),
+            }
+            assert_eq!(get(&l, &key_rpm).await, rpm_before);
+            assert_eq!(get(&l, &key_tpm).await, tpm_before);
+        }
+
+        #[tokio::test]
+        async fn a_take_larger_than_the_limit_passes_only_when_idle() {
+            let l = limiter("large");
+            let state = LocalLimitState::new();
+            let s = [limited(Scope::Deployment, "d", &state, None, Some(100))];
+            let view = l.admit(&s, 5000).await.unwrap();
+            assert_eq!(view.tokens.unwrap().remaining, 0);
+            assert!(matches!(
+                l.admit(&s, 1).await,
+                Err(Denial::Limited(Refusal {
+                    what: Resource::Tokens,
+                    ..
+                }))
+            ));
+        }
+
+        #[tokio::test]
+        async fn settlement_gives_back_and_charges_more_capped_at_one_window() {
+            let l = limiter("settle");
+            let state = LocalLimitState::new();
+            let s = [limited(Scope::Key, "k", &state, None, Some(1000))];
+            let key = cell_key(l.redis().prefix(), None, &s[0], Resource::Tokens);
+            l.admit(&s, 900).await.unwrap();
+            assert!(l.admit(&s, 200).await.is_err());
+            // The request really used 100: 800 come back.
+            let before = get(&l, &key).await;
+            l.settle(&s, 900, 100);
+            settled(&l, &key, before).await;
+            let view = l.admit(&s, 200).await.unwrap();
+            assert!(
+                (699..=705).contains(&view.tokens.unwrap().remaining),
+                "{view:?}"
+            );
+            // A huge under-estimate charges at most one window: retry within a minute.
+            let before = get(&l, &key).await;
+            l.settle(&s, 0, 1_000_000);
+            settled(&l, &key, before).await;
+            match l.admit(&s, 1).await {
+                Err(Denial::Limited(r)) => assert!(r.retry_after <= Duration::from_secs(60)),
+                other => panic!("admitted after a full-window charge: {other:?}"),
+            }
+            // Giving everything back leaves an idle cell, which is deleted.
+            let before = get(&l, &key).await;
+            l.settle(&s, 10_000_000, 0);
+            assert_eq!(settled(&l, &key, before).await, None);
+            // A refund to a cell that does not exist creates none.
+            l.settle(&s, 500, 0);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(get(&l, &key).await, None);
+        }
+
+        #[tokio::test]
+        async fn unlimited_subjects_never_reach_redis() {
+            // An unreachable Redis: an unlimited request is still admitted, and Redis is not
+            // even marked down (nothing was asked of it).
+            let config: RedisConfig = serde_yaml_ng::from_str(
+                "url: { value: 'redis://127.0.0.1:1' }\nfailure_policy: closed",
+            )
+            .unwrap();
+            let l = RedisLimiter::new(SharedRedis::connect(&config).unwrap());
+            let state = LocalLimitState::new();
+            let s = [limited(Scope::Key, "k", &state, None, None)];
+            assert_eq!(l.admit(&s, 10).await, Ok(LimitView::default()));
+            assert!(l.redis().is_up());
+            // A limited one is refused as unavailable under `closed`, and marks Redis down.
+            let s = [limited(Scope::Key, "k", &state, Some(5), None)];
+            assert_eq!(l.admit(&s, 10).await, Err(Denial::Unavailable));
+            assert!(!l.redis().is_up());
+        }
+
+        #[tokio::test]
+        async fn open_policy_falls_back_to_the_local_counters() {
+            let config: RedisConfig =
+                serde_yaml_ng::from_str("url: { value: 'redis://127.0.0.1:1' }").unwrap();
+            let l = RedisLimiter::new(SharedRedis::connect(&config).unwrap());
+            let state = LocalLimitState::new();
+            let s = [limited(Scope::Key, "k", &state, Some(2), None)];
+            assert!(l.admit(&s, 0).await.is_ok());
+            assert!(!l.redis().is_up());
+            // Second one decided locally without waiting on Redis; the third is refused by
+            // the local cell.
+            assert!(l.admit(&s, 0).await.is_ok());
+            assert!(matches!(l.admit(&s, 0).await, Err(Denial::Limited(_))));
+        }
+    }
+}

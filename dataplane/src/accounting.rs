@@ -94,6 +94,7 @@ impl UsageSink for TeeSink {
 #[derive(Debug, Clone)]
 pub struct Books {
     pub limiter: Arc<Limiter>,
+    pub budgets: crate::budget::Budgets,
     pub sink: Arc<dyn UsageSink>,
 }
 
@@ -110,6 +111,7 @@ pub struct Ledger {
     started_at: DateTime<Utc>,
     estimated_tokens: u64,
     revision: u64,
+    budget: crate::budget::Reservation,
     pub deployment: Option<Arc<DeploymentEntry>>,
     /// Marks the request in flight on its current deployment until the answer ends.
     pub inflight: Option<crate::fleet::InFlight>,
@@ -131,6 +133,8 @@ pub struct LedgerOpen {
     pub started_at: DateTime<Utc>,
     pub estimated_tokens: u64,
     pub revision: u64,
+    /// What admission reserved against the key's and tenant's budgets.
+    pub budget: crate::budget::Reservation,
 }
 
 impl Ledger {
@@ -146,6 +150,7 @@ impl Ledger {
             started_at: o.started_at,
             estimated_tokens: o.estimated_tokens,
             revision: o.revision,
+            budget: o.budget,
             deployment: None,
             inflight: None,
             attempts: 0,
@@ -199,6 +204,7 @@ impl Ledger {
             }
         }
         self.inflight = None;
+        self.settle_budget(reported, cost_usd);
         self.model.metrics.record(&usage, cost_usd);
         let endpoint = self.endpoint.as_str();
         metrics::record_latency(
@@ -227,6 +233,38 @@ impl Ledger {
             ttft_ms: self.ttft.map(millis),
         };
         self.books.sink.emit(record);
+    }
+}
+
+impl Ledger {
+    /// Replaces the budget reservation with the real cost, off the request path. Without a
+    /// usage report the reservation stands (as the token estimate does for limits): a client
+    /// that cuts a stream short is charged the request's maximum, never nothing.
+    fn settle_budget(&mut self, reported: bool, cost_usd: f64) {
+        let reservation = std::mem::take(&mut self.budget);
+        if reservation.is_empty() {
+            return;
+        }
+        let actual = if reported {
+            switchboard_shared::budget::usd_to_nanos(cost_usd)
+        } else {
+            reservation.reserved_nanos()
+        };
+        let budgets = self.books.budgets.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            for crossing in budgets.settle(reservation, actual).await {
+                tracing::warn!(
+                    scope = crossing.scope.as_str(),
+                    id = %crossing.id,
+                    threshold = ?crossing.threshold,
+                    spent_usd = crossing.spent_usd,
+                    "budget threshold crossed"
+                );
+            }
+        });
     }
 }
 

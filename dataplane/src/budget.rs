@@ -90,6 +90,11 @@ impl Reservation {
     pub fn is_empty(&self) -> bool {
         self.counters.is_empty()
     }
+
+    /// The amount reserved, in nano-dollars.
+    pub fn reserved_nanos(&self) -> i64 {
+        self.reserved_nanos
+    }
 }
 
 /// A threshold that a settlement crossed.

@@ -59,6 +59,17 @@ pub struct ClusterConfig {
     /// File keeping the last installed snapshot, served at start until something newer comes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_cache: Option<std::path::PathBuf>,
+    /// Usage records held in memory while NATS is unreachable, before spilling (or dropping).
+    #[serde(default = "default_usage_queue_capacity")]
+    pub usage_queue_capacity: usize,
+    /// File that takes the usage records that don't fit in memory during a NATS outage; they
+    /// are published from it once NATS is back (also after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_spill_path: Option<std::path::PathBuf>,
+}
+
+fn default_usage_queue_capacity() -> usize {
+    100_000
 }
 
 impl ClusterConfig {
@@ -71,6 +82,8 @@ impl ClusterConfig {
             dataplane_id: None,
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             snapshot_cache: None,
+            usage_queue_capacity: default_usage_queue_capacity(),
+            usage_spill_path: None,
         }
     }
 

@@ -67,6 +67,17 @@ pub enum ApiError {
     },
     #[error("rate limits cannot be checked right now; retry later")]
     LimitsUnavailable,
+    /// A hard budget is used up for its period.
+    #[error("budget exceeded: {scope} `{id}` has spent ${spent_usd:.4} of its ${max_usd:.4} budget{resets}", resets = resets_in_seconds.map_or(String::new(), |s| format!("; it resets in {s} s")))]
+    BudgetExceeded {
+        scope: &'static str,
+        id: String,
+        max_usd: f64,
+        spent_usd: f64,
+        resets_in_seconds: Option<i64>,
+    },
+    #[error("budgets cannot be checked right now; retry later")]
+    BudgetsUnavailable,
     #[error("the gateway is not ready to serve requests yet")]
     NotReady,
     #[error("internal error")]
@@ -95,14 +106,15 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::RateLimited { .. } | ApiError::UpstreamRateLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::RateLimited { .. }
+            | ApiError::UpstreamRateLimited { .. }
+            | ApiError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamRejected { status } => *status,
             ApiError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NoDeploymentAvailable { .. }
             | ApiError::LimitsUnavailable
+            | ApiError::BudgetsUnavailable
             | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -129,6 +141,8 @@ impl ApiError {
             ApiError::UpstreamTimeout => "upstream_timeout",
             ApiError::NoDeploymentAvailable { .. } => "no_deployment_available",
             ApiError::LimitsUnavailable => "limits_unavailable",
+            ApiError::BudgetExceeded { .. } => "budget_exceeded",
+            ApiError::BudgetsUnavailable => "budgets_unavailable",
             ApiError::NotReady => "not_ready",
             ApiError::Internal => "internal",
         }
@@ -152,10 +166,13 @@ impl ApiError {
             ApiError::RateLimited { .. } | ApiError::UpstreamRateLimited { .. } => {
                 "rate_limit_error"
             }
+            // OpenAI's type for "you ran out of money" 429s.
+            ApiError::BudgetExceeded { .. } => "insufficient_quota",
             ApiError::UpstreamFailed { .. }
             | ApiError::UpstreamTimeout
             | ApiError::NoDeploymentAvailable { .. }
             | ApiError::LimitsUnavailable
+            | ApiError::BudgetsUnavailable
             | ApiError::NotReady
             | ApiError::Internal => "api_error",
         }
@@ -175,6 +192,7 @@ impl ApiError {
             }
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
             ApiError::ModelNotAllowed { .. } => Some("model_not_allowed"),
+            ApiError::BudgetExceeded { .. } => Some("budget_exceeded"),
             ApiError::BadRequest { .. }
             | ApiError::RouteNotFound { .. }
             | ApiError::MethodNotAllowed
@@ -183,6 +201,7 @@ impl ApiError {
             | ApiError::UpstreamTimeout
             | ApiError::NoDeploymentAvailable { .. }
             | ApiError::LimitsUnavailable
+            | ApiError::BudgetsUnavailable
             | ApiError::NotReady
             | ApiError::Internal => None,
         }
@@ -199,7 +218,14 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
-            ApiError::LimitsUnavailable => Some(Duration::from_secs(1)),
+            ApiError::LimitsUnavailable | ApiError::BudgetsUnavailable => {
+                Some(Duration::from_secs(1))
+            }
+            ApiError::BudgetExceeded {
+                resets_in_seconds, ..
+            } => resets_in_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map(Duration::from_secs),
             ApiError::UpstreamRateLimited { retry_after }
             | ApiError::NoDeploymentAvailable { retry_after, .. } => *retry_after,
             _ => None,

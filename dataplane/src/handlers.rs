@@ -16,8 +16,13 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 use tracing::Instrument;
 
+use switchboard_shared::budget::usd_to_nanos;
+use switchboard_shared::usage::Usage;
+
 use crate::accounting::{Ledger, LedgerOpen};
 use crate::auth::authenticate;
+use crate::budget::{BudgetRefusal, BudgetScope, BudgetSubject, Reservation};
+use crate::catalog::{KeyEntry, ModelEntry};
 use crate::error::ApiError;
 use crate::limits::Denial;
 use crate::metrics;
@@ -132,6 +137,17 @@ async fn serve_proxy(
         .admit(&key.subjects(), estimated_tokens)
         .await
         .map_err(rate_limited)?;
+    let budget = match reserve_budget(state, &key, model, &view).await {
+        Ok(reservation) => reservation,
+        Err(refused) => {
+            // The request never runs: give back the tokens the limits charged for it.
+            state
+                .books
+                .limiter
+                .settle(&key.subjects(), estimated_tokens, 0);
+            return Err(refused);
+        }
+    };
 
     let ledger = Ledger::open(LedgerOpen {
         books: state.books.clone(),
@@ -144,6 +160,7 @@ async fn serve_proxy(
         started_at: chrono::Utc::now(),
         estimated_tokens,
         revision: catalog.revision,
+        budget,
     });
     let mut response = forward(
         Forward {
@@ -165,6 +182,82 @@ async fn serve_proxy(
         .headers_mut()
         .insert(REVISION, catalog.revision_header.clone());
     Ok(response)
+}
+
+/// Reserves the request's maximum cost against the key's and the tenant's budgets (one
+/// Redis call; nothing when neither has a budget).
+async fn reserve_budget(
+    state: &AppState,
+    key: &KeyEntry,
+    model: &ModelEntry,
+    view: &RequestView,
+) -> Result<Reservation, ApiError> {
+    let tenant = &key.tenant.tenant;
+    let subjects: Vec<BudgetSubject<'_>> = [
+        key.key.budget.as_ref().map(|budget| BudgetSubject {
+            scope: BudgetScope::Key,
+            id: &key.key.id,
+            tenant_id: &tenant.id,
+            budget,
+        }),
+        tenant.budget.as_ref().map(|budget| BudgetSubject {
+            scope: BudgetScope::Tenant,
+            id: &tenant.id,
+            tenant_id: &tenant.id,
+            budget,
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if subjects.is_empty() {
+        return Ok(Reservation::default());
+    }
+    let estimate = usd_to_nanos(max_cost(model, view));
+    state
+        .books
+        .budgets
+        .reserve(&subjects, estimate, chrono::Utc::now())
+        .await
+        .map_err(|refusal| match refusal {
+            BudgetRefusal::Exhausted {
+                scope,
+                id,
+                max_usd,
+                spent_usd,
+                resets_in_seconds,
+            } => ApiError::BudgetExceeded {
+                scope: scope.as_str(),
+                id,
+                max_usd,
+                spent_usd,
+                resets_in_seconds,
+            },
+            BudgetRefusal::Unavailable => ApiError::BudgetsUnavailable,
+        })
+}
+
+/// The most this request can cost on any of the model's deployments: its prompt estimate
+/// plus `max_tokens` (else the deployment's output limit, else 4096) at the dearest price.
+fn max_cost(model: &ModelEntry, view: &RequestView) -> f64 {
+    model
+        .deployments
+        .iter()
+        .filter_map(|d| d.price.as_ref())
+        .map(|price| {
+            let completion = view
+                .max_tokens
+                .or(price.max_output_tokens)
+                .or(price.max_tokens)
+                .unwrap_or(4096);
+            let usage = Usage {
+                prompt_tokens: view.estimated_prompt_tokens(),
+                completion_tokens: completion,
+                ..Usage::default()
+            };
+            switchboard_shared::pricing::cost(&usage, price)
+        })
+        .fold(0.0, f64::max)
 }
 
 fn rate_limited(denial: Denial) -> ApiError {

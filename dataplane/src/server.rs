@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use switchboard_shared::sealed::MasterKeys;
 
-use crate::accounting::{Books, LogSink, UsageSink};
+use crate::accounting::{Books, LogSink, TeeSink, UsageSink};
 use crate::cluster;
 use crate::config::{Config, ServerConfig, process_env};
 use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
@@ -28,6 +28,7 @@ use crate::providers::client::{self, ClientSettings};
 use crate::routes::router;
 use crate::shared_redis::{RedisConfig, SharedRedis};
 use crate::state::{AppState, Installed};
+use crate::usage_publisher::{NatsUsageSink, PublisherSettings};
 
 /// What `main` passes in.
 #[derive(Debug, Clone, Default)]
@@ -95,12 +96,15 @@ pub fn build_state_with_keys(
         extra_roots,
     )
     .map_err(|e| anyhow::anyhow!("server.upstream_ca_file: {e}"))?;
-    let limiter = match redis {
-        Some(config) => Limiter::Redis(RedisLimiter::new(SharedRedis::connect(config)?)),
+    // One connection to the shared Redis for limits and budgets.
+    let shared = redis.map(SharedRedis::connect).transpose()?;
+    let limiter = match &shared {
+        Some(shared) => Limiter::Redis(RedisLimiter::new(shared.clone())),
         None => Limiter::Local(LocalLimiter::new()),
     };
     let books = Books {
         limiter: Arc::new(limiter),
+        budgets: crate::budget::Budgets::new(shared),
         sink,
     };
     Ok(Arc::new(
@@ -141,12 +145,19 @@ pub async fn serve_until(
         .validate()
         .map_err(|problems| anyhow::anyhow!("{}: {problems}", options.config_path.display()))?;
     let master_keys = master_keys_from(std::env::var(MASTER_KEYS_ENV).ok().as_deref())?;
-    let state = build_state_with_keys(
-        &config.server,
-        config.redis.as_ref(),
-        Arc::new(LogSink),
-        master_keys,
-    )?;
+    // Cluster mode with NATS: usage records also go to the control plane's usage stream.
+    let publisher = match &config.cluster {
+        Some(cluster) if cluster.nats_url.is_some() => Some(start_usage_publisher(cluster).await?),
+        _ => None,
+    };
+    let sink: Arc<dyn UsageSink> = match &publisher {
+        Some(p) => Arc::new(TeeSink(
+            Arc::new(LogSink),
+            Arc::clone(p) as Arc<dyn UsageSink>,
+        )),
+        None => Arc::new(LogSink),
+    };
+    let state = build_state_with_keys(&config.server, config.redis.as_ref(), sink, master_keys)?;
     // Standalone: the file's snapshot. Cluster: the control plane's, kept alive until return.
     let _cluster = match (&config.snapshot, &config.cluster) {
         (Some(snapshot), _) => {
@@ -216,8 +227,34 @@ pub async fn serve_until(
         result = server => result.context("server failed")?,
         () = deadline => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
+    if let Some(publisher) = publisher {
+        // What NATS does not take in time goes to the spill file (when configured).
+        publisher.close(Duration::from_secs(5)).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects the usage publisher to NATS (in the background: a data plane starts while NATS
+/// is down, and records wait in its queue).
+async fn start_usage_publisher(
+    cluster: &crate::config::ClusterConfig,
+) -> anyhow::Result<Arc<NatsUsageSink>> {
+    let url = cluster.nats_url.as_deref().unwrap_or_default();
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster.nats_url: {e}"))?;
+    let names = switchboard_shared::cluster::NatsNames::new(&cluster.namespace);
+    Ok(NatsUsageSink::start(
+        async_nats::jetstream::new(client),
+        PublisherSettings {
+            subject: names.usage_subject,
+            capacity: cluster.usage_queue_capacity,
+            spill_path: cluster.usage_spill_path.clone(),
+        },
+    ))
 }
 
 async fn shutdown_signal() {

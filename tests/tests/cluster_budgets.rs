@@ -1,0 +1,165 @@
+//! Budgets end to end: two gateways share one real Redis (under a unique key prefix) and 32
+//! concurrent clients spend a key's hard budget through both. What they are admitted to spend
+//! stays within one request's maximum cost of the budget, the next request gets a 429 in
+//! OpenAI's shape naming the budget, and a tenant budget refuses every key of the tenant.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use switchboard_tests::mock::{COMPLETION_TOKENS, PROMPT_TOKENS};
+
+const CHAT: &str = "/v1/chat/completions";
+const INPUT_PRICE: f64 = 0.000_01;
+const OUTPUT_PRICE: f64 = 0.000_03;
+const MAX_TOKENS: u64 = 40;
+const BODY: &str = r#"{"model":"m","max_tokens":40,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn unique_prefix() -> String {
+    format!("test-budgets-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Key `k1` (secret [`KEY`]) with `key_budget`, tenant `t1` with `tenant_budget`, a second key
+/// `k2` of the same tenant, one priced deployment of model `m`, Redis under `prefix`.
+fn config(base_url: &str, key_budget: &str, tenant_budget: &str, prefix: &str) -> String {
+    let snapshot = format!(
+        "revision: 1
+tenants: [{{ id: t1{tenant_budget} }}]
+virtual_keys:
+  - {{ id: k1, tenant_id: t1, key_hash: \"{}\"{key_budget} }}
+  - {{ id: k2, tenant_id: t1, key_hash: \"{}\" }}
+providers: [{{ id: up, kind: openai, base_url: \"{base_url}\" }}]
+deployments:
+  - {{ id: d1, model: m, provider: up, upstream_model: up-model, price: {{ input_cost_per_token: {INPUT_PRICE}, output_cost_per_token: {OUTPUT_PRICE} }} }}
+",
+        key_hash(KEY),
+        key_hash("sk-second-key")
+    );
+    format!(
+        "{}redis:\n  url: {{ value: \"{}\" }}\n  key_prefix: \"{prefix}\"\n  timeout_ms: 500\n",
+        config_yaml(&snapshot, ""),
+        redis_url()
+    )
+}
+
+async fn chat(gw: &Gateway, secret: &str) -> Reply {
+    let auth = format!("Bearer {secret}");
+    send(request(
+        http::Method::POST,
+        &gw.url(CHAT),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        BODY,
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn concurrent_spend_through_two_replicas_stays_within_one_request_of_the_budget() {
+    let mock = MockUpstream::start().await.unwrap();
+    let budget = 0.02;
+    let cfg = config(
+        &mock.base_url(),
+        &format!(", budget: {{ max_usd: {budget}, period: monthly }}"),
+        "",
+        &unique_prefix(),
+    );
+    let gws = Arc::new([Gateway::start(&cfg).await, Gateway::start(&cfg).await]);
+
+    let mut workers = Vec::new();
+    for w in 0..32usize {
+        let gws = Arc::clone(&gws);
+        workers.push(tokio::spawn(async move {
+            let mut last = None;
+            for _ in 0..50 {
+                let reply = chat(&gws[w % 2], KEY).await;
+                let done = reply.status != 200;
+                last = Some(reply);
+                if done {
+                    break;
+                }
+            }
+            last.unwrap()
+        }));
+    }
+    let mut refusals = Vec::new();
+    for w in workers {
+        refusals.push(w.await.unwrap());
+    }
+
+    // What was admitted and served, priced by the gateways from the real usage.
+    let real_cost = PROMPT_TOKENS as f64 * INPUT_PRICE + COMPLETION_TOKENS as f64 * OUTPUT_PRICE;
+    let served: Vec<_> = gws
+        .iter()
+        .flat_map(|g| g.usage.records())
+        .filter(|r| r.status == 200)
+        .collect();
+    let spent: f64 = served.iter().map(|r| r.cost_usd).sum();
+    for r in &served {
+        assert!((r.cost_usd - real_cost).abs() < 1e-12, "{}", r.cost_usd);
+    }
+    // The most one request could cost: its prompt estimate plus max_tokens, at these prices.
+    let max_cost =
+        (BODY.len() as f64 / 4.0).ceil() * INPUT_PRICE + MAX_TOKENS as f64 * OUTPUT_PRICE;
+    assert!(
+        spent <= budget + max_cost,
+        "admitted ${spent} against a ${budget} budget ({} requests)",
+        served.len()
+    );
+    assert!(spent >= budget - max_cost, "budget not used up: ${spent}");
+
+    // Every worker ended on the budget's refusal, in OpenAI's shape.
+    for reply in refusals {
+        let error = reply.openai_error(429);
+        assert_eq!(error["type"], "insufficient_quota");
+        assert_eq!(error["code"], "budget_exceeded");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("key `k1`"), "{message}");
+        assert!(
+            reply.headers.contains_key("retry-after"),
+            "a monthly budget says when it resets"
+        );
+    }
+    // The upstream saw only the admitted requests.
+    assert_eq!(mock.request_count(""), served.len());
+}
+
+#[tokio::test]
+async fn a_tenant_budget_stops_every_key_of_the_tenant() {
+    let mock = MockUpstream::start().await.unwrap();
+    let cfg = config(
+        &mock.base_url(),
+        "",
+        ", budget: { max_usd: 0.0005, period: none }",
+        &unique_prefix(),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let mut served = 0;
+    loop {
+        let reply = chat(&gw, KEY).await;
+        if reply.status != 200 {
+            let error = reply.openai_error(429);
+            assert!(error["message"].as_str().unwrap().contains("tenant `t1`"));
+            assert!(
+                !reply.headers.contains_key("retry-after"),
+                "a `none` budget never resets"
+            );
+            break;
+        }
+        served += 1;
+        assert!(served < 100, "the tenant budget never ran out");
+    }
+    // The other key of the tenant is refused too, without reaching the upstream.
+    let before = mock.request_count("");
+    let reply = chat(&gw, "sk-second-key").await;
+    assert_eq!(reply.openai_error(429)["code"], "budget_exceeded");
+    assert_eq!(mock.request_count(""), before);
+}

@@ -204,7 +204,7 @@ impl Ledger {
             }
         }
         self.inflight = None;
-        self.settle_budget(reported, cost_usd);
+        self.settle_budget(outcome, reported, cost_usd);
         self.model.metrics.record(&usage, cost_usd);
         let endpoint = self.endpoint.as_str();
         metrics::record_latency(
@@ -238,17 +238,18 @@ impl Ledger {
 
 impl Ledger {
     /// Replaces the budget reservation with the real cost, off the request path. Without a
-    /// usage report the reservation stands (as the token estimate does for limits): a client
-    /// that cuts a stream short is charged the request's maximum, never nothing.
-    fn settle_budget(&mut self, reported: bool, cost_usd: f64) {
+    /// usage report, a failed upstream answer costs nothing, but a client that cut the answer
+    /// short keeps the reservation (the request's maximum): what was generated may have been
+    /// billed, and charging nothing would let clients bypass budgets by disconnecting.
+    fn settle_budget(&mut self, outcome: Outcome, reported: bool, cost_usd: f64) {
         let reservation = std::mem::take(&mut self.budget);
         if reservation.is_empty() {
             return;
         }
-        let actual = if reported {
-            switchboard_shared::budget::usd_to_nanos(cost_usd)
-        } else {
-            reservation.reserved_nanos()
+        let actual = match (reported, outcome) {
+            (true, _) => switchboard_shared::budget::usd_to_nanos(cost_usd),
+            (false, Outcome::UpstreamError) => 0,
+            (false, _) => reservation.reserved_nanos(),
         };
         let budgets = self.books.budgets.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

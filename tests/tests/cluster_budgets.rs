@@ -163,3 +163,46 @@ async fn a_tenant_budget_stops_every_key_of_the_tenant() {
     assert_eq!(reply.openai_error(429)["code"], "budget_exceeded");
     assert_eq!(mock.request_count(""), before);
 }
+
+#[tokio::test]
+async fn a_failed_upstream_answer_costs_the_budget_nothing() {
+    use dataplane::budget::{BudgetScope, BudgetSubject};
+    use switchboard_shared::snapshot::{Budget, BudgetPeriod};
+
+    let mock = MockUpstream::start().await.unwrap();
+    let cfg = config(
+        &mock.scenario_url("fault=500"),
+        ", budget: { max_usd: 1.0, period: daily }",
+        "",
+        &unique_prefix(),
+    );
+    let gw = Gateway::start(&cfg).await;
+    assert_eq!(chat(&gw, KEY).await.status, 502);
+    let budget = Budget {
+        max_usd: 1.0,
+        soft_usd: None,
+        period: BudgetPeriod::Daily,
+        time_zone: None,
+    };
+    let subject = BudgetSubject {
+        scope: BudgetScope::Key,
+        id: "k1",
+        tenant_id: "t1",
+        budget: &budget,
+    };
+    // The reservation is released in the background; it must come back to zero.
+    let mut spent = None;
+    for _ in 0..50 {
+        spent = gw
+            .state
+            .books
+            .budgets
+            .spent_usd(&subject, chrono::Utc::now())
+            .await;
+        if spent == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(spent, Some(0.0));
+}

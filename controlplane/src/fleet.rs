@@ -27,10 +27,17 @@ pub struct DataPlane {
     pub last_seen: DateTime<Utc>,
 }
 
+/// The last heartbeat of one data plane, with when it arrived (monotonic and wall clock).
+struct Seen {
+    heartbeat: Heartbeat,
+    at: Instant,
+    wall: DateTime<Utc>,
+}
+
 pub struct Fleet {
     interval: Duration,
     // Not on any request path: touched by heartbeats and admin reads only.
-    seen: Mutex<HashMap<String, (Heartbeat, Instant, DateTime<Utc>)>>,
+    seen: Mutex<HashMap<String, Seen>>,
     changed: watch::Sender<()>,
 }
 
@@ -48,7 +55,11 @@ impl Fleet {
         if let Ok(mut seen) = self.seen.lock() {
             seen.insert(
                 heartbeat.dataplane_id.clone(),
-                (heartbeat, Instant::now(), Utc::now()),
+                Seen {
+                    heartbeat,
+                    at: Instant::now(),
+                    wall: Utc::now(),
+                },
             );
         }
         self.changed.send_replace(());
@@ -60,19 +71,25 @@ impl Fleet {
         let Ok(mut seen) = self.seen.lock() else {
             return Vec::new();
         };
-        seen.retain(|_, (_, at, _)| at.elapsed() <= cutoff * 10);
+        seen.retain(|_, s| s.at.elapsed() <= cutoff * 10);
         let mut out: Vec<DataPlane> = seen
             .values()
-            .filter(|(_, at, _)| at.elapsed() <= cutoff)
-            .map(|(hb, _, wall)| DataPlane {
-                id: hb.dataplane_id.clone(),
-                hostname: hb.hostname.clone(),
-                version: hb.version.clone(),
-                revision: hb.revision,
-                lag: current.saturating_sub(hb.revision),
-                ready: hb.ready,
-                last_seen: *wall,
-            })
+            .filter(|s| s.at.elapsed() <= cutoff)
+            .map(
+                |Seen {
+                     heartbeat: hb,
+                     wall,
+                     ..
+                 }| DataPlane {
+                    id: hb.dataplane_id.clone(),
+                    hostname: hb.hostname.clone(),
+                    version: hb.version.clone(),
+                    revision: hb.revision,
+                    lag: current.saturating_sub(hb.revision),
+                    ready: hb.ready,
+                    last_seen: *wall,
+                },
+            )
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out

@@ -28,6 +28,11 @@ use switchboard_shared::snapshot::Snapshot;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Mutex, OnceCell, watch};
 
+/// Longest a publish may take before the caller gives up (the reconcile loop retries).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the pruning of old bodies may take.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A built snapshot in its wire form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Built {
@@ -110,7 +115,7 @@ impl Publisher {
     /// Offers, then publishes; errors are logged (the reconcile loop retries).
     pub async fn offer_and_publish(&self, built: Arc<Built>) {
         self.offer(built.clone());
-        match tokio::time::timeout(Duration::from_secs(5), self.publish(&built)).await {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish(&built)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::warn!(revision = built.revision, error = %e, "snapshot publish failed; will retry");
@@ -220,10 +225,14 @@ impl Publisher {
                 Err(e) => return Err(e.into()),
             }
         }
-        if let Err(e) = self.prune(store).await {
-            tracing::warn!(error = %e, "pruning old snapshots failed");
-        }
         if outcome == Published::Head {
+            // Listing races with other replicas' deletes and can stall: bounded, and a later
+            // publish prunes again.
+            match tokio::time::timeout(PRUNE_TIMEOUT, self.prune(store)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning old snapshots failed"),
+                Err(_) => tracing::debug!("pruning old snapshots timed out"),
+            }
             tracing::info!(
                 revision = built.revision,
                 bytes = built.json.len(),
@@ -332,7 +341,9 @@ pub async fn reconcile(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<u
     if let Some(latest) = latest {
         let head = publisher.head().await?.map_or(0, |(_, h)| h.revision);
         if head < latest.revision {
-            publisher.publish(&latest).await?;
+            tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&latest))
+                .await
+                .map_err(|_| anyhow::anyhow!("publishing timed out"))??;
         }
     }
     Ok(publisher.latest_revision())

@@ -1,5 +1,6 @@
 //! The admin REST API against a real Postgres (a fresh database per test) and NATS: roles and
 //! tenant isolation, bad input that changes nothing, sealed credentials, the audit log.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
 
@@ -271,7 +272,9 @@ async fn bad_input_gets_the_right_4xx_and_changes_nothing(pool: PgPool) {
     let before = cp.fingerprint().await;
 
     let raw = |body: &str| body.as_bytes().to_vec();
-    let cases: Vec<(Method, String, Vec<u8>, StatusCode, Option<&str>)> = vec![
+    // (method, uri, body, expected status, a field path the problem must name)
+    type Case = (Method, String, Vec<u8>, StatusCode, Option<&'static str>);
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/admin/v1/tenants".into(),

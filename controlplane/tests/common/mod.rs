@@ -1,7 +1,7 @@
 //! Shared set-up of the control plane's in-process tests: a running control plane on a fresh
 //! database (from `#[sqlx::test]`), a unique NATS namespace, admins with tokens, and a helper
 //! that calls the admin router.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 use std::time::Duration;
 
@@ -68,9 +68,18 @@ impl Drop for Cp {
 }
 
 pub async fn start(pool: PgPool) -> Cp {
-    let namespace = unique_namespace();
+    start_in(pool, &unique_namespace()).await
+}
+
+/// A control plane in a given namespace (a second replica shares the first's).
+pub async fn start_in(pool: PgPool, namespace: &str) -> Cp {
+    start_with(pool, settings(namespace)).await
+}
+
+pub async fn start_with(pool: PgPool, settings: Settings) -> Cp {
+    let namespace = settings.namespace.clone();
     let (stop, stopped) = oneshot::channel::<()>();
-    let running = controlplane::serve(settings(&namespace), pool, async move {
+    let running = controlplane::serve(settings, pool, async move {
         let _ = stopped.await;
     })
     .await

@@ -35,8 +35,19 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Master-key rotation.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Print the admin API's OpenAPI document (checked in as openapi/controlplane.json).
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Re-seal every provider credential with the first key of SWITCHBOARD_MASTER_KEYS.
+    Reseal,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +171,19 @@ async fn run(
                     other => anyhow::anyhow!("{other}"),
                 })?;
             tracing::info!(id = %admin.id, email = %admin.email, revision = committed.revision, "admin created");
+        }
+        Command::Keys {
+            command: KeysCommand::Reseal,
+        } => {
+            let count =
+                controlplane::api::providers::reseal_credentials(&pool, &settings.master_keys)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(
+                count,
+                key_id = settings.master_keys.sealing_key_id(),
+                "credentials re-sealed"
+            );
         }
         Command::Openapi => {}
     }

@@ -9,6 +9,7 @@
 //! changes nothing, and nothing is published before it is committed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -18,6 +19,9 @@ use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
 use crate::publish::{Built, Publisher};
 use crate::snapshot;
+
+/// How long the answer to a write waits for its publication at most.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 /// Which object a write is about, so that snapshot problems at that object are reported at
 /// the request's own field paths.
@@ -103,7 +107,7 @@ impl Write {
     /// reconcile loop then publishes the new revision.
     pub async fn commit(
         mut self,
-        publisher: Option<&Publisher>,
+        publisher: Option<&Arc<Publisher>>,
         scope: Option<Scope>,
     ) -> Result<Committed, ApiError> {
         let snapshot = snapshot::build_in(&mut self.tx).await?;
@@ -118,7 +122,13 @@ impl Write {
         let revision = self.revision;
         if let Some(publisher) = publisher {
             let built = Arc::new(Built::from_snapshot(&snapshot));
-            publisher.offer_and_publish(built).await;
+            // Publishing normally takes milliseconds and is awaited, so the answer to a write
+            // follows its publication. When NATS is slow or down the answer does not wait
+            // longer than this: the publish goes on in the background (and the reconcile loop
+            // retries it), since the change itself is committed.
+            let publisher = Arc::clone(publisher);
+            let publishing = tokio::spawn(async move { publisher.offer_and_publish(built).await });
+            let _ = tokio::time::timeout(PUBLISH_WAIT, publishing).await;
         }
         Ok(Committed { revision })
     }

@@ -1,6 +1,8 @@
 //! Admin users: `/admin/v1/admins`, platform admins only. Passwords are stored as argon2id
 //! hashes and never returned. [`create_admin`] is also what the CLI and the bootstrap use.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -52,7 +54,7 @@ pub struct CreateAdmin {
 /// Creates an admin user in its own write (revision bump and audit row included).
 pub async fn create_admin(
     pool: &PgPool,
-    publisher: Option<&Publisher>,
+    publisher: Option<&Arc<Publisher>>,
     caller: &Caller,
     req: CreateAdmin,
 ) -> Result<(AdminView, Committed), ApiError> {

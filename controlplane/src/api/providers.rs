@@ -261,3 +261,51 @@ pub async fn delete(
     let committed = w.commit(Some(&state.publisher), None).await?;
     Ok(deleted(&state, committed, wait).await)
 }
+
+/// Re-seals every stored credential not sealed with the current sealing key (master-key
+/// rotation, `controlplane keys reseal`), in one write. Returns how many were re-sealed.
+pub async fn reseal_credentials(
+    pool: &sqlx::PgPool,
+    keys: &switchboard_shared::sealed::MasterKeys,
+) -> Result<usize, ApiError> {
+    let mut w = Write::begin(pool, &Caller::system()).await?;
+    let rows: Vec<ProviderRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        provider_columns!(),
+        " FROM providers WHERE credential IS NOT NULL ORDER BY id FOR UPDATE"
+    ))
+    .fetch_all(w.conn())
+    .await?;
+    let mut count = 0;
+    for row in rows {
+        let Some(Jsonb(sealed)) = &row.credential else {
+            continue;
+        };
+        if sealed.key_id == keys.sealing_key_id() {
+            continue;
+        }
+        let resealed = keys
+            .reseal(sealed)
+            .map_err(|e| ApiError::Internal(format!("provider {}: cannot re-seal: {e}", row.id)))?;
+        sqlx::query("UPDATE providers SET credential = $2, updated_at = now() WHERE id = $1")
+            .bind(&row.id)
+            .bind(Jsonb(&resealed))
+            .execute(w.conn())
+            .await?;
+        let before = ProviderView::from(&row);
+        let mut after = before.clone();
+        after.api_key_sealed_with = Some(resealed.key_id.clone());
+        w.audit(
+            "reseal",
+            "provider",
+            &row.id,
+            None,
+            audit_json(&before),
+            audit_json(&after),
+        )
+        .await?;
+        count += 1;
+    }
+    w.commit(None, None).await?;
+    Ok(count)
+}

@@ -143,7 +143,7 @@ impl IntoResponse for ApiError {
             _ => Vec::new(),
         };
         let body = Problem {
-            kind: format!("https://switchboard.dev/problems/{}", self.kind()),
+            kind: format!("urn:switchboard:problem:{}", self.kind()),
             title: status.canonical_reason().unwrap_or("error").to_owned(),
             status: status.as_u16(),
             detail: self.to_string(),

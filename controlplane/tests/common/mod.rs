@@ -27,9 +27,9 @@ pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-/// A namespace no other test or helper uses.
+/// A namespace no other test or helper uses (`cpt` + random hex: these tests' own prefix).
 pub fn unique_namespace() -> String {
-    format!("t{}", uuid::Uuid::now_v7().simple())
+    format!("cpt{}", uuid::Uuid::now_v7().simple())
         .chars()
         .take(32)
         .collect()
@@ -60,10 +60,33 @@ pub struct Cp {
 }
 
 impl Drop for Cp {
+    /// Stops the control plane and deletes its JetStream stream and bucket from the shared
+    /// NATS server (on a thread of its own: `Drop` cannot await).
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        let names = switchboard_shared::cluster::NatsNames::new(&self.namespace);
+        let url = self.running.state.settings.nats_url.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let fut = async {
+                    let client = async_nats::connect(url).await.ok()?;
+                    let js = async_nats::jetstream::new(client);
+                    let _ = js.delete_stream(&names.config_stream).await;
+                    let _ = js.delete_object_store(&names.snapshot_bucket).await;
+                    Some(())
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 

@@ -1,10 +1,15 @@
-//! The snapshot build at scale: 100,000 virtual keys. Ignored by default (it takes a while
-//! in debug builds); run it with
+//! Measurements, ignored by default (slow in debug builds): the snapshot build for 100,000
+//! virtual keys, and the latency of admin writes including their publication on NATS. Run
 //! `cargo test -p switchboard-controlplane --release --test snapshot_scale -- --ignored --nocapture`
 //! and read the printed figures.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
-use std::time::Instant;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use controlplane::auth::Role;
+use serde_json::json;
 
 use controlplane::publish::Built;
 use sqlx::PgPool;
@@ -47,4 +52,40 @@ async fn build_100k_keys(pool: PgPool) {
         total,
     );
     eprintln!("{line}");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+#[ignore = "measurement; run explicitly"]
+async fn write_latency_including_publication(pool: PgPool) {
+    let cp = common::start(pool).await;
+    let root = cp
+        .admin("root@example.com", Role::PlatformAdmin, None)
+        .await;
+    cp.post("/admin/v1/tenants", &root, json!({"id": "acme"}))
+        .await;
+    let mut create = Vec::new();
+    let mut revoke = Vec::new();
+    for _ in 0..100 {
+        let started = Instant::now();
+        let r = cp
+            .post("/admin/v1/keys", &root, json!({"tenant_id": "acme"}))
+            .await;
+        create.push(started.elapsed());
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let started = Instant::now();
+        cp.post(&format!("/admin/v1/keys/{id}/revoke"), &root, json!({}))
+            .await;
+        revoke.push(started.elapsed());
+    }
+    let pct = |v: &mut Vec<Duration>, p: usize| {
+        v.sort();
+        v[(v.len() * p / 100).min(v.len() - 1)]
+    };
+    eprintln!(
+        "100 key creations, committed and published: p50 {:?} p99 {:?}; 100 revocations: p50 {:?} p99 {:?}",
+        pct(&mut create, 50),
+        pct(&mut create, 99),
+        pct(&mut revoke, 50),
+        pct(&mut revoke, 99),
+    );
 }

@@ -1,15 +1,214 @@
-//! The control plane binary. Not built yet: its own issue brings Postgres, the admin REST API,
-//! snapshot publishing over NATS JetStream and the gRPC ConfigService. Until then it says so
-//! and exits non-zero, rather than pretending to run.
+//! The `controlplane` binary: reads the command line and config, sets up logging, calls the
+//! library (`controlplane::serve`, `controlplane::db::migrate`, ...).
 
+use std::io::{BufRead, Write as _};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use controlplane::api::admins::{CreateAdmin, create_admin};
+use controlplane::auth::{Caller, Role};
+use controlplane::config::{Config, Settings, process_env};
+
+#[derive(Parser)]
+#[command(
+    name = "controlplane",
+    version,
+    about = "Switchboard's control plane: admin API, Postgres truth, snapshot publishing"
+)]
+struct Cli {
+    /// Config file (YAML). Optional: everything can come from `SWITCHBOARD__*` variables.
+    #[arg(long, env = "SWITCHBOARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending database migrations.
+    Migrate,
+    /// Serve the admin API and the gRPC ConfigService (migrates first).
+    Serve,
+    /// Manage admin users.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Master-key rotation.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print the admin API's OpenAPI document (checked in as openapi/controlplane.json).
+    Openapi,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Re-seal every provider credential with the first key of SWITCHBOARD_MASTER_KEYS.
+    Reseal,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin user; the password is read from standard input.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// platform_admin, tenant_admin or viewer.
+        #[arg(long, default_value = "platform_admin")]
+        role: String,
+        /// The tenant of a tenant admin.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Read the password from standard input (the only way: never on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
 fn main() -> ExitCode {
-    eprintln!(
-        "switchboard controlplane {}: not implemented yet (snapshot schema v{}). \
-         Run the data plane standalone: see README.md.",
-        env!("CARGO_PKG_VERSION"),
-        switchboard_shared::snapshot::SCHEMA_VERSION
-    );
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        let mut out = std::io::stdout();
+        return match out.write_all(controlplane::routes::openapi_json().as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let env = process_env();
+    let settings = match Config::load(cli.config.as_deref(), &env).and_then(|c| {
+        let settings = c
+            .settings(&env)
+            .map_err(controlplane::config::ConfigError::Invalid)?;
+        Ok((c, settings))
+    }) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings.0, settings.1, env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("controlplane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(
+    command: Command,
+    config: Config,
+    settings: Settings,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    let pool =
+        controlplane::db::connect(&config.database.url, config.database.max_connections).await?;
+    match command {
+        Command::Migrate => {
+            controlplane::db::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Serve => {
+            controlplane::db::migrate(&pool).await?;
+            if controlplane::bootstrap_admin(&pool, &env).await? {
+                tracing::info!("bootstrap admin created");
+            }
+            let running = controlplane::serve(settings, pool, shutdown_signal()).await?;
+            running.wait().await;
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    email,
+                    role,
+                    tenant,
+                    password_stdin: _,
+                },
+        } => {
+            let role = Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!("--role must be platform_admin, tenant_admin or viewer")
+            })?;
+            let mut password = String::new();
+            std::io::stdin().lock().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']).to_owned();
+            let req = CreateAdmin {
+                email,
+                password,
+                role,
+                tenant_id: tenant,
+            };
+            let (admin, committed) = create_admin(&pool, None, &Caller::system(), req)
+                .await
+                .map_err(|e| match e {
+                    controlplane::error::ApiError::Invalid(problems) => anyhow::anyhow!(
+                        "{}",
+                        problems
+                            .iter()
+                            .map(|p| format!("{}: {}", p.path, p.message))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    other => anyhow::anyhow!("{other}"),
+                })?;
+            tracing::info!(id = %admin.id, email = %admin.email, revision = committed.revision, "admin created");
+        }
+        Command::Keys {
+            command: KeysCommand::Reseal,
+        } => {
+            let count =
+                controlplane::api::providers::reseal_credentials(&pool, &settings.master_keys)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(
+                count,
+                key_id = settings.master_keys.sealing_key_id(),
+                "credentials re-sealed"
+            );
+        }
+        Command::Openapi => {}
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

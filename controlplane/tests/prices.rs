@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use sqlx::PgPool;
-use switchboard_controlplane::prices;
+use controlplane::prices;
 use switchboard_shared::price::PriceEntry;
 
 fn price_file() -> PathBuf {

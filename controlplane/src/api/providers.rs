@@ -1,0 +1,311 @@
+//! Providers: `/admin/v1/providers`. The upstream credential is write-only: sealed with the
+//! master key before it reaches Postgres, never returned, shipped sealed in snapshots.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json as Jsonb;
+use switchboard_shared::snapshot::ProviderKind;
+use utoipa::ToSchema;
+
+use super::{ListParams, Page, Wait, audit_json, check_id, deleted, written};
+use crate::auth::Caller;
+use crate::body::Body;
+use crate::error::{ApiError, Problem};
+use crate::provider_columns;
+use crate::rows::{ProviderRow, enum_text};
+use crate::state::AppState;
+use crate::write::{Scope, Write};
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProviderView {
+    pub id: String,
+    /// `openai` or `mock`.
+    pub kind: String,
+    pub base_url: Option<String>,
+    /// Whether a credential is stored (it is never returned).
+    pub has_api_key: bool,
+    /// Id of the master key that sealed the credential.
+    pub api_key_sealed_with: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&ProviderRow> for ProviderView {
+    fn from(r: &ProviderRow) -> Self {
+        Self {
+            id: r.id.clone(),
+            kind: r.kind.clone(),
+            base_url: r.base_url.clone(),
+            has_api_key: r.credential.is_some(),
+            api_key_sealed_with: r.credential.as_ref().map(|c| c.0.key_id.clone()),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProvider {
+    pub id: String,
+    #[schema(value_type = String, example = "openai")]
+    pub kind: ProviderKind,
+    /// Including the API version path, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// The upstream credential. Write-only.
+    pub api_key: Option<String>,
+}
+
+/// Replaces a provider's settings; an absent `api_key` keeps the stored one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProvider {
+    #[schema(value_type = String, example = "openai")]
+    pub kind: ProviderKind,
+    pub base_url: Option<String>,
+    /// A new upstream credential. Write-only.
+    pub api_key: Option<String>,
+    /// Removes the stored credential.
+    #[serde(default)]
+    pub remove_api_key: bool,
+}
+
+async fn load(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    lock: bool,
+) -> Result<Option<ProviderRow>, sqlx::Error> {
+    let sql = if lock {
+        concat!(
+            "SELECT ",
+            provider_columns!(),
+            " FROM providers WHERE id = $1 FOR UPDATE"
+        )
+    } else {
+        concat!(
+            "SELECT ",
+            provider_columns!(),
+            " FROM providers WHERE id = $1"
+        )
+    };
+    sqlx::query_as(sql).bind(id).fetch_optional(conn).await
+}
+
+fn check_api_key(key: Option<&String>) -> Result<(), ApiError> {
+    if key.is_some_and(|k| k.trim().is_empty()) {
+        return Err(ApiError::invalid("api_key", "must not be empty"));
+    }
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/providers", tag = "providers", params(ListParams),
+    responses((status = 200, body = Page<ProviderView>), (status = 403, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: ListParams,
+) -> Result<Json<Page<ProviderView>>, ApiError> {
+    caller.require_platform_reader()?;
+    let rows: Vec<ProviderRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        provider_columns!(),
+        " FROM providers ORDER BY id LIMIT $1 OFFSET $2"
+    ))
+    .bind(params.limit() + 1)
+    .bind(params.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(params.page(rows, |r| ProviderView::from(r))))
+}
+
+#[utoipa::path(get, path = "/providers/{id}", tag = "providers", params(("id" = String, Path)),
+    responses((status = 200, body = ProviderView), (status = 404, body = Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ProviderView>, ApiError> {
+    caller.require_platform_reader()?;
+    let mut conn = state.pool.acquire().await?;
+    load(&mut conn, &id, false)
+        .await?
+        .map(|r| Json(ProviderView::from(&r)))
+        .ok_or_else(|| ApiError::not_found("provider", &id))
+}
+
+#[utoipa::path(post, path = "/providers", tag = "providers", params(Wait), request_body = CreateProvider,
+    responses((status = 201, body = ProviderView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    wait: Wait,
+    Body(req): Body<CreateProvider>,
+) -> Result<Response, ApiError> {
+    caller.require_platform_admin()?;
+    check_id("id", &req.id)?;
+    check_api_key(req.api_key.as_ref())?;
+    let sealed = req
+        .api_key
+        .as_deref()
+        .map(|k| Jsonb(state.settings.master_keys.seal(k)));
+    let mut w = Write::begin(&state.pool, &caller).await?;
+    let row: ProviderRow = sqlx::query_as(concat!(
+        "INSERT INTO providers (id, kind, base_url, credential) VALUES ($1, $2, $3, $4) \
+         RETURNING ",
+        provider_columns!(),
+        ""
+    ))
+    .bind(&req.id)
+    .bind(enum_text(&req.kind))
+    .bind(&req.base_url)
+    .bind(sealed)
+    .fetch_one(w.conn())
+    .await?;
+    let view = ProviderView::from(&row);
+    w.audit("create", "provider", &row.id, None, None, audit_json(&view))
+        .await?;
+    let committed = w
+        .commit(
+            Some(&state.publisher),
+            Some(Scope::new("providers", &row.id)),
+        )
+        .await?;
+    Ok(written(&state, committed, wait, StatusCode::CREATED, view).await)
+}
+
+#[utoipa::path(put, path = "/providers/{id}", tag = "providers", params(("id" = String, Path), Wait),
+    request_body = UpdateProvider,
+    responses((status = 200, body = ProviderView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    wait: Wait,
+    Body(req): Body<UpdateProvider>,
+) -> Result<Response, ApiError> {
+    caller.require_platform_admin()?;
+    check_api_key(req.api_key.as_ref())?;
+    let mut w = Write::begin(&state.pool, &caller).await?;
+    let before = load(w.conn(), &id, true)
+        .await?
+        .ok_or_else(|| ApiError::not_found("provider", &id))?;
+    let credential = match (&req.api_key, req.remove_api_key) {
+        (Some(_), true) => {
+            return Err(ApiError::invalid(
+                "remove_api_key",
+                "cannot be combined with a new api_key",
+            ));
+        }
+        (Some(k), false) => Some(Jsonb(state.settings.master_keys.seal(k))),
+        (None, true) => None,
+        (None, false) => before.credential.clone(),
+    };
+    let row: ProviderRow = sqlx::query_as(concat!(
+        "UPDATE providers SET kind = $2, base_url = $3, credential = $4, updated_at = now() \
+         WHERE id = $1 RETURNING ",
+        provider_columns!(),
+        ""
+    ))
+    .bind(&id)
+    .bind(enum_text(&req.kind))
+    .bind(&req.base_url)
+    .bind(credential)
+    .fetch_one(w.conn())
+    .await?;
+    let view = ProviderView::from(&row);
+    w.audit(
+        "update",
+        "provider",
+        &id,
+        None,
+        audit_json(&ProviderView::from(&before)),
+        audit_json(&view),
+    )
+    .await?;
+    let committed = w
+        .commit(Some(&state.publisher), Some(Scope::new("providers", &id)))
+        .await?;
+    Ok(written(&state, committed, wait, StatusCode::OK, view).await)
+}
+
+#[utoipa::path(delete, path = "/providers/{id}", tag = "providers", params(("id" = String, Path), Wait),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    wait: Wait,
+) -> Result<Response, ApiError> {
+    caller.require_platform_admin()?;
+    let mut w = Write::begin(&state.pool, &caller).await?;
+    let before = load(w.conn(), &id, true)
+        .await?
+        .ok_or_else(|| ApiError::not_found("provider", &id))?;
+    sqlx::query("DELETE FROM providers WHERE id = $1")
+        .bind(&id)
+        .execute(w.conn())
+        .await?;
+    w.audit(
+        "delete",
+        "provider",
+        &id,
+        None,
+        audit_json(&ProviderView::from(&before)),
+        None,
+    )
+    .await?;
+    let committed = w.commit(Some(&state.publisher), None).await?;
+    Ok(deleted(&state, committed, wait).await)
+}
+
+/// Re-seals every stored credential not sealed with the current sealing key (master-key
+/// rotation, `controlplane keys reseal`), in one write. Returns how many were re-sealed.
+pub async fn reseal_credentials(
+    pool: &sqlx::PgPool,
+    keys: &switchboard_shared::sealed::MasterKeys,
+) -> Result<usize, ApiError> {
+    let mut w = Write::begin(pool, &Caller::system()).await?;
+    let rows: Vec<ProviderRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        provider_columns!(),
+        " FROM providers WHERE credential IS NOT NULL ORDER BY id FOR UPDATE"
+    ))
+    .fetch_all(w.conn())
+    .await?;
+    let mut count = 0;
+    for row in rows {
+        let Some(Jsonb(sealed)) = &row.credential else {
+            continue;
+        };
+        if sealed.key_id == keys.sealing_key_id() {
+            continue;
+        }
+        let resealed = keys
+            .reseal(sealed)
+            .map_err(|e| ApiError::Internal(format!("provider {}: cannot re-seal: {e}", row.id)))?;
+        sqlx::query("UPDATE providers SET credential = $2, updated_at = now() WHERE id = $1")
+            .bind(&row.id)
+            .bind(Jsonb(&resealed))
+            .execute(w.conn())
+            .await?;
+        let before = ProviderView::from(&row);
+        let mut after = before.clone();
+        after.api_key_sealed_with = Some(resealed.key_id.clone());
+        w.audit(
+            "reseal",
+            "provider",
+            &row.id,
+            None,
+            audit_json(&before),
+            audit_json(&after),
+        )
+        .await?;
+        count += 1;
+    }
+    w.commit(None, None).await?;
+    Ok(count)
+}

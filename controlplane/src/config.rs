@@ -1,0 +1,399 @@
+//! The control plane's configuration, read in two stages like the data plane's.
+//!
+//! Stage one layers `SWITCHBOARD__SECTION__KEY=value` environment overrides (any depth, values
+//! read as YAML scalars) onto the YAML file (or onto nothing, when no file is given) and parses
+//! with every struct denying unknown fields. Stage two, [`Config::settings`], checks the values,
+//! resolves the secrets and the master keys (`SWITCHBOARD_MASTER_KEYS`) and reports every
+//! problem at once with its path.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchboard_shared::cluster::{DEFAULT_NAMESPACE, valid_namespace};
+use switchboard_shared::sealed::MasterKeys;
+use switchboard_shared::secret::SecretRef;
+use switchboard_shared::validate::{Problem, Problems};
+
+/// Environment variable holding the master keys that seal provider credentials.
+pub const MASTER_KEYS_ENV: &str = "SWITCHBOARD_MASTER_KEYS";
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    pub keys: KeysConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Admin REST API.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// gRPC ConfigService.
+    #[serde(default = "default_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// Largest admin request body; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            grpc_listen: default_grpc_listen(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...`; may hold a password, so it is never logged.
+    pub url: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: default_nats_url(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Prefix of every NATS name (see `shared::cluster::NatsNames`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The data planes' heartbeat interval; one unseen for 3 intervals is gone.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// How often the published head is checked against Postgres and republished if behind.
+    #[serde(default = "default_reconcile_interval_ms")]
+    pub reconcile_interval_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            namespace: default_namespace(),
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            reconcile_interval_ms: default_reconcile_interval_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The virtual-key pepper; the data planes' `server.key_pepper` must be the same.
+    pub pepper: SecretRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC secret of the admin JWTs (HS256).
+    pub jwt_secret: SecretRef,
+    #[serde(default = "default_token_ttl_seconds")]
+    pub token_ttl_seconds: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+fn default_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8082))
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_connections() -> u32 {
+    10
+}
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.into()
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    2_000
+}
+fn default_reconcile_interval_ms() -> u64 {
+    3_000
+}
+fn default_token_ttl_seconds() -> u64 {
+    900
+}
+
+/// Everything the running control plane needs, checked and with secrets resolved.
+/// `Debug` is deliberately not derived: it holds the pepper and the JWT secret.
+#[derive(Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub nats_url: String,
+    pub namespace: String,
+    pub heartbeat_interval: Duration,
+    pub reconcile_interval: Duration,
+    pub pepper: Vec<u8>,
+    pub jwt_secret: Vec<u8>,
+    pub token_ttl: Duration,
+    pub master_keys: MasterKeys,
+}
+
+/// Why a config could not be loaded. `Display` lists everything wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Parse(String),
+    #[error("config: {0}")]
+    Invalid(Problems),
+}
+
+impl Config {
+    /// Reads the file (if any), layers `env` overrides and parses. Does not validate.
+    pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::parse(&text, env).map_err(ConfigError::Parse)
+    }
+
+    /// Parses file text with environment overrides (`SWITCHBOARD__A__B=value`).
+    pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, String> {
+        let mut tree: serde_yaml_ng::Value = if text.trim().is_empty() {
+            serde_yaml_ng::Value::Null
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?
+        };
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("SWITCHBOARD__") else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(value)
+                .unwrap_or_else(|_| serde_yaml_ng::Value::String(value.clone()));
+            set_path(&mut tree, &keys, parsed).map_err(|e| format!("{name}: {e}"))?;
+        }
+        serde_yaml_ng::from_value(tree).map_err(|e| e.to_string())
+    }
+
+    /// Checks values, resolves secrets (through `env`) and master keys; lists every problem.
+    pub fn settings(&self, env: &[(String, String)]) -> Result<Settings, Problems> {
+        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let mut problems = Vec::new();
+        let mut push = |path: &str, message: String| {
+            problems.push(Problem {
+                path: path.into(),
+                message,
+            });
+        };
+        if self.server.max_body_bytes == 0 {
+            push("server.max_body_bytes", "must be positive".into());
+        }
+        if self.database.url.trim().is_empty() {
+            push("database.url", "must not be empty".into());
+        }
+        if self.database.max_connections == 0 {
+            push("database.max_connections", "must be positive".into());
+        }
+        if !valid_namespace(&self.cluster.namespace) {
+            push(
+                "cluster.namespace",
+                "1-32 ASCII letters, digits, '-' or '_', starting with a letter".into(),
+            );
+        }
+        if self.cluster.heartbeat_interval_ms == 0 {
+            push("cluster.heartbeat_interval_ms", "must be positive".into());
+        }
+        if self.cluster.reconcile_interval_ms == 0 {
+            push("cluster.reconcile_interval_ms", "must be positive".into());
+        }
+        if self.auth.token_ttl_seconds == 0 {
+            push("auth.token_ttl_seconds", "must be positive".into());
+        }
+        let mut secret = |path: &str, r: &SecretRef, min_len: usize| -> Vec<u8> {
+            match r.resolve_with(lookup, None) {
+                Ok(v) if v.len() >= min_len => v.into_bytes(),
+                Ok(_) => {
+                    push(path, format!("must be at least {min_len} bytes long"));
+                    Vec::new()
+                }
+                Err(e) => {
+                    push(path, e.to_string());
+                    Vec::new()
+                }
+            }
+        };
+        let pepper = secret("keys.pepper", &self.keys.pepper, 1);
+        let jwt_secret = secret("auth.jwt_secret", &self.auth.jwt_secret, 32);
+        let master_keys = match lookup(MASTER_KEYS_ENV) {
+            None => {
+                push(
+                    MASTER_KEYS_ENV,
+                    "is not set: provider credentials cannot be sealed without master keys".into(),
+                );
+                None
+            }
+            Some(spec) => match MasterKeys::parse(&spec) {
+                Ok(keys) => Some(keys),
+                Err(e) => {
+                    push(MASTER_KEYS_ENV, e.to_string());
+                    None
+                }
+            },
+        };
+        match master_keys {
+            Some(master_keys) if problems.is_empty() => Ok(Settings {
+                listen: self.server.listen,
+                grpc_listen: self.server.grpc_listen,
+                max_body_bytes: self.server.max_body_bytes,
+                nats_url: self.nats.url.clone(),
+                namespace: self.cluster.namespace.clone(),
+                heartbeat_interval: Duration::from_millis(self.cluster.heartbeat_interval_ms),
+                reconcile_interval: Duration::from_millis(self.cluster.reconcile_interval_ms),
+                pepper,
+                jwt_secret,
+                token_ttl: Duration::from_secs(self.auth.token_ttl_seconds),
+                master_keys,
+            }),
+            _ => Err(Problems(problems)),
+        }
+    }
+}
+
+/// Sets `keys` (a path of map keys) in a YAML tree, creating maps on the way.
+fn set_path(
+    tree: &mut serde_yaml_ng::Value,
+    keys: &[String],
+    value: serde_yaml_ng::Value,
+) -> Result<(), String> {
+    let Some((first, rest)) = keys.split_first() else {
+        *tree = value;
+        return Ok(());
+    };
+    if tree.is_null() {
+        *tree = serde_yaml_ng::Value::Mapping(serde_yaml_ng::Mapping::new());
+    }
+    let serde_yaml_ng::Value::Mapping(map) = tree else {
+        return Err(format!(
+            "cannot set `{first}` inside a value that is not a map"
+        ));
+    };
+    let key = serde_yaml_ng::Value::String(first.clone());
+    let slot = map.entry(key).or_insert(serde_yaml_ng::Value::Null);
+    set_path(slot, rest, value)
+}
+
+/// The process environment as pairs, for [`Config::load`] and [`Config::settings`].
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+database: { url: "postgres://postgres@127.0.0.1/x" }
+keys: { pepper: { value: "pepper" } }
+auth: { jwt_secret: { env: TEST_JWT } }
+"#;
+    const MK: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_overrides_apply() {
+        let e = env(&[
+            ("TEST_JWT", &"j".repeat(32)),
+            (MASTER_KEYS_ENV, MK),
+            ("SWITCHBOARD__CLUSTER__NAMESPACE", "ns1"),
+            ("SWITCHBOARD__SERVER__LISTEN", "127.0.0.1:9000"),
+        ]);
+        let c = Config::parse(FILE, &e).unwrap();
+        let s = c.settings(&e).unwrap();
+        assert_eq!(s.listen.port(), 9000);
+        assert_eq!(s.grpc_listen, default_grpc_listen());
+        assert_eq!(s.namespace, "ns1");
+        assert_eq!(s.token_ttl, Duration::from_secs(900));
+        assert_eq!(s.pepper, b"pepper");
+    }
+
+    #[test]
+    fn the_whole_config_can_come_from_the_environment() {
+        let e = env(&[
+            ("SWITCHBOARD__DATABASE__URL", "postgres://x"),
+            ("SWITCHBOARD__KEYS__PEPPER__VALUE", "p"),
+            ("SWITCHBOARD__AUTH__JWT_SECRET__VALUE", &"s".repeat(40)),
+            (MASTER_KEYS_ENV, MK),
+        ]);
+        let c = Config::parse("", &e).unwrap();
+        assert!(c.settings(&e).is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_path() {
+        let e = env(&[
+            ("TEST_JWT", "short"),
+            ("SWITCHBOARD__CLUSTER__NAMESPACE", "bad.ns"),
+            ("SWITCHBOARD__AUTH__TOKEN_TTL_SECONDS", "0"),
+        ]);
+        let c = Config::parse(FILE, &e).unwrap();
+        let text = c.settings(&e).err().unwrap().to_string();
+        for path in [
+            "cluster.namespace",
+            "auth.token_ttl_seconds",
+            "auth.jwt_secret",
+            MASTER_KEYS_ENV,
+        ] {
+            assert!(
+                text.contains(&format!("{path}:")),
+                "{path} missing in {text}"
+            );
+        }
+        assert!(!text.contains("short"), "a secret leaked: {text}");
+        let err = Config::parse(&FILE.replace("pepper:", "peper:"), &[]).unwrap_err();
+        assert!(err.contains("peper"), "{err}");
+    }
+}

@@ -1,0 +1,159 @@
+//! The fleet as this replica hears it: the last heartbeat of each data plane, with when it
+//! arrived. A data plane unheard for 3 heartbeat intervals is gone. Admin writes with
+//! `?wait_ms=N` wait here until every live data plane serves their revision.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use switchboard_shared::cluster::{Heartbeat, NatsNames};
+use tokio::sync::watch;
+use utoipa::ToSchema;
+
+/// One live data plane, as `GET /admin/v1/fleet` lists it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DataPlane {
+    pub id: String,
+    pub hostname: String,
+    pub version: String,
+    /// The revision it serves.
+    pub revision: u64,
+    /// The control plane's revision minus the data plane's (0 when up to date).
+    pub lag: u64,
+    pub ready: bool,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// The last heartbeat of one data plane, with when it arrived (monotonic and wall clock).
+struct Seen {
+    heartbeat: Heartbeat,
+    at: Instant,
+    wall: DateTime<Utc>,
+}
+
+pub struct Fleet {
+    interval: Duration,
+    // Not on any request path: touched by heartbeats and admin reads only.
+    seen: Mutex<HashMap<String, Seen>>,
+    changed: watch::Sender<()>,
+}
+
+impl Fleet {
+    pub fn new(heartbeat_interval: Duration) -> Self {
+        Self {
+            interval: heartbeat_interval,
+            seen: Mutex::new(HashMap::new()),
+            changed: watch::channel(()).0,
+        }
+    }
+
+    /// Records a heartbeat.
+    pub fn record(&self, heartbeat: Heartbeat) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(
+                heartbeat.dataplane_id.clone(),
+                Seen {
+                    heartbeat,
+                    at: Instant::now(),
+                    wall: Utc::now(),
+                },
+            );
+        }
+        self.changed.send_replace(());
+    }
+
+    /// Live data planes, sorted by id, with their lag behind `current`.
+    pub fn live(&self, current: u64) -> Vec<DataPlane> {
+        let cutoff = self.interval * 3;
+        let Ok(mut seen) = self.seen.lock() else {
+            return Vec::new();
+        };
+        seen.retain(|_, s| s.at.elapsed() <= cutoff * 10);
+        let mut out: Vec<DataPlane> = seen
+            .values()
+            .filter(|s| s.at.elapsed() <= cutoff)
+            .map(
+                |Seen {
+                     heartbeat: hb,
+                     wall,
+                     ..
+                 }| DataPlane {
+                    id: hb.dataplane_id.clone(),
+                    hostname: hb.hostname.clone(),
+                    version: hb.version.clone(),
+                    revision: hb.revision,
+                    lag: current.saturating_sub(hb.revision),
+                    ready: hb.ready,
+                    last_seen: *wall,
+                },
+            )
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Waits up to `timeout` until every live data plane serves `revision` or newer. Returns
+    /// the ids still behind (empty when all caught up).
+    pub async fn wait_for(&self, revision: u64, timeout: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changed = self.changed.subscribe();
+        loop {
+            let behind: Vec<String> = self
+                .live(revision)
+                .into_iter()
+                .filter(|d| d.revision < revision)
+                .map(|d| d.id)
+                .collect();
+            if behind.is_empty() {
+                return behind;
+            }
+            // Re-check at least every 100 ms so that planes that went silent drop out.
+            let wake = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+            tokio::select! {
+                _ = changed.changed() => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return self
+                    .live(revision)
+                    .into_iter()
+                    .filter(|d| d.revision < revision)
+                    .map(|d| d.id)
+                    .collect();
+            }
+        }
+    }
+
+    /// Subscribes to every heartbeat and records them until `shutdown`.
+    pub async fn listen(
+        &self,
+        client: async_nats::Client,
+        names: &NatsNames,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            match client.subscribe(names.heartbeat_wildcard()).await {
+                Ok(mut sub) => loop {
+                    tokio::select! {
+                        message = sub.next() => match message {
+                            Some(m) => match serde_json::from_slice::<Heartbeat>(&m.payload) {
+                                Ok(hb) => self.record(hb),
+                                Err(e) => tracing::debug!(error = %e, "ignoring a malformed heartbeat"),
+                            },
+                            None => break,
+                        },
+                        _ = shutdown.changed() => return,
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to heartbeats; retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

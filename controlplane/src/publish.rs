@@ -1,0 +1,368 @@
+//! Publishing snapshots over NATS JetStream, exactly as `docs/cluster.md` says, and the
+//! `watch` of the latest built snapshot that the gRPC ConfigService serves.
+//!
+//! - [`Publisher::offer_and_publish`]: after a commit, make a snapshot the latest (if newer)
+//!   and publish it: object put, head publish expecting the last subject sequence (skipped when
+//!   the head already names a revision at least as high), prune. A failure is logged; the
+//!   reconcile loop ([`reconcile`]) republishes whenever the head is behind Postgres, which also
+//!   covers NATS outages and several replicas.
+//! - [`Publisher::follow_head`]: follows the head subject so that snapshots published by other
+//!   replicas reach this replica's gRPC watchers too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, StorageType, Stream};
+use async_nats::jetstream::{self, object_store};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use switchboard_shared::cluster::{NatsNames, SNAPSHOTS_KEPT, SnapshotHead, snapshot_object};
+use switchboard_shared::snapshot::Snapshot;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Mutex, OnceCell, watch};
+
+/// Longest a publish may take before the caller gives up (the reconcile loop retries).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the pruning of old bodies may take.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A built snapshot in its wire form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    pub revision: u64,
+    /// Hex SHA-256 of `json`, equal to `Snapshot::content_hash()`.
+    pub content_hash: String,
+    pub json: Bytes,
+}
+
+impl Built {
+    pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        let json = snapshot.to_canonical_json();
+        Self {
+            revision: snapshot.revision,
+            content_hash: hex::encode(Sha256::digest(&json)),
+            json: Bytes::from(json),
+        }
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The head now names this revision.
+    Head,
+    /// The head already named this revision or a newer one.
+    Superseded,
+}
+
+pub struct Publisher {
+    names: NatsNames,
+    js: jetstream::Context,
+    stream: OnceCell<Stream>,
+    store: OnceCell<ObjectStore>,
+    latest: watch::Sender<Option<Arc<Built>>>,
+    /// One publish at a time per replica; replicas race safely through the expected sequence.
+    publishing: Mutex<()>,
+}
+
+impl Publisher {
+    pub fn new(client: async_nats::Client, names: NatsNames) -> Self {
+        Self {
+            names,
+            js: jetstream::new(client),
+            stream: OnceCell::new(),
+            store: OnceCell::new(),
+            latest: watch::channel(None).0,
+            publishing: Mutex::new(()),
+        }
+    }
+
+    pub fn names(&self) -> &NatsNames {
+        &self.names
+    }
+
+    /// The latest snapshot this replica knows (built here or seen on the head).
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Built>>> {
+        self.latest.subscribe()
+    }
+
+    pub fn latest_revision(&self) -> u64 {
+        self.latest.borrow().as_ref().map_or(0, |b| b.revision)
+    }
+
+    /// Makes `built` the latest if it is newer; returns whether it was.
+    pub fn offer(&self, built: Arc<Built>) -> bool {
+        self.latest.send_if_modified(|slot| {
+            if slot
+                .as_ref()
+                .is_none_or(|cur| built.revision > cur.revision)
+            {
+                *slot = Some(built);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Offers, then publishes; errors are logged (the reconcile loop retries).
+    pub async fn offer_and_publish(&self, built: Arc<Built>) {
+        self.offer(built.clone());
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish(&built)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(revision = built.revision, error = %e, "snapshot publish failed; will retry");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    revision = built.revision,
+                    "snapshot publish timed out; will retry"
+                );
+            }
+        }
+    }
+
+    async fn stream(&self) -> anyhow::Result<&Stream> {
+        self.stream
+            .get_or_try_init(|| async {
+                let config = jetstream::stream::Config {
+                    name: self.names.config_stream.clone(),
+                    subjects: vec![self.names.config_subjects.clone()],
+                    max_messages_per_subject: 1,
+                    storage: StorageType::File,
+                    ..Default::default()
+                };
+                Ok::<_, anyhow::Error>(self.js.get_or_create_stream(config).await?)
+            })
+            .await
+    }
+
+    async fn store(&self) -> anyhow::Result<&ObjectStore> {
+        self.store
+            .get_or_try_init(|| async {
+                let bucket = &self.names.snapshot_bucket;
+                if let Ok(store) = self.js.get_object_store(bucket).await {
+                    return Ok(store);
+                }
+                let config = object_store::Config {
+                    bucket: bucket.clone(),
+                    storage: StorageType::File,
+                    ..Default::default()
+                };
+                match self.js.create_object_store(config).await {
+                    Ok(store) => Ok(store),
+                    // Another replica may have created it meanwhile.
+                    Err(e) => self.js.get_object_store(bucket).await.map_err(|_| e.into()),
+                }
+            })
+            .await
+    }
+
+    /// The current head and its stream sequence, if any.
+    pub async fn head(&self) -> anyhow::Result<Option<(u64, SnapshotHead)>> {
+        let stream = self.stream().await?;
+        match stream
+            .get_last_raw_message_by_subject(&self.names.head_subject)
+            .await
+        {
+            Ok(message) => {
+                let head: SnapshotHead = serde_json::from_slice(&message.payload)?;
+                Ok(Some((message.sequence, head)))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Publishes per `docs/cluster.md`: object, head (never backwards), prune.
+    pub async fn publish(&self, built: &Built) -> anyhow::Result<Published> {
+        let _one_at_a_time = self.publishing.lock().await;
+        let store = self.store().await?;
+        let object = snapshot_object(built.revision);
+        if let Some((_, head)) = self.head().await?
+            && head.revision >= built.revision
+        {
+            return Ok(Published::Superseded);
+        }
+        store.put(object.as_str(), &mut built.json.as_ref()).await?;
+        let head = SnapshotHead {
+            revision: built.revision,
+            content_hash: built.content_hash.clone(),
+            object,
+            size: built.json.len() as u64,
+            published_at: chrono::Utc::now(),
+        };
+        let payload = Bytes::from(serde_json::to_vec(&head)?);
+        let mut outcome = Published::Superseded;
+        for _ in 0..20 {
+            let expected = match self.head().await? {
+                Some((_, current)) if current.revision >= built.revision => break,
+                Some((sequence, _)) => sequence,
+                None => 0,
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                expected.to_string().as_str(),
+            );
+            let ack = self
+                .js
+                .publish_with_headers(self.names.head_subject.clone(), headers, payload.clone())
+                .await?;
+            match ack.await {
+                Ok(_) => {
+                    outcome = Published::Head;
+                    break;
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if outcome == Published::Head {
+            // Listing races with other replicas' deletes and can stall: bounded, and a later
+            // publish prunes again.
+            match tokio::time::timeout(PRUNE_TIMEOUT, self.prune(store)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning old snapshots failed"),
+                Err(_) => tracing::debug!("pruning old snapshots timed out"),
+            }
+            tracing::info!(
+                revision = built.revision,
+                bytes = built.json.len(),
+                "snapshot published"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes all but the newest [`SNAPSHOTS_KEPT`] snapshot objects.
+    async fn prune(&self, store: &ObjectStore) -> anyhow::Result<()> {
+        let mut names = Vec::new();
+        let mut list = store.list().await?;
+        while let Some(info) = list.next().await {
+            let info = info?;
+            if info.name.starts_with("snapshot-") && !info.deleted {
+                names.push(info.name);
+            }
+        }
+        names.sort();
+        let keep = usize::try_from(SNAPSHOTS_KEPT).unwrap_or(usize::MAX);
+        let old = names.len().saturating_sub(keep);
+        for name in &names[..old] {
+            store.delete(name).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches the body a head names and checks its hash.
+    pub async fn fetch(&self, head: &SnapshotHead) -> anyhow::Result<Built> {
+        let store = self.store().await?;
+        let mut object = store.get(&head.object).await?;
+        let mut json = Vec::new();
+        object.read_to_end(&mut json).await?;
+        let content_hash = hex::encode(Sha256::digest(&json));
+        anyhow::ensure!(
+            content_hash == head.content_hash,
+            "snapshot {} does not match its head's content hash",
+            head.object
+        );
+        Ok(Built {
+            revision: head.revision,
+            content_hash,
+            json: Bytes::from(json),
+        })
+    }
+
+    /// Follows the head subject (other replicas' publishes) until `shutdown`.
+    pub async fn follow_head(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                result = self.follow_once() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "following the snapshot head; retrying");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn follow_once(&self) -> anyhow::Result<()> {
+        let stream = self.stream().await?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.names.head_subject.clone(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            let Ok(head) = serde_json::from_slice::<SnapshotHead>(&message.payload) else {
+                continue;
+            };
+            if head.revision > self.latest_revision() {
+                match self.fetch(&head).await {
+                    Ok(built) => {
+                        self.offer(Arc::new(built));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot fetch a published snapshot"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One reconcile step: build when Postgres is ahead of what this replica holds, publish when
+/// the head is behind it. Returns the revision held afterwards.
+pub async fn reconcile(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<u64> {
+    let committed = crate::db::current_revision(pool).await?;
+    if committed > publisher.latest_revision() || publisher.subscribe().borrow().is_none() {
+        let snapshot = crate::snapshot::build_consistent(pool).await?;
+        if let Err(problems) = snapshot.validate() {
+            anyhow::bail!("the stored configuration is invalid: {problems}");
+        }
+        publisher.offer(Arc::new(Built::from_snapshot(&snapshot)));
+    }
+    let latest = publisher.subscribe().borrow().clone();
+    if let Some(latest) = latest {
+        let head = publisher.head().await?.map_or(0, |(_, h)| h.revision);
+        if head < latest.revision {
+            tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&latest))
+                .await
+                .map_err(|_| anyhow::anyhow!("publishing timed out"))??;
+        }
+    }
+    Ok(publisher.latest_revision())
+}
+
+/// Runs [`reconcile`] at once and then every `interval` until `shutdown`.
+pub async fn reconcile_loop(
+    pool: PgPool,
+    publisher: Arc<Publisher>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = reconcile(&pool, &publisher).await {
+            tracing::warn!(error = %e, "snapshot reconcile failed; will retry");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The route table and the OpenAPI document, built from the same handler list so that they
+//! cannot disagree.
+//!
+//! Layers, outer to inner: the request body limit (`server.max_body_bytes`, 413 beyond it,
+//! answered by [`crate::body::Body`]), then the routes. Every route under `/admin/v1` except
+//! `POST /auth/login` takes a [`crate::auth::Caller`], i.e. a valid bearer JWT; `/openapi.json`
+//! and `/healthz` are open.
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::{admins, auth, deployments, keys, models, providers, status, tenants};
+use crate::error::{ApiError, FieldError, Problem};
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchboard control plane admin API",
+        description = "Tenants, virtual keys, providers, deployments, model policies, admin \
+            users, the audit log and the fleet. Every change bumps the config revision \
+            (`x-switchboard-config-revision`) and is pushed to every data plane. Errors are \
+            RFC 9457 problem JSON."
+    ),
+    components(schemas(Problem, FieldError)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "auth", description = "Log in for a JWT"),
+        (name = "tenants"), (name = "keys"), (name = "providers"), (name = "deployments"),
+        (name = "models", description = "Routing policies per public model name"),
+        (name = "admins"), (name = "status", description = "Audit log, fleet, revision")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+fn api() -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(auth::login))
+        .routes(routes!(tenants::list, tenants::create))
+        .routes(routes!(tenants::get, tenants::update, tenants::delete))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::get, keys::update))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(keys::rotate))
+        .routes(routes!(providers::list, providers::create))
+        .routes(routes!(
+            providers::get,
+            providers::update,
+            providers::delete
+        ))
+        .routes(routes!(deployments::list, deployments::create))
+        .routes(routes!(
+            deployments::get,
+            deployments::update,
+            deployments::delete
+        ))
+        .routes(routes!(models::list))
+        .routes(routes!(models::get, models::put, models::delete))
+        .routes(routes!(admins::list, admins::create))
+        .routes(routes!(admins::delete))
+        .routes(routes!(status::audit))
+        .routes(routes!(status::fleet))
+        .routes(routes!(status::revision));
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/admin/v1", v1)
+}
+
+/// The OpenAPI document of the admin API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().split_for_parts().1
+}
+
+/// The document as checked in under `openapi/controlplane.json`.
+pub fn openapi_json() -> String {
+    let mut text = openapi().to_pretty_json().unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The admin REST router.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    let (api, doc) = api().split_for_parts();
+    let doc = Json(doc);
+    api.route(
+        "/openapi.json",
+        get(move || async move { ([(CONTENT_TYPE, "application/json")], doc).into_response() }),
+    )
+    .route("/healthz", get(|| async { "ok" }))
+    .fallback(|| async { ApiError::NotFound("route".into()) })
+    .layer(DefaultBodyLimit::max(max_body))
+    .with_state(state)
+}

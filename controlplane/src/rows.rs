@@ -1,0 +1,223 @@
+//! Rows as Postgres stores them, and their snapshot form. The admin API's views and the
+//! snapshot builder both start from these, so a column is read one way everywhere.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+use sqlx::types::Json;
+use switchboard_shared::price::PriceEntry;
+use switchboard_shared::sealed::Sealed;
+use switchboard_shared::secret::SecretRef;
+use switchboard_shared::snapshot::{
+    Budget, Deployment, KeyStatus, ModelPolicy, Provider, ProviderKind, RateLimits, Tenant,
+    TenantStatus, VirtualKey,
+};
+
+/// The columns [`TenantRow`] reads.
+#[macro_export]
+macro_rules! tenant_columns {
+    () => {
+        "id, name, status, rpm, tpm, budget, created_at, updated_at"
+    };
+}
+/// The columns [`KeyRow`] reads.
+#[macro_export]
+macro_rules! key_columns {
+    () => {
+        "id, tenant_id, name, key_hash, display_prefix, status, \
+     expires_at, allowed_models, rpm, tpm, budget, metadata, created_at, updated_at, revoked_at"
+    };
+}
+/// The columns [`ProviderRow`] reads.
+#[macro_export]
+macro_rules! provider_columns {
+    () => {
+        "id, kind, base_url, credential, created_at, updated_at"
+    };
+}
+/// The columns [`DeploymentRow`] reads.
+#[macro_export]
+macro_rules! deployment_columns {
+    () => {
+        "id, model, provider_id, upstream_model, weight, tags, \
+     rpm, tpm, priority, price, created_at, updated_at"
+    };
+}
+/// The columns [`PolicyRow`] reads.
+#[macro_export]
+macro_rules! policy_columns {
+    () => {
+        "model, policy, created_at, updated_at"
+    };
+}
+
+pub fn limits(rpm: Option<i64>, tpm: Option<i64>) -> RateLimits {
+    RateLimits {
+        rpm: rpm.map(clamp_u32),
+        tpm: tpm.map(clamp_u32),
+    }
+}
+
+pub fn clamp_u32(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Text columns holding a snake_case enum (checked by the schema).
+pub fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).ok()
+}
+
+pub fn enum_text<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct TenantRow {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub budget: Option<Json<Budget>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TenantRow {
+    pub fn status(&self) -> TenantStatus {
+        parse_enum(&self.status).unwrap_or(TenantStatus::Suspended)
+    }
+
+    pub fn to_snapshot(&self) -> Tenant {
+        Tenant {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            status: self.status(),
+            limits: limits(self.rpm, self.tpm),
+            budget: self.budget.as_ref().map(|b| b.0.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct KeyRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub key_hash: String,
+    pub display_prefix: String,
+    pub status: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub allowed_models: Vec<String>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub budget: Option<Json<Budget>>,
+    pub metadata: Json<BTreeMap<String, String>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl KeyRow {
+    pub fn status(&self) -> KeyStatus {
+        parse_enum(&self.status).unwrap_or(KeyStatus::Revoked)
+    }
+
+    pub fn to_snapshot(&self) -> VirtualKey {
+        VirtualKey {
+            id: self.id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            name: self.name.clone(),
+            key_hash: self.key_hash.clone(),
+            display_prefix: self.display_prefix.clone(),
+            status: self.status(),
+            created_at: Some(self.created_at),
+            expires_at: self.expires_at,
+            allowed_models: self.allowed_models.clone(),
+            limits: limits(self.rpm, self.tpm),
+            budget: self.budget.as_ref().map(|b| b.0.clone()),
+            metadata: self.metadata.0.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ProviderRow {
+    pub id: String,
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub credential: Option<Json<Sealed>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ProviderRow {
+    /// `None` when the stored kind is one this build does not know.
+    pub fn kind(&self) -> Option<ProviderKind> {
+        parse_enum(&self.kind)
+    }
+
+    pub fn to_snapshot(&self) -> Option<Provider> {
+        Some(Provider {
+            id: self.id.clone(),
+            kind: self.kind()?,
+            base_url: self.base_url.clone(),
+            api_key: self
+                .credential
+                .as_ref()
+                .map(|c| SecretRef::Sealed(c.0.clone())),
+            // Not yet settable through the admin API: Azure's api_version, Bedrock's region
+            // and AWS credentials, and several keys per provider.
+            api_version: None,
+            region: None,
+            aws_access_key_id: None,
+            aws_secret_access_key: None,
+            aws_session_token: None,
+            api_keys: Vec::new(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct DeploymentRow {
+    pub id: String,
+    pub model: String,
+    pub provider_id: String,
+    pub upstream_model: String,
+    pub weight: i64,
+    pub tags: Vec<String>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub priority: i64,
+    pub price: Option<Json<PriceEntry>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl DeploymentRow {
+    pub fn to_snapshot(&self) -> Deployment {
+        Deployment {
+            id: self.id.clone(),
+            model: self.model.clone(),
+            provider: self.provider_id.clone(),
+            upstream_model: self.upstream_model.clone(),
+            weight: clamp_u32(self.weight),
+            tags: self.tags.clone(),
+            limits: limits(self.rpm, self.tpm),
+            priority: clamp_u32(self.priority),
+            price: self.price.as_ref().map(|p| p.0.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct PolicyRow {
+    pub model: String,
+    pub policy: Json<ModelPolicy>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

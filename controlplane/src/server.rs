@@ -1,0 +1,130 @@
+//! Running the control plane: the admin REST listener, the gRPC ConfigService, the NATS
+//! publisher with its reconcile loop and head follower, and the fleet listener — all stopped
+//! by one shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use switchboard_shared::cluster::NatsNames;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Settings;
+use crate::fleet::Fleet;
+use crate::grpc::ConfigGrpc;
+use crate::publish::{Publisher, reconcile, reconcile_loop};
+use crate::routes::router;
+use crate::state::AppState;
+
+/// A started control plane.
+pub struct Running {
+    pub rest_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub state: AppState,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Waits until every task has stopped (after the shutdown signal).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Binds both listeners (port 0 picks a free port), connects to NATS in the background
+/// (a NATS outage delays publishing, never the admin API), builds the current snapshot, and
+/// serves until `shutdown` completes. The database must be migrated.
+pub async fn serve(
+    settings: Settings,
+    pool: PgPool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let rest = TcpListener::bind(settings.listen).await?;
+    let grpc = TcpListener::bind(settings.grpc_listen).await?;
+    let rest_addr = rest.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+
+    let nats = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(settings.nats_url.as_str())
+        .await?;
+    let names = NatsNames::new(&settings.namespace);
+    let publisher = Arc::new(Publisher::new(nats.clone(), names.clone()));
+    let fleet = Arc::new(Fleet::new(settings.heartbeat_interval));
+    let reconcile_interval = settings.reconcile_interval;
+    let state = AppState {
+        pool: pool.clone(),
+        settings: Arc::new(settings),
+        publisher: publisher.clone(),
+        fleet: fleet.clone(),
+    };
+
+    // Build (and try to publish) the current snapshot before answering anything.
+    match tokio::time::timeout(Duration::from_secs(5), reconcile(&pool, &publisher)).await {
+        Ok(Ok(revision)) => tracing::info!(revision, "current snapshot built"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "initial snapshot publish failed; will retry"),
+        Err(_) => tracing::warn!("initial snapshot publish timed out; will retry"),
+    }
+
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    tasks.spawn(reconcile_loop(
+        pool.clone(),
+        publisher.clone(),
+        reconcile_interval,
+        stop.clone(),
+    ));
+    tasks.spawn(publisher.clone().follow_head(stop.clone()));
+    {
+        let fleet = fleet.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move { fleet.listen(nats, &names, stop).await });
+    }
+    {
+        let app = router(state.clone());
+        let mut stop = stop.clone();
+        tasks.spawn(async move {
+            let result = axum::serve(rest, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "admin API server failed");
+            }
+        });
+    }
+    {
+        let service = ConfigGrpc::server(publisher.subscribe());
+        let mut stop = stop.clone();
+        tasks.spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+    }
+    tracing::info!(%rest_addr, %grpc_addr, "control plane serving");
+    Ok(Running {
+        rest_addr,
+        grpc_addr,
+        state,
+        tasks,
+    })
+}

@@ -32,6 +32,55 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub keys: KeysConfig,
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub spend: SpendConfig,
+    #[serde(default)]
+    pub prices: PricesConfig,
+}
+
+/// Spend ingestion and storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendConfig {
+    /// Whether this replica consumes usage events (every replica may; they share one
+    /// consumer).
+    #[serde(default = "yes")]
+    pub ingest: bool,
+    /// Days of raw spend rows kept (daily partitions dropped after); rollups stay. 0: forever.
+    #[serde(default = "default_raw_retention_days")]
+    pub raw_retention_days: u64,
+}
+
+impl Default for SpendConfig {
+    fn default() -> Self {
+        Self {
+            ingest: true,
+            raw_retention_days: default_raw_retention_days(),
+        }
+    }
+}
+
+/// Price sync from LiteLLM's price file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricesConfig {
+    /// URL of `model_prices_and_context_window.json`; absent: no scheduled sync (use
+    /// `controlplane prices sync --file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Seconds between syncs (one replica syncs, by advisory lock).
+    #[serde(default = "default_prices_interval_seconds")]
+    pub interval_seconds: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_raw_retention_days() -> u64 {
+    90
+}
+fn default_prices_interval_seconds() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +214,8 @@ pub struct Settings {
     pub jwt_secret: Vec<u8>,
     pub token_ttl: Duration,
     pub master_keys: MasterKeys,
+    pub spend: SpendConfig,
+    pub prices: PricesConfig,
 }
 
 /// Why a config could not be loaded. `Display` lists everything wrong.
@@ -244,6 +295,14 @@ impl Config {
         if self.cluster.reconcile_interval_ms == 0 {
             push("cluster.reconcile_interval_ms", "must be positive".into());
         }
+        if let Some(url) = &self.prices.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            push("prices.url", "must be an http:// or https:// URL".into());
+        }
+        if self.prices.interval_seconds < 60 {
+            push("prices.interval_seconds", "must be at least 60".into());
+        }
         if self.auth.token_ttl_seconds == 0 {
             push("auth.token_ttl_seconds", "must be positive".into());
         }
@@ -291,6 +350,8 @@ impl Config {
                 jwt_secret,
                 token_ttl: Duration::from_secs(self.auth.token_ttl_seconds),
                 master_keys,
+                spend: self.spend.clone(),
+                prices: self.prices.clone(),
             }),
             _ => Err(Problems(problems)),
         }

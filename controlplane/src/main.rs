@@ -42,6 +42,24 @@ enum Command {
     },
     /// Print the admin API's OpenAPI document (checked in as openapi/controlplane.json).
     Openapi,
+    /// Model prices (LiteLLM's price file).
+    Prices {
+        #[command(subcommand)]
+        command: PricesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PricesCommand {
+    /// Load a price file into Postgres as a new version (when its content changed).
+    Sync {
+        /// A local copy of model_prices_and_context_window.json.
+        #[arg(long, conflicts_with = "url")]
+        file: Option<PathBuf>,
+        /// Where to fetch it from.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,6 +201,26 @@ async fn run(
                 count,
                 key_id = settings.master_keys.sealing_key_id(),
                 "credentials re-sealed"
+            );
+        }
+        Command::Prices {
+            command: PricesCommand::Sync { file, url },
+        } => {
+            controlplane::db::migrate(&pool).await?;
+            let outcome = match (file, url) {
+                (Some(path), _) => controlplane::prices::sync_from_file(&pool, &path).await?,
+                (None, Some(url)) => {
+                    let _ = rustls::crypto::ring::default_provider().install_default();
+                    let client = reqwest::Client::new();
+                    controlplane::prices::sync_from_url(&pool, &client, &url).await?
+                }
+                (None, None) => anyhow::bail!("prices sync needs --file or --url"),
+            };
+            tracing::info!(
+                version = outcome.version_id,
+                new = outcome.new_version,
+                entries = outcome.entries,
+                "prices synced"
             );
         }
         Command::Openapi => {}

@@ -10,8 +10,9 @@
 //! [`VERSIONS_KEPT`] most recently synced versions are kept.
 //!
 //! The effective price of a model is its override if one exists, else its entry in the current
-//! version. Snapshots carry each deployment's effective price, so the data planes price
-//! requests without ever seeing this table.
+//! version. Snapshots carry each deployment's effective price (for its `upstream_model`,
+//! unless the deployment sets its own), so the data planes price requests without ever seeing
+//! this table; a new version or an override change bumps the config revision for that reason.
 //!
 //! Scheduled syncs run on every control-plane replica's timer but only one replica does the
 //! work: each run takes a Postgres advisory lock ([`SYNC_LOCK`]) with `pg_try_advisory_lock`
@@ -169,6 +170,7 @@ pub async fn store(
     .bind(VERSIONS_KEPT)
     .execute(&mut *tx)
     .await?;
+    bump_revision(&mut tx).await?;
     tx.commit().await?;
     Ok(SyncOutcome {
         version_id,
@@ -182,6 +184,16 @@ pub async fn effective_prices(
     pool: &PgPool,
     models: &[String],
 ) -> sqlx::Result<BTreeMap<String, PriceEntry>> {
+    let mut conn = pool.acquire().await?;
+    effective_prices_in(&mut conn, models).await
+}
+
+/// [`effective_prices`] through a caller's connection or transaction (the snapshot build
+/// reads prices in its own consistent transaction).
+pub async fn effective_prices_in(
+    conn: &mut sqlx::PgConnection,
+    models: &[String],
+) -> sqlx::Result<BTreeMap<String, PriceEntry>> {
     let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
         "WITH wanted AS (SELECT unnest($1::text[]) AS model), \
               newest AS (SELECT id FROM price_versions ORDER BY checked_at DESC, id DESC LIMIT 1) \
@@ -192,7 +204,7 @@ pub async fn effective_prices(
          WHERE o.entry IS NOT NULL OR e.entry IS NOT NULL",
     )
     .bind(models)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()
@@ -214,6 +226,16 @@ pub async fn missing_models(pool: &PgPool, models: &[String]) -> sqlx::Result<BT
         .collect())
 }
 
+/// Bumps the config revision: deployments without a price of their own carry the effective
+/// price in snapshots, so a price change is a config change (the control plane's reconcile
+/// loop publishes the new snapshot).
+async fn bump_revision(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    sqlx::query("UPDATE config_revision SET revision = revision + 1")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Sets (or replaces) an admin override for `model`.
 pub async fn set_override(
     pool: &PgPool,
@@ -221,6 +243,7 @@ pub async fn set_override(
     entry: &PriceEntry,
     updated_by: &str,
 ) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO price_overrides (model, entry, updated_by) VALUES ($1, $2, $3) \
          ON CONFLICT (model) DO UPDATE SET entry = EXCLUDED.entry, \
@@ -229,17 +252,23 @@ pub async fn set_override(
     .bind(model)
     .bind(serde_json::to_value(entry).unwrap_or_default())
     .bind(updated_by)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    bump_revision(&mut tx).await?;
+    tx.commit().await
 }
 
 /// Removes an override; true when there was one.
 pub async fn delete_override(pool: &PgPool, model: &str) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
     let done = sqlx::query("DELETE FROM price_overrides WHERE model = $1")
         .bind(model)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+    if done.rows_affected() > 0 {
+        bump_revision(&mut tx).await?;
+    }
+    tx.commit().await?;
     Ok(done.rows_affected() > 0)
 }
 

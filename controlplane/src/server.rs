@@ -20,6 +20,35 @@ use crate::publish::{Publisher, reconcile, reconcile_loop};
 use crate::routes::router;
 use crate::state::AppState;
 
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Keeps spend partitions made a week ahead and drops raw ones past retention, hourly.
+async fn spend_upkeep(pool: PgPool, retention_days: u64, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let today = crate::ingest::utc_today(chrono::Utc::now());
+        if let Err(e) = crate::ingest::ensure_partitions(&pool, today, 7).await {
+            tracing::warn!(error = %e, "spend partitions not made");
+        }
+        if retention_days > 0 {
+            match crate::ingest::drop_expired_partitions(&pool, today, retention_days).await {
+                Ok(dropped) if !dropped.is_empty() => {
+                    tracing::info!(?dropped, "raw spend partitions past retention dropped");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "spend retention not applied"),
+            }
+        }
+    }
+}
+
 /// A started control plane.
 pub struct Running {
     pub rest_addr: SocketAddr,
@@ -43,6 +72,8 @@ pub async fn serve(
     pool: PgPool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
+    // One TLS provider for every rustls user in the process (NATS, the price-file fetch).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rest = TcpListener::bind(settings.listen).await?;
     let grpc = TcpListener::bind(settings.grpc_listen).await?;
     let rest_addr = rest.local_addr()?;
@@ -54,6 +85,8 @@ pub async fn serve(
         .await?;
     let names = NatsNames::new(&settings.namespace);
     let publisher = Arc::new(Publisher::new(nats.clone(), names.clone()));
+    let spend = settings.spend.clone();
+    let prices = settings.prices.clone();
     let fleet = Arc::new(Fleet::new(settings.heartbeat_interval));
     let reconcile_interval = settings.reconcile_interval;
     let state = AppState {
@@ -83,6 +116,33 @@ pub async fn serve(
         stop.clone(),
     ));
     tasks.spawn(publisher.clone().follow_head(stop.clone()));
+    if spend.ingest {
+        let until = stopped(stop.clone());
+        tasks.spawn(crate::ingest::run(
+            pool.clone(),
+            async_nats::jetstream::new(nats.clone()),
+            names.clone(),
+            crate::ingest::IngestSettings::default(),
+            until,
+        ));
+    }
+    tasks.spawn(spend_upkeep(
+        pool.clone(),
+        spend.raw_retention_days,
+        stop.clone(),
+    ));
+    if let Some(url) = prices.url {
+        let client = reqwest::Client::builder()
+            .build()
+            .map_err(|e| anyhow::anyhow!("prices.url client: {e}"))?;
+        tasks.spawn(crate::prices::run_scheduled(
+            pool.clone(),
+            client,
+            url,
+            Duration::from_secs(prices.interval_seconds),
+            stopped(stop.clone()),
+        ));
+    }
     {
         let fleet = fleet.clone();
         let stop = stop.clone();

@@ -63,6 +63,19 @@ pub async fn build_in(conn: &mut PgConnection) -> Result<Snapshot, sqlx::Error> 
     ))
     .fetch_all(&mut *conn)
     .await?;
+    // Deployments without a price of their own carry the effective one of their upstream model.
+    let mut deployments: Vec<_> = deployments.iter().map(DeploymentRow::to_snapshot).collect();
+    let unpriced: Vec<String> = deployments
+        .iter()
+        .filter(|d| d.price.is_none())
+        .map(|d| d.upstream_model.clone())
+        .collect();
+    if !unpriced.is_empty() {
+        let prices = crate::prices::effective_prices_in(conn, &unpriced).await?;
+        for d in deployments.iter_mut().filter(|d| d.price.is_none()) {
+            d.price = prices.get(&d.upstream_model).cloned();
+        }
+    }
     Ok(Snapshot {
         schema_version: SCHEMA_VERSION,
         revision: u64::try_from(revision).unwrap_or(0),
@@ -72,7 +85,7 @@ pub async fn build_in(conn: &mut PgConnection) -> Result<Snapshot, sqlx::Error> 
             .iter()
             .filter_map(ProviderRow::to_snapshot)
             .collect(),
-        deployments: deployments.iter().map(DeploymentRow::to_snapshot).collect(),
+        deployments,
         models: policies
             .into_iter()
             .map(|p| {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use sqlx::PgPool;
 use controlplane::ingest::{self, IngestSettings};
+use sqlx::PgPool;
 use switchboard_shared::cluster::NatsNames;
 use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
 

@@ -3,10 +3,16 @@
 //! replica at a time for scheduled syncs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
+mod common;
+
 use std::path::PathBuf;
 
-use sqlx::PgPool;
+use axum::http::StatusCode;
+use controlplane::auth::Role;
+use serde_json::json;
+
 use controlplane::prices;
+use sqlx::PgPool;
 use switchboard_shared::price::PriceEntry;
 
 fn price_file() -> PathBuf {
@@ -171,4 +177,65 @@ async fn only_one_replica_syncs_at_a_time(pool: PgPool) {
         .unwrap();
     assert!(done.is_some_and(|o| o.new_version));
     assert_eq!(versions(&pool).await, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn snapshots_carry_the_effective_price_of_unpriced_deployments(pool: PgPool) {
+    let cp = common::start(pool.clone()).await;
+    let root = cp
+        .admin("root@example.com", Role::PlatformAdmin, None)
+        .await;
+    let r = cp
+        .post(
+            "/admin/v1/providers",
+            &root,
+            json!({"id": "up", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for (id, own_price) in [
+        ("unpriced", None),
+        ("priced", Some(json!({"input_cost_per_token": 1e-9}))),
+    ] {
+        let mut body =
+            json!({"id": id, "model": "m", "provider": "up", "upstream_model": "gpt-4o"});
+        if let Some(price) = own_price {
+            body["price"] = price;
+        }
+        let r = cp.post("/admin/v1/deployments", &root, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let before = controlplane::snapshot::build_consistent(&pool)
+        .await
+        .unwrap();
+    assert!(
+        before
+            .deployments
+            .iter()
+            .find(|d| d.id == "unpriced")
+            .unwrap()
+            .price
+            .is_none()
+    );
+
+    // A sync is a config change: the revision moves and the snapshot prices the deployment.
+    prices::sync_from_file(&pool, &price_file()).await.unwrap();
+    let after = controlplane::snapshot::build_consistent(&pool)
+        .await
+        .unwrap();
+    assert!(after.revision > before.revision);
+    let price = |s: &switchboard_shared::snapshot::Snapshot, id: &str| {
+        s.deployments
+            .iter()
+            .find(|d| d.id == id)
+            .and_then(|d| d.price.as_ref())
+            .and_then(|p| p.input_cost_per_token)
+    };
+    assert_eq!(price(&after, "unpriced"), Some(2.5e-6));
+    assert_eq!(
+        price(&after, "priced"),
+        Some(1e-9),
+        "a deployment's own price wins"
+    );
+    after.validate().unwrap();
 }

@@ -1,0 +1,396 @@
+//! The whole cluster in one process, against real Postgres and NATS: a control plane, data
+//! planes in cluster mode and the mock upstream. What an operator does through the admin API
+//! reaches every data plane within a second; a data plane started later, or while the control
+//! plane is down (from its on-disk snapshot), serves the current config; usage events from
+//! the data planes become exactly one spend row each.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use controlplane::config::{PricesConfig, Settings, SpendConfig};
+use dataplane::config::ClusterConfig;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use switchboard_shared::cluster::NatsNames;
+use switchboard_shared::sealed::MasterKeys;
+
+const MASTER_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const ADMIN: &str = "root@example.com";
+const PASSWORD: &str = "correct horse battery staple";
+const WITHIN: Duration = Duration::from_secs(1);
+
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn unique_namespace() -> String {
+    format!("e2e{}", uuid::Uuid::now_v7().simple())
+        .chars()
+        .take(32)
+        .collect()
+}
+
+/// A running control plane on `pool`, with an admin; stops when dropped.
+struct ControlPlane {
+    rest: String,
+    grpc: String,
+    token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<controlplane::Running>,
+}
+
+impl ControlPlane {
+    async fn start(pool: PgPool, namespace: &str) -> Self {
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            max_body_bytes: 1 << 20,
+            nats_url: nats_url(),
+            namespace: namespace.to_owned(),
+            heartbeat_interval: Duration::from_millis(500),
+            reconcile_interval: Duration::from_millis(500),
+            pepper: PEPPER.as_bytes().to_vec(),
+            jwt_secret: b"e2e-jwt-secret-that-is-long-enough-0123456".to_vec(),
+            token_ttl: Duration::from_secs(900),
+            master_keys: MasterKeys::parse(MASTER_KEYS).unwrap(),
+            spend: SpendConfig::default(),
+            prices: PricesConfig::default(),
+        };
+        let env = [
+            (
+                controlplane::BOOTSTRAP_EMAIL_ENV.to_owned(),
+                ADMIN.to_owned(),
+            ),
+            (
+                controlplane::BOOTSTRAP_PASSWORD_ENV.to_owned(),
+                PASSWORD.to_owned(),
+            ),
+        ];
+        controlplane::bootstrap_admin(&pool, &env).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = controlplane::serve(settings, pool, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+        let rest = format!("http://{}", running.rest_addr);
+        let grpc = format!("http://{}", running.grpc_addr);
+        let login = call(
+            &rest,
+            Method::POST,
+            "/admin/v1/auth/login",
+            None,
+            json!({"email": ADMIN, "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+        let token = login.json()["access_token"].as_str().unwrap().to_owned();
+        Self {
+            rest,
+            grpc,
+            token,
+            stop: Some(stop),
+            running: Some(running),
+        }
+    }
+
+    async fn write(&self, method: Method, path: &str, body: Value) -> Reply {
+        let reply = call(&self.rest, method, path, Some(&self.token), body).await;
+        assert!(
+            reply.status.is_success(),
+            "{path}: {} {}",
+            reply.status,
+            reply.text()
+        );
+        reply
+    }
+
+    /// Stops the control plane and waits until its tasks are gone.
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.wait().await;
+        }
+    }
+}
+
+async fn call(base: &str, method: Method, path: &str, token: Option<&str>, body: Value) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = auth.as_deref() {
+        headers.push(("authorization", a));
+    }
+    let text = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    send(request(method, &format!("{base}{path}"), &headers, text)).await
+}
+
+/// A data plane in cluster mode following `cp` (NATS and gRPC), caching to `cache`.
+async fn data_plane(
+    namespace: &str,
+    grpc: &str,
+    nats: &str,
+    cache: &std::path::Path,
+) -> (Gateway, dataplane::cluster::Cluster) {
+    let mut cluster = ClusterConfig::with_urls(Some(grpc.to_owned()), Some(nats.to_owned()));
+    cluster.namespace = namespace.to_owned();
+    cluster.snapshot_cache = Some(cache.to_path_buf());
+    cluster.heartbeat_interval_ms = 500;
+    let section: String = serde_yaml_ng::to_string(&cluster)
+        .unwrap()
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    let text = format!("server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n{section}");
+    let gateway =
+        Gateway::start_with_keys(&text, Some(MasterKeys::parse(MASTER_KEYS).unwrap())).await;
+    let handle = dataplane::cluster::start(gateway.state.clone(), &cluster)
+        .await
+        .unwrap();
+    (gateway, handle)
+}
+
+const CHAT_BODY: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
+async fn chat(gw: &Gateway, key: &str) -> StatusCode {
+    let auth = format!("Bearer {key}");
+    send(request(
+        Method::POST,
+        &gw.url("/v1/chat/completions"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        CHAT_BODY,
+    ))
+    .await
+    .status
+}
+
+/// Polls until `gw` answers `key` with `want`; the time it took.
+async fn until_answers(gw: &Gateway, key: &str, want: StatusCode) -> Duration {
+    let started = Instant::now();
+    loop {
+        if chat(gw, key).await == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never answered {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Sets up a tenant, a provider on the mock upstream and a deployment of model `m`.
+async fn demo_config(cp: &ControlPlane, mock_url: &str) {
+    cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "acme"}))
+        .await;
+    cp.write(
+        Method::POST,
+        "/admin/v1/providers",
+        json!({"id": "up", "kind": "openai", "base_url": mock_url, "api_key": "sk-upstream-e2e"}),
+    )
+    .await;
+    cp.write(
+        Method::POST,
+        "/admin/v1/deployments",
+        json!({"id": "d1", "model": "m", "provider": "up", "upstream_model": "gpt-4o",
+               "price": {"input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5}}),
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn admin_writes_reach_two_data_planes_within_a_second(pool: PgPool) {
+    let namespace = unique_namespace();
+    let mock = MockUpstream::start().await.unwrap();
+    let cp = ControlPlane::start(pool, &namespace).await;
+    demo_config(&cp, &mock.base_url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _a) = data_plane(
+        &namespace,
+        &cp.grpc,
+        &nats_url(),
+        &dir.path().join("a.json"),
+    )
+    .await;
+    let (b, _b) = data_plane(
+        &namespace,
+        &cp.grpc,
+        &nats_url(),
+        &dir.path().join("b.json"),
+    )
+    .await;
+
+    // 50 keys created and revoked: 100 changes, each timed from the admin API's answer until
+    // both data planes answer the key the new way.
+    let mut took = Vec::new();
+    for _ in 0..50 {
+        let created = cp
+            .write(Method::POST, "/admin/v1/keys", json!({"tenant_id": "acme"}))
+            .await;
+        let started = Instant::now();
+        let body = created.json();
+        let (id, secret) = (
+            body["id"].as_str().unwrap().to_owned(),
+            body["key"].as_str().unwrap().to_owned(),
+        );
+        tokio::join!(
+            until_answers(&a, &secret, StatusCode::OK),
+            until_answers(&b, &secret, StatusCode::OK)
+        );
+        took.push(started.elapsed());
+
+        cp.write(
+            Method::POST,
+            &format!("/admin/v1/keys/{id}/revoke"),
+            Value::Null,
+        )
+        .await;
+        let started = Instant::now();
+        tokio::join!(
+            until_answers(&a, &secret, StatusCode::UNAUTHORIZED),
+            until_answers(&b, &secret, StatusCode::UNAUTHORIZED)
+        );
+        took.push(started.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "admin write answered → both data planes apply it, 100 changes: p50 {:?}, p99 {:?}, max {:?}",
+        took[49], took[98], took[99]
+    );
+    assert!(took[99] < WITHIN, "slowest change took {:?}", took[99]);
+
+    // The fleet view lists both data planes at the current revision.
+    let fleet = call(
+        &cp.rest,
+        Method::GET,
+        "/admin/v1/fleet",
+        Some(&cp.token),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(fleet.status, StatusCode::OK, "{}", fleet.text());
+    let fleet = fleet.json();
+    let planes = fleet["dataplanes"].as_array().unwrap();
+    assert_eq!(planes.len(), 2, "{fleet}");
+    for plane in planes {
+        assert_eq!(plane["revision"], fleet["revision"], "{fleet}");
+        assert_eq!(plane["lag"], 0);
+        assert_eq!(plane["ready"], true);
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn late_and_offline_starts_serve_the_current_config(pool: PgPool) {
+    let namespace = unique_namespace();
+    let mock = MockUpstream::start().await.unwrap();
+    let mut cp = ControlPlane::start(pool, &namespace).await;
+    demo_config(&cp, &mock.base_url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("first.json");
+    let (first, first_cluster) = data_plane(&namespace, &cp.grpc, &nats_url(), &cache).await;
+
+    let created = cp
+        .write(
+            Method::POST,
+            "/admin/v1/keys?wait_ms=5000",
+            json!({"tenant_id": "acme"}),
+        )
+        .await;
+    let secret = created.json()["key"].as_str().unwrap().to_owned();
+    until_answers(&first, &secret, StatusCode::OK).await;
+
+    // Started after the change: it gets the current snapshot at once.
+    let (late, _late) = data_plane(
+        &namespace,
+        &cp.grpc,
+        &nats_url(),
+        &dir.path().join("late.json"),
+    )
+    .await;
+    assert!(until_answers(&late, &secret, StatusCode::OK).await < WITHIN);
+
+    // Control plane gone, NATS unreachable: a data plane starting from the on-disk snapshot
+    // that the first one wrote serves the same config.
+    cp.stop().await;
+    drop(first_cluster);
+    drop(first);
+    let (offline, _offline) = data_plane(&namespace, &cp.grpc, "nats://127.0.0.1:1", &cache).await;
+    assert_eq!(chat(&offline, &secret).await, StatusCode::OK);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn usage_from_data_planes_becomes_one_spend_row_per_request(pool: PgPool) {
+    let namespace = unique_namespace();
+    let mock = MockUpstream::start().await.unwrap();
+    let cp = ControlPlane::start(pool.clone(), &namespace).await;
+    demo_config(&cp, &mock.base_url()).await;
+    let created = cp
+        .write(
+            Method::POST,
+            "/admin/v1/keys?wait_ms=5000",
+            json!({"tenant_id": "acme"}),
+        )
+        .await;
+    let secret = created.json()["key"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, _cluster) = data_plane(
+        &namespace,
+        &cp.grpc,
+        &nats_url(),
+        &dir.path().join("dp.json"),
+    )
+    .await;
+    until_answers(&gw, &secret, StatusCode::OK).await;
+
+    // The data plane's usage records, published as the cluster-mode server does.
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let names = NatsNames::new(&namespace);
+    let sink = dataplane::usage_publisher::NatsUsageSink::start(
+        js.clone(),
+        dataplane::usage_publisher::PublisherSettings {
+            subject: names.usage_subject.clone(),
+            capacity: 1000,
+            spill_path: None,
+        },
+    );
+    const N: usize = 40;
+    for _ in 0..N - 1 {
+        assert_eq!(chat(&gw, &secret).await, StatusCode::OK);
+    }
+    let records = gw.usage_records(N).await;
+    for r in &records {
+        dataplane::accounting::UsageSink::emit(sink.as_ref(), r.clone());
+        // Delivered twice: ingestion must keep one row.
+        dataplane::accounting::UsageSink::emit(sink.as_ref(), r.clone());
+    }
+    sink.close(Duration::from_secs(10)).await;
+
+    let want_cost: f64 = records.iter().map(|r| r.cost_usd).sum();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (rows, cost) = loop {
+        let (rows, cost): (i64, f64) =
+            sqlx::query_as("SELECT count(*), coalesce(sum(cost_usd), 0) FROM spend_events")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if rows as usize >= records.len() || Instant::now() > deadline {
+            break (rows, cost);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(rows as usize, records.len());
+    assert!((cost - want_cost).abs() < 1e-12, "{cost} vs {want_cost}");
+    let _ = js.delete_stream(&names.usage_stream).await;
+}

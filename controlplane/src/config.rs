@@ -61,7 +61,7 @@ impl Default for SpendConfig {
 }
 
 /// Price sync from LiteLLM's price file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PricesConfig {
     /// URL of `model_prices_and_context_window.json`; absent: no scheduled sync (use
@@ -71,6 +71,15 @@ pub struct PricesConfig {
     /// Seconds between syncs (one replica syncs, by advisory lock).
     #[serde(default = "default_prices_interval_seconds")]
     pub interval_seconds: u64,
+}
+
+impl Default for PricesConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            interval_seconds: default_prices_interval_seconds(),
+        }
+    }
 }
 
 fn yes() -> bool {

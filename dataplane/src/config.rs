@@ -283,18 +283,7 @@ impl Config {
 
     /// Parses file text with environment overrides (`SWITCHBOARD__A__B=value`).
     pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, String> {
-        let mut tree: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
-        for (name, value) in env {
-            let Some(path) = name.strip_prefix("SWITCHBOARD__") else {
-                continue;
-            };
-            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-            let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(value)
-                .unwrap_or_else(|_| serde_yaml_ng::Value::String(value.clone()));
-            set_path(&mut tree, &keys, parsed).map_err(|e| format!("{name}: {e}"))?;
-        }
-        serde_yaml_ng::from_value(tree).map_err(|e| e.to_string())
+        switchboard_shared::layered_config::parse(text, env)
     }
 
     /// Applies the command line's `--controlplane` and `--nats`: each given one sets its URL in
@@ -367,33 +356,7 @@ impl Config {
     }
 }
 
-/// Sets `keys` (a path of map keys) in a YAML tree, creating maps on the way.
-fn set_path(
-    tree: &mut serde_yaml_ng::Value,
-    keys: &[String],
-    value: serde_yaml_ng::Value,
-) -> Result<(), String> {
-    let Some((first, rest)) = keys.split_first() else {
-        *tree = value;
-        return Ok(());
-    };
-    if tree.is_null() {
-        *tree = serde_yaml_ng::Value::Mapping(serde_yaml_ng::Mapping::new());
-    }
-    let serde_yaml_ng::Value::Mapping(map) = tree else {
-        return Err(format!(
-            "cannot set `{first}` inside a value that is not a map"
-        ));
-    };
-    let key = serde_yaml_ng::Value::String(first.clone());
-    let slot = map.entry(key).or_insert(serde_yaml_ng::Value::Null);
-    set_path(slot, rest, value)
-}
-
-/// The process environment as pairs, for [`Config::load`].
-pub fn process_env() -> Vec<(String, String)> {
-    std::env::vars().collect()
-}
+pub use switchboard_shared::layered_config::process_env;
 
 #[cfg(test)]
 mod tests {

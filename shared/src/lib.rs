@@ -6,6 +6,7 @@
 //! - [`validate`]: checks a snapshot as a whole and reports *every* problem with its path.
 //! - [`secret`]: references to secrets (an environment variable or an inline value), so that a
 //!   standalone file need not hold an upstream credential.
+//! - [`layered_config`]: config files with `SWITCHBOARD__*` environment overrides.
 //! - [`keys`]: virtual-key hashing (HMAC-SHA-256 with a server pepper) and display prefixes.
 //! - [`price`]: one model's price entry, spelled with the field names of LiteLLM's
 //!   `model_prices_and_context_window.json`.
@@ -25,6 +26,7 @@ pub mod budget;
 pub mod cluster;
 pub mod fleet_keys;
 pub mod keys;
+pub mod layered_config;
 pub mod price;
 pub mod pricing;
 pub mod sealed;

@@ -316,6 +316,79 @@ pub async fn list_models(
     Ok(Json(json!({ "object": "list", "data": data })).into_response())
 }
 
+/// `GET /v1/key/info`: the calling key's own settings, limits and budgets with what they have
+/// spent this period (from the shared Redis counters; `null` without Redis or while it is
+/// unreachable). Never the key's hash or any other key's data.
+pub async fn key_info(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
+    let key = authenticate(&catalog, state.pepper(), &headers)?;
+    let tenant = &key.tenant.tenant;
+    let now = chrono::Utc::now();
+    let key_budget = match &key.key.budget {
+        Some(b) => {
+            Some(budget_view(&state, BudgetScope::Key, &key.key.id, &tenant.id, b, now).await)
+        }
+        None => None,
+    };
+    let tenant_budget = match &tenant.budget {
+        Some(b) => {
+            Some(budget_view(&state, BudgetScope::Tenant, &tenant.id, &tenant.id, b, now).await)
+        }
+        None => None,
+    };
+    Ok(Json(json!({
+        "key": {
+            "id": key.key.id,
+            "name": key.key.name,
+            "display_prefix": key.key.display_prefix,
+            "tenant_id": tenant.id,
+            "expires_at": key.key.expires_at,
+            "allowed_models": key.key.allowed_models,
+            "limits": key.key.limits,
+            "budget": key_budget,
+        },
+        "tenant": {
+            "id": tenant.id,
+            "limits": tenant.limits,
+            "budget": tenant_budget,
+        },
+        "revision": catalog.revision,
+    }))
+    .into_response())
+}
+
+/// One budget with its period and this period's spend, for [`key_info`].
+async fn budget_view(
+    state: &AppState,
+    scope: BudgetScope,
+    id: &str,
+    tenant_id: &str,
+    budget: &switchboard_shared::snapshot::Budget,
+    now: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let subject = BudgetSubject {
+        scope,
+        id,
+        tenant_id,
+        budget,
+    };
+    let period = switchboard_shared::budget::period_of(budget, now);
+    let spent = state.books.budgets.spent_usd(&subject, now).await;
+    json!({
+        "max_usd": budget.max_usd,
+        "soft_usd": budget.soft_usd,
+        "period": budget.period,
+        "time_zone": budget.time_zone,
+        "period_start": period.start,
+        "resets_at": period.end,
+        "spent_usd": spent,
+        "remaining_usd": spent.map(|s| (budget.max_usd - s).max(0.0)),
+    })
+}
+
 /// `GET /v1/models/{model}`: one model, if this key may use it (404 otherwise, which tells a
 /// key nothing about models it cannot use).
 pub async fn retrieve_model(

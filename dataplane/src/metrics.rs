@@ -212,13 +212,14 @@ impl<T, const N: usize> Table<T, N> {
 }
 
 /// Route templates: the closed set of the route table, plus `other` for unmatched paths.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 11] = [
     "/v1/chat/completions",
     "/v1/messages",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/models",
     "/v1/models/{model}",
+    "/v1/key/info",
     "/healthz",
     "/readyz",
     "/metrics",

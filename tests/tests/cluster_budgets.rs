@@ -206,3 +206,54 @@ async fn a_failed_upstream_answer_costs_the_budget_nothing() {
     }
     assert_eq!(spent, Some(0.0));
 }
+
+#[tokio::test]
+async fn a_key_reads_its_own_budget_and_spend() {
+    let mock = MockUpstream::start().await.unwrap();
+    let cfg = config(
+        &mock.base_url(),
+        ", budget: { max_usd: 1.0, soft_usd: 0.5, period: monthly, time_zone: Europe/Berlin }",
+        "",
+        &unique_prefix(),
+    );
+    let gw = Gateway::start(&cfg).await;
+    for _ in 0..3 {
+        assert_eq!(chat(&gw, KEY).await.status, 200);
+    }
+    let spent: f64 = gw.usage_records(3).await.iter().map(|r| r.cost_usd).sum();
+    let info_of = |secret: &'static str| {
+        let url = gw.url("/v1/key/info");
+        async move {
+            let auth = format!("Bearer {secret}");
+            send(request(http::Method::GET, &url, &[("authorization", &auth)], "")).await
+        }
+    };
+    // Settlement runs in the background: wait until the counter shows the real costs.
+    let mut info = serde_json::Value::Null;
+    for _ in 0..50 {
+        let reply = info_of(KEY).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        info = reply.json();
+        if info["key"]["budget"]["spent_usd"]
+            .as_f64()
+            .is_some_and(|s| (s - spent).abs() < 1e-9)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let budget = &info["key"]["budget"];
+    assert!((budget["spent_usd"].as_f64().unwrap() - spent).abs() < 1e-9, "{info}");
+    assert!((budget["remaining_usd"].as_f64().unwrap() - (1.0 - spent)).abs() < 1e-9);
+    assert_eq!(budget["period"], "monthly");
+    assert_eq!(budget["time_zone"], "Europe/Berlin");
+    assert!(budget["resets_at"].is_string());
+    assert_eq!(info["key"]["id"], "k1");
+    assert!(info["tenant"]["budget"].is_null());
+    assert!(!info.to_string().contains("key_hash"), "never the hash: {info}");
+    // Another key of the tenant sees its own (unbudgeted) settings, not k1's.
+    let other = info_of("sk-second-key").await.json();
+    assert_eq!(other["key"]["id"], "k2");
+    assert!(other["key"]["budget"].is_null());
+    assert_eq!(info_of("sk-wrong").await.openai_error(401)["code"], "invalid_api_key");
+}

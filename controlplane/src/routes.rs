@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::{admins, auth, deployments, keys, models, providers, status, tenants};
+use crate::api::{admins, auth, deployments, keys, models, providers, spend, status, tenants};
 use crate::error::{ApiError, FieldError, Problem};
 use crate::state::AppState;
 
@@ -36,7 +36,8 @@ use crate::state::AppState;
         (name = "auth", description = "Log in for a JWT"),
         (name = "tenants"), (name = "keys"), (name = "providers"), (name = "deployments"),
         (name = "models", description = "Routing policies per public model name"),
-        (name = "admins"), (name = "status", description = "Audit log, fleet, revision")
+        (name = "admins"), (name = "status", description = "Audit log, fleet, revision"),
+        (name = "spend", description = "Spend totals from the daily rollups")
     )
 )]
 struct ApiDoc;
@@ -86,7 +87,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admins::delete))
         .routes(routes!(status::audit))
         .routes(routes!(status::fleet))
-        .routes(routes!(status::revision));
+        .routes(routes!(status::revision))
+        .routes(routes!(spend::report));
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/admin/v1", v1)
 }
 

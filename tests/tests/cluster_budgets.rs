@@ -225,7 +225,13 @@ async fn a_key_reads_its_own_budget_and_spend() {
         let url = gw.url("/v1/key/info");
         async move {
             let auth = format!("Bearer {secret}");
-            send(request(http::Method::GET, &url, &[("authorization", &auth)], "")).await
+            send(request(
+                http::Method::GET,
+                &url,
+                &[("authorization", &auth)],
+                "",
+            ))
+            .await
         }
     };
     // Settlement runs in the background: wait until the counter shows the real costs.
@@ -243,17 +249,26 @@ async fn a_key_reads_its_own_budget_and_spend() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let budget = &info["key"]["budget"];
-    assert!((budget["spent_usd"].as_f64().unwrap() - spent).abs() < 1e-9, "{info}");
+    assert!(
+        (budget["spent_usd"].as_f64().unwrap() - spent).abs() < 1e-9,
+        "{info}"
+    );
     assert!((budget["remaining_usd"].as_f64().unwrap() - (1.0 - spent)).abs() < 1e-9);
     assert_eq!(budget["period"], "monthly");
     assert_eq!(budget["time_zone"], "Europe/Berlin");
     assert!(budget["resets_at"].is_string());
     assert_eq!(info["key"]["id"], "k1");
     assert!(info["tenant"]["budget"].is_null());
-    assert!(!info.to_string().contains("key_hash"), "never the hash: {info}");
+    assert!(
+        !info.to_string().contains("key_hash"),
+        "never the hash: {info}"
+    );
     // Another key of the tenant sees its own (unbudgeted) settings, not k1's.
     let other = info_of("sk-second-key").await.json();
     assert_eq!(other["key"]["id"], "k2");
     assert!(other["key"]["budget"].is_null());
-    assert_eq!(info_of("sk-wrong").await.openai_error(401)["code"], "invalid_api_key");
+    assert_eq!(
+        info_of("sk-wrong").await.openai_error(401)["code"],
+        "invalid_api_key"
+    );
 }

@@ -8,6 +8,7 @@ pub mod deployments;
 pub mod keys;
 pub mod models;
 pub mod providers;
+pub mod spend;
 pub mod status;
 pub mod tenants;
 

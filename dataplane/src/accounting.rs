@@ -95,6 +95,7 @@ impl UsageSink for TeeSink {
 pub struct Books {
     pub limiter: Arc<Limiter>,
     pub budgets: crate::budget::Budgets,
+    pub webhooks: crate::webhooks::Webhooks,
     pub sink: Arc<dyn UsageSink>,
 }
 
@@ -252,6 +253,7 @@ impl Ledger {
             (false, _) => reservation.reserved_nanos(),
         };
         let budgets = self.books.budgets.clone();
+        let webhooks = self.books.webhooks.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -264,6 +266,17 @@ impl Ledger {
                     spent_usd = crossing.spent_usd,
                     "budget threshold crossed"
                 );
+                webhooks.send(crate::webhooks::Event {
+                    kind: match crossing.threshold {
+                        crate::budget::Threshold::Soft => "budget.soft_threshold",
+                        crate::budget::Threshold::Hard => "budget.exhausted",
+                    },
+                    at: chrono::Utc::now(),
+                    scope: crossing.scope.as_str(),
+                    id: crossing.id,
+                    spent_usd: crossing.spent_usd,
+                    limit_usd: crossing.limit_usd,
+                });
             }
         });
     }

@@ -104,6 +104,8 @@ pub struct Crossing {
     pub id: String,
     pub threshold: Threshold,
     pub spent_usd: f64,
+    /// The threshold's amount.
+    pub limit_usd: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,6 +280,7 @@ impl Budgets {
                         id: c.id.clone(),
                         threshold,
                         spent_usd: nanos_to_usd(after),
+                        limit_usd: nanos_to_usd(limit),
                     });
                 }
             };

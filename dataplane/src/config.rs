@@ -29,6 +29,9 @@ pub struct Config {
     /// Shared cluster state. Absent: limits and deployment stats are this process's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<crate::shared_redis::RedisConfig>,
+    /// Where budget alerts are POSTed (signed). Absent: alerts are log lines only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<crate::webhooks::WebhookConfig>,
     /// The snapshot to serve (standalone mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshot>,
@@ -347,6 +350,20 @@ impl Config {
         }
         if let Some(redis) = &self.redis {
             problems.extend(redis.problems("redis"));
+        }
+        if let Some(hooks) = &self.webhooks {
+            if !(hooks.url.starts_with("http://") || hooks.url.starts_with("https://")) {
+                problems.push(Problem {
+                    path: "webhooks.url".into(),
+                    message: "must be an http:// or https:// URL".into(),
+                });
+            }
+            if let Err(e) = hooks.secret.resolve() {
+                problems.push(Problem {
+                    path: "webhooks.secret".into(),
+                    message: e.to_string(),
+                });
+            }
         }
         if problems.is_empty() {
             Ok(())

@@ -22,9 +22,10 @@
 //! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
 //! table and layer stack, [`error`] the one error type (OpenAI's shape; Anthropic's on
 //! `/v1/messages`), [`metrics`] every metric name, [`config`] the two-stage config,
-//! [`shared_redis`] the connection to the state that replicas share, and [`server`] start,
-//! reload and drain. In cluster mode, [`cluster`] receives snapshots from the control plane
-//! (NATS, gRPC, an on-disk cache) and reports this replica's revision in heartbeats.
+//! [`shared_redis`] the connection to the state that replicas share, [`webhooks`] signed
+//! budget alerts, and [`server`] start, reload and drain. In cluster mode, [`cluster`] receives
+//! snapshots from the control plane (NATS, gRPC, an on-disk cache) and reports this replica's
+//! revision in heartbeats.
 //!
 //! Why it is built this way: nothing on the request path takes a lock, touches a disk or
 //! waits on a database. The snapshot is swapped atomically (`ArcSwap`), counters are atomics
@@ -53,6 +54,7 @@ pub mod server;
 pub mod shared_redis;
 pub mod state;
 pub mod usage_publisher;
+pub mod webhooks;
 
 pub use routes::router;
 pub use server::{Options, build_state, build_state_with_keys, serve, serve_until};

@@ -65,13 +65,14 @@ pub fn build_state(
     redis: Option<&RedisConfig>,
     sink: Arc<dyn UsageSink>,
 ) -> anyhow::Result<Arc<AppState>> {
-    build_state_with_keys(server, redis, sink, None)
+    build_state_with_keys(server, redis, None, sink, None)
 }
 
-/// [`build_state`] with master keys to open sealed credentials.
+/// [`build_state`] with alert webhooks and master keys to open sealed credentials.
 pub fn build_state_with_keys(
     server: &ServerConfig,
     redis: Option<&RedisConfig>,
+    webhooks: Option<&crate::webhooks::WebhookConfig>,
     sink: Arc<dyn UsageSink>,
     master_keys: Option<MasterKeys>,
 ) -> anyhow::Result<Arc<AppState>> {
@@ -105,6 +106,10 @@ pub fn build_state_with_keys(
     let books = Books {
         limiter: Arc::new(limiter),
         budgets: crate::budget::Budgets::new(shared),
+        webhooks: match webhooks {
+            Some(config) => crate::webhooks::Webhooks::start(config, &http)?,
+            None => crate::webhooks::Webhooks::disabled(),
+        },
         sink,
     };
     Ok(Arc::new(
@@ -157,7 +162,13 @@ pub async fn serve_until(
         )),
         None => Arc::new(LogSink),
     };
-    let state = build_state_with_keys(&config.server, config.redis.as_ref(), sink, master_keys)?;
+    let state = build_state_with_keys(
+        &config.server,
+        config.redis.as_ref(),
+        config.webhooks.as_ref(),
+        sink,
+        master_keys,
+    )?;
     // Standalone: the file's snapshot. Cluster: the control plane's, kept alive until return.
     let _cluster = match (&config.snapshot, &config.cluster) {
         (Some(snapshot), _) => {

@@ -272,3 +272,77 @@ async fn a_key_reads_its_own_budget_and_spend() {
         "invalid_api_key"
     );
 }
+
+#[tokio::test]
+async fn crossing_thresholds_posts_signed_webhooks() {
+    use std::sync::Mutex;
+
+    // A receiver that keeps every POST's signature header and body.
+    let received: Arc<Mutex<Vec<(String, bytes::Bytes)>>> = Arc::default();
+    let sink = Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: http::HeaderMap, body: bytes::Bytes| {
+            let sink = Arc::clone(&sink);
+            async move {
+                let sig = headers
+                    .get(dataplane::webhooks::SIGNATURE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                sink.lock().unwrap().push((sig, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mock = MockUpstream::start().await.unwrap();
+    let cfg = format!(
+        "{}webhooks:\n  url: \"http://{addr}/hook\"\n  secret: {{ value: \"whsec-test\" }}\n",
+        config(
+            &mock.base_url(),
+            ", budget: { max_usd: 0.001, soft_usd: 0.0005, period: daily }",
+            "",
+            &unique_prefix(),
+        )
+    );
+    let gw = Gateway::start(&cfg).await;
+    for _ in 0..20 {
+        if chat(&gw, KEY).await.status != 200 {
+            break;
+        }
+    }
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = received.lock().unwrap().clone();
+        if events.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut kinds: Vec<String> = events
+        .iter()
+        .map(|(sig, body)| {
+            // t=<unix>,v1=<hex>: recompute it from the body.
+            let t: i64 = sig
+                .strip_prefix("t=")
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|t| t.parse().ok())
+                .unwrap();
+            assert_eq!(
+                sig,
+                &dataplane::webhooks::signature(b"whsec-test", t, body),
+                "signature over the body"
+            );
+            let event: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(event["scope"], "key");
+            assert_eq!(event["id"], "k1");
+            event["kind"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["budget.exhausted", "budget.soft_threshold"]);
+}

@@ -80,6 +80,7 @@ impl Gateway {
         let state = dataplane::build_state_with_keys(
             &config.server,
             config.redis.as_ref(),
+            config.webhooks.as_ref(),
             sink,
             master_keys,
         )

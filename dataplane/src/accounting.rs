@@ -160,6 +160,11 @@ impl Ledger {
         }
     }
 
+    /// Where alerts go (the proxy raises credential alerts).
+    pub fn webhooks(&self) -> &crate::webhooks::Webhooks {
+        &self.books.webhooks
+    }
+
     /// Marks the arrival of the first bytes of the answer.
     pub fn first_byte(&mut self) {
         if self.ttft.is_none() {
@@ -274,8 +279,10 @@ impl Ledger {
                     at: chrono::Utc::now(),
                     scope: crossing.scope.as_str(),
                     id: crossing.id,
-                    spent_usd: crossing.spent_usd,
-                    limit_usd: crossing.limit_usd,
+                    spent_usd: Some(crossing.spent_usd),
+                    limit_usd: Some(crossing.limit_usd),
+                    provider: None,
+                    status: None,
                 });
             }
         });

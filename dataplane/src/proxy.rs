@@ -261,6 +261,7 @@ async fn forward_inner(
                 f.view,
                 f.endpoint,
                 &ledger.request_id,
+                ledger.webhooks(),
             )
             .await
             {
@@ -419,6 +420,7 @@ async fn attempt(
     view: &RequestView,
     endpoint: Endpoint,
     request_id: &str,
+    webhooks: &crate::webhooks::Webhooks,
 ) -> Attempt {
     let started = Instant::now();
     deployment.state.load.record_request(unix_ms());
@@ -504,6 +506,16 @@ async fn attempt(
                     out_seconds = CREDENTIAL_REJECTED_OUT.as_secs(),
                     "the upstream rejected the gateway's credential; taking the deployment out"
                 );
+                webhooks.send(crate::webhooks::Event {
+                    kind: "upstream.credential_rejected",
+                    at: chrono::Utc::now(),
+                    scope: "deployment",
+                    id: deployment.id.clone(),
+                    spent_usd: None,
+                    limit_usd: None,
+                    provider: Some(deployment.provider_id.clone()),
+                    status: Some(response.status.as_u16()),
+                });
                 cooled(deployment);
             }
             return Attempt::Failed(ApiError::UpstreamFailed {

@@ -1,4 +1,5 @@
-//! Alert webhooks: budget thresholds crossed, POSTed to an operator's URL, signed with HMAC.
+//! Alert webhooks: budget thresholds crossed and upstream credentials rejected, POSTed to an
+//! operator's URL, signed with HMAC.
 //!
 //! Events are queued without blocking (a bounded channel; when it is full the event is
 //! dropped, logged and counted) and sent by one background task, retried three times with
@@ -42,14 +43,22 @@ const ATTEMPTS: u32 = 3;
 /// One alert.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
-    /// `budget.soft_threshold` or `budget.exhausted`.
+    /// `budget.soft_threshold`, `budget.exhausted` or `upstream.credential_rejected`.
     pub kind: &'static str,
     pub at: DateTime<Utc>,
-    /// `key` or `tenant`.
+    /// `key`, `tenant` or `deployment`.
     pub scope: &'static str,
     pub id: String,
-    pub spent_usd: f64,
-    pub limit_usd: f64,
+    /// Budget events: the period's spend and the threshold crossed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spent_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_usd: Option<f64>,
+    /// Credential events: the provider whose credential was refused, and the upstream status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 /// A handle that queues events; `disabled()` drops them.

@@ -2,6 +2,7 @@
 //! concurrent clients spend a key's hard budget through both. What they are admitted to spend
 //! stays within one request's maximum cost of the budget, the next request gets a 429 in
 //! OpenAI's shape naming the budget, and a tenant budget refuses every key of the tenant.
+//! Alerts (thresholds crossed, an upstream credential refused) arrive as signed webhooks.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
@@ -273,12 +274,11 @@ async fn a_key_reads_its_own_budget_and_spend() {
     );
 }
 
-#[tokio::test]
-async fn crossing_thresholds_posts_signed_webhooks() {
-    use std::sync::Mutex;
+type Received = Arc<std::sync::Mutex<Vec<(String, bytes::Bytes)>>>;
 
-    // A receiver that keeps every POST's signature header and body.
-    let received: Arc<Mutex<Vec<(String, bytes::Bytes)>>> = Arc::default();
+/// A receiver that keeps every POST's signature header and body.
+async fn webhook_receiver() -> (std::net::SocketAddr, Received) {
+    let received: Received = Arc::default();
     let sink = Arc::clone(&received);
     let app = axum::Router::new().route(
         "/hook",
@@ -298,7 +298,12 @@ async fn crossing_thresholds_posts_signed_webhooks() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
 
+#[tokio::test]
+async fn crossing_thresholds_posts_signed_webhooks() {
+    let (addr, received) = webhook_receiver().await;
     let mock = MockUpstream::start().await.unwrap();
     let cfg = format!(
         "{}webhooks:\n  url: \"http://{addr}/hook\"\n  secret: {{ value: \"whsec-test\" }}\n",
@@ -345,4 +350,31 @@ async fn crossing_thresholds_posts_signed_webhooks() {
         .collect();
     kinds.sort();
     assert_eq!(kinds, ["budget.exhausted", "budget.soft_threshold"]);
+}
+
+#[tokio::test]
+async fn a_rejected_upstream_credential_posts_one_webhook() {
+    let (addr, received) = webhook_receiver().await;
+    let mock = MockUpstream::start().await.unwrap();
+    let cfg = format!(
+        "{}webhooks:\n  url: \"http://{addr}/hook\"\n  secret: {{ value: \"whsec-test\" }}\n",
+        config(&mock.scenario_url("fault=401"), "", "", &unique_prefix())
+    );
+    let gw = Gateway::start(&cfg).await;
+    for _ in 0..3 {
+        assert_eq!(chat(&gw, KEY).await.status.as_u16() / 100, 5);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events = received.lock().unwrap().clone();
+    assert_eq!(events.len(), 1, "alerted once, not per request");
+    let event: serde_json::Value = serde_json::from_slice(&events[0].1).unwrap();
+    assert_eq!(event["kind"], "upstream.credential_rejected");
+    assert_eq!(event["scope"], "deployment");
+    assert_eq!(event["id"], "d1");
+    assert_eq!(event["provider"], "up");
+    assert_eq!(event["status"], 401);
+    assert!(
+        !events[0].1.windows(9).any(|w| w == b"sk-upstre"),
+        "no credential in the alert"
+    );
 }

@@ -33,7 +33,7 @@ macro_rules! key_columns {
 #[macro_export]
 macro_rules! provider_columns {
     () => {
-        "id, kind, base_url, credential, created_at, updated_at"
+        "id, kind, base_url, credential, extra, created_at, updated_at"
     };
 }
 /// The columns [`DeploymentRow`] reads.
@@ -145,12 +145,38 @@ impl KeyRow {
     }
 }
 
+/// A provider's settings beyond one credential, as stored in `providers.extra`. Every
+/// credential is sealed.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProviderExtra {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secret_access_key: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_session_token: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<SealedKey>,
+}
+
+/// One of several weighted credentials, sealed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SealedKey {
+    pub key: Sealed,
+    pub weight: u32,
+}
+
 #[derive(Debug, Clone, FromRow)]
 pub struct ProviderRow {
     pub id: String,
     pub kind: String,
     pub base_url: Option<String>,
     pub credential: Option<Json<Sealed>>,
+    pub extra: Json<ProviderExtra>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -170,16 +196,27 @@ impl ProviderRow {
                 .credential
                 .as_ref()
                 .map(|c| SecretRef::Sealed(c.0.clone())),
-            // Not yet settable through the admin API: Azure's api_version, Bedrock's region
-            // and AWS credentials, and several keys per provider.
-            api_version: None,
-            region: None,
-            aws_access_key_id: None,
-            aws_secret_access_key: None,
-            aws_session_token: None,
-            api_keys: Vec::new(),
+            api_version: self.extra.0.api_version.clone(),
+            region: self.extra.0.region.clone(),
+            aws_access_key_id: sealed(self.extra.0.aws_access_key_id.as_ref()),
+            aws_secret_access_key: sealed(self.extra.0.aws_secret_access_key.as_ref()),
+            aws_session_token: sealed(self.extra.0.aws_session_token.as_ref()),
+            api_keys: self
+                .extra
+                .0
+                .api_keys
+                .iter()
+                .map(|k| switchboard_shared::snapshot::ProviderKey {
+                    key: SecretRef::Sealed(k.key.clone()),
+                    weight: k.weight,
+                })
+                .collect(),
         })
     }
+}
+
+fn sealed(s: Option<&Sealed>) -> Option<SecretRef> {
+    s.map(|s| SecretRef::Sealed(s.clone()))
 }
 
 #[derive(Debug, Clone, FromRow)]

@@ -16,7 +16,7 @@ use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::{ApiError, Problem};
 use crate::provider_columns;
-use crate::rows::{ProviderRow, enum_text};
+use crate::rows::{ProviderExtra, ProviderRow, SealedKey, enum_text};
 use crate::state::AppState;
 use crate::write::{Scope, Write};
 
@@ -30,6 +30,14 @@ pub struct ProviderView {
     pub has_api_key: bool,
     /// Id of the master key that sealed the credential.
     pub api_key_sealed_with: Option<String>,
+    /// Azure OpenAI's `api-version`.
+    pub api_version: Option<String>,
+    /// Bedrock's AWS region.
+    pub region: Option<String>,
+    /// Whether AWS credentials are stored (never returned).
+    pub has_aws_credentials: bool,
+    /// How many weighted credentials (`api_keys`) are stored (never returned).
+    pub api_key_count: usize,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -42,6 +50,10 @@ impl From<&ProviderRow> for ProviderView {
             base_url: r.base_url.clone(),
             has_api_key: r.credential.is_some(),
             api_key_sealed_with: r.credential.as_ref().map(|c| c.0.key_id.clone()),
+            api_version: r.extra.0.api_version.clone(),
+            region: r.extra.0.region.clone(),
+            has_aws_credentials: r.extra.0.aws_access_key_id.is_some(),
+            api_key_count: r.extra.0.api_keys.len(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -58,6 +70,116 @@ pub struct CreateProvider {
     pub base_url: Option<String>,
     /// The upstream credential. Write-only.
     pub api_key: Option<String>,
+    /// Azure OpenAI's `api-version` (required for `azure`).
+    pub api_version: Option<String>,
+    /// AWS region (required for `bedrock`).
+    pub region: Option<String>,
+    /// AWS credentials for SigV4 (`bedrock`). Write-only.
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
+    pub aws_session_token: Option<String>,
+    /// Several credentials used by weight, instead of `api_key`. Write-only.
+    pub api_keys: Option<Vec<NewProviderKey>>,
+}
+
+/// Settings some kinds need (validated per kind with the whole config). Credentials are
+/// write-only; on update an absent field keeps the stored value.
+#[derive(Debug)]
+struct ExtraFields<'a> {
+    api_version: &'a Option<String>,
+    region: &'a Option<String>,
+    aws_access_key_id: &'a Option<String>,
+    aws_secret_access_key: &'a Option<String>,
+    aws_session_token: &'a Option<String>,
+    api_keys: &'a Option<Vec<NewProviderKey>>,
+}
+
+macro_rules! extra_fields {
+    ($req:expr) => {
+        ExtraFields {
+            api_version: &$req.api_version,
+            region: &$req.region,
+            aws_access_key_id: &$req.aws_access_key_id,
+            aws_secret_access_key: &$req.aws_secret_access_key,
+            aws_session_token: &$req.aws_session_token,
+            api_keys: &$req.api_keys,
+        }
+    };
+}
+
+/// One weighted credential.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProviderKey {
+    pub key: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl ExtraFields<'_> {
+    /// The stored form: new values sealed, absent ones taken from `before`.
+    fn merge(
+        &self,
+        before: &ProviderExtra,
+        keys: &switchboard_shared::sealed::MasterKeys,
+    ) -> Result<ProviderExtra, ApiError> {
+        let seal =
+            |field: &str, v: &Option<String>, old: &Option<switchboard_shared::sealed::Sealed>| {
+                match v {
+                    Some(v) if v.trim().is_empty() => {
+                        Err(ApiError::invalid(field, "must not be empty"))
+                    }
+                    Some(v) => Ok(Some(keys.seal(v))),
+                    None => Ok(old.clone()),
+                }
+            };
+        let api_keys = match self.api_keys {
+            None => before.api_keys.clone(),
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, k) in list.iter().enumerate() {
+                    if k.key.trim().is_empty() {
+                        return Err(ApiError::invalid(
+                            format!("api_keys[{i}].key"),
+                            "must not be empty",
+                        ));
+                    }
+                    out.push(SealedKey {
+                        key: keys.seal(&k.key),
+                        weight: k.weight,
+                    });
+                }
+                out
+            }
+        };
+        Ok(ProviderExtra {
+            api_version: self
+                .api_version
+                .clone()
+                .or_else(|| before.api_version.clone()),
+            region: self.region.clone().or_else(|| before.region.clone()),
+            aws_access_key_id: seal(
+                "aws_access_key_id",
+                self.aws_access_key_id,
+                &before.aws_access_key_id,
+            )?,
+            aws_secret_access_key: seal(
+                "aws_secret_access_key",
+                self.aws_secret_access_key,
+                &before.aws_secret_access_key,
+            )?,
+            aws_session_token: seal(
+                "aws_session_token",
+                self.aws_session_token,
+                &before.aws_session_token,
+            )?,
+            api_keys,
+        })
+    }
 }
 
 /// Replaces a provider's settings; an absent `api_key` keeps the stored one.
@@ -72,6 +194,16 @@ pub struct UpdateProvider {
     /// Removes the stored credential.
     #[serde(default)]
     pub remove_api_key: bool,
+    /// Azure OpenAI's `api-version` (required for `azure`).
+    pub api_version: Option<String>,
+    /// AWS region (required for `bedrock`).
+    pub region: Option<String>,
+    /// AWS credentials for SigV4 (`bedrock`). Write-only.
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
+    pub aws_session_token: Option<String>,
+    /// Several credentials used by weight, instead of `api_key`. Write-only.
+    pub api_keys: Option<Vec<NewProviderKey>>,
 }
 
 async fn load(
@@ -152,9 +284,10 @@ pub async fn create(
         .api_key
         .as_deref()
         .map(|k| Jsonb(state.settings.master_keys.seal(k)));
+    let extra = extra_fields!(req).merge(&ProviderExtra::default(), &state.settings.master_keys)?;
     let mut w = Write::begin(&state.pool, &caller).await?;
     let row: ProviderRow = sqlx::query_as(concat!(
-        "INSERT INTO providers (id, kind, base_url, credential) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO providers (id, kind, base_url, credential, extra) VALUES ($1, $2, $3, $4, $5) \
          RETURNING ",
         provider_columns!(),
         ""
@@ -163,6 +296,7 @@ pub async fn create(
     .bind(enum_text(&req.kind))
     .bind(&req.base_url)
     .bind(sealed)
+    .bind(Jsonb(extra))
     .fetch_one(w.conn())
     .await?;
     let view = ProviderView::from(&row);
@@ -204,9 +338,10 @@ pub async fn update(
         (None, true) => None,
         (None, false) => before.credential.clone(),
     };
+    let extra = extra_fields!(req).merge(&before.extra.0, &state.settings.master_keys)?;
     let row: ProviderRow = sqlx::query_as(concat!(
-        "UPDATE providers SET kind = $2, base_url = $3, credential = $4, updated_at = now() \
-         WHERE id = $1 RETURNING ",
+        "UPDATE providers SET kind = $2, base_url = $3, credential = $4, extra = $5, \
+         updated_at = now() WHERE id = $1 RETURNING ",
         provider_columns!(),
         ""
     ))
@@ -214,6 +349,7 @@ pub async fn update(
     .bind(enum_text(&req.kind))
     .bind(&req.base_url)
     .bind(credential)
+    .bind(Jsonb(extra))
     .fetch_one(w.conn())
     .await?;
     let view = ProviderView::from(&row);

@@ -1,7 +1,9 @@
 //! Test support for Switchboard: the mock OpenAI upstream that integration tests and the
-//! benchmark run against, and the benchmark itself (`bench` binary, `scripts/bench`).
+//! benchmark run against, the benchmark itself (`bench` binary, `scripts/bench`), and
+//! throwaway Redis and NATS servers for outage tests.
 
 pub mod bench;
 pub mod mock;
+pub mod services;
 
 pub use mock::{MockOptions, MockUpstream, RecordedRequest};

@@ -12,6 +12,8 @@
 
 mod common;
 
+use switchboard_tests::services::ThrowawayNats;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -675,67 +677,6 @@ async fn a_sealed_credential_without_master_keys_is_a_clear_error() {
     let ready = get(&gateway.url("/readyz"), None).await;
     ready.openai_error(503);
     assert_eq!(revision_header(&ready), 0);
-}
-
-/// A NATS server of this test's own, which it may stop and start again on the same port.
-struct ThrowawayNats {
-    port: u16,
-    dir: PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl ThrowawayNats {
-    async fn start() -> ThrowawayNats {
-        let port = dead_addr().await.port();
-        let dir = std::env::temp_dir().join(format!("switchboard-nats-{}", unique_namespace()));
-        let mut nats = ThrowawayNats {
-            port,
-            dir,
-            child: None,
-        };
-        nats.restart().await;
-        nats
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn restart(&mut self) {
-        let child = tokio::process::Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server is installed");
-        self.child = Some(child);
-        let started = Instant::now();
-        while async_nats::connect(self.url()).await.is_err() {
-            assert!(started.elapsed() < PATIENCE, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
-        }
-    }
-}
-
-impl Drop for ThrowawayNats {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[tokio::test]

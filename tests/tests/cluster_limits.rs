@@ -6,8 +6,8 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::Stdio;
+use switchboard_tests::services::ThrowawayRedis;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -334,83 +334,6 @@ async fn a_token_limit_holds_across_three_replicas_with_real_counts() {
     );
 }
 
-/// A throwaway redis-server on a free port, killed on drop.
-struct ThrowawayRedis {
-    port: u16,
-    child: Option<tokio::process::Child>,
-}
-
-impl ThrowawayRedis {
-    async fn start_on(port: u16) -> ThrowawayRedis {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server starts");
-        let mut redis = ThrowawayRedis {
-            port,
-            child: Some(child),
-        };
-        redis.wait_until_answering().await;
-        redis
-    }
-
-    async fn start() -> ThrowawayRedis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port).await
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn wait_until_answering(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut conn) = redis::Client::open(self.url())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server never answered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
-        }
-    }
-
-    async fn exists(&self, key: &str) -> bool {
-        let mut conn = redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        redis::cmd("EXISTS")
-            .arg(key)
-            .query_async::<i64>(&mut conn)
-            .await
-            .unwrap()
-            == 1
-    }
-}
-
 fn redis_is_up(gw: &Gateway) -> bool {
     match gw.state.books.limiter.as_ref() {
         Limiter::Redis(l) => l.redis().is_up(),
@@ -485,7 +408,7 @@ async fn through_an_outage(policy: &str, prefix: &str) -> AfterOutage {
 
     tokio::time::sleep(Duration::from_millis(700)).await;
     let port = redis.port;
-    redis.kill().await;
+    redis.stop().await;
     // Every replica finds out from its own traffic.
     let deadline = Instant::now() + Duration::from_secs(5);
     while gateways.iter().any(redis_is_up) {
@@ -524,9 +447,7 @@ async fn limits_are_back_in_redis(gateways: &[Gateway], redis: &ThrowawayRedis, 
     let admitted = check_request_limit_replies(&replies, 30, "key");
     assert_about(admitted, 30, elapsed, "key rpm after Redis returned");
     assert!(
-        redis
-            .exists(&format!("{prefix}:rl:{{t:t1}}:k:after:rpm"))
-            .await,
+        exists(&redis.url(), &format!("{prefix}:rl:{{t:t1}}:k:after:rpm")).await,
         "the limit's cell is in the restarted Redis"
     );
 }
@@ -599,4 +520,19 @@ async fn closed_policy_refuses_only_limited_keys_while_redis_is_down() {
         "served again after Redis returned"
     );
     limits_are_back_in_redis(&gateways, &redis, &prefix).await;
+}
+
+/// Whether `key` exists in the Redis at `url`.
+async fn exists(url: &str, key: &str) -> bool {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap()
+        == 1
 }

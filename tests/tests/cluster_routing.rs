@@ -7,6 +7,8 @@
 
 mod common;
 
+use switchboard_tests::services::ThrowawayRedis;
+
 use std::time::Duration;
 
 use common::*;
@@ -208,63 +210,10 @@ async fn a_half_open_breaker_lets_one_probe_through_in_the_whole_cluster() {
     );
 }
 
-/// A throwaway Redis on a free port, killed when dropped.
-struct ThrowawayRedis {
-    port: u16,
-    child: Option<tokio::process::Child>,
-}
-
-impl ThrowawayRedis {
-    async fn start(port: u16) -> ThrowawayRedis {
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server runs");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        ThrowawayRedis {
-            port,
-            child: Some(child),
-        }
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn without_redis_replicas_keep_serving_and_share_again_when_it_returns() {
     let mock = MockUpstream::start().await.unwrap();
-    let mut redis = ThrowawayRedis::start(free_port()).await;
+    let mut redis = ThrowawayRedis::start().await;
     let (bad, good) = ("fault=500", "cached=1");
     let config = cluster_config(
         &[
@@ -277,7 +226,7 @@ async fn without_redis_replicas_keep_serving_and_share_again_when_it_returns() {
     .replace(&redis_url(), &format!("redis://127.0.0.1:{}", redis.port));
     let gws = three(&config).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    redis.kill().await;
+    redis.stop().await;
     // Redis is gone: every request is still served (each replica learns about `bad` alone).
     for i in 0..30 {
         let reply = post(&gws[i % 3].url(CHAT), GOOD).await;
@@ -290,7 +239,7 @@ async fn without_redis_replicas_keep_serving_and_share_again_when_it_returns() {
     );
     // Redis returns (empty): the replicas reconnect by themselves and share again — a new
     // deployment's cooldown caused through replica 1 keeps the others away.
-    let _redis = ThrowawayRedis::start(redis.port).await;
+    let _redis = ThrowawayRedis::start_on(redis.port).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (bad2, good2) = ("fault=503", "cached=2");
     let config2 = config

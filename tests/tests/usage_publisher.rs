@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -15,6 +14,7 @@ use dataplane::accounting::UsageSink;
 use dataplane::usage_publisher::{NatsUsageSink, PublisherSettings};
 use switchboard_shared::cluster::NatsNames;
 use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
+use switchboard_tests::services::ThrowawayNats;
 
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -54,18 +54,11 @@ fn record(i: usize) -> UsageRecord {
     }
 }
 
-/// The usage stream as the control plane creates it: a file-backed work queue.
+/// The usage stream exactly as the control plane creates it.
 async fn create_usage_stream(js: &jetstream::Context, names: &NatsNames) -> stream::Stream {
-    js.create_stream(stream::Config {
-        name: names.usage_stream.clone(),
-        subjects: vec![names.usage_subject.clone()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    controlplane::ingest::ensure_usage_stream(js, names)
+        .await
+        .unwrap()
 }
 
 /// Distinct request ids stored in the stream, read without consuming (direct gets by
@@ -134,70 +127,6 @@ async fn every_emitted_record_is_stored_once() {
     js.delete_stream(&names.usage_stream).await.unwrap();
 }
 
-/// A throwaway nats-server with JetStream that a test may kill and restart on the same port
-/// and store, so that stored messages survive the restart.
-struct ThrowawayNats {
-    port: u16,
-    store: tempfile::TempDir,
-    child: Option<tokio::process::Child>,
-}
-
-impl ThrowawayNats {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut n = Self {
-            port,
-            store: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        n.restart().await;
-        n
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn restart(&mut self) {
-        let child = tokio::process::Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server must be installed for the outage tests");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("throwaway nats-server did not start");
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn records_emitted_while_nats_is_down_arrive_after_it_returns() {
     let mut nats = ThrowawayNats::start().await;
@@ -220,7 +149,7 @@ async fn records_emitted_while_nats_is_down_arrive_after_it_returns() {
         100
     );
 
-    nats.kill().await;
+    nats.stop().await;
     for i in 100..200 {
         sink.emit(record(i));
     }
@@ -257,7 +186,7 @@ async fn a_backlog_beyond_memory_goes_to_the_spill_file_and_is_replayed() {
     let js = jetstream::new(client);
     create_usage_stream(&js, &names).await;
 
-    nats.kill().await;
+    nats.stop().await;
     // Capacity 10 while 60 records arrive: most cannot stay in memory.
     let sink = NatsUsageSink::start(js.clone(), settings(&names, 10, Some(&spill)));
     for i in 0..60 {

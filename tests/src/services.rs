@@ -136,3 +136,13 @@ impl ThrowawayRedis {
         }
     }
 }
+
+/// The shared NATS the tests use: `$NATS_URL`, else the standard local port.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// The shared Redis the tests use: `$REDIS_URL`, else the standard local port.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}

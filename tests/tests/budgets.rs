@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use switchboard_tests::services::redis_url;
 
 use chrono::{DateTime, Utc};
 use dataplane::budget::{BudgetRefusal, BudgetScope, BudgetSubject, Budgets, Threshold};
@@ -13,10 +14,6 @@ use dataplane::shared_redis::{FailurePolicy, RedisConfig, SharedRedis};
 use switchboard_shared::budget::usd_to_nanos;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::{Budget, BudgetPeriod};
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 fn replica(prefix: &str, url: &str, policy: FailurePolicy) -> Budgets {
     let config = RedisConfig {

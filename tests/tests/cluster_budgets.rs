@@ -8,6 +8,7 @@
 mod common;
 
 use std::sync::Arc;
+use switchboard_tests::services::redis_url;
 
 use common::*;
 use switchboard_tests::mock::{COMPLETION_TOKENS, PROMPT_TOKENS};
@@ -17,10 +18,6 @@ const INPUT_PRICE: f64 = 0.000_01;
 const OUTPUT_PRICE: f64 = 0.000_03;
 const MAX_TOKENS: u64 = 40;
 const BODY: &str = r#"{"model":"m","max_tokens":40,"messages":[{"role":"user","content":"hi"}]}"#;
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 fn unique_prefix() -> String {
     format!("test-budgets-{}", uuid::Uuid::now_v7().simple())

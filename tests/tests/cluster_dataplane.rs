@@ -13,6 +13,7 @@
 mod common;
 
 use switchboard_tests::services::ThrowawayNats;
+use switchboard_tests::services::nats_url;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,10 +45,6 @@ const UPSTREAM_SECRET: &str = "sk-upstream-sealed-secret";
 const WITHIN: Duration = Duration::from_secs(1);
 /// How long a test waits for something that should happen at once, before failing.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
 
 /// A namespace no other test (or earlier run) uses.
 fn unique_namespace() -> String {

@@ -8,6 +8,7 @@
 mod common;
 
 use std::time::{Duration, Instant};
+use switchboard_tests::services::nats_url;
 
 use common::*;
 use controlplane::config::{PricesConfig, Settings, SpendConfig};
@@ -22,10 +23,6 @@ const MASTER_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const ADMIN: &str = "root@example.com";
 const PASSWORD: &str = "correct horse battery staple";
 const WITHIN: Duration = Duration::from_secs(1);
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
 
 fn unique_namespace() -> String {
     format!("e2e{}", uuid::Uuid::now_v7().simple())

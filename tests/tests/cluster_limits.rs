@@ -7,6 +7,7 @@
 mod common;
 
 use switchboard_tests::services::ThrowawayRedis;
+use switchboard_tests::services::redis_url;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,10 +19,6 @@ use http::Method;
 
 const CHAT: &str = "/v1/chat/completions";
 const TOKENS_PER_ANSWER: u64 = switchboard_tests::mock::TOTAL_TOKENS;
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 /// A key prefix no other test (or test run) uses.
 fn unique_prefix(name: &str) -> String {

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::time::Duration;
+use switchboard_tests::services::nats_url;
 
 use async_nats::jetstream::{self, stream};
 use chrono::Utc;
@@ -15,10 +16,6 @@ use dataplane::usage_publisher::{NatsUsageSink, PublisherSettings};
 use switchboard_shared::cluster::NatsNames;
 use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
 use switchboard_tests::services::ThrowawayNats;
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
 
 fn unique_namespace(tag: &str) -> String {
     format!("t{}{}", tag, uuid::Uuid::now_v7().simple())

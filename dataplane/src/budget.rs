@@ -1,10 +1,10 @@
 //! Budgets that hold across replicas: spend per key and per tenant, counted in Redis.
 //!
 //! Every budgeted key and tenant has one counter per budget period
-//! (`<prefix>:budget:{t:<tenant>}:<scope>:<id>:<period>`; the hash tag keeps a key's and its
-//! tenant's counters on one Redis Cluster slot, so one script touches both). The period in
-//! the name is what resets a budget: when a period ends, requests charge a new counter, and
-//! the old one expires a day after its period did.
+//! ([`switchboard_shared::budget::counter_key`]; a key's and its tenant's counters share one
+//! Redis Cluster slot, so one script touches both). The period in the name is what resets a
+//! budget: when a period ends, requests charge a new counter, and the old one expires a day
+//! after its period did.
 //!
 //! Admission ([`Budgets::reserve`]) is one script call: if every counter is below its hard
 //! limit, each is charged the request's estimated maximum cost (prompt plus `max_tokens` at
@@ -22,26 +22,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use redis::Script;
-use switchboard_shared::budget::{Period, nanos_to_usd, period_of};
+pub use switchboard_shared::budget::BudgetScope;
+use switchboard_shared::budget::{Period, counter_key, nanos_to_usd, period_of};
 use switchboard_shared::snapshot::Budget;
 
 use crate::shared_redis::{FailurePolicy, SharedRedis};
-
-/// Whose budget it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BudgetScope {
-    Key,
-    Tenant,
-}
-
-impl BudgetScope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BudgetScope::Key => "key",
-            BudgetScope::Tenant => "tenant",
-        }
-    }
-}
 
 /// One budget a request charges.
 #[derive(Debug, Clone, Copy)]
@@ -149,14 +134,7 @@ impl Budgets {
     }
 
     fn counter_key(redis: &SharedRedis, s: &BudgetSubject<'_>, period: &Period) -> String {
-        format!(
-            "{}:budget:{{t:{}}}:{}:{}:{}",
-            redis.prefix(),
-            s.tenant_id,
-            s.scope.as_str(),
-            s.id,
-            period.id()
-        )
+        counter_key(redis.prefix(), s.scope, s.id, s.tenant_id, period)
     }
 
     /// Charges `estimate_nanos` to every subject's counter for the period containing `now`,

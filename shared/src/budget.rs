@@ -11,11 +11,48 @@
 //! Money is counted in nano-dollars (`i64`): a cheap request costs a few thousand of them,
 //! and the range covers over nine billion dollars, so integer counters in Redis never round a
 //! request to zero.
+//!
+//! The name of each spend counter in Redis ([`counter_key`]) lives here too: the data planes
+//! charge it, the control plane reconciles it with Postgres.
 
 use chrono::{DateTime, Datelike, Days, LocalResult, Months, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use crate::snapshot::{Budget, BudgetPeriod};
+
+/// Whose budget it is: a virtual key's own, or its tenant's (shared by all its keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BudgetScope {
+    Key,
+    Tenant,
+}
+
+impl BudgetScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetScope::Key => "key",
+            BudgetScope::Tenant => "tenant",
+        }
+    }
+}
+
+/// The Redis key of one subject's spend counter (nano-dollars) for one period:
+/// `<prefix>:budget:{t:<tenant>}:<scope>:<id>:<period id>`. The hash tag keeps a key's and its
+/// tenant's counters on one Redis Cluster slot, so one script can charge both; the period in
+/// the name is what resets a budget when the period ends.
+pub fn counter_key(
+    prefix: &str,
+    scope: BudgetScope,
+    id: &str,
+    tenant_id: &str,
+    period: &Period,
+) -> String {
+    format!(
+        "{prefix}:budget:{{t:{tenant_id}}}:{}:{id}:{}",
+        scope.as_str(),
+        period.id()
+    )
+}
 
 /// Nano-dollars per dollar.
 pub const NANOS_PER_USD: f64 = 1e9;
@@ -178,6 +215,20 @@ mod tests {
             at("2026-11-30T15:00:00Z"),
         );
         assert_eq!((none.id(), none.end), (0, None));
+    }
+
+    #[test]
+    fn counter_keys_name_the_period_and_share_the_tenant_slot() {
+        let b = budget(BudgetPeriod::Daily, None);
+        let p = period_of(&b, at("2026-11-23T12:00:00Z"));
+        assert_eq!(
+            counter_key("sb", BudgetScope::Key, "k1", "acme", &p),
+            "sb:budget:{t:acme}:key:k1:1795392000"
+        );
+        assert_eq!(
+            counter_key("sb", BudgetScope::Tenant, "acme", "acme", &p),
+            "sb:budget:{t:acme}:tenant:acme:1795392000"
+        );
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct Books {
     pub budgets: crate::budget::Budgets,
     pub webhooks: crate::webhooks::Webhooks,
     pub sink: Arc<dyn UsageSink>,
+    /// The time budgets are charged at and spend records carry.
+    pub clock: crate::clock::Clock,
 }
 
 /// The accounting context of one routed request.

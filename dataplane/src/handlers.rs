@@ -157,7 +157,7 @@ async fn serve_proxy(
         endpoint,
         stream: view.stream,
         started,
-        started_at: chrono::Utc::now(),
+        started_at: state.books.clock.now(),
         estimated_tokens,
         revision: catalog.revision,
         budget,
@@ -217,7 +217,7 @@ async fn reserve_budget(
     state
         .books
         .budgets
-        .reserve(&subjects, estimate, chrono::Utc::now())
+        .reserve(&subjects, estimate, state.books.clock.now())
         .await
         .map_err(|refusal| match refusal {
             BudgetRefusal::Exhausted {
@@ -326,7 +326,7 @@ pub async fn key_info(
     let catalog = state.catalog().ok_or(ApiError::NotReady)?;
     let key = authenticate(&catalog, state.pepper(), &headers)?;
     let tenant = &key.tenant.tenant;
-    let now = chrono::Utc::now();
+    let now = state.books.clock.now();
     let key_budget = match &key.key.budget {
         Some(b) => {
             Some(budget_view(&state, BudgetScope::Key, &key.key.id, &tenant.id, b, now).await)

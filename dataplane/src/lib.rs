@@ -23,7 +23,7 @@
 //! table and layer stack, [`error`] the one error type (OpenAI's shape; Anthropic's on
 //! `/v1/messages`), [`metrics`] every metric name, [`config`] the two-stage config,
 //! [`shared_redis`] the connection to the state that replicas share, [`webhooks`] signed
-//! budget alerts, and [`server`] start, reload and drain. In cluster mode, [`cluster`] receives
+//! budget alerts, [`clock`] the wall clock budgets read (movable in tests), and [`server`] start, reload and drain. In cluster mode, [`cluster`] receives
 //! snapshots from the control plane (NATS, gRPC, an on-disk cache) and reports this replica's
 //! revision in heartbeats.
 //!
@@ -36,6 +36,7 @@ pub mod accounting;
 pub mod auth;
 pub mod budget;
 pub mod catalog;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -111,6 +111,7 @@ pub fn build_state_with_keys(
             None => crate::webhooks::Webhooks::disabled(),
         },
         sink,
+        clock: crate::clock::Clock::default(),
     };
     Ok(Arc::new(
         AppState::new(pepper, http, books, server.max_body_bytes, metrics)

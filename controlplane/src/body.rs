@@ -32,13 +32,55 @@ where
     }
 }
 
-/// Parses a body: syntax errors are 400, shape errors 422 with the field path.
+/// Parses a body: syntax errors are 400, shape errors 422 with the field path. A number too
+/// large for a 64-bit float (`1e400`) is valid JSON with no finite value: 422 at its path.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::MalformedJson(format!("line {} column {}", e.line(), e.column())))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        // serde_json files this under syntax errors, and says so only in its message.
+        if e.to_string().starts_with("number out of range") {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let path = serde_path_to_error::deserialize::<_, serde_json::Value>(&mut de)
+                .err()
+                .map(|e| e.path().to_string())
+                .filter(|p| p != ".")
+                .unwrap_or_default();
+            return ApiError::invalid(path, "must be a finite number");
+        }
+        ApiError::MalformedJson(format!("line {} column {}", e.line(), e.column()))
+    })?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         ApiError::Invalid(vec![FieldError::new(path, e.into_inner().to_string())])
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Shape {
+        #[allow(dead_code)]
+        limits: std::collections::BTreeMap<String, f64>,
+    }
+
+    fn problem(bytes: &[u8]) -> (u16, Vec<FieldError>) {
+        match parse::<Shape>(bytes) {
+            Err(ApiError::Invalid(errors)) => (422, errors),
+            Err(e) => (e.status().as_u16(), Vec::new()),
+            Ok(v) => panic!("parsed: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn syntax_is_400_shape_is_422_and_infinite_numbers_are_422_at_their_path() {
+        assert_eq!(problem(b"{\"limits\": ").0, 400);
+        assert_eq!(problem(b"{\"limits\": NaN}").0, 400);
+        let (status, errors) = problem(br#"{"limits": {"rpm": "x"}}"#);
+        assert_eq!((status, errors[0].path.as_str()), (422, "limits.rpm"));
+        let (status, errors) = problem(br#"{"limits": {"rpm": 1e400}}"#);
+        assert_eq!((status, errors[0].path.as_str()), (422, "limits.rpm"));
+        assert_eq!(errors[0].message, "must be a finite number");
+    }
 }

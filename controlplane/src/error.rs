@@ -57,6 +57,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A source the control plane fetches from failed (the message says how, never what it
+    /// sent).
+    #[error("{0}")]
+    BadGateway(String),
     /// Logged with its cause; the client sees only that something failed.
     #[error("internal error")]
     Internal(String),
@@ -72,6 +76,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,6 +92,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not-found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::BadGateway(_) => "bad-gateway",
             ApiError::Internal(_) => "internal",
         }
     }

@@ -13,7 +13,8 @@
 //!   `watch` of the latest snapshot; [`grpc`]: the ConfigService served from that watch.
 //! - [`fleet`]: data-plane heartbeats, `GET /admin/v1/fleet` and `?wait_ms=`.
 //! - [`ingest`]: usage events from JetStream into day-partitioned spend rows, exactly once.
-//! - [`prices`]: LiteLLM's price file synced into versioned rows, with admin overrides.
+//! - [`prices`]: LiteLLM's price file synced into versioned rows, with admin overrides (written
+//!   only through [`write`]); effective prices, versions and the models nothing prices.
 //! - [`server`]: [`serve`] starts all of it in-process (the binary and the tests use it).
 //!
 //! Why writes bump the revision first: the `UPDATE config_revision` takes the row lock, which

@@ -83,6 +83,16 @@ fn api() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(models::list))
         .routes(routes!(models::get, models::put, models::delete))
+        // Prices: fixed segments win over `{model}`, which takes `/` as `%2F` (`api::prices`).
+        .routes(routes!(crate::api::prices::list))
+        .routes(routes!(crate::api::prices::versions))
+        .routes(routes!(crate::api::prices::missing))
+        .routes(routes!(crate::api::prices::sync))
+        .routes(routes!(crate::api::prices::get))
+        .routes(routes!(
+            crate::api::prices::put_override,
+            crate::api::prices::delete_override
+        ))
         .routes(routes!(admins::list, admins::create))
         .routes(routes!(admins::delete))
         .routes(routes!(status::audit))

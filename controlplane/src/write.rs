@@ -74,6 +74,11 @@ impl Write {
         &mut self.tx
     }
 
+    /// Who is writing (the caller's email, or `system`), for `updated_by` columns.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
     /// Appends the audit row. `before`/`after` must already be redacted (API views are).
     pub async fn audit(
         &mut self,

@@ -125,6 +125,32 @@ pub fn parse_price_file(json: &str) -> Result<BTreeMap<String, PriceEntry>, Stri
         .collect()
 }
 
+/// What is wrong with a price entry, and where: `path` is the field's path inside the entry
+/// (`input_cost_per_token`, `tiered_pricing[0].range`; empty for the entry as a whole), so
+/// that an API can point at the field. `Display` is the message alone, which names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryError {
+    pub path: String,
+    pub message: String,
+}
+
+impl EntryError {
+    fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for EntryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for EntryError {}
+
 impl PriceEntry {
     /// Reads one entry of LiteLLM's price file, keeping the supported fields and ignoring every
     /// other one. Fails only if the value is not an object or a supported field has the wrong
@@ -133,7 +159,15 @@ impl PriceEntry {
         let fields = entry
             .as_object()
             .ok_or_else(|| "a price entry must be an object".to_owned())?;
-        parse_fields(fields, Mode::Lenient)
+        parse_fields(fields, Mode::Lenient).map_err(|e| e.message)
+    }
+
+    /// The strict parse (the same as `Deserialize`) of one entry, saying which field is wrong.
+    pub fn from_json_strict(entry: &Value) -> Result<PriceEntry, EntryError> {
+        let fields = entry
+            .as_object()
+            .ok_or_else(|| EntryError::at("", "a price entry must be an object"))?;
+        parse_fields(fields, Mode::Strict)
     }
 }
 
@@ -293,7 +327,7 @@ fn slot<'a>(entry: &'a mut PriceEntry, name: &str) -> Option<Slot<'a>> {
     })
 }
 
-fn parse_fields(fields: &Map<String, Value>, mode: Mode) -> Result<PriceEntry, String> {
+fn parse_fields(fields: &Map<String, Value>, mode: Mode) -> Result<PriceEntry, EntryError> {
     let mut entry = PriceEntry::default();
     let mut tiers: BTreeMap<u64, TierRates> = BTreeMap::new();
     for (name, value) in fields {
@@ -312,15 +346,21 @@ fn parse_fields(fields: &Map<String, Value>, mode: Mode) -> Result<PriceEntry, S
                     .entry(threshold)
                     .or_default()
                     .slot(rate_name)
-                    .ok_or_else(|| format!("unsupported tier rate `{name}`"))?;
+                    .ok_or_else(|| {
+                        EntryError::at(name, format!("unsupported tier rate `{name}`"))
+                    })?;
                 if place.replace(value).is_some() {
-                    return Err(format!(
-                        "`{name}` repeats a rate already given for the same threshold"
+                    return Err(EntryError::at(
+                        name,
+                        format!("`{name}` repeats a rate already given for the same threshold"),
                     ));
                 }
             }
         } else if mode == Mode::Strict {
-            return Err(format!("unknown field `{name}` in price entry"));
+            return Err(EntryError::at(
+                name,
+                format!("unknown field `{name}` in price entry"),
+            ));
         }
     }
     entry.context_tiers = tiers
@@ -333,11 +373,14 @@ fn parse_fields(fields: &Map<String, Value>, mode: Mode) -> Result<PriceEntry, S
     Ok(entry)
 }
 
-fn parse_range_tiers(value: &Value, mode: Mode) -> Result<Vec<RangeTier>, String> {
+fn parse_range_tiers(value: &Value, mode: Mode) -> Result<Vec<RangeTier>, EntryError> {
     let Some(items) = value.as_array() else {
         return match value {
             Value::Null => Ok(Vec::new()),
-            _ => Err("`tiered_pricing` must be a list".to_owned()),
+            _ => Err(EntryError::at(
+                "tiered_pricing",
+                "`tiered_pricing` must be a list",
+            )),
         };
     };
     let mut tiers = Vec::with_capacity(items.len());
@@ -345,7 +388,7 @@ fn parse_range_tiers(value: &Value, mode: Mode) -> Result<Vec<RangeTier>, String
         let at = format!("tiered_pricing[{i}]");
         let fields = item
             .as_object()
-            .ok_or_else(|| format!("`{at}` must be an object"))?;
+            .ok_or_else(|| EntryError::at(&at, format!("`{at}` must be an object")))?;
         let mut rates = TierRates::default();
         let mut range = None;
         for (name, value) in fields {
@@ -355,7 +398,10 @@ fn parse_range_tiers(value: &Value, mode: Mode) -> Result<Vec<RangeTier>, String
             } else if let Some(place) = rates.slot(name) {
                 *place = rate(&field, value)?;
             } else if mode == Mode::Strict {
-                return Err(format!("unknown field `{field}` in price entry"));
+                return Err(EntryError::at(
+                    &field,
+                    format!("unknown field `{field}` in price entry"),
+                ));
             }
         }
         match (range, mode) {
@@ -363,14 +409,21 @@ fn parse_range_tiers(value: &Value, mode: Mode) -> Result<Vec<RangeTier>, String
             // A band without a token range (the search tools' per-query bands) cannot be
             // chosen by prompt length: not a token price.
             (None, Mode::Lenient) => {}
-            (None, Mode::Strict) => return Err(format!("`{at}` has no `range`")),
+            (None, Mode::Strict) => {
+                return Err(EntryError::at(&at, format!("`{at}` has no `range`")));
+            }
         }
     }
     Ok(tiers)
 }
 
-fn parse_range(field: &str, value: &Value) -> Result<Option<[u64; 2]>, String> {
-    let bad = || format!("`{field}` must be two whole token counts, low ≤ high");
+fn parse_range(field: &str, value: &Value) -> Result<Option<[u64; 2]>, EntryError> {
+    let bad = || {
+        EntryError::at(
+            field,
+            format!("`{field}` must be two whole token counts, low ≤ high"),
+        )
+    };
     match value {
         Value::Null => Ok(None),
         Value::Array(bounds) => match bounds.as_slice() {
@@ -418,24 +471,26 @@ fn threshold_suffix(threshold_tokens: u64) -> String {
     }
 }
 
-fn rate(field: &str, value: &Value) -> Result<Option<f64>, String> {
+fn rate(field: &str, value: &Value) -> Result<Option<f64>, EntryError> {
     match value {
         Value::Null => Ok(None),
         Value::Number(n) => match n.as_f64() {
             Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
-            _ => Err(format!(
-                "`{field}` must be a non-negative number, found {n}"
+            _ => Err(EntryError::at(
+                field,
+                format!("`{field}` must be a non-negative number, found {n}"),
             )),
         },
-        other => Err(format!(
-            "`{field}` must be a non-negative number, found {other}"
+        other => Err(EntryError::at(
+            field,
+            format!("`{field}` must be a non-negative number, found {other}"),
         )),
     }
 }
 
 /// A non-negative whole number, written as an integer or as a float with no fraction
 /// (`256000.0`).
-fn whole(field: &str, value: &Value) -> Result<Option<u64>, String> {
+fn whole(field: &str, value: &Value) -> Result<Option<u64>, EntryError> {
     /// 2^53: above it not every whole float is exact.
     const EXACT: f64 = 9_007_199_254_740_992.0;
     match value {
@@ -443,29 +498,37 @@ fn whole(field: &str, value: &Value) -> Result<Option<u64>, String> {
         Value::Number(n) => match (n.as_u64(), n.as_f64()) {
             (Some(x), _) => Ok(Some(x)),
             (None, Some(x)) if (0.0..=EXACT).contains(&x) && x.fract() == 0.0 => Ok(Some(x as u64)),
-            _ => Err(format!(
-                "`{field}` must be a non-negative whole number, found {n}"
+            _ => Err(EntryError::at(
+                field,
+                format!("`{field}` must be a non-negative whole number, found {n}"),
             )),
         },
-        other => Err(format!(
-            "`{field}` must be a non-negative whole number, found {other}"
+        other => Err(EntryError::at(
+            field,
+            format!("`{field}` must be a non-negative whole number, found {other}"),
         )),
     }
 }
 
-fn text(field: &str, value: &Value) -> Result<Option<String>, String> {
+fn text(field: &str, value: &Value) -> Result<Option<String>, EntryError> {
     match value {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
-        other => Err(format!("`{field}` must be a string, found {other}")),
+        other => Err(EntryError::at(
+            field,
+            format!("`{field}` must be a string, found {other}"),
+        )),
     }
 }
 
-fn flag(field: &str, value: &Value) -> Result<Option<bool>, String> {
+fn flag(field: &str, value: &Value) -> Result<Option<bool>, EntryError> {
     match value {
         Value::Null => Ok(None),
         Value::Bool(b) => Ok(Some(*b)),
-        other => Err(format!("`{field}` must be true or false, found {other}")),
+        other => Err(EntryError::at(
+            field,
+            format!("`{field}` must be true or false, found {other}"),
+        )),
     }
 }
 
@@ -678,6 +741,47 @@ mod tests {
             let err = strict(value.clone()).unwrap_err();
             assert!(err.contains(field), "{value}: {err}");
         }
+    }
+
+    #[test]
+    fn the_strict_parse_says_which_field_is_wrong() {
+        let cases = [
+            (
+                json!({ "input_cost_per_token": -1e-6 }),
+                "input_cost_per_token",
+            ),
+            (
+                json!({ "output_cost_per_tokens": 1e-6 }),
+                "output_cost_per_tokens",
+            ),
+            (json!({ "supports_vision": "yes" }), "supports_vision"),
+            (json!({ "tiered_pricing": 1 }), "tiered_pricing"),
+            (
+                json!({ "tiered_pricing": [{ "range": [10, 0] }] }),
+                "tiered_pricing[0].range",
+            ),
+            (
+                json!({ "tiered_pricing": [{ "range": [0, 1], "x": 1 }] }),
+                "tiered_pricing[0].x",
+            ),
+            (json!([1]), ""),
+        ];
+        for (value, path) in cases {
+            let err = PriceEntry::from_json_strict(&value).unwrap_err();
+            assert_eq!(err.path, path, "{value}: {err}");
+            // The message is the one `Deserialize` gives.
+            assert_eq!(
+                strict(value.clone()).map_err(|e| e.contains(&err.message)),
+                Err(value.is_object()),
+                "{value}"
+            );
+        }
+        let entry =
+            json!({ "input_cost_per_token": 1e-6, "tiered_pricing": [{ "range": [0, 9] }] });
+        assert_eq!(
+            PriceEntry::from_json_strict(&entry).unwrap(),
+            strict(entry).unwrap()
+        );
     }
 
     #[test]

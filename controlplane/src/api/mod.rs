@@ -7,6 +7,7 @@ pub mod auth;
 pub mod deployments;
 pub mod keys;
 pub mod models;
+pub mod prices;
 pub mod providers;
 pub mod spend;
 pub mod status;

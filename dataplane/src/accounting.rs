@@ -9,6 +9,20 @@
 //! Usage is read in the client's wire format — OpenAI's, or Anthropic's on `/v1/messages` —
 //! the format of every answer that leaves the gateway (other providers' answers are
 //! translated into it by their adaptors before they get here).
+//!
+//! **What a request is charged** ([`Measured`]), one number for the spend record and the
+//! budget alike:
+//! - the provider reported usage → exactly that;
+//! - a stream that did not end cleanly with a report (the client went away, the upstream broke
+//!   off or timed out, or never sent usage) → what was generated: the prompt (as the provider
+//!   reported it, else the gateway's estimate) plus one completion token per event relayed —
+//!   OpenAI and Anthropic stream about one token per event, so this errs a few tokens high;
+//! - a non-streamed answer that may have been generated but whose usage is unknown (the client
+//!   went away while waiting, or a provider that reports none) → the most it could have cost:
+//!   the prompt estimate plus the completion allowance (`max_tokens`, else the model's output
+//!   limit) — the upstream finishes and bills a non-streamed answer whether or not anyone
+//!   reads it;
+//! - an upstream error without usage, or a request that never reached a deployment → nothing.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,6 +104,29 @@ impl UsageSink for TeeSink {
     }
 }
 
+/// How the ledger learned what a request used (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measured {
+    /// The provider's own report.
+    Reported(Usage),
+    /// Counted or bounded by the gateway; recorded with `usage_reported: false`.
+    Counted(Usage),
+    /// Nothing was generated, as far as anyone can tell.
+    Nothing,
+}
+
+/// Completion tokens a request may generate on a deployment priced by `price`: its
+/// `max_tokens`, else the model's output limit, else 4096. Budget reservations and the
+/// charge for an answer of unknown size both use it.
+pub fn completion_allowance(
+    max_tokens: Option<u64>,
+    price: Option<&switchboard_shared::price::PriceEntry>,
+) -> u64 {
+    max_tokens
+        .or_else(|| price.and_then(|p| p.max_output_tokens.or(p.max_tokens)))
+        .unwrap_or(4096)
+}
+
 /// What closing a ledger needs from the process.
 #[derive(Debug, Clone)]
 pub struct Books {
@@ -113,6 +150,8 @@ pub struct Ledger {
     started: Instant,
     started_at: DateTime<Utc>,
     estimated_tokens: u64,
+    prompt_estimate: u64,
+    max_tokens: Option<u64>,
     revision: u64,
     budget: crate::budget::Reservation,
     pub deployment: Option<Arc<DeploymentEntry>>,
@@ -134,7 +173,12 @@ pub struct LedgerOpen {
     pub stream: bool,
     pub started: Instant,
     pub started_at: DateTime<Utc>,
+    /// Prompt plus `max_tokens`, as the token limits were charged at admission.
     pub estimated_tokens: u64,
+    /// The gateway's estimate of the prompt's tokens.
+    pub prompt_estimate: u64,
+    /// The client's `max_tokens`, if it set one.
+    pub max_tokens: Option<u64>,
     pub revision: u64,
     /// What admission reserved against the key's and tenant's budgets.
     pub budget: crate::budget::Reservation,
@@ -152,6 +196,8 @@ impl Ledger {
             started: o.started,
             started_at: o.started_at,
             estimated_tokens: o.estimated_tokens,
+            prompt_estimate: o.prompt_estimate,
+            max_tokens: o.max_tokens,
             revision: o.revision,
             budget: o.budget,
             deployment: None,
@@ -174,24 +220,71 @@ impl Ledger {
         }
     }
 
-    /// Closes the books on this request. Usage `None` means the upstream reported none.
+    /// Closes the books on a complete (non-streamed) answer, or on a request that got no
+    /// answer. Usage `None` means the upstream reported none: an error then costs nothing, a
+    /// success the most it could have cost.
     pub fn close(mut self, outcome: Outcome, status: StatusCode, usage: Option<Usage>) {
-        self.settle(outcome, status, usage);
+        let measured = match (usage, outcome) {
+            (Some(usage), _) => Measured::Reported(usage),
+            (None, Outcome::UpstreamError) => Measured::Nothing,
+            (None, _) => self.upper_bound(),
+        };
+        self.settle(outcome, status, measured);
     }
 
-    fn settle(&mut self, outcome: Outcome, status: StatusCode, usage: Option<Usage>) {
+    /// Closes the books on a streamed answer: `usage` is what the stream reported (possibly
+    /// only in part), `events` how many events were relayed to the client. Only a stream that
+    /// ended cleanly with a report is charged the report; any other is charged what was
+    /// generated.
+    pub fn close_stream(
+        mut self,
+        outcome: Outcome,
+        status: StatusCode,
+        usage: Option<Usage>,
+        events: u64,
+    ) {
+        let measured = match (usage, outcome) {
+            (Some(usage), Outcome::Success) => Measured::Reported(usage),
+            (partial, _) => {
+                let mut usage = partial.unwrap_or(Usage {
+                    prompt_tokens: self.prompt_estimate,
+                    ..Usage::default()
+                });
+                usage.completion_tokens = usage.completion_tokens.max(events);
+                Measured::Counted(usage)
+            }
+        };
+        self.settle(outcome, status, measured);
+    }
+
+    /// The most a request that reached a deployment could have used.
+    fn upper_bound(&self) -> Measured {
+        let Some(deployment) = &self.deployment else {
+            return Measured::Nothing;
+        };
+        Measured::Counted(Usage {
+            prompt_tokens: self.prompt_estimate,
+            completion_tokens: completion_allowance(self.max_tokens, deployment.price.as_ref()),
+            ..Usage::default()
+        })
+    }
+
+    fn settle(&mut self, outcome: Outcome, status: StatusCode, measured: Measured) {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
         let elapsed = self.started.elapsed();
-        let reported = usage.is_some();
-        let usage = usage.unwrap_or_default();
-        // Without a report the estimate stands: charging zero would let a client that cuts
-        // streams short bypass its token limit.
-        let actual_tokens = if reported {
-            usage.total_tokens()
-        } else {
+        let (usage, reported) = match measured {
+            Measured::Reported(usage) => (usage, true),
+            Measured::Counted(usage) => (usage, false),
+            Measured::Nothing => (Usage::default(), false),
+        };
+        // With nothing measured the admission estimate stands for the token limits: charging
+        // zero would let a client that provokes failures bypass its token limit.
+        let actual_tokens = if measured == Measured::Nothing {
             self.estimated_tokens
+        } else {
+            usage.total_tokens()
         };
         let [key_subject, tenant_subject] = self.key.subjects();
         self.books.limiter.settle(
@@ -205,14 +298,14 @@ impl Ledger {
             self.books
                 .limiter
                 .settle(&[d.subject()], self.estimated_tokens, actual_tokens);
-            if outcome != Outcome::UpstreamError || reported {
+            if measured != Measured::Nothing {
                 d.state
                     .load
                     .record_tokens(actual_tokens, crate::fleet::unix_ms());
             }
         }
         self.inflight = None;
-        self.settle_budget(outcome, reported, cost_usd);
+        self.settle_budget(switchboard_shared::budget::usd_to_nanos(cost_usd));
         self.model.metrics.record(&usage, cost_usd);
         let endpoint = self.endpoint.as_str();
         metrics::record_latency(
@@ -245,20 +338,13 @@ impl Ledger {
 }
 
 impl Ledger {
-    /// Replaces the budget reservation with the real cost, off the request path. Without a
-    /// usage report, a failed upstream answer costs nothing, but a client that cut the answer
-    /// short keeps the reservation (the request's maximum): what was generated may have been
-    /// billed, and charging nothing would let clients bypass budgets by disconnecting.
-    fn settle_budget(&mut self, outcome: Outcome, reported: bool, cost_usd: f64) {
+    /// Replaces the budget reservation with what the request is charged (the same cost its
+    /// usage record carries), off the request path.
+    fn settle_budget(&mut self, actual: i64) {
         let reservation = std::mem::take(&mut self.budget);
         if reservation.is_empty() {
             return;
         }
-        let actual = match (reported, outcome) {
-            (true, _) => switchboard_shared::budget::usd_to_nanos(cost_usd),
-            (false, Outcome::UpstreamError) => 0,
-            (false, _) => reservation.reserved_nanos(),
-        };
         let budgets = self.books.budgets.clone();
         let webhooks = self.books.webhooks.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -292,14 +378,16 @@ impl Ledger {
 }
 
 impl Drop for Ledger {
-    /// A ledger dropped unclosed belongs to a request whose client went away (axum drops the
-    /// handler future, or hyper drops the streaming body).
+    /// A ledger dropped unclosed belongs to a request whose client went away while it waited
+    /// for a complete answer (axum drops the handler future). Streams close theirs in the
+    /// relay, which knows what was generated.
     fn drop(&mut self) {
         if !self.closed {
+            let measured = self.upper_bound();
             self.settle(
                 Outcome::ClientDisconnected,
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-                None,
+                measured,
             );
         }
     }

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use switchboard_shared::budget::usd_to_nanos;
 use switchboard_shared::usage::Usage;
 
-use crate::accounting::{Ledger, LedgerOpen};
+use crate::accounting::{Ledger, LedgerOpen, completion_allowance};
 use crate::auth::authenticate;
 use crate::budget::{BudgetRefusal, BudgetScope, BudgetSubject, Reservation};
 use crate::catalog::{KeyEntry, ModelEntry};
@@ -130,7 +130,8 @@ async fn serve_proxy(
     let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
     tracing::Span::current().record("model", model.name.as_str());
 
-    let estimated_tokens = view.estimated_prompt_tokens() + view.max_tokens.unwrap_or(0);
+    let prompt_estimate = view.estimated_prompt_tokens();
+    let estimated_tokens = prompt_estimate + view.max_tokens.unwrap_or(0);
     let limits = state
         .books
         .limiter
@@ -159,6 +160,8 @@ async fn serve_proxy(
         started,
         started_at: state.books.clock.now(),
         estimated_tokens,
+        prompt_estimate,
+        max_tokens: view.max_tokens,
         revision: catalog.revision,
         budget,
     });
@@ -238,21 +241,16 @@ async fn reserve_budget(
 }
 
 /// The most this request can cost on any of the model's deployments: its prompt estimate
-/// plus `max_tokens` (else the deployment's output limit, else 4096) at the dearest price.
+/// plus its completion allowance at the dearest price.
 fn max_cost(model: &ModelEntry, view: &RequestView) -> f64 {
     model
         .deployments
         .iter()
         .filter_map(|d| d.price.as_ref())
         .map(|price| {
-            let completion = view
-                .max_tokens
-                .or(price.max_output_tokens)
-                .or(price.max_tokens)
-                .unwrap_or(4096);
             let usage = Usage {
                 prompt_tokens: view.estimated_prompt_tokens(),
-                completion_tokens: completion,
+                completion_tokens: completion_allowance(view.max_tokens, Some(price)),
                 ..Usage::default()
             };
             switchboard_shared::pricing::cost(&usage, price)

@@ -62,6 +62,7 @@ fn main() -> ExitCode {
             listen: cli.listen,
             controlplane: cli.controlplane,
             nats: cli.nats,
+            master_keys: std::env::var(dataplane::server::MASTER_KEYS_ENV).ok(),
         }),
         Command::Check => check(&cli.config, cli.controlplane, cli.nats),
         Command::HashKey => hash_key(&cli.config),

@@ -11,6 +11,8 @@
 //!   found; Anthropic's stream reports input in `message_start` and output in
 //!   `message_delta`, so reports are merged) and **strips** OpenAI's usage-only event when the
 //!   gateway, not the client, asked for it.
+//! - **Counts the events** it relays, so that a stream cut short is charged what was generated
+//!   (see [`crate::accounting`]): one `\n\n` search over bytes the relay scans anyway.
 //! - **Closes the ledger** when the stream ends, fails, times out, or is dropped because the
 //!   client went away — and dropping the relay drops the upstream body, which closes the
 //!   upstream connection: a client disconnect cancels the upstream request.
@@ -43,6 +45,8 @@ pub struct SseRelay {
     tail: BytesMut,
     strip_usage_event: bool,
     usage: Option<Usage>,
+    /// Events passed to the client so far.
+    events: u64,
     ledger: Option<Ledger>,
     deadline: Pin<Box<Sleep>>,
     finished: bool,
@@ -72,6 +76,7 @@ impl SseRelay {
             tail: BytesMut::new(),
             strip_usage_event,
             usage: None,
+            events: 0,
             ledger: Some(ledger),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             finished: false,
@@ -81,8 +86,14 @@ impl SseRelay {
     fn close(&mut self, outcome: Outcome, status: StatusCode) {
         self.finished = true;
         if let Some(ledger) = self.ledger.take() {
-            ledger.close(outcome, status, self.usage);
+            ledger.close_stream(outcome, status, self.usage, self.events);
         }
+    }
+
+    /// Counts the complete events in bytes about to go to the client.
+    fn relayed(&mut self, bytes: Bytes) -> Bytes {
+        self.events += EVENT_END.find_iter(&bytes).count() as u64;
+        bytes
     }
 
     /// Turns what arrived into what the client gets: complete events only, usage noted, the
@@ -234,7 +245,8 @@ impl Stream for SseRelay {
         if ended {
             // Whatever is left in the tail is an unterminated last event: pass it on.
             let rest = std::mem::take(&mut this.tail).freeze();
-            this.close(Outcome::Success, StatusCode::OK);
+            // The unterminated tail counts as an event too.
+            this.events += u64::from(!rest.is_empty());
             let out = match (out, rest.is_empty()) {
                 (out, true) => out,
                 (Some(out), false) => {
@@ -244,12 +256,26 @@ impl Stream for SseRelay {
                 }
                 (None, false) => Some(rest),
             };
+            let out = out.map(|bytes| this.relayed(bytes));
+            this.close(Outcome::Success, StatusCode::OK);
             return Poll::Ready(out.map(Ok));
         }
         match out {
-            Some(bytes) => Poll::Ready(Some(Ok(bytes))),
+            Some(bytes) => Poll::Ready(Some(Ok(this.relayed(bytes)))),
             // Nothing complete yet: the upstream returned `Pending`, so its waker is set.
             None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for SseRelay {
+    /// Dropped before the stream ended: the client went away. It is charged what was relayed.
+    fn drop(&mut self) {
+        if self.ledger.is_some() {
+            self.close(
+                Outcome::ClientDisconnected,
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            );
         }
     }
 }
@@ -284,6 +310,7 @@ mod tests {
                 tail: std::mem::take(&mut self.tail),
                 strip_usage_event: self.strip,
                 usage: self.usage,
+                events: 0,
                 ledger: None,
                 deadline: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(60))),
                 finished: false,

@@ -40,6 +40,9 @@ pub struct Options {
     pub controlplane: Option<String>,
     /// `--nats`: sets `cluster.nats_url` (cluster mode).
     pub nats: Option<String>,
+    /// The value of [`MASTER_KEYS_ENV`] (`main` reads it from the environment), which opens
+    /// sealed credentials in snapshots from the control plane.
+    pub master_keys: Option<String>,
 }
 
 /// The environment variable holding the master keys that open sealed upstream credentials:
@@ -150,7 +153,7 @@ pub async fn serve_until(
     config
         .validate()
         .map_err(|problems| anyhow::anyhow!("{}: {problems}", options.config_path.display()))?;
-    let master_keys = master_keys_from(std::env::var(MASTER_KEYS_ENV).ok().as_deref())?;
+    let master_keys = master_keys_from(options.master_keys.as_deref())?;
     // Cluster mode with NATS: usage records also go to the control plane's usage stream.
     let publisher = match &config.cluster {
         Some(cluster) if cluster.nats_url.is_some() => Some(start_usage_publisher(cluster).await?),

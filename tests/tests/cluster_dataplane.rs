@@ -382,6 +382,7 @@ async fn bootstraps_from_nats_then_follows_each_revision_within_a_second() {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             controlplane: None,
             nats: Some(nats_url()),
+            master_keys: None,
         },
         async move {
             let _ = stop_rx.await;

@@ -10,8 +10,8 @@ mod common;
 use std::time::{Duration, Instant};
 use switchboard_tests::services::nats_url;
 
+use common::cluster::{ControlPlane, MASTER_KEYS, call, unique_namespace};
 use common::*;
-use controlplane::config::{PricesConfig, Settings, SpendConfig};
 use dataplane::config::ClusterConfig;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -19,117 +19,7 @@ use sqlx::PgPool;
 use switchboard_shared::cluster::NatsNames;
 use switchboard_shared::sealed::MasterKeys;
 
-const MASTER_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const ADMIN: &str = "root@example.com";
-const PASSWORD: &str = "correct horse battery staple";
 const WITHIN: Duration = Duration::from_secs(1);
-
-fn unique_namespace() -> String {
-    format!("e2e{}", uuid::Uuid::now_v7().simple())
-        .chars()
-        .take(32)
-        .collect()
-}
-
-/// A running control plane on `pool`, with an admin; stops when dropped.
-struct ControlPlane {
-    rest: String,
-    grpc: String,
-    token: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    running: Option<controlplane::Running>,
-}
-
-impl ControlPlane {
-    async fn start(pool: PgPool, namespace: &str) -> Self {
-        let settings = Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            grpc_listen: "127.0.0.1:0".parse().unwrap(),
-            max_body_bytes: 1 << 20,
-            nats_url: nats_url(),
-            namespace: namespace.to_owned(),
-            heartbeat_interval: Duration::from_millis(500),
-            reconcile_interval: Duration::from_millis(500),
-            pepper: PEPPER.as_bytes().to_vec(),
-            jwt_secret: b"e2e-jwt-secret-that-is-long-enough-0123456".to_vec(),
-            token_ttl: Duration::from_secs(900),
-            master_keys: MasterKeys::parse(MASTER_KEYS).unwrap(),
-            spend: SpendConfig::default(),
-            prices: PricesConfig::default(),
-        };
-        let env = [
-            (
-                controlplane::BOOTSTRAP_EMAIL_ENV.to_owned(),
-                ADMIN.to_owned(),
-            ),
-            (
-                controlplane::BOOTSTRAP_PASSWORD_ENV.to_owned(),
-                PASSWORD.to_owned(),
-            ),
-        ];
-        controlplane::bootstrap_admin(&pool, &env).await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = controlplane::serve(settings, pool, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-        let rest = format!("http://{}", running.rest_addr);
-        let grpc = format!("http://{}", running.grpc_addr);
-        let login = call(
-            &rest,
-            Method::POST,
-            "/admin/v1/auth/login",
-            None,
-            json!({"email": ADMIN, "password": PASSWORD}),
-        )
-        .await;
-        assert_eq!(login.status, StatusCode::OK, "{}", login.text());
-        let token = login.json()["access_token"].as_str().unwrap().to_owned();
-        Self {
-            rest,
-            grpc,
-            token,
-            stop: Some(stop),
-            running: Some(running),
-        }
-    }
-
-    async fn write(&self, method: Method, path: &str, body: Value) -> Reply {
-        let reply = call(&self.rest, method, path, Some(&self.token), body).await;
-        assert!(
-            reply.status.is_success(),
-            "{path}: {} {}",
-            reply.status,
-            reply.text()
-        );
-        reply
-    }
-
-    /// Stops the control plane and waits until its tasks are gone.
-    async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(running) = self.running.take() {
-            running.wait().await;
-        }
-    }
-}
-
-async fn call(base: &str, method: Method, path: &str, token: Option<&str>, body: Value) -> Reply {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(a) = auth.as_deref() {
-        headers.push(("authorization", a));
-    }
-    let text = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    send(request(method, &format!("{base}{path}"), &headers, text)).await
-}
 
 /// A data plane in cluster mode following `cp` (NATS and gRPC), caching to `cache`.
 async fn data_plane(
@@ -268,17 +158,28 @@ async fn admin_writes_reach_two_data_planes_within_a_second(pool: PgPool) {
     );
     assert!(took[99] < WITHIN, "slowest change took {:?}", took[99]);
 
-    // The fleet view lists both data planes at the current revision.
-    let fleet = call(
-        &cp.rest,
-        Method::GET,
-        "/admin/v1/fleet",
-        Some(&cp.token),
-        Value::Null,
-    )
-    .await;
-    assert_eq!(fleet.status, StatusCode::OK, "{}", fleet.text());
-    let fleet = fleet.json();
+    // The fleet view lists both data planes at the current revision. A data plane applies a
+    // snapshot before its heartbeat says so, so the view may trail the answers briefly.
+    let started = Instant::now();
+    let fleet = loop {
+        let reply = call(
+            &cp.rest,
+            Method::GET,
+            "/admin/v1/fleet",
+            Some(&cp.token),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let fleet = reply.json();
+        let caught_up = fleet["dataplanes"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["lag"] == 0));
+        if caught_up || started.elapsed() > Duration::from_secs(5) {
+            break fleet;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let planes = fleet["dataplanes"].as_array().unwrap();
     assert_eq!(planes.len(), 2, "{fleet}");
     for plane in planes {

@@ -1,5 +1,6 @@
 //! Streams pass through as they arrive: timing kept, usage read, the gateway's own usage
-//! request hidden, disconnects propagated, and no retry after the first byte.
+//! request hidden, disconnects propagated, and no retry after the first byte. A request cut
+//! short is charged what was generated (or, for a complete answer, the most it could cost).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
@@ -91,13 +92,32 @@ async fn the_usage_chunk_is_hidden_unless_asked_for_but_always_counted() {
     }
 }
 
+/// gpt-4o's rates, so that a charge shows up as a cost.
+const PRICE: &str = "price: { input_cost_per_token: 2.5e-6, output_cost_per_token: 1e-5 }";
+
+/// A stream cut short is charged what was generated: the prompt estimate (no report came)
+/// and one completion token per event relayed — never nothing.
+fn assert_charged_what_was_relayed(
+    record: &switchboard_shared::usage::UsageRecord,
+    relayed_events: u64,
+) {
+    assert!(!record.usage_reported, "{record:?}");
+    assert!(record.usage.prompt_tokens > 0, "{record:?}");
+    assert!(
+        record.usage.completion_tokens >= relayed_events.max(1),
+        "{record:?}: the client saw {relayed_events} events"
+    );
+    let want =
+        record.usage.prompt_tokens as f64 * 2.5e-6 + record.usage.completion_tokens as f64 * 1e-5;
+    assert!((record.cost_usd - want).abs() < 1e-15, "{record:?}");
+}
+
 #[tokio::test]
 async fn a_client_disconnect_cancels_the_upstream_stream() {
     let mock = MockUpstream::start().await.unwrap();
-    let gw = Gateway::start(&one_deployment(
-        &mock.scenario_url("chunks=50,interval_ms=50"),
-        "",
-        "",
+    let gw = Gateway::start(&with_deployment_fields(
+        &one_deployment(&mock.scenario_url("chunks=50,interval_ms=50"), "", ""),
+        PRICE,
     ))
     .await;
     let req = request(
@@ -122,6 +142,43 @@ async fn a_client_disconnect_cancels_the_upstream_stream() {
     assert_eq!(mock.completed_streams(), 0);
     let records = gw.usage_records(1).await;
     assert_eq!(records[0].outcome, Outcome::ClientDisconnected);
+    let seen = sse_data(&first.into_data().unwrap()).len() as u64;
+    assert_charged_what_was_relayed(&records[0], seen);
+    assert!(
+        records[0].usage.completion_tokens < 50,
+        "charged for chunks never generated: {:?}",
+        records[0]
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_a_complete_answer_is_charged_its_maximum() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&with_deployment_fields(
+        &one_deployment(&mock.scenario_url("latency_ms=3000"), "", ""),
+        PRICE,
+    ))
+    .await;
+    let req = request(
+        http::Method::POST,
+        &gw.url(CHAT),
+        &[("authorization", &format!("Bearer {KEY}"))],
+        r#"{"model":"m","max_tokens":300,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    // The client gives up while the upstream is still generating.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), client().request(req)).await;
+    assert!(gave_up.is_err(), "the mock answers after 3 s");
+    let records = gw.usage_records(1).await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.outcome, Outcome::ClientDisconnected);
+    assert!(!r.usage_reported);
+    // The upstream finishes and bills a non-streamed answer anyway: the prompt estimate and
+    // all of `max_tokens`.
+    assert_eq!(r.usage.completion_tokens, 300, "{r:?}");
+    assert!(r.usage.prompt_tokens > 0, "{r:?}");
+    let want = r.usage.prompt_tokens as f64 * 2.5e-6 + 300.0 * 1e-5;
+    assert!((r.cost_usd - want).abs() < 1e-15, "{r:?}");
 }
 
 #[tokio::test]
@@ -154,10 +211,13 @@ async fn failures_before_the_first_byte_are_retried() {
 async fn failures_after_the_first_byte_are_not_retried() {
     let mock = MockUpstream::start().await.unwrap();
     let scenario = "fault=reset_mid_stream,chunks=10,interval_ms=10";
-    let gw = Gateway::start(&one_deployment(
-        &mock.scenario_url(scenario),
-        "",
-        "models: [{ model: m, retries: 3 }]\n",
+    let gw = Gateway::start(&with_deployment_fields(
+        &one_deployment(
+            &mock.scenario_url(scenario),
+            "",
+            "models: [{ model: m, retries: 3 }]\n",
+        ),
+        PRICE,
     ))
     .await;
     let (status, _, frames, ended) = post_timed(&gw.url(CHAT), STREAM).await;
@@ -175,6 +235,8 @@ async fn failures_after_the_first_byte_are_not_retried() {
     );
     let records = gw.usage_records(1).await;
     assert_eq!(records[0].outcome, Outcome::UpstreamError);
+    // What was generated before the break was relayed, and is charged.
+    assert_charged_what_was_relayed(&records[0], sse_data(&joined(&frames)).len() as u64);
 }
 
 #[tokio::test]

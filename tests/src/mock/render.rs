@@ -10,9 +10,7 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use serde_json::{Value, json};
 
 use super::template::{Hole, Template, put_u64};
-use super::{
-    CHAT_CONTENT, COMPLETION_TOKENS, EMBEDDING_PROMPT_TOKENS, PROMPT_TOKENS, TOTAL_TOKENS,
-};
+use super::{CHAT_CONTENT, COMPLETION_TOKENS, EMBEDDING_PROMPT_TOKENS};
 
 const CHAT: &str = include_str!("../../fixtures/openai/chat_completion.json");
 const CHAT_CHUNK: &str = include_str!("../../fixtures/openai/chat_completion_chunk.json");
@@ -50,6 +48,8 @@ pub struct Reply<'a> {
     pub id: u64,
     /// Unix seconds.
     pub created: u64,
+    /// Prompt tokens to report (cached ones included).
+    pub prompt: u64,
     /// Cached prompt tokens to report.
     pub cached: u64,
 }
@@ -80,14 +80,13 @@ fn parse(name: &str, text: &str) -> anyhow::Result<Value> {
 
 /// The usage object of the fixture with our numbers; stream usage has holes for the counts.
 fn usage(mut fixture_usage: Value, stream: bool) -> Value {
-    fixture_usage["prompt_tokens"] = json!(PROMPT_TOKENS);
-    if stream {
-        fixture_usage["completion_tokens"] = Hole::Completion.value();
-        fixture_usage["total_tokens"] = Hole::Total.value();
+    fixture_usage["prompt_tokens"] = Hole::Prompt.value();
+    fixture_usage["completion_tokens"] = if stream {
+        Hole::Completion.value()
     } else {
-        fixture_usage["completion_tokens"] = json!(COMPLETION_TOKENS);
-        fixture_usage["total_tokens"] = json!(TOTAL_TOKENS);
-    }
+        json!(COMPLETION_TOKENS)
+    };
+    fixture_usage["total_tokens"] = Hole::Total.value();
     fixture_usage["prompt_tokens_details"]["cached_tokens"] = Hole::Cached.value();
     fixture_usage
 }
@@ -311,9 +310,10 @@ fn fill_common(
             out.put_u8(b'"');
         }
         Hole::Created => put_u64(out, reply.created),
+        Hole::Prompt => put_u64(out, reply.prompt),
         Hole::Cached => put_u64(out, reply.cached),
         Hole::Completion => put_u64(out, completion),
-        Hole::Total => put_u64(out, PROMPT_TOKENS + completion),
+        Hole::Total => put_u64(out, reply.prompt + completion),
         Hole::Delta | Hole::Text => out.put_slice(b"null"),
         Hole::Finish => out.put_slice(b"null"),
     }

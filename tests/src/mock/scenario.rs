@@ -79,6 +79,9 @@ pub struct Scenario {
     pub retry_after: Option<u64>,
     /// `cached`: cached prompt tokens to report in usage.
     pub cached: u64,
+    /// `prompt`: prompt tokens to report in OpenAI-format usage; `None` means
+    /// [`super::PROMPT_TOKENS`].
+    pub prompt: Option<u64>,
 }
 
 /// Why a scenario string was refused; the message names the offending knob.
@@ -117,10 +120,11 @@ impl Scenario {
                 "fail_first" => scenario.fail_first = Some(number()?),
                 "retry_after" => scenario.retry_after = Some(number()?),
                 "cached" => scenario.cached = number()?,
+                "prompt" => scenario.prompt = Some(number()?),
                 _ => {
                     return Err(ScenarioError(format!(
                         "unknown mock scenario knob {key:?} (known: latency_ms, chunks, \
-                         interval_ms, fault, fail_first, retry_after, cached)"
+                         interval_ms, fault, fail_first, retry_after, cached, prompt)"
                     )));
                 }
             }
@@ -131,6 +135,11 @@ impl Scenario {
     /// Stream content chunks, the default applied.
     pub fn stream_chunks(&self) -> usize {
         self.chunks.unwrap_or(DEFAULT_STREAM_CHUNKS)
+    }
+
+    /// Prompt tokens to report, the default applied.
+    pub fn prompt_tokens(&self) -> u64 {
+        self.prompt.unwrap_or(super::PROMPT_TOKENS)
     }
 
     /// `Retry-After` seconds, the default applied.
@@ -167,7 +176,7 @@ mod tests {
     #[test]
     fn parses_every_knob() {
         let s = Scenario::parse(
-            "latency_ms=5,chunks=3,interval_ms=100,fault=429,fail_first=2,retry_after=7,cached=4",
+            "latency_ms=5,chunks=3,interval_ms=100,fault=429,fail_first=2,retry_after=7,cached=4,prompt=250000",
         )
         .unwrap();
         assert_eq!(
@@ -180,7 +189,13 @@ mod tests {
                 fail_first: Some(2),
                 retry_after: Some(7),
                 cached: 4,
+                prompt: Some(250_000),
             }
+        );
+        assert_eq!(s.prompt_tokens(), 250_000);
+        assert_eq!(
+            Scenario::default().prompt_tokens(),
+            super::super::PROMPT_TOKENS
         );
         assert_eq!(s.fault_for(0), Some(Fault::RateLimited));
         assert_eq!(s.fault_for(1), Some(Fault::RateLimited));

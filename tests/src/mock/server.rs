@@ -305,6 +305,7 @@ fn render_output(
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        prompt: scenario.prompt_tokens(),
         cached: scenario.cached,
     };
     let stream = peek.stream.unwrap_or(false) && route != Route::Embeddings;

@@ -26,6 +26,8 @@ pub enum Hole {
     Text,
     /// `finish_reason`: `null` or a string literal.
     Finish,
+    /// `usage.prompt_tokens`.
+    Prompt,
     /// `usage.prompt_tokens_details.cached_tokens`.
     Cached,
     /// `usage.completion_tokens`.
@@ -35,13 +37,14 @@ pub enum Hole {
 }
 
 impl Hole {
-    const ALL: [Hole; 9] = [
+    const ALL: [Hole; 10] = [
         Hole::Model,
         Hole::Id,
         Hole::Created,
         Hole::Delta,
         Hole::Text,
         Hole::Finish,
+        Hole::Prompt,
         Hole::Cached,
         Hole::Completion,
         Hole::Total,
@@ -56,6 +59,7 @@ impl Hole {
             Hole::Delta => "@@DELTA@@",
             Hole::Text => "@@TEXT@@",
             Hole::Finish => "@@FINISH@@",
+            Hole::Prompt => "@@PROMPT@@",
             Hole::Cached => "@@CACHED@@",
             Hole::Completion => "@@COMPLETION@@",
             Hole::Total => "@@TOTAL@@",

@@ -19,6 +19,8 @@ use hyper_util::rt::TokioExecutor;
 use switchboard_shared::keys::hash_key_hex;
 use switchboard_shared::usage::UsageRecord;
 
+pub mod cluster;
+
 pub use switchboard_tests::MockUpstream;
 
 pub const PEPPER: &str = "test-pepper";

@@ -1,0 +1,146 @@
+//! The control plane in the test process, for the tests that run a whole cluster: started on
+//! a test's own database and NATS namespace, with an admin logged in, and stopped cleanly or
+//! killed (every task aborted wherever it was, as a crash would leave it).
+
+use std::time::Duration;
+
+use controlplane::config::{PricesConfig, Settings, SpendConfig};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use switchboard_shared::sealed::MasterKeys;
+
+use super::{PEPPER, Reply, request, send};
+
+pub const MASTER_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub const ADMIN: &str = "root@example.com";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A NATS namespace of the test's own.
+pub fn unique_namespace() -> String {
+    format!("e2e{}", uuid::Uuid::now_v7().simple())
+        .chars()
+        .take(32)
+        .collect()
+}
+
+/// A running control plane on `pool`, with an admin; stops when dropped.
+pub struct ControlPlane {
+    pub rest: String,
+    pub grpc: String,
+    pub token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<controlplane::Running>,
+}
+
+impl ControlPlane {
+    /// On the shared NATS.
+    pub async fn start(pool: PgPool, namespace: &str) -> Self {
+        Self::start_on(pool, namespace, &switchboard_tests::services::nats_url()).await
+    }
+
+    /// On the NATS at `nats_url`.
+    pub async fn start_on(pool: PgPool, namespace: &str, nats_url: &str) -> Self {
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            max_body_bytes: 1 << 20,
+            nats_url: nats_url.to_owned(),
+            namespace: namespace.to_owned(),
+            heartbeat_interval: Duration::from_millis(500),
+            reconcile_interval: Duration::from_millis(500),
+            pepper: PEPPER.as_bytes().to_vec(),
+            jwt_secret: b"e2e-jwt-secret-that-is-long-enough-0123456".to_vec(),
+            token_ttl: Duration::from_secs(900),
+            master_keys: MasterKeys::parse(MASTER_KEYS).unwrap(),
+            spend: SpendConfig::default(),
+            prices: PricesConfig::default(),
+        };
+        let env = [
+            (
+                controlplane::BOOTSTRAP_EMAIL_ENV.to_owned(),
+                ADMIN.to_owned(),
+            ),
+            (
+                controlplane::BOOTSTRAP_PASSWORD_ENV.to_owned(),
+                PASSWORD.to_owned(),
+            ),
+        ];
+        controlplane::bootstrap_admin(&pool, &env).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = controlplane::serve(settings, pool, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+        let rest = format!("http://{}", running.rest_addr);
+        let grpc = format!("http://{}", running.grpc_addr);
+        let login = call(
+            &rest,
+            Method::POST,
+            "/admin/v1/auth/login",
+            None,
+            json!({"email": ADMIN, "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+        let token = login.json()["access_token"].as_str().unwrap().to_owned();
+        Self {
+            rest,
+            grpc,
+            token,
+            stop: Some(stop),
+            running: Some(running),
+        }
+    }
+
+    /// An admin API call that must succeed.
+    pub async fn write(&self, method: Method, path: &str, body: Value) -> Reply {
+        let reply = call(&self.rest, method, path, Some(&self.token), body).await;
+        assert!(
+            reply.status.is_success(),
+            "{path}: {} {}",
+            reply.status,
+            reply.text()
+        );
+        reply
+    }
+
+    /// Stops the control plane and waits until its tasks are gone.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.wait().await;
+        }
+    }
+
+    /// Kills it: every task is aborted at whatever point it had reached (a spend batch
+    /// fetched but not yet written, or written but not yet acknowledged), as a crash would.
+    pub fn kill(&mut self) {
+        self.stop = None;
+        drop(self.running.take());
+    }
+}
+
+/// One admin API call, with the bearer `token` if given.
+pub async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = auth.as_deref() {
+        headers.push(("authorization", a));
+    }
+    let text = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    send(request(method, &format!("{base}{path}"), &headers, text)).await
+}

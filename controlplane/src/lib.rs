@@ -14,6 +14,9 @@
 //! - [`fleet`]: data-plane heartbeats, `GET /admin/v1/fleet` and `?wait_ms=`.
 //! - [`ingest`]: usage events from JetStream into day-partitioned spend rows, exactly once.
 //! - [`prices`]: LiteLLM's price file synced into versioned rows, with admin overrides.
+//! - [`budgets`]: who has a budget and what it spent this period per Postgres (the admin
+//!   budget routes' service), and [`budgets::counters`], which raises the data planes' Redis
+//!   budget counters to at least that, one replica at a time.
 //! - [`server`]: [`serve`] starts all of it in-process (the binary and the tests use it).
 //!
 //! Why writes bump the revision first: the `UPDATE config_revision` takes the row lock, which
@@ -23,6 +26,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod budgets;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -741,16 +741,23 @@ models:
 
     #[test]
     fn one_budget_is_checked_at_its_own_paths() {
-        let budget = |max_usd: f64, soft_usd: Option<f64>, tz: Option<&str>| crate::snapshot::Budget {
-            max_usd,
-            soft_usd,
-            period: crate::snapshot::BudgetPeriod::Daily,
-            time_zone: tz.map(str::to_owned),
-        };
+        let budget =
+            |max_usd: f64, soft_usd: Option<f64>, tz: Option<&str>| crate::snapshot::Budget {
+                max_usd,
+                soft_usd,
+                period: crate::snapshot::BudgetPeriod::Daily,
+                time_zone: tz.map(str::to_owned),
+            };
         let paths = |b| -> Vec<String> {
-            budget_problems("", &b).into_iter().map(|p| p.path).collect()
+            budget_problems("", &b)
+                .into_iter()
+                .map(|p| p.path)
+                .collect()
         };
-        assert_eq!(paths(budget(10.0, Some(5.0), Some("Europe/Berlin"))), Vec::<String>::new());
+        assert_eq!(
+            paths(budget(10.0, Some(5.0), Some("Europe/Berlin"))),
+            Vec::<String>::new()
+        );
         assert_eq!(paths(budget(10.0, Some(10.0), None)), Vec::<String>::new());
         assert_eq!(
             paths(budget(f64::NAN, Some(-1.0), Some("Mars/Olympus"))),

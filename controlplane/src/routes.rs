@@ -16,7 +16,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::{admins, auth, deployments, keys, models, providers, spend, status, tenants};
+use crate::api::{
+    admins, auth, budgets, deployments, keys, models, providers, spend, status, tenants,
+};
 use crate::error::{ApiError, FieldError, Problem};
 use crate::state::AppState;
 
@@ -37,7 +39,8 @@ use crate::state::AppState;
         (name = "tenants"), (name = "keys"), (name = "providers"), (name = "deployments"),
         (name = "models", description = "Routing policies per public model name"),
         (name = "admins"), (name = "status", description = "Audit log, fleet, revision"),
-        (name = "spend", description = "Spend totals from the daily rollups")
+        (name = "spend", description = "Spend totals from the daily rollups"),
+        (name = "budgets", description = "Budgets of keys and tenants with this period's spend")
     )
 )]
 struct ApiDoc;
@@ -88,7 +91,18 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(status::audit))
         .routes(routes!(status::fleet))
         .routes(routes!(status::revision))
-        .routes(routes!(spend::report));
+        .routes(routes!(spend::report))
+        .routes(routes!(budgets::list))
+        .routes(routes!(
+            budgets::get_tenant_budget,
+            budgets::put_tenant_budget,
+            budgets::delete_tenant_budget
+        ))
+        .routes(routes!(
+            budgets::get_key_budget,
+            budgets::put_key_budget,
+            budgets::delete_key_budget
+        ));
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/admin/v1", v1)
 }
 

@@ -36,6 +36,26 @@ pub struct Config {
     pub spend: SpendConfig,
     #[serde(default)]
     pub prices: PricesConfig,
+    /// The Redis the data planes count budgets in; absent: no budget reconciliation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+}
+
+/// The data planes' Redis, whose budget counters the control plane reconciles with Postgres
+/// (see `crate::budgets::counters`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]` (or `rediss://`): a secret reference, since it may
+    /// hold a password.
+    pub url: SecretRef,
+    /// Must equal the data planes' `redis.key_prefix`, or the counters reconciled are not the
+    /// ones they charge.
+    #[serde(default = "default_redis_key_prefix")]
+    pub key_prefix: String,
+    /// Seconds between reconciliation passes (one replica at a time, by advisory lock).
+    #[serde(default = "default_reconcile_interval_seconds")]
+    pub reconcile_interval_seconds: u64,
 }
 
 /// Spend ingestion and storage.
@@ -82,6 +102,12 @@ impl Default for PricesConfig {
     }
 }
 
+fn default_redis_key_prefix() -> String {
+    "switchboard".into()
+}
+fn default_reconcile_interval_seconds() -> u64 {
+    30
+}
 fn yes() -> bool {
     true
 }
@@ -225,6 +251,27 @@ pub struct Settings {
     pub master_keys: MasterKeys,
     pub spend: SpendConfig,
     pub prices: PricesConfig,
+    /// Budget counter reconciliation; `None` when there is no `redis` section.
+    pub redis: Option<RedisSettings>,
+}
+
+/// The `redis` section, checked, with the URL resolved. Its `Debug` never shows the URL (it
+/// may hold a password).
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub reconcile_interval: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("reconcile_interval", &self.reconcile_interval)
+            .finish()
+    }
 }
 
 /// Why a config could not be loaded. `Display` lists everything wrong.
@@ -301,6 +348,26 @@ impl Config {
         if self.auth.token_ttl_seconds == 0 {
             push("auth.token_ttl_seconds", "must be positive".into());
         }
+        if let Some(r) = &self.redis {
+            // The data planes' rule for the same prefix.
+            let prefix_ok = !r.key_prefix.is_empty()
+                && r.key_prefix.len() <= 64
+                && r.key_prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+            if !prefix_ok {
+                push(
+                    "redis.key_prefix",
+                    "1-64 characters of letters, digits, '-', '_', '.', ':'".into(),
+                );
+            }
+            if !(1..=3600).contains(&r.reconcile_interval_seconds) {
+                push(
+                    "redis.reconcile_interval_seconds",
+                    "must be between 1 and 3600".into(),
+                );
+            }
+        }
         let mut secret = |path: &str, r: &SecretRef, min_len: usize| -> Vec<u8> {
             match r.resolve_with(lookup, None) {
                 Ok(v) if v.len() >= min_len => v.into_bytes(),
@@ -316,6 +383,26 @@ impl Config {
         };
         let pepper = secret("keys.pepper", &self.keys.pepper, 1);
         let jwt_secret = secret("auth.jwt_secret", &self.auth.jwt_secret, 32);
+        let redis_url = self
+            .redis
+            .as_ref()
+            .map(|r| String::from_utf8(secret("redis.url", &r.url, 1)).unwrap_or_default());
+        let redis = match (&self.redis, redis_url) {
+            (Some(r), Some(url)) => {
+                if !url.is_empty()
+                    && let Err(e) = redis::Client::open(url.as_str())
+                {
+                    // The error names what is wrong, never the URL (it may hold a password).
+                    push("redis.url", format!("not a Redis URL: {}", e.category()));
+                }
+                Some(RedisSettings {
+                    url,
+                    key_prefix: r.key_prefix.clone(),
+                    reconcile_interval: Duration::from_secs(r.reconcile_interval_seconds),
+                })
+            }
+            _ => None,
+        };
         let master_keys = match lookup(MASTER_KEYS_ENV) {
             None => {
                 push(
@@ -347,6 +434,7 @@ impl Config {
                 master_keys,
                 spend: self.spend.clone(),
                 prices: self.prices.clone(),
+                redis,
             }),
             _ => Err(Problems(problems)),
         }
@@ -400,6 +488,72 @@ auth: { jwt_secret: { env: TEST_JWT } }
         ]);
         let c = Config::parse("", &e).unwrap();
         assert!(c.settings(&e).is_ok());
+    }
+
+    #[test]
+    fn the_redis_section_is_optional_and_can_come_from_the_environment() {
+        let base = env(&[("TEST_JWT", &"j".repeat(32)), (MASTER_KEYS_ENV, MK)]);
+        let c = Config::parse(FILE, &base).unwrap();
+        assert!(c.settings(&base).unwrap().redis.is_none());
+
+        let mut e = base.clone();
+        e.extend(env(&[
+            ("SWITCHBOARD__REDIS__URL__ENV", "TEST_REDIS"),
+            ("TEST_REDIS", "redis://:hunter2@127.0.0.1:6379/0"),
+        ]));
+        let s = Config::parse(FILE, &e).unwrap().settings(&e).unwrap();
+        let redis = s.redis.unwrap();
+        assert_eq!(redis.url, "redis://:hunter2@127.0.0.1:6379/0");
+        assert_eq!(redis.key_prefix, "switchboard");
+        assert_eq!(redis.reconcile_interval, Duration::from_secs(30));
+        assert!(!format!("{redis:?}").contains("hunter2"));
+
+        e.extend(env(&[
+            ("SWITCHBOARD__REDIS__KEY_PREFIX", "sb-prod"),
+            ("SWITCHBOARD__REDIS__RECONCILE_INTERVAL_SECONDS", "5"),
+        ]));
+        let redis = Config::parse(FILE, &e)
+            .unwrap()
+            .settings(&e)
+            .unwrap()
+            .redis
+            .unwrap();
+        assert_eq!(redis.key_prefix, "sb-prod");
+        assert_eq!(redis.reconcile_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_bad_redis_section_is_reported_without_its_password() {
+        let e = env(&[
+            ("TEST_JWT", &"j".repeat(32)),
+            (MASTER_KEYS_ENV, MK),
+            ("SWITCHBOARD__REDIS__URL__VALUE", "mysql://root:hunter2@db"),
+            ("SWITCHBOARD__REDIS__KEY_PREFIX", "bad prefix"),
+            ("SWITCHBOARD__REDIS__RECONCILE_INTERVAL_SECONDS", "0"),
+        ]);
+        let text = Config::parse(FILE, &e)
+            .unwrap()
+            .settings(&e)
+            .err()
+            .unwrap()
+            .to_string();
+        for path in [
+            "redis.url",
+            "redis.key_prefix",
+            "redis.reconcile_interval_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("{path}:")),
+                "{path} missing in {text}"
+            );
+        }
+        assert!(!text.contains("hunter2"), "a secret leaked: {text}");
+        let err = Config::parse(
+            &format!("{FILE}redis: {{ url: {{ value: x }}, db: 1 }}\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("db"), "{err}");
     }
 
     #[test]

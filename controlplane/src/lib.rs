@@ -15,6 +15,9 @@
 //! - [`ingest`]: usage events from JetStream into day-partitioned spend rows, exactly once.
 //! - [`prices`]: LiteLLM's price file synced into versioned rows, with admin overrides (written
 //!   only through [`write`]); effective prices, versions and the models nothing prices.
+//! - [`budgets`]: who has a budget and what it spent this period per Postgres (the admin
+//!   budget routes' service), and [`budgets::counters`], which raises the data planes' Redis
+//!   budget counters to at least that, one replica at a time.
 //! - [`server`]: [`serve`] starts all of it in-process (the binary and the tests use it).
 //!
 //! Why writes bump the revision first: the `UPDATE config_revision` takes the row lock, which
@@ -24,6 +27,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod budgets;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -16,7 +16,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::{admins, auth, deployments, keys, models, providers, spend, status, tenants};
+use crate::api::{
+    admins, auth, budgets, deployments, keys, models, prices, providers, spend, status, tenants,
+};
 use crate::error::{ApiError, FieldError, Problem};
 use crate::state::AppState;
 
@@ -37,7 +39,9 @@ use crate::state::AppState;
         (name = "tenants"), (name = "keys"), (name = "providers"), (name = "deployments"),
         (name = "models", description = "Routing policies per public model name"),
         (name = "admins"), (name = "status", description = "Audit log, fleet, revision"),
-        (name = "spend", description = "Spend totals from the daily rollups")
+        (name = "spend", description = "Spend totals from the daily rollups"),
+        (name = "budgets", description = "Budgets of keys and tenants with this period's spend"),
+        (name = "prices", description = "Model prices: LiteLLM's price file as synced, with admin overrides")
     )
 )]
 struct ApiDoc;
@@ -84,21 +88,29 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(models::list))
         .routes(routes!(models::get, models::put, models::delete))
         // Prices: fixed segments win over `{model}`, which takes `/` as `%2F` (`api::prices`).
-        .routes(routes!(crate::api::prices::list))
-        .routes(routes!(crate::api::prices::versions))
-        .routes(routes!(crate::api::prices::missing))
-        .routes(routes!(crate::api::prices::sync))
-        .routes(routes!(crate::api::prices::get))
-        .routes(routes!(
-            crate::api::prices::put_override,
-            crate::api::prices::delete_override
-        ))
+        .routes(routes!(prices::list))
+        .routes(routes!(prices::versions))
+        .routes(routes!(prices::missing))
+        .routes(routes!(prices::sync))
+        .routes(routes!(prices::get))
+        .routes(routes!(prices::put_override, prices::delete_override))
         .routes(routes!(admins::list, admins::create))
         .routes(routes!(admins::delete))
         .routes(routes!(status::audit))
         .routes(routes!(status::fleet))
         .routes(routes!(status::revision))
-        .routes(routes!(spend::report));
+        .routes(routes!(spend::report))
+        .routes(routes!(budgets::list))
+        .routes(routes!(
+            budgets::get_tenant_budget,
+            budgets::put_tenant_budget,
+            budgets::delete_tenant_budget
+        ))
+        .routes(routes!(
+            budgets::get_key_budget,
+            budgets::put_key_budget,
+            budgets::delete_key_budget
+        ));
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/admin/v1", v1)
 }
 

@@ -1,6 +1,7 @@
 //! Running the control plane: the admin REST listener, the gRPC ConfigService, the NATS
-//! publisher with its reconcile loop and head follower, and the fleet listener — all stopped
-//! by one shutdown signal.
+//! publisher with its reconcile loop and head follower, the fleet listener, spend ingestion
+//! and upkeep, price sync and (with a `redis` section) budget counter reconciliation — all
+//! stopped by one shutdown signal.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::budgets::counters::Counters;
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::grpc::ConfigGrpc;
@@ -89,11 +91,14 @@ pub async fn serve(
     let prices = settings.prices.clone();
     let fleet = Arc::new(Fleet::new(settings.heartbeat_interval));
     let reconcile_interval = settings.reconcile_interval;
+    let redis = settings.redis.clone();
+    let counters = redis.as_ref().map(Counters::connect).transpose()?;
     let state = AppState {
         pool: pool.clone(),
         settings: Arc::new(settings),
         publisher: publisher.clone(),
         fleet: fleet.clone(),
+        counters: counters.clone(),
     };
 
     // Build (and try to publish) the current snapshot before answering anything.
@@ -131,6 +136,15 @@ pub async fn serve(
         spend.raw_retention_days,
         stop.clone(),
     ));
+    if let (Some(counters), Some(redis)) = (counters, redis) {
+        tasks.spawn(crate::budgets::counters::run(
+            pool.clone(),
+            counters,
+            redis.reconcile_interval,
+            spend.raw_retention_days,
+            stopped(stop.clone()),
+        ));
+    }
     if let Some(url) = prices.url {
         let client = reqwest::Client::builder()
             .build()

@@ -1,9 +1,11 @@
-//! What every admin handler shares: the pool, the settings, the publisher and the fleet view.
+//! What every admin handler shares: the pool, the settings, the publisher, the fleet view and
+//! the budget counters in Redis.
 
 use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::budgets::counters::Counters;
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::publish::Publisher;
@@ -14,4 +16,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub publisher: Arc<Publisher>,
     pub fleet: Arc<Fleet>,
+    /// The data planes' budget counters, when a `redis` section is configured.
+    pub counters: Option<Counters>,
 }

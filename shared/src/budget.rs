@@ -2,7 +2,7 @@
 //! zone, and the money unit budgets are counted in.
 //!
 //! Both planes need the same answer — the data plane to pick the spend counter a request
-//! charges, the control plane to reconcile counters with Postgres and to reset them — so the
+//! charges, the control plane to reconcile counters with Postgres — so the
 //! arithmetic lives here. Periods are calendar-aligned in the budget's IANA time zone: a daily
 //! budget in `America/New_York` resets at local midnight, whatever the UTC offset that day
 //! (DST included); weeks start on Monday; months on the 1st. A budget with period `none` has

@@ -444,19 +444,37 @@ fn check_limits(c: &mut Collector, path: &str, limits: crate::snapshot::RateLimi
     }
 }
 
+/// Every problem with one budget, at paths under `path` (`""`: the budget itself, so the
+/// paths are `max_usd`, `soft_usd`, `time_zone`). The admin API checks a budget body with
+/// this before it writes; snapshot validation runs the same check on every budget.
+pub fn budget_problems(path: &str, b: &crate::snapshot::Budget) -> Vec<Problem> {
+    let mut c = Collector(Vec::new());
+    check_budget(&mut c, path, b);
+    c.0
+}
+
 fn check_budget(c: &mut Collector, path: &str, b: &crate::snapshot::Budget) {
+    let at = |field: &str| {
+        if path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        }
+    };
     if let Err(message) = crate::budget::parse_time_zone(b.time_zone.as_deref()) {
-        c.push(format!("{path}.time_zone"), &message);
+        c.push(at("time_zone"), &message);
     }
-    if !(b.max_usd.is_finite() && b.max_usd >= 0.0) {
-        c.push(format!("{path}.max_usd"), "must be a non-negative number");
+    // Like a zero rate limit, a zero budget would refuse every request: omit the budget (or
+    // revoke the key, suspend the tenant) instead.
+    if !(b.max_usd.is_finite() && b.max_usd > 0.0) {
+        c.push(at("max_usd"), "must be a positive number");
     }
     if let Some(soft) = b.soft_usd
-        && !(soft.is_finite() && soft >= 0.0 && soft <= b.max_usd)
+        && !(soft.is_finite() && soft > 0.0 && soft <= b.max_usd)
     {
         c.push(
-            format!("{path}.soft_usd"),
-            "must be a non-negative number no larger than max_usd",
+            at("soft_usd"),
+            "must be a positive number no larger than max_usd",
         );
     }
 }
@@ -612,6 +630,16 @@ models:
                 "tenants[0].budget.time_zone",
             ),
             (
+                "{ id: t1 }",
+                "{ id: t1, budget: { max_usd: 0 } }",
+                "tenants[0].budget.max_usd",
+            ),
+            (
+                "{ id: t1 }",
+                "{ id: t1, budget: { max_usd: 5, soft_usd: 0 } }",
+                "tenants[0].budget.soft_usd",
+            ),
+            (
                 "tenants: [{ id: t1 }]",
                 "schema_version: 2\ntenants: [{ id: t1 }]",
                 "schema_version",
@@ -708,6 +736,39 @@ models:
                 .iter()
                 .any(|p| p.starts_with("virtual_keys[1].key_hash:")),
             "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn one_budget_is_checked_at_its_own_paths() {
+        let budget =
+            |max_usd: f64, soft_usd: Option<f64>, tz: Option<&str>| crate::snapshot::Budget {
+                max_usd,
+                soft_usd,
+                period: crate::snapshot::BudgetPeriod::Daily,
+                time_zone: tz.map(str::to_owned),
+            };
+        let paths = |b| -> Vec<String> {
+            budget_problems("", &b)
+                .into_iter()
+                .map(|p| p.path)
+                .collect()
+        };
+        assert_eq!(
+            paths(budget(10.0, Some(5.0), Some("Europe/Berlin"))),
+            Vec::<String>::new()
+        );
+        assert_eq!(paths(budget(10.0, Some(10.0), None)), Vec::<String>::new());
+        assert_eq!(
+            paths(budget(f64::NAN, Some(-1.0), Some("Mars/Olympus"))),
+            ["time_zone", "max_usd", "soft_usd"]
+        );
+        assert_eq!(paths(budget(-2.0, None, None)), ["max_usd"]);
+        assert_eq!(paths(budget(f64::INFINITY, None, None)), ["max_usd"]);
+        assert_eq!(paths(budget(1.0, Some(0.0), None)), ["soft_usd"]);
+        assert_eq!(
+            budget_problems("tenants[3].budget", &budget(0.0, None, None))[0].path,
+            "tenants[3].budget.max_usd"
         );
     }
 }

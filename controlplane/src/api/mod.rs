@@ -4,6 +4,7 @@
 
 pub mod admins;
 pub mod auth;
+pub mod budgets;
 pub mod deployments;
 pub mod keys;
 pub mod models;

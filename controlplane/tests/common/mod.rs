@@ -50,6 +50,7 @@ pub fn settings(namespace: &str) -> Settings {
         master_keys: MasterKeys::parse(MASTER_KEYS).unwrap(),
         spend: controlplane::config::SpendConfig::default(),
         prices: controlplane::config::PricesConfig::default(),
+        redis: None,
     }
 }
 

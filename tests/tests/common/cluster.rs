@@ -55,6 +55,7 @@ impl ControlPlane {
             master_keys: MasterKeys::parse(MASTER_KEYS).unwrap(),
             spend: SpendConfig::default(),
             prices: PricesConfig::default(),
+            redis: None,
         };
         let env = [
             (

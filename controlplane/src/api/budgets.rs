@@ -1,0 +1,251 @@
+//! Budgets: `GET /admin/v1/budgets` and `GET|PUT|DELETE /admin/v1/{tenants,keys}/{id}/budget`.
+//! Each answer shows the budget with its current period and what was spent in it according to
+//! Postgres ([`crate::budgets`]). Writes go through the one write path, so the data planes
+//! enforce a change as soon as they have the new snapshot; with a `redis` section the counter
+//! of the (possibly new) period is raised to Postgres' figure right after the commit.
+//!
+//! Who may do what follows the owners' routes: everyone but a tenant admin of another tenant
+//! reads (that one gets 404); a key's budget is written by platform admins and its tenant's
+//! admins, a tenant's by platform admins only; viewers never write (403).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::Response;
+use chrono::Utc;
+use serde::Deserialize;
+use switchboard_shared::snapshot::Budget;
+use utoipa::IntoParams;
+
+use super::{ListParams, MAX_LIMIT, Page, Wait, deleted, written};
+use crate::auth::Caller;
+use crate::body::Body;
+use crate::budgets::{self, BudgetBody, BudgetView, Scope, Subject};
+use crate::error::{ApiError, Problem};
+use crate::state::AppState;
+
+/// Longest an admin write waits for the immediate counter raise.
+const RAISE_WAIT: Duration = Duration::from_secs(2);
+
+/// `GET /admin/v1/budgets` parameters.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BudgetListParams {
+    /// Page size, 1..=1000 (default 100).
+    pub limit: Option<u32>,
+    /// Items to skip; pass the previous page's `next_offset`.
+    pub offset: Option<u64>,
+    /// Only this tenant's budget and its keys'.
+    pub tenant_id: Option<String>,
+    /// Only `key` or only `tenant` budgets.
+    #[param(value_type = Option<String>)]
+    pub scope: Option<Scope>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for BudgetListParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Query(params) = Query::<BudgetListParams>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        if let Some(limit) = params.limit
+            && !(1..=MAX_LIMIT).contains(&limit)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_LIMIT}"
+            )));
+        }
+        Ok(params)
+    }
+}
+
+/// The budgets' views at this instant.
+async fn views(state: &AppState, subjects: &[Subject]) -> Result<Vec<BudgetView>, ApiError> {
+    Ok(budgets::views(
+        &state.pool,
+        subjects,
+        Utc::now(),
+        state.settings.spend.raw_retention_days,
+    )
+    .await?)
+}
+
+async fn view(state: &AppState, subject: &Subject) -> Result<BudgetView, ApiError> {
+    views(state, std::slice::from_ref(subject))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal("a budget without a view".into()))
+}
+
+#[utoipa::path(get, path = "/budgets", tag = "budgets", params(BudgetListParams),
+    responses((status = 200, body = Page<BudgetView>), (status = 400, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: BudgetListParams,
+) -> Result<Json<Page<BudgetView>>, ApiError> {
+    let paging = ListParams {
+        limit: params.limit,
+        offset: params.offset,
+        tenant_id: None,
+    };
+    let subjects = budgets::list(
+        &state.pool,
+        &caller,
+        params.tenant_id.as_deref(),
+        params.scope,
+        paging.limit(),
+        paging.offset(),
+    )
+    .await?;
+    let page = paging.page(subjects, Clone::clone);
+    let items = views(&state, &page.items).await?;
+    Ok(Json(Page {
+        items,
+        next_offset: page.next_offset,
+    }))
+}
+
+async fn get_budget(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+    id: &str,
+) -> Result<Json<BudgetView>, ApiError> {
+    let subject = budgets::get(&state.pool, caller, scope, id).await?;
+    Ok(Json(view(state, &subject).await?))
+}
+
+async fn put_budget(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+    id: &str,
+    wait: Wait,
+    budget: Budget,
+) -> Result<Response, ApiError> {
+    let (subject, committed) = budgets::set(
+        &state.pool,
+        Some(&state.publisher),
+        caller,
+        scope,
+        id,
+        budget,
+    )
+    .await?;
+    raise_now(state, &subject).await;
+    let body = view(state, &subject).await?;
+    Ok(written(state, committed, wait, StatusCode::OK, body).await)
+}
+
+/// Raises the counter of the budget's current period to Postgres' spend at once, so that a new
+/// period (a changed `period` or `time_zone`) does not start from zero until the next pass.
+/// Best effort: a failure is a warning and the reconciliation loop catches up.
+async fn raise_now(state: &AppState, subject: &Subject) {
+    let Some(counters) = &state.counters else {
+        return;
+    };
+    let raise = budgets::counters::reconcile_subjects(
+        &state.pool,
+        counters,
+        std::slice::from_ref(subject),
+        Utc::now(),
+        state.settings.spend.raw_retention_days,
+    );
+    match tokio::time::timeout(RAISE_WAIT, raise).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "budget counter not raised after a write"),
+        Err(_) => tracing::warn!("budget counter raise after a write timed out"),
+    }
+}
+
+async fn delete_budget(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+    id: &str,
+    wait: Wait,
+) -> Result<Response, ApiError> {
+    let committed = budgets::remove(&state.pool, Some(&state.publisher), caller, scope, id).await?;
+    Ok(deleted(state, committed, wait).await)
+}
+
+#[utoipa::path(get, path = "/tenants/{id}/budget", tag = "budgets", params(("id" = String, Path)),
+    responses((status = 200, body = BudgetView), (status = 404, body = Problem)))]
+pub async fn get_tenant_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<BudgetView>, ApiError> {
+    get_budget(&state, &caller, Scope::Tenant, &id).await
+}
+
+/// Sets or replaces a tenant's budget (platform admins).
+#[utoipa::path(put, path = "/tenants/{id}/budget", tag = "budgets",
+    params(("id" = String, Path), Wait), request_body = BudgetBody,
+    responses((status = 200, body = BudgetView), (status = 400, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn put_tenant_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    wait: Wait,
+    Body(budget): Body<Budget>,
+) -> Result<Response, ApiError> {
+    put_budget(&state, &caller, Scope::Tenant, &id, wait, budget).await
+}
+
+/// Removes a tenant's budget (platform admins).
+#[utoipa::path(delete, path = "/tenants/{id}/budget", tag = "budgets",
+    params(("id" = String, Path), Wait),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn delete_tenant_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    wait: Wait,
+) -> Result<Response, ApiError> {
+    delete_budget(&state, &caller, Scope::Tenant, &id, wait).await
+}
+
+#[utoipa::path(get, path = "/keys/{id}/budget", tag = "budgets", params(("id" = String, Path)),
+    responses((status = 200, body = BudgetView), (status = 404, body = Problem)))]
+pub async fn get_key_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<BudgetView>, ApiError> {
+    get_budget(&state, &caller, Scope::Key, &id).await
+}
+
+/// Sets or replaces a key's budget (platform admins, the key's tenant admins).
+#[utoipa::path(put, path = "/keys/{id}/budget", tag = "budgets",
+    params(("id" = String, Path), Wait), request_body = BudgetBody,
+    responses((status = 200, body = BudgetView), (status = 400, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn put_key_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    wait: Wait,
+    Body(budget): Body<Budget>,
+) -> Result<Response, ApiError> {
+    put_budget(&state, &caller, Scope::Key, &id, wait, budget).await
+}
+
+/// Removes a key's budget (platform admins, the key's tenant admins).
+#[utoipa::path(delete, path = "/keys/{id}/budget", tag = "budgets",
+    params(("id" = String, Path), Wait),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn delete_key_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    wait: Wait,
+) -> Result<Response, ApiError> {
+    delete_budget(&state, &caller, Scope::Key, &id, wait).await
+}

@@ -184,6 +184,7 @@ pub async fn insert_batch(pool: &PgPool, records: &[UsageRecord]) -> sqlx::Resul
     let mut reported = Vec::with_capacity(n);
     let mut cost = Vec::with_capacity(n);
     let mut price_revision = Vec::with_capacity(n);
+    let mut price_version = Vec::with_capacity(n);
     let mut latency = Vec::with_capacity(n);
     let mut ttft = Vec::with_capacity(n);
     for r in records {
@@ -206,6 +207,7 @@ pub async fn insert_batch(pool: &PgPool, records: &[UsageRecord]) -> sqlx::Resul
         reported.push(r.usage_reported);
         cost.push(r.cost_usd);
         price_revision.push(clamp(r.price_revision));
+        price_version.push(r.price_version.map(clamp));
         latency.push(i32::try_from(r.latency_ms).unwrap_or(i32::MAX));
         ttft.push(r.ttft_ms.map(|t| i32::try_from(t).unwrap_or(i32::MAX)));
     }
@@ -216,12 +218,12 @@ WITH new_rows AS (
         started_at, request_id, tenant_id, key_id, model, deployment_id, provider_id,
         endpoint, stream, outcome, status, attempts, prompt_tokens, completion_tokens,
         cached_read_tokens, cache_creation_tokens, usage_reported, cost_usd, price_revision,
-        latency_ms, ttft_ms)
+        latency_ms, ttft_ms, price_version)
     SELECT * FROM UNNEST(
         $1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::text[], $9::boolean[], $10::text[], $11::smallint[], $12::smallint[],
         $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::boolean[],
-        $18::double precision[], $19::bigint[], $20::integer[], $21::integer[])
+        $18::double precision[], $19::bigint[], $20::integer[], $21::integer[], $22::bigint[])
     ON CONFLICT DO NOTHING
     RETURNING started_at, tenant_id, key_id, model, deployment_id, outcome, prompt_tokens,
         completion_tokens, cached_read_tokens, cache_creation_tokens, cost_usd
@@ -270,6 +272,7 @@ SELECT count(*) FROM new_rows
     .bind(&price_revision)
     .bind(&latency)
     .bind(&ttft)
+    .bind(&price_version)
     .fetch_one(pool)
     .await?;
     Ok(u64::try_from(new_rows).unwrap_or(0))

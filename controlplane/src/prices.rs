@@ -220,6 +220,13 @@ pub async fn store(
     })
 }
 
+/// The id of the current price-file version, if any was synced.
+pub async fn current_version_in(conn: &mut sqlx::PgConnection) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(concat!("SELECT ", current_version!()))
+        .fetch_one(conn)
+        .await
+}
+
 /// The effective price of each of `models` that has one (override, else current version).
 pub async fn effective_prices(
     pool: &PgPool,

@@ -76,9 +76,11 @@ pub async fn build_in(conn: &mut PgConnection) -> Result<Snapshot, sqlx::Error> 
             d.price = prices.get(&d.upstream_model).cloned();
         }
     }
+    let price_version = crate::prices::current_version_in(conn).await?;
     Ok(Snapshot {
         schema_version: SCHEMA_VERSION,
         revision: u64::try_from(revision).unwrap_or(0),
+        price_version: price_version.and_then(|v| u64::try_from(v).ok()),
         tenants: tenants.iter().map(TenantRow::to_snapshot).collect(),
         virtual_keys: keys.iter().map(KeyRow::to_snapshot).collect(),
         providers: providers

@@ -53,6 +53,7 @@ fn record(i: usize, at: DateTime<Utc>) -> UsageRecord {
         usage_reported: true,
         cost_usd: 0.000_25 * (1 + i % 9) as f64,
         price_revision: 3,
+        price_version: Some(2),
         started_at: at,
         latency_ms: 12,
         ttft_ms: Some(4),

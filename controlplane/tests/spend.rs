@@ -33,6 +33,7 @@ fn record(id: &str, tenant: &str, key: &str, day: u32, cost: f64) -> UsageRecord
         usage_reported: true,
         cost_usd: cost,
         price_revision: 1,
+        price_version: None,
         started_at: Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap(),
         latency_ms: 3,
         ttft_ms: None,

@@ -153,6 +153,7 @@ pub struct Ledger {
     prompt_estimate: u64,
     max_tokens: Option<u64>,
     revision: u64,
+    price_version: Option<u64>,
     budget: crate::budget::Reservation,
     pub deployment: Option<Arc<DeploymentEntry>>,
     /// Marks the request in flight on its current deployment until the answer ends.
@@ -179,7 +180,9 @@ pub struct LedgerOpen {
     pub prompt_estimate: u64,
     /// The client's `max_tokens`, if it set one.
     pub max_tokens: Option<u64>,
+    /// The serving snapshot's revision and price-file version, which priced the request.
     pub revision: u64,
+    pub price_version: Option<u64>,
     /// What admission reserved against the key's and tenant's budgets.
     pub budget: crate::budget::Reservation,
 }
@@ -199,6 +202,7 @@ impl Ledger {
             prompt_estimate: o.prompt_estimate,
             max_tokens: o.max_tokens,
             revision: o.revision,
+            price_version: o.price_version,
             budget: o.budget,
             deployment: None,
             inflight: None,
@@ -329,6 +333,7 @@ impl Ledger {
             usage_reported: reported,
             cost_usd,
             price_revision: self.revision,
+            price_version: self.price_version,
             started_at: self.started_at,
             latency_ms: millis(elapsed),
             ttft_ms: self.ttft.map(millis),

@@ -43,6 +43,8 @@ use crate::request::json_string_literal;
 #[derive(Debug)]
 pub struct Catalog {
     pub revision: u64,
+    /// The price-file version the snapshot's prices came from, for usage records.
+    pub price_version: Option<u64>,
     pub content_hash: String,
     /// The revision as a header value, for `x-switchboard-config-revision`.
     pub revision_header: HeaderValue,
@@ -366,6 +368,7 @@ impl Catalog {
 
         Ok(Catalog {
             revision: snapshot.revision,
+            price_version: snapshot.price_version,
             content_hash: snapshot.content_hash(),
             revision_header: HeaderValue::from(snapshot.revision),
             keys,

@@ -163,6 +163,7 @@ async fn serve_proxy(
         prompt_estimate,
         max_tokens: view.max_tokens,
         revision: catalog.revision,
+        price_version: catalog.price_version,
         budget,
     });
     let mut response = forward(

@@ -31,6 +31,11 @@ pub struct Snapshot {
     /// Monotonic revision. A data plane never replaces a snapshot with an older revision.
     #[serde(default)]
     pub revision: u64,
+    /// The control plane's price-file version (`price_versions.id`) that priced the
+    /// deployments without a `price` of their own; usage records carry it so that every
+    /// cost can be traced to the prices that made it. Absent in standalone files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_version: Option<u64>,
     #[serde(default)]
     pub tenants: Vec<Tenant>,
     #[serde(default)]

@@ -85,8 +85,12 @@ pub struct UsageRecord {
     pub usage_reported: bool,
     /// Cost in USD, from the deployment's price entry at the time of the request.
     pub cost_usd: f64,
-    /// Revision of the snapshot whose prices were used.
+    /// Revision of the snapshot whose prices were used (deployments' own prices and admin
+    /// overrides as of that revision).
     pub price_revision: u64,
+    /// The price-file version those prices came from (see `Snapshot::price_version`).
+    #[serde(default)]
+    pub price_version: Option<u64>,
     pub started_at: DateTime<Utc>,
     /// Milliseconds from the request's arrival to its last byte.
     pub latency_ms: u64,

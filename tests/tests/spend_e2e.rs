@@ -166,6 +166,8 @@ fn the_hand_written_rates_are_the_files() {
 /// A control plane, two data planes and the mock upstream, on one NATS.
 struct Cluster {
     pool: PgPool,
+    /// The price-file version the sync made, which every row must name.
+    price_version: i64,
     namespace: String,
     nats: String,
     cp: ControlPlane,
@@ -191,7 +193,7 @@ impl Drop for DataPlane {
 
 impl Cluster {
     async fn start(pool: PgPool, nats: &str) -> Cluster {
-        controlplane::prices::sync_from_file(&pool, std::path::Path::new(PRICE_FILE))
+        let synced = controlplane::prices::sync_from_file(&pool, std::path::Path::new(PRICE_FILE))
             .await
             .unwrap();
         let namespace = unique_namespace();
@@ -242,6 +244,7 @@ impl Cluster {
         let secret = created.json()["key"].as_str().unwrap().to_owned();
         let mut cluster = Cluster {
             pool,
+            price_version: synced.version_id,
             namespace,
             nats: nats.to_owned(),
             cp,
@@ -365,8 +368,8 @@ impl Cluster {
         loop {
             let rows: Vec<SpendRow> = sqlx::query_as(
                 "SELECT request_id, model, outcome, stream, usage_reported, prompt_tokens, \
-                 cached_read_tokens, cache_creation_tokens, completion_tokens, cost_usd \
-                 FROM spend_events",
+                 cached_read_tokens, cache_creation_tokens, completion_tokens, cost_usd, \
+                 price_version FROM spend_events",
             )
             .fetch_all(&self.pool)
             .await
@@ -405,11 +408,13 @@ struct SpendRow {
     cache_creation_tokens: i64,
     completion_tokens: i64,
     cost_usd: f64,
+    price_version: Option<i64>,
 }
 
-/// Checks one row against the request that made it.
-fn check_row(kind: Kind, row: &SpendRow) {
+/// Checks one row against the request that made it and the price version that priced it.
+fn check_row(kind: Kind, row: &SpendRow, price_version: i64) {
     assert_eq!(row.model, kind.model(), "{row:?}");
+    assert_eq!(row.price_version, Some(price_version), "{row:?}");
     assert_eq!(row.stream, kind.stream(), "{row:?}");
     match kind.usage() {
         Some((prompt, cached, created, completion)) => {
@@ -482,7 +487,7 @@ async fn every_request_through_two_data_planes_is_one_row_at_the_files_prices(po
         let row = rows
             .get(id)
             .unwrap_or_else(|| panic!("no row for {kind:?} {id}"));
-        check_row(*kind, row);
+        check_row(*kind, row, cluster.price_version);
     }
     // The daily rollups agree with the rows.
     let (requests, cost): (i64, f64) =
@@ -573,7 +578,7 @@ async fn no_row_is_lost_or_doubled_when_the_control_plane_and_nats_restart(pool:
     assert!(missing.is_empty(), "{} requests have no row", missing.len());
     assert_eq!(rows.len(), n, "exactly one spend row per request");
     for (id, kind) in &sent {
-        check_row(*kind, &rows[id]);
+        check_row(*kind, &rows[id], cluster.price_version);
     }
     cluster.drop_usage_stream().await;
 }

@@ -45,6 +45,7 @@ fn record(i: usize) -> UsageRecord {
         usage_reported: true,
         cost_usd: 0.0001,
         price_revision: 1,
+        price_version: None,
         started_at: Utc::now(),
         latency_ms: 3,
         ttft_ms: None,

@@ -52,6 +52,7 @@ fn record(id: &str, tenant: &str, key: &str, started_at: DateTime<Utc>, cost: f6
         usage_reported: true,
         cost_usd: cost,
         price_revision: 1,
+        price_version: None,
         started_at,
         latency_ms: 3,
         ttft_ms: None,
@@ -1144,8 +1145,12 @@ async fn bad_budget_input_gets_the_right_4xx_and_changes_nothing(pool: PgPool) {
             ("[1, 2]", unprocessable, None),
             (r#"{"max_usd": "#, StatusCode::BAD_REQUEST, None),
             ("not json", StatusCode::BAD_REQUEST, None),
-            // Not a number JSON can carry as a double.
-            (r#"{"max_usd": 1e999}"#, StatusCode::BAD_REQUEST, None),
+            // Beyond a double: refused at its field, like any other bad amount.
+            (
+                r#"{"max_usd": 1e999}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("max_usd"),
+            ),
         ] {
             cases.push((Method::PUT, uri.clone(), body, status, path));
         }

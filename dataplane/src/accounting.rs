@@ -44,12 +44,24 @@ pub trait UsageSink: Send + Sync + std::fmt::Debug {
     fn emit(&self, record: UsageRecord);
 }
 
+/// Something that only needs to look at each record, such as a log. [`TeeSink`] shows it a
+/// record before handing the record itself on, so the record is never copied.
+pub trait UsageObserver: Send + Sync + std::fmt::Debug {
+    fn observe(&self, record: &UsageRecord);
+}
+
 /// Writes each record as one structured log line (target `switchboard::usage`).
 #[derive(Debug, Default)]
 pub struct LogSink;
 
 impl UsageSink for LogSink {
-    fn emit(&self, r: UsageRecord) {
+    fn emit(&self, record: UsageRecord) {
+        self.observe(&record);
+    }
+}
+
+impl UsageObserver for LogSink {
+    fn observe(&self, r: &UsageRecord) {
         tracing::info!(
             target: "switchboard::usage",
             request_id = %r.request_id,
@@ -93,13 +105,14 @@ impl UsageSink for MemorySink {
     }
 }
 
-/// Sends records to the log and to another sink.
+/// Shows each record to an observer (the log), then hands it to a sink (the NATS publisher,
+/// or memory in tests) without cloning it.
 #[derive(Debug)]
-pub struct TeeSink(pub Arc<dyn UsageSink>, pub Arc<dyn UsageSink>);
+pub struct TeeSink(pub Arc<dyn UsageObserver>, pub Arc<dyn UsageSink>);
 
 impl UsageSink for TeeSink {
     fn emit(&self, record: UsageRecord) {
-        self.0.emit(record.clone());
+        self.0.observe(&record);
         self.1.emit(record);
     }
 }

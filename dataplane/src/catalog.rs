@@ -6,9 +6,11 @@
 //! for the body splice, and its price. Secrets are resolved here, once, so a missing
 //! environment variable fails the load, not a request.
 //!
-//! Mutable per-subject state — rate-limit counters and deployment state ([`crate::fleet`]) — lives in `Arc`s that
-//! a new catalog takes over from the previous one by id, so a config reload neither resets a
-//! limit nor forgets a cooldown.
+//! Mutable per-subject state — rate-limit counters and deployment state ([`crate::fleet`]) —
+//! lives in `Arc`s that a new catalog takes over from the previous one by id, so a config
+//! reload neither resets a limit nor forgets a cooldown. Budget spend is not held here: each
+//! budgeted key and tenant only caches its current period's counter ([`BudgetCell`]), which a
+//! new catalog finds again by scope, id and period (in Redis, or in [`crate::budget::local`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use switchboard_shared::snapshot::{
 };
 use switchboard_shared::validate::{Problem, Problems};
 
+use crate::budget::{BudgetCell, BudgetScope, BudgetSubject, Subjects};
 use crate::fleet::DeploymentState;
 use crate::limits::{LocalLimitState, Scope, Subject};
 use crate::metrics::ModelMetrics;
@@ -62,6 +65,8 @@ pub struct Catalog {
 pub struct TenantEntry {
     pub tenant: Tenant,
     pub limit_state: Arc<LocalLimitState>,
+    /// The tenant budget's counter of the current period, cached (empty in a new catalog).
+    pub budget_cell: BudgetCell,
 }
 
 /// A virtual key with its tenant and counters.
@@ -70,6 +75,8 @@ pub struct KeyEntry {
     pub key: VirtualKey,
     pub tenant: Arc<TenantEntry>,
     pub limit_state: Arc<LocalLimitState>,
+    /// The key budget's counter of the current period, cached (empty in a new catalog).
+    pub budget_cell: BudgetCell,
 }
 
 impl KeyEntry {
@@ -89,6 +96,28 @@ impl KeyEntry {
                 local: &self.tenant.limit_state,
             },
         ]
+    }
+
+    /// The budgets a request made with this key charges: the key's, then its tenant's;
+    /// `None` when neither has one.
+    pub fn budget_subjects(&self) -> Option<Subjects<'_>> {
+        let tenant = &self.tenant.tenant;
+        Subjects::of(
+            self.key.budget.as_ref().map(|budget| BudgetSubject {
+                scope: BudgetScope::Key,
+                id: &self.key.id,
+                tenant_id: &tenant.id,
+                budget,
+                cell: &self.budget_cell,
+            }),
+            tenant.budget.as_ref().map(|budget| BudgetSubject {
+                scope: BudgetScope::Tenant,
+                id: &tenant.id,
+                tenant_id: &tenant.id,
+                budget,
+                cell: &self.tenant.budget_cell,
+            }),
+        )
     }
 
     pub fn tenant_active(&self) -> bool {
@@ -177,6 +206,7 @@ impl Catalog {
                 let entry = TenantEntry {
                     tenant: t.clone(),
                     limit_state: previous_limit(Scope::Tenant, &t.id, t.limits),
+                    budget_cell: BudgetCell::default(),
                 };
                 (t.id.clone(), Arc::new(entry))
             })
@@ -194,6 +224,7 @@ impl Catalog {
                 key: k.clone(),
                 tenant: Arc::clone(tenant),
                 limit_state: previous_limit(Scope::Key, &k.id, k.limits),
+                budget_cell: BudgetCell::default(),
             };
             keys.insert(hash, Arc::new(entry));
         }

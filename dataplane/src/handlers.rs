@@ -1,7 +1,7 @@
 //! HTTP handlers: each one walks a request through the lifecycle phases.
 //!
 //! authenticate → read and parse the body → resolve the model and check access → admit
-//! (rate limits) → forward (route, retry, stream) → account. Each phase is a function of its
+//! (rate limits and budgets, [`crate::admission`]) → forward (route, retry, stream) → account. Each phase is a function of its
 //! own module; this file only strings them together and shapes the HTTP answer.
 
 use std::sync::Arc;
@@ -21,11 +21,9 @@ use switchboard_shared::usage::Usage;
 
 use crate::accounting::{Ledger, LedgerOpen, completion_allowance};
 use crate::auth::authenticate;
-use crate::budget::{BudgetRefusal, BudgetScope, BudgetSubject, Reservation};
-use crate::catalog::{KeyEntry, ModelEntry};
+use crate::budget::{BudgetScope, BudgetSubject};
+use crate::catalog::ModelEntry;
 use crate::error::ApiError;
-use crate::limits::Denial;
-use crate::metrics;
 use crate::providers::Endpoint;
 use crate::proxy::{Forward, forward};
 use crate::request::RequestView;
@@ -132,23 +130,14 @@ async fn serve_proxy(
 
     let prompt_estimate = view.estimated_prompt_tokens();
     let estimated_tokens = prompt_estimate + view.max_tokens.unwrap_or(0);
-    let limits = state
-        .books
-        .limiter
-        .admit(&key.subjects(), estimated_tokens)
-        .await
-        .map_err(rate_limited)?;
-    let budget = match reserve_budget(state, &key, model, &view).await {
-        Ok(reservation) => reservation,
-        Err(refused) => {
-            // The request never runs: give back the tokens the limits charged for it.
-            state
-                .books
-                .limiter
-                .settle(&key.subjects(), estimated_tokens, 0);
-            return Err(refused);
-        }
-    };
+    let admitted = crate::admission::admit(
+        &state.books,
+        &key,
+        estimated_tokens,
+        || usd_to_nanos(max_cost(model, &view)),
+        state.books.clock.now(),
+    )
+    .await?;
 
     let ledger = Ledger::open(LedgerOpen {
         books: state.books.clone(),
@@ -164,7 +153,7 @@ async fn serve_proxy(
         max_tokens: view.max_tokens,
         revision: catalog.revision,
         price_version: catalog.price_version,
-        budget,
+        budget: admitted.budget,
     });
     let mut response = forward(
         Forward {
@@ -181,64 +170,11 @@ async fn serve_proxy(
         ledger,
     )
     .await;
-    limits.write_headers(response.headers_mut());
+    admitted.limits.write_headers(response.headers_mut());
     response
         .headers_mut()
         .insert(REVISION, catalog.revision_header.clone());
     Ok(response)
-}
-
-/// Reserves the request's maximum cost against the key's and the tenant's budgets (one
-/// Redis call; nothing when neither has a budget).
-async fn reserve_budget(
-    state: &AppState,
-    key: &KeyEntry,
-    model: &ModelEntry,
-    view: &RequestView,
-) -> Result<Reservation, ApiError> {
-    let tenant = &key.tenant.tenant;
-    let subjects: Vec<BudgetSubject<'_>> = [
-        key.key.budget.as_ref().map(|budget| BudgetSubject {
-            scope: BudgetScope::Key,
-            id: &key.key.id,
-            tenant_id: &tenant.id,
-            budget,
-        }),
-        tenant.budget.as_ref().map(|budget| BudgetSubject {
-            scope: BudgetScope::Tenant,
-            id: &tenant.id,
-            tenant_id: &tenant.id,
-            budget,
-        }),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if subjects.is_empty() {
-        return Ok(Reservation::default());
-    }
-    let estimate = usd_to_nanos(max_cost(model, view));
-    state
-        .books
-        .budgets
-        .reserve(&subjects, estimate, state.books.clock.now())
-        .await
-        .map_err(|refusal| match refusal {
-            BudgetRefusal::Exhausted {
-                scope,
-                id,
-                max_usd,
-                spent_usd,
-                resets_in_seconds,
-            } => ApiError::BudgetExceeded {
-                scope: scope.as_str(),
-                id,
-                max_usd,
-                spent_usd,
-                resets_in_seconds,
-            },
-            BudgetRefusal::Unavailable => ApiError::BudgetsUnavailable,
-        })
 }
 
 /// The most this request can cost on any of the model's deployments: its prompt estimate
@@ -257,20 +193,6 @@ fn max_cost(model: &ModelEntry, view: &RequestView) -> f64 {
             switchboard_shared::pricing::cost(&usage, price)
         })
         .fold(0.0, f64::max)
-}
-
-fn rate_limited(denial: Denial) -> ApiError {
-    match denial {
-        Denial::Limited(refusal) => {
-            metrics::count_rate_limited(refusal.scope.as_str(), refusal.what.as_str());
-            ApiError::RateLimited {
-                scope: refusal.scope.as_str(),
-                what: refusal.what.as_str(),
-                retry_after: refusal.retry_after,
-            }
-        }
-        Denial::Unavailable => ApiError::LimitsUnavailable,
-    }
 }
 
 /// Reads the body up to `limit` bytes: 413 beyond it (by `Content-Length` before reading,
@@ -316,8 +238,8 @@ pub async fn list_models(
 }
 
 /// `GET /v1/key/info`: the calling key's own settings, limits and budgets with what they have
-/// spent this period (from the shared Redis counters; `null` without Redis or while it is
-/// unreachable). Never the key's hash or any other key's data.
+/// spent this period (from the shared Redis counters, `null` while Redis is unreachable; without
+/// Redis, this replica's own counts). Never the key's hash or any other key's data.
 pub async fn key_info(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -326,18 +248,16 @@ pub async fn key_info(
     let key = authenticate(&catalog, state.pepper(), &headers)?;
     let tenant = &key.tenant.tenant;
     let now = state.books.clock.now();
-    let key_budget = match &key.key.budget {
-        Some(b) => {
-            Some(budget_view(&state, BudgetScope::Key, &key.key.id, &tenant.id, b, now).await)
+    let (mut key_budget, mut tenant_budget) = (None, None);
+    if let Some(subjects) = key.budget_subjects() {
+        for subject in subjects.as_slice() {
+            let view = budget_view(&state, subject, now).await;
+            match subject.scope {
+                BudgetScope::Key => key_budget = Some(view),
+                BudgetScope::Tenant => tenant_budget = Some(view),
+            }
         }
-        None => None,
-    };
-    let tenant_budget = match &tenant.budget {
-        Some(b) => {
-            Some(budget_view(&state, BudgetScope::Tenant, &tenant.id, &tenant.id, b, now).await)
-        }
-        None => None,
-    };
+    }
     Ok(Json(json!({
         "key": {
             "id": key.key.id,
@@ -362,20 +282,12 @@ pub async fn key_info(
 /// One budget with its period and this period's spend, for [`key_info`].
 async fn budget_view(
     state: &AppState,
-    scope: BudgetScope,
-    id: &str,
-    tenant_id: &str,
-    budget: &switchboard_shared::snapshot::Budget,
+    subject: &BudgetSubject<'_>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> serde_json::Value {
-    let subject = BudgetSubject {
-        scope,
-        id,
-        tenant_id,
-        budget,
-    };
+    let budget = subject.budget;
     let period = switchboard_shared::budget::period_of(budget, now);
-    let spent = state.books.budgets.spent_usd(&subject, now).await;
+    let spent = state.books.budgets.spent_usd(subject, now).await;
     json!({
         "max_usd": budget.max_usd,
         "soft_usd": budget.soft_usd,

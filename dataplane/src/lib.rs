@@ -5,10 +5,12 @@
 //! 1. [`auth`] — the virtual key from `Authorization`/`x-api-key`, hashed and looked up in the
 //!    [`catalog`] (the compiled [`switchboard_shared::snapshot::Snapshot`] held by [`state`]).
 //! 2. [`request`] — the few body fields the gateway needs, parsed without building a tree.
-//! 3. [`limits`] — requests and tokens per minute for key, tenant and deployment, in process or
-//!    shared by all replicas through Redis (with a degraded mode while Redis is down);
-//!    [`budget`] — spend per key and tenant per period, reserved at admission and settled at
-//!    the end.
+//! 3. [`admission`] — the key's and tenant's rate limits and budgets, decided together: one
+//!    Redis script call for both (or this process's atomics without Redis), all or nothing.
+//!    [`limits`] owns requests and tokens per minute for key, tenant and deployment, in process
+//!    or shared by all replicas through Redis (with a degraded mode while Redis is down);
+//!    [`budget`] spend per key and tenant per period, reserved at admission and settled at the
+//!    end, in Redis or (without it) per replica in process.
 //! 4. [`routing`] — the order in which the model's deployments are tried, after [`selectors`]
 //!    (tags, model groups, capabilities, session affinity) narrow them.
 //! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and circuit breakers, through a
@@ -23,16 +25,19 @@
 //! table and layer stack, [`error`] the one error type (OpenAI's shape; Anthropic's on
 //! `/v1/messages`), [`metrics`] every metric name, [`config`] the two-stage config,
 //! [`shared_redis`] the connection to the state that replicas share, [`webhooks`] signed
-//! budget alerts, [`clock`] the wall clock budgets read (movable in tests), and [`server`] start, reload and drain. In cluster mode, [`cluster`] receives
+//! budget alerts, [`clock`] the wall clock budgets read (movable in tests), and [`server`]
+//! start, reload and drain. In cluster mode, [`cluster`] receives
 //! snapshots from the control plane (NATS, gRPC, an on-disk cache) and reports this replica's
 //! revision in heartbeats.
 //!
 //! Why it is built this way: nothing on the request path takes a lock, touches a disk or
-//! waits on a database. The snapshot is swapped atomically (`ArcSwap`), counters are atomics
+//! waits on a database (the one mutex, over in-process budget counters, is taken only when a
+//! subject's current period is not cached yet: once per subject and period). The snapshot is swapped atomically (`ArcSwap`), counters are atomics
 //! that live beside what they count, and the body is forwarded as received except for the
 //! model name — the gateway should cost microseconds, not milliseconds.
 
 pub mod accounting;
+pub mod admission;
 pub mod auth;
 pub mod budget;
 pub mod catalog;

@@ -135,6 +135,8 @@ impl AppState {
         )?;
         let revision = catalog.revision;
         self.catalog.store(Some(Arc::new(catalog)));
+        // In-process budget counters of ended periods are not needed any more.
+        self.books.budgets.prune(self.books.clock.now());
         metrics::set_revision(revision);
         Ok(Installed::Swapped { revision })
     }

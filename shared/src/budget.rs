@@ -15,6 +15,8 @@
 //! The name of each spend counter in Redis ([`counter_key`]) lives here too: the data planes
 //! charge it, the control plane reconciles it with Postgres.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Datelike, Days, LocalResult, Months, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
@@ -37,9 +39,11 @@ impl BudgetScope {
 }
 
 /// The Redis key of one subject's spend counter (nano-dollars) for one period:
-/// `<prefix>:budget:{t:<tenant>}:<scope>:<id>:<period id>`. The hash tag keeps a key's and its
-/// tenant's counters on one Redis Cluster slot, so one script can charge both; the period in
-/// the name is what resets a budget when the period ends.
+/// `<prefix>:budget:{t:<tenant>}:<scope>:<id>:<period id>`. The hash tag is the one the data
+/// plane's rate-limit cells of the key and its tenant carry (`<prefix>:rl:{t:<tenant>}:...`,
+/// the tenant escaped by [`escape_tag`] in both), so a key's and its tenant's counters and
+/// limits sit on one Redis Cluster slot and one script call checks and charges them all; the
+/// period in the name is what resets a budget when the period ends.
 pub fn counter_key(
     prefix: &str,
     scope: BudgetScope,
@@ -48,10 +52,29 @@ pub fn counter_key(
     period: &Period,
 ) -> String {
     format!(
-        "{prefix}:budget:{{t:{tenant_id}}}:{}:{id}:{}",
+        "{prefix}:budget:{{t:{}}}:{}:{id}:{}",
+        escape_tag(tenant_id),
         scope.as_str(),
         period.id()
     )
+}
+
+/// An id with `{`, `}` and `%` percent-escaped, so that it can never open or close a Redis hash
+/// tag early. Ids without them (all ordinary ones) come back borrowed and unchanged.
+pub fn escape_tag(id: &str) -> Cow<'_, str> {
+    if !id.contains(['{', '}', '%']) {
+        return Cow::Borrowed(id);
+    }
+    let mut out = String::with_capacity(id.len() + 6);
+    for c in id.chars() {
+        match c {
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Nano-dollars per dollar.
@@ -92,6 +115,16 @@ impl Period {
     /// Seconds from `now` until the period ends (`None`: it never does).
     pub fn seconds_left(&self, now: DateTime<Utc>) -> Option<i64> {
         self.end.map(|end| (end - now).num_seconds().max(0))
+    }
+
+    /// Whether `now` falls in this period.
+    pub fn contains(&self, now: DateTime<Utc>) -> bool {
+        self.start <= now && self.end.is_none_or(|end| now < end)
+    }
+
+    /// Whether this period lies wholly after `other` (it starts where `other` ends or later).
+    pub fn is_after(&self, other: &Period) -> bool {
+        other.end.is_some_and(|end| self.start >= end)
     }
 }
 
@@ -229,6 +262,29 @@ mod tests {
             counter_key("sb", BudgetScope::Tenant, "acme", "acme", &p),
             "sb:budget:{t:acme}:tenant:acme:1795392000"
         );
+        // A brace in a tenant id cannot end the tag early (and split key from tenant).
+        assert_eq!(
+            counter_key("sb", BudgetScope::Key, "k1", "a}c{%", &p),
+            "sb:budget:{t:a%7Dc%7B%25}:key:k1:1795392000"
+        );
+    }
+
+    #[test]
+    fn periods_know_what_they_contain_and_what_follows_them() {
+        let b = budget(BudgetPeriod::Daily, None);
+        let today = period_of(&b, at("2026-11-23T12:00:00Z"));
+        let tomorrow = period_of(&b, at("2026-11-24T12:00:00Z"));
+        assert!(today.contains(at("2026-11-23T00:00:00Z")));
+        assert!(!today.contains(at("2026-11-24T00:00:00Z")));
+        assert!(tomorrow.is_after(&today));
+        assert!(!today.is_after(&tomorrow));
+        assert!(!today.is_after(&today));
+        let forever = period_of(
+            &budget(BudgetPeriod::None, None),
+            at("2026-11-23T12:00:00Z"),
+        );
+        assert!(forever.contains(at("2100-01-01T00:00:00Z")));
+        assert!(!today.is_after(&forever));
     }
 
     #[test]

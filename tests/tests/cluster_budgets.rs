@@ -2,7 +2,10 @@
 //! concurrent clients spend a key's hard budget through both. What they are admitted to spend
 //! stays within one request's maximum cost of the budget, the next request gets a 429 in
 //! OpenAI's shape naming the budget, and a tenant budget refuses every key of the tenant.
-//! Alerts (thresholds crossed, an upstream credential refused) arrive as signed webhooks.
+//! Limits and budgets are admitted in one script call: a refusal by either leaves nothing
+//! charged on the other. A budget's reservation is visible while its request is in flight and
+//! released when the upstream fails; a new period (on the gateway's movable clock) starts from
+//! zero. Alerts (thresholds crossed, an upstream credential refused) arrive as signed webhooks.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
@@ -162,47 +165,279 @@ async fn a_tenant_budget_stops_every_key_of_the_tenant() {
     assert_eq!(mock.request_count(""), before);
 }
 
+/// The most one request may cost: its prompt estimate plus `max_tokens`, at these prices.
+fn max_cost() -> f64 {
+    (BODY.len() as f64 / 4.0).ceil() * INPUT_PRICE + MAX_TOKENS as f64 * OUTPUT_PRICE
+}
+
+/// What one request really costs (the mock's usage at these prices).
+fn real_cost() -> f64 {
+    PROMPT_TOKENS as f64 * INPUT_PRICE + COMPLETION_TOKENS as f64 * OUTPUT_PRICE
+}
+
+/// Key `k1`'s budget spend this period in Redis, as `/v1/key/info` reports it.
+async fn key_spent(gw: &Gateway) -> f64 {
+    let reply = send(request(
+        http::Method::GET,
+        &gw.url("/v1/key/info"),
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "",
+    ))
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["key"]["budget"]["spent_usd"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no spend reported: {}", reply.text()))
+}
+
+/// Polls the key's spend (settled in the background) until `done` holds for it, for up to
+/// two seconds; returns the last value seen.
+async fn spent_until(gw: &Gateway, done: impl Fn(f64) -> bool) -> f64 {
+    let mut spent = key_spent(gw).await;
+    for _ in 0..200 {
+        if done(spent) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        spent = key_spent(gw).await;
+    }
+    spent
+}
+
+/// The values of `keys` in the shared Redis.
+async fn mget(keys: &[String]) -> Vec<Option<String>> {
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("MGET")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+fn about(expected: f64) -> impl Fn(f64) -> bool {
+    move |spent| (spent - expected).abs() < 1e-12
+}
+
 #[tokio::test]
 async fn a_failed_upstream_answer_costs_the_budget_nothing() {
-    use dataplane::budget::{BudgetScope, BudgetSubject};
-    use switchboard_shared::snapshot::{Budget, BudgetPeriod};
-
     let mock = MockUpstream::start().await.unwrap();
+    // Every attempt waits 300 ms, then fails.
     let cfg = config(
-        &mock.scenario_url("fault=500"),
+        &mock.scenario_url("latency_ms=300,fault=500"),
         ", budget: { max_usd: 1.0, period: daily }",
         "",
         &unique_prefix(),
     );
-    let gw = Gateway::start(&cfg).await;
-    assert_eq!(chat(&gw, KEY).await.status, 502);
-    let budget = Budget {
-        max_usd: 1.0,
-        soft_usd: None,
-        period: BudgetPeriod::Daily,
-        time_zone: None,
+    let gw = Arc::new(Gateway::start(&cfg).await);
+    let in_flight = {
+        let gw = Arc::clone(&gw);
+        tokio::spawn(async move { chat(&gw, KEY).await })
     };
-    let subject = BudgetSubject {
-        scope: BudgetScope::Key,
-        id: "k1",
-        tenant_id: "t1",
-        budget: &budget,
-    };
+    // While the request waits on the upstream, its maximum cost is reserved.
+    let reserved = spent_until(&gw, |spent| spent > 0.0).await;
+    let expected = switchboard_shared::budget::nanos_to_usd(
+        switchboard_shared::budget::usd_to_nanos(max_cost()),
+    );
+    assert!(
+        about(expected)(reserved),
+        "in flight: ${reserved} reserved, expected ${expected}"
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "the request ended before it was seen"
+    );
+    assert_eq!(in_flight.await.unwrap().status, 502);
     // The reservation is released in the background; it must come back to zero.
-    let mut spent = None;
-    for _ in 0..50 {
-        spent = gw
-            .state
-            .books
-            .budgets
-            .spent_usd(&subject, chrono::Utc::now())
-            .await;
-        if spent == Some(0.0) {
+    assert_eq!(spent_until(&gw, about(0.0)).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_rate_limit_refusal_reserves_nothing_on_the_budget() {
+    let mock = MockUpstream::start().await.unwrap();
+    let cfg = config(
+        &mock.base_url(),
+        ", limits: { rpm: 1 }, budget: { max_usd: 1.0, period: daily }",
+        "",
+        &unique_prefix(),
+    );
+    let gw = Gateway::start(&cfg).await;
+    assert_eq!(chat(&gw, KEY).await.status, 200);
+    let settled = spent_until(&gw, about(real_cost())).await;
+    assert!(about(real_cost())(settled), "${settled}");
+    for _ in 0..3 {
+        assert_eq!(
+            chat(&gw, KEY).await.openai_error(429)["code"],
+            "rate_limit_exceeded"
+        );
+    }
+    let after = key_spent(&gw).await;
+    assert!(
+        about(real_cost())(after),
+        "refused requests left ${} reserved",
+        after - real_cost()
+    );
+}
+
+#[tokio::test]
+async fn a_budget_refusal_leaves_no_rate_limit_charge() {
+    let mock = MockUpstream::start().await.unwrap();
+    let prefix = unique_prefix();
+    // Two requests a minute; a budget the first request uses up.
+    let cfg = config(
+        &mock.base_url(),
+        ", limits: { rpm: 2, tpm: 100000 }, budget: { max_usd: 0.0001, period: daily }",
+        "",
+        &prefix,
+    );
+    let gw = Gateway::start(&cfg).await;
+    assert_eq!(chat(&gw, KEY).await.status, 200);
+    // The key's request and token cells in Redis, once the first request is settled.
+    let cells = [
+        format!("{prefix}:rl:{{t:t1}}:k:k1:rpm"),
+        format!("{prefix}:rl:{{t:t1}}:k:k1:tpm"),
+    ];
+    // (The token correction is sent in the background too.)
+    spent_until(&gw, about(real_cost())).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let before = mget(&cells).await;
+    assert!(before.iter().all(Option::is_some), "{before:?}");
+    for _ in 0..3 {
+        let reply = chat(&gw, KEY).await;
+        assert_eq!(reply.openai_error(429)["code"], "budget_exceeded");
+    }
+    assert_eq!(
+        mget(&cells).await,
+        before,
+        "a refused request charged a limit"
+    );
+    // A new budget day (the limits' clock is Redis's and has not moved): the key's second
+    // request of the minute is still there.
+    gw.state
+        .books
+        .clock
+        .advance(std::time::Duration::from_secs(86_400));
+    let reply = chat(&gw, KEY).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        chat(&gw, KEY).await.openai_error(429)["code"],
+        "rate_limit_exceeded"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_in_redis_resets_when_the_clock_crosses_the_period_boundary() {
+    let mock = MockUpstream::start().await.unwrap();
+    let cfg = config(
+        &mock.base_url(),
+        ", budget: { max_usd: 0.001, period: daily }",
+        "",
+        &unique_prefix(),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let mut served = 0;
+    loop {
+        let reply = chat(&gw, KEY).await;
+        if reply.status != 200 {
+            assert_eq!(reply.openai_error(429)["code"], "budget_exceeded");
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        served += 1;
+        assert!(served < 10, "the budget never ran out");
     }
-    assert_eq!(spent, Some(0.0));
+    assert_eq!(
+        chat(&gw, KEY).await.openai_error(429)["code"],
+        "budget_exceeded"
+    );
+    gw.state
+        .books
+        .clock
+        .advance(std::time::Duration::from_secs(86_400));
+    assert_eq!(chat(&gw, KEY).await.status, 200, "a new day, a new budget");
+    let spent = spent_until(&gw, about(real_cost())).await;
+    assert!(about(real_cost())(spent), "the new day's counter: ${spent}");
+}
+
+#[tokio::test]
+async fn admission_loads_its_script_again_after_a_redis_flush() {
+    // A Redis of the test's own: flushing scripts must not disturb anyone else.
+    let redis = switchboard_tests::services::ThrowawayRedis::start().await;
+    let mock = MockUpstream::start().await.unwrap();
+    let cfg = config(
+        &mock.base_url(),
+        ", limits: { rpm: 1000 }, budget: { max_usd: 1.0, period: daily }",
+        "",
+        &unique_prefix(),
+    )
+    .replace(&redis_url(), &redis.url());
+    let gw = Gateway::start(&cfg).await;
+    assert_eq!(chat(&gw, KEY).await.status, 200);
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(chat(&gw, KEY).await.status, 200);
+    let settled = spent_until(&gw, about(2.0 * real_cost())).await;
+    assert!(about(2.0 * real_cost())(settled), "${settled}");
+    let dataplane::limits::Limiter::Redis(limiter) = gw.state.books.limiter.as_ref() else {
+        panic!("a Redis-mode gateway");
+    };
+    assert!(limiter.redis().is_up(), "a missing script is not an outage");
+}
+
+#[tokio::test]
+async fn while_redis_is_down_budgets_follow_the_failure_policy() {
+    let mock = MockUpstream::start().await.unwrap();
+    // Nothing listens on port 1. Key k1 has a limit and a budget; k2 has neither, under a
+    // tenant budget.
+    let down = |key: &str, tenant: &str, policy: &str| {
+        format!(
+            "{}  failure_policy: {policy}\n",
+            config(&mock.base_url(), key, tenant, &unique_prefix())
+                .replace(&redis_url(), "redis://127.0.0.1:1")
+        )
+    };
+    let limited_and_budgeted = ", limits: { rpm: 1000 }, budget: { max_usd: 1.0, period: daily }";
+    // `open`: served, uncounted.
+    let gw = Gateway::start(&down(limited_and_budgeted, "", "open")).await;
+    for _ in 0..2 {
+        assert_eq!(chat(&gw, KEY).await.status, 200);
+    }
+    // `closed`: a limited key is refused for its limits, before its budget is looked at...
+    let gw = Gateway::start(&down(limited_and_budgeted, "", "closed")).await;
+    let reply = chat(&gw, KEY).await;
+    let message = reply.openai_error(503)["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.starts_with("rate limits"), "{message}");
+    // ... and an unlimited key with a (tenant) budget for its budget.
+    let gw = Gateway::start(&down(
+        "",
+        ", budget: { max_usd: 1.0, period: daily }",
+        "closed",
+    ))
+    .await;
+    let reply = chat(&gw, "sk-second-key").await;
+    let message = reply.openai_error(503)["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.starts_with("budgets"), "{message}");
+    assert_eq!(
+        mock.request_count(""),
+        2,
+        "refused requests never reach the upstream"
+    );
 }
 
 #[tokio::test]

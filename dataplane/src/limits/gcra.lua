@@ -1,14 +1,24 @@
--- GCRA over Redis: admission and settlement for the rate limits all replicas share.
--- See limits/redis.rs for the key layout and why it is one script.
+-- Admission for the rate limits all replicas share (GCRA), and for the budgets a request
+-- charges at the same time; settlement of token limits. See limits/redis.rs for the key layout
+-- and why admission is one script call.
 --
--- ARGV[1] = 'a' (admit) or 's' (settle); then, for each KEYS[i]:
---   ARGV[2i] = limit per minute, ARGV[2i+1] = units to take (admit) or signed units to add
---   (settle: positive charges more, negative gives back).
--- Each key holds the theoretical arrival time (TAT) in microseconds of Redis server time.
+-- ARGV[1] is the mode:
+--   'a'  admit rate limits. KEYS are GCRA cells; for KEYS[i]: ARGV[2i] = limit per minute,
+--        ARGV[2i+1] = units to take.
+--   'b'  admit rate limits and reserve budgets, all or nothing. ARGV[2] = n, the number of
+--        GCRA cells (KEYS[1..n]); ARGV[3] = the amount (nano-dollars) to reserve on each budget
+--        counter, KEYS[n+1..]. Entry k of KEYS (cell or counter) has its two values at
+--        ARGV[2k+2], ARGV[2k+3]: a cell's limit per minute and units to take; a counter's
+--        maximum and the expiry (seconds, 0 = none) to give it.
+--   's'  settle: for KEYS[i]: ARGV[2i] = limit per minute, ARGV[2i+1] = signed units to add
+--        (positive charges more, negative gives back).
+-- Each cell holds the theoretical arrival time (TAT) in microseconds of Redis server time; each
+-- budget counter the spend of its period in nano-dollars.
 --
--- Admit is all or nothing: every key is checked before any is written. It returns
---   {1, ahead_1, ..., ahead_n}  admitted; ahead_i = microseconds key i's TAT is past now
---   {0, i, retry_after_us}       refused by key i
+-- Admission checks every cell, then every counter, before it writes anything. It returns
+--   {1, ahead_1, ..., ahead_n}  admitted; ahead_i = microseconds cell i's TAT is past now
+--   {0, i, retry_after_us}       refused by cell i
+--   {2, j, spent}                refused by budget counter j (KEYS[n+j]), at its maximum
 -- Settle returns {1}.
 if redis.replicate_commands then
   -- Redis < 5 needs this before TIME in a writing script; later versions always do so.
@@ -17,7 +27,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = 60000000
-local n = #KEYS
+local mode = ARGV[1]
 
 local function tat_of(key)
   local v = redis.call('GET', key)
@@ -36,17 +46,38 @@ local function store(key, tat)
   end
 end
 
-if ARGV[1] == 'a' then
+if mode == 'a' or mode == 'b' then
+  -- Where entry k's two values start: ARGV[base + 2k].
+  local n, base = #KEYS, 0
+  if mode == 'b' then
+    n, base = tonumber(ARGV[2]), 2
+  end
   local tats = {}
   for i = 1, n do
-    local limit = math.max(tonumber(ARGV[2 * i]), 1)
-    local units = math.min(tonumber(ARGV[2 * i + 1]), limit)
+    local limit = math.max(tonumber(ARGV[base + 2 * i]), 1)
+    local units = math.min(tonumber(ARGV[base + 2 * i + 1]), limit)
     local tat = math.max(tat_of(KEYS[i]), now) + units * window / limit
     local ahead = tat - now
     if ahead > window then
       return {0, i, math.ceil(ahead - window)}
     end
     tats[i] = tat
+  end
+  if mode == 'b' then
+    local amount = tonumber(ARGV[3])
+    for k = n + 1, #KEYS do
+      local spent = tonumber(redis.call('GET', KEYS[k]) or '0')
+      if spent >= tonumber(ARGV[base + 2 * k]) then
+        return {2, k - n, spent}
+      end
+    end
+    for k = n + 1, #KEYS do
+      redis.call('INCRBY', KEYS[k], amount)
+      local ttl = tonumber(ARGV[base + 2 * k + 1])
+      if ttl > 0 then
+        redis.call('EXPIRE', KEYS[k], ttl)
+      end
+    end
   end
   local out = {1}
   for i = 1, n do
@@ -56,8 +87,8 @@ if ARGV[1] == 'a' then
   return out
 end
 
-if ARGV[1] == 's' then
-  for i = 1, n do
+if mode == 's' then
+  for i = 1, #KEYS do
     local limit = math.max(tonumber(ARGV[2 * i]), 1)
     local delta = tonumber(ARGV[2 * i + 1]) * window / limit
     local tat = tat_of(KEYS[i])

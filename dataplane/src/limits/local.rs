@@ -62,7 +62,7 @@ impl LocalLimiter {
                 match s.local.requests.take(u64::from(rpm), 1, now) {
                     Take::Admitted(state) => this.requests = Some(state),
                     Take::Refused { retry_after_nanos } => {
-                        self.refund(&subjects[..i], estimated_tokens, now);
+                        self.release_at(&subjects[..i], estimated_tokens, now);
                         return Err(refusal(s, Resource::Requests, retry_after_nanos));
                     }
                 }
@@ -74,7 +74,7 @@ impl LocalLimiter {
                         if let Some(rpm) = s.limits.rpm {
                             s.local.requests.adjust(u64::from(rpm), -1, now);
                         }
-                        self.refund(&subjects[..i], estimated_tokens, now);
+                        self.release_at(&subjects[..i], estimated_tokens, now);
                         return Err(refusal(s, Resource::Tokens, retry_after_nanos));
                     }
                 }
@@ -87,7 +87,8 @@ impl LocalLimiter {
         Ok(view)
     }
 
-    fn refund(&self, subjects: &[Subject<'_>], estimated_tokens: u64, now: u64) {
+    /// Gives back what an admission of `subjects` took: one request and `estimated_tokens`.
+    pub fn release_at(&self, subjects: &[Subject<'_>], estimated_tokens: u64, now: u64) {
         for s in subjects {
             if let Some(rpm) = s.limits.rpm {
                 s.local.requests.adjust(u64::from(rpm), -1, now);
@@ -190,6 +191,19 @@ mod tests {
         // The key alone still has its second request: the refused attempt was refunded.
         assert!(limiter.admit_at(&subjects[..1], 0, now).is_ok());
         assert!(limiter.admit_at(&subjects[..1], 0, now).is_err());
+    }
+
+    #[test]
+    fn a_released_admission_gives_back_its_request_and_tokens() {
+        let limiter = LocalLimiter::new();
+        let key = LocalLimitState::new();
+        let subjects = [subject(Scope::Key, &key, Some(1), Some(100))];
+        let now = 100 * SEC;
+        limiter.admit_at(&subjects, 100, now).unwrap();
+        assert!(limiter.admit_at(&subjects, 1, now).is_err());
+        limiter.release_at(&subjects, 100, now);
+        let view = limiter.admit_at(&subjects, 100, now).unwrap();
+        assert_eq!(view.tokens.unwrap().remaining, 0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderValue};
 use switchboard_shared::snapshot::RateLimits;
 
 pub use local::{LocalLimitState, LocalLimiter};
-pub use redis::RedisLimiter;
+pub use redis::{CounterCharge, Joint, RedisLimiter};
 
 /// Who a limit belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -195,6 +195,15 @@ impl Limiter {
         match self {
             Limiter::Local(l) => l.settle(subjects, estimated_tokens, actual_tokens),
             Limiter::Redis(l) => l.settle(subjects, estimated_tokens, actual_tokens),
+        }
+    }
+
+    /// Gives back all that an admission took (its request and its estimated tokens), for a
+    /// request that was admitted and then not run.
+    pub fn release(&self, subjects: &[Subject<'_>], estimated_tokens: u64) {
+        match self {
+            Limiter::Local(l) => l.release_at(subjects, estimated_tokens, l.now()),
+            Limiter::Redis(l) => l.release(subjects, estimated_tokens),
         }
     }
 }

@@ -6,7 +6,11 @@
 //! subjects passed and writes them only if all fit — all or nothing, no refunds. It reads the
 //! clock with `TIME` inside the script, so replicas' clocks never matter. Each cell is one
 //! string key holding its theoretical arrival time in microseconds, with an expiry just past
-//! the moment it is idle again (no sweeping, an idle subject costs no memory).
+//! the moment it is idle again (no sweeping, an idle subject costs no memory). A request with
+//! a budget sends its budget counters in the same call ([`RedisLimiter::admit_charging`],
+//! used by [`crate::admission`]): the script checks the limits and the budgets, then charges
+//! all or none, so a request refused by either leaves nothing charged on the other, and
+//! admission stays one round trip.
 //!
 //! **Settlement off the request path.** The real token count corrects the estimate through the
 //! same script in `settle` mode; [`RedisLimiter::settle`] only queues it, and a background
@@ -28,7 +32,6 @@
 //! `switchboard_limits_degraded_total`. A probe pings Redis while it is down and switches back
 //! by itself when it answers.
 
-use std::borrow::Cow;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -40,6 +43,7 @@ use super::local::LocalLimiter;
 use super::{Denial, LimitView, RateLimiter, Refusal, Resource, Scope, Subject};
 use crate::metrics;
 use crate::shared_redis::{FailurePolicy, SharedRedis};
+use switchboard_shared::budget::escape_tag as escape;
 
 /// The script's window, in the script's unit (microseconds).
 const WINDOW_MICROS: u64 = 60_000_000;
@@ -83,7 +87,7 @@ impl RedisLimiter {
     /// within a Tokio runtime.
     pub fn new(redis: SharedRedis) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let script = Script::new(include_str!("gcra.lua"));
+        let script = admission_script();
         let inner = Arc::new(Inner {
             redis: redis.clone(),
             script: script.clone(),
@@ -107,66 +111,101 @@ impl RedisLimiter {
         estimated_tokens: u64,
     ) -> Result<LimitView, Denial> {
         let inner = &self.inner;
-        let prefix = inner.redis.prefix();
-        let tenant = subjects
-            .iter()
-            .find(|s| s.scope == Scope::Tenant)
-            .map(|s| s.id);
-        let mut cells: Vec<Cell> = Vec::with_capacity(2 * subjects.len());
-        let mut keys: Vec<String> = Vec::with_capacity(2 * subjects.len());
-        let mut args: Vec<u64> = Vec::with_capacity(4 * subjects.len());
-        for (i, s) in subjects.iter().enumerate() {
-            for (what, limit, units) in [
-                (Resource::Requests, s.limits.rpm, 1),
-                (Resource::Tokens, s.limits.tpm, estimated_tokens),
-            ] {
-                if let Some(limit) = limit {
-                    keys.push(cell_key(prefix, tenant, s, what));
-                    args.extend([u64::from(limit), units]);
-                    cells.push(Cell {
-                        subject: i,
-                        what,
-                        limit: u64::from(limit),
-                    });
-                }
-            }
-        }
-        // Built by hand rather than through `ScriptInvocation`, which copies every argument
-        // once more; `NOSCRIPT` (a restarted or flushed Redis) loads the script and retries.
+        let cells = Cells::of(inner.redis.prefix(), subjects, estimated_tokens);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(inner.script.get_hash())
-            .arg(keys.len())
-            .arg(&keys)
+            .arg(cells.keys.len())
+            .arg(&cells.keys)
             .arg("a")
-            .arg(&args);
-        let mut conn = inner.redis.conn();
-        let call = async {
-            match cmd.query_async::<Vec<i64>>(&mut conn).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    inner.script.load_async(&mut conn).await?;
-                    cmd.query_async::<Vec<i64>>(&mut conn).await
-                }
-                other => other,
+            .arg(&cells.args);
+        let result = match call(&inner.redis, &inner.script, &cmd).await {
+            Ok(reply) => interpret(&reply, &cells.cells, subjects).ok_or(Failure::Unexpected),
+            Err(failure) => Err(failure),
+        };
+        result.unwrap_or_else(|failure| {
+            self.went_down(failure.reason());
+            self.degraded(subjects, estimated_tokens)
+        })
+    }
+
+    /// Admits `subjects` and charges `amount` to each of `counters` (the request's budgets) in
+    /// one script call: every limit and every counter is checked before any is written, so a
+    /// refusal by either leaves both untouched. Unlike [`RateLimiter::admit`], this calls Redis
+    /// even when no subject has a limit (the counters need it).
+    pub async fn admit_charging(
+        &self,
+        subjects: &[Subject<'_>],
+        estimated_tokens: u64,
+        amount: i64,
+        counters: &[CounterCharge<'_>],
+    ) -> Joint {
+        let inner = &self.inner;
+        if !inner.redis.is_up() {
+            return Joint::Unreachable(self.admit_degraded(subjects, estimated_tokens));
+        }
+        let cells = Cells::of(inner.redis.prefix(), subjects, estimated_tokens);
+        let cmd = charging_command(&inner.script, &cells, amount, counters);
+        let reply = match call(&inner.redis, &inner.script, &cmd).await {
+            Ok(reply) => reply,
+            Err(failure) => {
+                self.went_down(failure.reason());
+                return Joint::Unreachable(self.admit_degraded(subjects, estimated_tokens));
             }
         };
-        let reply = tokio::time::timeout(inner.redis.timeout(), call).await;
-        match reply {
-            Ok(Ok(reply)) => match interpret(&reply, &cells, subjects) {
-                Some(result) => result,
-                None => {
-                    self.went_down("unexpected reply from the limit script");
-                    self.degraded(subjects, estimated_tokens)
-                }
-            },
-            Ok(Err(e)) => {
-                self.went_down(e.category());
-                self.degraded(subjects, estimated_tokens)
+        if let Some(full) = counter_refusal(&reply, counters.len()) {
+            return full;
+        }
+        match interpret(&reply, &cells.cells, subjects) {
+            Some(Ok(view)) => Joint::Admitted(view),
+            Some(Err(denial)) => Joint::Limited(denial),
+            None => {
+                self.went_down(Failure::Unexpected.reason());
+                Joint::Unreachable(self.admit_degraded(subjects, estimated_tokens))
             }
-            Err(_) => {
-                self.went_down("timeout");
-                self.degraded(subjects, estimated_tokens)
+        }
+    }
+
+    /// Admission while Redis is down, as [`RateLimiter::admit`] decides it: unlimited subjects
+    /// pass without counting as degraded.
+    fn admit_degraded(
+        &self,
+        subjects: &[Subject<'_>],
+        estimated_tokens: u64,
+    ) -> Result<LimitView, Denial> {
+        if subjects.iter().all(|s| s.limits.is_unlimited()) {
+            return Ok(LimitView::default());
+        }
+        self.degraded(subjects, estimated_tokens)
+    }
+
+    /// Gives back everything an admission of `subjects` took (a request and its estimated
+    /// tokens), in the background like settlement; while Redis is down, from the local
+    /// counters the fallback charged.
+    pub fn release(&self, subjects: &[Subject<'_>], estimated_tokens: u64) {
+        if !self.inner.redis.is_up() {
+            self.inner
+                .local
+                .release_at(subjects, estimated_tokens, self.inner.local.now());
+            return;
+        }
+        let prefix = self.inner.redis.prefix();
+        let tenant = tenant_of(subjects);
+        for (what, delta) in [
+            (Resource::Requests, -1),
+            (Resource::Tokens, -signed(estimated_tokens)),
+        ] {
+            let cells: Vec<(String, u32)> = subjects
+                .iter()
+                .filter_map(|s| {
+                    let limit = match what {
+                        Resource::Requests => s.limits.rpm,
+                        Resource::Tokens => s.limits.tpm,
+                    };
+                    limit.map(|limit| (cell_key(prefix, tenant, s, what), limit))
+                })
+                .collect();
+            if !cells.is_empty() && delta != 0 {
+                let _ = self.inner.settlements.send(Settlement { cells, delta });
             }
         }
     }
@@ -178,7 +217,7 @@ impl RedisLimiter {
             tracing::warn!(
                 reason,
                 policy = policy_name(self.inner.redis.policy()),
-                "Redis unreachable: rate limits degraded to this replica's own counters or refusal, per failure_policy"
+                "Redis unreachable: rate limits degraded to this replica's own counters or refusal, budgets to no counting or refusal, per failure_policy"
             );
         }
     }
@@ -241,10 +280,7 @@ impl RateLimiter for RedisLimiter {
             return;
         }
         let prefix = self.inner.redis.prefix();
-        let tenant = subjects
-            .iter()
-            .find(|s| s.scope == Scope::Tenant)
-            .map(|s| s.id);
+        let tenant = tenant_of(subjects);
         let cells = subjects
             .iter()
             .filter_map(|s| {
@@ -255,6 +291,183 @@ impl RateLimiter for RedisLimiter {
             .collect();
         // Fails only when the worker has ended, i.e. the runtime is shutting down.
         let _ = self.inner.settlements.send(Settlement { cells, delta });
+    }
+}
+
+/// The rate-limit cells of one admission call: what each is, its key, and its two script
+/// arguments (limit per minute, units to take).
+struct Cells {
+    cells: Vec<Cell>,
+    keys: Vec<String>,
+    args: Vec<u64>,
+}
+
+impl Cells {
+    fn of(prefix: &str, subjects: &[Subject<'_>], estimated_tokens: u64) -> Self {
+        let tenant = tenant_of(subjects);
+        let mut cells = Cells {
+            cells: Vec::with_capacity(2 * subjects.len()),
+            keys: Vec::with_capacity(2 * subjects.len()),
+            args: Vec::with_capacity(4 * subjects.len()),
+        };
+        for (i, s) in subjects.iter().enumerate() {
+            for (what, limit, units) in [
+                (Resource::Requests, s.limits.rpm, 1),
+                (Resource::Tokens, s.limits.tpm, estimated_tokens),
+            ] {
+                if let Some(limit) = limit {
+                    cells.keys.push(cell_key(prefix, tenant, s, what));
+                    cells.args.extend([u64::from(limit), units]);
+                    cells.cells.push(Cell {
+                        subject: i,
+                        what,
+                        limit: u64::from(limit),
+                    });
+                }
+            }
+        }
+        cells
+    }
+}
+
+fn tenant_of<'a>(subjects: &[Subject<'a>]) -> Option<&'a str> {
+    subjects
+        .iter()
+        .find(|s| s.scope == Scope::Tenant)
+        .map(|s| s.id)
+}
+
+/// A counter that an admission charges beside the limits (a budget's spend counter for the
+/// current period; see [`crate::budget`]): it must be below `max` to admit, and it gets
+/// `ttl_seconds` of expiry when charged (0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct CounterCharge<'a> {
+    pub key: &'a str,
+    pub max: i64,
+    pub ttl_seconds: i64,
+}
+
+/// What one call of [`RedisLimiter::admit_charging`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Joint {
+    /// Every limit and counter had room; all were charged.
+    Admitted(LimitView),
+    /// A limit refused; nothing was charged.
+    Limited(Denial),
+    /// Counter `index` (into the counters passed) was at its maximum with `spent`; nothing was
+    /// charged.
+    CounterFull { index: usize, spent: i64 },
+    /// Redis was down or did not answer: the limits were decided per the failure policy (this
+    /// result, in process) and the counters were not charged.
+    Unreachable(Result<LimitView, Denial>),
+}
+
+/// `EVALSHA` of the script in mode `b`: the cells, then the counters.
+fn charging_command(
+    script: &Script,
+    cells: &Cells,
+    amount: i64,
+    counters: &[CounterCharge<'_>],
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(cells.keys.len() + counters.len())
+        .arg(&cells.keys);
+    for c in counters {
+        cmd.arg(c.key);
+    }
+    cmd.arg("b")
+        .arg(cells.keys.len())
+        .arg(amount.max(0))
+        .arg(&cells.args);
+    for c in counters {
+        cmd.arg(c.max).arg(c.ttl_seconds.max(0));
+    }
+    cmd
+}
+
+/// The script's `{2, j, spent}`: counter `j` (1-based) refused.
+fn counter_refusal(reply: &[i64], counters: usize) -> Option<Joint> {
+    match reply {
+        [2, j, spent] => {
+            let index = usize::try_from(*j).ok()?.checked_sub(1)?;
+            (index < counters).then_some(Joint::CounterFull {
+                index,
+                spent: *spent,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Charges `amount` to each of `counters` if every one is below its maximum, in one call of
+/// the admission script with no rate-limit cells. `Ok(None)`: charged; `Ok(Some((index,
+/// spent)))`: counter `index` was full and nothing was charged.
+pub(crate) async fn charge_counters(
+    redis: &SharedRedis,
+    script: &Script,
+    amount: i64,
+    counters: &[CounterCharge<'_>],
+) -> Result<Option<(usize, i64)>, Failure> {
+    let none = Cells {
+        cells: Vec::new(),
+        keys: Vec::new(),
+        args: Vec::new(),
+    };
+    let reply = call(
+        redis,
+        script,
+        &charging_command(script, &none, amount, counters),
+    )
+    .await?;
+    match counter_refusal(&reply, counters.len()) {
+        Some(Joint::CounterFull { index, spent }) => Ok(Some((index, spent))),
+        _ if reply == [1] => Ok(None),
+        _ => Err(Failure::Unexpected),
+    }
+}
+
+/// The admission script (`gcra.lua`).
+pub(crate) fn admission_script() -> Script {
+    Script::new(include_str!("gcra.lua"))
+}
+
+/// Why a script call gave no usable answer.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Timeout,
+    Redis(redis::RedisError),
+    Unexpected,
+}
+
+impl Failure {
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Redis(e) => e.category(),
+            Failure::Unexpected => "unexpected reply from the admission script",
+        }
+    }
+}
+
+/// Sends one `EVALSHA` of `script`, bounded by the configured timeout. Built by hand rather
+/// than through `ScriptInvocation`, which copies every argument once more; `NOSCRIPT` (a
+/// restarted or flushed Redis) loads the script and sends it again, within the same bound.
+async fn call(redis: &SharedRedis, script: &Script, cmd: &redis::Cmd) -> Result<Vec<i64>, Failure> {
+    let mut conn = redis.conn();
+    let attempt = async {
+        match cmd.query_async::<Vec<i64>>(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script.load_async(&mut conn).await?;
+                cmd.query_async::<Vec<i64>>(&mut conn).await
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(redis.timeout(), attempt).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(Failure::Redis(e)),
+        Err(_) => Err(Failure::Timeout),
     }
 }
 
@@ -277,23 +490,6 @@ fn cell_key(prefix: &str, tenant: Option<&str>, s: &Subject<'_>, what: Resource)
         (Scope::Tenant, _) => format!("{prefix}:rl:{{t:{id}}}:{suffix}"),
         (Scope::Deployment, _) => format!("{prefix}:rl:{{d:{id}}}:{suffix}"),
     }
-}
-
-/// `{`, `}` and `%` percent-escaped, so an id can never open or close a hash tag.
-fn escape(id: &str) -> Cow<'_, str> {
-    if !id.contains(['{', '}', '%']) {
-        return Cow::Borrowed(id);
-    }
-    let mut out = String::with_capacity(id.len() + 6);
-    for c in id.chars() {
-        match c {
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            '%' => out.push_str("%25"),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
 }
 
 /// The script's reply as an admission result; `None` if it is not a reply the script gives.
@@ -703,6 +899,57 @@ mod tests {
             l.settle(&s, 500, 0);
             tokio::time::sleep(Duration::from_millis(100)).await;
             assert_eq!(get(&l, &key).await, None);
+        }
+
+        #[tokio::test]
+        async fn limits_and_counters_are_charged_together_or_not_at_all() {
+            let l = limiter("joint");
+            let (one, five) = (LocalLimitState::new(), LocalLimitState::new());
+            let counter = format!("{}:budget:{{t:k}}:key:k:0", l.redis().prefix());
+            let charge = [CounterCharge {
+                key: &counter,
+                max: 100,
+                ttl_seconds: 60,
+            }];
+            let s = [limited(Scope::Key, "k", &one, Some(1), None)];
+            assert!(matches!(
+                l.admit_charging(&s, 0, 60, &charge).await,
+                Joint::Admitted(view) if view.requests.is_some()
+            ));
+            assert_eq!(get(&l, &counter).await.as_deref(), Some("60"));
+            assert!((59_000..=60_000).contains(&pttl(&l, &counter).await));
+            // The limit refuses: the counter is not charged.
+            assert!(matches!(
+                l.admit_charging(&s, 0, 60, &charge).await,
+                Joint::Limited(Denial::Limited(_))
+            ));
+            assert_eq!(get(&l, &counter).await.as_deref(), Some("60"));
+            // Another subject with room: charged (60 < 100), to 120.
+            let s = [limited(Scope::Key, "k5", &five, Some(5), None)];
+            let cell = cell_key(l.redis().prefix(), None, &s[0], Resource::Requests);
+            assert!(matches!(
+                l.admit_charging(&s, 0, 60, &charge).await,
+                Joint::Admitted(_)
+            ));
+            assert_eq!(get(&l, &counter).await.as_deref(), Some("120"));
+            // The counter is full: refused with its spend, and the limit is not charged.
+            let before = get(&l, &cell).await;
+            assert_eq!(
+                l.admit_charging(&s, 0, 60, &charge).await,
+                Joint::CounterFull {
+                    index: 0,
+                    spent: 120
+                }
+            );
+            assert_eq!(get(&l, &cell).await, before);
+            // Without limits, the counters alone.
+            let script = admission_script();
+            assert_eq!(
+                charge_counters(l.redis(), &script, 1, &charge)
+                    .await
+                    .unwrap(),
+                Some((0, 120))
+            );
         }
 
         #[tokio::test]

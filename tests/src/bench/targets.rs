@@ -158,10 +158,10 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// The gateway's configuration: one tenant, one key, one provider at the mock. Key and tenant
-/// have limits far above what the load reaches, so that every request does the limit work —
-/// in process, or through Redis when `redis_url` is given (one script call per request plus
-/// the pipelined token settlement).
+/// The gateway's configuration: one tenant, one key, one priced deployment at the mock. Key and
+/// tenant have limits and budgets far above what the load reaches, so that every request does
+/// the limit and budget work — in process, or through Redis when `redis_url` is given (one
+/// script call per request for both, plus the pipelined token and spend settlements).
 pub fn gateway_config(upstream_base: &str, redis_url: Option<&str>) -> String {
     let key_hash = switchboard_shared::keys::hash_key_hex(BENCH_PEPPER.as_bytes(), BENCH_KEY);
     let redis = redis_url.map_or(String::new(), |url| {
@@ -172,13 +172,13 @@ pub fn gateway_config(upstream_base: &str, redis_url: Option<&str>) -> String {
   key_pepper: {{ value: "{BENCH_PEPPER}" }}
 {redis}snapshot:
   revision: 1
-  tenants: [{{ id: bench, limits: {{ rpm: 1000000000, tpm: 4000000000 }} }}]
+  tenants: [{{ id: bench, limits: {{ rpm: 1000000000, tpm: 4000000000 }}, budget: {{ max_usd: 1000000000, period: monthly }} }}]
   virtual_keys:
-    - {{ id: bench-key, tenant_id: bench, key_hash: "{key_hash}", limits: {{ rpm: 1000000000, tpm: 4000000000 }} }}
+    - {{ id: bench-key, tenant_id: bench, key_hash: "{key_hash}", limits: {{ rpm: 1000000000, tpm: 4000000000 }}, budget: {{ max_usd: 1000000000, period: monthly }} }}
   providers:
     - {{ id: mock, kind: openai, base_url: "{upstream_base}" }}
   deployments:
-    - {{ id: mock-gpt, model: {BENCH_MODEL}, provider: mock, upstream_model: gpt-bench-upstream }}
+    - {{ id: mock-gpt, model: {BENCH_MODEL}, provider: mock, upstream_model: gpt-bench-upstream, price: {{ input_cost_per_token: 0.000001, output_cost_per_token: 0.000002 }} }}
 "#
     )
 }
@@ -288,9 +288,12 @@ mod tests {
             hash,
             switchboard_shared::keys::hash_key_hex(b"bench-pepper", "sk-bench-1234")
         );
-        // The snapshot part is a valid snapshot.
+        // The snapshot part is a valid snapshot, whose requests do the budget work too.
         let snapshot = serde_yaml_ng::to_string(&doc["snapshot"]).unwrap();
-        switchboard_shared::snapshot::Snapshot::from_yaml(&snapshot).unwrap();
+        let snapshot = switchboard_shared::snapshot::Snapshot::from_yaml(&snapshot).unwrap();
+        assert!(snapshot.virtual_keys[0].budget.is_some());
+        assert!(snapshot.tenants[0].budget.is_some());
+        assert!(snapshot.deployments[0].price.is_some());
 
         let nginx = nginx_config(
             Path::new("/tmp/x"),

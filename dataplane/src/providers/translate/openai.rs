@@ -48,6 +48,57 @@ pub fn content_parts(
     }
 }
 
+/// A request's `stop` (a string or a list) as the list of stop sequences providers take;
+/// `None` when there is none.
+pub fn stop_sequences(req: &serde_json::Map<String, Value>) -> Option<Value> {
+    match req.get("stop") {
+        Some(Value::String(s)) => Some(json!([s])),
+        Some(Value::Array(a)) if !a.is_empty() => Some(Value::Array(a.clone())),
+        _ => None,
+    }
+}
+
+/// The refusal of a message whose role no provider turn can hold.
+pub fn unsupported_role(index: usize, role: &str) -> TranslateError {
+    TranslateError::new(
+        format!("messages[{index}].role: unsupported role {role:?}"),
+        Some("messages"),
+    )
+}
+
+/// Provider turns built from OpenAI messages in order. Anthropic, Gemini and Bedrock want
+/// roles to alternate, so consecutive messages of one role (a tool result after a user
+/// message, say) merge into one turn; a message with nothing to say adds nothing.
+#[derive(Debug, Default)]
+pub struct Turns(Vec<(&'static str, Vec<Value>)>);
+
+impl Turns {
+    pub fn push(&mut self, role: &'static str, parts: Vec<Value>) {
+        if parts.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(parts),
+            _ => self.0.push((role, parts)),
+        }
+    }
+
+    /// The turns as `[{"role": …, <parts_key>: [...]}]`.
+    pub fn into_value(self, parts_key: &str) -> Value {
+        Value::Array(
+            self.0
+                .into_iter()
+                .map(|(role, parts)| {
+                    let mut turn = serde_json::Map::new();
+                    turn.insert("role".into(), role.into());
+                    turn.insert(parts_key.into(), Value::Array(parts));
+                    Value::Object(turn)
+                })
+                .collect(),
+        )
+    }
+}
+
 /// One tool call of an OpenAI assistant message, as providers want it: its arguments parsed
 /// into an object (`{}` when they are missing or not a JSON object).
 #[derive(Debug)]
@@ -263,6 +314,39 @@ mod tests {
         let err = content_parts(&json!([{"type": "audio"}]), 3, text, image).unwrap_err();
         assert!(err.message.starts_with("messages[3].content"), "{err}");
         assert!(content_parts(&json!(7), 0, text, image).is_err());
+    }
+
+    #[test]
+    fn consecutive_turns_of_a_role_merge_and_empty_ones_vanish() {
+        let mut turns = Turns::default();
+        turns.push("user", vec![json!(1)]);
+        turns.push("user", vec![json!(2)]);
+        turns.push("assistant", Vec::new());
+        turns.push("assistant", vec![json!(3)]);
+        turns.push("user", vec![json!(4)]);
+        assert_eq!(
+            turns.into_value("content"),
+            json!([
+                {"role": "user", "content": [1, 2]},
+                {"role": "assistant", "content": [3]},
+                {"role": "user", "content": [4]}
+            ])
+        );
+    }
+
+    #[test]
+    fn stop_becomes_a_list() {
+        let req = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            stop_sequences(&req(json!({"stop": "X"}))),
+            Some(json!(["X"]))
+        );
+        assert_eq!(
+            stop_sequences(&req(json!({"stop": ["A", "B"]}))),
+            Some(json!(["A", "B"]))
+        );
+        assert_eq!(stop_sequences(&req(json!({"stop": []}))), None);
+        assert_eq!(stop_sequences(&req(json!({}))), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks};
+use super::openai::{self, Chunks, Turns};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
@@ -38,7 +38,7 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
         ));
     };
     let mut system: Vec<Value> = Vec::new();
-    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut turns = Turns::default();
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
         let content = m.get("content").unwrap_or(&Value::Null);
@@ -65,31 +65,12 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
                     "content": [{"text": text_of(content)}],
                 }})],
             ),
-            other => {
-                return Err(TranslateError::new(
-                    format!("messages[{i}].role: unsupported role {other:?}"),
-                    Some("messages"),
-                ));
-            }
+            other => return Err(openai::unsupported_role(i, other)),
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        match turns.last_mut() {
-            Some((last, existing)) if last == role => existing.extend(blocks),
-            _ => turns.push((role.to_owned(), blocks)),
-        }
+        turns.push(role, blocks);
     }
     let mut out = Map::new();
-    out.insert(
-        "messages".into(),
-        Value::Array(
-            turns
-                .into_iter()
-                .map(|(role, content)| json!({"role": role, "content": content}))
-                .collect(),
-        ),
-    );
+    out.insert("messages".into(), turns.into_value("content"));
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
@@ -106,14 +87,8 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
             config.insert(to.into(), v.clone());
         }
     }
-    match req.get("stop") {
-        Some(Value::String(s)) => {
-            config.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if !a.is_empty() => {
-            config.insert("stopSequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
+    if let Some(stop) = openai::stop_sequences(&req) {
+        config.insert("stopSequences".into(), stop);
     }
     if !config.is_empty() {
         out.insert("inferenceConfig".into(), Value::Object(config));

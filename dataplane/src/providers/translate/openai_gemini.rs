@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks};
+use super::openai::{self, Chunks, Turns};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
@@ -39,7 +39,7 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
         ));
     };
     let mut system: Vec<Value> = Vec::new();
-    let mut contents: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut contents = Turns::default();
     // Tool call id → function name, for the `functionResponse` parts that answer them.
     let mut call_names: HashMap<String, Value> = HashMap::new();
     for (i, m) in messages.iter().enumerate() {
@@ -84,31 +84,12 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 )
             }
-            other => {
-                return Err(TranslateError::new(
-                    format!("messages[{i}].role: unsupported role {other:?}"),
-                    Some("messages"),
-                ));
-            }
+            other => return Err(openai::unsupported_role(i, other)),
         };
-        if parts.is_empty() {
-            continue;
-        }
-        match contents.last_mut() {
-            Some((last, existing)) if last == role => existing.extend(parts),
-            _ => contents.push((role.to_owned(), parts)),
-        }
+        contents.push(role, parts);
     }
     let mut out = Map::new();
-    out.insert(
-        "contents".into(),
-        Value::Array(
-            contents
-                .into_iter()
-                .map(|(role, parts)| json!({"role": role, "parts": parts}))
-                .collect(),
-        ),
-    );
+    out.insert("contents".into(), contents.into_value("parts"));
     if !system.is_empty() {
         out.insert("systemInstruction".into(), json!({"parts": system}));
     }
@@ -129,14 +110,8 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
             config.insert(to.into(), v.clone());
         }
     }
-    match req.get("stop") {
-        Some(Value::String(s)) => {
-            config.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if !a.is_empty() => {
-            config.insert("stopSequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
+    if let Some(stop) = openai::stop_sequences(&req) {
+        config.insert("stopSequences".into(), stop);
     }
     if !config.is_empty() {
         out.insert("generationConfig".into(), Value::Object(config));

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::{StreamTranslator, TranslateError, text_of, write_event};
+use super::{StreamTranslator, TranslateError, openai, text_of, write_event};
 
 /// The OpenAI chat completion request for an Anthropic Messages request.
 pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, TranslateError> {
@@ -232,25 +232,10 @@ pub fn response(body: Bytes) -> Bytes {
     {
         content.push(json!({"type": "text", "text": text}));
     }
-    for call in message
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let f = call.get("function").unwrap_or(&Value::Null);
-        let input: Value = f
-            .get("arguments")
-            .and_then(Value::as_str)
-            .and_then(|a| serde_json::from_str(a).ok())
-            .unwrap_or_else(|| json!({}));
-        content.push(json!({
-            "type": "tool_use",
-            "id": call.get("id").cloned().unwrap_or(Value::Null),
-            "name": f.get("name").cloned().unwrap_or(Value::Null),
-            "input": input,
-        }));
-    }
+    // Anthropic's `tool_use.input` must be an object: arguments that are not one become `{}`.
+    content.extend(openai::tool_calls(message).map(
+        |call| json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.input}),
+    ));
     let out = json!({
         "id": message_id(doc.get("id")),
         "type": "message",

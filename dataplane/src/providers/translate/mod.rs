@@ -9,6 +9,8 @@
 //!   OpenAI-compatible API.
 //! - [`openai_gemini`]: an OpenAI client in front of Gemini.
 //! - [`openai_bedrock`]: an OpenAI client in front of Bedrock's Converse API.
+//! - [`openai`]: OpenAI's side of all of them — the request content and tool calls they read,
+//!   and the answers, chunks, usage and errors they build.
 //!
 //! Translations compose: a `/v1/messages` client in front of Gemini goes Anthropic → OpenAI →
 //! Gemini on the way out and back through both on the way in, so each provider needs only
@@ -21,6 +23,7 @@
 //!   still on the wire.
 
 pub mod anthropic_openai;
+pub mod openai;
 pub mod openai_anthropic;
 pub mod openai_bedrock;
 pub mod openai_gemini;

@@ -19,7 +19,8 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 
-use super::{StreamTranslator, TranslateError, now_secs, text_of, write_event};
+use super::openai::{self, Chunks, Turns};
+use super::{StreamTranslator, TranslateError, text_of};
 
 /// `max_tokens` sent when the client gave none (Anthropic requires one).
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -40,7 +41,7 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
     let mut system: Vec<Value> = Vec::new();
-    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut turns = Turns::default();
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
         let content = m.get("content").unwrap_or(&Value::Null);
@@ -55,28 +56,9 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
             "user" => ("user", content_blocks(content, i)?),
             "assistant" => {
                 let mut blocks = content_blocks(content, i)?;
-                for call in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let function = call.get("function").unwrap_or(&Value::Null);
-                    let arguments = function
-                        .get("arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
-                    let input: Value = serde_json::from_str(arguments)
-                        .ok()
-                        .filter(Value::is_object)
-                        .unwrap_or_else(|| json!({}));
-                    blocks.push(json!({
-                        "type": "tool_use",
-                        "id": call.get("id").cloned().unwrap_or(Value::Null),
-                        "name": function.get("name").cloned().unwrap_or(Value::Null),
-                        "input": input,
-                    }));
-                }
+                blocks.extend(openai::tool_calls(m).map(|call| {
+                    json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.input})
+                }));
                 ("assistant", blocks)
             }
             "tool" | "function" => {
@@ -93,33 +75,14 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
                     })],
                 )
             }
-            other => {
-                return Err(TranslateError::new(
-                    format!("messages[{i}].role: unsupported role {other:?}"),
-                    Some("messages"),
-                ));
-            }
+            other => return Err(openai::unsupported_role(i, other)),
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        match turns.last_mut() {
-            Some((last, existing)) if last == role => existing.extend(blocks),
-            _ => turns.push((role.to_owned(), blocks)),
-        }
+        turns.push(role, blocks);
     }
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
-    out.insert(
-        "messages".into(),
-        Value::Array(
-            turns
-                .into_iter()
-                .map(|(role, content)| json!({"role": role, "content": content}))
-                .collect(),
-        ),
-    );
+    out.insert("messages".into(), turns.into_value("content"));
     let max_tokens = req
         .get("max_completion_tokens")
         .or_else(|| req.get("max_tokens"))
@@ -131,14 +94,8 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
             out.insert(key.into(), v.clone());
         }
     }
-    match req.get("stop") {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if !a.is_empty() => {
-            out.insert("stop_sequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
+    if let Some(stop) = openai::stop_sequences(&req) {
+        out.insert("stop_sequences".into(), stop);
     }
     if let Some(user) = req.get("user").and_then(Value::as_str) {
         out.insert("metadata".into(), json!({"user_id": user}));
@@ -195,35 +152,12 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
 
 /// Anthropic content blocks for an OpenAI message's content (string or parts).
 fn content_blocks(content: &Value, index: usize) -> Result<Vec<Value>, TranslateError> {
-    match content {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) if s.is_empty() => Ok(Vec::new()),
-        Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|part| match part.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(
-                    json!({"type": "text", "text": part.get("text").cloned().unwrap_or_default()}),
-                ),
-                Some("image_url") => {
-                    let url = part
-                        .get("image_url")
-                        .and_then(|i| i.get("url").or(Some(i)))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    Ok(image_block(url))
-                }
-                other => Err(TranslateError::new(
-                    format!("messages[{index}].content: unsupported part type {other:?}"),
-                    Some("messages"),
-                )),
-            })
-            .collect(),
-        _ => Err(TranslateError::new(
-            format!("messages[{index}].content must be a string or an array"),
-            Some("messages"),
-        )),
-    }
+    openai::content_parts(
+        content,
+        index,
+        |text| json!({"type": "text", "text": text}),
+        |url| Ok(image_block(url)),
+    )
 }
 
 /// An Anthropic image block for an OpenAI image URL (a `data:` URL becomes a base64 source).
@@ -247,22 +181,19 @@ fn finish_reason(stop_reason: Option<&str>) -> Value {
     }
 }
 
-/// OpenAI's usage object for Anthropic's.
+/// OpenAI's usage object for Anthropic's (whose `input_tokens` leave out both cache parts).
 fn usage(u: &Value) -> Value {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let (input, output) = (n("input_tokens"), n("output_tokens"));
     let (read, created) = (
         n("cache_read_input_tokens"),
         n("cache_creation_input_tokens"),
     );
-    let prompt = input + read + created;
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": output,
-        "total_tokens": prompt + output,
-        "prompt_tokens_details": {"cached_tokens": read},
-        "cache_creation_input_tokens": created,
-    })
+    openai::usage(
+        n("input_tokens") + read + created,
+        n("output_tokens"),
+        read,
+        Some(created),
+    )
 }
 
 /// The OpenAI chat completion for an Anthropic message; the input unchanged if it is not one
@@ -284,34 +215,21 @@ pub fn response(body: Bytes) -> Bytes {
     {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => calls.push(json!({
-                "id": block.get("id").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": block.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
-                },
-            })),
+            Some("tool_use") => calls.push(openai::tool_call(
+                block.get("id").cloned().unwrap_or(Value::Null),
+                block.get("name").cloned().unwrap_or(Value::Null),
+                block.get("input"),
+            )),
             _ => {}
         }
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { text.into() }});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
-    let out = json!({
-        "id": msg.get("id").cloned().unwrap_or(Value::Null),
-        "object": "chat.completion",
-        "created": now_secs(),
-        "model": msg.get("model").cloned().unwrap_or(Value::Null),
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": finish_reason(msg.get("stop_reason").and_then(Value::as_str)),
-        }],
-        "usage": usage(msg.get("usage").unwrap_or(&Value::Null)),
-    });
-    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+    openai::completion(
+        msg.get("id").cloned().unwrap_or(Value::Null),
+        msg.get("model").cloned().unwrap_or(Value::Null),
+        openai::message(text, calls),
+        finish_reason(msg.get("stop_reason").and_then(Value::as_str)),
+        usage(msg.get("usage").unwrap_or(&Value::Null)),
+    )
 }
 
 /// OpenAI's error shape for an Anthropic error body (`{"type":"error","error":{type,message}}`).
@@ -319,9 +237,7 @@ pub fn error(_status: http::StatusCode, body: Bytes) -> Bytes {
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let (kind, message) = anthropic_error_fields(&parsed, &body);
     let (openai_type, code) = openai_error_kind(kind, &message);
-    let out =
-        json!({"error": {"message": message, "type": openai_type, "param": null, "code": code}});
-    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+    openai::error_body(&message, openai_type, code)
 }
 
 fn anthropic_error_fields<'a>(parsed: &'a Value, raw: &[u8]) -> (&'a str, String) {
@@ -330,10 +246,10 @@ fn anthropic_error_fields<'a>(parsed: &'a Value, raw: &[u8]) -> (&'a str, String
         .get("type")
         .and_then(Value::as_str)
         .unwrap_or("api_error");
-    let message = error.get("message").and_then(Value::as_str).map_or_else(
-        || String::from_utf8_lossy(&raw[..raw.len().min(500)]).into_owned(),
-        str::to_owned,
-    );
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .map_or_else(|| openai::raw_message(raw), str::to_owned);
     (kind, message)
 }
 
@@ -366,9 +282,7 @@ pub fn is_context_length(message: &str) -> bool {
 /// Anthropic's stream events into OpenAI chat completion chunks.
 #[derive(Debug, Default)]
 pub struct StreamToOpenAi {
-    id: Value,
-    model: Value,
-    created: i64,
+    chunks: Chunks,
     usage: Value,
     /// Anthropic's content block index → OpenAI tool call index, for `tool_use` blocks.
     tool_blocks: Vec<(u64, usize)>,
@@ -378,21 +292,10 @@ pub struct StreamToOpenAi {
 impl StreamToOpenAi {
     pub fn new() -> Self {
         Self {
-            created: now_secs(),
+            chunks: Chunks::new(Value::Null, Value::Null),
             usage: json!({}),
             ..Self::default()
         }
-    }
-
-    fn chunk(&self, out: &mut BytesMut, delta: Value, finish: Value) {
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        write_event(out, None, &chunk);
     }
 
     fn merge_usage(&mut self, u: Option<&Value>) {
@@ -409,16 +312,7 @@ impl StreamToOpenAi {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage(&self.usage),
-        });
-        write_event(out, None, &chunk);
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.chunks.write_usage_and_done(out, usage(&self.usage));
     }
 }
 
@@ -431,28 +325,23 @@ impl StreamTranslator for StreamToOpenAi {
         match ev.get("type").and_then(Value::as_str) {
             Some("message_start") => {
                 let msg = ev.get("message").unwrap_or(&Value::Null);
-                self.id = msg.get("id").cloned().unwrap_or(Value::Null);
-                self.model = msg.get("model").cloned().unwrap_or(Value::Null);
+                self.chunks.id = msg.get("id").cloned().unwrap_or(Value::Null);
+                self.chunks.model = msg.get("model").cloned().unwrap_or(Value::Null);
                 self.merge_usage(msg.get("usage"));
-                self.chunk(
-                    out,
-                    json!({"role": "assistant", "content": ""}),
-                    Value::Null,
-                );
+                self.chunks.write_role(out);
             }
             Some("content_block_start") => {
                 let block = ev.get("content_block").unwrap_or(&Value::Null);
                 if block.get("type").and_then(Value::as_str) == Some("tool_use") {
                     let call = self.tool_blocks.len();
                     self.tool_blocks.push((index, call));
-                    self.chunk(
+                    self.chunks.write(
                         out,
-                        json!({"tool_calls": [{
-                            "index": call,
-                            "id": block.get("id").cloned().unwrap_or(Value::Null),
-                            "type": "function",
-                            "function": {"name": block.get("name").cloned().unwrap_or(Value::Null), "arguments": ""},
-                        }]}),
+                        openai::tool_call_start(
+                            call,
+                            block.get("id").cloned().unwrap_or(Value::Null),
+                            block.get("name").cloned().unwrap_or(Value::Null),
+                        ),
                         Value::Null,
                     );
                 }
@@ -462,7 +351,8 @@ impl StreamTranslator for StreamToOpenAi {
                 match delta.get("type").and_then(Value::as_str) {
                     Some("text_delta") => {
                         let text = delta.get("text").cloned().unwrap_or_default();
-                        self.chunk(out, json!({"content": text}), Value::Null);
+                        self.chunks
+                            .write(out, json!({"content": text}), Value::Null);
                     }
                     Some("input_json_delta") => {
                         let Some(&(_, call)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
@@ -470,9 +360,9 @@ impl StreamTranslator for StreamToOpenAi {
                             return;
                         };
                         let partial = delta.get("partial_json").cloned().unwrap_or_default();
-                        self.chunk(
+                        self.chunks.write(
                             out,
-                            json!({"tool_calls": [{"index": call, "function": {"arguments": partial}}]}),
+                            openai::tool_call_arguments(call, partial),
                             Value::Null,
                         );
                     }
@@ -486,18 +376,14 @@ impl StreamTranslator for StreamToOpenAi {
                     .and_then(|d| d.get("stop_reason"))
                     .and_then(Value::as_str);
                 if stop.is_some() {
-                    self.chunk(out, json!({}), finish_reason(stop));
+                    self.chunks.write(out, json!({}), finish_reason(stop));
                 }
             }
             Some("message_stop") => self.close(out),
             Some("error") => {
                 let (kind, message) = anthropic_error_fields(&ev, data);
                 let (openai_type, code) = openai_error_kind(kind, &message);
-                write_event(
-                    out,
-                    None,
-                    &json!({"error": {"message": message, "type": openai_type, "param": null, "code": code}}),
-                );
+                openai::write_stream_error(out, &message, openai_type, code);
                 self.finished = true;
             }
             _ => {}

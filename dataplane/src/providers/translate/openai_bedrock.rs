@@ -20,8 +20,12 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
+use super::openai::{self, Chunks, Turns};
 use super::openai_anthropic::is_context_length;
-use super::{StreamTranslator, TranslateError, now_secs, text_of, write_event};
+use super::{StreamTranslator, TranslateError, text_of};
+
+/// The id of every answer translated from Converse, which has none of its own.
+const BEDROCK_ID: &str = "chatcmpl-bedrock";
 
 /// The Converse request for an OpenAI chat completion request.
 pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
@@ -34,7 +38,7 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
         ));
     };
     let mut system: Vec<Value> = Vec::new();
-    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut turns = Turns::default();
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
         let content = m.get("content").unwrap_or(&Value::Null);
@@ -49,25 +53,9 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
             "user" => ("user", blocks_of(content, i)?),
             "assistant" => {
                 let mut blocks = blocks_of(content, i)?;
-                for call in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let f = call.get("function").unwrap_or(&Value::Null);
-                    let input: Value = f
-                        .get("arguments")
-                        .and_then(Value::as_str)
-                        .and_then(|a| serde_json::from_str(a).ok())
-                        .filter(Value::is_object)
-                        .unwrap_or_else(|| json!({}));
-                    blocks.push(json!({"toolUse": {
-                        "toolUseId": call.get("id").cloned().unwrap_or(Value::Null),
-                        "name": f.get("name").cloned().unwrap_or(Value::Null),
-                        "input": input,
-                    }}));
-                }
+                blocks.extend(openai::tool_calls(m).map(|call| {
+                    json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.input}})
+                }));
                 ("assistant", blocks)
             }
             "tool" | "function" => (
@@ -77,31 +65,12 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
                     "content": [{"text": text_of(content)}],
                 }})],
             ),
-            other => {
-                return Err(TranslateError::new(
-                    format!("messages[{i}].role: unsupported role {other:?}"),
-                    Some("messages"),
-                ));
-            }
+            other => return Err(openai::unsupported_role(i, other)),
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        match turns.last_mut() {
-            Some((last, existing)) if last == role => existing.extend(blocks),
-            _ => turns.push((role.to_owned(), blocks)),
-        }
+        turns.push(role, blocks);
     }
     let mut out = Map::new();
-    out.insert(
-        "messages".into(),
-        Value::Array(
-            turns
-                .into_iter()
-                .map(|(role, content)| json!({"role": role, "content": content}))
-                .collect(),
-        ),
-    );
+    out.insert("messages".into(), turns.into_value("content"));
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
@@ -118,14 +87,8 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
             config.insert(to.into(), v.clone());
         }
     }
-    match req.get("stop") {
-        Some(Value::String(s)) => {
-            config.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if !a.is_empty() => {
-            config.insert("stopSequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
+    if let Some(stop) = openai::stop_sequences(&req) {
+        config.insert("stopSequences".into(), stop);
     }
     if !config.is_empty() {
         out.insert("inferenceConfig".into(), Value::Object(config));
@@ -170,38 +133,19 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
 }
 
 fn blocks_of(content: &Value, index: usize) -> Result<Vec<Value>, TranslateError> {
-    match content {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) if s.is_empty() => Ok(Vec::new()),
-        Value::String(s) => Ok(vec![json!({"text": s})]),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|part| match part.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(json!({"text": part.get("text").cloned().unwrap_or_default()})),
-                Some("image_url") => {
-                    let url = part
-                        .get("image_url")
-                        .and_then(|i| i.get("url").or(Some(i)))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    image_block(url).ok_or_else(|| {
-                        TranslateError::new(
-                            format!("messages[{index}].content: Bedrock accepts images only as base64 data URLs (png, jpeg, gif, webp)"),
-                            Some("messages"),
-                        )
-                    })
-                }
-                other => Err(TranslateError::new(
-                    format!("messages[{index}].content: unsupported part type {other:?}"),
+    openai::content_parts(
+        content,
+        index,
+        |text| json!({"text": text}),
+        |url| {
+            image_block(url).ok_or_else(|| {
+                TranslateError::new(
+                    format!("messages[{index}].content: Bedrock accepts images only as base64 data URLs (png, jpeg, gif, webp)"),
                     Some("messages"),
-                )),
+                )
             })
-            .collect(),
-        _ => Err(TranslateError::new(
-            format!("messages[{index}].content must be a string or an array"),
-            Some("messages"),
-        )),
-    }
+        },
+    )
 }
 
 fn image_block(url: &str) -> Option<Value> {
@@ -226,18 +170,16 @@ fn finish_reason(stop: Option<&str>) -> Value {
     }
 }
 
+/// OpenAI's usage object for Converse's (whose `inputTokens` leave out both cache parts).
 fn usage(u: &Value) -> Value {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     let (read, write) = (n("cacheReadInputTokens"), n("cacheWriteInputTokens"));
-    let prompt = n("inputTokens") + read + write;
-    let completion = n("outputTokens");
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": read},
-        "cache_creation_input_tokens": write,
-    })
+    openai::usage(
+        n("inputTokens") + read + write,
+        n("outputTokens"),
+        read,
+        Some(write),
+    )
 }
 
 /// The OpenAI chat completion for a Converse answer; the input unchanged if it is not one.
@@ -260,29 +202,20 @@ pub fn response(body: Bytes) -> Bytes {
             text.push_str(t);
         }
         if let Some(tool) = block.get("toolUse") {
-            calls.push(json!({
-                "id": tool.get("toolUseId").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": tool.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": tool.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
-                },
-            }));
+            calls.push(openai::tool_call(
+                tool.get("toolUseId").cloned().unwrap_or(Value::Null),
+                tool.get("name").cloned().unwrap_or(Value::Null),
+                tool.get("input"),
+            ));
         }
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { text.into() }});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
-    let out = json!({
-        "id": "chatcmpl-bedrock",
-        "object": "chat.completion",
-        "created": now_secs(),
-        "model": Value::Null,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(doc.get("stopReason").and_then(Value::as_str))}],
-        "usage": usage(doc.get("usage").unwrap_or(&Value::Null)),
-    });
-    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+    openai::completion(
+        BEDROCK_ID.into(),
+        Value::Null,
+        openai::message(text, calls),
+        finish_reason(doc.get("stopReason").and_then(Value::as_str)),
+        usage(doc.get("usage").unwrap_or(&Value::Null)),
+    )
 }
 
 /// OpenAI's error shape for a Bedrock error (`{"message": ...}`, type in a header).
@@ -292,10 +225,7 @@ pub fn error(status: StatusCode, body: Bytes) -> Bytes {
         .get("message")
         .or_else(|| parsed.get("Message"))
         .and_then(Value::as_str)
-        .map_or_else(
-            || String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
-            str::to_owned,
-        );
+        .map_or_else(|| openai::raw_message(&body), str::to_owned);
     let (kind, code): (&str, Value) = match status.as_u16() {
         400 if is_context_length(&message) || message.contains("Input is too long") => {
             ("invalid_request_error", "context_length_exceeded".into())
@@ -306,15 +236,13 @@ pub fn error(status: StatusCode, body: Bytes) -> Bytes {
         400..=499 => ("invalid_request_error", Value::Null),
         _ => ("api_error", Value::Null),
     };
-    let out = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
-    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+    openai::error_body(&message, kind, code)
 }
 
 /// ConverseStream events into OpenAI chat completion chunks.
 #[derive(Debug)]
 pub struct StreamToOpenAi {
-    created: i64,
-    model: Value,
+    chunks: Chunks,
     /// Converse content block index → OpenAI tool call index.
     tool_blocks: Vec<(u64, usize)>,
     stopped: bool,
@@ -325,27 +253,12 @@ pub struct StreamToOpenAi {
 impl StreamToOpenAi {
     pub fn new(model: &str) -> Self {
         Self {
-            created: now_secs(),
-            model: model.into(),
+            chunks: Chunks::new(BEDROCK_ID.into(), model.into()),
             tool_blocks: Vec::new(),
             stopped: false,
             usage: Value::Null,
             failed: false,
         }
-    }
-
-    fn chunk(&self, out: &mut BytesMut, delta: Value, finish: Value) {
-        write_event(
-            out,
-            None,
-            &json!({
-                "id": "chatcmpl-bedrock",
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }),
-        );
     }
 }
 
@@ -357,39 +270,33 @@ impl StreamTranslator for StreamToOpenAi {
             .and_then(Value::as_u64)
             .unwrap_or(0);
         match name {
-            Some("messageStart") => {
-                self.chunk(
-                    out,
-                    json!({"role": "assistant", "content": ""}),
-                    Value::Null,
-                );
-            }
+            Some("messageStart") => self.chunks.write_role(out),
             Some("contentBlockStart") => {
                 if let Some(tool) = ev.pointer("/start/toolUse") {
                     let call = self.tool_blocks.len();
                     self.tool_blocks.push((index, call));
-                    self.chunk(
+                    self.chunks.write(
                         out,
-                        json!({"tool_calls": [{
-                            "index": call,
-                            "id": tool.get("toolUseId").cloned().unwrap_or(Value::Null),
-                            "type": "function",
-                            "function": {"name": tool.get("name").cloned().unwrap_or(Value::Null), "arguments": ""},
-                        }]}),
+                        openai::tool_call_start(
+                            call,
+                            tool.get("toolUseId").cloned().unwrap_or(Value::Null),
+                            tool.get("name").cloned().unwrap_or(Value::Null),
+                        ),
                         Value::Null,
                     );
                 }
             }
             Some("contentBlockDelta") => {
                 if let Some(text) = ev.pointer("/delta/text").and_then(Value::as_str) {
-                    self.chunk(out, json!({"content": text}), Value::Null);
+                    self.chunks
+                        .write(out, json!({"content": text}), Value::Null);
                 } else if let Some(input) =
                     ev.pointer("/delta/toolUse/input").and_then(Value::as_str)
                     && let Some(&(_, call)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
                 {
-                    self.chunk(
+                    self.chunks.write(
                         out,
-                        json!({"tool_calls": [{"index": call, "function": {"arguments": input}}]}),
+                        openai::tool_call_arguments(call, input.into()),
                         Value::Null,
                     );
                 }
@@ -397,7 +304,7 @@ impl StreamTranslator for StreamToOpenAi {
             Some("messageStop") => {
                 self.stopped = true;
                 let stop = ev.get("stopReason").and_then(Value::as_str);
-                self.chunk(out, json!({}), finish_reason(stop));
+                self.chunks.write(out, json!({}), finish_reason(stop));
             }
             Some("metadata") => {
                 if let Some(u) = ev.get("usage") {
@@ -409,11 +316,7 @@ impl StreamTranslator for StreamToOpenAi {
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or("upstream error");
-                write_event(
-                    out,
-                    None,
-                    &json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}}),
-                );
+                openai::write_stream_error(out, message, "api_error", Value::Null);
                 self.failed = true;
             }
             _ => {}
@@ -424,19 +327,7 @@ impl StreamTranslator for StreamToOpenAi {
         if self.failed || !self.stopped {
             return;
         }
-        write_event(
-            out,
-            None,
-            &json!({
-                "id": "chatcmpl-bedrock",
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage(&self.usage),
-            }),
-        );
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.chunks.write_usage_and_done(out, usage(&self.usage));
     }
 }
 

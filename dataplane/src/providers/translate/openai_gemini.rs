@@ -24,8 +24,9 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
+use super::openai::{self, Chunks, Turns};
 use super::openai_anthropic::is_context_length;
-use super::{StreamTranslator, TranslateError, now_secs, text_of, write_event};
+use super::{StreamTranslator, TranslateError, text_of};
 
 /// The Gemini `generateContent` request for an OpenAI chat completion request.
 pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
@@ -38,7 +39,7 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
         ));
     };
     let mut system: Vec<Value> = Vec::new();
-    let mut contents: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut contents = Turns::default();
     // Tool call id → function name, for the `functionResponse` parts that answer them.
     let mut call_names: HashMap<String, Value> = HashMap::new();
     for (i, m) in messages.iter().enumerate() {
@@ -55,24 +56,11 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
             "user" => ("user", parts_of(content, i)?),
             "assistant" => {
                 let mut parts = parts_of(content, i)?;
-                for call in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let f = call.get("function").unwrap_or(&Value::Null);
-                    let name = f.get("name").cloned().unwrap_or(Value::Null);
-                    if let Some(id) = call.get("id").and_then(Value::as_str) {
-                        call_names.insert(id.to_owned(), name.clone());
+                for call in openai::tool_calls(m) {
+                    if let Some(id) = call.id.as_str() {
+                        call_names.insert(id.to_owned(), call.name.clone());
                     }
-                    let args: Value = f
-                        .get("arguments")
-                        .and_then(Value::as_str)
-                        .and_then(|a| serde_json::from_str(a).ok())
-                        .filter(Value::is_object)
-                        .unwrap_or_else(|| json!({}));
-                    parts.push(json!({"functionCall": {"name": name, "args": args}}));
+                    parts.push(json!({"functionCall": {"name": call.name, "args": call.input}}));
                 }
                 ("model", parts)
             }
@@ -96,31 +84,12 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 )
             }
-            other => {
-                return Err(TranslateError::new(
-                    format!("messages[{i}].role: unsupported role {other:?}"),
-                    Some("messages"),
-                ));
-            }
+            other => return Err(openai::unsupported_role(i, other)),
         };
-        if parts.is_empty() {
-            continue;
-        }
-        match contents.last_mut() {
-            Some((last, existing)) if last == role => existing.extend(parts),
-            _ => contents.push((role.to_owned(), parts)),
-        }
+        contents.push(role, parts);
     }
     let mut out = Map::new();
-    out.insert(
-        "contents".into(),
-        Value::Array(
-            contents
-                .into_iter()
-                .map(|(role, parts)| json!({"role": role, "parts": parts}))
-                .collect(),
-        ),
-    );
+    out.insert("contents".into(), contents.into_value("parts"));
     if !system.is_empty() {
         out.insert("systemInstruction".into(), json!({"parts": system}));
     }
@@ -141,14 +110,8 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
             config.insert(to.into(), v.clone());
         }
     }
-    match req.get("stop") {
-        Some(Value::String(s)) => {
-            config.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if !a.is_empty() => {
-            config.insert("stopSequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
+    if let Some(stop) = openai::stop_sequences(&req) {
+        config.insert("stopSequences".into(), stop);
     }
     if !config.is_empty() {
         out.insert("generationConfig".into(), Value::Object(config));
@@ -201,33 +164,12 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
 
 /// Gemini parts for an OpenAI message's content.
 fn parts_of(content: &Value, index: usize) -> Result<Vec<Value>, TranslateError> {
-    match content {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) if s.is_empty() => Ok(Vec::new()),
-        Value::String(s) => Ok(vec![json!({"text": s})]),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|part| match part.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(json!({"text": part.get("text").cloned().unwrap_or_default()})),
-                Some("image_url") => {
-                    let url = part
-                        .get("image_url")
-                        .and_then(|i| i.get("url").or(Some(i)))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    Ok(image_part(url))
-                }
-                other => Err(TranslateError::new(
-                    format!("messages[{index}].content: unsupported part type {other:?}"),
-                    Some("messages"),
-                )),
-            })
-            .collect(),
-        _ => Err(TranslateError::new(
-            format!("messages[{index}].content must be a string or an array"),
-            Some("messages"),
-        )),
-    }
+    openai::content_parts(
+        content,
+        index,
+        |text| json!({"text": text}),
+        |url| Ok(image_part(url)),
+    )
 }
 
 fn image_part(url: &str) -> Value {
@@ -261,29 +203,27 @@ fn finish_reason(reason: &str, called_tools: bool) -> Value {
     }
 }
 
-/// OpenAI's usage object for Gemini's `usageMetadata`.
+/// OpenAI's usage object for Gemini's `usageMetadata` (whose prompt count includes the
+/// cached part; thoughts are billed as output).
 fn usage(u: &Value) -> Value {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let prompt = n("promptTokenCount");
-    let completion = n("candidatesTokenCount") + n("thoughtsTokenCount");
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": n("cachedContentTokenCount")},
-    })
+    openai::usage(
+        n("promptTokenCount"),
+        n("candidatesTokenCount") + n("thoughtsTokenCount"),
+        n("cachedContentTokenCount"),
+        None,
+    )
 }
 
-/// A function call part as an OpenAI tool call (with `index` for stream deltas).
+/// A function call part as an OpenAI tool call (with `index` for stream deltas); Gemini's
+/// calls have no ids, so they are numbered.
 fn tool_call(call: &Value, n: usize, with_index: bool) -> Value {
-    let mut out = json!({
-        "id": call.get("id").and_then(Value::as_str).map_or_else(|| format!("call_{n}"), str::to_owned),
-        "type": "function",
-        "function": {
-            "name": call.get("name").cloned().unwrap_or(Value::Null),
-            "arguments": call.get("args").map_or_else(|| "{}".to_owned(), Value::to_string),
-        },
-    });
+    let id = call
+        .get("id")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("call_{n}"), str::to_owned);
+    let name = call.get("name").cloned().unwrap_or(Value::Null);
+    let mut out = openai::tool_call(id.into(), name, call.get("args"));
     if with_index {
         out["index"] = n.into();
     }
@@ -323,19 +263,19 @@ pub fn response(body: Bytes) -> Bytes {
         None if doc.pointer("/promptFeedback/blockReason").is_some() => "content_filter".into(),
         None => "stop".into(),
     };
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && (!calls.is_empty() || finish == "content_filter") { Value::Null } else { text.into() }});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
+    let mut message = openai::message(text, calls);
+    if finish == "content_filter" && message["content"] == "" {
+        message["content"] = Value::Null;
     }
-    let out = json!({
-        "id": doc.get("responseId").cloned().unwrap_or_else(|| "gemini".into()),
-        "object": "chat.completion",
-        "created": now_secs(),
-        "model": doc.get("modelVersion").cloned().unwrap_or(Value::Null),
-        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": usage(doc.get("usageMetadata").unwrap_or(&Value::Null)),
-    });
-    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+    openai::completion(
+        doc.get("responseId")
+            .cloned()
+            .unwrap_or_else(|| "gemini".into()),
+        doc.get("modelVersion").cloned().unwrap_or(Value::Null),
+        message,
+        finish,
+        usage(doc.get("usageMetadata").unwrap_or(&Value::Null)),
+    )
 }
 
 /// Whether a Gemini error body says the API key is invalid (Gemini answers that with a 400).
@@ -363,10 +303,7 @@ pub fn error(status: StatusCode, body: Bytes) -> Bytes {
     let message = parsed
         .pointer("/error/message")
         .and_then(Value::as_str)
-        .map_or_else(
-            || String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
-            str::to_owned,
-        );
+        .map_or_else(|| openai::raw_message(&body), str::to_owned);
     let grpc = parsed
         .pointer("/error/status")
         .and_then(Value::as_str)
@@ -386,16 +323,13 @@ pub fn error(status: StatusCode, body: Bytes) -> Bytes {
         (400..=499, _) => ("invalid_request_error", Value::Null),
         _ => ("api_error", Value::Null),
     };
-    let out = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
-    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+    openai::error_body(&message, kind, code)
 }
 
 /// Gemini's partial answers into OpenAI chat completion chunks.
 #[derive(Debug)]
 pub struct StreamToOpenAi {
-    id: Value,
-    model: Value,
-    created: i64,
+    chunks: Chunks,
     started: bool,
     calls: usize,
     usage: Value,
@@ -411,28 +345,12 @@ impl Default for StreamToOpenAi {
 impl StreamToOpenAi {
     pub fn new() -> Self {
         Self {
-            id: Value::Null,
-            model: Value::Null,
-            created: now_secs(),
+            chunks: Chunks::new(Value::Null, Value::Null),
             started: false,
             calls: 0,
             usage: Value::Null,
             failed: false,
         }
-    }
-
-    fn chunk(&self, out: &mut BytesMut, delta: Value, finish: Value) {
-        write_event(
-            out,
-            None,
-            &json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }),
-        );
     }
 }
 
@@ -446,26 +364,18 @@ impl StreamTranslator for StreamToOpenAi {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("upstream error");
-            write_event(
-                out,
-                None,
-                &json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}}),
-            );
+            openai::write_stream_error(out, message, "api_error", Value::Null);
             self.failed = true;
             return;
         }
         if !self.started {
             self.started = true;
-            self.id = doc
+            self.chunks.id = doc
                 .get("responseId")
                 .cloned()
                 .unwrap_or_else(|| "gemini".into());
-            self.model = doc.get("modelVersion").cloned().unwrap_or(Value::Null);
-            self.chunk(
-                out,
-                json!({"role": "assistant", "content": ""}),
-                Value::Null,
-            );
+            self.chunks.model = doc.get("modelVersion").cloned().unwrap_or(Value::Null);
+            self.chunks.write_role(out);
         }
         if let Some(u) = doc.get("usageMetadata").filter(|u| u.is_object()) {
             self.usage = u.clone();
@@ -485,18 +395,20 @@ impl StreamTranslator for StreamToOpenAi {
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty())
             {
-                self.chunk(out, json!({"content": t}), Value::Null);
+                self.chunks.write(out, json!({"content": t}), Value::Null);
             }
             if let Some(call) = part.get("functionCall") {
                 let call = tool_call(call, self.calls, true);
                 self.calls += 1;
-                self.chunk(out, json!({"tool_calls": [call]}), Value::Null);
+                self.chunks
+                    .write(out, json!({"tool_calls": [call]}), Value::Null);
             }
         }
         if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
-            self.chunk(out, json!({}), finish_reason(reason, self.calls > 0));
+            self.chunks
+                .write(out, json!({}), finish_reason(reason, self.calls > 0));
         } else if doc.pointer("/promptFeedback/blockReason").is_some() {
-            self.chunk(out, json!({}), "content_filter".into());
+            self.chunks.write(out, json!({}), "content_filter".into());
         }
     }
 
@@ -504,19 +416,7 @@ impl StreamTranslator for StreamToOpenAi {
         if self.failed || !self.started {
             return;
         }
-        write_event(
-            out,
-            None,
-            &json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage(&self.usage),
-            }),
-        );
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.chunks.write_usage_and_done(out, usage(&self.usage));
     }
 }
 

@@ -1,0 +1,394 @@
+//! OpenAI's side of the translations: reading an OpenAI chat request's message content and
+//! tool calls, and building OpenAI's answers, stream chunks, usage, tool calls and errors.
+//!
+//! The provider translators (`openai_anthropic`, `openai_gemini`, `openai_bedrock`) all read
+//! the same OpenAI request shapes and build the same OpenAI documents from their provider's
+//! fields; `anthropic_openai` reads OpenAI's tool calls the other way round. Doing it here
+//! keeps every OpenAI document the gateway makes identical in shape, whichever provider it
+//! came from — the official SDKs and the gateway's own usage accounting read these documents.
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Value, json};
+
+use super::{TranslateError, now_secs, write_event};
+
+/// Each part of an OpenAI message's `content` (a string, or a list of `text` and `image_url`
+/// parts) in the provider's form: `text` gets the text value, `image` the image's URL (a
+/// `data:` URL or a link) and may refuse it. `index` is the message's, for error paths.
+pub fn content_parts(
+    content: &Value,
+    index: usize,
+    text: impl Fn(Value) -> Value,
+    image: impl Fn(&str) -> Result<Value, TranslateError>,
+) -> Result<Vec<Value>, TranslateError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![text(Value::String(s.clone()))]),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(text(part.get("text").cloned().unwrap_or_default())),
+                Some("image_url") => image(
+                    part.get("image_url")
+                        .and_then(|i| i.get("url").or(Some(i)))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                ),
+                other => Err(TranslateError::new(
+                    format!("messages[{index}].content: unsupported part type {other:?}"),
+                    Some("messages"),
+                )),
+            })
+            .collect(),
+        _ => Err(TranslateError::new(
+            format!("messages[{index}].content must be a string or an array"),
+            Some("messages"),
+        )),
+    }
+}
+
+/// A request's `stop` (a string or a list) as the list of stop sequences providers take;
+/// `None` when there is none.
+pub fn stop_sequences(req: &serde_json::Map<String, Value>) -> Option<Value> {
+    match req.get("stop") {
+        Some(Value::String(s)) => Some(json!([s])),
+        Some(Value::Array(a)) if !a.is_empty() => Some(Value::Array(a.clone())),
+        _ => None,
+    }
+}
+
+/// The refusal of a message whose role no provider turn can hold.
+pub fn unsupported_role(index: usize, role: &str) -> TranslateError {
+    TranslateError::new(
+        format!("messages[{index}].role: unsupported role {role:?}"),
+        Some("messages"),
+    )
+}
+
+/// Provider turns built from OpenAI messages in order. Anthropic, Gemini and Bedrock want
+/// roles to alternate, so consecutive messages of one role (a tool result after a user
+/// message, say) merge into one turn; a message with nothing to say adds nothing.
+#[derive(Debug, Default)]
+pub struct Turns(Vec<(&'static str, Vec<Value>)>);
+
+impl Turns {
+    pub fn push(&mut self, role: &'static str, parts: Vec<Value>) {
+        if parts.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(parts),
+            _ => self.0.push((role, parts)),
+        }
+    }
+
+    /// The turns as `[{"role": …, <parts_key>: [...]}]`.
+    pub fn into_value(self, parts_key: &str) -> Value {
+        Value::Array(
+            self.0
+                .into_iter()
+                .map(|(role, parts)| {
+                    let mut turn = serde_json::Map::new();
+                    turn.insert("role".into(), role.into());
+                    turn.insert(parts_key.into(), Value::Array(parts));
+                    Value::Object(turn)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// One tool call of an OpenAI assistant message, as providers want it: its arguments parsed
+/// into an object (`{}` when they are missing or not a JSON object).
+#[derive(Debug)]
+pub struct ToolCallIn<'a> {
+    pub id: &'a Value,
+    pub name: &'a Value,
+    pub input: Value,
+}
+
+/// The tool calls of an OpenAI assistant message (request) or answer message.
+pub fn tool_calls(message: &Value) -> impl Iterator<Item = ToolCallIn<'_>> {
+    const NULL: &Value = &Value::Null;
+    message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|call| {
+            let function = call.get("function").unwrap_or(NULL);
+            ToolCallIn {
+                id: call.get("id").unwrap_or(NULL),
+                name: function.get("name").unwrap_or(NULL),
+                input: function
+                    .get("arguments")
+                    .and_then(Value::as_str)
+                    .and_then(|a| serde_json::from_str(a).ok())
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| json!({})),
+            }
+        })
+}
+
+/// An OpenAI tool call; `arguments` is serialised (`"{}"` when absent).
+pub fn tool_call(id: Value, name: Value, arguments: Option<&Value>) -> Value {
+    json!({
+        "id": id,
+        "type": "function",
+        "function": {
+            "name": name,
+            "arguments": arguments.map_or_else(|| "{}".to_owned(), Value::to_string),
+        },
+    })
+}
+
+/// The first chunk of a streamed tool call: its index, id and name, no arguments yet.
+pub fn tool_call_start(index: usize, id: Value, name: Value) -> Value {
+    json!({"tool_calls": [{
+        "index": index,
+        "id": id,
+        "type": "function",
+        "function": {"name": name, "arguments": ""},
+    }]})
+}
+
+/// A later chunk of a streamed tool call: more of its arguments.
+pub fn tool_call_arguments(index: usize, partial: Value) -> Value {
+    json!({"tool_calls": [{"index": index, "function": {"arguments": partial}}]})
+}
+
+/// OpenAI's usage object. `prompt` is the whole prompt, cached parts included; the cache read
+/// goes to `prompt_tokens_details.cached_tokens` and the cache write, where the provider has
+/// one, to `cache_creation_input_tokens` (LiteLLM's name), so that pricing charges both.
+pub fn usage(prompt: u64, completion: u64, cache_read: u64, cache_write: Option<u64>) -> Value {
+    let mut usage = json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cache_read},
+    });
+    if let Some(written) = cache_write {
+        usage["cache_creation_input_tokens"] = written.into();
+    }
+    usage
+}
+
+/// The assistant message of an answer: its text (`null` when there is none but tool calls)
+/// and its tool calls.
+pub fn message(text: String, calls: Vec<Value>) -> Value {
+    let content = if text.is_empty() && !calls.is_empty() {
+        Value::Null
+    } else {
+        text.into()
+    };
+    let mut message = json!({"role": "assistant", "content": content});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    message
+}
+
+/// A complete chat completion.
+pub fn completion(id: Value, model: Value, message: Value, finish: Value, usage: Value) -> Bytes {
+    let out = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": usage,
+    });
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// OpenAI's error body, `param` null.
+pub fn error_body(message: &str, kind: &str, code: Value) -> Bytes {
+    let out = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// An upstream error body's start as text, for errors whose message cannot be found in it.
+pub fn raw_message(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned()
+}
+
+/// Writes a stream's error event: the upstream failed mid-stream.
+pub fn write_stream_error(out: &mut BytesMut, message: &str, kind: &str, code: Value) {
+    write_event(
+        out,
+        None,
+        &json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
+    );
+}
+
+/// The identity every chunk of one translated stream repeats.
+#[derive(Debug, Clone, Default)]
+pub struct Chunks {
+    pub id: Value,
+    pub model: Value,
+    pub created: i64,
+}
+
+impl Chunks {
+    pub fn new(id: Value, model: Value) -> Self {
+        Self {
+            id,
+            model,
+            created: now_secs(),
+        }
+    }
+
+    /// Writes one chat completion chunk with `delta` and `finish` (null until the end).
+    pub fn write(&self, out: &mut BytesMut, delta: Value, finish: Value) {
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        write_event(out, None, &chunk);
+    }
+
+    /// Writes the first chunk: the assistant role with empty content.
+    pub fn write_role(&self, out: &mut BytesMut) {
+        self.write(
+            out,
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        );
+    }
+
+    /// Writes the usage-only chunk and `[DONE]`, which end a stream.
+    pub fn write_usage_and_done(&self, out: &mut BytesMut, usage: Value) {
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        });
+        write_event(out, None, &chunk);
+        out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_parts_map_text_and_images_and_refuse_the_rest() {
+        let text = |t: Value| json!({"t": t});
+        let image = |url: &str| Ok(json!({"i": url}));
+        let parts = content_parts(
+            &json!([
+                {"type": "text", "text": "a"},
+                {"type": "image_url", "image_url": {"url": "data:x"}},
+                {"type": "image_url", "image_url": "https://y"}
+            ]),
+            0,
+            text,
+            image,
+        )
+        .unwrap();
+        assert_eq!(
+            parts,
+            [
+                json!({"t": "a"}),
+                json!({"i": "data:x"}),
+                json!({"i": "https://y"})
+            ]
+        );
+        assert_eq!(
+            content_parts(&json!("hi"), 0, text, image).unwrap(),
+            [json!({"t": "hi"})]
+        );
+        assert!(
+            content_parts(&json!(""), 0, text, image)
+                .unwrap()
+                .is_empty()
+        );
+        let err = content_parts(&json!([{"type": "audio"}]), 3, text, image).unwrap_err();
+        assert!(err.message.starts_with("messages[3].content"), "{err}");
+        assert!(content_parts(&json!(7), 0, text, image).is_err());
+    }
+
+    #[test]
+    fn consecutive_turns_of_a_role_merge_and_empty_ones_vanish() {
+        let mut turns = Turns::default();
+        turns.push("user", vec![json!(1)]);
+        turns.push("user", vec![json!(2)]);
+        turns.push("assistant", Vec::new());
+        turns.push("assistant", vec![json!(3)]);
+        turns.push("user", vec![json!(4)]);
+        assert_eq!(
+            turns.into_value("content"),
+            json!([
+                {"role": "user", "content": [1, 2]},
+                {"role": "assistant", "content": [3]},
+                {"role": "user", "content": [4]}
+            ])
+        );
+    }
+
+    #[test]
+    fn stop_becomes_a_list() {
+        let req = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            stop_sequences(&req(json!({"stop": "X"}))),
+            Some(json!(["X"]))
+        );
+        assert_eq!(
+            stop_sequences(&req(json!({"stop": ["A", "B"]}))),
+            Some(json!(["A", "B"]))
+        );
+        assert_eq!(stop_sequences(&req(json!({"stop": []}))), None);
+        assert_eq!(stop_sequences(&req(json!({}))), None);
+    }
+
+    #[test]
+    fn tool_call_arguments_become_objects() {
+        let message = json!({"tool_calls": [
+            {"id": "c1", "function": {"name": "f", "arguments": "{\"x\":1}"}},
+            {"id": "c2", "function": {"name": "g", "arguments": "[1]"}},
+            {"id": "c3", "function": {"name": "h"}}
+        ]});
+        let calls: Vec<_> = tool_calls(&message).collect();
+        assert_eq!(calls.len(), 3);
+        assert_eq!((calls[0].id, calls[0].name), (&json!("c1"), &json!("f")));
+        assert_eq!(calls[0].input, json!({"x": 1}));
+        assert_eq!(calls[1].input, json!({}));
+        assert_eq!(calls[2].input, json!({}));
+    }
+
+    #[test]
+    fn usage_puts_cache_parts_where_pricing_reads_them() {
+        assert_eq!(
+            usage(130, 5, 100, Some(20)),
+            json!({"prompt_tokens": 130, "completion_tokens": 5, "total_tokens": 135,
+                   "prompt_tokens_details": {"cached_tokens": 100},
+                   "cache_creation_input_tokens": 20})
+        );
+        assert!(
+            usage(1, 1, 0, None)
+                .get("cache_creation_input_tokens")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_message_with_only_tool_calls_has_null_content() {
+        let m = message(String::new(), vec![tool_call("c".into(), "f".into(), None)]);
+        assert_eq!(m["content"], Value::Null);
+        assert_eq!(m["tool_calls"][0]["function"]["arguments"], "{}");
+        assert_eq!(message("hi".into(), Vec::new())["content"], "hi");
+        assert!(
+            message(String::new(), Vec::new())
+                .get("tool_calls")
+                .is_none()
+        );
+    }
+}

@@ -8,6 +8,8 @@
 //!   rates are written out here by hand and checked against the file.
 //! - The control plane killed and restarted, and NATS killed and restarted, while load runs:
 //!   still exactly one row per request.
+//! - Redis restarted empty under an exhausted budget: the control plane restores the counters
+//!   from Postgres, and the budget keeps refusing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
@@ -19,12 +21,15 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{ControlPlane, MASTER_KEYS, unique_namespace};
 use common::*;
+use controlplane::config::RedisSettings;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::json;
 use sqlx::PgPool;
+use switchboard_shared::budget::{BudgetScope, counter_key, period_of, usd_to_nanos};
 use switchboard_shared::cluster::NatsNames;
-use switchboard_tests::services::{ThrowawayNats, nats_url};
+use switchboard_shared::snapshot::{Budget, BudgetPeriod};
+use switchboard_tests::services::{ThrowawayNats, ThrowawayRedis, nats_url};
 
 const PRICE_FILE: &str = "../shared/data/model_prices_and_context_window.json";
 
@@ -173,6 +178,9 @@ struct Cluster {
     cp: ControlPlane,
     mock: MockUpstream,
     secret: String,
+    key_id: String,
+    /// The data planes' `redis:` section, if they share one.
+    redis_yaml: String,
     planes: Vec<DataPlane>,
     _dir: tempfile::TempDir,
 }
@@ -193,12 +201,28 @@ impl Drop for DataPlane {
 
 impl Cluster {
     async fn start(pool: PgPool, nats: &str) -> Cluster {
+        Self::start_with(pool, nats, None).await
+    }
+
+    /// With `redis` (URL, key prefix), shared by the data planes and reconciled by the control
+    /// plane every 200 ms; data planes fail closed while it is down.
+    async fn start_with(pool: PgPool, nats: &str, redis: Option<(String, String)>) -> Cluster {
         let synced = controlplane::prices::sync_from_file(&pool, std::path::Path::new(PRICE_FILE))
             .await
             .unwrap();
         let namespace = unique_namespace();
         let mock = MockUpstream::start().await.unwrap();
-        let cp = ControlPlane::start_on(pool.clone(), &namespace, nats).await;
+        let reconcile = redis.as_ref().map(|(url, prefix)| RedisSettings {
+            url: url.clone(),
+            key_prefix: prefix.clone(),
+            reconcile_interval: Duration::from_millis(200),
+        });
+        let redis_yaml = redis.map_or_else(String::new, |(url, prefix)| {
+            format!(
+                "redis:\n  url: {{ value: \"{url}\" }}\n  key_prefix: {prefix}\n  failure_policy: closed\n"
+            )
+        });
+        let cp = ControlPlane::start_with(pool.clone(), &namespace, nats, reconcile).await;
         cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "acme"}))
             .await;
         let providers = [
@@ -242,6 +266,7 @@ impl Cluster {
             .write(Method::POST, "/admin/v1/keys", json!({"tenant_id": "acme"}))
             .await;
         let secret = created.json()["key"].as_str().unwrap().to_owned();
+        let key_id = created.json()["id"].as_str().unwrap().to_owned();
         let mut cluster = Cluster {
             pool,
             price_version: synced.version_id,
@@ -250,6 +275,8 @@ impl Cluster {
             cp,
             mock,
             secret,
+            key_id,
+            redis_yaml,
             planes: Vec::new(),
             _dir: tempfile::tempdir().unwrap(),
         };
@@ -266,12 +293,13 @@ impl Cluster {
         let config = format!(
             "server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\n  shutdown_grace_seconds: 1\n\
              cluster:\n  namespace: {ns}\n  nats_url: \"{nats}\"\n  controlplane_grpc: \"{grpc}\"\n  \
-             heartbeat_interval_ms: 500\n  snapshot_cache: \"{cache}\"\n  usage_spill_path: \"{spill}\"\n",
+             heartbeat_interval_ms: 500\n  snapshot_cache: \"{cache}\"\n  usage_spill_path: \"{spill}\"\n{redis}",
             ns = self.namespace,
             nats = self.nats,
             grpc = self.cp.grpc,
             cache = dir.join(format!("{name}.snapshot.json")).display(),
             spill = dir.join(format!("{name}.usage.jsonl")).display(),
+            redis = self.redis_yaml,
         );
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, config).unwrap();
@@ -579,6 +607,123 @@ async fn no_row_is_lost_or_doubled_when_the_control_plane_and_nats_restart(pool:
     assert_eq!(rows.len(), n, "exactly one spend row per request");
     for (id, kind) in &sent {
         check_row(*kind, &rows[id], cluster.price_version);
+    }
+    cluster.drop_usage_stream().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_exhausted_budget_holds_when_redis_restarts_empty(pool: PgPool) {
+    let mut redis = ThrowawayRedis::start().await;
+    let prefix = format!("sb{}", uuid::Uuid::now_v7().simple());
+    let cluster = Cluster::start_with(
+        pool.clone(),
+        &nats_url(),
+        Some((redis.url(), prefix.clone())),
+    )
+    .await;
+    let budget = Budget {
+        max_usd: 0.002,
+        soft_usd: None,
+        period: BudgetPeriod::Daily,
+        time_zone: None,
+    };
+    cluster
+        .cp
+        .write(
+            Method::PUT,
+            &format!("/admin/v1/keys/{}/budget?wait_ms=5000", cluster.key_id),
+            serde_json::to_value(&budget).unwrap(),
+        )
+        .await;
+
+    // Spend it: each answer costs $0.00013875, each admission reserves its maximum first.
+    let mut admitted = Vec::new();
+    let refusal = loop {
+        let reply = send(request(
+            Method::POST,
+            &format!("{}/v1/chat/completions", cluster.planes[admitted.len() % 2].base),
+            &[
+                ("authorization", &format!("Bearer {}", cluster.secret)),
+                ("content-type", "application/json"),
+            ],
+            json!({"model": "m-4o", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+        ))
+        .await;
+        if reply.status != StatusCode::OK {
+            break reply;
+        }
+        admitted.push(reply.headers["x-request-id"].to_str().unwrap().to_owned());
+        assert!(admitted.len() < 100, "the budget never ran out");
+    };
+    let error = refusal.openai_error(429);
+    assert_eq!(error["code"], "budget_exceeded", "{error}");
+    let rows = cluster
+        .spend_rows(admitted.len(), Duration::from_secs(30))
+        .await;
+    assert_eq!(rows.len(), admitted.len());
+    let spent: i64 = rows.values().map(|r| usd_to_nanos(r.cost_usd)).sum();
+
+    // Redis restarts with nothing in it (no persistence): the counter is gone.
+    let key = counter_key(
+        &prefix,
+        BudgetScope::Key,
+        &cluster.key_id,
+        "acme",
+        &period_of(&budget, chrono::Utc::now()),
+    );
+    let port = redis.port;
+    redis.stop().await;
+    let redis = ThrowawayRedis::start_on(port).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+
+    // The control plane puts back what Postgres says was spent this period.
+    let started = Instant::now();
+    let restored: i64 = loop {
+        let value: Option<i64> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(value) = value.filter(|v| *v >= spent) {
+            break value;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the counter was never restored (now {value:?}, Postgres says {spent})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(restored, spent, "restored to exactly the spend in Postgres");
+
+    // So both data planes, once they reach Redis again, still refuse the key.
+    for plane in &cluster.planes {
+        let started = Instant::now();
+        let reply = loop {
+            let reply = send(request(
+                Method::POST,
+                &format!("{}/v1/chat/completions", plane.base),
+                &[
+                    ("authorization", &format!("Bearer {}", cluster.secret)),
+                    ("content-type", "application/json"),
+                ],
+                json!({"model": "m-4o", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            ))
+            .await;
+            // 503 while this replica still counts Redis as down (failure_policy: closed).
+            if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+                break reply;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "Redis never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let error = reply.openai_error(429);
+        assert_eq!(error["code"], "budget_exceeded", "{error}");
     }
     cluster.drop_usage_stream().await;
 }

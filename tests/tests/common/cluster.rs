@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use controlplane::config::{PricesConfig, Settings, SpendConfig};
+use controlplane::config::{PricesConfig, RedisSettings, Settings, SpendConfig};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -41,6 +41,16 @@ impl ControlPlane {
 
     /// On the NATS at `nats_url`.
     pub async fn start_on(pool: PgPool, namespace: &str, nats_url: &str) -> Self {
+        Self::start_with(pool, namespace, nats_url, None).await
+    }
+
+    /// On the NATS at `nats_url`, reconciling the budget counters in `redis` if given.
+    pub async fn start_with(
+        pool: PgPool,
+        namespace: &str,
+        nats_url: &str,
+        redis: Option<RedisSettings>,
+    ) -> Self {
         let settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
@@ -55,7 +65,7 @@ impl ControlPlane {
             master_keys: MasterKeys::parse(MASTER_KEYS).unwrap(),
             spend: SpendConfig::default(),
             prices: PricesConfig::default(),
-            redis: None,
+            redis,
         };
         let env = [
             (

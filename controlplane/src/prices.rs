@@ -23,7 +23,7 @@
 //! (`current_version!`).
 //!
 //! Scheduled syncs run on every control-plane replica's timer but only one replica does the
-//! work: each run takes a Postgres advisory lock ([`SYNC_LOCK`]) with `pg_try_advisory_lock`
+//! work: each run takes a Postgres advisory lock ([`SYNC_LOCK`], [`crate::db::with_try_lock`])
 //! and skips when another replica holds it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +38,8 @@ use switchboard_shared::price::{PriceEntry, parse_price_file};
 use utoipa::ToSchema;
 
 use crate::auth::{Caller, Role};
+use crate::by_id;
+use crate::db::ById;
 use crate::error::ApiError;
 use crate::write::{Committed, Write};
 
@@ -441,13 +443,10 @@ async fn load_override(
     model: &str,
     lock: bool,
 ) -> sqlx::Result<Option<OverrideView>> {
-    let sql = if lock {
-        "SELECT entry, updated_by, updated_at FROM price_overrides WHERE model = $1 FOR UPDATE"
-    } else {
-        "SELECT entry, updated_by, updated_at FROM price_overrides WHERE model = $1"
-    };
+    const BY_MODEL: ById =
+        by_id!("SELECT entry, updated_by, updated_at FROM price_overrides WHERE model = $1");
     let row: Option<(Json<PriceEntry>, String, DateTime<Utc>)> =
-        sqlx::query_as(sql).bind(model).fetch_optional(conn).await?;
+        BY_MODEL.fetch(conn, model, lock).await?;
     Ok(row.map(|(entry, updated_by, updated_at)| OverrideView {
         entry: entry.0,
         updated_by,
@@ -671,21 +670,7 @@ pub async fn sync_once_locked(
     client: &reqwest::Client,
     url: &str,
 ) -> Result<Option<SyncOutcome>, SyncError> {
-    // The lock belongs to a session: hold one connection for lock, sync and unlock.
-    let mut conn = pool.acquire().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(SYNC_LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !locked {
-        return Ok(None);
-    }
-    let result = sync_from_url(pool, client, url).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(SYNC_LOCK)
-        .execute(&mut *conn)
-        .await;
-    result.map(Some)
+    crate::db::with_try_lock(pool, SYNC_LOCK, sync_from_url(pool, client, url)).await
 }
 
 /// Syncs from `url` every `every` until `shutdown`, one replica at a time. Failures are

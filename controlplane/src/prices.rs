@@ -41,7 +41,7 @@ use crate::auth::{Caller, Role};
 use crate::by_id;
 use crate::db::ById;
 use crate::error::ApiError;
-use crate::write::{Committed, Write};
+use crate::write::{Change, Committed, Write};
 
 /// Price versions kept in Postgres.
 pub const VERSIONS_KEPT: i64 = 5;
@@ -49,6 +49,8 @@ pub const VERSIONS_KEPT: i64 = 5;
 pub const SYNC_LOCK: i64 = 0x5342_5052_4943_4553;
 /// Largest price file accepted (the real one is about 1.5 MB).
 pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
+/// The audit log's `object_type` of overrides.
+const OVERRIDE_OBJECT_TYPE: &str = "price_override";
 /// Longest model name an override may have (LiteLLM's longest is about 100 characters).
 pub const MAX_MODEL_CHARS: usize = 256;
 
@@ -591,14 +593,14 @@ pub async fn set_override_in(
         updated_at,
     };
     let action = if before.is_some() { "update" } else { "create" };
-    w.audit(
+    w.audit(Change::of(
         action,
-        "price_override",
+        OVERRIDE_OBJECT_TYPE,
         model,
         None,
-        before.as_ref().and_then(crate::api::audit_json),
-        crate::api::audit_json(&after),
-    )
+        before.as_ref(),
+        Some(&after),
+    ))
     .await?;
     Ok((before, after))
 }
@@ -613,14 +615,14 @@ pub async fn delete_override_in(w: &mut Write, model: &str) -> Result<OverrideVi
         .bind(model)
         .execute(w.conn())
         .await?;
-    w.audit(
+    w.audit(Change::of(
         "delete",
-        "price_override",
+        OVERRIDE_OBJECT_TYPE,
         model,
         None,
-        crate::api::audit_json(&before),
+        Some(&before),
         None,
-    )
+    ))
     .await?;
     Ok(before)
 }

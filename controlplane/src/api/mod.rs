@@ -1,10 +1,13 @@
 //! The admin REST API's handlers, one module per resource, and what they share: list
 //! parameters, the `?wait_ms=` of writes, and the response of a committed write (with
 //! `x-switchboard-config-revision` and, when the fleet lags, `x-switchboard-fleet-pending`).
+//! [`crud`] holds the parts of the handlers themselves that every resource shares: reading
+//! one object, a page of a list, the write tail.
 
 pub mod admins;
 pub mod auth;
 pub mod budgets;
+pub mod crud;
 pub mod deployments;
 pub mod keys;
 pub mod models;
@@ -182,9 +185,4 @@ pub fn check_id(path: &str, id: &str) -> Result<(), ApiError> {
             "must be 1-64 characters of letters, digits, '.', '_' or '-'",
         ))
     }
-}
-
-/// Serialises an API view for the audit log (views never hold secrets).
-pub fn audit_json<T: Serialize>(view: &T) -> Option<serde_json::Value> {
-    serde_json::to_value(view).ok()
 }

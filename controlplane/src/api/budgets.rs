@@ -11,16 +11,13 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::Response;
 use chrono::Utc;
-use serde::Deserialize;
 use switchboard_shared::snapshot::Budget;
-use utoipa::IntoParams;
 
-use super::{ListParams, MAX_LIMIT, Page, Wait, deleted, written};
+use super::{Page, Wait, deleted, list_params, written};
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::budgets::{self, BudgetBody, BudgetView, Scope, Subject};
@@ -30,36 +27,14 @@ use crate::state::AppState;
 /// Longest an admin write waits for the immediate counter raise.
 const RAISE_WAIT: Duration = Duration::from_secs(2);
 
-/// `GET /admin/v1/budgets` parameters.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct BudgetListParams {
-    /// Page size, 1..=1000 (default 100).
-    pub limit: Option<u32>,
-    /// Items to skip; pass the previous page's `next_offset`.
-    pub offset: Option<u64>,
-    /// Only this tenant's budget and its keys'.
-    pub tenant_id: Option<String>,
-    /// Only `key` or only `tenant` budgets.
-    #[param(value_type = Option<String>)]
-    pub scope: Option<Scope>,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for BudgetListParams {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Query(params) = Query::<BudgetListParams>::try_from_uri(&parts.uri)
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        if let Some(limit) = params.limit
-            && !(1..=MAX_LIMIT).contains(&limit)
-        {
-            return Err(ApiError::BadRequest(format!(
-                "limit must be between 1 and {MAX_LIMIT}"
-            )));
-        }
-        Ok(params)
+list_params! {
+    /// `GET /admin/v1/budgets` parameters.
+    pub struct BudgetListParams {
+        /// Only this tenant's budget and its keys'.
+        pub tenant_id: Option<String>,
+        /// Only `key` or only `tenant` budgets.
+        #[param(value_type = Option<String>)]
+        pub scope: Option<Scope>,
     }
 }
 
@@ -88,11 +63,7 @@ pub async fn list(
     caller: Caller,
     params: BudgetListParams,
 ) -> Result<Json<Page<BudgetView>>, ApiError> {
-    let paging = ListParams {
-        limit: params.limit,
-        offset: params.offset,
-        tenant_id: None,
-    };
+    let paging = params.paging();
     let subjects = budgets::list(
         &state.pool,
         &caller,

@@ -91,6 +91,7 @@ pub async fn page<Row, T>(
 where
     Row: for<'r> FromRow<'r, PgRow> + Send + Unpin,
 {
+    let paging = params.paging();
     let query = match sql {
         ListSql::Platform(sql) => sqlx::query_as(sql),
         ListSql::Tenant(sql) => sqlx::query_as(sql)
@@ -98,11 +99,11 @@ where
             .bind(params.tenant_id.as_deref()),
     };
     let rows: Vec<Row> = query
-        .bind(params.limit() + 1)
-        .bind(params.offset())
+        .bind(paging.limit() + 1)
+        .bind(paging.offset())
         .fetch_all(&state.pool)
         .await?;
-    Ok(Json(params.page(rows, view)))
+    Ok(Json(paging.page(rows, view)))
 }
 
 /// The audit record of `action` on the object `id`: from `before`'s view to `after`'s, under

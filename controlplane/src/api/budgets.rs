@@ -145,78 +145,69 @@ async fn delete_budget(
     Ok(deleted(state, committed, wait).await)
 }
 
-#[utoipa::path(get, path = "/tenants/{id}/budget", tag = "budgets", params(("id" = String, Path)),
-    responses((status = 200, body = BudgetView), (status = 404, body = Problem)))]
-pub async fn get_tenant_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<BudgetView>, ApiError> {
-    get_budget(&state, &caller, Scope::Tenant, &id).await
+/// The three budget routes of one owner, at `$path`. The owners' pairs differ only in their
+/// path and in who may write (their summaries say; [`budgets::set`] decides).
+macro_rules! owner_budget_routes {
+    (
+        $scope:expr, $path:literal,
+        get: $get:ident,
+        $(#[$put_doc:meta])* put: $put:ident,
+        $(#[$delete_doc:meta])* delete: $delete:ident $(,)?
+    ) => {
+        #[utoipa::path(get, path = $path, tag = "budgets", params(("id" = String, Path)),
+            responses((status = 200, body = BudgetView), (status = 404, body = Problem)))]
+        pub async fn $get(
+            State(state): State<AppState>,
+            caller: Caller,
+            Path(id): Path<String>,
+        ) -> Result<Json<BudgetView>, ApiError> {
+            get_budget(&state, &caller, $scope, &id).await
+        }
+
+        $(#[$put_doc])*
+        #[utoipa::path(put, path = $path, tag = "budgets",
+            params(("id" = String, Path), Wait), request_body = BudgetBody,
+            responses((status = 200, body = BudgetView), (status = 400, body = Problem),
+                (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+        pub async fn $put(
+            State(state): State<AppState>,
+            caller: Caller,
+            Path(id): Path<String>,
+            wait: Wait,
+            Body(budget): Body<Budget>,
+        ) -> Result<Response, ApiError> {
+            put_budget(&state, &caller, $scope, &id, wait, budget).await
+        }
+
+        $(#[$delete_doc])*
+        #[utoipa::path(delete, path = $path, tag = "budgets",
+            params(("id" = String, Path), Wait),
+            responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+        pub async fn $delete(
+            State(state): State<AppState>,
+            caller: Caller,
+            Path(id): Path<String>,
+            wait: Wait,
+        ) -> Result<Response, ApiError> {
+            delete_budget(&state, &caller, $scope, &id, wait).await
+        }
+    };
 }
 
-/// Sets or replaces a tenant's budget (platform admins).
-#[utoipa::path(put, path = "/tenants/{id}/budget", tag = "budgets",
-    params(("id" = String, Path), Wait), request_body = BudgetBody,
-    responses((status = 200, body = BudgetView), (status = 400, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
-pub async fn put_tenant_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-    Body(budget): Body<Budget>,
-) -> Result<Response, ApiError> {
-    put_budget(&state, &caller, Scope::Tenant, &id, wait, budget).await
+owner_budget_routes! {
+    Scope::Tenant, "/tenants/{id}/budget",
+    get: get_tenant_budget,
+    /// Sets or replaces a tenant's budget (platform admins).
+    put: put_tenant_budget,
+    /// Removes a tenant's budget (platform admins).
+    delete: delete_tenant_budget,
 }
 
-/// Removes a tenant's budget (platform admins).
-#[utoipa::path(delete, path = "/tenants/{id}/budget", tag = "budgets",
-    params(("id" = String, Path), Wait),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
-pub async fn delete_tenant_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-) -> Result<Response, ApiError> {
-    delete_budget(&state, &caller, Scope::Tenant, &id, wait).await
-}
-
-#[utoipa::path(get, path = "/keys/{id}/budget", tag = "budgets", params(("id" = String, Path)),
-    responses((status = 200, body = BudgetView), (status = 404, body = Problem)))]
-pub async fn get_key_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<BudgetView>, ApiError> {
-    get_budget(&state, &caller, Scope::Key, &id).await
-}
-
-/// Sets or replaces a key's budget (platform admins, the key's tenant admins).
-#[utoipa::path(put, path = "/keys/{id}/budget", tag = "budgets",
-    params(("id" = String, Path), Wait), request_body = BudgetBody,
-    responses((status = 200, body = BudgetView), (status = 400, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
-pub async fn put_key_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-    Body(budget): Body<Budget>,
-) -> Result<Response, ApiError> {
-    put_budget(&state, &caller, Scope::Key, &id, wait, budget).await
-}
-
-/// Removes a key's budget (platform admins, the key's tenant admins).
-#[utoipa::path(delete, path = "/keys/{id}/budget", tag = "budgets",
-    params(("id" = String, Path), Wait),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
-pub async fn delete_key_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-) -> Result<Response, ApiError> {
-    delete_budget(&state, &caller, Scope::Key, &id, wait).await
+owner_budget_routes! {
+    Scope::Key, "/keys/{id}/budget",
+    get: get_key_budget,
+    /// Sets or replaces a key's budget (platform admins, the key's tenant admins).
+    put: put_key_budget,
+    /// Removes a key's budget (platform admins, the key's tenant admins).
+    delete: delete_key_budget,
 }

@@ -4,7 +4,8 @@
 //! [`updated`], [`delete`]; [`change`] with [`Write::finish`] for writes answered otherwise).
 //!
 //! Role checks stay in the handlers: they differ per resource, and where they stand decides
-//! between 403 and 404.
+//! between 403 and 404. So do the handlers' shells (extractors and `utoipa::path`), alike in
+//! shape but each the documented contract of its route.
 
 use axum::Json;
 use axum::http::StatusCode;

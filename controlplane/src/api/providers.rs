@@ -180,6 +180,8 @@ impl ExtraFields<'_> {
     }
 }
 
+// The fields repeat `CreateProvider`'s: serde's `flatten` does not work with
+// `deny_unknown_fields`, which every body needs. `extra_fields!` reads both one way.
 /// Replaces a provider's settings; an absent `api_key` keeps the stored one.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

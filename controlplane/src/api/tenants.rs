@@ -68,6 +68,8 @@ pub struct CreateTenant {
     pub budget: Option<Budget>,
 }
 
+// `CreateTenant` repeats these fields: serde's `flatten` does not work with
+// `deny_unknown_fields`, which every body needs.
 /// A tenant's settings, replaced as a whole.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

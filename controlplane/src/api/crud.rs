@@ -1,6 +1,6 @@
 //! The parts of the resource handlers that every resource shares, so that a handler states
-//! only its own rules and SQL: reading one object the caller may see ([`load`], [`get`]), a
-//! page of a list ([`page`]), and the write tail — audit row, commit, answer ([`created`],
+//! only its own rules and SQL: reading one object the caller may see ([`load`], [`get`],
+//! [`begin`] in a write), a page of a list ([`page`]), and the write tail — audit row, commit, answer ([`created`],
 //! [`updated`], [`delete`]; [`change`] with [`Write::finish`] for writes answered otherwise).
 //!
 //! Role checks stay in the handlers: they differ per resource, and where they stand decides
@@ -53,6 +53,18 @@ pub async fn load<R: Resource>(
         Some(row) if row.tenant_id().is_none_or(|t| caller.sees_tenant(t)) => Ok(row),
         _ => Err(ApiError::not_found(R::NOUN, id)),
     }
+}
+
+/// Opens a write on the object `id`: [`Write::begin`], then [`load`] it locked. 404 when it
+/// does not exist or the caller may not see it.
+pub async fn begin<R: Resource>(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(Write, R), ApiError> {
+    let mut w = Write::begin(&state.pool, caller).await?;
+    let row = load(w.conn(), caller, id, true).await?;
+    Ok((w, row))
 }
 
 /// Whether the object `id` exists, whoever may see it (for references in a body).
@@ -171,8 +183,7 @@ pub async fn delete<R: Resource>(
     wait: Wait,
     sql: &'static str,
 ) -> Result<Response, ApiError> {
-    let mut w = Write::begin(&state.pool, caller).await?;
-    let before: R = load(w.conn(), caller, id, true).await?;
+    let (mut w, before) = begin::<R>(state, caller, id).await?;
     sqlx::query(sql).bind(id).execute(w.conn()).await?;
     let change = change("delete", id, Some(&before), None);
     let committed = w.finish(Some(&state.publisher), change, None).await?;

@@ -210,8 +210,7 @@ pub async fn update(
     if req.id.as_ref().is_some_and(|body_id| body_id != &id) {
         return Err(ApiError::invalid("id", "differs from the id in the path"));
     }
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before: DeploymentRow = crud::load(w.conn(), &caller, &id, true).await?;
+    let (mut w, before) = crud::begin::<DeploymentRow>(&state, &caller, &id).await?;
     let row = save(&mut w, UPDATE, &id, req).await?;
     crud::updated(&state, w, wait, &id, &before, &row).await
 }

@@ -240,8 +240,7 @@ pub async fn update(
     Body(req): Body<UpdateKey>,
 ) -> Result<Response, ApiError> {
     caller.require_writer()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before: KeyRow = crud::load(w.conn(), &caller, &id, true).await?;
+    let (mut w, before) = crud::begin::<KeyRow>(&state, &caller, &id).await?;
     let limits = req.limits.unwrap_or(limits(before.rpm, before.tpm));
     let budget = match req.budget {
         Some(b) => b,
@@ -293,8 +292,7 @@ pub async fn revoke(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_writer()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before: KeyRow = crud::load(w.conn(), &caller, &id, true).await?;
+    let (mut w, before) = crud::begin::<KeyRow>(&state, &caller, &id).await?;
     let row: KeyRow = sqlx::query_as(concat!(
         "UPDATE virtual_keys SET status = 'revoked', revoked_at = coalesce(revoked_at, now()), \
          updated_at = now() WHERE id = $1 RETURNING ",
@@ -317,8 +315,7 @@ pub async fn rotate(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_writer()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before: KeyRow = crud::load(w.conn(), &caller, &id, true).await?;
+    let (mut w, before) = crud::begin::<KeyRow>(&state, &caller, &id).await?;
     if before.status() == KeyStatus::Revoked {
         return Err(ApiError::Conflict("a revoked key cannot be rotated".into()));
     }

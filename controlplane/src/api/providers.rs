@@ -334,8 +334,7 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
     check_api_key(req.api_key.as_ref())?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before: ProviderRow = crud::load(w.conn(), &caller, &id, true).await?;
+    let (mut w, before) = crud::begin::<ProviderRow>(&state, &caller, &id).await?;
     let credential = match (&req.api_key, req.remove_api_key) {
         (Some(_), true) => {
             return Err(ApiError::invalid(

@@ -198,8 +198,7 @@ pub async fn update(
     Body(req): Body<UpdateTenant>,
 ) -> Result<Response, ApiError> {
     caller.require_tenant_writer(&id)?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before: TenantRow = crud::load(w.conn(), &caller, &id, true).await?;
+    let (mut w, before) = crud::begin::<TenantRow>(&state, &caller, &id).await?;
     let row = save(w.conn(), UPDATE, &id, req).await?;
     crud::updated(&state, w, wait, &id, &before, &row).await
 }

@@ -1,5 +1,5 @@
 //! The admin REST API's handlers, one module per resource, and what they share: list
-//! parameters ([`list_params!`]), the `?wait_ms=` of writes, and the response of a committed
+//! parameters (`list_params!`), the `?wait_ms=` of writes, and the response of a committed
 //! write (with `x-switchboard-config-revision` and, when the fleet lags,
 //! `x-switchboard-fleet-pending`). [`crud`] holds the parts of the handlers themselves that
 //! every resource shares: reading one object, a page of a list, the write tail.

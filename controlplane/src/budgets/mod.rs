@@ -317,7 +317,7 @@ pub async fn views(
 }
 
 /// The budgeted subjects `caller` may see, filtered, one page (`limit` + 1 rows, for
-/// [`crate::api::ListParams::page`]).
+/// [`crate::api::Paging::page`]).
 pub async fn list(
     pool: &PgPool,
     caller: &Caller,

@@ -105,6 +105,17 @@ impl Caller {
         }
     }
 
+    /// May change the tenant `tenant_id` itself — its settings, its budget: platform admins
+    /// only (a tenant admin must not raise its own limits). Viewers get 403; the admin of
+    /// another tenant 404, as for any object of another tenant; the tenant's own admin 403.
+    pub fn require_tenant_writer(&self, tenant_id: &str) -> Result<(), ApiError> {
+        self.require_writer()?;
+        if !self.sees_tenant(tenant_id) {
+            return Err(ApiError::not_found("tenant", tenant_id));
+        }
+        self.require_platform_admin()
+    }
+
     /// Whether the caller may see objects of `tenant_id`. Callers turn `false` into 404.
     pub fn sees_tenant(&self, tenant_id: &str) -> bool {
         match self.role {

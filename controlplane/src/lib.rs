@@ -2,10 +2,12 @@
 //! API, and every committed change becomes a snapshot pushed to every data plane.
 //!
 //! - [`config`]: the YAML file + `SWITCHBOARD__*` overrides, checked into [`config::Settings`].
-//! - [`db`]: embedded migrations (`migrations/`) and the pool.
+//! - [`db`]: embedded migrations (`migrations/`), the pool, one-row reads with and without
+//!   `FOR UPDATE` ([`db::ById`]) and the advisory lock of one-replica jobs.
 //! - [`auth`]: argon2id passwords, HS256 JWTs, roles and the [`auth::Caller`] extractor.
 //! - [`error`], [`body`]: problem-JSON errors and the JSON extractor that reports field paths.
-//! - [`api`]: one module of handlers per resource; [`routes`]: the route table + OpenAPI.
+//! - [`api`]: one module of handlers per resource, and what they share ([`api::crud`]: reading
+//!   one object, a page, the write tail); [`routes`]: the route table + OpenAPI.
 //! - [`write`]: the one write path — revision bump, change, audit row, snapshot validation,
 //!   commit, then publish.
 //! - [`rows`]: how tables map to API views and snapshot types; [`snapshot`]: building one.

@@ -23,7 +23,7 @@
 //! (`current_version!`).
 //!
 //! Scheduled syncs run on every control-plane replica's timer but only one replica does the
-//! work: each run takes a Postgres advisory lock ([`SYNC_LOCK`]) with `pg_try_advisory_lock`
+//! work: each run takes a Postgres advisory lock ([`SYNC_LOCK`], [`crate::db::with_try_lock`])
 //! and skips when another replica holds it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,8 +38,10 @@ use switchboard_shared::price::{PriceEntry, parse_price_file};
 use utoipa::ToSchema;
 
 use crate::auth::{Caller, Role};
+use crate::by_id;
+use crate::db::ById;
 use crate::error::ApiError;
-use crate::write::{Committed, Write};
+use crate::write::{Change, Committed, Write};
 
 /// Price versions kept in Postgres.
 pub const VERSIONS_KEPT: i64 = 5;
@@ -47,6 +49,8 @@ pub const VERSIONS_KEPT: i64 = 5;
 pub const SYNC_LOCK: i64 = 0x5342_5052_4943_4553;
 /// Largest price file accepted (the real one is about 1.5 MB).
 pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
+/// The audit log's `object_type` of overrides.
+const OVERRIDE_OBJECT_TYPE: &str = "price_override";
 /// Longest model name an override may have (LiteLLM's longest is about 100 characters).
 pub const MAX_MODEL_CHARS: usize = 256;
 
@@ -441,13 +445,10 @@ async fn load_override(
     model: &str,
     lock: bool,
 ) -> sqlx::Result<Option<OverrideView>> {
-    let sql = if lock {
-        "SELECT entry, updated_by, updated_at FROM price_overrides WHERE model = $1 FOR UPDATE"
-    } else {
-        "SELECT entry, updated_by, updated_at FROM price_overrides WHERE model = $1"
-    };
+    const BY_MODEL: ById =
+        by_id!("SELECT entry, updated_by, updated_at FROM price_overrides WHERE model = $1");
     let row: Option<(Json<PriceEntry>, String, DateTime<Utc>)> =
-        sqlx::query_as(sql).bind(model).fetch_optional(conn).await?;
+        BY_MODEL.fetch(conn, model, lock).await?;
     Ok(row.map(|(entry, updated_by, updated_at)| OverrideView {
         entry: entry.0,
         updated_by,
@@ -592,14 +593,14 @@ pub async fn set_override_in(
         updated_at,
     };
     let action = if before.is_some() { "update" } else { "create" };
-    w.audit(
+    w.audit(Change::of(
         action,
-        "price_override",
+        OVERRIDE_OBJECT_TYPE,
         model,
         None,
-        before.as_ref().and_then(crate::api::audit_json),
-        crate::api::audit_json(&after),
-    )
+        before.as_ref(),
+        Some(&after),
+    ))
     .await?;
     Ok((before, after))
 }
@@ -614,14 +615,14 @@ pub async fn delete_override_in(w: &mut Write, model: &str) -> Result<OverrideVi
         .bind(model)
         .execute(w.conn())
         .await?;
-    w.audit(
+    w.audit(Change::of(
         "delete",
-        "price_override",
+        OVERRIDE_OBJECT_TYPE,
         model,
         None,
-        crate::api::audit_json(&before),
+        Some(&before),
         None,
-    )
+    ))
     .await?;
     Ok(before)
 }
@@ -671,21 +672,7 @@ pub async fn sync_once_locked(
     client: &reqwest::Client,
     url: &str,
 ) -> Result<Option<SyncOutcome>, SyncError> {
-    // The lock belongs to a session: hold one connection for lock, sync and unlock.
-    let mut conn = pool.acquire().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(SYNC_LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !locked {
-        return Ok(None);
-    }
-    let result = sync_from_url(pool, client, url).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(SYNC_LOCK)
-        .execute(&mut *conn)
-        .await;
-    result.map(Some)
+    crate::db::with_try_lock(pool, SYNC_LOCK, sync_from_url(pool, client, url)).await
 }
 
 /// Syncs from `url` every `every` until `shutdown`, one replica at a time. Failures are

@@ -2,15 +2,17 @@
 //!
 //! [`Write::begin`] opens a transaction and bumps the config revision first, which takes the
 //! revision row's lock and so serialises writers: from then on this transaction sees every
-//! earlier write and no later one. The handler changes rows and records the audit entry; then
-//! [`Write::commit`] builds the snapshot inside the same transaction and validates it (a write
-//! that would leave the configuration inconsistent is refused with 422 and rolled back),
-//! commits, and only then hands the snapshot to the publisher. A failed request therefore
-//! changes nothing, and nothing is published before it is committed.
+//! earlier write and no later one. The handler changes rows and records the audit entry
+//! ([`Change`]); then [`Write::commit`] builds the snapshot inside the same transaction and
+//! validates it (a write that would leave the configuration inconsistent is refused with 422
+//! and rolled back), commits, and only then hands the snapshot to the publisher. A failed
+//! request therefore changes nothing, and nothing is published before it is committed.
+//! [`Write::finish`] is the usual tail: the audit row of one object's change, then the commit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use switchboard_shared::snapshot::Snapshot;
@@ -37,6 +39,43 @@ impl Scope {
         Self {
             section,
             id: id.into(),
+        }
+    }
+}
+
+/// One change to one object, as its audit row records it.
+#[derive(Debug)]
+pub struct Change<'a> {
+    /// `create`, `update`, `delete`, `revoke`, `set_budget`, ...
+    pub action: &'a str,
+    /// `tenant`, `virtual_key`, `provider`, ...
+    pub object_type: &'a str,
+    pub object_id: &'a str,
+    /// The tenant the object belongs to (tenant admins read its audit rows).
+    pub tenant_id: Option<&'a str>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+impl<'a> Change<'a> {
+    /// The change from `before` to `after` (absent: created, or deleted). They are stored as
+    /// JSON, so they must hold no secret: pass API views, which never do.
+    pub fn of<T: Serialize>(
+        action: &'a str,
+        object_type: &'a str,
+        object_id: &'a str,
+        tenant_id: Option<&'a str>,
+        before: Option<&T>,
+        after: Option<&T>,
+    ) -> Self {
+        let json = |view: &T| serde_json::to_value(view).ok();
+        Self {
+            action,
+            object_type,
+            object_id,
+            tenant_id,
+            before: before.and_then(json),
+            after: after.and_then(json),
         }
     }
 }
@@ -79,32 +118,35 @@ impl Write {
         &self.actor
     }
 
-    /// Appends the audit row. `before`/`after` must already be redacted (API views are).
-    pub async fn audit(
-        &mut self,
-        action: &str,
-        object_type: &str,
-        object_id: &str,
-        tenant_id: Option<&str>,
-        before: Option<Value>,
-        after: Option<Value>,
-    ) -> Result<(), ApiError> {
+    /// Appends the audit row of `change`.
+    pub async fn audit(&mut self, change: Change<'_>) -> Result<(), ApiError> {
         sqlx::query(
             "INSERT INTO audit_log (actor_id, actor, action, object_type, object_id, tenant_id, \
              revision, before, after) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(self.actor_id)
         .bind(&self.actor)
-        .bind(action)
-        .bind(object_type)
-        .bind(object_id)
-        .bind(tenant_id)
+        .bind(change.action)
+        .bind(change.object_type)
+        .bind(change.object_id)
+        .bind(change.tenant_id)
         .bind(i64::try_from(self.revision).unwrap_or(i64::MAX))
-        .bind(before)
-        .bind(after)
+        .bind(change.before)
+        .bind(change.after)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    /// The tail of a write of one object: its audit row, then [`Write::commit`].
+    pub async fn finish(
+        mut self,
+        publisher: Option<&Arc<Publisher>>,
+        change: Change<'_>,
+        scope: Option<Scope>,
+    ) -> Result<Committed, ApiError> {
+        self.audit(change).await?;
+        self.commit(publisher, scope).await
     }
 
     /// Validates the resulting configuration, commits, then publishes.

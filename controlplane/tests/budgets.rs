@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use chrono::{DateTime, Utc};
-use common::{Cp, start, start_with};
+use common::{Cp, start, start_with, usage_record as record};
 use controlplane::auth::Role;
 use controlplane::budgets::counters::{
     Counters, Outcome, RECONCILE_LOCK, reconcile_once, reconcile_once_locked,
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use switchboard_shared::budget::{BudgetScope, Period, counter_key, period_of};
 use switchboard_shared::snapshot::Budget;
-use switchboard_shared::usage::{Outcome as RequestOutcome, Usage, UsageRecord};
+use switchboard_shared::usage::UsageRecord;
 
 const NANOS: i64 = 1_000_000_000;
 
@@ -29,34 +29,6 @@ fn at(s: &str) -> DateTime<Utc> {
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn record(id: &str, tenant: &str, key: &str, started_at: DateTime<Utc>, cost: f64) -> UsageRecord {
-    UsageRecord {
-        request_id: id.into(),
-        tenant_id: tenant.into(),
-        key_id: key.into(),
-        model: "gpt-4o".into(),
-        deployment_id: Some("d1".into()),
-        provider_id: Some("p1".into()),
-        endpoint: "chat_completions".into(),
-        stream: false,
-        outcome: RequestOutcome::Success,
-        status: 200,
-        attempts: 1,
-        usage: Usage {
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            ..Usage::default()
-        },
-        usage_reported: true,
-        cost_usd: cost,
-        price_revision: 1,
-        price_version: None,
-        started_at,
-        latency_ms: 3,
-        ttft_ms: None,
-    }
 }
 
 async fn spend(pool: &PgPool, records: &[UsageRecord]) {
@@ -1196,25 +1168,7 @@ async fn bad_budget_input_gets_the_right_4xx_and_changes_nothing(pool: PgPool) {
         let r = cp
             .raw(method.clone(), &uri, Some(&root), body.as_bytes().to_vec())
             .await;
-        assert_eq!(r.status, status, "{method} {uri} {body}: {}", r.body);
-        assert_eq!(
-            r.headers["content-type"], "application/problem+json",
-            "{method} {uri} {body}"
-        );
-        assert_eq!(r.body["status"], status.as_u16(), "{}", r.body);
-        if let Some(path) = path {
-            let paths: Vec<&Value> = r.body["errors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| &e["path"])
-                .collect();
-            assert!(
-                paths.iter().any(|p| *p == path),
-                "{uri} {body}: want {path}, got {}",
-                r.body
-            );
-        }
+        r.assert_problem(status, path, &format!("{method} {uri} {body}"));
         assert_eq!(
             fingerprint(&cp).await,
             before,

@@ -25,19 +25,9 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// Serves `body` at `/prices.json` on a free port; returns the URL.
+/// The URL of `body` served as a price file.
 async fn serve(body: Vec<u8>) -> String {
-    let app = axum::Router::new().route(
-        "/prices.json",
-        axum::routing::get(move || {
-            let body = body.clone();
-            async move { body }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/prices.json")
+    format!("{}/prices.json", common::serve_prices(body).await)
 }
 
 async fn versions(pool: &PgPool) -> i64 {

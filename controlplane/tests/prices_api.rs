@@ -13,7 +13,7 @@ use controlplane::prices;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use common::{Cp, start};
+use common::{Cp, serve_prices as serve, start};
 
 /// A small price file in LiteLLM's shape.
 const SMALL_FILE: &str = r#"{
@@ -790,26 +790,10 @@ async fn bad_override_input_gets_the_right_status_and_changes_nothing(pool: PgPo
         let r = cp
             .raw(method.clone(), &uri, Some(&root), body.as_bytes().to_vec())
             .await;
-        assert_eq!(r.status, status, "{method} {uri} {body}: {}", r.body);
-        if status != StatusCode::METHOD_NOT_ALLOWED {
-            assert_eq!(
-                r.headers["content-type"], "application/problem+json",
-                "{uri}"
-            );
-            assert_eq!(r.body["status"], status.as_u16(), "{}", r.body);
-        }
-        if let Some(path) = path {
-            let paths: Vec<&Value> = r.body["errors"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{body}: {}", r.body))
-                .iter()
-                .map(|e| &e["path"])
-                .collect();
-            assert!(
-                paths.iter().any(|p| *p == path),
-                "{body}: want {path:?}, got {}",
-                r.body
-            );
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            assert_eq!(r.status, status, "{method} {uri} {body}: {}", r.body);
+        } else {
+            r.assert_problem(status, path, &format!("{method} {uri} {body}"));
         }
         assert_eq!(
             fingerprint(&cp).await,
@@ -819,21 +803,6 @@ async fn bad_override_input_gets_the_right_status_and_changes_nothing(pool: PgPo
     }
     let r = cp.get("/admin/v1/prices/gpt-4o", &root).await;
     assert_eq!(r.body["effective"], json!({"input_cost_per_token": 1e-7}));
-}
-
-/// Serves `body` at `/prices.json` on a free port; returns `http://127.0.0.1:PORT`.
-async fn serve(body: Vec<u8>) -> String {
-    let app = axum::Router::new().route(
-        "/prices.json",
-        axum::routing::get(move || {
-            let body = body.clone();
-            async move { body }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
 }
 
 #[sqlx::test(migrations = "../migrations")]

@@ -10,34 +10,11 @@ use common::*;
 use controlplane::auth::Role;
 use serde_json::json;
 use sqlx::PgPool;
-use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
+use switchboard_shared::usage::UsageRecord;
 
 fn record(id: &str, tenant: &str, key: &str, day: u32, cost: f64) -> UsageRecord {
-    UsageRecord {
-        request_id: id.into(),
-        tenant_id: tenant.into(),
-        key_id: key.into(),
-        model: "gpt-4o".into(),
-        deployment_id: Some("d1".into()),
-        provider_id: Some("p1".into()),
-        endpoint: "chat_completions".into(),
-        stream: false,
-        outcome: Outcome::Success,
-        status: 200,
-        attempts: 1,
-        usage: Usage {
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            ..Usage::default()
-        },
-        usage_reported: true,
-        cost_usd: cost,
-        price_revision: 1,
-        price_version: None,
-        started_at: Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap(),
-        latency_ms: 3,
-        ttft_ms: None,
-    }
+    let started_at = Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap();
+    usage_record(id, tenant, key, started_at, cost)
 }
 
 #[sqlx::test(migrations = "../migrations")]

@@ -12,13 +12,15 @@ use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgPool};
 use utoipa::ToSchema;
 
-use super::{ListParams, Page, Wait, audit_json, deleted, written};
+use super::crud::{self, ListSql};
+use super::{ListParams, Page, Wait, deleted, written};
 use crate::auth::{Caller, Role, hash_password};
 use crate::body::Body;
 use crate::error::{ApiError, Problem};
 use crate::publish::Publisher;
+use crate::rows::TenantRow;
 use crate::state::AppState;
-use crate::write::{Committed, Write};
+use crate::write::{Change, Committed, Write};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_CHARS: usize = 12;
@@ -39,6 +41,17 @@ macro_rules! admin_columns {
         "id, email, role, tenant_id, created_at, updated_at"
     };
 }
+
+/// The audit log's `object_type` of admin users.
+const OBJECT_TYPE: &str = "admin_user";
+
+// Tenant admins never get here (`require_platform_reader`): `$1` is always NULL.
+const LIST: ListSql = ListSql::Tenant(concat!(
+    "SELECT ",
+    admin_columns!(),
+    " FROM admin_users WHERE ($1::text IS NULL OR tenant_id = $1) \
+     AND ($2::text IS NULL OR tenant_id = $2) ORDER BY email LIMIT $3 OFFSET $4"
+));
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -90,14 +103,10 @@ pub async fn create_admin(
         .await
         .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))??;
     let mut w = Write::begin(pool, caller).await?;
-    if let Some(tenant) = &req.tenant_id {
-        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM tenants WHERE id = $1")
-            .bind(tenant)
-            .fetch_optional(w.conn())
-            .await?;
-        if found.is_none() {
-            return Err(ApiError::invalid("tenant_id", "unknown tenant"));
-        }
+    if let Some(tenant) = &req.tenant_id
+        && !crud::exists::<TenantRow>(w.conn(), tenant).await?
+    {
+        return Err(ApiError::invalid("tenant_id", "unknown tenant"));
     }
     let taken: Option<(uuid::Uuid,)> =
         sqlx::query_as("SELECT id FROM admin_users WHERE lower(email) = lower($1)")
@@ -122,16 +131,16 @@ pub async fn create_admin(
     .bind(&req.tenant_id)
     .fetch_one(w.conn())
     .await?;
-    w.audit(
+    let id = view.id.to_string();
+    let change = Change::of(
         "create",
-        "admin_user",
-        &view.id.to_string(),
+        OBJECT_TYPE,
+        &id,
         view.tenant_id.as_deref(),
         None,
-        audit_json(&view),
-    )
-    .await?;
-    let committed = w.commit(publisher, None).await?;
+        Some(&view),
+    );
+    let committed = w.finish(publisher, change, None).await?;
     Ok((view, committed))
 }
 
@@ -151,18 +160,7 @@ pub async fn list(
     params: ListParams,
 ) -> Result<Json<Page<AdminView>>, ApiError> {
     caller.require_platform_reader()?;
-    let rows: Vec<AdminView> = sqlx::query_as(concat!(
-        "SELECT ",
-        admin_columns!(),
-        " FROM admin_users WHERE ($1::text IS NULL OR tenant_id = $1) \
-         ORDER BY email LIMIT $2 OFFSET $3"
-    ))
-    .bind(params.tenant_id.as_deref())
-    .bind(params.limit() + 1)
-    .bind(params.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(params.page(rows, Clone::clone)))
+    crud::page(&state, &caller, &params, LIST, AdminView::clone).await
 }
 
 #[utoipa::path(post, path = "/admins", tag = "admins", params(Wait), request_body = CreateAdmin,
@@ -203,15 +201,14 @@ pub async fn delete(
     .fetch_optional(w.conn())
     .await?
     .ok_or_else(|| ApiError::not_found("admin user", &id))?;
-    w.audit(
+    let change = Change::of(
         "delete",
-        "admin_user",
+        OBJECT_TYPE,
         &id,
         before.tenant_id.as_deref(),
-        audit_json(&before),
+        Some(&before),
         None,
-    )
-    .await?;
-    let committed = w.commit(Some(&state.publisher), None).await?;
+    );
+    let committed = w.finish(Some(&state.publisher), change, None).await?;
     Ok(deleted(&state, committed, wait).await)
 }

@@ -11,16 +11,13 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::Response;
 use chrono::Utc;
-use serde::Deserialize;
 use switchboard_shared::snapshot::Budget;
-use utoipa::IntoParams;
 
-use super::{ListParams, MAX_LIMIT, Page, Wait, deleted, written};
+use super::{Page, Wait, deleted, list_params, written};
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::budgets::{self, BudgetBody, BudgetView, Scope, Subject};
@@ -30,36 +27,14 @@ use crate::state::AppState;
 /// Longest an admin write waits for the immediate counter raise.
 const RAISE_WAIT: Duration = Duration::from_secs(2);
 
-/// `GET /admin/v1/budgets` parameters.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct BudgetListParams {
-    /// Page size, 1..=1000 (default 100).
-    pub limit: Option<u32>,
-    /// Items to skip; pass the previous page's `next_offset`.
-    pub offset: Option<u64>,
-    /// Only this tenant's budget and its keys'.
-    pub tenant_id: Option<String>,
-    /// Only `key` or only `tenant` budgets.
-    #[param(value_type = Option<String>)]
-    pub scope: Option<Scope>,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for BudgetListParams {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Query(params) = Query::<BudgetListParams>::try_from_uri(&parts.uri)
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        if let Some(limit) = params.limit
-            && !(1..=MAX_LIMIT).contains(&limit)
-        {
-            return Err(ApiError::BadRequest(format!(
-                "limit must be between 1 and {MAX_LIMIT}"
-            )));
-        }
-        Ok(params)
+list_params! {
+    /// `GET /admin/v1/budgets` parameters.
+    pub struct BudgetListParams {
+        /// Only this tenant's budget and its keys'.
+        pub tenant_id: Option<String>,
+        /// Only `key` or only `tenant` budgets.
+        #[param(value_type = Option<String>)]
+        pub scope: Option<Scope>,
     }
 }
 
@@ -88,11 +63,7 @@ pub async fn list(
     caller: Caller,
     params: BudgetListParams,
 ) -> Result<Json<Page<BudgetView>>, ApiError> {
-    let paging = ListParams {
-        limit: params.limit,
-        offset: params.offset,
-        tenant_id: None,
-    };
+    let paging = params.paging();
     let subjects = budgets::list(
         &state.pool,
         &caller,
@@ -174,78 +145,69 @@ async fn delete_budget(
     Ok(deleted(state, committed, wait).await)
 }
 
-#[utoipa::path(get, path = "/tenants/{id}/budget", tag = "budgets", params(("id" = String, Path)),
-    responses((status = 200, body = BudgetView), (status = 404, body = Problem)))]
-pub async fn get_tenant_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<BudgetView>, ApiError> {
-    get_budget(&state, &caller, Scope::Tenant, &id).await
+/// The three budget routes of one owner, at `$path`. The owners' pairs differ only in their
+/// path and in who may write (their summaries say; [`budgets::set`] decides).
+macro_rules! owner_budget_routes {
+    (
+        $scope:expr, $path:literal,
+        get: $get:ident,
+        $(#[$put_doc:meta])* put: $put:ident,
+        $(#[$delete_doc:meta])* delete: $delete:ident $(,)?
+    ) => {
+        #[utoipa::path(get, path = $path, tag = "budgets", params(("id" = String, Path)),
+            responses((status = 200, body = BudgetView), (status = 404, body = Problem)))]
+        pub async fn $get(
+            State(state): State<AppState>,
+            caller: Caller,
+            Path(id): Path<String>,
+        ) -> Result<Json<BudgetView>, ApiError> {
+            get_budget(&state, &caller, $scope, &id).await
+        }
+
+        $(#[$put_doc])*
+        #[utoipa::path(put, path = $path, tag = "budgets",
+            params(("id" = String, Path), Wait), request_body = BudgetBody,
+            responses((status = 200, body = BudgetView), (status = 400, body = Problem),
+                (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+        pub async fn $put(
+            State(state): State<AppState>,
+            caller: Caller,
+            Path(id): Path<String>,
+            wait: Wait,
+            Body(budget): Body<Budget>,
+        ) -> Result<Response, ApiError> {
+            put_budget(&state, &caller, $scope, &id, wait, budget).await
+        }
+
+        $(#[$delete_doc])*
+        #[utoipa::path(delete, path = $path, tag = "budgets",
+            params(("id" = String, Path), Wait),
+            responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+        pub async fn $delete(
+            State(state): State<AppState>,
+            caller: Caller,
+            Path(id): Path<String>,
+            wait: Wait,
+        ) -> Result<Response, ApiError> {
+            delete_budget(&state, &caller, $scope, &id, wait).await
+        }
+    };
 }
 
-/// Sets or replaces a tenant's budget (platform admins).
-#[utoipa::path(put, path = "/tenants/{id}/budget", tag = "budgets",
-    params(("id" = String, Path), Wait), request_body = BudgetBody,
-    responses((status = 200, body = BudgetView), (status = 400, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
-pub async fn put_tenant_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-    Body(budget): Body<Budget>,
-) -> Result<Response, ApiError> {
-    put_budget(&state, &caller, Scope::Tenant, &id, wait, budget).await
+owner_budget_routes! {
+    Scope::Tenant, "/tenants/{id}/budget",
+    get: get_tenant_budget,
+    /// Sets or replaces a tenant's budget (platform admins).
+    put: put_tenant_budget,
+    /// Removes a tenant's budget (platform admins).
+    delete: delete_tenant_budget,
 }
 
-/// Removes a tenant's budget (platform admins).
-#[utoipa::path(delete, path = "/tenants/{id}/budget", tag = "budgets",
-    params(("id" = String, Path), Wait),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
-pub async fn delete_tenant_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-) -> Result<Response, ApiError> {
-    delete_budget(&state, &caller, Scope::Tenant, &id, wait).await
-}
-
-#[utoipa::path(get, path = "/keys/{id}/budget", tag = "budgets", params(("id" = String, Path)),
-    responses((status = 200, body = BudgetView), (status = 404, body = Problem)))]
-pub async fn get_key_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<BudgetView>, ApiError> {
-    get_budget(&state, &caller, Scope::Key, &id).await
-}
-
-/// Sets or replaces a key's budget (platform admins, the key's tenant admins).
-#[utoipa::path(put, path = "/keys/{id}/budget", tag = "budgets",
-    params(("id" = String, Path), Wait), request_body = BudgetBody,
-    responses((status = 200, body = BudgetView), (status = 400, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
-pub async fn put_key_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-    Body(budget): Body<Budget>,
-) -> Result<Response, ApiError> {
-    put_budget(&state, &caller, Scope::Key, &id, wait, budget).await
-}
-
-/// Removes a key's budget (platform admins, the key's tenant admins).
-#[utoipa::path(delete, path = "/keys/{id}/budget", tag = "budgets",
-    params(("id" = String, Path), Wait),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
-pub async fn delete_key_budget(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-) -> Result<Response, ApiError> {
-    delete_budget(&state, &caller, Scope::Key, &id, wait).await
+owner_budget_routes! {
+    Scope::Key, "/keys/{id}/budget",
+    get: get_key_budget,
+    /// Sets or replaces a key's budget (platform admins, the key's tenant admins).
+    put: put_key_budget,
+    /// Removes a key's budget (platform admins, the key's tenant admins).
+    delete: delete_key_budget,
 }

@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,14 +10,16 @@ use switchboard_shared::price::PriceEntry;
 use switchboard_shared::snapshot::RateLimits;
 use utoipa::ToSchema;
 
-use super::{ListParams, Page, Wait, audit_json, check_id, deleted, written};
+use super::crud::{self, ListSql, Resource};
+use super::{ListParams, Page, Wait, check_id};
 use crate::auth::Caller;
 use crate::body::Body;
-use crate::deployment_columns;
+use crate::db::ById;
 use crate::error::{ApiError, FieldError, Problem};
-use crate::rows::{DeploymentRow, clamp_u32, limits};
+use crate::rows::{DeploymentRow, ProviderRow, clamp_u32, limits};
 use crate::state::AppState;
-use crate::write::{Scope, Write};
+use crate::write::Write;
+use crate::{by_id, deployment_columns};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DeploymentView {
@@ -86,39 +87,72 @@ fn one() -> u32 {
     1
 }
 
-async fn load(
-    conn: &mut sqlx::PgConnection,
-    id: &str,
-    lock: bool,
-) -> Result<Option<DeploymentRow>, sqlx::Error> {
-    let sql = if lock {
-        concat!(
-            "SELECT ",
-            deployment_columns!(),
-            " FROM deployments WHERE id = $1 FOR UPDATE"
-        )
-    } else {
-        concat!(
-            "SELECT ",
-            deployment_columns!(),
-            " FROM deployments WHERE id = $1"
-        )
-    };
-    sqlx::query_as(sql).bind(id).fetch_optional(conn).await
+impl Resource for DeploymentRow {
+    type View = DeploymentView;
+    const NOUN: &'static str = "deployment";
+    const OBJECT_TYPE: &'static str = "deployment";
+    const SECTION: &'static str = "deployments";
+    const BY_ID: ById = by_id!(
+        "SELECT ",
+        deployment_columns!(),
+        " FROM deployments WHERE id = $1"
+    );
+
+    fn view(&self) -> DeploymentView {
+        DeploymentView::from(self)
+    }
+
+    fn tenant_id(&self) -> Option<&str> {
+        None
+    }
 }
 
-async fn provider_exists(w: &mut Write, id: &str) -> Result<(), ApiError> {
-    let found: Option<(String,)> = sqlx::query_as("SELECT id FROM providers WHERE id = $1")
-        .bind(id)
-        .fetch_optional(w.conn())
-        .await?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(ApiError::Invalid(vec![FieldError::new(
+const LIST: ListSql = ListSql::Platform(concat!(
+    "SELECT ",
+    deployment_columns!(),
+    " FROM deployments ORDER BY id LIMIT $1 OFFSET $2"
+));
+const INSERT: &str = concat!(
+    "INSERT INTO deployments (id, model, provider_id, upstream_model, weight, tags, rpm, tpm, \
+     priority, price) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     RETURNING ",
+    deployment_columns!()
+);
+const UPDATE: &str = concat!(
+    "UPDATE deployments SET model = $2, provider_id = $3, upstream_model = $4, weight = $5, \
+     tags = $6, rpm = $7, tpm = $8, priority = $9, price = $10, updated_at = now() \
+     WHERE id = $1 RETURNING ",
+    deployment_columns!()
+);
+const DELETE: &str = "DELETE FROM deployments WHERE id = $1";
+
+/// Runs [`INSERT`] or [`UPDATE`], which take the same parameters; 422 at `provider` when it
+/// names no provider.
+async fn save(
+    w: &mut Write,
+    sql: &'static str,
+    id: &str,
+    req: DeploymentBody,
+) -> Result<DeploymentRow, ApiError> {
+    if !crud::exists::<ProviderRow>(w.conn(), &req.provider).await? {
+        return Err(ApiError::Invalid(vec![FieldError::new(
             "provider",
-            format!("unknown provider {id:?}"),
-        )])),
+            format!("unknown provider {:?}", req.provider),
+        )]));
     }
+    Ok(sqlx::query_as(sql)
+        .bind(id)
+        .bind(&req.model)
+        .bind(&req.provider)
+        .bind(&req.upstream_model)
+        .bind(i64::from(req.weight))
+        .bind(&req.tags)
+        .bind(req.limits.rpm.map(i64::from))
+        .bind(req.limits.tpm.map(i64::from))
+        .bind(i64::from(req.priority))
+        .bind(req.price.map(Jsonb))
+        .fetch_one(w.conn())
+        .await?)
 }
 
 #[utoipa::path(get, path = "/deployments", tag = "deployments", params(ListParams),
@@ -129,16 +163,7 @@ pub async fn list(
     params: ListParams,
 ) -> Result<Json<Page<DeploymentView>>, ApiError> {
     caller.require_platform_reader()?;
-    let rows: Vec<DeploymentRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        deployment_columns!(),
-        " FROM deployments ORDER BY id LIMIT $1 OFFSET $2"
-    ))
-    .bind(params.limit() + 1)
-    .bind(params.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(params.page(rows, |r| DeploymentView::from(r))))
+    crud::page(&state, &caller, &params, LIST, DeploymentRow::view).await
 }
 
 #[utoipa::path(get, path = "/deployments/{id}", tag = "deployments", params(("id" = String, Path)),
@@ -149,11 +174,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<DeploymentView>, ApiError> {
     caller.require_platform_reader()?;
-    let mut conn = state.pool.acquire().await?;
-    load(&mut conn, &id, false)
-        .await?
-        .map(|r| Json(DeploymentView::from(&r)))
-        .ok_or_else(|| ApiError::not_found("deployment", &id))
+    crud::get::<DeploymentRow>(&state, &caller, &id).await
 }
 
 #[utoipa::path(post, path = "/deployments", tag = "deployments", params(Wait), request_body = DeploymentBody,
@@ -171,33 +192,8 @@ pub async fn create(
         .ok_or_else(|| ApiError::invalid("id", "is required"))?;
     check_id("id", &id)?;
     let mut w = Write::begin(&state.pool, &caller).await?;
-    provider_exists(&mut w, &req.provider).await?;
-    let row: DeploymentRow = sqlx::query_as(concat!(
-        "INSERT INTO deployments (id, model, provider_id, upstream_model, weight, tags, rpm, tpm, \
-         priority, price) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         RETURNING ",
-        deployment_columns!(),
-        ""
-    ))
-    .bind(&id)
-    .bind(&req.model)
-    .bind(&req.provider)
-    .bind(&req.upstream_model)
-    .bind(i64::from(req.weight))
-    .bind(&req.tags)
-    .bind(req.limits.rpm.map(i64::from))
-    .bind(req.limits.tpm.map(i64::from))
-    .bind(i64::from(req.priority))
-    .bind(req.price.map(Jsonb))
-    .fetch_one(w.conn())
-    .await?;
-    let view = DeploymentView::from(&row);
-    w.audit("create", "deployment", &id, None, None, audit_json(&view))
-        .await?;
-    let committed = w
-        .commit(Some(&state.publisher), Some(Scope::new("deployments", &id)))
-        .await?;
-    Ok(written(&state, committed, wait, StatusCode::CREATED, view).await)
+    let row = save(&mut w, INSERT, &id, req).await?;
+    crud::created(&state, w, wait, &id, &row).await
 }
 
 #[utoipa::path(put, path = "/deployments/{id}", tag = "deployments", params(("id" = String, Path), Wait),
@@ -214,44 +210,9 @@ pub async fn update(
     if req.id.as_ref().is_some_and(|body_id| body_id != &id) {
         return Err(ApiError::invalid("id", "differs from the id in the path"));
     }
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load(w.conn(), &id, true)
-        .await?
-        .ok_or_else(|| ApiError::not_found("deployment", &id))?;
-    provider_exists(&mut w, &req.provider).await?;
-    let row: DeploymentRow = sqlx::query_as(concat!(
-        "UPDATE deployments SET model = $2, provider_id = $3, upstream_model = $4, weight = $5, \
-         tags = $6, rpm = $7, tpm = $8, priority = $9, price = $10, updated_at = now() \
-         WHERE id = $1 RETURNING ",
-        deployment_columns!(),
-        ""
-    ))
-    .bind(&id)
-    .bind(&req.model)
-    .bind(&req.provider)
-    .bind(&req.upstream_model)
-    .bind(i64::from(req.weight))
-    .bind(&req.tags)
-    .bind(req.limits.rpm.map(i64::from))
-    .bind(req.limits.tpm.map(i64::from))
-    .bind(i64::from(req.priority))
-    .bind(req.price.map(Jsonb))
-    .fetch_one(w.conn())
-    .await?;
-    let view = DeploymentView::from(&row);
-    w.audit(
-        "update",
-        "deployment",
-        &id,
-        None,
-        audit_json(&DeploymentView::from(&before)),
-        audit_json(&view),
-    )
-    .await?;
-    let committed = w
-        .commit(Some(&state.publisher), Some(Scope::new("deployments", &id)))
-        .await?;
-    Ok(written(&state, committed, wait, StatusCode::OK, view).await)
+    let (mut w, before) = crud::begin::<DeploymentRow>(&state, &caller, &id).await?;
+    let row = save(&mut w, UPDATE, &id, req).await?;
+    crud::updated(&state, w, wait, &id, &before, &row).await
 }
 
 #[utoipa::path(delete, path = "/deployments/{id}", tag = "deployments", params(("id" = String, Path), Wait),
@@ -263,23 +224,5 @@ pub async fn delete(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load(w.conn(), &id, true)
-        .await?
-        .ok_or_else(|| ApiError::not_found("deployment", &id))?;
-    sqlx::query("DELETE FROM deployments WHERE id = $1")
-        .bind(&id)
-        .execute(w.conn())
-        .await?;
-    w.audit(
-        "delete",
-        "deployment",
-        &id,
-        None,
-        audit_json(&DeploymentView::from(&before)),
-        None,
-    )
-    .await?;
-    let committed = w.commit(Some(&state.publisher), None).await?;
-    Ok(deleted(&state, committed, wait).await)
+    crud::delete::<DeploymentRow>(&state, &caller, &id, wait, DELETE).await
 }

@@ -19,14 +19,16 @@ use switchboard_shared::keys::{display_prefix, hash_key_hex};
 use switchboard_shared::snapshot::{Budget, KeyStatus, RateLimits};
 use utoipa::ToSchema;
 
-use super::{ListParams, Page, Wait, audit_json, double_option, written};
+use super::crud::{self, ListSql, Resource};
+use super::{ListParams, Page, Wait, double_option, written};
 use crate::auth::Caller;
 use crate::body::Body;
+use crate::db::ById;
 use crate::error::{ApiError, Problem};
-use crate::key_columns;
-use crate::rows::{KeyRow, limits};
+use crate::rows::{KeyRow, TenantRow, limits};
 use crate::state::AppState;
-use crate::write::{Scope, Write};
+use crate::write::{Change, Write};
+use crate::{by_id, key_columns};
 
 /// What every virtual key starts with.
 pub const KEY_PREFIX: &str = "sk-sb-";
@@ -127,34 +129,32 @@ pub struct UpdateKey {
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
-async fn load(
-    conn: &mut sqlx::PgConnection,
-    id: &str,
-    lock: bool,
-) -> Result<Option<KeyRow>, sqlx::Error> {
-    let sql = if lock {
-        concat!(
-            "SELECT ",
-            key_columns!(),
-            " FROM virtual_keys WHERE id = $1 FOR UPDATE"
-        )
-    } else {
-        concat!(
-            "SELECT ",
-            key_columns!(),
-            " FROM virtual_keys WHERE id = $1"
-        )
-    };
-    sqlx::query_as(sql).bind(id).fetch_optional(conn).await
-}
+impl Resource for KeyRow {
+    type View = KeyView;
+    const NOUN: &'static str = "virtual key";
+    const OBJECT_TYPE: &'static str = "virtual_key";
+    const SECTION: &'static str = "virtual_keys";
+    const BY_ID: ById = by_id!(
+        "SELECT ",
+        key_columns!(),
+        " FROM virtual_keys WHERE id = $1"
+    );
 
-/// Loads a key the caller may see, for update; 404 otherwise.
-async fn load_visible(w: &mut Write, caller: &Caller, id: &str) -> Result<KeyRow, ApiError> {
-    match load(w.conn(), id, true).await? {
-        Some(row) if caller.sees_tenant(&row.tenant_id) => Ok(row),
-        _ => Err(ApiError::not_found("virtual key", id)),
+    fn view(&self) -> KeyView {
+        KeyView::from(self)
+    }
+
+    fn tenant_id(&self) -> Option<&str> {
+        Some(&self.tenant_id)
     }
 }
+
+const LIST: ListSql = ListSql::Tenant(concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM virtual_keys WHERE ($1::text IS NULL OR tenant_id = $1) \
+     AND ($2::text IS NULL OR tenant_id = $2) ORDER BY id LIMIT $3 OFFSET $4"
+));
 
 #[utoipa::path(get, path = "/keys", tag = "keys", params(ListParams),
     responses((status = 200, body = Page<KeyView>)))]
@@ -163,19 +163,7 @@ pub async fn list(
     caller: Caller,
     params: ListParams,
 ) -> Result<Json<Page<KeyView>>, ApiError> {
-    let rows: Vec<KeyRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        key_columns!(),
-        " FROM virtual_keys WHERE ($1::text IS NULL OR tenant_id = $1) \
-         AND ($2::text IS NULL OR tenant_id = $2) ORDER BY id LIMIT $3 OFFSET $4"
-    ))
-    .bind(caller.confined_to())
-    .bind(params.tenant_id.as_deref())
-    .bind(params.limit() + 1)
-    .bind(params.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(params.page(rows, |r| KeyView::from(r))))
+    crud::page(&state, &caller, &params, LIST, KeyRow::view).await
 }
 
 #[utoipa::path(get, path = "/keys/{id}", tag = "keys", params(("id" = String, Path)),
@@ -185,11 +173,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
-    match load(&mut conn, &id, false).await? {
-        Some(row) if caller.sees_tenant(&row.tenant_id) => Ok(Json(KeyView::from(&row))),
-        _ => Err(ApiError::not_found("virtual key", &id)),
-    }
+    crud::get::<KeyRow>(&state, &caller, &id).await
 }
 
 #[utoipa::path(post, path = "/keys", tag = "keys", params(Wait), request_body = CreateKey,
@@ -207,12 +191,8 @@ pub async fn create(
         (None, None) => return Err(ApiError::invalid("tenant_id", "is required")),
     };
     let mut w = Write::begin(&state.pool, &caller).await?;
-    let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM tenants WHERE id = $1")
-        .bind(&tenant_id)
-        .fetch_optional(w.conn())
-        .await?;
     // Another tenant's id reads exactly like an unknown one.
-    if exists.is_none() || !caller.sees_tenant(&tenant_id) {
+    if !crud::exists::<TenantRow>(w.conn(), &tenant_id).await? || !caller.sees_tenant(&tenant_id) {
         return Err(ApiError::invalid("tenant_id", "unknown tenant"));
     }
     let secret = new_secret();
@@ -237,25 +217,14 @@ pub async fn create(
     .bind(Jsonb(&req.metadata))
     .fetch_one(w.conn())
     .await?;
-    let view = KeyView::from(&row);
-    w.audit(
-        "create",
-        "virtual_key",
-        &id,
-        Some(&tenant_id),
-        None,
-        audit_json(&view),
-    )
-    .await?;
+    let change = crud::change("create", &id, None, Some(&row));
+    let scope = crud::body_scope::<KeyRow>(&id);
     let committed = w
-        .commit(
-            Some(&state.publisher),
-            Some(Scope::new("virtual_keys", &id)),
-        )
+        .finish(Some(&state.publisher), change, Some(scope))
         .await?;
     let body = KeyWithSecret {
         key: secret,
-        virtual_key: view,
+        virtual_key: row.view(),
     };
     Ok(written(&state, committed, wait, StatusCode::CREATED, body).await)
 }
@@ -271,8 +240,7 @@ pub async fn update(
     Body(req): Body<UpdateKey>,
 ) -> Result<Response, ApiError> {
     caller.require_writer()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load_visible(&mut w, &caller, &id).await?;
+    let (mut w, before) = crud::begin::<KeyRow>(&state, &caller, &id).await?;
     let limits = req.limits.unwrap_or(limits(before.rpm, before.tpm));
     let budget = match req.budget {
         Some(b) => b,
@@ -299,23 +267,20 @@ pub async fn update(
     .bind(Jsonb(req.metadata.as_ref().unwrap_or(&before.metadata.0)))
     .fetch_one(w.conn())
     .await?;
-    let view = KeyView::from(&row);
-    w.audit(
-        "update",
-        "virtual_key",
-        &id,
-        Some(&row.tenant_id),
-        audit_json(&KeyView::from(&before)),
-        audit_json(&view),
-    )
-    .await?;
-    let committed = w
-        .commit(
-            Some(&state.publisher),
-            Some(Scope::new("virtual_keys", &id)),
-        )
-        .await?;
-    Ok(written(&state, committed, wait, StatusCode::OK, view).await)
+    crud::updated(&state, w, wait, &id, &before, &row).await
+}
+
+/// The tail of revoke and rotate, which have no body: snapshot problems keep their snapshot
+/// paths. Answers `body`, 200.
+async fn changed_without_body<T: Serialize + Send>(
+    state: &AppState,
+    w: Write,
+    wait: Wait,
+    change: Change<'_>,
+    body: T,
+) -> Result<Response, ApiError> {
+    let committed = w.finish(Some(&state.publisher), change, None).await?;
+    Ok(written(state, committed, wait, StatusCode::OK, body).await)
 }
 
 #[utoipa::path(post, path = "/keys/{id}/revoke", tag = "keys", params(("id" = String, Path), Wait),
@@ -327,8 +292,7 @@ pub async fn revoke(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_writer()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load_visible(&mut w, &caller, &id).await?;
+    let (mut w, before) = crud::begin::<KeyRow>(&state, &caller, &id).await?;
     let row: KeyRow = sqlx::query_as(concat!(
         "UPDATE virtual_keys SET status = 'revoked', revoked_at = coalesce(revoked_at, now()), \
          updated_at = now() WHERE id = $1 RETURNING ",
@@ -338,18 +302,8 @@ pub async fn revoke(
     .bind(&id)
     .fetch_one(w.conn())
     .await?;
-    let view = KeyView::from(&row);
-    w.audit(
-        "revoke",
-        "virtual_key",
-        &id,
-        Some(&row.tenant_id),
-        audit_json(&KeyView::from(&before)),
-        audit_json(&view),
-    )
-    .await?;
-    let committed = w.commit(Some(&state.publisher), None).await?;
-    Ok(written(&state, committed, wait, StatusCode::OK, view).await)
+    let change = crud::change("revoke", &id, Some(&before), Some(&row));
+    changed_without_body(&state, w, wait, change, row.view()).await
 }
 
 #[utoipa::path(post, path = "/keys/{id}/rotate", tag = "keys", params(("id" = String, Path), Wait),
@@ -361,8 +315,7 @@ pub async fn rotate(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_writer()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load_visible(&mut w, &caller, &id).await?;
+    let (mut w, before) = crud::begin::<KeyRow>(&state, &caller, &id).await?;
     if before.status() == KeyStatus::Revoked {
         return Err(ApiError::Conflict("a revoked key cannot be rotated".into()));
     }
@@ -378,22 +331,12 @@ pub async fn rotate(
     .bind(display_prefix(&secret))
     .fetch_one(w.conn())
     .await?;
-    let view = KeyView::from(&row);
-    w.audit(
-        "rotate",
-        "virtual_key",
-        &id,
-        Some(&row.tenant_id),
-        audit_json(&KeyView::from(&before)),
-        audit_json(&view),
-    )
-    .await?;
-    let committed = w.commit(Some(&state.publisher), None).await?;
+    let change = crud::change("rotate", &id, Some(&before), Some(&row));
     let body = KeyWithSecret {
         key: secret,
-        virtual_key: view,
+        virtual_key: row.view(),
     };
-    Ok(written(&state, committed, wait, StatusCode::OK, body).await)
+    changed_without_body(&state, w, wait, change, body).await
 }
 
 #[cfg(test)]

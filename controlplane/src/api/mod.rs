@@ -1,10 +1,13 @@
 //! The admin REST API's handlers, one module per resource, and what they share: list
-//! parameters, the `?wait_ms=` of writes, and the response of a committed write (with
-//! `x-switchboard-config-revision` and, when the fleet lags, `x-switchboard-fleet-pending`).
+//! parameters (`list_params!`), the `?wait_ms=` of writes, and the response of a committed
+//! write (with `x-switchboard-config-revision` and, when the fleet lags,
+//! `x-switchboard-fleet-pending`). [`crud`] holds the parts of the handlers themselves that
+//! every resource shares: reading one object, a page of a list, the write tail.
 
 pub mod admins;
 pub mod auth;
 pub mod budgets;
+pub mod crud;
 pub mod deployments;
 pub mod keys;
 pub mod models;
@@ -21,6 +24,7 @@ use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use switchboard_shared::cluster::REVISION_HEADER;
 use utoipa::{IntoParams, ToSchema};
@@ -36,20 +40,14 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 /// Largest page.
 pub const MAX_LIMIT: u32 = 1000;
 
-/// Paging and filtering of list routes.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// Page size, 1..=1000 (default 100).
+/// A list route's paging, as the client asked for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Paging {
     pub limit: Option<u32>,
-    /// Items to skip; pass the previous page's `next_offset`.
     pub offset: Option<u64>,
-    /// Only objects of this tenant.
-    pub tenant_id: Option<String>,
 }
 
-impl ListParams {
+impl Paging {
     pub fn limit(&self) -> i64 {
         i64::from(self.limit.unwrap_or(100))
     }
@@ -70,20 +68,75 @@ impl ListParams {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ListParams {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Query(params) = Query::<ListParams>::try_from_uri(&parts.uri)
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        if let Some(limit) = params.limit
-            && !(1..=MAX_LIMIT).contains(&limit)
-        {
-            return Err(ApiError::BadRequest(format!(
-                "limit must be between 1 and {MAX_LIMIT}"
-            )));
+/// Declares a list route's query parameters: `limit` and `offset` (documented here, once),
+/// then the route's own filters. The struct is its own extractor, which answers parameters
+/// that do not parse, and a page size outside 1..=1000, with 400.
+macro_rules! list_params {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$field_meta:meta])* pub $field:ident: $ty:ty,)*
         }
-        Ok(params)
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, ::serde::Deserialize, ::utoipa::IntoParams)]
+        #[serde(deny_unknown_fields)]
+        #[into_params(parameter_in = Query)]
+        pub struct $name {
+            /// Page size, 1..=1000 (default 100).
+            pub limit: Option<u32>,
+            /// Items to skip; pass the previous page's `next_offset`.
+            pub offset: Option<u64>,
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            pub fn paging(&self) -> $crate::api::Paging {
+                $crate::api::Paging {
+                    limit: self.limit,
+                    offset: self.offset,
+                }
+            }
+        }
+
+        impl<S: Send + Sync> ::axum::extract::FromRequestParts<S> for $name {
+            type Rejection = $crate::error::ApiError;
+
+            async fn from_request_parts(
+                parts: &mut ::axum::http::request::Parts,
+                _: &S,
+            ) -> Result<Self, Self::Rejection> {
+                let params: Self = $crate::api::query(parts)?;
+                $crate::api::check_limit(params.limit)?;
+                Ok(params)
+            }
+        }
+    };
+}
+pub(crate) use list_params;
+
+list_params! {
+    /// Paging and filtering of list routes.
+    pub struct ListParams {
+        /// Only objects of this tenant.
+        pub tenant_id: Option<String>,
+    }
+}
+
+/// The query parameters of a request as `T`; 400 with serde's message when they do not parse.
+pub fn query<T: DeserializeOwned>(parts: &Parts) -> Result<T, ApiError> {
+    Query::<T>::try_from_uri(&parts.uri)
+        .map(|Query(params)| params)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// A page size outside 1..=[`MAX_LIMIT`] is a 400.
+pub fn check_limit(limit: Option<u32>) -> Result<(), ApiError> {
+    match limit {
+        Some(limit) if !(1..=MAX_LIMIT).contains(&limit) => Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -108,8 +161,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Wait {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Query(wait) = Query::<Wait>::try_from_uri(&parts.uri)
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let wait: Wait = query(parts)?;
         if wait.wait_ms.is_some_and(|ms| ms > MAX_WAIT_MS) {
             return Err(ApiError::BadRequest(format!(
                 "wait_ms must be at most {MAX_WAIT_MS}"
@@ -182,9 +234,4 @@ pub fn check_id(path: &str, id: &str) -> Result<(), ApiError> {
             "must be 1-64 characters of letters, digits, '.', '_' or '-'",
         ))
     }
-}
-
-/// Serialises an API view for the audit log (views never hold secrets).
-pub fn audit_json<T: Serialize>(view: &T) -> Option<serde_json::Value> {
-    serde_json::to_value(view).ok()
 }

@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,14 +10,16 @@ use sqlx::types::Json as Jsonb;
 use switchboard_shared::snapshot::{Cooldown, ModelPolicy, Strategy, Timeouts};
 use utoipa::ToSchema;
 
-use super::{ListParams, Page, Wait, audit_json, deleted, written};
+use super::crud::{self, ListSql, Resource};
+use super::{ListParams, Page, Wait};
 use crate::auth::Caller;
 use crate::body::Body;
+use crate::db::ById;
 use crate::error::{ApiError, Problem};
-use crate::policy_columns;
 use crate::rows::PolicyRow;
 use crate::state::AppState;
-use crate::write::{Scope, Write};
+use crate::write::Write;
+use crate::{by_id, policy_columns};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PolicyView {
@@ -70,26 +71,32 @@ pub struct PolicyBody {
     pub cooldown: Cooldown,
 }
 
-async fn load(
-    conn: &mut sqlx::PgConnection,
-    model: &str,
-    lock: bool,
-) -> Result<Option<PolicyRow>, sqlx::Error> {
-    let sql = if lock {
-        concat!(
-            "SELECT ",
-            policy_columns!(),
-            " FROM model_policies WHERE model = $1 FOR UPDATE"
-        )
-    } else {
-        concat!(
-            "SELECT ",
-            policy_columns!(),
-            " FROM model_policies WHERE model = $1"
-        )
-    };
-    sqlx::query_as(sql).bind(model).fetch_optional(conn).await
+impl Resource for PolicyRow {
+    type View = PolicyView;
+    const NOUN: &'static str = "model policy";
+    const OBJECT_TYPE: &'static str = "model_policy";
+    const SECTION: &'static str = "models";
+    const BY_ID: ById = by_id!(
+        "SELECT ",
+        policy_columns!(),
+        " FROM model_policies WHERE model = $1"
+    );
+
+    fn view(&self) -> PolicyView {
+        PolicyView::from(self)
+    }
+
+    fn tenant_id(&self) -> Option<&str> {
+        None
+    }
 }
+
+const LIST: ListSql = ListSql::Platform(concat!(
+    "SELECT ",
+    policy_columns!(),
+    " FROM model_policies ORDER BY model LIMIT $1 OFFSET $2"
+));
+const DELETE: &str = "DELETE FROM model_policies WHERE model = $1";
 
 #[utoipa::path(get, path = "/models", tag = "models", params(ListParams),
     responses((status = 200, body = Page<PolicyView>)))]
@@ -99,16 +106,7 @@ pub async fn list(
     params: ListParams,
 ) -> Result<Json<Page<PolicyView>>, ApiError> {
     caller.require_platform_reader()?;
-    let rows: Vec<PolicyRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        policy_columns!(),
-        " FROM model_policies ORDER BY model LIMIT $1 OFFSET $2"
-    ))
-    .bind(params.limit() + 1)
-    .bind(params.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(params.page(rows, |r| PolicyView::from(r))))
+    crud::page(&state, &caller, &params, LIST, PolicyRow::view).await
 }
 
 #[utoipa::path(get, path = "/models/{model}", tag = "models", params(("model" = String, Path)),
@@ -119,11 +117,7 @@ pub async fn get(
     Path(model): Path<String>,
 ) -> Result<Json<PolicyView>, ApiError> {
     caller.require_platform_reader()?;
-    let mut conn = state.pool.acquire().await?;
-    load(&mut conn, &model, false)
-        .await?
-        .map(|r| Json(PolicyView::from(&r)))
-        .ok_or_else(|| ApiError::not_found("model policy", &model))
+    crud::get::<PolicyRow>(&state, &caller, &model).await
 }
 
 #[utoipa::path(put, path = "/models/{model}", tag = "models", params(("model" = String, Path), Wait),
@@ -144,7 +138,7 @@ pub async fn put(
     policy.timeouts = req.timeouts;
     policy.cooldown = req.cooldown;
     let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load(w.conn(), &model, true).await?;
+    let before: Option<PolicyRow> = PolicyRow::BY_ID.fetch(w.conn(), &model, true).await?;
     let row: PolicyRow = sqlx::query_as(concat!(
         "INSERT INTO model_policies (model, policy) VALUES ($1, $2) \
          ON CONFLICT (model) DO UPDATE SET policy = EXCLUDED.policy, updated_at = now() \
@@ -156,27 +150,10 @@ pub async fn put(
     .bind(Jsonb(&policy))
     .fetch_one(w.conn())
     .await?;
-    let view = PolicyView::from(&row);
-    let (action, status) = if before.is_some() {
-        ("update", StatusCode::OK)
-    } else {
-        ("create", StatusCode::CREATED)
-    };
-    w.audit(
-        action,
-        "model_policy",
-        &model,
-        None,
-        before
-            .as_ref()
-            .and_then(|b| audit_json(&PolicyView::from(b))),
-        audit_json(&view),
-    )
-    .await?;
-    let committed = w
-        .commit(Some(&state.publisher), Some(Scope::new("models", &model)))
-        .await?;
-    Ok(written(&state, committed, wait, status, view).await)
+    match &before {
+        Some(before) => crud::updated(&state, w, wait, &model, before, &row).await,
+        None => crud::created(&state, w, wait, &model, &row).await,
+    }
 }
 
 #[utoipa::path(delete, path = "/models/{model}", tag = "models", params(("model" = String, Path), Wait),
@@ -188,23 +165,5 @@ pub async fn delete(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load(w.conn(), &model, true)
-        .await?
-        .ok_or_else(|| ApiError::not_found("model policy", &model))?;
-    sqlx::query("DELETE FROM model_policies WHERE model = $1")
-        .bind(&model)
-        .execute(w.conn())
-        .await?;
-    w.audit(
-        "delete",
-        "model_policy",
-        &model,
-        None,
-        audit_json(&PolicyView::from(&before)),
-        None,
-    )
-    .await?;
-    let committed = w.commit(Some(&state.publisher), None).await?;
-    Ok(deleted(&state, committed, wait).await)
+    crud::delete::<PolicyRow>(&state, &caller, &model, wait, DELETE).await
 }

@@ -13,15 +13,14 @@
 //! revision bumped, snapshot validated, published at once.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::Response;
 use serde::Deserialize;
 use switchboard_shared::price::PriceEntry;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-use super::{ListParams, MAX_LIMIT, Page, Wait, deleted, written};
+use super::{Page, Wait, deleted, list_params, written};
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::{ApiError, Problem};
@@ -35,45 +34,13 @@ use crate::write::Write;
 /// How long a sync on demand waits for the new snapshot's publication at most.
 const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// `GET /prices` parameters.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct PriceListParams {
-    /// Page size, 1..=1000 (default 100).
-    pub limit: Option<u32>,
-    /// Items to skip; pass the previous page's `next_offset`.
-    pub offset: Option<u64>,
-    /// Only models whose name contains this (case-insensitive).
-    pub search: Option<String>,
-    /// Only prices from an `override` or from the `file`.
-    pub source: Option<PriceSource>,
-}
-
-impl PriceListParams {
-    fn paging(&self) -> ListParams {
-        ListParams {
-            limit: self.limit,
-            offset: self.offset,
-            tenant_id: None,
-        }
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for PriceListParams {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Query(params) = Query::<PriceListParams>::try_from_uri(&parts.uri)
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        if let Some(limit) = params.limit
-            && !(1..=MAX_LIMIT).contains(&limit)
-        {
-            return Err(ApiError::BadRequest(format!(
-                "limit must be between 1 and {MAX_LIMIT}"
-            )));
-        }
-        Ok(params)
+list_params! {
+    /// `GET /prices` parameters.
+    pub struct PriceListParams {
+        /// Only models whose name contains this (case-insensitive).
+        pub search: Option<String>,
+        /// Only prices from an `override` or from the `file`.
+        pub source: Option<PriceSource>,
     }
 }
 

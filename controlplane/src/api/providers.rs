@@ -3,22 +3,25 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 use sqlx::types::Json as Jsonb;
+use switchboard_shared::sealed::Sealed;
 use switchboard_shared::snapshot::ProviderKind;
 use utoipa::ToSchema;
 
-use super::{ListParams, Page, Wait, audit_json, check_id, deleted, written};
+use super::crud::{self, ListSql, Resource};
+use super::{ListParams, Page, Wait, check_id};
 use crate::auth::Caller;
 use crate::body::Body;
+use crate::db::ById;
 use crate::error::{ApiError, Problem};
-use crate::provider_columns;
 use crate::rows::{ProviderExtra, ProviderRow, SealedKey, enum_text};
 use crate::state::AppState;
-use crate::write::{Scope, Write};
+use crate::write::{Change, Write};
+use crate::{by_id, provider_columns};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProviderView {
@@ -127,16 +130,11 @@ impl ExtraFields<'_> {
         before: &ProviderExtra,
         keys: &switchboard_shared::sealed::MasterKeys,
     ) -> Result<ProviderExtra, ApiError> {
-        let seal =
-            |field: &str, v: &Option<String>, old: &Option<switchboard_shared::sealed::Sealed>| {
-                match v {
-                    Some(v) if v.trim().is_empty() => {
-                        Err(ApiError::invalid(field, "must not be empty"))
-                    }
-                    Some(v) => Ok(Some(keys.seal(v))),
-                    None => Ok(old.clone()),
-                }
-            };
+        let seal = |field: &str, v: &Option<String>, old: &Option<Sealed>| match v {
+            Some(v) if v.trim().is_empty() => Err(ApiError::invalid(field, "must not be empty")),
+            Some(v) => Ok(Some(keys.seal(v))),
+            None => Ok(old.clone()),
+        };
         let api_keys = match self.api_keys {
             None => before.api_keys.clone(),
             Some(list) => {
@@ -182,6 +180,8 @@ impl ExtraFields<'_> {
     }
 }
 
+// The fields repeat `CreateProvider`'s: serde's `flatten` does not work with
+// `deny_unknown_fields`, which every body needs. `extra_fields!` reads both one way.
 /// Replaces a provider's settings; an absent `api_key` keeps the stored one.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -206,25 +206,61 @@ pub struct UpdateProvider {
     pub api_keys: Option<Vec<NewProviderKey>>,
 }
 
-async fn load(
-    conn: &mut sqlx::PgConnection,
+impl Resource for ProviderRow {
+    type View = ProviderView;
+    const NOUN: &'static str = "provider";
+    const OBJECT_TYPE: &'static str = "provider";
+    const SECTION: &'static str = "providers";
+    const BY_ID: ById = by_id!(
+        "SELECT ",
+        provider_columns!(),
+        " FROM providers WHERE id = $1"
+    );
+
+    fn view(&self) -> ProviderView {
+        ProviderView::from(self)
+    }
+
+    fn tenant_id(&self) -> Option<&str> {
+        None
+    }
+}
+
+const LIST: ListSql = ListSql::Platform(concat!(
+    "SELECT ",
+    provider_columns!(),
+    " FROM providers ORDER BY id LIMIT $1 OFFSET $2"
+));
+const INSERT: &str = concat!(
+    "INSERT INTO providers (id, kind, base_url, credential, extra) VALUES ($1, $2, $3, $4, $5) \
+     RETURNING ",
+    provider_columns!()
+);
+const UPDATE: &str = concat!(
+    "UPDATE providers SET kind = $2, base_url = $3, credential = $4, extra = $5, \
+     updated_at = now() WHERE id = $1 RETURNING ",
+    provider_columns!()
+);
+const DELETE: &str = "DELETE FROM providers WHERE id = $1";
+
+/// Runs [`INSERT`] or [`UPDATE`], which take the same parameters.
+async fn save(
+    conn: &mut PgConnection,
+    sql: &'static str,
     id: &str,
-    lock: bool,
-) -> Result<Option<ProviderRow>, sqlx::Error> {
-    let sql = if lock {
-        concat!(
-            "SELECT ",
-            provider_columns!(),
-            " FROM providers WHERE id = $1 FOR UPDATE"
-        )
-    } else {
-        concat!(
-            "SELECT ",
-            provider_columns!(),
-            " FROM providers WHERE id = $1"
-        )
-    };
-    sqlx::query_as(sql).bind(id).fetch_optional(conn).await
+    kind: &ProviderKind,
+    base_url: &Option<String>,
+    credential: Option<Jsonb<Sealed>>,
+    extra: ProviderExtra,
+) -> Result<ProviderRow, sqlx::Error> {
+    sqlx::query_as(sql)
+        .bind(id)
+        .bind(enum_text(kind))
+        .bind(base_url)
+        .bind(credential)
+        .bind(Jsonb(extra))
+        .fetch_one(conn)
+        .await
 }
 
 fn check_api_key(key: Option<&String>) -> Result<(), ApiError> {
@@ -242,16 +278,7 @@ pub async fn list(
     params: ListParams,
 ) -> Result<Json<Page<ProviderView>>, ApiError> {
     caller.require_platform_reader()?;
-    let rows: Vec<ProviderRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        provider_columns!(),
-        " FROM providers ORDER BY id LIMIT $1 OFFSET $2"
-    ))
-    .bind(params.limit() + 1)
-    .bind(params.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(params.page(rows, |r| ProviderView::from(r))))
+    crud::page(&state, &caller, &params, LIST, ProviderRow::view).await
 }
 
 #[utoipa::path(get, path = "/providers/{id}", tag = "providers", params(("id" = String, Path)),
@@ -262,11 +289,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
     caller.require_platform_reader()?;
-    let mut conn = state.pool.acquire().await?;
-    load(&mut conn, &id, false)
-        .await?
-        .map(|r| Json(ProviderView::from(&r)))
-        .ok_or_else(|| ApiError::not_found("provider", &id))
+    crud::get::<ProviderRow>(&state, &caller, &id).await
 }
 
 #[utoipa::path(post, path = "/providers", tag = "providers", params(Wait), request_body = CreateProvider,
@@ -286,29 +309,17 @@ pub async fn create(
         .map(|k| Jsonb(state.settings.master_keys.seal(k)));
     let extra = extra_fields!(req).merge(&ProviderExtra::default(), &state.settings.master_keys)?;
     let mut w = Write::begin(&state.pool, &caller).await?;
-    let row: ProviderRow = sqlx::query_as(concat!(
-        "INSERT INTO providers (id, kind, base_url, credential, extra) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING ",
-        provider_columns!(),
-        ""
-    ))
-    .bind(&req.id)
-    .bind(enum_text(&req.kind))
-    .bind(&req.base_url)
-    .bind(sealed)
-    .bind(Jsonb(extra))
-    .fetch_one(w.conn())
+    let row = save(
+        w.conn(),
+        INSERT,
+        &req.id,
+        &req.kind,
+        &req.base_url,
+        sealed,
+        extra,
+    )
     .await?;
-    let view = ProviderView::from(&row);
-    w.audit("create", "provider", &row.id, None, None, audit_json(&view))
-        .await?;
-    let committed = w
-        .commit(
-            Some(&state.publisher),
-            Some(Scope::new("providers", &row.id)),
-        )
-        .await?;
-    Ok(written(&state, committed, wait, StatusCode::CREATED, view).await)
+    crud::created(&state, w, wait, &row.id, &row).await
 }
 
 #[utoipa::path(put, path = "/providers/{id}", tag = "providers", params(("id" = String, Path), Wait),
@@ -323,10 +334,7 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
     check_api_key(req.api_key.as_ref())?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load(w.conn(), &id, true)
-        .await?
-        .ok_or_else(|| ApiError::not_found("provider", &id))?;
+    let (mut w, before) = crud::begin::<ProviderRow>(&state, &caller, &id).await?;
     let credential = match (&req.api_key, req.remove_api_key) {
         (Some(_), true) => {
             return Err(ApiError::invalid(
@@ -339,33 +347,17 @@ pub async fn update(
         (None, false) => before.credential.clone(),
     };
     let extra = extra_fields!(req).merge(&before.extra.0, &state.settings.master_keys)?;
-    let row: ProviderRow = sqlx::query_as(concat!(
-        "UPDATE providers SET kind = $2, base_url = $3, credential = $4, extra = $5, \
-         updated_at = now() WHERE id = $1 RETURNING ",
-        provider_columns!(),
-        ""
-    ))
-    .bind(&id)
-    .bind(enum_text(&req.kind))
-    .bind(&req.base_url)
-    .bind(credential)
-    .bind(Jsonb(extra))
-    .fetch_one(w.conn())
-    .await?;
-    let view = ProviderView::from(&row);
-    w.audit(
-        "update",
-        "provider",
+    let row = save(
+        w.conn(),
+        UPDATE,
         &id,
-        None,
-        audit_json(&ProviderView::from(&before)),
-        audit_json(&view),
+        &req.kind,
+        &req.base_url,
+        credential,
+        extra,
     )
     .await?;
-    let committed = w
-        .commit(Some(&state.publisher), Some(Scope::new("providers", &id)))
-        .await?;
-    Ok(written(&state, committed, wait, StatusCode::OK, view).await)
+    crud::updated(&state, w, wait, &id, &before, &row).await
 }
 
 #[utoipa::path(delete, path = "/providers/{id}", tag = "providers", params(("id" = String, Path), Wait),
@@ -377,25 +369,7 @@ pub async fn delete(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load(w.conn(), &id, true)
-        .await?
-        .ok_or_else(|| ApiError::not_found("provider", &id))?;
-    sqlx::query("DELETE FROM providers WHERE id = $1")
-        .bind(&id)
-        .execute(w.conn())
-        .await?;
-    w.audit(
-        "delete",
-        "provider",
-        &id,
-        None,
-        audit_json(&ProviderView::from(&before)),
-        None,
-    )
-    .await?;
-    let committed = w.commit(Some(&state.publisher), None).await?;
-    Ok(deleted(&state, committed, wait).await)
+    crud::delete::<ProviderRow>(&state, &caller, &id, wait, DELETE).await
 }
 
 /// Re-seals every stored credential not sealed with the current sealing key (master-key
@@ -428,18 +402,18 @@ pub async fn reseal_credentials(
             .bind(Jsonb(&resealed))
             .execute(w.conn())
             .await?;
-        let before = ProviderView::from(&row);
+        let before = row.view();
         let mut after = before.clone();
         after.api_key_sealed_with = Some(resealed.key_id.clone());
-        w.audit(
+        let change = Change::of(
             "reseal",
-            "provider",
+            ProviderRow::OBJECT_TYPE,
             &row.id,
             None,
-            audit_json(&before),
-            audit_json(&after),
-        )
-        .await?;
+            Some(&before),
+            Some(&after),
+        );
+        w.audit(change).await?;
         count += 1;
     }
     w.commit(None, None).await?;

@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 use utoipa::ToSchema;
 
+use super::crud::{self, ListSql};
 use super::{ListParams, Page};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
@@ -31,6 +32,13 @@ pub struct AuditEntry {
     pub after: Option<serde_json::Value>,
 }
 
+/// Newest first. Tenant admins see their tenant's entries only.
+const AUDIT: ListSql = ListSql::Tenant(
+    "SELECT id, at, actor_id, actor, action, object_type, object_id, tenant_id, revision, \
+     before, after FROM audit_log WHERE ($1::text IS NULL OR tenant_id = $1) \
+     AND ($2::text IS NULL OR tenant_id = $2) ORDER BY id DESC LIMIT $3 OFFSET $4",
+);
+
 #[utoipa::path(get, path = "/audit", tag = "status", params(ListParams),
     responses((status = 200, body = Page<AuditEntry>)))]
 pub async fn audit(
@@ -38,19 +46,7 @@ pub async fn audit(
     caller: Caller,
     params: ListParams,
 ) -> Result<Json<Page<AuditEntry>>, ApiError> {
-    // Newest first. Tenant admins see their tenant's entries only.
-    let rows: Vec<AuditEntry> = sqlx::query_as(
-        "SELECT id, at, actor_id, actor, action, object_type, object_id, tenant_id, revision, \
-         before, after FROM audit_log WHERE ($1::text IS NULL OR tenant_id = $1) \
-         AND ($2::text IS NULL OR tenant_id = $2) ORDER BY id DESC LIMIT $3 OFFSET $4",
-    )
-    .bind(caller.confined_to())
-    .bind(params.tenant_id.as_deref())
-    .bind(params.limit() + 1)
-    .bind(params.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(params.page(rows, Clone::clone)))
+    crud::page(&state, &caller, &params, AUDIT, AuditEntry::clone).await
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -2,22 +2,24 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 use sqlx::types::Json as Jsonb;
 use switchboard_shared::snapshot::{Budget, RateLimits, TenantStatus};
 use utoipa::ToSchema;
 
-use super::{ListParams, Page, Wait, audit_json, check_id, deleted, written};
+use super::crud::{self, ListSql, Resource};
+use super::{ListParams, Page, Wait, check_id};
 use crate::auth::Caller;
 use crate::body::Body;
+use crate::db::ById;
 use crate::error::{ApiError, Problem};
 use crate::rows::{TenantRow, enum_text, limits};
 use crate::state::AppState;
-use crate::tenant_columns;
-use crate::write::{Scope, Write};
+use crate::write::Write;
+use crate::{by_id, tenant_columns};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TenantView {
@@ -66,6 +68,8 @@ pub struct CreateTenant {
     pub budget: Option<Budget>,
 }
 
+// `CreateTenant` repeats these fields: serde's `flatten` does not work with
+// `deny_unknown_fields`, which every body needs.
 /// A tenant's settings, replaced as a whole.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -82,21 +86,57 @@ pub struct UpdateTenant {
     pub budget: Option<Budget>,
 }
 
-async fn load(
-    conn: &mut sqlx::PgConnection,
+impl Resource for TenantRow {
+    type View = TenantView;
+    const NOUN: &'static str = "tenant";
+    const OBJECT_TYPE: &'static str = "tenant";
+    const SECTION: &'static str = "tenants";
+    const BY_ID: ById = by_id!("SELECT ", tenant_columns!(), " FROM tenants WHERE id = $1");
+
+    fn view(&self) -> TenantView {
+        TenantView::from(self)
+    }
+
+    fn tenant_id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+}
+
+const LIST: ListSql = ListSql::Tenant(concat!(
+    "SELECT ",
+    tenant_columns!(),
+    " FROM tenants WHERE ($1::text IS NULL OR id = $1) \
+     AND ($2::text IS NULL OR id = $2) ORDER BY id LIMIT $3 OFFSET $4"
+));
+const INSERT: &str = concat!(
+    "INSERT INTO tenants (id, name, status, rpm, tpm, budget) VALUES ($1, $2, $3, $4, $5, $6) \
+     RETURNING ",
+    tenant_columns!()
+);
+const UPDATE: &str = concat!(
+    "UPDATE tenants SET name = $2, status = $3, rpm = $4, tpm = $5, budget = $6, \
+     updated_at = now() WHERE id = $1 RETURNING ",
+    tenant_columns!()
+);
+// Keys and tenant admins reference the tenant: deleting it while they exist is a 409.
+const DELETE: &str = "DELETE FROM tenants WHERE id = $1";
+
+/// Runs [`INSERT`] or [`UPDATE`], which take the same parameters.
+async fn save(
+    conn: &mut PgConnection,
+    sql: &'static str,
     id: &str,
-    lock: bool,
-) -> Result<Option<TenantRow>, sqlx::Error> {
-    let sql = if lock {
-        concat!(
-            "SELECT ",
-            tenant_columns!(),
-            " FROM tenants WHERE id = $1 FOR UPDATE"
-        )
-    } else {
-        concat!("SELECT ", tenant_columns!(), " FROM tenants WHERE id = $1")
-    };
-    sqlx::query_as(sql).bind(id).fetch_optional(conn).await
+    settings: UpdateTenant,
+) -> Result<TenantRow, sqlx::Error> {
+    sqlx::query_as(sql)
+        .bind(id)
+        .bind(&settings.name)
+        .bind(enum_text(&settings.status))
+        .bind(settings.limits.rpm.map(i64::from))
+        .bind(settings.limits.tpm.map(i64::from))
+        .bind(settings.budget.map(Jsonb))
+        .fetch_one(conn)
+        .await
 }
 
 #[utoipa::path(get, path = "/tenants", tag = "tenants", params(ListParams),
@@ -106,19 +146,7 @@ pub async fn list(
     caller: Caller,
     params: ListParams,
 ) -> Result<Json<Page<TenantView>>, ApiError> {
-    let rows: Vec<TenantRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        tenant_columns!(),
-        " FROM tenants WHERE ($1::text IS NULL OR id = $1) \
-         AND ($2::text IS NULL OR id = $2) ORDER BY id LIMIT $3 OFFSET $4"
-    ))
-    .bind(caller.confined_to())
-    .bind(params.tenant_id.as_deref())
-    .bind(params.limit() + 1)
-    .bind(params.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(params.page(rows, |r| TenantView::from(r))))
+    crud::page(&state, &caller, &params, LIST, TenantRow::view).await
 }
 
 #[utoipa::path(get, path = "/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
@@ -128,11 +156,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
-    match load(&mut conn, &id, false).await? {
-        Some(row) if caller.sees_tenant(&row.id) => Ok(Json(TenantView::from(&row))),
-        _ => Err(ApiError::not_found("tenant", &id)),
-    }
+    crud::get::<TenantRow>(&state, &caller, &id).await
 }
 
 #[utoipa::path(post, path = "/tenants", tag = "tenants", params(Wait), request_body = CreateTenant,
@@ -145,35 +169,22 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
     check_id("id", &req.id)?;
+    let CreateTenant {
+        id,
+        name,
+        status,
+        limits,
+        budget,
+    } = req;
+    let settings = UpdateTenant {
+        name,
+        status,
+        limits,
+        budget,
+    };
     let mut w = Write::begin(&state.pool, &caller).await?;
-    let row: TenantRow = sqlx::query_as(concat!(
-        "INSERT INTO tenants (id, name, status, rpm, tpm, budget) VALUES ($1, $2, $3, $4, $5, $6) \
-         RETURNING ",
-        tenant_columns!(),
-        ""
-    ))
-    .bind(&req.id)
-    .bind(&req.name)
-    .bind(enum_text(&req.status))
-    .bind(req.limits.rpm.map(i64::from))
-    .bind(req.limits.tpm.map(i64::from))
-    .bind(req.budget.map(Jsonb))
-    .fetch_one(w.conn())
-    .await?;
-    let view = TenantView::from(&row);
-    w.audit(
-        "create",
-        "tenant",
-        &row.id,
-        Some(&row.id),
-        None,
-        audit_json(&view),
-    )
-    .await?;
-    let committed = w
-        .commit(Some(&state.publisher), Some(Scope::new("tenants", &row.id)))
-        .await?;
-    Ok(written(&state, committed, wait, StatusCode::CREATED, view).await)
+    let row = save(w.conn(), INSERT, &id, settings).await?;
+    crud::created(&state, w, wait, &row.id, &row).await
 }
 
 #[utoipa::path(put, path = "/tenants/{id}", tag = "tenants", params(("id" = String, Path), Wait),
@@ -186,43 +197,10 @@ pub async fn update(
     wait: Wait,
     Body(req): Body<UpdateTenant>,
 ) -> Result<Response, ApiError> {
-    caller.require_writer()?;
-    if !caller.sees_tenant(&id) {
-        return Err(ApiError::not_found("tenant", &id));
-    }
-    caller.require_platform_admin()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load(w.conn(), &id, true)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant", &id))?;
-    let row: TenantRow = sqlx::query_as(concat!(
-        "UPDATE tenants SET name = $2, status = $3, rpm = $4, tpm = $5, budget = $6, \
-         updated_at = now() WHERE id = $1 RETURNING ",
-        tenant_columns!(),
-        ""
-    ))
-    .bind(&id)
-    .bind(&req.name)
-    .bind(enum_text(&req.status))
-    .bind(req.limits.rpm.map(i64::from))
-    .bind(req.limits.tpm.map(i64::from))
-    .bind(req.budget.map(Jsonb))
-    .fetch_one(w.conn())
-    .await?;
-    let view = TenantView::from(&row);
-    w.audit(
-        "update",
-        "tenant",
-        &id,
-        Some(&id),
-        audit_json(&TenantView::from(&before)),
-        audit_json(&view),
-    )
-    .await?;
-    let committed = w
-        .commit(Some(&state.publisher), Some(Scope::new("tenants", &id)))
-        .await?;
-    Ok(written(&state, committed, wait, StatusCode::OK, view).await)
+    caller.require_tenant_writer(&id)?;
+    let (mut w, before) = crud::begin::<TenantRow>(&state, &caller, &id).await?;
+    let row = save(w.conn(), UPDATE, &id, req).await?;
+    crud::updated(&state, w, wait, &id, &before, &row).await
 }
 
 #[utoipa::path(delete, path = "/tenants/{id}", tag = "tenants", params(("id" = String, Path), Wait),
@@ -233,29 +211,6 @@ pub async fn delete(
     Path(id): Path<String>,
     wait: Wait,
 ) -> Result<Response, ApiError> {
-    caller.require_writer()?;
-    if !caller.sees_tenant(&id) {
-        return Err(ApiError::not_found("tenant", &id));
-    }
-    caller.require_platform_admin()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let before = load(w.conn(), &id, true)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant", &id))?;
-    // Keys and tenant admins reference the tenant: deleting it while they exist is a 409.
-    sqlx::query("DELETE FROM tenants WHERE id = $1")
-        .bind(&id)
-        .execute(w.conn())
-        .await?;
-    w.audit(
-        "delete",
-        "tenant",
-        &id,
-        Some(&id),
-        audit_json(&TenantView::from(&before)),
-        None,
-    )
-    .await?;
-    let committed = w.commit(Some(&state.publisher), None).await?;
-    Ok(deleted(&state, committed, wait).await)
+    caller.require_tenant_writer(&id)?;
+    crud::delete::<TenantRow>(&state, &caller, &id, wait, DELETE).await
 }

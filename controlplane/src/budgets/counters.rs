@@ -218,25 +218,16 @@ pub async fn reconcile_once(
     reconcile_subjects(pool, counters, &subjects, now, raw_retention_days).await
 }
 
-/// One pass, done only if this replica gets the advisory lock; `Ok(None)`: another replica
-/// is reconciling. The lock is transaction-scoped, so it is released however the pass ends.
+/// One pass, done only if this replica gets the advisory lock ([`crate::db::with_try_lock`]);
+/// `Ok(None)`: another replica is reconciling.
 pub async fn reconcile_once_locked(
     pool: &PgPool,
     counters: &Counters,
     now: DateTime<Utc>,
     raw_retention_days: u64,
 ) -> Result<Option<Outcome>, ReconcileError> {
-    let mut lock = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(RECONCILE_LOCK)
-        .fetch_one(&mut *lock)
-        .await?;
-    if !locked {
-        return Ok(None);
-    }
-    let result = reconcile_once(pool, counters, now, raw_retention_days).await;
-    let _ = lock.rollback().await;
-    result.map(Some)
+    let pass = reconcile_once(pool, counters, now, raw_retention_days);
+    crate::db::with_try_lock(pool, RECONCILE_LOCK, pass).await
 }
 
 /// Reconciles every `every` until `shutdown`; failures are warnings and the loop goes on.

@@ -31,16 +31,15 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use switchboard_shared::budget::{BudgetScope, Period, nanos_to_usd, period_of, usd_to_nanos};
 use switchboard_shared::snapshot::{Budget, BudgetPeriod};
 use utoipa::ToSchema;
 
-use crate::api::audit_json;
 use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
 use crate::publish::Publisher;
-use crate::write::{Committed, Write};
+use crate::write::{Change, Committed, Write};
 
 /// Whose budget: a virtual key's own or a tenant's (shared by all its keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -318,7 +317,7 @@ pub async fn views(
 }
 
 /// The budgeted subjects `caller` may see, filtered, one page (`limit` + 1 rows, for
-/// [`crate::api::ListParams::page`]).
+/// [`crate::api::Paging::page`]).
 pub async fn list(
     pool: &PgPool,
     caller: &Caller,
@@ -344,18 +343,15 @@ pub async fn get(
     id: &str,
 ) -> Result<Subject, ApiError> {
     let mut conn = pool.acquire().await?;
-    let owner = repo::load(&mut conn, scope, id, false).await?;
-    match owner {
-        Some(o) if caller.sees_tenant(&o.tenant_id) => match o.budget {
-            Some(budget) => Ok(Subject {
-                scope,
-                id: id.to_owned(),
-                tenant_id: o.tenant_id,
-                budget,
-            }),
-            None => Err(no_budget(scope, id)),
-        },
-        _ => Err(ApiError::not_found(scope.noun(), id)),
+    let owner = load_visible(&mut conn, caller, scope, id, false).await?;
+    match owner.budget {
+        Some(budget) => Ok(Subject {
+            scope,
+            id: id.to_owned(),
+            tenant_id: owner.tenant_id,
+            budget,
+        }),
+        None => Err(no_budget(scope, id)),
     }
 }
 
@@ -364,18 +360,14 @@ fn no_budget(scope: Scope, id: &str) -> ApiError {
 }
 
 /// Who may change budgets: a key's, its tenant's admins and platform admins (like the key's
-/// other settings); a tenant's, platform admins only (a tenant admin must not raise its own
-/// limit). Viewers never. Refusals before any database work: 403 for viewers, 404 for
-/// another tenant's tenant.
+/// other settings); a tenant's, platform admins only (like the tenant's other settings).
+/// Viewers never. Refusals before any database work: 403 for viewers, 404 for another
+/// tenant's tenant.
 fn may_write(caller: &Caller, scope: Scope, id: &str) -> Result<(), ApiError> {
-    caller.require_writer()?;
-    if scope == Scope::Tenant {
-        if !caller.sees_tenant(id) {
-            return Err(ApiError::not_found("tenant", id));
-        }
-        caller.require_platform_admin()?;
+    match scope {
+        Scope::Key => caller.require_writer(),
+        Scope::Tenant => caller.require_tenant_writer(id),
     }
-    Ok(())
 }
 
 /// Sets (or replaces) a budget through the one write path: revision bump, row change, audit
@@ -399,18 +391,17 @@ pub async fn set(
         ));
     }
     let mut w = Write::begin(pool, caller).await?;
-    let owner = load_for_write(&mut w, caller, scope, id).await?;
+    let owner = load_visible(w.conn(), caller, scope, id, true).await?;
     repo::store(w.conn(), scope, id, Some(&budget)).await?;
-    w.audit(
+    let change = Change::of(
         "set_budget",
         scope.object_type(),
         id,
         Some(&owner.tenant_id),
-        owner.budget.as_ref().and_then(audit_json),
-        audit_json(&budget),
-    )
-    .await?;
-    let committed = commit(w, publisher, scope, id).await?;
+        owner.budget.as_ref(),
+        Some(&budget),
+    );
+    let committed = finish(w, publisher, change, scope, id).await?;
     let subject = Subject {
         scope,
         id: id.to_owned(),
@@ -430,46 +421,48 @@ pub async fn remove(
 ) -> Result<Committed, ApiError> {
     may_write(caller, scope, id)?;
     let mut w = Write::begin(pool, caller).await?;
-    let owner = load_for_write(&mut w, caller, scope, id).await?;
+    let owner = load_visible(w.conn(), caller, scope, id, true).await?;
     let Some(before) = owner.budget else {
         return Err(no_budget(scope, id));
     };
     repo::store(w.conn(), scope, id, None).await?;
-    w.audit(
+    let change = Change::of(
         "delete_budget",
         scope.object_type(),
         id,
         Some(&owner.tenant_id),
-        audit_json(&before),
+        Some(&before),
         None,
-    )
-    .await?;
-    commit(w, publisher, scope, id).await
+    );
+    finish(w, publisher, change, scope, id).await
 }
 
-/// Loads and locks the owner; another tenant's key reads as unknown.
-async fn load_for_write(
-    w: &mut Write,
+/// The owner (`lock`: `FOR UPDATE`, in a write); another tenant's key reads as unknown.
+async fn load_visible(
+    conn: &mut PgConnection,
     caller: &Caller,
     scope: Scope,
     id: &str,
+    lock: bool,
 ) -> Result<repo::Owner, ApiError> {
-    match repo::load(w.conn(), scope, id, true).await? {
+    match repo::load(conn, scope, id, lock).await? {
         Some(o) if caller.sees_tenant(&o.tenant_id) => Ok(o),
         _ => Err(ApiError::not_found(scope.noun(), id)),
     }
 }
 
-/// Commits; snapshot problems at this budget are reported at the body's own paths
+/// [`Write::finish`]; snapshot problems at this budget are reported at the body's own paths
 /// (`max_usd`, not `budget.max_usd`).
-async fn commit(
+async fn finish(
     w: Write,
     publisher: Option<&Arc<Publisher>>,
+    change: Change<'_>,
     scope: Scope,
     id: &str,
 ) -> Result<Committed, ApiError> {
-    w.commit(
+    w.finish(
         publisher,
+        change,
         Some(crate::write::Scope::new(scope.section(), id)),
     )
     .await

@@ -7,6 +7,8 @@ use sqlx::{PgConnection, PgPool};
 use switchboard_shared::snapshot::Budget;
 
 use super::{Scope, Subject};
+use crate::by_id;
+use crate::db::ById;
 
 /// A key or tenant, as far as budgets care.
 #[derive(Debug, Clone)]
@@ -22,14 +24,13 @@ pub async fn load(
     id: &str,
     lock: bool,
 ) -> sqlx::Result<Option<Owner>> {
-    let sql = match (scope, lock) {
-        (Scope::Key, false) => "SELECT tenant_id, budget FROM virtual_keys WHERE id = $1",
-        (Scope::Key, true) => "SELECT tenant_id, budget FROM virtual_keys WHERE id = $1 FOR UPDATE",
-        (Scope::Tenant, false) => "SELECT id, budget FROM tenants WHERE id = $1",
-        (Scope::Tenant, true) => "SELECT id, budget FROM tenants WHERE id = $1 FOR UPDATE",
+    const KEY: ById = by_id!("SELECT tenant_id, budget FROM virtual_keys WHERE id = $1");
+    const TENANT: ById = by_id!("SELECT id, budget FROM tenants WHERE id = $1");
+    let by_id = match scope {
+        Scope::Key => KEY,
+        Scope::Tenant => TENANT,
     };
-    let row: Option<(String, Option<Json<Budget>>)> =
-        sqlx::query_as(sql).bind(id).fetch_optional(conn).await?;
+    let row: Option<(String, Option<Json<Budget>>)> = by_id.fetch(conn, id, lock).await?;
     Ok(row.map(|(tenant_id, budget)| Owner {
         tenant_id,
         budget: budget.map(|b| b.0),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
+use chrono::{DateTime, Utc};
 use controlplane::Running;
 use controlplane::api::admins::{CreateAdmin, create_admin};
 use controlplane::auth::{Caller, Role};
@@ -16,6 +17,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use switchboard_shared::sealed::MasterKeys;
+use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
 use tokio::sync::oneshot;
 use tower::ServiceExt;
 
@@ -126,6 +128,35 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Asserts a problem-JSON answer with `status` (in its body too) and, when `path` is
+    /// given, a field error at that path. `context` names the request in failure messages.
+    pub fn assert_problem(&self, status: StatusCode, path: Option<&str>, context: &str) {
+        assert_eq!(self.status, status, "{context}: {}", self.body);
+        assert_eq!(
+            self.headers["content-type"], "application/problem+json",
+            "{context}"
+        );
+        assert_eq!(
+            self.body["status"],
+            status.as_u16(),
+            "{context}: {}",
+            self.body
+        );
+        if let Some(path) = path {
+            let paths: Vec<&Value> = self.body["errors"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{context}: {}", self.body))
+                .iter()
+                .map(|e| &e["path"])
+                .collect();
+            assert!(
+                paths.iter().any(|p| *p == path),
+                "{context}: want {path:?}, got {}",
+                self.body
+            );
+        }
+    }
+
     pub fn revision(&self) -> u64 {
         self.headers
             .get("x-switchboard-config-revision")
@@ -263,4 +294,56 @@ impl Cp {
         out.push(i64::from_str_radix(&h[..12], 16).unwrap());
         out
     }
+}
+
+/// A successful request's usage as a data plane reports it: `cost` USD for 10 prompt and 5
+/// completion tokens of `gpt-4o` on deployment `d1`.
+pub fn usage_record(
+    id: &str,
+    tenant: &str,
+    key: &str,
+    started_at: DateTime<Utc>,
+    cost: f64,
+) -> UsageRecord {
+    UsageRecord {
+        request_id: id.into(),
+        tenant_id: tenant.into(),
+        key_id: key.into(),
+        model: "gpt-4o".into(),
+        deployment_id: Some("d1".into()),
+        provider_id: Some("p1".into()),
+        endpoint: "chat_completions".into(),
+        stream: false,
+        outcome: Outcome::Success,
+        status: 200,
+        attempts: 1,
+        usage: Usage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            ..Usage::default()
+        },
+        usage_reported: true,
+        cost_usd: cost,
+        price_revision: 1,
+        price_version: None,
+        started_at,
+        latency_ms: 3,
+        ttft_ms: None,
+    }
+}
+
+/// Serves `body` as a price file at `/prices.json` on a free port; returns
+/// `http://127.0.0.1:PORT`.
+pub async fn serve_prices(body: Vec<u8>) -> String {
+    let app = axum::Router::new().route(
+        "/prices.json",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { body }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
 }

@@ -390,6 +390,21 @@ impl Cluster {
         (id, status)
     }
 
+    /// A small non-streamed `m-4o` chat through the data plane at `base`, read whole.
+    async fn chat_4o(&self, base: &str) -> Reply {
+        send(request(
+            Method::POST,
+            &format!("{base}/v1/chat/completions"),
+            &[
+                ("authorization", &format!("Bearer {}", self.secret)),
+                ("content-type", "application/json"),
+            ],
+            json!({"model": "m-4o", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+        ))
+        .await
+    }
+
     /// Waits until `spend_events` holds at least `n` rows (or `within` passes); returns them.
     async fn spend_rows(&self, n: usize, within: Duration) -> BTreeMap<String, SpendRow> {
         let deadline = Instant::now() + within;
@@ -639,17 +654,9 @@ async fn an_exhausted_budget_holds_when_redis_restarts_empty(pool: PgPool) {
     // Spend it: each answer costs $0.00013875, each admission reserves its maximum first.
     let mut admitted = Vec::new();
     let refusal = loop {
-        let reply = send(request(
-            Method::POST,
-            &format!("{}/v1/chat/completions", cluster.planes[admitted.len() % 2].base),
-            &[
-                ("authorization", &format!("Bearer {}", cluster.secret)),
-                ("content-type", "application/json"),
-            ],
-            json!({"model": "m-4o", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
-                .to_string(),
-        ))
-        .await;
+        let reply = cluster
+            .chat_4o(&cluster.planes[admitted.len() % 2].base)
+            .await;
         if reply.status != StatusCode::OK {
             break reply;
         }
@@ -701,17 +708,7 @@ async fn an_exhausted_budget_holds_when_redis_restarts_empty(pool: PgPool) {
     for plane in &cluster.planes {
         let started = Instant::now();
         let reply = loop {
-            let reply = send(request(
-                Method::POST,
-                &format!("{}/v1/chat/completions", plane.base),
-                &[
-                    ("authorization", &format!("Bearer {}", cluster.secret)),
-                    ("content-type", "application/json"),
-                ],
-                json!({"model": "m-4o", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
-                    .to_string(),
-            ))
-            .await;
+            let reply = cluster.chat_4o(&plane.base).await;
             // 503 while this replica still counts Redis as down (failure_policy: closed).
             if reply.status != StatusCode::SERVICE_UNAVAILABLE {
                 break reply;

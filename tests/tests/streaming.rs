@@ -95,6 +95,15 @@ async fn the_usage_chunk_is_hidden_unless_asked_for_but_always_counted() {
 /// gpt-4o's rates, so that a charge shows up as a cost.
 const PRICE: &str = "price: { input_cost_per_token: 2.5e-6, output_cost_per_token: 1e-5 }";
 
+/// A gateway whose one deployment, at `url`, is priced with [`PRICE`].
+async fn priced_gateway(url: &str, models: &str) -> Gateway {
+    Gateway::start(&with_deployment_fields(
+        &one_deployment(url, "", models),
+        PRICE,
+    ))
+    .await
+}
+
 /// A stream cut short is charged what was generated: the prompt estimate (no report came)
 /// and one completion token per event relayed — never nothing.
 fn assert_charged_what_was_relayed(
@@ -115,11 +124,7 @@ fn assert_charged_what_was_relayed(
 #[tokio::test]
 async fn a_client_disconnect_cancels_the_upstream_stream() {
     let mock = MockUpstream::start().await.unwrap();
-    let gw = Gateway::start(&with_deployment_fields(
-        &one_deployment(&mock.scenario_url("chunks=50,interval_ms=50"), "", ""),
-        PRICE,
-    ))
-    .await;
+    let gw = priced_gateway(&mock.scenario_url("chunks=50,interval_ms=50"), "").await;
     let req = request(
         http::Method::POST,
         &gw.url(CHAT),
@@ -154,11 +159,7 @@ async fn a_client_disconnect_cancels_the_upstream_stream() {
 #[tokio::test]
 async fn a_client_that_leaves_before_a_complete_answer_is_charged_its_maximum() {
     let mock = MockUpstream::start().await.unwrap();
-    let gw = Gateway::start(&with_deployment_fields(
-        &one_deployment(&mock.scenario_url("latency_ms=3000"), "", ""),
-        PRICE,
-    ))
-    .await;
+    let gw = priced_gateway(&mock.scenario_url("latency_ms=3000"), "").await;
     let req = request(
         http::Method::POST,
         &gw.url(CHAT),
@@ -211,14 +212,10 @@ async fn failures_before_the_first_byte_are_retried() {
 async fn failures_after_the_first_byte_are_not_retried() {
     let mock = MockUpstream::start().await.unwrap();
     let scenario = "fault=reset_mid_stream,chunks=10,interval_ms=10";
-    let gw = Gateway::start(&with_deployment_fields(
-        &one_deployment(
-            &mock.scenario_url(scenario),
-            "",
-            "models: [{ model: m, retries: 3 }]\n",
-        ),
-        PRICE,
-    ))
+    let gw = priced_gateway(
+        &mock.scenario_url(scenario),
+        "models: [{ model: m, retries: 3 }]\n",
+    )
     .await;
     let (status, _, frames, ended) = post_timed(&gw.url(CHAT), STREAM).await;
     assert_eq!(status, 200, "the head was already sent");

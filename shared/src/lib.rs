@@ -18,6 +18,11 @@
 //! - [`fleet_keys`]: Redis keys of the deployment state that data-plane replicas share.
 //! - [`proto`]: the generated gRPC `ConfigService` (from `proto/`).
 //!
+//! Offline by default: the generated gRPC client and server need only tonic's codegen, so
+//! `cargo build -p switchboard-shared` compiles no hyper, h2 or socket code (`.ci/run` checks
+//! this with `cargo tree`). The `transport` feature adds the generated client's `connect(url)`,
+//! and with it tonic's network transport, for the code that dials a control plane by URL.
+//!
 //! Why one crate: a snapshot written by the control plane must be read bit-for-bit the same way
 //! by every data plane, and a cost computed in one place must equal the cost computed in the
 //! other. Keeping the types and the arithmetic here makes that true by construction.
@@ -35,7 +40,8 @@ pub mod snapshot;
 pub mod usage;
 pub mod validate;
 
-/// Generated from `proto/switchboard/config/v1/config.proto`.
+/// Generated from `proto/switchboard/config/v1/config.proto`; `ConfigServiceClient::connect`
+/// exists only with the `transport` feature (see the crate header).
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 pub mod proto {
     tonic::include_proto!("switchboard.config.v1");

@@ -45,7 +45,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The control plane's gRPC `ConfigService`, e.g. `http://controlplane:50051`.
+    /// The control plane's gRPC `ConfigService`, e.g. `http://controlplane:8082`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controlplane_grpc: Option<String>,
     /// NATS server(s), e.g. `nats://127.0.0.1:4222`; several comma-separated.
@@ -110,7 +110,7 @@ impl ClusterConfig {
                 ),
                 _ => push(
                     "cluster.controlplane_grpc",
-                    "must be an http:// URL with a host, e.g. http://controlplane:50051",
+                    "must be an http:// URL with a host, e.g. http://controlplane:8082",
                 ),
             }
         }

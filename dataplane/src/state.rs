@@ -224,3 +224,48 @@ impl AppState {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::LogSink;
+    use crate::config::ServerConfig;
+
+    fn state() -> Arc<AppState> {
+        let server: ServerConfig = serde_yaml_ng::from_str("key_pepper: { value: \"p\" }").unwrap();
+        crate::server::build_state(&server, None, Arc::new(LogSink)).unwrap()
+    }
+
+    fn snapshot(revision: u64, model: &str) -> Snapshot {
+        Snapshot::from_yaml(&format!(
+            "revision: {revision}\nproviders: [{{ id: m, kind: mock }}]\ndeployments: [{{ id: d, model: {model}, provider: m, upstream_model: u }}]\n"
+        ))
+        .unwrap()
+    }
+
+    /// A file may repeat its revision with other content, never go back; the cluster only
+    /// moves forward.
+    #[test]
+    fn the_gate_applies_each_sources_rule() {
+        let state = state();
+        // Nothing served counts as revision 0 for the cluster.
+        let refused = state.install_under(&snapshot(0, "a"), Rule::Higher);
+        assert_eq!(refused, Err(Refused::NotNewer { serving: 0 }));
+        let swapped = Ok(Installed::Swapped { revision: 3 });
+        assert_eq!(state.install(&snapshot(3, "a")), swapped);
+        assert_eq!(state.install(&snapshot(3, "a")), Ok(Installed::Unchanged));
+        assert_eq!(state.install(&snapshot(3, "b")), swapped);
+        let older = state.install(&snapshot(2, "a")).unwrap_err().to_string();
+        assert!(
+            older.contains("revision: 2 is older than the revision being served (3)"),
+            "{older}"
+        );
+        let tie = state.install_under(&snapshot(3, "c"), Rule::Higher);
+        assert_eq!(tie, Err(Refused::NotNewer { serving: 3 }));
+        assert_eq!(state.gate(Rule::Higher, 4, String::new), Gate::Open);
+        assert_eq!(
+            state.catalog().map(|c| c.model_names().to_vec()),
+            Some(vec!["b".to_owned()])
+        );
+    }
+}

@@ -471,20 +471,20 @@ fn threshold_suffix(threshold_tokens: u64) -> String {
     }
 }
 
+/// The error of a field whose value is not `what` it must be.
+fn must_be(field: &str, what: &str, found: &dyn std::fmt::Display) -> EntryError {
+    EntryError::at(field, format!("`{field}` must be {what}, found {found}"))
+}
+
 fn rate(field: &str, value: &Value) -> Result<Option<f64>, EntryError> {
+    const WHAT: &str = "a non-negative number";
     match value {
         Value::Null => Ok(None),
         Value::Number(n) => match n.as_f64() {
             Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
-            _ => Err(EntryError::at(
-                field,
-                format!("`{field}` must be a non-negative number, found {n}"),
-            )),
+            _ => Err(must_be(field, WHAT, n)),
         },
-        other => Err(EntryError::at(
-            field,
-            format!("`{field}` must be a non-negative number, found {other}"),
-        )),
+        other => Err(must_be(field, WHAT, other)),
     }
 }
 
@@ -493,20 +493,15 @@ fn rate(field: &str, value: &Value) -> Result<Option<f64>, EntryError> {
 fn whole(field: &str, value: &Value) -> Result<Option<u64>, EntryError> {
     /// 2^53: above it not every whole float is exact.
     const EXACT: f64 = 9_007_199_254_740_992.0;
+    const WHAT: &str = "a non-negative whole number";
     match value {
         Value::Null => Ok(None),
         Value::Number(n) => match (n.as_u64(), n.as_f64()) {
             (Some(x), _) => Ok(Some(x)),
             (None, Some(x)) if (0.0..=EXACT).contains(&x) && x.fract() == 0.0 => Ok(Some(x as u64)),
-            _ => Err(EntryError::at(
-                field,
-                format!("`{field}` must be a non-negative whole number, found {n}"),
-            )),
+            _ => Err(must_be(field, WHAT, n)),
         },
-        other => Err(EntryError::at(
-            field,
-            format!("`{field}` must be a non-negative whole number, found {other}"),
-        )),
+        other => Err(must_be(field, WHAT, other)),
     }
 }
 
@@ -514,10 +509,7 @@ fn text(field: &str, value: &Value) -> Result<Option<String>, EntryError> {
     match value {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
-        other => Err(EntryError::at(
-            field,
-            format!("`{field}` must be a string, found {other}"),
-        )),
+        other => Err(must_be(field, "a string", other)),
     }
 }
 
@@ -525,10 +517,7 @@ fn flag(field: &str, value: &Value) -> Result<Option<bool>, EntryError> {
     match value {
         Value::Null => Ok(None),
         Value::Bool(b) => Ok(Some(*b)),
-        other => Err(EntryError::at(
-            field,
-            format!("`{field}` must be true or false, found {other}"),
-        )),
+        other => Err(must_be(field, "true or false", other)),
     }
 }
 

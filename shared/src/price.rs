@@ -199,11 +199,7 @@ impl Serialize for PriceEntry {
                 self.cache_creation_input_token_cost_above_1hr,
             ),
         ];
-        for (name, value) in base {
-            if let Some(value) = value {
-                map.serialize_entry(name, &value)?;
-            }
-        }
+        present(&mut map, &base)?;
         for tier in &self.context_tiers {
             let suffix = threshold_suffix(tier.threshold_tokens);
             for (name, value) in tier.rates.named() {
@@ -220,20 +216,12 @@ impl Serialize for PriceEntry {
             ("max_output_tokens", self.max_output_tokens),
             ("max_tokens", self.max_tokens),
         ];
-        for (name, value) in whole {
-            if let Some(value) = value {
-                map.serialize_entry(name, &value)?;
-            }
-        }
+        present(&mut map, &whole)?;
         let text = [
-            ("litellm_provider", &self.litellm_provider),
-            ("mode", &self.mode),
+            ("litellm_provider", self.litellm_provider.as_deref()),
+            ("mode", self.mode.as_deref()),
         ];
-        for (name, value) in text {
-            if let Some(value) = value {
-                map.serialize_entry(name, value)?;
-            }
-        }
+        present(&mut map, &text)?;
         let flags = [
             ("supports_vision", self.supports_vision),
             ("supports_function_calling", self.supports_function_calling),
@@ -247,13 +235,22 @@ impl Serialize for PriceEntry {
                 self.supports_parallel_function_calling,
             ),
         ];
-        for (name, value) in flags {
-            if let Some(value) = value {
-                map.serialize_entry(name, &value)?;
-            }
-        }
+        present(&mut map, &flags)?;
         map.end()
     }
+}
+
+/// Writes each named value that is present, in order.
+fn present<M: SerializeMap, T: Serialize>(
+    map: &mut M,
+    fields: &[(&str, Option<T>)],
+) -> Result<(), M::Error> {
+    for (name, value) in fields {
+        if let Some(value) = value {
+            map.serialize_entry(name, value)?;
+        }
+    }
+    Ok(())
 }
 
 impl TierRates {

@@ -264,6 +264,99 @@ impl Catalog {
     }
 }
 
+/// The adaptor of one provider with one credential.
+fn build_adaptor(
+    p: &switchboard_shared::snapshot::Provider,
+    client: &HttpClient,
+    api_key: Option<&str>,
+    aws: &Credentials,
+) -> Result<Arc<dyn ProviderAdaptor>, String> {
+    let base = p.base_url.as_deref().unwrap_or_default();
+    Ok(match p.kind {
+        ProviderKind::Mock => Arc::new(MockAdaptor),
+        ProviderKind::Openai => Arc::new(OpenAiAdaptor::new(client, base, api_key)?),
+        ProviderKind::Anthropic => Arc::new(AnthropicAdaptor::new(client, base, api_key)?),
+        ProviderKind::Gemini => Arc::new(GeminiAdaptor::new(client, base, api_key)?),
+        ProviderKind::Bedrock => {
+            let region = p.region.as_deref().unwrap_or_default();
+            Arc::new(BedrockAdaptor::new(
+                client,
+                p.base_url.as_deref(),
+                region,
+                aws.clone(),
+            )?)
+        }
+        ProviderKind::Azure => {
+            let version = p.api_version.as_deref().unwrap_or_default();
+            Arc::new(AzureAdaptor::new(client, base, version, api_key)?)
+        }
+    })
+}
+
+/// The previous catalog's mutable state, indexed by id for the build of its successor.
+#[derive(Default)]
+struct Carryover<'a> {
+    limits: HashMap<(Scope, &'a str), (RateLimits, &'a Arc<LocalLimitState>)>,
+    states: HashMap<&'a str, &'a Arc<DeploymentState>>,
+}
+
+impl<'a> Carryover<'a> {
+    fn from(previous: Option<&'a Catalog>) -> Self {
+        let mut carry = Carryover::default();
+        let Some(previous) = previous else {
+            return carry;
+        };
+        for t in previous.tenants.values() {
+            carry.limits.insert(
+                (Scope::Tenant, t.tenant.id.as_str()),
+                (t.tenant.limits, &t.limit_state),
+            );
+        }
+        for k in previous.keys.values() {
+            carry.limits.insert(
+                (Scope::Key, k.key.id.as_str()),
+                (k.key.limits, &k.limit_state),
+            );
+        }
+        for d in previous.models.values().flat_map(|m| m.deployments.iter()) {
+            carry.limits.insert(
+                (Scope::Deployment, d.id.as_str()),
+                (d.limits, &d.limit_state),
+            );
+            carry.states.insert(d.id.as_str(), &d.state);
+        }
+        carry
+    }
+
+    /// The counters of a subject carried over ([`Carryover::limit_state`]), else fresh ones.
+    fn limit_state_or_new(
+        &self,
+        scope: Scope,
+        id: &str,
+        limits: RateLimits,
+    ) -> Arc<LocalLimitState> {
+        self.limit_state(scope, id, limits).unwrap_or_default()
+    }
+
+    /// The counters of a subject, if it existed with the same limits. Changed limits start
+    /// from fresh counters: a GCRA state only means something for the limit it was built with.
+    fn limit_state(
+        &self,
+        scope: Scope,
+        id: &str,
+        limits: RateLimits,
+    ) -> Option<Arc<LocalLimitState>> {
+        self.limits
+            .get(&(scope, id))
+            .filter(|(old, _)| *old == limits)
+            .map(|(_, state)| Arc::clone(state))
+    }
+
+    fn state(&self, id: &str) -> Option<Arc<DeploymentState>> {
+        self.states.get(id).map(|h| Arc::clone(h))
+    }
+}
+
 /// Tenants by id, with their counters carried over.
 fn build_tenants(tenants: &[Tenant], carry: &Carryover<'_>) -> HashMap<String, Arc<TenantEntry>> {
     tenants
@@ -513,99 +606,6 @@ fn model_entry(
         metrics: ModelMetrics::new(name),
         affinity: SessionAffinity::new(),
     })
-}
-
-/// The adaptor of one provider with one credential.
-fn build_adaptor(
-    p: &switchboard_shared::snapshot::Provider,
-    client: &HttpClient,
-    api_key: Option<&str>,
-    aws: &Credentials,
-) -> Result<Arc<dyn ProviderAdaptor>, String> {
-    let base = p.base_url.as_deref().unwrap_or_default();
-    Ok(match p.kind {
-        ProviderKind::Mock => Arc::new(MockAdaptor),
-        ProviderKind::Openai => Arc::new(OpenAiAdaptor::new(client, base, api_key)?),
-        ProviderKind::Anthropic => Arc::new(AnthropicAdaptor::new(client, base, api_key)?),
-        ProviderKind::Gemini => Arc::new(GeminiAdaptor::new(client, base, api_key)?),
-        ProviderKind::Bedrock => {
-            let region = p.region.as_deref().unwrap_or_default();
-            Arc::new(BedrockAdaptor::new(
-                client,
-                p.base_url.as_deref(),
-                region,
-                aws.clone(),
-            )?)
-        }
-        ProviderKind::Azure => {
-            let version = p.api_version.as_deref().unwrap_or_default();
-            Arc::new(AzureAdaptor::new(client, base, version, api_key)?)
-        }
-    })
-}
-
-/// The previous catalog's mutable state, indexed by id for the build of its successor.
-#[derive(Default)]
-struct Carryover<'a> {
-    limits: HashMap<(Scope, &'a str), (RateLimits, &'a Arc<LocalLimitState>)>,
-    states: HashMap<&'a str, &'a Arc<DeploymentState>>,
-}
-
-impl<'a> Carryover<'a> {
-    fn from(previous: Option<&'a Catalog>) -> Self {
-        let mut carry = Carryover::default();
-        let Some(previous) = previous else {
-            return carry;
-        };
-        for t in previous.tenants.values() {
-            carry.limits.insert(
-                (Scope::Tenant, t.tenant.id.as_str()),
-                (t.tenant.limits, &t.limit_state),
-            );
-        }
-        for k in previous.keys.values() {
-            carry.limits.insert(
-                (Scope::Key, k.key.id.as_str()),
-                (k.key.limits, &k.limit_state),
-            );
-        }
-        for d in previous.models.values().flat_map(|m| m.deployments.iter()) {
-            carry.limits.insert(
-                (Scope::Deployment, d.id.as_str()),
-                (d.limits, &d.limit_state),
-            );
-            carry.states.insert(d.id.as_str(), &d.state);
-        }
-        carry
-    }
-
-    /// The counters of a subject carried over ([`Carryover::limit_state`]), else fresh ones.
-    fn limit_state_or_new(
-        &self,
-        scope: Scope,
-        id: &str,
-        limits: RateLimits,
-    ) -> Arc<LocalLimitState> {
-        self.limit_state(scope, id, limits).unwrap_or_default()
-    }
-
-    /// The counters of a subject, if it existed with the same limits. Changed limits start
-    /// from fresh counters: a GCRA state only means something for the limit it was built with.
-    fn limit_state(
-        &self,
-        scope: Scope,
-        id: &str,
-        limits: RateLimits,
-    ) -> Option<Arc<LocalLimitState>> {
-        self.limits
-            .get(&(scope, id))
-            .filter(|(old, _)| *old == limits)
-            .map(|(_, state)| Arc::clone(state))
-    }
-
-    fn state(&self, id: &str) -> Option<Arc<DeploymentState>> {
-        self.states.get(id).map(|h| Arc::clone(h))
-    }
 }
 
 /// A catalog built the way tests need it: a throwaway client, no master keys, no previous.

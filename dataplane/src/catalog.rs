@@ -11,6 +11,14 @@
 //! reload neither resets a limit nor forgets a cooldown. Budget spend is not held here: each
 //! budgeted key and tenant only caches its current period's counter ([`BudgetCell`]), which a
 //! new catalog finds again by scope, id and period (in Redis, or in [`crate::budget::local`]).
+//!
+//! [`Catalog::build`] validates, then compiles one snapshot section at a time, each in its own
+//! function: tenants, keys (which point at their tenant), providers (credentials resolved,
+//! one adaptor per credential), deployments (which take their provider's adaptor), and the
+//! public names (models, groups, `tag:` selectors). Per-model runtime state starts fresh with
+//! each catalog: the round-robin position, the metrics handles, the prefix index and session
+//! affinity's table ([`affinity`]). The catalog reads no request-side module: the selectors
+//! and the router read it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,12 +30,14 @@ use switchboard_shared::keys::{KEY_HASH_LEN, parse_key_hash};
 use switchboard_shared::price::PriceEntry;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::{
-    ModelPolicy, ProviderKind, RateLimits, Snapshot, Tenant, TenantStatus, VirtualKey,
+    Deployment, ModelPolicy, Provider, ProviderKind, RateLimits, Snapshot, Strategy, Tenant,
+    TenantStatus, VirtualKey,
 };
 use switchboard_shared::validate::{Problem, Problems};
 
 use crate::budget::{BudgetCell, BudgetScope, BudgetSubject, Subjects};
 use crate::fleet::DeploymentState;
+use crate::fleet::prefix::PrefixIndex;
 use crate::limits::{LocalLimitState, Scope, Subject};
 use crate::metrics::ModelMetrics;
 use crate::providers::ProviderAdaptor;
@@ -41,6 +51,14 @@ use crate::providers::keyring::KeyRing;
 use crate::providers::mock::MockAdaptor;
 use crate::providers::openai::OpenAiAdaptor;
 use crate::request::json_string_literal;
+
+mod affinity;
+
+pub use affinity::{SESSION_TTL_SECONDS, SessionAffinity, unix_seconds};
+
+/// Prefix of model names that select deployments by tag (`tag:fast`); the catalog builds one
+/// such model per tag.
+pub const TAG_PREFIX: &str = "tag:";
 
 /// A snapshot ready to serve.
 #[derive(Debug)]
@@ -137,9 +155,9 @@ pub struct ModelEntry {
     pub rotation: AtomicU64,
     pub metrics: ModelMetrics,
     /// Which deployment each recent `x-session-id` used.
-    pub affinity: crate::selectors::SessionAffinity,
+    pub affinity: SessionAffinity,
     /// Which deployment served which prompt prefix (`prefix_affinity` models only).
-    pub prefix: Option<crate::fleet::prefix::PrefixIndex>,
+    pub prefix: Option<PrefixIndex>,
 }
 
 /// A deployment ready to be called.
@@ -188,215 +206,23 @@ pub struct BuildContext<'a> {
 }
 
 impl Catalog {
-    /// Validates `snapshot` and compiles it. `Err` lists every problem, validation and secret
-    /// resolution alike.
+    /// Validates `snapshot` and compiles it, section by section. `Err` lists every problem,
+    /// validation and secret resolution alike.
     pub fn build(snapshot: &Snapshot, ctx: &BuildContext<'_>) -> Result<Catalog, Problems> {
         snapshot.validate()?;
-        let mut problems = Vec::new();
-
         let carry = Carryover::from(ctx.previous);
-        let previous_limit = |scope: Scope, id: &str, limits: RateLimits| {
-            carry.limit_state(scope, id, limits).unwrap_or_default()
-        };
-
-        let tenants: HashMap<String, Arc<TenantEntry>> = snapshot
-            .tenants
-            .iter()
-            .map(|t| {
-                let entry = TenantEntry {
-                    tenant: t.clone(),
-                    limit_state: previous_limit(Scope::Tenant, &t.id, t.limits),
-                    budget_cell: BudgetCell::default(),
-                };
-                (t.id.clone(), Arc::new(entry))
-            })
-            .collect();
-
-        let mut keys = HashMap::with_capacity(snapshot.virtual_keys.len());
-        for k in &snapshot.virtual_keys {
-            // Validation has checked both the hash format and the tenant reference.
-            let (Some(hash), Some(tenant)) =
-                (parse_key_hash(&k.key_hash), tenants.get(&k.tenant_id))
-            else {
-                continue;
-            };
-            let entry = KeyEntry {
-                key: k.clone(),
-                tenant: Arc::clone(tenant),
-                limit_state: previous_limit(Scope::Key, &k.id, k.limits),
-                budget_cell: BudgetCell::default(),
-            };
-            keys.insert(hash, Arc::new(entry));
-        }
-
-        let mut adaptors: HashMap<&str, (ProviderKind, Arc<dyn ProviderAdaptor>)> = HashMap::new();
-        for (i, p) in snapshot.providers.iter().enumerate() {
-            // Every credential of the provider, resolved; a failure is reported at its path.
-            let resolve = |problems: &mut Vec<Problem>,
-                           path: String,
-                           secret: Option<&SecretRef>| match secret
-                .map(|s| s.resolve_with(ctx.env, ctx.master_keys))
-            {
-                None => Ok(None),
-                Some(Ok(v)) => Ok(Some(v)),
-                Some(Err(e)) => {
-                    problems.push(Problem {
-                        path,
-                        message: e.to_string(),
-                    });
-                    Err(())
-                }
-            };
-            let aws = |field: &str| format!("providers[{i}].{field}");
-            let (Ok(aws_key_id), Ok(aws_secret), Ok(aws_token)) = (
-                resolve(
-                    &mut problems,
-                    aws("aws_access_key_id"),
-                    p.aws_access_key_id.as_ref(),
-                ),
-                resolve(
-                    &mut problems,
-                    aws("aws_secret_access_key"),
-                    p.aws_secret_access_key.as_ref(),
-                ),
-                resolve(
-                    &mut problems,
-                    aws("aws_session_token"),
-                    p.aws_session_token.as_ref(),
-                ),
-            ) else {
-                continue;
-            };
-            let aws = Credentials {
-                access_key_id: aws_key_id.unwrap_or_default(),
-                secret_access_key: aws_secret.unwrap_or_default(),
-                session_token: aws_token,
-            };
-            // One credential (`api_key`, or none) or several (`api_keys`, each with a weight).
-            let refs: Vec<(String, Option<&SecretRef>, u32)> = if p.api_keys.is_empty() {
-                vec![(format!("providers[{i}].api_key"), p.api_key.as_ref(), 1)]
-            } else {
-                p.api_keys
-                    .iter()
-                    .enumerate()
-                    .map(|(j, k)| {
-                        (
-                            format!("providers[{i}].api_keys[{j}].key"),
-                            Some(&k.key),
-                            k.weight,
-                        )
-                    })
-                    .collect()
-            };
-            let mut built: Vec<(Arc<dyn ProviderAdaptor>, u32)> = Vec::with_capacity(refs.len());
-            for (path, secret, weight) in refs {
-                let Ok(api_key) = resolve(&mut problems, path, secret) else {
-                    continue;
-                };
-                match build_adaptor(p, ctx.client, api_key.as_deref(), &aws) {
-                    Ok(adaptor) => built.push((adaptor, weight)),
-                    Err(message) => problems.push(Problem {
-                        path: format!("providers[{i}]"),
-                        message,
-                    }),
-                }
-            }
-            let adaptor: Arc<dyn ProviderAdaptor> = match built.len() {
-                0 => continue, // reported above
-                1 if p.api_keys.len() <= 1 => {
-                    let Some((adaptor, _)) = built.pop() else {
-                        continue;
-                    };
-                    adaptor
-                }
-                _ => Arc::new(KeyRing::new(&p.id, built)),
-            };
-            adaptors.insert(p.id.as_str(), (p.kind, adaptor));
-        }
-
-        let mut by_model: HashMap<String, Vec<Arc<DeploymentEntry>>> = HashMap::new();
-        for d in &snapshot.deployments {
-            let Some((kind, adaptor)) = adaptors.get(d.provider.as_str()) else {
-                continue; // its provider failed above and is already reported
-            };
-            let entry = DeploymentEntry {
-                id: d.id.clone(),
-                model: d.model.clone(),
-                provider_id: d.provider.clone(),
-                provider_kind: *kind,
-                upstream_model: d.upstream_model.clone(),
-                upstream_model_json: json_string_literal(&d.upstream_model),
-                weight: d.weight,
-                priority: d.priority,
-                tags: d.tags.clone(),
-                limits: d.limits,
-                price: d.price.clone(),
-                adaptor: Arc::clone(adaptor),
-                state: carry.state(&d.id).unwrap_or_default(),
-                limit_state: previous_limit(Scope::Deployment, &d.id, d.limits),
-            };
-            by_model
-                .entry(d.model.clone())
-                .or_default()
-                .push(Arc::new(entry));
-        }
-
+        let tenants = build_tenants(&snapshot.tenants, &carry);
+        let keys = build_keys(&snapshot.virtual_keys, &tenants, &carry);
+        let mut problems = Vec::new();
+        let adaptors = build_providers(&snapshot.providers, ctx, &mut problems);
+        let by_model = build_deployments(&snapshot.deployments, &adaptors, &carry);
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
-
-        let entry = |name: &str, policy: ModelPolicy, deployments: Vec<Arc<DeploymentEntry>>| {
-            let prefix = (policy.strategy
-                == switchboard_shared::snapshot::Strategy::PrefixAffinity)
-                .then(crate::fleet::prefix::PrefixIndex::new);
-            Arc::new(ModelEntry {
-                prefix,
-                policy,
-                total_weight: deployments.iter().map(|d| u64::from(d.weight)).sum(),
-                deployments,
-                name: name.to_owned(),
-                rotation: AtomicU64::new(0),
-                metrics: ModelMetrics::new(name),
-                affinity: crate::selectors::SessionAffinity::new(),
-            })
-        };
-        let mut models: HashMap<String, Arc<ModelEntry>> = HashMap::new();
-        let mut by_tag: HashMap<&str, Vec<Arc<DeploymentEntry>>> = HashMap::new();
-        for (name, deployments) in &by_model {
-            for d in deployments {
-                for tag in &d.tags {
-                    by_tag.entry(tag.as_str()).or_default().push(Arc::clone(d));
-                }
-            }
-            let policy = snapshot.policy_for(name);
-            models.insert(name.clone(), entry(name, policy, deployments.clone()));
-        }
-        let all_deployments: Vec<Arc<DeploymentEntry>> =
-            by_model.values().flatten().cloned().collect();
-        let mut model_names: Vec<String> = by_model.keys().cloned().collect();
-        // Model groups: one public name over the deployments of several models.
-        for policy in snapshot.models.iter().filter(|m| !m.members.is_empty()) {
-            let deployments: Vec<Arc<DeploymentEntry>> = policy
-                .members
-                .iter()
-                .filter_map(|m| by_model.get(m))
-                .flatten()
-                .cloned()
-                .collect();
-            models.insert(
-                policy.model.clone(),
-                entry(&policy.model, policy.clone(), deployments),
-            );
-            model_names.push(policy.model.clone());
-        }
-        // `tag:<t>`: every deployment carrying tag `t`, whatever its model (not listed).
-        for (tag, deployments) in by_tag {
-            let name = format!("{}{tag}", crate::selectors::TAG_PREFIX);
-            let policy = ModelPolicy::default_for(&name);
-            models.insert(name.clone(), entry(&name, policy, deployments));
-        }
-        model_names.sort();
-
+        let Models {
+            models,
+            model_names,
+        } = build_models(snapshot, &by_model);
         Ok(Catalog {
             revision: snapshot.revision,
             price_version: snapshot.price_version,
@@ -406,7 +232,7 @@ impl Catalog {
             models,
             model_names,
             tenants,
-            all_deployments,
+            all_deployments: by_model.into_values().flatten().collect(),
         })
     }
 
@@ -502,6 +328,16 @@ impl<'a> Carryover<'a> {
         carry
     }
 
+    /// The counters of a subject carried over ([`Carryover::limit_state`]), else fresh ones.
+    fn limit_state_or_new(
+        &self,
+        scope: Scope,
+        id: &str,
+        limits: RateLimits,
+    ) -> Arc<LocalLimitState> {
+        self.limit_state(scope, id, limits).unwrap_or_default()
+    }
+
     /// The counters of a subject, if it existed with the same limits. Changed limits start
     /// from fresh counters: a GCRA state only means something for the limit it was built with.
     fn limit_state(
@@ -521,32 +357,296 @@ impl<'a> Carryover<'a> {
     }
 }
 
+/// Tenants by id, with their counters carried over.
+fn build_tenants(tenants: &[Tenant], carry: &Carryover<'_>) -> HashMap<String, Arc<TenantEntry>> {
+    tenants
+        .iter()
+        .map(|t| {
+            let entry = TenantEntry {
+                tenant: t.clone(),
+                limit_state: carry.limit_state_or_new(Scope::Tenant, &t.id, t.limits),
+                budget_cell: BudgetCell::default(),
+            };
+            (t.id.clone(), Arc::new(entry))
+        })
+        .collect()
+}
+
+/// Keys by their HMAC, each with its tenant and counters.
+fn build_keys(
+    keys: &[VirtualKey],
+    tenants: &HashMap<String, Arc<TenantEntry>>,
+    carry: &Carryover<'_>,
+) -> HashMap<[u8; KEY_HASH_LEN], Arc<KeyEntry>> {
+    let mut built = HashMap::with_capacity(keys.len());
+    for k in keys {
+        // Validation has checked both the hash format and the tenant reference.
+        let (Some(hash), Some(tenant)) = (parse_key_hash(&k.key_hash), tenants.get(&k.tenant_id))
+        else {
+            continue;
+        };
+        let entry = KeyEntry {
+            key: k.clone(),
+            tenant: Arc::clone(tenant),
+            limit_state: carry.limit_state_or_new(Scope::Key, &k.id, k.limits),
+            budget_cell: BudgetCell::default(),
+        };
+        built.insert(hash, Arc::new(entry));
+    }
+    built
+}
+
+/// Each provider's adaptor by provider id. A provider whose credentials do not resolve or
+/// whose adaptor cannot be built is left out, its problems in `problems`.
+fn build_providers<'s>(
+    providers: &'s [Provider],
+    ctx: &BuildContext<'_>,
+    problems: &mut Vec<Problem>,
+) -> HashMap<&'s str, (ProviderKind, Arc<dyn ProviderAdaptor>)> {
+    let mut adaptors = HashMap::new();
+    for (i, p) in providers.iter().enumerate() {
+        if let Some(adaptor) = build_provider(i, p, ctx, problems) {
+            adaptors.insert(p.id.as_str(), (p.kind, adaptor));
+        }
+    }
+    adaptors
+}
+
+/// The adaptor of `providers[i]`: one per credential, several behind a [`KeyRing`].
+fn build_provider(
+    i: usize,
+    p: &Provider,
+    ctx: &BuildContext<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<Arc<dyn ProviderAdaptor>> {
+    let resolve = |problems: &mut Vec<Problem>, path: String, secret: Option<&SecretRef>| {
+        resolve_secret(ctx, problems, path, secret)
+    };
+    let aws = |field: &str| format!("providers[{i}].{field}");
+    let (Ok(aws_key_id), Ok(aws_secret), Ok(aws_token)) = (
+        resolve(
+            problems,
+            aws("aws_access_key_id"),
+            p.aws_access_key_id.as_ref(),
+        ),
+        resolve(
+            problems,
+            aws("aws_secret_access_key"),
+            p.aws_secret_access_key.as_ref(),
+        ),
+        resolve(
+            problems,
+            aws("aws_session_token"),
+            p.aws_session_token.as_ref(),
+        ),
+    ) else {
+        return None;
+    };
+    let aws = Credentials {
+        access_key_id: aws_key_id.unwrap_or_default(),
+        secret_access_key: aws_secret.unwrap_or_default(),
+        session_token: aws_token,
+    };
+    let mut built: Vec<(Arc<dyn ProviderAdaptor>, u32)> = Vec::new();
+    for (path, secret, weight) in credentials(i, p) {
+        let Ok(api_key) = resolve(problems, path, secret) else {
+            continue;
+        };
+        match build_adaptor(p, ctx.client, api_key.as_deref(), &aws) {
+            Ok(adaptor) => built.push((adaptor, weight)),
+            Err(message) => problems.push(Problem {
+                path: format!("providers[{i}]"),
+                message,
+            }),
+        }
+    }
+    match built.len() {
+        0 => None, // reported above
+        1 if p.api_keys.len() <= 1 => built.pop().map(|(adaptor, _)| adaptor),
+        _ => Some(Arc::new(KeyRing::new(&p.id, built))),
+    }
+}
+
+/// One credential (`api_key`, or none) or several (`api_keys`, each with a weight), each
+/// with its path for problems.
+fn credentials(i: usize, p: &Provider) -> Vec<(String, Option<&SecretRef>, u32)> {
+    if p.api_keys.is_empty() {
+        return vec![(format!("providers[{i}].api_key"), p.api_key.as_ref(), 1)];
+    }
+    p.api_keys
+        .iter()
+        .enumerate()
+        .map(|(j, k)| {
+            let path = format!("providers[{i}].api_keys[{j}].key");
+            (path, Some(&k.key), k.weight)
+        })
+        .collect()
+}
+
+/// A secret's value (`None` for no secret); a failure is reported at `path`.
+fn resolve_secret(
+    ctx: &BuildContext<'_>,
+    problems: &mut Vec<Problem>,
+    path: String,
+    secret: Option<&SecretRef>,
+) -> Result<Option<String>, ()> {
+    match secret.map(|s| s.resolve_with(ctx.env, ctx.master_keys)) {
+        None => Ok(None),
+        Some(Ok(v)) => Ok(Some(v)),
+        Some(Err(e)) => {
+            problems.push(Problem {
+                path,
+                message: e.to_string(),
+            });
+            Err(())
+        }
+    }
+}
+
+/// Deployments by model name, each with its provider's adaptor and its state carried over.
+fn build_deployments(
+    deployments: &[Deployment],
+    adaptors: &HashMap<&str, (ProviderKind, Arc<dyn ProviderAdaptor>)>,
+    carry: &Carryover<'_>,
+) -> HashMap<String, Vec<Arc<DeploymentEntry>>> {
+    let mut by_model: HashMap<String, Vec<Arc<DeploymentEntry>>> = HashMap::new();
+    for d in deployments {
+        let Some((kind, adaptor)) = adaptors.get(d.provider.as_str()) else {
+            continue; // its provider failed and is already reported
+        };
+        let entry = DeploymentEntry {
+            id: d.id.clone(),
+            model: d.model.clone(),
+            provider_id: d.provider.clone(),
+            provider_kind: *kind,
+            upstream_model: d.upstream_model.clone(),
+            upstream_model_json: json_string_literal(&d.upstream_model),
+            weight: d.weight,
+            priority: d.priority,
+            tags: d.tags.clone(),
+            limits: d.limits,
+            price: d.price.clone(),
+            adaptor: Arc::clone(adaptor),
+            state: carry.state(&d.id).unwrap_or_default(),
+            limit_state: carry.limit_state_or_new(Scope::Deployment, &d.id, d.limits),
+        };
+        by_model
+            .entry(d.model.clone())
+            .or_default()
+            .push(Arc::new(entry));
+    }
+    by_model
+}
+
+/// The catalog's public names.
+struct Models {
+    models: HashMap<String, Arc<ModelEntry>>,
+    /// Listed in `GET /v1/models`: ordinary models and groups, sorted.
+    model_names: Vec<String>,
+}
+
+/// Every public name: each deployed model with its policy, each model group over its
+/// members' deployments, and `tag:<t>` over every deployment carrying tag `t`.
+fn build_models(
+    snapshot: &Snapshot,
+    by_model: &HashMap<String, Vec<Arc<DeploymentEntry>>>,
+) -> Models {
+    let mut models: HashMap<String, Arc<ModelEntry>> = HashMap::new();
+    let mut model_names: Vec<String> = by_model.keys().cloned().collect();
+    for (name, deployments) in by_model {
+        let policy = snapshot.policy_for(name);
+        models.insert(name.clone(), model_entry(name, policy, deployments.clone()));
+    }
+    // Model groups: one public name over the deployments of several models.
+    for policy in snapshot.models.iter().filter(|m| !m.members.is_empty()) {
+        let deployments: Vec<Arc<DeploymentEntry>> = policy
+            .members
+            .iter()
+            .filter_map(|m| by_model.get(m))
+            .flatten()
+            .cloned()
+            .collect();
+        let entry = model_entry(&policy.model, policy.clone(), deployments);
+        models.insert(policy.model.clone(), entry);
+        model_names.push(policy.model.clone());
+    }
+    // `tag:<t>`: every deployment carrying tag `t`, whatever its model (not listed).
+    let mut by_tag: HashMap<&str, Vec<Arc<DeploymentEntry>>> = HashMap::new();
+    for d in by_model.values().flatten() {
+        for tag in &d.tags {
+            by_tag.entry(tag.as_str()).or_default().push(Arc::clone(d));
+        }
+    }
+    for (tag, deployments) in by_tag {
+        let name = format!("{TAG_PREFIX}{tag}");
+        let policy = ModelPolicy::default_for(&name);
+        models.insert(name.clone(), model_entry(&name, policy, deployments));
+    }
+    model_names.sort();
+    Models {
+        models,
+        model_names,
+    }
+}
+
+/// One public name over `deployments`, with fresh runtime state.
+fn model_entry(
+    name: &str,
+    policy: ModelPolicy,
+    deployments: Vec<Arc<DeploymentEntry>>,
+) -> Arc<ModelEntry> {
+    let prefix = (policy.strategy == Strategy::PrefixAffinity).then(PrefixIndex::new);
+    Arc::new(ModelEntry {
+        prefix,
+        policy,
+        total_weight: deployments.iter().map(|d| u64::from(d.weight)).sum(),
+        deployments,
+        name: name.to_owned(),
+        rotation: AtomicU64::new(0),
+        metrics: ModelMetrics::new(name),
+        affinity: SessionAffinity::new(),
+    })
+}
+
+/// A catalog built the way tests need it: a throwaway client, no master keys, no previous.
+#[cfg(test)]
+pub(crate) fn build_for_test(
+    snapshot: &Snapshot,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Catalog, Problems> {
+    crate::install_crypto_provider();
+    let client = crate::providers::client::build(
+        crate::providers::client::ClientSettings {
+            connect_timeout: std::time::Duration::from_secs(1),
+            pool_idle_timeout: std::time::Duration::from_secs(1),
+            pool_max_idle_per_host: 1,
+        },
+        Vec::new(),
+    )
+    .map_err(|message| {
+        Problems(vec![Problem {
+            path: String::new(),
+            message,
+        }])
+    })?;
+    Catalog::build(
+        snapshot,
+        &BuildContext {
+            pepper: b"p",
+            client: &client,
+            env,
+            master_keys: None,
+            previous: None,
+        },
+    )
+}
+
 #[cfg(test)]
 mod provider_tests {
     use super::*;
 
     fn build(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Catalog, Problems> {
-        crate::install_crypto_provider();
-        let snapshot = Snapshot::from_yaml(yaml).unwrap();
-        let client = crate::providers::client::build(
-            crate::providers::client::ClientSettings {
-                connect_timeout: std::time::Duration::from_secs(1),
-                pool_idle_timeout: std::time::Duration::from_secs(1),
-                pool_max_idle_per_host: 1,
-            },
-            Vec::new(),
-        )
-        .unwrap();
-        Catalog::build(
-            &snapshot,
-            &BuildContext {
-                pepper: b"p",
-                client: &client,
-                env,
-                master_keys: None,
-                previous: None,
-            },
-        )
+        build_for_test(&Snapshot::from_yaml(yaml).unwrap(), env)
     }
 
     const YAML: &str = "

@@ -215,39 +215,29 @@ pub fn rank(
 /// summed with the weights. An unmeasured latency counts as the best (to get it measured); a
 /// missing price as the worst.
 fn weighted_scores(signals: &[Signals], w: ScoreWeights) -> Vec<f64> {
-    fn normalise(values: &[Option<f64>], missing: f64) -> Vec<f64> {
-        let known = values.iter().flatten();
-        let (lo, hi) = known.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+    /// One signal of every candidate, normalised; `missing` for a candidate without it.
+    fn normalise(
+        signals: &[Signals],
+        signal: fn(&Signals) -> Option<f64>,
+        missing: f64,
+    ) -> Vec<f64> {
+        let known = signals.iter().filter_map(signal);
+        let (lo, hi) = known.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
             (lo.min(v), hi.max(v))
         });
-        values
+        signals
             .iter()
-            .map(|v| match v {
+            .map(|s| match signal(s) {
                 None => missing,
                 Some(_) if hi <= lo => 0.0,
                 Some(v) => (v - lo) / (hi - lo),
             })
             .collect()
     }
-    let cost = normalise(&signals.iter().map(|s| s.cost).collect::<Vec<_>>(), 1.0);
-    let latency = normalise(
-        &signals.iter().map(|s| s.latency_ms).collect::<Vec<_>>(),
-        0.0,
-    );
-    let failures = normalise(
-        &signals
-            .iter()
-            .map(|s| Some(s.failure_rate))
-            .collect::<Vec<_>>(),
-        0.0,
-    );
-    let usage = normalise(
-        &signals
-            .iter()
-            .map(|s| Some(s.used_share))
-            .collect::<Vec<_>>(),
-        0.0,
-    );
+    let cost = normalise(signals, |s| s.cost, 1.0);
+    let latency = normalise(signals, |s| s.latency_ms, 0.0);
+    let failures = normalise(signals, |s| Some(s.failure_rate), 0.0);
+    let usage = normalise(signals, |s| Some(s.used_share), 0.0);
     (0..signals.len())
         .map(|i| {
             w.cost * cost[i]
@@ -293,7 +283,7 @@ fn weighted_shuffle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{BuildContext, Catalog};
+    use crate::catalog::Catalog;
     use switchboard_shared::snapshot::Snapshot;
 
     fn model(strategy: &str, weights_priorities: &[(u32, u32)]) -> Catalog {
@@ -307,27 +297,7 @@ mod tests {
         let yaml = format!(
             "providers: [{{ id: p, kind: mock }}]\ndeployments:\n{deployments}models: [{{ model: m, strategy: {strategy} }}]\n"
         );
-        let snapshot = Snapshot::from_yaml(&yaml).unwrap();
-        let client = crate::providers::client::build(
-            crate::providers::client::ClientSettings {
-                connect_timeout: std::time::Duration::from_secs(1),
-                pool_idle_timeout: std::time::Duration::from_secs(1),
-                pool_max_idle_per_host: 1,
-            },
-            Vec::new(),
-        )
-        .unwrap();
-        Catalog::build(
-            &snapshot,
-            &BuildContext {
-                pepper: b"p",
-                client: &client,
-                env: &|_| None,
-                master_keys: None,
-                previous: None,
-            },
-        )
-        .unwrap()
+        crate::catalog::build_for_test(&Snapshot::from_yaml(&yaml).unwrap(), &|_| None).unwrap()
     }
 
     fn input() -> RouteInput<'static> {
@@ -352,45 +322,31 @@ mod tests {
         }
     }
 
+    /// The order `strategy` gives `signals`, with the balanced preset.
+    fn order(strategy: Strategy, signals: &[Signals]) -> Vec<usize> {
+        let weights = ScoringPreset::Balanced.weights();
+        rank(strategy, signals, weights, fastrand::f64)
+    }
+
     fn first(strategy: Strategy, signals: &[Signals]) -> usize {
-        rank(
-            strategy,
-            signals,
-            ScoringPreset::Balanced.weights(),
-            fastrand::f64,
-        )[0]
+        order(strategy, signals)[0]
+    }
+
+    /// One candidate per value, each [`sig`] with `set` applied.
+    fn each<T: Copy>(values: &[T], set: impl Fn(&mut Signals, T)) -> Vec<Signals> {
+        let one = |v| {
+            let mut s = sig();
+            set(&mut s, v);
+            s
+        };
+        values.iter().copied().map(one).collect()
     }
 
     #[test]
     fn least_busy_picks_the_fewest_in_flight_and_breaks_ties_by_weight() {
-        let s = [
-            Signals {
-                inflight: 3,
-                ..sig()
-            },
-            Signals {
-                inflight: 1,
-                ..sig()
-            },
-            Signals {
-                inflight: 2,
-                ..sig()
-            },
-        ];
-        assert_eq!(
-            rank(
-                Strategy::LeastBusy,
-                &s,
-                ScoringPreset::Balanced.weights(),
-                fastrand::f64
-            ),
-            vec![1, 2, 0]
-        );
-        let tie = [
-            Signals { weight: 1, ..sig() },
-            Signals { weight: 5, ..sig() },
-            Signals { weight: 2, ..sig() },
-        ];
+        let s = each(&[3, 1, 2], |s, v| s.inflight = v);
+        assert_eq!(order(Strategy::LeastBusy, &s), vec![1, 2, 0]);
+        let tie = each(&[1, 5, 2], |s, v| s.weight = v);
         assert_eq!(first(Strategy::LeastBusy, &tie), 1);
     }
 
@@ -406,83 +362,27 @@ mod tests {
 
     #[test]
     fn lowest_latency_picks_the_fastest_but_measures_the_unmeasured_first() {
-        let s = [
-            Signals {
-                latency_ms: Some(300.0),
-                ..sig()
-            },
-            Signals {
-                latency_ms: Some(20.0),
-                ..sig()
-            },
-        ];
+        let s = each(&[Some(300.0), Some(20.0)], |s, v| s.latency_ms = v);
         assert_eq!(first(Strategy::LowestLatency, &s), 1);
-        let s = [
-            Signals {
-                latency_ms: Some(20.0),
-                ..sig()
-            },
-            Signals {
-                latency_ms: None,
-                ..sig()
-            },
-        ];
+        let s = each(&[Some(20.0), None], |s, v| s.latency_ms = v);
         assert_eq!(first(Strategy::LowestLatency, &s), 1);
     }
 
     #[test]
     fn lowest_usage_picks_the_most_headroom_then_fewest_tokens() {
-        let s = [
-            Signals {
-                used_share: 0.9,
-                tokens_used: 10,
-                ..sig()
-            },
-            Signals {
-                used_share: 0.2,
-                tokens_used: 900,
-                ..sig()
-            },
-        ];
+        let s = each(&[(0.9, 10), (0.2, 900)], |s, (share, tokens)| {
+            s.used_share = share;
+            s.tokens_used = tokens;
+        });
         assert_eq!(first(Strategy::LowestUsage, &s), 1);
-        let s = [
-            Signals {
-                tokens_used: 900,
-                ..sig()
-            },
-            Signals {
-                tokens_used: 10,
-                ..sig()
-            },
-        ];
+        let s = each(&[900, 10], |s, v| s.tokens_used = v);
         assert_eq!(first(Strategy::LowestUsage, &s), 1);
     }
 
     #[test]
     fn lowest_cost_picks_the_cheapest_and_puts_unpriced_last() {
-        let s = [
-            Signals {
-                cost: None,
-                ..sig()
-            },
-            Signals {
-                cost: Some(0.5),
-                ..sig()
-            },
-            Signals {
-                cost: Some(0.1),
-                ..sig()
-            },
-        ];
-        assert_eq!(
-            rank(
-                Strategy::LowestCost,
-                &s,
-                ScoringPreset::Balanced.weights(),
-                fastrand::f64
-            ),
-            vec![2, 1, 0]
-        );
+        let s = each(&[None, Some(0.5), Some(0.1)], |s, v| s.cost = v);
+        assert_eq!(order(Strategy::LowestCost, &s), vec![2, 1, 0]);
     }
 
     #[test]
@@ -563,20 +463,7 @@ mod tests {
 
     #[test]
     fn prefix_affinity_keeps_the_cache_unless_it_is_too_busy() {
-        let s = [
-            Signals {
-                inflight: 0,
-                ..sig()
-            },
-            Signals {
-                inflight: 3,
-                ..sig()
-            },
-            Signals {
-                inflight: 9,
-                ..sig()
-            },
-        ];
+        let s = each(&[0, 3, 9], |s, v| s.inflight = v);
         let least_busy = vec![0, 1, 2];
         assert_eq!(
             prefer_cached(least_busy.clone(), &s, Some(1), 4),

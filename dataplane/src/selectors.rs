@@ -9,34 +9,31 @@
 //!   means capable: the price entry is a hint, not a whitelist.
 //! - **Session affinity.** `x-session-id` keeps a conversation on the deployment it last used
 //!   while that deployment's breaker is closed, so a provider-side prompt cache stays warm.
-//!   The memory is a small direct-mapped table of atomics per model (bounded, lock-free,
-//!   entries expire after [`SESSION_TTL_SECONDS`]; a colliding session evicts the older one).
+//!   Here the header becomes a session hash; the memory itself is runtime state of each
+//!   model, kept in the catalog ([`crate::catalog::SessionAffinity`]).
 //!
 //! Model groups (a policy with `members`) need nothing here: the catalog builds them as
-//! models whose deployments are their members'.
+//! models whose deployments are their members'. This module reads the catalog; the catalog
+//! never reads it.
 
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use http::HeaderMap;
 use switchboard_shared::snapshot::VirtualKey;
-
-use std::sync::Arc;
 
 use crate::catalog::{Catalog, DeploymentEntry, ModelEntry};
 use crate::error::ApiError;
 use crate::request::RequestView;
 
-/// Prefix of model names that select deployments by tag.
-pub const TAG_PREFIX: &str = "tag:";
+// Session affinity's table is runtime state of a model, so it lives with the catalog (and
+// `tag:` models are built there); the names stay reachable here, where requests use them.
+pub use crate::catalog::{TAG_PREFIX, unix_seconds};
+
 /// Request header naming tags that narrow the model's deployments.
 pub const TAGS_HEADER: &str = "x-switchboard-tags";
 /// Request header that keeps a conversation on one deployment.
 pub const SESSION_HEADER: &str = "x-session-id";
-/// How long a session remembers its deployment after its last request.
-pub const SESSION_TTL_SECONDS: u32 = 1800;
-/// Slots of the affinity table of each model.
-const AFFINITY_SLOTS: usize = 4096;
 
 /// What a request needs from a deployment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -218,78 +215,9 @@ pub fn session_of(headers: &HeaderMap) -> Option<u64> {
 static FIXED: std::sync::LazyLock<std::hash::RandomState> =
     std::sync::LazyLock::new(std::hash::RandomState::new);
 
-/// Session → deployment, bounded and lock-free: each slot packs 24 bits of the session hash,
-/// the deployment's index + 1 (8 bits) and the expiry in Unix seconds (32 bits).
-#[derive(Debug)]
-pub struct SessionAffinity {
-    slots: Box<[AtomicU64]>,
-}
-
-impl Default for SessionAffinity {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl SessionAffinity {
-    pub fn new() -> Self {
-        Self {
-            slots: (0..AFFINITY_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    fn slot(&self, session: u64) -> (&AtomicU64, u64) {
-        let index = (session as usize) % self.slots.len();
-        let tag = (session >> 40) & 0xFF_FFFF;
-        (&self.slots[index], tag)
-    }
-
-    /// The deployment index this session last used, if remembered and not expired.
-    pub fn get(&self, session: u64, now_s: u32) -> Option<usize> {
-        let (slot, tag) = self.slot(session);
-        let v = slot.load(Ordering::Relaxed);
-        let (stored_tag, index, expires) = (v >> 40, (v >> 32) & 0xFF, v as u32);
-        (v != 0 && stored_tag == tag && index != 0 && now_s < expires).then(|| index as usize - 1)
-    }
-
-    /// Remembers that this session used deployment `index`.
-    pub fn set(&self, session: u64, index: usize, now_s: u32) {
-        if index >= 0xFF {
-            return;
-        }
-        let (slot, tag) = self.slot(session);
-        let expires = u64::from(now_s.saturating_add(SESSION_TTL_SECONDS));
-        slot.store(
-            (tag << 40) | ((index as u64 + 1) << 32) | expires,
-            Ordering::Relaxed,
-        );
-    }
-}
-
-/// Unix seconds, for session expiry.
-pub fn unix_seconds(now_ms: u64) -> u32 {
-    u32::try_from(now_ms / 1000).unwrap_or(u32::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn affinity_remembers_expires_and_tells_sessions_apart() {
-        let a = SessionAffinity::new();
-        let s1 = 0xABCD_EF01_2345_6789u64;
-        assert_eq!(a.get(s1, 100), None);
-        a.set(s1, 3, 100);
-        assert_eq!(a.get(s1, 100), Some(3));
-        assert_eq!(a.get(s1, 100 + SESSION_TTL_SECONDS), None, "expired");
-        // Same slot, other session: not mistaken for s1, and it evicts s1.
-        let s2 = s1 ^ (1 << 50);
-        assert_eq!(a.get(s2, 100), None);
-        a.set(s2, 1, 100);
-        assert_eq!(a.get(s2, 100), Some(1));
-        assert_eq!(a.get(s1, 100), None);
-    }
 
     #[test]
     fn session_hashes_are_stable_within_the_process() {

@@ -173,19 +173,8 @@ pub async fn serve_until(
         sink,
         master_keys,
     )?;
-    // Standalone: the file's snapshot. Cluster: the control plane's, kept alive until return.
-    let _cluster = match (&config.snapshot, &config.cluster) {
-        (Some(snapshot), _) => {
-            state.install(snapshot).map_err(|problems| {
-                anyhow::anyhow!("{}: {problems}", options.config_path.display())
-            })?;
-            None
-        }
-        (None, Some(cluster_config)) => {
-            Some(cluster::start(Arc::clone(&state), cluster_config).await?)
-        }
-        (None, None) => anyhow::bail!("no snapshot and no cluster section"),
-    };
+    // Cluster mode: the tasks that follow the control plane, kept alive until return.
+    let _cluster = first_snapshot(&state, &config, &options.config_path).await?;
     let _shared_state = start_shared_state(&state, config.redis.as_ref())?;
     let listen = options.listen.unwrap_or(config.server.listen);
     let listener = TcpListener::bind(listen)
@@ -217,17 +206,54 @@ pub async fn serve_until(
         tokio::spawn(ignore_reloads(reloads));
     }
 
+    serve_and_drain(listener, &state, config.server.shutdown_grace(), shutdown).await?;
+    if let Some(publisher) = publisher {
+        // What NATS does not take in time goes to the spill file (when configured).
+        publisher.close(Duration::from_secs(5)).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Standalone: installs the file's snapshot (an invalid one fails the start). Cluster: starts
+/// following the control plane and returns its tasks, which stop when dropped.
+async fn first_snapshot(
+    state: &Arc<AppState>,
+    config: &Config,
+    config_path: &Path,
+) -> anyhow::Result<Option<cluster::Cluster>> {
+    match (&config.snapshot, &config.cluster) {
+        (Some(snapshot), _) => {
+            state
+                .install(snapshot)
+                .map_err(|problems| anyhow::anyhow!("{}: {problems}", config_path.display()))?;
+            Ok(None)
+        }
+        (None, Some(cluster_config)) => Ok(Some(
+            cluster::start(Arc::clone(state), cluster_config).await?,
+        )),
+        (None, None) => anyhow::bail!("no snapshot and no cluster section"),
+    }
+}
+
+/// Serves on `listener` until `shutdown`, then answers not-ready and gives in-flight requests
+/// up to `grace` to finish.
+async fn serve_and_drain(
+    listener: TcpListener,
+    state: &Arc<AppState>,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let listener = listener.tap_io(|tcp| {
         // Small SSE writes must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
     });
     let server =
-        axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(async move {
+        axum::serve(listener, router(Arc::clone(state))).with_graceful_shutdown(async move {
             let mut rx = drain_rx;
             let _ = rx.wait_for(|draining| *draining).await;
         });
-    let grace = config.server.shutdown_grace();
     let deadline = async {
         shutdown.await;
         tracing::info!(
@@ -242,11 +268,6 @@ pub async fn serve_until(
         result = server => result.context("server failed")?,
         () = deadline => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
-    if let Some(publisher) = publisher {
-        // What NATS does not take in time goes to the spill file (when configured).
-        publisher.close(Duration::from_secs(5)).await;
-    }
-    tracing::info!("stopped");
     Ok(())
 }
 

@@ -204,13 +204,30 @@ mod tests {
         }
     }
 
+    /// The period of a `period` budget in `tz` that holds the instant `t`.
+    fn period_at(period: BudgetPeriod, tz: Option<&str>, t: &str) -> Period {
+        period_of(&budget(period, tz), at(t))
+    }
+
+    /// Where a period starts and ends.
+    fn bounds(p: &Period) -> (DateTime<Utc>, Option<DateTime<Utc>>) {
+        (p.start, p.end)
+    }
+
+    /// A bounded period from `start` to `end`.
+    fn span(start: &str, end: &str) -> (DateTime<Utc>, Option<DateTime<Utc>>) {
+        (at(start), Some(at(end)))
+    }
+
     #[test]
     fn daily_periods_follow_local_midnight() {
         let b = budget(BudgetPeriod::Daily, Some("America/New_York"));
         // 03:00 UTC on the 23rd is still the 22nd in New York (UTC-5 in November).
         let p = period_of(&b, at("2026-11-23T03:00:00Z"));
-        assert_eq!(p.start, at("2026-11-22T05:00:00Z"));
-        assert_eq!(p.end, Some(at("2026-11-23T05:00:00Z")));
+        assert_eq!(
+            bounds(&p),
+            span("2026-11-22T05:00:00Z", "2026-11-23T05:00:00Z")
+        );
         // The boundary itself belongs to the next period.
         let next = period_of(&b, at("2026-11-23T05:00:00Z"));
         assert_eq!(next.start, at("2026-11-23T05:00:00Z"));
@@ -221,32 +238,36 @@ mod tests {
     #[test]
     fn a_dst_day_is_23_hours_long() {
         // Europe/Berlin springs forward on 2026-03-29.
-        let b = budget(BudgetPeriod::Daily, Some("Europe/Berlin"));
-        let p = period_of(&b, at("2026-03-29T12:00:00Z"));
-        assert_eq!(p.start, at("2026-03-28T23:00:00Z"));
-        assert_eq!(p.end, Some(at("2026-03-29T22:00:00Z")));
+        let p = period_at(
+            BudgetPeriod::Daily,
+            Some("Europe/Berlin"),
+            "2026-03-29T12:00:00Z",
+        );
+        assert_eq!(
+            bounds(&p),
+            span("2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z")
+        );
     }
 
     #[test]
     fn weeks_start_on_monday_and_months_on_the_first() {
         // 2026-11-23 is a Monday.
-        let w = period_of(
-            &budget(BudgetPeriod::Weekly, None),
-            at("2026-11-29T23:59:59Z"),
+        let w = period_at(BudgetPeriod::Weekly, None, "2026-11-29T23:59:59Z");
+        assert_eq!(
+            bounds(&w),
+            span("2026-11-23T00:00:00Z", "2026-11-30T00:00:00Z")
         );
-        assert_eq!(w.start, at("2026-11-23T00:00:00Z"));
-        assert_eq!(w.end, Some(at("2026-11-30T00:00:00Z")));
-        let m = period_of(
-            &budget(BudgetPeriod::Monthly, Some("Asia/Tokyo")),
-            at("2026-11-30T15:00:00Z"),
+        let m = period_at(
+            BudgetPeriod::Monthly,
+            Some("Asia/Tokyo"),
+            "2026-11-30T15:00:00Z",
         );
         // 15:00 UTC on the 30th is already December 1st in Tokyo.
-        assert_eq!(m.start, at("2026-11-30T15:00:00Z"));
-        assert_eq!(m.end, Some(at("2026-12-31T15:00:00Z")));
-        let none = period_of(
-            &budget(BudgetPeriod::None, None),
-            at("2026-11-30T15:00:00Z"),
+        assert_eq!(
+            bounds(&m),
+            span("2026-11-30T15:00:00Z", "2026-12-31T15:00:00Z")
         );
+        let none = period_at(BudgetPeriod::None, None, "2026-11-30T15:00:00Z");
         assert_eq!((none.id(), none.end), (0, None));
     }
 
@@ -279,10 +300,7 @@ mod tests {
         assert!(tomorrow.is_after(&today));
         assert!(!today.is_after(&tomorrow));
         assert!(!today.is_after(&today));
-        let forever = period_of(
-            &budget(BudgetPeriod::None, None),
-            at("2026-11-23T12:00:00Z"),
-        );
+        let forever = period_at(BudgetPeriod::None, None, "2026-11-23T12:00:00Z");
         assert!(forever.contains(at("2100-01-01T00:00:00Z")));
         assert!(!today.is_after(&forever));
     }

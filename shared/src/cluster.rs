@@ -121,14 +121,19 @@ pub struct SnapshotHead {
 pub struct Heartbeat {
     /// Stable for the life of the process; unique across the fleet.
     pub dataplane_id: String,
+    /// The machine's name, for people reading the fleet view.
     pub hostname: String,
+    /// The data plane's build version (its crate version).
     pub version: String,
     /// Revision of the snapshot it serves; 0 while it holds none.
     pub revision: u64,
+    /// Hex SHA-256 of the served snapshot's canonical JSON; empty while it holds none.
     pub content_hash: String,
     /// Whether it answers ready (holds a snapshot and is not draining).
     pub ready: bool,
+    /// When the process started.
     pub started_at: DateTime<Utc>,
+    /// When this heartbeat left (the control plane times liveness by its own clock).
     pub sent_at: DateTime<Utc>,
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - [`snapshot`]: the versioned, hashed config document a data plane runs on (schema v1):
 //!   tenants, virtual keys, providers, deployments, per-model routing policies, prices.
-//! - [`validate`]: checks a snapshot as a whole and reports *every* problem with its path.
+//! - [`validate`]: checks a snapshot as a whole and reports *every* problem with its path,
+//!   one module per snapshot section (tenants, keys, providers, deployments, models).
 //! - [`secret`]: references to secrets (an environment variable or an inline value), so that a
 //!   standalone file need not hold an upstream credential.
 //! - [`layered_config`]: config files with `SWITCHBOARD__*` environment overrides.

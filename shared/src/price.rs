@@ -199,11 +199,7 @@ impl Serialize for PriceEntry {
                 self.cache_creation_input_token_cost_above_1hr,
             ),
         ];
-        for (name, value) in base {
-            if let Some(value) = value {
-                map.serialize_entry(name, &value)?;
-            }
-        }
+        present(&mut map, &base)?;
         for tier in &self.context_tiers {
             let suffix = threshold_suffix(tier.threshold_tokens);
             for (name, value) in tier.rates.named() {
@@ -220,20 +216,12 @@ impl Serialize for PriceEntry {
             ("max_output_tokens", self.max_output_tokens),
             ("max_tokens", self.max_tokens),
         ];
-        for (name, value) in whole {
-            if let Some(value) = value {
-                map.serialize_entry(name, &value)?;
-            }
-        }
+        present(&mut map, &whole)?;
         let text = [
-            ("litellm_provider", &self.litellm_provider),
-            ("mode", &self.mode),
+            ("litellm_provider", self.litellm_provider.as_deref()),
+            ("mode", self.mode.as_deref()),
         ];
-        for (name, value) in text {
-            if let Some(value) = value {
-                map.serialize_entry(name, value)?;
-            }
-        }
+        present(&mut map, &text)?;
         let flags = [
             ("supports_vision", self.supports_vision),
             ("supports_function_calling", self.supports_function_calling),
@@ -247,13 +235,22 @@ impl Serialize for PriceEntry {
                 self.supports_parallel_function_calling,
             ),
         ];
-        for (name, value) in flags {
-            if let Some(value) = value {
-                map.serialize_entry(name, &value)?;
-            }
-        }
+        present(&mut map, &flags)?;
         map.end()
     }
+}
+
+/// Writes each named value that is present, in order.
+fn present<M: SerializeMap, T: Serialize>(
+    map: &mut M,
+    fields: &[(&str, Option<T>)],
+) -> Result<(), M::Error> {
+    for (name, value) in fields {
+        if let Some(value) = value {
+            map.serialize_entry(name, value)?;
+        }
+    }
+    Ok(())
 }
 
 impl TierRates {
@@ -471,20 +468,20 @@ fn threshold_suffix(threshold_tokens: u64) -> String {
     }
 }
 
+/// The error of a field whose value is not `what` it must be.
+fn must_be(field: &str, what: &str, found: &dyn std::fmt::Display) -> EntryError {
+    EntryError::at(field, format!("`{field}` must be {what}, found {found}"))
+}
+
 fn rate(field: &str, value: &Value) -> Result<Option<f64>, EntryError> {
+    const WHAT: &str = "a non-negative number";
     match value {
         Value::Null => Ok(None),
         Value::Number(n) => match n.as_f64() {
             Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
-            _ => Err(EntryError::at(
-                field,
-                format!("`{field}` must be a non-negative number, found {n}"),
-            )),
+            _ => Err(must_be(field, WHAT, n)),
         },
-        other => Err(EntryError::at(
-            field,
-            format!("`{field}` must be a non-negative number, found {other}"),
-        )),
+        other => Err(must_be(field, WHAT, other)),
     }
 }
 
@@ -493,20 +490,15 @@ fn rate(field: &str, value: &Value) -> Result<Option<f64>, EntryError> {
 fn whole(field: &str, value: &Value) -> Result<Option<u64>, EntryError> {
     /// 2^53: above it not every whole float is exact.
     const EXACT: f64 = 9_007_199_254_740_992.0;
+    const WHAT: &str = "a non-negative whole number";
     match value {
         Value::Null => Ok(None),
         Value::Number(n) => match (n.as_u64(), n.as_f64()) {
             (Some(x), _) => Ok(Some(x)),
             (None, Some(x)) if (0.0..=EXACT).contains(&x) && x.fract() == 0.0 => Ok(Some(x as u64)),
-            _ => Err(EntryError::at(
-                field,
-                format!("`{field}` must be a non-negative whole number, found {n}"),
-            )),
+            _ => Err(must_be(field, WHAT, n)),
         },
-        other => Err(EntryError::at(
-            field,
-            format!("`{field}` must be a non-negative whole number, found {other}"),
-        )),
+        other => Err(must_be(field, WHAT, other)),
     }
 }
 
@@ -514,10 +506,7 @@ fn text(field: &str, value: &Value) -> Result<Option<String>, EntryError> {
     match value {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
-        other => Err(EntryError::at(
-            field,
-            format!("`{field}` must be a string, found {other}"),
-        )),
+        other => Err(must_be(field, "a string", other)),
     }
 }
 
@@ -525,10 +514,7 @@ fn flag(field: &str, value: &Value) -> Result<Option<bool>, EntryError> {
     match value {
         Value::Null => Ok(None),
         Value::Bool(b) => Ok(Some(*b)),
-        other => Err(EntryError::at(
-            field,
-            format!("`{field}` must be true or false, found {other}"),
-        )),
+        other => Err(must_be(field, "true or false", other)),
     }
 }
 

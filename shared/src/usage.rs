@@ -65,12 +65,15 @@ impl Outcome {
 pub struct UsageRecord {
     /// Unique per request; the idempotency key of spend ingestion.
     pub request_id: String,
+    /// The tenant of the key.
     pub tenant_id: String,
+    /// The virtual key's id (never the key).
     pub key_id: String,
     /// The public model name the client asked for.
     pub model: String,
     /// The deployment that served the final attempt (absent if none was tried).
     pub deployment_id: Option<String>,
+    /// That deployment's provider.
     pub provider_id: Option<String>,
     /// `chat_completions`, `completions` or `embeddings`.
     pub endpoint: String,

@@ -3,9 +3,12 @@
 //! Three sources offer snapshots — the on-disk cache, NATS and gRPC — and may race or repeat
 //! one another. They all go through [`Installer::offer`], which takes them one at a time
 //! (so an older snapshot can never overwrite a newer one between check and swap), verifies
-//! the announced content hash, parses, checks that the body is the announced revision,
-//! applies only a revision *higher* than the one served (`docs/cluster.md`), validates and
-//! compiles through [`AppState::install`], then writes the cache and wakes the heartbeat.
+//! the announced content hash, parses, checks that the body is the announced revision, then
+//! installs through [`AppState::install_under`] with [`Rule::Higher`]: the revision gate there
+//! (the only one) lets through only a revision *higher* than the one served
+//! (`docs/cluster.md`); validation and compilation follow. Then it writes the cache and wakes
+//! the heartbeat. Sources that learn a revision before its body ([`Installer::skip_stale`])
+//! ask the same gate first, to skip the fetch.
 //! Anything that fails is logged and skipped; the old snapshot keeps serving.
 //!
 //! The CPU-heavy part (hashing, parsing and compiling a snapshot of 100,000 keys) runs on a
@@ -23,7 +26,7 @@ use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::cluster::cache;
 use crate::metrics;
-use crate::state::{AppState, Installed};
+use crate::state::{AppState, Gate, Installed, Refused, Rule};
 
 /// Where a snapshot came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,10 +138,10 @@ impl Installer {
     /// For a source that knows a revision before fetching its body: true (and the skip is
     /// recorded) when that revision is not newer than the one served, so there is no need.
     pub fn skip_stale(&self, source: Source, revision: u64) -> bool {
-        let serving = self.state.revision();
-        if revision > serving {
+        let Gate::NotNewer { serving } = self.state.gate(Rule::Higher, revision, String::new)
+        else {
             return false;
-        }
+        };
         self.record(Event {
             source,
             revision,
@@ -262,7 +265,7 @@ impl Installer {
     }
 }
 
-/// Hash check, parse, revision check, validation and swap. Returns the revision it is about.
+/// Hash check, parse, announced-revision check, then the gate, validation and swap. Returns the revision it is about.
 fn check_and_install(state: &AppState, offer: &Offer) -> (u64, Outcome) {
     let announced_revision = offer.announced.as_ref().map_or(0, |a| a.revision);
     let reject = |reason: String| (announced_revision, Outcome::Rejected(reason));
@@ -291,14 +294,12 @@ fn check_and_install(state: &AppState, offer: &Offer) -> (u64, Outcome) {
             "the body is revision {revision}, {announced_revision} was announced"
         ));
     }
-    let serving = state.revision();
-    if revision <= serving && state.catalog().is_some() {
-        return (revision, Outcome::Stale { serving });
-    }
-    match state.install(&snapshot) {
+    match state.install_under(&snapshot, Rule::Higher) {
         Ok(Installed::Swapped { .. }) => (revision, Outcome::Installed),
-        Ok(Installed::Unchanged) => (revision, Outcome::Stale { serving }),
-        Err(problems) => (revision, Outcome::Rejected(problems.to_string())),
+        // Not under `Rule::Higher`, which refuses a tie; the same revision is being served.
+        Ok(Installed::Unchanged) => (revision, Outcome::Stale { serving: revision }),
+        Err(Refused::NotNewer { serving }) => (revision, Outcome::Stale { serving }),
+        Err(Refused::Invalid(problems)) => (revision, Outcome::Rejected(problems.to_string())),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Cluster mode: the data plane's config comes from the control plane (`docs/cluster.md`).
 //!
-//! - [`install`] — the one gate every snapshot passes: hash check, parse, newer-than check,
-//!   validation, atomic swap, cache write. One offer at a time.
+//! - [`install`] — the one path every snapshot from the cluster takes: hash check, parse, the
+//!   revision gate ([`crate::state`]), validation, atomic swap, cache write. One offer at a
+//!   time.
 //! - [`nats`] — follows the snapshot head on JetStream and fetches bodies from the object
 //!   store. The normal path, and (its first delivery is the current head) the bootstrap.
 //! - [`grpc`] — `GetSnapshot` at start, raced against NATS; `WatchSnapshot` while NATS is

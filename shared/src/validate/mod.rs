@@ -4,32 +4,27 @@
 //! whole can show: dangling references, duplicate ids, fallbacks to nowhere, impossible limits.
 //! It reports *every* problem at once, each with the path of the offending value, so that an
 //! operator fixes a file in one pass rather than one error per restart.
+//!
+//! One module per snapshot section, each reading its section with the names the others
+//! define ([`Names`], collected first, with the duplicate-id checks):
+//! [`tenants`], [`providers`], [`keys`] (`virtual_keys`), [`deployments`] and [`models`]
+//! (routing policies and model groups). Problems come out in that order, after the schema
+//! version and the ids. Rate limits and budgets, which several sections carry, are checked
+//! here.
+
+mod deployments;
+mod keys;
+mod models;
+mod providers;
+mod tenants;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use crate::keys::parse_key_hash;
-use crate::snapshot::{ProviderKind, SCHEMA_VERSION, Snapshot};
+use crate::snapshot::{Budget, RateLimits, SCHEMA_VERSION, Snapshot};
 
 /// Most extra attempts a model may make on its own deployments.
 pub const MAX_RETRIES: u32 = 10;
-
-/// Whether `v` is safe to put in a query string as Azure's `api-version` (letters, digits,
-/// dashes, dots).
-fn is_api_version(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 40
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
-/// Whether `r` looks like an AWS region (it becomes part of a host name and the signature).
-fn is_region(r: &str) -> bool {
-    !r.is_empty()
-        && r.len() <= 30
-        && r.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
 
 /// One problem in a snapshot, at a path such as `deployments[2].provider`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +55,7 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
+/// The problems found so far, in the order found.
 struct Collector(Vec<Problem>);
 
 impl Collector {
@@ -93,11 +89,44 @@ impl Collector {
     }
 }
 
+/// The names that sections refer to in one another.
+struct Names<'a> {
+    tenants: HashSet<&'a str>,
+    providers: HashSet<&'a str>,
+    /// Models that deployments serve.
+    deployed: HashSet<&'a str>,
+    /// Every public model name: the deployed models and the model groups.
+    served: HashSet<&'a str>,
+}
+
+impl<'a> Names<'a> {
+    /// Collects the names, reporting duplicate and empty ids on the way.
+    fn collect(c: &mut Collector, s: &'a Snapshot) -> Self {
+        let tenants = c.unique_ids("tenants", s.tenants.iter().map(|t| t.id.as_str()));
+        let providers = c.unique_ids("providers", s.providers.iter().map(|p| p.id.as_str()));
+        c.unique_ids("deployments", s.deployments.iter().map(|d| d.id.as_str()));
+        c.unique_ids("virtual_keys", s.virtual_keys.iter().map(|k| k.id.as_str()));
+        let deployed: HashSet<&str> = s.deployments.iter().map(|d| d.model.as_str()).collect();
+        // Model groups are public names too.
+        let groups = s.models.iter().filter(|m| !m.members.is_empty());
+        let served = deployed
+            .iter()
+            .copied()
+            .chain(groups.map(|m| m.model.as_str()))
+            .collect();
+        Names {
+            tenants,
+            providers,
+            deployed,
+            served,
+        }
+    }
+}
+
 impl Snapshot {
     /// Checks the snapshot as a whole. `Err` lists every problem found.
     pub fn validate(&self) -> Result<(), Problems> {
         let mut c = Collector(Vec::new());
-
         if self.schema_version != SCHEMA_VERSION {
             c.push(
                 "schema_version",
@@ -107,320 +136,12 @@ impl Snapshot {
                 ),
             );
         }
-
-        let tenants = c.unique_ids("tenants", self.tenants.iter().map(|t| t.id.as_str()));
-        let providers = c.unique_ids("providers", self.providers.iter().map(|p| p.id.as_str()));
-        c.unique_ids(
-            "deployments",
-            self.deployments.iter().map(|d| d.id.as_str()),
-        );
-        c.unique_ids(
-            "virtual_keys",
-            self.virtual_keys.iter().map(|k| k.id.as_str()),
-        );
-        let served_by_deployments: HashSet<&str> =
-            self.deployments.iter().map(|d| d.model.as_str()).collect();
-        // Model groups are public names too.
-        let served: HashSet<&str> = served_by_deployments
-            .iter()
-            .copied()
-            .chain(
-                self.models
-                    .iter()
-                    .filter(|m| !m.members.is_empty())
-                    .map(|m| m.model.as_str()),
-            )
-            .collect();
-
-        for (i, t) in self.tenants.iter().enumerate() {
-            check_limits(&mut c, &format!("tenants[{i}].limits"), t.limits);
-            if let Some(b) = &t.budget {
-                check_budget(&mut c, &format!("tenants[{i}].budget"), b);
-            }
-        }
-
-        for (i, p) in self.providers.iter().enumerate() {
-            let path = format!("providers[{i}]");
-            if p.api_key.is_some() && !p.api_keys.is_empty() {
-                c.push(
-                    format!("{path}.api_keys"),
-                    "give either api_key or api_keys, not both",
-                );
-            }
-            if p.api_keys.len() > 64 {
-                c.push(format!("{path}.api_keys"), "at most 64 keys per provider");
-            }
-            for (j, k) in p.api_keys.iter().enumerate() {
-                if k.weight == 0 {
-                    c.push(format!("{path}.api_keys[{j}].weight"), "must be at least 1");
-                }
-            }
-            match (p.kind, &p.base_url) {
-                (ProviderKind::Mock, _) | (ProviderKind::Bedrock, None) => {}
-                (_, None) => c.push(format!("{path}.base_url"), "is required for this kind"),
-                (_, Some(url)) => {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        c.push(
-                            format!("{path}.base_url"),
-                            format!("{url:?} must start with http:// or https://"),
-                        );
-                    }
-                }
-            }
-            match (p.kind, &p.api_version) {
-                (ProviderKind::Azure, None) => {
-                    c.push(format!("{path}.api_version"), "is required for kind azure");
-                }
-                (ProviderKind::Azure, Some(v)) if !is_api_version(v) => c.push(
-                    format!("{path}.api_version"),
-                    format!("{v:?} must look like 2024-10-21 or 2025-01-01-preview"),
-                ),
-                (ProviderKind::Azure, Some(_)) | (_, None) => {}
-                (_, Some(_)) => c.push(
-                    format!("{path}.api_version"),
-                    "is only allowed for kind azure",
-                ),
-            }
-            let aws = [
-                ("aws_access_key_id", p.aws_access_key_id.is_some()),
-                ("aws_secret_access_key", p.aws_secret_access_key.is_some()),
-                ("aws_session_token", p.aws_session_token.is_some()),
-                ("region", p.region.is_some()),
-            ];
-            if p.kind == ProviderKind::Bedrock {
-                for (field, present) in &aws[..2] {
-                    if !present {
-                        c.push(format!("{path}.{field}"), "is required for kind bedrock");
-                    }
-                }
-                match &p.region {
-                    None => c.push(format!("{path}.region"), "is required for kind bedrock"),
-                    Some(r) if !is_region(r) => c.push(
-                        format!("{path}.region"),
-                        format!("{r:?} must look like us-east-1"),
-                    ),
-                    Some(_) => {}
-                }
-                if p.api_key.is_some() {
-                    c.push(
-                        format!("{path}.api_key"),
-                        "is not used by kind bedrock: give aws_access_key_id and aws_secret_access_key",
-                    );
-                }
-            } else {
-                for (field, present) in aws {
-                    if present {
-                        c.push(
-                            format!("{path}.{field}"),
-                            "is only allowed for kind bedrock",
-                        );
-                    }
-                }
-            }
-        }
-
-        let mut key_hashes: HashMap<&str, usize> = HashMap::new();
-        for (i, k) in self.virtual_keys.iter().enumerate() {
-            let path = format!("virtual_keys[{i}]");
-            if !tenants.contains(k.tenant_id.as_str()) {
-                c.push(
-                    format!("{path}.tenant_id"),
-                    format!("unknown tenant {:?}", k.tenant_id),
-                );
-            }
-            if parse_key_hash(&k.key_hash).is_none() {
-                c.push(
-                    format!("{path}.key_hash"),
-                    "must be 64 hex digits (HMAC-SHA-256 of the key under the pepper)",
-                );
-            } else if let Some(first) = key_hashes.insert(k.key_hash.as_str(), i) {
-                c.push(
-                    format!("{path}.key_hash"),
-                    format!("same hash as virtual_keys[{first}]: one secret, two keys"),
-                );
-            }
-            if let (Some(created), Some(expires)) = (k.created_at, k.expires_at)
-                && expires < created
-            {
-                c.push(
-                    format!("{path}.expires_at"),
-                    format!("{expires} is before created_at {created}"),
-                );
-            }
-            for (j, m) in k.allowed_models.iter().enumerate() {
-                if !served.contains(m.as_str()) {
-                    c.push(
-                        format!("{path}.allowed_models[{j}]"),
-                        format!("no deployment serves model {m:?}"),
-                    );
-                }
-            }
-            check_limits(&mut c, &format!("{path}.limits"), k.limits);
-            if let Some(b) = &k.budget {
-                check_budget(&mut c, &format!("{path}.budget"), b);
-            }
-        }
-
-        for (i, d) in self.deployments.iter().enumerate() {
-            let path = format!("deployments[{i}]");
-            if d.model.trim().is_empty() {
-                c.push(format!("{path}.model"), "must not be empty");
-            }
-            if d.upstream_model.trim().is_empty() {
-                c.push(format!("{path}.upstream_model"), "must not be empty");
-            }
-            if !providers.contains(d.provider.as_str()) {
-                c.push(
-                    format!("{path}.provider"),
-                    format!("unknown provider {:?}", d.provider),
-                );
-            }
-            if d.weight == 0 {
-                c.push(
-                    format!("{path}.weight"),
-                    "must be at least 1 (remove the deployment to stop using it)",
-                );
-            }
-            check_limits(&mut c, &format!("{path}.limits"), d.limits);
-        }
-
-        let mut policy_seen: HashMap<&str, usize> = HashMap::new();
-        for (i, m) in self.models.iter().enumerate() {
-            let path = format!("models[{i}]");
-            if let Some(first) = policy_seen.insert(m.model.as_str(), i) {
-                c.push(
-                    format!("{path}.model"),
-                    format!("second policy for {:?} (first at models[{first}])", m.model),
-                );
-            }
-            if m.members.is_empty() {
-                if !served.contains(m.model.as_str()) {
-                    c.push(
-                        format!("{path}.model"),
-                        format!("no deployment serves model {:?}", m.model),
-                    );
-                }
-            } else {
-                if served_by_deployments.contains(m.model.as_str()) {
-                    c.push(
-                        format!("{path}.model"),
-                        format!(
-                            "{:?} is served by deployments; a group needs a name of its own",
-                            m.model
-                        ),
-                    );
-                }
-                for (j, member) in m.members.iter().enumerate() {
-                    if !served_by_deployments.contains(member.as_str()) {
-                        c.push(
-                            format!("{path}.members[{j}]"),
-                            format!("no deployment serves model {member:?}"),
-                        );
-                    }
-                }
-            }
-            if m.model.starts_with("tag:") {
-                c.push(
-                    format!("{path}.model"),
-                    "names starting with `tag:` select deployments by tag",
-                );
-            }
-            for (j, f) in m.fallbacks.iter().enumerate() {
-                if f == &m.model {
-                    c.push(
-                        format!("{path}.fallbacks[{j}]"),
-                        "a model cannot fall back to itself",
-                    );
-                } else if !served.contains(f.as_str()) {
-                    c.push(
-                        format!("{path}.fallbacks[{j}]"),
-                        format!("fallback to unknown model {f:?}"),
-                    );
-                }
-            }
-            if m.retries > MAX_RETRIES {
-                c.push(
-                    format!("{path}.retries"),
-                    format!(
-                        "{} is more than {MAX_RETRIES}; use fallbacks to try other models",
-                        m.retries
-                    ),
-                );
-            }
-            let t = m.timeouts;
-            if t.first_byte_ms == 0 {
-                c.push(format!("{path}.timeouts.first_byte_ms"), "must be positive");
-            }
-            if t.total_ms < t.first_byte_ms {
-                c.push(
-                    format!("{path}.timeouts.total_ms"),
-                    format!(
-                        "{} is shorter than first_byte_ms {}",
-                        t.total_ms, t.first_byte_ms
-                    ),
-                );
-            }
-            if let Some(scoring) = m.scoring {
-                if m.strategy != crate::snapshot::Strategy::WeightedScore {
-                    c.push(
-                        format!("{path}.scoring"),
-                        "only the weighted_score strategy reads scoring",
-                    );
-                }
-                let w = scoring.weights();
-                let all = [
-                    ("cost", w.cost),
-                    ("latency", w.latency),
-                    ("reliability", w.reliability),
-                    ("headroom", w.headroom),
-                ];
-                for (name, value) in all {
-                    if !(value.is_finite() && value >= 0.0) {
-                        c.push(
-                            format!("{path}.scoring.{name}"),
-                            "must be a non-negative number",
-                        );
-                    }
-                }
-                if all.iter().all(|(_, v)| *v == 0.0) {
-                    c.push(
-                        format!("{path}.scoring"),
-                        "at least one weight must be positive",
-                    );
-                }
-            }
-            if let Some(p) = m.prefix_affinity {
-                if m.strategy != crate::snapshot::Strategy::PrefixAffinity {
-                    c.push(
-                        format!("{path}.prefix_affinity"),
-                        "only the prefix_affinity strategy reads it",
-                    );
-                }
-                if !(64..=65_536).contains(&p.block_bytes) {
-                    c.push(
-                        format!("{path}.prefix_affinity.block_bytes"),
-                        "must be between 64 and 65536",
-                    );
-                }
-            }
-            if m.wait_for_cooldown_ms > crate::snapshot::MAX_WAIT_FOR_COOLDOWN_MS {
-                c.push(
-                    format!("{path}.wait_for_cooldown_ms"),
-                    format!(
-                        "{} is more than {}",
-                        m.wait_for_cooldown_ms,
-                        crate::snapshot::MAX_WAIT_FOR_COOLDOWN_MS
-                    ),
-                );
-            }
-            if m.cooldown.allowed_failures == 0 {
-                c.push(
-                    format!("{path}.cooldown.allowed_failures"),
-                    "must be at least 1",
-                );
-            }
-        }
-
+        let names = Names::collect(&mut c, self);
+        tenants::check(&mut c, &self.tenants);
+        providers::check(&mut c, &self.providers);
+        keys::check(&mut c, &self.virtual_keys, &names);
+        deployments::check(&mut c, &self.deployments, &names);
+        models::check(&mut c, &self.models, &names);
         if c.0.is_empty() {
             Ok(())
         } else {
@@ -429,7 +150,7 @@ impl Snapshot {
     }
 }
 
-fn check_limits(c: &mut Collector, path: &str, limits: crate::snapshot::RateLimits) {
+fn check_limits(c: &mut Collector, path: &str, limits: RateLimits) {
     if limits.rpm == Some(0) {
         c.push(
             format!("{path}.rpm"),
@@ -447,13 +168,13 @@ fn check_limits(c: &mut Collector, path: &str, limits: crate::snapshot::RateLimi
 /// Every problem with one budget, at paths under `path` (`""`: the budget itself, so the
 /// paths are `max_usd`, `soft_usd`, `time_zone`). The admin API checks a budget body with
 /// this before it writes; snapshot validation runs the same check on every budget.
-pub fn budget_problems(path: &str, b: &crate::snapshot::Budget) -> Vec<Problem> {
+pub fn budget_problems(path: &str, b: &Budget) -> Vec<Problem> {
     let mut c = Collector(Vec::new());
     check_budget(&mut c, path, b);
     c.0
 }
 
-fn check_budget(c: &mut Collector, path: &str, b: &crate::snapshot::Budget) {
+fn check_budget(c: &mut Collector, path: &str, b: &Budget) {
     let at = |field: &str| {
         if path.is_empty() {
             field.to_owned()
@@ -476,6 +197,19 @@ fn check_budget(c: &mut Collector, path: &str, b: &crate::snapshot::Budget) {
             at("soft_usd"),
             "must be a positive number no larger than max_usd",
         );
+    }
+}
+
+/// A section's limits and budget, at `{path}.limits` and `{path}.budget`.
+fn check_limits_and_budget(
+    c: &mut Collector,
+    path: &str,
+    limits: RateLimits,
+    budget: Option<&Budget>,
+) {
+    check_limits(c, &format!("{path}.limits"), limits);
+    if let Some(b) = budget {
+        check_budget(c, &format!("{path}.budget"), b);
     }
 }
 

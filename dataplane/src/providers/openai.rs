@@ -8,12 +8,13 @@
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderName, HeaderValue, Uri};
-use http_body_util::BodyExt;
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue};
 
-use super::anthropic::{openai_answer_for_messages, openai_request_body};
-use super::client::{self, HttpClient};
+use super::client;
+use super::common::{self, EVENT_STREAM};
+use super::registry::Setup;
+use super::translate::anthropic_openai;
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 /// An OpenAI-compatible provider.
@@ -27,36 +28,16 @@ pub struct OpenAiAdaptor {
     authorization: Option<HeaderValue>,
 }
 
-static JSON: HeaderValue = HeaderValue::from_static("application/json");
-static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 impl OpenAiAdaptor {
     /// `base_url` includes the version path (`https://api.openai.com/v1`).
-    pub fn new(client: &HttpClient, base_url: &str, api_key: Option<&str>) -> Result<Self, String> {
-        let base: Uri = base_url
-            .parse()
-            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
-        let upstream = client
-            .upstream(&base)
-            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
-        let prefix = base.path().trim_end_matches('/');
-        let authorization = match api_key {
-            None => None,
-            Some(key) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                    "the API key contains characters not allowed in a header".to_owned()
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
+    pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
+        let (upstream, prefix) = common::connect(setup.client, setup.base_url())?;
         Ok(Self {
             upstream,
             chat_path: format!("{prefix}{}", Endpoint::ChatCompletions.openai_path()),
             completions_path: format!("{prefix}{}", Endpoint::Completions.openai_path()),
             embeddings_path: format!("{prefix}{}", Endpoint::Embeddings.openai_path()),
-            authorization,
+            authorization: common::api_key_header(setup.api_key, "Bearer ")?,
         })
     }
 
@@ -88,33 +69,22 @@ pub async fn send_openai_compatible(
     auth: Option<(HeaderName, &HeaderValue)>,
     request: &UpstreamRequest<'_>,
 ) -> Result<UpstreamResponse, SendError> {
-    let body = match openai_request_body(request) {
+    let body = match anthropic_openai::openai_body(request) {
         Ok(body) => body,
         Err(refusal) => return Ok(refusal),
     };
-    let request_id = HeaderValue::from_str(request.request_id).ok();
-    let accept = if request.view.stream {
-        &EVENT_STREAM
-    } else {
-        &JSON
-    };
-    let mut headers: Vec<(HeaderName, &HeaderValue)> = Vec::with_capacity(4);
-    headers.push((CONTENT_TYPE, &JSON));
-    headers.push((ACCEPT, accept));
-    if let Some(auth) = auth {
-        headers.push(auth);
-    }
-    if let Some(id) = &request_id {
-        headers.push((REQUEST_ID, id));
-    }
-    let response = upstream.post(path, &headers, &body).await?;
-    let response = UpstreamResponse {
-        status: response.status,
-        headers: response.headers,
-        body: response.body.boxed(),
-    };
+    let accept = common::accept(request.view.stream, &EVENT_STREAM);
+    let response = common::post_json(
+        upstream,
+        path,
+        accept,
+        auth,
+        Some(request.request_id),
+        &body,
+    )
+    .await?;
     Ok(if request.endpoint == Endpoint::Messages {
-        openai_answer_for_messages(response, request.view.stream)
+        anthropic_openai::wrap_answer(response, request.view.stream)
     } else {
         response
     })

@@ -18,7 +18,33 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::{StreamTranslator, TranslateError, openai, text_of, write_event};
+use super::{StreamTranslator, TranslateError, openai, refusal, text_of, write_event};
+use crate::providers::{Endpoint, UpstreamRequest, UpstreamResponse};
+
+/// The OpenAI-format request body for an attempt on an OpenAI-shaped upstream: the client's
+/// own (model swapped) or, for a `/v1/messages` client, the translation of its Anthropic
+/// request. `Err` is a ready 400 in the client's shape.
+pub fn openai_body(request: &UpstreamRequest<'_>) -> Result<Bytes, UpstreamResponse> {
+    let view = request.view;
+    if request.endpoint != Endpoint::Messages {
+        return Ok(view.upstream_body(request.upstream_model_json));
+    }
+    self::request(&view.body, request.upstream_model, view.stream)
+        .map(Bytes::from)
+        .map_err(|e| refusal(request.endpoint, &e))
+}
+
+/// Wraps an OpenAI-format answer (complete, streamed or an error) for a `/v1/messages`
+/// client; used by every adaptor whose upstream answers in OpenAI's shape.
+pub fn wrap_answer(response: UpstreamResponse, stream: bool) -> UpstreamResponse {
+    super::wrap(
+        response,
+        stream,
+        StreamToAnthropic::new(),
+        self::response,
+        error,
+    )
+}
 
 /// The OpenAI chat completion request for an Anthropic Messages request.
 pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, TranslateError> {

@@ -19,6 +19,7 @@ use http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use super::{StreamTranslator, TranslateError, openai, refusal, text_of, write_event};
+use crate::error::{anthropic_error_body, anthropic_error_type};
 use crate::providers::{Endpoint, UpstreamRequest, UpstreamResponse};
 
 /// The OpenAI-format request body for an attempt on an OpenAI-shaped upstream: the client's
@@ -275,28 +276,6 @@ pub fn response(body: Bytes) -> Bytes {
     Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
 }
 
-/// Anthropic's error `type` for an HTTP status.
-pub fn error_type(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 | 405 | 422 => "invalid_request_error",
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        504 => "timeout_error",
-        _ => "api_error",
-    }
-}
-
-/// An Anthropic error body.
-pub fn error_body(kind: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"type": "error", "error": {"type": kind, "message": message}}))
-        .unwrap_or_default()
-}
-
 /// Anthropic's error shape for an OpenAI error body, given the upstream status.
 pub fn error(status: StatusCode, body: Bytes) -> Bytes {
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -307,7 +286,7 @@ pub fn error(status: StatusCode, body: Bytes) -> Bytes {
             || String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
             str::to_owned,
         );
-    Bytes::from(error_body(error_type(status), &message))
+    Bytes::from(anthropic_error_body(anthropic_error_type(status), &message))
 }
 
 /// Which content block is open in the translated stream.

@@ -220,7 +220,7 @@ pub fn synthetic(status: StatusCode, body: Vec<u8>) -> UpstreamResponse {
 /// touching the network.
 pub fn refusal(endpoint: super::Endpoint, error: &TranslateError) -> UpstreamResponse {
     let body = if endpoint == super::Endpoint::Messages {
-        anthropic_openai::error_body("invalid_request_error", &error.message)
+        crate::error::anthropic_error_body("invalid_request_error", &error.message)
     } else {
         serde_json::to_vec(&serde_json::json!({"error": {
             "message": error.message, "type": "invalid_request_error", "param": error.param, "code": null,

@@ -65,79 +65,7 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
         }
     }
     for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        if role != "user" && role != "assistant" {
-            return Err(TranslateError::new(
-                format!("messages.{i}.role: Input should be 'user' or 'assistant'"),
-                Some("messages"),
-            ));
-        }
-        let blocks = match m.get("content") {
-            Some(Value::String(s)) => {
-                out_messages.push(json!({"role": role, "content": s}));
-                continue;
-            }
-            Some(Value::Array(blocks)) => blocks,
-            _ => {
-                return Err(TranslateError::new(
-                    format!("messages.{i}.content: must be a string or a list of blocks"),
-                    Some("messages"),
-                ));
-            }
-        };
-        let mut parts: Vec<Value> = Vec::new();
-        let mut calls: Vec<Value> = Vec::new();
-        for block in blocks {
-            match block.get("type").and_then(Value::as_str) {
-                Some("text") => parts.push(json!({"type": "text", "text": block.get("text").cloned().unwrap_or_default()})),
-                Some("image") => {
-                    let source = block.get("source").unwrap_or(&Value::Null);
-                    let url = match source.get("type").and_then(Value::as_str) {
-                        Some("base64") => format!(
-                            "data:{};base64,{}",
-                            source.get("media_type").and_then(Value::as_str).unwrap_or("image/png"),
-                            source.get("data").and_then(Value::as_str).unwrap_or_default()
-                        ),
-                        _ => source.get("url").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                    };
-                    parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
-                }
-                Some("tool_use") => calls.push(json!({
-                    "id": block.get("id").cloned().unwrap_or(Value::Null),
-                    "type": "function",
-                    "function": {
-                        "name": block.get("name").cloned().unwrap_or(Value::Null),
-                        "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
-                    },
-                })),
-                Some("tool_result") => out_messages.push(json!({
-                    "role": "tool",
-                    "tool_call_id": block.get("tool_use_id").cloned().unwrap_or(Value::Null),
-                    "content": text_of(block.get("content").unwrap_or(&Value::Null)),
-                })),
-                // Reasoning blocks have no OpenAI-compatible counterpart.
-                Some("thinking" | "redacted_thinking") => {}
-                other => {
-                    return Err(TranslateError::new(
-                        format!("messages.{i}.content: unsupported block type {other:?}"),
-                        Some("messages"),
-                    ));
-                }
-            }
-        }
-        if role == "assistant" {
-            let text: String = parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect();
-            let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { text.into() }});
-            if !calls.is_empty() {
-                msg["tool_calls"] = Value::Array(calls);
-            }
-            out_messages.push(msg);
-        } else if !parts.is_empty() {
-            out_messages.push(json!({"role": "user", "content": parts}));
-        }
+        push_message(i, m, &mut out_messages)?;
     }
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
@@ -158,21 +86,106 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
     if let Some(user) = req.get("metadata").and_then(|m| m.get("user_id")) {
         out.insert("user".into(), user.clone());
     }
+    tools(&req, &mut out);
+    if stream {
+        out.insert("stream".into(), Value::Bool(true));
+        out.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// Appends the OpenAI messages for Anthropic message `i`: its text and images as one user or
+/// assistant message (tool uses as the assistant's `tool_calls`), its tool results as `tool`
+/// messages.
+fn push_message(i: usize, m: &Value, out_messages: &mut Vec<Value>) -> Result<(), TranslateError> {
+    let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+    if role != "user" && role != "assistant" {
+        return Err(TranslateError::new(
+            format!("messages.{i}.role: Input should be 'user' or 'assistant'"),
+            Some("messages"),
+        ));
+    }
+    let blocks = match m.get("content") {
+        Some(Value::String(s)) => {
+            out_messages.push(json!({"role": role, "content": s}));
+            return Ok(());
+        }
+        Some(Value::Array(blocks)) => blocks,
+        _ => {
+            return Err(TranslateError::new(
+                format!("messages.{i}.content: must be a string or a list of blocks"),
+                Some("messages"),
+            ));
+        }
+    };
+    let mut parts: Vec<Value> = Vec::new();
+    let mut calls: Vec<Value> = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => parts.push(json!({"type": "text", "text": block.get("text").cloned().unwrap_or_default()})),
+            Some("image") => parts.push(json!({"type": "image_url", "image_url": {"url": image_url(block)}})),
+            Some("tool_use") => calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
+                },
+            })),
+            Some("tool_result") => out_messages.push(json!({
+                "role": "tool",
+                "tool_call_id": block.get("tool_use_id").cloned().unwrap_or(Value::Null),
+                "content": text_of(block.get("content").unwrap_or(&Value::Null)),
+            })),
+            // Reasoning blocks have no OpenAI-compatible counterpart.
+            Some("thinking" | "redacted_thinking") => {}
+            other => {
+                return Err(TranslateError::new(
+                    format!("messages.{i}.content: unsupported block type {other:?}"),
+                    Some("messages"),
+                ));
+            }
+        }
+    }
+    if role == "assistant" {
+        let text: String = parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect();
+        let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { text.into() }});
+        if !calls.is_empty() {
+            msg["tool_calls"] = Value::Array(calls);
+        }
+        out_messages.push(msg);
+    } else if !parts.is_empty() {
+        out_messages.push(json!({"role": "user", "content": parts}));
+    }
+    Ok(())
+}
+
+/// The OpenAI image URL for an Anthropic image block (a base64 source as a data URL).
+fn image_url(block: &Value) -> String {
+    let source = block.get("source").unwrap_or(&Value::Null);
+    let field = |k: &str| source.get(k).and_then(Value::as_str);
+    match field("type") {
+        Some("base64") => format!(
+            "data:{};base64,{}",
+            field("media_type").unwrap_or("image/png"),
+            field("data").unwrap_or_default()
+        ),
+        _ => field("url").unwrap_or_default().to_owned(),
+    }
+}
+
+/// `tools` and `tool_choice` (with `disable_parallel_tool_use`) in OpenAI's shape.
+fn tools(req: &Map<String, Value>, out: &mut Map<String, Value>) {
     if let Some(Value::Array(tools)) = req.get("tools") {
         let tools: Vec<Value> = tools
             .iter()
             .map(|t| {
-                let mut f = Map::new();
-                f.insert("name".into(), t.get("name").cloned().unwrap_or(Value::Null));
-                if let Some(d) = t.get("description") {
-                    f.insert("description".into(), d.clone());
-                }
-                f.insert(
-                    "parameters".into(),
-                    t.get("input_schema")
-                        .cloned()
-                        .unwrap_or_else(|| json!({"type": "object"})),
-                );
+                let f = openai::tool_definition(t, "input_schema", "parameters", |schema| {
+                    Some(schema.cloned().unwrap_or_else(|| json!({"type": "object"})))
+                });
                 json!({"type": "function", "function": f})
             })
             .collect();
@@ -180,28 +193,24 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
             out.insert("tools".into(), Value::Array(tools));
         }
     }
-    if let Some(choice) = req.get("tool_choice") {
-        let mapped = match choice.get("type").and_then(Value::as_str) {
-            Some("any") => Some(json!("required")),
-            Some("none") => Some(json!("none")),
-            Some("tool") => Some(
-                json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}}),
-            ),
-            Some("auto") => Some(json!("auto")),
-            _ => None,
-        };
-        if let Some(mapped) = mapped {
-            out.insert("tool_choice".into(), mapped);
-        }
-        if choice.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
-            out.insert("parallel_tool_calls".into(), Value::Bool(false));
-        }
+    let Some(choice) = req.get("tool_choice") else {
+        return;
+    };
+    let mapped = match choice.get("type").and_then(Value::as_str) {
+        Some("any") => Some(json!("required")),
+        Some("none") => Some(json!("none")),
+        Some("tool") => Some(
+            json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}}),
+        ),
+        Some("auto") => Some(json!("auto")),
+        _ => None,
+    };
+    if let Some(mapped) = mapped {
+        out.insert("tool_choice".into(), mapped);
     }
-    if stream {
-        out.insert("stream".into(), Value::Bool(true));
-        out.insert("stream_options".into(), json!({"include_usage": true}));
+    if choice.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
+        out.insert("parallel_tool_calls".into(), Value::Bool(false));
     }
-    Ok(serde_json::to_vec(&out).unwrap_or_default())
 }
 
 /// Anthropic's `stop_reason` for OpenAI's `finish_reason`.
@@ -243,12 +252,9 @@ fn message_id(id: Option<&Value>) -> Value {
 
 /// The Anthropic message for an OpenAI chat completion; the input unchanged if it is not one.
 pub fn response(body: Bytes) -> Bytes {
-    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+    let Some(doc) = openai::answer_object(&body) else {
         return body;
     };
-    if !doc.is_object() {
-        return body;
-    }
     let choice = doc.pointer("/choices/0").unwrap_or(&Value::Null);
     let message = choice.get("message").unwrap_or(&Value::Null);
     let mut content = Vec::new();
@@ -409,10 +415,7 @@ impl StreamTranslator for StreamToAnthropic {
             return;
         };
         if let Some(error) = chunk.get("error") {
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error");
+            let message = openai::stream_error_message(error);
             write_event(
                 out,
                 Some("error"),

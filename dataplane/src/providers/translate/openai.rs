@@ -8,7 +8,7 @@
 //! came from — the official SDKs and the gateway's own usage accounting read these documents.
 
 use bytes::{Bytes, BytesMut};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{TranslateError, now_secs, write_event};
 
@@ -50,7 +50,7 @@ pub fn content_parts(
 
 /// A request's `stop` (a string or a list) as the list of stop sequences providers take;
 /// `None` when there is none.
-pub fn stop_sequences(req: &serde_json::Map<String, Value>) -> Option<Value> {
+pub fn stop_sequences(req: &Map<String, Value>) -> Option<Value> {
     match req.get("stop") {
         Some(Value::String(s)) => Some(json!([s])),
         Some(Value::Array(a)) if !a.is_empty() => Some(Value::Array(a.clone())),
@@ -129,6 +129,40 @@ pub fn tool_calls(message: &Value) -> impl Iterator<Item = ToolCallIn<'_>> {
                     .unwrap_or_else(|| json!({})),
             }
         })
+}
+
+/// A request's OpenAI `tools` (the `function` of each) in the provider's shape.
+pub fn function_tools(req: &Map<String, Value>, each: impl Fn(&Value) -> Value) -> Vec<Value> {
+    match req.get("tools") {
+        Some(Value::Array(tools)) => tools
+            .iter()
+            .filter_map(|t| t.get("function"))
+            .map(each)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A tool definition in another API's shape: `name`, `description` when there is one, and
+/// the schema read from `def[from]`, written as `to` by `schema` (`None` leaves it out).
+pub fn tool_definition(
+    def: &Value,
+    from: &str,
+    to: &str,
+    schema: impl FnOnce(Option<&Value>) -> Option<Value>,
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert(
+        "name".into(),
+        def.get("name").cloned().unwrap_or(Value::Null),
+    );
+    if let Some(d) = def.get("description") {
+        out.insert("description".into(), d.clone());
+    }
+    if let Some(schema) = schema(def.get(from)) {
+        out.insert(to.into(), schema);
+    }
+    out
 }
 
 /// An OpenAI tool call; `arguments` is serialised (`"{}"` when absent).
@@ -211,6 +245,22 @@ pub fn error_body(message: &str, kind: &str, code: Value) -> Bytes {
 /// An upstream error body's start as text, for errors whose message cannot be found in it.
 pub fn raw_message(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned()
+}
+
+/// An upstream answer as a JSON object; `None` when it is not one (the caller hands the body
+/// on unchanged and the proxy reports the upstream's answer as malformed).
+pub fn answer_object(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object)
+}
+
+/// The message of an error event in an upstream stream (`"upstream error"` without one).
+pub fn stream_error_message(error: &Value) -> &str {
+    error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("upstream error")
 }
 
 /// Writes a stream's error event: the upstream failed mid-stream.

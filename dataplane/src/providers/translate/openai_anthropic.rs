@@ -100,28 +100,22 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
     if let Some(user) = req.get("user").and_then(Value::as_str) {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
-    if let Some(Value::Array(tools)) = req.get("tools") {
-        let tools: Vec<Value> = tools
-            .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
-                let mut tool = Map::new();
-                tool.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-                if let Some(d) = f.get("description") {
-                    tool.insert("description".into(), d.clone());
-                }
-                tool.insert(
-                    "input_schema".into(),
-                    f.get("parameters")
+    let tools = openai::function_tools(&req, |f| {
+        Value::Object(openai::tool_definition(
+            f,
+            "parameters",
+            "input_schema",
+            |schema| {
+                Some(
+                    schema
                         .cloned()
                         .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                );
-                Value::Object(tool)
-            })
-            .collect();
-        if !tools.is_empty() {
-            out.insert("tools".into(), Value::Array(tools));
-        }
+                )
+            },
+        ))
+    });
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
     }
     let mut choice = match req.get("tool_choice") {
         Some(Value::String(s)) if s == "auto" => Some(json!({"type": "auto"})),
@@ -199,12 +193,9 @@ fn usage(u: &Value) -> Value {
 /// The OpenAI chat completion for an Anthropic message; the input unchanged if it is not one
 /// (the proxy then reports the upstream's answer as malformed).
 pub fn response(body: Bytes) -> Bytes {
-    let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+    let Some(msg) = openai::answer_object(&body) else {
         return body;
     };
-    if !msg.is_object() {
-        return body;
-    }
     let mut text = String::new();
     let mut calls = Vec::new();
     for block in msg

@@ -99,22 +99,12 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
         && !tools.is_empty()
         && !tools_off
     {
-        let specs: Vec<Value> = tools
-            .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
-                let mut spec = Map::new();
-                spec.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-                if let Some(d) = f.get("description") {
-                    spec.insert("description".into(), d.clone());
-                }
-                spec.insert(
-                    "inputSchema".into(),
-                    json!({"json": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))}),
-                );
-                json!({"toolSpec": spec})
-            })
-            .collect();
+        let specs = openai::function_tools(&req, |f| {
+            let spec = openai::tool_definition(f, "parameters", "inputSchema", |schema| {
+                Some(json!({"json": schema.cloned().unwrap_or_else(|| json!({"type": "object"}))}))
+            });
+            json!({"toolSpec": spec})
+        });
         let mut tool_config = json!({"tools": specs});
         let mapped = match choice {
             Some(Value::String(s)) if s == "auto" => Some(json!({"auto": {}})),
@@ -184,12 +174,9 @@ fn usage(u: &Value) -> Value {
 
 /// The OpenAI chat completion for a Converse answer; the input unchanged if it is not one.
 pub fn response(body: Bytes) -> Bytes {
-    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+    let Some(doc) = openai::answer_object(&body) else {
         return body;
     };
-    if !doc.is_object() {
-        return body;
-    }
     let mut text = String::new();
     let mut calls = Vec::new();
     for block in doc
@@ -312,10 +299,7 @@ impl StreamTranslator for StreamToOpenAi {
                 }
             }
             Some("exception") => {
-                let message = ev
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("upstream error");
+                let message = openai::stream_error_message(&ev);
                 openai::write_stream_error(out, message, "api_error", Value::Null);
                 self.failed = true;
             }

@@ -116,28 +116,19 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     if !config.is_empty() {
         out.insert("generationConfig".into(), Value::Object(config));
     }
-    if let Some(Value::Array(tools)) = req.get("tools") {
-        let declarations: Vec<Value> = tools
-            .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
-                let mut d = Map::new();
-                d.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-                if let Some(desc) = f.get("description") {
-                    d.insert("description".into(), desc.clone());
-                }
-                if let Some(p) = f.get("parameters") {
-                    d.insert("parameters".into(), p.clone());
-                }
-                Value::Object(d)
-            })
-            .collect();
-        if !declarations.is_empty() {
-            out.insert(
-                "tools".into(),
-                json!([{"functionDeclarations": declarations}]),
-            );
-        }
+    let declarations = openai::function_tools(&req, |f| {
+        Value::Object(openai::tool_definition(
+            f,
+            "parameters",
+            "parameters",
+            |p| p.cloned(),
+        ))
+    });
+    if !declarations.is_empty() {
+        out.insert(
+            "tools".into(),
+            json!([{"functionDeclarations": declarations}]),
+        );
     }
     let calling = match req.get("tool_choice") {
         Some(Value::String(s)) if s == "auto" => Some(json!({"mode": "AUTO"})),
@@ -232,12 +223,9 @@ fn tool_call(call: &Value, n: usize, with_index: bool) -> Value {
 
 /// The OpenAI chat completion for a Gemini answer; the input unchanged if it is not one.
 pub fn response(body: Bytes) -> Bytes {
-    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+    let Some(doc) = openai::answer_object(&body) else {
         return body;
     };
-    if !doc.is_object() {
-        return body;
-    }
     let candidate = doc.pointer("/candidates/0").unwrap_or(&Value::Null);
     let mut text = String::new();
     let mut calls = Vec::new();
@@ -360,10 +348,7 @@ impl StreamTranslator for StreamToOpenAi {
             return;
         };
         if let Some(error) = doc.get("error") {
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error");
+            let message = openai::stream_error_message(error);
             openai::write_stream_error(out, message, "api_error", Value::Null);
             self.failed = true;
             return;

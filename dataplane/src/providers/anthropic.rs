@@ -14,8 +14,7 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::chat_only::not_served;
-use super::client;
-use super::common::{self, EVENT_STREAM};
+use super::common::{self, EVENT_STREAM, Http};
 use super::ratelimit::UpstreamRateLimits;
 use super::registry::Setup;
 use super::translate::{self, openai_anthropic};
@@ -31,20 +30,18 @@ const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-
 /// An Anthropic provider.
 #[derive(Debug)]
 pub struct AnthropicAdaptor {
-    upstream: client::Upstream,
+    /// With `x-api-key: <key>`.
+    http: Http,
     messages_path: String,
-    /// The API key, marked sensitive so that it is never printed.
-    api_key: Option<HeaderValue>,
 }
 
 impl AnthropicAdaptor {
     /// `base_url` includes the version path (`https://api.anthropic.com/v1`).
     pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
-        let (upstream, base_path) = common::connect(setup.client, setup.base_url())?;
+        let http = setup.http(X_API_KEY, "")?;
         Ok(Self {
-            upstream,
-            messages_path: format!("{base_path}/messages"),
-            api_key: common::api_key_header(setup.api_key, "")?,
+            messages_path: format!("{}/messages", http.base_path),
+            http,
         })
     }
 
@@ -54,18 +51,11 @@ impl AnthropicAdaptor {
         stream: bool,
         request_id: &str,
     ) -> Result<UpstreamResponse, SendError> {
-        let auth = std::iter::once((ANTHROPIC_VERSION_HEADER, &VERSION))
-            .chain(self.api_key.as_ref().map(|key| (X_API_KEY, key)));
+        let version = [(ANTHROPIC_VERSION_HEADER, &VERSION)];
         let accept = common::accept(stream, &EVENT_STREAM);
-        common::post_json(
-            &self.upstream,
-            &self.messages_path,
-            accept,
-            auth,
-            Some(request_id),
-            body,
-        )
-        .await
+        self.http
+            .post(&self.messages_path, accept, version, Some(request_id), body)
+            .await
     }
 }
 

@@ -9,10 +9,9 @@
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 
-use super::client;
-use super::common;
+use super::common::{self, Http};
 use super::openai::send_openai_compatible;
 use super::registry::Setup;
 use super::{ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
@@ -22,25 +21,24 @@ const API_KEY: HeaderName = HeaderName::from_static("api-key");
 /// An Azure OpenAI resource.
 #[derive(Debug)]
 pub struct AzureAdaptor {
-    upstream: client::Upstream,
+    /// With `api-key: <key>`.
+    http: Http,
     /// `{base path}/openai/deployments/`.
     prefix: String,
     /// `?api-version=...`.
     query: String,
-    api_key: Option<HeaderValue>,
 }
 
 impl AzureAdaptor {
     /// `base_url` is the resource endpoint (`https://NAME.openai.azure.com`); `api_version`
     /// is the provider's.
     pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
-        let (upstream, base_path) = common::connect(setup.client, setup.base_url())?;
+        let http = setup.http(API_KEY, "")?;
         let api_version = setup.provider.api_version.as_deref().unwrap_or_default();
         Ok(Self {
-            upstream,
-            prefix: format!("{base_path}/openai/deployments/"),
+            prefix: format!("{}/openai/deployments/", http.base_path),
             query: format!("?api-version={api_version}"),
-            api_key: common::api_key_header(setup.api_key, "")?,
+            http,
         })
     }
 
@@ -64,8 +62,7 @@ impl ProviderAdaptor for AzureAdaptor {
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
         async move {
             let path = self.path(request.upstream_model, request.endpoint.openai_path());
-            let auth = self.api_key.as_ref().map(|v| (API_KEY, v));
-            send_openai_compatible(&self.upstream, &path, auth, request).await
+            send_openai_compatible(&self.http, &path, request).await
         }
         .boxed()
     }
@@ -75,6 +72,7 @@ impl ProviderAdaptor for AzureAdaptor {
 mod tests {
     use super::*;
     use crate::providers::bedrock::sigv4::Credentials;
+    use crate::providers::client;
 
     #[test]
     fn paths_name_the_deployment_and_the_api_version() {

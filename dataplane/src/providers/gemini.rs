@@ -18,8 +18,7 @@ use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::chat_only::{self, ChatOnly, Outgoing};
-use super::client;
-use super::common::{self, EVENT_STREAM};
+use super::common::{self, EVENT_STREAM, Http};
 use super::registry::Setup;
 use super::translate::{self, TranslateError, openai_gemini};
 use super::{ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
@@ -29,20 +28,19 @@ const API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 /// A Gemini provider.
 #[derive(Debug)]
 pub struct GeminiAdaptor {
-    upstream: client::Upstream,
+    /// With `x-goog-api-key: <key>`.
+    http: Http,
     /// `{base path}/models/`.
     prefix: String,
-    api_key: Option<HeaderValue>,
 }
 
 impl GeminiAdaptor {
     /// `base_url` includes the version path (`https://generativelanguage.googleapis.com/v1beta`).
     pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
-        let (upstream, base_path) = common::connect(setup.client, setup.base_url())?;
+        let http = setup.http(API_KEY, "")?;
         Ok(Self {
-            upstream,
-            prefix: format!("{base_path}/models/"),
-            api_key: common::api_key_header(setup.api_key, "")?,
+            prefix: format!("{}/models/", http.base_path),
+            http,
         })
     }
 }
@@ -68,17 +66,13 @@ impl ChatOnly for GeminiAdaptor {
 
     async fn post(&self, out: Outgoing<'_>) -> Result<UpstreamResponse, SendError> {
         let stream = out.request.view.stream;
-        let auth = self.api_key.as_ref().map(|key| (API_KEY, key));
         let accept = common::accept(stream, &EVENT_STREAM);
-        let mut response = common::post_json(
-            &self.upstream,
-            out.path,
-            accept,
-            auth,
-            Some(out.request.request_id),
-            out.body,
-        )
-        .await?;
+        let no_extra = std::iter::empty();
+        let request_id = Some(out.request.request_id);
+        let mut response = self
+            .http
+            .post(out.path, accept, no_extra, request_id, out.body)
+            .await?;
         if response.status == StatusCode::BAD_REQUEST
             || response.status == StatusCode::TOO_MANY_REQUESTS
         {

@@ -9,10 +9,8 @@
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::header::AUTHORIZATION;
-use http::{HeaderName, HeaderValue};
 
-use super::client;
-use super::common::{self, EVENT_STREAM};
+use super::common::{self, EVENT_STREAM, Http};
 use super::registry::Setup;
 use super::translate::anthropic_openai;
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
@@ -20,24 +18,23 @@ use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamRespo
 /// An OpenAI-compatible provider.
 #[derive(Debug)]
 pub struct OpenAiAdaptor {
-    upstream: client::Upstream,
+    /// With `authorization: Bearer <key>`.
+    http: Http,
     chat_path: String,
     completions_path: String,
     embeddings_path: String,
-    /// `Bearer <key>`, marked sensitive so that it is never printed.
-    authorization: Option<HeaderValue>,
 }
 
 impl OpenAiAdaptor {
     /// `base_url` includes the version path (`https://api.openai.com/v1`).
     pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
-        let (upstream, prefix) = common::connect(setup.client, setup.base_url())?;
+        let http = setup.http(AUTHORIZATION, "Bearer ")?;
+        let path = |endpoint: Endpoint| format!("{}{}", http.base_path, endpoint.openai_path());
         Ok(Self {
-            upstream,
-            chat_path: format!("{prefix}{}", Endpoint::ChatCompletions.openai_path()),
-            completions_path: format!("{prefix}{}", Endpoint::Completions.openai_path()),
-            embeddings_path: format!("{prefix}{}", Endpoint::Embeddings.openai_path()),
-            authorization: common::api_key_header(setup.api_key, "Bearer ")?,
+            chat_path: path(Endpoint::ChatCompletions),
+            completions_path: path(Endpoint::Completions),
+            embeddings_path: path(Endpoint::Embeddings),
+            http,
         })
     }
 
@@ -55,8 +52,7 @@ impl ProviderAdaptor for OpenAiAdaptor {
         &'a self,
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
-        let auth = self.authorization.as_ref().map(|v| (AUTHORIZATION, v));
-        send_openai_compatible(&self.upstream, self.path(request.endpoint), auth, request).boxed()
+        send_openai_compatible(&self.http, self.path(request.endpoint), request).boxed()
     }
 }
 
@@ -64,9 +60,8 @@ impl ProviderAdaptor for OpenAiAdaptor {
 /// the client's body with the model swapped, or — for a `/v1/messages` client — the
 /// translation of its request, with the answer translated back.
 pub async fn send_openai_compatible(
-    upstream: &client::Upstream,
+    http: &Http,
     path: &str,
-    auth: Option<(HeaderName, &HeaderValue)>,
     request: &UpstreamRequest<'_>,
 ) -> Result<UpstreamResponse, SendError> {
     let body = match anthropic_openai::openai_body(request) {
@@ -74,15 +69,10 @@ pub async fn send_openai_compatible(
         Err(refusal) => return Ok(refusal),
     };
     let accept = common::accept(request.view.stream, &EVENT_STREAM);
-    let response = common::post_json(
-        upstream,
-        path,
-        accept,
-        auth,
-        Some(request.request_id),
-        &body,
-    )
-    .await?;
+    let no_extra = std::iter::empty();
+    let response = http
+        .post(path, accept, no_extra, Some(request.request_id), &body)
+        .await?;
     Ok(if request.endpoint == Endpoint::Messages {
         anthropic_openai::wrap_answer(response, request.view.stream)
     } else {

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use http::HeaderName;
 use switchboard_shared::snapshot::{Provider, ProviderKind};
 
 use super::ProviderAdaptor;
@@ -17,6 +18,7 @@ use super::azure::AzureAdaptor;
 use super::bedrock::BedrockAdaptor;
 use super::bedrock::sigv4::Credentials;
 use super::client::HttpClient;
+use super::common::Http;
 use super::gemini::GeminiAdaptor;
 use super::mock::MockAdaptor;
 use super::openai::OpenAiAdaptor;
@@ -35,6 +37,12 @@ impl Setup<'_> {
     /// The provider's `base_url` (validation has made it present for every kind that needs it).
     pub fn base_url(&self) -> &str {
         self.provider.base_url.as_deref().unwrap_or_default()
+    }
+
+    /// The upstream at `base_url`, sending the API key (if any) as header `key_header`, after
+    /// `prefix` (`"Bearer "`, or `""`).
+    pub fn http(&self, key_header: HeaderName, prefix: &str) -> Result<Http, String> {
+        Http::connect(self.client, self.base_url())?.with_key(key_header, prefix, self.api_key)
     }
 }
 

@@ -23,8 +23,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::chat_only::{self, ChatOnly, Outgoing};
-use super::client;
-use super::common;
+use super::common::{self, Http};
 use super::registry::Setup;
 use super::translate::{self, TranslateError, openai_bedrock};
 use super::{
@@ -40,7 +39,8 @@ const X_AMZ_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
 /// A Bedrock provider in one region.
 #[derive(Debug)]
 pub struct BedrockAdaptor {
-    upstream: client::Upstream,
+    /// Signed per request: no credential header of its own.
+    http: Http,
     /// `{base path}/model/`.
     prefix: String,
     region: String,
@@ -58,7 +58,7 @@ impl BedrockAdaptor {
             .base_url
             .clone()
             .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
-        let (upstream, base_path) = common::connect(setup.client, &base_url)?;
+        let http = Http::connect(setup.client, &base_url)?;
         let credentials = setup.aws.clone();
         let session_token = credentials
             .session_token
@@ -66,8 +66,8 @@ impl BedrockAdaptor {
             .map(|token| common::sensitive(token, "session token"))
             .transpose()?;
         Ok(Self {
-            upstream,
-            prefix: format!("{base_path}/model/"),
+            prefix: format!("{}/model/", http.base_path),
+            http,
             region: region.to_owned(),
             credentials,
             session_token,
@@ -77,7 +77,12 @@ impl BedrockAdaptor {
     /// The SigV4 `authorization` and `x-amz-date` values for posting `body` to `path` now.
     fn sign(&self, path: &str, body: &[u8]) -> Result<(HeaderValue, HeaderValue), SendError> {
         let amz_date = sigv4::amz_date(chrono::Utc::now());
-        let host = self.upstream.host_header().to_str().unwrap_or_default();
+        let host = self
+            .http
+            .upstream
+            .host_header()
+            .to_str()
+            .unwrap_or_default();
         let token = self.credentials.session_token.as_deref();
         let mut signed: Vec<(&str, &str)> = vec![
             ("content-type", "application/json"),
@@ -145,7 +150,10 @@ impl ChatOnly for BedrockAdaptor {
             status,
             headers: mut response_headers,
             body,
-        } = common::post_json(&self.upstream, out.path, accept, auth, None, out.body).await?;
+        } = self
+            .http
+            .post(out.path, accept, auth, None, out.body)
+            .await?;
         let body = if !status.is_success() {
             translate::set_content_type(&mut response_headers, false);
             translate::whole(translate::limited(body), move |b: Bytes| {

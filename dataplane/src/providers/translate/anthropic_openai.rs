@@ -49,14 +49,7 @@ pub fn wrap_answer(response: UpstreamResponse, stream: bool) -> UpstreamResponse
 
 /// The OpenAI chat completion request for an Anthropic Messages request.
 pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, TranslateError> {
-    let req: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
-    let Some(Value::Array(messages)) = req.get("messages") else {
-        return Err(TranslateError::new(
-            "messages: Field required",
-            Some("messages"),
-        ));
-    };
+    let (req, messages) = openai::request_and_messages(body, "messages: Field required")?;
     let mut out_messages: Vec<Value> = Vec::with_capacity(messages.len() + 1);
     if let Some(system) = req.get("system") {
         let text = text_of(system);
@@ -446,12 +439,7 @@ impl StreamTranslator for StreamToAnthropic {
                 json!({"type": "text_delta", "text": text}),
             );
         }
-        for call in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for call in openai::array_at(delta, "/tool_calls") {
             let call_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
             let f = call.get("function").unwrap_or(&Value::Null);
             if self.open != Open::Tool(call_index) {

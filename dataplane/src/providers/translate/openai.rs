@@ -111,24 +111,67 @@ pub struct ToolCallIn<'a> {
 /// The tool calls of an OpenAI assistant message (request) or answer message.
 pub fn tool_calls(message: &Value) -> impl Iterator<Item = ToolCallIn<'_>> {
     const NULL: &Value = &Value::Null;
-    message
-        .get("tool_calls")
+    array_at(message, "/tool_calls").map(|call| {
+        let function = call.get("function").unwrap_or(NULL);
+        ToolCallIn {
+            id: call.get("id").unwrap_or(NULL),
+            name: function.get("name").unwrap_or(NULL),
+            input: function
+                .get("arguments")
+                .and_then(Value::as_str)
+                .and_then(|a| serde_json::from_str(a).ok())
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({})),
+        }
+    })
+}
+
+/// A request body as a JSON object, and its `messages` array; `missing` is the 400's message
+/// when there is none.
+pub fn request_and_messages(
+    body: &[u8],
+    missing: &'static str,
+) -> Result<(Map<String, Value>, Vec<Value>), TranslateError> {
+    let mut req: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
+    match req.remove("messages") {
+        Some(Value::Array(messages)) => Ok((req, messages)),
+        _ => Err(TranslateError::new(missing, Some("messages"))),
+    }
+}
+
+/// The elements of the array at `pointer` in `doc` (none when it is missing or no array).
+pub fn array_at<'a>(doc: &'a Value, pointer: &str) -> impl Iterator<Item = &'a Value> {
+    doc.pointer(pointer)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .map(|call| {
-            let function = call.get("function").unwrap_or(NULL);
-            ToolCallIn {
-                id: call.get("id").unwrap_or(NULL),
-                name: function.get("name").unwrap_or(NULL),
-                input: function
-                    .get("arguments")
-                    .and_then(Value::as_str)
-                    .and_then(|a| serde_json::from_str(a).ok())
-                    .filter(Value::is_object)
-                    .unwrap_or_else(|| json!({})),
-            }
-        })
+}
+
+/// An OpenAI request's `tool_choice`, read.
+#[derive(Debug)]
+pub enum ToolChoice<'a> {
+    Auto,
+    Required,
+    None,
+    /// `{"type":"function","function":{"name"}}`: the name (null when missing).
+    Function(&'a Value),
+}
+
+/// The request's `tool_choice`, if it is one of OpenAI's forms.
+pub fn tool_choice(req: &Map<String, Value>) -> Option<ToolChoice<'_>> {
+    const NULL: &Value = &Value::Null;
+    match req.get("tool_choice")? {
+        Value::String(s) if s == "auto" => Some(ToolChoice::Auto),
+        Value::String(s) if s == "required" => Some(ToolChoice::Required),
+        Value::String(s) if s == "none" => Some(ToolChoice::None),
+        Value::Object(o) => Some(ToolChoice::Function(
+            o.get("function")
+                .and_then(|f| f.get("name"))
+                .unwrap_or(NULL),
+        )),
+        _ => None,
+    }
 }
 
 /// A request's OpenAI `tools` (the `function` of each) in the provider's shape.
@@ -190,6 +233,14 @@ pub fn tool_call_start(index: usize, id: Value, name: Value) -> Value {
 /// A later chunk of a streamed tool call: more of its arguments.
 pub fn tool_call_arguments(index: usize, partial: Value) -> Value {
     json!({"tool_calls": [{"index": index, "function": {"arguments": partial}}]})
+}
+
+/// OpenAI's usage for a provider whose input count leaves out both cache parts (Anthropic,
+/// Bedrock); `keys` name its input, output, cache-read and cache-write counts in `u`.
+pub fn usage_from_split(u: &Value, keys: [&str; 4]) -> Value {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let [input, output, read, write] = keys.map(n);
+    usage(input + read + write, output, read, Some(write))
 }
 
 /// OpenAI's usage object. `prompt` is the whole prompt, cached parts included; the cache read

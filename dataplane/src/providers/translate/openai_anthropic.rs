@@ -19,7 +19,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks, Turns};
+use super::openai::{self, Chunks, ToolChoice, Turns};
 use super::{StreamTranslator, TranslateError, text_of};
 
 /// `max_tokens` sent when the client gave none (Anthropic requires one).
@@ -27,17 +27,7 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// The Anthropic request for an OpenAI chat completion request.
 pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, TranslateError> {
-    let mut req: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
-    let messages = match req.remove("messages") {
-        Some(Value::Array(m)) => m,
-        _ => {
-            return Err(TranslateError::new(
-                "`messages` must be an array",
-                Some("messages"),
-            ));
-        }
-    };
+    let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
     let mut system: Vec<Value> = Vec::new();
@@ -117,20 +107,12 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
     if !tools.is_empty() {
         out.insert("tools".into(), Value::Array(tools));
     }
-    let mut choice = match req.get("tool_choice") {
-        Some(Value::String(s)) if s == "auto" => Some(json!({"type": "auto"})),
-        Some(Value::String(s)) if s == "required" => Some(json!({"type": "any"})),
-        Some(Value::String(s)) if s == "none" => Some(json!({"type": "none"})),
-        Some(Value::Object(o)) => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            Some(json!({"type": "tool", "name": name}))
-        }
-        _ => None,
-    };
+    let mut choice = openai::tool_choice(&req).map(|choice| match choice {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+    });
     if req.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
         let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
         c["disable_parallel_tool_use"] = Value::Bool(true);
@@ -177,16 +159,14 @@ fn finish_reason(stop_reason: Option<&str>) -> Value {
 
 /// OpenAI's usage object for Anthropic's (whose `input_tokens` leave out both cache parts).
 fn usage(u: &Value) -> Value {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let (read, created) = (
-        n("cache_read_input_tokens"),
-        n("cache_creation_input_tokens"),
-    );
-    openai::usage(
-        n("input_tokens") + read + created,
-        n("output_tokens"),
-        read,
-        Some(created),
+    openai::usage_from_split(
+        u,
+        [
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+        ],
     )
 }
 
@@ -198,12 +178,7 @@ pub fn response(body: Bytes) -> Bytes {
     };
     let mut text = String::new();
     let mut calls = Vec::new();
-    for block in msg
-        .get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for block in openai::array_at(&msg, "/content") {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
             Some("tool_use") => calls.push(openai::tool_call(

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks, Turns};
+use super::openai::{self, Chunks, ToolChoice, Turns};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
@@ -29,14 +29,7 @@ const BEDROCK_ID: &str = "chatcmpl-bedrock";
 
 /// The Converse request for an OpenAI chat completion request.
 pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
-    let req: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
-    let Some(Value::Array(messages)) = req.get("messages") else {
-        return Err(TranslateError::new(
-            "`messages` must be an array",
-            Some("messages"),
-        ));
-    };
+    let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
     let mut system: Vec<Value> = Vec::new();
     let mut turns = Turns::default();
     for (i, m) in messages.iter().enumerate() {
@@ -93,8 +86,8 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     if !config.is_empty() {
         out.insert("inferenceConfig".into(), Value::Object(config));
     }
-    let choice = req.get("tool_choice");
-    let tools_off = matches!(choice, Some(Value::String(s)) if s == "none");
+    let choice = openai::tool_choice(&req);
+    let tools_off = matches!(choice, Some(ToolChoice::None));
     if let Some(Value::Array(tools)) = req.get("tools")
         && !tools.is_empty()
         && !tools_off
@@ -107,12 +100,10 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
         });
         let mut tool_config = json!({"tools": specs});
         let mapped = match choice {
-            Some(Value::String(s)) if s == "auto" => Some(json!({"auto": {}})),
-            Some(Value::String(s)) if s == "required" => Some(json!({"any": {}})),
-            Some(Value::Object(o)) => Some(
-                json!({"tool": {"name": o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or(Value::Null)}}),
-            ),
-            _ => None,
+            Some(ToolChoice::Auto) => Some(json!({"auto": {}})),
+            Some(ToolChoice::Required) => Some(json!({"any": {}})),
+            Some(ToolChoice::Function(name)) => Some(json!({"tool": {"name": name}})),
+            Some(ToolChoice::None) | None => None,
         };
         if let Some(mapped) = mapped {
             tool_config["toolChoice"] = mapped;
@@ -162,13 +153,14 @@ fn finish_reason(stop: Option<&str>) -> Value {
 
 /// OpenAI's usage object for Converse's (whose `inputTokens` leave out both cache parts).
 fn usage(u: &Value) -> Value {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let (read, write) = (n("cacheReadInputTokens"), n("cacheWriteInputTokens"));
-    openai::usage(
-        n("inputTokens") + read + write,
-        n("outputTokens"),
-        read,
-        Some(write),
+    openai::usage_from_split(
+        u,
+        [
+            "inputTokens",
+            "outputTokens",
+            "cacheReadInputTokens",
+            "cacheWriteInputTokens",
+        ],
     )
 }
 
@@ -179,12 +171,7 @@ pub fn response(body: Bytes) -> Bytes {
     };
     let mut text = String::new();
     let mut calls = Vec::new();
-    for block in doc
-        .pointer("/output/message/content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for block in openai::array_at(&doc, "/output/message/content") {
         if let Some(t) = block.get("text").and_then(Value::as_str) {
             text.push_str(t);
         }

@@ -24,20 +24,13 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks, Turns};
+use super::openai::{self, Chunks, ToolChoice, Turns};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
 /// The Gemini `generateContent` request for an OpenAI chat completion request.
 pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
-    let req: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
-    let Some(Value::Array(messages)) = req.get("messages") else {
-        return Err(TranslateError::new(
-            "`messages` must be an array",
-            Some("messages"),
-        ));
-    };
+    let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
     let mut system: Vec<Value> = Vec::new();
     let mut contents = Turns::default();
     // Tool call id → function name, for the `functionResponse` parts that answer them.
@@ -130,20 +123,12 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
             json!([{"functionDeclarations": declarations}]),
         );
     }
-    let calling = match req.get("tool_choice") {
-        Some(Value::String(s)) if s == "auto" => Some(json!({"mode": "AUTO"})),
-        Some(Value::String(s)) if s == "required" => Some(json!({"mode": "ANY"})),
-        Some(Value::String(s)) if s == "none" => Some(json!({"mode": "NONE"})),
-        Some(Value::Object(o)) => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            Some(json!({"mode": "ANY", "allowedFunctionNames": [name]}))
-        }
-        _ => None,
-    };
+    let calling = openai::tool_choice(&req).map(|choice| match choice {
+        ToolChoice::Auto => json!({"mode": "AUTO"}),
+        ToolChoice::Required => json!({"mode": "ANY"}),
+        ToolChoice::None => json!({"mode": "NONE"}),
+        ToolChoice::Function(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+    });
     if let Some(calling) = calling {
         out.insert(
             "toolConfig".into(),
@@ -229,12 +214,7 @@ pub fn response(body: Bytes) -> Bytes {
     let candidate = doc.pointer("/candidates/0").unwrap_or(&Value::Null);
     let mut text = String::new();
     let mut calls = Vec::new();
-    for part in candidate
-        .pointer("/content/parts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for part in openai::array_at(candidate, "/content/parts") {
         if part.get("thought") == Some(&Value::Bool(true)) {
             continue;
         }
@@ -366,12 +346,7 @@ impl StreamTranslator for StreamToOpenAi {
             self.usage = u.clone();
         }
         let candidate = doc.pointer("/candidates/0").unwrap_or(&Value::Null);
-        for part in candidate
-            .pointer("/content/parts")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for part in openai::array_at(candidate, "/content/parts") {
             if part.get("thought") == Some(&Value::Bool(true)) {
                 continue;
             }

@@ -236,11 +236,25 @@ pub fn tool_call_arguments(index: usize, partial: Value) -> Value {
 }
 
 /// OpenAI's usage for a provider whose input count leaves out both cache parts (Anthropic,
-/// Bedrock); `keys` name its input, output, cache-read and cache-write counts in `u`.
-pub fn usage_from_split(u: &Value, keys: [&str; 4]) -> Value {
+/// Bedrock): `tokens` names its input and output counts in `u`, `cache` its cache-read and
+/// cache-write counts.
+pub fn usage_from_split(u: &Value, tokens: [&str; 2], cache: [&str; 2]) -> Value {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let [input, output, read, write] = keys.map(n);
+    let ([input, output], [read, write]) = (tokens.map(n), cache.map(n));
     usage(input + read + write, output, read, Some(write))
+}
+
+/// OpenAI's `finish_reason` for a Messages-style stop reason (Anthropic's, Bedrock's):
+/// `max_tokens` → `length`, `tool_use` → `tool_calls`, any of `filtered` → `content_filter`,
+/// anything else → `stop`.
+pub fn finish_from_stop(stop: Option<&str>, filtered: &[&str]) -> Value {
+    match stop {
+        None => Value::Null,
+        Some("max_tokens") => "length".into(),
+        Some("tool_use") => "tool_calls".into(),
+        Some(s) if filtered.contains(&s) => "content_filter".into(),
+        Some(_) => "stop".into(),
+    }
 }
 
 /// OpenAI's usage object. `prompt` is the whole prompt, cached parts included; the cache read
@@ -272,6 +286,32 @@ pub fn message(text: String, calls: Vec<Value>) -> Value {
         message["tool_calls"] = Value::Array(calls);
     }
     message
+}
+
+/// What one content block of a provider's answer adds to OpenAI's message: text, a tool
+/// call, both or neither (reasoning, types the gateway does not translate).
+#[derive(Debug, Default)]
+pub struct Block<'a> {
+    pub text: Option<&'a str>,
+    pub call: Option<Value>,
+}
+
+/// The assistant message for a provider's answer blocks; `read` gets each block and the
+/// number of tool calls before it.
+pub fn message_of<'a>(
+    blocks: impl Iterator<Item = &'a Value>,
+    read: impl Fn(&'a Value, usize) -> Block<'a>,
+) -> Value {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in blocks {
+        let Block { text: t, call } = read(block, calls.len());
+        if let Some(t) = t {
+            text.push_str(t);
+        }
+        calls.extend(call);
+    }
+    message(text, calls)
 }
 
 /// A complete chat completion.
@@ -373,6 +413,29 @@ impl Chunks {
         });
         write_event(out, None, &chunk);
         out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+}
+
+/// The tool calls of a stream whose provider numbers its content blocks (Anthropic,
+/// Bedrock): which block each call was opened in, so that argument deltas, which name only
+/// the block, reach the right call.
+#[derive(Debug, Default)]
+pub struct ToolBlocks(Vec<(u64, usize)>);
+
+impl ToolBlocks {
+    /// A tool use opened at block `index`: writes the call's first chunk (its id and name).
+    pub fn start(&mut self, chunks: &Chunks, out: &mut BytesMut, index: u64, block: [Value; 2]) {
+        let call = self.0.len();
+        self.0.push((index, call));
+        let [id, name] = block;
+        chunks.write(out, tool_call_start(call, id, name), Value::Null);
+    }
+
+    /// More arguments of the call opened at block `index`; nothing for an unknown block.
+    pub fn arguments(&self, chunks: &Chunks, out: &mut BytesMut, index: u64, partial: Value) {
+        if let Some(&(_, call)) = self.0.iter().find(|(b, _)| *b == index) {
+            chunks.write(out, tool_call_arguments(call, partial), Value::Null);
+        }
     }
 }
 

@@ -19,7 +19,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks, ToolChoice, Turns};
+use super::openai::{self, Block, Chunks, ToolBlocks, ToolChoice, Turns};
 use super::{StreamTranslator, TranslateError, text_of};
 
 /// `max_tokens` sent when the client gave none (Anthropic requires one).
@@ -148,26 +148,13 @@ fn image_block(url: &str) -> Value {
 
 /// OpenAI's `finish_reason` for Anthropic's `stop_reason`.
 fn finish_reason(stop_reason: Option<&str>) -> Value {
-    match stop_reason {
-        None => Value::Null,
-        Some("max_tokens") => "length".into(),
-        Some("tool_use") => "tool_calls".into(),
-        Some("refusal") => "content_filter".into(),
-        Some(_) => "stop".into(),
-    }
+    openai::finish_from_stop(stop_reason, &["refusal"])
 }
 
 /// OpenAI's usage object for Anthropic's (whose `input_tokens` leave out both cache parts).
 fn usage(u: &Value) -> Value {
-    openai::usage_from_split(
-        u,
-        [
-            "input_tokens",
-            "output_tokens",
-            "cache_read_input_tokens",
-            "cache_creation_input_tokens",
-        ],
-    )
+    let cache = ["cache_read_input_tokens", "cache_creation_input_tokens"];
+    openai::usage_from_split(u, ["input_tokens", "output_tokens"], cache)
 }
 
 /// The OpenAI chat completion for an Anthropic message; the input unchanged if it is not one
@@ -176,23 +163,28 @@ pub fn response(body: Bytes) -> Bytes {
     let Some(msg) = openai::answer_object(&body) else {
         return body;
     };
-    let mut text = String::new();
-    let mut calls = Vec::new();
-    for block in openai::array_at(&msg, "/content") {
+    let message = openai::message_of(openai::array_at(&msg, "/content"), |block, _| {
+        let field = |k: &str| block.get(k).cloned().unwrap_or(Value::Null);
         match block.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => calls.push(openai::tool_call(
-                block.get("id").cloned().unwrap_or(Value::Null),
-                block.get("name").cloned().unwrap_or(Value::Null),
-                block.get("input"),
-            )),
-            _ => {}
+            Some("text") => Block {
+                text: Some(block.get("text").and_then(Value::as_str).unwrap_or("")),
+                call: None,
+            },
+            Some("tool_use") => Block {
+                text: None,
+                call: Some(openai::tool_call(
+                    field("id"),
+                    field("name"),
+                    block.get("input"),
+                )),
+            },
+            _ => Block::default(),
         }
-    }
+    });
     openai::completion(
         msg.get("id").cloned().unwrap_or(Value::Null),
         msg.get("model").cloned().unwrap_or(Value::Null),
-        openai::message(text, calls),
+        message,
         finish_reason(msg.get("stop_reason").and_then(Value::as_str)),
         usage(msg.get("usage").unwrap_or(&Value::Null)),
     )
@@ -251,7 +243,7 @@ pub struct StreamToOpenAi {
     chunks: Chunks,
     usage: Value,
     /// Anthropic's content block index → OpenAI tool call index, for `tool_use` blocks.
-    tool_blocks: Vec<(u64, usize)>,
+    tool_blocks: ToolBlocks,
     finished: bool,
 }
 
@@ -299,17 +291,10 @@ impl StreamTranslator for StreamToOpenAi {
             Some("content_block_start") => {
                 let block = ev.get("content_block").unwrap_or(&Value::Null);
                 if block.get("type").and_then(Value::as_str) == Some("tool_use") {
-                    let call = self.tool_blocks.len();
-                    self.tool_blocks.push((index, call));
-                    self.chunks.write(
-                        out,
-                        openai::tool_call_start(
-                            call,
-                            block.get("id").cloned().unwrap_or(Value::Null),
-                            block.get("name").cloned().unwrap_or(Value::Null),
-                        ),
-                        Value::Null,
-                    );
+                    let field = |k: &str| block.get(k).cloned().unwrap_or(Value::Null);
+                    let id_and_name = [field("id"), field("name")];
+                    self.tool_blocks
+                        .start(&self.chunks, out, index, id_and_name);
                 }
             }
             Some("content_block_delta") => {
@@ -321,16 +306,9 @@ impl StreamTranslator for StreamToOpenAi {
                             .write(out, json!({"content": text}), Value::Null);
                     }
                     Some("input_json_delta") => {
-                        let Some(&(_, call)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
-                        else {
-                            return;
-                        };
                         let partial = delta.get("partial_json").cloned().unwrap_or_default();
-                        self.chunks.write(
-                            out,
-                            openai::tool_call_arguments(call, partial),
-                            Value::Null,
-                        );
+                        self.tool_blocks
+                            .arguments(&self.chunks, out, index, partial);
                     }
                     _ => {}
                 }

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks, ToolChoice, Turns};
+use super::openai::{self, Block, Chunks, ToolBlocks, ToolChoice, Turns};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
@@ -142,26 +142,13 @@ fn image_block(url: &str) -> Option<Value> {
 }
 
 fn finish_reason(stop: Option<&str>) -> Value {
-    match stop {
-        None => Value::Null,
-        Some("max_tokens") => "length".into(),
-        Some("tool_use") => "tool_calls".into(),
-        Some("guardrail_intervened" | "content_filtered") => "content_filter".into(),
-        Some(_) => "stop".into(),
-    }
+    openai::finish_from_stop(stop, &["guardrail_intervened", "content_filtered"])
 }
 
 /// OpenAI's usage object for Converse's (whose `inputTokens` leave out both cache parts).
 fn usage(u: &Value) -> Value {
-    openai::usage_from_split(
-        u,
-        [
-            "inputTokens",
-            "outputTokens",
-            "cacheReadInputTokens",
-            "cacheWriteInputTokens",
-        ],
-    )
+    let cache = ["cacheReadInputTokens", "cacheWriteInputTokens"];
+    openai::usage_from_split(u, ["inputTokens", "outputTokens"], cache)
 }
 
 /// The OpenAI chat completion for a Converse answer; the input unchanged if it is not one.
@@ -169,24 +156,18 @@ pub fn response(body: Bytes) -> Bytes {
     let Some(doc) = openai::answer_object(&body) else {
         return body;
     };
-    let mut text = String::new();
-    let mut calls = Vec::new();
-    for block in openai::array_at(&doc, "/output/message/content") {
-        if let Some(t) = block.get("text").and_then(Value::as_str) {
-            text.push_str(t);
-        }
-        if let Some(tool) = block.get("toolUse") {
-            calls.push(openai::tool_call(
-                tool.get("toolUseId").cloned().unwrap_or(Value::Null),
-                tool.get("name").cloned().unwrap_or(Value::Null),
-                tool.get("input"),
-            ));
-        }
-    }
+    let blocks = openai::array_at(&doc, "/output/message/content");
+    let message = openai::message_of(blocks, |block, _| Block {
+        text: block.get("text").and_then(Value::as_str),
+        call: block.get("toolUse").map(|tool| {
+            let field = |k: &str| tool.get(k).cloned().unwrap_or(Value::Null);
+            openai::tool_call(field("toolUseId"), field("name"), tool.get("input"))
+        }),
+    });
     openai::completion(
         BEDROCK_ID.into(),
         Value::Null,
-        openai::message(text, calls),
+        message,
         finish_reason(doc.get("stopReason").and_then(Value::as_str)),
         usage(doc.get("usage").unwrap_or(&Value::Null)),
     )
@@ -218,7 +199,7 @@ pub fn error(status: StatusCode, body: Bytes) -> Bytes {
 pub struct StreamToOpenAi {
     chunks: Chunks,
     /// Converse content block index → OpenAI tool call index.
-    tool_blocks: Vec<(u64, usize)>,
+    tool_blocks: ToolBlocks,
     stopped: bool,
     usage: Value,
     failed: bool,
@@ -228,7 +209,7 @@ impl StreamToOpenAi {
     pub fn new(model: &str) -> Self {
         Self {
             chunks: Chunks::new(BEDROCK_ID.into(), model.into()),
-            tool_blocks: Vec::new(),
+            tool_blocks: ToolBlocks::default(),
             stopped: false,
             usage: Value::Null,
             failed: false,
@@ -247,17 +228,10 @@ impl StreamTranslator for StreamToOpenAi {
             Some("messageStart") => self.chunks.write_role(out),
             Some("contentBlockStart") => {
                 if let Some(tool) = ev.pointer("/start/toolUse") {
-                    let call = self.tool_blocks.len();
-                    self.tool_blocks.push((index, call));
-                    self.chunks.write(
-                        out,
-                        openai::tool_call_start(
-                            call,
-                            tool.get("toolUseId").cloned().unwrap_or(Value::Null),
-                            tool.get("name").cloned().unwrap_or(Value::Null),
-                        ),
-                        Value::Null,
-                    );
+                    let field = |k: &str| tool.get(k).cloned().unwrap_or(Value::Null);
+                    let id_and_name = [field("toolUseId"), field("name")];
+                    self.tool_blocks
+                        .start(&self.chunks, out, index, id_and_name);
                 }
             }
             Some("contentBlockDelta") => {
@@ -266,13 +240,9 @@ impl StreamTranslator for StreamToOpenAi {
                         .write(out, json!({"content": text}), Value::Null);
                 } else if let Some(input) =
                     ev.pointer("/delta/toolUse/input").and_then(Value::as_str)
-                    && let Some(&(_, call)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
                 {
-                    self.chunks.write(
-                        out,
-                        openai::tool_call_arguments(call, input.into()),
-                        Value::Null,
-                    );
+                    self.tool_blocks
+                        .arguments(&self.chunks, out, index, input.into());
                 }
             }
             Some("messageStop") => {

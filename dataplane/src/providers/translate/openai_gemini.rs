@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks, ToolChoice, Turns};
+use super::openai::{self, Block, Chunks, ToolChoice, Turns};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
@@ -212,26 +212,23 @@ pub fn response(body: Bytes) -> Bytes {
         return body;
     };
     let candidate = doc.pointer("/candidates/0").unwrap_or(&Value::Null);
-    let mut text = String::new();
-    let mut calls = Vec::new();
-    for part in openai::array_at(candidate, "/content/parts") {
+    let parts = openai::array_at(candidate, "/content/parts");
+    let mut message = openai::message_of(parts, |part, calls| {
         if part.get("thought") == Some(&Value::Bool(true)) {
-            continue;
+            return Block::default();
         }
-        if let Some(t) = part.get("text").and_then(Value::as_str) {
-            text.push_str(t);
+        Block {
+            text: part.get("text").and_then(Value::as_str),
+            call: part.get("functionCall").map(|c| tool_call(c, calls, false)),
         }
-        if let Some(call) = part.get("functionCall") {
-            calls.push(tool_call(call, calls.len(), false));
-        }
-    }
+    });
+    let called_tools = message.get("tool_calls").is_some();
     let finish = match candidate.get("finishReason").and_then(Value::as_str) {
-        Some(reason) => finish_reason(reason, !calls.is_empty()),
+        Some(reason) => finish_reason(reason, called_tools),
         // No candidate at all: the prompt itself was blocked.
         None if doc.pointer("/promptFeedback/blockReason").is_some() => "content_filter".into(),
         None => "stop".into(),
     };
-    let mut message = openai::message(text, calls);
     if finish == "content_filter" && message["content"] == "" {
         message["content"] = Value::Null;
     }

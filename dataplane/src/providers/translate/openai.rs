@@ -439,6 +439,38 @@ impl ToolBlocks {
     }
 }
 
+/// The end of a translated stream whose provider reports usage before its last event and may
+/// fail mid-stream (Gemini, Bedrock).
+#[derive(Debug, Default)]
+pub struct Ending {
+    /// The provider's latest usage object.
+    pub usage: Value,
+    failed: bool,
+}
+
+impl Ending {
+    /// The upstream reported an error mid-stream: an error event now, and no `[DONE]` later.
+    pub fn fail(&mut self, out: &mut BytesMut, message: &str) {
+        write_stream_error(out, message, "api_error", Value::Null);
+        self.failed = true;
+    }
+
+    /// The upstream stream ended: if it `completed` without failing, the usage chunk
+    /// (`usage` turns the provider's object into OpenAI's) and `[DONE]`.
+    pub fn finish(
+        &self,
+        chunks: &Chunks,
+        out: &mut BytesMut,
+        completed: bool,
+        usage: fn(&Value) -> Value,
+    ) {
+        if self.failed || !completed {
+            return;
+        }
+        chunks.write_usage_and_done(out, usage(&self.usage));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

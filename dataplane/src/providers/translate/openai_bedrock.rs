@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Block, Chunks, ToolBlocks, ToolChoice, Turns};
+use super::openai::{self, Block, Chunks, Ending, ToolBlocks, ToolChoice, Turns};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
@@ -201,8 +201,7 @@ pub struct StreamToOpenAi {
     /// Converse content block index → OpenAI tool call index.
     tool_blocks: ToolBlocks,
     stopped: bool,
-    usage: Value,
-    failed: bool,
+    ending: Ending,
 }
 
 impl StreamToOpenAi {
@@ -211,8 +210,7 @@ impl StreamToOpenAi {
             chunks: Chunks::new(BEDROCK_ID.into(), model.into()),
             tool_blocks: ToolBlocks::default(),
             stopped: false,
-            usage: Value::Null,
-            failed: false,
+            ending: Ending::default(),
         }
     }
 }
@@ -252,23 +250,18 @@ impl StreamTranslator for StreamToOpenAi {
             }
             Some("metadata") => {
                 if let Some(u) = ev.get("usage") {
-                    self.usage = u.clone();
+                    self.ending.usage = u.clone();
                 }
             }
             Some("exception") => {
-                let message = openai::stream_error_message(&ev);
-                openai::write_stream_error(out, message, "api_error", Value::Null);
-                self.failed = true;
+                self.ending.fail(out, openai::stream_error_message(&ev));
             }
             _ => {}
         }
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
-        if self.failed || !self.stopped {
-            return;
-        }
-        self.chunks.write_usage_and_done(out, usage(&self.usage));
+        self.ending.finish(&self.chunks, out, self.stopped, usage);
     }
 }
 

@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Block, Chunks, ToolChoice, Turns};
+use super::openai::{self, Block, Chunks, Ending, ToolChoice, Turns};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
@@ -297,8 +297,7 @@ pub struct StreamToOpenAi {
     chunks: Chunks,
     started: bool,
     calls: usize,
-    usage: Value,
-    failed: bool,
+    ending: Ending,
 }
 
 impl Default for StreamToOpenAi {
@@ -313,8 +312,7 @@ impl StreamToOpenAi {
             chunks: Chunks::new(Value::Null, Value::Null),
             started: false,
             calls: 0,
-            usage: Value::Null,
-            failed: false,
+            ending: Ending::default(),
         }
     }
 }
@@ -325,9 +323,7 @@ impl StreamTranslator for StreamToOpenAi {
             return;
         };
         if let Some(error) = doc.get("error") {
-            let message = openai::stream_error_message(error);
-            openai::write_stream_error(out, message, "api_error", Value::Null);
-            self.failed = true;
+            self.ending.fail(out, openai::stream_error_message(error));
             return;
         }
         if !self.started {
@@ -340,7 +336,7 @@ impl StreamTranslator for StreamToOpenAi {
             self.chunks.write_role(out);
         }
         if let Some(u) = doc.get("usageMetadata").filter(|u| u.is_object()) {
-            self.usage = u.clone();
+            self.ending.usage = u.clone();
         }
         let candidate = doc.pointer("/candidates/0").unwrap_or(&Value::Null);
         for part in openai::array_at(candidate, "/content/parts") {
@@ -370,10 +366,7 @@ impl StreamTranslator for StreamToOpenAi {
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
-        if self.failed || !self.started {
-            return;
-        }
-        self.chunks.write_usage_and_done(out, usage(&self.usage));
+        self.ending.finish(&self.chunks, out, self.started, usage);
     }
 }
 

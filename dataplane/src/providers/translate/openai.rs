@@ -10,7 +10,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 
-use super::{TranslateError, now_secs, write_event};
+use super::{TranslateError, now_secs, text_of, write_event};
 
 /// Each part of an OpenAI message's `content` (a string, or a list of `text` and `image_url`
 /// parts) in the provider's form: `text` gets the text value, `image` the image's URL (a
@@ -58,12 +58,65 @@ pub fn stop_sequences(req: &Map<String, Value>) -> Option<Value> {
     }
 }
 
+/// A tool message's `tool_call_id` (empty when it has none).
+pub fn tool_call_id(message: &Value) -> &str {
+    message
+        .get("tool_call_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
 /// The refusal of a message whose role no provider turn can hold.
 pub fn unsupported_role(index: usize, role: &str) -> TranslateError {
     TranslateError::new(
         format!("messages[{index}].role: unsupported role {role:?}"),
         Some("messages"),
     )
+}
+
+/// The role of an OpenAI chat message that becomes part of a provider turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+    /// `tool` (or the legacy `function`): a tool result.
+    Tool,
+}
+
+/// A request's messages as a provider conversation: system and developer texts become
+/// `system` parts (through `system_part`; empty ones are left out), every other message a
+/// turn through `turn`, which gets its index, role, the message and its `content`.
+pub fn conversation(
+    messages: &[Value],
+    system_part: impl Fn(String) -> Value,
+    mut turn: impl FnMut(
+        usize,
+        Role,
+        &Value,
+        &Value,
+    ) -> Result<(&'static str, Vec<Value>), TranslateError>,
+) -> Result<(Vec<Value>, Turns), TranslateError> {
+    let mut system = Vec::new();
+    let mut turns = Turns::default();
+    for (i, m) in messages.iter().enumerate() {
+        let content = m.get("content").unwrap_or(&Value::Null);
+        let role = match m.get("role").and_then(Value::as_str).unwrap_or_default() {
+            "system" | "developer" => {
+                let text = text_of(content);
+                if !text.is_empty() {
+                    system.push(system_part(text));
+                }
+                continue;
+            }
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" | "function" => Role::Tool,
+            other => return Err(unsupported_role(i, other)),
+        };
+        let (role, parts) = turn(i, role, m, content)?;
+        turns.push(role, parts);
+    }
+    Ok((system, turns))
 }
 
 /// Provider turns built from OpenAI messages in order. Anthropic, Gemini and Bedrock want

@@ -19,7 +19,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Block, Chunks, ToolBlocks, ToolChoice, Turns};
+use super::openai::{self, Block, Chunks, Role, ToolBlocks, ToolChoice};
 use super::{StreamTranslator, TranslateError, text_of};
 
 /// `max_tokens` sent when the client gave none (Anthropic requires one).
@@ -30,45 +30,25 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
     let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
-    let mut system: Vec<Value> = Vec::new();
-    let mut turns = Turns::default();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        let content = m.get("content").unwrap_or(&Value::Null);
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                let text = text_of(content);
-                if !text.is_empty() {
-                    system.push(json!({"type": "text", "text": text}));
-                }
-                continue;
-            }
-            "user" => ("user", content_blocks(content, i)?),
-            "assistant" => {
+    let system_part = |text| json!({"type": "text", "text": text});
+    let (system, turns) = openai::conversation(&messages, system_part, |i, role, m, content| {
+        Ok(match role {
+            Role::User => ("user", content_blocks(content, i)?),
+            Role::Assistant => {
                 let mut blocks = content_blocks(content, i)?;
                 blocks.extend(openai::tool_calls(m).map(|call| {
                     json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.input})
                 }));
                 ("assistant", blocks)
             }
-            "tool" | "function" => {
-                let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                (
-                    "user",
-                    vec![json!({
-                        "type": "tool_result",
-                        "tool_use_id": id,
-                        "content": text_of(content),
-                    })],
-                )
+            Role::Tool => {
+                let id = openai::tool_call_id(m);
+                let result =
+                    json!({"type": "tool_result", "tool_use_id": id, "content": text_of(content)});
+                ("user", vec![result])
             }
-            other => return Err(openai::unsupported_role(i, other)),
-        };
-        turns.push(role, blocks);
-    }
+        })
+    })?;
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Block, Chunks, Ending, ToolBlocks, ToolChoice, Turns};
+use super::openai::{self, Block, Chunks, Ending, Role, ToolBlocks, ToolChoice};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
@@ -30,38 +30,26 @@ const BEDROCK_ID: &str = "chatcmpl-bedrock";
 /// The Converse request for an OpenAI chat completion request.
 pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
-    let mut system: Vec<Value> = Vec::new();
-    let mut turns = Turns::default();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        let content = m.get("content").unwrap_or(&Value::Null);
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                let text = text_of(content);
-                if !text.is_empty() {
-                    system.push(json!({"text": text}));
-                }
-                continue;
-            }
-            "user" => ("user", blocks_of(content, i)?),
-            "assistant" => {
+    let system_part = |text| json!({"text": text});
+    let (system, turns) = openai::conversation(&messages, system_part, |i, role, m, content| {
+        Ok(match role {
+            Role::User => ("user", blocks_of(content, i)?),
+            Role::Assistant => {
                 let mut blocks = blocks_of(content, i)?;
                 blocks.extend(openai::tool_calls(m).map(|call| {
                     json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.input}})
                 }));
                 ("assistant", blocks)
             }
-            "tool" | "function" => (
+            Role::Tool => (
                 "user",
                 vec![json!({"toolResult": {
                     "toolUseId": m.get("tool_call_id").cloned().unwrap_or(Value::Null),
                     "content": [{"text": text_of(content)}],
                 }})],
             ),
-            other => return Err(openai::unsupported_role(i, other)),
-        };
-        turns.push(role, blocks);
-    }
+        })
+    })?;
     let mut out = Map::new();
     out.insert("messages".into(), turns.into_value("content"));
     if !system.is_empty() {

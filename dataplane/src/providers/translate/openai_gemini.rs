@@ -24,63 +24,50 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Block, Chunks, Ending, ToolChoice, Turns};
+use super::openai::{self, Block, Chunks, Ending, Role, ToolChoice};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
 /// The Gemini `generateContent` request for an OpenAI chat completion request.
 pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
-    let mut system: Vec<Value> = Vec::new();
-    let mut contents = Turns::default();
     // Tool call id → function name, for the `functionResponse` parts that answer them.
     let mut call_names: HashMap<String, Value> = HashMap::new();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        let content = m.get("content").unwrap_or(&Value::Null);
-        let (role, parts) = match role {
-            "system" | "developer" => {
-                let text = text_of(content);
-                if !text.is_empty() {
-                    system.push(json!({"text": text}));
-                }
-                continue;
-            }
-            "user" => ("user", parts_of(content, i)?),
-            "assistant" => {
-                let mut parts = parts_of(content, i)?;
-                for call in openai::tool_calls(m) {
-                    if let Some(id) = call.id.as_str() {
-                        call_names.insert(id.to_owned(), call.name.clone());
+    let system_part = |text| json!({"text": text});
+    let (system, contents) =
+        openai::conversation(&messages, system_part, |i, role, m, content| {
+            Ok(match role {
+                Role::User => ("user", parts_of(content, i)?),
+                Role::Assistant => {
+                    let mut parts = parts_of(content, i)?;
+                    for call in openai::tool_calls(m) {
+                        if let Some(id) = call.id.as_str() {
+                            call_names.insert(id.to_owned(), call.name.clone());
+                        }
+                        parts
+                            .push(json!({"functionCall": {"name": call.name, "args": call.input}}));
                     }
-                    parts.push(json!({"functionCall": {"name": call.name, "args": call.input}}));
+                    ("model", parts)
                 }
-                ("model", parts)
-            }
-            "tool" | "function" => {
-                let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let name = call_names
-                    .get(id)
-                    .cloned()
-                    .or_else(|| m.get("name").cloned())
-                    .unwrap_or_else(|| Value::String(id.to_owned()));
-                let text = text_of(content);
-                let response = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .filter(Value::is_object)
-                    .unwrap_or_else(|| json!({"content": text}));
-                (
-                    "user",
-                    vec![json!({"functionResponse": {"name": name, "response": response}})],
-                )
-            }
-            other => return Err(openai::unsupported_role(i, other)),
-        };
-        contents.push(role, parts);
-    }
+                Role::Tool => {
+                    let id = openai::tool_call_id(m);
+                    let name = call_names
+                        .get(id)
+                        .cloned()
+                        .or_else(|| m.get("name").cloned())
+                        .unwrap_or_else(|| Value::String(id.to_owned()));
+                    let text = text_of(content);
+                    let response = serde_json::from_str::<Value>(&text)
+                        .ok()
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({"content": text}));
+                    (
+                        "user",
+                        vec![json!({"functionResponse": {"name": name, "response": response}})],
+                    )
+                }
+            })
+        })?;
     let mut out = Map::new();
     out.insert("contents".into(), contents.into_value("parts"));
     if !system.is_empty() {

@@ -95,10 +95,11 @@ impl<F: Framing, T: StreamTranslator> Body for Translated<F, T> {
     type Error = BodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
+        // Every field is `Unpin` (the upstream is boxed).
+        let this = self.get_mut();
         loop {
             if this.done {
                 return Poll::Ready(None);

@@ -353,7 +353,7 @@ impl AttemptResult {
 ///
 /// The table is indexed by the kind's position in [`ProviderKind`], so a new provider kind
 /// needs no line here; it has room for more kinds than exist, and a kind past it is still
-/// counted, through the registry lookup.
+/// counted, through the recorder's own lookup.
 pub fn count_attempt(provider: ProviderKind, result: AttemptResult) {
     const PROVIDERS: usize = 8;
     static TABLE: Table<Counter, { PROVIDERS * AttemptResult::COUNT }> = Table::new();

@@ -41,15 +41,10 @@ use crate::fleet::prefix::PrefixIndex;
 use crate::limits::{LocalLimitState, Scope, Subject};
 use crate::metrics::ModelMetrics;
 use crate::providers::ProviderAdaptor;
-use crate::providers::anthropic::AnthropicAdaptor;
-use crate::providers::azure::AzureAdaptor;
-use crate::providers::bedrock::BedrockAdaptor;
 use crate::providers::bedrock::sigv4::Credentials;
 use crate::providers::client::HttpClient;
-use crate::providers::gemini::GeminiAdaptor;
 use crate::providers::keyring::KeyRing;
-use crate::providers::mock::MockAdaptor;
-use crate::providers::openai::OpenAiAdaptor;
+use crate::providers::registry;
 use crate::request::json_string_literal;
 
 mod affinity;
@@ -264,35 +259,6 @@ impl Catalog {
     }
 }
 
-/// The adaptor of one provider with one credential.
-fn build_adaptor(
-    p: &switchboard_shared::snapshot::Provider,
-    client: &HttpClient,
-    api_key: Option<&str>,
-    aws: &Credentials,
-) -> Result<Arc<dyn ProviderAdaptor>, String> {
-    let base = p.base_url.as_deref().unwrap_or_default();
-    Ok(match p.kind {
-        ProviderKind::Mock => Arc::new(MockAdaptor),
-        ProviderKind::Openai => Arc::new(OpenAiAdaptor::new(client, base, api_key)?),
-        ProviderKind::Anthropic => Arc::new(AnthropicAdaptor::new(client, base, api_key)?),
-        ProviderKind::Gemini => Arc::new(GeminiAdaptor::new(client, base, api_key)?),
-        ProviderKind::Bedrock => {
-            let region = p.region.as_deref().unwrap_or_default();
-            Arc::new(BedrockAdaptor::new(
-                client,
-                p.base_url.as_deref(),
-                region,
-                aws.clone(),
-            )?)
-        }
-        ProviderKind::Azure => {
-            let version = p.api_version.as_deref().unwrap_or_default();
-            Arc::new(AzureAdaptor::new(client, base, version, api_key)?)
-        }
-    })
-}
-
 /// The previous catalog's mutable state, indexed by id for the build of its successor.
 #[derive(Default)]
 struct Carryover<'a> {
@@ -452,7 +418,7 @@ fn build_provider(
         let Ok(api_key) = resolve(problems, path, secret) else {
             continue;
         };
-        match build_adaptor(p, ctx.client, api_key.as_deref(), &aws) {
+        match registry::build(p, ctx.client, api_key.as_deref(), &aws) {
             Ok(adaptor) => built.push((adaptor, weight)),
             Err(message) => problems.push(Problem {
                 path: format!("providers[{i}]"),

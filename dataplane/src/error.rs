@@ -234,15 +234,12 @@ impl ApiError {
 
     /// Anthropic's error `type` for this failure (the `/v1/messages` route's shape).
     pub fn anthropic_type(&self) -> &'static str {
-        crate::providers::translate::anthropic_openai::error_type(self.status())
+        anthropic_error_type(self.status())
     }
 
     /// The Anthropic-shape JSON body: `{"type":"error","error":{"type","message"}}`.
     pub fn anthropic_body(&self) -> Vec<u8> {
-        crate::providers::translate::anthropic_openai::error_body(
-            self.anthropic_type(),
-            &self.to_string(),
-        )
+        anthropic_error_body(self.anthropic_type(), &self.to_string())
     }
 
     /// The OpenAI-shape JSON body.
@@ -268,6 +265,32 @@ impl ApiError {
         };
         serde_json::to_vec(&envelope).unwrap_or_default()
     }
+}
+
+/// Anthropic's error `type` for an HTTP status. The gateway's own errors on `/v1/messages`
+/// and the translation of upstream errors for Anthropic clients
+/// ([`crate::providers::translate::anthropic_openai`]) share it, so it lives here, below both.
+pub fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 405 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        _ => "api_error",
+    }
+}
+
+/// An Anthropic error body: `{"type":"error","error":{"type","message"}}`.
+pub fn anthropic_error_body(kind: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &serde_json::json!({"type": "error", "error": {"type": kind, "message": message}}),
+    )
+    .unwrap_or_default()
 }
 
 impl IntoResponse for ApiError {

@@ -9,23 +9,20 @@
 //! retried elsewhere, 429 cools the deployment for `retry-after`, 401/403 take it out, and
 //! 400/404/413 (context length, unknown model, too large) go back to the client translated.
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use http_body_util::BodyExt;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::client::{self, HttpClient};
+use super::chat_only::not_served;
+use super::common::{self, EVENT_STREAM, Http};
 use super::ratelimit::UpstreamRateLimits;
-use super::translate::{self, TranslateError, anthropic_openai, openai_anthropic};
+use super::registry::Setup;
+use super::translate::{self, openai_anthropic};
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 /// The API version the gateway speaks (the only stable one Anthropic has published).
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
-static JSON: HeaderValue = HeaderValue::from_static("application/json");
-static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
 static VERSION: HeaderValue = HeaderValue::from_static(ANTHROPIC_VERSION);
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
@@ -33,35 +30,18 @@ const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-
 /// An Anthropic provider.
 #[derive(Debug)]
 pub struct AnthropicAdaptor {
-    upstream: client::Upstream,
+    /// With `x-api-key: <key>`.
+    http: Http,
     messages_path: String,
-    /// The API key, marked sensitive so that it is never printed.
-    api_key: Option<HeaderValue>,
 }
 
 impl AnthropicAdaptor {
     /// `base_url` includes the version path (`https://api.anthropic.com/v1`).
-    pub fn new(client: &HttpClient, base_url: &str, api_key: Option<&str>) -> Result<Self, String> {
-        let base: Uri = base_url
-            .parse()
-            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
-        let upstream = client
-            .upstream(&base)
-            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
-        let api_key = match api_key {
-            None => None,
-            Some(key) => {
-                let mut value = HeaderValue::from_str(key).map_err(|_| {
-                    "the API key contains characters not allowed in a header".to_owned()
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
+    pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
+        let http = setup.http(X_API_KEY, "")?;
         Ok(Self {
-            upstream,
-            messages_path: format!("{}/messages", base.path().trim_end_matches('/')),
-            api_key,
+            messages_path: format!("{}/messages", http.base_path),
+            http,
         })
     }
 
@@ -71,26 +51,11 @@ impl AnthropicAdaptor {
         stream: bool,
         request_id: &str,
     ) -> Result<UpstreamResponse, SendError> {
-        let request_id = HeaderValue::from_str(request_id).ok();
-        let mut headers: Vec<(HeaderName, &HeaderValue)> = Vec::with_capacity(5);
-        headers.push((CONTENT_TYPE, &JSON));
-        headers.push((ACCEPT, if stream { &EVENT_STREAM } else { &JSON }));
-        headers.push((ANTHROPIC_VERSION_HEADER, &VERSION));
-        if let Some(key) = &self.api_key {
-            headers.push((X_API_KEY, key));
-        }
-        if let Some(id) = &request_id {
-            headers.push((HeaderName::from_static("x-request-id"), id));
-        }
-        let response = self
-            .upstream
-            .post(&self.messages_path, &headers, body)
-            .await?;
-        Ok(UpstreamResponse {
-            status: response.status,
-            headers: response.headers,
-            body: response.body.boxed(),
-        })
+        let version = [(ANTHROPIC_VERSION_HEADER, &VERSION)];
+        let accept = common::accept(stream, &EVENT_STREAM);
+        self.http
+            .post(&self.messages_path, accept, version, Some(request_id), body)
+            .await
     }
 }
 
@@ -124,16 +89,9 @@ impl ProviderAdaptor for AnthropicAdaptor {
                         openai_anthropic::error,
                     ))
                 }
-                Endpoint::Completions | Endpoint::Embeddings => Ok(translate::refusal(
-                    request.endpoint,
-                    &TranslateError::new(
-                        format!(
-                            "Anthropic deployments do not serve the {} API",
-                            request.endpoint.as_str()
-                        ),
-                        None,
-                    ),
-                )),
+                Endpoint::Completions | Endpoint::Embeddings => {
+                    Ok(not_served("Anthropic", request.endpoint))
+                }
             }
         }
         .boxed()
@@ -142,29 +100,4 @@ impl ProviderAdaptor for AnthropicAdaptor {
     fn rate_limits(&self, headers: &HeaderMap) -> Option<UpstreamRateLimits> {
         UpstreamRateLimits::from_anthropic_headers(headers, chrono::Utc::now())
     }
-}
-
-/// Wraps an OpenAI-format answer for a `/v1/messages` client (used by every OpenAI-compatible
-/// adaptor).
-pub fn openai_answer_for_messages(response: UpstreamResponse, stream: bool) -> UpstreamResponse {
-    translate::wrap(
-        response,
-        stream,
-        anthropic_openai::StreamToAnthropic::new(),
-        anthropic_openai::response,
-        anthropic_openai::error,
-    )
-}
-
-/// The OpenAI-format request body for an attempt: the client's own (model swapped) or, for a
-/// `/v1/messages` client, the translation of its Anthropic request. `Err` is a ready 400 in
-/// the client's shape.
-pub fn openai_request_body(request: &UpstreamRequest<'_>) -> Result<Bytes, UpstreamResponse> {
-    let view = request.view;
-    if request.endpoint != Endpoint::Messages {
-        return Ok(view.upstream_body(request.upstream_model_json));
-    }
-    anthropic_openai::request(&view.body, request.upstream_model, view.stream)
-        .map(Bytes::from)
-        .map_err(|e| translate::refusal(request.endpoint, &e))
 }

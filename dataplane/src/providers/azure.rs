@@ -9,10 +9,11 @@
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http::{HeaderName, HeaderValue, Uri};
+use http::HeaderName;
 
-use super::client::{self, HttpClient};
+use super::common::{self, Http};
 use super::openai::send_openai_compatible;
+use super::registry::Setup;
 use super::{ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 const API_KEY: HeaderName = HeaderName::from_static("api-key");
@@ -20,43 +21,24 @@ const API_KEY: HeaderName = HeaderName::from_static("api-key");
 /// An Azure OpenAI resource.
 #[derive(Debug)]
 pub struct AzureAdaptor {
-    upstream: client::Upstream,
+    /// With `api-key: <key>`.
+    http: Http,
     /// `{base path}/openai/deployments/`.
     prefix: String,
     /// `?api-version=...`.
     query: String,
-    api_key: Option<HeaderValue>,
 }
 
 impl AzureAdaptor {
-    /// `base_url` is the resource endpoint (`https://NAME.openai.azure.com`).
-    pub fn new(
-        client: &HttpClient,
-        base_url: &str,
-        api_version: &str,
-        api_key: Option<&str>,
-    ) -> Result<Self, String> {
-        let base: Uri = base_url
-            .parse()
-            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
-        let upstream = client
-            .upstream(&base)
-            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
-        let api_key = match api_key {
-            None => None,
-            Some(key) => {
-                let mut value = HeaderValue::from_str(key).map_err(|_| {
-                    "the API key contains characters not allowed in a header".to_owned()
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
+    /// `base_url` is the resource endpoint (`https://NAME.openai.azure.com`); `api_version`
+    /// is the provider's.
+    pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
+        let http = setup.http(API_KEY, "")?;
+        let api_version = setup.provider.api_version.as_deref().unwrap_or_default();
         Ok(Self {
-            upstream,
-            prefix: format!("{}/openai/deployments/", base.path().trim_end_matches('/')),
+            prefix: format!("{}/openai/deployments/", http.base_path),
             query: format!("?api-version={api_version}"),
-            api_key,
+            http,
         })
     }
 
@@ -66,13 +48,7 @@ impl AzureAdaptor {
         let mut path =
             String::with_capacity(self.prefix.len() + deployment.len() + 40 + self.query.len());
         path.push_str(&self.prefix);
-        for b in deployment.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-                path.push(char::from(b));
-            } else {
-                path.push_str(&format!("%{b:02X}"));
-            }
-        }
+        common::push_segment(&mut path, deployment);
         path.push_str(openai_path);
         path.push_str(&self.query);
         path
@@ -86,8 +62,7 @@ impl ProviderAdaptor for AzureAdaptor {
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
         async move {
             let path = self.path(request.upstream_model, request.endpoint.openai_path());
-            let auth = self.api_key.as_ref().map(|v| (API_KEY, v));
-            send_openai_compatible(&self.upstream, &path, auth, request).await
+            send_openai_compatible(&self.http, &path, request).await
         }
         .boxed()
     }
@@ -96,6 +71,8 @@ impl ProviderAdaptor for AzureAdaptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::bedrock::sigv4::Credentials;
+    use crate::providers::client;
 
     #[test]
     fn paths_name_the_deployment_and_the_api_version() {
@@ -106,12 +83,21 @@ mod tests {
             pool_max_idle_per_host: 1,
         };
         let client = client::build(settings, Vec::new()).unwrap();
-        let a = AzureAdaptor::new(
-            &client,
-            "https://r.openai.azure.com",
-            "2024-10-21",
-            Some("k"),
+        let provider: switchboard_shared::snapshot::Provider = serde_json::from_value(
+            serde_json::json!({"id": "az", "kind": "azure", "base_url": "https://r.openai.azure.com", "api_version": "2024-10-21"}),
         )
+        .unwrap();
+        let aws = Credentials {
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            session_token: None,
+        };
+        let a = AzureAdaptor::new(&Setup {
+            provider: &provider,
+            client: &client,
+            api_key: Some("k"),
+            aws: &aws,
+        })
         .unwrap();
         assert_eq!(
             a.path("gpt-4o-prod", "/chat/completions"),

@@ -235,6 +235,13 @@ mod tests {
         ring.send(&request).await.unwrap().status.as_u16()
     }
 
+    /// Sends `n` attempts through the ring; each must be answered with a 200.
+    async fn all_served(ring: &KeyRing, n: usize) {
+        for i in 0..n {
+            assert_eq!(send(ring).await, 200, "attempt {i}: another key answers");
+        }
+    }
+
     fn ring(keys: &[(&Arc<Fixed>, u32)]) -> KeyRing {
         KeyRing::new(
             "p",
@@ -247,10 +254,7 @@ mod tests {
     #[tokio::test]
     async fn traffic_follows_the_weights() {
         let (a, b) = (fixed(200), fixed(200));
-        let r = ring(&[(&a, 1), (&b, 3)]);
-        for _ in 0..4000 {
-            assert_eq!(send(&r).await, 200);
-        }
+        all_served(&ring(&[(&a, 1), (&b, 3)]), 4000).await;
         let share = b.sent.load(Ordering::Relaxed) as f64 / 4000.0;
         assert!((share - 0.75).abs() < 0.04, "{share}");
     }
@@ -258,14 +262,8 @@ mod tests {
     #[tokio::test]
     async fn a_rate_limited_key_rests_and_the_attempt_moves_on() {
         let (limited, good) = (fixed(429), fixed(200));
-        let r = ring(&[(&limited, 100), (&good, 1)]);
-        for _ in 0..50 {
-            assert_eq!(
-                send(&r).await,
-                200,
-                "the other key answers in the same attempt"
-            );
-        }
+        // The other key answers in the same attempt.
+        all_served(&ring(&[(&limited, 100), (&good, 1)]), 50).await;
         assert_eq!(
             limited.sent.load(Ordering::Relaxed),
             1,
@@ -278,9 +276,7 @@ mod tests {
     async fn a_rejected_key_is_taken_out_while_the_others_serve() {
         let (rejected, good) = (fixed(401), fixed(200));
         let r = ring(&[(&rejected, 100), (&good, 1)]);
-        for _ in 0..50 {
-            assert_eq!(send(&r).await, 200);
-        }
+        all_served(&r, 50).await;
         assert_eq!(rejected.sent.load(Ordering::Relaxed), 1);
         assert!(r.keys[0].alerted.load(Ordering::Relaxed), "alerted once");
     }

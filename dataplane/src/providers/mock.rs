@@ -16,7 +16,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use serde_json::json;
 
-use super::anthropic::openai_answer_for_messages;
+use super::translate::anthropic_openai;
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 /// The in-process provider.
@@ -175,7 +175,7 @@ impl ProviderAdaptor for MockAdaptor {
             endpoint: Endpoint::ChatCompletions,
             ..*request
         };
-        let answer = openai_answer_for_messages(Self::answer(&chat), request.view.stream);
+        let answer = anthropic_openai::wrap_answer(Self::answer(&chat), request.view.stream);
         std::future::ready(Ok(answer)).boxed()
     }
 }

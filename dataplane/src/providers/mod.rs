@@ -12,6 +12,12 @@
 //! - [`bedrock`]: Amazon Bedrock's Converse API, SigV4-signed, event-stream framing decoded.
 //! - [`gemini`]: Google's Gemini API (`generateContent`), translated.
 //! - [`mock`]: answers inside the process, deterministically and offline.
+//! - [`registry`]: which adaptor serves which provider kind — the one place that names them
+//!   all; the catalog builds every adaptor through it.
+//! - [`common`]: what every HTTP adaptor shares: its base URL, sensitive credential headers,
+//!   the JSON post.
+//! - [`chat_only`]: the send of an upstream that serves only chat through OpenAI's shape
+//!   (Gemini, Bedrock), written once.
 //! - [`client`]: the HTTP/1.1 client every HTTP adaptor shares (pooled, rustls).
 //! - [`translate`]: request, answer, stream and error translation between protocols.
 //! - [`ratelimit`]: the upstream's own rate-limit headers, per provider.
@@ -24,12 +30,15 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+pub mod chat_only;
 pub mod client;
+pub mod common;
 pub mod gemini;
 pub mod keyring;
 pub mod mock;
 pub mod openai;
 pub mod ratelimit;
+pub mod registry;
 pub mod translate;
 
 use std::fmt;

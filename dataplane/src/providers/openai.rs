@@ -8,55 +8,33 @@
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderName, HeaderValue, Uri};
-use http_body_util::BodyExt;
+use http::header::AUTHORIZATION;
 
-use super::anthropic::{openai_answer_for_messages, openai_request_body};
-use super::client::{self, HttpClient};
+use super::common::{self, EVENT_STREAM, Http};
+use super::registry::Setup;
+use super::translate::anthropic_openai;
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 /// An OpenAI-compatible provider.
 #[derive(Debug)]
 pub struct OpenAiAdaptor {
-    upstream: client::Upstream,
+    /// With `authorization: Bearer <key>`.
+    http: Http,
     chat_path: String,
     completions_path: String,
     embeddings_path: String,
-    /// `Bearer <key>`, marked sensitive so that it is never printed.
-    authorization: Option<HeaderValue>,
 }
-
-static JSON: HeaderValue = HeaderValue::from_static("application/json");
-static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl OpenAiAdaptor {
     /// `base_url` includes the version path (`https://api.openai.com/v1`).
-    pub fn new(client: &HttpClient, base_url: &str, api_key: Option<&str>) -> Result<Self, String> {
-        let base: Uri = base_url
-            .parse()
-            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
-        let upstream = client
-            .upstream(&base)
-            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
-        let prefix = base.path().trim_end_matches('/');
-        let authorization = match api_key {
-            None => None,
-            Some(key) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                    "the API key contains characters not allowed in a header".to_owned()
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
+    pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
+        let http = setup.http(AUTHORIZATION, "Bearer ")?;
+        let path = |endpoint: Endpoint| format!("{}{}", http.base_path, endpoint.openai_path());
         Ok(Self {
-            upstream,
-            chat_path: format!("{prefix}{}", Endpoint::ChatCompletions.openai_path()),
-            completions_path: format!("{prefix}{}", Endpoint::Completions.openai_path()),
-            embeddings_path: format!("{prefix}{}", Endpoint::Embeddings.openai_path()),
-            authorization,
+            chat_path: path(Endpoint::ChatCompletions),
+            completions_path: path(Endpoint::Completions),
+            embeddings_path: path(Endpoint::Embeddings),
+            http,
         })
     }
 
@@ -74,8 +52,7 @@ impl ProviderAdaptor for OpenAiAdaptor {
         &'a self,
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
-        let auth = self.authorization.as_ref().map(|v| (AUTHORIZATION, v));
-        send_openai_compatible(&self.upstream, self.path(request.endpoint), auth, request).boxed()
+        send_openai_compatible(&self.http, self.path(request.endpoint), request).boxed()
     }
 }
 
@@ -83,38 +60,21 @@ impl ProviderAdaptor for OpenAiAdaptor {
 /// the client's body with the model swapped, or — for a `/v1/messages` client — the
 /// translation of its request, with the answer translated back.
 pub async fn send_openai_compatible(
-    upstream: &client::Upstream,
+    http: &Http,
     path: &str,
-    auth: Option<(HeaderName, &HeaderValue)>,
     request: &UpstreamRequest<'_>,
 ) -> Result<UpstreamResponse, SendError> {
-    let body = match openai_request_body(request) {
+    let body = match anthropic_openai::openai_body(request) {
         Ok(body) => body,
         Err(refusal) => return Ok(refusal),
     };
-    let request_id = HeaderValue::from_str(request.request_id).ok();
-    let accept = if request.view.stream {
-        &EVENT_STREAM
-    } else {
-        &JSON
-    };
-    let mut headers: Vec<(HeaderName, &HeaderValue)> = Vec::with_capacity(4);
-    headers.push((CONTENT_TYPE, &JSON));
-    headers.push((ACCEPT, accept));
-    if let Some(auth) = auth {
-        headers.push(auth);
-    }
-    if let Some(id) = &request_id {
-        headers.push((REQUEST_ID, id));
-    }
-    let response = upstream.post(path, &headers, &body).await?;
-    let response = UpstreamResponse {
-        status: response.status,
-        headers: response.headers,
-        body: response.body.boxed(),
-    };
+    let accept = common::accept(request.view.stream, &EVENT_STREAM);
+    let no_extra = std::iter::empty();
+    let response = http
+        .post(path, accept, no_extra, Some(request.request_id), &body)
+        .await?;
     Ok(if request.endpoint == Endpoint::Messages {
-        openai_answer_for_messages(response, request.view.stream)
+        anthropic_openai::wrap_answer(response, request.view.stream)
     } else {
         response
     })

@@ -6,19 +6,15 @@
 //! (u8 length + bytes), a type byte and a typed value; Bedrock uses strings (type 7) for
 //! `:event-type`, `:content-type`, `:message-type` and `:exception-type`.
 //!
-//! [`EventStreamTranslate`] decodes frames as they arrive and hands each message to a
-//! [`StreamTranslator`] at once; [`encode`] builds messages (the mock upstream and the tests use
-//! it).
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! [`EventStreamTranslate`] (the shared [`Translated`] body with this [`EventStream`] framing)
+//! decodes frames as they arrive and hands each message to a
+//! [`StreamTranslator`](crate::providers::translate::StreamTranslator) at once; [`encode`]
+//! builds messages (the mock upstream and the tests use it).
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body::{Body, Frame};
-use http_body_util::BodyExt;
 
-use crate::providers::translate::StreamTranslator;
-use crate::providers::{BodyError, UpstreamBody};
+use crate::providers::BodyError;
+use crate::providers::translate::{Events, Framing, Translated};
 
 /// Largest message accepted; Bedrock's are a few KiB.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -170,84 +166,31 @@ pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// A body that decodes an event stream and converts each message with a translator: the
-/// event's name is its `:event-type`, or `exception` for exception messages.
-pub struct EventStreamTranslate<T> {
-    upstream: UpstreamBody,
-    buf: BytesMut,
-    translator: T,
-    done: bool,
-}
+/// AWS's event-stream framing for [`Translated`]: each decoded message goes to the translator
+/// named by its `:event-type`, or `exception` for exception messages.
+#[derive(Debug)]
+pub struct EventStream;
 
-impl<T: StreamTranslator> EventStreamTranslate<T> {
-    pub fn boxed(upstream: UpstreamBody, translator: T) -> UpstreamBody {
-        Self {
-            upstream,
-            buf: BytesMut::new(),
-            translator,
-            done: false,
+/// A body that decodes an event stream and converts each message with a translator.
+pub type EventStreamTranslate<T> = Translated<EventStream, T>;
+
+impl Framing for EventStream {
+    fn drain(buf: &mut BytesMut, events: Events<'_>) -> Result<(), BodyError> {
+        while let Some(message) = decode(buf).map_err(|e| BodyError(e.to_string()))? {
+            let name = match message.header(":message-type") {
+                Some("event") | None => message.header(":event-type"),
+                Some(_) => Some("exception"),
+            };
+            events(name, &message.payload);
         }
-        .boxed()
+        Ok(())
     }
-}
 
-impl<T: StreamTranslator> Body for EventStreamTranslate<T> {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.upstream).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    this.buf.extend_from_slice(&data);
-                    let mut out = BytesMut::new();
-                    loop {
-                        match decode(&mut this.buf) {
-                            Ok(Some(message)) => {
-                                let name = match message.header(":message-type") {
-                                    Some("event") | None => message.header(":event-type"),
-                                    Some(_) => Some("exception"),
-                                };
-                                this.translator.event(name, &message.payload, &mut out);
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                this.done = true;
-                                return Poll::Ready(Some(Err(BodyError(e.to_string()))));
-                            }
-                        }
-                    }
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    if !this.buf.is_empty() {
-                        return Poll::Ready(Some(Err(BodyError(
-                            "event stream ended inside a message".into(),
-                        ))));
-                    }
-                    let mut out = BytesMut::new();
-                    this.translator.finish(&mut out);
-                    return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out.freeze()))));
-                }
-                Poll::Pending => return Poll::Pending,
-            }
+    fn end(rest: &[u8], _events: Events<'_>) -> Result<(), BodyError> {
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(BodyError("event stream ended inside a message".into()))
         }
     }
 }

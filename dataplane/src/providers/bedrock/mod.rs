@@ -19,20 +19,19 @@ pub mod sigv4;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
-use http_body_util::BodyExt;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use super::anthropic::{openai_answer_for_messages, openai_request_body};
-use super::client::{self, HttpClient};
+use super::chat_only::{self, ChatOnly, Outgoing};
+use super::common::{self, Http};
+use super::registry::Setup;
 use super::translate::{self, TranslateError, openai_bedrock};
 use super::{
-    Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse, Verdict, classify_http,
+    ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse, Verdict, classify_http,
 };
 use eventstream::EventStreamTranslate;
 use sigv4::{Credentials, SigningInput};
 
-static JSON: HeaderValue = HeaderValue::from_static("application/json");
 static EVENT_STREAM: HeaderValue = HeaderValue::from_static("application/vnd.amazon.eventstream");
 const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
 const X_AMZ_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
@@ -40,7 +39,8 @@ const X_AMZ_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
 /// A Bedrock provider in one region.
 #[derive(Debug)]
 pub struct BedrockAdaptor {
-    upstream: client::Upstream,
+    /// Signed per request: no credential header of its own.
+    http: Http,
     /// `{base path}/model/`.
     prefix: String,
     region: String,
@@ -49,41 +49,77 @@ pub struct BedrockAdaptor {
 }
 
 impl BedrockAdaptor {
-    /// `base_url` defaults to `https://bedrock-runtime.{region}.amazonaws.com`.
-    pub fn new(
-        client: &HttpClient,
-        base_url: Option<&str>,
-        region: &str,
-        credentials: Credentials,
-    ) -> Result<Self, String> {
-        let base_url = base_url.map_or_else(
-            || format!("https://bedrock-runtime.{region}.amazonaws.com"),
-            str::to_owned,
-        );
-        let base: Uri = base_url
-            .parse()
-            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
-        let upstream = client
-            .upstream(&base)
-            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
-        let session_token = match &credentials.session_token {
-            None => None,
-            Some(token) => {
-                let mut value = HeaderValue::from_str(token).map_err(|_| {
-                    "the session token contains characters not allowed in a header".to_owned()
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
+    /// `base_url` defaults to `https://bedrock-runtime.{region}.amazonaws.com`; the
+    /// credentials are the provider's `aws_*`.
+    pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
+        let region = setup.provider.region.as_deref().unwrap_or_default();
+        let base_url = setup
+            .provider
+            .base_url
+            .clone()
+            .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
+        let http = Http::connect(setup.client, &base_url)?;
+        let credentials = setup.aws.clone();
+        let session_token = credentials
+            .session_token
+            .as_deref()
+            .map(|token| common::sensitive(token, "session token"))
+            .transpose()?;
         Ok(Self {
-            upstream,
-            prefix: format!("{}/model/", base.path().trim_end_matches('/')),
+            prefix: format!("{}/model/", http.base_path),
+            http,
             region: region.to_owned(),
             credentials,
             session_token,
         })
     }
+
+    /// The SigV4 `authorization` and `x-amz-date` values for posting `body` to `path` now.
+    fn sign(&self, path: &str, body: &[u8]) -> Result<(HeaderValue, HeaderValue), SendError> {
+        let amz_date = sigv4::amz_date(chrono::Utc::now());
+        let host = self
+            .http
+            .upstream
+            .host_header()
+            .to_str()
+            .unwrap_or_default();
+        let token = self.credentials.session_token.as_deref();
+        let mut signed: Vec<(&str, &str)> = vec![
+            ("content-type", "application/json"),
+            ("host", host),
+            ("x-amz-date", &amz_date),
+        ];
+        if let Some(token) = token {
+            signed.push(("x-amz-security-token", token));
+        }
+        let authorization = sigv4::authorization(
+            &SigningInput {
+                method: "POST",
+                path,
+                query: "",
+                headers: &signed,
+                payload: body,
+                region: &self.region,
+                service: "bedrock",
+                amz_date: &amz_date,
+            },
+            &self.credentials,
+        );
+        let Ok(mut authorization) = HeaderValue::from_str(&authorization) else {
+            return Err(SendError::Connect);
+        };
+        authorization.set_sensitive(true);
+        let Ok(date) = HeaderValue::from_str(&amz_date) else {
+            return Err(SendError::Connect);
+        };
+        Ok((authorization, date))
+    }
+}
+
+impl ChatOnly for BedrockAdaptor {
+    const NAME: &'static str = "Bedrock";
+
+    const TRANSLATE: fn(&[u8]) -> Result<Vec<u8>, TranslateError> = openai_bedrock::request;
 
     fn path(&self, model: &str, stream: bool) -> String {
         format!(
@@ -98,69 +134,26 @@ impl BedrockAdaptor {
         )
     }
 
-    async fn send_chat(
-        &self,
-        request: &UpstreamRequest<'_>,
-    ) -> Result<UpstreamResponse, SendError> {
-        let stream = request.view.stream;
-        let openai_body = match openai_request_body(request) {
-            Ok(body) => body,
-            Err(refusal) => return Ok(refusal),
-        };
-        let body = match openai_bedrock::request(&openai_body) {
-            Ok(body) => body,
-            Err(e) => return Ok(translate::refusal(request.endpoint, &e)),
-        };
-        let path = self.path(request.upstream_model, stream);
-        let amz_date = sigv4::amz_date(chrono::Utc::now());
-        let host = self.upstream.host_header().to_str().unwrap_or_default();
-        let token = self.credentials.session_token.as_deref();
-        let mut signed: Vec<(&str, &str)> = vec![
-            ("content-type", "application/json"),
-            ("host", host),
-            ("x-amz-date", &amz_date),
-        ];
-        if let Some(token) = token {
-            signed.push(("x-amz-security-token", token));
-        }
-        let authorization = sigv4::authorization(
-            &SigningInput {
-                method: "POST",
-                path: &path,
-                query: "",
-                headers: &signed,
-                payload: &body,
-                region: &self.region,
-                service: "bedrock",
-                amz_date: &amz_date,
-            },
-            &self.credentials,
-        );
-        let Ok(mut authorization) = HeaderValue::from_str(&authorization) else {
-            return Err(SendError::Connect);
-        };
-        authorization.set_sensitive(true);
-        let Ok(date) = HeaderValue::from_str(&amz_date) else {
-            return Err(SendError::Connect);
-        };
-        let mut headers: Vec<(HeaderName, &HeaderValue)> = Vec::with_capacity(6);
-        headers.push((CONTENT_TYPE, &JSON));
-        headers.push((ACCEPT, if stream { &EVENT_STREAM } else { &JSON }));
-        headers.push((X_AMZ_DATE, &date));
-        headers.push((AUTHORIZATION, &authorization));
-        if let Some(token) = &self.session_token {
-            headers.push((X_AMZ_TOKEN, token));
-        }
-        let response = self.upstream.post(&path, &headers, &body).await?;
+    async fn post(&self, out: Outgoing<'_>) -> Result<UpstreamResponse, SendError> {
+        let stream = out.request.view.stream;
+        let (authorization, date) = self.sign(out.path, out.body)?;
+        let auth = [(X_AMZ_DATE, &date), (AUTHORIZATION, &authorization)]
+            .into_iter()
+            .chain(
+                self.session_token
+                    .as_ref()
+                    .map(|token| (X_AMZ_TOKEN, token)),
+            );
+        let accept = common::accept(stream, &EVENT_STREAM);
+        // Bedrock's requests carry no `x-request-id` (it is not among the signed headers).
         let UpstreamResponse {
             status,
             headers: mut response_headers,
             body,
-        } = UpstreamResponse {
-            status: response.status,
-            headers: response.headers,
-            body: response.body.boxed(),
-        };
+        } = self
+            .http
+            .post(out.path, accept, auth, None, out.body)
+            .await?;
         let body = if !status.is_success() {
             translate::set_content_type(&mut response_headers, false);
             translate::whole(translate::limited(body), move |b: Bytes| {
@@ -170,21 +163,16 @@ impl BedrockAdaptor {
             translate::set_content_type(&mut response_headers, true);
             EventStreamTranslate::boxed(
                 body,
-                openai_bedrock::StreamToOpenAi::new(request.upstream_model),
+                openai_bedrock::StreamToOpenAi::new(out.request.upstream_model),
             )
         } else {
             translate::set_content_type(&mut response_headers, false);
             translate::whole(body, openai_bedrock::response)
         };
-        let response = UpstreamResponse {
+        Ok(UpstreamResponse {
             status,
             headers: response_headers,
             body,
-        };
-        Ok(if request.endpoint == Endpoint::Messages {
-            openai_answer_for_messages(response, stream)
-        } else {
-            response
         })
     }
 }
@@ -194,22 +182,7 @@ impl ProviderAdaptor for BedrockAdaptor {
         &'a self,
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
-        async move {
-            match request.endpoint {
-                Endpoint::ChatCompletions | Endpoint::Messages => self.send_chat(request).await,
-                Endpoint::Completions | Endpoint::Embeddings => Ok(translate::refusal(
-                    request.endpoint,
-                    &TranslateError::new(
-                        format!(
-                            "Bedrock deployments do not serve the {} API",
-                            request.endpoint.as_str()
-                        ),
-                        None,
-                    ),
-                )),
-            }
-        }
-        .boxed()
+        chat_only::send(self, request).boxed()
     }
 
     fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {

@@ -18,18 +18,38 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::{StreamTranslator, TranslateError, openai, text_of, write_event};
+use super::{StreamTranslator, TranslateError, openai, refusal, text_of, write_event};
+use crate::error::{anthropic_error_body, anthropic_error_type};
+use crate::providers::{Endpoint, UpstreamRequest, UpstreamResponse};
+
+/// The OpenAI-format request body for an attempt on an OpenAI-shaped upstream: the client's
+/// own (model swapped) or, for a `/v1/messages` client, the translation of its Anthropic
+/// request. `Err` is a ready 400 in the client's shape.
+pub fn openai_body(request: &UpstreamRequest<'_>) -> Result<Bytes, UpstreamResponse> {
+    let view = request.view;
+    if request.endpoint != Endpoint::Messages {
+        return Ok(view.upstream_body(request.upstream_model_json));
+    }
+    self::request(&view.body, request.upstream_model, view.stream)
+        .map(Bytes::from)
+        .map_err(|e| refusal(request.endpoint, &e))
+}
+
+/// Wraps an OpenAI-format answer (complete, streamed or an error) for a `/v1/messages`
+/// client; used by every adaptor whose upstream answers in OpenAI's shape.
+pub fn wrap_answer(response: UpstreamResponse, stream: bool) -> UpstreamResponse {
+    super::wrap(
+        response,
+        stream,
+        StreamToAnthropic::new(),
+        self::response,
+        error,
+    )
+}
 
 /// The OpenAI chat completion request for an Anthropic Messages request.
 pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, TranslateError> {
-    let req: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
-    let Some(Value::Array(messages)) = req.get("messages") else {
-        return Err(TranslateError::new(
-            "messages: Field required",
-            Some("messages"),
-        ));
-    };
+    let (req, messages) = openai::request_and_messages(body, "messages: Field required")?;
     let mut out_messages: Vec<Value> = Vec::with_capacity(messages.len() + 1);
     if let Some(system) = req.get("system") {
         let text = text_of(system);
@@ -38,79 +58,7 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
         }
     }
     for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        if role != "user" && role != "assistant" {
-            return Err(TranslateError::new(
-                format!("messages.{i}.role: Input should be 'user' or 'assistant'"),
-                Some("messages"),
-            ));
-        }
-        let blocks = match m.get("content") {
-            Some(Value::String(s)) => {
-                out_messages.push(json!({"role": role, "content": s}));
-                continue;
-            }
-            Some(Value::Array(blocks)) => blocks,
-            _ => {
-                return Err(TranslateError::new(
-                    format!("messages.{i}.content: must be a string or a list of blocks"),
-                    Some("messages"),
-                ));
-            }
-        };
-        let mut parts: Vec<Value> = Vec::new();
-        let mut calls: Vec<Value> = Vec::new();
-        for block in blocks {
-            match block.get("type").and_then(Value::as_str) {
-                Some("text") => parts.push(json!({"type": "text", "text": block.get("text").cloned().unwrap_or_default()})),
-                Some("image") => {
-                    let source = block.get("source").unwrap_or(&Value::Null);
-                    let url = match source.get("type").and_then(Value::as_str) {
-                        Some("base64") => format!(
-                            "data:{};base64,{}",
-                            source.get("media_type").and_then(Value::as_str).unwrap_or("image/png"),
-                            source.get("data").and_then(Value::as_str).unwrap_or_default()
-                        ),
-                        _ => source.get("url").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                    };
-                    parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
-                }
-                Some("tool_use") => calls.push(json!({
-                    "id": block.get("id").cloned().unwrap_or(Value::Null),
-                    "type": "function",
-                    "function": {
-                        "name": block.get("name").cloned().unwrap_or(Value::Null),
-                        "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
-                    },
-                })),
-                Some("tool_result") => out_messages.push(json!({
-                    "role": "tool",
-                    "tool_call_id": block.get("tool_use_id").cloned().unwrap_or(Value::Null),
-                    "content": text_of(block.get("content").unwrap_or(&Value::Null)),
-                })),
-                // Reasoning blocks have no OpenAI-compatible counterpart.
-                Some("thinking" | "redacted_thinking") => {}
-                other => {
-                    return Err(TranslateError::new(
-                        format!("messages.{i}.content: unsupported block type {other:?}"),
-                        Some("messages"),
-                    ));
-                }
-            }
-        }
-        if role == "assistant" {
-            let text: String = parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect();
-            let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { text.into() }});
-            if !calls.is_empty() {
-                msg["tool_calls"] = Value::Array(calls);
-            }
-            out_messages.push(msg);
-        } else if !parts.is_empty() {
-            out_messages.push(json!({"role": "user", "content": parts}));
-        }
+        push_message(i, m, &mut out_messages)?;
     }
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
@@ -131,21 +79,106 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
     if let Some(user) = req.get("metadata").and_then(|m| m.get("user_id")) {
         out.insert("user".into(), user.clone());
     }
+    tools(&req, &mut out);
+    if stream {
+        out.insert("stream".into(), Value::Bool(true));
+        out.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// Appends the OpenAI messages for Anthropic message `i`: its text and images as one user or
+/// assistant message (tool uses as the assistant's `tool_calls`), its tool results as `tool`
+/// messages.
+fn push_message(i: usize, m: &Value, out_messages: &mut Vec<Value>) -> Result<(), TranslateError> {
+    let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+    if role != "user" && role != "assistant" {
+        return Err(TranslateError::new(
+            format!("messages.{i}.role: Input should be 'user' or 'assistant'"),
+            Some("messages"),
+        ));
+    }
+    let blocks = match m.get("content") {
+        Some(Value::String(s)) => {
+            out_messages.push(json!({"role": role, "content": s}));
+            return Ok(());
+        }
+        Some(Value::Array(blocks)) => blocks,
+        _ => {
+            return Err(TranslateError::new(
+                format!("messages.{i}.content: must be a string or a list of blocks"),
+                Some("messages"),
+            ));
+        }
+    };
+    let mut parts: Vec<Value> = Vec::new();
+    let mut calls: Vec<Value> = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => parts.push(json!({"type": "text", "text": block.get("text").cloned().unwrap_or_default()})),
+            Some("image") => parts.push(json!({"type": "image_url", "image_url": {"url": image_url(block)}})),
+            Some("tool_use") => calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
+                },
+            })),
+            Some("tool_result") => out_messages.push(json!({
+                "role": "tool",
+                "tool_call_id": block.get("tool_use_id").cloned().unwrap_or(Value::Null),
+                "content": text_of(block.get("content").unwrap_or(&Value::Null)),
+            })),
+            // Reasoning blocks have no OpenAI-compatible counterpart.
+            Some("thinking" | "redacted_thinking") => {}
+            other => {
+                return Err(TranslateError::new(
+                    format!("messages.{i}.content: unsupported block type {other:?}"),
+                    Some("messages"),
+                ));
+            }
+        }
+    }
+    if role == "assistant" {
+        let text: String = parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect();
+        let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { text.into() }});
+        if !calls.is_empty() {
+            msg["tool_calls"] = Value::Array(calls);
+        }
+        out_messages.push(msg);
+    } else if !parts.is_empty() {
+        out_messages.push(json!({"role": "user", "content": parts}));
+    }
+    Ok(())
+}
+
+/// The OpenAI image URL for an Anthropic image block (a base64 source as a data URL).
+fn image_url(block: &Value) -> String {
+    let source = block.get("source").unwrap_or(&Value::Null);
+    let field = |k: &str| source.get(k).and_then(Value::as_str);
+    match field("type") {
+        Some("base64") => format!(
+            "data:{};base64,{}",
+            field("media_type").unwrap_or("image/png"),
+            field("data").unwrap_or_default()
+        ),
+        _ => field("url").unwrap_or_default().to_owned(),
+    }
+}
+
+/// `tools` and `tool_choice` (with `disable_parallel_tool_use`) in OpenAI's shape.
+fn tools(req: &Map<String, Value>, out: &mut Map<String, Value>) {
     if let Some(Value::Array(tools)) = req.get("tools") {
         let tools: Vec<Value> = tools
             .iter()
             .map(|t| {
-                let mut f = Map::new();
-                f.insert("name".into(), t.get("name").cloned().unwrap_or(Value::Null));
-                if let Some(d) = t.get("description") {
-                    f.insert("description".into(), d.clone());
-                }
-                f.insert(
-                    "parameters".into(),
-                    t.get("input_schema")
-                        .cloned()
-                        .unwrap_or_else(|| json!({"type": "object"})),
-                );
+                let f = openai::tool_definition(t, "input_schema", "parameters", |schema| {
+                    Some(schema.cloned().unwrap_or_else(|| json!({"type": "object"})))
+                });
                 json!({"type": "function", "function": f})
             })
             .collect();
@@ -153,28 +186,24 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
             out.insert("tools".into(), Value::Array(tools));
         }
     }
-    if let Some(choice) = req.get("tool_choice") {
-        let mapped = match choice.get("type").and_then(Value::as_str) {
-            Some("any") => Some(json!("required")),
-            Some("none") => Some(json!("none")),
-            Some("tool") => Some(
-                json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}}),
-            ),
-            Some("auto") => Some(json!("auto")),
-            _ => None,
-        };
-        if let Some(mapped) = mapped {
-            out.insert("tool_choice".into(), mapped);
-        }
-        if choice.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
-            out.insert("parallel_tool_calls".into(), Value::Bool(false));
-        }
+    let Some(choice) = req.get("tool_choice") else {
+        return;
+    };
+    let mapped = match choice.get("type").and_then(Value::as_str) {
+        Some("any") => Some(json!("required")),
+        Some("none") => Some(json!("none")),
+        Some("tool") => Some(
+            json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}}),
+        ),
+        Some("auto") => Some(json!("auto")),
+        _ => None,
+    };
+    if let Some(mapped) = mapped {
+        out.insert("tool_choice".into(), mapped);
     }
-    if stream {
-        out.insert("stream".into(), Value::Bool(true));
-        out.insert("stream_options".into(), json!({"include_usage": true}));
+    if choice.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
+        out.insert("parallel_tool_calls".into(), Value::Bool(false));
     }
-    Ok(serde_json::to_vec(&out).unwrap_or_default())
 }
 
 /// Anthropic's `stop_reason` for OpenAI's `finish_reason`.
@@ -216,12 +245,9 @@ fn message_id(id: Option<&Value>) -> Value {
 
 /// The Anthropic message for an OpenAI chat completion; the input unchanged if it is not one.
 pub fn response(body: Bytes) -> Bytes {
-    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+    let Some(doc) = openai::answer_object(&body) else {
         return body;
     };
-    if !doc.is_object() {
-        return body;
-    }
     let choice = doc.pointer("/choices/0").unwrap_or(&Value::Null);
     let message = choice.get("message").unwrap_or(&Value::Null);
     let mut content = Vec::new();
@@ -249,28 +275,6 @@ pub fn response(body: Bytes) -> Bytes {
     Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
 }
 
-/// Anthropic's error `type` for an HTTP status.
-pub fn error_type(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 | 405 | 422 => "invalid_request_error",
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        504 => "timeout_error",
-        _ => "api_error",
-    }
-}
-
-/// An Anthropic error body.
-pub fn error_body(kind: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"type": "error", "error": {"type": kind, "message": message}}))
-        .unwrap_or_default()
-}
-
 /// Anthropic's error shape for an OpenAI error body, given the upstream status.
 pub fn error(status: StatusCode, body: Bytes) -> Bytes {
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -281,7 +285,7 @@ pub fn error(status: StatusCode, body: Bytes) -> Bytes {
             || String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
             str::to_owned,
         );
-    Bytes::from(error_body(error_type(status), &message))
+    Bytes::from(anthropic_error_body(anthropic_error_type(status), &message))
 }
 
 /// Which content block is open in the translated stream.
@@ -404,10 +408,7 @@ impl StreamTranslator for StreamToAnthropic {
             return;
         };
         if let Some(error) = chunk.get("error") {
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error");
+            let message = openai::stream_error_message(error);
             write_event(
                 out,
                 Some("error"),
@@ -438,12 +439,7 @@ impl StreamTranslator for StreamToAnthropic {
                 json!({"type": "text_delta", "text": text}),
             );
         }
-        for call in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for call in openai::array_at(delta, "/tool_calls") {
             let call_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
             let f = call.get("function").unwrap_or(&Value::Null);
             if self.open != Open::Tool(call_index) {

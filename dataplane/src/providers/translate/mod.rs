@@ -18,9 +18,10 @@
 //!
 //! The body wrappers here are shared by both directions:
 //! - [`whole`] converts a complete JSON answer (or error) once its last byte arrived;
-//! - [`SseTranslate`] converts a stream event by event: each complete upstream event becomes
-//!   client events in the same poll, so translation adds no buffering beyond the partial event
-//!   still on the wire.
+//! - [`Translated`] converts a stream event by event (SSE: [`SseTranslate`]; Bedrock's binary
+//!   event stream through the same body with another [`Framing`]): each complete upstream event
+//!   becomes client events in the same poll, so translation adds no buffering beyond the
+//!   partial event still on the wire.
 
 pub mod anthropic_openai;
 pub mod openai;
@@ -28,8 +29,9 @@ pub mod openai_anthropic;
 pub mod openai_bedrock;
 pub mod openai_gemini;
 
+use std::marker::PhantomData;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode, header::CONTENT_TYPE};
@@ -47,47 +49,136 @@ pub trait StreamTranslator: Send + Sync + Unpin + 'static {
     fn finish(&mut self, out: &mut BytesMut);
 }
 
-/// A body that converts an upstream SSE stream with a [`StreamTranslator`].
-pub struct SseTranslate<T> {
-    upstream: UpstreamBody,
-    tail: BytesMut,
-    translator: T,
-    done: bool,
+/// Where a [`Framing`] hands each complete event: its name, if any, and its payload.
+pub type Events<'a> = &'a mut dyn FnMut(Option<&str>, &[u8]);
+
+/// How an upstream stream is cut into events: SSE ([`Sse`]) or AWS's binary event stream
+/// ([`crate::providers::bedrock::eventstream::EventStream`]).
+pub trait Framing: Send + Sync + Unpin + 'static {
+    /// Hands every complete event at the front of `buf` on, removing it; `Err` for bytes that
+    /// cannot be a stream of this framing.
+    fn drain(buf: &mut BytesMut, events: Events<'_>) -> Result<(), BodyError>;
+
+    /// The upstream ended cleanly with `rest` not yet consumed: hand on what is left, or
+    /// `Err` if the stream ended inside an event.
+    fn end(rest: &[u8], events: Events<'_>) -> Result<(), BodyError>;
 }
 
-impl<T: StreamTranslator> SseTranslate<T> {
+/// A body that converts an upstream stream, framed by `F`, with a [`StreamTranslator`]:
+/// each complete upstream event becomes client events in the same poll.
+pub struct Translated<F, T> {
+    upstream: UpstreamBody,
+    buf: BytesMut,
+    translator: T,
+    done: bool,
+    framing: PhantomData<F>,
+}
+
+/// A body that converts an upstream SSE stream with a [`StreamTranslator`].
+pub type SseTranslate<T> = Translated<Sse, T>;
+
+impl<F: Framing, T: StreamTranslator> Translated<F, T> {
     pub fn boxed(upstream: UpstreamBody, translator: T) -> UpstreamBody {
         Self {
             upstream,
-            tail: BytesMut::new(),
+            buf: BytesMut::new(),
             translator,
             done: false,
+            framing: PhantomData,
         }
         .boxed()
     }
+}
 
-    /// Hands every complete event in the tail to the translator.
-    fn drain_events(&mut self, out: &mut BytesMut) {
-        while let Some((end, skip)) = event_end(&self.tail) {
-            let event = self.tail.split_to(end + skip);
-            self.dispatch(&event[..end], out);
-        }
-    }
+impl<F: Framing, T: StreamTranslator> Body for Translated<F, T> {
+    type Data = Bytes;
+    type Error = BodyError;
 
-    fn dispatch(&mut self, event: &[u8], out: &mut BytesMut) {
-        let mut name = None;
-        let mut data: Option<&[u8]> = None;
-        for line in event.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if let Some(rest) = line.strip_prefix(b"event:") {
-                name = std::str::from_utf8(rest).ok().map(str::trim);
-            } else if let Some(rest) = line.strip_prefix(b"data:") {
-                data = Some(rest.strip_prefix(b" ").unwrap_or(rest));
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // Every field is `Unpin` (the upstream is boxed).
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let mut out = BytesMut::new();
+            match ready!(Pin::new(&mut this.upstream).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    this.buf.extend_from_slice(&data);
+                    let translator = &mut this.translator;
+                    let mut events = |name: Option<&str>, data: &[u8]| {
+                        translator.event(name, data, &mut out);
+                    };
+                    if let Err(e) = F::drain(&mut this.buf, &mut events) {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                    }
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    this.done = true;
+                    let translator = &mut this.translator;
+                    let mut events = |name: Option<&str>, data: &[u8]| {
+                        translator.event(name, data, &mut out);
+                    };
+                    if let Err(e) = F::end(&this.buf, &mut events) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    this.translator.finish(&mut out);
+                    return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out.freeze()))));
+                }
             }
         }
-        if let Some(data) = data {
-            self.translator.event(name, data, out);
+    }
+}
+
+/// Server-sent events: events end at a blank line, `event:` names them, `data:` carries them.
+#[derive(Debug)]
+pub struct Sse;
+
+impl Framing for Sse {
+    fn drain(buf: &mut BytesMut, events: Events<'_>) -> Result<(), BodyError> {
+        while let Some((end, skip)) = event_end(buf) {
+            let event = buf.split_to(end + skip);
+            dispatch(&event[..end], events);
         }
+        Ok(())
+    }
+
+    fn end(rest: &[u8], events: Events<'_>) -> Result<(), BodyError> {
+        if !rest.iter().all(u8::is_ascii_whitespace) {
+            dispatch(rest, events);
+        }
+        Ok(())
+    }
+}
+
+/// Hands one SSE event (without its terminator) on.
+fn dispatch(event: &[u8], events: Events<'_>) {
+    let mut name = None;
+    let mut data: Option<&[u8]> = None;
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"event:") {
+            name = std::str::from_utf8(rest).ok().map(str::trim);
+        } else if let Some(rest) = line.strip_prefix(b"data:") {
+            data = Some(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    if let Some(data) = data {
+        events(name, data);
     }
 }
 
@@ -98,51 +189,6 @@ fn event_end(bytes: &[u8]) -> Option<(usize, usize)> {
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
-    }
-}
-
-impl<T: StreamTranslator> Body for SseTranslate<T> {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.upstream).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    this.tail.extend_from_slice(&data);
-                    let mut out = BytesMut::new();
-                    this.drain_events(&mut out);
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    let mut out = BytesMut::new();
-                    let rest = std::mem::take(&mut this.tail);
-                    if !rest.iter().all(u8::is_ascii_whitespace) {
-                        this.dispatch(&rest, &mut out);
-                    }
-                    this.translator.finish(&mut out);
-                    return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out.freeze()))));
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
     }
 }
 
@@ -220,7 +266,7 @@ pub fn synthetic(status: StatusCode, body: Vec<u8>) -> UpstreamResponse {
 /// touching the network.
 pub fn refusal(endpoint: super::Endpoint, error: &TranslateError) -> UpstreamResponse {
     let body = if endpoint == super::Endpoint::Messages {
-        anthropic_openai::error_body("invalid_request_error", &error.message)
+        crate::error::anthropic_error_body("invalid_request_error", &error.message)
     } else {
         serde_json::to_vec(&serde_json::json!({"error": {
             "message": error.message, "type": "invalid_request_error", "param": error.param, "code": null,

@@ -8,9 +8,9 @@
 //! came from — the official SDKs and the gateway's own usage accounting read these documents.
 
 use bytes::{Bytes, BytesMut};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::{TranslateError, now_secs, write_event};
+use super::{TranslateError, now_secs, text_of, write_event};
 
 /// Each part of an OpenAI message's `content` (a string, or a list of `text` and `image_url`
 /// parts) in the provider's form: `text` gets the text value, `image` the image's URL (a
@@ -50,12 +50,20 @@ pub fn content_parts(
 
 /// A request's `stop` (a string or a list) as the list of stop sequences providers take;
 /// `None` when there is none.
-pub fn stop_sequences(req: &serde_json::Map<String, Value>) -> Option<Value> {
+pub fn stop_sequences(req: &Map<String, Value>) -> Option<Value> {
     match req.get("stop") {
         Some(Value::String(s)) => Some(json!([s])),
         Some(Value::Array(a)) if !a.is_empty() => Some(Value::Array(a.clone())),
         _ => None,
     }
+}
+
+/// A tool message's `tool_call_id` (empty when it has none).
+pub fn tool_call_id(message: &Value) -> &str {
+    message
+        .get("tool_call_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// The refusal of a message whose role no provider turn can hold.
@@ -64,6 +72,51 @@ pub fn unsupported_role(index: usize, role: &str) -> TranslateError {
         format!("messages[{index}].role: unsupported role {role:?}"),
         Some("messages"),
     )
+}
+
+/// The role of an OpenAI chat message that becomes part of a provider turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+    /// `tool` (or the legacy `function`): a tool result.
+    Tool,
+}
+
+/// A request's messages as a provider conversation: system and developer texts become
+/// `system` parts (through `system_part`; empty ones are left out), every other message a
+/// turn through `turn`, which gets its index, role, the message and its `content`.
+pub fn conversation(
+    messages: &[Value],
+    system_part: impl Fn(String) -> Value,
+    mut turn: impl FnMut(
+        usize,
+        Role,
+        &Value,
+        &Value,
+    ) -> Result<(&'static str, Vec<Value>), TranslateError>,
+) -> Result<(Vec<Value>, Turns), TranslateError> {
+    let mut system = Vec::new();
+    let mut turns = Turns::default();
+    for (i, m) in messages.iter().enumerate() {
+        let content = m.get("content").unwrap_or(&Value::Null);
+        let role = match m.get("role").and_then(Value::as_str).unwrap_or_default() {
+            "system" | "developer" => {
+                let text = text_of(content);
+                if !text.is_empty() {
+                    system.push(system_part(text));
+                }
+                continue;
+            }
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" | "function" => Role::Tool,
+            other => return Err(unsupported_role(i, other)),
+        };
+        let (role, parts) = turn(i, role, m, content)?;
+        turns.push(role, parts);
+    }
+    Ok((system, turns))
 }
 
 /// Provider turns built from OpenAI messages in order. Anthropic, Gemini and Bedrock want
@@ -111,24 +164,101 @@ pub struct ToolCallIn<'a> {
 /// The tool calls of an OpenAI assistant message (request) or answer message.
 pub fn tool_calls(message: &Value) -> impl Iterator<Item = ToolCallIn<'_>> {
     const NULL: &Value = &Value::Null;
-    message
-        .get("tool_calls")
+    array_at(message, "/tool_calls").map(|call| {
+        let function = call.get("function").unwrap_or(NULL);
+        ToolCallIn {
+            id: call.get("id").unwrap_or(NULL),
+            name: function.get("name").unwrap_or(NULL),
+            input: function
+                .get("arguments")
+                .and_then(Value::as_str)
+                .and_then(|a| serde_json::from_str(a).ok())
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({})),
+        }
+    })
+}
+
+/// A request body as a JSON object, and its `messages` array; `missing` is the 400's message
+/// when there is none.
+pub fn request_and_messages(
+    body: &[u8],
+    missing: &'static str,
+) -> Result<(Map<String, Value>, Vec<Value>), TranslateError> {
+    let mut req: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
+    match req.remove("messages") {
+        Some(Value::Array(messages)) => Ok((req, messages)),
+        _ => Err(TranslateError::new(missing, Some("messages"))),
+    }
+}
+
+/// The elements of the array at `pointer` in `doc` (none when it is missing or no array).
+pub fn array_at<'a>(doc: &'a Value, pointer: &str) -> impl Iterator<Item = &'a Value> {
+    doc.pointer(pointer)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .map(|call| {
-            let function = call.get("function").unwrap_or(NULL);
-            ToolCallIn {
-                id: call.get("id").unwrap_or(NULL),
-                name: function.get("name").unwrap_or(NULL),
-                input: function
-                    .get("arguments")
-                    .and_then(Value::as_str)
-                    .and_then(|a| serde_json::from_str(a).ok())
-                    .filter(Value::is_object)
-                    .unwrap_or_else(|| json!({})),
-            }
-        })
+}
+
+/// An OpenAI request's `tool_choice`, read.
+#[derive(Debug)]
+pub enum ToolChoice<'a> {
+    Auto,
+    Required,
+    None,
+    /// `{"type":"function","function":{"name"}}`: the name (null when missing).
+    Function(&'a Value),
+}
+
+/// The request's `tool_choice`, if it is one of OpenAI's forms.
+pub fn tool_choice(req: &Map<String, Value>) -> Option<ToolChoice<'_>> {
+    const NULL: &Value = &Value::Null;
+    match req.get("tool_choice")? {
+        Value::String(s) if s == "auto" => Some(ToolChoice::Auto),
+        Value::String(s) if s == "required" => Some(ToolChoice::Required),
+        Value::String(s) if s == "none" => Some(ToolChoice::None),
+        Value::Object(o) => Some(ToolChoice::Function(
+            o.get("function")
+                .and_then(|f| f.get("name"))
+                .unwrap_or(NULL),
+        )),
+        _ => None,
+    }
+}
+
+/// A request's OpenAI `tools` (the `function` of each) in the provider's shape.
+pub fn function_tools(req: &Map<String, Value>, each: impl Fn(&Value) -> Value) -> Vec<Value> {
+    match req.get("tools") {
+        Some(Value::Array(tools)) => tools
+            .iter()
+            .filter_map(|t| t.get("function"))
+            .map(each)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A tool definition in another API's shape: `name`, `description` when there is one, and
+/// the schema read from `def[from]`, written as `to` by `schema` (`None` leaves it out).
+pub fn tool_definition(
+    def: &Value,
+    from: &str,
+    to: &str,
+    schema: impl FnOnce(Option<&Value>) -> Option<Value>,
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert(
+        "name".into(),
+        def.get("name").cloned().unwrap_or(Value::Null),
+    );
+    if let Some(d) = def.get("description") {
+        out.insert("description".into(), d.clone());
+    }
+    if let Some(schema) = schema(def.get(from)) {
+        out.insert(to.into(), schema);
+    }
+    out
 }
 
 /// An OpenAI tool call; `arguments` is serialised (`"{}"` when absent).
@@ -156,6 +286,28 @@ pub fn tool_call_start(index: usize, id: Value, name: Value) -> Value {
 /// A later chunk of a streamed tool call: more of its arguments.
 pub fn tool_call_arguments(index: usize, partial: Value) -> Value {
     json!({"tool_calls": [{"index": index, "function": {"arguments": partial}}]})
+}
+
+/// OpenAI's usage for a provider whose input count leaves out both cache parts (Anthropic,
+/// Bedrock): `tokens` names its input and output counts in `u`, `cache` its cache-read and
+/// cache-write counts.
+pub fn usage_from_split(u: &Value, tokens: [&str; 2], cache: [&str; 2]) -> Value {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let ([input, output], [read, write]) = (tokens.map(n), cache.map(n));
+    usage(input + read + write, output, read, Some(write))
+}
+
+/// OpenAI's `finish_reason` for a Messages-style stop reason (Anthropic's, Bedrock's):
+/// `max_tokens` → `length`, `tool_use` → `tool_calls`, any of `filtered` → `content_filter`,
+/// anything else → `stop`.
+pub fn finish_from_stop(stop: Option<&str>, filtered: &[&str]) -> Value {
+    match stop {
+        None => Value::Null,
+        Some("max_tokens") => "length".into(),
+        Some("tool_use") => "tool_calls".into(),
+        Some(s) if filtered.contains(&s) => "content_filter".into(),
+        Some(_) => "stop".into(),
+    }
 }
 
 /// OpenAI's usage object. `prompt` is the whole prompt, cached parts included; the cache read
@@ -189,6 +341,32 @@ pub fn message(text: String, calls: Vec<Value>) -> Value {
     message
 }
 
+/// What one content block of a provider's answer adds to OpenAI's message: text, a tool
+/// call, both or neither (reasoning, types the gateway does not translate).
+#[derive(Debug, Default)]
+pub struct Block<'a> {
+    pub text: Option<&'a str>,
+    pub call: Option<Value>,
+}
+
+/// The assistant message for a provider's answer blocks; `read` gets each block and the
+/// number of tool calls before it.
+pub fn message_of<'a>(
+    blocks: impl Iterator<Item = &'a Value>,
+    read: impl Fn(&'a Value, usize) -> Block<'a>,
+) -> Value {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in blocks {
+        let Block { text: t, call } = read(block, calls.len());
+        if let Some(t) = t {
+            text.push_str(t);
+        }
+        calls.extend(call);
+    }
+    message(text, calls)
+}
+
 /// A complete chat completion.
 pub fn completion(id: Value, model: Value, message: Value, finish: Value, usage: Value) -> Bytes {
     let out = json!({
@@ -211,6 +389,22 @@ pub fn error_body(message: &str, kind: &str, code: Value) -> Bytes {
 /// An upstream error body's start as text, for errors whose message cannot be found in it.
 pub fn raw_message(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned()
+}
+
+/// An upstream answer as a JSON object; `None` when it is not one (the caller hands the body
+/// on unchanged and the proxy reports the upstream's answer as malformed).
+pub fn answer_object(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object)
+}
+
+/// The message of an error event in an upstream stream (`"upstream error"` without one).
+pub fn stream_error_message(error: &Value) -> &str {
+    error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("upstream error")
 }
 
 /// Writes a stream's error event: the upstream failed mid-stream.
@@ -272,6 +466,61 @@ impl Chunks {
         });
         write_event(out, None, &chunk);
         out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+}
+
+/// The tool calls of a stream whose provider numbers its content blocks (Anthropic,
+/// Bedrock): which block each call was opened in, so that argument deltas, which name only
+/// the block, reach the right call.
+#[derive(Debug, Default)]
+pub struct ToolBlocks(Vec<(u64, usize)>);
+
+impl ToolBlocks {
+    /// A tool use opened at block `index`: writes the call's first chunk (its id and name).
+    pub fn start(&mut self, chunks: &Chunks, out: &mut BytesMut, index: u64, block: [Value; 2]) {
+        let call = self.0.len();
+        self.0.push((index, call));
+        let [id, name] = block;
+        chunks.write(out, tool_call_start(call, id, name), Value::Null);
+    }
+
+    /// More arguments of the call opened at block `index`; nothing for an unknown block.
+    pub fn arguments(&self, chunks: &Chunks, out: &mut BytesMut, index: u64, partial: Value) {
+        if let Some(&(_, call)) = self.0.iter().find(|(b, _)| *b == index) {
+            chunks.write(out, tool_call_arguments(call, partial), Value::Null);
+        }
+    }
+}
+
+/// The end of a translated stream whose provider reports usage before its last event and may
+/// fail mid-stream (Gemini, Bedrock).
+#[derive(Debug, Default)]
+pub struct Ending {
+    /// The provider's latest usage object.
+    pub usage: Value,
+    failed: bool,
+}
+
+impl Ending {
+    /// The upstream reported an error mid-stream: an error event now, and no `[DONE]` later.
+    pub fn fail(&mut self, out: &mut BytesMut, message: &str) {
+        write_stream_error(out, message, "api_error", Value::Null);
+        self.failed = true;
+    }
+
+    /// The upstream stream ended: if it `completed` without failing, the usage chunk
+    /// (`usage` turns the provider's object into OpenAI's) and `[DONE]`.
+    pub fn finish(
+        &self,
+        chunks: &Chunks,
+        out: &mut BytesMut,
+        completed: bool,
+        usage: fn(&Value) -> Value,
+    ) {
+        if self.failed || !completed {
+            return;
+        }
+        chunks.write_usage_and_done(out, usage(&self.usage));
     }
 }
 

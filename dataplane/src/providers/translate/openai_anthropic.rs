@@ -19,7 +19,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks, Turns};
+use super::openai::{self, Block, Chunks, Role, ToolBlocks, ToolChoice};
 use super::{StreamTranslator, TranslateError, text_of};
 
 /// `max_tokens` sent when the client gave none (Anthropic requires one).
@@ -27,58 +27,28 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// The Anthropic request for an OpenAI chat completion request.
 pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, TranslateError> {
-    let mut req: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
-    let messages = match req.remove("messages") {
-        Some(Value::Array(m)) => m,
-        _ => {
-            return Err(TranslateError::new(
-                "`messages` must be an array",
-                Some("messages"),
-            ));
-        }
-    };
+    let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
-    let mut system: Vec<Value> = Vec::new();
-    let mut turns = Turns::default();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        let content = m.get("content").unwrap_or(&Value::Null);
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                let text = text_of(content);
-                if !text.is_empty() {
-                    system.push(json!({"type": "text", "text": text}));
-                }
-                continue;
-            }
-            "user" => ("user", content_blocks(content, i)?),
-            "assistant" => {
+    let system_part = |text| json!({"type": "text", "text": text});
+    let (system, turns) = openai::conversation(&messages, system_part, |i, role, m, content| {
+        Ok(match role {
+            Role::User => ("user", content_blocks(content, i)?),
+            Role::Assistant => {
                 let mut blocks = content_blocks(content, i)?;
                 blocks.extend(openai::tool_calls(m).map(|call| {
                     json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.input})
                 }));
                 ("assistant", blocks)
             }
-            "tool" | "function" => {
-                let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                (
-                    "user",
-                    vec![json!({
-                        "type": "tool_result",
-                        "tool_use_id": id,
-                        "content": text_of(content),
-                    })],
-                )
+            Role::Tool => {
+                let id = openai::tool_call_id(m);
+                let result =
+                    json!({"type": "tool_result", "tool_use_id": id, "content": text_of(content)});
+                ("user", vec![result])
             }
-            other => return Err(openai::unsupported_role(i, other)),
-        };
-        turns.push(role, blocks);
-    }
+        })
+    })?;
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
@@ -100,43 +70,29 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
     if let Some(user) = req.get("user").and_then(Value::as_str) {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
-    if let Some(Value::Array(tools)) = req.get("tools") {
-        let tools: Vec<Value> = tools
-            .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
-                let mut tool = Map::new();
-                tool.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-                if let Some(d) = f.get("description") {
-                    tool.insert("description".into(), d.clone());
-                }
-                tool.insert(
-                    "input_schema".into(),
-                    f.get("parameters")
+    let tools = openai::function_tools(&req, |f| {
+        Value::Object(openai::tool_definition(
+            f,
+            "parameters",
+            "input_schema",
+            |schema| {
+                Some(
+                    schema
                         .cloned()
                         .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                );
-                Value::Object(tool)
-            })
-            .collect();
-        if !tools.is_empty() {
-            out.insert("tools".into(), Value::Array(tools));
-        }
+                )
+            },
+        ))
+    });
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
     }
-    let mut choice = match req.get("tool_choice") {
-        Some(Value::String(s)) if s == "auto" => Some(json!({"type": "auto"})),
-        Some(Value::String(s)) if s == "required" => Some(json!({"type": "any"})),
-        Some(Value::String(s)) if s == "none" => Some(json!({"type": "none"})),
-        Some(Value::Object(o)) => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            Some(json!({"type": "tool", "name": name}))
-        }
-        _ => None,
-    };
+    let mut choice = openai::tool_choice(&req).map(|choice| match choice {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+    });
     if req.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
         let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
         c["disable_parallel_tool_use"] = Value::Bool(true);
@@ -172,61 +128,43 @@ fn image_block(url: &str) -> Value {
 
 /// OpenAI's `finish_reason` for Anthropic's `stop_reason`.
 fn finish_reason(stop_reason: Option<&str>) -> Value {
-    match stop_reason {
-        None => Value::Null,
-        Some("max_tokens") => "length".into(),
-        Some("tool_use") => "tool_calls".into(),
-        Some("refusal") => "content_filter".into(),
-        Some(_) => "stop".into(),
-    }
+    openai::finish_from_stop(stop_reason, &["refusal"])
 }
 
 /// OpenAI's usage object for Anthropic's (whose `input_tokens` leave out both cache parts).
 fn usage(u: &Value) -> Value {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let (read, created) = (
-        n("cache_read_input_tokens"),
-        n("cache_creation_input_tokens"),
-    );
-    openai::usage(
-        n("input_tokens") + read + created,
-        n("output_tokens"),
-        read,
-        Some(created),
-    )
+    let cache = ["cache_read_input_tokens", "cache_creation_input_tokens"];
+    openai::usage_from_split(u, ["input_tokens", "output_tokens"], cache)
 }
 
 /// The OpenAI chat completion for an Anthropic message; the input unchanged if it is not one
 /// (the proxy then reports the upstream's answer as malformed).
 pub fn response(body: Bytes) -> Bytes {
-    let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+    let Some(msg) = openai::answer_object(&body) else {
         return body;
     };
-    if !msg.is_object() {
-        return body;
-    }
-    let mut text = String::new();
-    let mut calls = Vec::new();
-    for block in msg
-        .get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    let message = openai::message_of(openai::array_at(&msg, "/content"), |block, _| {
+        let field = |k: &str| block.get(k).cloned().unwrap_or(Value::Null);
         match block.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => calls.push(openai::tool_call(
-                block.get("id").cloned().unwrap_or(Value::Null),
-                block.get("name").cloned().unwrap_or(Value::Null),
-                block.get("input"),
-            )),
-            _ => {}
+            Some("text") => Block {
+                text: Some(block.get("text").and_then(Value::as_str).unwrap_or("")),
+                call: None,
+            },
+            Some("tool_use") => Block {
+                text: None,
+                call: Some(openai::tool_call(
+                    field("id"),
+                    field("name"),
+                    block.get("input"),
+                )),
+            },
+            _ => Block::default(),
         }
-    }
+    });
     openai::completion(
         msg.get("id").cloned().unwrap_or(Value::Null),
         msg.get("model").cloned().unwrap_or(Value::Null),
-        openai::message(text, calls),
+        message,
         finish_reason(msg.get("stop_reason").and_then(Value::as_str)),
         usage(msg.get("usage").unwrap_or(&Value::Null)),
     )
@@ -285,7 +223,7 @@ pub struct StreamToOpenAi {
     chunks: Chunks,
     usage: Value,
     /// Anthropic's content block index → OpenAI tool call index, for `tool_use` blocks.
-    tool_blocks: Vec<(u64, usize)>,
+    tool_blocks: ToolBlocks,
     finished: bool,
 }
 
@@ -333,17 +271,10 @@ impl StreamTranslator for StreamToOpenAi {
             Some("content_block_start") => {
                 let block = ev.get("content_block").unwrap_or(&Value::Null);
                 if block.get("type").and_then(Value::as_str) == Some("tool_use") {
-                    let call = self.tool_blocks.len();
-                    self.tool_blocks.push((index, call));
-                    self.chunks.write(
-                        out,
-                        openai::tool_call_start(
-                            call,
-                            block.get("id").cloned().unwrap_or(Value::Null),
-                            block.get("name").cloned().unwrap_or(Value::Null),
-                        ),
-                        Value::Null,
-                    );
+                    let field = |k: &str| block.get(k).cloned().unwrap_or(Value::Null);
+                    let id_and_name = [field("id"), field("name")];
+                    self.tool_blocks
+                        .start(&self.chunks, out, index, id_and_name);
                 }
             }
             Some("content_block_delta") => {
@@ -355,16 +286,9 @@ impl StreamTranslator for StreamToOpenAi {
                             .write(out, json!({"content": text}), Value::Null);
                     }
                     Some("input_json_delta") => {
-                        let Some(&(_, call)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
-                        else {
-                            return;
-                        };
                         let partial = delta.get("partial_json").cloned().unwrap_or_default();
-                        self.chunks.write(
-                            out,
-                            openai::tool_call_arguments(call, partial),
-                            Value::Null,
-                        );
+                        self.tool_blocks
+                            .arguments(&self.chunks, out, index, partial);
                     }
                     _ => {}
                 }

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks, Turns};
+use super::openai::{self, Block, Chunks, Ending, Role, ToolBlocks, ToolChoice};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
@@ -29,46 +29,27 @@ const BEDROCK_ID: &str = "chatcmpl-bedrock";
 
 /// The Converse request for an OpenAI chat completion request.
 pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
-    let req: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
-    let Some(Value::Array(messages)) = req.get("messages") else {
-        return Err(TranslateError::new(
-            "`messages` must be an array",
-            Some("messages"),
-        ));
-    };
-    let mut system: Vec<Value> = Vec::new();
-    let mut turns = Turns::default();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        let content = m.get("content").unwrap_or(&Value::Null);
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                let text = text_of(content);
-                if !text.is_empty() {
-                    system.push(json!({"text": text}));
-                }
-                continue;
-            }
-            "user" => ("user", blocks_of(content, i)?),
-            "assistant" => {
+    let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
+    let system_part = |text| json!({"text": text});
+    let (system, turns) = openai::conversation(&messages, system_part, |i, role, m, content| {
+        Ok(match role {
+            Role::User => ("user", blocks_of(content, i)?),
+            Role::Assistant => {
                 let mut blocks = blocks_of(content, i)?;
                 blocks.extend(openai::tool_calls(m).map(|call| {
                     json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.input}})
                 }));
                 ("assistant", blocks)
             }
-            "tool" | "function" => (
+            Role::Tool => (
                 "user",
                 vec![json!({"toolResult": {
                     "toolUseId": m.get("tool_call_id").cloned().unwrap_or(Value::Null),
                     "content": [{"text": text_of(content)}],
                 }})],
             ),
-            other => return Err(openai::unsupported_role(i, other)),
-        };
-        turns.push(role, blocks);
-    }
+        })
+    })?;
     let mut out = Map::new();
     out.insert("messages".into(), turns.into_value("content"));
     if !system.is_empty() {
@@ -93,36 +74,24 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     if !config.is_empty() {
         out.insert("inferenceConfig".into(), Value::Object(config));
     }
-    let choice = req.get("tool_choice");
-    let tools_off = matches!(choice, Some(Value::String(s)) if s == "none");
+    let choice = openai::tool_choice(&req);
+    let tools_off = matches!(choice, Some(ToolChoice::None));
     if let Some(Value::Array(tools)) = req.get("tools")
         && !tools.is_empty()
         && !tools_off
     {
-        let specs: Vec<Value> = tools
-            .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
-                let mut spec = Map::new();
-                spec.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-                if let Some(d) = f.get("description") {
-                    spec.insert("description".into(), d.clone());
-                }
-                spec.insert(
-                    "inputSchema".into(),
-                    json!({"json": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))}),
-                );
-                json!({"toolSpec": spec})
-            })
-            .collect();
+        let specs = openai::function_tools(&req, |f| {
+            let spec = openai::tool_definition(f, "parameters", "inputSchema", |schema| {
+                Some(json!({"json": schema.cloned().unwrap_or_else(|| json!({"type": "object"}))}))
+            });
+            json!({"toolSpec": spec})
+        });
         let mut tool_config = json!({"tools": specs});
         let mapped = match choice {
-            Some(Value::String(s)) if s == "auto" => Some(json!({"auto": {}})),
-            Some(Value::String(s)) if s == "required" => Some(json!({"any": {}})),
-            Some(Value::Object(o)) => Some(
-                json!({"tool": {"name": o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or(Value::Null)}}),
-            ),
-            _ => None,
+            Some(ToolChoice::Auto) => Some(json!({"auto": {}})),
+            Some(ToolChoice::Required) => Some(json!({"any": {}})),
+            Some(ToolChoice::Function(name)) => Some(json!({"tool": {"name": name}})),
+            Some(ToolChoice::None) | None => None,
         };
         if let Some(mapped) = mapped {
             tool_config["toolChoice"] = mapped;
@@ -161,58 +130,32 @@ fn image_block(url: &str) -> Option<Value> {
 }
 
 fn finish_reason(stop: Option<&str>) -> Value {
-    match stop {
-        None => Value::Null,
-        Some("max_tokens") => "length".into(),
-        Some("tool_use") => "tool_calls".into(),
-        Some("guardrail_intervened" | "content_filtered") => "content_filter".into(),
-        Some(_) => "stop".into(),
-    }
+    openai::finish_from_stop(stop, &["guardrail_intervened", "content_filtered"])
 }
 
 /// OpenAI's usage object for Converse's (whose `inputTokens` leave out both cache parts).
 fn usage(u: &Value) -> Value {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let (read, write) = (n("cacheReadInputTokens"), n("cacheWriteInputTokens"));
-    openai::usage(
-        n("inputTokens") + read + write,
-        n("outputTokens"),
-        read,
-        Some(write),
-    )
+    let cache = ["cacheReadInputTokens", "cacheWriteInputTokens"];
+    openai::usage_from_split(u, ["inputTokens", "outputTokens"], cache)
 }
 
 /// The OpenAI chat completion for a Converse answer; the input unchanged if it is not one.
 pub fn response(body: Bytes) -> Bytes {
-    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+    let Some(doc) = openai::answer_object(&body) else {
         return body;
     };
-    if !doc.is_object() {
-        return body;
-    }
-    let mut text = String::new();
-    let mut calls = Vec::new();
-    for block in doc
-        .pointer("/output/message/content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(t) = block.get("text").and_then(Value::as_str) {
-            text.push_str(t);
-        }
-        if let Some(tool) = block.get("toolUse") {
-            calls.push(openai::tool_call(
-                tool.get("toolUseId").cloned().unwrap_or(Value::Null),
-                tool.get("name").cloned().unwrap_or(Value::Null),
-                tool.get("input"),
-            ));
-        }
-    }
+    let blocks = openai::array_at(&doc, "/output/message/content");
+    let message = openai::message_of(blocks, |block, _| Block {
+        text: block.get("text").and_then(Value::as_str),
+        call: block.get("toolUse").map(|tool| {
+            let field = |k: &str| tool.get(k).cloned().unwrap_or(Value::Null);
+            openai::tool_call(field("toolUseId"), field("name"), tool.get("input"))
+        }),
+    });
     openai::completion(
         BEDROCK_ID.into(),
         Value::Null,
-        openai::message(text, calls),
+        message,
         finish_reason(doc.get("stopReason").and_then(Value::as_str)),
         usage(doc.get("usage").unwrap_or(&Value::Null)),
     )
@@ -244,20 +187,18 @@ pub fn error(status: StatusCode, body: Bytes) -> Bytes {
 pub struct StreamToOpenAi {
     chunks: Chunks,
     /// Converse content block index → OpenAI tool call index.
-    tool_blocks: Vec<(u64, usize)>,
+    tool_blocks: ToolBlocks,
     stopped: bool,
-    usage: Value,
-    failed: bool,
+    ending: Ending,
 }
 
 impl StreamToOpenAi {
     pub fn new(model: &str) -> Self {
         Self {
             chunks: Chunks::new(BEDROCK_ID.into(), model.into()),
-            tool_blocks: Vec::new(),
+            tool_blocks: ToolBlocks::default(),
             stopped: false,
-            usage: Value::Null,
-            failed: false,
+            ending: Ending::default(),
         }
     }
 }
@@ -273,17 +214,10 @@ impl StreamTranslator for StreamToOpenAi {
             Some("messageStart") => self.chunks.write_role(out),
             Some("contentBlockStart") => {
                 if let Some(tool) = ev.pointer("/start/toolUse") {
-                    let call = self.tool_blocks.len();
-                    self.tool_blocks.push((index, call));
-                    self.chunks.write(
-                        out,
-                        openai::tool_call_start(
-                            call,
-                            tool.get("toolUseId").cloned().unwrap_or(Value::Null),
-                            tool.get("name").cloned().unwrap_or(Value::Null),
-                        ),
-                        Value::Null,
-                    );
+                    let field = |k: &str| tool.get(k).cloned().unwrap_or(Value::Null);
+                    let id_and_name = [field("toolUseId"), field("name")];
+                    self.tool_blocks
+                        .start(&self.chunks, out, index, id_and_name);
                 }
             }
             Some("contentBlockDelta") => {
@@ -292,13 +226,9 @@ impl StreamTranslator for StreamToOpenAi {
                         .write(out, json!({"content": text}), Value::Null);
                 } else if let Some(input) =
                     ev.pointer("/delta/toolUse/input").and_then(Value::as_str)
-                    && let Some(&(_, call)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
                 {
-                    self.chunks.write(
-                        out,
-                        openai::tool_call_arguments(call, input.into()),
-                        Value::Null,
-                    );
+                    self.tool_blocks
+                        .arguments(&self.chunks, out, index, input.into());
                 }
             }
             Some("messageStop") => {
@@ -308,26 +238,18 @@ impl StreamTranslator for StreamToOpenAi {
             }
             Some("metadata") => {
                 if let Some(u) = ev.get("usage") {
-                    self.usage = u.clone();
+                    self.ending.usage = u.clone();
                 }
             }
             Some("exception") => {
-                let message = ev
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("upstream error");
-                openai::write_stream_error(out, message, "api_error", Value::Null);
-                self.failed = true;
+                self.ending.fail(out, openai::stream_error_message(&ev));
             }
             _ => {}
         }
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
-        if self.failed || !self.stopped {
-            return;
-        }
-        self.chunks.write_usage_and_done(out, usage(&self.usage));
+        self.ending.finish(&self.chunks, out, self.stopped, usage);
     }
 }
 

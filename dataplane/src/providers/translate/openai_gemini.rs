@@ -24,70 +24,50 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::openai::{self, Chunks, Turns};
+use super::openai::{self, Block, Chunks, Ending, Role, ToolChoice};
 use super::openai_anthropic::is_context_length;
 use super::{StreamTranslator, TranslateError, text_of};
 
 /// The Gemini `generateContent` request for an OpenAI chat completion request.
 pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
-    let req: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
-    let Some(Value::Array(messages)) = req.get("messages") else {
-        return Err(TranslateError::new(
-            "`messages` must be an array",
-            Some("messages"),
-        ));
-    };
-    let mut system: Vec<Value> = Vec::new();
-    let mut contents = Turns::default();
+    let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
     // Tool call id → function name, for the `functionResponse` parts that answer them.
     let mut call_names: HashMap<String, Value> = HashMap::new();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        let content = m.get("content").unwrap_or(&Value::Null);
-        let (role, parts) = match role {
-            "system" | "developer" => {
-                let text = text_of(content);
-                if !text.is_empty() {
-                    system.push(json!({"text": text}));
-                }
-                continue;
-            }
-            "user" => ("user", parts_of(content, i)?),
-            "assistant" => {
-                let mut parts = parts_of(content, i)?;
-                for call in openai::tool_calls(m) {
-                    if let Some(id) = call.id.as_str() {
-                        call_names.insert(id.to_owned(), call.name.clone());
+    let system_part = |text| json!({"text": text});
+    let (system, contents) =
+        openai::conversation(&messages, system_part, |i, role, m, content| {
+            Ok(match role {
+                Role::User => ("user", parts_of(content, i)?),
+                Role::Assistant => {
+                    let mut parts = parts_of(content, i)?;
+                    for call in openai::tool_calls(m) {
+                        if let Some(id) = call.id.as_str() {
+                            call_names.insert(id.to_owned(), call.name.clone());
+                        }
+                        parts
+                            .push(json!({"functionCall": {"name": call.name, "args": call.input}}));
                     }
-                    parts.push(json!({"functionCall": {"name": call.name, "args": call.input}}));
+                    ("model", parts)
                 }
-                ("model", parts)
-            }
-            "tool" | "function" => {
-                let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let name = call_names
-                    .get(id)
-                    .cloned()
-                    .or_else(|| m.get("name").cloned())
-                    .unwrap_or_else(|| Value::String(id.to_owned()));
-                let text = text_of(content);
-                let response = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .filter(Value::is_object)
-                    .unwrap_or_else(|| json!({"content": text}));
-                (
-                    "user",
-                    vec![json!({"functionResponse": {"name": name, "response": response}})],
-                )
-            }
-            other => return Err(openai::unsupported_role(i, other)),
-        };
-        contents.push(role, parts);
-    }
+                Role::Tool => {
+                    let id = openai::tool_call_id(m);
+                    let name = call_names
+                        .get(id)
+                        .cloned()
+                        .or_else(|| m.get("name").cloned())
+                        .unwrap_or_else(|| Value::String(id.to_owned()));
+                    let text = text_of(content);
+                    let response = serde_json::from_str::<Value>(&text)
+                        .ok()
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({"content": text}));
+                    (
+                        "user",
+                        vec![json!({"functionResponse": {"name": name, "response": response}})],
+                    )
+                }
+            })
+        })?;
     let mut out = Map::new();
     out.insert("contents".into(), contents.into_value("parts"));
     if !system.is_empty() {
@@ -116,43 +96,26 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     if !config.is_empty() {
         out.insert("generationConfig".into(), Value::Object(config));
     }
-    if let Some(Value::Array(tools)) = req.get("tools") {
-        let declarations: Vec<Value> = tools
-            .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
-                let mut d = Map::new();
-                d.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-                if let Some(desc) = f.get("description") {
-                    d.insert("description".into(), desc.clone());
-                }
-                if let Some(p) = f.get("parameters") {
-                    d.insert("parameters".into(), p.clone());
-                }
-                Value::Object(d)
-            })
-            .collect();
-        if !declarations.is_empty() {
-            out.insert(
-                "tools".into(),
-                json!([{"functionDeclarations": declarations}]),
-            );
-        }
+    let declarations = openai::function_tools(&req, |f| {
+        Value::Object(openai::tool_definition(
+            f,
+            "parameters",
+            "parameters",
+            |p| p.cloned(),
+        ))
+    });
+    if !declarations.is_empty() {
+        out.insert(
+            "tools".into(),
+            json!([{"functionDeclarations": declarations}]),
+        );
     }
-    let calling = match req.get("tool_choice") {
-        Some(Value::String(s)) if s == "auto" => Some(json!({"mode": "AUTO"})),
-        Some(Value::String(s)) if s == "required" => Some(json!({"mode": "ANY"})),
-        Some(Value::String(s)) if s == "none" => Some(json!({"mode": "NONE"})),
-        Some(Value::Object(o)) => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            Some(json!({"mode": "ANY", "allowedFunctionNames": [name]}))
-        }
-        _ => None,
-    };
+    let calling = openai::tool_choice(&req).map(|choice| match choice {
+        ToolChoice::Auto => json!({"mode": "AUTO"}),
+        ToolChoice::Required => json!({"mode": "ANY"}),
+        ToolChoice::None => json!({"mode": "NONE"}),
+        ToolChoice::Function(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+    });
     if let Some(calling) = calling {
         out.insert(
             "toolConfig".into(),
@@ -232,38 +195,27 @@ fn tool_call(call: &Value, n: usize, with_index: bool) -> Value {
 
 /// The OpenAI chat completion for a Gemini answer; the input unchanged if it is not one.
 pub fn response(body: Bytes) -> Bytes {
-    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+    let Some(doc) = openai::answer_object(&body) else {
         return body;
     };
-    if !doc.is_object() {
-        return body;
-    }
     let candidate = doc.pointer("/candidates/0").unwrap_or(&Value::Null);
-    let mut text = String::new();
-    let mut calls = Vec::new();
-    for part in candidate
-        .pointer("/content/parts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    let parts = openai::array_at(candidate, "/content/parts");
+    let mut message = openai::message_of(parts, |part, calls| {
         if part.get("thought") == Some(&Value::Bool(true)) {
-            continue;
+            return Block::default();
         }
-        if let Some(t) = part.get("text").and_then(Value::as_str) {
-            text.push_str(t);
+        Block {
+            text: part.get("text").and_then(Value::as_str),
+            call: part.get("functionCall").map(|c| tool_call(c, calls, false)),
         }
-        if let Some(call) = part.get("functionCall") {
-            calls.push(tool_call(call, calls.len(), false));
-        }
-    }
+    });
+    let called_tools = message.get("tool_calls").is_some();
     let finish = match candidate.get("finishReason").and_then(Value::as_str) {
-        Some(reason) => finish_reason(reason, !calls.is_empty()),
+        Some(reason) => finish_reason(reason, called_tools),
         // No candidate at all: the prompt itself was blocked.
         None if doc.pointer("/promptFeedback/blockReason").is_some() => "content_filter".into(),
         None => "stop".into(),
     };
-    let mut message = openai::message(text, calls);
     if finish == "content_filter" && message["content"] == "" {
         message["content"] = Value::Null;
     }
@@ -332,8 +284,7 @@ pub struct StreamToOpenAi {
     chunks: Chunks,
     started: bool,
     calls: usize,
-    usage: Value,
-    failed: bool,
+    ending: Ending,
 }
 
 impl Default for StreamToOpenAi {
@@ -348,8 +299,7 @@ impl StreamToOpenAi {
             chunks: Chunks::new(Value::Null, Value::Null),
             started: false,
             calls: 0,
-            usage: Value::Null,
-            failed: false,
+            ending: Ending::default(),
         }
     }
 }
@@ -360,12 +310,7 @@ impl StreamTranslator for StreamToOpenAi {
             return;
         };
         if let Some(error) = doc.get("error") {
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error");
-            openai::write_stream_error(out, message, "api_error", Value::Null);
-            self.failed = true;
+            self.ending.fail(out, openai::stream_error_message(error));
             return;
         }
         if !self.started {
@@ -378,15 +323,10 @@ impl StreamTranslator for StreamToOpenAi {
             self.chunks.write_role(out);
         }
         if let Some(u) = doc.get("usageMetadata").filter(|u| u.is_object()) {
-            self.usage = u.clone();
+            self.ending.usage = u.clone();
         }
         let candidate = doc.pointer("/candidates/0").unwrap_or(&Value::Null);
-        for part in candidate
-            .pointer("/content/parts")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for part in openai::array_at(candidate, "/content/parts") {
             if part.get("thought") == Some(&Value::Bool(true)) {
                 continue;
             }
@@ -413,10 +353,7 @@ impl StreamTranslator for StreamToOpenAi {
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
-        if self.failed || !self.started {
-            return;
-        }
-        self.chunks.write_usage_and_done(out, usage(&self.usage));
+        self.ending.finish(&self.chunks, out, self.started, usage);
     }
 }
 

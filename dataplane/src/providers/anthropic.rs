@@ -17,9 +17,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use http_body_util::BodyExt;
 
 use super::client::{self, HttpClient};
-use super::ratelimit::UpstreamRateLimits;
 use super::translate::{self, TranslateError, anthropic_openai, openai_anthropic};
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
+use crate::fleet::UpstreamRateLimits;
 
 /// The API version the gateway speaks (the only stable one Anthropic has published).
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";

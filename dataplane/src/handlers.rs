@@ -1,8 +1,10 @@
 //! HTTP handlers: each one walks a request through the lifecycle phases.
 //!
-//! authenticate → read and parse the body → resolve the model and check access → admit
-//! (rate limits and budgets, [`crate::admission`]) → forward (route, retry, stream) → account. Each phase is a function of its
-//! own module; this file only strings them together and shapes the HTTP answer.
+//! authenticate → read and parse the body → resolve the model and check access → build the
+//! request's context ([`crate::context`]) → admit (rate limits and budgets, a
+//! [`crate::quota::Ticket`]) → forward (route, retry, stream) → account. Each phase is a
+//! function of its own module; this file only strings them together and shapes the HTTP
+//! answer.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,16 +18,14 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 use tracing::Instrument;
 
-use switchboard_shared::budget::usd_to_nanos;
-use switchboard_shared::usage::Usage;
-
-use crate::accounting::{Ledger, LedgerOpen, completion_allowance};
+use crate::accounting::Ledger;
 use crate::auth::authenticate;
 use crate::budget::{BudgetScope, BudgetSubject};
-use crate::catalog::ModelEntry;
+use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::providers::Endpoint;
-use crate::proxy::{Forward, forward};
+use crate::proxy::forward;
+use crate::quota::Ticket;
 use crate::request::RequestView;
 use crate::state::AppState;
 
@@ -87,14 +87,16 @@ async fn proxy(
     let started = Instant::now();
     let id = request_id(&headers);
     let span = tracing::info_span!("request", request_id = %id, endpoint = endpoint.as_str(), model = tracing::field::Empty, deployment = tracing::field::Empty);
-    let mut response = match serve_proxy(&state, endpoint, &headers, body, &id, started)
+    // Made now: the id itself moves into the request's ledger and its usage record.
+    let id_header = HeaderValue::from_str(&id);
+    let mut response = match serve_proxy(&state, endpoint, &headers, body, id, started)
         .instrument(span)
         .await
     {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Ok(value) = id_header {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
@@ -105,18 +107,63 @@ async fn serve_proxy(
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
-    request_id: &str,
+    request_id: String,
     started: Instant,
 ) -> Result<Response, ApiError> {
     let catalog = state.catalog().ok_or(ApiError::NotReady)?;
     let key = authenticate(&catalog, state.pepper(), headers)?;
     let bytes = read_body(body, headers, state.max_body_bytes).await?;
+    let view = parse(bytes, endpoint)?;
+    let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
+    tracing::Span::current().record("model", model.name.as_str());
+
+    let prompt_estimate = view.estimated_prompt_tokens();
+    let request = RequestContext {
+        endpoint,
+        estimated_tokens: prompt_estimate + view.max_tokens.unwrap_or(0),
+        prompt_estimate,
+        key,
+        model: Arc::clone(model),
+        view,
+        selection,
+        started,
+        started_at: state.books.clock.now(),
+        revision: catalog.revision,
+        price_version: catalog.price_version,
+        explain: headers.contains_key(crate::proxy::EXPLAIN_REQUEST_HEADER),
+    };
+    let (ticket, limits) = Ticket::admit(
+        state.books.stores(),
+        &request.key,
+        request.estimated_tokens,
+        || request.max_cost_nanos(),
+        request.started_at,
+    )
+    .await?;
+    let request = Arc::new(request);
+    let ledger = Ledger::open(
+        state.books.clone(),
+        Arc::clone(&request),
+        request_id,
+        ticket,
+    );
+    let mut response = forward(&catalog, &request, ledger).await;
+    limits.write_headers(response.headers_mut());
+    response
+        .headers_mut()
+        .insert(REVISION, catalog.revision_header.clone());
+    Ok(response)
+}
+
+/// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on
+/// `/v1/messages` Anthropic's rules (`max_tokens` required; streams always report usage, and
+/// its API refuses `stream_options`).
+fn parse(bytes: bytes::Bytes, endpoint: Endpoint) -> Result<RequestView, ApiError> {
     let mut view = RequestView::parse(bytes)?;
     if !endpoint.supports_streaming() {
         view.stream = false;
     }
     if endpoint == Endpoint::Messages {
-        // Anthropic streams always report usage, and its API refuses `stream_options`.
         view.client_wants_usage = true;
         if view.max_tokens.is_none() {
             return Err(ApiError::bad_request(
@@ -125,74 +172,7 @@ async fn serve_proxy(
             ));
         }
     }
-    let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
-    tracing::Span::current().record("model", model.name.as_str());
-
-    let prompt_estimate = view.estimated_prompt_tokens();
-    let estimated_tokens = prompt_estimate + view.max_tokens.unwrap_or(0);
-    let admitted = crate::admission::admit(
-        &state.books,
-        &key,
-        estimated_tokens,
-        || usd_to_nanos(max_cost(model, &view)),
-        state.books.clock.now(),
-    )
-    .await?;
-
-    let ledger = Ledger::open(LedgerOpen {
-        books: state.books.clone(),
-        request_id: request_id.to_owned(),
-        key: Arc::clone(&key),
-        model: Arc::clone(model),
-        endpoint,
-        stream: view.stream,
-        started,
-        started_at: state.books.clock.now(),
-        estimated_tokens,
-        prompt_estimate,
-        max_tokens: view.max_tokens,
-        revision: catalog.revision,
-        price_version: catalog.price_version,
-        budget: admitted.budget,
-    });
-    let mut response = forward(
-        Forward {
-            catalog: &catalog,
-            model,
-            view: &view,
-            endpoint,
-            limiter: &state.books.limiter,
-            estimated_tokens,
-            selection: &selection,
-            key: &key.key,
-            explain: headers.contains_key(crate::proxy::EXPLAIN_REQUEST_HEADER),
-        },
-        ledger,
-    )
-    .await;
-    admitted.limits.write_headers(response.headers_mut());
-    response
-        .headers_mut()
-        .insert(REVISION, catalog.revision_header.clone());
-    Ok(response)
-}
-
-/// The most this request can cost on any of the model's deployments: its prompt estimate
-/// plus its completion allowance at the dearest price.
-fn max_cost(model: &ModelEntry, view: &RequestView) -> f64 {
-    model
-        .deployments
-        .iter()
-        .filter_map(|d| d.price.as_ref())
-        .map(|price| {
-            let usage = Usage {
-                prompt_tokens: view.estimated_prompt_tokens(),
-                completion_tokens: completion_allowance(view.max_tokens, Some(price)),
-                ..Usage::default()
-            };
-            switchboard_shared::pricing::cost(&usage, price)
-        })
-        .fold(0.0, f64::max)
+    Ok(view)
 }
 
 /// Reads the body up to `limit` bytes: 413 beyond it (by `Content-Length` before reading,

@@ -8,7 +8,7 @@
 //! string key holding its theoretical arrival time in microseconds, with an expiry just past
 //! the moment it is idle again (no sweeping, an idle subject costs no memory). A request with
 //! a budget sends its budget counters in the same call ([`RedisLimiter::admit_charging`],
-//! used by [`crate::admission`]): the script checks the limits and the budgets, then charges
+//! used by [`crate::quota`]): the script checks the limits and the budgets, then charges
 //! all or none, so a request refused by either leaves nothing charged on the other, and
 //! admission stays one round trip.
 //!

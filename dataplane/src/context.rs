@@ -21,18 +21,22 @@ use crate::selectors::Selection;
 /// One authenticated, parsed client request.
 #[derive(Debug)]
 pub struct RequestContext {
+    /// The API it came in on, which is also the protocol of its answer.
     pub endpoint: Endpoint,
+    /// The virtual key that made it, with its tenant.
     pub key: Arc<KeyEntry>,
     /// The model asked for (fallbacks are found through the catalog).
     pub model: Arc<ModelEntry>,
+    /// The body, and the few fields of it the gateway reads.
     pub view: RequestView,
     /// Tags, capabilities and session that narrow the deployments.
     pub selection: Selection,
+    /// When it arrived, for latency and TTFT; and on the budgets' clock, for spend.
     pub started: Instant,
     pub started_at: DateTime<Utc>,
-    /// The gateway's estimate of the prompt's tokens.
+    /// The gateway's estimate of the prompt's tokens, and that plus `max_tokens`: what the
+    /// token limits are charged at admission.
     pub prompt_estimate: u64,
-    /// Prompt plus `max_tokens`: what the token limits are charged at admission.
     pub estimated_tokens: u64,
     /// The serving snapshot's revision and price-file version, which price the request.
     pub revision: u64,

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::accounting::Ledger;
 use crate::auth::authenticate;
 use crate::budget::{BudgetScope, BudgetSubject};
+use crate::catalog::{Catalog, KeyEntry};
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::providers::Endpoint;
@@ -110,8 +111,7 @@ async fn serve_proxy(
     request_id: String,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.pepper(), headers)?;
+    let (catalog, key) = caller(state, headers)?;
     let bytes = read_body(body, headers, state.max_body_bytes).await?;
     let view = parse(bytes, endpoint)?;
     let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
@@ -175,6 +175,17 @@ fn parse(bytes: bytes::Bytes, endpoint: Endpoint) -> Result<RequestView, ApiErro
     Ok(view)
 }
 
+/// The serving catalog and the calling key: 503 before the first snapshot, else what
+/// [`authenticate`] says of the key.
+fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(Arc<Catalog>, Arc<KeyEntry>), ApiError> {
+    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
+    let key = authenticate(&catalog, state.pepper(), headers)?;
+    Ok((catalog, key))
+}
+
 /// Reads the body up to `limit` bytes: 413 beyond it (by `Content-Length` before reading,
 /// or while reading when there is none), 400 if the client breaks off.
 async fn read_body(
@@ -206,8 +217,7 @@ pub async fn list_models(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.pepper(), &headers)?;
+    let (catalog, key) = caller(&state, &headers)?;
     let data: Vec<serde_json::Value> = catalog
         .model_names()
         .iter()
@@ -224,8 +234,7 @@ pub async fn key_info(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.pepper(), &headers)?;
+    let (catalog, key) = caller(&state, &headers)?;
     let tenant = &key.tenant.tenant;
     let now = state.books.clock.now();
     let (mut key_budget, mut tenant_budget) = (None, None);
@@ -287,8 +296,7 @@ pub async fn retrieve_model(
     Path(model): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.pepper(), &headers)?;
+    let (catalog, key) = caller(&state, &headers)?;
     match catalog.model(&model) {
         Some(entry) if key.key.allows_model(&entry.name) => {
             Ok(Json(model_object(&entry.name)).into_response())

@@ -2,7 +2,11 @@
 //!
 //! One [`DeploymentState`] per deployment, held in an `Arc` by the catalog and handed from
 //! one catalog to the next by deployment id (a reload neither resets a latency nor forgets a
-//! cooldown). Every part is atomics, written on the request path without locks:
+//! cooldown). Every part is atomics, written on the request path without locks, and one owner
+//! writes them: the forward loop reports how each attempt ended ([`DeploymentState::record`])
+//! and the state updates its breaker, load, latency and quota behind that call. `fleet` stands
+//! below the catalog and the providers (it imports neither), so both can hold and feed it.
+//!
 //!
 //! - [`breaker`]: closed → open → half-open with one probe; cooldowns and their timing.
 //! - [`load`]: in flight, latency and TTFT averages, requests/tokens/failures this minute.

@@ -158,6 +158,10 @@ pub fn format_reset(nanos: u64) -> String {
     }
 }
 
+/// What admitting a request to its limits answers: the first limited subject's state, or
+/// why not.
+pub type Admission = Result<LimitView, Denial>;
+
 /// The limiter contract.
 pub trait RateLimiter: Send + Sync {
     /// Counts one request and `estimated_tokens` against every subject, all or nothing: when
@@ -166,7 +170,7 @@ pub trait RateLimiter: Send + Sync {
         &self,
         subjects: &[Subject<'_>],
         estimated_tokens: u64,
-    ) -> impl Future<Output = Result<LimitView, Denial>> + Send;
+    ) -> impl Future<Output = Admission> + Send;
 
     /// Corrects the token charge of an admitted request once its real usage is known.
     fn settle(&self, subjects: &[Subject<'_>], estimated_tokens: u64, actual_tokens: u64);
@@ -180,11 +184,7 @@ pub enum Limiter {
 }
 
 impl Limiter {
-    pub async fn admit(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
+    pub async fn admit(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         match self {
             Limiter::Local(l) => l.admit(subjects, estimated_tokens).await,
             Limiter::Redis(l) => l.admit(subjects, estimated_tokens).await,

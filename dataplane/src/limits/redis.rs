@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 
 use super::gcra::CellState;
 use super::local::LocalLimiter;
-use super::{Denial, LimitView, RateLimiter, Refusal, Resource, Scope, Subject};
+use super::{Admission, Denial, LimitView, RateLimiter, Refusal, Resource, Scope, Subject};
 use crate::metrics;
 use crate::shared_redis::{FailurePolicy, SharedRedis};
 use switchboard_shared::budget::escape_tag as escape;
@@ -105,11 +105,7 @@ impl RedisLimiter {
         &self.inner.redis
     }
 
-    async fn admit_shared(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
+    async fn admit_shared(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         let inner = &self.inner;
         let cells = Cells::of(inner.redis.prefix(), subjects, estimated_tokens);
         let mut cmd = redis::cmd("EVALSHA");
@@ -167,11 +163,7 @@ impl RedisLimiter {
 
     /// Admission while Redis is down, as [`RateLimiter::admit`] decides it: unlimited subjects
     /// pass without counting as degraded.
-    fn admit_degraded(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
+    fn admit_degraded(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         if subjects.iter().all(|s| s.limits.is_unlimited()) {
             return Ok(LimitView::default());
         }
@@ -223,11 +215,7 @@ impl RedisLimiter {
     }
 
     /// Admission while Redis is unreachable, per the failure policy.
-    fn degraded(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
+    fn degraded(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         let policy = self.inner.redis.policy();
         metrics::count_limits_degraded(policy_name(policy));
         match policy {
@@ -249,17 +237,13 @@ fn policy_name(policy: FailurePolicy) -> &'static str {
 }
 
 impl RateLimiter for RedisLimiter {
-    async fn admit(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
-        if subjects.iter().all(|s| s.limits.is_unlimited()) {
-            return Ok(LimitView::default());
-        }
+    async fn admit(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         // While down, no request waits for a timeout: the probe finds out when it is back.
         if !self.inner.redis.is_up() {
-            return self.degraded(subjects, estimated_tokens);
+            return self.admit_degraded(subjects, estimated_tokens);
+        }
+        if subjects.iter().all(|s| s.limits.is_unlimited()) {
+            return Ok(LimitView::default());
         }
         self.admit_shared(subjects, estimated_tokens).await
     }
@@ -359,7 +343,7 @@ pub enum Joint {
     CounterFull { index: usize, spent: i64 },
     /// Redis was down or did not answer: the limits were decided per the failure policy (this
     /// result, in process) and the counters were not charged.
-    Unreachable(Result<LimitView, Denial>),
+    Unreachable(Admission),
 }
 
 /// `EVALSHA` of the script in mode `b`: the cells, then the counters.
@@ -493,11 +477,7 @@ fn cell_key(prefix: &str, tenant: Option<&str>, s: &Subject<'_>, what: Resource)
 }
 
 /// The script's reply as an admission result; `None` if it is not a reply the script gives.
-fn interpret(
-    reply: &[i64],
-    cells: &[Cell],
-    subjects: &[Subject<'_>],
-) -> Option<Result<LimitView, Denial>> {
+fn interpret(reply: &[i64], cells: &[Cell], subjects: &[Subject<'_>]) -> Option<Admission> {
     match reply {
         [1, aheads @ ..] if aheads.len() == cells.len() => {
             let first_limited = cells.first().map(|c| c.subject);

@@ -150,22 +150,16 @@ impl LocalLimiter {
 mod tests {
     use super::super::Scope;
     use super::*;
-    use switchboard_shared::snapshot::RateLimits;
 
     const SEC: u64 = 1_000_000_000;
 
-    fn subject<'a>(
+    fn subject(
         scope: Scope,
-        state: &'a LocalLimitState,
+        state: &LocalLimitState,
         rpm: Option<u32>,
         tpm: Option<u32>,
-    ) -> Subject<'a> {
-        Subject {
-            scope,
-            id: "x",
-            limits: RateLimits { rpm, tpm },
-            local: state,
-        }
+    ) -> Subject<'_> {
+        Subject::limited(scope, "x", state, rpm, tpm)
     }
 
     #[test]

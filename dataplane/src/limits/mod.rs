@@ -51,6 +51,26 @@ pub struct Subject<'a> {
     pub local: &'a LocalLimitState,
 }
 
+#[cfg(test)]
+impl<'a> Subject<'a> {
+    /// A subject with these limits, for tests.
+    pub(crate) fn limited(
+        scope: Scope,
+        id: &'a str,
+        local: &'a LocalLimitState,
+        rpm: Option<u32>,
+        tpm: Option<u32>,
+    ) -> Self {
+        let limits = RateLimits { rpm, tpm };
+        Self {
+            scope,
+            id,
+            limits,
+            local,
+        }
+    }
+}
+
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {

@@ -130,11 +130,8 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, v.parse().unwrap());
-        }
-        h
+        let header = |(k, v): &(&'static str, &str)| (k.parse().unwrap(), v.parse().unwrap());
+        pairs.iter().map(header).collect()
     }
 
     #[test]

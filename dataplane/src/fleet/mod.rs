@@ -137,3 +137,75 @@ impl DeploymentState {
         self.load.record_tokens(tokens, unix_ms());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_record_call_updates_breaker_load_latency_and_quota() {
+        let state = Arc::new(DeploymentState::new());
+        let inflight = state.begin();
+        assert_eq!(state.load.inflight(), 1);
+        let reading = UpstreamRateLimits {
+            limit_requests: Some(100),
+            remaining_requests: Some(75),
+            ..UpstreamRateLimits::default()
+        };
+        let answered = Outcome::Answered {
+            ms: 120.0,
+            streamed: false,
+        };
+        assert_eq!(state.record(answered, Some(&reading)), Recorded::default());
+        drop(inflight);
+        let now = unix_ms();
+        assert_eq!(state.load.inflight(), 0);
+        assert_eq!(state.load.latency_ms(now), Some(120.0));
+        assert!(
+            state.quota.used_share(now).is_some(),
+            "the reading was kept"
+        );
+        assert_eq!(state.load.this_minute(now).requests, 1);
+
+        let cooldown = Cooldown {
+            allowed_failures: 2,
+            seconds: 30,
+        };
+        let failed = Outcome::Failed {
+            cooldown: &cooldown,
+        };
+        assert!(
+            !state.record(failed, None).cooled,
+            "one failure of two allowed"
+        );
+        assert!(state.record(failed, None).cooled, "the second opens it");
+        assert!(state.is_open());
+        assert_eq!(state.load.this_minute(now).failures, 2);
+    }
+
+    #[test]
+    fn a_credential_rejection_alerts_once_per_episode() {
+        let state = DeploymentState::new();
+        let out = Outcome::CredentialRejected {
+            period: Duration::from_secs(300),
+        };
+        let first = state.record(out, None);
+        assert!(first.cooled && first.first_alert);
+        assert_eq!(state.record(out, None), Recorded::default());
+        assert!(matches!(state.gate(unix_ms()), Gate::Open { .. }));
+    }
+
+    #[test]
+    fn a_rate_limit_opens_at_once_and_a_refusal_gives_the_probe_back() {
+        let state = DeploymentState::new();
+        let limited = Outcome::RateLimited {
+            period: Duration::from_millis(1),
+        };
+        assert!(state.record(limited, None).cooled);
+        let later = unix_ms() + 10;
+        assert_eq!(state.gate(later), Gate::Probe, "half-open: one probe");
+        assert_ne!(state.gate(later), Gate::Probe, "the probe is taken");
+        state.record(Outcome::Refused, None);
+        assert_eq!(state.gate(later), Gate::Probe, "given back by the refusal");
+    }
+}

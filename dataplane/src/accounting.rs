@@ -1,7 +1,7 @@
 //! The last phase of a request: usage, cost, limit settlement and the usage record.
 //!
 //! A [`Ledger`] is opened when a request has been admitted, holding its quota
-//! [`Ticket`] and sharing its [`RequestContext`]; it travels with the answer (inside the
+//! [`Ticket`] and sharing its [`RequestFacts`]; it travels with the answer (inside the
 //! streaming body, for streams) and is closed exactly once — when the answer is complete, when
 //! the upstream fails, or when the client goes away (its `Drop`). Its fields are private; the
 //! forward loop and the relay tell it what happened through its verbs. Closing it settles the
@@ -36,7 +36,7 @@ use switchboard_shared::pricing::cost;
 use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
 
 use crate::catalog::DeploymentEntry;
-use crate::context::RequestContext;
+use crate::context::RequestFacts;
 pub use crate::context::completion_allowance;
 use crate::limits::Limiter;
 use crate::metrics;
@@ -161,7 +161,7 @@ impl Books {
 #[derive(Debug)]
 pub struct Ledger {
     books: Books,
-    request: Arc<RequestContext>,
+    request: Arc<RequestFacts>,
     /// Moved into the usage record when the ledger closes.
     request_id: String,
     ticket: Ticket,
@@ -178,7 +178,7 @@ impl Ledger {
     /// Opens the books of an admitted `request` holding `ticket`.
     pub fn open(
         books: Books,
-        request: Arc<RequestContext>,
+        request: Arc<RequestFacts>,
         request_id: String,
         ticket: Ticket,
     ) -> Self {
@@ -196,7 +196,7 @@ impl Ledger {
     }
 
     /// The request this ledger accounts for.
-    pub fn request(&self) -> &RequestContext {
+    pub fn request(&self) -> &RequestFacts {
         &self.request
     }
 
@@ -293,7 +293,7 @@ impl Ledger {
         let Some(deployment) = &self.deployment else {
             return Measured::Nothing;
         };
-        let max_tokens = self.request.view.max_tokens;
+        let max_tokens = self.request.max_tokens;
         Measured::Counted(Usage {
             prompt_tokens: self.request.prompt_estimate,
             completion_tokens: completion_allowance(max_tokens, deployment.price.as_ref()),
@@ -338,7 +338,7 @@ impl Ledger {
         self.inflight = None;
         self.request.model.metrics.record(&usage, cost_usd);
         let endpoint = self.request.endpoint.as_str();
-        let stream = self.request.view.stream;
+        let stream = self.request.stream;
         metrics::record_latency(
             endpoint,
             elapsed.as_secs_f64(),

@@ -1,10 +1,12 @@
 //! The request context: what one client request is, built once in [`crate::handlers`] when
-//! the request has been authenticated, parsed and resolved to a model.
+//! the request has been authenticated, parsed, resolved to a model and admitted.
 //!
-//! Every later phase reads it instead of copying from it: admission ([`crate::quota`]), the
-//! forward loop ([`crate::proxy`]) borrow it; the [`crate::accounting::Ledger`], which rides
-//! inside a streamed answer's body ([`crate::relay`]) and so must own what it reads, shares it
-//! through one `Arc`, made once per request (never per attempt).
+//! Every later phase reads it instead of copying from it. Admission ([`crate::quota`]) and the
+//! forward loop ([`crate::proxy`]) borrow it. The [`crate::accounting::Ledger`] rides inside a
+//! streamed answer's body ([`crate::relay`]) and so must own what it reads: it shares the
+//! context's [`RequestFacts`] through one `Arc`, made once per request (never per attempt).
+//! The body ([`RequestView`]) is not in that part: only the forward loop needs it, so a
+//! long stream does not keep the prompt in memory.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,19 +20,33 @@ use crate::providers::Endpoint;
 use crate::request::RequestView;
 use crate::selectors::Selection;
 
-/// One authenticated, parsed client request.
+/// One authenticated, parsed, admitted client request, as the forward loop borrows it.
 #[derive(Debug)]
 pub struct RequestContext {
+    /// What outlives the forward loop, shared with the request's ledger.
+    pub facts: Arc<RequestFacts>,
+    /// The body, and the few fields of it the gateway reads.
+    pub view: RequestView,
+    /// Tags, capabilities and session that narrow the deployments.
+    pub selection: Selection,
+    /// Answer with the routing decision ([`crate::proxy::EXPLAIN_RESPONSE_HEADER`]).
+    pub explain: bool,
+}
+
+/// What the ledger (and through it the relay) reads about a request until its answer ends.
+#[derive(Debug)]
+pub struct RequestFacts {
     /// The API it came in on, which is also the protocol of its answer.
     pub endpoint: Endpoint,
     /// The virtual key that made it, with its tenant.
     pub key: Arc<KeyEntry>,
     /// The model asked for (fallbacks are found through the catalog).
     pub model: Arc<ModelEntry>,
-    /// The body, and the few fields of it the gateway reads.
-    pub view: RequestView,
-    /// Tags, capabilities and session that narrow the deployments.
-    pub selection: Selection,
+    /// From the body: a stream was asked for; the client itself asked for the usage event;
+    /// its `max_tokens`.
+    pub stream: bool,
+    pub client_wants_usage: bool,
+    pub max_tokens: Option<u64>,
     /// When it arrived, for latency and TTFT; and on the budgets' clock, for spend.
     pub started: Instant,
     pub started_at: DateTime<Utc>,
@@ -41,11 +57,9 @@ pub struct RequestContext {
     /// The serving snapshot's revision and price-file version, which price the request.
     pub revision: u64,
     pub price_version: Option<u64>,
-    /// Answer with the routing decision ([`crate::proxy::EXPLAIN_RESPONSE_HEADER`]).
-    pub explain: bool,
 }
 
-impl RequestContext {
+impl RequestFacts {
     /// The most this request can cost on any of the model's deployments, in nano-dollars:
     /// its prompt estimate plus its completion allowance at the dearest price.
     pub fn max_cost_nanos(&self) -> i64 {
@@ -57,7 +71,7 @@ impl RequestContext {
             .map(|price| {
                 let usage = Usage {
                     prompt_tokens: self.prompt_estimate,
-                    completion_tokens: completion_allowance(self.view.max_tokens, Some(price)),
+                    completion_tokens: completion_allowance(self.max_tokens, Some(price)),
                     ..Usage::default()
                 };
                 switchboard_shared::pricing::cost(&usage, price)

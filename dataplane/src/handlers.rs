@@ -22,7 +22,7 @@ use crate::accounting::Ledger;
 use crate::auth::authenticate;
 use crate::budget::{BudgetScope, BudgetSubject};
 use crate::catalog::{Catalog, KeyEntry};
-use crate::context::RequestContext;
+use crate::context::{RequestContext, RequestFacts};
 use crate::error::ApiError;
 use crate::providers::Endpoint;
 use crate::proxy::forward;
@@ -118,32 +118,37 @@ async fn serve_proxy(
     tracing::Span::current().record("model", model.name.as_str());
 
     let prompt_estimate = view.estimated_prompt_tokens();
-    let request = RequestContext {
+    let facts = RequestFacts {
         endpoint,
-        estimated_tokens: prompt_estimate + view.max_tokens.unwrap_or(0),
-        prompt_estimate,
         key,
         model: Arc::clone(model),
-        view,
-        selection,
+        stream: view.stream,
+        client_wants_usage: view.client_wants_usage,
+        max_tokens: view.max_tokens,
         started,
         started_at: state.books.clock.now(),
+        prompt_estimate,
+        estimated_tokens: prompt_estimate + view.max_tokens.unwrap_or(0),
         revision: catalog.revision,
         price_version: catalog.price_version,
-        explain: headers.contains_key(crate::proxy::EXPLAIN_REQUEST_HEADER),
     };
     let (ticket, limits) = Ticket::admit(
         state.books.stores(),
-        &request.key,
-        request.estimated_tokens,
-        || request.max_cost_nanos(),
-        request.started_at,
+        &facts.key,
+        facts.estimated_tokens,
+        || facts.max_cost_nanos(),
+        facts.started_at,
     )
     .await?;
-    let request = Arc::new(request);
+    let request = RequestContext {
+        facts: Arc::new(facts),
+        view,
+        selection,
+        explain: headers.contains_key(crate::proxy::EXPLAIN_REQUEST_HEADER),
+    };
     let ledger = Ledger::open(
         state.books.clone(),
-        Arc::clone(&request),
+        Arc::clone(&request.facts),
         request_id,
         ticket,
     );

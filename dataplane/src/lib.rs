@@ -6,7 +6,7 @@
 //!    [`catalog`] (the compiled [`switchboard_shared::snapshot::Snapshot`] held by [`state`]).
 //! 2. [`request`] — the few body fields the gateway needs, parsed without building a tree.
 //!    With the model resolved ([`selectors`]), [`context`] holds the request as one value that
-//!    every later phase borrows (the ledger shares it through one `Arc`).
+//!    every later phase borrows (the ledger shares its facts, not the body, through one `Arc`).
 //! 3. [`quota`] — one [`quota::Ticket`] holds every rate limit and budget the request is
 //!    subject to: the key's and tenant's, taken at admission in one call (one Redis script call
 //!    for both, or this process's atomics without Redis, all or nothing), the deployment's,

@@ -126,7 +126,7 @@ fn candidates(
     let mut left_out = String::new();
     let selection = &request.selection;
     order.retain(
-        |&i| match selection.check(&model.deployments[i], &request.key.key) {
+        |&i| match selection.check(&model.deployments[i], &request.facts.key.key) {
             Ok(()) => true,
             Err(why) => {
                 excluded.get_or_insert(why);
@@ -222,6 +222,7 @@ async fn forward_inner(
     explain: &mut Option<String>,
 ) -> Response {
     let fallbacks = request
+        .facts
         .model
         .policy
         .fallbacks
@@ -230,12 +231,12 @@ async fn forward_inner(
     let mut tries = Tries::default();
     let base_input = RouteInput {
         stream: request.view.stream,
-        prompt_tokens: request.prompt_estimate,
+        prompt_tokens: request.facts.prompt_estimate,
         max_tokens: request.view.max_tokens,
         now_ms: unix_ms(),
         prefix_keys: &[],
     };
-    for model in std::iter::once(&request.model).chain(fallbacks) {
+    for model in std::iter::once(&request.facts.model).chain(fallbacks) {
         let prefix_keys = match &model.prefix {
             Some(_) => {
                 let block = model.policy.prefix_affinity.unwrap_or_default().block_bytes;
@@ -253,7 +254,7 @@ async fn forward_inner(
             ControlFlow::Continue(ledger) => ledger,
         };
     }
-    let error = tries.into_error(&request.model.name);
+    let error = tries.into_error(&request.facts.model.name);
     ledger.gave_up(error.status());
     axum::response::IntoResponse::into_response(error)
 }
@@ -288,7 +289,7 @@ async fn try_model(
             deployment,
             &model.policy,
             &request.view,
-            request.endpoint,
+            request.facts.endpoint,
             ledger.request_id(),
             ledger.webhooks(),
         )

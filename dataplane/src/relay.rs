@@ -75,7 +75,7 @@ impl SseRelay {
             upstream,
             pending: Some(first),
             tail: BytesMut::new(),
-            strip_usage_event: !ledger.request().view.client_wants_usage,
+            strip_usage_event: !ledger.request().client_wants_usage,
             usage: None,
             events: 0,
             ledger: Some(ledger),

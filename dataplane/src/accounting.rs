@@ -1,10 +1,13 @@
 //! The last phase of a request: usage, cost, limit settlement and the usage record.
 //!
-//! A [`Ledger`] is opened when a request has been admitted and routed, travels with the answer
-//! (inside the streaming body, for streams) and is closed exactly once — when the answer is
-//! complete, when the upstream fails, or when the client goes away (its `Drop`). Closing it
-//! corrects the token limits with the real count, prices the usage with the deployment's price
-//! entry, counts tokens and cost in metrics and hands a [`UsageRecord`] to the [`UsageSink`].
+//! A [`Ledger`] is opened when a request has been admitted, holding its quota
+//! [`Ticket`] and sharing its [`RequestFacts`]; it travels with the answer (inside the
+//! streaming body, for streams) and is closed exactly once — when the answer is complete, when
+//! the upstream fails, or when the client goes away (its `Drop`). Its fields are private; the
+//! forward loop and the relay tell it what happened through its verbs. Closing it settles the
+//! ticket (the token limits corrected with the real count, the budgets with the cost), prices
+//! the usage with the deployment's price entry, counts tokens and cost in metrics and hands a
+//! [`UsageRecord`] to the [`UsageSink`].
 //!
 //! Usage is read in the client's wire format — OpenAI's, or Anthropic's on `/v1/messages` —
 //! the format of every answer that leaves the gateway (other providers' answers are
@@ -25,18 +28,19 @@
 //! - an upstream error without usage, or a request that never reached a deployment → nothing.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::Deserialize;
 use switchboard_shared::pricing::cost;
 use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
 
-use crate::catalog::{DeploymentEntry, KeyEntry, ModelEntry};
+use crate::catalog::DeploymentEntry;
+use crate::context::RequestFacts;
+pub use crate::context::completion_allowance;
 use crate::limits::Limiter;
 use crate::metrics;
-use crate::providers::Endpoint;
+use crate::quota::{Stores, Ticket};
 
 /// Where usage records go. The control-plane pipeline implements this later; today records go
 /// to the log (and, in tests, to memory).
@@ -128,18 +132,6 @@ pub enum Measured {
     Nothing,
 }
 
-/// Completion tokens a request may generate on a deployment priced by `price`: its
-/// `max_tokens`, else the model's output limit, else 4096. Budget reservations and the
-/// charge for an answer of unknown size both use it.
-pub fn completion_allowance(
-    max_tokens: Option<u64>,
-    price: Option<&switchboard_shared::price::PriceEntry>,
-) -> u64 {
-    max_tokens
-        .or_else(|| price.and_then(|p| p.max_output_tokens.or(p.max_tokens)))
-        .unwrap_or(4096)
-}
-
 /// What closing a ledger needs from the process.
 #[derive(Debug, Clone)]
 pub struct Books {
@@ -151,72 +143,50 @@ pub struct Books {
     pub clock: crate::clock::Clock,
 }
 
-/// The accounting context of one routed request.
+impl Books {
+    /// The limit and budget stores, as a [`Ticket`] charges them.
+    pub fn stores(&self) -> Stores<'_> {
+        Stores {
+            limiter: &self.limiter,
+            budgets: &self.budgets,
+            webhooks: &self.webhooks,
+        }
+    }
+}
+
+/// The accounting of one admitted request: its quota [`Ticket`], the attempts made, and the
+/// usage record it ends with. Its verbs follow the request: [`Ledger::attempt_began`] and
+/// [`Ledger::attempt_failed`] per attempt, [`Ledger::first_byte`], then one close —
+/// [`Ledger::answered`], [`Ledger::gave_up`] or [`Ledger::stream_closed`] — or its drop.
 #[derive(Debug)]
 pub struct Ledger {
     books: Books,
-    pub request_id: String,
-    key: Arc<KeyEntry>,
-    model: Arc<ModelEntry>,
-    endpoint: Endpoint,
-    stream: bool,
-    started: Instant,
-    started_at: DateTime<Utc>,
-    estimated_tokens: u64,
-    prompt_estimate: u64,
-    max_tokens: Option<u64>,
-    revision: u64,
-    price_version: Option<u64>,
-    budget: crate::budget::Reservation,
-    pub deployment: Option<Arc<DeploymentEntry>>,
+    request: Arc<RequestFacts>,
+    /// Moved into the usage record when the ledger closes.
+    request_id: String,
+    ticket: Ticket,
+    /// The deployment of the latest attempt.
+    deployment: Option<Arc<DeploymentEntry>>,
     /// Marks the request in flight on its current deployment until the answer ends.
-    pub inflight: Option<crate::fleet::InFlight>,
-    pub attempts: u32,
+    inflight: Option<crate::fleet::InFlight>,
+    attempts: u32,
     ttft: Option<Duration>,
     closed: bool,
 }
 
-/// The facts a ledger is opened with.
-#[derive(Debug)]
-pub struct LedgerOpen {
-    pub books: Books,
-    pub request_id: String,
-    pub key: Arc<KeyEntry>,
-    pub model: Arc<ModelEntry>,
-    pub endpoint: Endpoint,
-    pub stream: bool,
-    pub started: Instant,
-    pub started_at: DateTime<Utc>,
-    /// Prompt plus `max_tokens`, as the token limits were charged at admission.
-    pub estimated_tokens: u64,
-    /// The gateway's estimate of the prompt's tokens.
-    pub prompt_estimate: u64,
-    /// The client's `max_tokens`, if it set one.
-    pub max_tokens: Option<u64>,
-    /// The serving snapshot's revision and price-file version, which priced the request.
-    pub revision: u64,
-    pub price_version: Option<u64>,
-    /// What admission reserved against the key's and tenant's budgets.
-    pub budget: crate::budget::Reservation,
-}
-
 impl Ledger {
-    pub fn open(o: LedgerOpen) -> Self {
+    /// Opens the books of an admitted `request` holding `ticket`.
+    pub fn open(
+        books: Books,
+        request: Arc<RequestFacts>,
+        request_id: String,
+        ticket: Ticket,
+    ) -> Self {
         Self {
-            books: o.books,
-            request_id: o.request_id,
-            key: o.key,
-            model: o.model,
-            endpoint: o.endpoint,
-            stream: o.stream,
-            started: o.started,
-            started_at: o.started_at,
-            estimated_tokens: o.estimated_tokens,
-            prompt_estimate: o.prompt_estimate,
-            max_tokens: o.max_tokens,
-            revision: o.revision,
-            price_version: o.price_version,
-            budget: o.budget,
+            books,
+            request,
+            request_id,
+            ticket,
             deployment: None,
             inflight: None,
             attempts: 0,
@@ -225,22 +195,60 @@ impl Ledger {
         }
     }
 
+    /// The request this ledger accounts for.
+    pub fn request(&self) -> &RequestFacts {
+        &self.request
+    }
+
+    /// The request's id, sent upstream and recorded.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
     /// Where alerts go (the proxy raises credential alerts).
     pub fn webhooks(&self) -> &crate::webhooks::Webhooks {
         &self.books.webhooks
     }
 
-    /// Marks the arrival of the first bytes of the answer.
-    pub fn first_byte(&mut self) {
-        if self.ttft.is_none() {
-            self.ttft = Some(self.started.elapsed());
+    /// Charges an attempt on `deployment` to its own limits through the ticket, or says why
+    /// it does not fit.
+    pub async fn charge_deployment(
+        &self,
+        deployment: &DeploymentEntry,
+    ) -> Result<(), crate::limits::Denial> {
+        self.ticket
+            .charge_deployment(&self.books.limiter, deployment)
+            .await
+    }
+
+    /// An attempt on `deployment` starts: counted, and in flight there until it ends.
+    pub fn attempt_began(&mut self, deployment: &Arc<DeploymentEntry>) {
+        self.attempts += 1;
+        self.deployment = Some(Arc::clone(deployment));
+        self.inflight = Some(deployment.state.begin());
+    }
+
+    /// The attempt failed before any answer: no longer in flight, and its deployment gets
+    /// its token estimate back.
+    pub fn attempt_failed(&mut self) {
+        self.inflight = None;
+        if let Some(d) = &self.deployment {
+            self.ticket.release_deployment(&self.books.limiter, d);
         }
     }
 
-    /// Closes the books on a complete (non-streamed) answer, or on a request that got no
-    /// answer. Usage `None` means the upstream reported none: an error then costs nothing, a
-    /// success the most it could have cost.
-    pub fn close(mut self, outcome: Outcome, status: StatusCode, usage: Option<Usage>) {
+    /// Marks the arrival of the first bytes of the answer.
+    pub fn first_byte(&mut self) {
+        if self.ttft.is_none() {
+            self.ttft = Some(self.request.started.elapsed());
+        }
+    }
+
+    /// Closes the books on a complete (non-streamed) answer, which is also its first byte.
+    /// Usage `None` means the upstream reported none: an error then costs nothing, a success
+    /// the most it could have cost.
+    pub fn answered(mut self, outcome: Outcome, status: StatusCode, usage: Option<Usage>) {
+        self.first_byte();
         let measured = match (usage, outcome) {
             (Some(usage), _) => Measured::Reported(usage),
             (None, Outcome::UpstreamError) => Measured::Nothing,
@@ -249,11 +257,17 @@ impl Ledger {
         self.settle(outcome, status, measured);
     }
 
+    /// Closes the books on a request that got no answer: every attempt failed, or none could
+    /// be made. It is charged nothing.
+    pub fn gave_up(mut self, status: StatusCode) {
+        self.settle(Outcome::UpstreamError, status, Measured::Nothing);
+    }
+
     /// Closes the books on a streamed answer: `usage` is what the stream reported (possibly
     /// only in part), `events` how many events were relayed to the client. Only a stream that
     /// ended cleanly with a report is charged the report; any other is charged what was
     /// generated.
-    pub fn close_stream(
+    pub fn stream_closed(
         mut self,
         outcome: Outcome,
         status: StatusCode,
@@ -264,7 +278,7 @@ impl Ledger {
             (Some(usage), Outcome::Success) => Measured::Reported(usage),
             (partial, _) => {
                 let mut usage = partial.unwrap_or(Usage {
-                    prompt_tokens: self.prompt_estimate,
+                    prompt_tokens: self.request.prompt_estimate,
                     ..Usage::default()
                 });
                 usage.completion_tokens = usage.completion_tokens.max(events);
@@ -279,18 +293,20 @@ impl Ledger {
         let Some(deployment) = &self.deployment else {
             return Measured::Nothing;
         };
+        let max_tokens = self.request.max_tokens;
         Measured::Counted(Usage {
-            prompt_tokens: self.prompt_estimate,
-            completion_tokens: completion_allowance(self.max_tokens, deployment.price.as_ref()),
+            prompt_tokens: self.request.prompt_estimate,
+            completion_tokens: completion_allowance(max_tokens, deployment.price.as_ref()),
             ..Usage::default()
         })
     }
 
+    /// Closes the books once: settles the ticket, counts the usage and emits the record.
     fn settle(&mut self, outcome: Outcome, status: StatusCode, measured: Measured) {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
-        let elapsed = self.started.elapsed();
+        let elapsed = self.request.started.elapsed();
         let (usage, reported) = match measured {
             Measured::Reported(usage) => (usage, true),
             Measured::Counted(usage) => (usage, false),
@@ -299,99 +315,57 @@ impl Ledger {
         // With nothing measured the admission estimate stands for the token limits: charging
         // zero would let a client that provokes failures bypass its token limit.
         let actual_tokens = if measured == Measured::Nothing {
-            self.estimated_tokens
+            self.request.estimated_tokens
         } else {
             usage.total_tokens()
         };
-        let [key_subject, tenant_subject] = self.key.subjects();
-        self.books.limiter.settle(
-            &[key_subject, tenant_subject],
-            self.estimated_tokens,
+        let deployment = self.deployment.as_deref();
+        let cost_usd = deployment
+            .and_then(|d| d.price.as_ref())
+            .map_or(0.0, |p| cost(&usage, p));
+        self.ticket.settle(
+            self.books.stores(),
+            &self.request.key,
+            deployment,
             actual_tokens,
+            switchboard_shared::budget::usd_to_nanos(cost_usd),
         );
-        let price = self.deployment.as_ref().and_then(|d| d.price.as_ref());
-        let cost_usd = price.map_or(0.0, |p| cost(&usage, p));
-        if let Some(d) = &self.deployment {
-            self.books
-                .limiter
-                .settle(&[d.subject()], self.estimated_tokens, actual_tokens);
-            if measured != Measured::Nothing {
-                d.state
-                    .load
-                    .record_tokens(actual_tokens, crate::fleet::unix_ms());
-            }
+        if let Some(d) = deployment
+            && measured != Measured::Nothing
+        {
+            d.state.record_tokens(actual_tokens);
         }
         self.inflight = None;
-        self.settle_budget(switchboard_shared::budget::usd_to_nanos(cost_usd));
-        self.model.metrics.record(&usage, cost_usd);
-        let endpoint = self.endpoint.as_str();
+        self.request.model.metrics.record(&usage, cost_usd);
+        let endpoint = self.request.endpoint.as_str();
+        let stream = self.request.stream;
         metrics::record_latency(
             endpoint,
             elapsed.as_secs_f64(),
-            self.ttft.filter(|_| self.stream).map(|t| t.as_secs_f64()),
+            self.ttft.filter(|_| stream).map(|t| t.as_secs_f64()),
         );
         let record = UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
-            tenant_id: self.key.tenant.tenant.id.clone(),
-            key_id: self.key.key.id.clone(),
-            model: self.model.name.clone(),
-            deployment_id: self.deployment.as_ref().map(|d| d.id.clone()),
-            provider_id: self.deployment.as_ref().map(|d| d.provider_id.clone()),
+            tenant_id: self.request.key.tenant.tenant.id.clone(),
+            key_id: self.request.key.key.id.clone(),
+            model: self.request.model.name.clone(),
+            deployment_id: deployment.map(|d| d.id.clone()),
+            provider_id: deployment.map(|d| d.provider_id.clone()),
             endpoint: endpoint.to_owned(),
-            stream: self.stream,
+            stream,
             outcome,
             status: status.as_u16(),
             attempts: self.attempts,
             usage,
             usage_reported: reported,
             cost_usd,
-            price_revision: self.revision,
-            price_version: self.price_version,
-            started_at: self.started_at,
+            price_revision: self.request.revision,
+            price_version: self.request.price_version,
+            started_at: self.request.started_at,
             latency_ms: millis(elapsed),
             ttft_ms: self.ttft.map(millis),
         };
         self.books.sink.emit(record);
-    }
-}
-
-impl Ledger {
-    /// Replaces the budget reservation with what the request is charged (the same cost its
-    /// usage record carries), off the request path.
-    fn settle_budget(&mut self, actual: i64) {
-        let reservation = std::mem::take(&mut self.budget);
-        if reservation.is_empty() {
-            return;
-        }
-        let budgets = self.books.budgets.clone();
-        let webhooks = self.books.webhooks.clone();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            for crossing in budgets.settle(reservation, actual).await {
-                tracing::warn!(
-                    scope = crossing.scope.as_str(),
-                    id = %crossing.id,
-                    threshold = ?crossing.threshold,
-                    spent_usd = crossing.spent_usd,
-                    "budget threshold crossed"
-                );
-                webhooks.send(crate::webhooks::Event {
-                    kind: match crossing.threshold {
-                        crate::budget::Threshold::Soft => "budget.soft_threshold",
-                        crate::budget::Threshold::Hard => "budget.exhausted",
-                    },
-                    at: chrono::Utc::now(),
-                    scope: crossing.scope.as_str(),
-                    id: crossing.id,
-                    spent_usd: Some(crossing.spent_usd),
-                    limit_usd: Some(crossing.limit_usd),
-                    provider: None,
-                    status: None,
-                });
-            }
-        });
     }
 }
 

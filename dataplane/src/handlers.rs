@@ -1,8 +1,10 @@
 //! HTTP handlers: each one walks a request through the lifecycle phases.
 //!
-//! authenticate → read and parse the body → resolve the model and check access → admit
-//! (rate limits and budgets, [`crate::admission`]) → forward (route, retry, stream) → account. Each phase is a function of its
-//! own module; this file only strings them together and shapes the HTTP answer.
+//! authenticate → read and parse the body → resolve the model and check access → build the
+//! request's context ([`crate::context`]) → admit (rate limits and budgets, a
+//! [`crate::quota::Ticket`]) → forward (route, retry, stream) → account. Each phase is a
+//! function of its own module; this file only strings them together and shapes the HTTP
+//! answer.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,16 +18,15 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 use tracing::Instrument;
 
-use switchboard_shared::budget::usd_to_nanos;
-use switchboard_shared::usage::Usage;
-
-use crate::accounting::{Ledger, LedgerOpen, completion_allowance};
+use crate::accounting::Ledger;
 use crate::auth::authenticate;
 use crate::budget::{BudgetScope, BudgetSubject};
-use crate::catalog::ModelEntry;
+use crate::catalog::{Catalog, KeyEntry};
+use crate::context::{RequestContext, RequestFacts};
 use crate::error::ApiError;
 use crate::providers::Endpoint;
-use crate::proxy::{Forward, forward};
+use crate::proxy::forward;
+use crate::quota::Ticket;
 use crate::request::RequestView;
 use crate::state::AppState;
 
@@ -87,14 +88,16 @@ async fn proxy(
     let started = Instant::now();
     let id = request_id(&headers);
     let span = tracing::info_span!("request", request_id = %id, endpoint = endpoint.as_str(), model = tracing::field::Empty, deployment = tracing::field::Empty);
-    let mut response = match serve_proxy(&state, endpoint, &headers, body, &id, started)
+    // Made now: the id itself moves into the request's ledger and its usage record.
+    let id_header = HeaderValue::from_str(&id);
+    let mut response = match serve_proxy(&state, endpoint, &headers, body, id, started)
         .instrument(span)
         .await
     {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Ok(value) = id_header {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
@@ -105,18 +108,67 @@ async fn serve_proxy(
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
-    request_id: &str,
+    request_id: String,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.pepper(), headers)?;
+    let (catalog, key) = caller(state, headers)?;
     let bytes = read_body(body, headers, state.max_body_bytes).await?;
+    let view = parse(bytes, endpoint)?;
+    let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
+    tracing::Span::current().record("model", model.name.as_str());
+
+    let prompt_estimate = view.estimated_prompt_tokens();
+    let facts = RequestFacts {
+        endpoint,
+        key,
+        model: Arc::clone(model),
+        stream: view.stream,
+        client_wants_usage: view.client_wants_usage,
+        max_tokens: view.max_tokens,
+        started,
+        started_at: state.books.clock.now(),
+        prompt_estimate,
+        estimated_tokens: prompt_estimate + view.max_tokens.unwrap_or(0),
+        revision: catalog.revision,
+        price_version: catalog.price_version,
+    };
+    let (ticket, limits) = Ticket::admit(
+        state.books.stores(),
+        &facts.key,
+        facts.estimated_tokens,
+        || facts.max_cost_nanos(),
+        facts.started_at,
+    )
+    .await?;
+    let request = RequestContext {
+        facts: Arc::new(facts),
+        view,
+        selection,
+        explain: headers.contains_key(crate::proxy::EXPLAIN_REQUEST_HEADER),
+    };
+    let ledger = Ledger::open(
+        state.books.clone(),
+        Arc::clone(&request.facts),
+        request_id,
+        ticket,
+    );
+    let mut response = forward(&catalog, &request, ledger).await;
+    limits.write_headers(response.headers_mut());
+    response
+        .headers_mut()
+        .insert(REVISION, catalog.revision_header.clone());
+    Ok(response)
+}
+
+/// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on
+/// `/v1/messages` Anthropic's rules (`max_tokens` required; streams always report usage, and
+/// its API refuses `stream_options`).
+fn parse(bytes: bytes::Bytes, endpoint: Endpoint) -> Result<RequestView, ApiError> {
     let mut view = RequestView::parse(bytes)?;
     if !endpoint.supports_streaming() {
         view.stream = false;
     }
     if endpoint == Endpoint::Messages {
-        // Anthropic streams always report usage, and its API refuses `stream_options`.
         view.client_wants_usage = true;
         if view.max_tokens.is_none() {
             return Err(ApiError::bad_request(
@@ -125,74 +177,18 @@ async fn serve_proxy(
             ));
         }
     }
-    let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
-    tracing::Span::current().record("model", model.name.as_str());
-
-    let prompt_estimate = view.estimated_prompt_tokens();
-    let estimated_tokens = prompt_estimate + view.max_tokens.unwrap_or(0);
-    let admitted = crate::admission::admit(
-        &state.books,
-        &key,
-        estimated_tokens,
-        || usd_to_nanos(max_cost(model, &view)),
-        state.books.clock.now(),
-    )
-    .await?;
-
-    let ledger = Ledger::open(LedgerOpen {
-        books: state.books.clone(),
-        request_id: request_id.to_owned(),
-        key: Arc::clone(&key),
-        model: Arc::clone(model),
-        endpoint,
-        stream: view.stream,
-        started,
-        started_at: state.books.clock.now(),
-        estimated_tokens,
-        prompt_estimate,
-        max_tokens: view.max_tokens,
-        revision: catalog.revision,
-        price_version: catalog.price_version,
-        budget: admitted.budget,
-    });
-    let mut response = forward(
-        Forward {
-            catalog: &catalog,
-            model,
-            view: &view,
-            endpoint,
-            limiter: &state.books.limiter,
-            estimated_tokens,
-            selection: &selection,
-            key: &key.key,
-            explain: headers.contains_key(crate::proxy::EXPLAIN_REQUEST_HEADER),
-        },
-        ledger,
-    )
-    .await;
-    admitted.limits.write_headers(response.headers_mut());
-    response
-        .headers_mut()
-        .insert(REVISION, catalog.revision_header.clone());
-    Ok(response)
+    Ok(view)
 }
 
-/// The most this request can cost on any of the model's deployments: its prompt estimate
-/// plus its completion allowance at the dearest price.
-fn max_cost(model: &ModelEntry, view: &RequestView) -> f64 {
-    model
-        .deployments
-        .iter()
-        .filter_map(|d| d.price.as_ref())
-        .map(|price| {
-            let usage = Usage {
-                prompt_tokens: view.estimated_prompt_tokens(),
-                completion_tokens: completion_allowance(view.max_tokens, Some(price)),
-                ..Usage::default()
-            };
-            switchboard_shared::pricing::cost(&usage, price)
-        })
-        .fold(0.0, f64::max)
+/// The serving catalog and the calling key: 503 before the first snapshot, else what
+/// [`authenticate`] says of the key.
+fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(Arc<Catalog>, Arc<KeyEntry>), ApiError> {
+    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
+    let key = authenticate(&catalog, state.pepper(), headers)?;
+    Ok((catalog, key))
 }
 
 /// Reads the body up to `limit` bytes: 413 beyond it (by `Content-Length` before reading,
@@ -226,8 +222,7 @@ pub async fn list_models(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.pepper(), &headers)?;
+    let (catalog, key) = caller(&state, &headers)?;
     let data: Vec<serde_json::Value> = catalog
         .model_names()
         .iter()
@@ -244,8 +239,7 @@ pub async fn key_info(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.pepper(), &headers)?;
+    let (catalog, key) = caller(&state, &headers)?;
     let tenant = &key.tenant.tenant;
     let now = state.books.clock.now();
     let (mut key_budget, mut tenant_budget) = (None, None);
@@ -307,8 +301,7 @@ pub async fn retrieve_model(
     Path(model): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.pepper(), &headers)?;
+    let (catalog, key) = caller(&state, &headers)?;
     match catalog.model(&model) {
         Some(entry) if key.key.allows_model(&entry.name) => {
             Ok(Json(model_object(&entry.name)).into_response())

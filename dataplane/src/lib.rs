@@ -5,21 +5,26 @@
 //! 1. [`auth`] — the virtual key from `Authorization`/`x-api-key`, hashed and looked up in the
 //!    [`catalog`] (the compiled [`switchboard_shared::snapshot::Snapshot`] held by [`state`]).
 //! 2. [`request`] — the few body fields the gateway needs, parsed without building a tree.
-//! 3. [`admission`] — the key's and tenant's rate limits and budgets, decided together: one
-//!    Redis script call for both (or this process's atomics without Redis), all or nothing.
-//!    [`limits`] owns requests and tokens per minute for key, tenant and deployment, in process
-//!    or shared by all replicas through Redis (with a degraded mode while Redis is down);
-//!    [`budget`] spend per key and tenant per period, reserved at admission and settled at the
-//!    end, in Redis or (without it) per replica in process.
+//!    With the model resolved ([`selectors`]), [`context`] holds the request as one value that
+//!    every later phase borrows (the ledger shares its facts, not the body, through one `Arc`).
+//! 3. [`quota`] — one [`quota::Ticket`] holds every rate limit and budget the request is
+//!    subject to: the key's and tenant's, taken at admission in one call (one Redis script call
+//!    for both, or this process's atomics without Redis, all or nothing), the deployment's,
+//!    charged per attempt, and all settled once when the request ends. [`limits`] owns
+//!    requests and tokens per minute for key, tenant and deployment, in process or shared by
+//!    all replicas through Redis (with a degraded mode while Redis is down); [`budget`] spend
+//!    per key and tenant per period, in Redis or (without it) per replica in process.
 //! 4. [`routing`] — the order in which the model's deployments are tried, after [`selectors`]
 //!    (tags, model groups, capabilities, session affinity) narrow them.
 //! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and circuit breakers, through a
 //!    provider adaptor ([`providers`]), which answers in the client's protocol (translating
 //!    where the deployment speaks another); each deployment's load, latency, breaker and quota
-//!    live in [`fleet`], shared across replicas through Redis by a background task.
+//!    live in [`fleet`], which owns them: the loop reports each attempt's outcome there
+//!    (`record`), and a background task shares them across replicas through Redis.
 //! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream.
-//! 7. [`accounting`] — usage, cost, limit settlement and the usage record, which
-//!    [`usage_publisher`] sends to the control plane over NATS JetStream in cluster mode.
+//! 7. [`accounting`] — the request's `Ledger`: usage, cost, the ticket's settlement and the
+//!    usage record, which [`usage_publisher`] sends to the control plane over NATS JetStream
+//!    in cluster mode.
 //!
 //! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
 //! table and layer stack, [`error`] the one error type (OpenAI's shape; Anthropic's on
@@ -37,13 +42,13 @@
 //! model name — the gateway should cost microseconds, not milliseconds.
 
 pub mod accounting;
-pub mod admission;
 pub mod auth;
 pub mod budget;
 pub mod catalog;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod fleet;
 pub mod handlers;
@@ -51,6 +56,7 @@ pub mod limits;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
+pub mod quota;
 pub mod relay;
 pub mod request;
 pub mod routes;

@@ -120,48 +120,57 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(REQUESTS_TOTAL, "Requests answered, by endpoint and status.");
-    describe_histogram!(
-        REQUEST_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time from arrival to last byte."
-    );
-    describe_histogram!(
-        TIME_TO_FIRST_TOKEN_SECONDS,
-        Unit::Seconds,
-        "Time from arrival to the first streamed bytes."
-    );
-    describe_counter!(
-        UPSTREAM_ATTEMPTS_TOTAL,
-        "Upstream attempts, by provider kind and result."
-    );
-    describe_counter!(TOKENS_TOTAL, "Tokens used, by model and kind.");
-    describe_counter!(COST_NANODOLLARS_TOTAL, "Cost in nano-USD, by model.");
-    describe_counter!(ERRORS_TOTAL, "Error answers, by kind.");
-    describe_counter!(
-        RATE_LIMITED_TOTAL,
-        "Requests refused by a rate limit, by scope and resource."
-    );
-    describe_counter!(
-        DEPLOYMENT_COOLDOWNS_TOTAL,
-        "Cooldowns started, by deployment."
-    );
-    describe_gauge!(SNAPSHOT_REVISION, "Revision of the snapshot being served.");
-    describe_counter!(SNAPSHOT_RELOADS_TOTAL, "Snapshot loads, by result.");
-    describe_gauge!(INFLIGHT_REQUESTS, "Requests being served now.");
-    describe_histogram!(
-        ROUTING_DECISION_SECONDS,
-        Unit::Seconds,
-        "Time the routing strategy took to order a model's deployments."
-    );
-    describe_gauge!(
-        REDIS_UP,
-        "1 while the shared Redis answers, 0 while limits run degraded."
-    );
-    describe_counter!(
-        LIMITS_DEGRADED_TOTAL,
-        "Admissions decided without Redis, by failure policy (open: local counters; closed: refused)."
-    );
+    const COUNTERS: [(&str, &str); 9] = [
+        (REQUESTS_TOTAL, "Requests answered, by endpoint and status."),
+        (
+            UPSTREAM_ATTEMPTS_TOTAL,
+            "Upstream attempts, by provider kind and result.",
+        ),
+        (TOKENS_TOTAL, "Tokens used, by model and kind."),
+        (COST_NANODOLLARS_TOTAL, "Cost in nano-USD, by model."),
+        (ERRORS_TOTAL, "Error answers, by kind."),
+        (
+            RATE_LIMITED_TOTAL,
+            "Requests refused by a rate limit, by scope and resource.",
+        ),
+        (
+            DEPLOYMENT_COOLDOWNS_TOTAL,
+            "Cooldowns started, by deployment.",
+        ),
+        (SNAPSHOT_RELOADS_TOTAL, "Snapshot loads, by result."),
+        (
+            LIMITS_DEGRADED_TOTAL,
+            "Admissions decided without Redis, by failure policy (open: local counters; closed: refused).",
+        ),
+    ];
+    const GAUGES: [(&str, &str); 3] = [
+        (SNAPSHOT_REVISION, "Revision of the snapshot being served."),
+        (INFLIGHT_REQUESTS, "Requests being served now."),
+        (
+            REDIS_UP,
+            "1 while the shared Redis answers, 0 while limits run degraded.",
+        ),
+    ];
+    const SECONDS: [(&str, &str); 3] = [
+        (REQUEST_DURATION_SECONDS, "Time from arrival to last byte."),
+        (
+            TIME_TO_FIRST_TOKEN_SECONDS,
+            "Time from arrival to the first streamed bytes.",
+        ),
+        (
+            ROUTING_DECISION_SECONDS,
+            "Time the routing strategy took to order a model's deployments.",
+        ),
+    ];
+    for (name, help) in COUNTERS {
+        describe_counter!(name, help);
+    }
+    for (name, help) in GAUGES {
+        describe_gauge!(name, help);
+    }
+    for (name, help) in SECONDS {
+        describe_histogram!(name, Unit::Seconds, help);
+    }
 }
 
 /// Token and cost counters of one public model.

@@ -3,10 +3,16 @@
 //! A request's model gives an ordered list of deployments ([`crate::routing`]); its policy gives
 //! how many attempts it may spend on them (`1 + retries`) and which models to fall back to,
 //! each with its own policy, when they are spent. Before each attempt the deployment's breaker
-//! must let it through ([`crate::fleet::Gate`]) and it must fit within its own rate limits;
+//! must let it through ([`crate::fleet::Gate`]) and it must fit within its own rate limits
+//! (charged through the request's [`crate::quota::Ticket`], which its ledger holds);
 //! otherwise it is skipped. When every candidate is cooling down, the request waits for the
 //! first one to come back if that is within the policy's `wait_for_cooldown_ms`, instead of
 //! failing at once.
+//!
+//! The loop reads the request from its [`RequestContext`] (borrowed) and reports to two owners:
+//! each attempt's outcome to the deployment's state ([`crate::fleet::DeploymentState::record`],
+//! which updates breaker, load, latency and upstream quota) and the request's progress to its
+//! [`Ledger`] (attempt began, attempt failed, answered, gave up).
 //!
 //! Failures are classified:
 //! - retryable, counted against the deployment's breaker: connect errors, resets, timeouts,
@@ -26,7 +32,7 @@
 //! `total_ms` for the whole attempt including the stream. The connect timeout is the HTTP
 //! client's.
 
-use std::sync::Arc;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -41,17 +47,18 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::accounting::{Ledger, usage_from_body};
 use crate::catalog::{Catalog, DeploymentEntry, ModelEntry};
+use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::fleet::prefix::block_keys;
-use crate::fleet::{Gate, InFlight, unix_ms};
-use crate::limits::Limiter;
+use crate::fleet::{Gate, Outcome as HealthOutcome, Recorded, UpstreamRateLimits, unix_ms};
 use crate::metrics::{self, AttemptResult};
-use crate::providers::{Endpoint, SendError, UpstreamBody, UpstreamRequest, Verdict};
+use crate::providers::{
+    Endpoint, SendError, UpstreamBody, UpstreamRequest, UpstreamResponse, Verdict,
+};
 use crate::relay::SseRelay;
 use crate::request::RequestView;
 use crate::routing::{RouteInput, attempt_order, describe, signals};
-use crate::selectors::{Exclusion, Selection, unix_seconds};
-use switchboard_shared::snapshot::VirtualKey;
+use crate::selectors::{Exclusion, unix_seconds};
 
 /// Largest upstream error body relayed to a client; longer ones are cut.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -59,22 +66,6 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// How long a deployment whose upstream refuses our credential stays out before one probe
 /// checks whether the credential works again.
 pub const CREDENTIAL_REJECTED_OUT: Duration = Duration::from_secs(300);
-
-/// A request ready to be forwarded.
-#[derive(Debug)]
-pub struct Forward<'a> {
-    pub catalog: &'a Catalog,
-    pub model: &'a Arc<ModelEntry>,
-    pub view: &'a RequestView,
-    pub endpoint: Endpoint,
-    pub limiter: &'a Limiter,
-    pub estimated_tokens: u64,
-    /// Tags, capabilities and session that narrow the deployments.
-    pub selection: &'a Selection,
-    pub key: &'a VirtualKey,
-    /// Answer with [`EXPLAIN_RESPONSE_HEADER`].
-    pub explain: bool,
-}
 
 /// Request header asking for the routing decision in the answer.
 pub const EXPLAIN_REQUEST_HEADER: &str = "x-switchboard-explain";
@@ -102,14 +93,15 @@ enum Attempt {
     Failed(ApiError),
 }
 
-/// Forwards the request, trying deployments and fallbacks in turn, and closes the ledger (or
-/// hands it to the streaming body).
-pub async fn forward(f: Forward<'_>, ledger: Ledger) -> Response {
-    let mut explain = (f.explain || tracing::enabled!(tracing::Level::DEBUG)).then(String::new);
-    let mut response = forward_inner(&f, ledger, &mut explain).await;
+/// Forwards the request, trying deployments and fallbacks (found in `catalog`) in turn, and
+/// closes the ledger (or hands it to the streaming body).
+pub async fn forward(catalog: &Catalog, request: &RequestContext, ledger: Ledger) -> Response {
+    let mut explain =
+        (request.explain || tracing::enabled!(tracing::Level::DEBUG)).then(String::new);
+    let mut response = forward_inner(catalog, request, ledger, &mut explain).await;
     if let Some(text) = explain {
         tracing::debug!(route = %text, "routing decision");
-        if f.explain
+        if request.explain
             && let Ok(value) = HeaderValue::from_str(&text)
         {
             response
@@ -123,7 +115,7 @@ pub async fn forward(f: Forward<'_>, ledger: Ledger) -> Response {
 /// Orders a model's deployments and leaves out those the selection excludes; puts a session's
 /// deployment first while its breaker is closed.
 fn candidates(
-    f: &Forward<'_>,
+    request: &RequestContext,
     model: &ModelEntry,
     input: &RouteInput<'_>,
     explain: &mut Option<String>,
@@ -132,78 +124,123 @@ fn candidates(
     let decided = std::time::Instant::now();
     let mut order = attempt_order(model, input);
     let mut left_out = String::new();
-    order.retain(|&i| match f.selection.check(&model.deployments[i], f.key) {
-        Ok(()) => true,
-        Err(why) => {
-            excluded.get_or_insert(why);
-            if explain.is_some() {
-                left_out.push_str(&format!(" -{}:{}", model.deployments[i].id, why.as_str()));
+    let selection = &request.selection;
+    order.retain(
+        |&i| match selection.check(&model.deployments[i], &request.facts.key.key) {
+            Ok(()) => true,
+            Err(why) => {
+                excluded.get_or_insert(why);
+                if explain.is_some() {
+                    left_out.push_str(&format!(" -{}:{}", model.deployments[i].id, why.as_str()));
+                }
+                false
             }
-            false
-        }
-    });
+        },
+    );
     let mut kept = false;
-    if let Some(session) = f.selection.session
+    if let Some(session) = selection.session
         && let Some(i) = model.affinity.get(session, unix_seconds(input.now_ms))
         && let Some(pos) = order.iter().position(|&o| o == i)
-        && !model.deployments[i].state.breaker.is_open()
+        && !model.deployments[i].state.is_open()
     {
         order[..=pos].rotate_right(1);
         kept = true;
     }
     metrics::record_routing_decision(decided.elapsed().as_secs_f64());
     if let Some(text) = explain.as_mut() {
-        let ids: Vec<String> = order
-            .iter()
-            .map(|&i| {
-                let d = &model.deployments[i];
-                format!("{}{}", d.id, describe(&signals(d, input)))
-            })
-            .collect();
-        let strategy = serde_json::to_value(model.policy.strategy)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        if !text.is_empty() {
-            text.push_str("; ");
-        }
-        text.push_str(&format!(
-            "{}: {strategy} [{}]{}{left_out}",
-            model.name,
-            ids.join(","),
-            if kept { " session" } else { "" }
-        ));
+        explain_order(text, model, &order, input, &left_out, kept);
     }
     order
 }
 
+/// Appends one model's part of the routing decision to `text`.
+fn explain_order(
+    text: &mut String,
+    model: &ModelEntry,
+    order: &[usize],
+    input: &RouteInput<'_>,
+    left_out: &str,
+    kept: bool,
+) {
+    let ids: Vec<String> = order
+        .iter()
+        .map(|&i| {
+            let d = &model.deployments[i];
+            format!("{}{}", d.id, describe(&signals(d, input)))
+        })
+        .collect();
+    let strategy = serde_json::to_value(model.policy.strategy)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if !text.is_empty() {
+        text.push_str("; ");
+    }
+    text.push_str(&format!(
+        "{}: {strategy} [{}]{}{left_out}",
+        model.name,
+        ids.join(","),
+        if kept { " session" } else { "" }
+    ));
+}
+
+/// What the attempts on all models so far have left, for the error when none answers.
+#[derive(Default)]
+struct Tries {
+    last_error: Option<ApiError>,
+    /// The soonest a skipped deployment comes back.
+    soonest_back: Option<Duration>,
+    /// Why the selection left a deployment out (the first reason found).
+    excluded: Option<Exclusion>,
+}
+
+impl Tries {
+    fn back_in(&mut self, back: Duration) {
+        self.soonest_back = Some(self.soonest_back.map_or(back, |s| s.min(back)));
+    }
+
+    /// The error to answer with when no deployment answered.
+    fn into_error(self, model: &str) -> ApiError {
+        match (self.last_error, self.excluded) {
+            (Some(e), _) => e,
+            // Nothing was tried and nothing is cooling down: the selection left no deployment.
+            (None, Some(why)) if self.soonest_back.is_none() => {
+                ApiError::bad_request(why.message(model), Some("model"))
+            }
+            (None, _) => ApiError::NoDeploymentAvailable {
+                model: model.to_owned(),
+                retry_after: self.soonest_back,
+            },
+        }
+    }
+}
+
 async fn forward_inner(
-    f: &Forward<'_>,
+    catalog: &Catalog,
+    request: &RequestContext,
     mut ledger: Ledger,
     explain: &mut Option<String>,
 ) -> Response {
-    let fallbacks = f
+    let fallbacks = request
+        .facts
         .model
         .policy
         .fallbacks
         .iter()
-        .filter_map(|name| f.catalog.model(name));
-    let mut last_error: Option<ApiError> = None;
-    let mut soonest_back: Option<Duration> = None;
-    let mut excluded: Option<Exclusion> = None;
+        .filter_map(|name| catalog.model(name));
+    let mut tries = Tries::default();
     let base_input = RouteInput {
-        stream: f.view.stream,
-        prompt_tokens: f.view.estimated_prompt_tokens(),
-        max_tokens: f.view.max_tokens,
+        stream: request.view.stream,
+        prompt_tokens: request.facts.prompt_estimate,
+        max_tokens: request.view.max_tokens,
         now_ms: unix_ms(),
         prefix_keys: &[],
     };
-
-    for model in std::iter::once(f.model).chain(fallbacks) {
+    for model in std::iter::once(&request.facts.model).chain(fallbacks) {
         let prefix_keys = match &model.prefix {
             Some(_) => {
                 let block = model.policy.prefix_affinity.unwrap_or_default().block_bytes;
-                block_keys(f.view.prompt_bytes(), block as usize)
+                block_keys(request.view.prompt_bytes(), block as usize)
             }
             None => Vec::new(),
         };
@@ -211,120 +248,128 @@ async fn forward_inner(
             prefix_keys: &prefix_keys,
             ..base_input
         };
-        let order = candidates(f, model, &input, explain, &mut excluded);
-        let mut cursor = 0usize;
-        let mut previous: Option<usize> = None;
-        let mut failures_in_a_row = 0u32;
-        let mut may_wait = Duration::from_millis(model.policy.wait_for_cooldown_ms);
-        for _ in 0..=model.policy.retries {
-            let index = loop {
-                let mut back: Option<Duration> = None;
-                let found = next_available(
-                    f.limiter,
-                    model,
-                    &order,
-                    &mut cursor,
-                    &mut back,
-                    f.estimated_tokens,
-                )
-                .await;
-                if let Some(b) = back {
-                    soonest_back = Some(soonest_back.map_or(b, |s| s.min(b)));
-                }
-                match (found, back) {
-                    (Some(index), _) => break Some(index),
-                    // Every candidate is cooling down: wait for the first one back if the
-                    // policy allows, once per model.
-                    (None, Some(back)) if back <= may_wait => {
-                        let pause = back + Duration::from_millis(fastrand::u64(0..=25));
-                        may_wait = Duration::ZERO;
-                        tokio::time::sleep(pause).await;
-                    }
-                    (None, _) => break None,
-                }
-            };
-            let Some(index) = index else {
-                break;
-            };
-            let deployment = &model.deployments[index];
-            if previous == Some(index) {
-                // Retrying the one deployment left: back off, with jitter.
-                tokio::time::sleep(backoff(failures_in_a_row)).await;
-            }
-            previous = Some(index);
-            ledger.attempts += 1;
-            ledger.deployment = Some(Arc::clone(deployment));
-            ledger.inflight = Some(InFlight::new(Arc::clone(&deployment.state)));
-            match attempt(
-                deployment,
-                &model.policy,
-                f.view,
-                f.endpoint,
-                &ledger.request_id,
-                ledger.webhooks(),
-            )
-            .await
-            {
-                Attempt::Complete {
-                    status,
-                    content_type,
-                    body,
-                    usage,
-                } => {
-                    let outcome = if status.is_success() {
-                        remember_choice(f, model, index, &input);
-                        Outcome::Success
-                    } else {
-                        Outcome::UpstreamError
-                    };
-                    ledger.first_byte();
-                    ledger.close(outcome, status, usage);
-                    return complete_response(status, content_type, body);
-                }
-                Attempt::Stream {
-                    body,
-                    first,
-                    deadline,
-                } => {
-                    remember_choice(f, model, index, &input);
-                    ledger.first_byte();
-                    let strip = !f.view.client_wants_usage;
-                    let relay = SseRelay::new(body, first, strip, ledger, deadline);
-                    return stream_response(relay);
-                }
-                Attempt::Failed(error) => {
-                    ledger.inflight = None;
-                    // Give back the deployment's token estimate: nothing was generated.
-                    f.limiter
-                        .settle(&[deployment.subject()], f.estimated_tokens, 0);
-                    failures_in_a_row += 1;
-                    last_error = Some(error);
-                }
-            }
-        }
+        let order = candidates(request, model, &input, explain, &mut tries.excluded);
+        ledger = match try_model(request, model, &order, &input, ledger, &mut tries).await {
+            ControlFlow::Break(response) => return response,
+            ControlFlow::Continue(ledger) => ledger,
+        };
     }
-
-    let error = match (last_error, excluded) {
-        (Some(e), _) => e,
-        // Nothing was tried and nothing is cooling down: the selection left no deployment.
-        (None, Some(why)) if soonest_back.is_none() => {
-            ApiError::bad_request(why.message(&f.model.name), Some("model"))
-        }
-        (None, _) => ApiError::NoDeploymentAvailable {
-            model: f.model.name.clone(),
-            retry_after: soonest_back,
-        },
-    };
-    ledger.close(Outcome::UpstreamError, error.status(), None);
+    let error = tries.into_error(&request.facts.model.name);
+    ledger.gave_up(error.status());
     axum::response::IntoResponse::into_response(error)
 }
 
+/// Spends one model's attempts (`1 + retries`) on its deployments in `order`. Breaks with
+/// the answer, or continues with the ledger when none answered.
+async fn try_model(
+    request: &RequestContext,
+    model: &ModelEntry,
+    order: &[usize],
+    input: &RouteInput<'_>,
+    mut ledger: Ledger,
+    tries: &mut Tries,
+) -> ControlFlow<Response, Ledger> {
+    let mut cursor = 0usize;
+    let mut previous: Option<usize> = None;
+    let mut failures_in_a_row = 0u32;
+    let mut may_wait = Duration::from_millis(model.policy.wait_for_cooldown_ms);
+    for _ in 0..=model.policy.retries {
+        let Some(index) = pick(&ledger, model, order, &mut cursor, &mut may_wait, tries).await
+        else {
+            break;
+        };
+        let deployment = &model.deployments[index];
+        if previous == Some(index) {
+            // Retrying the one deployment left: back off, with jitter.
+            tokio::time::sleep(backoff(failures_in_a_row)).await;
+        }
+        previous = Some(index);
+        ledger.attempt_began(deployment);
+        let attempted = attempt(
+            deployment,
+            &model.policy,
+            &request.view,
+            request.facts.endpoint,
+            ledger.request_id(),
+            ledger.webhooks(),
+        )
+        .await;
+        match attempted {
+            Attempt::Complete {
+                status,
+                content_type,
+                body,
+                usage,
+            } => {
+                let outcome = if status.is_success() {
+                    remember_choice(request, model, index, input);
+                    Outcome::Success
+                } else {
+                    Outcome::UpstreamError
+                };
+                ledger.answered(outcome, status, usage);
+                return ControlFlow::Break(complete_response(status, content_type, body));
+            }
+            Attempt::Stream {
+                body,
+                first,
+                deadline,
+            } => {
+                remember_choice(request, model, index, input);
+                ledger.first_byte();
+                return ControlFlow::Break(stream_response(SseRelay::new(
+                    body, first, ledger, deadline,
+                )));
+            }
+            Attempt::Failed(error) => {
+                ledger.attempt_failed();
+                failures_in_a_row += 1;
+                tries.last_error = Some(error);
+            }
+        }
+    }
+    ControlFlow::Continue(ledger)
+}
+
+/// The deployment for the next attempt; when every candidate is cooling down, waits for the
+/// first one back if the policy allows, once per model (`may_wait` is then spent).
+async fn pick(
+    ledger: &Ledger,
+    model: &ModelEntry,
+    order: &[usize],
+    cursor: &mut usize,
+    may_wait: &mut Duration,
+    tries: &mut Tries,
+) -> Option<usize> {
+    loop {
+        let mut back: Option<Duration> = None;
+        let found = next_available(ledger, model, order, cursor, &mut back).await;
+        if let Some(b) = back {
+            tries.back_in(b);
+        }
+        match (found, back) {
+            (Some(index), _) => return Some(index),
+            (None, Some(back)) if back <= *may_wait => {
+                let pause = back + Duration::from_millis(fastrand::u64(0..=25));
+                *may_wait = Duration::ZERO;
+                tokio::time::sleep(pause).await;
+            }
+            (None, _) => return None,
+        }
+    }
+}
+
 /// Keeps the session (and the prompt's prefix) on the deployment that answered.
-fn remember_choice(f: &Forward<'_>, model: &ModelEntry, index: usize, input: &RouteInput<'_>) {
+fn remember_choice(
+    request: &RequestContext,
+    model: &ModelEntry,
+    index: usize,
+    input: &RouteInput<'_>,
+) {
     if let Some(prefix) = &model.prefix {
         prefix.record(input.prefix_keys, index);
     }
-    if let Some(session) = f.selection.session {
+    if let Some(session) = request.selection.session {
         model
             .affinity
             .set(session, index, unix_seconds(input.now_ms));
@@ -332,32 +377,28 @@ fn remember_choice(f: &Forward<'_>, model: &ModelEntry, index: usize, input: &Ro
 }
 
 /// The next deployment in `order` (from `cursor`, wrapping) whose breaker lets it through and
-/// that fits its limits. Remembers the soonest moment a skipped one comes back.
+/// that fits its limits (charged through the ledger's ticket). Remembers the soonest moment a
+/// skipped one comes back.
 async fn next_available(
-    limiter: &Limiter,
+    ledger: &Ledger,
     model: &ModelEntry,
     order: &[usize],
     cursor: &mut usize,
     soonest_back: &mut Option<Duration>,
-    estimated_tokens: u64,
 ) -> Option<usize> {
     let now = unix_ms();
     for _ in 0..order.len() {
         let index = order[*cursor % order.len()];
         *cursor += 1;
         let deployment = &model.deployments[index];
-        let gate = deployment.state.breaker.gate(now);
+        let gate = deployment.state.gate(now);
         if let Gate::Open { back_in } = gate {
             *soonest_back = Some(soonest_back.map_or(back_in, |s| s.min(back_in)));
             continue;
         }
-        if !deployment.limits.is_unlimited()
-            && let Err(denial) = limiter
-                .admit(&[deployment.subject()], estimated_tokens)
-                .await
-        {
+        if let Err(denial) = ledger.charge_deployment(deployment).await {
             if gate == Gate::Probe {
-                deployment.state.breaker.release_probe();
+                deployment.state.release_probe();
             }
             let left = denial.retry_after();
             *soonest_back = Some(soonest_back.map_or(left, |s| s.min(left)));
@@ -375,43 +416,48 @@ fn backoff(failures: u32) -> Duration {
         .mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// Counts an attempt's result by provider kind.
-fn count_attempt(deployment: &DeploymentEntry, result: AttemptResult) {
-    metrics::count_attempt(deployment.provider_kind, result);
+/// One attempt on one deployment: its timing, and where its outcome is reported.
+struct Try<'a> {
+    deployment: &'a DeploymentEntry,
+    policy: &'a ModelPolicy,
+    started: Instant,
+    /// The head and the first body bytes must have arrived by then.
+    first_byte_deadline: Instant,
+    /// The whole attempt, stream included, must be over by then.
+    deadline: Instant,
+    /// The upstream's own rate-limit headers, from a success or a 429.
+    reading: Option<UpstreamRateLimits>,
 }
 
-/// A failure that counts against the deployment's breaker.
-fn failed(
-    deployment: &DeploymentEntry,
-    policy: &ModelPolicy,
-    result: AttemptResult,
-    error: ApiError,
-) -> Attempt {
-    count_attempt(deployment, result);
-    deployment.state.load.record_failure(unix_ms());
-    if deployment.state.breaker.record_failure(&policy.cooldown) {
-        cooled(deployment);
+impl Try<'_> {
+    /// Reports the outcome to the deployment's state (its one owner) and counts it.
+    fn report(&self, outcome: HealthOutcome<'_>, result: AttemptResult) -> Recorded {
+        metrics::count_attempt(self.deployment.provider_kind, result);
+        let recorded = self.deployment.state.record(outcome, self.reading.as_ref());
+        if recorded.cooled {
+            metrics::count_cooldown(&self.deployment.id);
+            tracing::warn!(deployment = %self.deployment.id, "deployment cooling down");
+        }
+        recorded
     }
-    Attempt::Failed(error)
-}
 
-/// A success: closes a half-open breaker, and feeds the latency averages.
-fn succeeded(deployment: &DeploymentEntry, started: Instant, streamed: bool) {
-    count_attempt(deployment, AttemptResult::Ok);
-    let state = &deployment.state;
-    state.breaker.record_success();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let now = unix_ms();
-    if streamed {
-        state.load.record_ttft(ms, now);
-    } else {
-        state.load.record_latency(ms, now);
+    /// A failure that counts against the deployment's breaker.
+    fn failed(&self, result: AttemptResult, error: ApiError) -> Attempt {
+        let cooldown = &self.policy.cooldown;
+        self.report(HealthOutcome::Failed { cooldown }, result);
+        Attempt::Failed(error)
     }
-}
 
-fn cooled(deployment: &DeploymentEntry) {
-    metrics::count_cooldown(&deployment.id);
-    tracing::warn!(deployment = %deployment.id, "deployment cooling down");
+    /// [`Self::failed`] with the upstream's failure described by `reason`.
+    fn broke(&self, result: AttemptResult, reason: &'static str) -> Attempt {
+        self.failed(result, ApiError::UpstreamFailed { reason })
+    }
+
+    /// A success: closes a half-open breaker, and feeds the latency averages.
+    fn answered(&self, streamed: bool) {
+        let ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        self.report(HealthOutcome::Answered { ms, streamed }, AttemptResult::Ok);
+    }
 }
 
 async fn attempt(
@@ -423,9 +469,14 @@ async fn attempt(
     webhooks: &crate::webhooks::Webhooks,
 ) -> Attempt {
     let started = Instant::now();
-    deployment.state.load.record_request(unix_ms());
-    let first_byte_deadline = started + Duration::from_millis(policy.timeouts.first_byte_ms);
-    let deadline = started + Duration::from_millis(policy.timeouts.total_ms);
+    let mut at = Try {
+        deployment,
+        policy,
+        started,
+        first_byte_deadline: started + Duration::from_millis(policy.timeouts.first_byte_ms),
+        deadline: started + Duration::from_millis(policy.timeouts.total_ms),
+        reading: None,
+    };
     let request = UpstreamRequest {
         endpoint,
         view,
@@ -433,35 +484,15 @@ async fn attempt(
         upstream_model: &deployment.upstream_model,
         request_id,
     };
-
-    let response = match timeout_at(first_byte_deadline, deployment.adaptor.send(&request)).await {
-        Err(_) => {
-            return failed(
-                deployment,
-                policy,
-                AttemptResult::Timeout,
-                ApiError::UpstreamTimeout,
-            );
-        }
+    let sent = timeout_at(at.first_byte_deadline, deployment.adaptor.send(&request)).await;
+    let response = match sent {
+        Err(_) => return at.failed(AttemptResult::Timeout, ApiError::UpstreamTimeout),
         Ok(Err(SendError::Connect)) => {
-            return failed(
-                deployment,
-                policy,
-                AttemptResult::ConnectError,
-                ApiError::UpstreamFailed {
-                    reason: "could not connect",
-                },
-            );
+            return at.broke(AttemptResult::ConnectError, "could not connect");
         }
         Ok(Err(SendError::Transport)) => {
-            return failed(
-                deployment,
-                policy,
-                AttemptResult::TransportError,
-                ApiError::UpstreamFailed {
-                    reason: "the connection broke before an answer",
-                },
-            );
+            let reason = "the connection broke before an answer";
+            return at.broke(AttemptResult::TransportError, reason);
         }
         Ok(Ok(response)) => response,
     };
@@ -469,87 +500,93 @@ async fn attempt(
     let verdict = deployment
         .adaptor
         .classify(response.status, &response.headers);
-    if matches!(verdict, Verdict::Success | Verdict::RateLimited { .. })
-        && let Some(reading) = deployment.adaptor.rate_limits(&response.headers)
-    {
-        deployment.state.quota.record(&reading, unix_ms());
+    if matches!(verdict, Verdict::Success | Verdict::RateLimited { .. }) {
+        at.reading = deployment.adaptor.rate_limits(&response.headers);
     }
     match verdict {
-        Verdict::Success => {}
+        Verdict::Success => read_answer(&at, response, view.stream).await,
         Verdict::RateLimited { retry_after } => {
-            count_attempt(deployment, AttemptResult::RateLimited);
-            deployment.state.load.record_failure(unix_ms());
             let period = retry_after.unwrap_or(Duration::from_secs(policy.cooldown.seconds));
-            deployment.state.breaker.open(period);
-            cooled(deployment);
-            return Attempt::Failed(ApiError::UpstreamRateLimited { retry_after });
+            let outcome = HealthOutcome::RateLimited { period };
+            at.report(outcome, AttemptResult::RateLimited);
+            Attempt::Failed(ApiError::UpstreamRateLimited { retry_after })
         }
-        Verdict::Failed => {
-            return failed(
-                deployment,
-                policy,
-                AttemptResult::ServerError,
-                ApiError::UpstreamFailed {
-                    reason: "it answered with a server error",
-                },
-            );
-        }
-        Verdict::CredentialRejected => {
-            count_attempt(deployment, AttemptResult::CredentialRejected);
-            let breaker = &deployment.state.breaker;
-            breaker.open(CREDENTIAL_REJECTED_OUT);
-            if breaker.first_alert() {
-                tracing::error!(
-                    deployment = %deployment.id,
-                    provider = %deployment.provider_id,
-                    status = response.status.as_u16(),
-                    out_seconds = CREDENTIAL_REJECTED_OUT.as_secs(),
-                    "the upstream rejected the gateway's credential; taking the deployment out"
-                );
-                webhooks.send(crate::webhooks::Event {
-                    kind: "upstream.credential_rejected",
-                    at: chrono::Utc::now(),
-                    scope: "deployment",
-                    id: deployment.id.clone(),
-                    spent_usd: None,
-                    limit_usd: None,
-                    provider: Some(deployment.provider_id.clone()),
-                    status: Some(response.status.as_u16()),
-                });
-                cooled(deployment);
-            }
-            return Attempt::Failed(ApiError::UpstreamFailed {
-                reason: "it rejected the gateway's credentials",
-            });
-        }
+        Verdict::Failed => at.broke(
+            AttemptResult::ServerError,
+            "it answered with a server error",
+        ),
+        Verdict::CredentialRejected => credential_rejected(&at, response.status, webhooks),
         Verdict::ClientError => {
-            count_attempt(deployment, AttemptResult::ClientError);
             // Not the deployment's fault: if this was the probe, let another request probe.
-            deployment.state.breaker.release_probe();
-            let content_type = response.headers.get(CONTENT_TYPE).cloned();
-            let body = match timeout_at(
-                deadline,
-                http_body_util::Limited::new(response.body, MAX_ERROR_BODY_BYTES).collect(),
-            )
-            .await
-            {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                _ => Bytes::new(),
-            };
-            if body.is_empty() {
-                return Attempt::Failed(ApiError::UpstreamRejected {
-                    status: response.status,
-                });
-            }
-            return Attempt::Complete {
-                status: response.status,
-                content_type,
-                body,
-                usage: None,
-            };
+            at.report(HealthOutcome::Refused, AttemptResult::ClientError);
+            relay_refusal(response, at.deadline).await
         }
     }
+}
 
+/// 401/403: the deployment goes out for [`CREDENTIAL_REJECTED_OUT`], and the first
+/// rejection of the episode is logged and sent as a webhook.
+fn credential_rejected(
+    at: &Try<'_>,
+    status: StatusCode,
+    webhooks: &crate::webhooks::Webhooks,
+) -> Attempt {
+    let deployment = at.deployment;
+    let outcome = HealthOutcome::CredentialRejected {
+        period: CREDENTIAL_REJECTED_OUT,
+    };
+    if at
+        .report(outcome, AttemptResult::CredentialRejected)
+        .first_alert
+    {
+        tracing::error!(
+            deployment = %deployment.id,
+            provider = %deployment.provider_id,
+            status = status.as_u16(),
+            out_seconds = CREDENTIAL_REJECTED_OUT.as_secs(),
+            "the upstream rejected the gateway's credential; taking the deployment out"
+        );
+        webhooks.send(crate::webhooks::Event {
+            kind: "upstream.credential_rejected",
+            at: chrono::Utc::now(),
+            scope: "deployment",
+            id: deployment.id.clone(),
+            spent_usd: None,
+            limit_usd: None,
+            provider: Some(deployment.provider_id.clone()),
+            status: Some(status.as_u16()),
+        });
+    }
+    Attempt::Failed(ApiError::UpstreamFailed {
+        reason: "it rejected the gateway's credentials",
+    })
+}
+
+/// The upstream refused the request itself: its answer goes to the client as is (an empty
+/// one becomes our own error).
+async fn relay_refusal(response: UpstreamResponse, deadline: Instant) -> Attempt {
+    let content_type = response.headers.get(CONTENT_TYPE).cloned();
+    let limited = http_body_util::Limited::new(response.body, MAX_ERROR_BODY_BYTES);
+    let body = match timeout_at(deadline, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        _ => Bytes::new(),
+    };
+    if body.is_empty() {
+        return Attempt::Failed(ApiError::UpstreamRejected {
+            status: response.status,
+        });
+    }
+    Attempt::Complete {
+        status: response.status,
+        content_type,
+        body,
+        usage: None,
+    }
+}
+
+/// A 2xx: a stream once its first bytes arrive (when the client asked for one and the
+/// upstream sends one), else the whole answer, whose usage is read from it.
+async fn read_answer(at: &Try<'_>, response: UpstreamResponse, stream: bool) -> Attempt {
     let is_event_stream = response
         .headers
         .get(CONTENT_TYPE)
@@ -557,58 +594,35 @@ async fn attempt(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut body = response.body;
 
-    if view.stream && is_event_stream {
-        return match timeout_at(first_byte_deadline, first_data(&mut body)).await {
-            Err(_) => failed(
-                deployment,
-                policy,
-                AttemptResult::Timeout,
-                ApiError::UpstreamTimeout,
-            ),
+    if stream && is_event_stream {
+        return match timeout_at(at.first_byte_deadline, first_data(&mut body)).await {
+            Err(_) => at.failed(AttemptResult::Timeout, ApiError::UpstreamTimeout),
             Ok(Some(first)) => {
-                succeeded(deployment, started, true);
+                at.answered(true);
                 Attempt::Stream {
                     body,
                     first,
-                    deadline,
+                    deadline: at.deadline,
                 }
             }
-            Ok(None) => failed(
-                deployment,
-                policy,
+            Ok(None) => at.broke(
                 AttemptResult::BrokenBody,
-                ApiError::UpstreamFailed {
-                    reason: "its stream ended before any data",
-                },
+                "its stream ended before any data",
             ),
         };
     }
 
     let content_type = response.headers.get(CONTENT_TYPE).cloned();
-    let bytes = match timeout_at(deadline, body.collect()).await {
-        Err(_) => {
-            return failed(
-                deployment,
-                policy,
-                AttemptResult::Timeout,
-                ApiError::UpstreamTimeout,
-            );
-        }
+    let bytes = match timeout_at(at.deadline, body.collect()).await {
+        Err(_) => return at.failed(AttemptResult::Timeout, ApiError::UpstreamTimeout),
         Ok(Err(_)) => {
-            return failed(
-                deployment,
-                policy,
-                AttemptResult::BrokenBody,
-                ApiError::UpstreamFailed {
-                    reason: "the connection broke mid-answer",
-                },
-            );
+            return at.broke(AttemptResult::BrokenBody, "the connection broke mid-answer");
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
     match usage_from_body(&bytes) {
         Ok(usage) => {
-            succeeded(deployment, started, false);
+            at.answered(false);
             Attempt::Complete {
                 status: StatusCode::OK,
                 content_type,
@@ -616,14 +630,7 @@ async fn attempt(
                 usage,
             }
         }
-        Err(_) => failed(
-            deployment,
-            policy,
-            AttemptResult::Malformed,
-            ApiError::UpstreamFailed {
-                reason: "its answer was not valid JSON",
-            },
-        ),
+        Err(_) => at.broke(AttemptResult::Malformed, "its answer was not valid JSON"),
     }
 }
 

@@ -63,10 +63,11 @@ pub enum RelayError {
 
 impl SseRelay {
     /// `first` holds the first bytes, read before the answer was committed to the client.
+    /// The usage-only event is stripped unless the client asked for it (the request's
+    /// context, which the ledger shares, says).
     pub fn new(
         upstream: UpstreamBody,
         first: Bytes,
-        strip_usage_event: bool,
         ledger: Ledger,
         deadline: tokio::time::Instant,
     ) -> Self {
@@ -74,7 +75,7 @@ impl SseRelay {
             upstream,
             pending: Some(first),
             tail: BytesMut::new(),
-            strip_usage_event,
+            strip_usage_event: !ledger.request().client_wants_usage,
             usage: None,
             events: 0,
             ledger: Some(ledger),
@@ -86,7 +87,7 @@ impl SseRelay {
     fn close(&mut self, outcome: Outcome, status: StatusCode) {
         self.finished = true;
         if let Some(ledger) = self.ledger.take() {
-            ledger.close_stream(outcome, status, self.usage, self.events);
+            ledger.stream_closed(outcome, status, self.usage, self.events);
         }
     }
 

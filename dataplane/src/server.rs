@@ -133,7 +133,31 @@ pub fn start_shared_state(
         return Ok(None);
     };
     let shared = crate::shared_redis::SharedRedis::connect(config)?;
-    Ok(Some(crate::fleet::sync::spawn(Arc::clone(state), shared)))
+    let state = Arc::clone(state);
+    Ok(Some(crate::fleet::sync::spawn(
+        move || state.catalog(),
+        shared,
+    )))
+}
+
+impl crate::fleet::sync::Synced for crate::catalog::Catalog {
+    fn deployments(&self) -> Vec<(&str, &Arc<crate::fleet::DeploymentState>)> {
+        crate::catalog::Catalog::deployments(self)
+            .map(|d| (d.id.as_str(), &d.state))
+            .collect()
+    }
+
+    fn prefix_models(&self) -> Vec<crate::fleet::sync::PrefixModel<'_>> {
+        self.models()
+            .filter_map(|m| {
+                Some(crate::fleet::sync::PrefixModel {
+                    name: &m.name,
+                    index: m.prefix.as_ref()?,
+                    deployments: m.deployments.iter().map(|d| d.id.as_str()).collect(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Loads the config and serves until `SIGTERM` or Ctrl-C, then drains.

@@ -55,13 +55,14 @@ fn entry(state: &AppState, secret: &str) -> Arc<KeyEntry> {
     Arc::clone(state.catalog().unwrap().key(&hash).unwrap())
 }
 
-/// The admission phase as the handler runs it.
+/// The admission phase as the handler runs it: one quota ticket for limits and budgets.
 async fn admit(state: &AppState, key: &KeyEntry) {
-    let admitted =
-        dataplane::admission::admit(&state.books, key, 100, || 1_000, state.books.clock.now())
+    let now = state.books.clock.now();
+    let (ticket, _limits) =
+        dataplane::quota::Ticket::admit(state.books.stores(), key, 100, || 1_000, now)
             .await
             .unwrap();
-    assert_eq!(admitted.budget.is_empty(), key.budget_subjects().is_none());
+    assert_eq!(ticket.has_budget(), key.budget_subjects().is_some());
 }
 
 /// Commands so far: those clients sent for admission (`EVALSHA`, `EVAL`, `SCRIPT LOAD`: each

@@ -7,7 +7,7 @@
 //!
 //! - With a `redis:` section ([`redis`]): in Redis, shared by every replica, named by
 //!   [`switchboard_shared::budget::counter_key`]. Admission charges them in the same script call
-//!   as the rate limits ([`crate::admission`]), so a budgeted request costs one round trip.
+//!   as the rate limits ([`crate::quota`]), so a budgeted request costs one round trip.
 //! - Without one ([`local`]): in this process, each replica counting on its own.
 //!
 //! Admission ([`Budgets::reserve`], or the joint call) works the same in both: if every
@@ -291,7 +291,7 @@ impl Budgets {
         Self { store }
     }
 
-    /// The Redis store, which [`crate::admission`] charges in the limits' script call.
+    /// The Redis store, which [`crate::quota`] charges in the limits' script call.
     pub fn redis(&self) -> Option<&redis::RedisBudgets> {
         match &self.store {
             Store::Redis(r) => Some(r),

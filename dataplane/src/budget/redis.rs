@@ -4,7 +4,7 @@
 //! ([`switchboard_shared::budget::counter_key`]), holding nano-dollars. A key's and its
 //! tenant's counters carry the tenant's hash tag, as their rate-limit cells do, so admission
 //! checks and charges limits and budgets in one call of the admission script
-//! (`limits/gcra.lua`, mode `b`; see [`crate::admission`]). [`RedisBudgets::reserve`] is the
+//! (`limits/gcra.lua`, mode `b`; see [`crate::quota`]). [`RedisBudgets::reserve`] is the
 //! same call without limits. A counter expires a day after its period ends, which leaves the
 //! control plane time to reconcile it with Postgres.
 //!

@@ -2,7 +2,7 @@
 //!
 //! OpenAI (and most OpenAI-compatible APIs) answer with `x-ratelimit-{limit,remaining,reset}-
 //! {requests,tokens}`; Anthropic with `anthropic-ratelimit-*`. A provider adaptor turns its
-//! headers into an [`UpstreamRateLimits`] (`providers::ratelimit`) and the proxy stores it in the deployment's [`UpstreamQuota`], which the
+//! headers into an [`UpstreamRateLimits`] ([`super::ratelimit`]) and the proxy stores it in the deployment's [`UpstreamQuota`], which the
 //! `lowest_usage` and `weighted_score` strategies read as used share of the quota.
 //!
 //! Every replica sees the upstream's own account-wide counters in its answers, so this needs
@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::providers::ratelimit::UpstreamRateLimits;
+use super::ratelimit::UpstreamRateLimits;
 
 const UNKNOWN: u64 = u64::MAX;
 

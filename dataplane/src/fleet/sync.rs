@@ -26,9 +26,8 @@ use switchboard_shared::fleet_keys::{deployment_state, prefix_index};
 use super::DeploymentState;
 use super::breaker::unix_ms;
 use super::load::{ClusterLoad, LATENCY_STALE_MS, minute_of};
-use crate::catalog::Catalog;
+use super::prefix::PrefixIndex;
 use crate::shared_redis::SharedRedis;
-use crate::state::AppState;
 
 const SCRIPT: &str = r"
 local k = KEYS[1]
@@ -95,8 +94,31 @@ const PREFIX_STREAM_LEN: u64 = 2_000;
 /// Stream entries read per model per tick.
 const PREFIX_READ_COUNT: u64 = 200;
 
-/// Starts the task that keeps the deployments of `state`'s catalog in sync with Redis.
-pub fn spawn(state: Arc<AppState>, redis: SharedRedis) -> tokio::task::JoinHandle<()> {
+/// What the task syncs, read from the serving catalog each tick. `fleet` sits below the
+/// catalog (the catalog holds each deployment's [`DeploymentState`]), so the catalog is
+/// reached through this trait, which the server implements for it.
+pub trait Synced: Send + Sync + 'static {
+    /// Every deployment's id and state.
+    fn deployments(&self) -> Vec<(&str, &Arc<DeploymentState>)>;
+    /// Every model with a prefix index (the `prefix_affinity` strategy).
+    fn prefix_models(&self) -> Vec<PrefixModel<'_>>;
+}
+
+/// One `prefix_affinity` model, as [`share_prefixes`] needs it.
+#[derive(Debug)]
+pub struct PrefixModel<'a> {
+    pub name: &'a str,
+    pub index: &'a PrefixIndex,
+    /// The model's deployment ids, in the order the index numbers them.
+    pub deployments: Vec<&'a str>,
+}
+
+/// Starts the task that keeps the deployments of the serving catalog (`current()`, `None`
+/// before the first snapshot) in sync with Redis.
+pub fn spawn<C: Synced>(
+    current: impl Fn() -> Option<Arc<C>> + Send + 'static,
+    redis: SharedRedis,
+) -> tokio::task::JoinHandle<()> {
     let replica = uuid::Uuid::now_v7().simple().to_string();
     tokio::spawn(async move {
         let script = Script::new(SCRIPT);
@@ -105,19 +127,16 @@ pub fn spawn(state: Arc<AppState>, redis: SharedRedis) -> tokio::task::JoinHandl
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let Some(catalog) = state.catalog() else {
+            let Some(catalog) = current() else {
                 continue;
             };
-            let deployments: Vec<(&str, &Arc<DeploymentState>)> = catalog
-                .deployments()
-                .map(|d| (d.id.as_str(), &d.state))
-                .collect();
+            let deployments = catalog.deployments();
             if deployments.is_empty() {
                 continue;
             }
             tick(&redis, &script, &replica, &deployments).await;
             if redis.is_up() {
-                share_prefixes(&redis, &catalog, &mut cursors).await;
+                share_prefixes(&redis, &catalog.prefix_models(), &mut cursors).await;
             }
         }
     })
@@ -220,20 +239,16 @@ pub async fn tick(
 /// `cursors` holds the last stream id read per model.
 pub async fn share_prefixes(
     redis: &SharedRedis,
-    catalog: &Catalog,
+    models: &[PrefixModel<'_>],
     cursors: &mut HashMap<String, String>,
 ) {
-    let models: Vec<_> = catalog.models().filter(|m| m.prefix.is_some()).collect();
     if models.is_empty() {
         return;
     }
     let mut pipe = redis::pipe();
-    for model in &models {
-        let Some(index) = &model.prefix else {
-            continue;
-        };
-        let key = prefix_index(redis.prefix(), &model.name);
-        let entries = index.drain();
+    for model in models {
+        let key = prefix_index(redis.prefix(), model.name);
+        let entries = model.index.drain();
         if !entries.is_empty() {
             let cmd = pipe
                 .cmd("XADD")
@@ -243,17 +258,14 @@ pub async fn share_prefixes(
                 .arg(PREFIX_STREAM_LEN)
                 .arg("*");
             for (block_key, d) in entries {
-                let id = model
-                    .deployments
-                    .get(usize::from(d))
-                    .map_or("", |dep| dep.id.as_str());
+                let id = model.deployments.get(usize::from(d)).copied().unwrap_or("");
                 cmd.arg(format!("{block_key:x}")).arg(id);
             }
             pipe.ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(3_600_000).ignore();
         }
         let from = cursors
-            .get(&model.name)
+            .get(model.name)
             .map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         pipe.cmd("XRANGE")
             .arg(&key)
@@ -271,20 +283,17 @@ pub async fn share_prefixes(
         return; // best effort: the breaker/load sync reports Redis health
     };
     for (model, entries) in models.iter().zip(read) {
-        let Some(index) = &model.prefix else {
-            continue;
-        };
         for (id, fields) in &entries {
             for pair in fields.chunks_exact(2) {
                 let (Ok(block_key), Some(d)) = (
                     u64::from_str_radix(&pair[0], 16),
-                    model.deployments.iter().position(|dep| dep.id == pair[1]),
+                    model.deployments.iter().position(|dep| *dep == pair[1]),
                 ) else {
                     continue;
                 };
-                index.learn(block_key, d);
+                model.index.learn(block_key, d);
             }
-            cursors.insert(model.name.clone(), id.clone());
+            cursors.insert(model.name.to_owned(), id.clone());
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::gcra::{GcraCell, Take};
-use super::{Denial, LimitView, RateLimiter, Refusal, Resource, Subject};
+use super::{Admission, Denial, LimitView, RateLimiter, Refusal, Resource, Subject};
 
 /// The counters of one subject: one GCRA cell per resource.
 #[derive(Debug, Default)]
@@ -115,11 +115,7 @@ fn refusal(s: &Subject<'_>, what: Resource, retry_after_nanos: u64) -> Refusal {
 }
 
 impl RateLimiter for LocalLimiter {
-    async fn admit(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
+    async fn admit(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         self.admit_at(subjects, estimated_tokens, self.now())
             .map_err(Denial::Limited)
     }
@@ -154,22 +150,16 @@ impl LocalLimiter {
 mod tests {
     use super::super::Scope;
     use super::*;
-    use switchboard_shared::snapshot::RateLimits;
 
     const SEC: u64 = 1_000_000_000;
 
-    fn subject<'a>(
+    fn subject(
         scope: Scope,
-        state: &'a LocalLimitState,
+        state: &LocalLimitState,
         rpm: Option<u32>,
         tpm: Option<u32>,
-    ) -> Subject<'a> {
-        Subject {
-            scope,
-            id: "x",
-            limits: RateLimits { rpm, tpm },
-            local: state,
-        }
+    ) -> Subject<'_> {
+        Subject::limited(scope, "x", state, rpm, tpm)
     }
 
     #[test]

@@ -51,6 +51,26 @@ pub struct Subject<'a> {
     pub local: &'a LocalLimitState,
 }
 
+#[cfg(test)]
+impl<'a> Subject<'a> {
+    /// A subject with these limits, for tests.
+    pub(crate) fn limited(
+        scope: Scope,
+        id: &'a str,
+        local: &'a LocalLimitState,
+        rpm: Option<u32>,
+        tpm: Option<u32>,
+    ) -> Self {
+        let limits = RateLimits { rpm, tpm };
+        Self {
+            scope,
+            id,
+            limits,
+            local,
+        }
+    }
+}
+
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
@@ -158,6 +178,10 @@ pub fn format_reset(nanos: u64) -> String {
     }
 }
 
+/// What admitting a request to its limits answers: the first limited subject's state, or
+/// why not.
+pub type Admission = Result<LimitView, Denial>;
+
 /// The limiter contract.
 pub trait RateLimiter: Send + Sync {
     /// Counts one request and `estimated_tokens` against every subject, all or nothing: when
@@ -166,7 +190,7 @@ pub trait RateLimiter: Send + Sync {
         &self,
         subjects: &[Subject<'_>],
         estimated_tokens: u64,
-    ) -> impl Future<Output = Result<LimitView, Denial>> + Send;
+    ) -> impl Future<Output = Admission> + Send;
 
     /// Corrects the token charge of an admitted request once its real usage is known.
     fn settle(&self, subjects: &[Subject<'_>], estimated_tokens: u64, actual_tokens: u64);
@@ -180,11 +204,7 @@ pub enum Limiter {
 }
 
 impl Limiter {
-    pub async fn admit(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
+    pub async fn admit(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         match self {
             Limiter::Local(l) => l.admit(subjects, estimated_tokens).await,
             Limiter::Redis(l) => l.admit(subjects, estimated_tokens).await,

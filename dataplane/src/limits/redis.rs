@@ -8,7 +8,7 @@
 //! string key holding its theoretical arrival time in microseconds, with an expiry just past
 //! the moment it is idle again (no sweeping, an idle subject costs no memory). A request with
 //! a budget sends its budget counters in the same call ([`RedisLimiter::admit_charging`],
-//! used by [`crate::admission`]): the script checks the limits and the budgets, then charges
+//! used by [`crate::quota`]): the script checks the limits and the budgets, then charges
 //! all or none, so a request refused by either leaves nothing charged on the other, and
 //! admission stays one round trip.
 //!
@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 
 use super::gcra::CellState;
 use super::local::LocalLimiter;
-use super::{Denial, LimitView, RateLimiter, Refusal, Resource, Scope, Subject};
+use super::{Admission, Denial, LimitView, RateLimiter, Refusal, Resource, Scope, Subject};
 use crate::metrics;
 use crate::shared_redis::{FailurePolicy, SharedRedis};
 use switchboard_shared::budget::escape_tag as escape;
@@ -105,11 +105,7 @@ impl RedisLimiter {
         &self.inner.redis
     }
 
-    async fn admit_shared(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
+    async fn admit_shared(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         let inner = &self.inner;
         let cells = Cells::of(inner.redis.prefix(), subjects, estimated_tokens);
         let mut cmd = redis::cmd("EVALSHA");
@@ -167,11 +163,7 @@ impl RedisLimiter {
 
     /// Admission while Redis is down, as [`RateLimiter::admit`] decides it: unlimited subjects
     /// pass without counting as degraded.
-    fn admit_degraded(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
+    fn admit_degraded(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         if subjects.iter().all(|s| s.limits.is_unlimited()) {
             return Ok(LimitView::default());
         }
@@ -223,11 +215,7 @@ impl RedisLimiter {
     }
 
     /// Admission while Redis is unreachable, per the failure policy.
-    fn degraded(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
+    fn degraded(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         let policy = self.inner.redis.policy();
         metrics::count_limits_degraded(policy_name(policy));
         match policy {
@@ -249,17 +237,13 @@ fn policy_name(policy: FailurePolicy) -> &'static str {
 }
 
 impl RateLimiter for RedisLimiter {
-    async fn admit(
-        &self,
-        subjects: &[Subject<'_>],
-        estimated_tokens: u64,
-    ) -> Result<LimitView, Denial> {
-        if subjects.iter().all(|s| s.limits.is_unlimited()) {
-            return Ok(LimitView::default());
-        }
+    async fn admit(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         // While down, no request waits for a timeout: the probe finds out when it is back.
         if !self.inner.redis.is_up() {
-            return self.degraded(subjects, estimated_tokens);
+            return self.admit_degraded(subjects, estimated_tokens);
+        }
+        if subjects.iter().all(|s| s.limits.is_unlimited()) {
+            return Ok(LimitView::default());
         }
         self.admit_shared(subjects, estimated_tokens).await
     }
@@ -359,7 +343,7 @@ pub enum Joint {
     CounterFull { index: usize, spent: i64 },
     /// Redis was down or did not answer: the limits were decided per the failure policy (this
     /// result, in process) and the counters were not charged.
-    Unreachable(Result<LimitView, Denial>),
+    Unreachable(Admission),
 }
 
 /// `EVALSHA` of the script in mode `b`: the cells, then the counters.
@@ -493,11 +477,7 @@ fn cell_key(prefix: &str, tenant: Option<&str>, s: &Subject<'_>, what: Resource)
 }
 
 /// The script's reply as an admission result; `None` if it is not a reply the script gives.
-fn interpret(
-    reply: &[i64],
-    cells: &[Cell],
-    subjects: &[Subject<'_>],
-) -> Option<Result<LimitView, Denial>> {
+fn interpret(reply: &[i64], cells: &[Cell], subjects: &[Subject<'_>]) -> Option<Admission> {
     match reply {
         [1, aheads @ ..] if aheads.len() == cells.len() => {
             let first_limited = cells.first().map(|c| c.subject);
@@ -657,18 +637,9 @@ async fn probe(limiter: Weak<Inner>) {
 mod tests {
     use super::*;
     use crate::limits::LocalLimitState;
-    use switchboard_shared::snapshot::RateLimits;
 
     fn subject<'a>(scope: Scope, id: &'a str, state: &'a LocalLimitState) -> Subject<'a> {
-        Subject {
-            scope,
-            id,
-            limits: RateLimits {
-                rpm: Some(10),
-                tpm: None,
-            },
-            local: state,
-        }
+        Subject::limited(scope, id, state, Some(10), None)
     }
 
     #[test]
@@ -757,37 +728,19 @@ mod tests {
             RedisLimiter::new(SharedRedis::connect(&config).unwrap())
         }
 
-        fn limited<'a>(
-            scope: Scope,
-            id: &'a str,
-            state: &'a LocalLimitState,
-            rpm: Option<u32>,
-            tpm: Option<u32>,
-        ) -> Subject<'a> {
-            Subject {
-                scope,
-                id,
-                limits: RateLimits { rpm, tpm },
-                local: state,
-            }
+        /// `command key` against the limiter's Redis.
+        async fn ask<T: redis::FromRedisValue>(l: &RedisLimiter, command: &str, key: &str) -> T {
+            let mut conn = l.redis().conn();
+            let cmd = redis::cmd(command).arg(key).clone();
+            cmd.query_async(&mut conn).await.unwrap()
         }
 
         async fn get(l: &RedisLimiter, key: &str) -> Option<String> {
-            let mut conn = l.redis().conn();
-            redis::cmd("GET")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .unwrap()
+            ask(l, "GET", key).await
         }
 
         async fn pttl(l: &RedisLimiter, key: &str) -> i64 {
-            let mut conn = l.redis().conn();
-            redis::cmd("PTTL")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .unwrap()
+            ask(l, "PTTL", key).await
         }
 
         /// Waits for the settlement task to have sent what was queued.
@@ -806,7 +759,7 @@ mod tests {
         async fn a_burst_of_the_limit_then_a_refusal_with_the_period_to_wait() {
             let l = limiter("burst");
             let state = LocalLimitState::new();
-            let s = [limited(Scope::Key, "k", &state, Some(6), None)];
+            let s = [Subject::limited(Scope::Key, "k", &state, Some(6), None)];
             for i in 0..6u64 {
                 let view = l.admit(&s, 0).await.unwrap();
                 assert_eq!(view.requests.unwrap().remaining, 5 - i, "request {i}");
@@ -830,8 +783,8 @@ mod tests {
             let l = limiter("atomic");
             let (ks, ts) = (LocalLimitState::new(), LocalLimitState::new());
             let s = [
-                limited(Scope::Key, "k", &ks, Some(100), Some(1000)),
-                limited(Scope::Tenant, "t", &ts, Some(1), None),
+                Subject::limited(Scope::Key, "k", &ks, Some(100), Some(1000)),
+                Subject::limited(Scope::Tenant, "t", &ts, Some(1), None),
             ];
             let view = l.admit(&s, 10).await.unwrap();
             // The view is the key's: the first limited subject.
@@ -854,7 +807,13 @@ mod tests {
         async fn a_take_larger_than_the_limit_passes_only_when_idle() {
             let l = limiter("large");
             let state = LocalLimitState::new();
-            let s = [limited(Scope::Deployment, "d", &state, None, Some(100))];
+            let s = [Subject::limited(
+                Scope::Deployment,
+                "d",
+                &state,
+                None,
+                Some(100),
+            )];
             let view = l.admit(&s, 5000).await.unwrap();
             assert_eq!(view.tokens.unwrap().remaining, 0);
             assert!(matches!(
@@ -870,7 +829,7 @@ mod tests {
         async fn settlement_gives_back_and_charges_more_capped_at_one_window() {
             let l = limiter("settle");
             let state = LocalLimitState::new();
-            let s = [limited(Scope::Key, "k", &state, None, Some(1000))];
+            let s = [Subject::limited(Scope::Key, "k", &state, None, Some(1000))];
             let key = cell_key(l.redis().prefix(), None, &s[0], Resource::Tokens);
             l.admit(&s, 900).await.unwrap();
             assert!(l.admit(&s, 200).await.is_err());
@@ -911,7 +870,7 @@ mod tests {
                 max: 100,
                 ttl_seconds: 60,
             }];
-            let s = [limited(Scope::Key, "k", &one, Some(1), None)];
+            let s = [Subject::limited(Scope::Key, "k", &one, Some(1), None)];
             assert!(matches!(
                 l.admit_charging(&s, 0, 60, &charge).await,
                 Joint::Admitted(view) if view.requests.is_some()
@@ -925,7 +884,7 @@ mod tests {
             ));
             assert_eq!(get(&l, &counter).await.as_deref(), Some("60"));
             // Another subject with room: charged (60 < 100), to 120.
-            let s = [limited(Scope::Key, "k5", &five, Some(5), None)];
+            let s = [Subject::limited(Scope::Key, "k5", &five, Some(5), None)];
             let cell = cell_key(l.redis().prefix(), None, &s[0], Resource::Requests);
             assert!(matches!(
                 l.admit_charging(&s, 0, 60, &charge).await,
@@ -962,11 +921,11 @@ mod tests {
             .unwrap();
             let l = RedisLimiter::new(SharedRedis::connect(&config).unwrap());
             let state = LocalLimitState::new();
-            let s = [limited(Scope::Key, "k", &state, None, None)];
+            let s = [Subject::limited(Scope::Key, "k", &state, None, None)];
             assert_eq!(l.admit(&s, 10).await, Ok(LimitView::default()));
             assert!(l.redis().is_up());
             // A limited one is refused as unavailable under `closed`, and marks Redis down.
-            let s = [limited(Scope::Key, "k", &state, Some(5), None)];
+            let s = [Subject::limited(Scope::Key, "k", &state, Some(5), None)];
             assert_eq!(l.admit(&s, 10).await, Err(Denial::Unavailable));
             assert!(!l.redis().is_up());
         }
@@ -977,7 +936,7 @@ mod tests {
                 serde_yaml_ng::from_str("url: { value: 'redis://127.0.0.1:1' }").unwrap();
             let l = RedisLimiter::new(SharedRedis::connect(&config).unwrap());
             let state = LocalLimitState::new();
-            let s = [limited(Scope::Key, "k", &state, Some(2), None)];
+            let s = [Subject::limited(Scope::Key, "k", &state, Some(2), None)];
             assert!(l.admit(&s, 0).await.is_ok());
             assert!(!l.redis().is_up());
             // Second one decided locally without waiting on Redis; the third is refused by

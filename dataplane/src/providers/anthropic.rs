@@ -15,10 +15,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::chat_only::not_served;
 use super::common::{self, EVENT_STREAM, Http};
-use super::ratelimit::UpstreamRateLimits;
 use super::registry::Setup;
 use super::translate::{self, openai_anthropic};
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
+use crate::fleet::UpstreamRateLimits;
 
 /// The API version the gateway speaks (the only stable one Anthropic has published).
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";

@@ -175,7 +175,7 @@ impl ProviderAdaptor for KeyRing {
         }
     }
 
-    fn rate_limits(&self, headers: &HeaderMap) -> Option<super::ratelimit::UpstreamRateLimits> {
+    fn rate_limits(&self, headers: &HeaderMap) -> Option<crate::fleet::UpstreamRateLimits> {
         self.keys.first()?.adaptor.rate_limits(headers)
     }
 }

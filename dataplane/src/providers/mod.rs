@@ -20,7 +20,6 @@
 //!   (Gemini, Bedrock), written once.
 //! - [`client`]: the HTTP/1.1 client every HTTP adaptor shares (pooled, rustls).
 //! - [`translate`]: request, answer, stream and error translation between protocols.
-//! - [`ratelimit`]: the upstream's own rate-limit headers, per provider.
 //! - [`keyring`]: several credentials of one provider, by weight, with per-key rest and removal.
 //!
 //! The contract with the proxy: an adaptor answers **in the client's protocol** (the
@@ -37,7 +36,6 @@ pub mod gemini;
 pub mod keyring;
 pub mod mock;
 pub mod openai;
-pub mod ratelimit;
 pub mod registry;
 pub mod translate;
 
@@ -158,8 +156,8 @@ pub trait ProviderAdaptor: Send + Sync + fmt::Debug {
     }
 
     /// The upstream's own rate-limit state, from its response headers, for the router.
-    fn rate_limits(&self, headers: &HeaderMap) -> Option<ratelimit::UpstreamRateLimits> {
-        ratelimit::UpstreamRateLimits::from_openai_headers(headers)
+    fn rate_limits(&self, headers: &HeaderMap) -> Option<crate::fleet::UpstreamRateLimits> {
+        crate::fleet::UpstreamRateLimits::from_openai_headers(headers)
     }
 }
 

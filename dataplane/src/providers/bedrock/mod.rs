@@ -193,7 +193,7 @@ impl ProviderAdaptor for BedrockAdaptor {
         }
     }
 
-    fn rate_limits(&self, _headers: &HeaderMap) -> Option<super::ratelimit::UpstreamRateLimits> {
+    fn rate_limits(&self, _headers: &HeaderMap) -> Option<crate::fleet::UpstreamRateLimits> {
         None
     }
 }

@@ -2,16 +2,18 @@
 //!
 //! The router can steer away from a deployment whose upstream says it is nearly out of
 //! requests or tokens before the upstream starts answering 429. Adaptors only read the
-//! headers ([`super::ProviderAdaptor::rate_limits`]); sharing the result across replicas
-//! belongs to the router's shared state.
+//! headers ([`crate::providers::ProviderAdaptor::rate_limits`]); the reading is deployment
+//! state, so its type lives here with the quota it feeds, and `fleet` needs nothing from
+//! `providers`.
 //!
 //! - OpenAI and Azure: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, resets as
 //!   durations like `1s`, `6m0s`, `20ms` (or a bare number of seconds).
 //! - Anthropic: `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`, resets as
 //!   RFC 3339 instants.
 //!
-//! The proxy stores each reading in the deployment's `fleet::UpstreamQuota`; the key ring
-//! reads the reset of an exhausted allowance from it.
+//! The deployment's state stores each reading in its [`super::UpstreamQuota`] when the
+//! attempt's outcome is recorded; the key ring reads the reset of an exhausted allowance
+//! from it.
 
 use std::time::Duration;
 
@@ -128,11 +130,8 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, v.parse().unwrap());
-        }
-        h
+        let header = |(k, v): &(&'static str, &str)| (k.parse().unwrap(), v.parse().unwrap());
+        pairs.iter().map(header).collect()
     }
 
     #[test]

@@ -74,13 +74,18 @@ fn temporary_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    #[test]
-    fn stores_replaces_and_loads() {
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-cache-test-{}-{}",
+    /// A directory of the test's own (not created).
+    fn scratch_dir(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "switchboard-cache-{tag}-{}-{}",
             std::process::id(),
             fastrand::u64(..)
-        ));
+        ))
+    }
+
+    #[test]
+    fn stores_replaces_and_loads() {
+        let dir = scratch_dir("test");
         let path = dir.join("nested").join("snapshot.json");
         assert_eq!(load(&path).unwrap(), None);
         store(&path, b"{\"revision\":1}").unwrap();
@@ -94,11 +99,7 @@ mod tests {
     #[test]
     fn the_file_is_private_to_its_owner() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-cache-mode-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
+        let dir = scratch_dir("mode");
         let path = dir.join("snapshot.json");
         fs::create_dir_all(&dir).unwrap();
         // A leftover temporary file from a crash, readable by everyone: it must not pass its

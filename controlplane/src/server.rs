@@ -14,12 +14,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::budgets::counters::Counters;
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::grpc::ConfigGrpc;
-use crate::publish::{Publisher, reconcile, reconcile_loop};
+use crate::publish::Publisher;
 use crate::routes::router;
+use crate::service::budgets::counters::Counters;
+use crate::service::reconcile::{reconcile, reconcile_loop};
 use crate::state::AppState;
 
 /// Resolves once `stop` turns true.
@@ -137,7 +138,7 @@ pub async fn serve(
         stop.clone(),
     ));
     if let (Some(counters), Some(redis)) = (counters, redis) {
-        tasks.spawn(crate::budgets::counters::run(
+        tasks.spawn(crate::service::budgets::counters::run(
             pool.clone(),
             counters,
             redis.reconcile_interval,
@@ -149,7 +150,7 @@ pub async fn serve(
         let client = reqwest::Client::builder()
             .build()
             .map_err(|e| anyhow::anyhow!("prices.url client: {e}"))?;
-        tasks.spawn(crate::prices::run_scheduled(
+        tasks.spawn(crate::service::prices::run_scheduled(
             pool.clone(),
             client,
             url,

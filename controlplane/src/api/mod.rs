@@ -1,14 +1,20 @@
-//! The admin REST API's handlers, one module per resource, and what they share: list
-//! parameters (`list_params!`), the `?wait_ms=` of writes, and the response of a committed
-//! write (with `x-switchboard-config-revision` and, when the fleet lags,
-//! `x-switchboard-fleet-pending`). [`crud`] holds the parts of the handlers themselves that
-//! every resource shares: reading one object, a page of a list, the write tail.
+//! The admin REST API: axum extractors, handlers (one module per resource), OpenAPI
+//! annotations, [`error::ApiError`] with its status table, the JSON body extractor
+//! ([`body::Body`]) and the [`caller::Caller`] extractor. A handler parses, checks the
+//! caller's role, calls one service function ([`crate::service`]) and shapes the answer; no
+//! SQL lives here.
+//!
+//! What the handlers share is here: list parameters (`list_params!`), the `?wait_ms=` of
+//! writes, and the response of a committed write (with `x-switchboard-config-revision` and,
+//! when the fleet lags, `x-switchboard-fleet-pending`).
 
 pub mod admins;
 pub mod auth;
+pub mod body;
 pub mod budgets;
-pub mod crud;
+pub mod caller;
 pub mod deployments;
+pub mod error;
 pub mod keys;
 pub mod models;
 pub mod prices;
@@ -25,13 +31,15 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use switchboard_shared::cluster::REVISION_HEADER;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
-use crate::error::ApiError;
+use crate::service::write::Committed;
 use crate::state::AppState;
-use crate::write::Committed;
+use error::ApiError;
+
+pub use crate::service::{Page, Paging};
 
 /// Header naming the live data planes that had not applied a write when `wait_ms` ran out.
 pub const FLEET_PENDING_HEADER: &str = "x-switchboard-fleet-pending";
@@ -39,34 +47,6 @@ pub const FLEET_PENDING_HEADER: &str = "x-switchboard-fleet-pending";
 pub const MAX_WAIT_MS: u64 = 30_000;
 /// Largest page.
 pub const MAX_LIMIT: u32 = 1000;
-
-/// A list route's paging, as the client asked for it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Paging {
-    pub limit: Option<u32>,
-    pub offset: Option<u64>,
-}
-
-impl Paging {
-    pub fn limit(&self) -> i64 {
-        i64::from(self.limit.unwrap_or(100))
-    }
-
-    pub fn offset(&self) -> i64 {
-        i64::try_from(self.offset.unwrap_or(0)).unwrap_or(i64::MAX)
-    }
-
-    /// The page from `limit + 1` fetched rows.
-    pub fn page<R, T>(&self, mut rows: Vec<R>, view: impl Fn(&R) -> T) -> Page<T> {
-        let limit = usize::try_from(self.limit()).unwrap_or(usize::MAX);
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        Page {
-            next_offset: more.then(|| self.offset.unwrap_or(0) + limit as u64),
-            items: rows.iter().map(view).collect(),
-        }
-    }
-}
 
 /// Declares a list route's query parameters: `limit` and `offset` (documented here, once),
 /// then the route's own filters. The struct is its own extractor, which answers parameters
@@ -91,8 +71,8 @@ macro_rules! list_params {
         }
 
         impl $name {
-            pub fn paging(&self) -> $crate::api::Paging {
-                $crate::api::Paging {
+            pub fn paging(&self) -> $crate::service::Paging {
+                $crate::service::Paging {
                     limit: self.limit,
                     offset: self.offset,
                 }
@@ -100,7 +80,7 @@ macro_rules! list_params {
         }
 
         impl<S: Send + Sync> ::axum::extract::FromRequestParts<S> for $name {
-            type Rejection = $crate::error::ApiError;
+            type Rejection = $crate::api::error::ApiError;
 
             async fn from_request_parts(
                 parts: &mut ::axum::http::request::Parts,
@@ -138,15 +118,6 @@ pub fn check_limit(limit: Option<u32>) -> Result<(), ApiError> {
         ))),
         _ => Ok(()),
     }
-}
-
-/// One page of a list.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Offset of the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_offset: Option<u64>,
 }
 
 /// `?wait_ms=N` on a write: wait until every live data plane serves the write's revision.
@@ -210,28 +181,12 @@ pub async fn deleted(state: &AppState, committed: Committed, wait: Wait) -> Resp
     response
 }
 
-/// For `PATCH` bodies: distinguishes an absent field (`None`) from `null` (`Some(None)`).
-pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// Operator-chosen ids (tenants, providers, deployments): 1–64 of `[A-Za-z0-9._-]`.
-pub fn check_id(path: &str, id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            path,
-            "must be 1-64 characters of letters, digits, '.', '_' or '-'",
-        ))
-    }
+/// The answer to a committed write from a service: its view with `status`.
+pub async fn answer<T: Serialize>(
+    state: &AppState,
+    wait: Wait,
+    status: StatusCode,
+    (body, committed): (T, Committed),
+) -> Response {
+    written(state, committed, wait, status, body).await
 }

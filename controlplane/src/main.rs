@@ -162,39 +162,7 @@ async fn run(
                     tenant,
                     password_stdin: _,
                 },
-        } => {
-            let role = Role::parse(&role).ok_or_else(|| {
-                anyhow::anyhow!("--role must be platform_admin, tenant_admin or viewer")
-            })?;
-            let mut password = String::new();
-            std::io::stdin().lock().read_line(&mut password)?;
-            let password = password.trim_end_matches(['\r', '\n']).to_owned();
-            let req = CreateAdmin {
-                email,
-                password,
-                role,
-                tenant_id: tenant,
-            };
-            let cx = Ctx {
-                pool: &pool,
-                publisher: None,
-            };
-            let (admin, committed) =
-                admins::create(cx, &Actor::system(), req)
-                    .await
-                    .map_err(|e| match e {
-                        Error::Invalid(problems) => anyhow::anyhow!(
-                            "{}",
-                            problems
-                                .iter()
-                                .map(|p| format!("{}: {}", p.path, p.message))
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        ),
-                        other => anyhow::anyhow!("{other}"),
-                    })?;
-            tracing::info!(id = %admin.id, email = %admin.email, revision = committed.revision, "admin created");
-        }
+        } => create_admin(&pool, email, &role, tenant).await?,
         Command::Keys {
             command: KeysCommand::Reseal,
         } => {
@@ -232,6 +200,47 @@ async fn run(
         }
         Command::Openapi => {}
     }
+    Ok(())
+}
+
+/// `controlplane admin create`: the password from standard input, the admin made as the
+/// process itself (a running server's reconcile loop publishes the new revision).
+async fn create_admin(
+    pool: &sqlx::PgPool,
+    email: String,
+    role: &str,
+    tenant: Option<String>,
+) -> anyhow::Result<()> {
+    let role = Role::parse(role)
+        .ok_or_else(|| anyhow::anyhow!("--role must be platform_admin, tenant_admin or viewer"))?;
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    let req = CreateAdmin {
+        email,
+        password,
+        role,
+        tenant_id: tenant,
+    };
+    let cx = Ctx {
+        pool,
+        publisher: None,
+    };
+    let (admin, committed) =
+        admins::create(cx, &Actor::system(), req)
+            .await
+            .map_err(|e| match e {
+                Error::Invalid(problems) => anyhow::anyhow!(
+                    "{}",
+                    problems
+                        .iter()
+                        .map(|p| format!("{}: {}", p.path, p.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                other => anyhow::anyhow!("{other}"),
+            })?;
+    tracing::info!(id = %admin.id, email = %admin.email, revision = committed.revision, "admin created");
     Ok(())
 }
 

@@ -9,7 +9,8 @@ use super::body::Body;
 use super::caller::Caller;
 use super::error::{ApiError, Problem};
 use super::{ListParams, Page, Wait, answer, deleted};
-use crate::service::deployments::{self, DeploymentBody, DeploymentView};
+use crate::service::crud;
+use crate::service::deployments::{self, DeploymentBody, DeploymentRow, DeploymentView};
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/deployments", tag = "deployments", params(ListParams),
@@ -20,7 +21,9 @@ pub async fn list(
     params: ListParams,
 ) -> Result<Json<Page<DeploymentView>>, ApiError> {
     caller.require_platform_reader()?;
-    Ok(Json(deployments::list(state.ctx(), params.paging()).await?))
+    Ok(Json(
+        crud::list::<DeploymentRow>(state.ctx(), &caller, params.paging(), None).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/deployments/{id}", tag = "deployments", params(("id" = String, Path)),
@@ -31,7 +34,9 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<DeploymentView>, ApiError> {
     caller.require_platform_reader()?;
-    Ok(Json(deployments::get(state.ctx(), &caller, &id).await?))
+    Ok(Json(
+        crud::get::<DeploymentRow>(state.ctx(), &caller, &id).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/deployments", tag = "deployments", params(Wait), request_body = DeploymentBody,
@@ -71,6 +76,6 @@ pub async fn delete(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
-    let committed = deployments::delete(state.ctx(), &caller, &id).await?;
+    let committed = crud::delete::<DeploymentRow>(state.ctx(), &caller, &id).await?;
     Ok(deleted(&state, committed, wait).await)
 }

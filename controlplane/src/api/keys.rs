@@ -10,7 +10,8 @@ use super::body::Body;
 use super::caller::Caller;
 use super::error::{ApiError, Problem};
 use super::{ListParams, Page, Wait, answer};
-use crate::service::keys::{self, CreateKey, KeyView, KeyWithSecret, UpdateKey};
+use crate::service::crud;
+use crate::service::keys::{self, CreateKey, KeyRow, KeyView, KeyWithSecret, UpdateKey};
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/keys", tag = "keys", params(ListParams),
@@ -20,7 +21,7 @@ pub async fn list(
     caller: Caller,
     params: ListParams,
 ) -> Result<Json<Page<KeyView>>, ApiError> {
-    let page = keys::list(
+    let page = crud::list::<KeyRow>(
         state.ctx(),
         &caller,
         params.paging(),
@@ -36,7 +37,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(keys::get(state.ctx(), &caller, &id).await?))
+    Ok(Json(crud::get::<KeyRow>(state.ctx(), &caller, &id).await?))
 }
 
 #[utoipa::path(post, path = "/keys", tag = "keys", params(Wait), request_body = CreateKey,

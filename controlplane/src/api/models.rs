@@ -10,7 +10,8 @@ use super::body::Body;
 use super::caller::Caller;
 use super::error::{ApiError, Problem};
 use super::{ListParams, Page, Wait, deleted, written};
-use crate::service::models::{self, PolicyBody, PolicyView};
+use crate::service::crud;
+use crate::service::models::{self, PolicyBody, PolicyRow, PolicyView};
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/models", tag = "models", params(ListParams),
@@ -21,7 +22,9 @@ pub async fn list(
     params: ListParams,
 ) -> Result<Json<Page<PolicyView>>, ApiError> {
     caller.require_platform_reader()?;
-    Ok(Json(models::list(state.ctx(), params.paging()).await?))
+    Ok(Json(
+        crud::list::<PolicyRow>(state.ctx(), &caller, params.paging(), None).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/models/{model}", tag = "models", params(("model" = String, Path)),
@@ -32,7 +35,9 @@ pub async fn get(
     Path(model): Path<String>,
 ) -> Result<Json<PolicyView>, ApiError> {
     caller.require_platform_reader()?;
-    Ok(Json(models::get(state.ctx(), &caller, &model).await?))
+    Ok(Json(
+        crud::get::<PolicyRow>(state.ctx(), &caller, &model).await?,
+    ))
 }
 
 #[utoipa::path(put, path = "/models/{model}", tag = "models", params(("model" = String, Path), Wait),
@@ -64,6 +69,6 @@ pub async fn delete(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
-    let committed = models::delete(state.ctx(), &caller, &model).await?;
+    let committed = crud::delete::<PolicyRow>(state.ctx(), &caller, &model).await?;
     Ok(deleted(&state, committed, wait).await)
 }

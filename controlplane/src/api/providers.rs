@@ -9,7 +9,8 @@ use super::body::Body;
 use super::caller::Caller;
 use super::error::{ApiError, Problem};
 use super::{ListParams, Page, Wait, answer, deleted};
-use crate::service::providers::{self, CreateProvider, ProviderView, UpdateProvider};
+use crate::service::crud;
+use crate::service::providers::{self, CreateProvider, ProviderRow, ProviderView, UpdateProvider};
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/providers", tag = "providers", params(ListParams),
@@ -20,7 +21,9 @@ pub async fn list(
     params: ListParams,
 ) -> Result<Json<Page<ProviderView>>, ApiError> {
     caller.require_platform_reader()?;
-    Ok(Json(providers::list(state.ctx(), params.paging()).await?))
+    Ok(Json(
+        crud::list::<ProviderRow>(state.ctx(), &caller, params.paging(), None).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/providers/{id}", tag = "providers", params(("id" = String, Path)),
@@ -31,7 +34,9 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
     caller.require_platform_reader()?;
-    Ok(Json(providers::get(state.ctx(), &caller, &id).await?))
+    Ok(Json(
+        crud::get::<ProviderRow>(state.ctx(), &caller, &id).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/providers", tag = "providers", params(Wait), request_body = CreateProvider,
@@ -73,6 +78,6 @@ pub async fn delete(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
-    let committed = providers::delete(state.ctx(), &caller, &id).await?;
+    let committed = crud::delete::<ProviderRow>(state.ctx(), &caller, &id).await?;
     Ok(deleted(&state, committed, wait).await)
 }

@@ -9,7 +9,8 @@ use super::body::Body;
 use super::caller::Caller;
 use super::error::{ApiError, Problem};
 use super::{ListParams, Page, Wait, answer, deleted};
-use crate::service::tenants::{self, CreateTenant, TenantView, UpdateTenant};
+use crate::service::crud;
+use crate::service::tenants::{self, CreateTenant, TenantRow, TenantView, UpdateTenant};
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/tenants", tag = "tenants", params(ListParams),
@@ -19,7 +20,7 @@ pub async fn list(
     caller: Caller,
     params: ListParams,
 ) -> Result<Json<Page<TenantView>>, ApiError> {
-    let page = tenants::list(
+    let page = crud::list::<TenantRow>(
         state.ctx(),
         &caller,
         params.paging(),
@@ -35,7 +36,9 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(tenants::get(state.ctx(), &caller, &id).await?))
+    Ok(Json(
+        crud::get::<TenantRow>(state.ctx(), &caller, &id).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/tenants", tag = "tenants", params(Wait), request_body = CreateTenant,
@@ -75,6 +78,6 @@ pub async fn delete(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_tenant_writer(&id)?;
-    let committed = tenants::delete(state.ctx(), &caller, &id).await?;
+    let committed = crud::delete::<TenantRow>(state.ctx(), &caller, &id).await?;
     Ok(deleted(&state, committed, wait).await)
 }

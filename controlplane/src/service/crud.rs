@@ -1,5 +1,6 @@
 //! What every resource's service shares, so that a resource module states only its own rules:
-//! reading one object the actor may see ([`load`], [`get`], [`begin`] in a write), and the
+//! a page of a list ([`list`]), reading one object the actor may see ([`load`], [`get`],
+//! [`begin`] in a write), and the
 //! write tail — audit row, commit ([`saved`], [`delete`]; [`change`] with
 //! [`Write::finish`] for writes that answer otherwise).
 //!
@@ -10,12 +11,13 @@
 use std::future::Future;
 
 use serde::Serialize;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
-use super::Ctx;
 use super::auth::Actor;
 use super::error::{Error, Result};
 use super::write::{Change, Committed, Scope, Write};
+use super::{Ctx, Page, Paging};
+use crate::repo::ListFilter;
 
 /// One kind of admin object, implemented by its row type.
 pub trait Resource: Sized + Send + Sync {
@@ -33,6 +35,12 @@ pub trait Resource: Sized + Send + Sync {
     /// The tenant it belongs to; `None` for platform-wide objects (whose routes only platform
     /// readers pass).
     fn tenant_id(&self) -> Option<&str>;
+
+    /// One page of rows (`f.confined_to` and `f.tenant_id` apply to tenants' objects only).
+    fn list(
+        pool: &PgPool,
+        f: ListFilter<'_>,
+    ) -> impl Future<Output = sqlx::Result<Vec<Self>>> + Send;
 
     /// Reads one by its key (`lock`: `FOR UPDATE`, inside a write).
     fn fetch(
@@ -69,6 +77,13 @@ macro_rules! resource {
             fn tenant_id(&self) -> Option<&str> {
                 let $r = self;
                 $tenant
+            }
+
+            fn list(
+                pool: &sqlx::PgPool,
+                f: $crate::repo::ListFilter<'_>,
+            ) -> impl std::future::Future<Output = sqlx::Result<Vec<Self>>> + Send {
+                $crate::repo::$repo::list(pool, f)
             }
 
             fn fetch(
@@ -119,6 +134,17 @@ pub async fn begin<R: Resource>(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<
 /// Whether the object `id` exists, whoever may see it (for references in a body).
 pub async fn exists<R: Resource>(conn: &mut PgConnection, id: &str) -> Result<bool> {
     Ok(R::fetch(conn, id, false).await?.is_some())
+}
+
+/// One page of the objects the actor may see (`tenant_id`: only that tenant's).
+pub async fn list<R: Resource>(
+    cx: Ctx<'_>,
+    actor: &Actor,
+    paging: Paging,
+    tenant_id: Option<&str>,
+) -> Result<Page<R::View>> {
+    let rows = R::list(cx.pool, paging.rows(actor.confined_to(), tenant_id)).await?;
+    Ok(paging.page(rows, R::view))
 }
 
 /// One object's view.

@@ -7,12 +7,13 @@ use switchboard_shared::price::PriceEntry;
 use switchboard_shared::snapshot::RateLimits;
 use utoipa::ToSchema;
 
-use super::crud::{self, Resource, resource};
+use super::crud::{self, resource};
 use super::write::{Committed, Write};
-use super::{Actor, Ctx, Error, Page, Paging, Result, check_id};
+use super::{Actor, Ctx, Error, Result, check_id};
 use crate::repo;
 use crate::repo::deployments::DeploymentFields;
-use crate::repo::rows::{DeploymentRow, ProviderRow, clamp_u32, limits};
+pub use crate::repo::rows::DeploymentRow;
+use crate::repo::rows::{ProviderRow, clamp_u32, limits};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DeploymentView {
@@ -111,15 +112,6 @@ async fn check_provider(w: &mut Write, req: &DeploymentBody) -> Result<()> {
     }
 }
 
-pub async fn list(cx: Ctx<'_>, paging: Paging) -> Result<Page<DeploymentView>> {
-    let rows = repo::deployments::list(cx.pool, paging.rows(None, None)).await?;
-    Ok(paging.page(rows, DeploymentRow::view))
-}
-
-pub async fn get(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<DeploymentView> {
-    crud::get::<DeploymentRow>(cx, actor, id).await
-}
-
 pub async fn create(
     cx: Ctx<'_>,
     actor: &Actor,
@@ -150,8 +142,4 @@ pub async fn update(
     check_provider(&mut w, &req).await?;
     let row = repo::deployments::update(w.conn(), id, &req.fields()).await?;
     crud::saved(cx, w, id, Some(&before), &row).await
-}
-
-pub async fn delete(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<Committed> {
-    crud::delete::<DeploymentRow>(cx, actor, id).await
 }

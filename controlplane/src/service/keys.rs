@@ -14,12 +14,13 @@ use switchboard_shared::keys::{display_prefix, hash_key_hex};
 use switchboard_shared::snapshot::{Budget, KeyStatus, RateLimits};
 use utoipa::ToSchema;
 
-use super::crud::{self, Resource, resource};
+use super::crud::{self, resource};
 use super::write::{Committed, Write};
-use super::{Actor, Ctx, Error, Page, Paging, Result, double_option};
+use super::{Actor, Ctx, Error, Result, double_option};
 use crate::repo;
 use crate::repo::keys::{KeyFields, SecretFields};
-use crate::repo::rows::{KeyRow, TenantRow, limits};
+pub use crate::repo::rows::KeyRow;
+use crate::repo::rows::{TenantRow, limits};
 
 /// What every virtual key starts with.
 pub const KEY_PREFIX: &str = "sk-sb-";
@@ -126,21 +127,6 @@ resource!(KeyRow => KeyView, repo: keys, noun: "virtual key", object_type: "virt
 /// A new secret's stored form, with the secret.
 fn secret_fields(pepper: &[u8], secret: &str) -> (String, String) {
     (hash_key_hex(pepper, secret), display_prefix(secret))
-}
-
-/// The keys the actor may see, one page (`tenant_id`: only that tenant's).
-pub async fn list(
-    cx: Ctx<'_>,
-    actor: &Actor,
-    paging: Paging,
-    tenant_id: Option<&str>,
-) -> Result<Page<KeyView>> {
-    let rows = repo::keys::list(cx.pool, paging.rows(actor.confined_to(), tenant_id)).await?;
-    Ok(paging.page(rows, KeyRow::view))
-}
-
-pub async fn get(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<KeyView> {
-    crud::get::<KeyRow>(cx, actor, id).await
 }
 
 /// Creates a key with a fresh secret under `pepper`; a tenant admin's own tenant when the

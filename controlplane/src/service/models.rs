@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 use switchboard_shared::snapshot::{Cooldown, ModelPolicy, Strategy, Timeouts};
 use utoipa::ToSchema;
 
-use super::crud::{self, Resource, resource};
+use super::crud::{self, resource};
 use super::write::{Committed, Write};
-use super::{Actor, Ctx, Page, Paging, Result};
+use super::{Actor, Ctx, Result};
 use crate::repo;
-use crate::repo::rows::PolicyRow;
+pub use crate::repo::rows::PolicyRow;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PolicyView {
@@ -65,15 +65,6 @@ pub struct PolicyBody {
 resource!(PolicyRow => PolicyView, repo: models, noun: "model policy",
     object_type: "model_policy", section: "models", tenant: |_r| None, removed_by: delete);
 
-pub async fn list(cx: Ctx<'_>, paging: Paging) -> Result<Page<PolicyView>> {
-    let rows = repo::models::list(cx.pool, paging.rows(None, None)).await?;
-    Ok(paging.page(rows, PolicyRow::view))
-}
-
-pub async fn get(cx: Ctx<'_>, actor: &Actor, model: &str) -> Result<PolicyView> {
-    crud::get::<PolicyRow>(cx, actor, model).await
-}
-
 /// Creates or replaces the policy of `model`; whether it was created.
 pub async fn put(
     cx: Ctx<'_>,
@@ -92,8 +83,4 @@ pub async fn put(
     let row = repo::models::upsert(w.conn(), model, &policy).await?;
     let (view, committed) = crud::saved(cx, w, model, before.as_ref(), &row).await?;
     Ok((view, committed, before.is_none()))
-}
-
-pub async fn delete(cx: Ctx<'_>, actor: &Actor, model: &str) -> Result<Committed> {
-    crud::delete::<PolicyRow>(cx, actor, model).await
 }

@@ -7,12 +7,13 @@ use switchboard_shared::sealed::{MasterKeys, Sealed};
 use switchboard_shared::snapshot::ProviderKind;
 use utoipa::ToSchema;
 
-use super::crud::{self, Resource, resource};
+use super::crud::{self, resource};
 use super::write::{Change, Committed, Write};
-use super::{Actor, Ctx, Error, Page, Paging, Result, check_id};
+use super::{Actor, Ctx, Error, Result, check_id};
 use crate::repo;
 use crate::repo::providers::ProviderFields;
-use crate::repo::rows::{ProviderExtra, ProviderRow, SealedKey, enum_text};
+pub use crate::repo::rows::ProviderRow;
+use crate::repo::rows::{ProviderExtra, SealedKey, enum_text};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProviderView {
@@ -207,15 +208,6 @@ fn check_api_key(key: Option<&String>) -> Result<()> {
     Ok(())
 }
 
-pub async fn list(cx: Ctx<'_>, paging: Paging) -> Result<Page<ProviderView>> {
-    let rows = repo::providers::list(cx.pool, paging.rows(None, None)).await?;
-    Ok(paging.page(rows, ProviderRow::view))
-}
-
-pub async fn get(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<ProviderView> {
-    crud::get::<ProviderRow>(cx, actor, id).await
-}
-
 /// Creates a provider, its credentials sealed with `keys`.
 pub async fn create(
     cx: Ctx<'_>,
@@ -270,11 +262,6 @@ pub async fn update(
     };
     let row = repo::providers::update(w.conn(), id, &fields).await?;
     crud::saved(cx, w, id, Some(&before), &row).await
-}
-
-/// Deployments reference the provider: deleting it while they exist is a conflict.
-pub async fn delete(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<Committed> {
-    crud::delete::<ProviderRow>(cx, actor, id).await
 }
 
 /// Re-seals every stored credential not sealed with the current sealing key (master-key

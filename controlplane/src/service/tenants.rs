@@ -6,11 +6,12 @@ use serde::{Deserialize, Serialize};
 use switchboard_shared::snapshot::{Budget, RateLimits, TenantStatus};
 use utoipa::ToSchema;
 
-use super::crud::{self, Resource, resource};
+use super::crud::{self, resource};
 use super::write::{Committed, Write};
-use super::{Actor, Ctx, Page, Paging, Result, check_id};
+use super::{Actor, Ctx, Result, check_id};
 use crate::repo;
-use crate::repo::rows::{TenantRow, enum_text, limits};
+pub use crate::repo::rows::TenantRow;
+use crate::repo::rows::{enum_text, limits};
 use crate::repo::tenants::TenantFields;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -93,21 +94,6 @@ impl UpdateTenant {
     }
 }
 
-/// The tenants the actor may see, one page (`tenant_id`: only that one).
-pub async fn list(
-    cx: Ctx<'_>,
-    actor: &Actor,
-    paging: Paging,
-    tenant_id: Option<&str>,
-) -> Result<Page<TenantView>> {
-    let rows = repo::tenants::list(cx.pool, paging.rows(actor.confined_to(), tenant_id)).await?;
-    Ok(paging.page(rows, TenantRow::view))
-}
-
-pub async fn get(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<TenantView> {
-    crud::get::<TenantRow>(cx, actor, id).await
-}
-
 pub async fn create(
     cx: Ctx<'_>,
     actor: &Actor,
@@ -141,9 +127,4 @@ pub async fn update(
     let (mut w, before) = crud::begin::<TenantRow>(cx, actor, id).await?;
     let row = repo::tenants::update(w.conn(), id, &req.fields()).await?;
     crud::saved(cx, w, id, Some(&before), &row).await
-}
-
-/// Keys and tenant admins reference the tenant: deleting it while they exist is a conflict.
-pub async fn delete(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<Committed> {
-    crud::delete::<TenantRow>(cx, actor, id).await
 }

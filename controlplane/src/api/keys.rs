@@ -1,95 +1,58 @@
 //! Virtual keys: `/admin/v1/keys`. The secret is returned once, by create and rotate. Tenant
 //! admins see and change only their tenant's keys; another tenant's key is 404.
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::Response;
-
-use super::body::Body;
-use super::caller::Caller;
-use super::error::{ApiError, Problem};
-use super::{ListParams, Page, Wait, answer};
+use super::error::Problem;
+use super::{ListParams, Page, Wait, handler};
 use crate::service::crud;
 use crate::service::keys::{self, CreateKey, KeyRow, KeyView, KeyWithSecret, UpdateKey};
-use crate::state::AppState;
 
-#[utoipa::path(get, path = "/keys", tag = "keys", params(ListParams),
-    responses((status = 200, body = Page<KeyView>)))]
-pub async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-    params: ListParams,
-) -> Result<Json<Page<KeyView>>, ApiError> {
-    let page = crud::list::<KeyRow>(
-        state.ctx(),
-        &caller,
-        params.paging(),
-        params.tenant_id.as_deref(),
-    );
-    Ok(Json(page.await?))
+handler! {
+    #[utoipa::path(get, path = "/keys", tag = "keys", params(ListParams),
+        responses((status = 200, body = Page<KeyView>)))]
+    page list(state, caller, params) -> KeyView {
+        crud::list::<KeyRow>(state.ctx(), &caller, params.paging(), params.tenant_id.as_deref())
+    }
 }
 
-#[utoipa::path(get, path = "/keys/{id}", tag = "keys", params(("id" = String, Path)),
-    responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
-pub async fn get(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(crud::get::<KeyRow>(state.ctx(), &caller, &id).await?))
+handler! {
+    #[utoipa::path(get, path = "/keys/{id}", tag = "keys", params(("id" = String, Path)),
+        responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
+    one get(state, caller, id) -> KeyView { crud::get::<KeyRow>(state.ctx(), &caller, &id) }
 }
 
-#[utoipa::path(post, path = "/keys", tag = "keys", params(Wait), request_body = CreateKey,
-    responses((status = 201, body = KeyWithSecret), (status = 422, body = Problem)))]
-pub async fn create(
-    State(state): State<AppState>,
-    caller: Caller,
-    wait: Wait,
-    Body(req): Body<CreateKey>,
-) -> Result<Response, ApiError> {
-    caller.require_writer()?;
-    let done = keys::create(state.ctx(), &caller, &state.settings.pepper, req).await?;
-    Ok(answer(&state, wait, StatusCode::CREATED, done).await)
+handler! {
+    #[utoipa::path(post, path = "/keys", tag = "keys", params(Wait), request_body = CreateKey,
+        responses((status = 201, body = KeyWithSecret), (status = 422, body = Problem)))]
+    create create(state, caller, req: CreateKey) {
+        caller.require_writer()?;
+        keys::create(state.ctx(), &caller, &state.settings.pepper, req)
+    }
 }
 
-#[utoipa::path(patch, path = "/keys/{id}", tag = "keys", params(("id" = String, Path), Wait),
-    request_body = UpdateKey,
-    responses((status = 200, body = KeyView), (status = 404, body = Problem), (status = 422, body = Problem)))]
-pub async fn update(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-    Body(req): Body<UpdateKey>,
-) -> Result<Response, ApiError> {
-    caller.require_writer()?;
-    let done = keys::update(state.ctx(), &caller, &id, req).await?;
-    Ok(answer(&state, wait, StatusCode::OK, done).await)
+handler! {
+    #[utoipa::path(patch, path = "/keys/{id}", tag = "keys", params(("id" = String, Path), Wait),
+        request_body = UpdateKey,
+        responses((status = 200, body = KeyView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    save update(state, caller, id, req: UpdateKey) {
+        caller.require_writer()?;
+        keys::update(state.ctx(), &caller, &id, req)
+    }
 }
 
-#[utoipa::path(post, path = "/keys/{id}/revoke", tag = "keys", params(("id" = String, Path), Wait),
-    responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
-pub async fn revoke(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-) -> Result<Response, ApiError> {
-    caller.require_writer()?;
-    let done = keys::revoke(state.ctx(), &caller, &id).await?;
-    Ok(answer(&state, wait, StatusCode::OK, done).await)
+handler! {
+    #[utoipa::path(post, path = "/keys/{id}/revoke", tag = "keys", params(("id" = String, Path), Wait),
+        responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
+    act revoke(state, caller, id) {
+        caller.require_writer()?;
+        keys::revoke(state.ctx(), &caller, &id)
+    }
 }
 
-#[utoipa::path(post, path = "/keys/{id}/rotate", tag = "keys", params(("id" = String, Path), Wait),
-    responses((status = 200, body = KeyWithSecret), (status = 404, body = Problem), (status = 409, body = Problem)))]
-pub async fn rotate(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    wait: Wait,
-) -> Result<Response, ApiError> {
-    caller.require_writer()?;
-    let done = keys::rotate(state.ctx(), &caller, &state.settings.pepper, &id).await?;
-    Ok(answer(&state, wait, StatusCode::OK, done).await)
+handler! {
+    #[utoipa::path(post, path = "/keys/{id}/rotate", tag = "keys", params(("id" = String, Path), Wait),
+        responses((status = 200, body = KeyWithSecret), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    act rotate(state, caller, id) {
+        caller.require_writer()?;
+        keys::rotate(state.ctx(), &caller, &state.settings.pepper, &id)
+    }
 }

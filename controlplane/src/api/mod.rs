@@ -29,7 +29,7 @@ use axum::Json;
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use switchboard_shared::cluster::REVISION_HEADER;
@@ -47,6 +47,61 @@ pub const FLEET_PENDING_HEADER: &str = "x-switchboard-fleet-pending";
 pub const MAX_WAIT_MS: u64 = 30_000;
 /// Largest page.
 pub const MAX_LIMIT: u32 = 1000;
+
+/// Declares a handler by its kind, so that each route states only its OpenAPI contract (the
+/// attribute) and its body: the role checks (with `?`) and the one service call, a future.
+/// The kind makes the extractors and shapes the answer:
+/// - `page`: `(state, caller, params: ListParams)`, the page as JSON;
+/// - `one`: `(state, caller, id)` (the path parameter), the view as JSON;
+/// - `create`: `(state, caller, req: Body)`, 201 with the view (after `?wait_ms`);
+/// - `save`: `(state, caller, id, req: Body)`, 200 with the view;
+/// - `act`: `(state, caller, id)`, a write without a body, 200 with the view;
+/// - `delete`: `(state, caller, id)`, 204.
+macro_rules! handler {
+    (@fn #[$contract:meta] $name:ident($state:ident, $caller:ident $(, $arg:pat => $ty:ty)*)
+        -> $ret:ty $body:block) => {
+        #[$contract]
+        pub async fn $name(
+            ::axum::extract::State($state): ::axum::extract::State<$crate::state::AppState>,
+            $caller: $crate::api::caller::Caller,
+            $($arg: $ty,)*
+        ) -> Result<$ret, $crate::api::error::ApiError> $body
+    };
+    (#[$c:meta] page $name:ident($state:ident, $caller:ident, $params:ident) -> $view:ty
+        $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, $params => $crate::api::ListParams)
+            -> ::axum::Json<$crate::api::Page<$view>> { Ok(::axum::Json($body.await?)) });
+    };
+    (#[$c:meta] one $name:ident($state:ident, $caller:ident, $id:ident) -> $view:ty
+        $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, ::axum::extract::Path($id) => ::axum::extract::Path<String>)
+            -> ::axum::Json<$view> { Ok(::axum::Json($body.await?)) });
+    };
+    (#[$c:meta] create $name:ident($state:ident, $caller:ident, $req:ident: $body_ty:ty)
+        $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, wait => $crate::api::Wait,
+            $crate::api::body::Body($req) => $crate::api::body::Body<$body_ty>)
+            -> ::axum::response::Response { Ok($crate::api::answer(&$state, wait, ::axum::http::StatusCode::CREATED, $body.await?).await) });
+    };
+    (#[$c:meta] save $name:ident($state:ident, $caller:ident, $id:ident, $req:ident: $body_ty:ty)
+        $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, ::axum::extract::Path($id) => ::axum::extract::Path<String>,
+            wait => $crate::api::Wait,
+            $crate::api::body::Body($req) => $crate::api::body::Body<$body_ty>)
+            -> ::axum::response::Response { Ok($crate::api::answer(&$state, wait, ::axum::http::StatusCode::OK, $body.await?).await) });
+    };
+    (#[$c:meta] act $name:ident($state:ident, $caller:ident, $id:ident) $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, ::axum::extract::Path($id) => ::axum::extract::Path<String>,
+            wait => $crate::api::Wait)
+            -> ::axum::response::Response { Ok($crate::api::answer(&$state, wait, ::axum::http::StatusCode::OK, $body.await?).await) });
+    };
+    (#[$c:meta] delete $name:ident($state:ident, $caller:ident, $id:ident) $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, ::axum::extract::Path($id) => ::axum::extract::Path<String>,
+            wait => $crate::api::Wait)
+            -> ::axum::response::Response { Ok($crate::api::deleted(&$state, $body.await?, wait).await) });
+    };
+}
+pub(crate) use handler;
 
 /// Declares a list route's query parameters: `limit` and `offset` (documented here, once),
 /// then the route's own filters. The struct is its own extractor, which answers parameters
@@ -150,7 +205,7 @@ pub async fn written<T: Serialize>(
     wait: Wait,
     status: StatusCode,
     body: T,
-) -> Response {
+) -> ::axum::response::Response {
     let pending = match wait.wait_ms {
         Some(ms) if ms > 0 => {
             state
@@ -172,8 +227,19 @@ pub async fn written<T: Serialize>(
 }
 
 /// The answer to a delete: 204 with the revision header.
-pub async fn deleted(state: &AppState, committed: Committed, wait: Wait) -> Response {
-    let mut response = written(state, committed, wait, StatusCode::NO_CONTENT, ()).await;
+pub async fn deleted(
+    state: &AppState,
+    committed: Committed,
+    wait: Wait,
+) -> ::axum::response::Response {
+    let mut response = written(
+        state,
+        committed,
+        wait,
+        ::axum::http::StatusCode::NO_CONTENT,
+        (),
+    )
+    .await;
     *response.body_mut() = axum::body::Body::empty();
     response
         .headers_mut()
@@ -187,6 +253,6 @@ pub async fn answer<T: Serialize>(
     wait: Wait,
     status: StatusCode,
     (body, committed): (T, Committed),
-) -> Response {
+) -> ::axum::response::Response {
     written(state, committed, wait, status, body).await
 }

@@ -5,24 +5,16 @@ use axum::extract::State;
 
 use super::caller::Caller;
 use super::error::{ApiError, Problem};
-use super::{ListParams, Page};
+use super::{ListParams, Page, handler};
 use crate::service::fleet::{self, AuditEntry, FleetView, RevisionView};
 use crate::state::AppState;
 
-#[utoipa::path(get, path = "/audit", tag = "status", params(ListParams),
-    responses((status = 200, body = Page<AuditEntry>)))]
-pub async fn audit(
-    State(state): State<AppState>,
-    caller: Caller,
-    params: ListParams,
-) -> Result<Json<Page<AuditEntry>>, ApiError> {
-    let page = fleet::audit(
-        state.ctx(),
-        &caller,
-        params.paging(),
-        params.tenant_id.as_deref(),
-    );
-    Ok(Json(page.await?))
+handler! {
+    #[utoipa::path(get, path = "/audit", tag = "status", params(ListParams),
+        responses((status = 200, body = Page<AuditEntry>)))]
+    page audit(state, caller, params) -> AuditEntry {
+        fleet::audit(state.ctx(), &caller, params.paging(), params.tenant_id.as_deref())
+    }
 }
 
 #[utoipa::path(get, path = "/fleet", tag = "status",

@@ -2,14 +2,13 @@
 
 use sqlx::PgExecutor;
 
-use super::ListFilter;
-use super::rows::AdminRow;
+use super::rows::AdminView;
 
-/// `$head`, [`AdminRow`]'s columns, then `$tail`: one statement, checked.
+/// `$head`, [`AdminView`]'s columns, then `$tail`: one statement, checked.
 macro_rules! q {
     ($head:literal, [$($tail:literal),*] $($args:tt)*) => {
         sqlx::query_as!(
-            AdminRow,
+            AdminView,
             $head + " id, email, role, tenant_id, created_at, updated_at " $(+ $tail)* $($args)*
         )
     };
@@ -35,22 +34,8 @@ pub struct NewAdmin<'a> {
     pub tenant_id: Option<&'a str>,
 }
 
-/// One page by email; tenant admins never list admins, so `confined_to` is always `None`.
-pub async fn list(db: impl PgExecutor<'_>, f: ListFilter<'_>) -> sqlx::Result<Vec<AdminRow>> {
-    q!(
-        "SELECT",
-        [
-            "FROM admin_users WHERE ($1::text IS NULL OR tenant_id = $1) \
-          AND ($2::text IS NULL OR tenant_id = $2) ORDER BY email LIMIT $3 OFFSET $4"
-        ],
-        f.confined_to,
-        f.tenant_id,
-        f.limit,
-        f.offset
-    )
-    .fetch_all(db)
-    .await
-}
+// Tenant admins never list admins: `confined_to` is always `None` here.
+tenant_list_fn!(AdminView, q, "FROM admin_users", "tenant_id", "email");
 
 /// The admin with this email, whatever its case.
 pub async fn credentials(
@@ -85,7 +70,7 @@ pub async fn any(db: impl PgExecutor<'_>) -> sqlx::Result<bool> {
         .await
 }
 
-pub async fn insert(db: impl PgExecutor<'_>, a: &NewAdmin<'_>) -> sqlx::Result<AdminRow> {
+pub async fn insert(db: impl PgExecutor<'_>, a: &NewAdmin<'_>) -> sqlx::Result<AdminView> {
     q!(
         "INSERT INTO admin_users (id, email, password_hash, role, tenant_id) \
          VALUES ($1, $2, $3, $4, $5) RETURNING",
@@ -101,7 +86,7 @@ pub async fn insert(db: impl PgExecutor<'_>, a: &NewAdmin<'_>) -> sqlx::Result<A
 }
 
 /// Deletes the admin `id`; the deleted row, if there was one.
-pub async fn delete(db: impl PgExecutor<'_>, id: uuid::Uuid) -> sqlx::Result<Option<AdminRow>> {
+pub async fn delete(db: impl PgExecutor<'_>, id: uuid::Uuid) -> sqlx::Result<Option<AdminView>> {
     q!("DELETE FROM admin_users WHERE id = $1 RETURNING", [""], id)
         .fetch_optional(db)
         .await

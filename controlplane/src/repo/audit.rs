@@ -2,8 +2,7 @@
 
 use sqlx::PgExecutor;
 
-use super::ListFilter;
-use super::rows::AuditRow;
+use super::rows::AuditEntry;
 
 /// One audit row to append.
 #[derive(Debug)]
@@ -38,18 +37,16 @@ pub async fn insert(db: impl PgExecutor<'_>, e: NewEntry<'_>) -> sqlx::Result<()
     Ok(())
 }
 
-/// Newest first.
-pub async fn list(db: impl PgExecutor<'_>, f: ListFilter<'_>) -> sqlx::Result<Vec<AuditRow>> {
-    sqlx::query_as!(
-        AuditRow,
-        "SELECT id, at, actor_id, actor, action, object_type, object_id, tenant_id, revision, \
-         before, after FROM audit_log WHERE ($1::text IS NULL OR tenant_id = $1) \
-         AND ($2::text IS NULL OR tenant_id = $2) ORDER BY id DESC LIMIT $3 OFFSET $4",
-        f.confined_to,
-        f.tenant_id,
-        f.limit,
-        f.offset,
-    )
-    .fetch_all(db)
-    .await
+/// `$head`, [`AuditEntry`]'s columns, then `$tail`: one statement, checked.
+macro_rules! q {
+    ($head:literal, [$($tail:literal),*] $($args:tt)*) => {
+        sqlx::query_as!(
+            AuditEntry,
+            $head + " id, at, actor_id, actor, action, object_type, object_id, tenant_id, \
+            revision, before, after " $(+ $tail)* $($args)*
+        )
+    };
 }
+
+// Newest first.
+tenant_list_fn!(AuditEntry, q, "FROM audit_log", "tenant_id", "id DESC");

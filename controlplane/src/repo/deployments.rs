@@ -56,33 +56,13 @@ macro_rules! save {
 get_fn!(DeploymentRow, q, "FROM deployments WHERE id = $1");
 platform_list_fns!(DeploymentRow, q, "FROM deployments", " ORDER BY id");
 
-pub async fn insert(
-    db: impl PgExecutor<'_>,
-    id: &str,
-    d: &DeploymentFields<'_>,
-) -> sqlx::Result<DeploymentRow> {
-    save!(
-        db,
-        "INSERT INTO deployments (id, model, provider_id, upstream_model, weight, tags, rpm, \
+save_fns! {
+    DeploymentRow, DeploymentFields,
+    insert: "INSERT INTO deployments (id, model, provider_id, upstream_model, weight, tags, rpm, \
          tpm, priority, price) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING",
-        id,
-        d
-    )
-}
-
-pub async fn update(
-    db: impl PgExecutor<'_>,
-    id: &str,
-    d: &DeploymentFields<'_>,
-) -> sqlx::Result<DeploymentRow> {
-    save!(
-        db,
-        "UPDATE deployments SET model = $2, provider_id = $3, upstream_model = $4, weight = $5, \
+    update: "UPDATE deployments SET model = $2, provider_id = $3, upstream_model = $4, weight = $5, \
          tags = $6, rpm = $7, tpm = $8, priority = $9, price = $10, updated_at = now() \
          WHERE id = $1 RETURNING",
-        id,
-        d
-    )
 }
 
 delete_fn!("DELETE FROM deployments WHERE id = $1");

@@ -8,7 +8,6 @@ use sqlx::PgExecutor;
 use sqlx::types::Json;
 use switchboard_shared::snapshot::Budget;
 
-use super::ListFilter;
 use super::rows::KeyRow;
 
 /// `$head`, [`KeyRow`]'s columns, then `$tail`: one statement, checked.
@@ -52,22 +51,7 @@ pub async fn all(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<KeyRow>> {
         .await
 }
 
-/// One page; a tenant admin's own tenant's keys only.
-pub async fn list(db: impl PgExecutor<'_>, f: ListFilter<'_>) -> sqlx::Result<Vec<KeyRow>> {
-    q!(
-        "SELECT",
-        [
-            "FROM virtual_keys WHERE ($1::text IS NULL OR tenant_id = $1) \
-          AND ($2::text IS NULL OR tenant_id = $2) ORDER BY id LIMIT $3 OFFSET $4"
-        ],
-        f.confined_to,
-        f.tenant_id,
-        f.limit,
-        f.offset
-    )
-    .fetch_all(db)
-    .await
-}
+tenant_list_fn!(KeyRow, q, "FROM virtual_keys", "tenant_id", "id");
 
 pub async fn insert(
     db: impl PgExecutor<'_>,

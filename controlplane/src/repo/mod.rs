@@ -58,6 +58,63 @@ macro_rules! platform_list_fns {
     };
 }
 
+/// In a table module of tenants' objects: `list(db, f)`, one page in `$order`, a tenant
+/// admin's own tenant's only (`f.confined_to`) and filtered by `f.tenant_id`, both on `$column`.
+macro_rules! tenant_list_fn {
+    ($row:ty, $q:ident, $from:literal, $column:literal, $order:literal) => {
+        /// One page; a tenant admin's own tenant's only.
+        pub async fn list(
+            db: impl sqlx::PgExecutor<'_>,
+            f: $crate::repo::ListFilter<'_>,
+        ) -> sqlx::Result<Vec<$row>> {
+            $q!(
+                "SELECT",
+                [
+                    $from,
+                    " WHERE ($1::text IS NULL OR ",
+                    $column,
+                    " = $1) AND ($2::text IS NULL OR ",
+                    $column,
+                    " = $2) ORDER BY ",
+                    $order,
+                    " LIMIT $3 OFFSET $4"
+                ],
+                f.confined_to,
+                f.tenant_id,
+                f.limit,
+                f.offset
+            )
+            .fetch_all(db)
+            .await
+        }
+    };
+}
+
+/// In a table module whose `save!($db, sql, id, fields)` runs a statement taking the id and
+/// then its fields type's values: `insert(db, id, fields)` and `update(db, id, fields)`, each
+/// answering the row.
+macro_rules! save_fns {
+    ($row:ty, $fields:ident, insert: $insert:literal, update: $update:literal $(,)?) => {
+        /// Inserts the row `id`; a taken id fails (23505).
+        pub async fn insert(
+            db: impl sqlx::PgExecutor<'_>,
+            id: &str,
+            fields: &$fields<'_>,
+        ) -> sqlx::Result<$row> {
+            save!(db, $insert, id, fields)
+        }
+
+        /// Replaces the stored settings of the row `id`.
+        pub async fn update(
+            db: impl sqlx::PgExecutor<'_>,
+            id: &str,
+            fields: &$fields<'_>,
+        ) -> sqlx::Result<$row> {
+            save!(db, $update, id, fields)
+        }
+    };
+}
+
 /// `delete(db, key)`: runs `$sql` (`$1` the key). A row still referenced fails with 23503.
 macro_rules! delete_fn {
     ($sql:literal) => {

@@ -26,15 +26,22 @@ pub struct OverrideRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A synced version.
-#[derive(Debug)]
-pub struct VersionRow {
+// Answered as read: it carries its serde and OpenAPI derives (its doc is its schema's).
+/// A synced version of the price file.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct PriceVersion {
     pub id: i64,
+    /// The file path or URL (without credentials) it came from.
     pub source: String,
+    /// Hex SHA-256 of the file as fetched.
     pub sha256: String,
+    /// Model entries it holds.
     pub entries: i32,
+    /// When this content was first synced.
     pub fetched_at: DateTime<Utc>,
+    /// The last sync that found this content.
     pub checked_at: DateTime<Utc>,
+    /// Whether it prices models now (the one synced last).
     pub current: bool,
 }
 
@@ -215,9 +222,9 @@ pub async fn put_override(
 delete_fn!("DELETE FROM price_overrides WHERE model = $1");
 
 /// The kept versions, current first.
-pub async fn versions(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<VersionRow>> {
+pub async fn versions(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<PriceVersion>> {
     sqlx::query_as!(
-        VersionRow,
+        PriceVersion,
         r#"SELECT id, source, sha256, entries, fetched_at, checked_at,
         coalesce(id = (SELECT id FROM price_versions ORDER BY checked_at DESC, id DESC LIMIT 1),
             false) AS "current!"

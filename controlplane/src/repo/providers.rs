@@ -47,32 +47,12 @@ macro_rules! save {
 get_fn!(ProviderRow, q, "FROM providers WHERE id = $1");
 platform_list_fns!(ProviderRow, q, "FROM providers", " ORDER BY id");
 
-pub async fn insert(
-    db: impl PgExecutor<'_>,
-    id: &str,
-    p: &ProviderFields<'_>,
-) -> sqlx::Result<ProviderRow> {
-    save!(
-        db,
-        "INSERT INTO providers (id, kind, base_url, credential, extra) \
+save_fns! {
+    ProviderRow, ProviderFields,
+    insert: "INSERT INTO providers (id, kind, base_url, credential, extra) \
          VALUES ($1, $2, $3, $4, $5) RETURNING",
-        id,
-        p
-    )
-}
-
-pub async fn update(
-    db: impl PgExecutor<'_>,
-    id: &str,
-    p: &ProviderFields<'_>,
-) -> sqlx::Result<ProviderRow> {
-    save!(
-        db,
-        "UPDATE providers SET kind = $2, base_url = $3, credential = $4, extra = $5, \
+    update: "UPDATE providers SET kind = $2, base_url = $3, credential = $4, extra = $5, \
          updated_at = now() WHERE id = $1 RETURNING",
-        id,
-        p
-    )
 }
 
 // Deployments reference the provider: deleting it while they exist fails (23503).

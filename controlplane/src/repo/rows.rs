@@ -221,18 +221,22 @@ pub struct PolicyRow {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone)]
-pub struct AdminRow {
+// The admin users and the audit log are answered as stored: their rows are their API views
+// (no secret in either), so they carry their serde and OpenAPI derives here.
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AdminView {
     pub id: uuid::Uuid,
     pub email: String,
+    /// `platform_admin`, `tenant_admin` or `viewer`.
     pub role: String,
     pub tenant_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone)]
-pub struct AuditRow {
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
     pub id: i64,
     pub at: DateTime<Utc>,
     pub actor_id: Option<uuid::Uuid>,
@@ -242,6 +246,9 @@ pub struct AuditRow {
     pub object_id: String,
     pub tenant_id: Option<String>,
     pub revision: i64,
+    /// The object before the change, secrets redacted.
+    #[schema(value_type = Option<Object>)]
     pub before: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
     pub after: Option<serde_json::Value>,
 }

@@ -5,9 +5,11 @@ use chrono::{Days, NaiveDate};
 use sqlx::{PgExecutor, PgPool};
 use switchboard_shared::usage::UsageRecord;
 
-/// One group's spend totals.
-#[derive(Debug, Clone)]
-pub struct SpendTotals {
+// Answered as read: it carries its serde and OpenAPI derives (its doc is its schema's).
+/// One group's totals.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct SpendRow {
+    /// The tenant, key, model or deployment id ('' for requests that reached no deployment).
     pub group: String,
     pub requests: i64,
     pub errors: i64,
@@ -28,9 +30,9 @@ pub async fn report(
     to: NaiveDate,
     confined_to: Option<&str>,
     tenant_id: Option<&str>,
-) -> sqlx::Result<Vec<SpendTotals>> {
+) -> sqlx::Result<Vec<SpendRow>> {
     sqlx::query_as!(
-        SpendTotals,
+        SpendRow,
         r#"SELECT CASE $1::text WHEN 'tenant_id' THEN tenant_id WHEN 'key_id' THEN key_id
             WHEN 'model' THEN model ELSE deployment_id END AS "group!",
         sum(requests)::bigint AS "requests!", sum(errors)::bigint AS "errors!",

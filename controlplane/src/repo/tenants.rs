@@ -4,7 +4,6 @@ use sqlx::PgExecutor;
 use sqlx::types::Json;
 use switchboard_shared::snapshot::Budget;
 
-use super::ListFilter;
 use super::rows::TenantRow;
 
 /// `$head`, [`TenantRow`]'s columns, then `$tail`: one statement, checked.
@@ -55,49 +54,14 @@ pub async fn all(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<TenantRow>> {
         .await
 }
 
-/// One page; a tenant admin's own tenant only.
-pub async fn list(db: impl PgExecutor<'_>, f: ListFilter<'_>) -> sqlx::Result<Vec<TenantRow>> {
-    q!(
-        "SELECT",
-        [
-            "FROM tenants WHERE ($1::text IS NULL OR id = $1) AND ($2::text IS NULL OR id = $2) \
-          ORDER BY id LIMIT $3 OFFSET $4"
-        ],
-        f.confined_to,
-        f.tenant_id,
-        f.limit,
-        f.offset
-    )
-    .fetch_all(db)
-    .await
-}
+tenant_list_fn!(TenantRow, q, "FROM tenants", "id", "id");
 
-pub async fn insert(
-    db: impl PgExecutor<'_>,
-    id: &str,
-    t: &TenantFields<'_>,
-) -> sqlx::Result<TenantRow> {
-    save!(
-        db,
-        "INSERT INTO tenants (id, name, status, rpm, tpm, budget) \
+save_fns! {
+    TenantRow, TenantFields,
+    insert: "INSERT INTO tenants (id, name, status, rpm, tpm, budget) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING",
-        id,
-        t
-    )
-}
-
-pub async fn update(
-    db: impl PgExecutor<'_>,
-    id: &str,
-    t: &TenantFields<'_>,
-) -> sqlx::Result<TenantRow> {
-    save!(
-        db,
-        "UPDATE tenants SET name = $2, status = $3, rpm = $4, tpm = $5, budget = $6, \
+    update: "UPDATE tenants SET name = $2, status = $3, rpm = $4, tpm = $5, budget = $6, \
          updated_at = now() WHERE id = $1 RETURNING",
-        id,
-        t
-    )
 }
 
 // Keys and tenant admins reference the tenant: deleting it while they exist fails (23503).

@@ -1,8 +1,7 @@
 //! Admin users: who may use the admin API. Passwords are stored as argon2id hashes and never
 //! returned. [`create`] is also what the CLI and the bootstrap use.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::hash_password;
@@ -11,37 +10,14 @@ use super::write::{Change, Committed, Write};
 use super::{Actor, Ctx, Error, FieldError, Page, Paging, Result, Role};
 use crate::repo;
 use crate::repo::admins::NewAdmin;
-use crate::repo::rows::{AdminRow, TenantRow};
+pub use crate::repo::rows::AdminView;
+use crate::repo::rows::TenantRow;
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_CHARS: usize = 12;
 
 /// The audit log's `object_type` of admin users.
 const OBJECT_TYPE: &str = "admin_user";
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct AdminView {
-    pub id: uuid::Uuid,
-    pub email: String,
-    /// `platform_admin`, `tenant_admin` or `viewer`.
-    pub role: String,
-    pub tenant_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<AdminRow> for AdminView {
-    fn from(r: AdminRow) -> Self {
-        Self {
-            id: r.id,
-            email: r.email,
-            role: r.role,
-            tenant_id: r.tenant_id,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
-    }
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -90,7 +66,7 @@ impl CreateAdmin {
 /// Admins, one page by email (platform readers only: tenant admins never get here).
 pub async fn list(cx: Ctx<'_>, paging: Paging, tenant_id: Option<&str>) -> Result<Page<AdminView>> {
     let rows = repo::admins::list(cx.pool, paging.rows(None, tenant_id)).await?;
-    Ok(paging.page(rows, |r| AdminView::from(r.clone())))
+    Ok(paging.page(rows, AdminView::clone))
 }
 
 /// Creates an admin user in its own write (revision bump and audit row included).
@@ -122,7 +98,7 @@ pub async fn create(
         role: req.role.as_str(),
         tenant_id: req.tenant_id.as_deref(),
     };
-    let view = AdminView::from(repo::admins::insert(w.conn(), &new).await?);
+    let view = repo::admins::insert(w.conn(), &new).await?;
     let id = view.id.to_string();
     let change = Change::of(
         "create",
@@ -145,7 +121,6 @@ pub async fn delete(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<Committed> {
     let mut w = Write::begin(cx.pool, actor).await?;
     let before = repo::admins::delete(w.conn(), uuid)
         .await?
-        .map(AdminView::from)
         .ok_or_else(|| Error::not_found("admin user", id))?;
     let change = Change::of(
         "delete",

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::{Actor, Ctx, Result};
 use crate::repo;
-use crate::repo::spend::SpendTotals;
+pub use crate::repo::spend::SpendRow;
 
 /// What to group spend by.
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
@@ -27,35 +27,6 @@ impl GroupBy {
             GroupBy::Key => "key_id",
             GroupBy::Model => "model",
             GroupBy::Deployment => "deployment_id",
-        }
-    }
-}
-
-/// One group's totals.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct SpendRow {
-    /// The tenant, key, model or deployment id ('' for requests that reached no deployment).
-    pub group: String,
-    pub requests: i64,
-    pub errors: i64,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub cached_read_tokens: i64,
-    pub cache_creation_tokens: i64,
-    pub cost_usd: f64,
-}
-
-impl From<SpendTotals> for SpendRow {
-    fn from(t: SpendTotals) -> Self {
-        Self {
-            group: t.group,
-            requests: t.requests,
-            errors: t.errors,
-            prompt_tokens: t.prompt_tokens,
-            completion_tokens: t.completion_tokens,
-            cached_read_tokens: t.cached_read_tokens,
-            cache_creation_tokens: t.cache_creation_tokens,
-            cost_usd: t.cost_usd,
         }
     }
 }
@@ -87,9 +58,5 @@ pub async fn report(
         tenant_id,
     )
     .await?;
-    Ok(SpendReport {
-        from,
-        to,
-        rows: rows.into_iter().map(SpendRow::from).collect(),
-    })
+    Ok(SpendReport { from, to, rows })
 }

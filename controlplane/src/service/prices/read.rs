@@ -12,7 +12,8 @@ use switchboard_shared::price::PriceEntry;
 use utoipa::ToSchema;
 
 use crate::repo;
-use crate::repo::prices::{OverrideRow, VersionRow};
+use crate::repo::prices::OverrideRow;
+pub use crate::repo::prices::PriceVersion;
 use crate::service::{Error, Result};
 
 /// The effective price of each of `models` that has one (override, else current version).
@@ -146,44 +147,12 @@ pub struct ModelPrice {
     pub overridden: Option<OverrideView>,
 }
 
-/// A synced version of the price file.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct PriceVersion {
-    pub id: i64,
-    /// The file path or URL (without credentials) it came from.
-    pub source: String,
-    /// Hex SHA-256 of the file as fetched.
-    pub sha256: String,
-    /// Model entries it holds.
-    pub entries: i32,
-    /// When this content was first synced.
-    pub fetched_at: DateTime<Utc>,
-    /// The last sync that found this content.
-    pub checked_at: DateTime<Utc>,
-    /// Whether it prices models now (the one synced last).
-    pub current: bool,
-}
-
 impl From<OverrideRow> for OverrideView {
     fn from(r: OverrideRow) -> Self {
         Self {
             entry: r.entry.0,
             updated_by: r.updated_by,
             updated_at: r.updated_at,
-        }
-    }
-}
-
-impl From<VersionRow> for PriceVersion {
-    fn from(r: VersionRow) -> Self {
-        Self {
-            id: r.id,
-            source: r.source,
-            sha256: r.sha256,
-            entries: r.entries,
-            fetched_at: r.fetched_at,
-            checked_at: r.checked_at,
-            current: r.current,
         }
     }
 }
@@ -262,9 +231,5 @@ pub async fn model_price_in(
 
 /// The kept versions, current first.
 pub async fn versions(pool: &PgPool) -> Result<Vec<PriceVersion>> {
-    Ok(repo::prices::versions(pool)
-        .await?
-        .into_iter()
-        .map(PriceVersion::from)
-        .collect())
+    Ok(repo::prices::versions(pool).await?)
 }

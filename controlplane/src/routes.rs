@@ -20,6 +20,7 @@ use crate::api::error::{ApiError, FieldError, Problem};
 use crate::api::{
     admins, auth, budgets, deployments, keys, models, prices, providers, spend, status, tenants,
 };
+use crate::service::Error as ServiceError;
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -136,7 +137,7 @@ pub fn router(state: AppState) -> Router {
         get(move || async move { ([(CONTENT_TYPE, "application/json")], doc).into_response() }),
     )
     .route("/healthz", get(|| async { "ok" }))
-    .fallback(|| async { ApiError::NotFound("route".into()) })
+    .fallback(|| async { ApiError::from(ServiceError::NotFound("route".into())) })
     .layer(DefaultBodyLimit::max(max_body))
     .with_state(state)
 }

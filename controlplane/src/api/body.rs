@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::error::{ApiError, FieldError};
+use super::error::ApiError;
 
 /// A JSON request body of type `T`.
 #[derive(Debug)]
@@ -51,13 +51,15 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        ApiError::Invalid(vec![FieldError::new(path, e.into_inner().to_string())])
+        ApiError::invalid(path, e.into_inner().to_string())
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::error::FieldError;
+    use crate::service::Error as ServiceError;
 
     #[derive(Debug, serde::Deserialize)]
     struct Shape {
@@ -67,7 +69,7 @@ mod tests {
 
     fn problem(bytes: &[u8]) -> (u16, Vec<FieldError>) {
         match parse::<Shape>(bytes) {
-            Err(ApiError::Invalid(errors)) => (422, errors),
+            Err(ApiError::Service(ServiceError::Invalid(errors))) => (422, errors),
             Err(e) => (e.status().as_u16(), Vec::new()),
             Ok(v) => panic!("parsed: {v:?}"),
         }

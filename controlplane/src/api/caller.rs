@@ -8,8 +8,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use crate::service::Actor;
 use crate::service::auth::verify_token;
+use crate::service::{Actor, Error};
 use crate::state::AppState;
 
 /// The authenticated admin making a request.
@@ -35,11 +35,11 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized("missing bearer token"))?;
+            .ok_or(Error::Unauthenticated("missing bearer token"))?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or(ApiError::Unauthorized("missing bearer token"))?;
+            .ok_or(Error::Unauthenticated("missing bearer token"))?;
         let claims = verify_token(&state.settings.jwt_secret, token.trim())?;
         Ok(Caller(Actor::from_claims(claims)))
     }

@@ -6,21 +6,8 @@ use crate::service::crud;
 use crate::service::deployments::{self, DeploymentBody, DeploymentRow, DeploymentView};
 
 handler! {
-    #[utoipa::path(get, path = "/deployments", tag = "deployments", params(ListParams),
-        responses((status = 200, body = Page<DeploymentView>)))]
-    page list(state, caller, params) -> DeploymentView {
-        caller.require_platform_reader()?;
-        crud::list::<DeploymentRow>(state.ctx(), &caller, params.paging(), None)
-    }
-}
-
-handler! {
-    #[utoipa::path(get, path = "/deployments/{id}", tag = "deployments", params(("id" = String, Path)),
-        responses((status = 200, body = DeploymentView), (status = 404, body = Problem)))]
-    one get(state, caller, id) -> DeploymentView {
-        caller.require_platform_reader()?;
-        crud::get::<DeploymentRow>(state.ctx(), &caller, &id)
-    }
+    reads for platform_readers "deployments", "/deployments" [], "/deployments/{id}"("id"),
+    DeploymentRow => DeploymentView
 }
 
 handler! {

@@ -1,8 +1,8 @@
 //! The admin API's one error type, answered as RFC 9457 problem JSON, and the status table.
 //!
 //! Every handler returns `Result<_, ApiError>`; the status comes from one exhaustive match.
-//! The service layer's [`crate::service::Error`] becomes an `ApiError` in one exhaustive match too
-//! (`From`), so a new domain error cannot reach a client without a status.
+//! The service layer's [`crate::service::Error`] is one of its variants, given its status in the
+//! same exhaustive match, so a new domain error cannot reach a client without one.
 //! 5xx details go to the log once and never to the client; no variant carries a secret.
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -25,6 +25,7 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
+/// What a request can fail with: its own shape (body, query), or what the service said.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The body is not JSON at all.
@@ -33,40 +34,28 @@ pub enum ApiError {
     /// A query parameter is unusable.
     #[error("{0}")]
     BadRequest(String),
-    /// JSON of the wrong shape or with invalid values.
-    #[error("the request has invalid fields")]
-    Invalid(Vec<FieldError>),
     #[error("the request body is larger than this server accepts")]
     TooLarge,
-    #[error("{0}")]
-    Unauthorized(&'static str),
-    #[error("{0}")]
-    Forbidden(&'static str),
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// A source the control plane fetches from failed (the message says how, never what it
-    /// sent).
-    #[error("{0}")]
-    BadGateway(String),
-    /// Logged with its cause; the client sees only that something failed.
-    #[error("internal error")]
-    Internal(String),
+    /// Refused or failed by the service layer (its message is the detail).
+    #[error(transparent)]
+    Service(#[from] ServiceError),
 }
 
 impl ApiError {
+    /// The status table: every service error has exactly one.
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Service(e) => match e {
+                ServiceError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+                ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+                ServiceError::Conflict(_) => StatusCode::CONFLICT,
+                ServiceError::Upstream(_) => StatusCode::BAD_GATEWAY,
+                ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         }
     }
 
@@ -75,44 +64,32 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => "malformed-json",
             ApiError::BadRequest(_) => "bad-request",
-            ApiError::Invalid(_) => "invalid-request",
             ApiError::TooLarge => "payload-too-large",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not-found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::BadGateway(_) => "bad-gateway",
-            ApiError::Internal(_) => "internal",
+            ApiError::Service(e) => match e {
+                ServiceError::Invalid(_) => "invalid-request",
+                ServiceError::Unauthenticated(_) => "unauthorized",
+                ServiceError::Forbidden(_) => "forbidden",
+                ServiceError::NotFound(_) => "not-found",
+                ServiceError::Conflict(_) => "conflict",
+                ServiceError::Upstream(_) => "bad-gateway",
+                ServiceError::Internal(_) => "internal",
+            },
         }
     }
 
     pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::Invalid(vec![FieldError::new(path, message)])
-    }
-}
-
-impl From<ServiceError> for ApiError {
-    fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::Invalid(errors) => ApiError::Invalid(errors),
-            ServiceError::Unauthenticated(why) => ApiError::Unauthorized(why),
-            ServiceError::Forbidden(why) => ApiError::Forbidden(why),
-            ServiceError::NotFound(what) => ApiError::NotFound(what),
-            ServiceError::Conflict(why) => ApiError::Conflict(why),
-            ServiceError::Upstream(why) => ApiError::BadGateway(why),
-            ServiceError::Internal(cause) => ApiError::Internal(cause),
-        }
+        ServiceError::invalid(path, message).into()
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Internal(cause) = &self {
+        if let ApiError::Service(ServiceError::Internal(cause)) = &self {
             tracing::error!(%cause, "admin request failed");
         }
         let errors = match &self {
-            ApiError::Invalid(errors) => errors.clone(),
+            ApiError::Service(ServiceError::Invalid(errors)) => errors.clone(),
             _ => Vec::new(),
         };
         let body = Problem {

@@ -6,19 +6,7 @@ use super::{ListParams, Page, Wait, handler};
 use crate::service::crud;
 use crate::service::keys::{self, CreateKey, KeyRow, KeyView, KeyWithSecret, UpdateKey};
 
-handler! {
-    #[utoipa::path(get, path = "/keys", tag = "keys", params(ListParams),
-        responses((status = 200, body = Page<KeyView>)))]
-    page list(state, caller, params) -> KeyView {
-        crud::list::<KeyRow>(state.ctx(), &caller, params.paging(), params.tenant_id.as_deref())
-    }
-}
-
-handler! {
-    #[utoipa::path(get, path = "/keys/{id}", tag = "keys", params(("id" = String, Path)),
-        responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
-    one get(state, caller, id) -> KeyView { crud::get::<KeyRow>(state.ctx(), &caller, &id) }
-}
+handler! { reads for anyone "keys", "/keys" [], "/keys/{id}"("id"), KeyRow => KeyView }
 
 handler! {
     #[utoipa::path(post, path = "/keys", tag = "keys", params(Wait), request_body = CreateKey,

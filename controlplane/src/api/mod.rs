@@ -56,8 +56,36 @@ pub const MAX_LIMIT: u32 = 1000;
 /// - `create`: `(state, caller, req: Body)`, 201 with the view (after `?wait_ms`);
 /// - `save`: `(state, caller, id, req: Body)`, 200 with the view;
 /// - `act`: `(state, caller, id)`, a write without a body, 200 with the view;
-/// - `delete`: `(state, caller, id)`, 204.
+/// - `delete`: `(state, caller, id)`, 204;
+/// - `reads for anyone` / `reads for platform_readers`: a resource's `list` and `get` with
+///   their contracts (the list filtered by `?tenant_id`, resp. platform readers only).
 macro_rules! handler {
+    (reads for anyone $($rest:tt)*) => {
+        handler!(@reads [] [tenant_id] $($rest)*);
+    };
+    (reads for platform_readers $($rest:tt)*) => {
+        handler!(@reads [require_platform_reader] [] $($rest)*);
+    };
+    (@reads [$($check:ident)?] [$($filter:ident)?] $tag:literal, $list:literal [$($more:tt)*],
+        $get:literal($param:literal), $row:ty => $view:ty) => {
+        handler! {
+            #[utoipa::path(get, path = $list, tag = $tag, params(ListParams),
+                responses((status = 200, body = Page<$view>) $($more)*))]
+            page list(state, caller, params) -> $view {
+                $(caller.$check()?;)?
+                let tenant_id = None $(.or(params.$filter.as_deref()))?;
+                crud::list::<$row>(state.ctx(), &caller, params.paging(), tenant_id)
+            }
+        }
+        handler! {
+            #[utoipa::path(get, path = $get, tag = $tag, params(($param = String, Path)),
+                responses((status = 200, body = $view), (status = 404, body = Problem)))]
+            one get(state, caller, id) -> $view {
+                $(caller.$check()?;)?
+                crud::get::<$row>(state.ctx(), &caller, &id)
+            }
+        }
+    };
     (@fn #[$contract:meta] $name:ident($state:ident, $caller:ident $(, $arg:pat => $ty:ty)*)
         -> $ret:ty $body:block) => {
         #[$contract]

@@ -14,21 +14,8 @@ use crate::service::models::{self, PolicyBody, PolicyRow, PolicyView};
 use crate::state::AppState;
 
 handler! {
-    #[utoipa::path(get, path = "/models", tag = "models", params(ListParams),
-        responses((status = 200, body = Page<PolicyView>)))]
-    page list(state, caller, params) -> PolicyView {
-        caller.require_platform_reader()?;
-        crud::list::<PolicyRow>(state.ctx(), &caller, params.paging(), None)
-    }
-}
-
-handler! {
-    #[utoipa::path(get, path = "/models/{model}", tag = "models", params(("model" = String, Path)),
-        responses((status = 200, body = PolicyView), (status = 404, body = Problem)))]
-    one get(state, caller, model) -> PolicyView {
-        caller.require_platform_reader()?;
-        crud::get::<PolicyRow>(state.ctx(), &caller, &model)
-    }
+    reads for platform_readers "models", "/models" [], "/models/{model}"("model"),
+    PolicyRow => PolicyView
 }
 
 #[utoipa::path(put, path = "/models/{model}", tag = "models", params(("model" = String, Path), Wait),

@@ -6,21 +6,8 @@ use crate::service::crud;
 use crate::service::providers::{self, CreateProvider, ProviderRow, ProviderView, UpdateProvider};
 
 handler! {
-    #[utoipa::path(get, path = "/providers", tag = "providers", params(ListParams),
-        responses((status = 200, body = Page<ProviderView>), (status = 403, body = Problem)))]
-    page list(state, caller, params) -> ProviderView {
-        caller.require_platform_reader()?;
-        crud::list::<ProviderRow>(state.ctx(), &caller, params.paging(), None)
-    }
-}
-
-handler! {
-    #[utoipa::path(get, path = "/providers/{id}", tag = "providers", params(("id" = String, Path)),
-        responses((status = 200, body = ProviderView), (status = 404, body = Problem)))]
-    one get(state, caller, id) -> ProviderView {
-        caller.require_platform_reader()?;
-        crud::get::<ProviderRow>(state.ctx(), &caller, &id)
-    }
+    reads for platform_readers "providers", "/providers" [, (status = 403, body = Problem)],
+    "/providers/{id}"("id"), ProviderRow => ProviderView
 }
 
 handler! {

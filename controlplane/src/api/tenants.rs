@@ -5,19 +5,7 @@ use super::{ListParams, Page, Wait, handler};
 use crate::service::crud;
 use crate::service::tenants::{self, CreateTenant, TenantRow, TenantView, UpdateTenant};
 
-handler! {
-    #[utoipa::path(get, path = "/tenants", tag = "tenants", params(ListParams),
-        responses((status = 200, body = Page<TenantView>)))]
-    page list(state, caller, params) -> TenantView {
-        crud::list::<TenantRow>(state.ctx(), &caller, params.paging(), params.tenant_id.as_deref())
-    }
-}
-
-handler! {
-    #[utoipa::path(get, path = "/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
-        responses((status = 200, body = TenantView), (status = 404, body = Problem)))]
-    one get(state, caller, id) -> TenantView { crud::get::<TenantRow>(state.ctx(), &caller, &id) }
-}
+handler! { reads for anyone "tenants", "/tenants" [], "/tenants/{id}"("id"), TenantRow => TenantView }
 
 handler! {
     #[utoipa::path(post, path = "/tenants", tag = "tenants", params(Wait), request_body = CreateTenant,

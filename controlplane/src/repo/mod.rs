@@ -32,24 +32,31 @@ macro_rules! get_fn {
     };
 }
 
-/// In a table module of platform-wide objects: `list(db, limit, offset)` and `all(db)` in
-/// `$order` (no tenant filter applies).
-macro_rules! platform_list_fns {
-    ($row:ty, $q:ident, $from:literal, $order:literal) => {
-        /// One page, `limit` rows from `offset`.
+/// In a table module: `list(db, f)`, one page — `$q!("SELECT", [tail...], args...)` — of rows.
+/// `platform_list_fns!` and `tenant_list_fn!` say which page.
+macro_rules! list_fn {
+    ($row:ty, $q:ident, [$($tail:literal),*] $(, $arg:ident)*) => {
+        /// One page, `f.limit` rows from `f.offset`.
         pub async fn list(
             db: impl sqlx::PgExecutor<'_>,
             f: $crate::repo::ListFilter<'_>,
         ) -> sqlx::Result<Vec<$row>> {
-            $q!(
-                "SELECT",
-                [$from, $order, " LIMIT $1 OFFSET $2"],
-                f.limit,
-                f.offset
-            )
-            .fetch_all(db)
-            .await
+            $q!("SELECT", [$($tail),*] $(, f.$arg)*).fetch_all(db).await
         }
+    };
+}
+
+/// In a table module of platform-wide objects: `list(db, f)` and `all(db)` in `$order` (no
+/// tenant filter applies).
+macro_rules! platform_list_fns {
+    ($row:ty, $q:ident, $from:literal, $order:literal) => {
+        list_fn!(
+            $row,
+            $q,
+            [$from, $order, " LIMIT $1 OFFSET $2"],
+            limit,
+            offset
+        );
 
         /// All of them (the snapshot build).
         pub async fn all(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<Vec<$row>> {
@@ -62,31 +69,24 @@ macro_rules! platform_list_fns {
 /// admin's own tenant's only (`f.confined_to`) and filtered by `f.tenant_id`, both on `$column`.
 macro_rules! tenant_list_fn {
     ($row:ty, $q:ident, $from:literal, $column:literal, $order:literal) => {
-        /// One page; a tenant admin's own tenant's only.
-        pub async fn list(
-            db: impl sqlx::PgExecutor<'_>,
-            f: $crate::repo::ListFilter<'_>,
-        ) -> sqlx::Result<Vec<$row>> {
-            $q!(
-                "SELECT",
-                [
-                    $from,
-                    " WHERE ($1::text IS NULL OR ",
-                    $column,
-                    " = $1) AND ($2::text IS NULL OR ",
-                    $column,
-                    " = $2) ORDER BY ",
-                    $order,
-                    " LIMIT $3 OFFSET $4"
-                ],
-                f.confined_to,
-                f.tenant_id,
-                f.limit,
-                f.offset
-            )
-            .fetch_all(db)
-            .await
-        }
+        list_fn!(
+            $row,
+            $q,
+            [
+                $from,
+                " WHERE ($1::text IS NULL OR ",
+                $column,
+                " = $1) AND ($2::text IS NULL OR ",
+                $column,
+                " = $2) ORDER BY ",
+                $order,
+                " LIMIT $3 OFFSET $4"
+            ],
+            confined_to,
+            tenant_id,
+            limit,
+            offset
+        );
     };
 }
 

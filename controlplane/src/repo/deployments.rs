@@ -31,33 +31,13 @@ pub struct DeploymentFields<'a> {
     pub price: Option<&'a PriceEntry>,
 }
 
-/// Runs `$sql` (`$1` the id, then the fields in [`DeploymentFields`]' order) returning the row.
-macro_rules! save {
-    ($db:expr, $sql:literal, $id:expr, $d:expr) => {
-        q!(
-            $sql,
-            [""],
-            $id,
-            $d.model,
-            $d.provider_id,
-            $d.upstream_model,
-            $d.weight,
-            $d.tags,
-            $d.rpm,
-            $d.tpm,
-            $d.priority,
-            $d.price.map(Json) as _
-        )
-        .fetch_one($db)
-        .await
-    };
-}
-
 get_fn!(DeploymentRow, q, "FROM deployments WHERE id = $1");
 platform_list_fns!(DeploymentRow, q, "FROM deployments", " ORDER BY id");
 
 save_fns! {
-    DeploymentRow, DeploymentFields,
+    DeploymentRow, DeploymentFields, q,
+    |f| [f.model, f.provider_id, f.upstream_model, f.weight, f.tags, f.rpm, f.tpm, f.priority,
+        f.price.map(Json) as _],
     insert: "INSERT INTO deployments (id, model, provider_id, upstream_model, weight, tags, rpm, \
          tpm, priority, price) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING",
     update: "UPDATE deployments SET model = $2, provider_id = $3, upstream_model = $4, weight = $5, \

@@ -44,12 +44,7 @@ pub struct SecretFields<'a> {
 
 get_fn!(KeyRow, q, "FROM virtual_keys WHERE id = $1");
 
-/// Every key, by id.
-pub async fn all(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<KeyRow>> {
-    q!("SELECT", ["FROM virtual_keys ORDER BY id"])
-        .fetch_all(db)
-        .await
-}
+all_fn!(KeyRow, q, ["FROM virtual_keys ORDER BY id"]);
 
 tenant_list_fn!(KeyRow, q, "FROM virtual_keys", "tenant_id", "id");
 

@@ -90,27 +90,38 @@ macro_rules! tenant_list_fn {
     };
 }
 
-/// In a table module whose `save!($db, sql, id, fields)` runs a statement taking the id and
-/// then its fields type's values: `insert(db, id, fields)` and `update(db, id, fields)`, each
-/// answering the row.
+/// In a table module whose statement macro is `$q`: `insert(db, id, fields)` and
+/// `update(db, id, fields)`, the statements `$insert` and `$update` — `$1` the id, then the
+/// values `|$f| ...` lists from the fields — each answering the row.
 macro_rules! save_fns {
-    ($row:ty, $fields:ident, insert: $insert:literal, update: $update:literal $(,)?) => {
-        /// Inserts the row `id`; a taken id fails (23505).
-        pub async fn insert(
+    (
+        $row:ty, $fields:ident, $q:ident, |$f:ident| [$($value:tt)*],
+        insert: $insert:literal, update: $update:literal $(,)?
+    ) => {
+        save_fns!(@fn insert, $row, $fields, $q, |$f| [$($value)*], $insert,
+            "Inserts the row `id`; a taken id fails (23505).");
+        save_fns!(@fn update, $row, $fields, $q, |$f| [$($value)*], $update,
+            "Replaces the stored settings of the row `id`.");
+    };
+    (@fn $name:ident, $row:ty, $fields:ident, $q:ident, |$f:ident| [$($value:tt)*],
+        $sql:literal, $doc:literal) => {
+        #[doc = $doc]
+        pub async fn $name(
             db: impl sqlx::PgExecutor<'_>,
             id: &str,
-            fields: &$fields<'_>,
+            $f: &$fields<'_>,
         ) -> sqlx::Result<$row> {
-            save!(db, $insert, id, fields)
+            $q!($sql, [""], id, $($value)*).fetch_one(db).await
         }
+    };
+}
 
-        /// Replaces the stored settings of the row `id`.
-        pub async fn update(
-            db: impl sqlx::PgExecutor<'_>,
-            id: &str,
-            fields: &$fields<'_>,
-        ) -> sqlx::Result<$row> {
-            save!(db, $update, id, fields)
+/// In a table module: `all(db)`, every row — `$q!("SELECT", [tail...])`.
+macro_rules! all_fn {
+    ($row:ty, $q:ident, [$($tail:literal),*]) => {
+        /// Every row (the snapshot build).
+        pub async fn all(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<Vec<$row>> {
+            $q!("SELECT", [$($tail),*]).fetch_all(db).await
         }
     };
 }

@@ -27,28 +27,11 @@ pub struct ProviderFields<'a> {
     pub extra: &'a ProviderExtra,
 }
 
-/// Runs `$sql` (`$1` the id, then the fields in [`ProviderFields`]' order) returning the row.
-macro_rules! save {
-    ($db:expr, $sql:literal, $id:expr, $p:expr) => {
-        q!(
-            $sql,
-            [""],
-            $id,
-            $p.kind,
-            $p.base_url,
-            $p.credential.map(Json) as _,
-            Json($p.extra) as _
-        )
-        .fetch_one($db)
-        .await
-    };
-}
-
 get_fn!(ProviderRow, q, "FROM providers WHERE id = $1");
 platform_list_fns!(ProviderRow, q, "FROM providers", " ORDER BY id");
 
 save_fns! {
-    ProviderRow, ProviderFields,
+    ProviderRow, ProviderFields, q, |f| [f.kind, f.base_url, f.credential.map(Json) as _, Json(f.extra) as _],
     insert: "INSERT INTO providers (id, kind, base_url, credential, extra) \
          VALUES ($1, $2, $3, $4, $5) RETURNING",
     update: "UPDATE providers SET kind = $2, base_url = $3, credential = $4, extra = $5, \

@@ -1,6 +1,5 @@
 //! `tenants`.
 
-use sqlx::PgExecutor;
 use sqlx::types::Json;
 use switchboard_shared::snapshot::Budget;
 
@@ -27,37 +26,14 @@ pub struct TenantFields<'a> {
     pub budget: Option<&'a Budget>,
 }
 
-/// Runs `$sql` (`$1` the id, then the fields in [`TenantFields`]' order) returning the row.
-macro_rules! save {
-    ($db:expr, $sql:literal, $id:expr, $t:expr) => {
-        q!(
-            $sql,
-            [""],
-            $id,
-            $t.name,
-            &$t.status,
-            $t.rpm,
-            $t.tpm,
-            $t.budget.map(Json) as _
-        )
-        .fetch_one($db)
-        .await
-    };
-}
-
 get_fn!(TenantRow, q, "FROM tenants WHERE id = $1");
 
-/// Every tenant, by id.
-pub async fn all(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<TenantRow>> {
-    q!("SELECT", ["FROM tenants ORDER BY id"])
-        .fetch_all(db)
-        .await
-}
+all_fn!(TenantRow, q, ["FROM tenants ORDER BY id"]);
 
 tenant_list_fn!(TenantRow, q, "FROM tenants", "id", "id");
 
 save_fns! {
-    TenantRow, TenantFields,
+    TenantRow, TenantFields, q, |f| [f.name, &f.status, f.rpm, f.tpm, f.budget.map(Json) as _],
     insert: "INSERT INTO tenants (id, name, status, rpm, tpm, budget) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING",
     update: "UPDATE tenants SET name = $2, status = $3, rpm = $4, tpm = $5, budget = $6, \

@@ -14,19 +14,7 @@ handler! {
 }
 
 handler! {
-    #[utoipa::path(post, path = "/admins", tag = "admins", params(Wait), request_body = CreateAdmin,
-        responses((status = 201, body = AdminView), (status = 409, body = Problem), (status = 422, body = Problem)))]
-    create create(state, caller, req: CreateAdmin) {
-        caller.require_platform_admin()?;
-        admins::create(state.ctx(), &caller, req)
-    }
+    create "admins", "/admins", CreateAdmin => AdminView [409], by require_platform_admin, admins::create
 }
 
-handler! {
-    #[utoipa::path(delete, path = "/admins/{id}", tag = "admins", params(("id" = String, Path), Wait),
-        responses((status = 204), (status = 404, body = Problem)))]
-    delete delete(state, caller, id) {
-        caller.require_platform_admin()?;
-        admins::delete(state.ctx(), &caller, &id)
-    }
-}
+handler! { remove "admins", "/admins/{id}"("id") [], by require_platform_admin, admins::delete }

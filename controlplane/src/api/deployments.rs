@@ -11,29 +11,16 @@ handler! {
 }
 
 handler! {
-    #[utoipa::path(post, path = "/deployments", tag = "deployments", params(Wait), request_body = DeploymentBody,
-        responses((status = 201, body = DeploymentView), (status = 409, body = Problem), (status = 422, body = Problem)))]
-    create create(state, caller, req: DeploymentBody) {
-        caller.require_platform_admin()?;
-        deployments::create(state.ctx(), &caller, req)
-    }
+    create "deployments", "/deployments", DeploymentBody => DeploymentView [409],
+    by require_platform_admin, deployments::create
 }
 
 handler! {
-    #[utoipa::path(put, path = "/deployments/{id}", tag = "deployments", params(("id" = String, Path), Wait),
-        request_body = DeploymentBody,
-        responses((status = 200, body = DeploymentView), (status = 404, body = Problem), (status = 422, body = Problem)))]
-    save update(state, caller, id, req: DeploymentBody) {
-        caller.require_platform_admin()?;
-        deployments::update(state.ctx(), &caller, &id, req)
-    }
+    save put "deployments", "/deployments/{id}", DeploymentBody => DeploymentView,
+    by require_platform_admin, deployments::update
 }
 
 handler! {
-    #[utoipa::path(delete, path = "/deployments/{id}", tag = "deployments", params(("id" = String, Path), Wait),
-        responses((status = 204), (status = 404, body = Problem), (status = 422, body = Problem)))]
-    delete delete(state, caller, id) {
-        caller.require_platform_admin()?;
-        crud::delete::<DeploymentRow>(state.ctx(), &caller, &id)
-    }
+    remove "deployments", "/deployments/{id}"("id") [422], by require_platform_admin,
+    crud::delete::<DeploymentRow>
 }

@@ -9,23 +9,10 @@ use crate::service::keys::{self, CreateKey, KeyRow, KeyView, KeyWithSecret, Upda
 handler! { reads for anyone "keys", "/keys" [], "/keys/{id}"("id"), KeyRow => KeyView }
 
 handler! {
-    #[utoipa::path(post, path = "/keys", tag = "keys", params(Wait), request_body = CreateKey,
-        responses((status = 201, body = KeyWithSecret), (status = 422, body = Problem)))]
-    create create(state, caller, req: CreateKey) {
-        caller.require_writer()?;
-        keys::create(state.ctx(), &caller, &state.settings.pepper, req)
-    }
+    create "keys", "/keys", CreateKey => KeyWithSecret [], by require_writer, keys::create, with pepper
 }
 
-handler! {
-    #[utoipa::path(patch, path = "/keys/{id}", tag = "keys", params(("id" = String, Path), Wait),
-        request_body = UpdateKey,
-        responses((status = 200, body = KeyView), (status = 404, body = Problem), (status = 422, body = Problem)))]
-    save update(state, caller, id, req: UpdateKey) {
-        caller.require_writer()?;
-        keys::update(state.ctx(), &caller, &id, req)
-    }
-}
+handler! { save patch "keys", "/keys/{id}", UpdateKey => KeyView, by require_writer, keys::update }
 
 handler! {
     #[utoipa::path(post, path = "/keys/{id}/revoke", tag = "keys", params(("id" = String, Path), Wait),

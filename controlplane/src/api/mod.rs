@@ -58,8 +58,51 @@ pub const MAX_LIMIT: u32 = 1000;
 /// - `act`: `(state, caller, id)`, a write without a body, 200 with the view;
 /// - `delete`: `(state, caller, id)`, 204;
 /// - `reads for anyone` / `reads for platform_readers`: a resource's `list` and `get` with
-///   their contracts (the list filtered by `?tenant_id`, resp. platform readers only).
+///   their contracts (the list filtered by `?tenant_id`, resp. platform readers only);
+/// - `create`, `save put|patch`, `remove`: a resource's standard writes with their contracts,
+///   from the tag, the path, the body and view types, the statuses beyond the usual ones, the
+///   role check (`by` a check of the caller, `by_id` one that takes the path's id) and the
+///   service function (given `with` a setting when it takes one, e.g. the pepper).
 macro_rules! handler {
+    (create $tag:literal, $path:literal, $body_ty:ty => $view:ty [$($status:literal),*],
+        by $check:ident, $service:path $(, with $setting:ident)?) => {
+        handler! {
+            #[utoipa::path(post, path = $path, tag = $tag, params(Wait), request_body = $body_ty,
+                responses((status = 201, body = $view) $(, (status = $status, body = Problem))*,
+                    (status = 422, body = Problem)))]
+            create create(state, caller, req: $body_ty) {
+                caller.$check()?;
+                $service(state.ctx(), &caller, $(&state.settings.$setting,)? req)
+            }
+        }
+    };
+    (save $method:ident $tag:literal, $path:literal, $body_ty:ty => $view:ty,
+        $(by $check:ident)? $(by_id $id_check:ident)?, $service:path $(, with $setting:ident)?) => {
+        handler! {
+            #[utoipa::path($method, path = $path, tag = $tag, params(("id" = String, Path), Wait),
+                request_body = $body_ty,
+                responses((status = 200, body = $view), (status = 404, body = Problem),
+                    (status = 422, body = Problem)))]
+            save update(state, caller, id, req: $body_ty) {
+                $(caller.$check()?;)?
+                $(caller.$id_check(&id)?;)?
+                $service(state.ctx(), &caller, $(&state.settings.$setting,)? &id, req)
+            }
+        }
+    };
+    (remove $tag:literal, $path:literal($param:literal) [$($status:literal),*],
+        $(by $check:ident)? $(by_id $id_check:ident)?, $service:path) => {
+        handler! {
+            #[utoipa::path(delete, path = $path, tag = $tag, params(($param = String, Path), Wait),
+                responses((status = 204), (status = 404, body = Problem)
+                    $(, (status = $status, body = Problem))*))]
+            delete delete(state, caller, id) {
+                $(caller.$check()?;)?
+                $(caller.$id_check(&id)?;)?
+                $service(state.ctx(), &caller, &id)
+            }
+        }
+    };
     (reads for anyone $($rest:tt)*) => {
         handler!(@reads [] [tenant_id] $($rest)*);
     };

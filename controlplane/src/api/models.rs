@@ -39,10 +39,6 @@ pub async fn put(
 }
 
 handler! {
-    #[utoipa::path(delete, path = "/models/{model}", tag = "models", params(("model" = String, Path), Wait),
-        responses((status = 204), (status = 404, body = Problem)))]
-    delete delete(state, caller, model) {
-        caller.require_platform_admin()?;
-        crud::delete::<PolicyRow>(state.ctx(), &caller, &model)
-    }
+    remove "models", "/models/{model}"("model") [], by require_platform_admin,
+    crud::delete::<PolicyRow>
 }

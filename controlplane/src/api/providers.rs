@@ -11,29 +11,16 @@ handler! {
 }
 
 handler! {
-    #[utoipa::path(post, path = "/providers", tag = "providers", params(Wait), request_body = CreateProvider,
-        responses((status = 201, body = ProviderView), (status = 409, body = Problem), (status = 422, body = Problem)))]
-    create create(state, caller, req: CreateProvider) {
-        caller.require_platform_admin()?;
-        providers::create(state.ctx(), &caller, &state.settings.master_keys, req)
-    }
+    create "providers", "/providers", CreateProvider => ProviderView [409], by require_platform_admin,
+    providers::create, with master_keys
 }
 
 handler! {
-    #[utoipa::path(put, path = "/providers/{id}", tag = "providers", params(("id" = String, Path), Wait),
-        request_body = UpdateProvider,
-        responses((status = 200, body = ProviderView), (status = 404, body = Problem), (status = 422, body = Problem)))]
-    save update(state, caller, id, req: UpdateProvider) {
-        caller.require_platform_admin()?;
-        providers::update(state.ctx(), &caller, &state.settings.master_keys, &id, req)
-    }
+    save put "providers", "/providers/{id}", UpdateProvider => ProviderView, by require_platform_admin,
+    providers::update, with master_keys
 }
 
 handler! {
-    #[utoipa::path(delete, path = "/providers/{id}", tag = "providers", params(("id" = String, Path), Wait),
-        responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
-    delete delete(state, caller, id) {
-        caller.require_platform_admin()?;
-        crud::delete::<ProviderRow>(state.ctx(), &caller, &id)
-    }
+    remove "providers", "/providers/{id}"("id") [409], by require_platform_admin,
+    crud::delete::<ProviderRow>
 }

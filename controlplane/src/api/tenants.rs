@@ -7,30 +7,8 @@ use crate::service::tenants::{self, CreateTenant, TenantRow, TenantView, UpdateT
 
 handler! { reads for anyone "tenants", "/tenants" [], "/tenants/{id}"("id"), TenantRow => TenantView }
 
-handler! {
-    #[utoipa::path(post, path = "/tenants", tag = "tenants", params(Wait), request_body = CreateTenant,
-        responses((status = 201, body = TenantView), (status = 409, body = Problem), (status = 422, body = Problem)))]
-    create create(state, caller, req: CreateTenant) {
-        caller.require_platform_admin()?;
-        tenants::create(state.ctx(), &caller, req)
-    }
-}
+handler! { create "tenants", "/tenants", CreateTenant => TenantView [409], by require_platform_admin, tenants::create }
 
-handler! {
-    #[utoipa::path(put, path = "/tenants/{id}", tag = "tenants", params(("id" = String, Path), Wait),
-        request_body = UpdateTenant,
-        responses((status = 200, body = TenantView), (status = 404, body = Problem), (status = 422, body = Problem)))]
-    save update(state, caller, id, req: UpdateTenant) {
-        caller.require_tenant_writer(&id)?;
-        tenants::update(state.ctx(), &caller, &id, req)
-    }
-}
+handler! { save put "tenants", "/tenants/{id}", UpdateTenant => TenantView, by_id require_tenant_writer, tenants::update }
 
-handler! {
-    #[utoipa::path(delete, path = "/tenants/{id}", tag = "tenants", params(("id" = String, Path), Wait),
-        responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
-    delete delete(state, caller, id) {
-        caller.require_tenant_writer(&id)?;
-        crud::delete::<TenantRow>(state.ctx(), &caller, &id)
-    }
-}
+handler! { remove "tenants", "/tenants/{id}"("id") [409], by_id require_tenant_writer, crud::delete::<TenantRow> }

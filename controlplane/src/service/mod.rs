@@ -105,6 +105,25 @@ pub struct Page<T> {
     pub next_offset: Option<u64>,
 }
 
+/// Runs `job` every `interval`, the first time at once, until `shutdown` (a late tick waits
+/// rather than bursts): the periodic jobs' timer (budget counters, scheduled price sync).
+pub async fn every<F: std::future::Future<Output = ()>>(
+    interval: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut job: impl FnMut() -> F,
+) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        job().await;
+    }
+}
+
 /// For `PATCH` bodies: distinguishes an absent field (`None`) from `null` (`Some(None)`).
 pub fn double_option<'de, T, D>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
 where

@@ -238,15 +238,9 @@ pub async fn run(
     raw_retention_days: u64,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = tick.tick() => {}
-        }
-        match reconcile_once_locked(&pool, &counters, Utc::now(), raw_retention_days).await {
+    let (pool, counters) = (&pool, &counters);
+    crate::service::every(every, shutdown, move || async move {
+        match reconcile_once_locked(pool, counters, Utc::now(), raw_retention_days).await {
             Ok(Some(o)) if o.raised > 0 => tracing::info!(
                 subjects = o.subjects,
                 raised = o.raised,
@@ -264,5 +258,6 @@ pub async fn run(
                 tracing::warn!(error = %e, "budget reconciliation failed; retrying next interval")
             }
         }
-    }
+    })
+    .await;
 }

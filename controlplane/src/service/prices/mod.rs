@@ -210,15 +210,9 @@ pub async fn run_scheduled(
     every: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = tick.tick() => {}
-        }
-        match sync_once_locked(&pool, &client, &url).await {
+    let (pool, client, url) = (&pool, &client, &url);
+    super::every(every, shutdown, move || async move {
+        match sync_once_locked(pool, client, url).await {
             Ok(Some(o)) => tracing::info!(
                 version = o.version_id,
                 new = o.new_version,
@@ -228,7 +222,8 @@ pub async fn run_scheduled(
             Ok(None) => tracing::debug!("price sync skipped: another replica holds the lock"),
             Err(e) => tracing::warn!(error = %e, "price sync failed; keeping the current prices"),
         }
-    }
+    })
+    .await;
 }
 
 /// How long a sync on demand waits for the new snapshot's publication at most.

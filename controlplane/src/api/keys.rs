@@ -12,7 +12,7 @@ handler! {
     create "keys", "/keys", CreateKey => KeyWithSecret [], by require_writer, keys::create, with pepper
 }
 
-handler! { save patch "keys", "/keys/{id}", UpdateKey => KeyView, by require_writer, keys::update }
+handler! { save patch "keys", "/keys/{id}", UpdateKey => KeyView, by require_writer, crud::update::<KeyRow, _> }
 
 handler! {
     #[utoipa::path(post, path = "/keys/{id}/revoke", tag = "keys", params(("id" = String, Path), Wait),

@@ -9,6 +9,6 @@ handler! { reads for anyone "tenants", "/tenants" [], "/tenants/{id}"("id"), Ten
 
 handler! { create "tenants", "/tenants", CreateTenant => TenantView [409], by require_platform_admin, tenants::create }
 
-handler! { save put "tenants", "/tenants/{id}", UpdateTenant => TenantView, by_id require_tenant_writer, tenants::update }
+handler! { save put "tenants", "/tenants/{id}", UpdateTenant => TenantView, by_id require_tenant_writer, crud::update::<TenantRow, _> }
 
 handler! { remove "tenants", "/tenants/{id}"("id") [409], by_id require_tenant_writer, crud::delete::<TenantRow> }

@@ -194,6 +194,26 @@ pub async fn saved<R: Resource>(
     Ok((row.view(), committed))
 }
 
+/// A change of an existing object, from its request body.
+pub trait Edit<R: Resource>: Send {
+    /// Writes the change of the object `id` inside `w`, given its locked row `before`; the
+    /// row as written.
+    fn apply(self, w: &mut Write, id: &str, before: &R) -> impl Future<Output = Result<R>> + Send;
+}
+
+/// Changes the object `id` by `edit`: 404 when it does not exist or the actor may not see it;
+/// else the row written, its audit row, commit.
+pub async fn update<R: Resource, E: Edit<R>>(
+    cx: Ctx<'_>,
+    actor: &Actor,
+    id: &str,
+    edit: E,
+) -> Result<(R::View, Committed)> {
+    let (mut w, before) = begin::<R>(cx, actor, id).await?;
+    let row = edit.apply(&mut w, id, &before).await?;
+    saved(cx, w, id, Some(&before), &row).await
+}
+
 /// Deletes the object `id`: 404 when it does not exist or the actor may not see it, 409 while
 /// others reference it; else audit row, commit.
 pub async fn delete<R: Removable>(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<Committed> {

@@ -172,33 +172,29 @@ fn with_secret(key: String, virtual_key: KeyView) -> KeyWithSecret {
     KeyWithSecret { key, virtual_key }
 }
 
-/// Changes the fields present in `req`.
-pub async fn update(
-    cx: Ctx<'_>,
-    actor: &Actor,
-    id: &str,
-    req: UpdateKey,
-) -> Result<(KeyView, Committed)> {
-    let (mut w, before) = crud::begin::<KeyRow>(cx, actor, id).await?;
-    let limits = req.limits.unwrap_or(limits(before.rpm, before.tpm));
-    let budget = match req.budget {
-        Some(b) => b,
-        None => before.budget.as_ref().map(|b| b.0.clone()),
-    };
-    let fields = KeyFields {
-        name: req.name.as_ref().unwrap_or(&before.name),
-        expires_at: req.expires_at.unwrap_or(before.expires_at),
-        allowed_models: req
-            .allowed_models
-            .as_ref()
-            .unwrap_or(&before.allowed_models),
-        rpm: limits.rpm.map(i64::from),
-        tpm: limits.tpm.map(i64::from),
-        budget: budget.as_ref(),
-        metadata: req.metadata.as_ref().unwrap_or(&before.metadata.0),
-    };
-    let row = repo::keys::update(w.conn(), id, &fields).await?;
-    crud::saved(cx, w, id, Some(&before), &row).await
+/// Changes the fields present in the request.
+impl crud::Edit<KeyRow> for UpdateKey {
+    async fn apply(self, w: &mut Write, id: &str, before: &KeyRow) -> Result<KeyRow> {
+        let req = self;
+        let limits = req.limits.unwrap_or(limits(before.rpm, before.tpm));
+        let budget = match req.budget {
+            Some(b) => b,
+            None => before.budget.as_ref().map(|b| b.0.clone()),
+        };
+        let fields = KeyFields {
+            name: req.name.as_ref().unwrap_or(&before.name),
+            expires_at: req.expires_at.unwrap_or(before.expires_at),
+            allowed_models: req
+                .allowed_models
+                .as_ref()
+                .unwrap_or(&before.allowed_models),
+            rpm: limits.rpm.map(i64::from),
+            tpm: limits.tpm.map(i64::from),
+            budget: budget.as_ref(),
+            metadata: req.metadata.as_ref().unwrap_or(&before.metadata.0),
+        };
+        Ok(repo::keys::update(w.conn(), id, &fields).await?)
+    }
 }
 
 /// The tail of revoke and rotate, which have no body: snapshot problems keep their snapshot

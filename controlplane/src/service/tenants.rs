@@ -118,13 +118,8 @@ pub async fn create(
     crud::saved(cx, w, &id, None, &row).await
 }
 
-pub async fn update(
-    cx: Ctx<'_>,
-    actor: &Actor,
-    id: &str,
-    req: UpdateTenant,
-) -> Result<(TenantView, Committed)> {
-    let (mut w, before) = crud::begin::<TenantRow>(cx, actor, id).await?;
-    let row = repo::tenants::update(w.conn(), id, &req.fields()).await?;
-    crud::saved(cx, w, id, Some(&before), &row).await
+impl crud::Edit<TenantRow> for UpdateTenant {
+    async fn apply(self, w: &mut Write, id: &str, _before: &TenantRow) -> Result<TenantRow> {
+        Ok(repo::tenants::update(w.conn(), id, &self.fields()).await?)
+    }
 }

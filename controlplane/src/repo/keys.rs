@@ -48,6 +48,28 @@ all_fn!(KeyRow, q, ["FROM virtual_keys ORDER BY id"]);
 
 tenant_list_fn!(KeyRow, q, "FROM virtual_keys", "tenant_id", "id");
 
+/// Runs `$sql` — `$1` the id, `$2`..`$8` the [`KeyFields`], then `$extra` — returning the row.
+macro_rules! save {
+    ($db:expr, $sql:literal, $id:expr, $k:expr $(, $extra:expr)*) => {
+        q!(
+            $sql,
+            [""],
+            $id,
+            $k.name,
+            $k.expires_at,
+            $k.allowed_models,
+            $k.rpm,
+            $k.tpm,
+            $k.budget.map(Json) as _,
+            Json($k.metadata) as _
+            $(, $extra)*
+        )
+        .fetch_one($db)
+        .await
+    };
+}
+
+/// Inserts the key `id` of `tenant_id` with its secret's stored form.
 pub async fn insert(
     db: impl PgExecutor<'_>,
     id: &str,
@@ -55,43 +77,28 @@ pub async fn insert(
     secret: &SecretFields<'_>,
     k: &KeyFields<'_>,
 ) -> sqlx::Result<KeyRow> {
-    q!(
-        "INSERT INTO virtual_keys (id, tenant_id, name, key_hash, display_prefix, expires_at, \
-         allowed_models, rpm, tpm, budget, metadata) \
+    save!(
+        db,
+        "INSERT INTO virtual_keys (id, name, expires_at, allowed_models, rpm, tpm, budget, \
+         metadata, tenant_id, key_hash, display_prefix) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING",
-        [""],
         id,
+        k,
         tenant_id,
-        k.name,
         secret.key_hash,
-        secret.display_prefix,
-        k.expires_at,
-        k.allowed_models,
-        k.rpm,
-        k.tpm,
-        k.budget.map(Json) as _,
-        Json(k.metadata) as _
+        secret.display_prefix
     )
-    .fetch_one(db)
-    .await
 }
 
+/// Replaces the key's settings.
 pub async fn update(db: impl PgExecutor<'_>, id: &str, k: &KeyFields<'_>) -> sqlx::Result<KeyRow> {
-    q!(
+    save!(
+        db,
         "UPDATE virtual_keys SET name = $2, expires_at = $3, allowed_models = $4, rpm = $5, \
          tpm = $6, budget = $7, metadata = $8, updated_at = now() WHERE id = $1 RETURNING",
-        [""],
         id,
-        k.name,
-        k.expires_at,
-        k.allowed_models,
-        k.rpm,
-        k.tpm,
-        k.budget.map(Json) as _,
-        Json(k.metadata) as _
+        k
     )
-    .fetch_one(db)
-    .await
 }
 
 /// Revokes the key (its first revocation time stays).

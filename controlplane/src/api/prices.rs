@@ -24,8 +24,8 @@ use super::body::Body;
 use super::caller::Caller;
 use super::error::{ApiError, Problem};
 use super::{Page, Wait, deleted, list_params, written};
-use crate::service::prices::read::{
-    self, EffectivePrice, MissingModel, ModelPrice, PriceFilter, PriceSource, PriceVersion,
+use crate::service::price_book::{
+    self as read, EffectivePrice, MissingModel, ModelPrice, PriceFilter, PriceSource, PriceVersion,
 };
 use crate::service::prices::{self, SyncOutcome, overrides};
 use crate::state::AppState;

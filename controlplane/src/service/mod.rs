@@ -9,7 +9,8 @@
 //! - [`snapshot`]: building a snapshot from Postgres; [`reconcile`]: the loop that keeps the
 //!   published head up with Postgres (publishing itself is [`crate::publish`], a transport).
 //! - Resources: [`tenants`], [`keys`], [`providers`], [`deployments`], [`models`],
-//!   [`admins`], [`budgets`], [`prices`], [`spend`], [`fleet`] (with the audit log and the
+//!   [`admins`], [`budgets`], [`prices`] (sync and override commands; the read model that
+//!   snapshots use is [`price_book`]), [`spend`], [`fleet`] (with the audit log and the
 //!   revision).
 //!
 //! Views and request bodies carry their OpenAPI schema (`utoipa::ToSchema`) where they are
@@ -24,6 +25,7 @@ pub mod error;
 pub mod fleet;
 pub mod keys;
 pub mod models;
+pub mod price_book;
 pub mod prices;
 pub mod providers;
 pub mod reconcile;

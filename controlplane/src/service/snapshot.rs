@@ -9,7 +9,7 @@
 use sqlx::{PgConnection, PgPool};
 use switchboard_shared::snapshot::{SCHEMA_VERSION, Snapshot};
 
-use super::prices::read as prices;
+use super::price_book as prices;
 use crate::repo;
 use crate::repo::rows::{DeploymentRow, KeyRow, ProviderRow, TenantRow};
 

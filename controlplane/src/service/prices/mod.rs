@@ -14,19 +14,17 @@
 //! unless the deployment sets its own), so the data planes price requests without ever seeing
 //! this table; a new version or an override change bumps the config revision for that reason.
 //!
-//! Three parts: this module syncs the file (and runs the scheduled sync); [`read`] is the read
-//! model — effective prices (which the snapshot build uses), one model's two layers, the
-//! versions and the models that deployments use but nothing prices; [`overrides`] holds the
-//! override commands, admin changes like any other: they run inside a [`super::write::Write`]
-//! (revision bump, audit row, snapshot validation, publish) and are the only code that writes
-//! `price_overrides`.
+//! This module syncs the file (and runs the scheduled sync); [`overrides`] holds the override
+//! commands, admin changes like any other: they run inside a [`super::write::Write`] (revision
+//! bump, audit row, snapshot validation, publish) and are the only code that writes
+//! `price_overrides`. The read model — effective prices (which the snapshot build uses), one
+//! model's two layers, the versions, the models nothing prices — is [`super::price_book`].
 //!
 //! Scheduled syncs run on every control-plane replica's timer but only one replica does the
 //! work: each run takes a Postgres advisory lock ([`SYNC_LOCK`], [`crate::db::with_try_lock`])
 //! and skips when another replica holds it.
 
 pub mod overrides;
-pub mod read;
 
 use std::time::Duration;
 
@@ -40,8 +38,8 @@ use super::reconcile::reconcile;
 use super::{Actor, Ctx, Error, Result};
 use crate::repo;
 
+pub use super::price_book::{effective_prices, missing_models};
 pub use overrides::{delete_override, set_override};
-pub use read::{effective_prices, missing_models};
 
 /// Price versions kept in Postgres.
 pub const VERSIONS_KEPT: i64 = 5;

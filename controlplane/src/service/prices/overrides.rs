@@ -6,8 +6,8 @@
 use sqlx::{PgConnection, PgPool};
 use switchboard_shared::price::PriceEntry;
 
-use super::read::{ModelPrice, OverrideView, model_price_in};
 use crate::repo;
+use crate::service::price_book::{ModelPrice, OverrideView, model_price_in};
 use crate::service::write::{Change, Committed, Write};
 use crate::service::{Actor, Ctx, Error, Result, Role};
 

@@ -1,7 +1,11 @@
-//! The prices' read model: effective prices (an override, else the current version's entry),
-//! which the snapshot build gives deployments without a price of their own; one model's two
-//! layers; the kept versions; the models that deployments use but nothing prices. "Effective"
-//! means one thing everywhere: what [`effective_prices_in`] answers.
+//! The price book, the prices' read model: effective prices (an override, else the current
+//! version's entry), which the snapshot build gives deployments without a price of their own;
+//! one model's two layers; the kept versions; the models that deployments use but nothing
+//! prices. "Effective" means one thing everywhere: what [`effective_prices_in`] answers.
+//!
+//! It is apart from [`super::prices`] (the sync and the override commands), which writes
+//! through [`super::write`]: the write path builds snapshots, and snapshots read this, so the
+//! read side depends on neither.
 
 use std::collections::{BTreeMap, BTreeSet};
 

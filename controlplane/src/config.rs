@@ -316,6 +316,66 @@ impl Config {
                 message,
             });
         };
+        self.check_values(&mut push);
+        let mut secret = |path: &str, r: &SecretRef, min_len: usize| -> Vec<u8> {
+            match r.resolve_with(lookup, None) {
+                Ok(v) if v.len() >= min_len => v.into_bytes(),
+                Ok(_) => {
+                    push(path, format!("must be at least {min_len} bytes long"));
+                    Vec::new()
+                }
+                Err(e) => {
+                    push(path, e.to_string());
+                    Vec::new()
+                }
+            }
+        };
+        let pepper = secret("keys.pepper", &self.keys.pepper, 1);
+        let jwt_secret = secret("auth.jwt_secret", &self.auth.jwt_secret, 32);
+        let redis_url = self
+            .redis
+            .as_ref()
+            .map(|r| String::from_utf8(secret("redis.url", &r.url, 1)).unwrap_or_default());
+        let redis = match (&self.redis, redis_url) {
+            (Some(r), Some(url)) => {
+                if !url.is_empty()
+                    && let Err(e) = redis::Client::open(url.as_str())
+                {
+                    // The error names what is wrong, never the URL (it may hold a password).
+                    push("redis.url", format!("not a Redis URL: {}", e.category()));
+                }
+                Some(RedisSettings {
+                    url,
+                    key_prefix: r.key_prefix.clone(),
+                    reconcile_interval: Duration::from_secs(r.reconcile_interval_seconds),
+                })
+            }
+            _ => None,
+        };
+        let master_keys = master_keys(lookup(MASTER_KEYS_ENV), &mut push);
+        match master_keys {
+            Some(master_keys) if problems.is_empty() => Ok(Settings {
+                listen: self.server.listen,
+                grpc_listen: self.server.grpc_listen,
+                max_body_bytes: self.server.max_body_bytes,
+                nats_url: self.nats.url.clone(),
+                namespace: self.cluster.namespace.clone(),
+                heartbeat_interval: Duration::from_millis(self.cluster.heartbeat_interval_ms),
+                reconcile_interval: Duration::from_millis(self.cluster.reconcile_interval_ms),
+                pepper,
+                jwt_secret,
+                token_ttl: Duration::from_secs(self.auth.token_ttl_seconds),
+                master_keys,
+                spend: self.spend.clone(),
+                prices: self.prices.clone(),
+                redis,
+            }),
+            _ => Err(Problems(problems)),
+        }
+    }
+
+    /// The problems of plain values (positive sizes and intervals, URL schemes, prefixes).
+    fn check_values(&self, push: &mut impl FnMut(&str, String)) {
         if self.server.max_body_bytes == 0 {
             push("server.max_body_bytes", "must be positive".into());
         }
@@ -368,76 +428,26 @@ impl Config {
                 );
             }
         }
-        let mut secret = |path: &str, r: &SecretRef, min_len: usize| -> Vec<u8> {
-            match r.resolve_with(lookup, None) {
-                Ok(v) if v.len() >= min_len => v.into_bytes(),
-                Ok(_) => {
-                    push(path, format!("must be at least {min_len} bytes long"));
-                    Vec::new()
-                }
-                Err(e) => {
-                    push(path, e.to_string());
-                    Vec::new()
-                }
-            }
-        };
-        let pepper = secret("keys.pepper", &self.keys.pepper, 1);
-        let jwt_secret = secret("auth.jwt_secret", &self.auth.jwt_secret, 32);
-        let redis_url = self
-            .redis
-            .as_ref()
-            .map(|r| String::from_utf8(secret("redis.url", &r.url, 1)).unwrap_or_default());
-        let redis = match (&self.redis, redis_url) {
-            (Some(r), Some(url)) => {
-                if !url.is_empty()
-                    && let Err(e) = redis::Client::open(url.as_str())
-                {
-                    // The error names what is wrong, never the URL (it may hold a password).
-                    push("redis.url", format!("not a Redis URL: {}", e.category()));
-                }
-                Some(RedisSettings {
-                    url,
-                    key_prefix: r.key_prefix.clone(),
-                    reconcile_interval: Duration::from_secs(r.reconcile_interval_seconds),
-                })
-            }
-            _ => None,
-        };
-        let master_keys = match lookup(MASTER_KEYS_ENV) {
-            None => {
-                push(
-                    MASTER_KEYS_ENV,
-                    "is not set: provider credentials cannot be sealed without master keys".into(),
-                );
+    }
+}
+
+/// The master keys from `SWITCHBOARD_MASTER_KEYS` (`spec`), or the problem with them.
+fn master_keys(spec: Option<String>, push: &mut impl FnMut(&str, String)) -> Option<MasterKeys> {
+    match spec {
+        None => {
+            push(
+                MASTER_KEYS_ENV,
+                "is not set: provider credentials cannot be sealed without master keys".into(),
+            );
+            None
+        }
+        Some(spec) => match MasterKeys::parse(&spec) {
+            Ok(keys) => Some(keys),
+            Err(e) => {
+                push(MASTER_KEYS_ENV, e.to_string());
                 None
             }
-            Some(spec) => match MasterKeys::parse(&spec) {
-                Ok(keys) => Some(keys),
-                Err(e) => {
-                    push(MASTER_KEYS_ENV, e.to_string());
-                    None
-                }
-            },
-        };
-        match master_keys {
-            Some(master_keys) if problems.is_empty() => Ok(Settings {
-                listen: self.server.listen,
-                grpc_listen: self.server.grpc_listen,
-                max_body_bytes: self.server.max_body_bytes,
-                nats_url: self.nats.url.clone(),
-                namespace: self.cluster.namespace.clone(),
-                heartbeat_interval: Duration::from_millis(self.cluster.heartbeat_interval_ms),
-                reconcile_interval: Duration::from_millis(self.cluster.reconcile_interval_ms),
-                pepper,
-                jwt_secret,
-                token_ttl: Duration::from_secs(self.auth.token_ttl_seconds),
-                master_keys,
-                spend: self.spend.clone(),
-                prices: self.prices.clone(),
-                redis,
-            }),
-            _ => Err(Problems(problems)),
-        }
+        },
     }
 }
 

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use controlplane::api::admins::{CreateAdmin, create_admin};
-use controlplane::auth::{Caller, Role};
 use controlplane::config::{Config, Settings, process_env};
+use controlplane::service::admins::{self, CreateAdmin};
+use controlplane::service::{Actor, Ctx, Error, Role};
 
 #[derive(Parser)]
 #[command(
@@ -162,39 +162,12 @@ async fn run(
                     tenant,
                     password_stdin: _,
                 },
-        } => {
-            let role = Role::parse(&role).ok_or_else(|| {
-                anyhow::anyhow!("--role must be platform_admin, tenant_admin or viewer")
-            })?;
-            let mut password = String::new();
-            std::io::stdin().lock().read_line(&mut password)?;
-            let password = password.trim_end_matches(['\r', '\n']).to_owned();
-            let req = CreateAdmin {
-                email,
-                password,
-                role,
-                tenant_id: tenant,
-            };
-            let (admin, committed) = create_admin(&pool, None, &Caller::system(), req)
-                .await
-                .map_err(|e| match e {
-                    controlplane::error::ApiError::Invalid(problems) => anyhow::anyhow!(
-                        "{}",
-                        problems
-                            .iter()
-                            .map(|p| format!("{}: {}", p.path, p.message))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ),
-                    other => anyhow::anyhow!("{other}"),
-                })?;
-            tracing::info!(id = %admin.id, email = %admin.email, revision = committed.revision, "admin created");
-        }
+        } => create_admin(&pool, email, &role, tenant).await?,
         Command::Keys {
             command: KeysCommand::Reseal,
         } => {
             let count =
-                controlplane::api::providers::reseal_credentials(&pool, &settings.master_keys)
+                controlplane::service::providers::reseal_credentials(&pool, &settings.master_keys)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!(
@@ -208,11 +181,13 @@ async fn run(
         } => {
             controlplane::db::migrate(&pool).await?;
             let outcome = match (file, url) {
-                (Some(path), _) => controlplane::prices::sync_from_file(&pool, &path).await?,
+                (Some(path), _) => {
+                    controlplane::service::prices::sync_from_file(&pool, &path).await?
+                }
                 (None, Some(url)) => {
                     let _ = rustls::crypto::ring::default_provider().install_default();
                     let client = reqwest::Client::new();
-                    controlplane::prices::sync_from_url(&pool, &client, &url).await?
+                    controlplane::service::prices::sync_from_url(&pool, &client, &url).await?
                 }
                 (None, None) => anyhow::bail!("prices sync needs --file or --url"),
             };
@@ -225,6 +200,47 @@ async fn run(
         }
         Command::Openapi => {}
     }
+    Ok(())
+}
+
+/// `controlplane admin create`: the password from standard input, the admin made as the
+/// process itself (a running server's reconcile loop publishes the new revision).
+async fn create_admin(
+    pool: &sqlx::PgPool,
+    email: String,
+    role: &str,
+    tenant: Option<String>,
+) -> anyhow::Result<()> {
+    let role = Role::parse(role)
+        .ok_or_else(|| anyhow::anyhow!("--role must be platform_admin, tenant_admin or viewer"))?;
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    let req = CreateAdmin {
+        email,
+        password,
+        role,
+        tenant_id: tenant,
+    };
+    let cx = Ctx {
+        pool,
+        publisher: None,
+    };
+    let (admin, committed) =
+        admins::create(cx, &Actor::system(), req)
+            .await
+            .map_err(|e| match e {
+                Error::Invalid(problems) => anyhow::anyhow!(
+                    "{}",
+                    problems
+                        .iter()
+                        .map(|p| format!("{}: {}", p.path, p.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                other => anyhow::anyhow!("{other}"),
+            })?;
+    tracing::info!(id = %admin.id, email = %admin.email, revision = committed.revision, "admin created");
     Ok(())
 }
 

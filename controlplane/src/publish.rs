@@ -1,11 +1,13 @@
 //! Publishing snapshots over NATS JetStream, exactly as `docs/cluster.md` says, and the
-//! `watch` of the latest built snapshot that the gRPC ConfigService serves.
+//! `watch` of the latest built snapshot that the gRPC ConfigService serves. A transport only:
+//! it never reads Postgres; what to publish and when is the service layer's
+//! (`service::write` after a commit, `service::reconcile` on a timer).
 //!
 //! - [`Publisher::offer_and_publish`]: after a commit, make a snapshot the latest (if newer)
 //!   and publish it: object put, head publish expecting the last subject sequence (skipped when
 //!   the head already names a revision at least as high), prune. A failure is logged; the
-//!   reconcile loop ([`reconcile`]) republishes whenever the head is behind Postgres, which also
-//!   covers NATS outages and several replicas.
+//!   reconcile loop (`service::reconcile`) republishes whenever the head is behind Postgres,
+//!   which also covers NATS outages and several replicas.
 //! - [`Publisher::follow_head`]: follows the head subject so that snapshots published by other
 //!   replicas reach this replica's gRPC watchers too.
 
@@ -22,7 +24,6 @@ use async_nats::jetstream::{self, object_store};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use switchboard_shared::cluster::{NatsNames, SNAPSHOTS_KEPT, SnapshotHead, snapshot_object};
 use switchboard_shared::snapshot::Snapshot;
 use tokio::io::AsyncReadExt;
@@ -323,46 +324,5 @@ impl Publisher {
             }
         }
         Ok(())
-    }
-}
-
-/// One reconcile step: build when Postgres is ahead of what this replica holds, publish when
-/// the head is behind it. Returns the revision held afterwards.
-pub async fn reconcile(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<u64> {
-    let committed = crate::db::current_revision(pool).await?;
-    if committed > publisher.latest_revision() || publisher.subscribe().borrow().is_none() {
-        let snapshot = crate::snapshot::build_consistent(pool).await?;
-        if let Err(problems) = snapshot.validate() {
-            anyhow::bail!("the stored configuration is invalid: {problems}");
-        }
-        publisher.offer(Arc::new(Built::from_snapshot(&snapshot)));
-    }
-    let latest = publisher.subscribe().borrow().clone();
-    if let Some(latest) = latest {
-        let head = publisher.head().await?.map_or(0, |(_, h)| h.revision);
-        if head < latest.revision {
-            tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&latest))
-                .await
-                .map_err(|_| anyhow::anyhow!("publishing timed out"))??;
-        }
-    }
-    Ok(publisher.latest_revision())
-}
-
-/// Runs [`reconcile`] at once and then every `interval` until `shutdown`.
-pub async fn reconcile_loop(
-    pool: PgPool,
-    publisher: Arc<Publisher>,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        if let Err(e) = reconcile(&pool, &publisher).await {
-            tracing::warn!(error = %e, "snapshot reconcile failed; will retry");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
-        }
     }
 }

@@ -2,8 +2,8 @@
 //! cannot disagree.
 //!
 //! Layers, outer to inner: the request body limit (`server.max_body_bytes`, 413 beyond it,
-//! answered by [`crate::body::Body`]), then the routes. Every route under `/admin/v1` except
-//! `POST /auth/login` takes a [`crate::auth::Caller`], i.e. a valid bearer JWT; `/openapi.json`
+//! answered by [`crate::api::body::Body`]), then the routes. Every route under `/admin/v1` except
+//! `POST /auth/login` takes a [`crate::api::caller::Caller`], i.e. a valid bearer JWT; `/openapi.json`
 //! and `/healthz` are open.
 
 use axum::extract::DefaultBodyLimit;
@@ -16,10 +16,11 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::error::{ApiError, FieldError, Problem};
 use crate::api::{
     admins, auth, budgets, deployments, keys, models, prices, providers, spend, status, tenants,
 };
-use crate::error::{ApiError, FieldError, Problem};
+use crate::service::Error as ServiceError;
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -136,7 +137,7 @@ pub fn router(state: AppState) -> Router {
         get(move || async move { ([(CONTENT_TYPE, "application/json")], doc).into_response() }),
     )
     .route("/healthz", get(|| async { "ok" }))
-    .fallback(|| async { ApiError::NotFound("route".into()) })
+    .fallback(|| async { ApiError::from(ServiceError::NotFound("route".into())) })
     .layer(DefaultBodyLimit::max(max_body))
     .with_state(state)
 }

@@ -14,12 +14,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::budgets::counters::Counters;
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::grpc::ConfigGrpc;
-use crate::publish::{Publisher, reconcile, reconcile_loop};
+use crate::publish::Publisher;
 use crate::routes::router;
+use crate::service::budgets::counters::Counters;
+use crate::service::reconcile::{reconcile, reconcile_loop};
 use crate::state::AppState;
 
 /// Resolves once `stop` turns true.
@@ -87,18 +88,14 @@ pub async fn serve(
         .await?;
     let names = NatsNames::new(&settings.namespace);
     let publisher = Arc::new(Publisher::new(nats.clone(), names.clone()));
-    let spend = settings.spend.clone();
-    let prices = settings.prices.clone();
     let fleet = Arc::new(Fleet::new(settings.heartbeat_interval));
-    let reconcile_interval = settings.reconcile_interval;
-    let redis = settings.redis.clone();
-    let counters = redis.as_ref().map(Counters::connect).transpose()?;
+    let counters = settings.redis.as_ref().map(Counters::connect).transpose()?;
     let state = AppState {
         pool: pool.clone(),
         settings: Arc::new(settings),
         publisher: publisher.clone(),
         fleet: fleet.clone(),
-        counters: counters.clone(),
+        counters,
     };
 
     // Build (and try to publish) the current snapshot before answering anything.
@@ -114,86 +111,13 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    tasks.spawn(reconcile_loop(
-        pool.clone(),
-        publisher.clone(),
-        reconcile_interval,
-        stop.clone(),
-    ));
-    tasks.spawn(publisher.clone().follow_head(stop.clone()));
-    if spend.ingest {
-        let until = stopped(stop.clone());
-        tasks.spawn(crate::ingest::run(
-            pool.clone(),
-            async_nats::jetstream::new(nats.clone()),
-            names.clone(),
-            crate::ingest::IngestSettings::default(),
-            until,
-        ));
-    }
-    tasks.spawn(spend_upkeep(
-        pool.clone(),
-        spend.raw_retention_days,
-        stop.clone(),
-    ));
-    if let (Some(counters), Some(redis)) = (counters, redis) {
-        tasks.spawn(crate::budgets::counters::run(
-            pool.clone(),
-            counters,
-            redis.reconcile_interval,
-            spend.raw_retention_days,
-            stopped(stop.clone()),
-        ));
-    }
-    if let Some(url) = prices.url {
-        let client = reqwest::Client::builder()
-            .build()
-            .map_err(|e| anyhow::anyhow!("prices.url client: {e}"))?;
-        tasks.spawn(crate::prices::run_scheduled(
-            pool.clone(),
-            client,
-            url,
-            Duration::from_secs(prices.interval_seconds),
-            stopped(stop.clone()),
-        ));
-    }
+    spawn_jobs(&mut tasks, &state, &nats, &names, &stop)?;
     {
         let fleet = fleet.clone();
         let stop = stop.clone();
         tasks.spawn(async move { fleet.listen(nats, &names, stop).await });
     }
-    {
-        let app = router(state.clone());
-        let mut stop = stop.clone();
-        tasks.spawn(async move {
-            let result = axum::serve(rest, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "admin API server failed");
-            }
-        });
-    }
-    {
-        let service = ConfigGrpc::server(publisher.subscribe());
-        let mut stop = stop.clone();
-        tasks.spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc),
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                )
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "gRPC server failed");
-            }
-        });
-    }
+    spawn_listeners(&mut tasks, rest, grpc, &state, &stop);
     tracing::info!(%rest_addr, %grpc_addr, "control plane serving");
     Ok(Running {
         rest_addr,
@@ -201,4 +125,100 @@ pub async fn serve(
         state,
         tasks,
     })
+}
+
+/// The periodic jobs: snapshot reconcile and head following, spend ingestion and upkeep,
+/// budget counter reconciliation (with a `redis` section) and the scheduled price sync (with
+/// a `prices.url`).
+fn spawn_jobs(
+    tasks: &mut JoinSet<()>,
+    state: &AppState,
+    nats: &async_nats::Client,
+    names: &NatsNames,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let settings = &state.settings;
+    let pool = &state.pool;
+    let spend = &settings.spend;
+    tasks.spawn(reconcile_loop(
+        pool.clone(),
+        state.publisher.clone(),
+        settings.reconcile_interval,
+        stop.clone(),
+    ));
+    tasks.spawn(state.publisher.clone().follow_head(stop.clone()));
+    if spend.ingest {
+        tasks.spawn(crate::ingest::run(
+            pool.clone(),
+            async_nats::jetstream::new(nats.clone()),
+            names.clone(),
+            crate::ingest::IngestSettings::default(),
+            stopped(stop.clone()),
+        ));
+    }
+    tasks.spawn(spend_upkeep(
+        pool.clone(),
+        spend.raw_retention_days,
+        stop.clone(),
+    ));
+    if let (Some(counters), Some(redis)) = (&state.counters, &settings.redis) {
+        tasks.spawn(crate::service::budgets::counters::run(
+            pool.clone(),
+            counters.clone(),
+            redis.reconcile_interval,
+            spend.raw_retention_days,
+            stopped(stop.clone()),
+        ));
+    }
+    if let Some(url) = &settings.prices.url {
+        let client = reqwest::Client::builder()
+            .build()
+            .map_err(|e| anyhow::anyhow!("prices.url client: {e}"))?;
+        tasks.spawn(crate::service::prices::run_scheduled(
+            pool.clone(),
+            client,
+            url.clone(),
+            Duration::from_secs(settings.prices.interval_seconds),
+            stopped(stop.clone()),
+        ));
+    }
+    Ok(())
+}
+
+/// The admin REST API and the gRPC ConfigService, each stopping gracefully on `stop`.
+fn spawn_listeners(
+    tasks: &mut JoinSet<()>,
+    rest: TcpListener,
+    grpc: TcpListener,
+    state: &AppState,
+    stop: &watch::Receiver<bool>,
+) {
+    let app = router(state.clone());
+    let mut rest_stop = stop.clone();
+    tasks.spawn(async move {
+        let result = axum::serve(rest, app)
+            .with_graceful_shutdown(async move {
+                let _ = rest_stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "admin API server failed");
+        }
+    });
+    let service = ConfigGrpc::server(state.publisher.subscribe());
+    let mut grpc_stop = stop.clone();
+    tasks.spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc),
+                async move {
+                    let _ = grpc_stop.wait_for(|s| *s).await;
+                },
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
 }

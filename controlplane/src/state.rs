@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use crate::budgets::counters::Counters;
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::publish::Publisher;
+use crate::service::Ctx;
+use crate::service::budgets::counters::Counters;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -18,4 +19,14 @@ pub struct AppState {
     pub fleet: Arc<Fleet>,
     /// The data planes' budget counters, when a `redis` section is configured.
     pub counters: Option<Counters>,
+}
+
+impl AppState {
+    /// What a service call of a request needs: writes publish at once.
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            pool: &self.pool,
+            publisher: Some(&self.publisher),
+        }
+    }
 }

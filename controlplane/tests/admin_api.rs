@@ -5,7 +5,7 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use controlplane::auth::{Claims, Role, issue_token};
+use controlplane::service::auth::{Claims, Role, issue_token};
 use serde_json::json;
 use sqlx::PgPool;
 

@@ -10,11 +10,11 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use chrono::{DateTime, Utc};
 use common::{Cp, start, start_with, usage_record as record};
-use controlplane::auth::Role;
-use controlplane::budgets::counters::{
+use controlplane::config::RedisSettings;
+use controlplane::service::auth::Role;
+use controlplane::service::budgets::counters::{
     Counters, Outcome, RECONCILE_LOCK, reconcile_once, reconcile_once_locked,
 };
-use controlplane::config::RedisSettings;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use switchboard_shared::budget::{BudgetScope, Period, counter_key, period_of};

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use axum::http::StatusCode;
-use controlplane::auth::Role;
 use controlplane::publish::{Built, Publisher};
+use controlplane::service::auth::Role;
 use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};

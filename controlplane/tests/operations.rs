@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use axum::http::StatusCode;
-use controlplane::auth::Role;
+use controlplane::service::auth::Role;
 use serde_json::json;
 use sqlx::PgPool;
 use switchboard_shared::cluster::{NatsNames, SnapshotHead};
@@ -168,7 +168,7 @@ async fn rotating_the_master_key_reseals_every_credential(pool: PgPool) {
         common::MASTER_KEYS
     ))
     .unwrap();
-    let n = controlplane::api::providers::reseal_credentials(cp.pool(), &rotated)
+    let n = controlplane::service::providers::reseal_credentials(cp.pool(), &rotated)
         .await
         .unwrap();
     assert_eq!(n, 1);
@@ -185,7 +185,7 @@ async fn rotating_the_master_key_reseals_every_credential(pool: PgPool) {
     assert_eq!(only_new.open(&sealed).unwrap(), "upstream-secret");
     // A second run has nothing left to do.
     assert_eq!(
-        controlplane::api::providers::reseal_credentials(cp.pool(), &rotated)
+        controlplane::service::providers::reseal_credentials(cp.pool(), &rotated)
             .await
             .unwrap(),
         0

@@ -8,10 +8,10 @@ mod common;
 use std::path::PathBuf;
 
 use axum::http::StatusCode;
-use controlplane::auth::Role;
+use controlplane::service::auth::Role;
 use serde_json::json;
 
-use controlplane::prices;
+use controlplane::service::prices;
 use sqlx::PgPool;
 use switchboard_shared::price::PriceEntry;
 
@@ -195,7 +195,7 @@ async fn snapshots_carry_the_effective_price_of_unpriced_deployments(pool: PgPoo
         let r = cp.post("/admin/v1/deployments", &root, body).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
-    let before = controlplane::snapshot::build_consistent(&pool)
+    let before = controlplane::service::snapshot::build_consistent(&pool)
         .await
         .unwrap();
     assert!(
@@ -210,7 +210,7 @@ async fn snapshots_carry_the_effective_price_of_unpriced_deployments(pool: PgPoo
 
     // A sync is a config change: the revision moves and the snapshot prices the deployment.
     prices::sync_from_file(&pool, &price_file()).await.unwrap();
-    let after = controlplane::snapshot::build_consistent(&pool)
+    let after = controlplane::service::snapshot::build_consistent(&pool)
         .await
         .unwrap();
     assert!(after.revision > before.revision);

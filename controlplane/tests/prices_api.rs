@@ -8,8 +8,8 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use controlplane::auth::Role;
-use controlplane::prices;
+use controlplane::service::auth::Role;
+use controlplane::service::prices;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -44,7 +44,9 @@ async fn seed_small(cp: &Cp) -> i64 {
 }
 
 async fn revision(cp: &Cp) -> u64 {
-    controlplane::db::current_revision(cp.pool()).await.unwrap()
+    controlplane::repo::revision::current(cp.pool())
+        .await
+        .unwrap()
 }
 
 /// The common fingerprint plus the price tables.
@@ -369,7 +371,7 @@ async fn overrides_change_the_published_snapshot_through_the_write_path(pool: Pg
         ],
     )
     .await;
-    let built = controlplane::snapshot::build_consistent(cp.pool())
+    let built = controlplane::service::snapshot::build_consistent(cp.pool())
         .await
         .unwrap();
     let price = |s: &switchboard_shared::snapshot::Snapshot, id: &str| {
@@ -399,7 +401,7 @@ async fn overrides_change_the_published_snapshot_through_the_write_path(pool: Pg
         Some(9e-9),
         "a deployment's own price still wins"
     );
-    let built = controlplane::snapshot::build_consistent(cp.pool())
+    let built = controlplane::service::snapshot::build_consistent(cp.pool())
         .await
         .unwrap();
     assert_eq!(price(&built, "d1"), Some(1e-7));

@@ -7,7 +7,7 @@ mod common;
 
 use axum::http::StatusCode;
 use common::*;
-use controlplane::auth::Role;
+use controlplane::service::auth::Role;
 use serde_json::json;
 use sqlx::PgPool;
 use switchboard_shared::sealed::MasterKeys;
@@ -51,7 +51,7 @@ async fn extra_provider_settings_are_sealed_validated_and_shipped(pool: PgPool) 
     .await
     .unwrap();
     assert!(!stored.contains("secret-"), "{stored}");
-    let snapshot = controlplane::snapshot::build_consistent(&pool)
+    let snapshot = controlplane::service::snapshot::build_consistent(&pool)
         .await
         .unwrap();
     snapshot.validate().unwrap();
@@ -86,7 +86,7 @@ async fn extra_provider_settings_are_sealed_validated_and_shipped(pool: PgPool) 
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let snapshot = controlplane::snapshot::build_consistent(&pool)
+    let snapshot = controlplane::service::snapshot::build_consistent(&pool)
         .await
         .unwrap();
     let br = snapshot.providers.iter().find(|p| p.id == "br").unwrap();

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use controlplane::auth::Role;
+use controlplane::service::auth::Role;
 use serde_json::json;
 
 use controlplane::publish::Built;
@@ -33,7 +33,7 @@ async fn build_100k_keys(pool: PgPool) {
     .unwrap();
 
     let started = Instant::now();
-    let snapshot = controlplane::snapshot::build_consistent(&pool)
+    let snapshot = controlplane::service::snapshot::build_consistent(&pool)
         .await
         .unwrap();
     let read = started.elapsed();

@@ -7,7 +7,7 @@ mod common;
 use axum::http::StatusCode;
 use chrono::{TimeZone, Utc};
 use common::*;
-use controlplane::auth::Role;
+use controlplane::service::auth::Role;
 use serde_json::json;
 use sqlx::PgPool;
 use switchboard_shared::usage::UsageRecord;

@@ -207,9 +207,10 @@ impl Cluster {
     /// With `redis` (URL, key prefix), shared by the data planes and reconciled by the control
     /// plane every 200 ms; data planes fail closed while it is down.
     async fn start_with(pool: PgPool, nats: &str, redis: Option<(String, String)>) -> Cluster {
-        let synced = controlplane::prices::sync_from_file(&pool, std::path::Path::new(PRICE_FILE))
-            .await
-            .unwrap();
+        let synced =
+            controlplane::service::prices::sync_from_file(&pool, std::path::Path::new(PRICE_FILE))
+                .await
+                .unwrap();
         let namespace = unique_namespace();
         let mock = MockUpstream::start().await.unwrap();
         let reconcile = redis.as_ref().map(|(url, prefix)| RedisSettings {

@@ -5,9 +5,9 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::{Claims, Role, dummy_hash, issue_token, verify_password};
-use crate::body::Body;
-use crate::error::{ApiError, Problem};
+use super::body::Body;
+use super::error::{ApiError, Problem};
+use crate::service::auth;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -32,39 +32,18 @@ pub async fn login(
     State(state): State<AppState>,
     Body(req): Body<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let row: Option<(uuid::Uuid, String, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, email, password_hash, role, tenant_id FROM admin_users WHERE lower(email) = lower($1)",
+    let settings = &state.settings;
+    let token = auth::login(
+        &state.pool,
+        &settings.jwt_secret,
+        settings.token_ttl,
+        &req.email,
+        req.password,
     )
-    .bind(&req.email)
-    .fetch_optional(&state.pool)
     .await?;
-    let phc = row
-        .as_ref()
-        .map_or_else(|| dummy_hash().to_owned(), |r| r.2.clone());
-    let password = req.password;
-    // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
-    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-        .await
-        .unwrap_or(false);
-    let Some((id, email, _, role, tenant_id)) = row.filter(|_| matches) else {
-        return Err(ApiError::Unauthorized("wrong email or password"));
-    };
-    let role = Role::parse(&role).ok_or(ApiError::Internal(format!(
-        "admin {id} has an unknown role"
-    )))?;
-    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-    let ttl = state.settings.token_ttl.as_secs();
-    let claims = Claims {
-        sub: id.to_string(),
-        email,
-        role,
-        tenant_id,
-        iat: now,
-        exp: now + ttl,
-    };
     Ok(Json(LoginResponse {
-        access_token: issue_token(&state.settings.jwt_secret, &claims)?,
+        access_token: token.access_token,
         token_type: "Bearer",
-        expires_in: ttl,
+        expires_in: token.expires_in,
     }))
 }

@@ -1,6 +1,6 @@
 //! Budgets: `GET /admin/v1/budgets` and `GET|PUT|DELETE /admin/v1/{tenants,keys}/{id}/budget`.
 //! Each answer shows the budget with its current period and what was spent in it according to
-//! Postgres ([`crate::budgets`]). Writes go through the one write path, so the data planes
+//! Postgres (`service::budgets`). Writes go through the one write path, so the data planes
 //! enforce a change as soon as they have the new snapshot; with a `redis` section the counter
 //! of the (possibly new) period is raised to Postgres' figure right after the commit.
 //!
@@ -8,24 +8,18 @@
 //! reads (that one gets 404); a key's budget is written by platform admins and its tenant's
 //! admins, a tenant's by platform admins only; viewers never write (403).
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::Utc;
 use switchboard_shared::snapshot::Budget;
 
-use super::{Page, Wait, deleted, list_params, written};
-use crate::auth::Caller;
-use crate::body::Body;
-use crate::budgets::{self, BudgetBody, BudgetView, Scope, Subject};
-use crate::error::{ApiError, Problem};
+use super::body::Body;
+use super::caller::Caller;
+use super::error::{ApiError, Problem};
+use super::{Page, Wait, answer, deleted, list_params};
+use crate::service::budgets::{self, BudgetBody, BudgetView, Scope};
 use crate::state::AppState;
-
-/// Longest an admin write waits for the immediate counter raise.
-const RAISE_WAIT: Duration = Duration::from_secs(2);
 
 list_params! {
     /// `GET /admin/v1/budgets` parameters.
@@ -38,24 +32,6 @@ list_params! {
     }
 }
 
-/// The budgets' views at this instant.
-async fn views(state: &AppState, subjects: &[Subject]) -> Result<Vec<BudgetView>, ApiError> {
-    Ok(budgets::views(
-        &state.pool,
-        subjects,
-        Utc::now(),
-        state.settings.spend.raw_retention_days,
-    )
-    .await?)
-}
-
-async fn view(state: &AppState, subject: &Subject) -> Result<BudgetView, ApiError> {
-    views(state, std::slice::from_ref(subject))
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::Internal("a budget without a view".into()))
-}
-
 #[utoipa::path(get, path = "/budgets", tag = "budgets", params(BudgetListParams),
     responses((status = 200, body = Page<BudgetView>), (status = 400, body = Problem)))]
 pub async fn list(
@@ -63,22 +39,15 @@ pub async fn list(
     caller: Caller,
     params: BudgetListParams,
 ) -> Result<Json<Page<BudgetView>>, ApiError> {
-    let paging = params.paging();
-    let subjects = budgets::list(
-        &state.pool,
+    let page = budgets::list_views(
+        state.ctx(),
+        state.settings.spend.raw_retention_days,
         &caller,
+        params.paging(),
         params.tenant_id.as_deref(),
         params.scope,
-        paging.limit(),
-        paging.offset(),
-    )
-    .await?;
-    let page = paging.page(subjects, Clone::clone);
-    let items = views(&state, &page.items).await?;
-    Ok(Json(Page {
-        items,
-        next_offset: page.next_offset,
-    }))
+    );
+    Ok(Json(page.await?))
 }
 
 async fn get_budget(
@@ -87,8 +56,9 @@ async fn get_budget(
     scope: Scope,
     id: &str,
 ) -> Result<Json<BudgetView>, ApiError> {
-    let subject = budgets::get(&state.pool, caller, scope, id).await?;
-    Ok(Json(view(state, &subject).await?))
+    let retention = state.settings.spend.raw_retention_days;
+    let view = budgets::get_view(state.ctx(), retention, caller, scope, id).await?;
+    Ok(Json(view))
 }
 
 async fn put_budget(
@@ -99,39 +69,10 @@ async fn put_budget(
     wait: Wait,
     budget: Budget,
 ) -> Result<Response, ApiError> {
-    let (subject, committed) = budgets::set(
-        &state.pool,
-        Some(&state.publisher),
-        caller,
-        scope,
-        id,
-        budget,
-    )
-    .await?;
-    raise_now(state, &subject).await;
-    let body = view(state, &subject).await?;
-    Ok(written(state, committed, wait, StatusCode::OK, body).await)
-}
-
-/// Raises the counter of the budget's current period to Postgres' spend at once, so that a new
-/// period (a changed `period` or `time_zone`) does not start from zero until the next pass.
-/// Best effort: a failure is a warning and the reconciliation loop catches up.
-async fn raise_now(state: &AppState, subject: &Subject) {
-    let Some(counters) = &state.counters else {
-        return;
-    };
-    let raise = budgets::counters::reconcile_subjects(
-        &state.pool,
-        counters,
-        std::slice::from_ref(subject),
-        Utc::now(),
-        state.settings.spend.raw_retention_days,
-    );
-    match tokio::time::timeout(RAISE_WAIT, raise).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "budget counter not raised after a write"),
-        Err(_) => tracing::warn!("budget counter raise after a write timed out"),
-    }
+    let counters = state.counters.as_ref();
+    let retention = state.settings.spend.raw_retention_days;
+    let done = budgets::put(state.ctx(), counters, retention, caller, scope, id, budget).await?;
+    Ok(answer(state, wait, StatusCode::OK, done).await)
 }
 
 async fn delete_budget(
@@ -141,12 +82,12 @@ async fn delete_budget(
     id: &str,
     wait: Wait,
 ) -> Result<Response, ApiError> {
-    let committed = budgets::remove(&state.pool, Some(&state.publisher), caller, scope, id).await?;
+    let committed = budgets::remove(state.ctx(), caller, scope, id).await?;
     Ok(deleted(state, committed, wait).await)
 }
 
 /// The three budget routes of one owner, at `$path`. The owners' pairs differ only in their
-/// path and in who may write (their summaries say; [`budgets::set`] decides).
+/// path and in who may write (their summaries say; `service::budgets::set` decides).
 macro_rules! owner_budget_routes {
     (
         $scope:expr, $path:literal,

@@ -1,14 +1,20 @@
-//! The admin REST API's handlers, one module per resource, and what they share: list
-//! parameters (`list_params!`), the `?wait_ms=` of writes, and the response of a committed
-//! write (with `x-switchboard-config-revision` and, when the fleet lags,
-//! `x-switchboard-fleet-pending`). [`crud`] holds the parts of the handlers themselves that
-//! every resource shares: reading one object, a page of a list, the write tail.
+//! The admin REST API: axum extractors, handlers (one module per resource), OpenAPI
+//! annotations, [`error::ApiError`] with its status table, the JSON body extractor
+//! ([`body::Body`]) and the [`caller::Caller`] extractor. A handler parses, checks the
+//! caller's role, calls one service function ([`crate::service`]) and shapes the answer; no
+//! SQL lives here.
+//!
+//! What the handlers share is here: list parameters (`list_params!`), the `?wait_ms=` of
+//! writes, and the response of a committed write (with `x-switchboard-config-revision` and,
+//! when the fleet lags, `x-switchboard-fleet-pending`).
 
 pub mod admins;
 pub mod auth;
+pub mod body;
 pub mod budgets;
-pub mod crud;
+pub mod caller;
 pub mod deployments;
+pub mod error;
 pub mod keys;
 pub mod models;
 pub mod prices;
@@ -23,15 +29,17 @@ use axum::Json;
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use switchboard_shared::cluster::REVISION_HEADER;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
-use crate::error::ApiError;
+use crate::service::write::Committed;
 use crate::state::AppState;
-use crate::write::Committed;
+use error::ApiError;
+
+pub use crate::service::{Page, Paging};
 
 /// Header naming the live data planes that had not applied a write when `wait_ms` ran out.
 pub const FLEET_PENDING_HEADER: &str = "x-switchboard-fleet-pending";
@@ -40,33 +48,131 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 /// Largest page.
 pub const MAX_LIMIT: u32 = 1000;
 
-/// A list route's paging, as the client asked for it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Paging {
-    pub limit: Option<u32>,
-    pub offset: Option<u64>,
-}
-
-impl Paging {
-    pub fn limit(&self) -> i64 {
-        i64::from(self.limit.unwrap_or(100))
-    }
-
-    pub fn offset(&self) -> i64 {
-        i64::try_from(self.offset.unwrap_or(0)).unwrap_or(i64::MAX)
-    }
-
-    /// The page from `limit + 1` fetched rows.
-    pub fn page<R, T>(&self, mut rows: Vec<R>, view: impl Fn(&R) -> T) -> Page<T> {
-        let limit = usize::try_from(self.limit()).unwrap_or(usize::MAX);
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        Page {
-            next_offset: more.then(|| self.offset.unwrap_or(0) + limit as u64),
-            items: rows.iter().map(view).collect(),
+/// Declares a handler by its kind, so that each route states only its OpenAPI contract (the
+/// attribute) and its body: the role checks (with `?`) and the one service call, a future.
+/// The kind makes the extractors and shapes the answer:
+/// - `page`: `(state, caller, params: ListParams)`, the page as JSON;
+/// - `one`: `(state, caller, id)` (the path parameter), the view as JSON;
+/// - `create`: `(state, caller, req: Body)`, 201 with the view (after `?wait_ms`);
+/// - `save`: `(state, caller, id, req: Body)`, 200 with the view;
+/// - `act`: `(state, caller, id)`, a write without a body, 200 with the view;
+/// - `delete`: `(state, caller, id)`, 204;
+/// - `reads for anyone` / `reads for platform_readers`: a resource's `list` and `get` with
+///   their contracts (the list filtered by `?tenant_id`, resp. platform readers only);
+/// - `create`, `save put|patch`, `remove`: a resource's standard writes with their contracts,
+///   from the tag, the path, the body and view types, the statuses beyond the usual ones, the
+///   role check (`by` a check of the caller, `by_id` one that takes the path's id) and the
+///   service function (given `with` a setting when it takes one, e.g. the pepper).
+macro_rules! handler {
+    (create $tag:literal, $path:literal, $body_ty:ty => $view:ty [$($status:literal),*],
+        by $check:ident, $service:path $(, with $setting:ident)?) => {
+        handler! {
+            #[utoipa::path(post, path = $path, tag = $tag, params(Wait), request_body = $body_ty,
+                responses((status = 201, body = $view) $(, (status = $status, body = Problem))*,
+                    (status = 422, body = Problem)))]
+            create create(state, caller, req: $body_ty) {
+                caller.$check()?;
+                $service(state.ctx(), &caller, $(&state.settings.$setting,)? req)
+            }
         }
-    }
+    };
+    (save $method:ident $tag:literal, $path:literal, $body_ty:ty => $view:ty,
+        $(by $check:ident)? $(by_id $id_check:ident)?, $service:path $(, with $setting:ident)?) => {
+        handler! {
+            #[utoipa::path($method, path = $path, tag = $tag, params(("id" = String, Path), Wait),
+                request_body = $body_ty,
+                responses((status = 200, body = $view), (status = 404, body = Problem),
+                    (status = 422, body = Problem)))]
+            save update(state, caller, id, req: $body_ty) {
+                $(caller.$check()?;)?
+                $(caller.$id_check(&id)?;)?
+                $service(state.ctx(), &caller, $(&state.settings.$setting,)? &id, req)
+            }
+        }
+    };
+    (remove $tag:literal, $path:literal($param:literal) [$($status:literal),*],
+        $(by $check:ident)? $(by_id $id_check:ident)?, $service:path) => {
+        handler! {
+            #[utoipa::path(delete, path = $path, tag = $tag, params(($param = String, Path), Wait),
+                responses((status = 204), (status = 404, body = Problem)
+                    $(, (status = $status, body = Problem))*))]
+            delete delete(state, caller, id) {
+                $(caller.$check()?;)?
+                $(caller.$id_check(&id)?;)?
+                $service(state.ctx(), &caller, &id)
+            }
+        }
+    };
+    (reads for anyone $($rest:tt)*) => {
+        handler!(@reads [] [tenant_id] $($rest)*);
+    };
+    (reads for platform_readers $($rest:tt)*) => {
+        handler!(@reads [require_platform_reader] [] $($rest)*);
+    };
+    (@reads [$($check:ident)?] [$($filter:ident)?] $tag:literal, $list:literal [$($more:tt)*],
+        $get:literal($param:literal), $row:ty => $view:ty) => {
+        handler! {
+            #[utoipa::path(get, path = $list, tag = $tag, params(ListParams),
+                responses((status = 200, body = Page<$view>) $($more)*))]
+            page list(state, caller, params) -> $view {
+                $(caller.$check()?;)?
+                let tenant_id = None $(.or(params.$filter.as_deref()))?;
+                crud::list::<$row>(state.ctx(), &caller, params.paging(), tenant_id)
+            }
+        }
+        handler! {
+            #[utoipa::path(get, path = $get, tag = $tag, params(($param = String, Path)),
+                responses((status = 200, body = $view), (status = 404, body = Problem)))]
+            one get(state, caller, id) -> $view {
+                $(caller.$check()?;)?
+                crud::get::<$row>(state.ctx(), &caller, &id)
+            }
+        }
+    };
+    (@fn #[$contract:meta] $name:ident($state:ident, $caller:ident $(, $arg:pat => $ty:ty)*)
+        -> $ret:ty $body:block) => {
+        #[$contract]
+        pub async fn $name(
+            ::axum::extract::State($state): ::axum::extract::State<$crate::state::AppState>,
+            $caller: $crate::api::caller::Caller,
+            $($arg: $ty,)*
+        ) -> Result<$ret, $crate::api::error::ApiError> $body
+    };
+    (#[$c:meta] page $name:ident($state:ident, $caller:ident, $params:ident) -> $view:ty
+        $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, $params => $crate::api::ListParams)
+            -> ::axum::Json<$crate::api::Page<$view>> { Ok(::axum::Json($body.await?)) });
+    };
+    (#[$c:meta] one $name:ident($state:ident, $caller:ident, $id:ident) -> $view:ty
+        $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, ::axum::extract::Path($id) => ::axum::extract::Path<String>)
+            -> ::axum::Json<$view> { Ok(::axum::Json($body.await?)) });
+    };
+    (#[$c:meta] create $name:ident($state:ident, $caller:ident, $req:ident: $body_ty:ty)
+        $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, wait => $crate::api::Wait,
+            $crate::api::body::Body($req) => $crate::api::body::Body<$body_ty>)
+            -> ::axum::response::Response { Ok($crate::api::answer(&$state, wait, ::axum::http::StatusCode::CREATED, $body.await?).await) });
+    };
+    (#[$c:meta] save $name:ident($state:ident, $caller:ident, $id:ident, $req:ident: $body_ty:ty)
+        $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, ::axum::extract::Path($id) => ::axum::extract::Path<String>,
+            wait => $crate::api::Wait,
+            $crate::api::body::Body($req) => $crate::api::body::Body<$body_ty>)
+            -> ::axum::response::Response { Ok($crate::api::answer(&$state, wait, ::axum::http::StatusCode::OK, $body.await?).await) });
+    };
+    (#[$c:meta] act $name:ident($state:ident, $caller:ident, $id:ident) $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, ::axum::extract::Path($id) => ::axum::extract::Path<String>,
+            wait => $crate::api::Wait)
+            -> ::axum::response::Response { Ok($crate::api::answer(&$state, wait, ::axum::http::StatusCode::OK, $body.await?).await) });
+    };
+    (#[$c:meta] delete $name:ident($state:ident, $caller:ident, $id:ident) $body:block) => {
+        handler!(@fn #[$c] $name($state, $caller, ::axum::extract::Path($id) => ::axum::extract::Path<String>,
+            wait => $crate::api::Wait)
+            -> ::axum::response::Response { Ok($crate::api::deleted(&$state, $body.await?, wait).await) });
+    };
 }
+pub(crate) use handler;
 
 /// Declares a list route's query parameters: `limit` and `offset` (documented here, once),
 /// then the route's own filters. The struct is its own extractor, which answers parameters
@@ -91,8 +197,8 @@ macro_rules! list_params {
         }
 
         impl $name {
-            pub fn paging(&self) -> $crate::api::Paging {
-                $crate::api::Paging {
+            pub fn paging(&self) -> $crate::service::Paging {
+                $crate::service::Paging {
                     limit: self.limit,
                     offset: self.offset,
                 }
@@ -100,7 +206,7 @@ macro_rules! list_params {
         }
 
         impl<S: Send + Sync> ::axum::extract::FromRequestParts<S> for $name {
-            type Rejection = $crate::error::ApiError;
+            type Rejection = $crate::api::error::ApiError;
 
             async fn from_request_parts(
                 parts: &mut ::axum::http::request::Parts,
@@ -140,15 +246,6 @@ pub fn check_limit(limit: Option<u32>) -> Result<(), ApiError> {
     }
 }
 
-/// One page of a list.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Offset of the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_offset: Option<u64>,
-}
-
 /// `?wait_ms=N` on a write: wait until every live data plane serves the write's revision.
 #[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -179,7 +276,7 @@ pub async fn written<T: Serialize>(
     wait: Wait,
     status: StatusCode,
     body: T,
-) -> Response {
+) -> ::axum::response::Response {
     let pending = match wait.wait_ms {
         Some(ms) if ms > 0 => {
             state
@@ -201,8 +298,19 @@ pub async fn written<T: Serialize>(
 }
 
 /// The answer to a delete: 204 with the revision header.
-pub async fn deleted(state: &AppState, committed: Committed, wait: Wait) -> Response {
-    let mut response = written(state, committed, wait, StatusCode::NO_CONTENT, ()).await;
+pub async fn deleted(
+    state: &AppState,
+    committed: Committed,
+    wait: Wait,
+) -> ::axum::response::Response {
+    let mut response = written(
+        state,
+        committed,
+        wait,
+        ::axum::http::StatusCode::NO_CONTENT,
+        (),
+    )
+    .await;
     *response.body_mut() = axum::body::Body::empty();
     response
         .headers_mut()
@@ -210,28 +318,12 @@ pub async fn deleted(state: &AppState, committed: Committed, wait: Wait) -> Resp
     response
 }
 
-/// For `PATCH` bodies: distinguishes an absent field (`None`) from `null` (`Some(None)`).
-pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// Operator-chosen ids (tenants, providers, deployments): 1–64 of `[A-Za-z0-9._-]`.
-pub fn check_id(path: &str, id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            path,
-            "must be 1-64 characters of letters, digits, '.', '_' or '-'",
-        ))
-    }
+/// The answer to a committed write from a service: its view with `status`.
+pub async fn answer<T: Serialize>(
+    state: &AppState,
+    wait: Wait,
+    status: StatusCode,
+    (body, committed): (T, Committed),
+) -> ::axum::response::Response {
+    written(state, committed, wait, status, body).await
 }

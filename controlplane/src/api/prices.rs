@@ -9,8 +9,8 @@
 //!
 //! Every role may read prices (they are the same for every tenant); the missing-price report
 //! names deployments, so it is for platform readers. Overrides and syncs are platform admins'.
-//! Override writes go through [`crate::prices::set_override_in`] inside a [`Write`]: audited,
-//! revision bumped, snapshot validated, published at once.
+//! Override writes go through `service::prices::overrides`: audited, revision bumped, snapshot
+//! validated, published at once.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -20,19 +20,15 @@ use serde::Deserialize;
 use switchboard_shared::price::PriceEntry;
 use utoipa::ToSchema;
 
+use super::body::Body;
+use super::caller::Caller;
+use super::error::{ApiError, Problem};
 use super::{Page, Wait, deleted, list_params, written};
-use crate::auth::Caller;
-use crate::body::Body;
-use crate::error::{ApiError, Problem};
-use crate::prices::{
-    self, EffectivePrice, MissingModel, ModelPrice, PriceFilter, PriceSource, PriceVersion,
-    SyncError, SyncOutcome,
+use crate::service::price_book::{
+    self as read, EffectivePrice, MissingModel, ModelPrice, PriceFilter, PriceSource, PriceVersion,
 };
+use crate::service::prices::{self, SyncOutcome, overrides};
 use crate::state::AppState;
-use crate::write::Write;
-
-/// How long a sync on demand waits for the new snapshot's publication at most.
-const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 list_params! {
     /// `GET /prices` parameters.
@@ -75,7 +71,7 @@ pub async fn list(
         limit: paging.limit() + 1,
         offset: paging.offset(),
     };
-    let rows = prices::list_effective(&state.pool, &filter).await?;
+    let rows = read::list_effective(&state.pool, &filter).await?;
     Ok(Json(paging.page(rows, Clone::clone)))
 }
 
@@ -87,10 +83,7 @@ pub async fn get(
     _caller: Caller,
     Path(model): Path<String>,
 ) -> Result<Json<ModelPrice>, ApiError> {
-    prices::model_price(&state.pool, &model)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("price", &model))
+    Ok(Json(read::model_price(&state.pool, &model).await?))
 }
 
 #[utoipa::path(put, path = "/prices/{model}/override", tag = "prices",
@@ -109,16 +102,11 @@ pub async fn put_override(
     caller.require_platform_admin()?;
     let entry =
         PriceEntry::from_json_strict(&body).map_err(|e| ApiError::invalid(e.path, e.message))?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    let (before, _) = prices::set_override_in(&mut w, &model, &entry).await?;
-    let view = prices::model_price_in(w.conn(), &model)
-        .await?
-        .ok_or_else(|| ApiError::Internal(format!("the override of {model:?} is not there")))?;
-    let committed = w.commit(Some(&state.publisher), None).await?;
-    let status = if before.is_some() {
-        StatusCode::OK
-    } else {
+    let (view, committed, created) = overrides::put(state.ctx(), &caller, &model, &entry).await?;
+    let status = if created {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     Ok(written(&state, committed, wait, status, view).await)
 }
@@ -133,9 +121,7 @@ pub async fn delete_override(
     wait: Wait,
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
-    let mut w = Write::begin(&state.pool, &caller).await?;
-    prices::delete_override_in(&mut w, &model).await?;
-    let committed = w.commit(Some(&state.publisher), None).await?;
+    let committed = overrides::remove(state.ctx(), &caller, &model).await?;
     Ok(deleted(&state, committed, wait).await)
 }
 
@@ -147,7 +133,7 @@ pub async fn versions(
 ) -> Result<Json<Page<PriceVersion>>, ApiError> {
     // At most `prices::VERSIONS_KEPT`: one page.
     Ok(Json(Page {
-        items: prices::versions(&state.pool).await?,
+        items: read::versions(&state.pool).await?,
         next_offset: None,
     }))
 }
@@ -160,7 +146,7 @@ pub async fn missing(
 ) -> Result<Json<Page<MissingModel>>, ApiError> {
     caller.require_platform_reader()?;
     Ok(Json(Page {
-        items: prices::missing_for_deployments(&state.pool).await?,
+        items: read::missing_for_deployments(&state.pool).await?,
         next_offset: None,
     }))
 }
@@ -176,56 +162,8 @@ pub async fn sync(
     Body(req): Body<SyncBody>,
 ) -> Result<Json<SyncOutcome>, ApiError> {
     caller.require_platform_admin()?;
-    let url = req
-        .url
-        .or_else(|| state.settings.prices.url.clone())
-        .ok_or_else(|| ApiError::invalid("url", "is required: no prices.url is configured"))?;
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(ApiError::invalid(
-            "url",
-            "must be an http:// or https:// URL",
-        ));
-    }
-    let client = reqwest::Client::builder()
-        .build()
-        .map_err(|e| ApiError::Internal(format!("price client: {e}")))?;
-    let outcome = match prices::sync_once_locked(&state.pool, &client, &url).await {
-        Ok(Some(outcome)) => outcome,
-        Ok(None) => return Err(ApiError::Conflict("another price sync is running".into())),
-        Err(e) => return Err(sync_error(e)),
-    };
-    tracing::info!(
-        actor = %caller.email,
-        version = outcome.version_id,
-        new = outcome.new_version,
-        entries = outcome.entries,
-        "price sync on demand done"
-    );
-    if outcome.new_version {
-        // A new version bumped the revision: publish it now rather than at the next reconcile.
-        let _ = tokio::time::timeout(
-            PUBLISH_WAIT,
-            crate::publish::reconcile(&state.pool, &state.publisher),
-        )
-        .await;
-    }
-    Ok(Json(outcome))
-}
-
-/// What the client may learn of a failed sync: never the file's content (an invalid file's
-/// problem names its models and values), nor the URL (it may hold credentials).
-fn sync_error(e: SyncError) -> ApiError {
-    match e {
-        SyncError::Fetch { message, .. } => {
-            ApiError::BadGateway(format!("the price source could not be read: {message}"))
-        }
-        SyncError::Invalid { .. } => {
-            tracing::warn!(error = %e, "price sync on demand refused the file");
-            ApiError::invalid(
-                "url",
-                "the file there is not a valid price file (the control plane's log says why)",
-            )
-        }
-        SyncError::Db(e) => ApiError::from(e),
-    }
+    let configured = state.settings.prices.url.as_deref();
+    Ok(Json(
+        prices::sync_now(state.ctx(), &caller, req.url, configured).await?,
+    ))
 }

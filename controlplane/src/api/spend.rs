@@ -4,35 +4,13 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::NaiveDate;
-use serde::{Deserialize, Serialize};
-use sqlx::FromRow;
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
-use crate::auth::Caller;
-use crate::error::{ApiError, Problem};
+use super::caller::Caller;
+use super::error::{ApiError, Problem};
+use crate::service::spend::{self, GroupBy, SpendReport};
 use crate::state::AppState;
-
-/// What to group spend by.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum GroupBy {
-    Tenant,
-    Key,
-    Model,
-    Deployment,
-}
-
-impl GroupBy {
-    /// The rollup column, from a closed set (never from the request's text).
-    fn column(self) -> &'static str {
-        match self {
-            GroupBy::Tenant => "tenant_id",
-            GroupBy::Key => "key_id",
-            GroupBy::Model => "model",
-            GroupBy::Deployment => "deployment_id",
-        }
-    }
-}
 
 /// `GET /admin/v1/spend` parameters.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -50,28 +28,6 @@ pub struct SpendParams {
     pub tenant_id: Option<String>,
 }
 
-/// One group's totals.
-#[derive(Debug, Clone, Serialize, ToSchema, FromRow)]
-pub struct SpendRow {
-    /// The tenant, key, model or deployment id ('' for requests that reached no deployment).
-    pub group: String,
-    pub requests: i64,
-    pub errors: i64,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub cached_read_tokens: i64,
-    pub cache_creation_tokens: i64,
-    pub cost_usd: f64,
-}
-
-/// The answer: one row per group, dearest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SpendReport {
-    pub from: NaiveDate,
-    pub to: NaiveDate,
-    pub rows: Vec<SpendRow>,
-}
-
 #[utoipa::path(get, path = "/spend", tag = "spend", params(SpendParams),
     responses((status = 200, body = SpendReport), (status = 400, body = Problem)))]
 pub async fn report(
@@ -86,27 +42,13 @@ pub async fn report(
     if (params.to - params.from).num_days() > 3660 {
         return Err(ApiError::BadRequest("at most ten years at once".into()));
     }
-    let sql = format!(
-        "SELECT {col} AS \"group\", sum(requests)::bigint AS requests, sum(errors)::bigint AS errors, \
-         sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens, \
-         sum(cached_read_tokens)::bigint AS cached_read_tokens, \
-         sum(cache_creation_tokens)::bigint AS cache_creation_tokens, sum(cost_usd) AS cost_usd \
-         FROM spend_daily WHERE day BETWEEN $1 AND $2 \
-         AND ($3::text IS NULL OR tenant_id = $3) AND ($4::text IS NULL OR tenant_id = $4) \
-         GROUP BY {col} ORDER BY cost_usd DESC, {col}",
-        col = params.group_by.column()
+    let report = spend::report(
+        state.ctx(),
+        &caller,
+        params.group_by,
+        params.from,
+        params.to,
+        params.tenant_id.as_deref(),
     );
-    // The column comes from GroupBy's closed set; every value is a bind parameter.
-    let rows: Vec<SpendRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(params.from)
-        .bind(params.to)
-        .bind(caller.confined_to())
-        .bind(params.tenant_id.as_deref())
-        .fetch_all(&state.pool)
-        .await?;
-    Ok(Json(SpendReport {
-        from: params.from,
-        to: params.to,
-        rows,
-    }))
+    Ok(Json(report.await?))
 }

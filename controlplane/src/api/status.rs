@@ -2,59 +2,19 @@
 
 use axum::Json;
 use axum::extract::State;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use sqlx::FromRow;
-use utoipa::ToSchema;
 
-use super::crud::{self, ListSql};
-use super::{ListParams, Page};
-use crate::auth::Caller;
-use crate::error::{ApiError, Problem};
-use crate::fleet::DataPlane;
+use super::caller::Caller;
+use super::error::{ApiError, Problem};
+use super::{ListParams, Page, handler};
+use crate::service::fleet::{self, AuditEntry, FleetView, RevisionView};
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Serialize, ToSchema, FromRow)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub actor_id: Option<uuid::Uuid>,
-    pub actor: String,
-    pub action: String,
-    pub object_type: String,
-    pub object_id: String,
-    pub tenant_id: Option<String>,
-    pub revision: i64,
-    /// The object before the change, secrets redacted.
-    #[schema(value_type = Option<Object>)]
-    pub before: Option<serde_json::Value>,
-    #[schema(value_type = Option<Object>)]
-    pub after: Option<serde_json::Value>,
-}
-
-/// Newest first. Tenant admins see their tenant's entries only.
-const AUDIT: ListSql = ListSql::Tenant(
-    "SELECT id, at, actor_id, actor, action, object_type, object_id, tenant_id, revision, \
-     before, after FROM audit_log WHERE ($1::text IS NULL OR tenant_id = $1) \
-     AND ($2::text IS NULL OR tenant_id = $2) ORDER BY id DESC LIMIT $3 OFFSET $4",
-);
-
-#[utoipa::path(get, path = "/audit", tag = "status", params(ListParams),
-    responses((status = 200, body = Page<AuditEntry>)))]
-pub async fn audit(
-    State(state): State<AppState>,
-    caller: Caller,
-    params: ListParams,
-) -> Result<Json<Page<AuditEntry>>, ApiError> {
-    crud::page(&state, &caller, &params, AUDIT, AuditEntry::clone).await
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FleetView {
-    /// The committed config revision.
-    pub revision: u64,
-    /// Data planes heard from within 3 heartbeat intervals.
-    pub dataplanes: Vec<DataPlane>,
+handler! {
+    #[utoipa::path(get, path = "/audit", tag = "status", params(ListParams),
+        responses((status = 200, body = Page<AuditEntry>)))]
+    page audit(state, caller, params) -> AuditEntry {
+        fleet::audit(state.ctx(), &caller, params.paging(), params.tenant_id.as_deref())
+    }
 }
 
 #[utoipa::path(get, path = "/fleet", tag = "status",
@@ -64,19 +24,7 @@ pub async fn fleet(
     caller: Caller,
 ) -> Result<Json<FleetView>, ApiError> {
     caller.require_platform_reader()?;
-    let revision = crate::db::current_revision(&state.pool).await?;
-    Ok(Json(FleetView {
-        revision,
-        dataplanes: state.fleet.live(revision),
-    }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RevisionView {
-    /// The committed config revision (Postgres).
-    pub revision: u64,
-    /// The newest snapshot this replica has built or seen published.
-    pub snapshot_revision: u64,
+    Ok(Json(fleet::fleet(state.ctx(), &state.fleet).await?))
 }
 
 #[utoipa::path(get, path = "/config/revision", tag = "status",
@@ -85,8 +33,5 @@ pub async fn revision(
     State(state): State<AppState>,
     _caller: Caller,
 ) -> Result<Json<RevisionView>, ApiError> {
-    Ok(Json(RevisionView {
-        revision: crate::db::current_revision(&state.pool).await?,
-        snapshot_revision: state.publisher.latest_revision(),
-    }))
+    Ok(Json(fleet::revision(state.ctx(), &state.publisher).await?))
 }

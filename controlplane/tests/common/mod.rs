@@ -10,9 +10,10 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use chrono::{DateTime, Utc};
 use controlplane::Running;
-use controlplane::api::admins::{CreateAdmin, create_admin};
-use controlplane::auth::{Caller, Role};
 use controlplane::config::Settings;
+use controlplane::service::Ctx;
+use controlplane::service::admins::{self, CreateAdmin};
+use controlplane::service::auth::{Actor, Role};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -225,10 +226,12 @@ impl Cp {
 
     /// Creates an admin directly and logs in through the API; returns the token.
     pub async fn admin(&self, email: &str, role: Role, tenant: Option<&str>) -> String {
-        create_admin(
-            self.pool(),
-            None,
-            &Caller::system(),
+        admins::create(
+            Ctx {
+                pool: self.pool(),
+                publisher: None,
+            },
+            &Actor::system(),
             CreateAdmin {
                 email: email.into(),
                 password: PASSWORD.into(),

@@ -1,0 +1,214 @@
+//! The one way an admin change reaches Postgres and the fleet.
+//!
+//! [`Write::begin`] opens a transaction and bumps the config revision first, which takes the
+//! revision row's lock and so serialises writers: from then on this transaction sees every
+//! earlier write and no later one. The service changes rows and records the audit entry
+//! ([`Change`]); then [`Write::commit`] builds the snapshot inside the same transaction and
+//! validates it (a write that would leave the configuration inconsistent is refused with 422
+//! and rolled back), commits, and only then hands the snapshot to the publisher. A failed
+//! request therefore changes nothing, and nothing is published before it is committed.
+//! [`Write::finish`] is the usual tail: the audit row of one object's change, then the commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use switchboard_shared::snapshot::Snapshot;
+
+use super::auth::Actor;
+use super::error::{Error, FieldError, Result};
+use super::snapshot;
+use crate::publish::{Built, Publisher};
+use crate::repo;
+
+/// How long the answer to a write waits for its publication at most.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+
+/// Which object a write is about, so that snapshot problems at that object are reported at
+/// the request's own field paths.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// Snapshot section: `tenants`, `virtual_keys`, `providers`, `deployments`, `models`.
+    pub section: &'static str,
+    pub id: String,
+}
+
+impl Scope {
+    pub fn new(section: &'static str, id: impl Into<String>) -> Self {
+        Self {
+            section,
+            id: id.into(),
+        }
+    }
+}
+
+/// One change to one object, as its audit row records it.
+#[derive(Debug)]
+pub struct Change<'a> {
+    /// `create`, `update`, `delete`, `revoke`, `set_budget`, ...
+    pub action: &'a str,
+    /// `tenant`, `virtual_key`, `provider`, ...
+    pub object_type: &'a str,
+    pub object_id: &'a str,
+    /// The tenant the object belongs to (tenant admins read its audit rows).
+    pub tenant_id: Option<&'a str>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+impl<'a> Change<'a> {
+    /// The change from `before` to `after` (absent: created, or deleted). They are stored as
+    /// JSON, so they must hold no secret: pass API views, which never do.
+    pub fn of<T: Serialize>(
+        action: &'a str,
+        object_type: &'a str,
+        object_id: &'a str,
+        tenant_id: Option<&'a str>,
+        before: Option<&T>,
+        after: Option<&T>,
+    ) -> Self {
+        let json = |view: &T| serde_json::to_value(view).ok();
+        Self {
+            action,
+            object_type,
+            object_id,
+            tenant_id,
+            before: before.and_then(json),
+            after: after.and_then(json),
+        }
+    }
+}
+
+/// An open write transaction with its revision.
+pub struct Write {
+    tx: Transaction<'static, Postgres>,
+    pub revision: u64,
+    actor_id: Option<uuid::Uuid>,
+    actor: String,
+}
+
+/// A committed write.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    pub revision: u64,
+}
+
+impl Write {
+    pub async fn begin(pool: &PgPool, actor: &Actor) -> Result<Self> {
+        let mut tx = pool.begin().await?;
+        let revision = repo::revision::bump(&mut *tx).await?;
+        Ok(Self {
+            tx,
+            revision,
+            actor_id: actor.id,
+            actor: actor.email.clone(),
+        })
+    }
+
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Who is writing (the actor's email, or `system`), for `updated_by` columns.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// Appends the audit row of `change`.
+    pub async fn audit(&mut self, change: Change<'_>) -> Result<()> {
+        let entry = repo::audit::NewEntry {
+            actor_id: self.actor_id,
+            actor: &self.actor,
+            action: change.action,
+            object_type: change.object_type,
+            object_id: change.object_id,
+            tenant_id: change.tenant_id,
+            revision: i64::try_from(self.revision).unwrap_or(i64::MAX),
+            before: change.before,
+            after: change.after,
+        };
+        repo::audit::insert(&mut *self.tx, entry).await?;
+        Ok(())
+    }
+
+    /// The tail of a write of one object: its audit row, then [`Write::commit`].
+    pub async fn finish(
+        mut self,
+        publisher: Option<&Arc<Publisher>>,
+        change: Change<'_>,
+        scope: Option<Scope>,
+    ) -> Result<Committed> {
+        self.audit(change).await?;
+        self.commit(publisher, scope).await
+    }
+
+    /// Validates the resulting configuration, commits, then publishes.
+    /// `publisher` is `None` for writes outside a server (the CLI): a running server's
+    /// reconcile loop then publishes the new revision.
+    pub async fn commit(
+        mut self,
+        publisher: Option<&Arc<Publisher>>,
+        scope: Option<Scope>,
+    ) -> Result<Committed> {
+        let snapshot = snapshot::build_in(&mut self.tx).await?;
+        if let Err(problems) = snapshot.validate() {
+            return Err(Error::Invalid(scoped_problems(
+                &snapshot,
+                scope.as_ref(),
+                problems.0,
+            )));
+        }
+        self.tx.commit().await?;
+        let revision = self.revision;
+        if let Some(publisher) = publisher {
+            let built = Arc::new(Built::from_snapshot(&snapshot));
+            // Publishing normally takes milliseconds and is awaited, so the answer to a write
+            // follows its publication. When NATS is slow or down the answer does not wait
+            // longer than this: the publish goes on in the background (and the reconcile loop
+            // retries it), since the change itself is committed.
+            let publisher = Arc::clone(publisher);
+            let publishing = tokio::spawn(async move { publisher.offer_and_publish(built).await });
+            let _ = tokio::time::timeout(PUBLISH_WAIT, publishing).await;
+        }
+        Ok(Committed { revision })
+    }
+}
+
+/// Rewrites `virtual_keys[3].limits.rpm` to `limits.rpm` when key 3 is the object written;
+/// other problems keep their snapshot path under `snapshot.`.
+fn scoped_problems(
+    snapshot: &Snapshot,
+    scope: Option<&Scope>,
+    problems: Vec<switchboard_shared::validate::Problem>,
+) -> Vec<FieldError> {
+    let prefix = scope.and_then(|s| {
+        let index = match s.section {
+            "tenants" => snapshot.tenants.iter().position(|t| t.id == s.id),
+            "virtual_keys" => snapshot.virtual_keys.iter().position(|k| k.id == s.id),
+            "providers" => snapshot.providers.iter().position(|p| p.id == s.id),
+            "deployments" => snapshot.deployments.iter().position(|d| d.id == s.id),
+            "models" => snapshot.models.iter().position(|m| m.model == s.id),
+            _ => None,
+        }?;
+        Some(format!("{}[{index}]", s.section))
+    });
+    problems
+        .into_iter()
+        .map(|p| {
+            let local = prefix.as_deref().and_then(|prefix| {
+                let rest = p.path.strip_prefix(prefix)?;
+                if rest.is_empty() {
+                    Some(String::new())
+                } else {
+                    rest.strip_prefix('.').map(str::to_owned)
+                }
+            });
+            match local {
+                Some(path) => FieldError::new(path, p.message),
+                None => FieldError::new(format!("snapshot.{}", p.path), p.message),
+            }
+        })
+        .collect()
+}

@@ -22,7 +22,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, object_store, stream};
 use async_nats::{Client, Event};
 use futures_util::StreamExt;
-use switchboard_shared::cluster::{NatsNames, SnapshotHead, snapshot_object};
+use switchboard_shared::cluster::{NatsNames, SnapshotHead, nats_options, snapshot_object};
 use switchboard_tests::services::free_port;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
@@ -91,6 +91,19 @@ impl ConfiguredNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The URL a plane is configured with to log in as `user` (`cluster.nats_url`,
+    /// `nats_url`): the password percent-encoded as in a URL.
+    fn url_as(&self, user: &str, password: &str) -> String {
+        let password: String = password
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
     /// The server's permission-violation log lines, for failure messages.
     fn violations(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log"))
@@ -108,7 +121,9 @@ impl Drop for ConfiguredNats {
     }
 }
 
-/// A client logged in as `user`, and the server errors it has been sent.
+/// A client logged in as `user` the way both planes log in (the credentials in their NATS URL,
+/// read by `switchboard_shared::cluster::nats_options`), and the server errors it has been
+/// sent.
 async fn login(
     nats: &ConfiguredNats,
     user: &str,
@@ -116,8 +131,8 @@ async fn login(
 ) -> (Client, Arc<Mutex<Vec<String>>>) {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let sink = errors.clone();
-    let client = async_nats::ConnectOptions::new()
-        .user_and_password(user.into(), password.into())
+    let url = nats.url_as(user, password);
+    let client = nats_options(&url)
         .event_callback(move |event| {
             let sink = sink.clone();
             async move {
@@ -126,7 +141,7 @@ async fn login(
                 }
             }
         })
-        .connect(nats.url())
+        .connect(url)
         .await
         .unwrap_or_else(|e| panic!("{user} cannot log in: {e}"));
     (client, errors)
@@ -449,8 +464,7 @@ async fn only_known_users_with_their_password_get_in() {
         ("controlplane", DATAPLANE_PASSWORD),
         ("nobody", "x"),
     ] {
-        let login = async_nats::ConnectOptions::new()
-            .user_and_password(user.into(), password.into())
+        let login = nats_options(&nats.url_as(user, password))
             .connect(nats.url())
             .await;
         assert!(login.is_err(), "{user} got in with a wrong password");

@@ -82,7 +82,7 @@ pub async fn serve(
     let rest_addr = rest.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
 
-    let nats = async_nats::ConnectOptions::new()
+    let nats = switchboard_shared::cluster::nats_options(settings.nats_url.as_str())
         .retry_on_initial_connect()
         .connect(settings.nats_url.as_str())
         .await?;

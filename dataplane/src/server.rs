@@ -301,7 +301,7 @@ async fn start_usage_publisher(
     cluster: &crate::config::ClusterConfig,
 ) -> anyhow::Result<Arc<NatsUsageSink>> {
     let url = cluster.nats_url.as_deref().unwrap_or_default();
-    let client = async_nats::ConnectOptions::new()
+    let client = switchboard_shared::cluster::nats_options(url)
         .retry_on_initial_connect()
         .connect(url)
         .await

@@ -98,6 +98,80 @@ pub fn valid_namespace(namespace: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// How a plane logs in to NATS, read from the credentials written in its URL:
+/// `nats://user:password@host:4222` (user and password) or `nats://token@host:4222` (a token),
+/// percent-decoded. async-nats dials such a URL but does not send what it carries, so both
+/// planes read it here and hand it to their client's options (`deploy/nats/nats-server.conf`
+/// gives each plane its own user).
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsLogin {
+    UserPassword { user: String, password: String },
+    Token(String),
+}
+
+impl std::fmt::Debug for NatsLogin {
+    /// Never the secret: a login may end up in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsLogin::UserPassword { user, .. } => write!(f, "UserPassword({user}, <redacted>)"),
+            NatsLogin::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
+}
+
+/// The login in the first of `urls` (comma-separated, as the NATS clients take them) that has
+/// one; `None` when none does.
+pub fn nats_login(urls: &str) -> Option<NatsLogin> {
+    urls.split(',').find_map(|url| {
+        let rest = url.trim().split_once("://").map_or(url.trim(), |(_, r)| r);
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        Some(match userinfo.split_once(':') {
+            Some((user, password)) => NatsLogin::UserPassword {
+                user: percent_decode(user),
+                password: percent_decode(password),
+            },
+            None => NatsLogin::Token(percent_decode(userinfo)),
+        })
+    })
+}
+
+/// NATS client options for `urls`, logged in with the credentials they carry
+/// ([`nats_login`]). Both planes build every NATS connection from these.
+#[cfg(feature = "nats")]
+pub fn nats_options(urls: &str) -> async_nats::ConnectOptions {
+    match nats_login(urls) {
+        Some(NatsLogin::UserPassword { user, password }) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        Some(NatsLogin::Token(token)) => async_nats::ConnectOptions::with_token(token),
+        None => async_nats::ConnectOptions::new(),
+    }
+}
+
+/// `%XX` escapes decoded (an invalid escape is kept as written).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The object name of a revision's snapshot body.
 pub fn snapshot_object(revision: u64) -> String {
     format!("snapshot-{revision:020}")
@@ -140,6 +214,29 @@ pub struct Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nats_login_is_read_from_the_url() {
+        let login = |user: &str, password: &str| NatsLogin::UserPassword {
+            user: user.into(),
+            password: password.into(),
+        };
+        assert_eq!(
+            nats_login("nats://dataplane-0:s3cr%40t%2F@nats:4222"),
+            Some(login("dataplane-0", "s3cr@t/"))
+        );
+        assert_eq!(
+            nats_login("nats://a:4222, tls://u:p@b:4222/x"),
+            Some(login("u", "p"))
+        );
+        assert_eq!(
+            nats_login("nats://tok@nats"),
+            Some(NatsLogin::Token("tok".into()))
+        );
+        assert_eq!(nats_login("nats://127.0.0.1:4222"), None);
+        assert_eq!(nats_login("nats://h:4222/path@x"), None);
+        assert!(!format!("{:?}", login("u", "pw")).contains("pw"));
+    }
 
     #[test]
     fn object_names_sort_by_revision() {

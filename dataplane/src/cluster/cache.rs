@@ -4,7 +4,8 @@
 //! The file holds the snapshot's canonical JSON, exactly as it arrived. It is replaced
 //! atomically: written to a temporary file beside it, flushed to disk, renamed over the old
 //! one, and the directory flushed — a crash leaves either the old file or the new one, never
-//! half of one.
+//! half of one. The file is readable and writable by its owner only (mode 0600 on Unix,
+//! whatever the umask): it holds the fleet's key hashes and sealed credentials.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -28,7 +29,7 @@ pub fn store(path: &Path, body: &[u8]) -> io::Result<()> {
     fs::create_dir_all(&parent)?;
     let temporary = temporary_path(path);
     let written = (|| {
-        let mut file = File::create(&temporary)?;
+        let mut file = create_private(&temporary)?;
         file.write_all(body)?;
         file.sync_all()?;
         fs::rename(&temporary, path)
@@ -45,6 +46,23 @@ pub fn store(path: &Path, body: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates (or truncates) `path` for writing, owner-only from the first byte on Unix: the
+/// mode is given at creation and set again, since a leftover file keeps its old mode.
+fn create_private(path: &Path) -> io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    options.open(path)
+}
+
 /// `<file>.tmp` beside `path`.
 fn temporary_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -56,19 +74,44 @@ fn temporary_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    #[test]
-    fn stores_replaces_and_loads() {
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-cache-test-{}-{}",
+    /// A directory of the test's own (not created).
+    fn scratch_dir(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "switchboard-cache-{tag}-{}-{}",
             std::process::id(),
             fastrand::u64(..)
-        ));
+        ))
+    }
+
+    #[test]
+    fn stores_replaces_and_loads() {
+        let dir = scratch_dir("test");
         let path = dir.join("nested").join("snapshot.json");
         assert_eq!(load(&path).unwrap(), None);
         store(&path, b"{\"revision\":1}").unwrap();
         store(&path, b"{\"revision\":2}").unwrap();
         assert_eq!(load(&path).unwrap().unwrap(), b"{\"revision\":2}");
         assert!(!temporary_path(&path).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch_dir("mode");
+        let path = dir.join("snapshot.json");
+        fs::create_dir_all(&dir).unwrap();
+        // A leftover temporary file from a crash, readable by everyone: it must not pass its
+        // mode on.
+        fs::write(temporary_path(&path), b"old").unwrap();
+        fs::set_permissions(temporary_path(&path), fs::Permissions::from_mode(0o644)).unwrap();
+        store(&path, b"{\"revision\":1}").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "cache file mode {mode:o}");
+        store(&path, b"{\"revision\":2}").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "replaced cache file mode {mode:o}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

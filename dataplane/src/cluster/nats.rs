@@ -53,7 +53,7 @@ impl NatsSource {
     /// Connects in the background: this returns at once, even when NATS is down, and the
     /// client keeps trying (at least once a second).
     pub async fn connect(url: &str, names: NatsNames, dataplane_id: &str) -> anyhow::Result<Self> {
-        let client = async_nats::ConnectOptions::new()
+        let client = switchboard_shared::cluster::nats_options(url)
             .name(format!("switchboard-dataplane {dataplane_id}"))
             .connection_timeout(Duration::from_secs(2))
             .retry_on_initial_connect()

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::*;
 use http_body_util::BodyExt;
 use switchboard_shared::usage::Outcome;
+use switchboard_tests::mock::bedrock::{BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY};
 
 const CHAT: &str = "/v1/chat/completions";
 const MESSAGES: &str = "/v1/messages";
@@ -294,41 +295,58 @@ async fn an_anthropic_base_url_without_v1_works() {
     }
 }
 
-#[tokio::test]
-async fn a_cut_gemini_stream_is_charged_by_its_text_not_per_event() {
-    let mock = MockUpstream::start().await.unwrap();
-    let scenario = "event_text=400,chunks=4,fault=reset_mid_stream";
-    let base = format!(
-        "{}/v1beta",
-        mock.scenario_url(scenario).trim_end_matches("/v1")
-    );
+/// A gateway whose model `m` is served by a `kind` deployment (`gemini` or `bedrock`) at the
+/// mock under `scenario`.
+async fn translated_gateway(mock: &MockUpstream, kind: &str, scenario: &str) -> Gateway {
+    let url = mock.scenario_url(scenario);
+    let root = url.trim_end_matches("/v1");
+    let provider = match kind {
+        "gemini" => format!(
+            "{{ id: p, kind: gemini, base_url: \"{root}/v1beta\", api_key: {{ value: \"AIza-x\" }} }}"
+        ),
+        _ => format!(
+            "{{ id: p, kind: bedrock, base_url: \"{root}\", region: us-east-1, aws_access_key_id: {{ value: {BEDROCK_ACCESS_KEY_ID} }}, aws_secret_access_key: {{ value: \"{BEDROCK_SECRET_ACCESS_KEY}\" }} }}"
+        ),
+    };
     let config = config_yaml(
         &snapshot(
             "",
             &format!(
-                "providers: [{{ id: g, kind: gemini, base_url: \"{base}\", api_key: {{ value: \"AIza-x\" }} }}]\ndeployments:\n  - {{ id: d1, model: m, provider: g, upstream_model: gemini-up }}\n"
+                "providers: [{provider}]\ndeployments:\n  - {{ id: d1, model: m, provider: p, upstream_model: up-model }}\n"
             ),
         ),
         "",
     );
-    let gw = Gateway::start(&config).await;
-    let (status, _, frames, ended) = post_timed(&gw.url(CHAT), STREAM).await;
-    assert_eq!(status, 200);
-    assert!(ended.is_err(), "the cut must reach the client");
-    let text: usize = sse_data(&joined(&frames))
-        .iter()
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::len))
-        .sum();
-    assert!(text >= 800, "two 400-byte events relayed, saw {text} bytes");
-    let records = gw.usage_records(1).await;
-    let r = &records[0];
-    assert!(!r.usage_reported, "{r:?}");
-    assert!(
-        r.usage.completion_tokens >= (text as u64) / 4,
-        "{text} bytes of text relayed, charged {} completion tokens",
-        r.usage.completion_tokens
-    );
+    Gateway::start(&config).await
+}
+
+#[tokio::test]
+async fn cut_gemini_and_bedrock_streams_are_charged_by_their_text_not_per_event() {
+    let mock = MockUpstream::start().await.unwrap();
+    for kind in ["gemini", "bedrock"] {
+        let scenario = "event_text=400,chunks=6,fault=reset_mid_stream";
+        let gw = translated_gateway(&mock, kind, scenario).await;
+        let (status, _, frames, ended) = post_timed(&gw.url(CHAT), STREAM).await;
+        assert_eq!(status, 200, "{kind}");
+        assert!(ended.is_err(), "{kind}: the cut must reach the client");
+        let text: usize = sse_data(&joined(&frames))
+            .iter()
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::len))
+            .sum();
+        assert!(
+            text >= 800,
+            "{kind}: 400-byte events relayed, saw {text} bytes"
+        );
+        let records = gw.usage_records(1).await;
+        let r = &records[0];
+        assert!(!r.usage_reported, "{kind}: {r:?}");
+        assert!(
+            r.usage.completion_tokens >= (text as u64) / 4,
+            "{kind}: {text} bytes of text relayed, charged {} completion tokens",
+            r.usage.completion_tokens
+        );
+    }
 }
 
 #[tokio::test]

@@ -95,8 +95,8 @@ pub struct Scenario {
     /// `ratelimit_reset`: sent as written in `x-ratelimit-reset-requests` and
     /// `x-ratelimit-reset-tokens` on OpenAI answers.
     pub ratelimit_reset: Option<String>,
-    /// `event_text`: Gemini streams become `chunks` events of this many bytes of text each
-    /// (then a finish event with usage), instead of the fixture's transcript.
+    /// `event_text`: Gemini and Bedrock streams become `chunks` events of this many bytes of
+    /// text each (then their finish and usage events), instead of the fixture's transcript.
     pub event_text: Option<u64>,
 }
 

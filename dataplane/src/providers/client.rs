@@ -596,6 +596,9 @@ fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Bytes>, Bo
                 }
                 Chunk::Trailers => {
                     let Some(eol) = CRLF.find(buf) else {
+                        if buf.len() > MAX_HEAD_BYTES {
+                            return Err(BodyError::Failed("trailer line too long".into()));
+                        }
                         break;
                     };
                     buf.advance(eol + 2);
@@ -816,6 +819,46 @@ mod tests {
             reusable: true,
         };
         assert!(decode(&mut BytesMut::from(&b"zz\r\n"[..]), &mut framing).is_err());
+        let mut framing = Framing::Chunked {
+            state: Chunk::Trailers,
+            reusable: true,
+        };
+        let endless = vec![b'x'; MAX_HEAD_BYTES + 1];
+        assert!(decode(&mut BytesMut::from(&endless[..]), &mut framing).is_err());
+    }
+
+    #[test]
+    fn caps_follow_the_content_type() {
+        let caps = UpstreamCaps {
+            body_bytes: 10,
+            event_bytes: 10,
+        };
+        let typed = |t: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(t));
+            Cap::of(&h, caps)
+        };
+        let mut json = typed("application/json");
+        assert!(json.check(b"0123456789").is_ok());
+        assert!(matches!(
+            json.check(b"x"),
+            Err(BodyError::TooLarge(Oversize::Body))
+        ));
+        // A stream may run long; each event may not.
+        let mut sse = typed("text/event-stream");
+        for _ in 0..10 {
+            assert!(sse.check(b"data: 1\n\n").is_ok());
+        }
+        assert!(sse.check(b"data: 123").is_ok());
+        assert!(matches!(
+            sse.check(b"45"),
+            Err(BodyError::TooLarge(Oversize::Event))
+        ));
+        // An event that starts, passes the cap and ends within one read is caught too.
+        let mut sse = typed("text/event-stream");
+        assert!(sse.check(b"data: 123456789\n\ndata: 1\n\n").is_err());
+        let mut bedrock = typed("application/vnd.amazon.eventstream");
+        assert!(bedrock.check(&[0; 100]).is_ok());
     }
 
     #[test]

@@ -18,8 +18,10 @@
 //! - the provider reported usage → exactly that;
 //! - a stream that did not end cleanly with a report (the client went away, the upstream broke
 //!   off or timed out, or never sent usage) → what was generated: the prompt (as the provider
-//!   reported it, else the gateway's estimate) plus one completion token per event relayed —
-//!   OpenAI and Anthropic stream about one token per event, so this errs a few tokens high;
+//!   reported it, else the gateway's estimate) plus the completion relayed ([`Generated`]):
+//!   one token per event relayed — OpenAI and Anthropic stream about one token per event, so
+//!   this errs a few tokens high — or, when more, the relayed text's estimate at four bytes a
+//!   token (Gemini and Bedrock send many tokens an event);
 //! - a non-streamed answer that may have been generated but whose usage is unknown (the client
 //!   went away while waiting, or a provider that reports none) → the most it could have cost:
 //!   the prompt estimate plus the completion allowance (`max_tokens`, else the model's output
@@ -264,7 +266,7 @@ impl Ledger {
     }
 
     /// Closes the books on a streamed answer: `usage` is what the stream reported (possibly
-    /// only in part), `events` how many events were relayed to the client. Only a stream that
+    /// only in part), `generated` what was relayed to the client. Only a stream that
     /// ended cleanly with a report is charged the report; any other is charged what was
     /// generated.
     pub fn stream_closed(
@@ -272,7 +274,7 @@ impl Ledger {
         outcome: Outcome,
         status: StatusCode,
         usage: Option<Usage>,
-        events: u64,
+        generated: Generated,
     ) {
         let measured = match (usage, outcome) {
             (Some(usage), Outcome::Success) => Measured::Reported(usage),
@@ -281,7 +283,8 @@ impl Ledger {
                     prompt_tokens: self.request.prompt_estimate,
                     ..Usage::default()
                 });
-                usage.completion_tokens = usage.completion_tokens.max(events);
+                usage.completion_tokens =
+                    usage.completion_tokens.max(generated.completion_tokens());
                 Measured::Counted(usage)
             }
         };
@@ -466,7 +469,7 @@ pub fn usage_from_body(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> 
 }
 
 #[derive(Deserialize)]
-struct UsageChunk<'a> {
+struct UsageChunkFields<'a> {
     #[serde(default, borrow)]
     choices: Option<&'a serde_json::value::RawValue>,
     /// Anthropic's event name; its events are never dropped.
@@ -479,14 +482,49 @@ struct UsageChunk<'a> {
     message: Option<UsageOnly>,
 }
 
-/// Usage from one SSE event's `data:` payload, and whether that event carries nothing else
-/// (an OpenAI chunk without choices), so that it may be dropped for a client that did not ask
-/// for it.
-pub fn usage_from_chunk(data: &[u8]) -> Option<(PartialUsage, bool)> {
-    let chunk: UsageChunk<'_> = serde_json::from_slice(data).ok()?;
+/// What else a chunk with usage carries, which decides what a client that did not ask for
+/// usage gets of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageChunk {
+    /// An OpenAI chunk with no choices: only the usage report. Dropped.
+    UsageOnly,
+    /// An OpenAI chunk with choices (content, or LiteLLM's final `delta: {}`): kept, with its
+    /// `usage` field removed.
+    WithChoices,
+    /// An Anthropic event: usage is part of that protocol; never touched.
+    Anthropic,
+}
+
+/// Usage from one SSE event's `data:` payload, and what else the event carries.
+pub fn usage_from_chunk(data: &[u8]) -> Option<(PartialUsage, UsageChunk)> {
+    let chunk: UsageChunkFields<'_> = serde_json::from_slice(data).ok()?;
     let usage = chunk.usage.or(chunk.message.and_then(|m| m.usage))?;
-    let only_usage = chunk.r#type.is_none() && chunk.choices.is_none_or(|c| c.get().trim() == "[]");
-    Some((usage, only_usage))
+    let kind = if chunk.r#type.is_some() {
+        UsageChunk::Anthropic
+    } else if chunk.choices.is_none_or(|c| c.get().trim() == "[]") {
+        UsageChunk::UsageOnly
+    } else {
+        UsageChunk::WithChoices
+    };
+    Some((usage, kind))
+}
+
+/// What a stream relayed to its client, for charging one that ended without a usage report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Generated {
+    /// Events relayed.
+    pub events: u64,
+    /// Bytes of generated text in them ([`crate::sse::text_bytes`]).
+    pub text_bytes: u64,
+}
+
+impl Generated {
+    /// The completion tokens this stands for: one per event (OpenAI and Anthropic stream
+    /// about a token an event) or the text's estimate at four bytes a token, whichever is
+    /// more — Gemini and Bedrock send many tokens an event.
+    pub fn completion_tokens(&self) -> u64 {
+        self.events.max(self.text_bytes.div_ceil(4))
+    }
 }
 
 #[cfg(test)]
@@ -524,13 +562,18 @@ mod tests {
             br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
         )
         .unwrap();
-        assert!(only);
+        assert_eq!(only, UsageChunk::UsageOnly);
         assert_eq!(Usage::from(u).total_tokens(), 5);
         let (_, only) = usage_from_chunk(
             br#"{"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
         )
         .unwrap();
-        assert!(!only);
+        assert_eq!(only, UsageChunk::WithChoices);
+        let (_, litellm) = usage_from_chunk(
+            br#"{"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(litellm, UsageChunk::WithChoices);
         assert!(usage_from_chunk(br#"{"choices":[],"usage":null}"#).is_none());
     }
 
@@ -556,7 +599,11 @@ mod tests {
             br#"{"type":"message_start","message":{"usage":{"input_tokens":25,"output_tokens":1,"cache_read_input_tokens":5}}}"#,
         )
         .unwrap();
-        assert!(!only, "Anthropic events are never dropped");
+        assert_eq!(
+            only,
+            UsageChunk::Anthropic,
+            "Anthropic events are never touched"
+        );
         start.merge_into(&mut usage);
         let (delta, _) = usage_from_chunk(
             br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#,
@@ -586,5 +633,20 @@ mod tests {
             ),
             (130, 100, 20)
         );
+    }
+
+    #[test]
+    fn a_cut_stream_is_charged_by_events_or_text_whichever_is_more() {
+        let one_token_events = Generated {
+            events: 10,
+            text_bytes: 30,
+        };
+        assert_eq!(one_token_events.completion_tokens(), 10);
+        // Gemini: two events carrying 400 bytes of text are ~100 tokens, not 2.
+        let big_events = Generated {
+            events: 2,
+            text_bytes: 400,
+        };
+        assert_eq!(big_events.completion_tokens(), 100);
     }
 }

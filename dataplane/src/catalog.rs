@@ -586,6 +586,7 @@ pub(crate) fn build_for_test(
             connect_timeout: std::time::Duration::from_secs(1),
             pool_idle_timeout: std::time::Duration::from_secs(1),
             pool_max_idle_per_host: 1,
+            caps: Default::default(),
         },
         Vec::new(),
     )

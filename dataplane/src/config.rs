@@ -206,6 +206,13 @@ pub struct ServerConfig {
     /// roots (a private CA in front of self-hosted models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_ca_file: Option<std::path::PathBuf>,
+    /// Largest complete upstream body (a non-streamed answer, an error): upstreams are
+    /// untrusted; a larger one fails the attempt with a 502.
+    #[serde(default = "default_max_upstream_body_bytes")]
+    pub max_upstream_body_bytes: usize,
+    /// Largest single event (hence line) of an upstream event stream.
+    #[serde(default = "default_max_upstream_event_bytes")]
+    pub max_upstream_event_bytes: usize,
     /// How long a shutdown waits for in-flight requests (streams included) to finish.
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,
@@ -240,6 +247,12 @@ fn default_pool_idle_timeout_seconds() -> u64 {
 fn default_pool_max_idle_per_host() -> usize {
     1024
 }
+fn default_max_upstream_body_bytes() -> usize {
+    crate::providers::UpstreamCaps::default().body_bytes
+}
+fn default_max_upstream_event_bytes() -> usize {
+    crate::providers::UpstreamCaps::default().event_bytes
+}
 fn default_shutdown_grace_seconds() -> u64 {
     30
 }
@@ -250,6 +263,14 @@ fn default_watch_interval_ms() -> u64 {
 impl ServerConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.upstream_connect_timeout_ms)
+    }
+
+    /// The size caps on what upstreams send.
+    pub fn upstream_caps(&self) -> crate::providers::UpstreamCaps {
+        crate::providers::UpstreamCaps {
+            body_bytes: self.max_upstream_body_bytes,
+            event_bytes: self.max_upstream_event_bytes,
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -321,6 +342,12 @@ impl Config {
         };
         if self.server.max_body_bytes == 0 {
             push("server.max_body_bytes", "must be positive");
+        }
+        if self.server.max_upstream_body_bytes == 0 {
+            push("server.max_upstream_body_bytes", "must be positive");
+        }
+        if self.server.max_upstream_event_bytes == 0 {
+            push("server.max_upstream_event_bytes", "must be positive");
         }
         if self.server.upstream_connect_timeout_ms == 0 {
             push("server.upstream_connect_timeout_ms", "must be positive");

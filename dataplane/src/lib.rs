@@ -21,7 +21,8 @@
 //!    where the deployment speaks another); each deployment's load, latency, breaker and quota
 //!    live in [`fleet`], which owns them: the loop reports each attempt's outcome there
 //!    (`record`), and a background task shares them across replicas through Redis.
-//! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream.
+//! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream;
+//!    [`sse`] cuts every upstream event stream into events (CRLF, LF and CR, linear time).
 //! 7. [`accounting`] — the request's `Ledger`: usage, cost, the ticket's settlement and the
 //!    usage record, which [`usage_publisher`] sends to the control plane over NATS JetStream
 //!    in cluster mode.
@@ -64,6 +65,7 @@ pub mod routing;
 pub mod selectors;
 pub mod server;
 pub mod shared_redis;
+pub mod sse;
 pub mod state;
 pub mod usage_publisher;
 pub mod webhooks;

@@ -42,6 +42,9 @@ pub const ROUTING_DECISION_SECONDS: &str = "switchboard_routing_decision_seconds
 /// 1 while the shared Redis answers, 0 while limits run degraded.
 pub const REDIS_UP: &str = "switchboard_redis_up";
 pub const LIMITS_DEGRADED_TOTAL: &str = "switchboard_limits_degraded_total";
+/// Upstream answers cut off for passing a size cap, by `part`: `body` (a complete answer or
+/// error body) or `event` (one event of an event stream).
+pub const UPSTREAM_OVERSIZE_TOTAL: &str = "switchboard_upstream_oversize_total";
 
 /// Every name above, for the test that scrapes `/metrics`.
 pub const ALL: &[&str] = &[
@@ -60,6 +63,7 @@ pub const ALL: &[&str] = &[
     REDIS_UP,
     LIMITS_DEGRADED_TOTAL,
     ROUTING_DECISION_SECONDS,
+    UPSTREAM_OVERSIZE_TOTAL,
 ];
 
 /// Buckets of the routing-decision histogram: 1 µs to 1 ms.
@@ -120,7 +124,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    const COUNTERS: [(&str, &str); 9] = [
+    const COUNTERS: [(&str, &str); 10] = [
         (REQUESTS_TOTAL, "Requests answered, by endpoint and status."),
         (
             UPSTREAM_ATTEMPTS_TOTAL,
@@ -141,6 +145,10 @@ fn describe() {
         (
             LIMITS_DEGRADED_TOTAL,
             "Admissions decided without Redis, by failure policy (open: local counters; closed: refused).",
+        ),
+        (
+            UPSTREAM_OVERSIZE_TOTAL,
+            "Upstream answers cut off for passing a size cap, by part (body, event).",
         ),
     ];
     const GAUGES: [(&str, &str); 3] = [
@@ -418,6 +426,15 @@ pub fn count_usage_spilled(n: usize) {
 /// Counts usage records lost.
 pub fn count_usage_dropped() {
     counter!(USAGE_RECORDS_TOTAL, "result" => "dropped").increment(1);
+}
+
+/// Counts an upstream answer cut off for passing a size cap (`part`: `body` or `event`).
+pub fn count_upstream_oversize(part: &'static str) {
+    static TABLE: Table<Counter, 2> = Table::new();
+    let i = usize::from(part == "event");
+    if let Some(c) = TABLE.get(i, || counter!(UPSTREAM_OVERSIZE_TOTAL, "part" => part)) {
+        c.increment(1);
+    }
 }
 
 /// Sets whether the shared Redis answers.

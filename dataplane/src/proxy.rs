@@ -25,8 +25,8 @@
 //!   the client as is, never retried — another deployment would refuse it too.
 //!
 //! The commit point is the first body bytes: a non-streamed answer is read whole before
-//! anything is sent, and a stream is committed once its first bytes have arrived. After that,
-//! nothing is retried.
+//! anything is sent, and a stream is committed once its first complete event has arrived.
+//! After that, nothing is retried.
 //!
 //! Timeouts per attempt: `first_byte_ms` from sending until the head and first body bytes,
 //! `total_ms` for the whole attempt including the stream. The connect timeout is the HTTP
@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
@@ -53,12 +53,16 @@ use crate::fleet::prefix::block_keys;
 use crate::fleet::{Gate, Outcome as HealthOutcome, Recorded, UpstreamRateLimits, unix_ms};
 use crate::metrics::{self, AttemptResult};
 use crate::providers::{
-    Endpoint, SendError, UpstreamBody, UpstreamRequest, UpstreamResponse, Verdict,
+    BodyError, Endpoint, SendError, UpstreamBody, UpstreamRequest, UpstreamResponse, Verdict,
 };
 use crate::relay::SseRelay;
 use crate::request::RequestView;
 use crate::routing::{RouteInput, attempt_order, describe, signals};
 use crate::selectors::{Exclusion, unix_seconds};
+
+/// Why an attempt failed whose upstream passed one of the size caps
+/// ([`crate::providers::UpstreamCaps`]).
+const TOO_LARGE: &str = "its answer was larger than the gateway accepts";
 
 /// Largest upstream error body relayed to a client; longer ones are cut.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -584,8 +588,9 @@ async fn relay_refusal(response: UpstreamResponse, deadline: Instant) -> Attempt
     }
 }
 
-/// A 2xx: a stream once its first bytes arrive (when the client asked for one and the
-/// upstream sends one), else the whole answer, whose usage is read from it.
+/// A 2xx: a stream once its first bytes arrive (when the client asked for one), else the whole
+/// answer, whose usage is read from it. A complete body for a streamed request, or a body past
+/// the size caps, fails the attempt (502 if no other deployment answers).
 async fn read_answer(at: &Try<'_>, response: UpstreamResponse, stream: bool) -> Attempt {
     let is_event_stream = response
         .headers
@@ -594,10 +599,16 @@ async fn read_answer(at: &Try<'_>, response: UpstreamResponse, stream: bool) -> 
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut body = response.body;
 
-    if stream && is_event_stream {
-        return match timeout_at(at.first_byte_deadline, first_data(&mut body)).await {
+    if stream && !is_event_stream {
+        // Never JSON to a client that expects events: another deployment may stream.
+        let reason = "it answered a streamed request with a complete body, not a stream";
+        return at.broke(AttemptResult::Malformed, reason);
+    }
+    if stream {
+        return match timeout_at(at.first_byte_deadline, first_event(&mut body)).await {
             Err(_) => at.failed(AttemptResult::Timeout, ApiError::UpstreamTimeout),
-            Ok(Some(first)) => {
+            Ok(Err(BodyError::TooLarge(_))) => at.broke(AttemptResult::BrokenBody, TOO_LARGE),
+            Ok(Ok(Some(first))) => {
                 at.answered(true);
                 Attempt::Stream {
                     body,
@@ -605,7 +616,7 @@ async fn read_answer(at: &Try<'_>, response: UpstreamResponse, stream: bool) -> 
                     deadline: at.deadline,
                 }
             }
-            Ok(None) => at.broke(
+            Ok(Ok(None) | Err(BodyError::Failed(_))) => at.broke(
                 AttemptResult::BrokenBody,
                 "its stream ended before any data",
             ),
@@ -615,7 +626,8 @@ async fn read_answer(at: &Try<'_>, response: UpstreamResponse, stream: bool) -> 
     let content_type = response.headers.get(CONTENT_TYPE).cloned();
     let bytes = match timeout_at(at.deadline, body.collect()).await {
         Err(_) => return at.failed(AttemptResult::Timeout, ApiError::UpstreamTimeout),
-        Ok(Err(_)) => {
+        Ok(Err(BodyError::TooLarge(_))) => return at.broke(AttemptResult::BrokenBody, TOO_LARGE),
+        Ok(Err(BodyError::Failed(_))) => {
             return at.broke(AttemptResult::BrokenBody, "the connection broke mid-answer");
         }
         Ok(Ok(collected)) => collected.to_bytes(),
@@ -634,18 +646,31 @@ async fn read_answer(at: &Try<'_>, response: UpstreamResponse, stream: bool) -> 
     }
 }
 
-/// The first non-empty data frame, or `None` if the body ends or fails first.
-async fn first_data(body: &mut UpstreamBody) -> Option<Bytes> {
+/// The stream's first complete event (with whatever else arrived with it), or what arrived if
+/// the body ends first (`None` if nothing did). Committing on a whole event rather than the
+/// first bytes lets a stream that breaks, or passes the event cap, inside its first event
+/// fail over to another deployment, with a clear error in the client's shape if none answers.
+async fn first_event(body: &mut UpstreamBody) -> Result<Option<Bytes>, BodyError> {
+    let mut scanner = crate::sse::EventScanner::default();
+    let mut arrived = BytesMut::new();
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data()
-                    && !data.is_empty()
-                {
-                    return Some(data);
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let mut ended = false;
+                scanner.feed(&data, |_| ended = true);
+                if ended && arrived.is_empty() {
+                    return Ok(Some(data));
+                }
+                arrived.extend_from_slice(&data);
+                if ended {
+                    return Ok(Some(arrived.freeze()));
                 }
             }
-            Some(Err(_)) | None => return None,
+            Some(Err(e)) => return Err(e),
+            None => return Ok((!arrived.is_empty()).then(|| arrived.freeze())),
         }
     }
 }

@@ -4,15 +4,19 @@
 //! - **Coalesces** frames that are already there: after one frame it drains every frame the
 //!   upstream body has ready and writes them in one go. Each write to the client costs a
 //!   syscall and an HTTP chunk header; a burst of twenty small events should not cost twenty.
-//! - **Aligns to events**: it forwards only complete SSE events (up to the last `\n\n`) and
-//!   keeps a partial tail until its end arrives. A client cannot use half an event, so this
-//!   delays nothing usable, and it lets the relay look at whole events.
+//! - **Aligns to events**: it forwards only complete SSE events (up to the last blank line,
+//!   with CRLF, LF or CR line ends as the spec allows) and keeps a partial tail until its end
+//!   arrives. A client cannot use half an event, so this delays nothing usable, and it lets
+//!   the relay look at whole events. Events are found by one [`EventScanner`] that sees every
+//!   byte once (a tail without line ends is never rescanned); the transport caps an event's
+//!   size ([`crate::providers::UpstreamCaps`]), which bounds the tail.
 //! - **Reads usage** from the events that carry it (found with a byte search, parsed only when
 //!   found; Anthropic's stream reports input in `message_start` and output in
-//!   `message_delta`, so reports are merged) and **strips** OpenAI's usage-only event when the
-//!   gateway, not the client, asked for it.
-//! - **Counts the events** it relays, so that a stream cut short is charged what was generated
-//!   (see [`crate::accounting`]): one `\n\n` search over bytes the relay scans anyway.
+//!   `message_delta`, so reports are merged) and, when the gateway, not the client, asked for
+//!   it, **strips** it: OpenAI's usage-only chunk is dropped, and a chunk that also has
+//!   choices (LiteLLM's final `delta: {}`) keeps them without its `usage` field.
+//! - **Counts the events and the generated text** it relays ([`Generated`]), so that a stream
+//!   cut short is charged what was generated (see [`crate::accounting`]).
 //! - **Closes the ledger** when the stream ends, fails, times out, or is dropped because the
 //!   client went away — and dropping the relay drops the upstream body, which closes the
 //!   upstream connection: a client disconnect cancels the upstream request.
@@ -33,8 +37,9 @@ use memchr::memmem;
 use switchboard_shared::usage::{Outcome, Usage};
 use tokio::time::Sleep;
 
-use crate::accounting::{Ledger, usage_from_chunk};
+use crate::accounting::{Generated, Ledger, UsageChunk, usage_from_chunk};
 use crate::providers::UpstreamBody;
+use crate::sse::{self, EventScanner};
 
 /// The client-facing body of a streamed answer.
 pub struct SseRelay {
@@ -43,10 +48,12 @@ pub struct SseRelay {
     pending: Option<Bytes>,
     /// An incomplete event waiting for its end.
     tail: BytesMut,
+    /// Where events end, fed every byte once.
+    scanner: EventScanner,
     strip_usage_event: bool,
     usage: Option<Usage>,
-    /// Events passed to the client so far.
-    events: u64,
+    /// What was passed to the client so far.
+    generated: Generated,
     ledger: Option<Ledger>,
     deadline: Pin<Box<Sleep>>,
     finished: bool,
@@ -75,9 +82,10 @@ impl SseRelay {
             upstream,
             pending: Some(first),
             tail: BytesMut::new(),
+            scanner: EventScanner::default(),
             strip_usage_event: !ledger.request().client_wants_usage,
             usage: None,
-            events: 0,
+            generated: Generated::default(),
             ledger: Some(ledger),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             finished: false,
@@ -87,64 +95,81 @@ impl SseRelay {
     fn close(&mut self, outcome: Outcome, status: StatusCode) {
         self.finished = true;
         if let Some(ledger) = self.ledger.take() {
-            ledger.stream_closed(outcome, status, self.usage, self.events);
+            ledger.stream_closed(outcome, status, self.usage, self.generated);
         }
-    }
-
-    /// Counts the complete events in bytes about to go to the client.
-    fn relayed(&mut self, bytes: Bytes) -> Bytes {
-        self.events += EVENT_END.find_iter(&bytes).count() as u64;
-        bytes
     }
 
     /// Turns what arrived into what the client gets: complete events only, usage noted, the
     /// usage-only event removed when the client did not ask for it.
     fn process(&mut self, input: Bytes) -> Option<Bytes> {
-        let complete = if self.tail.is_empty() {
-            match last_event_end(&input) {
-                Some(end) if end == input.len() => input,
-                Some(end) => {
-                    self.tail.extend_from_slice(&input[end..]);
-                    input.slice(..end)
-                }
-                None => {
-                    self.tail.extend_from_slice(&input);
-                    return None;
-                }
+        let mut last_end = None;
+        let mut ended = 0u64;
+        self.scanner.feed(&input, |end| {
+            last_end = Some(end);
+            ended += 1;
+        });
+        self.generated.events += ended;
+        let complete = match last_end {
+            None => {
+                self.tail.extend_from_slice(&input);
+                return None;
             }
-        } else {
-            self.tail.extend_from_slice(&input);
-            let end = last_event_end(&self.tail)?;
-            self.tail.split_to(end).freeze()
+            Some(end) if self.tail.is_empty() => {
+                self.tail.extend_from_slice(&input[end..]);
+                input.slice(..end)
+            }
+            Some(end) => {
+                self.tail.extend_from_slice(&input[..end]);
+                let complete = self.tail.split().freeze();
+                self.tail.extend_from_slice(&input[end..]);
+                complete
+            }
         };
+        self.generated.text_bytes += sse::text_bytes(&complete);
         if !has_usage_object(&complete) {
             return Some(complete);
         }
         self.take_usage(complete)
     }
 
-    /// Finds the usage event among complete events; drops it if it must be stripped.
+    /// Finds the usage event among complete events; drops it, or removes its `usage` field,
+    /// if it must be stripped.
     fn take_usage(&mut self, complete: Bytes) -> Option<Bytes> {
+        let mut ends = Vec::new();
+        EventScanner::default().feed(&complete, |end| ends.push(end));
+        if ends.last() != Some(&complete.len()) {
+            ends.push(complete.len());
+        }
         let mut out: Option<BytesMut> = None;
         let mut start = 0;
-        for end in EVENT_END.find_iter(&complete).map(|i| i + 2) {
+        for end in ends {
             let event = &complete[start..end];
             let found = if has_usage_object(event) {
                 event_data(event).and_then(usage_from_chunk)
             } else {
                 None
             };
-            let keep = match found {
-                Some((usage, only_usage)) => {
+            let replaced = match found {
+                Some((usage, kind)) => {
                     usage.merge_into(self.usage.get_or_insert_with(Usage::default));
-                    !(self.strip_usage_event && only_usage)
+                    match kind {
+                        _ if !self.strip_usage_event => None,
+                        UsageChunk::Anthropic => None,
+                        UsageChunk::UsageOnly => Some(Bytes::new()),
+                        UsageChunk::WithChoices => Some(without_usage(event)),
+                    }
                 }
-                None => true,
+                None => None,
             };
-            if !keep && out.is_none() {
-                out = Some(BytesMut::from(&complete[..start]));
-            } else if keep && let Some(out) = out.as_mut() {
-                out.extend_from_slice(event);
+            match replaced {
+                None => {
+                    if let Some(out) = out.as_mut() {
+                        out.extend_from_slice(event);
+                    }
+                }
+                Some(new) => out
+                    .get_or_insert_with(|| BytesMut::from(&complete[..start]))
+                    .extend_from_slice(&new),
             }
             start = end;
         }
@@ -156,17 +181,31 @@ impl SseRelay {
     }
 }
 
-static EVENT_END: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\n\n"));
-static LAST_EVENT_END: LazyLock<memmem::FinderRev<'static>> =
-    LazyLock::new(|| memmem::FinderRev::new(b"\n\n"));
+/// An OpenAI chunk event without its `usage` field (its other fields, and any other lines,
+/// as they were). An event whose data is not a JSON object is kept as it is.
+fn without_usage(event: &[u8]) -> Bytes {
+    let Some(mut chunk) = event_data(event).and_then(|data| {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(data).ok()
+    }) else {
+        return Bytes::copy_from_slice(event);
+    };
+    chunk.remove("usage");
+    let mut out = BytesMut::with_capacity(event.len());
+    for line in sse::lines(event).filter(|line| !line.is_empty()) {
+        if sse::field(line, b"data").is_some() {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(&serde_json::to_vec(&chunk).unwrap_or_default());
+        } else {
+            out.extend_from_slice(line);
+        }
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"\n");
+    out.freeze()
+}
+
 static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
-
-/// Offset just past the last `\n\n` in `bytes`.
-fn last_event_end(bytes: &[u8]) -> Option<usize> {
-    LAST_EVENT_END.rfind(bytes).map(|i| i + 2)
-}
 
 /// Whether `bytes` holds a `"usage"` key whose value is an object. OpenAI-compatible servers
 /// put `"usage":null` in every chunk of a stream that asked for usage; only the one real
@@ -182,12 +221,7 @@ fn has_usage_object(bytes: &[u8]) -> bool {
 
 /// The payload of an event's `data:` line(s), when it has exactly one (OpenAI's events do).
 fn event_data(event: &[u8]) -> Option<&[u8]> {
-    let line = event
-        .split(|&b| b == b'\n')
-        .find(|line| line.starts_with(b"data:"))?;
-    let data = &line[5..];
-    let data = data.strip_prefix(b" ").unwrap_or(data);
-    Some(data.strip_suffix(b"\r").unwrap_or(data))
+    sse::lines(event).find_map(|line| sse::field(line, b"data"))
 }
 
 impl Stream for SseRelay {
@@ -247,7 +281,8 @@ impl Stream for SseRelay {
             // Whatever is left in the tail is an unterminated last event: pass it on.
             let rest = std::mem::take(&mut this.tail).freeze();
             // The unterminated tail counts as an event too.
-            this.events += u64::from(!rest.is_empty());
+            this.generated.events += u64::from(this.scanner.has_pending_event());
+            this.generated.text_bytes += sse::text_bytes(&rest);
             let out = match (out, rest.is_empty()) {
                 (out, true) => out,
                 (Some(out), false) => {
@@ -257,12 +292,11 @@ impl Stream for SseRelay {
                 }
                 (None, false) => Some(rest),
             };
-            let out = out.map(|bytes| this.relayed(bytes));
             this.close(Outcome::Success, StatusCode::OK);
             return Poll::Ready(out.map(Ok));
         }
         match out {
-            Some(bytes) => Poll::Ready(Some(Ok(this.relayed(bytes)))),
+            Some(bytes) => Poll::Ready(Some(Ok(bytes))),
             // Nothing complete yet: the upstream returned `Pending`, so its waker is set.
             None => Poll::Pending,
         }
@@ -288,16 +322,20 @@ mod tests {
     fn relay(strip: bool) -> SseRelayHarness {
         SseRelayHarness {
             tail: BytesMut::new(),
+            scanner: EventScanner::default(),
             strip,
             usage: None,
+            generated: Generated::default(),
         }
     }
 
     /// The event-processing half of the relay, without a ledger or an upstream.
     struct SseRelayHarness {
         tail: BytesMut,
+        scanner: EventScanner,
         strip: bool,
         usage: Option<Usage>,
+        generated: Generated,
     }
 
     impl SseRelayHarness {
@@ -309,16 +347,19 @@ mod tests {
                 ),
                 pending: None,
                 tail: std::mem::take(&mut self.tail),
+                scanner: std::mem::take(&mut self.scanner),
                 strip_usage_event: self.strip,
                 usage: self.usage,
-                events: 0,
+                generated: self.generated,
                 ledger: None,
                 deadline: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(60))),
                 finished: false,
             };
             let out = r.process(Bytes::from(input.to_owned()));
             self.tail = std::mem::take(&mut r.tail);
+            self.scanner = std::mem::take(&mut r.scanner);
             self.usage = r.usage;
+            self.generated = r.generated;
             out.map(|b| String::from_utf8(b.to_vec()).unwrap())
                 .unwrap_or_default()
         }
@@ -375,11 +416,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn usage_riding_on_a_content_chunk_is_never_stripped() {
+    async fn usage_riding_on_a_chunk_with_choices_is_removed_from_it_not_dropped() {
         let mut r = relay(true);
         let mixed = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n";
-        assert_eq!(r.feed(mixed), mixed);
+        assert_eq!(
+            r.feed(mixed),
+            "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"
+        );
         assert_eq!(r.usage.unwrap().total_tokens(), 2);
+        // LiteLLM's final chunk, CRLF-terminated, between two others.
+        let mut r = relay(true);
+        let litellm = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":3}}\r\n\r\n";
+        assert_eq!(
+            r.feed(&format!("{CONTENT}{litellm}{DONE}")),
+            format!(
+                "{CONTENT}data: {{\"choices\":[{{\"delta\":{{}},\"index\":0}}],\"id\":\"c\"}}\n\n{DONE}"
+            )
+        );
+        assert_eq!(r.usage.unwrap().total_tokens(), 7);
+        // Asked for: untouched.
+        let mut r = relay(false);
+        assert_eq!(r.feed(mixed), mixed);
+    }
+
+    #[tokio::test]
+    async fn crlf_and_cr_streams_are_cut_into_events() {
+        for end in ["\r\n", "\r"] {
+            let event =
+                format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}]}}{end}{end}");
+            let mut r = relay(true);
+            assert_eq!(
+                r.feed(&format!("{event}{event}")),
+                format!("{event}{event}")
+            );
+            let (a, b) = event.split_at(20);
+            assert_eq!(r.feed(a), "");
+            assert_eq!(r.feed(b), event);
+            assert_eq!(r.generated.events, 3, "{end:?}");
+            assert_eq!(r.generated.text_bytes, 6);
+        }
     }
 
     #[test]

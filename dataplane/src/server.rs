@@ -96,6 +96,7 @@ pub fn build_state_with_keys(
             connect_timeout: server.connect_timeout(),
             pool_idle_timeout: Duration::from_secs(server.upstream_pool_idle_timeout_seconds),
             pool_max_idle_per_host: server.upstream_pool_max_idle_per_host,
+            caps: server.upstream_caps(),
         },
         extra_roots,
     )

@@ -11,6 +11,10 @@
 //! - Anthropic: `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`, resets as
 //!   RFC 3339 instants.
 //!
+//! Every header is untrusted input: a value that does not parse is ignored, and a reset is
+//! clamped to [`MAX_RESET`] (an upstream saying `1e30` seconds must neither panic nor park a
+//! deployment for ever).
+//!
 //! The deployment's state stores each reading in its [`super::UpstreamQuota`] when the
 //! attempt's outcome is recorded; the key ring reads the reset of an exhausted allowance
 //! from it.
@@ -18,6 +22,17 @@
 use std::time::Duration;
 
 use http::HeaderMap;
+
+/// The longest reset an upstream's header can announce; longer values are clamped to it.
+pub const MAX_RESET: Duration = Duration::from_secs(3600);
+
+/// Seconds as a duration, clamped to [`MAX_RESET`]; `None` for negative or non-finite values.
+fn reset_secs(secs: f64) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).map_or(MAX_RESET, |d| d.min(MAX_RESET)))
+}
 
 /// What the upstream said about its limits for this account.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,7 +83,8 @@ impl UpstreamRateLimits {
     ) -> Option<Self> {
         let until = |name: &str| {
             let at = chrono::DateTime::parse_from_rfc3339(text(headers, name)?).ok()?;
-            (at.with_timezone(&chrono::Utc) - now).to_std().ok()
+            let until = at.with_timezone(&chrono::Utc).signed_duration_since(now);
+            until.to_std().ok().map(|d| d.min(MAX_RESET))
         };
         Self {
             limit_requests: number(headers, "anthropic-ratelimit-requests-limit"),
@@ -94,7 +110,7 @@ fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
 /// number of seconds.
 fn go_duration(s: &str) -> Option<Duration> {
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return reset_secs(secs);
     }
     let mut total = 0.0f64;
     let mut rest = s;
@@ -122,7 +138,7 @@ fn go_duration(s: &str) -> Option<Duration> {
         total += value * factor;
         rest = &rest[unit_len..];
     }
-    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total))
+    reset_secs(total)
 }
 
 #[cfg(test)]
@@ -153,6 +169,34 @@ mod tests {
             UpstreamRateLimits::from_openai_headers(&HeaderMap::new()),
             None
         );
+    }
+
+    #[test]
+    fn absurd_resets_are_clamped_not_panics() {
+        for value in [
+            "1e30",
+            "1e300",
+            "inf",
+            "NaN",
+            "-1",
+            "99999999999999h",
+            "1e308h",
+            "1.5.5s",
+        ] {
+            let h = headers(&[("x-ratelimit-reset-requests", value)]);
+            let r = UpstreamRateLimits::from_openai_headers(&h);
+            let reset = r.and_then(|r| r.reset_requests);
+            assert!(reset.is_none_or(|d| d <= MAX_RESET), "{value}: {reset:?}");
+        }
+        assert_eq!(go_duration("1e30"), Some(MAX_RESET));
+        assert_eq!(go_duration("-1"), None);
+        let now = chrono::Utc::now();
+        let h = headers(&[(
+            "anthropic-ratelimit-requests-reset",
+            "+262000-01-01T00:00:00Z",
+        )]);
+        let r = UpstreamRateLimits::from_anthropic_headers(&h, now);
+        assert!(r.is_none_or(|r| r.reset_requests.is_none_or(|d| d <= MAX_RESET)));
     }
 
     #[test]

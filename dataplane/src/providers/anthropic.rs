@@ -1,4 +1,6 @@
 //! Anthropic's Messages API (`POST {base_url}/messages`, `x-api-key`, `anthropic-version`).
+//! `base_url` may leave out the `/v1` (`https://api.anthropic.com`, as the Anthropic SDK takes
+//! it): the path is then `{base_url}/v1/messages`.
 //!
 //! A client on `/v1/messages` speaks Anthropic already: its body goes out with only the model
 //! name swapped and the answer comes back byte for byte. A client on `/v1/chat/completions`
@@ -27,6 +29,15 @@ static VERSION: HeaderValue = HeaderValue::from_static(ANTHROPIC_VERSION);
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
 
+/// The Messages API's path under a base path, adding the `/v1` the base may leave out.
+fn messages_path(base_path: &str) -> String {
+    if base_path.ends_with("/v1") {
+        format!("{base_path}/messages")
+    } else {
+        format!("{base_path}/v1/messages")
+    }
+}
+
 /// An Anthropic provider.
 #[derive(Debug)]
 pub struct AnthropicAdaptor {
@@ -36,11 +47,13 @@ pub struct AnthropicAdaptor {
 }
 
 impl AnthropicAdaptor {
-    /// `base_url` includes the version path (`https://api.anthropic.com/v1`).
+    /// `base_url` with or without the version path: `https://api.anthropic.com/v1`, or
+    /// `https://api.anthropic.com` as the Anthropic SDK and most docs write it (`/v1` is then
+    /// added, as the SDK does).
     pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
         let http = setup.http(X_API_KEY, "")?;
         Ok(Self {
-            messages_path: format!("{}/messages", http.base_path),
+            messages_path: messages_path(&http.base_path),
             http,
         })
     }
@@ -99,5 +112,18 @@ impl ProviderAdaptor for AnthropicAdaptor {
 
     fn rate_limits(&self, headers: &HeaderMap) -> Option<UpstreamRateLimits> {
         UpstreamRateLimits::from_anthropic_headers(headers, chrono::Utc::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_url_works_with_or_without_v1() {
+        assert_eq!(messages_path("/v1"), "/v1/messages");
+        assert_eq!(messages_path(""), "/v1/messages");
+        assert_eq!(messages_path("/s/x/v1"), "/s/x/v1/messages");
+        assert_eq!(messages_path("/proxy"), "/proxy/v1/messages");
     }
 }

@@ -81,6 +81,7 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(1),
             pool_idle_timeout: std::time::Duration::from_secs(1),
             pool_max_idle_per_host: 1,
+            caps: Default::default(),
         };
         let client = client::build(settings, Vec::new()).unwrap();
         let provider: switchboard_shared::snapshot::Provider = serde_json::from_value(

@@ -12,6 +12,10 @@
 //! its connection back; a body dropped early closes it, which is how a client disconnect
 //! cancels the upstream request. A request on a reused connection that fails before any byte of
 //! the answer arrives (the server closed it while idle) is retried once on a new connection.
+//!
+//! Upstreams are untrusted: the body enforces the [`UpstreamCaps`] as it is read ([`Cap`]) —
+//! a complete body past `body_bytes`, or an event of an event stream past `event_bytes`, ends
+//! it with [`BodyError::TooLarge`], counted in `switchboard_upstream_oversize_total`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,7 +36,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::{BodyError, SendError};
+use super::{BodyError, Oversize, SendError, UpstreamCaps};
+use crate::sse::EventScanner;
 
 /// Client settings from the server config.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +45,7 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    pub caps: UpstreamCaps,
 }
 
 /// Shared by every adaptor; cheap to clone.
@@ -330,6 +336,7 @@ impl Upstream {
     }
 
     fn finish(&self, (status, headers, conn, buf, framing): Head) -> Response {
+        let cap = Cap::of(&headers, self.client.inner.settings.caps);
         Response {
             status,
             headers,
@@ -338,6 +345,7 @@ impl Upstream {
                 buf,
                 framing,
                 pool: Arc::clone(&self.pool),
+                cap,
             },
         }
     }
@@ -547,7 +555,7 @@ fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Bytes>, Bo
                 Chunk::Size => {
                     let Some(eol) = CRLF.find(buf) else {
                         if buf.len() > 1024 {
-                            return Err(BodyError("chunk size line too long".into()));
+                            return Err(BodyError::Failed("chunk size line too long".into()));
                         }
                         break;
                     };
@@ -556,7 +564,7 @@ fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Bytes>, Bo
                     let size = std::str::from_utf8(hex)
                         .ok()
                         .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-                        .ok_or_else(|| BodyError("malformed chunk size".into()))?;
+                        .ok_or_else(|| BodyError::Failed("malformed chunk size".into()))?;
                     buf.advance(eol + 2);
                     *state = if size == 0 {
                         Chunk::Trailers
@@ -581,13 +589,16 @@ fn decode(buf: &mut BytesMut, framing: &mut Framing) -> Result<Option<Bytes>, Bo
                         break;
                     }
                     if &buf[..2] != b"\r\n" {
-                        return Err(BodyError("missing CRLF after a chunk".into()));
+                        return Err(BodyError::Failed("missing CRLF after a chunk".into()));
                     }
                     buf.advance(2);
                     *state = Chunk::Size;
                 }
                 Chunk::Trailers => {
                     let Some(eol) = CRLF.find(buf) else {
+                        if buf.len() > MAX_HEAD_BYTES {
+                            return Err(BodyError::Failed("trailer line too long".into()));
+                        }
                         break;
                     };
                     buf.advance(eol + 2);
@@ -609,6 +620,69 @@ pub struct ResponseBody {
     buf: BytesMut,
     framing: Framing,
     pool: Arc<Pool>,
+    cap: Cap,
+}
+
+/// The size cap a body is read under, chosen by its content type.
+enum Cap {
+    /// A complete body: this many bytes are left.
+    Whole { left: usize },
+    /// Server-sent events: each event at most `max` bytes.
+    Events { scanner: EventScanner, max: usize },
+    /// A binary event stream (Bedrock): its framing caps each message itself.
+    Framed,
+}
+
+impl Cap {
+    fn of(headers: &HeaderMap, caps: UpstreamCaps) -> Cap {
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if content_type.starts_with("text/event-stream") {
+            Cap::Events {
+                scanner: EventScanner::default(),
+                max: caps.event_bytes,
+            }
+        } else if content_type.starts_with("application/vnd.amazon.eventstream") {
+            Cap::Framed
+        } else {
+            Cap::Whole {
+                left: caps.body_bytes,
+            }
+        }
+    }
+
+    /// Checks the next decoded bytes against the cap.
+    fn check(&mut self, data: &[u8]) -> Result<(), BodyError> {
+        let passed = match self {
+            Cap::Whole { left } => match left.checked_sub(data.len()) {
+                Some(rest) => {
+                    *left = rest;
+                    None
+                }
+                None => Some(Oversize::Body),
+            },
+            Cap::Events { scanner, max } => {
+                let mut longest = 0;
+                let mut event_start = -(scanner.pending_len() as isize);
+                scanner.feed(data, |end| {
+                    longest = longest.max(end as isize - event_start);
+                    event_start = end as isize;
+                });
+                let longest = (longest.max(0) as usize).max(scanner.pending_len());
+                (longest > *max).then_some(Oversize::Event)
+            }
+            Cap::Framed => None,
+        };
+        match passed {
+            None => Ok(()),
+            Some(what) => {
+                crate::metrics::count_upstream_oversize(what.label());
+                Err(BodyError::TooLarge(what))
+            }
+        }
+    }
 }
 
 impl ResponseBody {
@@ -634,6 +708,15 @@ impl http_body::Body for ResponseBody {
         let this = &mut *self;
         loop {
             let decoded = decode(&mut this.buf, &mut this.framing)?;
+            if let Some(data) = &decoded
+                && let Err(e) = this.cap.check(data)
+            {
+                // Never reused: the rest of the body is still on the wire.
+                this.conn = None;
+                this.buf.clear();
+                this.framing = Framing::Done { reusable: false };
+                return Poll::Ready(Some(Err(e)));
+            }
             if this.framing.is_done() {
                 this.release();
             }
@@ -651,7 +734,7 @@ impl http_body::Body for ResponseBody {
                 cx,
                 &mut this.buf
             ))
-            .map_err(|e| BodyError(e.to_string()))?;
+            .map_err(|e| BodyError::Failed(e.to_string()))?;
             if n == 0 {
                 if this.framing == Framing::UntilClose {
                     this.framing = Framing::Done { reusable: false };
@@ -659,7 +742,7 @@ impl http_body::Body for ResponseBody {
                     return Poll::Ready(None);
                 }
                 this.conn = None;
-                return Poll::Ready(Some(Err(BodyError(
+                return Poll::Ready(Some(Err(BodyError::Failed(
                     "the upstream closed the connection mid-answer".into(),
                 ))));
             }
@@ -736,6 +819,46 @@ mod tests {
             reusable: true,
         };
         assert!(decode(&mut BytesMut::from(&b"zz\r\n"[..]), &mut framing).is_err());
+        let mut framing = Framing::Chunked {
+            state: Chunk::Trailers,
+            reusable: true,
+        };
+        let endless = vec![b'x'; MAX_HEAD_BYTES + 1];
+        assert!(decode(&mut BytesMut::from(&endless[..]), &mut framing).is_err());
+    }
+
+    #[test]
+    fn caps_follow_the_content_type() {
+        let caps = UpstreamCaps {
+            body_bytes: 10,
+            event_bytes: 10,
+        };
+        let typed = |t: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(t));
+            Cap::of(&h, caps)
+        };
+        let mut json = typed("application/json");
+        assert!(json.check(b"0123456789").is_ok());
+        assert!(matches!(
+            json.check(b"x"),
+            Err(BodyError::TooLarge(Oversize::Body))
+        ));
+        // A stream may run long; each event may not.
+        let mut sse = typed("text/event-stream");
+        for _ in 0..10 {
+            assert!(sse.check(b"data: 1\n\n").is_ok());
+        }
+        assert!(sse.check(b"data: 123").is_ok());
+        assert!(matches!(
+            sse.check(b"45"),
+            Err(BodyError::TooLarge(Oversize::Event))
+        ));
+        // An event that starts, passes the cap and ends within one read is caught too.
+        let mut sse = typed("text/event-stream");
+        assert!(sse.check(b"data: 123456789\n\ndata: 1\n\n").is_err());
+        let mut bedrock = typed("application/vnd.amazon.eventstream");
+        assert!(bedrock.check(&[0; 100]).is_ok());
     }
 
     #[test]

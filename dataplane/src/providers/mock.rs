@@ -117,7 +117,7 @@ impl MockAdaptor {
             }),
             Endpoint::Embeddings => json!({
                 "object": "list",
-                "data": [{"object": "embedding", "index": 0, "embedding": embedding(&request.view.body)}],
+                "data": embeddings(&request.view.body),
                 "model": model,
                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
             }),
@@ -141,6 +141,30 @@ fn response(content_type: &'static str, body: super::UpstreamBody) -> UpstreamRe
 }
 
 /// An 8-dimensional unit vector that depends only on the input bytes.
+/// One embedding object per input, as OpenAI answers: `input` is one string (or one list of
+/// token ids), or a list of strings (or of token-id lists).
+fn embeddings(body: &[u8]) -> Vec<serde_json::Value> {
+    let input = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|mut doc| doc.get_mut("input").map(serde_json::Value::take))
+        .unwrap_or_default();
+    let inputs = match input {
+        serde_json::Value::Array(items) if items.iter().all(|i| !i.is_number()) => items,
+        one => vec![one],
+    };
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let bytes = match item {
+                serde_json::Value::String(text) => text.as_bytes().to_vec(),
+                other => other.to_string().into_bytes(),
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding(&bytes)})
+        })
+        .collect()
+}
+
 fn embedding(input: &[u8]) -> Vec<f64> {
     let mut state: u64 = 0xcbf2_9ce4_8422_2325;
     let raw: Vec<f64> = (0..8)
@@ -244,5 +268,21 @@ mod tests {
         assert_eq!(vec(&a), vec(&a2));
         assert_ne!(vec(&a), vec(&b));
         assert_eq!(vec(&a).as_array().unwrap().len(), 8);
+    }
+
+    #[tokio::test]
+    async fn embeddings_come_one_per_input() {
+        let (_, list) = run(Endpoint::Embeddings, r#"{"model":"m","input":["a","b"]}"#).await;
+        let (_, a) = run(Endpoint::Embeddings, r#"{"model":"m","input":"a"}"#).await;
+        let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        let data = list["data"].as_array().unwrap();
+        assert_eq!(data.len(), 2);
+        assert_eq!(data[1]["index"], 1);
+        assert_eq!(data[0]["embedding"], a["data"][0]["embedding"]);
+        assert_ne!(data[0]["embedding"], data[1]["embedding"]);
+        let (_, tokens) = run(Endpoint::Embeddings, r#"{"model":"m","input":[1,2,3]}"#).await;
+        let tokens: serde_json::Value = serde_json::from_slice(&tokens).unwrap();
+        assert_eq!(tokens["data"].as_array().unwrap().len(), 1);
     }
 }

@@ -99,8 +99,52 @@ pub type UpstreamBody = BoxBody<Bytes, BodyError>;
 
 /// A failure while reading an upstream body.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("upstream body failed: {0}")]
-pub struct BodyError(pub String);
+pub enum BodyError {
+    #[error("upstream body failed: {0}")]
+    Failed(String),
+    /// The body passed one of the [`UpstreamCaps`] (counted where it was found).
+    #[error("the upstream's {0} was larger than the gateway accepts")]
+    TooLarge(Oversize),
+}
+
+/// Which of the [`UpstreamCaps`] an upstream passed; also the metric's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Oversize {
+    /// A complete (non-streamed) answer or error body.
+    #[error("answer")]
+    Body,
+    /// One event of an event stream (a single SSE line is part of its event).
+    #[error("stream event")]
+    Event,
+}
+
+impl Oversize {
+    pub fn label(self) -> &'static str {
+        match self {
+            Oversize::Body => "body",
+            Oversize::Event => "event",
+        }
+    }
+}
+
+/// Size caps on what an upstream sends (from the server config; upstreams are untrusted):
+/// a complete body, streamed or not, that is not an event stream may have at most
+/// `body_bytes`; an event stream may run for ever, but each of its events may have at most
+/// `event_bytes`. Enforced by the HTTP client as it reads ([`client`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamCaps {
+    pub body_bytes: usize,
+    pub event_bytes: usize,
+}
+
+impl Default for UpstreamCaps {
+    fn default() -> Self {
+        Self {
+            body_bytes: 64 * 1024 * 1024,
+            event_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
 
 /// The upstream's answer head and its (still unread) body.
 pub struct UpstreamResponse {

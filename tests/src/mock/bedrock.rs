@@ -101,7 +101,10 @@ pub fn respond(
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         return response;
     }
-    let frames = stream_frames(if tools { STREAM_TOOL } else { STREAM });
+    let frames = match scenario.event_text {
+        Some(bytes) => long_stream_frames(scenario.stream_chunks(), bytes),
+        None => stream_frames(if tools { STREAM_TOOL } else { STREAM }),
+    };
     let keep = frames.len() / 2;
     let body = MockBody::stream(
         frames,
@@ -128,19 +131,45 @@ fn stream_frames(fixture: &str) -> Vec<Bytes> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|pair| {
-            let kind = pair[0].as_str().unwrap_or_default();
-            let payload = pair[1].to_string();
-            eventstream::encode(
-                &[
-                    (":event-type", kind),
-                    (":content-type", "application/json"),
-                    (":message-type", "event"),
-                ],
-                payload.as_bytes(),
-            )
-        })
+        .map(|pair| frame(pair[0].as_str().unwrap_or_default(), &pair[1]))
         .collect()
+}
+
+/// One event-stream message of event type `kind`.
+fn frame(kind: &str, payload: &Value) -> Bytes {
+    eventstream::encode(
+        &[
+            (":event-type", kind),
+            (":content-type", "application/json"),
+            (":message-type", "event"),
+        ],
+        payload.to_string().as_bytes(),
+    )
+}
+
+/// The `event_text` knob: `chunks` deltas of `bytes` bytes of text each between the start and
+/// the stop, then the usage (many tokens an event, as Bedrock streams).
+fn long_stream_frames(chunks: usize, bytes: u64) -> Vec<Bytes> {
+    let text = "x".repeat(usize::try_from(bytes).unwrap_or(0));
+    let delta = serde_json::json!({"contentBlockIndex": 0, "delta": {"text": text}});
+    let tokens = (chunks as u64 * bytes).div_ceil(4);
+    let mut frames = vec![frame(
+        "messageStart",
+        &serde_json::json!({"role": "assistant"}),
+    )];
+    frames.extend((0..chunks).map(|_| frame("contentBlockDelta", &delta)));
+    frames.push(frame(
+        "contentBlockStop",
+        &serde_json::json!({"contentBlockIndex": 0}),
+    ));
+    frames.push(frame(
+        "messageStop",
+        &serde_json::json!({"stopReason": "end_turn"}),
+    ));
+    let usage =
+        serde_json::json!({"inputTokens": 10, "outputTokens": tokens, "totalTokens": tokens + 10});
+    frames.push(frame("metadata", &serde_json::json!({"usage": usage})));
+    frames
 }
 
 /// `Some(403)` unless the request is signed correctly for the example credentials.

@@ -107,11 +107,14 @@ pub fn respond(
         return json(StatusCode::OK, if tools { ANSWER_CALL } else { ANSWER });
     }
     let transcript = if tools { STREAM_CALL } else { STREAM };
-    let events: Vec<Bytes> = transcript
-        .split_inclusive("\r\n\r\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| Bytes::from_static(e.as_bytes()))
-        .collect();
+    let events: Vec<Bytes> = match scenario.event_text {
+        Some(bytes) => long_events(scenario.stream_chunks(), bytes),
+        None => transcript
+            .split_inclusive("\r\n\r\n")
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| Bytes::from_static(e.as_bytes()))
+            .collect(),
+    };
     let keep = events.len() / 2;
     let body = MockBody::stream(
         events,
@@ -128,6 +131,22 @@ pub fn respond(
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     response
+}
+
+/// `chunks` events of `bytes` bytes of text each, then a finish event with usage (the
+/// `event_text` knob): many tokens an event, as Gemini streams.
+fn long_events(chunks: usize, bytes: u64) -> Vec<Bytes> {
+    let text = "x".repeat(usize::try_from(bytes).unwrap_or(0));
+    let mut events: Vec<Bytes> = (0..chunks)
+        .map(|_| {
+            let chunk = serde_json::json!({"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}], "responseId": "s1"});
+            Bytes::from(format!("data: {chunk}\r\n\r\n"))
+        })
+        .collect();
+    let tokens = (chunks as u64 * bytes).div_ceil(4);
+    let last = serde_json::json!({"candidates": [{"content": {"parts": [{"text": ""}], "role": "model"}, "finishReason": "STOP", "index": 0}], "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": tokens, "totalTokenCount": tokens + 10}, "responseId": "s1"});
+    events.push(Bytes::from(format!("data: {last}\r\n\r\n")));
+    events
 }
 
 fn fault_answer(fault: Option<Fault>) -> Option<Response<MockBody>> {

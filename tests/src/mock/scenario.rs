@@ -82,6 +82,54 @@ pub struct Scenario {
     /// `prompt`: prompt tokens to report in OpenAI-format usage; `None` means
     /// [`super::PROMPT_TOKENS`].
     pub prompt: Option<u64>,
+    /// `line_ends`: line ends of OpenAI streams: `lf` (default), `crlf` or `cr`.
+    pub line_ends: LineEnds,
+    /// `oversize`: an OpenAI answer of this many bytes: a JSON body padded to it, or a stream
+    /// whose one `data:` line never ends.
+    pub oversize: Option<u64>,
+    /// `litellm_usage`: LiteLLM's shape — the usage rides on a final chunk with
+    /// `choices: [{"index":0,"delta":{}}]`, sent whether or not the request asked for usage.
+    pub litellm_usage: bool,
+    /// `stream_as_json`: a streamed OpenAI request is answered with one complete JSON body.
+    pub stream_as_json: bool,
+    /// `ratelimit_reset`: sent as written in `x-ratelimit-reset-requests` and
+    /// `x-ratelimit-reset-tokens` on OpenAI answers.
+    pub ratelimit_reset: Option<String>,
+    /// `event_text`: Gemini and Bedrock streams become `chunks` events of this many bytes of
+    /// text each (then their finish and usage events), instead of the fixture's transcript.
+    pub event_text: Option<u64>,
+}
+
+/// How the mock ends the lines of an OpenAI stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LineEnds {
+    #[default]
+    Lf,
+    CrLf,
+    Cr,
+}
+
+impl LineEnds {
+    pub fn as_bytes(self) -> &'static [u8] {
+        match self {
+            LineEnds::Lf => b"\n",
+            LineEnds::CrLf => b"\r\n",
+            LineEnds::Cr => b"\r",
+        }
+    }
+}
+
+impl FromStr for LineEnds {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "lf" => Ok(Self::Lf),
+            "crlf" => Ok(Self::CrLf),
+            "cr" => Ok(Self::Cr),
+            other => Err(format!("expected lf, crlf or cr, not {other:?}")),
+        }
+    }
 }
 
 /// Why a scenario string was refused; the message names the offending knob.
@@ -121,10 +169,17 @@ impl Scenario {
                 "retry_after" => scenario.retry_after = Some(number()?),
                 "cached" => scenario.cached = number()?,
                 "prompt" => scenario.prompt = Some(number()?),
+                "line_ends" => scenario.line_ends = value.parse().map_err(|e| bad(&e))?,
+                "oversize" => scenario.oversize = Some(number()?),
+                "litellm_usage" => scenario.litellm_usage = value.parse().map_err(|e| bad(&e))?,
+                "stream_as_json" => scenario.stream_as_json = value.parse().map_err(|e| bad(&e))?,
+                "ratelimit_reset" => scenario.ratelimit_reset = Some(value.to_owned()),
+                "event_text" => scenario.event_text = Some(number()?),
                 _ => {
                     return Err(ScenarioError(format!(
                         "unknown mock scenario knob {key:?} (known: latency_ms, chunks, \
-                         interval_ms, fault, fail_first, retry_after, cached, prompt)"
+                         interval_ms, fault, fail_first, retry_after, cached, prompt, line_ends, \
+                         oversize, litellm_usage, stream_as_json, ratelimit_reset, event_text)"
                     )));
                 }
             }
@@ -190,6 +245,7 @@ mod tests {
                 retry_after: Some(7),
                 cached: 4,
                 prompt: Some(250_000),
+                ..Scenario::default()
             }
         );
         assert_eq!(s.prompt_tokens(), 250_000);

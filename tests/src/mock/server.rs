@@ -247,7 +247,65 @@ async fn handle(
         Err(message) => return Ok(invalid_request(message)),
     };
     let interval = Duration::from_millis(scenario.interval_ms);
-    Ok(respond(output, fault, interval, &state))
+    let mut response = respond(hostile(output, &scenario), fault, interval, &state);
+    if let Some(reset) = scenario
+        .ratelimit_reset
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        let headers = response.headers_mut();
+        headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(0));
+        headers.insert("x-ratelimit-reset-tokens", reset.clone());
+        headers.insert("x-ratelimit-reset-requests", reset);
+    }
+    Ok(response)
+}
+
+/// The OpenAI answer as the scenario's hostile or unusual upstream would send it: padded past
+/// any size cap (`oversize`), with LiteLLM's usage chunk (`litellm_usage`), with other line
+/// ends (`line_ends`).
+fn hostile(output: Output, scenario: &Scenario) -> Output {
+    const FRAME: usize = 64 * 1024;
+    if let Some(size) = scenario.oversize {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        return match output {
+            Output::Json(_) => {
+                let mut body = Vec::with_capacity(size);
+                body.extend_from_slice(b"{\"padding\":\"");
+                body.resize(size.saturating_sub(2).max(body.len()), b'x');
+                body.extend_from_slice(b"\"}");
+                Output::Json(Bytes::from(body))
+            }
+            Output::Stream(_) => {
+                let mut frames = vec![Bytes::from_static(b"data: ")];
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(FRAME);
+                    frames.push(Bytes::from(vec![b'x'; n]));
+                    left -= n;
+                }
+                Output::Stream(frames)
+            }
+        };
+    }
+    let Output::Stream(events) = output else {
+        return output;
+    };
+    let events = events.into_iter().map(|event| {
+        let mut event = event.to_vec();
+        let text = String::from_utf8_lossy(&event);
+        if scenario.litellm_usage && text.contains("\"usage\":{") {
+            event = text
+                .replace("\"choices\":[]", "\"choices\":[{\"index\":0,\"delta\":{}}]")
+                .into_bytes();
+        }
+        let end = scenario.line_ends.as_bytes();
+        if end != b"\n" {
+            event = event.split(|&b| b == b'\n').collect::<Vec<_>>().join(end);
+        }
+        Bytes::from(event)
+    });
+    Output::Stream(events.collect())
 }
 
 /// Answers for the faults that need no response body of the route; `None` for the others.
@@ -308,11 +366,13 @@ fn render_output(
         prompt: scenario.prompt_tokens(),
         cached: scenario.cached,
     };
-    let stream = peek.stream.unwrap_or(false) && route != Route::Embeddings;
-    let include_usage = peek
-        .stream_options
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let stream =
+        peek.stream.unwrap_or(false) && route != Route::Embeddings && !scenario.stream_as_json;
+    let include_usage = scenario.litellm_usage
+        || peek
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
     let chunks = scenario.stream_chunks();
     let tools = peek
         .tools

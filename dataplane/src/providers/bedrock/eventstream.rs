@@ -168,15 +168,15 @@ pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Bytes {
 
 /// AWS's event-stream framing for [`Translated`]: each decoded message goes to the translator
 /// named by its `:event-type`, or `exception` for exception messages.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct EventStream;
 
 /// A body that decodes an event stream and converts each message with a translator.
 pub type EventStreamTranslate<T> = Translated<EventStream, T>;
 
 impl Framing for EventStream {
-    fn drain(buf: &mut BytesMut, events: Events<'_>) -> Result<(), BodyError> {
-        while let Some(message) = decode(buf).map_err(|e| BodyError(e.to_string()))? {
+    fn drain(&mut self, buf: &mut BytesMut, events: Events<'_>) -> Result<(), BodyError> {
+        while let Some(message) = decode(buf).map_err(|e| BodyError::Failed(e.to_string()))? {
             let name = match message.header(":message-type") {
                 Some("event") | None => message.header(":event-type"),
                 Some(_) => Some("exception"),
@@ -186,11 +186,13 @@ impl Framing for EventStream {
         Ok(())
     }
 
-    fn end(rest: &[u8], _events: Events<'_>) -> Result<(), BodyError> {
+    fn end(&mut self, rest: &[u8], _events: Events<'_>) -> Result<(), BodyError> {
         if rest.is_empty() {
             Ok(())
         } else {
-            Err(BodyError("event stream ended inside a message".into()))
+            Err(BodyError::Failed(
+                "event stream ended inside a message".into(),
+            ))
         }
     }
 }

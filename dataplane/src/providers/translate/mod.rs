@@ -29,7 +29,6 @@ pub mod openai_anthropic;
 pub mod openai_bedrock;
 pub mod openai_gemini;
 
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -40,6 +39,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use serde_json::Value;
 
 use super::{BodyError, UpstreamBody, UpstreamResponse};
+use crate::sse::{self, EventScanner};
 
 /// Converts one SSE stream into another, one upstream event at a time.
 pub trait StreamTranslator: Send + Sync + Unpin + 'static {
@@ -53,15 +53,16 @@ pub trait StreamTranslator: Send + Sync + Unpin + 'static {
 pub type Events<'a> = &'a mut dyn FnMut(Option<&str>, &[u8]);
 
 /// How an upstream stream is cut into events: SSE ([`Sse`]) or AWS's binary event stream
-/// ([`crate::providers::bedrock::eventstream::EventStream`]).
-pub trait Framing: Send + Sync + Unpin + 'static {
+/// ([`crate::providers::bedrock::eventstream::EventStream`]). A framing may keep state between
+/// reads (where it stopped scanning), so that no byte is scanned twice.
+pub trait Framing: Default + Send + Sync + Unpin + 'static {
     /// Hands every complete event at the front of `buf` on, removing it; `Err` for bytes that
-    /// cannot be a stream of this framing.
-    fn drain(buf: &mut BytesMut, events: Events<'_>) -> Result<(), BodyError>;
+    /// cannot be a stream of this framing. `buf` holds what the last call left, then new bytes.
+    fn drain(&mut self, buf: &mut BytesMut, events: Events<'_>) -> Result<(), BodyError>;
 
     /// The upstream ended cleanly with `rest` not yet consumed: hand on what is left, or
     /// `Err` if the stream ended inside an event.
-    fn end(rest: &[u8], events: Events<'_>) -> Result<(), BodyError>;
+    fn end(&mut self, rest: &[u8], events: Events<'_>) -> Result<(), BodyError>;
 }
 
 /// A body that converts an upstream stream, framed by `F`, with a [`StreamTranslator`]:
@@ -71,7 +72,7 @@ pub struct Translated<F, T> {
     buf: BytesMut,
     translator: T,
     done: bool,
-    framing: PhantomData<F>,
+    framing: F,
 }
 
 /// A body that converts an upstream SSE stream with a [`StreamTranslator`].
@@ -84,7 +85,7 @@ impl<F: Framing, T: StreamTranslator> Translated<F, T> {
             buf: BytesMut::new(),
             translator,
             done: false,
-            framing: PhantomData,
+            framing: F::default(),
         }
         .boxed()
     }
@@ -115,7 +116,7 @@ impl<F: Framing, T: StreamTranslator> Body for Translated<F, T> {
                     let mut events = |name: Option<&str>, data: &[u8]| {
                         translator.event(name, data, &mut out);
                     };
-                    if let Err(e) = F::drain(&mut this.buf, &mut events) {
+                    if let Err(e) = this.framing.drain(&mut this.buf, &mut events) {
                         this.done = true;
                         return Poll::Ready(Some(Err(e)));
                     }
@@ -133,7 +134,7 @@ impl<F: Framing, T: StreamTranslator> Body for Translated<F, T> {
                     let mut events = |name: Option<&str>, data: &[u8]| {
                         translator.event(name, data, &mut out);
                     };
-                    if let Err(e) = F::end(&this.buf, &mut events) {
+                    if let Err(e) = this.framing.end(&this.buf, &mut events) {
                         return Poll::Ready(Some(Err(e)));
                     }
                     this.translator.finish(&mut out);
@@ -144,20 +145,35 @@ impl<F: Framing, T: StreamTranslator> Body for Translated<F, T> {
     }
 }
 
-/// Server-sent events: events end at a blank line, `event:` names them, `data:` carries them.
-#[derive(Debug)]
-pub struct Sse;
+/// Server-sent events: events end at a blank line (CRLF, LF or CR line ends), `event:` names
+/// them, `data:` carries them. Each byte is scanned once ([`EventScanner`]).
+#[derive(Debug, Default)]
+pub struct Sse {
+    scanner: EventScanner,
+    /// Bytes at the front of the buffer already fed to the scanner.
+    scanned: usize,
+    /// Event ends found in the last read (offsets in the buffer), reused.
+    ends: Vec<usize>,
+}
 
 impl Framing for Sse {
-    fn drain(buf: &mut BytesMut, events: Events<'_>) -> Result<(), BodyError> {
-        while let Some((end, skip)) = event_end(buf) {
-            let event = buf.split_to(end + skip);
-            dispatch(&event[..end], events);
+    fn drain(&mut self, buf: &mut BytesMut, events: Events<'_>) -> Result<(), BodyError> {
+        let scanned = self.scanned.min(buf.len());
+        let ends = &mut self.ends;
+        ends.clear();
+        self.scanner
+            .feed(&buf[scanned..], |end| ends.push(scanned + end));
+        let mut taken = 0;
+        for &end in ends.iter() {
+            let event = buf.split_to(end - taken);
+            taken = end;
+            dispatch(&event, events);
         }
+        self.scanned = buf.len();
         Ok(())
     }
 
-    fn end(rest: &[u8], events: Events<'_>) -> Result<(), BodyError> {
+    fn end(&mut self, rest: &[u8], events: Events<'_>) -> Result<(), BodyError> {
         if !rest.iter().all(u8::is_ascii_whitespace) {
             dispatch(rest, events);
         }
@@ -165,30 +181,19 @@ impl Framing for Sse {
     }
 }
 
-/// Hands one SSE event (without its terminator) on.
+/// Hands one SSE event on (its line ends included or not).
 fn dispatch(event: &[u8], events: Events<'_>) {
     let mut name = None;
     let mut data: Option<&[u8]> = None;
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"event:") {
+    for line in sse::lines(event) {
+        if let Some(rest) = sse::field(line, b"event") {
             name = std::str::from_utf8(rest).ok().map(str::trim);
-        } else if let Some(rest) = line.strip_prefix(b"data:") {
-            data = Some(rest.strip_prefix(b" ").unwrap_or(rest));
+        } else if let Some(rest) = sse::field(line, b"data") {
+            data = Some(rest);
         }
     }
     if let Some(data) = data {
         events(name, data);
-    }
-}
-
-/// Where the first event in `bytes` ends, and the length of its terminator.
-fn event_end(bytes: &[u8]) -> Option<(usize, usize)> {
-    let lf = memchr::memmem::find(bytes, b"\n\n").map(|i| (i, 2));
-    let crlf = memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
     }
 }
 
@@ -245,7 +250,10 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// `body`, failing once it passes [`MAX_ERROR_BODY_BYTES`] (error bodies are read whole).
 pub fn limited(body: UpstreamBody) -> UpstreamBody {
     http_body_util::Limited::new(body, MAX_ERROR_BODY_BYTES)
-        .map_err(|e| BodyError(e.to_string()))
+        .map_err(|e| match e.downcast::<BodyError>() {
+            Ok(inner) => *inner,
+            Err(e) => BodyError::Failed(e.to_string()),
+        })
         .boxed()
 }
 
@@ -392,13 +400,18 @@ mod tests {
     #[tokio::test]
     async fn events_split_across_frames_are_joined_and_each_frame_yields_at_once() {
         let mut body = SseTranslate::boxed(
-            frames(&["event: a\ndata: 1\n\nda", "ta: 2\r\n\r\n", "data: 3"]),
+            frames(&[
+                "event: a\ndata: 1\n\nda",
+                "ta: 2\r\n\r\n",
+                "data: 2b\r\r",
+                "data: 3",
+            ]),
             Echo,
         );
         let mut seen = Vec::new();
         while let Some(frame) = body.frame().await {
             seen.push(String::from_utf8(frame.unwrap().into_data().unwrap().to_vec()).unwrap());
         }
-        assert_eq!(seen, ["a=1;", "-=2;", "-=3;end"]);
+        assert_eq!(seen, ["a=1;", "-=2;", "-=2b;", "-=3;end"]);
     }
 }

@@ -188,6 +188,10 @@ pub fn request_and_messages(
     let mut req: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| TranslateError::new(format!("invalid JSON body: {e}"), None))?;
     match req.remove("messages") {
+        Some(Value::Array(messages)) if messages.is_empty() => Err(TranslateError::new(
+            "messages: at least one message is required",
+            Some("messages"),
+        )),
         Some(Value::Array(messages)) => Ok((req, messages)),
         _ => Err(TranslateError::new(missing, Some("messages"))),
     }

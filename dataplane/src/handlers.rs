@@ -116,6 +116,7 @@ async fn serve_proxy(
     let view = parse(bytes, endpoint)?;
     let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
     tracing::Span::current().record("model", model.name.as_str());
+    crate::context::check_output_limit(model, view.max_tokens)?;
 
     let prompt_estimate = view.estimated_prompt_tokens();
     let facts = RequestFacts {
@@ -125,10 +126,12 @@ async fn serve_proxy(
         stream: view.stream,
         client_wants_usage: view.client_wants_usage,
         max_tokens: view.max_tokens,
+        choices: view.choices,
         started,
         started_at: state.books.clock.now(),
         prompt_estimate,
-        estimated_tokens: prompt_estimate + view.max_tokens.unwrap_or(0),
+        estimated_tokens: prompt_estimate
+            .saturating_add(view.max_tokens.unwrap_or(0).saturating_mul(view.choices)),
         revision: catalog.revision,
         price_version: catalog.price_version,
     };
@@ -136,7 +139,7 @@ async fn serve_proxy(
         state.books.stores(),
         &facts.key,
         facts.estimated_tokens,
-        || facts.max_cost_nanos(),
+        || facts.max_cost_nanos([&*facts.model]),
         facts.started_at,
     )
     .await?;

@@ -215,6 +215,7 @@ fn rate_limited(denial: Denial) -> ApiError {
                 scope: refusal.scope.as_str(),
                 what: refusal.what.as_str(),
                 retry_after: refusal.retry_after,
+                limits: refusal.view(),
             }
         }
         Denial::Unavailable => ApiError::LimitsUnavailable,

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use switchboard_shared::budget::{MAX_CHARGE_NANOS, charge_nanos, nanos_to_usd};
 use switchboard_shared::usage::Usage;
 
-use crate::catalog::{KeyEntry, ModelEntry};
+use crate::catalog::{DeploymentEntry, KeyEntry, ModelEntry};
 use crate::error::ApiError;
 use crate::providers::Endpoint;
 use crate::request::{MAX_TOKENS_CAP, RequestView};
@@ -63,18 +63,17 @@ pub struct RequestFacts {
 }
 
 impl RequestFacts {
-    /// The most this request can cost on any deployment of `models` (the model asked for and
-    /// the fallbacks it may use), in nano-dollars: its prompt estimate plus its completion
-    /// allowance at the dearest price. A 400 naming `max_tokens` when that is more than one
+    /// The most this request can cost on any of `deployments` (those of the model asked for
+    /// and of the fallbacks it may use that may serve it), in nano-dollars: its prompt
+    /// estimate plus its completion allowance at the dearest price. A 400 naming `max_tokens` when that is more than one
     /// request may reserve ([`MAX_CHARGE_NANOS`]): a budget counter is never handed an amount
     /// outside its range.
-    pub fn max_cost_nanos<'m>(
+    pub fn max_cost_nanos<'d>(
         &self,
-        models: impl IntoIterator<Item = &'m ModelEntry>,
+        deployments: impl IntoIterator<Item = &'d DeploymentEntry>,
     ) -> Result<i64, ApiError> {
-        let most = models
+        let most = deployments
             .into_iter()
-            .flat_map(|m| m.deployments.iter())
             .filter_map(|d| d.price.as_ref())
             .map(|price| {
                 let usage = Usage {

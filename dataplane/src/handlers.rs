@@ -139,7 +139,18 @@ async fn serve_proxy(
         state.books.stores(),
         &facts.key,
         facts.estimated_tokens,
-        || facts.max_cost_nanos([&*facts.model]),
+        || {
+            let models = std::iter::once(model).chain(crate::selectors::fallbacks(
+                &catalog,
+                &facts.key.key,
+                model,
+            ));
+            let servable = models
+                .flat_map(|m| m.deployments.iter())
+                .filter(|d| selection.check(d, &facts.key.key).is_ok())
+                .map(|d| &**d);
+            facts.max_cost_nanos(servable)
+        },
         facts.started_at,
     )
     .await?;

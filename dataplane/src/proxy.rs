@@ -221,13 +221,8 @@ async fn forward_inner(
     mut ledger: Ledger,
     explain: &mut Option<String>,
 ) -> Response {
-    let fallbacks = request
-        .facts
-        .model
-        .policy
-        .fallbacks
-        .iter()
-        .filter_map(|name| catalog.model(name));
+    let fallbacks =
+        crate::selectors::fallbacks(catalog, &request.facts.key.key, &request.facts.model);
     let mut tries = Tries::default();
     let base_input = RouteInput {
         stream: request.view.stream,

@@ -240,7 +240,9 @@ async fn key_rate_limits_are_429_with_retry_after_and_headers() {
     // The refusal carries OpenAI's headers too, for clients that back off by them.
     assert_eq!(limited.headers["x-ratelimit-limit-requests"], "2");
     assert_eq!(limited.headers["x-ratelimit-remaining-requests"], "0");
-    let reset = limited.headers["x-ratelimit-reset-requests"].to_str().unwrap();
+    let reset = limited.headers["x-ratelimit-reset-requests"]
+        .to_str()
+        .unwrap();
     assert!(reset.ends_with('s'), "reset {reset}");
     assert_eq!(
         mock.request_count(""),

@@ -346,3 +346,60 @@ async fn a_provider_with_several_keys_spreads_requests_by_weight() {
         "share of the weight-3 key: {share}"
     );
 }
+
+/// Model `m` (two failing deployments, cheap) falls back to `backup` (dear); key `k1` has a
+/// budget and `key_fields`.
+fn fallback_outside_the_key(mock: &MockUpstream, key_fields: &str) -> String {
+    config_yaml(
+        &snapshot(
+            &format!(", budget: {{ max_usd: 100, period: monthly }}{key_fields}"),
+            &format!(
+                "providers:
+  - {{ id: pa, kind: openai, base_url: \"{}\" }}
+  - {{ id: pc, kind: openai, base_url: \"{}\" }}
+deployments:
+  - {{ id: da, model: m, provider: pa, upstream_model: ua, price: {{ input_cost_per_token: 0.000001, output_cost_per_token: 0.000001 }} }}
+  - {{ id: dc, model: backup, provider: pc, upstream_model: uc, price: {{ input_cost_per_token: 100.0, output_cost_per_token: 100.0 }} }}
+models:
+  - {{ model: m, retries: 0, fallbacks: [backup] }}
+",
+                mock.scenario_url("fault=500"),
+                mock.scenario_url("cached=3"),
+            ),
+        ),
+        "",
+    )
+}
+
+#[tokio::test]
+async fn a_fallback_outside_allowed_models_is_never_used_nor_priced() {
+    let mock = MockUpstream::start().await.unwrap();
+    // 200,000 tokens at the fallback's price is beyond what one request may reserve.
+    let dear = r#"{"model":"m","max_tokens":200000,"messages":[{"role":"user","content":"hi"}]}"#;
+
+    let gw = Gateway::start(&fallback_outside_the_key(&mock, ", allowed_models: [m]")).await;
+    for _ in 0..3 {
+        let reply = post(&gw.url(CHAT), GOOD).await;
+        reply.openai_error(502);
+    }
+    assert_eq!(mock.request_count("fault=500"), 3);
+    assert_eq!(mock.request_count("cached=3"), 0, "the key may not use `backup`");
+    // The reservation is priced on `m` alone: the dear fallback cannot serve this key.
+    // (`da` has failed three times in a row by now, so it may be cooling down: 502 or 503.)
+    let reply = post(&gw.url(CHAT), dear).await;
+    assert!(
+        [502, 503].contains(&reply.status.as_u16()),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(mock.request_count("cached=3"), 0);
+
+    // A key that may use it falls back, and is priced on the dearest candidate: `backup`.
+    let gw = Gateway::start(&fallback_outside_the_key(&mock, "")).await;
+    let reply = post(&gw.url(CHAT), GOOD).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(mock.request_count("cached=3"), 1);
+    let e = post(&gw.url(CHAT), dear).await.openai_error(400);
+    assert_eq!(e["param"], "max_tokens", "{e}");
+    assert_eq!(mock.request_count("cached=3"), 1);
+}

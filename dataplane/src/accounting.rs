@@ -351,6 +351,7 @@ impl Ledger {
         );
         let record = UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
+            client_request_id: self.request.client_request_id.clone(),
             tenant_id: self.request.key.tenant.tenant.id.clone(),
             key_id: self.request.key.key.id.clone(),
             model: self.request.model.name.clone(),

@@ -50,6 +50,8 @@ pub struct RequestFacts {
     pub max_tokens: Option<u64>,
     /// Its `n`: how many answers it asks for (1 when absent).
     pub choices: u64,
+    /// The client's own `x-request-id`, recorded beside the gateway's id.
+    pub client_request_id: Option<String>,
     /// When it arrived, for latency and TTFT; and on the budgets' clock, for spend.
     pub started: Instant,
     pub started_at: DateTime<Utc>,

@@ -64,7 +64,51 @@ async fn the_body_reaches_upstream_untouched_but_for_the_model() {
     ))
     .await;
     assert_eq!(mine.headers["x-request-id"], "client-id-42");
-    assert_eq!(gw.usage_records(2).await[1].request_id, "client-id-42");
+    let record = &gw.usage_records(2).await[1];
+    assert_eq!(record.client_request_id.as_deref(), Some("client-id-42"));
+    assert_eq!(
+        record.request_id, mine.headers["x-switchboard-request-id"],
+        "the record's id is the gateway's"
+    );
+}
+
+#[tokio::test]
+async fn repeated_client_request_ids_never_merge_usage_records() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&one_deployment(&mock.base_url(), "", "")).await;
+    let mut gateway_ids = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let reply = send(request(
+            http::Method::POST,
+            &gw.url(CHAT),
+            &[
+                ("authorization", &format!("Bearer {KEY}")),
+                ("x-request-id", "same-every-time"),
+            ],
+            GOOD,
+        ))
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.headers["x-request-id"], "same-every-time");
+        let gateway_id = reply.headers["x-switchboard-request-id"].to_str().unwrap();
+        gateway_ids.insert(gateway_id.to_owned());
+    }
+    let records = gw.usage_records(5).await;
+    assert_eq!(records.len(), 5);
+    // Five records with five ids (the idempotency key: the JetStream `Nats-Msg-Id`), each with
+    // the client's id beside it.
+    let ids: std::collections::HashSet<_> = records.iter().map(|r| r.request_id.clone()).collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(ids, gateway_ids, "the answers name the records");
+    assert!(ids.iter().all(|id| id != "same-every-time"));
+    for r in &records {
+        assert_eq!(r.client_request_id.as_deref(), Some("same-every-time"));
+    }
+    // Upstream sees the gateway's id, never the client's.
+    for sent in mock.requests("") {
+        let upstream_id = sent.headers["x-request-id"].to_str().unwrap();
+        assert!(ids.contains(upstream_id), "{upstream_id}");
+    }
 }
 
 #[tokio::test]
@@ -383,7 +427,11 @@ async fn a_fallback_outside_allowed_models_is_never_used_nor_priced() {
         reply.openai_error(502);
     }
     assert_eq!(mock.request_count("fault=500"), 3);
-    assert_eq!(mock.request_count("cached=3"), 0, "the key may not use `backup`");
+    assert_eq!(
+        mock.request_count("cached=3"),
+        0,
+        "the key may not use `backup`"
+    );
     // The reservation is priced on `m` alone: the dear fallback cannot serve this key.
     // (`da` has failed three times in a row by now, so it may be cooling down: 502 or 503.)
     let reply = post(&gw.url(CHAT), dear).await;

@@ -27,6 +27,7 @@ fn unique_namespace(tag: &str) -> String {
 fn record(i: usize) -> UsageRecord {
     UsageRecord {
         request_id: format!("req-{i:06}"),
+        client_request_id: None,
         tenant_id: "acme".into(),
         key_id: "key-1".into(),
         model: "gpt-4o".into(),

@@ -1,7 +1,7 @@
 //! What the data plane reads from a client's request body, and the two edits it makes.
 //!
 //! "Don't touch the body": the gateway parses only `model`, `stream`,
-//! `stream_options.include_usage`, `max_tokens` and `n` (borrowing, without building a tree), and
+//! `stream_options.include_usage`, `max_tokens`, `n` and `best_of` (borrowing, without building a tree), and
 //! forwards every other byte as the client sent it. The edits are splices at byte offsets that
 //! the parser reports: the public model name becomes the upstream one, and a stream gets
 //! `"stream_options":{"include_usage":true}` so that the upstream reports usage.
@@ -27,8 +27,8 @@ pub struct RequestView {
     /// `max_tokens` or `max_completion_tokens`, for the token-limit estimate: a whole number
     /// in `1..=`[`MAX_TOKENS_CAP`].
     pub max_tokens: Option<u64>,
-    /// `n`, how many answers are asked for: a whole number in `1..=`[`MAX_CHOICES`]; 1 when
-    /// absent. The completion allowance is charged once per answer.
+    /// `n` (or `best_of`, if larger), how many answers are generated: each a whole number in
+    /// `1..=`[`MAX_CHOICES`]; 1 when absent. The completion allowance is charged once per answer.
     pub choices: u64,
     /// The request offers `tools` or `functions` (routing skips deployments without them).
     pub uses_tools: bool,
@@ -58,6 +58,8 @@ struct Fields<'a> {
     max_completion_tokens: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
     n: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
+    best_of: Option<&'a RawValue>,
     #[serde(borrow, default)]
     tools: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -127,7 +129,10 @@ impl RequestView {
             Some(n) => Some(n),
             None => whole_number(fields.max_tokens, "max_tokens", MAX_TOKENS_CAP)?,
         };
-        let choices = whole_number(fields.n, "n", MAX_CHOICES)?.unwrap_or(1);
+        // `best_of` (legacy completions) generates that many answers and bills them all.
+        let choices = whole_number(fields.n, "n", MAX_CHOICES)?
+            .unwrap_or(1)
+            .max(whole_number(fields.best_of, "best_of", MAX_CHOICES)?.unwrap_or(1));
         let model_span = span_of(&body, raw_model.get());
         let stream_options_span = fields.stream_options.map(|raw| span_of(&body, raw.get()));
         let object_start = body.iter().position(|&b| b == b'{').map_or(0, |p| p + 1);
@@ -205,7 +210,7 @@ impl RequestView {
 /// whatever its model: above every model's output limit, far below any overflow.
 pub const MAX_TOKENS_CAP: u64 = 1_000_000;
 
-/// The most answers (`n`) a request may ask for, as OpenAI allows.
+/// The most answers (`n`, `best_of`) a request may ask for, as OpenAI allows for `n`.
 pub const MAX_CHOICES: u64 = 128;
 
 /// A client-supplied count: absent is `None`; present, it must be a JSON integer (no fraction,
@@ -358,6 +363,7 @@ mod tests {
             Some(9)
         );
         assert_eq!(view(r#"{"model":"m","n":3}"#).choices, 3);
+        assert_eq!(view(r#"{"model":"m","n":2,"best_of":5}"#).choices, 5);
         assert_eq!(view(r#"{"model":"m"}"#).choices, 1);
         assert_eq!(
             view(r#"{"model":"m","max_tokens":1000000}"#).max_tokens,
@@ -399,6 +405,7 @@ mod tests {
             ("{\"model\":\"m\",\"n\":0}", Some("n")),
             ("{\"model\":\"m\",\"n\":1000}", Some("n")),
             ("{\"model\":\"m\",\"n\":null}", Some("n")),
+            ("{\"model\":\"m\",\"best_of\":0.5}", Some("best_of")),
             ("{\"model\":\"m\"", None),
         ];
         for (body, param) in cases {

@@ -9,7 +9,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use switchboard_tests::mock::{COMPLETION_TOKENS, PROMPT_TOKENS};
 use switchboard_tests::services::redis_url;
 
@@ -78,23 +77,17 @@ fn bad_bodies() -> Vec<(String, &'static str)> {
             "n",
         ));
     }
+    for value in ["0", "1e2", "null", "129"] {
+        bodies.push((
+            format!(r#"{{"model":"m","max_tokens":10,"best_of":{value},"prompt":"hi"}}"#),
+            "best_of",
+        ));
+    }
     bodies.push((
         r#"{"model":"dear","max_tokens":1000000,"input":"hi"}"#.to_owned(),
         "max_tokens",
     ));
     bodies
-}
-
-async fn key_info(gw: &Gateway) -> Value {
-    let reply = send(request(
-        http::Method::GET,
-        &gw.url("/v1/key/info"),
-        &[("authorization", &format!("Bearer {KEY}"))],
-        "",
-    ))
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()
 }
 
 /// Asserts the route's error shape and returns the message.

@@ -30,6 +30,7 @@ fn day(d: u32) -> DateTime<Utc> {
 fn record(i: usize, at: DateTime<Utc>) -> UsageRecord {
     UsageRecord {
         request_id: format!("req-{i:07}"),
+        client_request_id: None,
         tenant_id: format!("tenant-{}", i % 2),
         key_id: format!("key-{}", i % 3),
         model: "gpt-4o".into(),

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde::Deserialize;
+use switchboard_shared::budget::{MAX_CHARGE_NANOS, charge_nanos};
 use switchboard_shared::pricing::cost;
 use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
 
@@ -299,7 +300,11 @@ impl Ledger {
         let max_tokens = self.request.max_tokens;
         Measured::Counted(Usage {
             prompt_tokens: self.request.prompt_estimate,
-            completion_tokens: completion_allowance(max_tokens, deployment.price.as_ref()),
+            completion_tokens: completion_allowance(
+                max_tokens,
+                self.request.choices,
+                deployment.price.as_ref(),
+            ),
             ..Usage::default()
         })
     }
@@ -331,7 +336,7 @@ impl Ledger {
             &self.request.key,
             deployment,
             actual_tokens,
-            switchboard_shared::budget::usd_to_nanos(cost_usd),
+            charged_nanos(cost_usd),
         );
         if let Some(d) = deployment
             && measured != Measured::Nothing
@@ -349,6 +354,7 @@ impl Ledger {
         );
         let record = UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
+            client_request_id: self.request.client_request_id.clone(),
             tenant_id: self.request.key.tenant.tenant.id.clone(),
             key_id: self.request.key.key.id.clone(),
             model: self.request.model.name.clone(),
@@ -370,6 +376,19 @@ impl Ledger {
         };
         self.books.sink.emit(record);
     }
+}
+
+/// What a request costing `cost_usd` is charged, in nano-dollars: at most
+/// [`MAX_CHARGE_NANOS`], the budget counters' range. Only an upstream reporting absurd usage
+/// (or an absurd price) gets there; that is logged, and the usage record keeps the true cost.
+fn charged_nanos(cost_usd: f64) -> i64 {
+    charge_nanos(cost_usd).unwrap_or_else(|| {
+        tracing::error!(
+            cost_usd,
+            "a request's cost is beyond what one request may be charged; budgets are charged the most"
+        );
+        if cost_usd.is_nan() { 0 } else { MAX_CHARGE_NANOS }
+    })
 }
 
 impl Drop for Ledger {

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use switchboard_shared::budget::usd_to_nanos;
+use switchboard_shared::budget::{MAX_CHARGE_NANOS, charge_nanos, nanos_to_usd};
 use switchboard_shared::usage::Usage;
 
-use crate::catalog::{KeyEntry, ModelEntry};
+use crate::catalog::{DeploymentEntry, KeyEntry, ModelEntry};
+use crate::error::ApiError;
 use crate::providers::Endpoint;
-use crate::request::RequestView;
+use crate::request::{MAX_TOKENS_CAP, RequestView};
 use crate::selectors::Selection;
 
 /// One authenticated, parsed, admitted client request, as the forward loop borrows it.
@@ -47,6 +48,10 @@ pub struct RequestFacts {
     pub stream: bool,
     pub client_wants_usage: bool,
     pub max_tokens: Option<u64>,
+    /// Its `n`: how many answers it asks for (1 when absent).
+    pub choices: u64,
+    /// The client's own `x-request-id`, recorded beside the gateway's id.
+    pub client_request_id: Option<String>,
     /// When it arrived, for latency and TTFT; and on the budgets' clock, for spend.
     pub started: Instant,
     pub started_at: DateTime<Utc>,
@@ -60,35 +65,84 @@ pub struct RequestFacts {
 }
 
 impl RequestFacts {
-    /// The most this request can cost on any of the model's deployments, in nano-dollars:
-    /// its prompt estimate plus its completion allowance at the dearest price.
-    pub fn max_cost_nanos(&self) -> i64 {
-        let most = self
-            .model
-            .deployments
-            .iter()
+    /// The most this request can cost on any of `deployments` (those of the model asked for
+    /// and of the fallbacks it may use that may serve it), in nano-dollars: its prompt
+    /// estimate plus its completion allowance at the dearest price. A 400 naming `max_tokens` when that is more than one
+    /// request may reserve ([`MAX_CHARGE_NANOS`]): a budget counter is never handed an amount
+    /// outside its range.
+    pub fn max_cost_nanos<'d>(
+        &self,
+        deployments: impl IntoIterator<Item = &'d DeploymentEntry>,
+    ) -> Result<i64, ApiError> {
+        let most = deployments
+            .into_iter()
             .filter_map(|d| d.price.as_ref())
             .map(|price| {
                 let usage = Usage {
                     prompt_tokens: self.prompt_estimate,
-                    completion_tokens: completion_allowance(self.max_tokens, Some(price)),
+                    completion_tokens: completion_allowance(
+                        self.max_tokens,
+                        self.choices,
+                        Some(price),
+                    ),
                     ..Usage::default()
                 };
                 switchboard_shared::pricing::cost(&usage, price)
             })
             .fold(0.0, f64::max);
-        usd_to_nanos(most)
+        charge_nanos(most).ok_or_else(|| {
+            ApiError::bad_request(
+                format!(
+                    "this request could cost ${most:.0}, more than one request may reserve \
+                     (${:.0}); lower `max_tokens`",
+                    nanos_to_usd(MAX_CHARGE_NANOS)
+                ),
+                Some("max_tokens"),
+            )
+        })
     }
 }
 
 /// Completion tokens a request may generate on a deployment priced by `price`: its
-/// `max_tokens`, else the model's output limit, else 4096. Budget reservations and the
-/// charge for an answer of unknown size both use it.
+/// `max_tokens`, else the model's output limit, else 4096 — at most [`MAX_TOKENS_CAP`] — once
+/// per answer asked for (`choices`, its `n`). Budget reservations and the charge for an answer
+/// of unknown size both use it.
 pub fn completion_allowance(
     max_tokens: Option<u64>,
+    choices: u64,
     price: Option<&switchboard_shared::price::PriceEntry>,
 ) -> u64 {
     max_tokens
         .or_else(|| price.and_then(|p| p.max_output_tokens.or(p.max_tokens)))
         .unwrap_or(4096)
+        .min(MAX_TOKENS_CAP)
+        .saturating_mul(choices.max(1))
+}
+
+/// Refuses a `max_tokens` above what `model` can generate: the largest `max_output_tokens` the
+/// price catalogue gives its deployments, when every priced deployment has one (a deployment
+/// without a known limit may take any). The providers refuse such a request too (OpenAI and
+/// Anthropic answer 400), so the gateway does not clamp it.
+pub fn check_output_limit(model: &ModelEntry, max_tokens: Option<u64>) -> Result<(), ApiError> {
+    let Some(asked) = max_tokens else {
+        return Ok(());
+    };
+    let mut limit: Option<u64> = None;
+    for deployment in &model.deployments {
+        match deployment.price.as_ref().map(|p| p.max_output_tokens) {
+            Some(Some(most)) => limit = Some(limit.map_or(most, |l| l.max(most))),
+            _ => return Ok(()),
+        }
+    }
+    match limit {
+        Some(most) if asked > most => Err(ApiError::bad_request(
+            format!(
+                "`max_tokens` is {asked}, above the {most} output tokens model `{}` can \
+                 generate",
+                model.name
+            ),
+            Some("max_tokens"),
+        )),
+        _ => Ok(()),
+    }
 }

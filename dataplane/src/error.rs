@@ -16,6 +16,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::limits::LimitView;
+
 /// A failure answered to the client.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -49,6 +51,8 @@ pub enum ApiError {
         scope: &'static str,
         what: &'static str,
         retry_after: Duration,
+        /// The refusing limit's state, sent as the `x-ratelimit-*` headers.
+        limits: LimitView,
     },
     #[error("the upstream provider is rate limiting this model; retry later")]
     UpstreamRateLimited { retry_after: Option<Duration> },
@@ -311,6 +315,9 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        if let ApiError::RateLimited { limits, .. } = &self {
+            limits.write_headers(response.headers_mut());
+        }
         response.extensions_mut().insert(ErrorKind(self.kind()));
         // Kept so that a route speaking another protocol can re-render it in its own shape
         // (`/v1/messages`); error paths only.
@@ -358,9 +365,20 @@ mod tests {
             scope: "key",
             what: "requests",
             retry_after: Duration::from_millis(1200),
+            limits: LimitView {
+                requests: Some(crate::limits::gcra::CellState {
+                    limit: 10,
+                    remaining: 0,
+                    reset_nanos: 1_200_000_000,
+                }),
+                tokens: None,
+            },
         }
         .into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(r.headers()["x-ratelimit-limit-requests"], "10");
+        assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(r.headers()["x-ratelimit-reset-requests"], "1.2s");
     }
 }

@@ -31,6 +31,9 @@ use crate::request::RequestView;
 use crate::state::AppState;
 
 pub const REQUEST_ID: &str = "x-request-id";
+/// The gateway's own id for a request, on every proxied answer (also `x-request-id` when the
+/// client sent none): the id of its usage record.
+pub const GATEWAY_REQUEST_ID: &str = "x-switchboard-request-id";
 /// The revision that served a request; `routes` adds it to answers that do not set it.
 pub const REVISION: &str = switchboard_shared::cluster::REVISION_HEADER;
 
@@ -70,13 +73,14 @@ pub async fn messages_method_not_allowed() -> Response {
     response
 }
 
-/// The request id: the client's `x-request-id` if it is sane, else a new UUIDv7.
-fn request_id(headers: &HeaderMap) -> String {
+/// The client's `x-request-id`, if it is sane (1–128 visible ASCII characters). It is the
+/// client's id, kept beside the gateway's own; never the idempotency key of the usage record.
+fn client_request_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+        .map(str::to_owned)
 }
 
 async fn proxy(
@@ -86,19 +90,24 @@ async fn proxy(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let id = request_id(&headers);
-    let span = tracing::info_span!("request", request_id = %id, endpoint = endpoint.as_str(), model = tracing::field::Empty, deployment = tracing::field::Empty);
-    // Made now: the id itself moves into the request's ledger and its usage record.
-    let id_header = HeaderValue::from_str(&id);
-    let mut response = match serve_proxy(&state, endpoint, &headers, body, id, started)
+    let id = uuid::Uuid::now_v7().to_string();
+    let client_id = client_request_id(&headers);
+    let span = tracing::info_span!("request", request_id = %id, client_request_id = client_id.as_deref(), endpoint = endpoint.as_str(), model = tracing::field::Empty, deployment = tracing::field::Empty);
+    // Made now: the ids themselves move into the request's ledger and its usage record. The
+    // client gets its own id back, and the gateway's in a header of its own.
+    let gateway_header = HeaderValue::from_str(&id);
+    let id_header = HeaderValue::from_str(client_id.as_deref().unwrap_or(&id));
+    let ids = (id, client_id);
+    let mut response = match serve_proxy(&state, endpoint, &headers, body, ids, started)
         .instrument(span)
         .await
     {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    if let Ok(value) = id_header {
-        response.headers_mut().insert(REQUEST_ID, value);
+    if let (Ok(id), Ok(gateway)) = (id_header, gateway_header) {
+        response.headers_mut().insert(REQUEST_ID, id);
+        response.headers_mut().insert(GATEWAY_REQUEST_ID, gateway);
     }
     response
 }
@@ -108,7 +117,7 @@ async fn serve_proxy(
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
-    request_id: String,
+    (request_id, client_request_id): (String, Option<String>),
     started: Instant,
 ) -> Result<Response, ApiError> {
     let (catalog, key) = caller(state, headers)?;
@@ -116,6 +125,7 @@ async fn serve_proxy(
     let view = parse(bytes, endpoint)?;
     let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
     tracing::Span::current().record("model", model.name.as_str());
+    crate::context::check_output_limit(model, view.max_tokens)?;
 
     let prompt_estimate = view.estimated_prompt_tokens();
     let facts = RequestFacts {
@@ -125,10 +135,13 @@ async fn serve_proxy(
         stream: view.stream,
         client_wants_usage: view.client_wants_usage,
         max_tokens: view.max_tokens,
+        choices: view.choices,
+        client_request_id,
         started,
         started_at: state.books.clock.now(),
         prompt_estimate,
-        estimated_tokens: prompt_estimate + view.max_tokens.unwrap_or(0),
+        estimated_tokens: prompt_estimate
+            .saturating_add(view.max_tokens.unwrap_or(0).saturating_mul(view.choices)),
         revision: catalog.revision,
         price_version: catalog.price_version,
     };
@@ -136,7 +149,18 @@ async fn serve_proxy(
         state.books.stores(),
         &facts.key,
         facts.estimated_tokens,
-        || facts.max_cost_nanos(),
+        || {
+            let models = std::iter::once(model).chain(crate::selectors::fallbacks(
+                &catalog,
+                &facts.key.key,
+                model,
+            ));
+            let servable = models
+                .flat_map(|m| m.deployments.iter())
+                .filter(|d| selection.check(d, &facts.key.key).is_ok())
+                .map(|d| &**d);
+            facts.max_cost_nanos(servable)
+        },
         facts.started_at,
     )
     .await?;

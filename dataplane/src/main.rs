@@ -30,8 +30,8 @@ struct Cli {
         global = true
     )]
     config: PathBuf,
-    /// Address to listen on; overrides `server.listen`.
-    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    /// Address to listen on; overrides `server.listen`. Accepted before or after `serve`.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", global = true)]
     listen: Option<SocketAddr>,
     /// Cluster mode: the control plane's gRPC URL; overrides `cluster.controlplane_grpc`.
     #[arg(long, value_name = "GRPC_URL", global = true)]
@@ -188,4 +188,23 @@ fn hash_key(path: &std::path::Path) -> ExitCode {
     println!("key_hash: \"{}\"", hash_key_hex(pepper.as_bytes(), secret));
     println!("display_prefix: \"{}\"", display_prefix(secret));
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests report failure by panicking.
+    use super::*;
+
+    #[test]
+    fn listen_is_accepted_before_or_after_serve() {
+        let addr: SocketAddr = "127.0.0.1:4123".parse().unwrap();
+        for args in [
+            &["dataplane", "serve", "--listen", "127.0.0.1:4123"][..],
+            &["dataplane", "--listen", "127.0.0.1:4123", "serve"][..],
+            &["dataplane", "--listen", "127.0.0.1:4123"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.listen, Some(addr), "{args:?}");
+        }
+    }
 }

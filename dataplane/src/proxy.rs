@@ -134,7 +134,8 @@ fn candidates(
             Ok(()) => true,
             Err(why) => {
                 excluded.get_or_insert(why);
-                if explain.is_some() {
+                // A deployment of a model the key may not use is not shown at all.
+                if explain.is_some() && why != Exclusion::NotAllowed {
                     left_out.push_str(&format!(" -{}:{}", model.deployments[i].id, why.as_str()));
                 }
                 false
@@ -225,13 +226,8 @@ async fn forward_inner(
     mut ledger: Ledger,
     explain: &mut Option<String>,
 ) -> Response {
-    let fallbacks = request
-        .facts
-        .model
-        .policy
-        .fallbacks
-        .iter()
-        .filter_map(|name| catalog.model(name));
+    let fallbacks =
+        crate::selectors::fallbacks(catalog, &request.facts.key.key, &request.facts.model);
     let mut tries = Tries::default();
     let base_input = RouteInput {
         stream: request.view.stream,
@@ -244,7 +240,8 @@ async fn forward_inner(
         let prefix_keys = match &model.prefix {
             Some(_) => {
                 let block = model.policy.prefix_affinity.unwrap_or_default().block_bytes;
-                block_keys(request.view.prompt_bytes(), block as usize)
+                let tenant = &request.facts.key.tenant.tenant.id;
+                block_keys(tenant, request.view.prompt_bytes(), block as usize)
             }
             None => Vec::new(),
         };

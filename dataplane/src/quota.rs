@@ -53,14 +53,14 @@ pub struct Ticket {
 
 impl Ticket {
     /// Admits a request made with `key`: its limits, charged one request and `tokens`, and
-    /// its budgets, charged `max_cost_nanos()` (worked out only when there is a budget), for
-    /// the period containing `now`. Returns the ticket and the first limited subject's state,
+    /// its budgets, charged `max_cost_nanos()` (worked out only when there is a budget; its
+    /// error refuses the request before anything is charged), for the period containing `now`. Returns the ticket and the first limited subject's state,
     /// for the `x-ratelimit-*` headers.
     pub async fn admit(
         stores: Stores<'_>,
         key: &KeyEntry,
         tokens: u64,
-        max_cost_nanos: impl FnOnce() -> i64,
+        max_cost_nanos: impl FnOnce() -> Result<i64, ApiError>,
         now: DateTime<Utc>,
     ) -> Result<(Self, LimitView), ApiError> {
         let limits = key.subjects();
@@ -72,7 +72,7 @@ impl Ticket {
                 view.map_err(rate_limited)?,
             ));
         };
-        let estimate = max_cost_nanos();
+        let estimate = max_cost_nanos()?;
         if let (Limiter::Redis(limiter), Some(redis_budgets)) =
             (stores.limiter, stores.budgets.redis())
         {
@@ -215,6 +215,7 @@ fn rate_limited(denial: Denial) -> ApiError {
                 scope: refusal.scope.as_str(),
                 what: refusal.what.as_str(),
                 retry_after: refusal.retry_after,
+                limits: refusal.view(),
             }
         }
         Denial::Unavailable => ApiError::LimitsUnavailable,

@@ -1,7 +1,7 @@
 //! What the data plane reads from a client's request body, and the two edits it makes.
 //!
 //! "Don't touch the body": the gateway parses only `model`, `stream`,
-//! `stream_options.include_usage` and `max_tokens` (borrowing, without building a tree), and
+//! `stream_options.include_usage`, `max_tokens`, `n` and `best_of` (borrowing, without building a tree), and
 //! forwards every other byte as the client sent it. The edits are splices at byte offsets that
 //! the parser reports: the public model name becomes the upstream one, and a stream gets
 //! `"stream_options":{"include_usage":true}` so that the upstream reports usage.
@@ -24,8 +24,12 @@ pub struct RequestView {
     pub stream: bool,
     /// Whether the client itself asked for the final usage chunk.
     pub client_wants_usage: bool,
-    /// `max_tokens` or `max_completion_tokens`, for the token-limit estimate.
+    /// `max_tokens` or `max_completion_tokens`, for the token-limit estimate: a whole number
+    /// in `1..=`[`MAX_TOKENS_CAP`].
     pub max_tokens: Option<u64>,
+    /// `n` (or `best_of`, if larger), how many answers are generated: each a whole number in
+    /// `1..=`[`MAX_CHOICES`]; 1 when absent. The completion allowance is charged once per answer.
+    pub choices: u64,
     /// The request offers `tools` or `functions` (routing skips deployments without them).
     pub uses_tools: bool,
     /// The request carries an `image_url` part (routing skips deployments without vision).
@@ -48,10 +52,14 @@ struct Fields<'a> {
     /// Kept raw even when `null`, so that the splice replaces it rather than adding a twin.
     #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
     stream_options: Option<&'a RawValue>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
+    #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
+    n: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
+    best_of: Option<&'a RawValue>,
     #[serde(borrow, default)]
     tools: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -113,6 +121,18 @@ impl RequestView {
                 .include_usage
                 .unwrap_or(false),
         };
+        let max_tokens = match whole_number(
+            fields.max_completion_tokens,
+            "max_completion_tokens",
+            MAX_TOKENS_CAP,
+        )? {
+            Some(n) => Some(n),
+            None => whole_number(fields.max_tokens, "max_tokens", MAX_TOKENS_CAP)?,
+        };
+        // `best_of` (legacy completions) generates that many answers and bills them all.
+        let choices = whole_number(fields.n, "n", MAX_CHOICES)?
+            .unwrap_or(1)
+            .max(whole_number(fields.best_of, "best_of", MAX_CHOICES)?.unwrap_or(1));
         let model_span = span_of(&body, raw_model.get());
         let stream_options_span = fields.stream_options.map(|raw| span_of(&body, raw.get()));
         let object_start = body.iter().position(|&b| b == b'{').map_or(0, |p| p + 1);
@@ -131,7 +151,8 @@ impl RequestView {
             model,
             stream: fields.stream.unwrap_or(false),
             client_wants_usage,
-            max_tokens: fields.max_completion_tokens.or(fields.max_tokens),
+            max_tokens,
+            choices,
             model_span,
             stream_options_span,
             object_start,
@@ -182,6 +203,41 @@ impl RequestView {
         }
         out.extend_from_slice(&self.body[at..]);
         out.freeze()
+    }
+}
+
+/// The most completion tokens any request may ask for (`max_tokens`, `max_completion_tokens`),
+/// whatever its model: above every model's output limit, far below any overflow.
+pub const MAX_TOKENS_CAP: u64 = 1_000_000;
+
+/// The most answers (`n`, `best_of`) a request may ask for, as OpenAI allows for `n`.
+pub const MAX_CHOICES: u64 = 128;
+
+/// A client-supplied count: absent is `None`; present, it must be a JSON integer (no fraction,
+/// no exponent, not a string, not `null`) in `1..=max`, else a 400 naming `field`.
+fn whole_number(
+    raw: Option<&RawValue>,
+    field: &'static str,
+    max: u64,
+) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let text = raw.get();
+    let refuse = |what: &str| {
+        Err(ApiError::bad_request(
+            format!("`{field}` must be a whole number from 1 to {max}; got {what}"),
+            Some(field),
+        ))
+    };
+    if !text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        let shown: String = text.chars().take(40).collect();
+        return refuse(&shown);
+    }
+    match text.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+        _ if text.len() > 40 => refuse("a number too large"),
+        _ => refuse(text),
     }
 }
 
@@ -306,6 +362,13 @@ mod tests {
             view(r#"{"model":"m","max_completion_tokens":9,"max_tokens":7}"#).max_tokens,
             Some(9)
         );
+        assert_eq!(view(r#"{"model":"m","n":3}"#).choices, 3);
+        assert_eq!(view(r#"{"model":"m","n":2,"best_of":5}"#).choices, 5);
+        assert_eq!(view(r#"{"model":"m"}"#).choices, 1);
+        assert_eq!(
+            view(r#"{"model":"m","max_tokens":1000000}"#).max_tokens,
+            Some(MAX_TOKENS_CAP)
+        );
     }
 
     #[test]
@@ -322,6 +385,27 @@ mod tests {
                 Some("stream_options"),
             ),
             ("{\"model\":\"m\",\"max_tokens\":-1}", Some("max_tokens")),
+            ("{\"model\":\"m\",\"max_tokens\":0}", Some("max_tokens")),
+            ("{\"model\":\"m\",\"max_tokens\":1e18}", Some("max_tokens")),
+            (
+                "{\"model\":\"m\",\"max_tokens\":1000000000000000000}",
+                Some("max_tokens"),
+            ),
+            (
+                "{\"model\":\"m\",\"max_tokens\":99999999999999999999999}",
+                Some("max_tokens"),
+            ),
+            ("{\"model\":\"m\",\"max_tokens\":1.5}", Some("max_tokens")),
+            ("{\"model\":\"m\",\"max_tokens\":\"5\"}", Some("max_tokens")),
+            ("{\"model\":\"m\",\"max_tokens\":null}", Some("max_tokens")),
+            (
+                "{\"model\":\"m\",\"max_completion_tokens\":-3}",
+                Some("max_completion_tokens"),
+            ),
+            ("{\"model\":\"m\",\"n\":0}", Some("n")),
+            ("{\"model\":\"m\",\"n\":1000}", Some("n")),
+            ("{\"model\":\"m\",\"n\":null}", Some("n")),
+            ("{\"model\":\"m\",\"best_of\":0.5}", Some("best_of")),
             ("{\"model\":\"m\"", None),
         ];
         for (body, param) in cases {

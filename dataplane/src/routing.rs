@@ -482,7 +482,7 @@ mod tests {
         crate::install_crypto_provider();
         let c = model("prefix_affinity", &[(1, 0), (1, 0), (1, 0)]);
         let m = c.model("m").unwrap();
-        let keys = crate::fleet::prefix::block_keys(&[7u8; 2048], 512);
+        let keys = crate::fleet::prefix::block_keys("t", &[7u8; 2048], 512);
         let index = m.prefix.as_ref().unwrap();
         index.record(&keys, 2);
         let input = RouteInput {
@@ -509,7 +509,7 @@ mod tests {
         ] {
             let c = model(strategy, &[(1, 0), (2, 0), (3, 0), (1, 1), (1, 2)]);
             let m = c.model("m").unwrap();
-            let keys = crate::fleet::prefix::block_keys(&[1u8; 4096], 512);
+            let keys = crate::fleet::prefix::block_keys("t", &[1u8; 4096], 512);
             let input = RouteInput {
                 prefix_keys: &keys,
                 ..input()

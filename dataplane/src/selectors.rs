@@ -12,6 +12,9 @@
 //!   Here the header becomes a session hash; the memory itself is runtime state of each
 //!   model, kept in the catalog ([`crate::catalog::SessionAffinity`]).
 //!
+//! - **Fallbacks.** A model's fallbacks pass the same checks as the model asked for: the key's
+//!   `allowed_models` ([`fallbacks`]), then the capabilities and tags per deployment.
+//!
 //! Model groups (a policy with `members`) need nothing here: the catalog builds them as
 //! models whose deployments are their members'. This module reads the catalog; the catalog
 //! never reads it.
@@ -179,6 +182,23 @@ pub fn resolve<'c>(
     };
     selection.tags.extend(header_tags(headers));
     Ok((model, selection))
+}
+
+/// The fallbacks of `model` that may serve a request of `key`, in order: those that exist and
+/// that the key's `allowed_models` admits. A fallback is a model like any other: the key's
+/// access is checked here, the selection (capabilities, tags) per deployment as for the model
+/// asked for ([`Selection::check`]), and the budget reservation is priced over all of them.
+pub fn fallbacks<'a>(
+    catalog: &'a Catalog,
+    key: &'a VirtualKey,
+    model: &'a ModelEntry,
+) -> impl Iterator<Item = &'a Arc<ModelEntry>> + 'a {
+    model
+        .policy
+        .fallbacks
+        .iter()
+        .filter_map(|name| catalog.model(name))
+        .filter(|fallback| key.allows_model(&fallback.name))
 }
 
 /// Splits `a,b` into tags (trimmed, empties dropped).

@@ -124,6 +124,23 @@ impl UsageSink for NatsUsageSink {
     }
 }
 
+/// A record in the backlog, and whether it was spilled before (read back from the spill
+/// file): `switchboard_usage_records_total{result="spilled"}` counts each record once, however
+/// often a replay puts it back in the file.
+struct Held {
+    record: UsageRecord,
+    spilled: bool,
+}
+
+impl Held {
+    fn fresh(record: UsageRecord) -> Self {
+        Self {
+            record,
+            spilled: false,
+        }
+    }
+}
+
 /// The background task's state.
 struct Publisher {
     jetstream: jetstream::Context,
@@ -131,7 +148,7 @@ struct Publisher {
     overflow: Arc<ArrayQueue<UsageRecord>>,
     wake: Arc<Notify>,
     /// Records taken from the queue but not yet acknowledged by the stream.
-    backlog: VecDeque<UsageRecord>,
+    backlog: VecDeque<Held>,
     capacity: usize,
     settings: PublisherSettings,
 }
@@ -202,9 +219,9 @@ impl Publisher {
         for queue in [&self.overflow, &self.queue] {
             while let Some(r) = queue.pop() {
                 if self.backlog.len() < self.capacity {
-                    self.backlog.push_back(r);
+                    self.backlog.push_back(Held::fresh(r));
                 } else {
-                    excess.push(r);
+                    excess.push(Held::fresh(r));
                 }
             }
         }
@@ -224,7 +241,7 @@ impl Publisher {
     async fn publish_batch_unbounded(&mut self) -> bool {
         let n = self.backlog.len().min(BATCH);
         let mut acks = Vec::with_capacity(n);
-        for record in self.backlog.iter().take(n) {
+        for Held { record, .. } in self.backlog.iter().take(n) {
             let Ok(payload) = serde_json::to_vec(record) else {
                 acks.push(None);
                 continue;
@@ -281,17 +298,17 @@ impl Publisher {
         self.spill(excess).await;
     }
 
-    async fn spill(&self, records: Vec<UsageRecord>) {
+    async fn spill(&self, records: Vec<Held>) {
         let Some(path) = &self.settings.spill_path else {
-            for r in &records {
+            for Held { record: r, .. } in &records {
                 metrics::count_usage_dropped();
                 tracing::error!(request_id = %r.request_id, "usage backlog full: record dropped");
             }
             return;
         };
         let mut text = Vec::with_capacity(records.len() * 512);
-        for r in &records {
-            if serde_json::to_writer(&mut text, r).is_ok() {
+        for Held { record, .. } in &records {
+            if serde_json::to_writer(&mut text, record).is_ok() {
                 text.push(b'\n');
             }
         }
@@ -306,9 +323,9 @@ impl Publisher {
         }
         .await;
         match written {
-            Ok(()) => metrics::count_usage_spilled(records.len()),
+            Ok(()) => metrics::count_usage_spilled(records.iter().filter(|h| !h.spilled).count()),
             Err(e) => {
-                for r in &records {
+                for Held { record: r, .. } in &records {
                     metrics::count_usage_dropped();
                     tracing::error!(request_id = %r.request_id, error = %e, "usage spill failed: record dropped");
                 }
@@ -329,12 +346,16 @@ impl Publisher {
         let mut restored = 0usize;
         let mut overflow = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
+            let held = |record| Held {
+                record,
+                spilled: true,
+            };
             match serde_json::from_str::<UsageRecord>(&line) {
                 Ok(r) if self.backlog.len() < self.capacity => {
-                    self.backlog.push_back(r);
+                    self.backlog.push_back(held(r));
                     restored += 1;
                 }
-                Ok(r) => overflow.push(r),
+                Ok(r) => overflow.push(held(r)),
                 // A torn last line from a crash mid-write: nothing to recover from it.
                 Err(_) => tracing::warn!("skipping an unreadable line in the usage spill file"),
             }

@@ -94,6 +94,25 @@ pub fn usd_to_nanos(usd: f64) -> i64 {
     }
 }
 
+/// The most one request may reserve or be charged, in nano-dollars (about $9 million):
+/// 2^53 − 1, the largest integer that Redis's Lua numbers (doubles) hold exactly, so no
+/// amount the budget scripts are handed leaves their range, and sums of such amounts stay far
+/// from `i64`'s limits.
+pub const MAX_CHARGE_NANOS: i64 = (1 << 53) - 1;
+
+/// Dollars to nano-dollars, rounded up, when the amount is one request may be charged:
+/// `None` above [`MAX_CHARGE_NANOS`] or when not a number; negative amounts count as zero.
+pub fn charge_nanos(usd: f64) -> Option<i64> {
+    if usd.is_nan() {
+        return None;
+    }
+    if usd <= 0.0 {
+        return Some(0);
+    }
+    let nanos = (usd * NANOS_PER_USD).ceil();
+    (nanos <= MAX_CHARGE_NANOS as f64).then_some(nanos as i64)
+}
+
 /// Nano-dollars to dollars.
 pub fn nanos_to_usd(nanos: i64) -> f64 {
     nanos as f64 / NANOS_PER_USD
@@ -312,6 +331,13 @@ mod tests {
         assert_eq!(usd_to_nanos(-1.0), 0);
         assert_eq!(usd_to_nanos(f64::NAN), 0);
         assert_eq!(usd_to_nanos(1e300), i64::MAX);
+        assert_eq!(charge_nanos(1.5), Some(1_500_000_000));
+        assert_eq!(charge_nanos(-1.0), Some(0));
+        assert_eq!(charge_nanos(f64::NAN), None);
+        assert_eq!(charge_nanos(f64::INFINITY), None);
+        assert_eq!(charge_nanos(1e300), None);
+        assert_eq!(charge_nanos(9_000_000.0), Some(9_000_000_000_000_000));
+        assert_eq!(charge_nanos(9_100_000.0), None);
         assert_eq!(nanos_to_usd(2_500_000_000), 2.5);
         assert!(parse_time_zone(Some("Mars/Olympus")).is_err());
         assert_eq!(parse_time_zone(None), Ok(Tz::UTC));

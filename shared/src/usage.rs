@@ -63,8 +63,14 @@ impl Outcome {
 /// One finished request that reached the routing phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
-    /// Unique per request; the idempotency key of spend ingestion.
+    /// The gateway's own id for the request (a UUIDv7), unique per request: the idempotency
+    /// key of spend ingestion (the JetStream `Nats-Msg-Id`). Never chosen by the client.
     pub request_id: String,
+    /// The client's own `x-request-id`, when it sent a sane one: kept beside the gateway's id
+    /// for searching, never used to deduplicate (a client repeating an id, or guessing
+    /// another's, cannot make usage vanish). Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
     /// The tenant of the key.
     pub tenant_id: String,
     /// The virtual key's id (never the key).
@@ -104,6 +110,27 @@ pub struct UsageRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_without_a_client_id_still_parse() {
+        let old = r#"{"request_id":"r1","tenant_id":"t","key_id":"k","model":"m",
+            "deployment_id":null,"provider_id":null,"endpoint":"chat_completions","stream":false,
+            "outcome":"success","status":200,"attempts":1,
+            "usage":{"prompt_tokens":1,"completion_tokens":2},"usage_reported":true,
+            "cost_usd":0.0,"price_revision":1,"started_at":"2026-12-05T10:00:00Z",
+            "latency_ms":5,"ttft_ms":null}"#;
+        let record: UsageRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.client_request_id, None);
+        let mut with = record.clone();
+        with.client_request_id = Some("mine".into());
+        let text = serde_json::to_string(&with).unwrap();
+        assert_eq!(serde_json::from_str::<UsageRecord>(&text).unwrap(), with);
+        assert!(
+            !serde_json::to_string(&record)
+                .unwrap()
+                .contains("client_request_id")
+        );
+    }
 
     #[test]
     fn uncached_tokens_subtract_cache_parts_without_underflow() {

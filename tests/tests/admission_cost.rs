@@ -59,7 +59,7 @@ fn entry(state: &AppState, secret: &str) -> Arc<KeyEntry> {
 async fn admit(state: &AppState, key: &KeyEntry) {
     let now = state.books.clock.now();
     let (ticket, _limits) =
-        dataplane::quota::Ticket::admit(state.books.stores(), key, 100, || 1_000, now)
+        dataplane::quota::Ticket::admit(state.books.stores(), key, 100, || Ok(1_000), now)
             .await
             .unwrap();
     assert_eq!(ticket.has_budget(), key.budget_subjects().is_some());

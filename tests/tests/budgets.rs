@@ -347,17 +347,10 @@ async fn chat(gw: &Gateway) -> Reply {
 
 /// The key's budget spend this period, as `/v1/key/info` reports it.
 async fn key_spent(gw: &Gateway) -> f64 {
-    let reply = send(request(
-        http::Method::GET,
-        &gw.url("/v1/key/info"),
-        &[("authorization", &format!("Bearer {KEY}"))],
-        "",
-    ))
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()["key"]["budget"]["spent_usd"]
+    let info = key_info(gw).await;
+    info["key"]["budget"]["spent_usd"]
         .as_f64()
-        .unwrap_or_else(|| panic!("no spend reported: {}", reply.text()))
+        .unwrap_or_else(|| panic!("no spend reported: {info}"))
 }
 
 /// Waits until the key's spend (settled in the background) is `expected`; returns the last

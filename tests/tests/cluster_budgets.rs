@@ -177,17 +177,10 @@ fn real_cost() -> f64 {
 
 /// Key `k1`'s budget spend this period in Redis, as `/v1/key/info` reports it.
 async fn key_spent(gw: &Gateway) -> f64 {
-    let reply = send(request(
-        http::Method::GET,
-        &gw.url("/v1/key/info"),
-        &[("authorization", &format!("Bearer {KEY}"))],
-        "",
-    ))
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()["key"]["budget"]["spent_usd"]
+    let info = key_info(gw).await;
+    info["key"]["budget"]["spent_usd"]
         .as_f64()
-        .unwrap_or_else(|| panic!("no spend reported: {}", reply.text()))
+        .unwrap_or_else(|| panic!("no spend reported: {info}"))
 }
 
 /// Polls the key's spend (settled in the background) until `done` holds for it, for up to

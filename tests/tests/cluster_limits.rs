@@ -184,6 +184,9 @@ fn check_request_limit_replies(replies: &[Reply], limit: u64, scope: &str) -> u6
                 "refused by the {scope} limit: {e}"
             );
             assert!(header_u64(r, "retry-after") >= 1);
+            assert_eq!(header_u64(r, "x-ratelimit-limit-requests"), limit);
+            assert_eq!(header_u64(r, "x-ratelimit-remaining-requests"), 0);
+            assert!(r.headers.contains_key("x-ratelimit-reset-requests"));
         }
     }
     assert!(

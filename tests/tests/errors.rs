@@ -237,6 +237,13 @@ async fn key_rate_limits_are_429_with_retry_after_and_headers() {
         .parse()
         .unwrap();
     assert!((1..=30).contains(&retry), "retry-after {retry}");
+    // The refusal carries OpenAI's headers too, for clients that back off by them.
+    assert_eq!(limited.headers["x-ratelimit-limit-requests"], "2");
+    assert_eq!(limited.headers["x-ratelimit-remaining-requests"], "0");
+    let reset = limited.headers["x-ratelimit-reset-requests"]
+        .to_str()
+        .unwrap();
+    assert!(reset.ends_with('s'), "reset {reset}");
     assert_eq!(
         mock.request_count(""),
         2,
@@ -259,11 +266,15 @@ async fn tenant_token_limits_count_the_estimate_then_the_real_usage() {
     // After settling at 29, 71 remain: a second request estimated at ~51 fits.
     assert_eq!(post(&gw.url(CHAT), body).await.status, 200);
     // 100 - 58 = 42 remain: the third estimate (~51) does not fit.
-    let e = post(&gw.url(CHAT), body).await.openai_error(429);
+    let limited = post(&gw.url(CHAT), body).await;
+    let e = limited.openai_error(429);
     assert!(
         e["message"].as_str().unwrap().contains("tenant tokens"),
         "{e}"
     );
+    assert_eq!(limited.headers["x-ratelimit-limit-tokens"], "100");
+    assert_eq!(limited.headers["x-ratelimit-remaining-tokens"], "0");
+    assert!(limited.headers.contains_key("x-ratelimit-reset-tokens"));
 }
 
 #[tokio::test]

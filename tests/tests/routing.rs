@@ -64,7 +64,51 @@ async fn the_body_reaches_upstream_untouched_but_for_the_model() {
     ))
     .await;
     assert_eq!(mine.headers["x-request-id"], "client-id-42");
-    assert_eq!(gw.usage_records(2).await[1].request_id, "client-id-42");
+    let record = &gw.usage_records(2).await[1];
+    assert_eq!(record.client_request_id.as_deref(), Some("client-id-42"));
+    assert_eq!(
+        record.request_id, mine.headers["x-switchboard-request-id"],
+        "the record's id is the gateway's"
+    );
+}
+
+#[tokio::test]
+async fn repeated_client_request_ids_never_merge_usage_records() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&one_deployment(&mock.base_url(), "", "")).await;
+    let mut gateway_ids = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let reply = send(request(
+            http::Method::POST,
+            &gw.url(CHAT),
+            &[
+                ("authorization", &format!("Bearer {KEY}")),
+                ("x-request-id", "same-every-time"),
+            ],
+            GOOD,
+        ))
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.headers["x-request-id"], "same-every-time");
+        let gateway_id = reply.headers["x-switchboard-request-id"].to_str().unwrap();
+        gateway_ids.insert(gateway_id.to_owned());
+    }
+    let records = gw.usage_records(5).await;
+    assert_eq!(records.len(), 5);
+    // Five records with five ids (the idempotency key: the JetStream `Nats-Msg-Id`), each with
+    // the client's id beside it.
+    let ids: std::collections::HashSet<_> = records.iter().map(|r| r.request_id.clone()).collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(ids, gateway_ids, "the answers name the records");
+    assert!(ids.iter().all(|id| id != "same-every-time"));
+    for r in &records {
+        assert_eq!(r.client_request_id.as_deref(), Some("same-every-time"));
+    }
+    // Upstream sees the gateway's id, never the client's.
+    for sent in mock.requests("") {
+        let upstream_id = sent.headers["x-request-id"].to_str().unwrap();
+        assert!(ids.contains(upstream_id), "{upstream_id}");
+    }
 }
 
 #[tokio::test]
@@ -345,4 +389,65 @@ async fn a_provider_with_several_keys_spreads_requests_by_weight() {
         (share - 0.75).abs() < 0.08,
         "share of the weight-3 key: {share}"
     );
+}
+
+/// Model `m` (two failing deployments, cheap) falls back to `backup` (dear); key `k1` has a
+/// budget and `key_fields`.
+fn fallback_outside_the_key(mock: &MockUpstream, key_fields: &str) -> String {
+    config_yaml(
+        &snapshot(
+            &format!(", budget: {{ max_usd: 100, period: monthly }}{key_fields}"),
+            &format!(
+                "providers:
+  - {{ id: pa, kind: openai, base_url: \"{}\" }}
+  - {{ id: pc, kind: openai, base_url: \"{}\" }}
+deployments:
+  - {{ id: da, model: m, provider: pa, upstream_model: ua, price: {{ input_cost_per_token: 0.000001, output_cost_per_token: 0.000001 }} }}
+  - {{ id: dc, model: backup, provider: pc, upstream_model: uc, price: {{ input_cost_per_token: 100.0, output_cost_per_token: 100.0 }} }}
+models:
+  - {{ model: m, retries: 0, fallbacks: [backup] }}
+",
+                mock.scenario_url("fault=500"),
+                mock.scenario_url("cached=3"),
+            ),
+        ),
+        "",
+    )
+}
+
+#[tokio::test]
+async fn a_fallback_outside_allowed_models_is_never_used_nor_priced() {
+    let mock = MockUpstream::start().await.unwrap();
+    // 200,000 tokens at the fallback's price is beyond what one request may reserve.
+    let dear = r#"{"model":"m","max_tokens":200000,"messages":[{"role":"user","content":"hi"}]}"#;
+
+    let gw = Gateway::start(&fallback_outside_the_key(&mock, ", allowed_models: [m]")).await;
+    for _ in 0..3 {
+        let reply = post(&gw.url(CHAT), GOOD).await;
+        reply.openai_error(502);
+    }
+    assert_eq!(mock.request_count("fault=500"), 3);
+    assert_eq!(
+        mock.request_count("cached=3"),
+        0,
+        "the key may not use `backup`"
+    );
+    // The reservation is priced on `m` alone: the dear fallback cannot serve this key.
+    // (`da` has failed three times in a row by now, so it may be cooling down: 502 or 503.)
+    let reply = post(&gw.url(CHAT), dear).await;
+    assert!(
+        [502, 503].contains(&reply.status.as_u16()),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(mock.request_count("cached=3"), 0);
+
+    // A key that may use it falls back, and is priced on the dearest candidate: `backup`.
+    let gw = Gateway::start(&fallback_outside_the_key(&mock, "")).await;
+    let reply = post(&gw.url(CHAT), GOOD).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(mock.request_count("cached=3"), 1);
+    let e = post(&gw.url(CHAT), dear).await.openai_error(400);
+    assert_eq!(e["param"], "max_tokens", "{e}");
+    assert_eq!(mock.request_count("cached=3"), 1);
 }

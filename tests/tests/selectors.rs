@@ -279,3 +279,96 @@ async fn the_explain_header_lists_exclusions() {
         "only on request"
     );
 }
+
+#[tokio::test]
+async fn the_explain_header_shows_only_models_the_key_may_use() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&config(
+        &mock,
+        ", allowed_models: [m]",
+        &[
+            ("a", "m", ", tags: [eu]"),
+            ("c", "other", ", tags: [eu]"),
+            ("f", "secret", ""),
+        ],
+        "models: [{ model: m, fallbacks: [secret] }]\n",
+    ))
+    .await;
+    for model in ["tag:eu", "m"] {
+        let r = post_with(
+            &gw.url(CHAT),
+            &chat(model),
+            &[("x-switchboard-explain", "1")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let route = r.headers["x-switchboard-route"].to_str().unwrap();
+        assert!(route.contains("[a{"), "{route}");
+        for hidden in ["c{", "-c:", "other", "secret", "f{"] {
+            assert!(!route.contains(hidden), "{model}: `{hidden}` in {route}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_prefix_index_is_partitioned_by_tenant() {
+    let mock = MockUpstream::start().await.unwrap();
+    let second_key = "sk-other-tenant";
+    let text = config(
+        &mock,
+        "",
+        &[("a", "m", ""), ("b", "m", ""), ("c", "m", "")],
+        "models: [{ model: m, strategy: prefix_affinity, prefix_affinity: { block_bytes: 64 } }]\n",
+    )
+    .replacen(
+        "tenants: [{ id: t1 }]",
+        "tenants: [{ id: t1 }, { id: t2 }]",
+        1,
+    )
+    .replacen(
+        "  virtual_keys:\n",
+        &format!(
+            "  virtual_keys:\n    - {{ id: k2, tenant_id: t2, key_hash: \"{}\" }}\n",
+            key_hash(second_key)
+        ),
+        1,
+    );
+    let gw = Gateway::start(&text).await;
+    let counts = || served(&mock, 3);
+    let send_as = |secret: &'static str, body: String| {
+        let url = gw.url(CHAT);
+        async move {
+            let auth = format!("Bearer {secret}");
+            let headers = [("authorization", auth.as_str())];
+            send(request(Method::POST, &url, &headers, body)).await
+        }
+    };
+    let (mut same, mut prompts) = (0, 0);
+    for i in 0..12 {
+        let system = format!("prompt {i}: ").repeat(40); // several blocks
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"q"}}]}}"#
+        );
+        let before = counts();
+        assert_eq!(send_as(KEY, body.clone()).await.status, 200);
+        let holder = (0..3).find(|&d| counts()[d] > before[d]).unwrap();
+        // The same tenant finds its prefix again.
+        let before = counts();
+        assert_eq!(send_as(KEY, body.clone()).await.status, 200);
+        assert!(
+            counts()[holder] > before[holder],
+            "the tenant's own prefix is found"
+        );
+        // Another tenant's identical prompt learns nothing from it.
+        let before = counts();
+        assert_eq!(send_as(second_key, body).await.status, 200);
+        same += usize::from(counts()[holder] > before[holder]);
+        prompts += 1;
+    }
+    // Tied to the holder, all 12 would land there; spread at random, about a third do (all 12
+    // by chance: 1 in 3^12).
+    assert!(
+        same < prompts,
+        "{same} of {prompts} followed the other tenant's prefix"
+    );
+}

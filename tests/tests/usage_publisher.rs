@@ -27,6 +27,7 @@ fn unique_namespace(tag: &str) -> String {
 fn record(i: usize) -> UsageRecord {
     UsageRecord {
         request_id: format!("req-{i:06}"),
+        client_request_id: None,
         tenant_id: "acme".into(),
         key_id: "key-1".into(),
         model: "gpt-4o".into(),
@@ -170,8 +171,22 @@ async fn records_emitted_while_nats_is_down_arrive_after_it_returns() {
     sink.close(Duration::from_secs(5)).await;
 }
 
+/// `switchboard_usage_records_total{result="spilled"}` so far in this process.
+fn spilled_so_far() -> u64 {
+    dataplane::metrics::install()
+        .render()
+        .lines()
+        .find(|l| {
+            l.starts_with("switchboard_usage_records_total") && l.contains("result=\"spilled\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 #[tokio::test]
 async fn a_backlog_beyond_memory_goes_to_the_spill_file_and_is_replayed() {
+    // The only test of this binary that spills: the counter moves for it alone.
+    let spilled_before = spilled_so_far();
     let mut nats = ThrowawayNats::start().await;
     let names = NatsNames::new(&unique_namespace("sp"));
     let spill_dir = tempfile::tempdir().unwrap();
@@ -200,6 +215,7 @@ async fn a_backlog_beyond_memory_goes_to_the_spill_file_and_is_replayed() {
         60,
         "every unpublished record is in the spill file"
     );
+    assert_eq!(spilled_so_far() - spilled_before, 60);
 
     // A new process (a restarted data plane) replays the file once NATS is back.
     nats.restart().await;
@@ -222,4 +238,8 @@ async fn a_backlog_beyond_memory_goes_to_the_spill_file_and_is_replayed() {
     assert_eq!(ids.len(), 61);
     sink.close(Duration::from_secs(5)).await;
     assert!(!spill.exists(), "a replayed spill file is removed");
+    // Replaying 60 records into a backlog of 10 put 50 back in the file, again and again: each
+    // record is still counted once (the one emitted during the replay may have spilled too).
+    let spilled = spilled_so_far() - spilled_before;
+    assert!((60..=61).contains(&spilled), "{spilled} counted as spilled");
 }

@@ -310,6 +310,7 @@ pub fn usage_record(
 ) -> UsageRecord {
     UsageRecord {
         request_id: id.into(),
+        client_request_id: None,
         tenant_id: tenant.into(),
         key_id: key.into(),
         model: "gpt-4o".into(),

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use switchboard_shared::budget::{BudgetScope, Period};
+use switchboard_shared::budget::{BudgetScope, MAX_CHARGE_NANOS, Period};
 
 use super::{
     BudgetRefusal, BudgetSubject, Charge, Crossing, PeriodCounter, Reservation, Subjects,
@@ -74,7 +74,7 @@ impl LocalBudgets {
         estimate_nanos: i64,
         now: DateTime<Utc>,
     ) -> Result<Reservation, BudgetRefusal> {
-        let estimate = estimate_nanos.max(0);
+        let estimate = estimate_nanos.clamp(0, MAX_CHARGE_NANOS);
         let mut reservation = Reservation {
             charges: [None, None],
             reserved_nanos: estimate,
@@ -142,11 +142,20 @@ fn release(reservation: &Reservation) {
 
 /// Replaces the reservation with `actual_nanos` on each counter it charged.
 pub fn settle(reservation: &Reservation, actual_nanos: i64) -> Vec<Crossing> {
-    let actual = actual_nanos.max(0);
-    let delta = actual - reservation.reserved_nanos;
+    // Both are in `0..=MAX_CHARGE_NANOS` (admission refuses dearer requests, the ledger
+    // charges no more), so the difference cannot overflow; the counter itself stops at
+    // `i64`'s ends rather than wrapping to the other sign.
+    let actual = actual_nanos.clamp(0, MAX_CHARGE_NANOS);
+    let delta = actual.saturating_sub(reservation.reserved_nanos);
     let mut crossings = Vec::new();
     for c in reservation.charges() {
-        let after = c.counter.spent.fetch_add(delta, Ordering::AcqRel) + delta;
+        let add = |spent: i64| Some(spent.saturating_add(delta));
+        let before = c
+            .counter
+            .spent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, add)
+            .unwrap_or_else(|spent| spent);
+        let after = before.saturating_add(delta);
         crossings_of(c, actual, after, &mut crossings);
     }
     crossings

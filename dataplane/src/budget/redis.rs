@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use redis::Script;
-use switchboard_shared::budget::{Period, counter_key, nanos_to_usd};
+use switchboard_shared::budget::{MAX_CHARGE_NANOS, Period, counter_key, nanos_to_usd};
 
 use super::{
     BudgetRefusal, BudgetSubject, Charge, Crossing, PeriodCounter, Reservation, Subjects,
@@ -110,7 +110,7 @@ impl RedisBudgets {
         let mut prepared = Prepared {
             reservation: Reservation {
                 charges: [None, None],
-                reserved_nanos: estimate_nanos.max(0),
+                reserved_nanos: estimate_nanos.clamp(0, MAX_CHARGE_NANOS),
             },
             ttl_seconds: [0; 2],
             now,
@@ -171,8 +171,10 @@ impl RedisBudgets {
 
     /// Replaces the reservation with the real cost: one pipelined round trip.
     pub async fn settle(&self, reservation: &Reservation, actual_nanos: i64) -> Vec<Crossing> {
-        let actual = actual_nanos.max(0);
-        let delta = actual - reservation.reserved_nanos;
+        // Within the scripts' range whatever the caller passes (the ledger already charges
+        // no more than `MAX_CHARGE_NANOS`): an `INCRBY` error would lose the settlement.
+        let actual = actual_nanos.clamp(0, MAX_CHARGE_NANOS);
+        let delta = actual.saturating_sub(reservation.reserved_nanos);
         let mut pipe = redis::pipe();
         for c in reservation.charges() {
             pipe.cmd("INCRBY").arg(&*c.counter.redis_key).arg(delta);

@@ -2,7 +2,9 @@
 //! that starts like this one, so that its KV cache (vLLM, SGLang) is reused.
 //!
 //! The prompt (`messages` or `prompt`, as sent) is cut into blocks of `block_bytes`; block
-//! `i`'s key chains the hash of every block up to it, so a key names a whole prefix. After an
+//! `i`'s key chains the hash of every block up to it, so a key names a whole prefix. The chain
+//! starts from the tenant's id: the index is partitioned by tenant, so no tenant can probe
+//! (by latency or placement) whether another sent a prompt. After an
 //! answer, every block key of its prompt points at the deployment that served it; a new
 //! request walks its keys from the first and takes the deployment of the longest run found.
 //!
@@ -34,11 +36,13 @@ fn hash_block(previous: u64, block: &[u8]) -> u64 {
     h.finish() | 1 // never 0, which marks an empty slot
 }
 
-/// The chained block keys of a prompt.
-pub fn block_keys(prompt: &[u8], block_bytes: usize) -> Vec<u64> {
+/// The chained block keys of a prompt sent by `tenant`. The chain starts from the tenant's
+/// id, so the same prompt from two tenants shares no key: one tenant's requests can never
+/// land on (and so learn of, by timing or by the explain header) another's cached prefix.
+pub fn block_keys(tenant: &str, prompt: &[u8], block_bytes: usize) -> Vec<u64> {
     let block_bytes = block_bytes.max(1);
     let mut keys = Vec::with_capacity((prompt.len() / block_bytes).min(MAX_BLOCKS));
-    let mut previous = 0u64;
+    let mut previous = hash_block(0, tenant.as_bytes());
     for block in prompt.chunks_exact(block_bytes).take(MAX_BLOCKS) {
         previous = hash_block(previous, block);
         keys.push(previous);
@@ -133,20 +137,32 @@ mod tests {
 
     #[test]
     fn keys_chain_so_a_key_names_a_whole_prefix() {
-        let a = block_keys(b"aaaabbbbcccc", 4);
-        let b = block_keys(b"aaaabbbbdddd", 4);
-        let c = block_keys(b"xxxxbbbbcccc", 4);
+        let a = block_keys("t", b"aaaabbbbcccc", 4);
+        let b = block_keys("t", b"aaaabbbbdddd", 4);
+        let c = block_keys("t", b"xxxxbbbbcccc", 4);
         assert_eq!(a.len(), 3);
         assert_eq!(a[..2], b[..2]);
         assert_ne!(a[2], b[2]);
         assert_ne!(a[1], c[1], "same block after a different start");
-        assert_eq!(block_keys(b"abc", 4), Vec::<u64>::new(), "no full block");
+        assert_eq!(
+            block_keys("t", b"abc", 4),
+            Vec::<u64>::new(),
+            "no full block"
+        );
+        let (one, two) = (
+            block_keys("t1", b"aaaabbbb", 4),
+            block_keys("t2", b"aaaabbbb", 4),
+        );
+        assert!(
+            one.iter().all(|k| !two.contains(k)),
+            "tenants share no prefix key"
+        );
     }
 
     #[test]
     fn a_shared_long_key_is_found_without_its_shorter_ones() {
         let index = PrefixIndex::new();
-        let keys = block_keys(&[3u8; 64], 8);
+        let keys = block_keys("t", &[3u8; 64], 8);
         index.learn(keys[7], 4);
         assert_eq!(index.longest(&keys), Some((4, 8)));
         assert_eq!(index.longest(&keys[..7]), None);
@@ -155,8 +171,8 @@ mod tests {
     #[test]
     fn the_longest_served_prefix_wins() {
         let index = PrefixIndex::new();
-        let short = block_keys(b"system--question", 8);
-        let long = block_keys(b"system--question--answer", 8);
+        let short = block_keys("t", b"system--question", 8);
+        let long = block_keys("t", b"system--question--answer", 8);
         assert_eq!(index.longest(&long), None);
         index.record(&short, 2);
         assert_eq!(index.longest(&long), Some((2, 2)));

@@ -111,6 +111,13 @@ fn refusal(s: &Subject<'_>, what: Resource, retry_after_nanos: u64) -> Refusal {
         scope: s.scope,
         what,
         retry_after: std::time::Duration::from_nanos(retry_after_nanos),
+        limit: u64::from(
+            match what {
+                Resource::Requests => s.limits.rpm,
+                Resource::Tokens => s.limits.tpm,
+            }
+            .unwrap_or(0),
+        ),
     }
 }
 

@@ -77,6 +77,30 @@ pub struct Refusal {
     pub scope: Scope,
     pub what: Resource,
     pub retry_after: Duration,
+    /// The refusing limit (`rpm` or `tpm`).
+    pub limit: u64,
+}
+
+impl Refusal {
+    /// The refused subject's state for the `x-ratelimit-*` headers of the 429: the refusing
+    /// limit with nothing remaining, reset once the request could be admitted.
+    pub fn view(&self) -> LimitView {
+        let state = Some(gcra::CellState {
+            limit: self.limit,
+            remaining: 0,
+            reset_nanos: u64::try_from(self.retry_after.as_nanos()).unwrap_or(u64::MAX),
+        });
+        match self.what {
+            Resource::Requests => LimitView {
+                requests: state,
+                tokens: None,
+            },
+            Resource::Tokens => LimitView {
+                requests: None,
+                tokens: state,
+            },
+        }
+    }
 }
 
 /// Why a request was not admitted.

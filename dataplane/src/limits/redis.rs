@@ -506,6 +506,7 @@ fn interpret(reply: &[i64], cells: &[Cell], subjects: &[Subject<'_>]) -> Option<
                 scope: subject.scope,
                 what: cell.what,
                 retry_after: Duration::from_micros(u64::try_from(*retry_after_us).unwrap_or(0)),
+                limit: cell.limit,
             })))
         }
         _ => None,
@@ -695,7 +696,8 @@ mod tests {
             Denial::Limited(Refusal {
                 scope: Scope::Tenant,
                 what: Resource::Requests,
-                retry_after: Duration::from_millis(1500)
+                retry_after: Duration::from_millis(1500),
+                limit: 60,
             })
         );
         assert!(interpret(&[0, 3, 1], &cells, &subjects).is_none());

@@ -190,6 +190,19 @@ pub fn request(
     builder.body(Full::new(body.into())).unwrap()
 }
 
+/// `GET /v1/key/info` with the test key: its settings, limits and budgets with their spend.
+pub async fn key_info(gw: &Gateway) -> serde_json::Value {
+    let reply = send(request(
+        Method::GET,
+        &gw.url("/v1/key/info"),
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "",
+    ))
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()
+}
+
 /// POSTs JSON with the test key and reads the whole answer.
 pub async fn post(url: &str, body: &str) -> Reply {
     send(request(

@@ -109,27 +109,29 @@ pub fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// JSON keys whose string values are generated text, in the client protocols a relayed
-/// stream speaks (OpenAI chunks, Anthropic events).
-static TEXT_KEYS: LazyLock<[memmem::Finder<'static>; 6]> = LazyLock::new(|| {
-    [
-        memmem::Finder::new(b"\"content\":\""),
-        memmem::Finder::new(b"\"text\":\""),
-        memmem::Finder::new(b"\"arguments\":\""),
-        memmem::Finder::new(b"\"partial_json\":\""),
-        memmem::Finder::new(b"\"thinking\":\""),
-        memmem::Finder::new(b"\"reasoning_content\":\""),
-    ]
-});
+/// stream speaks (OpenAI chunks, Anthropic events), each with its opening quote.
+const TEXT_KEYS: [&[u8]; 6] = [
+    b"\"content",
+    b"\"text",
+    b"\"arguments",
+    b"\"partial_json",
+    b"\"thinking",
+    b"\"reasoning_content",
+];
+
+/// A key's end and a string value's start: `":"`.
+static KEY_THEN_STRING: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\":\""));
 
 /// Bytes of generated text in an event's JSON: the string values of its text keys (escapes
-/// counted as written). A byte search, not a parse; an escaped key inside a string does not
-/// match, since its quotes are preceded by backslashes.
+/// counted as written). A byte search, not a parse, and one pass over the event: every place
+/// where a key meets a string value (`":"`) is matched against the text keys. An escaped key
+/// inside a string does not match, since its quotes are preceded by backslashes.
 pub fn text_bytes(event: &[u8]) -> u64 {
     let mut total = 0u64;
-    for finder in TEXT_KEYS.iter() {
-        for at in finder.find_iter(event) {
-            let start = at + finder.needle().len();
-            total += string_len(&event[start..]) as u64;
+    for at in KEY_THEN_STRING.find_iter(event) {
+        if TEXT_KEYS.iter().any(|key| event[..at].ends_with(key)) {
+            total += string_len(&event[at + 3..]) as u64;
         }
     }
     total

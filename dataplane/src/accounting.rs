@@ -427,6 +427,10 @@ pub struct PartialUsage {
     prompt_tokens_details: Option<PromptDetails>,
     #[serde(default)]
     input_tokens: Option<u64>,
+    /// The Responses API's usage: `input_tokens` is the whole prompt (as OpenAI counts it),
+    /// its cached part in here. Its presence tells it from Anthropic's `input_tokens`.
+    #[serde(default)]
+    input_tokens_details: Option<PromptDetails>,
     #[serde(default)]
     output_tokens: Option<u64>,
     #[serde(default)]
@@ -447,6 +451,7 @@ impl PartialUsage {
         let read = self
             .prompt_tokens_details
             .and_then(|d| d.cached_tokens)
+            .or(self.input_tokens_details.and_then(|d| d.cached_tokens))
             .or(self.cache_read_input_tokens);
         if let Some(read) = read {
             usage.cached_read_tokens = read;
@@ -454,7 +459,10 @@ impl PartialUsage {
         if let Some(created) = self.cache_creation_input_tokens {
             usage.cache_creation_tokens = created;
         }
-        if let Some(prompt) = self.prompt_tokens {
+        if let Some(prompt) = self.prompt_tokens.or(self
+            .input_tokens
+            .filter(|_| self.input_tokens_details.is_some()))
+        {
             usage.prompt_tokens = prompt;
         } else if let Some(input) = self.input_tokens {
             // Anthropic: the whole prompt is the uncached input plus both cache parts.
@@ -499,6 +507,9 @@ struct UsageChunkFields<'a> {
     /// Anthropic's `message_start` carries usage inside the message.
     #[serde(default)]
     message: Option<UsageOnly>,
+    /// The Responses API's `response.completed` carries it inside the response.
+    #[serde(default)]
+    response: Option<UsageOnly>,
 }
 
 /// What else a chunk with usage carries, which decides what a client that did not ask for
@@ -510,14 +521,18 @@ pub enum UsageChunk {
     /// An OpenAI chunk with choices (content, or LiteLLM's final `delta: {}`): kept, with its
     /// `usage` field removed.
     WithChoices,
-    /// An Anthropic event: usage is part of that protocol; never touched.
+    /// An Anthropic or Responses API event (it has a `type`): usage is part of that
+    /// protocol; never touched.
     Anthropic,
 }
 
 /// Usage from one SSE event's `data:` payload, and what else the event carries.
 pub fn usage_from_chunk(data: &[u8]) -> Option<(PartialUsage, UsageChunk)> {
     let chunk: UsageChunkFields<'_> = serde_json::from_slice(data).ok()?;
-    let usage = chunk.usage.or(chunk.message.and_then(|m| m.usage))?;
+    let usage = chunk
+        .usage
+        .or(chunk.message.and_then(|m| m.usage))
+        .or(chunk.response.and_then(|r| r.usage))?;
     let kind = if chunk.r#type.is_some() {
         UsageChunk::Anthropic
     } else if chunk.choices.is_none_or(|c| c.get().trim() == "[]") {
@@ -565,6 +580,28 @@ mod tests {
         );
         assert_eq!(usage_from_body(br#"{"data":[]}"#).unwrap(), None);
         assert!(usage_from_body(b"{not json").is_err());
+    }
+
+    #[test]
+    fn reads_responses_api_usage_whole_and_streamed() {
+        let usage = br#"{"input_tokens":19,"input_tokens_details":{"cached_tokens":4},"output_tokens":10,"total_tokens":29}"#;
+        let body = [&br#"{"object":"response","usage":"#[..], usage, b"}"].concat();
+        let expected = Usage {
+            prompt_tokens: 19,
+            completion_tokens: 10,
+            cached_read_tokens: 4,
+            cache_creation_tokens: 0,
+        };
+        assert_eq!(usage_from_body(&body).unwrap(), Some(expected));
+        let event = [
+            &br#"{"type":"response.completed","sequence_number":9,"response":{"id":"r","usage":"#[..],
+            usage,
+            b"}}",
+        ]
+        .concat();
+        let (partial, kind) = usage_from_chunk(&event).unwrap();
+        assert_eq!(Usage::from(partial), expected);
+        assert_eq!(kind, UsageChunk::Anthropic);
     }
 
     #[test]

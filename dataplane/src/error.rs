@@ -44,6 +44,10 @@ pub enum ApiError {
     ModelNotFound { model: String },
     #[error("{path} does not exist")]
     RouteNotFound { path: String },
+    /// A stored response that does not exist, expired, or belongs to another tenant (the
+    /// answer is the same for all three). `previous` when named by `previous_response_id`.
+    #[error("{}Response with id '{id}' not found.", if *previous { "Previous " } else { "" })]
+    ResponseNotFound { id: String, previous: bool },
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error("rate limit exceeded: {scope} {what} per minute")]
@@ -106,9 +110,9 @@ impl ApiError {
             | ApiError::RevokedKey
             | ApiError::TenantSuspended => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
-            ApiError::ModelNotFound { .. } | ApiError::RouteNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::ModelNotFound { .. }
+            | ApiError::RouteNotFound { .. }
+            | ApiError::ResponseNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RateLimited { .. }
             | ApiError::UpstreamRateLimited { .. }
@@ -137,6 +141,7 @@ impl ApiError {
             ApiError::ModelNotAllowed { .. } => "model_not_allowed",
             ApiError::ModelNotFound { .. } => "model_not_found",
             ApiError::RouteNotFound { .. } => "route_not_found",
+            ApiError::ResponseNotFound { .. } => "response_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::UpstreamRateLimited { .. } => "upstream_rate_limited",
@@ -159,6 +164,7 @@ impl ApiError {
             | ApiError::PayloadTooLarge { .. }
             | ApiError::ModelNotFound { .. }
             | ApiError::RouteNotFound { .. }
+            | ApiError::ResponseNotFound { .. }
             | ApiError::MethodNotAllowed
             | ApiError::UpstreamRejected { .. } => "invalid_request_error",
             ApiError::MissingKey
@@ -191,6 +197,12 @@ impl ApiError {
             | ApiError::RevokedKey
             | ApiError::TenantSuspended => Some("invalid_api_key"),
             ApiError::ModelNotFound { .. } => Some("model_not_found"),
+            ApiError::ResponseNotFound { previous: true, .. } => {
+                Some("previous_response_not_found")
+            }
+            ApiError::ResponseNotFound {
+                previous: false, ..
+            } => Some("response_not_found"),
             ApiError::RateLimited { .. } | ApiError::UpstreamRateLimited { .. } => {
                 Some("rate_limit_exceeded")
             }
@@ -215,6 +227,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { param, .. } => param.as_deref(),
             ApiError::ModelNotAllowed { .. } | ApiError::ModelNotFound { .. } => Some("model"),
+            ApiError::ResponseNotFound { previous: true, .. } => Some("previous_response_id"),
             _ => None,
         }
     }

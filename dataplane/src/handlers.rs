@@ -53,6 +53,12 @@ pub async fn embeddings(state: State<Arc<AppState>>, headers: HeaderMap, body: B
     proxy(state, Endpoint::Embeddings, headers, body).await
 }
 
+/// `POST /v1/responses`: OpenAI's Responses API, with the same keys, limits and routing;
+/// stored responses and `previous_response_id` through [`crate::responses`].
+pub async fn responses(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy(state, Endpoint::Responses, headers, body).await
+}
+
 /// `POST /v1/messages`: Anthropic's Messages API, with the same keys, limits and routing.
 /// Every error leaves in Anthropic's shape.
 pub async fn messages(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -122,6 +128,13 @@ async fn serve_proxy(
 ) -> Result<Response, ApiError> {
     let (catalog, key) = caller(state, headers)?;
     let bytes = read_body(body, headers, state.max_body_bytes).await?;
+    let (bytes, keep) = match endpoint {
+        Endpoint::Responses => {
+            let tenant = &key.tenant.tenant.id;
+            state.responses.prepare(tenant, bytes).await?
+        }
+        _ => (bytes, None),
+    };
     let view = parse(bytes, endpoint)?;
     let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
     tracing::Span::current().record("model", model.name.as_str());
@@ -177,6 +190,9 @@ async fn serve_proxy(
         ticket,
     );
     let mut response = forward(&catalog, &request, ledger).await;
+    if let Some(keep) = keep {
+        response = keep.keep(response);
+    }
     limits.write_headers(response.headers_mut());
     response
         .headers_mut()
@@ -186,11 +202,15 @@ async fn serve_proxy(
 
 /// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on
 /// `/v1/messages` Anthropic's rules (`max_tokens` required; streams always report usage, and
-/// its API refuses `stream_options`).
+/// its API refuses `stream_options`); on `/v1/responses`, streams always report usage (in
+/// `response.completed`).
 fn parse(bytes: bytes::Bytes, endpoint: Endpoint) -> Result<RequestView, ApiError> {
     let mut view = RequestView::parse(bytes)?;
     if !endpoint.supports_streaming() {
         view.stream = false;
+    }
+    if endpoint == Endpoint::Responses {
+        view.client_wants_usage = true;
     }
     if endpoint == Endpoint::Messages {
         view.client_wants_usage = true;
@@ -206,7 +226,7 @@ fn parse(bytes: bytes::Bytes, endpoint: Endpoint) -> Result<RequestView, ApiErro
 
 /// The serving catalog and the calling key: 503 before the first snapshot, else what
 /// [`authenticate`] says of the key.
-fn caller(
+pub(crate) fn caller(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<(Arc<Catalog>, Arc<KeyEntry>), ApiError> {

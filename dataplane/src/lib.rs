@@ -29,7 +29,8 @@
 //!
 //! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
 //! table and layer stack, [`error`] the one error type (OpenAI's shape; Anthropic's on
-//! `/v1/messages`), [`metrics`] every metric name, [`config`] the two-stage config,
+//! `/v1/messages`), [`responses`] the Responses API's stored responses and
+//! [`responses_http`] its `GET`/`DELETE` routes, [`metrics`] every metric name, [`config`] the two-stage config,
 //! [`shared_redis`] the connection to the state that replicas share, [`webhooks`] signed
 //! budget alerts, [`clock`] the wall clock budgets read (movable in tests), and [`server`]
 //! start, reload and drain. In cluster mode, [`cluster`] receives
@@ -60,6 +61,8 @@ pub mod proxy;
 pub mod quota;
 pub mod relay;
 pub mod request;
+pub mod responses;
+pub mod responses_http;
 pub mod routes;
 pub mod routing;
 pub mod selectors;

@@ -229,9 +229,12 @@ impl<T, const N: usize> Table<T, N> {
 }
 
 /// Route templates: the closed set of the route table, plus `other` for unmatched paths.
-pub const ROUTES: [&str; 11] = [
+pub const ROUTES: [&str; 14] = [
     "/v1/chat/completions",
     "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/responses",
+    "/v1/responses/{id}",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/models",
@@ -292,11 +295,12 @@ pub fn inflight() -> &'static Gauge {
 }
 
 /// Endpoints that have latency histograms.
-pub const ENDPOINTS: [&str; 5] = [
+pub const ENDPOINTS: [&str; 6] = [
     "chat_completions",
     "completions",
     "embeddings",
     "messages",
+    "responses",
     "models",
 ];
 

@@ -52,6 +52,7 @@ use crate::error::ApiError;
 use crate::fleet::prefix::block_keys;
 use crate::fleet::{Gate, Outcome as HealthOutcome, Recorded, UpstreamRateLimits, unix_ms};
 use crate::metrics::{self, AttemptResult};
+use crate::providers::translate::responses_openai::NATIVE_TAG as RESPONSES_TAG;
 use crate::providers::{
     BodyError, Endpoint, SendError, UpstreamBody, UpstreamRequest, UpstreamResponse, Verdict,
 };
@@ -484,6 +485,8 @@ async fn attempt(
         upstream_model_json: &deployment.upstream_model_json,
         upstream_model: &deployment.upstream_model,
         request_id,
+        native_responses: endpoint == Endpoint::Responses
+            && deployment.tags.iter().any(|t| t == RESPONSES_TAG),
     };
     let sent = timeout_at(at.first_byte_deadline, deployment.adaptor.send(&request)).await;
     let response = match sent {

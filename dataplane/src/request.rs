@@ -24,7 +24,8 @@ pub struct RequestView {
     pub stream: bool,
     /// Whether the client itself asked for the final usage chunk.
     pub client_wants_usage: bool,
-    /// `max_tokens` or `max_completion_tokens`, for the token-limit estimate: a whole number
+    /// `max_tokens`, `max_completion_tokens` or (Responses API) `max_output_tokens`, for the
+    /// token-limit estimate: a whole number
     /// in `1..=`[`MAX_TOKENS_CAP`].
     pub max_tokens: Option<u64>,
     /// `n` (or `best_of`, if larger), how many answers are generated: each a whole number in
@@ -56,6 +57,9 @@ struct Fields<'a> {
     max_tokens: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
     max_completion_tokens: Option<&'a RawValue>,
+    /// The Responses API's name for it.
+    #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
+    max_output_tokens: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
     n: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
@@ -127,7 +131,14 @@ impl RequestView {
             MAX_TOKENS_CAP,
         )? {
             Some(n) => Some(n),
-            None => whole_number(fields.max_tokens, "max_tokens", MAX_TOKENS_CAP)?,
+            None => match whole_number(fields.max_tokens, "max_tokens", MAX_TOKENS_CAP)? {
+                Some(n) => Some(n),
+                None => whole_number(
+                    fields.max_output_tokens,
+                    "max_output_tokens",
+                    MAX_TOKENS_CAP,
+                )?,
+            },
         };
         // `best_of` (legacy completions) generates that many answers and bills them all.
         let choices = whole_number(fields.n, "n", MAX_CHOICES)?
@@ -361,6 +372,10 @@ mod tests {
         assert_eq!(
             view(r#"{"model":"m","max_completion_tokens":9,"max_tokens":7}"#).max_tokens,
             Some(9)
+        );
+        assert_eq!(
+            view(r#"{"model":"m","max_output_tokens":11}"#).max_tokens,
+            Some(11)
         );
         assert_eq!(view(r#"{"model":"m","n":3}"#).choices, 3);
         assert_eq!(view(r#"{"model":"m","n":2,"best_of":5}"#).choices, 5);

@@ -15,6 +15,7 @@ use switchboard_shared::cluster::REVISION_HEADER;
 use crate::error::ErrorKind;
 use crate::handlers;
 use crate::metrics;
+use crate::responses_http;
 use crate::state::AppState;
 
 /// Builds the data plane's router.
@@ -38,6 +39,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/messages",
             post(handlers::messages).fallback(handlers::messages_method_not_allowed),
+        )
+        .route("/v1/responses", post(handlers::responses))
+        .route(
+            "/v1/responses/{id}",
+            get(responses_http::retrieve).delete(responses_http::delete),
         )
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))

@@ -107,6 +107,7 @@ pub fn build_state_with_keys(
         Some(shared) => Limiter::Redis(RedisLimiter::new(shared.clone())),
         None => Limiter::Local(LocalLimiter::new()),
     };
+    let responses = crate::responses::ResponseStore::new(shared.clone());
     let books = Books {
         limiter: Arc::new(limiter),
         budgets: crate::budget::Budgets::new(shared),
@@ -119,7 +120,8 @@ pub fn build_state_with_keys(
     };
     Ok(Arc::new(
         AppState::new(pepper, http, books, server.max_body_bytes, metrics)
-            .with_master_keys(master_keys),
+            .with_master_keys(master_keys)
+            .with_response_store(responses),
     ))
 }
 

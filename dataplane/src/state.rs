@@ -35,6 +35,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Open `{ sealed: ... }` credentials in snapshots from the control plane.
     master_keys: Option<MasterKeys>,
+    /// Stored Responses API responses (in process unless set with a Redis one).
+    pub responses: Arc<crate::responses::ResponseStore>,
     shutting_down: AtomicBool,
 }
 
@@ -127,6 +129,7 @@ impl AppState {
             max_body_bytes,
             metrics,
             master_keys: None,
+            responses: Arc::default(),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -134,6 +137,12 @@ impl AppState {
     /// Sets the master keys that open sealed credentials (before the state is shared).
     pub fn with_master_keys(mut self, master_keys: Option<MasterKeys>) -> Self {
         self.master_keys = master_keys;
+        self
+    }
+
+    /// Sets where stored responses are kept (before the state is shared).
+    pub fn with_response_store(mut self, store: crate::responses::ResponseStore) -> Self {
+        self.responses = Arc::new(store);
         self
     }
 

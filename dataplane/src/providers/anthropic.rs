@@ -4,7 +4,8 @@
 //!
 //! A client on `/v1/messages` speaks Anthropic already: its body goes out with only the model
 //! name swapped and the answer comes back byte for byte. A client on `/v1/chat/completions`
-//! is translated both ways ([`super::translate::openai_anthropic`]). Anthropic has no
+//! is translated both ways ([`super::translate::openai_anthropic`]); one on `/v1/responses`
+//! goes through chat first ([`super::translate::responses_openai`]). Anthropic has no
 //! completions or embeddings API: those get a 400 in OpenAI's shape without a network call.
 //!
 //! Status classes follow [`super::classify_http`]: 529 `overloaded_error` and other 5xx are
@@ -18,7 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::chat_only::not_served;
 use super::common::{self, EVENT_STREAM, Http};
 use super::registry::Setup;
-use super::translate::{self, openai_anthropic};
+use super::translate::{self, anthropic_openai, openai_anthropic};
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 use crate::fleet::UpstreamRateLimits;
 
@@ -84,23 +85,31 @@ impl ProviderAdaptor for AnthropicAdaptor {
                     let body = view.upstream_body(request.upstream_model_json);
                     self.post(&body, view.stream, request.request_id).await
                 }
-                Endpoint::ChatCompletions => {
-                    let body = match openai_anthropic::request(
-                        &view.body,
-                        request.upstream_model,
-                        view.stream,
-                    ) {
-                        Ok(body) => body,
-                        Err(e) => return Ok(translate::refusal(request.endpoint, &e)),
+                Endpoint::ChatCompletions | Endpoint::Responses => {
+                    // A Responses request goes through chat's shape first.
+                    let chat = if request.endpoint == Endpoint::Responses {
+                        match anthropic_openai::openai_body(request) {
+                            Ok(chat) => chat,
+                            Err(refusal) => return Ok(refusal),
+                        }
+                    } else {
+                        view.body.clone()
                     };
+                    let body =
+                        match openai_anthropic::request(&chat, request.upstream_model, view.stream)
+                        {
+                            Ok(body) => body,
+                            Err(e) => return Ok(translate::refusal(request.endpoint, &e)),
+                        };
                     let response = self.post(&body, view.stream, request.request_id).await?;
-                    Ok(translate::wrap(
+                    let chat = translate::wrap(
                         response,
                         view.stream,
                         openai_anthropic::StreamToOpenAi::new(),
                         openai_anthropic::response,
                         openai_anthropic::error,
-                    ))
+                    );
+                    Ok(translate::wrap_for_client(chat, request))
                 }
                 Endpoint::Completions | Endpoint::Embeddings => {
                     Ok(not_served("Anthropic", request.endpoint))

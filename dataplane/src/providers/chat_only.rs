@@ -2,7 +2,8 @@
 //! (Gemini, Bedrock).
 //!
 //! Such an adaptor translates OpenAI chat requests to its upstream and its answers back; a
-//! `/v1/messages` client goes Anthropic → OpenAI first and back through both, and the
+//! `/v1/messages` client goes Anthropic → OpenAI first and back through both (a `/v1/responses`
+//! client likewise through the Responses translation), and the
 //! completions and embeddings APIs get a 400 in the client's shape without a network call.
 //! That frame is the same for every such upstream, so it is written once here ([`send`]);
 //! the adaptor supplies only its translation and its post ([`ChatOnly`]).
@@ -48,7 +49,7 @@ pub async fn send<A: ChatOnly>(
 ) -> Result<UpstreamResponse, SendError> {
     if !matches!(
         request.endpoint,
-        Endpoint::ChatCompletions | Endpoint::Messages
+        Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses
     ) {
         return Ok(not_served(A::NAME, request.endpoint));
     }
@@ -67,11 +68,7 @@ pub async fn send<A: ChatOnly>(
         request,
     };
     let response = adaptor.post(out).await?;
-    Ok(if request.endpoint == Endpoint::Messages {
-        anthropic_openai::wrap_answer(response, request.view.stream)
-    } else {
-        response
-    })
+    Ok(translate::wrap_for_client(response, request))
 }
 
 /// The 400 for an API the provider does not have, in the client's shape, sent without a

@@ -231,6 +231,7 @@ mod tests {
             upstream_model_json: b"\"u\"",
             upstream_model: "u",
             request_id: "r",
+            native_responses: false,
         };
         ring.send(&request).await.unwrap().status.as_u16()
     }

@@ -16,7 +16,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use serde_json::json;
 
-use super::translate::anthropic_openai;
+use super::translate;
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 /// The in-process provider.
@@ -95,7 +95,7 @@ impl MockAdaptor {
         }
 
         let document = match request.endpoint {
-            Endpoint::ChatCompletions | Endpoint::Messages => json!({
+            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => json!({
                 "id": id,
                 "object": "chat.completion",
                 "created": created,
@@ -190,16 +190,16 @@ impl ProviderAdaptor for MockAdaptor {
         &'a self,
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
-        if request.endpoint != Endpoint::Messages {
+        if !matches!(request.endpoint, Endpoint::Messages | Endpoint::Responses) {
             return std::future::ready(Ok(Self::answer(request))).boxed();
         }
-        // A `/v1/messages` client: answer as a chat completion, translated like any
-        // OpenAI-compatible upstream's.
+        // A `/v1/messages` or `/v1/responses` client: answer as a chat completion, translated
+        // like any OpenAI-compatible upstream's.
         let chat = UpstreamRequest {
             endpoint: Endpoint::ChatCompletions,
             ..*request
         };
-        let answer = anthropic_openai::wrap_answer(Self::answer(&chat), request.view.stream);
+        let answer = translate::wrap_for_client(Self::answer(&chat), request);
         std::future::ready(Ok(answer)).boxed()
     }
 }
@@ -218,6 +218,7 @@ mod tests {
             upstream_model_json: &model,
             upstream_model: "mock-up",
             request_id: "r1",
+            native_responses: false,
         };
         let mut response = MockAdaptor.send(&request).await.unwrap();
         let body = std::mem::replace(

@@ -57,6 +57,9 @@ pub enum Endpoint {
     Embeddings,
     /// Anthropic's Messages API (`/v1/messages`): answers and errors in Anthropic's shape.
     Messages,
+    /// OpenAI's Responses API (`/v1/responses`): native on deployments tagged
+    /// [`translate::responses_openai::NATIVE_TAG`], translated to chat everywhere else.
+    Responses,
 }
 
 impl Endpoint {
@@ -66,13 +69,17 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
         }
     }
 
-    /// The path below an OpenAI-compatible base URL (Messages are sent as chat completions).
+    /// The path below an OpenAI-compatible base URL (Messages, and Responses for upstreams
+    /// that do not serve them natively, are sent as chat completions).
     pub fn openai_path(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions | Endpoint::Messages => "/chat/completions",
+            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => {
+                "/chat/completions"
+            }
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
         }
@@ -92,6 +99,9 @@ pub struct UpstreamRequest<'a> {
     pub upstream_model_json: &'a [u8],
     pub upstream_model: &'a str,
     pub request_id: &'a str,
+    /// The deployment serves `/v1/responses` itself (tagged
+    /// [`translate::responses_openai::NATIVE_TAG`]): a Responses request passes through.
+    pub native_responses: bool,
 }
 
 /// An upstream body, boxed so that HTTP and in-process adaptors look the same to the proxy.

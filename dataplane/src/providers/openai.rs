@@ -12,7 +12,7 @@ use http::header::AUTHORIZATION;
 
 use super::common::{self, EVENT_STREAM, Http};
 use super::registry::Setup;
-use super::translate::anthropic_openai;
+use super::translate::{self, anthropic_openai};
 use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 /// An OpenAI-compatible provider.
@@ -23,6 +23,8 @@ pub struct OpenAiAdaptor {
     chat_path: String,
     completions_path: String,
     embeddings_path: String,
+    /// `/responses`, for deployments that serve the Responses API natively.
+    responses_path: String,
 }
 
 impl OpenAiAdaptor {
@@ -34,13 +36,15 @@ impl OpenAiAdaptor {
             chat_path: path(Endpoint::ChatCompletions),
             completions_path: path(Endpoint::Completions),
             embeddings_path: path(Endpoint::Embeddings),
+            responses_path: format!("{}/responses", http.base_path),
             http,
         })
     }
 
-    fn path(&self, endpoint: Endpoint) -> &str {
-        match endpoint {
-            Endpoint::ChatCompletions | Endpoint::Messages => &self.chat_path,
+    fn path(&self, request: &UpstreamRequest<'_>) -> &str {
+        match request.endpoint {
+            Endpoint::Responses if request.native_responses => &self.responses_path,
+            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => &self.chat_path,
             Endpoint::Completions => &self.completions_path,
             Endpoint::Embeddings => &self.embeddings_path,
         }
@@ -52,18 +56,28 @@ impl ProviderAdaptor for OpenAiAdaptor {
         &'a self,
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
-        send_openai_compatible(&self.http, self.path(request.endpoint), request).boxed()
+        send_openai_compatible(&self.http, self.path(request), request).boxed()
     }
 }
 
 /// Sends one attempt to an OpenAI-compatible API at `path` (OpenAI itself, Azure OpenAI):
-/// the client's body with the model swapped, or — for a `/v1/messages` client — the
-/// translation of its request, with the answer translated back.
+/// the client's body with the model swapped, or — for a `/v1/messages` client, and a
+/// `/v1/responses` client of a deployment without native Responses — the translation of its
+/// request, with the answer translated back.
 pub async fn send_openai_compatible(
     http: &Http,
     path: &str,
     request: &UpstreamRequest<'_>,
 ) -> Result<UpstreamResponse, SendError> {
+    if request.native_responses {
+        let view = request.view;
+        let body = view.upstream_body(request.upstream_model_json);
+        let accept = common::accept(view.stream, &EVENT_STREAM);
+        let no_extra = std::iter::empty();
+        return http
+            .post(path, accept, no_extra, Some(request.request_id), &body)
+            .await;
+    }
     let body = match anthropic_openai::openai_body(request) {
         Ok(body) => body,
         Err(refusal) => return Ok(refusal),
@@ -73,9 +87,5 @@ pub async fn send_openai_compatible(
     let response = http
         .post(path, accept, no_extra, Some(request.request_id), &body)
         .await?;
-    Ok(if request.endpoint == Endpoint::Messages {
-        anthropic_openai::wrap_answer(response, request.view.stream)
-    } else {
-        response
-    })
+    Ok(translate::wrap_for_client(response, request))
 }

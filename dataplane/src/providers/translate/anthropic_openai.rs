@@ -24,13 +24,16 @@ use crate::providers::{Endpoint, UpstreamRequest, UpstreamResponse};
 
 /// The OpenAI-format request body for an attempt on an OpenAI-shaped upstream: the client's
 /// own (model swapped) or, for a `/v1/messages` client, the translation of its Anthropic
-/// request. `Err` is a ready 400 in the client's shape.
+/// request (for a `/v1/responses` client, of its Responses request). `Err` is a ready 400 in
+/// the client's shape.
 pub fn openai_body(request: &UpstreamRequest<'_>) -> Result<Bytes, UpstreamResponse> {
     let view = request.view;
-    if request.endpoint != Endpoint::Messages {
-        return Ok(view.upstream_body(request.upstream_model_json));
-    }
-    self::request(&view.body, request.upstream_model, view.stream)
+    let translate = match request.endpoint {
+        Endpoint::Messages => self::request,
+        Endpoint::Responses => super::responses_openai::request,
+        _ => return Ok(view.upstream_body(request.upstream_model_json)),
+    };
+    translate(&view.body, request.upstream_model, view.stream)
         .map(Bytes::from)
         .map_err(|e| refusal(request.endpoint, &e))
 }

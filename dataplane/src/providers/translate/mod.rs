@@ -9,6 +9,8 @@
 //!   OpenAI-compatible API.
 //! - [`openai_gemini`]: an OpenAI client in front of Gemini.
 //! - [`openai_bedrock`]: an OpenAI client in front of Bedrock's Converse API.
+//! - [`responses_openai`]: a Responses API client (`/v1/responses`) in front of an
+//!   OpenAI-compatible chat API (and through it, every other provider).
 //! - [`openai`]: OpenAI's side of all of them — the request content and tool calls they read,
 //!   and the answers, chunks, usage and errors they build.
 //!
@@ -28,6 +30,7 @@ pub mod openai;
 pub mod openai_anthropic;
 pub mod openai_bedrock;
 pub mod openai_gemini;
+pub mod responses_openai;
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -194,6 +197,19 @@ fn dispatch(event: &[u8], events: Events<'_>) {
     }
     if let Some(data) = data {
         events(name, data);
+    }
+}
+
+/// Wraps an answer in OpenAI's chat shape for the client's protocol: Anthropic's for a
+/// `/v1/messages` client, the Responses API's for a `/v1/responses` one, unchanged otherwise.
+pub fn wrap_for_client(
+    response: UpstreamResponse,
+    request: &super::UpstreamRequest<'_>,
+) -> UpstreamResponse {
+    match request.endpoint {
+        super::Endpoint::Messages => anthropic_openai::wrap_answer(response, request.view.stream),
+        super::Endpoint::Responses => responses_openai::wrap_answer(response, request),
+        _ => response,
     }
 }
 

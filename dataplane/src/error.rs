@@ -46,7 +46,7 @@ pub enum ApiError {
     RouteNotFound { path: String },
     /// A stored response that does not exist, expired, or belongs to another tenant (the
     /// answer is the same for all three). `previous` when named by `previous_response_id`.
-    #[error("{}Response with id '{id}' not found.", if *previous { "Previous " } else { "" })]
+    #[error("{} with id '{id}' not found.", if *previous { "Previous response" } else { "Response" })]
     ResponseNotFound { id: String, previous: bool },
     #[error("method not allowed on this route")]
     MethodNotAllowed,

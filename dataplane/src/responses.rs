@@ -350,6 +350,10 @@ impl http_body::Body for Keep {
                 if let Some(data) = frame.data_ref() {
                     this.look(data);
                 }
+                // A complete body's last frame: the server does not poll for the end.
+                if this.inner.is_end_stream() {
+                    this.end();
+                }
             }
             None => this.end(),
             Some(Err(_)) => this.pending = None,

@@ -1,7 +1,9 @@
 //! The official SDKs against deployments on every provider: the `openai` SDK against
 //! Anthropic, Azure, Gemini and Bedrock deployments, the `anthropic` SDK against `/v1/messages` with an
 //! Anthropic and an OpenAI-compatible deployment behind it
-//! (tests/python/test_providers_openai_sdk.py, tests/python/test_anthropic_sdk.py).
+//! (tests/python/test_providers_openai_sdk.py, tests/python/test_anthropic_sdk.py), and the
+//! `openai` SDK's Responses API against a native, an Anthropic and a chat-only deployment
+//! (tests/python/test_responses_sdk.py).
 //!
 //! The SDKs live in the virtualenv that `scripts/test` creates (see openai_sdk.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
@@ -51,6 +53,7 @@ deployments:
   - {{ id: d2, model: claude-too-long, provider: ant-long, upstream_model: claude-up }}
   - {{ id: d8, model: claude-busy, provider: ant-busy, upstream_model: claude-up }}
   - {{ id: d3, model: gpt, provider: oai, upstream_model: gpt-up }}
+  - {{ id: d9, model: gpt-native, provider: oai, upstream_model: gpt-up, tags: [responses_api] }}
   - {{ id: d4, model: azure, provider: az, upstream_model: gpt-4o-prod }}
   - {{ id: d5, model: azure-embed, provider: az, upstream_model: embed-prod }}
   - {{ id: d6, model: gemini, provider: gem, upstream_model: gemini-up }}
@@ -71,6 +74,7 @@ models:
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(dir.join("test_anthropic_sdk.py"))
         .arg(dir.join("test_providers_openai_sdk.py"))
+        .arg(dir.join("test_responses_sdk.py"))
         .env("SWITCHBOARD_ROOT_URL", gw.url(""))
         .env("SWITCHBOARD_KEY", KEY)
         .stdout(Stdio::piped())
@@ -82,7 +86,7 @@ models:
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the SDK suites failed:\n{stdout}");
     assert!(
-        stdout.contains("20 passed"),
-        "expected all 20 SDK tests to run:\n{stdout}"
+        stdout.contains("32 passed"),
+        "expected all 32 SDK tests to run:\n{stdout}"
     );
 }

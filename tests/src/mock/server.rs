@@ -89,6 +89,8 @@ enum Route {
     Completions,
     Embeddings,
     Models,
+    /// The Responses API ([`super::responses`]).
+    Responses,
 }
 
 impl Route {
@@ -97,6 +99,7 @@ impl Route {
             (&Method::POST, "/v1/chat/completions") => Some(Self::Chat),
             (&Method::POST, "/v1/completions") => Some(Self::Completions),
             (&Method::POST, "/v1/embeddings") => Some(Self::Embeddings),
+            (&Method::POST, "/v1/responses") => Some(Self::Responses),
             (&Method::GET, "/v1/models") => Some(Self::Models),
             // Azure OpenAI: /openai/deployments/{deployment}/<the OpenAI path>.
             (&Method::POST, p) if p.starts_with("/openai/deployments/") => {
@@ -109,6 +112,7 @@ impl Route {
                     "chat/completions" => Some(Self::Chat),
                     "completions" => Some(Self::Completions),
                     "embeddings" => Some(Self::Embeddings),
+                    "responses" => Some(Self::Responses),
                     _ => None,
                 }
             }
@@ -348,6 +352,16 @@ fn render_output(
     if route == Route::Models {
         return Ok(Output::Json(templates.models.clone()));
     }
+    if route == Route::Responses {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        return match super::responses::render(body, state.next_id(), created) {
+            Ok((true, events)) => Ok(Output::Stream(events)),
+            Ok((false, mut body)) => Ok(Output::Json(body.pop().unwrap_or_default())),
+            Err(_) => Err("invalid Responses API request (model and input are required; previous_response_id is not served)"),
+        };
+    }
     let peek: Peek<'_> = serde_json::from_slice(body).map_err(|_| {
         "We could not parse the JSON body of your request. (HINT: This likely means you \
          aren't using your HTTP library correctly.)"
@@ -391,7 +405,9 @@ fn render_output(
         (Route::Completions, true) => {
             Output::Stream(templates.completion_stream(&reply, chunks, include_usage))
         }
-        (Route::Embeddings | Route::Models, _) => Output::Json(templates.embedding(&reply)),
+        (Route::Embeddings | Route::Models | Route::Responses, _) => {
+            Output::Json(templates.embedding(&reply))
+        }
     })
 }
 

@@ -359,7 +359,9 @@ fn render_output(
         return match super::responses::render(body, state.next_id(), created) {
             Ok((true, events)) => Ok(Output::Stream(events)),
             Ok((false, mut body)) => Ok(Output::Json(body.pop().unwrap_or_default())),
-            Err(_) => Err("invalid Responses API request (model and input are required; previous_response_id is not served)"),
+            Err(_) => Err(
+                "invalid Responses API request (model and input are required; previous_response_id is not served)",
+            ),
         };
     }
     let peek: Peek<'_> = serde_json::from_slice(body).map_err(|_| {

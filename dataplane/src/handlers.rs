@@ -135,7 +135,8 @@ async fn serve_proxy(
         }
         _ => (bytes, None),
     };
-    let view = parse(bytes, endpoint)?;
+    let mut view = parse(bytes, endpoint)?;
+    view.anthropic_headers = anthropic_headers(headers);
     let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
     tracing::Span::current().record("model", model.name.as_str());
     crate::context::check_output_limit(model, view.max_tokens)?;
@@ -224,6 +225,22 @@ fn parse(bytes: bytes::Bytes, endpoint: Endpoint) -> Result<RequestView, ApiErro
     Ok(view)
 }
 
+/// The client's `anthropic-version` and `anthropic-beta` headers, for Anthropic deployments
+/// (each at most 512 bytes; usually none, and then nothing is allocated).
+pub(crate) fn anthropic_headers(headers: &HeaderMap) -> Vec<(http::HeaderName, HeaderValue)> {
+    const NAMES: [http::HeaderName; 2] = [
+        http::HeaderName::from_static("anthropic-version"),
+        http::HeaderName::from_static("anthropic-beta"),
+    ];
+    NAMES
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(name).filter(|v| v.len() <= 512)?;
+            Some((name.clone(), value.clone()))
+        })
+        .collect()
+}
+
 /// The serving catalog and the calling key: 503 before the first snapshot, else what
 /// [`authenticate`] says of the key.
 pub(crate) fn caller(
@@ -237,7 +254,7 @@ pub(crate) fn caller(
 
 /// Reads the body up to `limit` bytes: 413 beyond it (by `Content-Length` before reading,
 /// or while reading when there is none), 400 if the client breaks off.
-async fn read_body(
+pub(crate) async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,

@@ -30,7 +30,8 @@
 //! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
 //! table and layer stack, [`error`] the one error type (OpenAI's shape; Anthropic's on
 //! `/v1/messages`), [`responses`] the Responses API's stored responses and
-//! [`responses_http`] its `GET`/`DELETE` routes, [`metrics`] every metric name, [`config`] the two-stage config,
+//! [`responses_http`] its `GET`/`DELETE` routes, [`count_tokens`] Anthropic's token
+//! counting, [`metrics`] every metric name, [`config`] the two-stage config,
 //! [`shared_redis`] the connection to the state that replicas share, [`webhooks`] signed
 //! budget alerts, [`clock`] the wall clock budgets read (movable in tests), and [`server`]
 //! start, reload and drain. In cluster mode, [`cluster`] receives
@@ -51,6 +52,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod context;
+pub mod count_tokens;
 pub mod error;
 pub mod fleet;
 pub mod handlers;

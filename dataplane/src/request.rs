@@ -37,6 +37,9 @@ pub struct RequestView {
     pub has_images: bool,
     /// Where the prompt (`messages`, or `prompt`) sits in the body, for prefix affinity.
     pub prompt_span: Option<Range<usize>>,
+    /// The client's `anthropic-version` and `anthropic-beta` headers (set by the handler, not
+    /// the parser), forwarded to Anthropic deployments.
+    pub anthropic_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     model_span: Range<usize>,
     /// The raw `stream_options` value's span, when present.
     stream_options_span: Option<Range<usize>>,
@@ -156,6 +159,7 @@ impl RequestView {
             .or(fields.prompt)
             .map(|raw| span_of(&body, raw.get()));
         Ok(Self {
+            anthropic_headers: Vec::new(),
             uses_tools,
             has_images,
             prompt_span,

@@ -12,6 +12,7 @@ use http::HeaderName;
 use http::header::Entry;
 use switchboard_shared::cluster::REVISION_HEADER;
 
+use crate::count_tokens;
 use crate::error::ErrorKind;
 use crate::handlers;
 use crate::metrics;
@@ -39,6 +40,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/messages",
             post(handlers::messages).fallback(handlers::messages_method_not_allowed),
+        )
+        .route(
+            "/v1/messages/count_tokens",
+            post(count_tokens::count_tokens).fallback(handlers::messages_method_not_allowed),
         )
         .route("/v1/responses", post(handlers::responses))
         .route(

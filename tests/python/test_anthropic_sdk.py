@@ -147,3 +147,34 @@ def test_an_upstream_rate_limit_is_the_sdks_rate_limit_error():
         client().messages.create(model="claude-busy", max_tokens=5, messages=MESSAGES)
     assert e.value.body["error"]["type"] == "rate_limit_error"
     assert e.value.response.headers["retry-after"] == "7"
+
+
+def test_count_tokens_on_an_anthropic_deployment_is_the_providers_count():
+    raw = client().messages.with_raw_response.count_tokens(
+        model="claude", messages=MESSAGES, system="Be brief.", tools=TOOLS
+    )
+    assert raw.headers["x-switchboard-token-count"] == "provider"
+    assert raw.parse().input_tokens == 42
+
+
+def test_count_tokens_on_another_provider_is_an_estimate_marked_as_such():
+    raw = client().messages.with_raw_response.count_tokens(
+        model="gpt", messages=[{"role": "user", "content": "x" * 400}]
+    )
+    assert raw.headers["x-switchboard-token-count"] == "estimate"
+    assert raw.parse().input_tokens == 100
+
+
+def test_count_tokens_for_an_unknown_model_is_the_sdks_not_found_error():
+    with pytest.raises(anthropic.NotFoundError):
+        client().messages.count_tokens(model="no-such-model", messages=MESSAGES)
+
+
+def test_a_beta_header_reaches_an_anthropic_deployment():
+    reply = client().messages.create(
+        model="claude",
+        max_tokens=100,
+        messages=MESSAGES,
+        extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"},
+    )
+    assert reply.content[0].text == "Hi! My name is Claude."

@@ -86,7 +86,7 @@ models:
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the SDK suites failed:\n{stdout}");
     assert!(
-        stdout.contains("32 passed"),
-        "expected all 32 SDK tests to run:\n{stdout}"
+        stdout.contains("36 passed"),
+        "expected all 36 SDK tests to run:\n{stdout}"
     );
 }

@@ -3,7 +3,9 @@
 //! it): the path is then `{base_url}/v1/messages`.
 //!
 //! A client on `/v1/messages` speaks Anthropic already: its body goes out with only the model
-//! name swapped and the answer comes back byte for byte. A client on `/v1/chat/completions`
+//! name swapped and the answer comes back byte for byte (`/v1/messages/count_tokens` too).
+//! The client's `anthropic-version` (else the gateway's) and `anthropic-beta` headers are
+//! forwarded on every request. A client on `/v1/chat/completions`
 //! is translated both ways ([`super::translate::openai_anthropic`]); one on `/v1/responses`
 //! goes through chat first ([`super::translate::responses_openai`]). Anthropic has no
 //! completions or embeddings API: those get a 400 in OpenAI's shape without a network call.
@@ -45,6 +47,8 @@ pub struct AnthropicAdaptor {
     /// With `x-api-key: <key>`.
     http: Http,
     messages_path: String,
+    /// `…/messages/count_tokens`.
+    count_tokens_path: String,
 }
 
 impl AnthropicAdaptor {
@@ -53,22 +57,29 @@ impl AnthropicAdaptor {
     /// added, as the SDK does).
     pub fn new(setup: &Setup<'_>) -> Result<Self, String> {
         let http = setup.http(X_API_KEY, "")?;
+        let messages_path = messages_path(&http.base_path);
         Ok(Self {
-            messages_path: messages_path(&http.base_path),
+            count_tokens_path: format!("{messages_path}/count_tokens"),
+            messages_path,
             http,
         })
     }
 
+    /// Posts to `path` with the client's `anthropic-version` (the gateway's when it sent
+    /// none) and `anthropic-beta`, if any.
     async fn post(
         &self,
+        path: &str,
         body: &[u8],
-        stream: bool,
-        request_id: &str,
+        request: &UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, SendError> {
-        let version = [(ANTHROPIC_VERSION_HEADER, &VERSION)];
-        let accept = common::accept(stream, &EVENT_STREAM);
+        let client = &request.view.anthropic_headers;
+        let has_version = client.iter().any(|(n, _)| *n == ANTHROPIC_VERSION_HEADER);
+        let version = (!has_version).then_some((ANTHROPIC_VERSION_HEADER, &VERSION));
+        let headers = client.iter().map(|(n, v)| (n.clone(), v)).chain(version);
+        let accept = common::accept(request.view.stream, &EVENT_STREAM);
         self.http
-            .post(&self.messages_path, accept, version, Some(request_id), body)
+            .post(path, accept, headers, Some(request.request_id), body)
             .await
     }
 }
@@ -83,7 +94,11 @@ impl ProviderAdaptor for AnthropicAdaptor {
             match request.endpoint {
                 Endpoint::Messages => {
                     let body = view.upstream_body(request.upstream_model_json);
-                    self.post(&body, view.stream, request.request_id).await
+                    self.post(&self.messages_path, &body, request).await
+                }
+                Endpoint::CountTokens => {
+                    let body = view.upstream_body(request.upstream_model_json);
+                    self.post(&self.count_tokens_path, &body, request).await
                 }
                 Endpoint::ChatCompletions | Endpoint::Responses => {
                     // A Responses request goes through chat's shape first.
@@ -101,7 +116,7 @@ impl ProviderAdaptor for AnthropicAdaptor {
                             Ok(body) => body,
                             Err(e) => return Ok(translate::refusal(request.endpoint, &e)),
                         };
-                    let response = self.post(&body, view.stream, request.request_id).await?;
+                    let response = self.post(&self.messages_path, &body, request).await?;
                     let chat = translate::wrap(
                         response,
                         view.stream,

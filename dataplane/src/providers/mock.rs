@@ -95,7 +95,10 @@ impl MockAdaptor {
         }
 
         let document = match request.endpoint {
-            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => json!({
+            Endpoint::ChatCompletions
+            | Endpoint::Messages
+            | Endpoint::Responses
+            | Endpoint::CountTokens => json!({
                 "id": id,
                 "object": "chat.completion",
                 "created": created,

@@ -60,6 +60,9 @@ pub enum Endpoint {
     /// OpenAI's Responses API (`/v1/responses`): native on deployments tagged
     /// [`translate::responses_openai::NATIVE_TAG`], translated to chat everywhere else.
     Responses,
+    /// Anthropic's `/v1/messages/count_tokens`: served by Anthropic deployments only (the
+    /// handler estimates for the others, see `crate::count_tokens`).
+    CountTokens,
 }
 
 impl Endpoint {
@@ -70,6 +73,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
             Endpoint::Responses => "responses",
+            Endpoint::CountTokens => "count_tokens",
         }
     }
 
@@ -77,16 +81,17 @@ impl Endpoint {
     /// that do not serve them natively, are sent as chat completions).
     pub fn openai_path(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => {
-                "/chat/completions"
-            }
+            Endpoint::ChatCompletions
+            | Endpoint::Messages
+            | Endpoint::Responses
+            | Endpoint::CountTokens => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
         }
     }
 
     pub fn supports_streaming(self) -> bool {
-        !matches!(self, Endpoint::Embeddings)
+        !matches!(self, Endpoint::Embeddings | Endpoint::CountTokens)
     }
 }
 

@@ -44,7 +44,10 @@ impl OpenAiAdaptor {
     fn path(&self, request: &UpstreamRequest<'_>) -> &str {
         match request.endpoint {
             Endpoint::Responses if request.native_responses => &self.responses_path,
-            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => &self.chat_path,
+            Endpoint::ChatCompletions
+            | Endpoint::Messages
+            | Endpoint::Responses
+            | Endpoint::CountTokens => &self.chat_path,
             Endpoint::Completions => &self.completions_path,
             Endpoint::Embeddings => &self.embeddings_path,
         }

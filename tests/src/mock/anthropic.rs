@@ -59,6 +59,43 @@ pub const ANTHROPIC_USAGE: (u64, u64, u64, u64) = (25, 10, 40, 15);
 /// The text of the text answer's stream, concatenated.
 pub const ANTHROPIC_STREAM_TEXT: &str = "Hello! How can I help?";
 
+/// `input_tokens` of every `POST /v1/messages/count_tokens` answer.
+pub const ANTHROPIC_COUNT_TOKENS: u64 = 42;
+
+/// The answer to one `POST /v1/messages/count_tokens`: the same header and body checks as the
+/// Messages API (`max_tokens` is not required here), then [`ANTHROPIC_COUNT_TOKENS`].
+pub fn count_tokens(headers: &HeaderMap, body: &[u8]) -> Response<MockBody> {
+    if headers.get("anthropic-version").is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+        );
+    }
+    let Ok(request) = serde_json::from_slice::<Map<String, Value>>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "There was an error parsing the body of your request",
+        );
+    };
+    for required in ["model", "messages"] {
+        if !request.contains_key(required) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("{required}: Field required"),
+            );
+        }
+    }
+    let doc = serde_json::json!({ "input_tokens": ANTHROPIC_COUNT_TOKENS });
+    with_type(
+        StatusCode::OK,
+        "application/json",
+        MockBody::full(Bytes::from(doc.to_string())),
+    )
+}
+
 /// The answer to one `POST /v1/messages`.
 pub fn respond(
     headers: &HeaderMap,

@@ -125,6 +125,7 @@ impl Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProviderRoute {
     Anthropic,
+    AnthropicCountTokens,
     Gemini { stream: bool },
     Bedrock { stream: bool },
 }
@@ -136,6 +137,9 @@ impl ProviderRoute {
         }
         if path == "/v1/messages" {
             return Some(Self::Anthropic);
+        }
+        if path == "/v1/messages/count_tokens" {
+            return Some(Self::AnthropicCountTokens);
         }
         gemini::route(path)
             .map(|stream| Self::Gemini { stream })
@@ -200,6 +204,7 @@ async fn handle(
             ProviderRoute::Anthropic => {
                 anthropic::respond(headers, &body, &scenario, fault, &state)
             }
+            ProviderRoute::AnthropicCountTokens => anthropic::count_tokens(headers, &body),
             ProviderRoute::Gemini { stream } => gemini::respond(
                 stream,
                 parts.uri.query(),

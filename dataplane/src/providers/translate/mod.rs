@@ -289,7 +289,10 @@ pub fn synthetic(status: StatusCode, body: Vec<u8>) -> UpstreamResponse {
 /// A 400 for a request the gateway cannot translate, in the client's shape, sent without
 /// touching the network.
 pub fn refusal(endpoint: super::Endpoint, error: &TranslateError) -> UpstreamResponse {
-    let body = if endpoint == super::Endpoint::Messages {
+    let body = if matches!(
+        endpoint,
+        super::Endpoint::Messages | super::Endpoint::CountTokens
+    ) {
         crate::error::anthropic_error_body("invalid_request_error", &error.message)
     } else {
         serde_json::to_vec(&serde_json::json!({"error": {

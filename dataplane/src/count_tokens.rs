@@ -117,7 +117,12 @@ fn estimated_tokens(body: &[u8]) -> usize {
     if let Some(system) = doc.get("system") {
         bytes += crate::providers::translate::text_of(system).len();
     }
-    for message in doc.get("messages").and_then(Value::as_array).into_iter().flatten() {
+    for message in doc
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         bytes += match message.get("content") {
             Some(Value::String(s)) => s.len(),
             Some(other) => other.to_string().len(),

@@ -90,10 +90,21 @@ fn client_request_id(headers: &HeaderMap) -> Option<String> {
 }
 
 async fn proxy(
+    state: State<Arc<AppState>>,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy_to(state, endpoint, headers, body, None).await
+}
+
+/// [`proxy`], for a metered passthrough to `passthrough` when given.
+pub(crate) async fn proxy_to(
     State(state): State<Arc<AppState>>,
     endpoint: Endpoint,
     headers: HeaderMap,
     body: Body,
+    passthrough: Option<crate::request::Passthrough>,
 ) -> Response {
     let started = Instant::now();
     let id = uuid::Uuid::now_v7().to_string();
@@ -104,9 +115,16 @@ async fn proxy(
     let gateway_header = HeaderValue::from_str(&id);
     let id_header = HeaderValue::from_str(client_id.as_deref().unwrap_or(&id));
     let ids = (id, client_id);
-    let mut response = match serve_proxy(&state, endpoint, &headers, body, ids, started)
-        .instrument(span)
-        .await
+    let mut response = match serve_proxy(
+        &state,
+        (endpoint, passthrough),
+        &headers,
+        body,
+        ids,
+        started,
+    )
+    .instrument(span)
+    .await
     {
         Ok(response) => response,
         Err(error) => error.into_response(),
@@ -120,7 +138,7 @@ async fn proxy(
 
 async fn serve_proxy(
     state: &Arc<AppState>,
-    endpoint: Endpoint,
+    (endpoint, passthrough): (Endpoint, Option<crate::request::Passthrough>),
     headers: &HeaderMap,
     body: Body,
     (request_id, client_request_id): (String, Option<String>),
@@ -137,7 +155,10 @@ async fn serve_proxy(
     };
     let mut view = parse(bytes, endpoint)?;
     view.anthropic_headers = anthropic_headers(headers);
-    let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
+    let kind = passthrough.as_ref().map(|p| p.kind);
+    view.passthrough = passthrough;
+    let (model, mut selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
+    selection.provider_kind = kind;
     tracing::Span::current().record("model", model.name.as_str());
     crate::context::check_output_limit(model, view.max_tokens)?;
 
@@ -210,7 +231,8 @@ fn parse(bytes: bytes::Bytes, endpoint: Endpoint) -> Result<RequestView, ApiErro
     if !endpoint.supports_streaming() {
         view.stream = false;
     }
-    if endpoint == Endpoint::Responses {
+    if matches!(endpoint, Endpoint::Responses | Endpoint::Passthrough) {
+        // The body goes out as sent: no `stream_options` added.
         view.client_wants_usage = true;
     }
     if endpoint == Endpoint::Messages {

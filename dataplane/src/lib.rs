@@ -31,7 +31,7 @@
 //! table and layer stack, [`error`] the one error type (OpenAI's shape; Anthropic's on
 //! `/v1/messages`), [`responses`] the Responses API's stored responses and
 //! [`responses_http`] its `GET`/`DELETE` routes, [`count_tokens`] Anthropic's token
-//! counting, [`metrics`] every metric name, [`config`] the two-stage config,
+//! counting, [`passthrough`] metered passthrough routes, [`metrics`] every metric name, [`config`] the two-stage config,
 //! [`shared_redis`] the connection to the state that replicas share, [`webhooks`] signed
 //! budget alerts, [`clock`] the wall clock budgets read (movable in tests), and [`server`]
 //! start, reload and drain. In cluster mode, [`cluster`] receives
@@ -58,6 +58,7 @@ pub mod fleet;
 pub mod handlers;
 pub mod limits;
 pub mod metrics;
+pub mod passthrough;
 pub mod providers;
 pub mod proxy;
 pub mod quota;

@@ -229,12 +229,13 @@ impl<T, const N: usize> Table<T, N> {
 }
 
 /// Route templates: the closed set of the route table, plus `other` for unmatched paths.
-pub const ROUTES: [&str; 14] = [
+pub const ROUTES: [&str; 15] = [
     "/v1/chat/completions",
     "/v1/messages",
     "/v1/messages/count_tokens",
     "/v1/responses",
     "/v1/responses/{id}",
+    "/passthrough/{kind}/{*path}",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/models",
@@ -295,12 +296,13 @@ pub fn inflight() -> &'static Gauge {
 }
 
 /// Endpoints that have latency histograms.
-pub const ENDPOINTS: [&str; 6] = [
+pub const ENDPOINTS: [&str; 7] = [
     "chat_completions",
     "completions",
     "embeddings",
     "messages",
     "responses",
+    "passthrough",
     "models",
 ];
 

@@ -15,6 +15,14 @@ use serde_json::value::RawValue;
 
 use crate::error::ApiError;
 
+/// Where a metered passthrough goes: deployments of `kind`, at `path` (which starts with `/`)
+/// below the provider's base URL (below its `/v1` for Anthropic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passthrough {
+    pub kind: switchboard_shared::snapshot::ProviderKind,
+    pub path: String,
+}
+
 /// The fields the gateway needs, plus where to splice.
 #[derive(Debug, Clone)]
 pub struct RequestView {
@@ -40,6 +48,9 @@ pub struct RequestView {
     /// The client's `anthropic-version` and `anthropic-beta` headers (set by the handler, not
     /// the parser), forwarded to Anthropic deployments.
     pub anthropic_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// A metered passthrough's target (set by its handler): the provider kind, and the path
+    /// below the provider's base URL.
+    pub passthrough: Option<Passthrough>,
     model_span: Range<usize>,
     /// The raw `stream_options` value's span, when present.
     stream_options_span: Option<Range<usize>>,
@@ -160,6 +171,7 @@ impl RequestView {
             .map(|raw| span_of(&body, raw.get()));
         Ok(Self {
             anthropic_headers: Vec::new(),
+            passthrough: None,
             uses_tools,
             has_images,
             prompt_span,

@@ -16,6 +16,7 @@ use crate::count_tokens;
 use crate::error::ErrorKind;
 use crate::handlers;
 use crate::metrics;
+use crate::passthrough;
 use crate::responses_http;
 use crate::state::AppState;
 
@@ -46,6 +47,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(count_tokens::count_tokens).fallback(handlers::messages_method_not_allowed),
         )
         .route("/v1/responses", post(handlers::responses))
+        .route(
+            "/passthrough/{kind}/{*path}",
+            post(passthrough::passthrough),
+        )
         .route(
             "/v1/responses/{id}",
             get(responses_http::retrieve).delete(responses_http::delete),

@@ -54,6 +54,8 @@ pub enum Exclusion {
     Vision,
     Tools,
     ContextWindow,
+    /// A passthrough names another provider kind.
+    ProviderKind,
 }
 
 impl Exclusion {
@@ -64,6 +66,7 @@ impl Exclusion {
             Exclusion::Vision => "no_vision",
             Exclusion::Tools => "no_tools",
             Exclusion::ContextWindow => "context_window",
+            Exclusion::ProviderKind => "provider_kind",
         }
     }
 
@@ -79,6 +82,9 @@ impl Exclusion {
             Exclusion::ContextWindow => {
                 format!("the prompt is longer than any deployment of `{model}` accepts")
             }
+            Exclusion::ProviderKind => {
+                format!("no deployment of `{model}` is on a provider of the passthrough's kind")
+            }
         }
     }
 }
@@ -93,6 +99,8 @@ pub struct Selection {
     pub per_deployment_access: bool,
     /// Hash of `x-session-id`.
     pub session: Option<u64>,
+    /// Only deployments on a provider of this kind (a metered passthrough).
+    pub provider_kind: Option<switchboard_shared::snapshot::ProviderKind>,
 }
 
 impl Selection {
@@ -100,6 +108,12 @@ impl Selection {
     pub fn check(&self, d: &DeploymentEntry, key: &VirtualKey) -> Result<(), Exclusion> {
         if self.per_deployment_access && !key.allows_model(&d.model) {
             return Err(Exclusion::NotAllowed);
+        }
+        if self
+            .provider_kind
+            .is_some_and(|kind| kind != d.provider_kind)
+        {
+            return Err(Exclusion::ProviderKind);
         }
         if !self
             .tags
@@ -128,6 +142,7 @@ impl Selection {
     /// Whether nothing narrows: every deployment passes [`Selection::check`].
     pub fn is_open(&self) -> bool {
         !self.per_deployment_access
+            && self.provider_kind.is_none()
             && self.tags.is_empty()
             && !self.needs.vision
             && !self.needs.tools

@@ -49,6 +49,8 @@ pub struct AnthropicAdaptor {
     messages_path: String,
     /// `…/messages/count_tokens`.
     count_tokens_path: String,
+    /// The base path with its `/v1`, for passthroughs.
+    version_path: String,
 }
 
 impl AnthropicAdaptor {
@@ -60,6 +62,7 @@ impl AnthropicAdaptor {
         let messages_path = messages_path(&http.base_path);
         Ok(Self {
             count_tokens_path: format!("{messages_path}/count_tokens"),
+            version_path: messages_path.trim_end_matches("/messages").to_owned(),
             messages_path,
             http,
         })
@@ -95,6 +98,14 @@ impl ProviderAdaptor for AnthropicAdaptor {
                 Endpoint::Messages => {
                     let body = view.upstream_body(request.upstream_model_json);
                     self.post(&self.messages_path, &body, request).await
+                }
+                Endpoint::Passthrough => {
+                    let Some(target) = &view.passthrough else {
+                        return Ok(not_served("Anthropic", request.endpoint));
+                    };
+                    let body = view.upstream_body(request.upstream_model_json);
+                    let path = format!("{}{}", self.version_path, target.path);
+                    self.post(&path, &body, request).await
                 }
                 Endpoint::CountTokens => {
                     let body = view.upstream_body(request.upstream_model_json);

@@ -98,7 +98,8 @@ impl MockAdaptor {
             Endpoint::ChatCompletions
             | Endpoint::Messages
             | Endpoint::Responses
-            | Endpoint::CountTokens => json!({
+            | Endpoint::CountTokens
+            | Endpoint::Passthrough => json!({
                 "id": id,
                 "object": "chat.completion",
                 "created": created,

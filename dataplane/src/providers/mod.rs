@@ -63,6 +63,9 @@ pub enum Endpoint {
     /// Anthropic's `/v1/messages/count_tokens`: served by Anthropic deployments only (the
     /// handler estimates for the others, see `crate::count_tokens`).
     CountTokens,
+    /// A metered passthrough (`/passthrough/{kind}/{path}`): the body goes to the path the
+    /// request names below the provider's base URL (see [`RequestView::passthrough`]).
+    Passthrough,
 }
 
 impl Endpoint {
@@ -74,6 +77,7 @@ impl Endpoint {
             Endpoint::Messages => "messages",
             Endpoint::Responses => "responses",
             Endpoint::CountTokens => "count_tokens",
+            Endpoint::Passthrough => "passthrough",
         }
     }
 
@@ -84,7 +88,8 @@ impl Endpoint {
             Endpoint::ChatCompletions
             | Endpoint::Messages
             | Endpoint::Responses
-            | Endpoint::CountTokens => "/chat/completions",
+            | Endpoint::CountTokens
+            | Endpoint::Passthrough => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
         }

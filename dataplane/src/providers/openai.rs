@@ -47,7 +47,8 @@ impl OpenAiAdaptor {
             Endpoint::ChatCompletions
             | Endpoint::Messages
             | Endpoint::Responses
-            | Endpoint::CountTokens => &self.chat_path,
+            | Endpoint::CountTokens
+            | Endpoint::Passthrough => &self.chat_path,
             Endpoint::Completions => &self.completions_path,
             Endpoint::Embeddings => &self.embeddings_path,
         }
@@ -72,6 +73,16 @@ pub async fn send_openai_compatible(
     path: &str,
     request: &UpstreamRequest<'_>,
 ) -> Result<UpstreamResponse, SendError> {
+    if let (Endpoint::Passthrough, Some(target)) = (request.endpoint, &request.view.passthrough) {
+        let view = request.view;
+        let body = view.upstream_body(request.upstream_model_json);
+        let accept = common::accept(view.stream, &EVENT_STREAM);
+        let path = format!("{}{}", http.base_path, target.path);
+        let no_extra = std::iter::empty();
+        return http
+            .post(&path, accept, no_extra, Some(request.request_id), &body)
+            .await;
+    }
     if request.native_responses {
         let view = request.view;
         let body = view.upstream_body(request.upstream_model_json);

@@ -1,0 +1,189 @@
+//! Metered passthrough (`/passthrough/{kind}/{path}`) in process, against the mock: the
+//! credential is injected and only the model changed; the key's allow-list and budget admit or
+//! refuse it like chat; an admitted request leaves a usage record priced from the answer.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
+
+mod common;
+
+use common::*;
+use http::Method;
+use serde_json::{Value, json};
+use switchboard_tests::mock::anthropic::ANTHROPIC_USAGE;
+use switchboard_tests::mock::{COMPLETION_TOKENS, PROMPT_TOKENS};
+
+const INPUT: f64 = 0.000_01;
+const OUTPUT: f64 = 0.000_03;
+const CACHE_READ: f64 = 0.000_001;
+const CACHE_WRITE: f64 = 0.000_012_5;
+const LIMITED_KEY: &str = "sk-test-limited";
+
+fn config(root: &str, budget: &str) -> String {
+    let price = format!(
+        "price: {{ input_cost_per_token: {INPUT}, output_cost_per_token: {OUTPUT}, cache_read_input_token_cost: {CACHE_READ}, cache_creation_input_token_cost: {CACHE_WRITE} }}"
+    );
+    let snapshot = format!(
+        "revision: 1
+tenants: [{{ id: t1 }}]
+virtual_keys:
+  - {{ id: k1, tenant_id: t1, key_hash: \"{}\"{budget} }}
+  - {{ id: k2, tenant_id: t1, key_hash: \"{}\", allowed_models: [gpt] }}
+providers:
+  - {{ id: ant, kind: anthropic, base_url: \"{root}\", api_key: {{ value: sk-ant-upstream }} }}
+  - {{ id: oai, kind: openai, base_url: \"{root}\", api_key: {{ value: sk-oai-upstream }} }}
+deployments:
+  - {{ id: d1, model: claude, provider: ant, upstream_model: claude-up, {price} }}
+  - {{ id: d2, model: gpt, provider: oai, upstream_model: gpt-up, {price} }}
+",
+        key_hash(KEY),
+        key_hash(LIMITED_KEY)
+    );
+    config_yaml(&snapshot, "")
+}
+
+async fn call(gw: &Gateway, path: &str, key: &str, body: &Value, extra: &[(&str, &str)]) -> Reply {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    send(request(
+        Method::POST,
+        &gw.url(path),
+        &headers,
+        body.to_string(),
+    ))
+    .await
+}
+
+fn message() -> Value {
+    json!({"model": "claude", "max_tokens": 20, "messages": [{"role": "user", "content": "Hello"}]})
+}
+
+#[tokio::test]
+async fn an_anthropic_passthrough_is_priced_from_its_answer_and_refused_at_the_budget() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&config(
+        &mock.base_url(),
+        ", budget: { max_usd: 0.0008, period: monthly }",
+    ))
+    .await;
+    let beta = ("anthropic-beta", "prompt-caching-2024-07-31");
+    let reply = call(
+        &gw,
+        "/passthrough/anthropic/messages",
+        KEY,
+        &message(),
+        &[beta],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["type"], "message");
+    let sent = mock.requests("");
+    let sent = sent.last().unwrap();
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.headers["x-api-key"], "sk-ant-upstream");
+    assert!(
+        sent.headers.get("authorization").is_none(),
+        "the client's key went upstream"
+    );
+    assert_eq!(sent.headers["anthropic-beta"], "prompt-caching-2024-07-31");
+    let mut expected = message();
+    expected["model"] = "claude-up".into();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&sent.body).unwrap(),
+        expected
+    );
+
+    let records = gw.usage_records(1).await;
+    let record = records.last().unwrap();
+    assert_eq!(record.endpoint, "passthrough");
+    assert_eq!(record.deployment_id.as_deref(), Some("d1"));
+    let (uncached, write, read, output) = ANTHROPIC_USAGE;
+    assert_eq!(record.usage.prompt_tokens, uncached + write + read);
+    assert_eq!(record.usage.completion_tokens, output);
+    let cost = uncached as f64 * INPUT
+        + write as f64 * CACHE_WRITE
+        + read as f64 * CACHE_READ
+        + output as f64 * OUTPUT;
+    assert!(
+        (record.cost_usd - cost).abs() < 1e-12,
+        "{} != {cost}",
+        record.cost_usd
+    );
+
+    // The budget (admission refuses once a counter reaches its limit) is now spent: refused,
+    // in Anthropic's shape, and nothing reaches the upstream. Settlement runs in the
+    // background: give it a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = mock.request_count("");
+    let refused = call(&gw, "/passthrough/anthropic/messages", KEY, &message(), &[]).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["type"], "error");
+    assert!(refused.text().contains("budget"), "{}", refused.text());
+    assert_eq!(mock.request_count(""), before);
+}
+
+#[tokio::test]
+async fn an_openai_passthrough_is_recorded_and_the_allow_list_applies() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&config(&mock.base_url(), "")).await;
+    let body = json!({"model": "gpt", "messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"50256": -100}});
+    let reply = call(&gw, "/passthrough/openai/chat/completions", KEY, &body, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let sent = mock.requests("");
+    let sent = sent.last().unwrap();
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.headers["authorization"], "Bearer sk-oai-upstream");
+    let record = gw.usage_records(1).await.pop().unwrap();
+    assert_eq!(record.endpoint, "passthrough");
+    assert_eq!(record.usage.prompt_tokens, PROMPT_TOKENS);
+    assert_eq!(record.usage.completion_tokens, COMPLETION_TOKENS);
+    let cost = PROMPT_TOKENS as f64 * INPUT + COMPLETION_TOKENS as f64 * OUTPUT;
+    assert!((record.cost_usd - cost).abs() < 1e-12);
+
+    // A key limited to `gpt` may not reach `claude` through a passthrough either.
+    let refused = call(
+        &gw,
+        "/passthrough/anthropic/messages",
+        LIMITED_KEY,
+        &message(),
+        &[],
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    // A kind the model has no deployment of: no upstream call.
+    let before = mock.request_count("");
+    let wrong = call(
+        &gw,
+        "/passthrough/anthropic/messages",
+        KEY,
+        &json!({"model": "gpt", "max_tokens": 5, "messages": []}),
+        &[],
+    )
+    .await;
+    assert_eq!(wrong.status, 400, "{}", wrong.text());
+    assert_eq!(mock.request_count(""), before);
+    // Unknown kinds and odd paths.
+    assert_eq!(
+        call(&gw, "/passthrough/nope/x", KEY, &body, &[])
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        call(&gw, "/passthrough/openai/a%2F..%2Fb", KEY, &body, &[])
+            .await
+            .status,
+        400
+    );
+    // Without a key: 401.
+    let anonymous = send(request(
+        Method::POST,
+        &gw.url("/passthrough/openai/chat/completions"),
+        &[],
+        body.to_string(),
+    ))
+    .await;
+    assert_eq!(anonymous.status, 401);
+}

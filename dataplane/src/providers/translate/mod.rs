@@ -11,6 +11,8 @@
 //! - [`openai_bedrock`]: an OpenAI client in front of Bedrock's Converse API.
 //! - [`responses_openai`]: a Responses API client (`/v1/responses`) in front of an
 //!   OpenAI-compatible chat API (and through it, every other provider).
+//! - [`fields`]: what each translation does with every OpenAI request field (translated,
+//!   refused with a 400, or ignored as documented), enforced and shown from one table.
 //! - [`openai`]: OpenAI's side of all of them — the request content and tool calls they read,
 //!   and the answers, chunks, usage and errors they build.
 //!
@@ -26,6 +28,7 @@
 //!   partial event still on the wire.
 
 pub mod anthropic_openai;
+pub mod fields;
 pub mod openai;
 pub mod openai_anthropic;
 pub mod openai_bedrock;

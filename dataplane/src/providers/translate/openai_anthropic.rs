@@ -28,6 +28,7 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// The Anthropic request for an OpenAI chat completion request.
 pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, TranslateError> {
     let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
+    super::fields::check(super::fields::Provider::Anthropic, &req)?;
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
     let system_part = |text| json!({"type": "text", "text": text});

@@ -30,6 +30,7 @@ const BEDROCK_ID: &str = "chatcmpl-bedrock";
 /// The Converse request for an OpenAI chat completion request.
 pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
+    super::fields::check(super::fields::Provider::Bedrock, &req)?;
     let system_part = |text| json!({"text": text});
     let (system, turns) = openai::conversation(&messages, system_part, |i, role, m, content| {
         Ok(match role {

@@ -1,7 +1,7 @@
 //! An OpenAI client in front of Google's Gemini API (`generateContent`,
 //! `streamGenerateContent?alt=sse`).
 //!
-//! Request: system and developer messages become `systemInstruction`; user and assistant
+//! Request (every field as `translate::fields` says): system and developer messages become `systemInstruction`; user and assistant
 //! turns become `contents` with roles `user` and `model` (consecutive turns of one role
 //! merged); text parts become `text`, data-URL images `inlineData` and other image URLs
 //! `fileData`; assistant `tool_calls` become `functionCall` parts and `tool` messages
@@ -31,6 +31,7 @@ use super::{StreamTranslator, TranslateError, text_of};
 /// The Gemini `generateContent` request for an OpenAI chat completion request.
 pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     let (req, messages) = openai::request_and_messages(body, "`messages` must be an array")?;
+    super::fields::check(super::fields::Provider::Gemini, &req)?;
     // Tool call id → function name, for the `functionResponse` parts that answer them.
     let mut call_names: HashMap<String, Value> = HashMap::new();
     let system_part = |text| json!({"text": text});
@@ -84,7 +85,9 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     for (from, to) in [
         ("temperature", "temperature"),
         ("top_p", "topP"),
-        ("n", "candidateCount"),
+        ("seed", "seed"),
+        ("frequency_penalty", "frequencyPenalty"),
+        ("presence_penalty", "presencePenalty"),
     ] {
         if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
             config.insert(to.into(), v.clone());
@@ -93,6 +96,7 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     if let Some(stop) = openai::stop_sequences(&req) {
         config.insert("stopSequences".into(), stop);
     }
+    structured_output(&req, &mut config);
     if !config.is_empty() {
         out.insert("generationConfig".into(), Value::Object(config));
     }
@@ -123,6 +127,26 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
         );
     }
     Ok(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// `response_format` as Gemini's structured output: JSON mode, and a JSON schema as
+/// `responseJsonSchema` (which takes JSON Schema as it is).
+fn structured_output(req: &Map<String, Value>, config: &mut Map<String, Value>) {
+    let Some(format) = req.get("response_format") else {
+        return;
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("json_object") => {
+            config.insert("responseMimeType".into(), "application/json".into());
+        }
+        Some("json_schema") => {
+            config.insert("responseMimeType".into(), "application/json".into());
+            if let Some(schema) = format.pointer("/json_schema/schema") {
+                config.insert("responseJsonSchema".into(), schema.clone());
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Gemini parts for an OpenAI message's content.

@@ -831,8 +831,8 @@ mod tests {
         );
         let last: Value = serde_json::from_str(
             text.lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .last()
+                .rev()
+                .find_map(|l| l.strip_prefix("data: "))
                 .unwrap(),
         )
         .unwrap();

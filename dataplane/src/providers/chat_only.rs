@@ -53,7 +53,7 @@ pub async fn send<A: ChatOnly>(
     ) {
         return Ok(not_served(A::NAME, request.endpoint));
     }
-    let openai_body = match anthropic_openai::openai_body(request) {
+    let openai_body = match anthropic_openai::openai_body_with(request, true) {
         Ok(body) => body,
         Err(refusal) => return Ok(refusal),
     };

@@ -27,13 +27,24 @@ use crate::providers::{Endpoint, UpstreamRequest, UpstreamResponse};
 /// request (for a `/v1/responses` client, of its Responses request). `Err` is a ready 400 in
 /// the client's shape.
 pub fn openai_body(request: &UpstreamRequest<'_>) -> Result<Bytes, UpstreamResponse> {
+    openai_body_with(request, false)
+}
+
+/// [`openai_body`], keeping Anthropic's `cache_control` markers on text parts when
+/// `keep_cache_marks` (for a provider translation that caches, such as Bedrock's; an
+/// OpenAI-compatible upstream gets none).
+pub fn openai_body_with(
+    request: &UpstreamRequest<'_>,
+    keep_cache_marks: bool,
+) -> Result<Bytes, UpstreamResponse> {
     let view = request.view;
-    let translate = match request.endpoint {
-        Endpoint::Messages => self::request,
-        Endpoint::Responses => super::responses_openai::request,
+    let (model, stream) = (request.upstream_model, view.stream);
+    let translated = match request.endpoint {
+        Endpoint::Messages => request_with(&view.body, model, stream, keep_cache_marks),
+        Endpoint::Responses => super::responses_openai::request(&view.body, model, stream),
         _ => return Ok(view.upstream_body(request.upstream_model_json)),
     };
-    translate(&view.body, request.upstream_model, view.stream)
+    translated
         .map(Bytes::from)
         .map_err(|e| refusal(request.endpoint, &e))
 }
@@ -52,16 +63,33 @@ pub fn wrap_answer(response: UpstreamResponse, stream: bool) -> UpstreamResponse
 
 /// The OpenAI chat completion request for an Anthropic Messages request.
 pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, TranslateError> {
+    request_with(body, upstream_model, stream, false)
+}
+
+/// [`request`], with `cache_control` markers kept on text parts when `keep_cache_marks`.
+pub fn request_with(
+    body: &[u8],
+    upstream_model: &str,
+    stream: bool,
+    keep_cache_marks: bool,
+) -> Result<Vec<u8>, TranslateError> {
     let (req, messages) = openai::request_and_messages(body, "messages: Field required")?;
     let mut out_messages: Vec<Value> = Vec::with_capacity(messages.len() + 1);
     if let Some(system) = req.get("system") {
         let text = text_of(system);
-        if !text.is_empty() {
+        // Cache markers on system blocks are kept (as text parts) for providers that cache.
+        let marked = keep_cache_marks
+            && system
+                .as_array()
+                .is_some_and(|b| b.iter().any(|b| b.get("cache_control").is_some()));
+        if marked {
+            out_messages.push(json!({"role": "system", "content": system.clone()}));
+        } else if !text.is_empty() {
             out_messages.push(json!({"role": "system", "content": text}));
         }
     }
     for (i, m) in messages.iter().enumerate() {
-        push_message(i, m, &mut out_messages)?;
+        push_message(i, m, &mut out_messages, keep_cache_marks)?;
     }
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
@@ -93,7 +121,12 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
 /// Appends the OpenAI messages for Anthropic message `i`: its text and images as one user or
 /// assistant message (tool uses as the assistant's `tool_calls`), its tool results as `tool`
 /// messages.
-fn push_message(i: usize, m: &Value, out_messages: &mut Vec<Value>) -> Result<(), TranslateError> {
+fn push_message(
+    i: usize,
+    m: &Value,
+    out_messages: &mut Vec<Value>,
+    keep_cache_marks: bool,
+) -> Result<(), TranslateError> {
     let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
     if role != "user" && role != "assistant" {
         return Err(TranslateError::new(
@@ -118,7 +151,13 @@ fn push_message(i: usize, m: &Value, out_messages: &mut Vec<Value>) -> Result<()
     let mut calls: Vec<Value> = Vec::new();
     for block in blocks {
         match block.get("type").and_then(Value::as_str) {
-            Some("text") => parts.push(json!({"type": "text", "text": block.get("text").cloned().unwrap_or_default()})),
+            Some("text") => {
+                let mut part = json!({"type": "text", "text": block.get("text").cloned().unwrap_or_default()});
+                if let Some(mark) = block.get("cache_control").filter(|_| keep_cache_marks) {
+                    part["cache_control"] = mark.clone();
+                }
+                parts.push(part);
+            }
             Some("image") => parts.push(json!({"type": "image_url", "image_url": {"url": image_url(block)}})),
             Some("tool_use") => calls.push(json!({
                 "id": block.get("id").cloned().unwrap_or(Value::Null),
@@ -524,6 +563,49 @@ mod tests {
         assert_eq!(out["stop"], json!(["X"]));
         assert_eq!(out["max_tokens"], 100);
         assert_eq!(out["stream_options"], json!({"include_usage": true}));
+    }
+
+    #[test]
+    fn cache_control_survives_into_providers_that_cache() {
+        let mark = json!({"type": "ephemeral"});
+        let body = json!({
+            "model": "m", "max_tokens": 10,
+            "system": [{"type": "text", "text": "Long rules.", "cache_control": mark}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Doc", "cache_control": mark}, {"type": "text", "text": "Q"}]}]
+        });
+        let bytes = body.to_string();
+        // An OpenAI-compatible upstream gets no markers.
+        let plain: Value =
+            serde_json::from_slice(&request(bytes.as_bytes(), "up", false).unwrap()).unwrap();
+        assert!(!plain.to_string().contains("cache_control"), "{plain}");
+        let chat = request_with(bytes.as_bytes(), "up", false, true).unwrap();
+        // Anthropic (a chat client's markers, as the Bedrock and Gemini path sees them).
+        let anthropic: Value = serde_json::from_slice(
+            &super::super::openai_anthropic::request(&chat, "claude", false).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(anthropic["system"][0]["cache_control"], mark);
+        assert_eq!(
+            anthropic["messages"][0]["content"][0]["cache_control"],
+            mark
+        );
+        assert!(
+            anthropic["messages"][0]["content"][1]
+                .get("cache_control")
+                .is_none()
+        );
+        // Bedrock: a cachePoint after the marked block and after the system prompt.
+        let bedrock: Value =
+            serde_json::from_slice(&super::super::openai_bedrock::request(&chat).unwrap()).unwrap();
+        assert_eq!(
+            bedrock["system"][1],
+            json!({"cachePoint": {"type": "default"}})
+        );
+        assert_eq!(
+            bedrock["messages"][0]["content"][1],
+            json!({"cachePoint": {"type": "default"}})
+        );
+        assert_eq!(bedrock["messages"][0]["content"][2]["text"], "Q");
     }
 
     #[test]

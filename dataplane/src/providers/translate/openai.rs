@@ -83,6 +83,32 @@ pub enum Role {
     Tool,
 }
 
+/// The `cache_control` of each part of an OpenAI message's content (Anthropic's prompt-caching
+/// marker, which clients put on parts as LiteLLM reads them), one entry per part; empty for
+/// string content.
+pub fn cache_marks(content: &Value) -> Vec<Option<&Value>> {
+    content
+        .as_array()
+        .map(|parts| parts.iter().map(|p| p.get("cache_control")).collect())
+        .unwrap_or_default()
+}
+
+/// The `cache_control` on any part of the system or developer messages: the prefix up to the
+/// end of the system prompt is to be cached.
+pub fn system_cache_mark(messages: &[Value]) -> Option<&Value> {
+    messages
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.get("role").and_then(Value::as_str),
+                Some("system" | "developer")
+            )
+        })
+        .flat_map(|m| cache_marks(m.get("content").unwrap_or(&Value::Null)))
+        .flatten()
+        .last()
+}
+
 /// A request's messages as a provider conversation: system and developer texts become
 /// `system` parts (through `system_part`; empty ones are left out), every other message a
 /// turn through `turn`, which gets its index, role, the message and its `content`.

@@ -50,6 +50,10 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
             }
         })
     })?;
+    let mut system = system;
+    if let (Some(mark), Some(last)) = (openai::system_cache_mark(&messages), system.last_mut()) {
+        last["cache_control"] = mark.clone();
+    }
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
@@ -108,13 +112,20 @@ pub fn request(body: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8
 }
 
 /// Anthropic content blocks for an OpenAI message's content (string or parts).
+/// A part's `cache_control` stays on its block (Anthropic's prompt caching).
 fn content_blocks(content: &Value, index: usize) -> Result<Vec<Value>, TranslateError> {
-    openai::content_parts(
+    let mut blocks = openai::content_parts(
         content,
         index,
         |text| json!({"type": "text", "text": text}),
         |url| Ok(image_block(url)),
-    )
+    )?;
+    for (block, mark) in blocks.iter_mut().zip(openai::cache_marks(content)) {
+        if let Some(mark) = mark {
+            block["cache_control"] = mark.clone();
+        }
+    }
+    Ok(blocks)
 }
 
 /// An Anthropic image block for an OpenAI image URL (a `data:` URL becomes a base64 source).

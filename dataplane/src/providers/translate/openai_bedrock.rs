@@ -53,6 +53,10 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     })?;
     let mut out = Map::new();
     out.insert("messages".into(), turns.into_value("content"));
+    let mut system = system;
+    if !system.is_empty() && openai::system_cache_mark(&messages).is_some() {
+        system.push(json!({"cachePoint": {"type": "default"}}));
+    }
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
@@ -102,7 +106,22 @@ pub fn request(body: &[u8]) -> Result<Vec<u8>, TranslateError> {
     Ok(serde_json::to_vec(&out).unwrap_or_default())
 }
 
+/// A part marked with `cache_control` is followed by a Converse `cachePoint` (Bedrock's
+/// prompt caching).
 fn blocks_of(content: &Value, index: usize) -> Result<Vec<Value>, TranslateError> {
+    let blocks = plain_blocks(content, index)?;
+    let marks = openai::cache_marks(content);
+    let mut out = Vec::with_capacity(blocks.len());
+    for (i, block) in blocks.into_iter().enumerate() {
+        out.push(block);
+        if marks.get(i).copied().flatten().is_some() {
+            out.push(json!({"cachePoint": {"type": "default"}}));
+        }
+    }
+    Ok(out)
+}
+
+fn plain_blocks(content: &Value, index: usize) -> Result<Vec<Value>, TranslateError> {
     openai::content_parts(
         content,
         index,

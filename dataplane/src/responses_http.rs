@@ -27,18 +27,24 @@ fn not_found(id: &str) -> ApiError {
     }
 }
 
+/// The calling key's tenant, for an id that may exist (401 without a valid key, 404 for an
+/// id too long to be one).
+fn tenant_of(state: &AppState, headers: &HeaderMap, id: &str) -> Result<String, ApiError> {
+    let (_, key) = caller(state, headers)?;
+    if id.len() > MAX_ID_CHARS {
+        return Err(not_found(id));
+    }
+    Ok(key.tenant.tenant.id.clone())
+}
+
 /// `GET /v1/responses/{id}`: the stored response object.
 pub async fn retrieve(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, key) = caller(&state, &headers)?;
-    if id.len() > MAX_ID_CHARS {
-        return Err(not_found(&id));
-    }
-    let tenant = &key.tenant.tenant.id;
-    match state.responses.get(tenant, &id).await? {
+    let tenant = tenant_of(&state, &headers, &id)?;
+    match state.responses.get(&tenant, &id).await? {
         Some(record) => Ok(Json(record["response"].clone()).into_response()),
         None => Err(not_found(&id)),
     }
@@ -50,12 +56,8 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, key) = caller(&state, &headers)?;
-    if id.len() > MAX_ID_CHARS {
-        return Err(not_found(&id));
-    }
-    let tenant = &key.tenant.tenant.id;
-    if state.responses.delete(tenant, &id).await? {
+    let tenant = tenant_of(&state, &headers, &id)?;
+    if state.responses.delete(&tenant, &id).await? {
         Ok(Json(json!({"id": id, "object": "response", "deleted": true})).into_response())
     } else {
         Err(not_found(&id))

@@ -95,6 +95,16 @@ use Handling::{Ignored, Refused, Translated};
 
 const STORE: Handling = Ignored("OpenAI's stored completions; the gateway keeps none for chat");
 
+/// `max_tokens` (and its newer name `max_completion_tokens`).
+const MAX_TOKENS: Field = Field {
+    name: "max_tokens",
+    sample: "7",
+    inert: null,
+    anthropic: Translated("/max_tokens"),
+    gemini: Translated("/generationConfig/maxOutputTokens"),
+    bedrock: Translated("/inferenceConfig/maxTokens"),
+};
+
 /// Every OpenAI chat completion request field, per translated provider.
 pub const FIELDS: &[Field] = &[
     Field {
@@ -113,21 +123,10 @@ pub const FIELDS: &[Field] = &[
         gemini: Translated("/contents"),
         bedrock: Translated("/messages"),
     },
-    Field {
-        name: "max_tokens",
-        sample: "7",
-        inert: null,
-        anthropic: Translated("/max_tokens"),
-        gemini: Translated("/generationConfig/maxOutputTokens"),
-        bedrock: Translated("/inferenceConfig/maxTokens"),
-    },
+    MAX_TOKENS,
     Field {
         name: "max_completion_tokens",
-        sample: "7",
-        inert: null,
-        anthropic: Translated("/max_tokens"),
-        gemini: Translated("/generationConfig/maxOutputTokens"),
-        bedrock: Translated("/inferenceConfig/maxTokens"),
+        ..MAX_TOKENS
     },
     Field {
         name: "temperature",

@@ -795,17 +795,27 @@ mod tests {
     fn chunks_become_events_in_order() {
         let mut t = StreamToResponses::new(skeleton_for_test());
         let mut out = BytesMut::new();
-        for data in [
-            r#"{"id":"c1","model":"gpt","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
-            r#"{"id":"c1","model":"gpt","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
-            r#"{"id":"c1","model":"gpt","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}"#,
-            r#"{"id":"c1","model":"gpt","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]},"finish_reason":null}]}"#,
-            r#"{"id":"c1","model":"gpt","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
-            r#"{"id":"c1","model":"gpt","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3}}"#,
-            "[DONE]",
-        ] {
-            t.event(None, data.as_bytes(), &mut out);
+        let chunk = |delta: Value, finish: Value| json!({"id": "c1", "model": "gpt", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        let call = |head: bool| {
+            let f = if head {
+                json!({"name": "f", "arguments": ""})
+            } else {
+                json!({"arguments": "{}"})
+            };
+            json!({"tool_calls": [{"index": 0, "id": if head { "call_1" } else { "" }, "function": f}]})
+        };
+        let chunks = [
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"content": "Hi"}), Value::Null),
+            chunk(call(true), Value::Null),
+            chunk(call(false), Value::Null),
+            chunk(json!({}), "tool_calls".into()),
+            json!({"id": "c1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}}),
+        ];
+        for c in &chunks {
+            t.event(None, c.to_string().as_bytes(), &mut out);
         }
+        t.event(None, b"[DONE]", &mut out);
         let text = String::from_utf8(out.to_vec()).unwrap();
         let names: Vec<&str> = text
             .lines()

@@ -34,6 +34,21 @@ const NAV: &[(&str, &str, bool)] = &[
     ("/ui/audit", "Audit log", true),
 ];
 
+/// [`page`] answered with the status of a failed write (200 when `errors` is empty).
+pub fn page_with(
+    session: &Session,
+    current: &str,
+    title: &str,
+    errors: &FormErrors,
+    content: Markup,
+) -> Response {
+    let mut response = page(session, current, title, content);
+    if let Some(status) = errors.status {
+        *response.status_mut() = status;
+    }
+    response
+}
+
 /// A whole page for `session`.
 pub fn page(session: &Session, current: &str, title: &str, content: Markup) -> Response {
     let a = &session.actor;
@@ -104,11 +119,17 @@ pub fn document(title: &str, body: Markup) -> Response {
 pub struct FormErrors {
     pub general: Option<String>,
     pub fields: BTreeMap<String, String>,
+    /// The page's status: the API's for the same refusal (200 when nothing failed).
+    pub status: Option<StatusCode>,
 }
 
 impl FormErrors {
     pub fn field(path: &str, message: impl Into<String>) -> Self {
-        let mut e = FormErrors::default();
+        let mut e = FormErrors {
+            general: Some("Some fields are not valid: see the messages next to them.".into()),
+            status: Some(StatusCode::UNPROCESSABLE_ENTITY),
+            ..Default::default()
+        };
         e.fields.insert(path.to_owned(), message.into());
         e
     }
@@ -130,22 +151,33 @@ impl FormErrors {
 
 impl From<Error> for FormErrors {
     fn from(e: Error) -> Self {
-        match e {
-            Error::Invalid(list) => FormErrors {
-                general: Some("Some fields are not valid: see the messages next to them.".into()),
-                fields: list.into_iter().map(|f| (f.path, f.message)).collect(),
-            },
+        let status = match &e {
+            Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let (general, fields) = match e {
+            Error::Invalid(list) => (
+                "Some fields are not valid: see the messages next to them.".to_owned(),
+                list.into_iter().map(|f| (f.path, f.message)).collect(),
+            ),
             Error::Internal(cause) => {
                 tracing::error!(%cause, "ui: a write failed");
-                FormErrors {
-                    general: Some("Internal error: the write was not made.".into()),
-                    ..Default::default()
-                }
+                (
+                    "Internal error: the write was not made.".to_owned(),
+                    BTreeMap::new(),
+                )
             }
-            other => FormErrors {
-                general: Some(capitalise(&other.to_string())),
-                ..Default::default()
-            },
+            other => (capitalise(&other.to_string()), BTreeMap::new()),
+        };
+        FormErrors {
+            general: Some(general),
+            fields,
+            status: Some(status),
         }
     }
 }

@@ -337,6 +337,37 @@ async fn validate(
     Ok(data.claims)
 }
 
+/// The role a role claim maps to: a string, or the first of an array of strings (a groups
+/// claim) that maps to one.
+fn role_of(o: &OidcSettings, claim: Option<&Value>) -> Result<Role, SsoError> {
+    let values: Vec<&str> = match claim {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        _ => {
+            return Err(fail(format!(
+                "the ID token has no {} claim: no role",
+                o.role_claim
+            )));
+        }
+    };
+    let mapped = |v: &str| {
+        let name = if o.roles.is_empty() {
+            Some(v)
+        } else {
+            o.roles.get(v).map(String::as_str)
+        };
+        name.and_then(Role::parse)
+    };
+    values.iter().find_map(|v| mapped(v)).ok_or_else(|| {
+        let shown: Vec<String> = values.iter().take(5).map(|v| format!("{v:?}")).collect();
+        fail(format!(
+            "the {} claim ({}) maps to no role",
+            o.role_claim,
+            shown.join(", ")
+        ))
+    })
+}
+
 /// The session's claims from the ID token's, by the configured mapping.
 fn session_claims(
     state: &AppState,
@@ -344,21 +375,7 @@ fn session_claims(
     claims: &serde_json::Map<String, Value>,
 ) -> Result<Claims, SsoError> {
     let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
-    let raw_role = text(&o.role_claim).ok_or_else(|| {
-        fail(format!(
-            "the ID token has no {} claim: no role",
-            o.role_claim
-        ))
-    })?;
-    let role_name = if o.roles.is_empty() {
-        Some(raw_role.clone())
-    } else {
-        o.roles.get(&raw_role).cloned()
-    };
-    let role = role_name
-        .as_deref()
-        .and_then(Role::parse)
-        .ok_or_else(|| fail(format!("the role claim {raw_role:?} maps to no role")))?;
+    let role = role_of(o, claims.get(&o.role_claim))?;
     let tenant_id = text(&o.tenant_claim);
     if role == Role::TenantAdmin && tenant_id.is_none() {
         return Err(fail(format!(

@@ -11,7 +11,7 @@ use maud::{Markup, html};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use super::html::{FormErrors, applied, csrf, general, input, page, pager, select, usd};
+use super::html::{FormErrors, applied, csrf, general, input, page, page_with, pager, select, usd};
 use super::pages::{ListQuery, refused};
 use super::session::{Fields, PostForm, Session};
 use crate::service::crud;
@@ -136,7 +136,7 @@ async fn tenants_page(
         } }
         (pager("/ui/tenants", q.offset.unwrap_or(0), list.next_offset))
     };
-    page(session, "/ui/tenants", "Tenants", content)
+    page_with(session, "/ui/tenants", "Tenants", &e, content)
 }
 
 pub async fn tenants_post(State(s): State<AppState>, form: PostForm) -> Response {
@@ -213,7 +213,7 @@ async fn keys_page(
         } }
         (pager("/ui/keys", q.offset.unwrap_or(0), list.next_offset))
     };
-    page(session, "/ui/keys", "Virtual keys", content)
+    page_with(session, "/ui/keys", "Virtual keys", &e, content)
 }
 
 /// The new key's secret, shown this once.
@@ -347,7 +347,7 @@ async fn providers_page(
         } }
         (pager("/ui/providers", q.offset.unwrap_or(0), list.next_offset))
     };
-    page(session, "/ui/providers", "Providers", content)
+    page_with(session, "/ui/providers", "Providers", &e, content)
 }
 
 pub async fn providers_post(State(s): State<AppState>, form: PostForm) -> Response {
@@ -420,7 +420,7 @@ async fn deployments_page(
         } }
         (pager("/ui/deployments", q.offset.unwrap_or(0), list.next_offset))
     };
-    page(session, "/ui/deployments", "Deployments", content)
+    page_with(session, "/ui/deployments", "Deployments", &e, content)
 }
 
 pub async fn deployments_post(State(s): State<AppState>, form: PostForm) -> Response {

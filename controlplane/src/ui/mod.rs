@@ -24,7 +24,7 @@ use maud::html;
 use crate::service::auth::{self, verify_token};
 use crate::state::AppState;
 use html::{FormErrors, document};
-use session::{COOKIE, cookie, fields, same_origin, set_cookie};
+use session::{COOKIE, cookie, cross_origin, fields, set_cookie};
 
 const CSS: &str = include_str!("assets/ui.css");
 const JS: &str = include_str!("assets/ui.js");
@@ -116,7 +116,7 @@ async fn login_form(State(state): State<AppState>, headers: axum::http::HeaderMa
 
 /// `POST /ui/login`: the API's login, its token kept in the session cookie.
 async fn login(State(state): State<AppState>, req: Request) -> Response {
-    if let Err(refused) = same_origin(req.headers()) {
+    if let Some(refused) = cross_origin(req.headers()) {
         return refused;
     }
     let f = match fields(req, &state).await {

@@ -399,3 +399,50 @@ fn session_claims(
         exp: iat + state.settings.token_ttl.as_secs(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings(roles: &[(&str, &str)]) -> OidcSettings {
+        OidcSettings {
+            issuer: "https://idp.example".into(),
+            client_id: "console".into(),
+            client_secret: "s".into(),
+            scopes: "openid".into(),
+            role_claim: "groups".into(),
+            roles: roles
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect(),
+            tenant_claim: "tenant".into(),
+            label: "SSO".into(),
+        }
+    }
+
+    #[test]
+    fn roles_map_from_a_string_or_the_first_mapped_group() {
+        let o = settings(&[("ops", "platform_admin"), ("acme-admins", "tenant_admin")]);
+        assert_eq!(
+            role_of(&o, Some(&json!("ops"))).unwrap(),
+            Role::PlatformAdmin
+        );
+        let groups = json!(["staff", "acme-admins", "ops"]);
+        assert_eq!(role_of(&o, Some(&groups)).unwrap(), Role::TenantAdmin);
+        assert!(role_of(&o, Some(&json!(["staff"]))).is_err());
+        assert!(
+            role_of(&o, Some(&json!("platform_admin"))).is_err(),
+            "only mapped values count"
+        );
+        assert!(role_of(&o, None).is_err());
+        assert!(role_of(&o, Some(&json!(7))).is_err());
+    }
+
+    #[test]
+    fn without_a_mapping_the_claim_must_name_a_role() {
+        let o = settings(&[]);
+        assert_eq!(role_of(&o, Some(&json!("viewer"))).unwrap(), Role::Viewer);
+        assert!(role_of(&o, Some(&json!("admin"))).is_err());
+    }
+}

@@ -133,20 +133,17 @@ impl FromRequestParts<AppState> for Session {
     }
 }
 
-/// Refuses a write whose `Origin` names another host than `Host`.
-pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal of a write whose `Origin` names another host than `Host`.
+pub fn cross_origin(headers: &HeaderMap) -> Option<Response> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     match (origin, host) {
         (Some(origin), Some(host)) if origin != "null" => {
             let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-            if origin_host == host {
-                Ok(())
-            } else {
-                Err((StatusCode::FORBIDDEN, "cross-origin form refused").into_response())
-            }
+            (origin_host != host)
+                .then(|| (StatusCode::FORBIDDEN, "cross-origin form refused").into_response())
         }
-        _ => Ok(()),
+        _ => None,
     }
 }
 
@@ -182,7 +179,9 @@ impl FromRequest<AppState> for PostForm {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
-        same_origin(req.headers())?;
+        if let Some(refused) = cross_origin(req.headers()) {
+            return Err(refused);
+        }
         let (mut parts, body) = req.into_parts();
         let session = Session::from_request_parts(&mut parts, state).await?;
         let fields = fields(Request::from_parts(parts, body), state).await?;
@@ -195,5 +194,62 @@ impl FromRequest<AppState> for PostForm {
                 .into_response());
         }
         Ok(PostForm { session, fields })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name_among_several_headers() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sb_session_x=no"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("sb_session=tok.en; b=2"),
+        );
+        assert_eq!(cookie(&h, COOKIE).as_deref(), Some("tok.en"));
+        assert_eq!(cookie(&h, "b").as_deref(), Some("2"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+
+    #[test]
+    fn csrf_tokens_differ_per_session_and_per_secret() {
+        let a = csrf_of(b"secret-one", "session-a");
+        assert_eq!(a, csrf_of(b"secret-one", "session-a"));
+        assert_ne!(a, csrf_of(b"secret-one", "session-b"));
+        assert_ne!(a, csrf_of(b"secret-two", "session-a"));
+        assert_eq!(a.len(), 64);
+        assert!(same(&a, &a.clone()));
+        assert!(!same(&a, &a[..63]));
+        assert!(!same(&a, ""));
+    }
+
+    #[test]
+    fn cross_origin_writes_are_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("admin.example.com:8081"),
+        );
+        assert!(
+            cross_origin(&h).is_none(),
+            "no Origin: a non-browser client"
+        );
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://admin.example.com:8081"),
+        );
+        assert!(cross_origin(&h).is_none());
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        let refused = cross_origin(&h).expect("refused");
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     }
 }

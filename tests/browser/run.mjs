@@ -14,6 +14,7 @@
 //  7. a tenant admin sees only its tenant (lists, filters, direct writes on another tenant's key)
 //  8. a viewer sees no write controls and the server refuses its writes
 //  9. OIDC sign-in (code + PKCE) as platform admin and as tenant admin; unmapped role refused
+//     prices: override set/cleared, sync errors; a key's limits/expiry/models edited, rotated
 // 10. screenshots of the main pages (1280x800 and narrow); page sizes and requests per page
 import { chromium } from "playwright-core";
 import { OAuth2Server } from "oauth2-mock-server";
@@ -213,11 +214,42 @@ try {
   check("the budget page shows the key's budget with a bar and its reset time",
     (await root.locator("meter").count()) >= 1 && (await root.textContent("tbody")).includes(keyId) && (await root.textContent("tbody")).includes("UTC"));
 
+  // prices: override set and cleared, sync errors in words
+  await root.goto(`${UI}/ui/prices?search=gpt-4o`);
+  check("the prices page lists the synced file's models with their version", (await root.textContent("#prices")).includes("gpt-4o"));
+  r = await submit(root, "/ui/prices/override", { model: "m-house-model", input_cost_per_token: "abc" });
+  check("a price that is not a number is refused next to its field", r.status() === 422 &&
+    (await root.locator("#f-input_cost_per_token-err").textContent()).includes("must be a number"));
+  r = await submit(root, "/ui/prices/override", { model: "m-house-model", input_cost_per_token: "1.5", output_cost_per_token: "6" });
+  check("a price override is set", r.status() === 200 && (await root.textContent("body")).includes("Price override of m-house-model set"));
+  await root.goto(`${UI}/ui/prices?search=m-house-model`);
+  check("the override shows with its $/Mtok", (await root.textContent("#prices")).includes("override") && (await root.textContent("#prices")).includes("1.5000"));
+  await Promise.all([root.waitForNavigation(), root.click('form[action="/ui/prices/clear"] button')]);
+  check("the override is cleared", (await root.textContent("body")).includes("Price override of m-house-model cleared"));
+  r = await submit(root, "/ui/prices/sync", { url: "" });
+  check("a sync without a URL is refused next to the URL field", r.status() === 422 &&
+    (await root.locator("#f-url-err").textContent()).includes("no prices.url is configured"));
+
+  // key edit and rotate
+  await root.goto(`${UI}/ui/keys/${keyId}`);
+  r = await submit(root, `/ui/keys/${keyId}`, { "budget.max_usd": "lots" });
+  check("a bad budget is refused next to its field", r.status() === 422 && (await root.locator("#f-budget-max_usd-err").textContent()).includes("must be a number"));
+  const badRpm = await root.request.post(`${UI}/ui/keys/${keyId}`, { form: { csrf: await csrfOf(root), "limits.rpm": "-5" } });
+  check("the server checks limits too (a hand-made form)", badRpm.status() === 422, badRpm.status());
+  r = await submit(root, `/ui/keys/${keyId}`, { "limits.rpm": "120", expires_at: "2099-01-31", allowed_models: "m-chat" });
+  check("a key's limits, expiry and models are saved", r.status() === 200 && (await root.textContent("body")).includes(`Key ${keyId} saved`)
+    && (await root.inputValue("#f-limits-rpm")) === "120" && (await root.inputValue("#f-expires_at")) === "2099-01-31");
+  await Promise.all([root.waitForNavigation(), root.click(`form[action="/ui/keys/${keyId}/rotate"] button`)]);
+  const rotated = (await root.textContent("#new-secret")).trim();
+  check("rotating shows the new secret once", rotated.startsWith("sk-") && rotated !== secret);
+  await until("the old secret is refused after rotation", async () => (await chat(secret)) === 401);
+  await until("the rotated secret works", async () => (await chat(rotated)) === 200);
+
   // 5. revoke
   await root.goto(`${UI}/ui/keys`);
   await Promise.all([root.waitForNavigation(), root.click(`tr[data-key="${keyId}"] button.danger`)]);
   check("the key is revoked and the page says so", (await root.textContent("body")).includes(`Key ${keyId} revoked`));
-  await until("the data plane refuses the revoked key", async () => (await chat(secret)) === 401);
+  await until("the data plane refuses the revoked key", async () => (await chat(rotated)) === 401);
 
   // 6. CSRF
   const noToken = await root.request.post(`${UI}/ui/tenants`, { form: { id: "csrf-less" } });

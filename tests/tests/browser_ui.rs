@@ -162,6 +162,12 @@ async fn the_console_works_in_a_browser(pool: PgPool) {
         ),
     ];
     controlplane::bootstrap_admin(&pool, &env).await.unwrap();
+    // Prices from the checked-in price file, so that spend has costs and the prices page rows.
+    let prices = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/model_prices_and_context_window.json");
+    controlplane::service::prices::sync_from_file(&pool, &prices)
+        .await
+        .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = controlplane::serve(settings(&namespace, listen, oidc_port), pool, async move {
         let _ = stopped.await;

@@ -4,13 +4,14 @@
 //!
 //! A sibling of [`crate::api`] in the layers: handlers call [`crate::service`] with the
 //! session's [`crate::service::Actor`], exactly as the API's handlers do with a token's, and
-//! never the repository. Pages: [`pages`] (overview, budgets, spend, prices, fleet, audit) and
+//! never the repository. Pages: [`pages`] (overview, budgets, spend, fleet, audit), [`prices`],
 //! [`resources`] (tenants, keys, providers, deployments, model policies); sign-in and the
 //! session in [`session`]; single sign-on in [`oidc`]; the frame and shared pieces in [`html`].
 
 pub mod html;
 pub mod oidc;
 pub mod pages;
+pub mod prices;
 pub mod resources;
 pub mod session;
 
@@ -46,7 +47,12 @@ pub fn router() -> Router<AppState> {
             "/ui/keys",
             get(resources::keys_get).post(resources::keys_post),
         )
+        .route(
+            "/ui/keys/{id}",
+            get(resources::key_get).post(resources::key_post),
+        )
         .route("/ui/keys/{id}/revoke", post(resources::keys_revoke))
+        .route("/ui/keys/{id}/rotate", post(resources::key_rotate))
         .route(
             "/ui/providers",
             get(resources::providers_get).post(resources::providers_post),
@@ -58,7 +64,10 @@ pub fn router() -> Router<AppState> {
         .route("/ui/models", get(resources::models_get))
         .route("/ui/budgets", get(pages::budgets))
         .route("/ui/spend", get(pages::spend))
-        .route("/ui/prices", get(pages::prices))
+        .route("/ui/prices", get(prices::prices_get))
+        .route("/ui/prices/override", post(prices::override_post))
+        .route("/ui/prices/clear", post(prices::clear_post))
+        .route("/ui/prices/sync", post(prices::sync_post))
         .route("/ui/fleet", get(pages::fleet_page))
         .route("/ui/audit", get(pages::audit))
         .route(

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::html::{PAGE, bar, page, pager, usd};
 use super::session::Session;
 use crate::service::spend::{self, GroupBy, SpendRow};
-use crate::service::{Error, Paging, budgets, fleet, price_book};
+use crate::service::{Error, Paging, budgets, fleet};
 use crate::state::AppState;
 
 /// `?offset=` and the filters the list pages take.
@@ -390,61 +390,6 @@ pub async fn audit(
         (pager(&format!("/ui/audit?tenant_id={}", urlencode(tenant)), q.offset.unwrap_or(0), list.next_offset))
     };
     page(&session, "/ui/audit", "Audit log", content)
-}
-
-/// `GET /ui/prices`: the effective prices (searchable), the version in use, the missing list.
-pub async fn prices(
-    State(state): State<AppState>,
-    session: Session,
-    Query(q): Query<ListQuery>,
-) -> Response {
-    let paging = q.paging();
-    let search = q.search.clone().filter(|s| !s.is_empty());
-    let filter = price_book::PriceFilter {
-        search: search.clone(),
-        source: None,
-        limit: paging.limit() + 1,
-        offset: paging.offset(),
-    };
-    let rows = match price_book::list_effective(&state.pool, &filter).await {
-        Ok(rows) => paging.page(rows, Clone::clone),
-        Err(e) => return refused(&session, "/ui/prices", "Prices", e),
-    };
-    let missing = if session.platform_reader() {
-        price_book::missing_for_deployments(&state.pool)
-            .await
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let search = search.unwrap_or_default();
-    let content = html! {
-        @if !missing.is_empty() {
-            div.flash.bad role="status" {
-                "Unpriced models used by deployments: "
-                @for m in &missing { strong { (m.model) } " (" (m.deployments.join(", ")) ") " }
-            }
-        }
-        form.filters method="get" action="/ui/prices" {
-            label { "Model contains" input name="search" value=(search); }
-            button type="submit" { "Search" }
-        }
-        div.tablewrap { table {
-            thead { tr { th { "Model" } th { "Source" } th.num { "Version" } th.num { "Input $/Mtok" } th.num { "Output $/Mtok" } } }
-            tbody { @for p in &rows.items { tr {
-                td { (p.model) } td { (p.source.as_str()) }
-                td.num { (p.version_id.map(|v| v.to_string()).unwrap_or_default()) }
-                td.num { (per_million(p.entry.input_cost_per_token)) }
-                td.num { (per_million(p.entry.output_cost_per_token)) }
-            } } }
-        } }
-        (pager(&format!("/ui/prices?search={}", urlencode(&search)), q.offset.unwrap_or(0), rows.next_offset))
-    };
-    page(&session, "/ui/prices", "Prices", content)
-}
-
-fn per_million(v: Option<f64>) -> String {
-    v.map(|v| format!("{:.4}", v * 1e6)).unwrap_or_default()
 }
 
 /// Percent-encodes a query value.

@@ -199,7 +199,7 @@ async fn keys_page(
             thead { tr { th { "Id" } th { "Tenant" } th { "Name" } th { "Prefix" } th { "Status" } th { "Expires" }
                 th { "Models" } th { "Limits" } th { "Budget" } @if session.can_write() { th { "" } } } }
             tbody { @for k in &list.items { tr data-key=(k.id) {
-                td { (k.id) } td { (k.tenant_id) } td { (k.name) } td { code { (k.display_prefix) "…" } }
+                td { a href=(format!("/ui/keys/{}", k.id)) { (k.id) } } td { (k.tenant_id) } td { (k.name) } td { code { (k.display_prefix) "…" } }
                 td.status { (format!("{:?}", k.status).to_lowercase()) }
                 td { (k.expires_at.map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_else(|| "never".into())) }
                 td { @if k.allowed_models.is_empty() { span.muted { "all" } } @else { (k.allowed_models.join(", ")) } }
@@ -476,4 +476,129 @@ pub async fn models_get(
         (pager("/ui/models", q.offset.unwrap_or(0), list.next_offset))
     };
     page(&session, "/ui/models", "Model policies", content)
+}
+
+// ---- one key: edit, rotate ----
+
+pub async fn key_rotate(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    form: PostForm,
+) -> Response {
+    let session = form.session;
+    let result = match session.actor.require_writer() {
+        Ok(()) => keys::rotate(s.ctx(), &session.actor, &s.settings.pepper, &id).await,
+        Err(e) => Err(e),
+    };
+    let q = ListQuery::default();
+    match result {
+        Ok((rotated, committed)) => {
+            let what = format!(
+                "Key {} rotated: the old secret no longer works",
+                rotated.virtual_key.id
+            );
+            let done = applied(&s, &what, &committed).await;
+            keys_page(
+                &s,
+                &session,
+                &q,
+                FormErrors::default(),
+                Some(secret_notice(&rotated, done)),
+            )
+            .await
+        }
+        Err(e) => keys_page(&s, &session, &q, e.into(), None).await,
+    }
+}
+
+pub async fn key_get(
+    State(s): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    key_page(&s, &session, &id, FormErrors::default(), None).await
+}
+
+async fn key_page(
+    s: &AppState,
+    session: &Session,
+    id: &str,
+    e: FormErrors,
+    notice: Option<Markup>,
+) -> Response {
+    let k = match crud::get::<KeyRow>(s.ctx(), &session.actor, id).await {
+        Ok(k) => k,
+        Err(err) => return refused(session, "/ui/keys", "Virtual key", err),
+    };
+    let num = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
+    let period = k.budget.as_ref().map_or("monthly".to_owned(), |b| {
+        format!("{:?}", b.period).to_lowercase()
+    });
+    let content = html! {
+        @if let Some(n) = notice { (n) }
+        p { "Tenant " strong { (k.tenant_id) } ", status " strong { (format!("{:?}", k.status).to_lowercase()) }
+            ", secret " code { (k.display_prefix) "…" } "." }
+        @if session.can_write() && k.revoked_at.is_none() {
+            (general(&e))
+            form.box method="post" action=(format!("/ui/keys/{}", k.id)) {
+                (csrf(session))
+                (input(&e, "name", "Name", "text", &k.name))
+                (input(&e, "expires_at", "Expires (YYYY-MM-DD, UTC; empty: never)", "date",
+                    &k.expires_at.map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()))
+                (input(&e, "allowed_models", "Allowed models (comma-separated; empty: all)", "text", &k.allowed_models.join(", ")))
+                (input(&e, "limits.rpm", "Requests per minute", "number", &num(k.limits.rpm)))
+                (input(&e, "limits.tpm", "Tokens per minute", "number", &num(k.limits.tpm)))
+                (input(&e, "budget.max_usd", "Budget (USD; empty: none)", "text",
+                    &k.budget.as_ref().map(|b| b.max_usd.to_string()).unwrap_or_default()))
+                (select(&e, "budget.period", "Budget period", PERIODS, &period))
+                div { button type="submit" { "Save" } }
+            }
+            form.inline method="post" action=(format!("/ui/keys/{}/rotate", k.id)) {
+                (csrf(session)) button.secondary type="submit" { "Rotate secret" }
+            }
+        }
+        p { a href="/ui/keys" { "All keys" } }
+    };
+    page_with(session, "/ui/keys", &format!("Key {}", k.id), &e, content)
+}
+
+pub async fn key_post(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    form: PostForm,
+) -> Response {
+    let PostForm { session, fields: f } = form;
+    let result: Result<_, FormErrors> = async {
+        session.actor.require_writer()?;
+        let mut body = Map::new();
+        body.insert("name".into(), json!(f.text("name")));
+        let expires = match f.get("expires_at") {
+            Some(day) => {
+                let at = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+                    .map_err(|_| FormErrors::field("expires_at", "must be a date, YYYY-MM-DD"))?;
+                json!(at.and_hms_opt(0, 0, 0).map(|t| t.and_utc()))
+            }
+            None => Value::Null,
+        };
+        body.insert("expires_at".into(), expires);
+        let models_text = f.text("allowed_models");
+        let models: Vec<&str> = models_text
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .collect();
+        body.insert("allowed_models".into(), json!(models));
+        limits_and_budget(&f, &mut body)?;
+        body.entry("budget").or_insert(Value::Null);
+        let req: keys::UpdateKey = parse(Value::Object(body))?;
+        Ok(crud::update::<KeyRow, _>(s.ctx(), &session.actor, &id, req).await?)
+    }
+    .await;
+    match result {
+        Ok((view, committed)) => {
+            let notice = applied(&s, &format!("Key {} saved", view.id), &committed).await;
+            key_page(&s, &session, &id, FormErrors::default(), Some(notice)).await
+        }
+        Err(e) => key_page(&s, &session, &id, e, None).await,
+    }
 }

@@ -214,6 +214,11 @@ try {
   check("the budget page shows the key's budget with a bar and its reset time",
     (await root.locator("meter").count()) >= 1 && (await root.textContent("tbody")).includes(keyId) && (await root.textContent("tbody")).includes("UTC"));
 
+  // a tenant's page: suspend-able, budget
+  await root.goto(`${UI}/ui/tenants/globex`);
+  r = await submit(root, "/ui/tenants/globex", { "budget.max_usd": "250", "budget.period": "monthly", "limits.rpm": "1000" });
+  check("a tenant's budget and limits are saved", r.status() === 200 && (await root.textContent("body")).includes("Tenant globex saved"));
+
   // prices: override set and cleared, sync errors in words
   await root.goto(`${UI}/ui/prices?search=gpt-4o`);
   check("the prices page lists the synced file's models with their version", (await root.textContent("#prices")).includes("gpt-4o"));
@@ -333,6 +338,17 @@ try {
   await ssoTa.goto(`${UI}/ui/keys`);
   body = await ssoTa.textContent("body");
   check("an SSO tenant admin sees only its tenant's keys", body.includes(globexKey) && !body.includes(keyId));
+  const stray = await (await context()).newPage();
+  const noFlow = await stray.goto(`${UI}/ui/sso/callback?code=x&state=y`);
+  check("an SSO callback without a started sign-in is refused", noFlow.status() === 401 &&
+    (await stray.textContent("body")).includes("no sign-in was started"));
+  // start a sign-in without following it to the provider (the flow cookie lands in the context)
+  const begun = await stray.request.get(`${UI}/ui/sso/start`, { maxRedirects: 0 });
+  check("SSO start redirects to the provider with PKCE S256 and a nonce", begun.status() === 303 &&
+    /code_challenge_method=S256/.test(begun.headers().location) && /nonce=/.test(begun.headers().location), begun.headers().location);
+  const forged = await stray.goto(`${UI}/ui/sso/callback?code=x&state=forged`);
+  check("an SSO callback with another state is refused", forged.status() === 401 &&
+    (await stray.textContent("body")).includes("state does not match"));
   ssoClaims = { email: "nobody@example.com", groups: ["contractors"] };
   const ssoBadCtx = await context();
   const ssoBad = await ssoBadCtx.newPage();

@@ -48,6 +48,10 @@ pub fn router() -> Router<AppState> {
             get(resources::keys_get).post(resources::keys_post),
         )
         .route(
+            "/ui/tenants/{id}",
+            get(resources::tenant_get).post(resources::tenant_post),
+        )
+        .route(
             "/ui/keys/{id}",
             get(resources::key_get).post(resources::key_post),
         )

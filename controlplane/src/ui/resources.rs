@@ -129,7 +129,7 @@ async fn tenants_page(
         div.tablewrap { table #tenants {
             thead { tr { th { "Id" } th { "Name" } th { "Status" } th { "Limits" } th { "Budget" } th { "Created" } } }
             tbody { @for t in &list.items { tr {
-                td { (t.id) } td { (t.name) } td { (format!("{:?}", t.status).to_lowercase()) }
+                td { a href=(format!("/ui/tenants/{}", t.id)) { (t.id) } } td { (t.name) } td { (format!("{:?}", t.status).to_lowercase()) }
                 td { (limits_cell(t.limits.rpm, t.limits.tpm)) } td { (budget_cell(t.budget.as_ref())) }
                 td { (t.created_at.format("%Y-%m-%d")) }
             } } }
@@ -600,5 +600,88 @@ pub async fn key_post(
             key_page(&s, &session, &id, FormErrors::default(), Some(notice)).await
         }
         Err(e) => key_page(&s, &session, &id, e, None).await,
+    }
+}
+
+// ---- one tenant: status, limits, budget ----
+
+pub async fn tenant_get(
+    State(s): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    tenant_page(&s, &session, &id, FormErrors::default(), None).await
+}
+
+async fn tenant_page(
+    s: &AppState,
+    session: &Session,
+    id: &str,
+    e: FormErrors,
+    notice: Option<Markup>,
+) -> Response {
+    let t = match crud::get::<TenantRow>(s.ctx(), &session.actor, id).await {
+        Ok(t) => t,
+        Err(err) => return refused(session, "/ui/tenants", "Tenant", err),
+    };
+    let num = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
+    let period = t.budget.as_ref().map_or("monthly".to_owned(), |b| {
+        format!("{:?}", b.period).to_lowercase()
+    });
+    let status = format!("{:?}", t.status).to_lowercase();
+    let content = html! {
+        @if let Some(n) = notice { (n) }
+        @if session.platform_admin() {
+            (general(&e))
+            form.box method="post" action=(format!("/ui/tenants/{}", t.id)) {
+                (csrf(session))
+                (input(&e, "name", "Name", "text", &t.name))
+                (select(&e, "status", "Status (suspended: every key refused)", &["active", "suspended"], &status))
+                (input(&e, "limits.rpm", "Requests per minute", "number", &num(t.limits.rpm)))
+                (input(&e, "limits.tpm", "Tokens per minute", "number", &num(t.limits.tpm)))
+                (input(&e, "budget.max_usd", "Budget (USD; empty: none)", "text",
+                    &t.budget.as_ref().map(|b| b.max_usd.to_string()).unwrap_or_default()))
+                (select(&e, "budget.period", "Budget period", PERIODS, &period))
+                div { button type="submit" { "Save" } }
+            }
+        } @else {
+            p { (t.name) " — " (status) ", limits " (limits_cell(t.limits.rpm, t.limits.tpm))
+                ", budget " (budget_cell(t.budget.as_ref())) "." }
+        }
+        p { a href=(format!("/ui/keys?tenant_id={}", t.id)) { "This tenant's keys" } " · "
+            a href=(format!("/ui/audit?tenant_id={}", t.id)) { "its audit log" } " · "
+            a href="/ui/tenants" { "All tenants" } }
+    };
+    page_with(
+        session,
+        "/ui/tenants",
+        &format!("Tenant {}", t.id),
+        &e,
+        content,
+    )
+}
+
+pub async fn tenant_post(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    form: PostForm,
+) -> Response {
+    let PostForm { session, fields: f } = form;
+    let result: Result<_, FormErrors> = async {
+        session.actor.require_tenant_writer(&id)?;
+        let mut body = Map::new();
+        body.insert("name".into(), json!(f.text("name")));
+        body.insert("status".into(), json!(f.get("status").unwrap_or("active")));
+        limits_and_budget(&f, &mut body)?;
+        let req: tenants::UpdateTenant = parse(Value::Object(body))?;
+        Ok(crud::update::<TenantRow, _>(s.ctx(), &session.actor, &id, req).await?)
+    }
+    .await;
+    match result {
+        Ok((view, committed)) => {
+            let notice = applied(&s, &format!("Tenant {} saved", view.id), &committed).await;
+            tenant_page(&s, &session, &id, FormErrors::default(), Some(notice)).await
+        }
+        Err(e) => tenant_page(&s, &session, &id, e, None).await,
     }
 }

@@ -67,7 +67,19 @@ pub fn set_cookie(
     same_site: &str,
     max_age: u64,
 ) -> HeaderValue {
-    let secure = if secure(state) { "; Secure" } else { "" };
+    cookie_header(name, value, path, same_site, max_age, secure(state))
+}
+
+/// The `Set-Cookie` text: always `HttpOnly`, `Secure` over TLS.
+fn cookie_header(
+    name: &str,
+    value: &str,
+    path: &str,
+    same_site: &str,
+    max_age: u64,
+    secure: bool,
+) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
     let text = format!(
         "{name}={value}; Path={path}; HttpOnly; SameSite={same_site}; Max-Age={max_age}{secure}"
     );
@@ -227,6 +239,17 @@ mod tests {
         assert!(same(&a, &a.clone()));
         assert!(!same(&a, &a[..63]));
         assert!(!same(&a, ""));
+    }
+
+    #[test]
+    fn session_cookies_are_http_only_strict_and_secure_over_tls() {
+        let plain = cookie_header(COOKIE, "t", "/ui", "Strict", 900, false);
+        assert_eq!(
+            plain,
+            "sb_session=t; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=900"
+        );
+        let tls = cookie_header(COOKIE, "t", "/ui", "Strict", 900, true);
+        assert!(tls.to_str().unwrap().ends_with("; Secure"), "{tls:?}");
     }
 
     #[test]

@@ -280,6 +280,16 @@ pub fn bar(spent: f64, max: f64) -> Markup {
     }
 }
 
+/// A neutral bar of `v` against `max` (spend per day): no good or bad colouring.
+pub fn share(v: f64, max: f64) -> Markup {
+    let pct = if max > 0.0 {
+        (v / max * 100.0).clamp(0.0, 100.0)
+    } else {
+        0.0
+    };
+    html! { meter min="0" max="100" value=(format!("{pct:.1}")) { (format!("{pct:.0}%")) } }
+}
+
 /// USD with cents (and more digits under a cent).
 pub fn usd(v: f64) -> String {
     if v != 0.0 && v.abs() < 0.01 {

@@ -11,7 +11,7 @@ use chrono::{NaiveDate, Utc};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::html::{PAGE, bar, page, pager, usd};
+use super::html::{PAGE, bar, page, pager, share, usd};
 use super::session::Session;
 use crate::service::spend::{self, GroupBy, SpendRow};
 use crate::service::{Error, Paging, budgets, fleet};
@@ -287,7 +287,7 @@ async fn daily(state: &AppState, session: &Session, from: NaiveDate, to: NaiveDa
         div.tablewrap { table {
             thead { tr { th { "Day" } th { "" } th.num { "Requests" } th.num { "Cost" } } }
             tbody { @for (d, (req, _, cost)) in &days { tr {
-                td { (d) } td { (bar(*cost, if max > 0.0 { max } else { 1.0 })) }
+                td { (d) } td { (share(*cost, max)) }
                 td.num { (req) } td.num { (usd(*cost)) }
             } } }
         } }

@@ -708,6 +708,47 @@ auth: { jwt_secret: { env: TEST_JWT } }
     }
 
     #[test]
+    fn the_ui_section_reads_oidc_with_its_secret_and_reports_bad_values() {
+        let ui = "ui:\n  public_url: https://admin.example.com/\n  oidc:\n    issuer: https://idp.example/\n    \
+                  client_id: console\n    client_secret: { env: TEST_OIDC }\n    roles: { ops: platform_admin }\n";
+        let e = env(&[
+            ("TEST_JWT", &"j".repeat(32)),
+            (MASTER_KEYS_ENV, MK),
+            ("TEST_OIDC", "client-secret-1"),
+        ]);
+        let file = format!("{FILE}{ui}");
+        let s = Config::parse(&file, &e).unwrap().settings(&e).unwrap();
+        assert_eq!(
+            s.ui.public_url.as_deref(),
+            Some("https://admin.example.com")
+        );
+        let o = s.ui.oidc.unwrap();
+        assert_eq!(o.issuer, "https://idp.example");
+        assert_eq!(o.client_secret, "client-secret-1");
+        assert_eq!(o.roles["ops"], "platform_admin");
+        assert_eq!(o.role_claim, "switchboard_role");
+
+        let bad = "ui:\n  public_url: ftp://x\n  oidc:\n    issuer: idp\n    client_id: ''\n    \
+                   client_secret: { env: MISSING_OIDC }\n    scopes: email\n    roles: { ops: root }\n";
+        let text = Config::parse(&format!("{FILE}{bad}"), &e)
+            .unwrap()
+            .settings(&e)
+            .err()
+            .unwrap()
+            .to_string();
+        for path in [
+            "ui.public_url",
+            "ui.oidc.issuer",
+            "ui.oidc.client_id",
+            "ui.oidc.client_secret",
+            "ui.oidc.scopes",
+            "ui.oidc.roles.ops",
+        ] {
+            assert!(text.contains(path), "{path} missing from: {text}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_listed_with_its_path() {
         let e = env(&[
             ("TEST_JWT", "short"),

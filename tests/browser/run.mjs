@@ -214,6 +214,13 @@ try {
   check("the budget page shows the key's budget with a bar and its reset time",
     (await root.locator("meter").count()) >= 1 && (await root.textContent("tbody")).includes(keyId) && (await root.textContent("tbody")).includes("UTC"));
 
+  // a model policy
+  await root.goto(`${UI}/ui/models`);
+  r = await submit(root, "/ui/models", { model: "m-chat", strategy: "round_robin", fallbacks: "m-nowhere", retries: "1" });
+  check("a policy naming an unknown fallback is refused in words", r.status() === 422, r.status());
+  r = await submit(root, "/ui/models", { model: "m-chat", strategy: "round_robin", retries: "1" });
+  check("a model policy is saved", r.status() === 200 && (await root.textContent("#policies")).includes("round_robin"));
+
   // a tenant's page: suspend-able, budget
   await root.goto(`${UI}/ui/tenants/globex`);
   r = await submit(root, "/ui/tenants/globex", { "budget.max_usd": "250", "budget.period": "monthly", "limits.rpm": "1000" });

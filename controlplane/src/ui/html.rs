@@ -103,7 +103,7 @@ pub fn document(title: &str, body: Markup) -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
             "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; \
-             form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'",
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     headers.insert(

@@ -65,7 +65,10 @@ pub fn router() -> Router<AppState> {
             "/ui/deployments",
             get(resources::deployments_get).post(resources::deployments_post),
         )
-        .route("/ui/models", get(resources::models_get))
+        .route(
+            "/ui/models",
+            get(resources::models_get).post(resources::models_post),
+        )
         .route("/ui/budgets", get(pages::budgets))
         .route("/ui/spend", get(pages::spend))
         .route("/ui/prices", get(prices::prices_get))

@@ -448,10 +448,30 @@ pub async fn deployments_post(State(s): State<AppState>, form: PostForm) -> Resp
 
 // ---- model policies ----
 
+const STRATEGIES: &[&str] = &[
+    "weighted_random",
+    "round_robin",
+    "priority",
+    "least_busy",
+    "lowest_latency",
+    "lowest_usage",
+    "lowest_cost",
+];
+
 pub async fn models_get(
     State(s): State<AppState>,
     session: Session,
     Query(q): Query<ListQuery>,
+) -> Response {
+    models_page(&s, &session, &q, FormErrors::default(), None).await
+}
+
+async fn models_page(
+    s: &AppState,
+    session: &Session,
+    q: &ListQuery,
+    e: FormErrors,
+    notice: Option<Markup>,
 ) -> Response {
     let list = match session.actor.require_platform_reader() {
         Ok(()) => crud::list::<PolicyRow>(s.ctx(), &session.actor, q.paging(), None).await,
@@ -459,15 +479,27 @@ pub async fn models_get(
     };
     let list = match list {
         Ok(l) => l,
-        Err(err) => return refused(&session, "/ui/models", "Model policies", err),
+        Err(err) => return refused(session, "/ui/models", "Model policies", err),
     };
     let content = html! {
-        p.muted { "Routing policy per public model name (set with PUT /admin/v1/models/{model})." }
-        div.tablewrap { table {
+        @if let Some(n) = notice { (n) }
+        @if session.platform_admin() {
+            h2 { "Set a model's routing policy" } (general(&e))
+            form.box method="post" action="/ui/models" {
+                (csrf(session))
+                (input(&e, "model", "Public model name", "text", ""))
+                (select(&e, "strategy", "Strategy", STRATEGIES, "weighted_random"))
+                (input(&e, "fallbacks", "Fallback models (comma-separated)", "text", ""))
+                (input(&e, "retries", "Retries (default 2)", "number", ""))
+                div { button type="submit" { "Save policy" } }
+            }
+        }
+        div.tablewrap { table #policies {
             thead { tr { th { "Model" } th { "Strategy" } th { "Fallbacks" } th.num { "Retries" } th { "Updated" } } }
             tbody {
                 @for p in &list.items { tr {
-                    td { (p.model) } td { (format!("{:?}", p.strategy)) } td { (p.fallbacks.join(", ")) }
+                    td { (p.model) } td { (serde_json::to_value(p.strategy).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()) }
+                    td { (p.fallbacks.join(", ")) }
                     td.num { (p.retries) } td { (p.updated_at.format("%Y-%m-%d %H:%M")) }
                 } }
                 @if list.items.is_empty() { tr { td colspan="5" .muted { "No policies: every model routes by the defaults." } } }
@@ -475,7 +507,42 @@ pub async fn models_get(
         } }
         (pager("/ui/models", q.offset.unwrap_or(0), list.next_offset))
     };
-    page(&session, "/ui/models", "Model policies", content)
+    page_with(session, "/ui/models", "Model policies", &e, content)
+}
+
+pub async fn models_post(State(s): State<AppState>, form: PostForm) -> Response {
+    let PostForm { session, fields: f } = form;
+    let model = f.text("model");
+    let result: Result<_, FormErrors> = async {
+        session.actor.require_platform_admin()?;
+        if model.is_empty() {
+            return Err(FormErrors::field("model", "is required"));
+        }
+        let mut body = Map::new();
+        body.insert(
+            "strategy".into(),
+            json!(f.get("strategy").unwrap_or("weighted_random")),
+        );
+        let text = f.text("fallbacks");
+        let fallbacks: Vec<&str> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .collect();
+        body.insert("fallbacks".into(), json!(fallbacks));
+        number(&f, "retries", "retries", &mut body)?;
+        let req: crate::service::models::PolicyBody = parse(Value::Object(body))?;
+        Ok(crate::service::models::put(s.ctx(), &session.actor, &model, req).await?)
+    }
+    .await;
+    let q = ListQuery::default();
+    match result {
+        Ok((view, committed, _)) => {
+            let notice = applied(&s, &format!("Policy of {} saved", view.model), &committed).await;
+            models_page(&s, &session, &q, FormErrors::default(), Some(notice)).await
+        }
+        Err(e) => models_page(&s, &session, &q, e, None).await,
+    }
 }
 
 // ---- one key: edit, rotate ----

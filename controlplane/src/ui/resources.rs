@@ -11,7 +11,7 @@ use maud::{Markup, html};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use super::html::{FormErrors, applied, csrf, general, input, page, page_with, pager, select, usd};
+use super::html::{FormErrors, applied, csrf, general, input, page_with, pager, select, usd};
 use super::pages::{ListQuery, refused};
 use super::session::{Fields, PostForm, Session};
 use crate::service::crud;

@@ -39,6 +39,63 @@ pub struct Config {
     /// The Redis the data planes count budgets in; absent: no budget reconciliation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
+    /// The admin console at `/ui` (docs/ui.md).
+    #[serde(default)]
+    pub ui: UiConfig,
+}
+
+/// The admin console (`crate::ui`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    /// The URL browsers reach the admin listener at, e.g. `https://admin.example.com`: the
+    /// OIDC redirect URI is `{public_url}/ui/sso/callback`, and session cookies are `Secure`
+    /// when it is `https://`. Absent: `http://{server.listen}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// OpenID Connect single sign-on; absent: password sign-in only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcConfig>,
+}
+
+/// An OpenID Connect provider (authorization code + PKCE), found by discovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL; `{issuer}/.well-known/openid-configuration` is fetched.
+    pub issuer: String,
+    pub client_id: String,
+    /// A secret reference (`{ env: NAME }` or `{ value: ... }`).
+    pub client_secret: SecretRef,
+    /// Scopes asked for.
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: String,
+    /// The ID-token claim naming the role.
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// Claim value -> role (`platform_admin`, `tenant_admin`, `viewer`). Empty: the claim
+    /// must hold a role name itself. A value not listed is refused.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, String>,
+    /// The ID-token claim naming a tenant admin's tenant.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    /// A button label on the sign-in page.
+    #[serde(default = "default_oidc_label")]
+    pub label: String,
+}
+
+fn default_oidc_scopes() -> String {
+    "openid email profile".into()
+}
+fn default_role_claim() -> String {
+    "switchboard_role".into()
+}
+fn default_tenant_claim() -> String {
+    "switchboard_tenant".into()
+}
+fn default_oidc_label() -> String {
+    "Sign in with SSO".into()
 }
 
 /// The data planes' Redis, whose budget counters the control plane reconciles with Postgres
@@ -253,6 +310,30 @@ pub struct Settings {
     pub prices: PricesConfig,
     /// Budget counter reconciliation; `None` when there is no `redis` section.
     pub redis: Option<RedisSettings>,
+    /// The admin console.
+    pub ui: UiSettings,
+}
+
+/// The `ui` section, checked, with the OIDC client secret resolved.
+#[derive(Clone, Default)]
+pub struct UiSettings {
+    /// Without a trailing `/`; `None`: `http://{listen}`.
+    pub public_url: Option<String>,
+    pub oidc: Option<OidcSettings>,
+}
+
+/// An OIDC provider, checked. `Debug` is not derived: it holds the client secret.
+#[derive(Clone)]
+pub struct OidcSettings {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scopes: String,
+    pub role_claim: String,
+    /// Claim value -> role name, checked to be one of the three.
+    pub roles: std::collections::BTreeMap<String, String>,
+    pub tenant_claim: String,
+    pub label: String,
 }
 
 /// The `redis` section, checked, with the URL resolved. Its `Debug` never shows the URL (it
@@ -271,6 +352,53 @@ impl std::fmt::Debug for RedisSettings {
             .field("key_prefix", &self.key_prefix)
             .field("reconcile_interval", &self.reconcile_interval)
             .finish()
+    }
+}
+
+/// The `ui.oidc` section with its secret resolved (role names checked by `check_ui`).
+fn oidc_settings(o: &OidcConfig, client_secret: String) -> OidcSettings {
+    OidcSettings {
+        issuer: o.issuer.trim_end_matches('/').to_owned(),
+        client_id: o.client_id.clone(),
+        client_secret,
+        scopes: o.scopes.clone(),
+        role_claim: o.role_claim.clone(),
+        roles: o.roles.clone(),
+        tenant_claim: o.tenant_claim.clone(),
+        label: o.label.clone(),
+    }
+}
+
+impl Config {
+    /// The `ui` section's URLs and role names.
+    fn check_ui(&self, push: &mut impl FnMut(&str, String)) {
+        let http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if let Some(url) = &self.ui.public_url
+            && !http(url)
+        {
+            push("ui.public_url", "must be an http:// or https:// URL".into());
+        }
+        let Some(o) = &self.ui.oidc else { return };
+        if !http(&o.issuer) {
+            push(
+                "ui.oidc.issuer",
+                "must be an http:// or https:// URL".into(),
+            );
+        }
+        if o.client_id.is_empty() {
+            push("ui.oidc.client_id", "must not be empty".into());
+        }
+        if !o.scopes.split_whitespace().any(|s| s == "openid") {
+            push("ui.oidc.scopes", "must include openid".into());
+        }
+        for (claim, role) in &o.roles {
+            if !matches!(role.as_str(), "platform_admin" | "tenant_admin" | "viewer") {
+                push(
+                    &format!("ui.oidc.roles.{claim}"),
+                    "must be platform_admin, tenant_admin or viewer".into(),
+                );
+            }
+        }
     }
 }
 
@@ -336,6 +464,10 @@ impl Config {
             .redis
             .as_ref()
             .map(|r| String::from_utf8(secret("redis.url", &r.url, 1)).unwrap_or_default());
+        let oidc = self.ui.oidc.as_ref().map(|o| {
+            let client_secret = secret("ui.oidc.client_secret", &o.client_secret, 1);
+            oidc_settings(o, String::from_utf8(client_secret).unwrap_or_default())
+        });
         let redis = match (&self.redis, redis_url) {
             (Some(r), Some(url)) => {
                 if !url.is_empty()
@@ -369,6 +501,14 @@ impl Config {
                 spend: self.spend.clone(),
                 prices: self.prices.clone(),
                 redis,
+                ui: UiSettings {
+                    public_url: self
+                        .ui
+                        .public_url
+                        .as_ref()
+                        .map(|u| u.trim_end_matches('/').to_owned()),
+                    oidc,
+                },
             }),
             _ => Err(Problems(problems)),
         }
@@ -405,6 +545,7 @@ impl Config {
         if self.prices.interval_seconds < 60 {
             push("prices.interval_seconds", "must be at least 60".into());
         }
+        self.check_ui(push);
         if self.auth.token_ttl_seconds == 0 {
             push("auth.token_ttl_seconds", "must be positive".into());
         }
@@ -564,6 +705,47 @@ auth: { jwt_secret: { env: TEST_JWT } }
         )
         .unwrap_err();
         assert!(err.contains("db"), "{err}");
+    }
+
+    #[test]
+    fn the_ui_section_reads_oidc_with_its_secret_and_reports_bad_values() {
+        let ui = "ui:\n  public_url: https://admin.example.com/\n  oidc:\n    issuer: https://idp.example/\n    \
+                  client_id: console\n    client_secret: { env: TEST_OIDC }\n    roles: { ops: platform_admin }\n";
+        let e = env(&[
+            ("TEST_JWT", &"j".repeat(32)),
+            (MASTER_KEYS_ENV, MK),
+            ("TEST_OIDC", "client-secret-1"),
+        ]);
+        let file = format!("{FILE}{ui}");
+        let s = Config::parse(&file, &e).unwrap().settings(&e).unwrap();
+        assert_eq!(
+            s.ui.public_url.as_deref(),
+            Some("https://admin.example.com")
+        );
+        let o = s.ui.oidc.unwrap();
+        assert_eq!(o.issuer, "https://idp.example");
+        assert_eq!(o.client_secret, "client-secret-1");
+        assert_eq!(o.roles["ops"], "platform_admin");
+        assert_eq!(o.role_claim, "switchboard_role");
+
+        let bad = "ui:\n  public_url: ftp://x\n  oidc:\n    issuer: idp\n    client_id: ''\n    \
+                   client_secret: { env: MISSING_OIDC }\n    scopes: email\n    roles: { ops: root }\n";
+        let text = Config::parse(&format!("{FILE}{bad}"), &e)
+            .unwrap()
+            .settings(&e)
+            .err()
+            .unwrap()
+            .to_string();
+        for path in [
+            "ui.public_url",
+            "ui.oidc.issuer",
+            "ui.oidc.client_id",
+            "ui.oidc.client_secret",
+            "ui.oidc.scopes",
+            "ui.oidc.roles.ops",
+        ] {
+            assert!(text.contains(path), "{path} missing from: {text}");
+        }
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod ui;
 
 pub use server::{Running, serve};
 

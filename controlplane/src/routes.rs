@@ -137,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         get(move || async move { ([(CONTENT_TYPE, "application/json")], doc).into_response() }),
     )
     .route("/healthz", get(|| async { "ok" }))
+    .merge(crate::ui::router())
     .fallback(|| async { ApiError::from(ServiceError::NotFound("route".into())) })
     .layer(DefaultBodyLimit::max(max_body))
     .with_state(state)

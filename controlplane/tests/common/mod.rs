@@ -54,6 +54,7 @@ pub fn settings(namespace: &str) -> Settings {
         spend: controlplane::config::SpendConfig::default(),
         prices: controlplane::config::PricesConfig::default(),
         redis: None,
+        ui: Default::default(),
     }
 }
 

@@ -66,6 +66,7 @@ impl ControlPlane {
             spend: SpendConfig::default(),
             prices: PricesConfig::default(),
             redis,
+            ui: Default::default(),
         };
         let env = [
             (

@@ -137,6 +137,15 @@ impl Counters {
         })
     }
 
+    /// Whether Redis answers a `PING` (the console's health card).
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+    }
+
     /// The key prefix (equal to the data planes' `redis.key_prefix`).
     pub fn prefix(&self) -> &str {
         &self.prefix

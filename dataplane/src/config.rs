@@ -16,7 +16,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchboard_shared::cluster::{DEFAULT_NAMESPACE, valid_namespace};
+use switchboard_shared::cluster::{DEFAULT_NAMESPACE, NatsAuth, valid_namespace};
+use switchboard_shared::cluster_trust::{IngestKeys, SnapshotVerifier};
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::Snapshot;
 use switchboard_shared::validate::{Problem, Problems};
@@ -69,6 +70,38 @@ pub struct ClusterConfig {
     /// are published from it once NATS is back (also after a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_spill_path: Option<std::path::PathBuf>,
+    /// The control plane's snapshot public key(s), base64, comma-separated: a snapshot (from
+    /// NATS, gRPC or the cache file) is installed only if signed by one of them. Several while
+    /// a signing key is rotated (`docs/security.md`). Required unless
+    /// `allow_unsigned_snapshots`.
+    #[serde(default)]
+    pub snapshot_public_keys: String,
+    /// Development only: install unsigned snapshots and send usage and heartbeats untagged
+    /// when no key is configured. Logged as a warning.
+    #[serde(default)]
+    pub allow_unsigned_snapshots: bool,
+    /// Bearer token presented to the control plane's gRPC ConfigService (one of its
+    /// `cluster.grpc_tokens`). Required with `controlplane_grpc` unless
+    /// `allow_unsigned_snapshots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlplane_grpc_token: Option<SecretRef>,
+    /// The key usage events and heartbeats are tagged with (one of the control plane's
+    /// `cluster.ingest_keys`). Required with `nats_url` unless `allow_unsigned_snapshots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_key: Option<SecretRef>,
+    /// NATS login beyond the URL's `user:password@`/`token@`: a `.creds` file or an nkey seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_creds_file: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_nkey_seed: Option<SecretRef>,
+    /// NATS TLS: the CA the server's certificate must chain to (makes TLS required, as a
+    /// `tls://` URL does), and an optional client certificate and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_ca_file: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_client_cert: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_client_key: Option<std::path::PathBuf>,
 }
 
 fn default_usage_queue_capacity() -> usize {
@@ -87,6 +120,96 @@ impl ClusterConfig {
             snapshot_cache: None,
             usage_queue_capacity: default_usage_queue_capacity(),
             usage_spill_path: None,
+            snapshot_public_keys: String::new(),
+            allow_unsigned_snapshots: false,
+            controlplane_grpc_token: None,
+            ingest_key: None,
+            nats_creds_file: None,
+            nats_nkey_seed: None,
+            nats_ca_file: None,
+            nats_client_cert: None,
+            nats_client_key: None,
+        }
+    }
+
+    /// The snapshot verifier, or `None` when unsigned snapshots are allowed and no key is
+    /// configured.
+    pub fn snapshot_verifier(&self) -> anyhow::Result<Option<SnapshotVerifier>> {
+        if self.snapshot_public_keys.trim().is_empty() && self.allow_unsigned_snapshots {
+            return Ok(None);
+        }
+        SnapshotVerifier::parse(&self.namespace, &self.snapshot_public_keys)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("cluster.snapshot_public_keys: {e}"))
+    }
+
+    /// The ingest key, resolved; `None` without one.
+    pub fn ingest_keys(&self) -> anyhow::Result<Option<IngestKeys>> {
+        let Some(secret) = &self.ingest_key else {
+            return Ok(None);
+        };
+        let value = secret
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("cluster.ingest_key: {e}"))?;
+        IngestKeys::parse(&value)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("cluster.ingest_key: {e}"))
+    }
+
+    /// The NATS login and TLS settings beyond the URL, with the nkey seed resolved.
+    pub fn nats_auth(&self) -> anyhow::Result<NatsAuth> {
+        let nkey_seed = match &self.nats_nkey_seed {
+            Some(secret) => Some(
+                secret
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("cluster.nats_nkey_seed: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(NatsAuth {
+            creds_file: self.nats_creds_file.clone(),
+            nkey_seed,
+            ca_file: self.nats_ca_file.clone(),
+            client_cert: self.nats_client_cert.clone(),
+            client_key: self.nats_client_key.clone(),
+        })
+    }
+
+    /// Problems of the keys and credentials (see each field).
+    fn validate_trust(&self, push: &mut impl FnMut(&str, &str)) {
+        let required = "is required (or, for development only, allow_unsigned_snapshots: true)";
+        if !self.allow_unsigned_snapshots {
+            if self.snapshot_public_keys.trim().is_empty() {
+                push("cluster.snapshot_public_keys", required);
+            }
+            if self.controlplane_grpc.is_some() && self.controlplane_grpc_token.is_none() {
+                push("cluster.controlplane_grpc_token", required);
+            }
+            if self.nats_url.is_some() && self.ingest_key.is_none() {
+                push("cluster.ingest_key", required);
+            }
+        }
+        if !self.snapshot_public_keys.trim().is_empty()
+            && let Err(e) = self.snapshot_verifier()
+        {
+            push("cluster.snapshot_public_keys", &e.to_string());
+        }
+        if let Err(e) = self.ingest_keys() {
+            push("cluster.ingest_key", &e.to_string());
+        }
+        if let Some(token) = &self.controlplane_grpc_token
+            && let Err(e) = token.resolve()
+        {
+            push("cluster.controlplane_grpc_token", &e.to_string());
+        }
+        match self.nats_auth() {
+            Ok(auth) => {
+                let url = self.nats_url.as_deref().unwrap_or_default();
+                for (path, message) in auth.problems(url, "cluster.nats") {
+                    push(&path, &message);
+                }
+            }
+            Err(e) => push("cluster.nats_nkey_seed", &e.to_string()),
         }
     }
 
@@ -148,6 +271,7 @@ impl ClusterConfig {
         {
             push("cluster.snapshot_cache", "must name a file");
         }
+        self.validate_trust(push);
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use controlplane::config::{PricesConfig, RedisSettings, Settings, SpendConfig};
+use controlplane::config::{ClusterTrust, PricesConfig, RedisSettings, Settings, SpendConfig};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -13,6 +13,8 @@ use switchboard_shared::sealed::MasterKeys;
 use super::{PEPPER, Reply, request, send};
 
 pub const MASTER_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+/// The test cluster's snapshot signing seed, its public key, gRPC token and ingest key.
+pub use switchboard_tests::cluster_keys::{GRPC_TOKEN, INGEST_KEY, SIGNING_SEED, signing_public};
 pub const ADMIN: &str = "root@example.com";
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -66,6 +68,7 @@ impl ControlPlane {
             spend: SpendConfig::default(),
             prices: PricesConfig::default(),
             redis,
+            trust: ClusterTrust::with_keys(namespace, SIGNING_SEED, GRPC_TOKEN, INGEST_KEY),
         };
         let env = [
             (

@@ -321,6 +321,11 @@ mod tests {
         .unwrap();
         assert_eq!(both.verify(&claims(3), &other.sign(&claims(3))), Ok(()));
         assert!(!format!("{signer:?}").contains(SEED));
+        // The RFC 8032 key of this seed, as `openssl pkey -pubout` prints it (gen-secrets).
+        assert_eq!(
+            signer.public_key_base64(),
+            "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+        );
     }
 
     #[test]

@@ -177,6 +177,10 @@ impl ClusterConfig {
 
     /// Problems of the keys and credentials (see each field).
     fn validate_trust(&self, push: &mut impl FnMut(&str, &str)) {
+        // The accessors' errors name their path already.
+        let mut push = |path: &str, message: &str| {
+            push(path, message.trim_start_matches(&format!("{path}: ")));
+        };
         let required = "is required (or, for development only, allow_unsigned_snapshots: true)";
         if !self.allow_unsigned_snapshots {
             if self.snapshot_public_keys.trim().is_empty() {
@@ -599,10 +603,74 @@ snapshot:
     }
 
     const SERVER_ONLY: &str = "server:\n  key_pepper: { value: \"p\" }\n";
+    /// The cluster's keys, as lines of a `cluster:` section.
+    const KEYS: &str = "  snapshot_public_keys: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"\n  controlplane_grpc_token: { value: \"grpc-token-0123456789\" }\n  ingest_key: { value: \"ingest-key-0123456789\" }\n";
+
+    /// The keys as `SWITCHBOARD__CLUSTER__*` environment overrides.
+    fn key_env() -> Vec<(String, String)> {
+        [
+            (
+                "SWITCHBOARD__CLUSTER__SNAPSHOT_PUBLIC_KEYS",
+                "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=",
+            ),
+            (
+                "SWITCHBOARD__CLUSTER__CONTROLPLANE_GRPC_TOKEN__VALUE",
+                "grpc-token-0123456789",
+            ),
+            (
+                "SWITCHBOARD__CLUSTER__INGEST_KEY__VALUE",
+                "ingest-key-0123456789",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn cluster_keys_are_required_unless_explicitly_allowed_for_development() {
+        let text = format!(
+            "{SERVER_ONLY}cluster:\n  nats_url: nats://n:4222\n  controlplane_grpc: http://cp:8082\n"
+        );
+        let problems = Config::parse(&text, &[])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        for path in [
+            "cluster.snapshot_public_keys",
+            "cluster.controlplane_grpc_token",
+            "cluster.ingest_key",
+        ] {
+            assert!(problems.contains(path), "{path} missing in {problems}");
+        }
+        let dev = format!("{text}  allow_unsigned_snapshots: true\n");
+        let c = Config::parse(&dev, &[]).unwrap();
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        assert!(c.cluster.unwrap().snapshot_verifier().unwrap().is_none());
+        let bad = format!(
+            "{text}  snapshot_public_keys: \"AAAA\"\n  ingest_key: {{ value: short }}\n  nats_nkey_seed: {{ value: SUX }}\n  nats_creds_file: /etc/x.creds\n"
+        );
+        let problems = Config::parse(&bad, &[])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            problems.contains("cluster.snapshot_public_keys: must be 32 bytes"),
+            "{problems}"
+        );
+        assert!(problems.contains("cluster.ingest_key"), "{problems}");
+        assert!(
+            problems.contains("cluster.nats: use one NATS login"),
+            "{problems}"
+        );
+        assert!(!problems.contains("short"), "a secret leaked: {problems}");
+    }
 
     #[test]
     fn a_cluster_section_replaces_the_snapshot_with_defaults() {
-        let text = format!("{SERVER_ONLY}cluster:\n  nats_url: nats://127.0.0.1:4222\n");
+        let text = format!("{SERVER_ONLY}cluster:\n  nats_url: nats://127.0.0.1:4222\n{KEYS}");
         let c = Config::parse(&text, &[]).unwrap();
         assert!(c.validate().is_ok(), "{:?}", c.validate());
         let cluster = c.cluster.unwrap();
@@ -615,7 +683,8 @@ snapshot:
 
     #[test]
     fn the_environment_can_supply_the_cluster_section() {
-        let env = vec![
+        let mut env = key_env();
+        env.extend([
             (
                 "SWITCHBOARD__CLUSTER__NATS_URL".to_owned(),
                 "nats://n:4222".to_owned(),
@@ -624,7 +693,7 @@ snapshot:
                 "SWITCHBOARD__CLUSTER__HEARTBEAT_INTERVAL_MS".to_owned(),
                 "500".to_owned(),
             ),
-        ];
+        ]);
         let c = Config::parse(SERVER_ONLY, &env).unwrap();
         assert!(c.validate().is_ok(), "{:?}", c.validate());
         let cluster = c.cluster.unwrap();
@@ -634,9 +703,10 @@ snapshot:
 
     #[test]
     fn flags_make_a_server_only_file_a_cluster_config() {
-        let mut c = Config::parse(SERVER_ONLY, &[]).unwrap();
+        let c = Config::parse(SERVER_ONLY, &[]).unwrap();
         let problems = c.validate().unwrap_err().to_string();
         assert!(problems.contains("snapshot: missing"), "{problems}");
+        let mut c = Config::parse(SERVER_ONLY, &key_env()).unwrap();
         c.override_cluster(Some("http://cp:50051".into()), None);
         c.override_cluster(None, Some("nats://n:4222".into()));
         assert!(c.validate().is_ok(), "{:?}", c.validate());

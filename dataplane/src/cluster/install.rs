@@ -60,7 +60,7 @@ impl Source {
 
 /// What the sender says the body is, and the control plane's signature over it (kept in the
 /// cache file beside the body).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announced {
     pub revision: u64,
     /// Hex SHA-256 of the body.
@@ -499,6 +499,7 @@ mod tests {
             Announced {
                 revision,
                 content_hash: snapshot.content_hash(),
+                ..Announced::default()
             },
             Bytes::from(snapshot.to_canonical_json()),
         )
@@ -532,6 +533,7 @@ mod tests {
         let lying = Announced {
             revision: 4,
             content_hash: announced_3.content_hash.clone(),
+            ..Announced::default()
         };
         match installer.offer(offer(Some(lying), &body_3)).await {
             Outcome::Rejected(reason) => assert!(reason.contains("revision 3"), "{reason}"),
@@ -542,6 +544,7 @@ mod tests {
         let junk_hash = Announced {
             revision: 5,
             content_hash: hex::encode(Sha256::digest(&junk)),
+            ..Announced::default()
         };
         match installer.offer(offer(Some(junk_hash), &junk)).await {
             Outcome::Rejected(reason) => assert!(reason.starts_with("not a snapshot"), "{reason}"),

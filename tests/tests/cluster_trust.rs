@@ -381,3 +381,64 @@ async fn forged_usage_and_heartbeats_are_dropped_and_counted(pool: PgPool) {
     assert!(!fleet.text().contains("ghost"), "{}", fleet.text());
     let _ = js.delete_stream(&names.usage_stream).await;
 }
+
+/// This process's resident set size in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// `cargo test -p switchboard-tests --test cluster_trust -- --ignored --nocapture watchers_memory`
+/// A measurement, not a check: 1,000 open watchers on one control plane, the growth of this
+/// process's RSS (server and clients together, so an upper bound for the server).
+#[sqlx::test(migrations = "../migrations")]
+#[ignore = "a measurement, not a check"]
+async fn watchers_memory(pool: PgPool) {
+    let namespace = unique_namespace();
+    let cp = ControlPlane::start(pool, &namespace).await;
+    for i in 0..200 {
+        cp.write(
+            Method::POST,
+            "/admin/v1/tenants",
+            json!({"id": format!("t{i}"), "name": "x".repeat(200)}),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = grpc_client(&cp.grpc, Some(GRPC_TOKEN)).await;
+    let size = client
+        .clone()
+        .get_snapshot(GetSnapshotRequest { newer_than: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap()
+        .snapshot_json
+        .len();
+    let before = rss_kib();
+    let mut open = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = client
+            .clone()
+            .watch_snapshot(WatchSnapshotRequest {
+                newer_than: 0,
+                dataplane_id: "m".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stream.message().await.unwrap().is_some());
+        open.push(stream);
+    }
+    let after = rss_kib();
+    eprintln!(
+        "1000 watchers of a {size}-byte snapshot: RSS {before} KiB -> {after} KiB (+{} KiB, {} bytes per watcher, clients included)",
+        after.saturating_sub(before),
+        after.saturating_sub(before) * 1024 / 1000
+    );
+}

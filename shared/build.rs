@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let transport = std::env::var_os("CARGO_FEATURE_TRANSPORT").is_some();
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // One shared buffer per snapshot body: every gRPC watcher sends the same `Bytes`.
+    config.bytes([".switchboard.config.v1.SnapshotEnvelope.snapshot_json"]);
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchboard_shared::cluster::{DEFAULT_NAMESPACE, valid_namespace};
+use switchboard_shared::cluster::{DEFAULT_NAMESPACE, NatsAuth, valid_namespace};
+use switchboard_shared::cluster_trust::{IngestKeys, SnapshotSigner, SnapshotVerifier};
 use switchboard_shared::sealed::MasterKeys;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::validate::{Problem, Problems};
@@ -211,14 +212,34 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
+    /// `nats://` or `tls://` URL(s); may carry `user:password@` or `token@`.
     #[serde(default = "default_nats_url")]
     pub url: String,
+    /// `.creds` file (user JWT + nkey seed) to log in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<std::path::PathBuf>,
+    /// nkey seed (`SU...`) to log in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey_seed: Option<SecretRef>,
+    /// PEM CA file for the server's TLS certificate; makes TLS required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for a server that verifies clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: default_nats_url(),
+            creds_file: None,
+            nkey_seed: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -235,6 +256,30 @@ pub struct ClusterConfig {
     /// How often the published head is checked against Postgres and republished if behind.
     #[serde(default = "default_reconcile_interval_ms")]
     pub reconcile_interval_ms: u64,
+    /// Base64 Ed25519 seed (32 bytes) every published snapshot is signed with
+    /// (`docs/security.md`). Required unless `allow_unsigned_snapshots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_signing_key: Option<SecretRef>,
+    /// Further public keys (comma-separated base64) whose heads this replica accepts from
+    /// other replicas, during a signing-key rotation.
+    #[serde(default)]
+    pub snapshot_public_keys: String,
+    /// Development only: publish unsigned snapshots, take usage and heartbeats untagged and
+    /// serve gRPC without a token when no key or token is configured. Logged as a warning.
+    #[serde(default)]
+    pub allow_unsigned_snapshots: bool,
+    /// Bearer tokens (comma-separated, in one secret) data planes present to the gRPC
+    /// ConfigService. Required unless `allow_unsigned_snapshots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_tokens: Option<SecretRef>,
+    /// Most concurrent `WatchSnapshot` streams; more get RESOURCE_EXHAUSTED.
+    #[serde(default = "default_grpc_max_watchers")]
+    pub grpc_max_watchers: usize,
+    /// HMAC keys (comma-separated, in one secret) data planes tag usage events and heartbeats
+    /// with; untagged or wrongly tagged ones are dropped and counted. Required unless
+    /// `allow_unsigned_snapshots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_keys: Option<SecretRef>,
 }
 
 impl Default for ClusterConfig {
@@ -243,6 +288,73 @@ impl Default for ClusterConfig {
             namespace: default_namespace(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             reconcile_interval_ms: default_reconcile_interval_ms(),
+            snapshot_signing_key: None,
+            snapshot_public_keys: String::new(),
+            allow_unsigned_snapshots: false,
+            grpc_tokens: None,
+            grpc_max_watchers: default_grpc_max_watchers(),
+            ingest_keys: None,
+        }
+    }
+}
+
+fn default_grpc_max_watchers() -> usize {
+    1024
+}
+
+/// Who the control plane trusts on the cluster channels and how it proves itself
+/// (`shared::cluster_trust`, `docs/security.md`). `Debug` never shows a key or token.
+#[derive(Clone, Default)]
+pub struct ClusterTrust {
+    /// Signs every published snapshot; `None` only with `allow_unsigned_snapshots`.
+    pub signer: Option<SnapshotSigner>,
+    /// Which heads (this replica's or others') are adopted; `None`: unsigned ones too.
+    pub verifier: Option<SnapshotVerifier>,
+    /// Accepted gRPC bearer tokens; empty refuses every call unless `allow_unauthenticated`.
+    pub grpc_tokens: Vec<Vec<u8>>,
+    pub allow_unauthenticated_grpc: bool,
+    pub grpc_max_watchers: usize,
+    /// Usage and heartbeat tag keys; `None`: untagged ones are taken (development only).
+    pub ingest_keys: Option<IngestKeys>,
+    /// NATS login and TLS beyond the URL.
+    pub nats: NatsAuth,
+}
+
+impl std::fmt::Debug for ClusterTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterTrust")
+            .field("signer", &self.signer)
+            .field("grpc_tokens", &self.grpc_tokens.len())
+            .field("grpc_max_watchers", &self.grpc_max_watchers)
+            .field("ingest_keys", &self.ingest_keys)
+            .field("nats", &self.nats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterTrust {
+    /// `allow_unsigned_snapshots` without keys: nothing signed or checked (development only).
+    pub fn development() -> Self {
+        Self {
+            allow_unauthenticated_grpc: true,
+            grpc_max_watchers: default_grpc_max_watchers(),
+            ..Self::default()
+        }
+    }
+
+    /// Signed snapshots under `seed`, one gRPC `token`, one ingest `key` (tests and tools).
+    pub fn with_keys(namespace: &str, seed: &str, token: &str, ingest_key: &str) -> Self {
+        let signer = SnapshotSigner::from_base64(seed).ok();
+        Self {
+            verifier: signer
+                .as_ref()
+                .and_then(|s| SnapshotVerifier::for_signer(namespace, s, "").ok()),
+            signer,
+            grpc_tokens: vec![token.as_bytes().to_vec()],
+            allow_unauthenticated_grpc: false,
+            grpc_max_watchers: default_grpc_max_watchers(),
+            ingest_keys: IngestKeys::parse(ingest_key).ok(),
+            nats: NatsAuth::default(),
         }
     }
 }
@@ -310,6 +422,8 @@ pub struct Settings {
     pub prices: PricesConfig,
     /// Budget counter reconciliation; `None` when there is no `redis` section.
     pub redis: Option<RedisSettings>,
+    /// Snapshot signing, gRPC tokens, ingest keys, NATS login.
+    pub trust: ClusterTrust,
     /// The admin console.
     pub ui: UiSettings,
 }
@@ -468,6 +582,7 @@ impl Config {
             let client_secret = secret("ui.oidc.client_secret", &o.client_secret, 1);
             oidc_settings(o, String::from_utf8(client_secret).unwrap_or_default())
         });
+        let (trust, trust_problems) = self.trust(&mut secret);
         let redis = match (&self.redis, redis_url) {
             (Some(r), Some(url)) => {
                 if !url.is_empty()
@@ -484,6 +599,9 @@ impl Config {
             }
             _ => None,
         };
+        for (path, message) in trust_problems {
+            push(&path, message);
+        }
         let master_keys = master_keys(lookup(MASTER_KEYS_ENV), &mut push);
         match master_keys {
             Some(master_keys) if problems.is_empty() => Ok(Settings {
@@ -509,9 +627,89 @@ impl Config {
                         .map(|u| u.trim_end_matches('/').to_owned()),
                     oidc,
                 },
+                trust,
             }),
             _ => Err(Problems(problems)),
         }
+    }
+
+    /// The cluster's keys and tokens, resolved through `secret` (which reports its own
+    /// problems); what is missing is reported unless `allow_unsigned_snapshots`.
+    fn trust(
+        &self,
+        secret: &mut impl FnMut(&str, &SecretRef, usize) -> Vec<u8>,
+    ) -> (ClusterTrust, Vec<(String, String)>) {
+        let mut problems = Vec::new();
+        let mut push = |path: &str, message: String| problems.push((path.to_owned(), message));
+        let c = &self.cluster;
+        let mut text = |path: &str, r: &Option<SecretRef>| {
+            r.as_ref()
+                .map(|r| String::from_utf8_lossy(&secret(path, r, 1)).into_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let seed = text("cluster.snapshot_signing_key", &c.snapshot_signing_key);
+        let tokens = text("cluster.grpc_tokens", &c.grpc_tokens);
+        let ingest = text("cluster.ingest_keys", &c.ingest_keys);
+        let nkey_seed = text("nats.nkey_seed", &self.nats.nkey_seed);
+        let mut trust = ClusterTrust {
+            grpc_max_watchers: c.grpc_max_watchers,
+            allow_unauthenticated_grpc: c.allow_unsigned_snapshots,
+            ..ClusterTrust::default()
+        };
+        let required =
+            "is required (or, for development only, cluster.allow_unsigned_snapshots: true)";
+        match seed.as_deref().map(SnapshotSigner::from_base64) {
+            Some(Ok(signer)) => {
+                match SnapshotVerifier::for_signer(&c.namespace, &signer, &c.snapshot_public_keys) {
+                    Ok(v) => trust.verifier = Some(v),
+                    Err(e) => push("cluster.snapshot_public_keys", e.to_string()),
+                }
+                trust.signer = Some(signer);
+            }
+            Some(Err(e)) => push("cluster.snapshot_signing_key", e.to_string()),
+            None if !c.allow_unsigned_snapshots => {
+                push("cluster.snapshot_signing_key", required.into());
+            }
+            None => {}
+        }
+        match &tokens {
+            Some(list) => {
+                trust.grpc_tokens = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| t.as_bytes().to_vec())
+                    .collect();
+                if trust.grpc_tokens.iter().any(|t| t.len() < 16) {
+                    push(
+                        "cluster.grpc_tokens",
+                        "each token must be at least 16 bytes long".into(),
+                    );
+                }
+            }
+            None if !c.allow_unsigned_snapshots => push("cluster.grpc_tokens", required.into()),
+            None => {}
+        }
+        match ingest.as_deref().map(IngestKeys::parse) {
+            Some(Ok(keys)) => trust.ingest_keys = Some(keys),
+            Some(Err(e)) => push("cluster.ingest_keys", e),
+            None if !c.allow_unsigned_snapshots => push("cluster.ingest_keys", required.into()),
+            None => {}
+        }
+        if c.grpc_max_watchers == 0 {
+            push("cluster.grpc_max_watchers", "must be positive".into());
+        }
+        trust.nats = NatsAuth {
+            creds_file: self.nats.creds_file.clone(),
+            nkey_seed,
+            ca_file: self.nats.ca_file.clone(),
+            client_cert: self.nats.client_cert.clone(),
+            client_key: self.nats.client_key.clone(),
+        };
+        for (path, message) in trust.nats.problems(&self.nats.url, "nats") {
+            push(&path, message);
+        }
+        (trust, problems)
     }
 
     /// The problems of plain values (positive sizes and intervals, URL schemes, prefixes).
@@ -602,6 +800,10 @@ mod tests {
 database: { url: "postgres://postgres@127.0.0.1/x" }
 keys: { pepper: { value: "pepper" } }
 auth: { jwt_secret: { env: TEST_JWT } }
+cluster:
+  snapshot_signing_key: { value: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" }
+  grpc_tokens: { value: "grpc-token-0123456789" }
+  ingest_keys: { value: "ingest-key-0123456789" }
 "#;
     const MK: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
@@ -636,6 +838,18 @@ auth: { jwt_secret: { env: TEST_JWT } }
             ("SWITCHBOARD__KEYS__PEPPER__VALUE", "p"),
             ("SWITCHBOARD__AUTH__JWT_SECRET__VALUE", &"s".repeat(40)),
             (MASTER_KEYS_ENV, MK),
+            (
+                "SWITCHBOARD__CLUSTER__SNAPSHOT_SIGNING_KEY__VALUE",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+            (
+                "SWITCHBOARD__CLUSTER__GRPC_TOKENS__VALUE",
+                "t-0123456789abcdef",
+            ),
+            (
+                "SWITCHBOARD__CLUSTER__INGEST_KEYS__VALUE",
+                "k-0123456789abcdef",
+            ),
         ]);
         let c = Config::parse("", &e).unwrap();
         assert!(c.settings(&e).is_ok());
@@ -705,6 +919,47 @@ auth: { jwt_secret: { env: TEST_JWT } }
         )
         .unwrap_err();
         assert!(err.contains("db"), "{err}");
+    }
+
+    #[test]
+    fn cluster_keys_are_required_unless_explicitly_allowed_for_development() {
+        let e = env(&[("TEST_JWT", &"j".repeat(32)), (MASTER_KEYS_ENV, MK)]);
+        let bare = FILE.split("cluster:").next().unwrap();
+        let text = Config::parse(bare, &e)
+            .unwrap()
+            .settings(&e)
+            .err()
+            .unwrap()
+            .to_string();
+        for path in [
+            "cluster.snapshot_signing_key",
+            "cluster.grpc_tokens",
+            "cluster.ingest_keys",
+        ] {
+            assert!(text.contains(path), "{path} missing in {text}");
+        }
+        let dev = format!("{bare}cluster: {{ allow_unsigned_snapshots: true }}\n");
+        let s = Config::parse(&dev, &e).unwrap().settings(&e).unwrap();
+        assert!(s.trust.signer.is_none() && s.trust.allow_unauthenticated_grpc);
+        let s = Config::parse(FILE, &e).unwrap().settings(&e).unwrap();
+        assert!(s.trust.signer.is_some() && s.trust.verifier.is_some());
+        assert_eq!(s.trust.grpc_max_watchers, 1024);
+        let debug = format!("{:?}", s.trust);
+        assert!(
+            !debug.contains("grpc-token") && !debug.contains("ingest-key"),
+            "{debug}"
+        );
+        let bad = FILE.replace("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "AAAA");
+        let text = Config::parse(&bad, &e)
+            .unwrap()
+            .settings(&e)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("cluster.snapshot_signing_key: must be 32 bytes"),
+            "{text}"
+        );
     }
 
     #[test]

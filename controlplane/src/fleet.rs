@@ -1,15 +1,23 @@
 //! The fleet as this replica hears it: the last heartbeat of each data plane, with when it
 //! arrived. A data plane unheard for 3 heartbeat intervals is gone. Admin writes with
 //! `?wait_ms=N` wait here until every live data plane serves their revision.
+//!
+//! A heartbeat counts only with a valid ingest tag ([`authenticated`]): the sender's id and an
+//! HMAC under the cluster's ingest key in its headers, so that someone who can publish on NATS
+//! cannot make `wait_ms` lie. Untagged and wrongly tagged messages (heartbeats here, usage
+//! events in `ingest`) are dropped, logged and counted ([`unauthenticated_count`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
 use switchboard_shared::cluster::{Heartbeat, NatsNames};
+use switchboard_shared::cluster_trust::{DATAPLANE_HEADER, IngestKeys, SIGNATURE_HEADER};
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
@@ -39,6 +47,56 @@ pub struct Fleet {
     // Not on any request path: touched by heartbeats and admin reads only.
     seen: Mutex<HashMap<String, Seen>>,
     changed: watch::Sender<()>,
+    /// `None` (development only): untagged heartbeats count.
+    keys: Option<IngestKeys>,
+}
+
+static UNAUTHENTICATED_HEARTBEATS: AtomicU64 = AtomicU64::new(0);
+static UNAUTHENTICATED_USAGE: AtomicU64 = AtomicU64::new(0);
+
+/// How many messages of `kind` (`heartbeat` or `usage`) this process has dropped for a missing
+/// or wrong ingest tag.
+pub fn unauthenticated_count(kind: &str) -> u64 {
+    match kind {
+        "heartbeat" => UNAUTHENTICATED_HEARTBEATS.load(Ordering::Relaxed),
+        _ => UNAUTHENTICATED_USAGE.load(Ordering::Relaxed),
+    }
+}
+
+/// Whether a message of `kind` carries a valid ingest tag under `keys` (always, without keys).
+/// A refusal is counted and logged (never the payload or the tag) and the message must be
+/// dropped.
+pub fn authenticated(
+    keys: Option<&IngestKeys>,
+    kind: &'static str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> bool {
+    let Some(keys) = keys else {
+        return true;
+    };
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    let sender = header(DATAPLANE_HEADER);
+    let ok = !sender.is_empty() && keys.verify(kind, &sender, payload, &header(SIGNATURE_HEADER));
+    if !ok {
+        let count = match kind {
+            "heartbeat" => &UNAUTHENTICATED_HEARTBEATS,
+            _ => &UNAUTHENTICATED_USAGE,
+        };
+        let total = count.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            kind,
+            sender = %sender.chars().take(64).collect::<String>(),
+            total,
+            "dropped a message without a valid ingest tag (forged, or a data plane with the wrong cluster.ingest_key)"
+        );
+    }
+    ok
 }
 
 impl Fleet {
@@ -47,6 +105,40 @@ impl Fleet {
             interval: heartbeat_interval,
             seen: Mutex::new(HashMap::new()),
             changed: watch::channel(()).0,
+            keys: None,
+        }
+    }
+
+    /// Counts only heartbeats tagged under `keys` (see the module docs).
+    pub fn with_ingest_keys(mut self, keys: Option<IngestKeys>) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Records `message` if it is an authenticated heartbeat from the data plane it names.
+    fn on_message(&self, message: &async_nats::Message) {
+        if !authenticated(
+            self.keys.as_ref(),
+            "heartbeat",
+            message.headers.as_ref(),
+            &message.payload,
+        ) {
+            return;
+        }
+        match serde_json::from_slice::<Heartbeat>(&message.payload) {
+            Ok(hb) => {
+                let sender = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(DATAPLANE_HEADER))
+                    .map(|v| v.as_str());
+                if self.keys.is_some() && sender != Some(hb.dataplane_id.as_str()) {
+                    tracing::warn!("dropped a heartbeat naming another data plane than its sender");
+                    return;
+                }
+                self.record(hb);
+            }
+            Err(e) => tracing::debug!(error = %e, "ignoring a malformed heartbeat"),
         }
     }
 
@@ -139,10 +231,7 @@ impl Fleet {
                 Ok(mut sub) => loop {
                     tokio::select! {
                         message = sub.next() => match message {
-                            Some(m) => match serde_json::from_slice::<Heartbeat>(&m.payload) {
-                                Ok(hb) => self.record(hb),
-                                Err(e) => tracing::debug!(error = %e, "ignoring a malformed heartbeat"),
-                            },
+                            Some(m) => self.on_message(&m),
                             None => break,
                         },
                         _ = shutdown.changed() => return,

@@ -1,40 +1,115 @@
 //! The gRPC ConfigService (`shared/proto/.../config.proto`): `GetSnapshot` and the streaming
 //! `WatchSnapshot`, both served from the publisher's `watch` of the latest snapshot, which
 //! follows this replica's commits and the NATS head (other replicas).
+//!
+//! It hands out key hashes, sealed credentials, tenants and budgets, so every call must carry
+//! one of the configured bearer tokens (`authorization: Bearer <token>`, compared in constant
+//! time by [`TokenCheck`]; a missing or wrong one gets `UNAUTHENTICATED`). Each envelope
+//! carries the snapshot's signature, so a data plane checks the origin of what it got here
+//! exactly as of what it got on NATS. All watchers share one copy of each body (the envelope's
+//! `bytes` field is a `Bytes` pointing into the publisher's buffer), and at most
+//! `max_watchers` streams are open at once; more get `RESOURCE_EXHAUSTED`.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
 use switchboard_shared::cluster::MAX_SNAPSHOT_BYTES;
+use switchboard_shared::cluster_trust::constant_time_eq;
 use switchboard_shared::proto::config_service_server::{ConfigService, ConfigServiceServer};
 use switchboard_shared::proto::{
     GetSnapshotRequest, GetSnapshotResponse, SnapshotEnvelope, WatchSnapshotRequest,
 };
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_stream::wrappers::WatchStream;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::publish::Built;
 
 pub struct ConfigGrpc {
     latest: watch::Receiver<Option<Arc<Built>>>,
+    watchers: Arc<Semaphore>,
 }
 
-impl ConfigGrpc {
-    /// The service, allowing messages up to `MAX_SNAPSHOT_BYTES` both ways.
-    pub fn server(latest: watch::Receiver<Option<Arc<Built>>>) -> ConfigServiceServer<Self> {
-        ConfigServiceServer::new(Self { latest })
-            .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
-            .max_encoding_message_size(MAX_SNAPSHOT_BYTES)
+/// Checks the bearer token of every call.
+#[derive(Clone)]
+pub struct TokenCheck {
+    tokens: Arc<Vec<Vec<u8>>>,
+    /// Development only (`cluster.allow_unsigned_snapshots` without tokens): no check.
+    open: bool,
+}
+
+impl TokenCheck {
+    /// Accepts any of `tokens`; with none, refuses everything unless `open`.
+    pub fn new(tokens: Vec<Vec<u8>>, open: bool) -> Self {
+        Self {
+            open: open && tokens.is_empty(),
+            tokens: Arc::new(tokens),
+        }
     }
 }
 
+impl Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if self.open {
+            return Ok(request);
+        }
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::as_bytes);
+        let Some(presented) = presented else {
+            return Err(Status::unauthenticated(
+                "a bearer token is required (cluster.controlplane_grpc_token on the data plane)",
+            ));
+        };
+        // Every token is compared, so the time taken does not say which one nearly matched.
+        let matched = self
+            .tokens
+            .iter()
+            .fold(false, |acc, t| constant_time_eq(t, presented) | acc);
+        if matched {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("the bearer token is not valid"))
+        }
+    }
+}
+
+impl ConfigGrpc {
+    /// The service behind `check`, allowing messages up to `MAX_SNAPSHOT_BYTES` both ways and
+    /// at most `max_watchers` open `WatchSnapshot` streams.
+    pub fn server(
+        latest: watch::Receiver<Option<Arc<Built>>>,
+        check: TokenCheck,
+        max_watchers: usize,
+    ) -> InterceptedService<ConfigServiceServer<Self>, TokenCheck> {
+        let service = Self {
+            latest,
+            watchers: Arc::new(Semaphore::new(max_watchers)),
+        };
+        InterceptedService::new(
+            ConfigServiceServer::new(service)
+                .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
+                .max_encoding_message_size(MAX_SNAPSHOT_BYTES),
+            check,
+        )
+    }
+}
+
+/// The envelope of `built`; its body is shared, not copied.
 fn envelope(built: &Built) -> SnapshotEnvelope {
     SnapshotEnvelope {
         revision: built.revision,
         content_hash: built.content_hash.clone(),
-        snapshot_json: built.json.to_vec(),
+        snapshot_json: built.json.clone(),
+        namespace: built.namespace.clone(),
+        issued_at_micros: built.issued_at.timestamp_micros(),
+        signature: built.signature.clone(),
     }
 }
 
@@ -62,11 +137,18 @@ impl ConfigService for ConfigGrpc {
         &self,
         request: Request<WatchSnapshotRequest>,
     ) -> Result<Response<Self::WatchSnapshotStream>, Status> {
+        let Ok(permit) = Arc::clone(&self.watchers).try_acquire_owned() else {
+            return Err(Status::resource_exhausted(
+                "too many snapshot watchers (cluster.grpc_max_watchers); retry later",
+            ));
+        };
         let request = request.into_inner();
         tracing::debug!(dataplane = %request.dataplane_id, newer_than = request.newer_than, "snapshot watch");
         let mut sent = request.newer_than;
-        // The watch only ever moves forward; `sent` also drops repeats of one revision.
+        // The watch only ever moves forward; `sent` also drops repeats of one revision. The
+        // permit lives as long as the stream.
         let stream = WatchStream::new(self.latest.clone()).filter_map(move |latest| {
+            let _held = &permit;
             let item = match latest {
                 Some(built) if built.revision > sent => {
                     sent = built.revision;

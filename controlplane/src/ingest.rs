@@ -33,6 +33,9 @@ pub struct IngestSettings {
     pub batch: usize,
     /// How long a fetch waits for a batch to fill before writing what it has.
     pub max_wait: Duration,
+    /// Ingest tag keys; events without a valid tag are terminated and counted
+    /// (`crate::fleet::authenticated`). `None` (development only): every event counts.
+    pub keys: Option<switchboard_shared::cluster_trust::IngestKeys>,
 }
 
 impl Default for IngestSettings {
@@ -40,6 +43,7 @@ impl Default for IngestSettings {
         Self {
             batch: 1000,
             max_wait: Duration::from_millis(200),
+            keys: None,
         }
     }
 }
@@ -135,6 +139,15 @@ pub async fn ingest_one_batch(
     let mut delivered = Vec::with_capacity(settings.batch);
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+        if !crate::fleet::authenticated(
+            settings.keys.as_ref(),
+            "usage",
+            message.headers.as_ref(),
+            &message.payload,
+        ) {
+            let _ = message.ack_with(AckKind::Term).await;
+            continue;
+        }
         match serde_json::from_slice::<UsageRecord>(&message.payload) {
             Ok(record) => {
                 records.push(record);

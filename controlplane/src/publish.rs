@@ -10,6 +10,12 @@
 //!   which also covers NATS outages and several replicas.
 //! - [`Publisher::follow_head`]: follows the head subject so that snapshots published by other
 //!   replicas reach this replica's gRPC watchers too.
+//!
+//! Every snapshot this replica offers is signed ([`Publisher::with_signing`], Ed25519 over
+//! namespace, revision, content hash and issue time; `shared::cluster_trust`). A head on NATS
+//! counts only if it verifies: one that does not (anyone who can publish on the subject could
+//! write it, with revision `u64::MAX`) is never adopted, never followed, and never stops a
+//! publish — the next publish simply replaces it, so Postgres stays the truth.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +28,11 @@ use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, StorageType, Stream};
 use async_nats::jetstream::{self, object_store};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use switchboard_shared::cluster::{NatsNames, SNAPSHOTS_KEPT, SnapshotHead, snapshot_object};
+use switchboard_shared::cluster_trust::{SnapshotClaims, SnapshotSigner, SnapshotVerifier};
 use switchboard_shared::snapshot::Snapshot;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Mutex, OnceCell, watch};
@@ -41,15 +49,35 @@ pub struct Built {
     /// Hex SHA-256 of `json`, equal to `Snapshot::content_hash()`.
     pub content_hash: String,
     pub json: Bytes,
+    /// The namespace it is signed for (empty until signed).
+    pub namespace: String,
+    /// When it was signed (or built, while unsigned).
+    pub issued_at: DateTime<Utc>,
+    /// Base64 Ed25519 signature over the claims; empty when unsigned.
+    pub signature: String,
 }
 
 impl Built {
+    /// Unsigned; [`Publisher::offer`] signs it.
     pub fn from_snapshot(snapshot: &Snapshot) -> Self {
         let json = snapshot.to_canonical_json();
         Self {
             revision: snapshot.revision,
             content_hash: hex::encode(Sha256::digest(&json)),
             json: Bytes::from(json),
+            namespace: String::new(),
+            issued_at: Utc::now(),
+            signature: String::new(),
+        }
+    }
+
+    /// What its signature covers.
+    pub fn claims(&self) -> SnapshotClaims<'_> {
+        SnapshotClaims {
+            namespace: &self.namespace,
+            revision: self.revision,
+            content_hash: &self.content_hash,
+            issued_at_micros: self.issued_at.timestamp_micros(),
         }
     }
 }
@@ -71,6 +99,10 @@ pub struct Publisher {
     latest: watch::Sender<Option<Arc<Built>>>,
     /// One publish at a time per replica; replicas race safely through the expected sequence.
     publishing: Mutex<()>,
+    namespace: String,
+    signer: Option<SnapshotSigner>,
+    /// Which heads count; `None` (development only): any.
+    verifier: Option<SnapshotVerifier>,
 }
 
 impl Publisher {
@@ -82,6 +114,59 @@ impl Publisher {
             store: OnceCell::new(),
             latest: watch::channel(None).0,
             publishing: Mutex::new(()),
+            namespace: String::new(),
+            signer: None,
+            verifier: None,
+        }
+    }
+
+    /// Signs what it publishes with `signer` for `namespace`, and adopts or respects only the
+    /// heads `verifier` accepts. Without both (development only), heads go out unsigned and
+    /// any head counts.
+    pub fn with_signing(
+        mut self,
+        namespace: &str,
+        signer: Option<SnapshotSigner>,
+        verifier: Option<SnapshotVerifier>,
+    ) -> Self {
+        self.namespace = namespace.to_owned();
+        self.signer = signer;
+        self.verifier = verifier;
+        self
+    }
+
+    /// `built` signed for this publisher's namespace, now (a copy sharing the body).
+    pub fn sign(&self, built: Arc<Built>) -> Arc<Built> {
+        let Some(signer) = &self.signer else {
+            return built;
+        };
+        if !built.signature.is_empty() && built.namespace == self.namespace {
+            return built;
+        }
+        let mut signed = Built {
+            namespace: self.namespace.clone(),
+            issued_at: Utc::now(),
+            ..(*built).clone()
+        };
+        signed.signature = signer.sign(&signed.claims());
+        Arc::new(signed)
+    }
+
+    /// Whether a head found on NATS counts (see the module docs).
+    fn trusted(&self, head: &SnapshotHead) -> bool {
+        match &self.verifier {
+            None => true,
+            Some(verifier) => match verifier.verify(&head.claims(), &head.signature) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        revision = head.revision,
+                        reason = e.reason(),
+                        "ignoring a snapshot head this control plane did not sign"
+                    );
+                    false
+                }
+            },
         }
     }
 
@@ -98,8 +183,9 @@ impl Publisher {
         self.latest.borrow().as_ref().map_or(0, |b| b.revision)
     }
 
-    /// Makes `built` the latest if it is newer; returns whether it was.
+    /// Makes `built` (signed) the latest if it is newer; returns whether it was.
     pub fn offer(&self, built: Arc<Built>) -> bool {
+        let built = self.sign(built);
         self.latest.send_if_modified(|slot| {
             if slot
                 .as_ref()
@@ -115,6 +201,7 @@ impl Publisher {
 
     /// Offers, then publishes; errors are logged (the reconcile loop retries).
     pub async fn offer_and_publish(&self, built: Arc<Built>) {
+        let built = self.sign(built);
         self.offer(built.clone());
         match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish(&built)).await {
             Ok(Ok(_)) => {}
@@ -166,15 +253,19 @@ impl Publisher {
             .await
     }
 
-    /// The current head and its stream sequence, if any.
-    pub async fn head(&self) -> anyhow::Result<Option<(u64, SnapshotHead)>> {
+    /// The current head's stream sequence, if there is a head, with the head if it counts
+    /// (it parses and its signature verifies); an untrusted head is only a sequence to
+    /// publish over.
+    pub async fn head(&self) -> anyhow::Result<Option<(u64, Option<SnapshotHead>)>> {
         let stream = self.stream().await?;
         match stream
             .get_last_raw_message_by_subject(&self.names.head_subject)
             .await
         {
             Ok(message) => {
-                let head: SnapshotHead = serde_json::from_slice(&message.payload)?;
+                let head = serde_json::from_slice::<SnapshotHead>(&message.payload)
+                    .ok()
+                    .filter(|head| self.trusted(head));
                 Ok(Some((message.sequence, head)))
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
@@ -187,7 +278,7 @@ impl Publisher {
         let _one_at_a_time = self.publishing.lock().await;
         let store = self.store().await?;
         let object = snapshot_object(built.revision);
-        if let Some((_, head)) = self.head().await?
+        if let Some((_, Some(head))) = self.head().await?
             && head.revision >= built.revision
         {
             return Ok(Published::Superseded);
@@ -198,13 +289,15 @@ impl Publisher {
             content_hash: built.content_hash.clone(),
             object,
             size: built.json.len() as u64,
-            published_at: chrono::Utc::now(),
+            published_at: built.issued_at,
+            namespace: built.namespace.clone(),
+            signature: built.signature.clone(),
         };
         let payload = Bytes::from(serde_json::to_vec(&head)?);
         let mut outcome = Published::Superseded;
         for _ in 0..20 {
             let expected = match self.head().await? {
-                Some((_, current)) if current.revision >= built.revision => break,
+                Some((_, Some(current))) if current.revision >= built.revision => break,
                 Some((sequence, _)) => sequence,
                 None => 0,
             };
@@ -278,6 +371,9 @@ impl Publisher {
             revision: head.revision,
             content_hash,
             json: Bytes::from(json),
+            namespace: head.namespace.clone(),
+            issued_at: head.published_at,
+            signature: head.signature.clone(),
         })
     }
 
@@ -314,7 +410,7 @@ impl Publisher {
             let Ok(head) = serde_json::from_slice::<SnapshotHead>(&message.payload) else {
                 continue;
             };
-            if head.revision > self.latest_revision() {
+            if head.revision > self.latest_revision() && self.trusted(&head) {
                 match self.fetch(&head).await {
                     Ok(built) => {
                         self.offer(Arc::new(built));

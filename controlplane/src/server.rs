@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Settings;
 use crate::fleet::Fleet;
-use crate::grpc::ConfigGrpc;
+use crate::grpc::{ConfigGrpc, TokenCheck};
 use crate::publish::Publisher;
 use crate::routes::router;
 use crate::service::budgets::counters::Counters;
@@ -82,13 +82,28 @@ pub async fn serve(
     let rest_addr = rest.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
 
-    let nats = switchboard_shared::cluster::nats_options(settings.nats_url.as_str())
+    let trust = &settings.trust;
+    if trust.signer.is_none() || trust.ingest_keys.is_none() || trust.grpc_tokens.is_empty() {
+        tracing::warn!(
+            "cluster.allow_unsigned_snapshots: snapshots, usage, heartbeats or gRPC are not \
+             authenticated; anyone on the cluster network can take the cluster over (development only)"
+        );
+    }
+    let nats = switchboard_shared::cluster::nats_options(settings.nats_url.as_str(), &trust.nats)
+        .await
+        .map_err(|e| anyhow::anyhow!("nats.creds_file: {e}"))?
         .retry_on_initial_connect()
         .connect(settings.nats_url.as_str())
         .await?;
     let names = NatsNames::new(&settings.namespace);
-    let publisher = Arc::new(Publisher::new(nats.clone(), names.clone()));
-    let fleet = Arc::new(Fleet::new(settings.heartbeat_interval));
+    let publisher = Arc::new(Publisher::new(nats.clone(), names.clone()).with_signing(
+        &settings.namespace,
+        trust.signer.clone(),
+        trust.verifier.clone(),
+    ));
+    let fleet = Arc::new(
+        Fleet::new(settings.heartbeat_interval).with_ingest_keys(trust.ingest_keys.clone()),
+    );
     let counters = settings.redis.as_ref().map(Counters::connect).transpose()?;
     let state = AppState {
         pool: pool.clone(),
@@ -152,7 +167,10 @@ fn spawn_jobs(
             pool.clone(),
             async_nats::jetstream::new(nats.clone()),
             names.clone(),
-            crate::ingest::IngestSettings::default(),
+            crate::ingest::IngestSettings {
+                keys: settings.trust.ingest_keys.clone(),
+                ..Default::default()
+            },
             stopped(stop.clone()),
         ));
     }
@@ -205,7 +223,12 @@ fn spawn_listeners(
             tracing::error!(error = %e, "admin API server failed");
         }
     });
-    let service = ConfigGrpc::server(state.publisher.subscribe());
+    let trust = &state.settings.trust;
+    let service = ConfigGrpc::server(
+        state.publisher.subscribe(),
+        TokenCheck::new(trust.grpc_tokens.clone(), trust.allow_unauthenticated_grpc),
+        trust.grpc_max_watchers,
+    );
     let mut grpc_stop = stop.clone();
     tasks.spawn(async move {
         let result = tonic::transport::Server::builder()

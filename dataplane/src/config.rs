@@ -16,7 +16,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchboard_shared::cluster::{DEFAULT_NAMESPACE, valid_namespace};
+use switchboard_shared::cluster::{DEFAULT_NAMESPACE, NatsAuth, valid_namespace};
+use switchboard_shared::cluster_trust::{IngestKeys, SnapshotVerifier};
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::Snapshot;
 use switchboard_shared::validate::{Problem, Problems};
@@ -69,6 +70,38 @@ pub struct ClusterConfig {
     /// are published from it once NATS is back (also after a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_spill_path: Option<std::path::PathBuf>,
+    /// The control plane's snapshot public key(s), base64, comma-separated: a snapshot (from
+    /// NATS, gRPC or the cache file) is installed only if signed by one of them. Several while
+    /// a signing key is rotated (`docs/security.md`). Required unless
+    /// `allow_unsigned_snapshots`.
+    #[serde(default)]
+    pub snapshot_public_keys: String,
+    /// Development only: install unsigned snapshots and send usage and heartbeats untagged
+    /// when no key is configured. Logged as a warning.
+    #[serde(default)]
+    pub allow_unsigned_snapshots: bool,
+    /// Bearer token presented to the control plane's gRPC ConfigService (one of its
+    /// `cluster.grpc_tokens`). Required with `controlplane_grpc` unless
+    /// `allow_unsigned_snapshots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlplane_grpc_token: Option<SecretRef>,
+    /// The key usage events and heartbeats are tagged with (one of the control plane's
+    /// `cluster.ingest_keys`). Required with `nats_url` unless `allow_unsigned_snapshots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_key: Option<SecretRef>,
+    /// NATS login beyond the URL's `user:password@`/`token@`: a `.creds` file or an nkey seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_creds_file: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_nkey_seed: Option<SecretRef>,
+    /// NATS TLS: the CA the server's certificate must chain to (makes TLS required, as a
+    /// `tls://` URL does), and an optional client certificate and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_ca_file: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_client_cert: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_client_key: Option<std::path::PathBuf>,
 }
 
 fn default_usage_queue_capacity() -> usize {
@@ -87,6 +120,100 @@ impl ClusterConfig {
             snapshot_cache: None,
             usage_queue_capacity: default_usage_queue_capacity(),
             usage_spill_path: None,
+            snapshot_public_keys: String::new(),
+            allow_unsigned_snapshots: false,
+            controlplane_grpc_token: None,
+            ingest_key: None,
+            nats_creds_file: None,
+            nats_nkey_seed: None,
+            nats_ca_file: None,
+            nats_client_cert: None,
+            nats_client_key: None,
+        }
+    }
+
+    /// The snapshot verifier, or `None` when unsigned snapshots are allowed and no key is
+    /// configured.
+    pub fn snapshot_verifier(&self) -> anyhow::Result<Option<SnapshotVerifier>> {
+        if self.snapshot_public_keys.trim().is_empty() && self.allow_unsigned_snapshots {
+            return Ok(None);
+        }
+        SnapshotVerifier::parse(&self.namespace, &self.snapshot_public_keys)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("cluster.snapshot_public_keys: {e}"))
+    }
+
+    /// The ingest key, resolved; `None` without one.
+    pub fn ingest_keys(&self) -> anyhow::Result<Option<IngestKeys>> {
+        let Some(secret) = &self.ingest_key else {
+            return Ok(None);
+        };
+        let value = secret
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("cluster.ingest_key: {e}"))?;
+        IngestKeys::parse(&value)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("cluster.ingest_key: {e}"))
+    }
+
+    /// The NATS login and TLS settings beyond the URL, with the nkey seed resolved.
+    pub fn nats_auth(&self) -> anyhow::Result<NatsAuth> {
+        let nkey_seed = match &self.nats_nkey_seed {
+            Some(secret) => Some(
+                secret
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("cluster.nats_nkey_seed: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(NatsAuth {
+            creds_file: self.nats_creds_file.clone(),
+            nkey_seed,
+            ca_file: self.nats_ca_file.clone(),
+            client_cert: self.nats_client_cert.clone(),
+            client_key: self.nats_client_key.clone(),
+        })
+    }
+
+    /// Problems of the keys and credentials (see each field).
+    fn validate_trust(&self, push: &mut impl FnMut(&str, &str)) {
+        // The accessors' errors name their path already.
+        let mut push = |path: &str, message: &str| {
+            push(path, message.trim_start_matches(&format!("{path}: ")));
+        };
+        let required = "is required (or, for development only, allow_unsigned_snapshots: true)";
+        if !self.allow_unsigned_snapshots {
+            if self.snapshot_public_keys.trim().is_empty() {
+                push("cluster.snapshot_public_keys", required);
+            }
+            if self.controlplane_grpc.is_some() && self.controlplane_grpc_token.is_none() {
+                push("cluster.controlplane_grpc_token", required);
+            }
+            if self.nats_url.is_some() && self.ingest_key.is_none() {
+                push("cluster.ingest_key", required);
+            }
+        }
+        if !self.snapshot_public_keys.trim().is_empty()
+            && let Err(e) = self.snapshot_verifier()
+        {
+            push("cluster.snapshot_public_keys", &e.to_string());
+        }
+        if let Err(e) = self.ingest_keys() {
+            push("cluster.ingest_key", &e.to_string());
+        }
+        if let Some(token) = &self.controlplane_grpc_token
+            && let Err(e) = token.resolve()
+        {
+            push("cluster.controlplane_grpc_token", &e.to_string());
+        }
+        match self.nats_auth() {
+            Ok(auth) => {
+                let url = self.nats_url.as_deref().unwrap_or_default();
+                for (path, message) in auth.problems(url, "cluster.nats") {
+                    push(&path, &message);
+                }
+            }
+            Err(e) => push("cluster.nats_nkey_seed", &e.to_string()),
         }
     }
 
@@ -148,6 +275,7 @@ impl ClusterConfig {
         {
             push("cluster.snapshot_cache", "must name a file");
         }
+        self.validate_trust(push);
     }
 }
 
@@ -475,10 +603,74 @@ snapshot:
     }
 
     const SERVER_ONLY: &str = "server:\n  key_pepper: { value: \"p\" }\n";
+    /// The cluster's keys, as lines of a `cluster:` section.
+    const KEYS: &str = "  snapshot_public_keys: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"\n  controlplane_grpc_token: { value: \"grpc-token-0123456789\" }\n  ingest_key: { value: \"ingest-key-0123456789\" }\n";
+
+    /// The keys as `SWITCHBOARD__CLUSTER__*` environment overrides.
+    fn key_env() -> Vec<(String, String)> {
+        [
+            (
+                "SWITCHBOARD__CLUSTER__SNAPSHOT_PUBLIC_KEYS",
+                "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=",
+            ),
+            (
+                "SWITCHBOARD__CLUSTER__CONTROLPLANE_GRPC_TOKEN__VALUE",
+                "grpc-token-0123456789",
+            ),
+            (
+                "SWITCHBOARD__CLUSTER__INGEST_KEY__VALUE",
+                "ingest-key-0123456789",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn cluster_keys_are_required_unless_explicitly_allowed_for_development() {
+        let text = format!(
+            "{SERVER_ONLY}cluster:\n  nats_url: nats://n:4222\n  controlplane_grpc: http://cp:8082\n"
+        );
+        let problems = Config::parse(&text, &[])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        for path in [
+            "cluster.snapshot_public_keys",
+            "cluster.controlplane_grpc_token",
+            "cluster.ingest_key",
+        ] {
+            assert!(problems.contains(path), "{path} missing in {problems}");
+        }
+        let dev = format!("{text}  allow_unsigned_snapshots: true\n");
+        let c = Config::parse(&dev, &[]).unwrap();
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        assert!(c.cluster.unwrap().snapshot_verifier().unwrap().is_none());
+        let bad = format!(
+            "{text}  snapshot_public_keys: \"AAAA\"\n  ingest_key: {{ value: short }}\n  nats_nkey_seed: {{ value: SUX }}\n  nats_creds_file: /etc/x.creds\n"
+        );
+        let problems = Config::parse(&bad, &[])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            problems.contains("cluster.snapshot_public_keys: must be 32 bytes"),
+            "{problems}"
+        );
+        assert!(problems.contains("cluster.ingest_key"), "{problems}");
+        assert!(
+            problems.contains("cluster.nats: use one NATS login"),
+            "{problems}"
+        );
+        assert!(!problems.contains("short"), "a secret leaked: {problems}");
+    }
 
     #[test]
     fn a_cluster_section_replaces_the_snapshot_with_defaults() {
-        let text = format!("{SERVER_ONLY}cluster:\n  nats_url: nats://127.0.0.1:4222\n");
+        let text = format!("{SERVER_ONLY}cluster:\n  nats_url: nats://127.0.0.1:4222\n{KEYS}");
         let c = Config::parse(&text, &[]).unwrap();
         assert!(c.validate().is_ok(), "{:?}", c.validate());
         let cluster = c.cluster.unwrap();
@@ -491,7 +683,8 @@ snapshot:
 
     #[test]
     fn the_environment_can_supply_the_cluster_section() {
-        let env = vec![
+        let mut env = key_env();
+        env.extend([
             (
                 "SWITCHBOARD__CLUSTER__NATS_URL".to_owned(),
                 "nats://n:4222".to_owned(),
@@ -500,7 +693,7 @@ snapshot:
                 "SWITCHBOARD__CLUSTER__HEARTBEAT_INTERVAL_MS".to_owned(),
                 "500".to_owned(),
             ),
-        ];
+        ]);
         let c = Config::parse(SERVER_ONLY, &env).unwrap();
         assert!(c.validate().is_ok(), "{:?}", c.validate());
         let cluster = c.cluster.unwrap();
@@ -510,9 +703,10 @@ snapshot:
 
     #[test]
     fn flags_make_a_server_only_file_a_cluster_config() {
-        let mut c = Config::parse(SERVER_ONLY, &[]).unwrap();
+        let c = Config::parse(SERVER_ONLY, &[]).unwrap();
         let problems = c.validate().unwrap_err().to_string();
         assert!(problems.contains("snapshot: missing"), "{problems}");
+        let mut c = Config::parse(SERVER_ONLY, &key_env()).unwrap();
         c.override_cluster(Some("http://cp:50051".into()), None);
         c.override_cluster(None, Some("nats://n:4222".into()));
         assert!(c.validate().is_ok(), "{:?}", c.validate());

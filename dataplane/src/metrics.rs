@@ -31,6 +31,8 @@ pub const DEPLOYMENT_COOLDOWNS_TOTAL: &str = "switchboard_deployment_cooldowns_t
 /// Named by the cluster contract (`docs/cluster.md`).
 pub const SNAPSHOT_REVISION: &str = "switchboard_config_revision";
 pub const SNAPSHOT_RELOADS_TOTAL: &str = "switchboard_snapshot_reloads_total";
+/// Cluster snapshots refused (unsigned, badly signed, replayed, unsealed secrets, ...).
+pub const SNAPSHOT_REFUSED_TOTAL: &str = "switchboard_snapshot_refused_total";
 pub const INFLIGHT_REQUESTS: &str = "switchboard_inflight_requests";
 /// Budget checks done without Redis (degraded), counted whatever the policy did.
 pub const BUDGET_DEGRADED_TOTAL: &str = "switchboard_budget_degraded_total";
@@ -59,6 +61,7 @@ pub const ALL: &[&str] = &[
     DEPLOYMENT_COOLDOWNS_TOTAL,
     SNAPSHOT_REVISION,
     SNAPSHOT_RELOADS_TOTAL,
+    SNAPSHOT_REFUSED_TOTAL,
     INFLIGHT_REQUESTS,
     REDIS_UP,
     LIMITS_DEGRADED_TOTAL,
@@ -124,7 +127,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    const COUNTERS: [(&str, &str); 10] = [
+    const COUNTERS: [(&str, &str); 11] = [
         (REQUESTS_TOTAL, "Requests answered, by endpoint and status."),
         (
             UPSTREAM_ATTEMPTS_TOTAL,
@@ -142,6 +145,10 @@ fn describe() {
             "Cooldowns started, by deployment.",
         ),
         (SNAPSHOT_RELOADS_TOTAL, "Snapshot loads, by result."),
+        (
+            SNAPSHOT_REFUSED_TOTAL,
+            "Cluster snapshots refused, by reason (unsigned, bad_signature, wrong_namespace, replayed, unsealed_secret, ...).",
+        ),
         (
             LIMITS_DEGRADED_TOTAL,
             "Admissions decided without Redis, by failure policy (open: local counters; closed: refused).",
@@ -408,6 +415,11 @@ pub fn count_cooldown(deployment: &str) {
 /// Counts a config reload by result (`swapped`, `unchanged`, `rejected`).
 pub fn count_reload(result: &'static str) {
     counter!(SNAPSHOT_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// Counts a refused cluster snapshot.
+pub fn count_snapshot_refused(reason: &'static str) {
+    counter!(SNAPSHOT_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Counts a budget check that could not reach Redis.

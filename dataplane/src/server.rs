@@ -180,6 +180,12 @@ pub async fn serve_until(
     config
         .validate()
         .map_err(|problems| anyhow::anyhow!("{}: {problems}", options.config_path.display()))?;
+    // One id for the heartbeats and the usage events' tags.
+    if let Some(cluster) = &mut config.cluster {
+        cluster
+            .dataplane_id
+            .get_or_insert_with(cluster::default_dataplane_id_here);
+    }
     let master_keys = master_keys_from(options.master_keys.as_deref())?;
     // Cluster mode with NATS: usage records also go to the control plane's usage stream.
     let publisher = match &config.cluster {
@@ -304,7 +310,9 @@ async fn start_usage_publisher(
     cluster: &crate::config::ClusterConfig,
 ) -> anyhow::Result<Arc<NatsUsageSink>> {
     let url = cluster.nats_url.as_deref().unwrap_or_default();
-    let client = switchboard_shared::cluster::nats_options(url)
+    let client = switchboard_shared::cluster::nats_options(url, &cluster.nats_auth()?)
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster.nats_creds_file: {e}"))?
         .retry_on_initial_connect()
         .connect(url)
         .await
@@ -316,6 +324,9 @@ async fn start_usage_publisher(
             subject: names.usage_subject,
             capacity: cluster.usage_queue_capacity,
             spill_path: cluster.usage_spill_path.clone(),
+            tag: cluster
+                .ingest_keys()?
+                .map(|keys| (cluster.dataplane_id.clone().unwrap_or_default(), keys)),
         },
     ))
 }

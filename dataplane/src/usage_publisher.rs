@@ -44,6 +44,10 @@ pub struct PublisherSettings {
     pub capacity: usize,
     /// Where records that don't fit in memory go until NATS takes them.
     pub spill_path: Option<PathBuf>,
+    /// This data plane's id and ingest key: each event carries the id and its HMAC in NATS
+    /// headers, so the control plane can tell it from a forged one (`shared::cluster_trust`).
+    /// `None`: untagged (development only).
+    pub tag: Option<(String, switchboard_shared::cluster_trust::IngestKeys)>,
 }
 
 /// A [`UsageSink`] that publishes to JetStream from a background task.
@@ -246,9 +250,15 @@ impl Publisher {
                 acks.push(None);
                 continue;
             };
-            let publish = PublishMessage::build()
-                .payload(payload.into())
-                .message_id(record.request_id.as_str());
+            let mut publish = PublishMessage::build().message_id(record.request_id.as_str());
+            if let Some((id, keys)) = &self.settings.tag {
+                use switchboard_shared::cluster_trust::{DATAPLANE_HEADER, SIGNATURE_HEADER};
+                let tag = keys.tag("usage", id, &payload);
+                publish = publish
+                    .header(DATAPLANE_HEADER, id.as_str())
+                    .header(SIGNATURE_HEADER, tag.as_str());
+            }
+            let publish = publish.payload(payload.into());
             match self
                 .jetstream
                 .send_publish(self.settings.subject.clone(), publish)

@@ -136,17 +136,98 @@ pub fn nats_login(urls: &str) -> Option<NatsLogin> {
     })
 }
 
+/// How a plane logs in to NATS and checks its server, beyond what the URL carries: an nkey
+/// seed or a `.creds` file (user JWT + nkey seed, as `nsc` writes them) instead of a
+/// user:password or token in the URL, and TLS with a CA file and an optional client
+/// certificate. A `tls://` URL or a `ca_file` makes TLS required. `Debug` never shows the seed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    /// `.creds` file (decorated user JWT and nkey seed).
+    pub creds_file: Option<std::path::PathBuf>,
+    /// nkey seed (`SU...`), resolved from its secret reference.
+    pub nkey_seed: Option<String>,
+    /// PEM CA bundle the server's certificate must chain to (otherwise the system roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for servers that verify clients.
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuth")
+            .field("creds_file", &self.creds_file)
+            .field("nkey_seed", &self.nkey_seed.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .finish()
+    }
+}
+
+impl NatsAuth {
+    /// The problems of this combination (`prefix` names the config section), for config
+    /// validation: one login method at most, cert and key together.
+    pub fn problems(&self, urls: &str, prefix: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let methods = [
+            nats_login(urls).is_some(),
+            self.creds_file.is_some(),
+            self.nkey_seed.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            out.push((
+                prefix.to_owned(),
+                "use one NATS login: user:password or token in the URL, nkey_seed, or creds_file"
+                    .to_owned(),
+            ));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            out.push((
+                format!("{prefix}.client_cert"),
+                "client_cert and client_key go together".to_owned(),
+            ));
+        }
+        out
+    }
+
+    /// Whether TLS is required: a `tls://` URL or a CA file.
+    pub fn requires_tls(&self, urls: &str) -> bool {
+        self.ca_file.is_some() || urls.split(',').any(|u| u.trim().starts_with("tls://"))
+    }
+}
+
 /// NATS client options for `urls`, logged in with the credentials they carry
-/// ([`nats_login`]). Both planes build every NATS connection from these.
+/// ([`nats_login`]) or those of `auth`, with TLS as `auth` says. Both planes build every NATS
+/// connection from these. Fails only when the `.creds` file cannot be read.
 #[cfg(feature = "nats")]
-pub fn nats_options(urls: &str) -> async_nats::ConnectOptions {
-    match nats_login(urls) {
+pub async fn nats_options(
+    urls: &str,
+    auth: &NatsAuth,
+) -> std::io::Result<async_nats::ConnectOptions> {
+    let mut options = match nats_login(urls) {
         Some(NatsLogin::UserPassword { user, password }) => {
             async_nats::ConnectOptions::with_user_and_password(user, password)
         }
         Some(NatsLogin::Token(token)) => async_nats::ConnectOptions::with_token(token),
         None => async_nats::ConnectOptions::new(),
+    };
+    if let Some(path) = &auth.creds_file {
+        options = options.credentials_file(path).await?;
     }
+    if let Some(seed) = &auth.nkey_seed {
+        options = options.nkey(seed.clone());
+    }
+    if let Some(ca) = &auth.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&auth.client_cert, &auth.client_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if auth.requires_tls(urls) {
+        options = options.require_tls(true);
+    }
+    Ok(options)
 }
 
 /// `%XX` escapes decoded (an invalid escape is kept as written).
@@ -188,6 +269,25 @@ pub struct SnapshotHead {
     /// Body size in bytes.
     pub size: u64,
     pub published_at: DateTime<Utc>,
+    /// The namespace it was published for (signed, so a head cannot be replayed into another
+    /// deployment sharing the NATS server).
+    #[serde(default)]
+    pub namespace: String,
+    /// Base64 Ed25519 signature over [`SnapshotHead::claims`]; empty when unsigned.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signature: String,
+}
+
+impl SnapshotHead {
+    /// What the signature covers: namespace, revision, content hash and `published_at`.
+    pub fn claims(&self) -> crate::cluster_trust::SnapshotClaims<'_> {
+        crate::cluster_trust::SnapshotClaims {
+            namespace: &self.namespace,
+            revision: self.revision,
+            content_hash: &self.content_hash,
+            issued_at_micros: self.published_at.timestamp_micros(),
+        }
+    }
 }
 
 /// What a data plane reports about itself.

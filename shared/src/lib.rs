@@ -16,6 +16,8 @@
 //! - [`budget`]: calendar-aligned budget periods in a time zone, and nano-dollar money.
 //! - [`sealed`]: AES-256-GCM sealing of upstream credentials under rotatable master keys.
 //! - [`cluster`]: NATS subjects, JetStream names and messages between the planes.
+//! - [`cluster_trust`]: snapshot signatures (Ed25519) and the ingest tags of usage events and
+//!   heartbeats (HMAC), so that neither plane trusts a message for arriving on NATS or gRPC.
 //! - [`fleet_keys`]: Redis keys of the deployment state that data-plane replicas share.
 //! - [`proto`]: the generated gRPC `ConfigService` (from `proto/`).
 //!
@@ -30,6 +32,7 @@
 
 pub mod budget;
 pub mod cluster;
+pub mod cluster_trust;
 pub mod fleet_keys;
 pub mod keys;
 pub mod layered_config;

@@ -3,6 +3,7 @@
 //! throwaway Redis and NATS servers for outage tests.
 
 pub mod bench;
+pub mod cluster_keys;
 pub mod mock;
 pub mod services;
 

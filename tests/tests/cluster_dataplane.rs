@@ -30,6 +30,7 @@ use http::{Method, StatusCode};
 use switchboard_shared::cluster::{
     Heartbeat, NatsNames, REVISION_HEADER, SnapshotHead, snapshot_object,
 };
+use switchboard_shared::cluster_trust::{SnapshotClaims, SnapshotSigner};
 use switchboard_shared::proto::config_service_server::{ConfigService, ConfigServiceServer};
 use switchboard_shared::proto::{
     GetSnapshotRequest, GetSnapshotResponse, SnapshotEnvelope, WatchSnapshotRequest,
@@ -37,6 +38,7 @@ use switchboard_shared::proto::{
 use switchboard_shared::sealed::MasterKeys;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::{KeyStatus, Snapshot};
+use switchboard_tests::cluster_keys::FOREIGN_SEED;
 use tokio::sync::{broadcast, watch};
 
 const MASTER_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -85,6 +87,7 @@ fn snapshot(revision: u64, key: bool) -> Snapshot {
 struct Publisher {
     js: jetstream::Context,
     names: NatsNames,
+    namespace: String,
     stream: stream::Stream,
     bucket: object_store::ObjectStore,
 }
@@ -119,12 +122,14 @@ impl Publisher {
         Publisher {
             js,
             names,
+            namespace: namespace.to_owned(),
             stream,
             bucket,
         }
     }
 
-    /// Puts the body, then moves the head forward (never backwards), as a control plane does.
+    /// Puts the body, then moves the head forward (never backwards), signed, as a control
+    /// plane does.
     async fn publish(&self, snapshot: &Snapshot) {
         let body = snapshot.to_canonical_json();
         self.put_object(&snapshot_object(snapshot.revision), &body)
@@ -135,7 +140,10 @@ impl Publisher {
             object: snapshot_object(snapshot.revision),
             size: body.len() as u64,
             published_at: chrono::Utc::now(),
+            namespace: self.namespace.clone(),
+            signature: String::new(),
         };
+        let head = signed(head);
         let last = self
             .stream
             .get_last_raw_message_by_subject(&self.names.head_subject)
@@ -195,18 +203,35 @@ impl Publisher {
     }
 }
 
+/// `head` signed with the test cluster's key.
+fn signed(mut head: SnapshotHead) -> SnapshotHead {
+    head.signature = switchboard_tests::cluster_keys::signer().sign(&head.claims());
+    head
+}
+
 /// An in-test gRPC `ConfigService` serving whatever `latest` holds.
 #[derive(Clone)]
 struct TestConfigService {
     latest: watch::Sender<Option<SnapshotEnvelope>>,
 }
 
-fn envelope(snapshot: &Snapshot) -> SnapshotEnvelope {
-    SnapshotEnvelope {
+/// `snapshot` as the control plane sends it for `namespace`, signed.
+fn envelope(namespace: &str, snapshot: &Snapshot) -> SnapshotEnvelope {
+    let mut envelope = SnapshotEnvelope {
         revision: snapshot.revision,
         content_hash: snapshot.content_hash(),
-        snapshot_json: snapshot.to_canonical_json(),
-    }
+        snapshot_json: snapshot.to_canonical_json().into(),
+        namespace: namespace.to_owned(),
+        issued_at_micros: chrono::Utc::now().timestamp_micros(),
+        signature: String::new(),
+    };
+    envelope.signature = switchboard_tests::cluster_keys::signer().sign(&SnapshotClaims {
+        namespace,
+        revision: envelope.revision,
+        content_hash: &envelope.content_hash,
+        issued_at_micros: envelope.issued_at_micros,
+    });
+    envelope
 }
 
 type EnvelopeStream =
@@ -268,6 +293,7 @@ async fn start_grpc() -> (String, TestConfigService, tokio::task::JoinHandle<()>
 fn cluster_config(namespace: &str, nats: Option<String>, grpc: Option<String>) -> ClusterConfig {
     let mut c = ClusterConfig::with_urls(grpc, nats);
     c.namespace = namespace.to_owned();
+    common::cluster::trust(&mut c);
     c
 }
 
@@ -363,14 +389,15 @@ async fn bootstraps_from_nats_then_follows_each_revision_within_a_second() {
     publisher.publish(&snapshot(1, false)).await;
 
     // The real entry point, as `dataplane serve --nats URL` runs it; the file names only the
-    // namespace besides the server section.
+    // namespace and the cluster's keys besides the server section.
     let dir = std::env::temp_dir().join(format!("switchboard-{namespace}"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("config.yaml");
     std::fs::write(
         &path,
         format!(
-            "server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n  namespace: {namespace}\n"
+            "server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n  namespace: {namespace}\n{}",
+            common::cluster::trust_yaml()
         ),
     )
     .unwrap();
@@ -427,12 +454,13 @@ async fn bootstraps_from_nats_then_follows_each_revision_within_a_second() {
 
 #[tokio::test]
 async fn bootstraps_from_grpc_when_nats_is_unreachable_and_follows_watch() {
+    let namespace = unique_namespace();
     let (grpc_url, service, _grpc) = start_grpc().await;
     service
         .latest
-        .send_replace(Some(envelope(&snapshot(3, false))));
+        .send_replace(Some(envelope(&namespace, &snapshot(3, false))));
     let dead_nats = format!("nats://{}", dead_addr().await);
-    let config = cluster_config(&unique_namespace(), Some(dead_nats), Some(grpc_url));
+    let config = cluster_config(&namespace, Some(dead_nats), Some(grpc_url));
     let (gateway, cluster) = start_dataplane(&config, None).await;
     let base = gateway.url("");
 
@@ -443,12 +471,12 @@ async fn bootstraps_from_grpc_when_nats_is_unreachable_and_follows_watch() {
     // WatchSnapshot carries the next revisions while NATS stays down.
     service
         .latest
-        .send_replace(Some(envelope(&snapshot(4, true))));
+        .send_replace(Some(envelope(&namespace, &snapshot(4, true))));
     let took = until_key_answers(&base, StatusCode::OK).await;
     assert!(took < WITHIN, "took {took:?}");
     service
         .latest
-        .send_replace(Some(envelope(&snapshot(5, false))));
+        .send_replace(Some(envelope(&namespace, &snapshot(5, false))));
     let took = until_key_answers(&base, StatusCode::UNAUTHORIZED).await;
     assert!(took < WITHIN, "took {took:?}");
     assert_eq!(
@@ -478,13 +506,15 @@ async fn older_revisions_and_hash_mismatches_are_ignored() {
         .put_object(&snapshot_object(3), &older.to_canonical_json())
         .await;
     publisher
-        .force_head(&SnapshotHead {
+        .force_head(&signed(SnapshotHead {
             revision: 3,
             content_hash: older.content_hash(),
             object: snapshot_object(3),
             size: older.to_canonical_json().len() as u64,
             published_at: chrono::Utc::now(),
-        })
+            namespace: namespace.clone(),
+            signature: String::new(),
+        }))
         .await;
     assert_eq!(
         event_for(&mut events, 3).await.outcome,
@@ -498,13 +528,15 @@ async fn older_revisions_and_hash_mismatches_are_ignored() {
     let body = tampered.to_canonical_json();
     publisher.put_object(&snapshot_object(6), &body).await;
     publisher
-        .force_head(&SnapshotHead {
+        .force_head(&signed(SnapshotHead {
             revision: 6,
             content_hash: announced.content_hash(),
             object: snapshot_object(6),
             size: body.len() as u64,
             published_at: chrono::Utc::now(),
-        })
+            namespace: namespace.clone(),
+            signature: String::new(),
+        }))
         .await;
     match event_for(&mut events, 6).await.outcome {
         Outcome::Rejected(reason) => {
@@ -625,6 +657,7 @@ fn sealed_snapshot(revision: u64, keys: &MasterKeys, upstream: &str) -> Snapshot
 
 #[tokio::test]
 async fn sealed_credentials_are_opened_with_the_master_keys() {
+    let namespace = unique_namespace();
     let mock = MockUpstream::start().await.unwrap();
     let keys = MasterKeys::parse(MASTER_KEYS).unwrap();
     let sealed = sealed_snapshot(2, &keys, &mock.base_url());
@@ -632,8 +665,10 @@ async fn sealed_credentials_are_opened_with_the_master_keys() {
     assert!(!wire.contains(UPSTREAM_SECRET), "sealed on the wire");
 
     let (grpc_url, service, _grpc) = start_grpc().await;
-    service.latest.send_replace(Some(envelope(&sealed)));
-    let config = cluster_config(&unique_namespace(), None, Some(grpc_url));
+    service
+        .latest
+        .send_replace(Some(envelope(&namespace, &sealed)));
+    let config = cluster_config(&namespace, None, Some(grpc_url));
     let (gateway, _cluster) = start_dataplane(&config, Some(keys)).await;
     until_ready(&gateway.url("")).await;
 
@@ -654,13 +689,16 @@ async fn sealed_credentials_are_opened_with_the_master_keys() {
 
 #[tokio::test]
 async fn a_sealed_credential_without_master_keys_is_a_clear_error() {
+    let namespace = unique_namespace();
     let keys = MasterKeys::parse(MASTER_KEYS).unwrap();
     let sealed = sealed_snapshot(2, &keys, "http://127.0.0.1:9/v1");
     let (grpc_url, service, _grpc) = start_grpc().await;
-    let config = cluster_config(&unique_namespace(), None, Some(grpc_url));
+    let config = cluster_config(&namespace, None, Some(grpc_url));
     let (gateway, cluster) = start_dataplane(&config, None).await;
     let mut events = cluster.installer().subscribe();
-    service.latest.send_replace(Some(envelope(&sealed)));
+    service
+        .latest
+        .send_replace(Some(envelope(&namespace, &sealed)));
 
     match event_for(&mut events, 2).await.outcome {
         Outcome::Rejected(reason) => {
@@ -686,7 +724,7 @@ async fn follows_grpc_while_nats_is_down_and_returns_to_nats() {
     let (grpc_url, service, _grpc) = start_grpc().await;
     service
         .latest
-        .send_replace(Some(envelope(&snapshot(1, false))));
+        .send_replace(Some(envelope(&namespace, &snapshot(1, false))));
     let config = cluster_config(&namespace, Some(nats.url()), Some(grpc_url));
     let (gateway, cluster) = start_dataplane(&config, None).await;
     let base = gateway.url("");
@@ -707,7 +745,7 @@ async fn follows_grpc_while_nats_is_down_and_returns_to_nats() {
     drop(publisher);
     service
         .latest
-        .send_replace(Some(envelope(&snapshot(3, false))));
+        .send_replace(Some(envelope(&namespace, &snapshot(3, false))));
     let event = event_for(&mut events, 3).await;
     assert_eq!(
         (event.source, event.outcome),
@@ -769,4 +807,176 @@ async fn two_data_planes_follow_100_changes_within_a_second_each() {
         took[49], took[98], took[99]
     );
     publisher.delete().await;
+}
+
+/// A head for `snapshot` in `namespace`, as is (unsigned until a test signs it).
+fn head_for(namespace: &str, snapshot: &Snapshot) -> SnapshotHead {
+    SnapshotHead {
+        revision: snapshot.revision,
+        content_hash: snapshot.content_hash(),
+        object: snapshot_object(snapshot.revision),
+        size: snapshot.to_canonical_json().len() as u64,
+        published_at: chrono::Utc::now(),
+        namespace: namespace.to_owned(),
+        signature: String::new(),
+    }
+}
+
+/// The refusal counter's line for `reason` in the data plane's `/metrics`, if present.
+async fn refused_metric(base: &str, reason: &str) -> Option<String> {
+    let text = get(&format!("{base}/metrics"), None).await.text();
+    text.lines()
+        .find(|l| {
+            l.starts_with("switchboard_snapshot_refused_total")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn unsigned_forged_foreign_and_replayed_snapshots_are_refused_and_counted() {
+    let namespace = unique_namespace();
+    let publisher = Publisher::new(&namespace).await;
+    publisher.publish(&snapshot(5, true)).await;
+    let config = cluster_config(&namespace, Some(nats_url()), None);
+    let (gateway, cluster) = start_dataplane(&config, None).await;
+    let base = gateway.url("");
+    assert_eq!(until_ready(&base).await.json()["revision"], 5);
+    let mut events = cluster.installer().subscribe();
+    let foreign = SnapshotSigner::from_base64(FOREIGN_SEED).unwrap();
+
+    // Each body is in the object store with a head whose SHA-256 matches it: only the
+    // signature is wrong. Each would revoke the key.
+    let mut refusals: Vec<(u64, &str, SnapshotHead)> = Vec::new();
+    let unsigned = snapshot(6, false);
+    refusals.push((6, "not signed", head_for(&namespace, &unsigned)));
+    let mut by_foreign_key = head_for(&namespace, &snapshot(7, false));
+    by_foreign_key.signature = foreign.sign(&by_foreign_key.claims());
+    refusals.push((7, "not valid", by_foreign_key));
+    // Signed by the right key, but for another deployment sharing the NATS server.
+    let mut other_namespace = head_for("someone-else", &snapshot(8, false));
+    other_namespace.signature =
+        switchboard_tests::cluster_keys::signer().sign(&other_namespace.claims());
+    refusals.push((8, "namespace", other_namespace));
+    // The freeze: revision u64::MAX, correct hash, no valid signature.
+    let mut frozen = head_for(&namespace, &snapshot(u64::MAX, false));
+    frozen.signature = foreign.sign(&frozen.claims());
+    refusals.push((u64::MAX, "not valid", frozen));
+    for (revision, why, head) in refusals {
+        let body = snapshot(revision, false).to_canonical_json();
+        publisher
+            .put_object(&snapshot_object(revision), &body)
+            .await;
+        publisher.force_head(&head).await;
+        match event_for(&mut events, revision).await.outcome {
+            Outcome::Rejected(reason) => assert!(reason.contains(why), "{revision}: {reason}"),
+            other => panic!("revision {revision} was not refused: {other:?}"),
+        }
+        assert_eq!(gateway.state.revision(), 5, "after revision {revision}");
+    }
+    // A replay of an older, genuinely signed head: not installed either.
+    let replayed = signed(head_for(&namespace, &snapshot(3, false)));
+    publisher
+        .put_object(&snapshot_object(3), &snapshot(3, false).to_canonical_json())
+        .await;
+    publisher.force_head(&replayed).await;
+    assert_eq!(
+        event_for(&mut events, 3).await.outcome,
+        Outcome::Stale { serving: 5 }
+    );
+    // Still serving revision 5 with the key working, and every refusal is counted.
+    let reply = get(&format!("{base}/v1/models"), Some(KEY)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(revision_header(&reply), 5);
+    for reason in ["unsigned", "bad_signature", "wrong_namespace", "replayed"] {
+        assert!(
+            refused_metric(&base, reason).await.is_some(),
+            "no switchboard_snapshot_refused_total{{reason=\"{reason}\"}}"
+        );
+    }
+    // Not frozen: the next signed revision installs (the u64::MAX head was never believed).
+    let mut next = head_for(&namespace, &snapshot(9, false));
+    next.published_at = chrono::Utc::now();
+    publisher
+        .put_object(&snapshot_object(9), &snapshot(9, false).to_canonical_json())
+        .await;
+    publisher.force_head(&signed(next)).await;
+    assert_eq!(event_for(&mut events, 9).await.outcome, Outcome::Installed);
+    until_key_answers(&base, StatusCode::UNAUTHORIZED).await;
+    publisher.delete().await;
+}
+
+#[tokio::test]
+async fn a_cluster_snapshot_with_an_env_or_value_secret_is_refused() {
+    let namespace = unique_namespace();
+    let (grpc_url, service, _grpc) = start_grpc().await;
+    let config = cluster_config(&namespace, None, Some(grpc_url));
+    let (gateway, cluster) = start_dataplane(&config, None).await;
+    let mut events = cluster.installer().subscribe();
+    for (revision, secret) in [
+        (2, SecretRef::Env("SWITCHBOARD_MASTER_KEYS".into())),
+        (3, SecretRef::Value("sk-inline".into())),
+    ] {
+        let mut s = sealed_snapshot(
+            revision,
+            &MasterKeys::parse(MASTER_KEYS).unwrap(),
+            "http://127.0.0.1:9/v1",
+        );
+        s.providers[0].api_key = Some(secret);
+        service.latest.send_replace(Some(envelope(&namespace, &s)));
+        match event_for(&mut events, revision).await.outcome {
+            Outcome::Rejected(reason) => assert!(
+                reason.contains("providers[up].api_key is not sealed"),
+                "{reason}"
+            ),
+            other => panic!("revision {revision}: {other:?}"),
+        }
+    }
+    assert_eq!(gateway.state.revision(), 0);
+    assert!(
+        refused_metric(&gateway.url(""), "unsealed_secret")
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_cache_file_without_a_valid_signature_is_refused_at_start() {
+    let namespace = unique_namespace();
+    let dir: PathBuf = std::env::temp_dir().join(format!("switchboard-{namespace}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = dir.join("snapshot.json");
+    let good = snapshot(u64::MAX, true);
+    let foreign = SnapshotSigner::from_base64(FOREIGN_SEED).unwrap();
+    let mut forged_head = head_for(&namespace, &good);
+    forged_head.signature = foreign.sign(&forged_head.claims());
+    let forged_line = serde_json::json!({
+        "revision": forged_head.revision,
+        "content_hash": forged_head.content_hash,
+        "namespace": namespace,
+        "issued_at_micros": forged_head.published_at.timestamp_micros(),
+        "signature": forged_head.signature,
+    });
+    // An older release's file (the body alone) and a file with a head signed by another key.
+    let files = [
+        good.to_canonical_json(),
+        [
+            format!("switchboard-snapshot-cache-v1 {forged_line}\n").into_bytes(),
+            good.to_canonical_json(),
+        ]
+        .concat(),
+    ];
+    for contents in files {
+        std::fs::write(&cache, contents).unwrap();
+        let mut config = cluster_config(
+            &namespace,
+            Some(format!("nats://{}", dead_addr().await)),
+            None,
+        );
+        config.snapshot_cache = Some(cache.clone());
+        let (gateway, _cluster) = start_dataplane(&config, None).await;
+        assert_eq!(gateway.state.revision(), 0, "a forged cache was installed");
+        get(&gateway.url("/readyz"), None).await.openai_error(503);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -32,6 +32,7 @@ async fn data_plane(
     cluster.namespace = namespace.to_owned();
     cluster.snapshot_cache = Some(cache.to_path_buf());
     cluster.heartbeat_interval_ms = 500;
+    common::cluster::trust(&mut cluster);
     let section: String = serde_yaml_ng::to_string(&cluster)
         .unwrap()
         .lines()
@@ -261,6 +262,7 @@ async fn usage_from_data_planes_becomes_one_spend_row_per_request(pool: PgPool) 
             subject: names.usage_subject.clone(),
             capacity: 1000,
             spill_path: None,
+            tag: common::cluster::usage_tag("dp-e2e"),
         },
     );
     const N: usize = 40;

@@ -132,7 +132,9 @@ async fn login(
     let errors = Arc::new(Mutex::new(Vec::new()));
     let sink = errors.clone();
     let url = nats.url_as(user, password);
-    let client = nats_options(&url)
+    let client = nats_options(&url, &Default::default())
+        .await
+        .unwrap()
         .event_callback(move |event| {
             let sink = sink.clone();
             async move {
@@ -212,6 +214,8 @@ async fn publish_as_controlplane(js: &jetstream::Context, names: &NatsNames) -> 
         object,
         size: body.len() as u64,
         published_at: chrono::Utc::now(),
+        namespace: String::new(),
+        signature: String::new(),
     };
     js.publish(
         names.head_subject.clone(),
@@ -464,7 +468,9 @@ async fn only_known_users_with_their_password_get_in() {
         ("controlplane", DATAPLANE_PASSWORD),
         ("nobody", "x"),
     ] {
-        let login = nats_options(&nats.url_as(user, password))
+        let login = nats_options(&nats.url_as(user, password), &Default::default())
+            .await
+            .unwrap()
             .connect(nats.url())
             .await;
         assert!(login.is_err(), "{user} got in with a wrong password");

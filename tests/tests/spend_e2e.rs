@@ -294,13 +294,14 @@ impl Cluster {
         let config = format!(
             "server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\n  shutdown_grace_seconds: 1\n\
              cluster:\n  namespace: {ns}\n  nats_url: \"{nats}\"\n  controlplane_grpc: \"{grpc}\"\n  \
-             heartbeat_interval_ms: 500\n  snapshot_cache: \"{cache}\"\n  usage_spill_path: \"{spill}\"\n{redis}",
+             heartbeat_interval_ms: 500\n  snapshot_cache: \"{cache}\"\n  usage_spill_path: \"{spill}\"\n{trust}{redis}",
             ns = self.namespace,
             nats = self.nats,
             grpc = self.cp.grpc,
             cache = dir.join(format!("{name}.snapshot.json")).display(),
             spill = dir.join(format!("{name}.usage.jsonl")).display(),
             redis = self.redis_yaml,
+            trust = common::cluster::trust_yaml(),
         );
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, config).unwrap();

@@ -95,6 +95,7 @@ async fn wait_for_count(stream: &mut stream::Stream, want: u64, within: Duration
 fn settings(names: &NatsNames, capacity: usize, spill: Option<&Path>) -> PublisherSettings {
     PublisherSettings {
         subject: names.usage_subject.clone(),
+        tag: None,
         capacity,
         spill_path: spill.map(Path::to_path_buf),
     }

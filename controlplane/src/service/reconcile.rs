@@ -26,7 +26,12 @@ pub async fn reconcile(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<u
     }
     let latest = publisher.subscribe().borrow().clone();
     if let Some(latest) = latest {
-        let head = publisher.head().await?.map_or(0, |(_, h)| h.revision);
+        // A head that does not verify counts as none: it is published over.
+        let head = publisher
+            .head()
+            .await?
+            .and_then(|(_, h)| h)
+            .map_or(0, |h| h.revision);
         if head < latest.revision {
             tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&latest))
                 .await

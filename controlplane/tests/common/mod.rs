@@ -54,6 +54,9 @@ pub fn settings(namespace: &str) -> Settings {
         spend: controlplane::config::SpendConfig::default(),
         prices: controlplane::config::PricesConfig::default(),
         redis: None,
+        // These tests are about the admin API, not the cluster channels (those are in
+        // tests/tests/cluster_*.rs, with keys): development mode.
+        trust: controlplane::config::ClusterTrust::development(),
         ui: Default::default(),
     }
 }

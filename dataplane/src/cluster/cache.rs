@@ -1,7 +1,10 @@
 //! The last good snapshot on disk, so a data plane can start serving while the control plane
 //! (and NATS) are down.
 //!
-//! The file holds the snapshot's canonical JSON, exactly as it arrived. It is replaced
+//! The file holds a first line `switchboard-snapshot-cache-v1 <signed head as JSON>` and then
+//! the snapshot's canonical JSON, exactly as it arrived: the installer checks the head's
+//! signature at start as it does for NATS and gRPC, so a file someone wrote (or an older
+//! release's file, which has no head line) is refused when signatures are required. It is replaced
 //! atomically: written to a temporary file beside it, flushed to disk, renamed over the old
 //! one, and the directory flushed — a crash leaves either the old file or the new one, never
 //! half of one. The file is readable and writable by its owner only (mode 0600 on Unix,
@@ -11,17 +14,38 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-/// The cached body, or `None` when there is no cache file yet.
-pub fn load(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(body) => Ok(Some(body)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+use crate::cluster::install::Announced;
+
+/// The first word of the head line.
+const MAGIC: &[u8] = b"switchboard-snapshot-cache-v1 ";
+
+/// The cached head (if the file has a readable one) and body, or `None` when there is no
+/// cache file yet.
+pub fn load(path: &Path) -> io::Result<Option<(Option<Announced>, Vec<u8>)>> {
+    let file = match fs::read(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if let Some(rest) = file.strip_prefix(MAGIC)
+        && let Some(end) = rest.iter().position(|b| *b == b'\n')
+    {
+        let head = serde_json::from_slice::<Announced>(&rest[..end]).ok();
+        return Ok(Some((head, rest[end + 1..].to_vec())));
     }
+    Ok(Some((None, file)))
 }
 
-/// Replaces the cache file with `body`, atomically.
-pub fn store(path: &Path, body: &[u8]) -> io::Result<()> {
+/// Replaces the cache file with `announced` and `body`, atomically.
+pub fn store(path: &Path, announced: Option<&Announced>, body: &[u8]) -> io::Result<()> {
+    let mut contents = Vec::with_capacity(body.len() + 512);
+    if let Some(head) = announced {
+        contents.extend_from_slice(MAGIC);
+        serde_json::to_writer(&mut contents, head)?;
+        contents.push(b'\n');
+    }
+    contents.extend_from_slice(body);
+    let body = contents.as_slice();
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -88,9 +112,23 @@ mod tests {
         let dir = scratch_dir("test");
         let path = dir.join("nested").join("snapshot.json");
         assert_eq!(load(&path).unwrap(), None);
-        store(&path, b"{\"revision\":1}").unwrap();
-        store(&path, b"{\"revision\":2}").unwrap();
-        assert_eq!(load(&path).unwrap().unwrap(), b"{\"revision\":2}");
+        store(&path, None, b"{\"revision\":1}").unwrap();
+        assert_eq!(
+            load(&path).unwrap().unwrap(),
+            (None, b"{\"revision\":1}".to_vec())
+        );
+        let head = Announced {
+            revision: 2,
+            content_hash: "ab".into(),
+            namespace: "ns".into(),
+            issued_at_micros: 5,
+            signature: "c2ln".into(),
+        };
+        store(&path, Some(&head), b"{\"revision\":2}").unwrap();
+        assert_eq!(
+            load(&path).unwrap().unwrap(),
+            (Some(head), b"{\"revision\":2}".to_vec())
+        );
         assert!(!temporary_path(&path).exists());
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -106,10 +144,10 @@ mod tests {
         // mode on.
         fs::write(temporary_path(&path), b"old").unwrap();
         fs::set_permissions(temporary_path(&path), fs::Permissions::from_mode(0o644)).unwrap();
-        store(&path, b"{\"revision\":1}").unwrap();
+        store(&path, None, b"{\"revision\":1}").unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "cache file mode {mode:o}");
-        store(&path, b"{\"revision\":2}").unwrap();
+        store(&path, None, b"{\"revision\":2}").unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "replaced cache file mode {mode:o}");
         fs::remove_dir_all(&dir).unwrap();

@@ -6,15 +6,18 @@
 //!   (if newer) and then each new revision; it reconnects until the caller stops it, which
 //!   the follower does as soon as NATS works again.
 //!
-//! Both carry the same canonical JSON and content hash as NATS, so the [`Installer`] checks
-//! them the same way, and a revision that arrives on both paths is installed once.
+//! Both carry the same canonical JSON, content hash and signature as NATS, so the
+//! [`Installer`] checks them the same way, and a revision that arrives on both paths is
+//! installed once. Every call carries `authorization: Bearer <cluster.controlplane_grpc_token>`.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use switchboard_shared::cluster::MAX_SNAPSHOT_BYTES;
 use switchboard_shared::proto::config_service_client::ConfigServiceClient;
 use switchboard_shared::proto::{GetSnapshotRequest, SnapshotEnvelope, WatchSnapshotRequest};
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cluster::install::{Announced, Installer, Offer, Source};
@@ -23,18 +26,53 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
+}
+
 /// A lazily connected `ConfigService` client.
 #[derive(Debug, Clone)]
 pub struct GrpcSource {
-    client: ConfigServiceClient<Channel>,
+    client: ConfigServiceClient<InterceptedService<Channel, Bearer>>,
     /// For logs, without credentials.
     url: String,
     dataplane_id: String,
 }
 
 impl GrpcSource {
-    /// Prepares the client; nothing is dialled until the first call.
-    pub fn new(url: &str, dataplane_id: &str) -> anyhow::Result<Self> {
+    /// Prepares the client, presenting `token` if given; nothing is dialled until the first
+    /// call.
+    pub fn new(url: &str, token: Option<&str>, dataplane_id: &str) -> anyhow::Result<Self> {
+        let bearer = match token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse::<MetadataValue<tonic::metadata::Ascii>>()
+                    .map_err(|_| {
+                        anyhow::anyhow!("cluster.controlplane_grpc_token: not a valid header value")
+                    })?,
+            ),
+            None => None,
+        };
         let channel = Endpoint::from_shared(url.to_owned())
             .map_err(|e| anyhow::anyhow!("cluster.controlplane_grpc: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -44,7 +82,7 @@ impl GrpcSource {
             .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(Self {
-            client: ConfigServiceClient::new(channel)
+            client: ConfigServiceClient::with_interceptor(channel, Bearer(bearer))
                 .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
                 .max_encoding_message_size(MAX_SNAPSHOT_BYTES),
             url: crate::config::redacted_url(url),
@@ -135,6 +173,7 @@ impl GrpcSource {
 }
 
 async fn offer(envelope: SnapshotEnvelope, installer: &Installer) {
+    // `offer` checks the origin before the revision is believed; a stale one skips early.
     if installer.skip_stale(Source::Grpc, envelope.revision) {
         return;
     }
@@ -144,8 +183,11 @@ async fn offer(envelope: SnapshotEnvelope, installer: &Installer) {
             announced: Some(Announced {
                 revision: envelope.revision,
                 content_hash: envelope.content_hash,
+                namespace: envelope.namespace,
+                issued_at_micros: envelope.issued_at_micros,
+                signature: envelope.signature,
             }),
-            body: Bytes::from(envelope.snapshot_json),
+            body: envelope.snapshot_json,
         })
         .await;
 }

@@ -4,6 +4,9 @@
 //! control plane learns within milliseconds that a write has reached this replica (what an
 //! admin write's `?wait_ms=` waits for). Skipped while NATS is disconnected: heartbeats are
 //! about now, and a backlog flushed on reconnection would only report the past.
+//!
+//! Each carries this data plane's id and its HMAC under the ingest key in NATS headers
+//! (`shared::cluster_trust`), so the control plane can tell it from a forged one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use async_nats::Client;
 use async_nats::connection::State;
 use chrono::{DateTime, Utc};
 use switchboard_shared::cluster::Heartbeat;
+use switchboard_shared::cluster_trust::{DATAPLANE_HEADER, IngestKeys, SIGNATURE_HEADER};
 use tokio::sync::watch;
 
 use crate::state::AppState;
@@ -49,6 +53,7 @@ pub async fn run(
     client: Client,
     subject: String,
     identity: Identity,
+    keys: Option<IngestKeys>,
     state: Arc<AppState>,
     mut installed: watch::Receiver<u64>,
     interval: Duration,
@@ -75,7 +80,16 @@ pub async fn run(
                 continue;
             }
         };
-        if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(DATAPLANE_HEADER, identity.dataplane_id.as_str());
+        if let Some(keys) = &keys {
+            let tag = keys.tag("heartbeat", &identity.dataplane_id, &payload);
+            headers.insert(SIGNATURE_HEADER, tag.as_str());
+        }
+        if let Err(e) = client
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+        {
             tracing::debug!(error = %e, "heartbeat not sent");
         }
     }

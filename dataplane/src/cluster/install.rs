@@ -11,16 +11,28 @@
 //! ask the same gate first, to skip the fetch.
 //! Anything that fails is logged and skipped; the old snapshot keeps serving.
 //!
+//! Before any of that, the origin: with a [`SnapshotVerifier`] (the control plane's public
+//! keys, `cluster.snapshot_public_keys`) an offer is refused unless its [`Announced`] claims —
+//! namespace, revision, content hash, issue time — carry a valid signature, whichever source
+//! it came from (the cache keeps the signed head beside the body). A cluster snapshot must also
+//! hold its secrets sealed: an `{env: NAME}` or `{value}` in it is refused, since it would read
+//! this process's environment. Every refusal is counted in `switchboard_snapshot_refused_total`
+//! by reason (a replay of a lower revision too) and logged once per revision.
+//!
 //! The CPU-heavy part (hashing, parsing and compiling a snapshot of 100,000 keys) runs on a
 //! blocking thread so that the request path is never stalled behind it.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use switchboard_shared::cluster::MAX_SNAPSHOT_BYTES;
+use switchboard_shared::cluster_trust::{SnapshotClaims, SnapshotVerifier};
+use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::Snapshot;
 use tokio::sync::{Mutex, broadcast, watch};
 
@@ -46,12 +58,31 @@ impl Source {
     }
 }
 
-/// What the sender says the body is (the cache announces nothing: its body speaks for itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the sender says the body is, and the control plane's signature over it (kept in the
+/// cache file beside the body).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announced {
     pub revision: u64,
     /// Hex SHA-256 of the body.
     pub content_hash: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub issued_at_micros: i64,
+    /// Base64 Ed25519 signature over the other fields; empty when unsigned.
+    #[serde(default)]
+    pub signature: String,
+}
+
+impl Announced {
+    pub fn claims(&self) -> SnapshotClaims<'_> {
+        SnapshotClaims {
+            namespace: &self.namespace,
+            revision: self.revision,
+            content_hash: &self.content_hash,
+            issued_at_micros: self.issued_at_micros,
+        }
+    }
 }
 
 /// A snapshot body offered for installation.
@@ -91,6 +122,10 @@ pub struct Installer {
     events: broadcast::Sender<Event>,
     served: watch::Sender<u64>,
     live: AtomicBool,
+    /// `None` (development only, `allow_unsigned_snapshots`): origins are not checked.
+    verifier: Option<SnapshotVerifier>,
+    /// Revisions whose refusal was logged at error level (the last few).
+    logged: std::sync::Mutex<VecDeque<u64>>,
 }
 
 impl std::fmt::Debug for Installer {
@@ -113,7 +148,47 @@ impl Installer {
             events: broadcast::channel(64).0,
             served,
             live: AtomicBool::new(false),
+            verifier: None,
+            logged: std::sync::Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Installs only snapshots signed under `verifier`'s keys (see the module docs).
+    pub fn with_verifier(mut self, verifier: Option<SnapshotVerifier>) -> Self {
+        self.verifier = verifier;
+        self
+    }
+
+    /// True (and the refusal recorded) when `announced` is not signed by a trusted key for
+    /// this namespace. Sources call it before fetching a body; [`Installer::offer`] again.
+    pub fn refuse_untrusted(&self, source: Source, announced: Option<&Announced>) -> bool {
+        let Some(verifier) = &self.verifier else {
+            return false;
+        };
+        let checked = match announced {
+            None => Err(switchboard_shared::cluster_trust::TrustError::Unsigned),
+            Some(a) => verifier.verify(&a.claims(), &a.signature),
+        };
+        let Err(e) = checked else {
+            return false;
+        };
+        self.refuse(
+            source,
+            announced.map_or(0, |a| a.revision),
+            e.reason(),
+            e.to_string(),
+        );
+        true
+    }
+
+    /// Records a refusal with its metric `reason`.
+    fn refuse(&self, source: Source, revision: u64, reason: &'static str, detail: String) {
+        metrics::count_snapshot_refused(reason);
+        self.record(Event {
+            source,
+            revision,
+            outcome: Outcome::Rejected(detail),
+        });
     }
 
     pub fn state(&self) -> &Arc<AppState> {
@@ -142,6 +217,10 @@ impl Installer {
         else {
             return false;
         };
+        if revision < serving {
+            // A replay of an older snapshot: harmless, but someone (or something) sent it.
+            metrics::count_snapshot_refused("replayed");
+        }
         self.record(Event {
             source,
             revision,
@@ -153,11 +232,7 @@ impl Installer {
     /// Records that a source could not even produce a body for `revision` (a head that does
     /// not parse, an object that is gone).
     pub fn reject(&self, source: Source, revision: u64, reason: String) {
-        self.record(Event {
-            source,
-            revision,
-            outcome: Outcome::Rejected(reason),
-        });
+        self.refuse(source, revision, "unreadable", reason);
     }
 
     /// Checks and installs `offer` if it is newer than what is served; one offer at a time.
@@ -165,6 +240,9 @@ impl Installer {
         let _turn = self.turn.lock().await;
         let source = offer.source;
         let announced_revision = offer.announced.as_ref().map_or(0, |a| a.revision);
+        if self.refuse_untrusted(source, offer.announced.as_ref()) {
+            return Outcome::Rejected("untrusted origin".into());
+        }
         if announced_revision != 0 && self.skip_stale(source, announced_revision) {
             return Outcome::Stale {
                 serving: self.state.revision(),
@@ -178,18 +256,22 @@ impl Installer {
                 && source != Source::Cache
                 && let Some(path) = cache
             {
-                write_cache(&path, &offer.body, done.0);
+                write_cache(&path, offer.announced.as_ref(), &offer.body, done.0);
             }
             done
         })
         .await;
-        let (revision, outcome) = match checked {
+        let (revision, outcome, reason) = match checked {
             Ok(done) => done,
             Err(e) => (
                 announced_revision,
                 Outcome::Rejected(format!("installation failed: {e}")),
+                "failed",
             ),
         };
+        if matches!(outcome, Outcome::Rejected(_)) {
+            metrics::count_snapshot_refused(reason);
+        }
         if outcome == Outcome::Installed {
             if source != Source::Cache {
                 self.live.store(true, Ordering::Relaxed);
@@ -220,6 +302,15 @@ impl Installer {
                     "snapshot not newer than the one served; ignored"
                 );
             }
+            Outcome::Rejected(reason) if !self.first_refusal_of(revision) => {
+                metrics::count_reload("rejected");
+                tracing::debug!(
+                    revision,
+                    source,
+                    reason = %reason,
+                    "snapshot rejected again"
+                );
+            }
             Outcome::Rejected(reason) => {
                 metrics::count_reload("rejected");
                 tracing::error!(
@@ -235,6 +326,21 @@ impl Installer {
         let _ = self.events.send(event);
     }
 
+    /// Whether no refusal of `revision` has been logged yet (and notes it as logged).
+    fn first_refusal_of(&self, revision: u64) -> bool {
+        let Ok(mut logged) = self.logged.lock() else {
+            return true;
+        };
+        if logged.contains(&revision) {
+            return false;
+        }
+        if logged.len() >= 32 {
+            logged.pop_front();
+        }
+        logged.push_back(revision);
+        true
+    }
+
     /// Offers the cache file's snapshot, if there is a cache and it holds one.
     pub async fn load_cache(&self) -> Option<Outcome> {
         let path = self.cache.clone()?;
@@ -243,10 +349,10 @@ impl Installer {
         })
         .await;
         match read {
-            Ok(Ok(Some(body))) => Some(
+            Ok(Ok(Some((announced, body)))) => Some(
                 self.offer(Offer {
                     source: Source::Cache,
-                    announced: None,
+                    announced,
                     body: Bytes::from(body),
                 })
                 .await,
@@ -265,48 +371,98 @@ impl Installer {
     }
 }
 
-/// Hash check, parse, announced-revision check, then the gate, validation and swap. Returns the revision it is about.
-fn check_and_install(state: &AppState, offer: &Offer) -> (u64, Outcome) {
+/// Hash check, parse, announced-revision check, sealed secrets only, then the gate,
+/// validation and swap. Returns the revision it is about, and the refusal reason (a metric
+/// label) for a rejection.
+fn check_and_install(state: &AppState, offer: &Offer) -> (u64, Outcome, &'static str) {
     let announced_revision = offer.announced.as_ref().map_or(0, |a| a.revision);
-    let reject = |reason: String| (announced_revision, Outcome::Rejected(reason));
+    let reject = |label: &'static str, reason: String| {
+        (announced_revision, Outcome::Rejected(reason), label)
+    };
     if offer.body.len() > MAX_SNAPSHOT_BYTES {
-        return reject(format!(
-            "snapshot is {} bytes, more than the {MAX_SNAPSHOT_BYTES} accepted",
-            offer.body.len()
-        ));
+        return reject(
+            "too_large",
+            format!(
+                "snapshot is {} bytes, more than the {MAX_SNAPSHOT_BYTES} accepted",
+                offer.body.len()
+            ),
+        );
     }
     if let Some(announced) = &offer.announced {
         let actual = hex::encode(Sha256::digest(&offer.body));
         if !actual.eq_ignore_ascii_case(&announced.content_hash) {
-            return reject(format!(
-                "content hash mismatch: the body hashes to {actual}, {} was announced",
-                announced.content_hash
-            ));
+            return reject(
+                "hash_mismatch",
+                format!(
+                    "content hash mismatch: the body hashes to {actual}, {} was announced",
+                    announced.content_hash
+                ),
+            );
         }
     }
     let snapshot = match Snapshot::from_json(&offer.body) {
         Ok(s) => s,
-        Err(e) => return reject(format!("not a snapshot: {e}")),
+        Err(e) => return reject("not_a_snapshot", format!("not a snapshot: {e}")),
     };
     let revision = snapshot.revision;
     if offer.announced.is_some() && revision != announced_revision {
-        return reject(format!(
-            "the body is revision {revision}, {announced_revision} was announced"
-        ));
+        return reject(
+            "revision_mismatch",
+            format!("the body is revision {revision}, {announced_revision} was announced"),
+        );
+    }
+    if let Some(path) = unsealed_secret(&snapshot) {
+        return (
+            revision,
+            Outcome::Rejected(format!(
+                "{path} is not sealed: a cluster snapshot may carry only sealed credentials, \
+                 never {{env}} or {{value}} (they would read this data plane's environment)"
+            )),
+            "unsealed_secret",
+        );
     }
     match state.install_under(&snapshot, Rule::Higher) {
-        Ok(Installed::Swapped { .. }) => (revision, Outcome::Installed),
+        Ok(Installed::Swapped { .. }) => (revision, Outcome::Installed, ""),
         // Not under `Rule::Higher`, which refuses a tie; the same revision is being served.
-        Ok(Installed::Unchanged) => (revision, Outcome::Stale { serving: revision }),
-        Err(Refused::NotNewer { serving }) => (revision, Outcome::Stale { serving }),
-        Err(Refused::Invalid(problems)) => (revision, Outcome::Rejected(problems.to_string())),
+        Ok(Installed::Unchanged) => (revision, Outcome::Stale { serving: revision }, ""),
+        Err(Refused::NotNewer { serving }) => (revision, Outcome::Stale { serving }, ""),
+        Err(Refused::Invalid(problems)) => {
+            (revision, Outcome::Rejected(problems.to_string()), "invalid")
+        }
     }
 }
 
-/// Writes an installed snapshot's body to the cache file. A failure is logged, not fatal:
-/// the cache only helps the next start.
-fn write_cache(path: &Path, body: &[u8], revision: u64) {
-    match cache::store(path, body) {
+/// The path of the first secret in `snapshot` that is not sealed, if any.
+pub fn unsealed_secret(snapshot: &Snapshot) -> Option<String> {
+    let not_sealed = |s: &Option<SecretRef>| {
+        s.as_ref()
+            .is_some_and(|s| !matches!(s, SecretRef::Sealed(_)))
+    };
+    for p in &snapshot.providers {
+        let fields = [
+            ("api_key", &p.api_key),
+            ("aws_access_key_id", &p.aws_access_key_id),
+            ("aws_secret_access_key", &p.aws_secret_access_key),
+            ("aws_session_token", &p.aws_session_token),
+        ];
+        if let Some((name, _)) = fields.iter().find(|(_, s)| not_sealed(s)) {
+            return Some(format!("providers[{}].{name}", p.id));
+        }
+        if let Some(i) = p
+            .api_keys
+            .iter()
+            .position(|k| !matches!(k.key, SecretRef::Sealed(_)))
+        {
+            return Some(format!("providers[{}].api_keys[{i}]", p.id));
+        }
+    }
+    None
+}
+
+/// Writes an installed snapshot's signed head and body to the cache file. A failure is
+/// logged, not fatal: the cache only helps the next start.
+fn write_cache(path: &Path, announced: Option<&Announced>, body: &[u8], revision: u64) {
+    match cache::store(path, announced, body) {
         Ok(()) => tracing::debug!(revision, path = %path.display(), "snapshot cache written"),
         Err(e) => tracing::warn!(
             revision,
@@ -343,6 +499,7 @@ mod tests {
             Announced {
                 revision,
                 content_hash: snapshot.content_hash(),
+                ..Announced::default()
             },
             Bytes::from(snapshot.to_canonical_json()),
         )
@@ -376,6 +533,7 @@ mod tests {
         let lying = Announced {
             revision: 4,
             content_hash: announced_3.content_hash.clone(),
+            ..Announced::default()
         };
         match installer.offer(offer(Some(lying), &body_3)).await {
             Outcome::Rejected(reason) => assert!(reason.contains("revision 3"), "{reason}"),
@@ -386,6 +544,7 @@ mod tests {
         let junk_hash = Announced {
             revision: 5,
             content_hash: hex::encode(Sha256::digest(&junk)),
+            ..Announced::default()
         };
         match installer.offer(offer(Some(junk_hash), &junk)).await {
             Outcome::Rejected(reason) => assert!(reason.starts_with("not a snapshot"), "{reason}"),

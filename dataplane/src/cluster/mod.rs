@@ -71,10 +71,17 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
         .clone()
         .unwrap_or_else(|| default_dataplane_id(&hostname()));
     let names = NatsNames::new(&config.namespace);
-    let installer = Arc::new(Installer::new(
-        Arc::clone(&state),
-        config.snapshot_cache.clone(),
-    ));
+    let verifier = config.snapshot_verifier()?;
+    if verifier.is_none() {
+        tracing::warn!(
+            "cluster.allow_unsigned_snapshots without snapshot_public_keys: any snapshot is \
+             installed, whoever sent it (development only)"
+        );
+    }
+    let ingest_keys = config.ingest_keys()?;
+    let installer = Arc::new(
+        Installer::new(Arc::clone(&state), config.snapshot_cache.clone()).with_verifier(verifier),
+    );
     if let Some(outcome) = installer.load_cache().await {
         match outcome {
             Outcome::Installed => tracing::info!(
@@ -85,11 +92,24 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
         }
     }
     let nats = match &config.nats_url {
-        Some(url) => Some(nats::NatsSource::connect(url, names.clone(), &dataplane_id).await?),
+        Some(url) => Some(
+            nats::NatsSource::connect(url, &config.nats_auth()?, names.clone(), &dataplane_id)
+                .await?,
+        ),
         None => None,
     };
     let grpc = match &config.controlplane_grpc {
-        Some(url) => Some(grpc::GrpcSource::new(url, &dataplane_id)?),
+        Some(url) => {
+            let token = match &config.controlplane_grpc_token {
+                Some(secret) => Some(
+                    secret
+                        .resolve()
+                        .map_err(|e| anyhow::anyhow!("cluster.controlplane_grpc_token: {e}"))?,
+                ),
+                None => None,
+            };
+            Some(grpc::GrpcSource::new(url, token.as_deref(), &dataplane_id)?)
+        }
         None => None,
     };
     tracing::info!(
@@ -125,6 +145,7 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
             nats.client().clone(),
             names.heartbeat_subject(&dataplane_id),
             identity,
+            ingest_keys,
             state,
             installer.served(),
             config.heartbeat_interval(),
@@ -230,6 +251,11 @@ pub fn default_dataplane_id(hostname: &str) -> String {
     let id = format!("{base}-{suffix}");
     debug_assert!(valid_dataplane_id(&id));
     id
+}
+
+/// [`default_dataplane_id`] of this machine.
+pub fn default_dataplane_id_here() -> String {
+    default_dataplane_id(&hostname())
 }
 
 /// This machine's name (Linux), else `$HOSTNAME`, else `unknown`.

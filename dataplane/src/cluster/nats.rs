@@ -52,8 +52,15 @@ pub struct NatsSource {
 impl NatsSource {
     /// Connects in the background: this returns at once, even when NATS is down, and the
     /// client keeps trying (at least once a second).
-    pub async fn connect(url: &str, names: NatsNames, dataplane_id: &str) -> anyhow::Result<Self> {
-        let client = switchboard_shared::cluster::nats_options(url)
+    pub async fn connect(
+        url: &str,
+        auth: &switchboard_shared::cluster::NatsAuth,
+        names: NatsNames,
+        dataplane_id: &str,
+    ) -> anyhow::Result<Self> {
+        let client = switchboard_shared::cluster::nats_options(url, auth)
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster.nats_creds_file: {e}"))?
             .name(format!("switchboard-dataplane {dataplane_id}"))
             .connection_timeout(Duration::from_secs(2))
             .retry_on_initial_connect()
@@ -159,7 +166,18 @@ impl Following {
                 return;
             }
         };
-        if installer.skip_stale(Source::Nats, head.revision) {
+        let announced = Announced {
+            revision: head.revision,
+            content_hash: head.content_hash.clone(),
+            namespace: head.namespace.clone(),
+            issued_at_micros: head.published_at.timestamp_micros(),
+            signature: head.signature.clone(),
+        };
+        // The origin first: a forged head (say revision u64::MAX) is refused before its
+        // revision is believed or its object fetched.
+        if installer.refuse_untrusted(Source::Nats, Some(&announced))
+            || installer.skip_stale(Source::Nats, head.revision)
+        {
             return;
         }
         let body = match self.fetch(&head).await {
@@ -172,10 +190,7 @@ impl Following {
         installer
             .offer(Offer {
                 source: Source::Nats,
-                announced: Some(Announced {
-                    revision: head.revision,
-                    content_hash: head.content_hash,
-                }),
+                announced: Some(announced),
                 body,
             })
             .await;

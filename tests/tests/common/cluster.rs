@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use controlplane::config::{PricesConfig, RedisSettings, Settings, SpendConfig};
+use controlplane::config::{ClusterTrust, PricesConfig, RedisSettings, Settings, SpendConfig};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -13,8 +13,35 @@ use switchboard_shared::sealed::MasterKeys;
 use super::{PEPPER, Reply, request, send};
 
 pub const MASTER_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+/// The test cluster's snapshot signing seed, its public key, gRPC token and ingest key.
+use switchboard_tests::cluster_keys::{GRPC_TOKEN, INGEST_KEY, SIGNING_SEED, signing_public};
 pub const ADMIN: &str = "root@example.com";
 pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Configures a data plane's cluster section with the test cluster's keys, as a deployment
+/// does: the signing public key, the gRPC token and the ingest key.
+pub fn trust(cluster: &mut dataplane::config::ClusterConfig) {
+    use switchboard_shared::secret::SecretRef;
+    cluster.snapshot_public_keys = signing_public();
+    cluster.controlplane_grpc_token = Some(SecretRef::Value(GRPC_TOKEN.into()));
+    cluster.ingest_key = Some(SecretRef::Value(INGEST_KEY.into()));
+}
+
+/// The same keys as lines of a YAML `cluster:` section (two-space indent).
+pub fn trust_yaml() -> String {
+    format!(
+        "  snapshot_public_keys: \"{}\"\n  controlplane_grpc_token: {{ value: \"{GRPC_TOKEN}\" }}\n  ingest_key: {{ value: \"{INGEST_KEY}\" }}\n",
+        signing_public()
+    )
+}
+
+/// The usage-event tag of a data plane called `id` under the test ingest key.
+pub fn usage_tag(id: &str) -> Option<(String, switchboard_shared::cluster_trust::IngestKeys)> {
+    Some((
+        id.to_owned(),
+        switchboard_shared::cluster_trust::IngestKeys::parse(INGEST_KEY).unwrap(),
+    ))
+}
 
 /// A NATS namespace of the test's own.
 pub fn unique_namespace() -> String {
@@ -51,6 +78,17 @@ impl ControlPlane {
         nats_url: &str,
         redis: Option<RedisSettings>,
     ) -> Self {
+        Self::start_tuned(pool, namespace, nats_url, redis, |_| {}).await
+    }
+
+    /// [`ControlPlane::start_with`], with `tune` changing the settings first.
+    pub async fn start_tuned(
+        pool: PgPool,
+        namespace: &str,
+        nats_url: &str,
+        redis: Option<RedisSettings>,
+        tune: impl FnOnce(&mut Settings),
+    ) -> Self {
         let settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
@@ -66,8 +104,11 @@ impl ControlPlane {
             spend: SpendConfig::default(),
             prices: PricesConfig::default(),
             redis,
+            trust: ClusterTrust::with_keys(namespace, SIGNING_SEED, GRPC_TOKEN, INGEST_KEY),
             ui: Default::default(),
         };
+        let mut settings = settings;
+        tune(&mut settings);
         let env = [
             (
                 controlplane::BOOTSTRAP_EMAIL_ENV.to_owned(),

@@ -1,0 +1,444 @@
+//! The cluster channels trust only the cluster, against a real control plane, Postgres and
+//! NATS: the gRPC ConfigService wants its bearer token and caps its watchers; a forged snapshot
+//! head (no valid signature, revision `u64::MAX`) freezes neither the data plane nor the control
+//! plane; forged usage events and heartbeats never reach spend or the fleet view.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
+
+#[allow(unused_imports)] // Not every shared helper is needed here.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{ControlPlane, MASTER_KEYS, call, unique_namespace};
+use common::*;
+use dataplane::config::ClusterConfig;
+use http::{Method, StatusCode};
+use serde_json::json;
+use sqlx::PgPool;
+use switchboard_shared::cluster::{NatsNames, SnapshotHead, snapshot_object};
+use switchboard_shared::cluster_trust::{
+    DATAPLANE_HEADER, IngestKeys, SIGNATURE_HEADER, SnapshotClaims, SnapshotVerifier,
+};
+use switchboard_shared::proto::config_service_client::ConfigServiceClient;
+use switchboard_shared::proto::{GetSnapshotRequest, WatchSnapshotRequest};
+use switchboard_shared::sealed::MasterKeys;
+use switchboard_tests::cluster_keys::{GRPC_TOKEN, INGEST_KEY, signing_public};
+use switchboard_tests::services::nats_url;
+use tonic::transport::Channel;
+
+/// A ConfigService client presenting `token` (if any).
+async fn grpc_client(
+    url: &str,
+    token: Option<&str>,
+) -> ConfigServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone,
+    >,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let header = token.map(|t| {
+        format!("Bearer {t}")
+            .parse::<tonic::metadata::AsciiMetadataValue>()
+            .unwrap()
+    });
+    ConfigServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+        if let Some(h) = &header {
+            request.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(request)
+    })
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_config_service_wants_its_token_and_signs_what_it_serves(pool: PgPool) {
+    let namespace = unique_namespace();
+    let cp = ControlPlane::start(pool, &namespace).await;
+    for token in [None, Some("wrong-token-0123456789abcdef")] {
+        let status = grpc_client(&cp.grpc, token)
+            .await
+            .get_snapshot(GetSnapshotRequest { newer_than: 0 })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+        let status = grpc_client(&cp.grpc, token)
+            .await
+            .watch_snapshot(WatchSnapshotRequest {
+                newer_than: 0,
+                dataplane_id: "x".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+    }
+    let envelope = grpc_client(&cp.grpc, Some(GRPC_TOKEN))
+        .await
+        .get_snapshot(GetSnapshotRequest { newer_than: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .expect("a snapshot");
+    let verifier = SnapshotVerifier::parse(&namespace, &signing_public()).unwrap();
+    let claims = SnapshotClaims {
+        namespace: &envelope.namespace,
+        revision: envelope.revision,
+        content_hash: &envelope.content_hash,
+        issued_at_micros: envelope.issued_at_micros,
+    };
+    verifier.verify(&claims, &envelope.signature).unwrap();
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn watchers_over_the_cap_get_resource_exhausted(pool: PgPool) {
+    let namespace = unique_namespace();
+    let cp = ControlPlane::start_tuned(pool, &namespace, &nats_url(), None, |s| {
+        s.trust.grpc_max_watchers = 3;
+    })
+    .await;
+    let client = grpc_client(&cp.grpc, Some(GRPC_TOKEN)).await;
+    let watch = || {
+        let mut client = client.clone();
+        async move {
+            client
+                .watch_snapshot(WatchSnapshotRequest {
+                    newer_than: 0,
+                    dataplane_id: "w".into(),
+                })
+                .await
+        }
+    };
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut stream = watch().await.unwrap().into_inner();
+        assert!(stream.message().await.unwrap().is_some());
+        open.push(stream);
+    }
+    let refused = watch().await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    // A closed watcher frees its place.
+    drop(open.pop());
+    let started = Instant::now();
+    loop {
+        match watch().await {
+            Ok(_) => break,
+            Err(e) if started.elapsed() < Duration::from_secs(5) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the place was not freed: {e}"),
+        }
+    }
+}
+
+/// A data plane in cluster mode following `cp` over NATS only.
+async fn data_plane(namespace: &str) -> (Gateway, dataplane::cluster::Cluster) {
+    let mut cluster = ClusterConfig::with_urls(None, Some(nats_url()));
+    cluster.namespace = namespace.to_owned();
+    common::cluster::trust(&mut cluster);
+    let section: String = serde_yaml_ng::to_string(&cluster)
+        .unwrap()
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    let text = format!("server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n{section}");
+    let gateway =
+        Gateway::start_with_keys(&text, Some(MasterKeys::parse(MASTER_KEYS).unwrap())).await;
+    let handle = dataplane::cluster::start(gateway.state.clone(), &cluster)
+        .await
+        .unwrap();
+    (gateway, handle)
+}
+
+/// Waits until `check` holds, for up to 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(10), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_forged_head_freezes_neither_the_data_plane_nor_the_control_plane(pool: PgPool) {
+    let namespace = unique_namespace();
+    let cp = ControlPlane::start(pool, &namespace).await;
+    cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "acme"}))
+        .await;
+    let (gw, cluster) = data_plane(&namespace).await;
+    let mut events = cluster.installer().subscribe();
+    let names = NatsNames::new(&namespace);
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    eventually("the data plane installs the tenant", async || {
+        gw.state.revision() > 0
+    })
+    .await;
+    let serving = gw.state.revision();
+
+    // What anyone who can publish on NATS could do: a body with a matching SHA-256 and a head
+    // without a valid signature, once at the next revision and once at u64::MAX.
+    let store = js.get_object_store(&names.snapshot_bucket).await.unwrap();
+    for revision in [serving + 1, u64::MAX] {
+        let body = format!(
+            "{{\"revision\":{revision},\"tenants\":[{{\"id\":\"mallory\"}}],\"providers\":[],\"deployments\":[]}}"
+        );
+        let snapshot = switchboard_shared::snapshot::Snapshot::from_json(body.as_bytes()).unwrap();
+        let json = snapshot.to_canonical_json();
+        store
+            .put(snapshot_object(revision).as_str(), &mut json.as_slice())
+            .await
+            .unwrap();
+        let head = SnapshotHead {
+            revision,
+            content_hash: snapshot.content_hash(),
+            object: snapshot_object(revision),
+            size: json.len() as u64,
+            published_at: chrono::Utc::now(),
+            namespace: namespace.clone(),
+            signature: String::new(),
+        };
+        js.publish(
+            names.head_subject.clone(),
+            serde_json::to_vec(&head).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let event = events.recv().await.unwrap();
+                if event.revision == revision {
+                    return event.outcome;
+                }
+            }
+        })
+        .await
+        .expect("the forged head reached the data plane");
+        assert!(
+            matches!(&refused, dataplane::cluster::Outcome::Rejected(r) if r.contains("not signed")),
+            "{refused:?}"
+        );
+        assert_eq!(gw.state.revision(), serving);
+    }
+    let metrics = send(request(Method::GET, &gw.url("/metrics"), &[], ""))
+        .await
+        .text();
+    assert!(
+        metrics.contains("switchboard_snapshot_refused_total{reason=\"unsigned\"}"),
+        "{metrics}"
+    );
+
+    // The control plane keeps publishing: the next write reaches the data plane, and the head
+    // on NATS is the control plane's again.
+    let written = cp
+        .write(Method::POST, "/admin/v1/tenants", json!({"id": "beta"}))
+        .await;
+    assert!(written.status.is_success());
+    eventually("the next revision is installed", async || {
+        gw.state.revision() > serving
+    })
+    .await;
+    let head: SnapshotHead = serde_json::from_slice(
+        &js.get_stream(&names.config_stream)
+            .await
+            .unwrap()
+            .get_last_raw_message_by_subject(&names.head_subject)
+            .await
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(head.revision, gw.state.revision());
+    assert!(!head.signature.is_empty());
+    let _ = js.delete_stream(&names.config_stream).await;
+    let _ = js.delete_object_store(&names.snapshot_bucket).await;
+}
+
+/// A usage record of tenant `acme` with this request id.
+fn usage_json(request_id: &str) -> Vec<u8> {
+    format!(
+        r#"{{"request_id":"{request_id}","tenant_id":"acme","key_id":"k","model":"m",
+        "deployment_id":null,"provider_id":null,"endpoint":"chat_completions","stream":false,
+        "outcome":"success","status":200,"attempts":1,
+        "usage":{{"prompt_tokens":1,"completion_tokens":2}},"usage_reported":true,
+        "cost_usd":1000.0,"price_revision":1,"started_at":"{}",
+        "latency_ms":5,"ttft_ms":null}}"#,
+        chrono::Utc::now().to_rfc3339()
+    )
+    .into_bytes()
+}
+
+async fn spend_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM spend_events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn forged_usage_and_heartbeats_are_dropped_and_counted(pool: PgPool) {
+    let namespace = unique_namespace();
+    let cp = ControlPlane::start(pool.clone(), &namespace).await;
+    let names = NatsNames::new(&namespace);
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let usage_before = controlplane::fleet::unauthenticated_count("usage");
+    let beats_before = controlplane::fleet::unauthenticated_count("heartbeat");
+    let keys = IngestKeys::parse(INGEST_KEY).unwrap();
+    let wrong = IngestKeys::parse("not-the-cluster-ingest-key-000").unwrap();
+
+    // Untagged, tagged with another key, and tagged for another sender than the header says.
+    let forged = [
+        (None, "forged-1"),
+        (
+            Some(("dp-1", wrong.tag("usage", "dp-1", &usage_json("forged-2")))),
+            "forged-2",
+        ),
+        (
+            Some(("dp-2", keys.tag("usage", "dp-1", &usage_json("forged-3")))),
+            "forged-3",
+        ),
+    ];
+    for (tag, id) in forged {
+        let payload = usage_json(id);
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some((sender, tag)) = &tag {
+            headers.insert(DATAPLANE_HEADER, *sender);
+            headers.insert(SIGNATURE_HEADER, tag.as_str());
+        }
+        js.publish_with_headers(names.usage_subject.clone(), headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    eventually("three forged events are counted", async || {
+        controlplane::fleet::unauthenticated_count("usage") >= usage_before + 3
+    })
+    .await;
+    assert_eq!(spend_rows(&pool).await, 0, "a forged event reached spend");
+
+    // The same event, tagged by a data plane with the cluster's key, is taken.
+    let payload = usage_json("genuine-1");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(DATAPLANE_HEADER, "dp-1");
+    headers.insert(
+        SIGNATURE_HEADER,
+        keys.tag("usage", "dp-1", &payload).as_str(),
+    );
+    js.publish_with_headers(names.usage_subject.clone(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually("the tagged event reaches spend", async || {
+        spend_rows(&pool).await == 1
+    })
+    .await;
+
+    // A forged heartbeat (claiming to serve far ahead) is not in the fleet view.
+    let beat = json!({"dataplane_id": "ghost", "hostname": "h", "version": "0", "revision": 999,
+        "content_hash": "", "ready": true, "started_at": chrono::Utc::now(),
+        "sent_at": chrono::Utc::now()});
+    let payload = serde_json::to_vec(&beat).unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(DATAPLANE_HEADER, "ghost");
+    headers.insert(
+        SIGNATURE_HEADER,
+        wrong.tag("heartbeat", "ghost", &payload).as_str(),
+    );
+    client
+        .publish_with_headers(
+            names.heartbeat_subject("ghost"),
+            headers,
+            payload.clone().into(),
+        )
+        .await
+        .unwrap();
+    client
+        .publish(names.heartbeat_subject("ghost"), payload.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    eventually("two forged heartbeats are counted", async || {
+        controlplane::fleet::unauthenticated_count("heartbeat") >= beats_before + 2
+    })
+    .await;
+    let fleet = call(
+        &cp.rest,
+        Method::GET,
+        "/admin/v1/fleet",
+        Some(&cp.token),
+        json!(null),
+    )
+    .await;
+    assert_eq!(fleet.status, StatusCode::OK);
+    assert!(!fleet.text().contains("ghost"), "{}", fleet.text());
+    let _ = js.delete_stream(&names.usage_stream).await;
+}
+
+/// This process's resident set size in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// `cargo test -p switchboard-tests --test cluster_trust -- --ignored --nocapture watchers_memory`
+/// A measurement, not a check: 1,000 open watchers on one control plane, the growth of this
+/// process's RSS (server and clients together, so an upper bound for the server).
+#[sqlx::test(migrations = "../migrations")]
+#[ignore = "a measurement, not a check"]
+async fn watchers_memory(pool: PgPool) {
+    let namespace = unique_namespace();
+    let cp = ControlPlane::start(pool, &namespace).await;
+    for i in 0..200 {
+        cp.write(
+            Method::POST,
+            "/admin/v1/tenants",
+            json!({"id": format!("t{i}"), "name": "x".repeat(200)}),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = grpc_client(&cp.grpc, Some(GRPC_TOKEN)).await;
+    let size = client
+        .clone()
+        .get_snapshot(GetSnapshotRequest { newer_than: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap()
+        .snapshot_json
+        .len();
+    let before = rss_kib();
+    let mut open = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = client
+            .clone()
+            .watch_snapshot(WatchSnapshotRequest {
+                newer_than: 0,
+                dataplane_id: "m".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stream.message().await.unwrap().is_some());
+        open.push(stream);
+    }
+    let after = rss_kib();
+    eprintln!(
+        "1000 watchers of a {size}-byte snapshot: RSS {before} KiB -> {after} KiB (+{} KiB, {} bytes per watcher, clients included)",
+        after.saturating_sub(before),
+        after.saturating_sub(before) * 1024 / 1000
+    );
+}

@@ -83,6 +83,12 @@ fn settings(namespace: &str, listen: u16, oidc_port: u16) -> Settings {
         spend: SpendConfig::default(),
         prices: PricesConfig::default(),
         redis: None,
+        trust: controlplane::config::ClusterTrust::with_keys(
+            namespace,
+            switchboard_tests::cluster_keys::SIGNING_SEED,
+            switchboard_tests::cluster_keys::GRPC_TOKEN,
+            switchboard_tests::cluster_keys::INGEST_KEY,
+        ),
         ui: UiSettings {
             public_url: None,
             oidc: Some(OidcSettings {
@@ -119,7 +125,8 @@ async fn data_plane(
     let config = format!(
         "server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\n  shutdown_grace_seconds: 1\n\
          cluster:\n  namespace: {namespace}\n  nats_url: \"{nats}\"\n  controlplane_grpc: \"{grpc}\"\n  \
-         heartbeat_interval_ms: 500\n  snapshot_cache: \"{cache}\"\n  usage_spill_path: \"{spill}\"\n",
+         heartbeat_interval_ms: 500\n  snapshot_cache: \"{cache}\"\n  usage_spill_path: \"{spill}\"\n{trust}",
+        trust = common::cluster::trust_yaml(),
         nats = switchboard_tests::services::nats_url(),
         cache = dir.join("dp.snapshot.json").display(),
         spill = dir.join("dp.usage.jsonl").display(),

@@ -35,6 +35,7 @@ async fn data_plane(
     cluster.namespace = namespace.to_owned();
     cluster.snapshot_cache = Some(cache.to_path_buf());
     cluster.heartbeat_interval_ms = 500;
+    common::cluster::trust(&mut cluster);
     let section: String = serde_yaml_ng::to_string(&cluster)
         .unwrap()
         .lines()
@@ -119,6 +120,7 @@ async fn a_passthrough_is_a_priced_spend_row_and_is_refused_at_the_budget(pool: 
             subject: names.usage_subject.clone(),
             capacity: 100,
             spill_path: None,
+            tag: common::cluster::usage_tag("dp-passthrough"),
         },
     );
     dataplane::accounting::UsageSink::emit(sink.as_ref(), records[0].clone());

@@ -48,6 +48,7 @@ pub mod budget;
 pub mod catalog;
 pub mod clock;
 pub mod cluster;
+pub mod concurrency;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -197,6 +197,8 @@ struct Tries {
     soonest_back: Option<Duration>,
     /// Why the selection left a deployment out (the first reason found).
     excluded: Option<Exclusion>,
+    /// A deployment skipped because its concurrency limit was full: id and limit.
+    full: Option<(String, u32)>,
 }
 
 impl Tries {
@@ -208,6 +210,9 @@ impl Tries {
     fn into_error(self, model: &str) -> ApiError {
         match (self.last_error, self.excluded) {
             (Some(e), _) => e,
+            (None, _) if let Some((id, limit)) = self.full => {
+                crate::quota::concurrency_limited("deployment", &id, limit)
+            }
             // Nothing was tried and nothing is cooling down: the selection left no deployment.
             (None, Some(why)) if self.soonest_back.is_none() => {
                 ApiError::bad_request(why.message(model), Some("model"))
@@ -229,6 +234,11 @@ async fn forward_inner(
     let fallbacks =
         crate::selectors::fallbacks(catalog, &request.facts.key.key, &request.facts.model);
     let mut tries = Tries::default();
+    let wait = Duration::from_millis(request.facts.model.policy.concurrency_wait_ms);
+    if let Err(error) = ledger.take_slots(wait).await {
+        ledger.gave_up(error.status());
+        return axum::response::IntoResponse::into_response(error);
+    }
     let base_input = RouteInput {
         stream: request.view.stream,
         prompt_tokens: request.facts.prompt_estimate,
@@ -273,9 +283,12 @@ async fn try_model(
     let mut cursor = 0usize;
     let mut previous: Option<usize> = None;
     let mut failures_in_a_row = 0u32;
-    let mut may_wait = Duration::from_millis(model.policy.wait_for_cooldown_ms);
+    let mut waits = Waits {
+        cooldown: Duration::from_millis(model.policy.wait_for_cooldown_ms),
+        slot_until: Instant::now() + Duration::from_millis(model.policy.concurrency_wait_ms),
+    };
     for _ in 0..=model.policy.retries {
-        let Some(index) = pick(&ledger, model, order, &mut cursor, &mut may_wait, tries).await
+        let Some(index) = pick(&mut ledger, model, order, &mut cursor, &mut waits, tries).await
         else {
             break;
         };
@@ -332,28 +345,47 @@ async fn try_model(
     ControlFlow::Continue(ledger)
 }
 
+/// How long one model's attempts may still wait for a deployment.
+struct Waits {
+    /// For a cooling deployment to come back (spent by the first wait).
+    cooldown: Duration,
+    /// For a concurrency slot to free up.
+    slot_until: Instant,
+}
+
 /// The deployment for the next attempt; when every candidate is cooling down, waits for the
-/// first one back if the policy allows, once per model (`may_wait` is then spent).
+/// first one back if the policy allows, once per model (`waits.cooldown` is then spent); when
+/// candidates are at their concurrency limit, tries again until `waits.slot_until`.
 async fn pick(
-    ledger: &Ledger,
+    ledger: &mut Ledger,
     model: &ModelEntry,
     order: &[usize],
     cursor: &mut usize,
-    may_wait: &mut Duration,
+    waits: &mut Waits,
     tries: &mut Tries,
 ) -> Option<usize> {
     loop {
         let mut back: Option<Duration> = None;
-        let found = next_available(ledger, model, order, cursor, &mut back).await;
+        let mut full = None;
+        let found = next_available(ledger, model, order, cursor, &mut back, &mut full).await;
         if let Some(b) = back {
             tries.back_in(b);
         }
+        let any_full = full.is_some();
+        if any_full {
+            tries.full = full;
+        }
+        let now = Instant::now();
         match (found, back) {
             (Some(index), _) => return Some(index),
-            (None, Some(back)) if back <= *may_wait => {
+            (None, Some(back)) if back <= waits.cooldown => {
                 let pause = back + Duration::from_millis(fastrand::u64(0..=25));
-                *may_wait = Duration::ZERO;
+                waits.cooldown = Duration::ZERO;
                 tokio::time::sleep(pause).await;
+            }
+            (None, _) if any_full && now < waits.slot_until => {
+                let pause = Duration::from_millis(10 + fastrand::u64(0..20));
+                tokio::time::sleep(pause.min(waits.slot_until - now)).await;
             }
             (None, _) => return None,
         }
@@ -377,15 +409,17 @@ fn remember_choice(
     }
 }
 
-/// The next deployment in `order` (from `cursor`, wrapping) whose breaker lets it through and
-/// that fits its limits (charged through the ledger's ticket). Remembers the soonest moment a
-/// skipped one comes back.
+/// The next deployment in `order` (from `cursor`, wrapping) whose breaker lets it through, that
+/// has a free concurrency slot (taken, held by the ledger's ticket) and that fits its limits
+/// (charged through the ticket). Remembers the soonest moment a skipped one comes back, and
+/// the first one skipped for a full concurrency limit.
 async fn next_available(
-    ledger: &Ledger,
+    ledger: &mut Ledger,
     model: &ModelEntry,
     order: &[usize],
     cursor: &mut usize,
     soonest_back: &mut Option<Duration>,
+    full: &mut Option<(String, u32)>,
 ) -> Option<usize> {
     let now = unix_ms();
     for _ in 0..order.len() {
@@ -397,7 +431,16 @@ async fn next_available(
             *soonest_back = Some(soonest_back.map_or(back_in, |s| s.min(back_in)));
             continue;
         }
+        if !ledger.take_deployment_slot(deployment).await {
+            if gate == Gate::Probe {
+                deployment.state.release_probe();
+            }
+            let limit = deployment.limits.concurrency.unwrap_or(0);
+            full.get_or_insert_with(|| (deployment.id.clone(), limit));
+            continue;
+        }
         if let Err(denial) = ledger.charge_deployment(deployment).await {
+            ledger.drop_deployment_slot();
             if gate == Gate::Probe {
                 deployment.state.release_probe();
             }

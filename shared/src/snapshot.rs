@@ -179,9 +179,14 @@ pub struct RateLimits {
     pub rpm: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u32>,
+    /// Requests in flight at once, across every replica (held as leases in Redis that expire
+    /// if a replica dies). `None` means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 impl RateLimits {
+    /// Whether no per-minute limit is set (`concurrency` is held separately, as leases).
     pub fn is_unlimited(&self) -> bool {
         self.rpm.is_none() && self.tpm.is_none()
     }
@@ -361,6 +366,10 @@ pub struct ModelPolicy {
     /// to come back before it is refused with 503. 0 refuses at once.
     #[serde(default = "default_wait_for_cooldown_ms")]
     pub wait_for_cooldown_ms: u64,
+    /// When every deployment (or the key or tenant) is at its `concurrency` limit, how long a
+    /// request may wait for a slot before it is refused with 429. 0 refuses at once.
+    #[serde(default)]
+    pub concurrency_wait_ms: u64,
 }
 
 fn default_wait_for_cooldown_ms() -> u64 {
@@ -384,6 +393,7 @@ impl ModelPolicy {
             scoring: None,
             prefix_affinity: None,
             wait_for_cooldown_ms: default_wait_for_cooldown_ms(),
+            concurrency_wait_ms: 0,
         }
     }
 }

@@ -18,6 +18,8 @@ pub fn limits(rpm: Option<i64>, tpm: Option<i64>) -> RateLimits {
     RateLimits {
         rpm: rpm.map(clamp_u32),
         tpm: tpm.map(clamp_u32),
+        // Not stored by the control plane yet: set in standalone snapshots only.
+        concurrency: None,
     }
 }
 

@@ -141,6 +141,8 @@ pub struct Books {
     pub limiter: Arc<Limiter>,
     /// Concurrency slots of keys, tenants and deployments.
     pub slots: crate::concurrency::Slots,
+    /// Where deployments' spend caps and request quotas are counted.
+    pub caps: crate::caps::CapStore,
     pub budgets: crate::budget::Budgets,
     pub webhooks: crate::webhooks::Webhooks,
     pub sink: Arc<dyn UsageSink>,
@@ -153,6 +155,7 @@ impl Books {
     pub fn stores(&self) -> Stores<'_> {
         Stores {
             limiter: &self.limiter,
+            caps: &self.caps,
             budgets: &self.budgets,
             webhooks: &self.webhooks,
         }

@@ -45,6 +45,7 @@
 pub mod accounting;
 pub mod auth;
 pub mod budget;
+pub mod caps;
 pub mod catalog;
 pub mod clock;
 pub mod cluster;

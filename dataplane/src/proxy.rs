@@ -123,7 +123,7 @@ fn candidates(
     model: &ModelEntry,
     input: &RouteInput<'_>,
     explain: &mut Option<String>,
-    excluded: &mut Option<Exclusion>,
+    tries: &mut Tries,
 ) -> Vec<usize> {
     let decided = std::time::Instant::now();
     let mut order = attempt_order(model, input);
@@ -133,7 +133,7 @@ fn candidates(
         |&i| match selection.check(&model.deployments[i], &request.facts.key.key) {
             Ok(()) => true,
             Err(why) => {
-                excluded.get_or_insert(why);
+                tries.excluded.get_or_insert(why);
                 // A deployment of a model the key may not use is not shown at all.
                 if explain.is_some() && why != Exclusion::NotAllowed {
                     left_out.push_str(&format!(" -{}:{}", model.deployments[i].id, why.as_str()));
@@ -142,6 +142,7 @@ fn candidates(
             }
         },
     );
+    leave_out_capped(model, &mut order, &mut left_out, tries);
     let mut kept = false;
     if let Some(session) = selection.session
         && let Some(i) = model.affinity.get(session, unix_seconds(input.now_ms))
@@ -156,6 +157,29 @@ fn candidates(
         explain_order(text, model, &order, input, &left_out, kept);
     }
     order
+}
+
+/// Leaves out the deployments whose spend cap or request quota is used up
+/// ([`crate::caps`]), noting `-id:cap:<which>` for the explain header and when they come back.
+fn leave_out_capped(
+    model: &ModelEntry,
+    order: &mut Vec<usize>,
+    left_out: &mut String,
+    tries: &mut Tries,
+) {
+    if model.deployments.iter().all(|d| d.caps.is_none()) {
+        return;
+    }
+    let now = chrono::Utc::now();
+    order.retain(|&i| {
+        let d = &model.deployments[i];
+        let Some(out) = d.caps.as_ref().and_then(|c| d.state.caps.exhausted(c, now)) else {
+            return true;
+        };
+        tries.back_in(out.resets_in);
+        left_out.push_str(&format!(" -{}:cap:{}", d.id, out.cap));
+        false
+    });
 }
 
 /// Appends one model's part of the routing decision to `text`.
@@ -259,7 +283,7 @@ async fn forward_inner(
             prefix_keys: &prefix_keys,
             ..base_input
         };
-        let order = candidates(request, model, &input, explain, &mut tries.excluded);
+        let order = candidates(request, model, &input, explain, &mut tries);
         ledger = match try_model(request, model, &order, &input, ledger, &mut tries).await {
             ControlFlow::Break(response) => return response,
             ControlFlow::Continue(ledger) => ledger,

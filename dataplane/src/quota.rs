@@ -43,6 +43,8 @@ use crate::webhooks::{Event, Webhooks};
 #[derive(Debug, Clone, Copy)]
 pub struct Stores<'a> {
     pub limiter: &'a Limiter,
+    /// Where deployments' spend caps and request quotas are counted.
+    pub caps: &'a crate::caps::CapStore,
     pub budgets: &'a Budgets,
     /// Where crossed budget thresholds are announced.
     pub webhooks: &'a Webhooks,
@@ -233,6 +235,9 @@ impl Ticket {
             stores
                 .limiter
                 .settle(&[d.subject()], self.tokens, actual_tokens);
+            if d.caps.is_some() {
+                stores.caps.record(&d.id, &d.state.caps, cost_nanos);
+            }
         }
         settle_budget(stores, std::mem::take(&mut self.budget), cost_nanos);
         self.deployment_slot = None;

@@ -107,13 +107,20 @@ pub fn build_state_with_keys(
         Some(shared) => Limiter::Redis(RedisLimiter::new(shared.clone())),
         None => Limiter::Local(LocalLimiter::new()),
     };
-    let slots = match &shared {
-        Some(shared) => crate::concurrency::Slots::redis(shared.clone()),
-        None => crate::concurrency::Slots::local(),
+    let (slots, caps) = match &shared {
+        Some(shared) => (
+            crate::concurrency::Slots::redis(shared.clone()),
+            crate::caps::CapStore::Redis(shared.clone()),
+        ),
+        None => (
+            crate::concurrency::Slots::local(),
+            crate::caps::CapStore::Local,
+        ),
     };
     let books = Books {
         limiter: Arc::new(limiter),
         slots,
+        caps,
         budgets: crate::budget::Budgets::new(shared),
         webhooks: match webhooks {
             Some(config) => crate::webhooks::Webhooks::start(config, &http)?,

@@ -326,6 +326,25 @@ pub struct Deployment {
     /// Prices, in LiteLLM's field names. Without one, usage is recorded at zero cost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<PriceEntry>,
+    /// Spend caps and request quotas per UTC day and month: once one is used up, the
+    /// deployment is out of rotation until its period ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caps: Option<DeploymentCaps>,
+}
+
+/// A deployment's own spend caps (USD, priced by its `price` entry) and request quotas, per
+/// UTC calendar day and month. Absent fields are unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentCaps {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_day: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_month: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_month: Option<u64>,
 }
 
 fn default_weight() -> u32 {

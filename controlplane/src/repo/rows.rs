@@ -211,6 +211,8 @@ impl DeploymentRow {
             limits: limits(self.rpm, self.tpm),
             priority: clamp_u32(self.priority),
             price: self.price.as_ref().map(|p| p.0.clone()),
+            // Not stored by the control plane yet: set in standalone snapshots only.
+            caps: None,
         }
     }
 }

@@ -126,7 +126,8 @@ fn candidates(
     tries: &mut Tries,
 ) -> Vec<usize> {
     let decided = std::time::Instant::now();
-    let mut order = attempt_order(model, input);
+    let ranked = attempt_order(model, input);
+    let mut order = ranked.clone();
     let mut left_out = String::new();
     let selection = &request.selection;
     order.retain(
@@ -142,6 +143,20 @@ fn candidates(
             }
         },
     );
+    if order.is_empty()
+        && let Some(fallback) = selection.default_tag_fallback()
+    {
+        // No deployment has the tags asked for: those tagged `default` serve instead.
+        order = ranked;
+        order.retain(|&i| {
+            fallback
+                .check(&model.deployments[i], &request.facts.key.key)
+                .is_ok()
+        });
+        if !order.is_empty() {
+            left_out.push_str(" tags:default");
+        }
+    }
     leave_out_capped(model, &mut order, &mut left_out, tries);
     let mut kept = false;
     if let Some(session) = selection.session

@@ -130,7 +130,11 @@ pub fn attempt_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
                 .policy
                 .scoring
                 .map_or(ScoringPreset::Balanced.weights(), |s| s.weights());
-            let order = rank(dynamic, &signals, weights, fastrand::f64);
+            let mut order = rank(dynamic, &signals, weights, fastrand::f64);
+            let buffer = model.policy.latency_buffer_pct;
+            if dynamic == Strategy::LowestLatency && buffer > 0.0 {
+                order = within_buffer(order, &signals, buffer, fastrand::f64);
+            }
             match (dynamic, &model.prefix) {
                 (Strategy::PrefixAffinity, Some(index)) => {
                     let cached = index.longest(input.prefix_keys).map(|(d, _)| d);
@@ -141,6 +145,32 @@ pub fn attempt_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
             }
         }
     }
+}
+
+/// `lowest_latency`'s buffer: the measured deployments within `pct` percent of the fastest
+/// latency (the head of `order`) share the first places in a random order; the rest keep
+/// theirs. An unmeasured head (measured first on purpose) is left alone.
+pub fn within_buffer(
+    mut order: Vec<usize>,
+    signals: &[Signals],
+    pct: f64,
+    mut uniform: impl FnMut() -> f64,
+) -> Vec<usize> {
+    let latency = |i: usize| signals.get(i).and_then(|s| s.latency_ms);
+    let Some(best) = order.first().and_then(|&i| latency(i)) else {
+        return order;
+    };
+    let limit = best * (1.0 + pct / 100.0);
+    let close = order
+        .iter()
+        .take_while(|&&i| latency(i).is_some_and(|l| l <= limit))
+        .count();
+    let mut keyed: Vec<(f64, usize)> = order[..close].iter().map(|&i| (uniform(), i)).collect();
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (slot, (_, i)) in order.iter_mut().zip(keyed) {
+        *slot = i;
+    }
+    order
 }
 
 /// Puts the deployment holding the prompt's prefix first, unless it has more than `margin`
@@ -366,6 +396,38 @@ mod tests {
         assert_eq!(first(Strategy::LowestLatency, &s), 1);
         let s = each(&[Some(20.0), None], |s, v| s.latency_ms = v);
         assert_eq!(first(Strategy::LowestLatency, &s), 1);
+    }
+
+    #[test]
+    fn a_latency_buffer_spreads_the_first_place_over_the_nearly_fastest() {
+        let s = each(&[Some(100.0), Some(108.0), Some(150.0), None], |s, v| {
+            s.latency_ms = v
+        });
+        // Unmeasured first without a buffer; with one, the buffer only applies to a measured
+        // head.
+        let ranked = order(Strategy::LowestLatency, &s);
+        assert_eq!(ranked[0], 3);
+        assert_eq!(within_buffer(ranked, &s, 10.0, fastrand::f64)[0], 3);
+        let s = &s[..3];
+        let mut firsts = [0usize; 3];
+        for _ in 0..400 {
+            let ranked = order(Strategy::LowestLatency, s);
+            let buffered = within_buffer(ranked, s, 10.0, fastrand::f64);
+            assert_eq!(buffered[2], 2, "150 ms is outside 10% of 100 ms");
+            firsts[buffered[0]] += 1;
+        }
+        assert!(firsts[0] > 120 && firsts[1] > 120, "{firsts:?}");
+        // Without a buffer the fastest always wins.
+        for _ in 0..50 {
+            assert_eq!(first(Strategy::LowestLatency, s), 0);
+        }
+        // A buffer of 60% takes in the third too.
+        let wide = (0..300)
+            .filter(|_| {
+                within_buffer(order(Strategy::LowestLatency, s), s, 60.0, fastrand::f64)[0] == 2
+            })
+            .count();
+        assert!(wide > 50, "{wide}");
     }
 
     #[test]

@@ -389,6 +389,10 @@ pub struct ModelPolicy {
     /// request may wait for a slot before it is refused with 429. 0 refuses at once.
     #[serde(default)]
     pub concurrency_wait_ms: u64,
+    /// `lowest_latency` only: deployments whose latency is within this percentage of the
+    /// fastest share the first place at random, so traffic is not herded onto one. 0: off.
+    #[serde(default)]
+    pub latency_buffer_pct: f64,
 }
 
 fn default_wait_for_cooldown_ms() -> u64 {
@@ -413,6 +417,7 @@ impl ModelPolicy {
             prefix_affinity: None,
             wait_for_cooldown_ms: default_wait_for_cooldown_ms(),
             concurrency_wait_ms: 0,
+            latency_buffer_pct: 0.0,
         }
     }
 }

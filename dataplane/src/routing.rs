@@ -13,7 +13,7 @@
 use std::cmp::Ordering as CmpOrdering;
 use std::sync::atomic::Ordering;
 
-use switchboard_shared::snapshot::{ScoreWeights, ScoringPreset, Strategy};
+use switchboard_shared::snapshot::{Preference, ScoreWeights, ScoringPreset, Strategy};
 
 use crate::catalog::{DeploymentEntry, ModelEntry};
 
@@ -101,8 +101,39 @@ pub fn describe(s: &Signals) -> String {
     )
 }
 
-/// Indexes into `model.deployments`, in the order to try them.
+/// Indexes into `model.deployments`, in the order to try them: the strategy's order, with the
+/// policy's `prefer` preset's deployments moved ahead of the rest.
 pub fn attempt_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
+    let order = strategy_order(model, input);
+    match model.policy.prefer {
+        None => order,
+        Some(preference) => prefer_first(order, |i| preferred(preference, &model.deployments[i])),
+    }
+}
+
+/// Whether `d` is one `preference` puts first.
+pub fn preferred(preference: Preference, d: &DeploymentEntry) -> bool {
+    let tagged = |tag: &str| d.tags.iter().any(|t| t.eq_ignore_ascii_case(tag));
+    match preference {
+        Preference::LocalFirst => tagged("local"),
+        Preference::FreeFirst => {
+            tagged("free")
+                || d.price.as_ref().is_some_and(|p| {
+                    p.input_cost_per_token == Some(0.0) && p.output_cost_per_token == Some(0.0)
+                })
+        }
+    }
+}
+
+/// `order` with the items `first` holds for moved ahead, each part keeping its order.
+pub fn prefer_first(order: Vec<usize>, first: impl Fn(usize) -> bool) -> Vec<usize> {
+    let (mut ahead, behind): (Vec<usize>, Vec<usize>) = order.into_iter().partition(|&i| first(i));
+    ahead.extend(behind);
+    ahead
+}
+
+/// The strategy's order.
+fn strategy_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
     let n = model.deployments.len();
     if n <= 1 {
         return (0..n).collect();
@@ -428,6 +459,32 @@ mod tests {
             })
             .count();
         assert!(wide > 50, "{wide}");
+    }
+
+    #[test]
+    fn free_first_and_local_first_put_their_deployments_ahead() {
+        crate::install_crypto_provider();
+        let yaml = "providers: [{ id: p, kind: mock }]\ndeployments:\n\
+            - { id: paid, model: m, provider: p, upstream_model: u, priority: 0, price: { input_cost_per_token: 0.001, output_cost_per_token: 0.002 } }\n\
+            - { id: zero, model: m, provider: p, upstream_model: u, priority: 1, price: { input_cost_per_token: 0.0, output_cost_per_token: 0.0 } }\n\
+            - { id: tagged, model: m, provider: p, upstream_model: u, priority: 2, tags: [Free, local] }\n\
+            models: [{ model: m, strategy: priority, prefer: PREFER }]\n";
+        let ids = |prefer: &str| {
+            let yaml = yaml.replace("PREFER", prefer);
+            let c = crate::catalog::build_for_test(&Snapshot::from_yaml(&yaml).unwrap(), &|_| None)
+                .unwrap();
+            let m = c.model("m").unwrap();
+            attempt_order(m, &input())
+                .into_iter()
+                .map(|i| m.deployments[i].id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("free_first"), ["zero", "tagged", "paid"]);
+        assert_eq!(ids("local_first"), ["tagged", "paid", "zero"]);
+        assert_eq!(
+            prefer_first(vec![3, 1, 2, 0], |i| i % 2 == 0),
+            vec![2, 0, 3, 1]
+        );
     }
 
     #[test]

@@ -393,6 +393,21 @@ pub struct ModelPolicy {
     /// fastest share the first place at random, so traffic is not herded onto one. 0: off.
     #[serde(default)]
     pub latency_buffer_pct: f64,
+    /// A preset that puts some deployments before the strategy's order (which still orders
+    /// each part): `free_first` or `local_first`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer: Option<Preference>,
+}
+
+/// Which deployments a [`ModelPolicy`]'s `prefer` tries first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preference {
+    /// Deployments that cost nothing: tagged `free`, or priced at zero per input and output
+    /// token. Paid ones only when no free one can serve.
+    FreeFirst,
+    /// Deployments tagged `local` (self-hosted engines), then the hosted ones.
+    LocalFirst,
 }
 
 fn default_wait_for_cooldown_ms() -> u64 {
@@ -418,6 +433,7 @@ impl ModelPolicy {
             wait_for_cooldown_ms: default_wait_for_cooldown_ms(),
             concurrency_wait_ms: 0,
             latency_buffer_pct: 0.0,
+            prefer: None,
         }
     }
 }

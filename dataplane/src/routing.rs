@@ -142,7 +142,12 @@ fn strategy_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
         Strategy::WeightedRandom => weighted_shuffle(model, (0..n).collect(), fastrand::f64),
         Strategy::RoundRobin => {
             let turn = model.rotation.fetch_add(1, Ordering::Relaxed);
-            let first = weighted_pick(model, turn % model.total_weight.max(1));
+            let total = if model.policy.weights_from_limits {
+                model.deployments.iter().map(|d| weight_of(model, d)).sum()
+            } else {
+                model.total_weight
+            };
+            let first = weighted_pick(model, turn % total.max(1));
             (0..n).map(|i| (first + i) % n).collect()
         }
         Strategy::Priority => {
@@ -309,11 +314,24 @@ fn weighted_scores(signals: &[Signals], w: ScoreWeights) -> Vec<f64> {
         .collect()
 }
 
+/// A deployment's weight under its model's policy: its own, or with `weights_from_limits` and
+/// the default weight 1, its `rpm` (else `tpm / 1000`, at least 1).
+pub fn weight_of(model: &ModelEntry, d: &DeploymentEntry) -> u64 {
+    if !model.policy.weights_from_limits || d.weight != 1 {
+        return u64::from(d.weight);
+    }
+    match (d.limits.rpm, d.limits.tpm) {
+        (Some(rpm), _) => u64::from(rpm),
+        (None, Some(tpm)) => (u64::from(tpm) / 1000).max(1),
+        (None, None) => 1,
+    }
+}
+
 /// The deployment whose cumulative-weight interval contains `point` (in `0..total_weight`).
 fn weighted_pick(model: &ModelEntry, point: u64) -> usize {
     let mut cumulative = 0u64;
     for (i, d) in model.deployments.iter().enumerate() {
-        cumulative += u64::from(d.weight);
+        cumulative += weight_of(model, d);
         if point < cumulative {
             return i;
         }
@@ -331,7 +349,7 @@ fn weighted_shuffle(
     let mut keys: Vec<(f64, usize)> = items
         .iter()
         .map(|&i| {
-            let w = f64::from(model.deployments[i].weight.max(1));
+            let w = weight_of(model, &model.deployments[i]).max(1) as f64;
             (uniform().powf(1.0 / w), i)
         })
         .collect();
@@ -707,6 +725,32 @@ mod tests {
             (share - 0.75).abs() < 0.03,
             "share of the weight-3 deployment: {share}"
         );
+    }
+
+    #[test]
+    fn weights_come_from_rpm_and_tpm_when_none_is_set() {
+        crate::install_crypto_provider();
+        let yaml = "providers: [{ id: p, kind: mock }]\ndeployments:\n\
+            - { id: small, model: m, provider: p, upstream_model: u, limits: { rpm: 100 } }\n\
+            - { id: big, model: m, provider: p, upstream_model: u, limits: { tpm: 300000 } }\n\
+            models: [{ model: m, strategy: STRATEGY, weights_from_limits: true }]\n";
+        let build = |strategy: &str| {
+            let yaml = yaml.replace("STRATEGY", strategy);
+            crate::catalog::build_for_test(&Snapshot::from_yaml(&yaml).unwrap(), &|_| None).unwrap()
+        };
+        let c = build("weighted_random");
+        let m = c.model("m").unwrap();
+        assert_eq!(weight_of(m, &m.deployments[0]), 100);
+        assert_eq!(weight_of(m, &m.deployments[1]), 300, "300000 tpm / 1000");
+        let counts = first_choice_counts(&c, 20_000);
+        let share = counts[1] as f64 / 20_000.0;
+        assert!((share - 0.75).abs() < 0.03, "share of `big`: {share}");
+        let c = build("round_robin");
+        let m = c.model("m").unwrap();
+        let bigs = (0..400)
+            .filter(|_| attempt_order(m, &input())[0] == 1)
+            .count();
+        assert_eq!(bigs, 300, "round robin by derived weights");
     }
 
     #[test]

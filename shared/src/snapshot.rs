@@ -397,6 +397,10 @@ pub struct ModelPolicy {
     /// each part): `free_first` or `local_first`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefer: Option<Preference>,
+    /// A deployment left at the default `weight: 1` weighs its `limits.rpm`, or
+    /// `limits.tpm / 1000`, instead: traffic in proportion to what each account may take.
+    #[serde(default)]
+    pub weights_from_limits: bool,
 }
 
 /// Which deployments a [`ModelPolicy`]'s `prefer` tries first.
@@ -434,6 +438,7 @@ impl ModelPolicy {
             concurrency_wait_ms: 0,
             latency_buffer_pct: 0.0,
             prefer: None,
+            weights_from_limits: false,
         }
     }
 }

@@ -139,6 +139,10 @@ pub enum Measured {
 #[derive(Debug, Clone)]
 pub struct Books {
     pub limiter: Arc<Limiter>,
+    /// Concurrency slots of keys, tenants and deployments.
+    pub slots: crate::concurrency::Slots,
+    /// Where deployments' spend caps and request quotas are counted.
+    pub caps: crate::caps::CapStore,
     pub budgets: crate::budget::Budgets,
     pub webhooks: crate::webhooks::Webhooks,
     pub sink: Arc<dyn UsageSink>,
@@ -151,6 +155,7 @@ impl Books {
     pub fn stores(&self) -> Stores<'_> {
         Stores {
             limiter: &self.limiter,
+            caps: &self.caps,
             budgets: &self.budgets,
             webhooks: &self.webhooks,
         }
@@ -222,6 +227,27 @@ impl Ledger {
         self.ticket
             .charge_deployment(&self.books.limiter, deployment)
             .await
+    }
+
+    /// Takes the key's and tenant's concurrency slots, waiting up to `wait` (a 429 naming the
+    /// full limit when it runs out).
+    pub async fn take_slots(&mut self, wait: Duration) -> Result<(), crate::error::ApiError> {
+        let key = Arc::clone(&self.request);
+        self.ticket
+            .take_slots(&self.books.slots, &key.key, wait)
+            .await
+    }
+
+    /// Takes a concurrency slot of `deployment` for the next attempt; `false` when it is full.
+    pub async fn take_deployment_slot(&mut self, deployment: &DeploymentEntry) -> bool {
+        self.ticket
+            .take_deployment_slot(&self.books.slots, deployment)
+            .await
+    }
+
+    /// Gives back a deployment slot taken for an attempt that did not start.
+    pub fn drop_deployment_slot(&mut self) {
+        self.ticket.drop_deployment_slot();
     }
 
     /// An attempt on `deployment` starts: counted, and in flight there until it ends.

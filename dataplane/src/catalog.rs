@@ -170,6 +170,8 @@ pub struct DeploymentEntry {
     pub tags: Vec<String>,
     pub limits: RateLimits,
     pub price: Option<PriceEntry>,
+    /// Spend caps and request quotas; counted in `state.caps`.
+    pub caps: Option<switchboard_shared::snapshot::DeploymentCaps>,
     pub adaptor: Arc<dyn ProviderAdaptor>,
     /// Load, latency, breaker and quota: carried over by id, shared through Redis.
     pub state: Arc<DeploymentState>,
@@ -492,6 +494,7 @@ fn build_deployments(
             tags: d.tags.clone(),
             limits: d.limits,
             price: d.price.clone(),
+            caps: d.caps,
             adaptor: Arc::clone(adaptor),
             state: carry.state(&d.id).unwrap_or_default(),
             limit_state: carry.limit_state_or_new(Scope::Deployment, &d.id, d.limits),

@@ -58,6 +58,15 @@ pub enum ApiError {
         /// The refusing limit's state, sent as the `x-ratelimit-*` headers.
         limits: LimitView,
     },
+    /// A concurrency limit is full: requests already in flight hold every slot.
+    #[error(
+        "concurrency limit reached: {scope} `{id}` allows {limit} requests in flight at once; retry later"
+    )]
+    ConcurrencyLimited {
+        scope: &'static str,
+        id: String,
+        limit: u32,
+    },
     #[error("the upstream provider is rate limiting this model; retry later")]
     UpstreamRateLimited { retry_after: Option<Duration> },
     /// The upstream refused the request itself (e.g. 400 context length): its own OpenAI-shape
@@ -115,6 +124,7 @@ impl ApiError {
             | ApiError::ResponseNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RateLimited { .. }
+            | ApiError::ConcurrencyLimited { .. }
             | ApiError::UpstreamRateLimited { .. }
             | ApiError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamRejected { status } => *status,
@@ -144,6 +154,7 @@ impl ApiError {
             ApiError::ResponseNotFound { .. } => "response_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::ConcurrencyLimited { .. } => "concurrency_limited",
             ApiError::UpstreamRateLimited { .. } => "upstream_rate_limited",
             ApiError::UpstreamRejected { .. } => "upstream_rejected",
             ApiError::UpstreamFailed { .. } => "upstream_failed",
@@ -173,9 +184,9 @@ impl ApiError {
             | ApiError::RevokedKey
             | ApiError::TenantSuspended => "authentication_error",
             ApiError::ModelNotAllowed { .. } => "permission_error",
-            ApiError::RateLimited { .. } | ApiError::UpstreamRateLimited { .. } => {
-                "rate_limit_error"
-            }
+            ApiError::RateLimited { .. }
+            | ApiError::ConcurrencyLimited { .. }
+            | ApiError::UpstreamRateLimited { .. } => "rate_limit_error",
             // OpenAI's type for "you ran out of money" 429s.
             ApiError::BudgetExceeded { .. } => "insufficient_quota",
             ApiError::UpstreamFailed { .. }
@@ -203,9 +214,9 @@ impl ApiError {
             ApiError::ResponseNotFound {
                 previous: false, ..
             } => Some("response_not_found"),
-            ApiError::RateLimited { .. } | ApiError::UpstreamRateLimited { .. } => {
-                Some("rate_limit_exceeded")
-            }
+            ApiError::RateLimited { .. }
+            | ApiError::ConcurrencyLimited { .. }
+            | ApiError::UpstreamRateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
             ApiError::ModelNotAllowed { .. } => Some("model_not_allowed"),
             ApiError::BudgetExceeded { .. } => Some("budget_exceeded"),
@@ -235,9 +246,9 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
-            ApiError::LimitsUnavailable | ApiError::BudgetsUnavailable => {
-                Some(Duration::from_secs(1))
-            }
+            ApiError::LimitsUnavailable
+            | ApiError::BudgetsUnavailable
+            | ApiError::ConcurrencyLimited { .. } => Some(Duration::from_secs(1)),
             ApiError::BudgetExceeded {
                 resets_in_seconds, ..
             } => resets_in_seconds

@@ -47,9 +47,11 @@
 pub mod accounting;
 pub mod auth;
 pub mod budget;
+pub mod caps;
 pub mod catalog;
 pub mod clock;
 pub mod cluster;
+pub mod concurrency;
 pub mod config;
 pub mod context;
 pub mod count_tokens;

@@ -124,17 +124,18 @@ fn candidates(
     model: &ModelEntry,
     input: &RouteInput<'_>,
     explain: &mut Option<String>,
-    excluded: &mut Option<Exclusion>,
+    tries: &mut Tries,
 ) -> Vec<usize> {
     let decided = std::time::Instant::now();
-    let mut order = attempt_order(model, input);
+    let ranked = attempt_order(model, input);
+    let mut order = ranked.clone();
     let mut left_out = String::new();
     let selection = &request.selection;
     order.retain(
         |&i| match selection.check(&model.deployments[i], &request.facts.key.key) {
             Ok(()) => true,
             Err(why) => {
-                excluded.get_or_insert(why);
+                tries.excluded.get_or_insert(why);
                 // A deployment of a model the key may not use is not shown at all.
                 if explain.is_some() && why != Exclusion::NotAllowed {
                     left_out.push_str(&format!(" -{}:{}", model.deployments[i].id, why.as_str()));
@@ -143,6 +144,21 @@ fn candidates(
             }
         },
     );
+    if order.is_empty()
+        && let Some(fallback) = selection.default_tag_fallback()
+    {
+        // No deployment has the tags asked for: those tagged `default` serve instead.
+        order = ranked;
+        order.retain(|&i| {
+            fallback
+                .check(&model.deployments[i], &request.facts.key.key)
+                .is_ok()
+        });
+        if !order.is_empty() {
+            left_out.push_str(" tags:default");
+        }
+    }
+    leave_out_capped(model, &mut order, &mut left_out, tries);
     let mut kept = false;
     if let Some(session) = selection.session
         && let Some(i) = model.affinity.get(session, unix_seconds(input.now_ms))
@@ -157,6 +173,29 @@ fn candidates(
         explain_order(text, model, &order, input, &left_out, kept);
     }
     order
+}
+
+/// Leaves out the deployments whose spend cap or request quota is used up
+/// ([`crate::caps`]), noting `-id:cap:<which>` for the explain header and when they come back.
+fn leave_out_capped(
+    model: &ModelEntry,
+    order: &mut Vec<usize>,
+    left_out: &mut String,
+    tries: &mut Tries,
+) {
+    if model.deployments.iter().all(|d| d.caps.is_none()) {
+        return;
+    }
+    let now = chrono::Utc::now();
+    order.retain(|&i| {
+        let d = &model.deployments[i];
+        let Some(out) = d.caps.as_ref().and_then(|c| d.state.caps.exhausted(c, now)) else {
+            return true;
+        };
+        tries.back_in(out.resets_in);
+        left_out.push_str(&format!(" -{}:cap:{}", d.id, out.cap));
+        false
+    });
 }
 
 /// Appends one model's part of the routing decision to `text`.
@@ -198,6 +237,8 @@ struct Tries {
     soonest_back: Option<Duration>,
     /// Why the selection left a deployment out (the first reason found).
     excluded: Option<Exclusion>,
+    /// A deployment skipped because its concurrency limit was full: id and limit.
+    full: Option<(String, u32)>,
 }
 
 impl Tries {
@@ -209,6 +250,9 @@ impl Tries {
     fn into_error(self, model: &str) -> ApiError {
         match (self.last_error, self.excluded) {
             (Some(e), _) => e,
+            (None, _) if let Some((id, limit)) = self.full => {
+                crate::quota::concurrency_limited("deployment", &id, limit)
+            }
             // Nothing was tried and nothing is cooling down: the selection left no deployment.
             (None, Some(why)) if self.soonest_back.is_none() => {
                 ApiError::bad_request(why.message(model), Some("model"))
@@ -230,6 +274,11 @@ async fn forward_inner(
     let fallbacks =
         crate::selectors::fallbacks(catalog, &request.facts.key.key, &request.facts.model);
     let mut tries = Tries::default();
+    let wait = Duration::from_millis(request.facts.model.policy.concurrency_wait_ms);
+    if let Err(error) = ledger.take_slots(wait).await {
+        ledger.gave_up(error.status());
+        return axum::response::IntoResponse::into_response(error);
+    }
     let base_input = RouteInput {
         stream: request.view.stream,
         prompt_tokens: request.facts.prompt_estimate,
@@ -250,7 +299,7 @@ async fn forward_inner(
             prefix_keys: &prefix_keys,
             ..base_input
         };
-        let order = candidates(request, model, &input, explain, &mut tries.excluded);
+        let order = candidates(request, model, &input, explain, &mut tries);
         ledger = match try_model(request, model, &order, &input, ledger, &mut tries).await {
             ControlFlow::Break(response) => return response,
             ControlFlow::Continue(ledger) => ledger,
@@ -274,9 +323,12 @@ async fn try_model(
     let mut cursor = 0usize;
     let mut previous: Option<usize> = None;
     let mut failures_in_a_row = 0u32;
-    let mut may_wait = Duration::from_millis(model.policy.wait_for_cooldown_ms);
+    let mut waits = Waits {
+        cooldown: Duration::from_millis(model.policy.wait_for_cooldown_ms),
+        slot_until: Instant::now() + Duration::from_millis(model.policy.concurrency_wait_ms),
+    };
     for _ in 0..=model.policy.retries {
-        let Some(index) = pick(&ledger, model, order, &mut cursor, &mut may_wait, tries).await
+        let Some(index) = pick(&mut ledger, model, order, &mut cursor, &mut waits, tries).await
         else {
             break;
         };
@@ -333,28 +385,47 @@ async fn try_model(
     ControlFlow::Continue(ledger)
 }
 
+/// How long one model's attempts may still wait for a deployment.
+struct Waits {
+    /// For a cooling deployment to come back (spent by the first wait).
+    cooldown: Duration,
+    /// For a concurrency slot to free up.
+    slot_until: Instant,
+}
+
 /// The deployment for the next attempt; when every candidate is cooling down, waits for the
-/// first one back if the policy allows, once per model (`may_wait` is then spent).
+/// first one back if the policy allows, once per model (`waits.cooldown` is then spent); when
+/// candidates are at their concurrency limit, tries again until `waits.slot_until`.
 async fn pick(
-    ledger: &Ledger,
+    ledger: &mut Ledger,
     model: &ModelEntry,
     order: &[usize],
     cursor: &mut usize,
-    may_wait: &mut Duration,
+    waits: &mut Waits,
     tries: &mut Tries,
 ) -> Option<usize> {
     loop {
         let mut back: Option<Duration> = None;
-        let found = next_available(ledger, model, order, cursor, &mut back).await;
+        let mut full = None;
+        let found = next_available(ledger, model, order, cursor, &mut back, &mut full).await;
         if let Some(b) = back {
             tries.back_in(b);
         }
+        let any_full = full.is_some();
+        if any_full {
+            tries.full = full;
+        }
+        let now = Instant::now();
         match (found, back) {
             (Some(index), _) => return Some(index),
-            (None, Some(back)) if back <= *may_wait => {
+            (None, Some(back)) if back <= waits.cooldown => {
                 let pause = back + Duration::from_millis(fastrand::u64(0..=25));
-                *may_wait = Duration::ZERO;
+                waits.cooldown = Duration::ZERO;
                 tokio::time::sleep(pause).await;
+            }
+            (None, _) if any_full && now < waits.slot_until => {
+                let pause = Duration::from_millis(10 + fastrand::u64(0..20));
+                tokio::time::sleep(pause.min(waits.slot_until - now)).await;
             }
             (None, _) => return None,
         }
@@ -378,15 +449,17 @@ fn remember_choice(
     }
 }
 
-/// The next deployment in `order` (from `cursor`, wrapping) whose breaker lets it through and
-/// that fits its limits (charged through the ledger's ticket). Remembers the soonest moment a
-/// skipped one comes back.
+/// The next deployment in `order` (from `cursor`, wrapping) whose breaker lets it through, that
+/// has a free concurrency slot (taken, held by the ledger's ticket) and that fits its limits
+/// (charged through the ticket). Remembers the soonest moment a skipped one comes back, and
+/// the first one skipped for a full concurrency limit.
 async fn next_available(
-    ledger: &Ledger,
+    ledger: &mut Ledger,
     model: &ModelEntry,
     order: &[usize],
     cursor: &mut usize,
     soonest_back: &mut Option<Duration>,
+    full: &mut Option<(String, u32)>,
 ) -> Option<usize> {
     let now = unix_ms();
     for _ in 0..order.len() {
@@ -398,7 +471,16 @@ async fn next_available(
             *soonest_back = Some(soonest_back.map_or(back_in, |s| s.min(back_in)));
             continue;
         }
+        if !ledger.take_deployment_slot(deployment).await {
+            if gate == Gate::Probe {
+                deployment.state.release_probe();
+            }
+            let limit = deployment.limits.concurrency.unwrap_or(0);
+            full.get_or_insert_with(|| (deployment.id.clone(), limit));
+            continue;
+        }
         if let Err(denial) = ledger.charge_deployment(deployment).await {
+            ledger.drop_deployment_slot();
             if gate == Gate::Probe {
                 deployment.state.release_probe();
             }

@@ -19,14 +19,21 @@
 //! 2. [`Ticket::charge_deployment`] — per attempt, once routing has picked a deployment: its
 //!    own limits, charged the same estimate; [`Ticket::release_deployment`] gives the tokens
 //!    back when the attempt fails (nothing was generated; the request stays counted).
+//!
+//!    [`Ticket::take_slots`] then takes the key's and tenant's concurrency slots
+//!    ([`crate::concurrency`]), and [`Ticket::take_deployment_slot`] an attempt's deployment
+//!    slot; the ticket holds them until the attempt fails or the request settles.
 //! 3. [`Ticket::settle`] — when the request's ledger closes: the token limits corrected to
 //!    what was used, and the budget reservation replaced with the cost, off the request path
 //!    (crossed thresholds go out as webhooks).
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::budget::{BudgetRefusal, Budgets, Reservation, Threshold};
 use crate::catalog::{DeploymentEntry, KeyEntry};
+use crate::concurrency::{Lease, Slots};
 use crate::error::ApiError;
 use crate::limits::{Denial, Joint, LimitView, Limiter};
 use crate::metrics;
@@ -36,6 +43,8 @@ use crate::webhooks::{Event, Webhooks};
 #[derive(Debug, Clone, Copy)]
 pub struct Stores<'a> {
     pub limiter: &'a Limiter,
+    /// Where deployments' spend caps and request quotas are counted.
+    pub caps: &'a crate::caps::CapStore,
     pub budgets: &'a Budgets,
     /// Where crossed budget thresholds are announced.
     pub webhooks: &'a Webhooks,
@@ -49,6 +58,11 @@ pub struct Ticket {
     tokens: u64,
     /// What the budgets reserved (empty without budgets).
     budget: Reservation,
+    /// The key's and tenant's concurrency slots, held until the request settles.
+    slots: Vec<Lease>,
+    /// The current attempt's deployment slot, held until the attempt fails or the request
+    /// settles.
+    deployment_slot: Option<Lease>,
 }
 
 impl Ticket {
@@ -64,7 +78,11 @@ impl Ticket {
         now: DateTime<Utc>,
     ) -> Result<(Self, LimitView), ApiError> {
         let limits = key.subjects();
-        let admitted = |budget| Self { tokens, budget };
+        let admitted = |budget| Self {
+            tokens,
+            budget,
+            ..Self::default()
+        };
         let Some(budgets) = key.budget_subjects() else {
             let view = stores.limiter.admit(&limits, tokens).await;
             return Ok((
@@ -121,6 +139,52 @@ impl Ticket {
         }
     }
 
+    /// Takes a concurrency slot of the key and of the tenant (those with a `concurrency`
+    /// limit), waiting up to `wait` for them; the ticket holds them until it settles. Says
+    /// which limit is full when the wait runs out.
+    pub async fn take_slots(
+        &mut self,
+        slots: &Slots,
+        key: &KeyEntry,
+        wait: Duration,
+    ) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        for subject in key.subjects() {
+            let Some(limit) = subject.limits.concurrency else {
+                continue;
+            };
+            let scope = subject.scope.as_str();
+            let lease = acquire_within(slots, scope, subject.id, limit, deadline).await;
+            match lease {
+                Some(lease) => self.slots.push(lease),
+                None => {
+                    self.slots.clear();
+                    return Err(concurrency_limited(scope, subject.id, limit));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a slot of `deployment` for an attempt, if it has a `concurrency` limit and one is
+    /// free now; `false` when it is full.
+    pub async fn take_deployment_slot(
+        &mut self,
+        slots: &Slots,
+        deployment: &DeploymentEntry,
+    ) -> bool {
+        let Some(limit) = deployment.limits.concurrency else {
+            return true;
+        };
+        match slots.try_acquire("deployment", &deployment.id, limit).await {
+            Some(lease) => {
+                self.deployment_slot = Some(lease);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether the ticket holds a budget reservation.
     pub fn has_budget(&self) -> bool {
         !self.budget.is_empty()
@@ -143,8 +207,14 @@ impl Ticket {
     }
 
     /// Gives a failed attempt's deployment back its token estimate: nothing was generated.
-    pub fn release_deployment(&self, limiter: &Limiter, deployment: &DeploymentEntry) {
+    pub fn release_deployment(&mut self, limiter: &Limiter, deployment: &DeploymentEntry) {
+        self.deployment_slot = None;
         limiter.settle(&[deployment.subject()], self.tokens, 0);
+    }
+
+    /// Gives back a deployment slot taken for an attempt that did not start.
+    pub fn drop_deployment_slot(&mut self) {
+        self.deployment_slot = None;
     }
 
     /// Settles the ticket once the request is over: the key's, tenant's and (when one was
@@ -165,8 +235,44 @@ impl Ticket {
             stores
                 .limiter
                 .settle(&[d.subject()], self.tokens, actual_tokens);
+            if d.caps.is_some() {
+                stores.caps.record(&d.id, &d.state.caps, cost_nanos);
+            }
         }
         settle_budget(stores, std::mem::take(&mut self.budget), cost_nanos);
+        self.deployment_slot = None;
+        self.slots.clear();
+    }
+}
+
+/// A slot of `scope` `id`, trying until `deadline` (every 10–30 ms) while it is full.
+pub async fn acquire_within(
+    slots: &Slots,
+    scope: &str,
+    id: &str,
+    limit: u32,
+    deadline: tokio::time::Instant,
+) -> Option<Lease> {
+    loop {
+        if let Some(lease) = slots.try_acquire(scope, id, limit).await {
+            return Some(lease);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        let pause = Duration::from_millis(10 + fastrand::u64(0..20));
+        tokio::time::sleep(pause.min(deadline - now)).await;
+    }
+}
+
+/// The 429 of a full concurrency limit.
+pub fn concurrency_limited(scope: &'static str, id: &str, limit: u32) -> ApiError {
+    metrics::count_rate_limited(scope, "concurrency");
+    ApiError::ConcurrencyLimited {
+        scope,
+        id: id.to_owned(),
+        limit,
     }
 }
 

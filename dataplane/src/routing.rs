@@ -13,7 +13,7 @@
 use std::cmp::Ordering as CmpOrdering;
 use std::sync::atomic::Ordering;
 
-use switchboard_shared::snapshot::{ScoreWeights, ScoringPreset, Strategy};
+use switchboard_shared::snapshot::{Preference, ScoreWeights, ScoringPreset, Strategy};
 
 use crate::catalog::{DeploymentEntry, ModelEntry};
 
@@ -101,8 +101,39 @@ pub fn describe(s: &Signals) -> String {
     )
 }
 
-/// Indexes into `model.deployments`, in the order to try them.
+/// Indexes into `model.deployments`, in the order to try them: the strategy's order, with the
+/// policy's `prefer` preset's deployments moved ahead of the rest.
 pub fn attempt_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
+    let order = strategy_order(model, input);
+    match model.policy.prefer {
+        None => order,
+        Some(preference) => prefer_first(order, |i| preferred(preference, &model.deployments[i])),
+    }
+}
+
+/// Whether `d` is one `preference` puts first.
+pub fn preferred(preference: Preference, d: &DeploymentEntry) -> bool {
+    let tagged = |tag: &str| d.tags.iter().any(|t| t.eq_ignore_ascii_case(tag));
+    match preference {
+        Preference::LocalFirst => tagged("local"),
+        Preference::FreeFirst => {
+            tagged("free")
+                || d.price.as_ref().is_some_and(|p| {
+                    p.input_cost_per_token == Some(0.0) && p.output_cost_per_token == Some(0.0)
+                })
+        }
+    }
+}
+
+/// `order` with the items `first` holds for moved ahead, each part keeping its order.
+pub fn prefer_first(order: Vec<usize>, first: impl Fn(usize) -> bool) -> Vec<usize> {
+    let (mut ahead, behind): (Vec<usize>, Vec<usize>) = order.into_iter().partition(|&i| first(i));
+    ahead.extend(behind);
+    ahead
+}
+
+/// The strategy's order.
+fn strategy_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
     let n = model.deployments.len();
     if n <= 1 {
         return (0..n).collect();
@@ -111,7 +142,12 @@ pub fn attempt_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
         Strategy::WeightedRandom => weighted_shuffle(model, (0..n).collect(), fastrand::f64),
         Strategy::RoundRobin => {
             let turn = model.rotation.fetch_add(1, Ordering::Relaxed);
-            let first = weighted_pick(model, turn % model.total_weight.max(1));
+            let total = if model.policy.weights_from_limits {
+                model.deployments.iter().map(|d| weight_of(model, d)).sum()
+            } else {
+                model.total_weight
+            };
+            let first = weighted_pick(model, turn % total.max(1));
             (0..n).map(|i| (first + i) % n).collect()
         }
         Strategy::Priority => {
@@ -130,7 +166,11 @@ pub fn attempt_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
                 .policy
                 .scoring
                 .map_or(ScoringPreset::Balanced.weights(), |s| s.weights());
-            let order = rank(dynamic, &signals, weights, fastrand::f64);
+            let mut order = rank(dynamic, &signals, weights, fastrand::f64);
+            let buffer = model.policy.latency_buffer_pct;
+            if dynamic == Strategy::LowestLatency && buffer > 0.0 {
+                order = within_buffer(order, &signals, buffer, fastrand::f64);
+            }
             match (dynamic, &model.prefix) {
                 (Strategy::PrefixAffinity, Some(index)) => {
                     let cached = index.longest(input.prefix_keys).map(|(d, _)| d);
@@ -141,6 +181,32 @@ pub fn attempt_order(model: &ModelEntry, input: &RouteInput<'_>) -> Vec<usize> {
             }
         }
     }
+}
+
+/// `lowest_latency`'s buffer: the measured deployments within `pct` percent of the fastest
+/// latency (the head of `order`) share the first places in a random order; the rest keep
+/// theirs. An unmeasured head (measured first on purpose) is left alone.
+pub fn within_buffer(
+    mut order: Vec<usize>,
+    signals: &[Signals],
+    pct: f64,
+    mut uniform: impl FnMut() -> f64,
+) -> Vec<usize> {
+    let latency = |i: usize| signals.get(i).and_then(|s| s.latency_ms);
+    let Some(best) = order.first().and_then(|&i| latency(i)) else {
+        return order;
+    };
+    let limit = best * (1.0 + pct / 100.0);
+    let close = order
+        .iter()
+        .take_while(|&&i| latency(i).is_some_and(|l| l <= limit))
+        .count();
+    let mut keyed: Vec<(f64, usize)> = order[..close].iter().map(|&i| (uniform(), i)).collect();
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (slot, (_, i)) in order.iter_mut().zip(keyed) {
+        *slot = i;
+    }
+    order
 }
 
 /// Puts the deployment holding the prompt's prefix first, unless it has more than `margin`
@@ -248,11 +314,24 @@ fn weighted_scores(signals: &[Signals], w: ScoreWeights) -> Vec<f64> {
         .collect()
 }
 
+/// A deployment's weight under its model's policy: its own, or with `weights_from_limits` and
+/// the default weight 1, its `rpm` (else `tpm / 1000`, at least 1).
+pub fn weight_of(model: &ModelEntry, d: &DeploymentEntry) -> u64 {
+    if !model.policy.weights_from_limits || d.weight != 1 {
+        return u64::from(d.weight);
+    }
+    match (d.limits.rpm, d.limits.tpm) {
+        (Some(rpm), _) => u64::from(rpm),
+        (None, Some(tpm)) => (u64::from(tpm) / 1000).max(1),
+        (None, None) => 1,
+    }
+}
+
 /// The deployment whose cumulative-weight interval contains `point` (in `0..total_weight`).
 fn weighted_pick(model: &ModelEntry, point: u64) -> usize {
     let mut cumulative = 0u64;
     for (i, d) in model.deployments.iter().enumerate() {
-        cumulative += u64::from(d.weight);
+        cumulative += weight_of(model, d);
         if point < cumulative {
             return i;
         }
@@ -270,7 +349,7 @@ fn weighted_shuffle(
     let mut keys: Vec<(f64, usize)> = items
         .iter()
         .map(|&i| {
-            let w = f64::from(model.deployments[i].weight.max(1));
+            let w = weight_of(model, &model.deployments[i]).max(1) as f64;
             (uniform().powf(1.0 / w), i)
         })
         .collect();
@@ -366,6 +445,64 @@ mod tests {
         assert_eq!(first(Strategy::LowestLatency, &s), 1);
         let s = each(&[Some(20.0), None], |s, v| s.latency_ms = v);
         assert_eq!(first(Strategy::LowestLatency, &s), 1);
+    }
+
+    #[test]
+    fn a_latency_buffer_spreads_the_first_place_over_the_nearly_fastest() {
+        let s = each(&[Some(100.0), Some(108.0), Some(150.0), None], |s, v| {
+            s.latency_ms = v
+        });
+        // Unmeasured first without a buffer; with one, the buffer only applies to a measured
+        // head.
+        let ranked = order(Strategy::LowestLatency, &s);
+        assert_eq!(ranked[0], 3);
+        assert_eq!(within_buffer(ranked, &s, 10.0, fastrand::f64)[0], 3);
+        let s = &s[..3];
+        let mut firsts = [0usize; 3];
+        for _ in 0..400 {
+            let ranked = order(Strategy::LowestLatency, s);
+            let buffered = within_buffer(ranked, s, 10.0, fastrand::f64);
+            assert_eq!(buffered[2], 2, "150 ms is outside 10% of 100 ms");
+            firsts[buffered[0]] += 1;
+        }
+        assert!(firsts[0] > 120 && firsts[1] > 120, "{firsts:?}");
+        // Without a buffer the fastest always wins.
+        for _ in 0..50 {
+            assert_eq!(first(Strategy::LowestLatency, s), 0);
+        }
+        // A buffer of 60% takes in the third too.
+        let wide = (0..300)
+            .filter(|_| {
+                within_buffer(order(Strategy::LowestLatency, s), s, 60.0, fastrand::f64)[0] == 2
+            })
+            .count();
+        assert!(wide > 50, "{wide}");
+    }
+
+    #[test]
+    fn free_first_and_local_first_put_their_deployments_ahead() {
+        crate::install_crypto_provider();
+        let yaml = "providers: [{ id: p, kind: mock }]\ndeployments:\n\
+            - { id: paid, model: m, provider: p, upstream_model: u, priority: 0, price: { input_cost_per_token: 0.001, output_cost_per_token: 0.002 } }\n\
+            - { id: zero, model: m, provider: p, upstream_model: u, priority: 1, price: { input_cost_per_token: 0.0, output_cost_per_token: 0.0 } }\n\
+            - { id: tagged, model: m, provider: p, upstream_model: u, priority: 2, tags: [Free, local] }\n\
+            models: [{ model: m, strategy: priority, prefer: PREFER }]\n";
+        let ids = |prefer: &str| {
+            let yaml = yaml.replace("PREFER", prefer);
+            let c = crate::catalog::build_for_test(&Snapshot::from_yaml(&yaml).unwrap(), &|_| None)
+                .unwrap();
+            let m = c.model("m").unwrap();
+            attempt_order(m, &input())
+                .into_iter()
+                .map(|i| m.deployments[i].id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("free_first"), ["zero", "tagged", "paid"]);
+        assert_eq!(ids("local_first"), ["tagged", "paid", "zero"]);
+        assert_eq!(
+            prefer_first(vec![3, 1, 2, 0], |i| i % 2 == 0),
+            vec![2, 0, 3, 1]
+        );
     }
 
     #[test]
@@ -588,6 +725,32 @@ mod tests {
             (share - 0.75).abs() < 0.03,
             "share of the weight-3 deployment: {share}"
         );
+    }
+
+    #[test]
+    fn weights_come_from_rpm_and_tpm_when_none_is_set() {
+        crate::install_crypto_provider();
+        let yaml = "providers: [{ id: p, kind: mock }]\ndeployments:\n\
+            - { id: small, model: m, provider: p, upstream_model: u, limits: { rpm: 100 } }\n\
+            - { id: big, model: m, provider: p, upstream_model: u, limits: { tpm: 300000 } }\n\
+            models: [{ model: m, strategy: STRATEGY, weights_from_limits: true }]\n";
+        let build = |strategy: &str| {
+            let yaml = yaml.replace("STRATEGY", strategy);
+            crate::catalog::build_for_test(&Snapshot::from_yaml(&yaml).unwrap(), &|_| None).unwrap()
+        };
+        let c = build("weighted_random");
+        let m = c.model("m").unwrap();
+        assert_eq!(weight_of(m, &m.deployments[0]), 100);
+        assert_eq!(weight_of(m, &m.deployments[1]), 300, "300000 tpm / 1000");
+        let counts = first_choice_counts(&c, 20_000);
+        let share = counts[1] as f64 / 20_000.0;
+        assert!((share - 0.75).abs() < 0.03, "share of `big`: {share}");
+        let c = build("round_robin");
+        let m = c.model("m").unwrap();
+        let bigs = (0..400)
+            .filter(|_| attempt_order(m, &input())[0] == 1)
+            .count();
+        assert_eq!(bigs, 300, "round robin by derived weights");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! - **Tags.** A model name `tag:a,b` means every deployment, of any model the key may use,
 //!   that carries all of the tags; the `x-switchboard-tags: a,b` header narrows an ordinary
-//!   model's deployments the same way.
+//!   model's deployments the same way. Tags compare without regard to ASCII case. When no
+//!   deployment of the model carries the tags asked for, those tagged `default` serve
+//!   ([`Selection::default_tag_fallback`]).
 //! - **Capabilities.** A request with images needs a deployment whose price entry does not say
 //!   `supports_vision: false`; one with `tools`/`functions` needs `supports_function_calling`
 //!   not false; a prompt larger than a deployment's `max_input_tokens` skips it. Unknown
@@ -35,6 +37,8 @@ pub use crate::catalog::{TAG_PREFIX, unix_seconds};
 
 /// Request header naming tags that narrow the model's deployments.
 pub const TAGS_HEADER: &str = "x-switchboard-tags";
+/// The tag of the deployments that serve a request whose tags no deployment carries.
+pub const DEFAULT_TAG: &str = "default";
 /// Request header that keeps a conversation on one deployment.
 pub const SESSION_HEADER: &str = "x-session-id";
 
@@ -118,7 +122,7 @@ impl Selection {
         if !self
             .tags
             .iter()
-            .all(|t| d.tags.iter().any(|have| have == t))
+            .all(|t| d.tags.iter().any(|have| have.eq_ignore_ascii_case(t)))
         {
             return Err(Exclusion::Tags);
         }
@@ -137,6 +141,24 @@ impl Selection {
             }
         }
         Ok(())
+    }
+
+    /// The selection to retry with when no deployment carries the tags asked for: the same,
+    /// with the one tag `default` instead. `None` when no tags were asked for or `default`
+    /// already was.
+    pub fn default_tag_fallback(&self) -> Option<Selection> {
+        if self.tags.is_empty()
+            || self
+                .tags
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(DEFAULT_TAG))
+        {
+            return None;
+        }
+        Some(Selection {
+            tags: vec![DEFAULT_TAG.to_owned()],
+            ..self.clone()
+        })
     }
 
     /// Whether nothing narrows: every deployment passes [`Selection::check`].
@@ -264,6 +286,35 @@ mod tests {
         assert_eq!(session_of(&h), first);
         h.insert(SESSION_HEADER, "conv-2".parse().unwrap());
         assert_ne!(session_of(&h), first);
+    }
+
+    #[test]
+    fn tags_ignore_case_and_fall_back_to_default() {
+        crate::install_crypto_provider();
+        let yaml = "providers: [{ id: p, kind: mock }]\ndeployments:\n  - { id: d0, model: m, provider: p, upstream_model: u, tags: [Fast, EU] }\n  - { id: d1, model: m, provider: p, upstream_model: u, tags: [default] }\nmodels: [{ model: m }]\ntenants: [{ id: t }]\nvirtual_keys: [{ id: k, tenant_id: t, key_hash: \"{}\" }]\n";
+        let yaml = yaml.replace("{}", &"ab".repeat(32));
+        let snapshot = switchboard_shared::snapshot::Snapshot::from_yaml(&yaml).unwrap();
+        let c = crate::catalog::build_for_test(&snapshot, &|_| None).unwrap();
+        let m = c.model("m").unwrap();
+        let key = snapshot.virtual_keys[0].clone();
+        let asked = Selection {
+            tags: vec!["fast".into(), "eu".into()],
+            ..Selection::default()
+        };
+        assert_eq!(asked.check(&m.deployments[0], &key), Ok(()), "case ignored");
+        let other = Selection {
+            tags: vec!["gpu".into()],
+            ..Selection::default()
+        };
+        assert_eq!(other.check(&m.deployments[0], &key), Err(Exclusion::Tags));
+        let fallback = other.default_tag_fallback().unwrap();
+        assert_eq!(fallback.check(&m.deployments[1], &key), Ok(()));
+        assert_eq!(
+            fallback.check(&m.deployments[0], &key),
+            Err(Exclusion::Tags)
+        );
+        assert!(Selection::default().default_tag_fallback().is_none());
+        assert!(fallback.default_tag_fallback().is_none(), "no loop");
     }
 
     #[test]

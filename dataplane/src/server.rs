@@ -107,9 +107,21 @@ pub fn build_state_with_keys(
         Some(shared) => Limiter::Redis(RedisLimiter::new(shared.clone())),
         None => Limiter::Local(LocalLimiter::new()),
     };
+    let (slots, caps) = match &shared {
+        Some(shared) => (
+            crate::concurrency::Slots::redis(shared.clone()),
+            crate::caps::CapStore::Redis(shared.clone()),
+        ),
+        None => (
+            crate::concurrency::Slots::local(),
+            crate::caps::CapStore::Local,
+        ),
+    };
     let responses = crate::responses::ResponseStore::new(shared.clone());
     let books = Books {
         limiter: Arc::new(limiter),
+        slots,
+        caps,
         budgets: crate::budget::Budgets::new(shared),
         webhooks: match webhooks {
             Some(config) => crate::webhooks::Webhooks::start(config, &http)?,

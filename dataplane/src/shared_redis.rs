@@ -40,6 +40,10 @@ pub struct RedisConfig {
     /// How often the local copy of shared deployment state is refreshed from Redis.
     #[serde(default = "default_refresh_ms")]
     pub refresh_ms: u64,
+    /// Lifetime of a concurrency slot's lease: renewed every third of it while its request
+    /// lives, so a crashed replica's slots come back within this time.
+    #[serde(default = "default_concurrency_lease_ms")]
+    pub concurrency_lease_ms: u64,
 }
 
 /// What to do about limits while Redis is unreachable.
@@ -61,6 +65,9 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_refresh_ms() -> u64 {
     200
+}
+fn default_concurrency_lease_ms() -> u64 {
+    15_000
 }
 
 impl RedisConfig {
@@ -101,6 +108,12 @@ impl RedisConfig {
         if !(10..=10_000).contains(&self.refresh_ms) {
             push("refresh_ms", "must be between 10 and 10000".into());
         }
+        if !(300..=600_000).contains(&self.concurrency_lease_ms) {
+            push(
+                "concurrency_lease_ms",
+                "must be between 300 and 600000".into(),
+            );
+        }
         out
     }
 }
@@ -113,6 +126,7 @@ pub struct SharedRedis {
     timeout: Duration,
     policy: FailurePolicy,
     refresh: Duration,
+    lease: Duration,
     up: Arc<AtomicBool>,
 }
 
@@ -149,6 +163,7 @@ impl SharedRedis {
             timeout,
             policy: config.failure_policy,
             refresh: Duration::from_millis(config.refresh_ms),
+            lease: Duration::from_millis(config.concurrency_lease_ms),
             // Optimistic: the first call finds out.
             up: Arc::new(AtomicBool::new(true)),
         })
@@ -170,6 +185,11 @@ impl SharedRedis {
 
     pub fn policy(&self) -> FailurePolicy {
         self.policy
+    }
+
+    /// Lifetime of a concurrency lease (`concurrency_lease_ms`).
+    pub fn lease_time(&self) -> Duration {
+        self.lease
     }
 
     pub fn refresh_interval(&self) -> Duration {
@@ -221,6 +241,7 @@ mod tests {
             timeout_ms: default_timeout_ms(),
             failure_policy: FailurePolicy::Open,
             refresh_ms: default_refresh_ms(),
+            concurrency_lease_ms: default_concurrency_lease_ms(),
         }
     }
 

@@ -179,9 +179,14 @@ pub struct RateLimits {
     pub rpm: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u32>,
+    /// Requests in flight at once, across every replica (held as leases in Redis that expire
+    /// if a replica dies). `None` means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 impl RateLimits {
+    /// Whether no per-minute limit is set (`concurrency` is held separately, as leases).
     pub fn is_unlimited(&self) -> bool {
         self.rpm.is_none() && self.tpm.is_none()
     }
@@ -321,6 +326,25 @@ pub struct Deployment {
     /// Prices, in LiteLLM's field names. Without one, usage is recorded at zero cost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<PriceEntry>,
+    /// Spend caps and request quotas per UTC day and month: once one is used up, the
+    /// deployment is out of rotation until its period ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caps: Option<DeploymentCaps>,
+}
+
+/// A deployment's own spend caps (USD, priced by its `price` entry) and request quotas, per
+/// UTC calendar day and month. Absent fields are unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentCaps {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_day: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_month: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_month: Option<u64>,
 }
 
 fn default_weight() -> u32 {
@@ -361,6 +385,33 @@ pub struct ModelPolicy {
     /// to come back before it is refused with 503. 0 refuses at once.
     #[serde(default = "default_wait_for_cooldown_ms")]
     pub wait_for_cooldown_ms: u64,
+    /// When every deployment (or the key or tenant) is at its `concurrency` limit, how long a
+    /// request may wait for a slot before it is refused with 429. 0 refuses at once.
+    #[serde(default)]
+    pub concurrency_wait_ms: u64,
+    /// `lowest_latency` only: deployments whose latency is within this percentage of the
+    /// fastest share the first place at random, so traffic is not herded onto one. 0: off.
+    #[serde(default)]
+    pub latency_buffer_pct: f64,
+    /// A preset that puts some deployments before the strategy's order (which still orders
+    /// each part): `free_first` or `local_first`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer: Option<Preference>,
+    /// A deployment left at the default `weight: 1` weighs its `limits.rpm`, or
+    /// `limits.tpm / 1000`, instead: traffic in proportion to what each account may take.
+    #[serde(default)]
+    pub weights_from_limits: bool,
+}
+
+/// Which deployments a [`ModelPolicy`]'s `prefer` tries first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preference {
+    /// Deployments that cost nothing: tagged `free`, or priced at zero per input and output
+    /// token. Paid ones only when no free one can serve.
+    FreeFirst,
+    /// Deployments tagged `local` (self-hosted engines), then the hosted ones.
+    LocalFirst,
 }
 
 fn default_wait_for_cooldown_ms() -> u64 {
@@ -384,6 +435,10 @@ impl ModelPolicy {
             scoring: None,
             prefix_affinity: None,
             wait_for_cooldown_ms: default_wait_for_cooldown_ms(),
+            concurrency_wait_ms: 0,
+            latency_buffer_pct: 0.0,
+            prefer: None,
+            weights_from_limits: false,
         }
     }
 }

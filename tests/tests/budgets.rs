@@ -34,6 +34,7 @@ fn replica(prefix: &str, url: &str, policy: FailurePolicy) -> Budgets {
         timeout_ms: 500,
         failure_policy: policy,
         refresh_ms: 200,
+        concurrency_lease_ms: 15_000,
     };
     Budgets::new(Some(SharedRedis::connect(&config).unwrap()))
 }

@@ -18,6 +18,8 @@ pub fn limits(rpm: Option<i64>, tpm: Option<i64>) -> RateLimits {
     RateLimits {
         rpm: rpm.map(clamp_u32),
         tpm: tpm.map(clamp_u32),
+        // Not stored by the control plane yet: set in standalone snapshots only.
+        concurrency: None,
     }
 }
 
@@ -209,6 +211,8 @@ impl DeploymentRow {
             limits: limits(self.rpm, self.tpm),
             priority: clamp_u32(self.priority),
             price: self.price.as_ref().map(|p| p.0.clone()),
+            // Not stored by the control plane yet: set in standalone snapshots only.
+            caps: None,
         }
     }
 }

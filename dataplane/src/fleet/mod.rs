@@ -39,6 +39,8 @@ pub struct DeploymentState {
     pub breaker: Breaker,
     pub load: Load,
     pub quota: UpstreamQuota,
+    /// What its own spend caps and request quotas have used ([`crate::caps`]).
+    pub caps: Arc<crate::caps::CapUsage>,
 }
 
 /// How one attempt on a deployment ended, as the forward loop reports it to

@@ -433,6 +433,7 @@ mod tests {
             timeout_ms: 500,
             failure_policy: FailurePolicy::Open,
             refresh_ms: 100,
+            concurrency_lease_ms: 15_000,
         })
         .unwrap();
         let key = deployment_state(&prefix, "d1");

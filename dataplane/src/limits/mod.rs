@@ -61,7 +61,11 @@ impl<'a> Subject<'a> {
         rpm: Option<u32>,
         tpm: Option<u32>,
     ) -> Self {
-        let limits = RateLimits { rpm, tpm };
+        let limits = RateLimits {
+            rpm,
+            tpm,
+            concurrency: None,
+        };
         Self {
             scope,
             id,

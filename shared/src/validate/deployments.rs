@@ -25,5 +25,34 @@ pub(super) fn check(c: &mut Collector, deployments: &[Deployment], names: &Names
             );
         }
         check_limits(c, &format!("{path}.limits"), d.limits);
+        if let Some(caps) = &d.caps {
+            check_caps(c, &format!("{path}.caps"), caps);
+        }
+    }
+}
+
+/// Caps must be positive (and finite): 0 would take the deployment out for good.
+fn check_caps(c: &mut Collector, path: &str, caps: &crate::snapshot::DeploymentCaps) {
+    for (field, usd) in [
+        ("usd_per_day", caps.usd_per_day),
+        ("usd_per_month", caps.usd_per_month),
+    ] {
+        if usd.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            c.push(
+                format!("{path}.{field}"),
+                "must be a positive number of USD",
+            );
+        }
+    }
+    for (field, n) in [
+        ("requests_per_day", caps.requests_per_day),
+        ("requests_per_month", caps.requests_per_month),
+    ] {
+        if n == Some(0) {
+            c.push(
+                format!("{path}.{field}"),
+                "0 would take the deployment out for good; omit it for no quota",
+            );
+        }
     }
 }

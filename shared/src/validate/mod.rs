@@ -163,6 +163,12 @@ fn check_limits(c: &mut Collector, path: &str, limits: RateLimits) {
             "0 would refuse every request; omit it for no limit",
         );
     }
+    if limits.concurrency == Some(0) {
+        c.push(
+            format!("{path}.concurrency"),
+            "0 would refuse every request; omit it for no limit",
+        );
+    }
 }
 
 /// Every problem with one budget, at paths under `path` (`""`: the budget itself, so the

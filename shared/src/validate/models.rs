@@ -153,6 +153,15 @@ fn check_cooldown(c: &mut Collector, path: &str, m: &ModelPolicy) {
     let wait = m.wait_for_cooldown_ms;
     let at = format!("{path}.wait_for_cooldown_ms");
     check_at_most(c, at, wait, MAX_WAIT_FOR_COOLDOWN_MS, "");
+    let buffer = m.latency_buffer_pct;
+    if !(buffer.is_finite() && (0.0..=1000.0).contains(&buffer)) {
+        c.push(
+            format!("{path}.latency_buffer_pct"),
+            "must be between 0 and 1000",
+        );
+    }
+    let at = format!("{path}.concurrency_wait_ms");
+    check_at_most(c, at, m.concurrency_wait_ms, MAX_WAIT_FOR_COOLDOWN_MS, "");
     if m.cooldown.allowed_failures == 0 {
         c.push(
             format!("{path}.cooldown.allowed_failures"),

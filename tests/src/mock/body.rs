@@ -41,6 +41,8 @@ pub struct MockBody {
     /// Set for streams: where to count completion or cancellation.
     stream_stats: Option<Arc<State>>,
     done: bool,
+    /// Keeps the request in flight at the mock until the last frame is sent.
+    held: Option<super::state::InFlightGuard>,
 }
 
 impl std::fmt::Debug for MockBody {
@@ -73,6 +75,7 @@ impl MockBody {
             cut_armed: false,
             stream_stats: None,
             done: false,
+            held: None,
         }
     }
 
@@ -92,7 +95,14 @@ impl MockBody {
         self
     }
 
+    /// Holds `guard` until the last frame is sent or the body is dropped.
+    pub fn holding(mut self, guard: super::state::InFlightGuard) -> Self {
+        self.held = Some(guard);
+        self
+    }
+
     fn finish(&mut self) {
+        self.held = None;
         if !self.done {
             self.done = true;
             if let Some(stats) = &self.stream_stats {

@@ -167,7 +167,20 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
+/// Answers one request, counted in flight from its arrival until its answer's last frame.
 async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<MockBody>, DeliberateReset> {
+    if split_scenario(req.uri().path()).1 == "/mock/stats" {
+        return Ok(json(StatusCode::OK, state.stats_json()));
+    }
+    let guard = state.enter();
+    let response = answer(req, state).await?;
+    Ok(response.map(|body| body.holding(guard)))
+}
+
+async fn answer(
     req: Request<Incoming>,
     state: Arc<State>,
 ) -> Result<Response<MockBody>, DeliberateReset> {

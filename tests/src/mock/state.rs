@@ -53,6 +53,11 @@ pub struct State {
     pub completed_streams: AtomicUsize,
     /// TCP connections accepted, to tell keep-alive reuse from reconnecting.
     pub connections_accepted: AtomicUsize,
+    /// Requests being answered now: from arrival until the last byte of the answer is sent
+    /// (or the client goes away).
+    pub in_flight: AtomicUsize,
+    /// The most `in_flight` has been since the start (or the last reset).
+    pub max_in_flight: AtomicUsize,
     next_id: AtomicU64,
     pub templates: Templates,
 }
@@ -65,6 +70,8 @@ impl State {
             cancelled_streams: AtomicUsize::new(0),
             completed_streams: AtomicUsize::new(0),
             connections_accepted: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             templates: Templates::build()?,
         })
@@ -106,6 +113,13 @@ impl State {
             .map_or(0, |log| usize::try_from(log.count).unwrap_or(usize::MAX))
     }
 
+    /// A request arrives: in flight until the returned guard is dropped.
+    pub fn enter(self: &std::sync::Arc<Self>) -> InFlightGuard {
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::AcqRel);
+        InFlightGuard(std::sync::Arc::clone(self))
+    }
+
     /// A fresh response number.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -122,7 +136,19 @@ impl State {
             "requests": requests,
             "cancelled_streams": self.cancelled_streams.load(Ordering::Relaxed),
             "completed_streams": self.completed_streams.load(Ordering::Relaxed),
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
+            "max_in_flight": self.max_in_flight.load(Ordering::Relaxed),
         });
         Bytes::from(doc.to_string())
+    }
+}
+
+/// Marks one request in flight at the mock until dropped.
+#[derive(Debug)]
+pub struct InFlightGuard(std::sync::Arc<State>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

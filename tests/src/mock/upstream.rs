@@ -96,6 +96,16 @@ impl MockUpstream {
         self.state.cancelled_streams.load(Ordering::Relaxed)
     }
 
+    /// Requests being answered now (arrived, last byte not yet sent).
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The most requests that were ever in flight at once: the concurrency the upstream saw.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::Relaxed)
+    }
+
     /// TCP connections accepted so far.
     pub fn connections_accepted(&self) -> usize {
         self.state.connections_accepted.load(Ordering::Relaxed)

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchboard_shared::cluster::{DEFAULT_NAMESPACE, valid_namespace};
+use switchboard_shared::redis_conn::RedisTarget;
 use switchboard_shared::sealed::MasterKeys;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::validate::{Problem, Problems};
@@ -47,7 +48,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[:password@]host:port[/db]` (or `rediss://`): a secret reference, since it may
-    /// hold a password.
+    /// hold a password. A Redis Cluster or Sentinel URL as the data planes' `redis.url`.
     pub url: SecretRef,
     /// Must equal the data planes' `redis.key_prefix`, or the counters reconciled are not the
     /// ones they charge.
@@ -156,14 +157,24 @@ pub struct DatabaseConfig {
 pub struct NatsConfig {
     #[serde(default = "default_nats_url")]
     pub url: String,
+    /// Copies of each JetStream stream (config, usage) and of the snapshot object store that
+    /// this plane creates: 1 for a single NATS server, 3 for a production cluster (survives
+    /// the loss of one server). Applies when they are created; 1–5.
+    #[serde(default = "default_nats_replicas")]
+    pub replicas: usize,
 }
 
 impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: default_nats_url(),
+            replicas: default_nats_replicas(),
         }
     }
+}
+
+fn default_nats_replicas() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,6 +253,8 @@ pub struct Settings {
     pub grpc_listen: SocketAddr,
     pub max_body_bytes: usize,
     pub nats_url: String,
+    /// `nats.replicas`.
+    pub nats_replicas: usize,
     pub namespace: String,
     pub heartbeat_interval: Duration,
     pub reconcile_interval: Duration,
@@ -262,6 +275,15 @@ pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
     pub reconcile_interval: Duration,
+}
+
+/// Where Redis is, for `switchboard_shared::redis_conn`; calls may take up to `timeout`.
+pub fn redis_target(url: &str, timeout: Duration) -> RedisTarget<'_> {
+    RedisTarget {
+        url,
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: timeout,
+    }
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -339,10 +361,10 @@ impl Config {
         let redis = match (&self.redis, redis_url) {
             (Some(r), Some(url)) => {
                 if !url.is_empty()
-                    && let Err(e) = redis::Client::open(url.as_str())
+                    && let Some(problem) = redis_target(&url, Duration::from_secs(5)).problem()
                 {
-                    // The error names what is wrong, never the URL (it may hold a password).
-                    push("redis.url", format!("not a Redis URL: {}", e.category()));
+                    // The problem names what is wrong, never the URL (it may hold a password).
+                    push("redis.url", problem);
                 }
                 Some(RedisSettings {
                     url,
@@ -359,6 +381,7 @@ impl Config {
                 grpc_listen: self.server.grpc_listen,
                 max_body_bytes: self.server.max_body_bytes,
                 nats_url: self.nats.url.clone(),
+                nats_replicas: self.nats.replicas,
                 namespace: self.cluster.namespace.clone(),
                 heartbeat_interval: Duration::from_millis(self.cluster.heartbeat_interval_ms),
                 reconcile_interval: Duration::from_millis(self.cluster.reconcile_interval_ms),
@@ -378,6 +401,9 @@ impl Config {
     fn check_values(&self, push: &mut impl FnMut(&str, String)) {
         if self.server.max_body_bytes == 0 {
             push("server.max_body_bytes", "must be positive".into());
+        }
+        if !(1..=5).contains(&self.nats.replicas) {
+            push("nats.replicas", "must be between 1 and 5".into());
         }
         if self.database.url.trim().is_empty() {
             push("database.url", "must not be empty".into());

@@ -86,7 +86,7 @@ pub async fn serve(
         .retry_on_initial_connect()
         .connect(settings.nats_url.as_str())
         .await?;
-    let names = NatsNames::new(&settings.namespace);
+    let names = NatsNames::new(&settings.namespace).with_replicas(settings.nats_replicas);
     let publisher = Arc::new(Publisher::new(nats.clone(), names.clone()));
     let fleet = Arc::new(Fleet::new(settings.heartbeat_interval));
     let counters = settings.redis.as_ref().map(Counters::connect).transpose()?;

@@ -17,6 +17,8 @@
 //! - [`sealed`]: AES-256-GCM sealing of upstream credentials under rotatable master keys.
 //! - [`cluster`]: NATS subjects, JetStream names and messages between the planes.
 //! - [`fleet_keys`]: Redis keys of the deployment state that data-plane replicas share.
+//! - `redis_conn` (feature `redis`): one Redis connection for a single server, a Redis Cluster
+//!   or a Sentinel-managed master, used by both planes.
 //! - [`proto`]: the generated gRPC `ConfigService` (from `proto/`).
 //!
 //! Offline by default: the generated gRPC client and server need only tonic's codegen, so
@@ -35,6 +37,8 @@ pub mod keys;
 pub mod layered_config;
 pub mod price;
 pub mod pricing;
+#[cfg(feature = "redis")]
+pub mod redis_conn;
 pub mod sealed;
 pub mod secret;
 pub mod snapshot;

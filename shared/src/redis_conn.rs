@@ -246,12 +246,15 @@ impl RedisConn {
                 Inner::Standalone(ConnectionManager::new_lazy_with_config(client, config)?)
             }
             Topology::Cluster(urls) => {
+                // No response timeout here: the callers bound each call themselves, and the
+                // cluster client's own timeout retries (and, under load, over-admitted in
+                // tests: replies of timed-out calls). One retry follows a MOVED/ASK after a
+                // failover or resharding.
                 let client = ClusterClient::builder(urls)
                     .connection_timeout(target.connect_timeout)
-                    .response_timeout(target.response_timeout)
-                    .retries(2)
+                    .retries(1)
                     .min_retry_wait(10)
-                    .max_retry_wait(200)
+                    .max_retry_wait(100)
                     .build()?;
                 let lazy = Arc::new(Lazy::new(client, target));
                 // Discovering a cluster takes several round trips: start now, in the

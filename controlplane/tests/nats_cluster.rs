@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, context::Publish};
+use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::{TimeZone, Utc};
 use controlplane::ingest::{self, IngestSettings};
 use controlplane::publish::Publisher;
@@ -69,12 +69,12 @@ impl NatsCluster {
         }
     }
 
-    fn url(&self) -> String {
+    /// Every server's URL: the client fails over between them.
+    fn urls(&self) -> Vec<String> {
         self.ports
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
+            .collect()
     }
 
     async fn kill(&mut self, i: usize) {
@@ -132,7 +132,7 @@ async fn publish(js: &jetstream::Context, names: &NatsNames, r: &UsageRecord) {
         let sent = js
             .send_publish(
                 names.usage_subject.clone(),
-                Publish::build()
+                PublishMessage::build()
                     .payload(payload.clone())
                     .message_id(&r.request_id),
             )
@@ -162,7 +162,7 @@ async fn usage_and_config_survive_the_loss_of_one_of_three_nats_servers(pool: Pg
     // JetStream needs a meta leader before it creates anything: retry until it has one.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (client, js) = loop {
-        if let Ok(client) = async_nats::connect(cluster.url()).await {
+        if let Ok(client) = async_nats::connect(cluster.urls()).await {
             let js = jetstream::new(client.clone());
             if ingest::ensure_usage_stream(&js, &names).await.is_ok() {
                 break (client, js);

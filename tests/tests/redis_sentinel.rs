@@ -130,7 +130,23 @@ fn assert_about(admitted: u64, limit: u64, elapsed: Duration, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_follow_the_master_across_a_sentinel_failover() {
     let (mp, rp, sp) = (free_port(), free_port(), free_port());
-    let base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-sentinel-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Replication writes an RDB file even with saving off: into the throwaway directory.
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let base = [
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir_arg,
+    ];
     let _master = redis(&[&["--port", &mp.to_string()][..], &base].concat());
     let _replica = redis(
         &[
@@ -145,11 +161,6 @@ async fn limits_follow_the_master_across_a_sentinel_failover() {
         ]
         .concat(),
     );
-    let dir = std::env::temp_dir().join(format!(
-        "switchboard-sentinel-{}",
-        uuid::Uuid::now_v7().simple()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("sentinel.conf");
     std::fs::write(
         &conf,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchboard_shared::cluster::{DEFAULT_NAMESPACE, NatsAuth, valid_namespace};
 use switchboard_shared::cluster_trust::{IngestKeys, SnapshotSigner, SnapshotVerifier};
+use switchboard_shared::redis_conn::RedisTarget;
 use switchboard_shared::sealed::MasterKeys;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::validate::{Problem, Problems};
@@ -105,7 +106,7 @@ fn default_oidc_label() -> String {
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[:password@]host:port[/db]` (or `rediss://`): a secret reference, since it may
-    /// hold a password.
+    /// hold a password. A Redis Cluster or Sentinel URL as the data planes' `redis.url`.
     pub url: SecretRef,
     /// Must equal the data planes' `redis.key_prefix`, or the counters reconciled are not the
     /// ones they charge.
@@ -229,6 +230,11 @@ pub struct NatsConfig {
     pub client_cert: Option<std::path::PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<std::path::PathBuf>,
+    /// Copies of each JetStream stream (config, usage) and of the snapshot object store that
+    /// this plane creates: 1 for a single NATS server, 3 for a production cluster (survives
+    /// the loss of one server). Applies when they are created; 1–5.
+    #[serde(default = "default_nats_replicas")]
+    pub replicas: usize,
 }
 
 impl Default for NatsConfig {
@@ -240,8 +246,13 @@ impl Default for NatsConfig {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            replicas: default_nats_replicas(),
         }
     }
+}
+
+fn default_nats_replicas() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -411,6 +422,8 @@ pub struct Settings {
     pub grpc_listen: SocketAddr,
     pub max_body_bytes: usize,
     pub nats_url: String,
+    /// `nats.replicas`.
+    pub nats_replicas: usize,
     pub namespace: String,
     pub heartbeat_interval: Duration,
     pub reconcile_interval: Duration,
@@ -457,6 +470,15 @@ pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
     pub reconcile_interval: Duration,
+}
+
+/// Where Redis is, for `switchboard_shared::redis_conn`; calls may take up to `timeout`.
+pub fn redis_target(url: &str, timeout: Duration) -> RedisTarget<'_> {
+    RedisTarget {
+        url,
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: timeout,
+    }
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -586,10 +608,10 @@ impl Config {
         let redis = match (&self.redis, redis_url) {
             (Some(r), Some(url)) => {
                 if !url.is_empty()
-                    && let Err(e) = redis::Client::open(url.as_str())
+                    && let Some(problem) = redis_target(&url, Duration::from_secs(5)).problem()
                 {
-                    // The error names what is wrong, never the URL (it may hold a password).
-                    push("redis.url", format!("not a Redis URL: {}", e.category()));
+                    // The problem names what is wrong, never the URL (it may hold a password).
+                    push("redis.url", problem);
                 }
                 Some(RedisSettings {
                     url,
@@ -609,6 +631,7 @@ impl Config {
                 grpc_listen: self.server.grpc_listen,
                 max_body_bytes: self.server.max_body_bytes,
                 nats_url: self.nats.url.clone(),
+                nats_replicas: self.nats.replicas,
                 namespace: self.cluster.namespace.clone(),
                 heartbeat_interval: Duration::from_millis(self.cluster.heartbeat_interval_ms),
                 reconcile_interval: Duration::from_millis(self.cluster.reconcile_interval_ms),
@@ -716,6 +739,9 @@ impl Config {
     fn check_values(&self, push: &mut impl FnMut(&str, String)) {
         if self.server.max_body_bytes == 0 {
             push("server.max_body_bytes", "must be positive".into());
+        }
+        if !(1..=5).contains(&self.nats.replicas) {
+            push("nats.replicas", "must be between 1 and 5".into());
         }
         if self.database.url.trim().is_empty() {
             push("database.url", "must not be empty".into());

@@ -61,6 +61,7 @@ pub async fn ensure_usage_stream(
         // Data planes set Nats-Msg-Id to the request id; a resend within this window is
         // dropped by JetStream before ingestion sees it.
         duplicate_window: Duration::from_secs(120),
+        num_replicas: names.replicas,
         ..Default::default()
     })
     .await

@@ -225,6 +225,7 @@ impl Publisher {
                     subjects: vec![self.names.config_subjects.clone()],
                     max_messages_per_subject: 1,
                     storage: StorageType::File,
+                    num_replicas: self.names.replicas,
                     ..Default::default()
                 };
                 Ok::<_, anyhow::Error>(self.js.get_or_create_stream(config).await?)
@@ -242,6 +243,7 @@ impl Publisher {
                 let config = object_store::Config {
                     bucket: bucket.clone(),
                     storage: StorageType::File,
+                    num_replicas: self.names.replicas,
                     ..Default::default()
                 };
                 match self.js.create_object_store(config).await {

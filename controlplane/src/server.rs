@@ -95,7 +95,7 @@ pub async fn serve(
         .retry_on_initial_connect()
         .connect(settings.nats_url.as_str())
         .await?;
-    let names = NatsNames::new(&settings.namespace);
+    let names = NatsNames::new(&settings.namespace).with_replicas(settings.nats_replicas);
     let publisher = Arc::new(Publisher::new(nats.clone(), names.clone()).with_signing(
         &settings.namespace,
         trust.signer.clone(),

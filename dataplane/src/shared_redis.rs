@@ -6,15 +6,18 @@
 //! flips back once Redis answers again. Limiters and shared deployment state build on it;
 //! while it is down they fall back to in-process state per [`FailurePolicy`].
 //!
-//! The handle is a multiplexed, auto-reconnecting connection (`ConnectionManager`): cloning
-//! it is cheap and concurrent requests pipeline over one socket.
+//! The handle is `switchboard_shared::redis_conn::RedisConn`: for a single server a
+//! multiplexed, auto-reconnecting connection, for a Redis Cluster URL a cluster client, for a
+//! `redis+sentinel://` URL the master the sentinels name (followed across a failover). Cloning it is
+//! cheap and concurrent requests pipeline over one socket per node. The scripts run unchanged
+//! on all three: every script call's keys share one hash tag.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
+use switchboard_shared::redis_conn::{RedisConn, RedisTarget};
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::validate::Problem;
 
@@ -23,7 +26,9 @@ use switchboard_shared::validate::Problem;
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[:password@]host:port[/db]` (or `rediss://`). A secret, since it may hold a
-    /// password.
+    /// password. Several URLs, comma-separated, or `redis+cluster://h1:7000,h2:7000`: a Redis
+    /// Cluster (seed nodes); `redis+sentinel://s1:26379,s2:26379/<master name>`: a
+    /// Sentinel-managed master (see `switchboard_shared::redis_conn`).
     pub url: SecretRef,
     /// Prefix of every key this deployment writes, so several deployments (or tests) can
     /// share one Redis. Rate-limit keys look like `<prefix>:rl:{t:<tenant>}:k:<key>:rpm`
@@ -71,6 +76,15 @@ fn default_concurrency_lease_ms() -> u64 {
 }
 
 impl RedisConfig {
+    fn target<'a>(&'a self, url: &'a str) -> RedisTarget<'a> {
+        let timeout = Duration::from_millis(self.timeout_ms);
+        RedisTarget {
+            url,
+            connect_timeout: timeout.max(Duration::from_millis(250)),
+            response_timeout: timeout,
+        }
+    }
+
     /// Every problem with these settings, paths under `at` (e.g. `redis`).
     pub fn problems(&self, at: &str) -> Vec<Problem> {
         let mut out = Vec::new();
@@ -83,10 +97,10 @@ impl RedisConfig {
         match self.url.resolve() {
             Err(e) => push("url", e.to_string()),
             Ok(url) => {
-                if let Err(e) = redis::Client::open(url.as_str()) {
-                    // The error names the scheme problem; it never echoes the URL (which may
-                    // hold a password).
-                    push("url", format!("not a Redis URL: {}", e.category()));
+                // The problem names the scheme or mode; it never echoes the URL (which may
+                // hold a password).
+                if let Some(problem) = self.target(&url).problem() {
+                    push("url", problem);
                 }
             }
         }
@@ -121,7 +135,7 @@ impl RedisConfig {
 /// A shared, cloneable handle to Redis plus its reachability.
 #[derive(Clone)]
 pub struct SharedRedis {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: Arc<str>,
     timeout: Duration,
     policy: FailurePolicy,
@@ -147,16 +161,13 @@ impl SharedRedis {
             .url
             .resolve()
             .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| anyhow::anyhow!("redis.url: not a Redis URL: {}", e.category()))?;
         let timeout = Duration::from_millis(config.timeout_ms);
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(|e| anyhow::anyhow!("redis: {}", e.category()))?;
+        let target = config.target(&url);
+        if let Some(problem) = target.problem() {
+            anyhow::bail!("redis.url: {problem}");
+        }
+        let conn =
+            RedisConn::lazy(&target).map_err(|e| anyhow::anyhow!("redis: {}", e.category()))?;
         Ok(Self {
             conn,
             prefix: Arc::from(config.key_prefix.as_str()),
@@ -170,7 +181,7 @@ impl SharedRedis {
     }
 
     /// A handle for one command or pipeline; cheap to clone, multiplexed underneath.
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 

@@ -55,6 +55,11 @@ pub struct NatsNames {
     pub usage_stream: String,
     /// Subject data planes publish `UsageRecord` JSON on: `<ns>.usage.events`.
     pub usage_subject: String,
+    /// How many NATS servers keep a copy of each JetStream stream and object store the
+    /// control plane creates (1 on a single server; 3 on a production cluster, so that the
+    /// loss of one server loses no usage record and no snapshot). Not part of the names: set
+    /// with [`NatsNames::with_replicas`].
+    pub replicas: usize,
 }
 
 impl NatsNames {
@@ -69,7 +74,14 @@ impl NatsNames {
             heartbeat_prefix: format!("{namespace}.fleet.heartbeat"),
             usage_stream: format!("{upper}_USAGE"),
             usage_subject: format!("{namespace}.usage.events"),
+            replicas: 1,
         }
+    }
+
+    /// The same names, with streams and object stores created with `replicas` copies.
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
     }
 
     /// The subject a data plane's heartbeat is published on.

@@ -19,6 +19,8 @@
 //! - [`cluster_trust`]: snapshot signatures (Ed25519) and the ingest tags of usage events and
 //!   heartbeats (HMAC), so that neither plane trusts a message for arriving on NATS or gRPC.
 //! - [`fleet_keys`]: Redis keys of the deployment state that data-plane replicas share.
+//! - `redis_conn` (feature `redis`): one Redis connection for a single server, a Redis Cluster
+//!   or a Sentinel-managed master, used by both planes.
 //! - [`proto`]: the generated gRPC `ConfigService` (from `proto/`).
 //!
 //! Offline by default: the generated gRPC client and server need only tonic's codegen, so
@@ -38,6 +40,8 @@ pub mod keys;
 pub mod layered_config;
 pub mod price;
 pub mod pricing;
+#[cfg(feature = "redis")]
+pub mod redis_conn;
 pub mod sealed;
 pub mod secret;
 pub mod snapshot;

@@ -44,6 +44,7 @@ pub fn settings(namespace: &str) -> Settings {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         max_body_bytes: 64 * 1024,
         nats_url: nats_url(),
+        nats_replicas: 1,
         namespace: namespace.to_owned(),
         heartbeat_interval: Duration::from_millis(500),
         reconcile_interval: Duration::from_millis(500),

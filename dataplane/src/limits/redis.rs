@@ -95,6 +95,9 @@ impl RedisLimiter {
             settlements: tx,
         });
         metrics::set_redis_up(redis.is_up());
+        // Loaded ahead of the first request (on every node of a cluster), so that the first
+        // admissions do not all meet NOSCRIPT at once.
+        tokio::spawn(preload(redis.clone(), Some(script.clone())));
         tokio::spawn(settle_worker(redis, script, rx));
         tokio::spawn(probe(Arc::downgrade(&inner)));
         Self { inner }
@@ -614,6 +617,27 @@ async fn send_settlements(
     Ok(())
 }
 
+/// Loads the admission script (`SCRIPT LOAD`, which a Redis Cluster client sends to every
+/// node); best effort, a few bounded tries: `NOSCRIPT` still loads it later. On a cluster,
+/// concurrent admissions that all meet `NOSCRIPT` were seen to over-admit (docs/performance.md),
+/// so the script is loaded before traffic and again whenever Redis comes back.
+async fn preload(redis: SharedRedis, script: Option<Script>) {
+    let Some(script) = script else { return };
+    let bound = redis.timeout().max(Duration::from_millis(500));
+    // A few tries: a cluster client may still be discovering the nodes.
+    for _ in 0..10 {
+        let mut conn = redis.conn();
+        if let Ok(Ok(_)) = tokio::time::timeout(bound, script.load_async(&mut conn)).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn inner_script(limiter: &Weak<Inner>) -> Option<Script> {
+    limiter.upgrade().map(|inner| inner.script.clone())
+}
+
 /// Pings Redis while it is marked down, and marks it up again when it answers. Ends when the
 /// limiter is dropped.
 async fn probe(limiter: Weak<Inner>) {
@@ -628,6 +652,8 @@ async fn probe(limiter: Weak<Inner>) {
         let redis = inner.redis.clone();
         drop(inner);
         if redis.ping().await {
+            // A Redis that was restarted, or a replica promoted, has no scripts yet.
+            preload(redis.clone(), inner_script(&limiter)).await;
             metrics::set_redis_up(true);
             tracing::info!("Redis reachable again: rate limits are shared across replicas again");
         }

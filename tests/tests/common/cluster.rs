@@ -94,6 +94,7 @@ impl ControlPlane {
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
             max_body_bytes: 1 << 20,
             nats_url: nats_url.to_owned(),
+            nats_replicas: 1,
             namespace: namespace.to_owned(),
             heartbeat_interval: Duration::from_millis(500),
             reconcile_interval: Duration::from_millis(500),

@@ -33,9 +33,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::PgPool;
 use switchboard_shared::budget::{counter_key, nanos_to_usd};
+use switchboard_shared::redis_conn::RedisConn;
 
 use super::{Subject, all, period_spend};
 use crate::config::RedisSettings;
@@ -64,7 +64,7 @@ return target - current
 /// The data planes' Redis, for budget counters.
 #[derive(Clone)]
 pub struct Counters {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: Arc<str>,
     raise: Arc<Script>,
 }
@@ -121,15 +121,12 @@ impl Counters {
     /// Prepares the connection without waiting for Redis (it connects on first use and
     /// reconnects by itself). Fails only on a bad URL.
     pub fn connect(settings: &RedisSettings) -> anyhow::Result<Self> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| anyhow::anyhow!("redis.url: not a Redis URL: {}", e.category()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| anyhow::anyhow!("redis: {}", e.category()))?;
+        let target = crate::config::redis_target(&settings.url, REDIS_TIMEOUT);
+        if let Some(problem) = target.problem() {
+            anyhow::bail!("redis.url: {problem}");
+        }
+        let conn =
+            RedisConn::lazy(&target).map_err(|e| anyhow::anyhow!("redis: {}", e.category()))?;
         Ok(Self {
             conn,
             prefix: Arc::from(settings.key_prefix.as_str()),

@@ -47,6 +47,28 @@ enum Command {
         #[command(subcommand)]
         command: PricesCommand,
     },
+    /// Import another gateway's configuration.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// A LiteLLM proxy config.yaml: model_list, router_settings, fallbacks -> providers,
+    /// deployments and model policies. The control plane's own config comes from
+    /// SWITCHBOARD_CONFIG / SWITCHBOARD__* (or `controlplane --config FILE import ...`).
+    Litellm {
+        /// The LiteLLM config file.
+        // Named `config` like the global option so that clap does not propagate that one
+        // here: after `litellm`, `--config` is the LiteLLM file.
+        #[arg(long, value_name = "LITELLM_YAML")]
+        config: PathBuf,
+        /// Print what would be created and what cannot be mapped; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,12 +109,34 @@ enum AdminCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Import { .. } = cli.command {
+        cli.config = own_config(std::env::args_os().collect());
+    }
     if let Command::Openapi = cli.command {
         let mut out = std::io::stdout();
         return match out.write_all(controlplane::routes::openapi_json().as_bytes()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(_) => ExitCode::FAILURE,
+        };
+    }
+    if let Command::Import {
+        command:
+            ImportCommand::Litellm {
+                config: litellm_config,
+                dry_run: true,
+            },
+    } = &cli.command
+    {
+        return match litellm_plan(litellm_config, &process_env()) {
+            Ok(plan) => {
+                print!("dry run: nothing written\n{}", plan.describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("controlplane: {e:#}");
+                ExitCode::from(2)
+            }
         };
     }
     tracing_subscriber::fmt()
@@ -198,9 +242,84 @@ async fn run(
                 "prices synced"
             );
         }
+        Command::Import {
+            command:
+                ImportCommand::Litellm {
+                    config: litellm_config,
+                    ..
+                },
+        } => {
+            controlplane::db::migrate(&pool).await?;
+            import_litellm(&pool, &settings, &litellm_config, &env).await?;
+        }
         Command::Openapi => {}
     }
     Ok(())
+}
+
+/// The control plane's own config file when the subcommand has a `--config` of its own (which
+/// clap also hands to the global option): a `--config` before the subcommand, else
+/// `SWITCHBOARD_CONFIG`.
+fn own_config(args: Vec<std::ffi::OsString>) -> Option<PathBuf> {
+    let mut before = args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "import")
+        .filter_map(|a| a.to_str());
+    while let Some(arg) = before.next() {
+        if arg == "--config" {
+            return before.next().map(PathBuf::from);
+        }
+        if let Some(value) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(value));
+        }
+    }
+    std::env::var_os("SWITCHBOARD_CONFIG").map(PathBuf::from)
+}
+
+/// Reads a LiteLLM config file into a plan (`env` resolves `os.environ/NAME`).
+fn litellm_plan(
+    path: &std::path::Path,
+    env: &[(String, String)],
+) -> anyhow::Result<controlplane::service::litellm::Plan> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    Ok(controlplane::service::litellm::plan(&text, env)?)
+}
+
+/// `controlplane import litellm`: writes the plan as the system actor (a running server's
+/// reconcile loop publishes the new revisions) and prints what happened; fails when a write
+/// was refused.
+async fn import_litellm(
+    pool: &sqlx::PgPool,
+    settings: &Settings,
+    path: &std::path::Path,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
+    use controlplane::service::litellm;
+    let plan = litellm_plan(path, env)?;
+    let cx = Ctx {
+        pool,
+        publisher: None,
+    };
+    let report = litellm::apply(cx, &Actor::system(), &settings.master_keys, &plan).await;
+    for line in &report.created {
+        println!("created {line}");
+    }
+    for line in &report.skipped {
+        println!("skipped {line}");
+    }
+    for line in &plan.notes {
+        println!("not mapped: {line}");
+    }
+    for line in &report.failed {
+        println!("FAILED {line}");
+    }
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} object(s) could not be imported", report.failed.len())
+    }
 }
 
 /// `controlplane admin create`: the password from standard input, the admin made as the

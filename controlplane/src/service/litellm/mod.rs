@@ -6,7 +6,7 @@
 
 pub mod plan;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use switchboard_shared::sealed::MasterKeys;
@@ -16,6 +16,7 @@ use super::deployments::{self, DeploymentBody};
 use super::models::{self, PolicyBody};
 use super::providers::{self, CreateProvider};
 use super::{Actor, Ctx, Error, crud};
+use crate::repo;
 pub use plan::{ParseError, Plan, plan};
 
 /// What an import did, line by line.
@@ -86,26 +87,23 @@ impl Plan {
 /// model policies (whose fallbacks name the models just created).
 pub async fn apply(cx: Ctx<'_>, actor: &Actor, keys: &MasterKeys, plan: &Plan) -> Report {
     let mut report = Report::default();
-    let mut usable = BTreeSet::new();
+    let mut stored_as = BTreeMap::new();
     for p in &plan.providers {
-        if put_provider(cx, actor, keys, p, &mut report).await {
-            usable.insert(p.id.clone());
+        if let Some(id) = put_provider(cx, actor, keys, p, &mut report).await {
+            stored_as.insert(p.id.clone(), id);
         }
     }
     let mut served = BTreeSet::new();
     for d in &plan.deployments {
         let what = format!("deployment {}", d.id);
-        if !usable.contains(&d.provider) {
+        let Some(provider) = stored_as.get(&d.provider) else {
             report
                 .failed
-                .push(format!("{what}: its provider {} is not usable", d.provider));
+                .push(format!("{what}: its provider {} was not created", d.provider));
             continue;
-        }
-        if record(
-            &mut report,
-            what,
-            deployments::create(cx, actor, body(d)).await,
-        ) {
+        };
+        let created = deployments::create(cx, actor, body(d, provider)).await;
+        if record(&mut report, what, created) {
             served.insert(d.model.clone());
         }
     }
@@ -122,11 +120,11 @@ pub async fn apply(cx: Ctx<'_>, actor: &Actor, keys: &MasterKeys, plan: &Plan) -
     report
 }
 
-fn body(d: &plan::PlannedDeployment) -> DeploymentBody {
+fn body(d: &plan::PlannedDeployment, provider: &str) -> DeploymentBody {
     DeploymentBody {
         id: Some(d.id.clone()),
         model: d.model.clone(),
-        provider: d.provider.clone(),
+        provider: provider.to_owned(),
         upstream_model: d.upstream_model.clone(),
         weight: d.weight,
         tags: vec!["litellm-import".to_owned()],
@@ -139,43 +137,41 @@ fn body(d: &plan::PlannedDeployment) -> DeploymentBody {
     }
 }
 
-/// Creates `p`; whether deployments may use it. A provider of the same id that already
-/// exists is used only when it is the same upstream (kind and base URL; its stored
-/// credentials are kept).
+/// The id under which `p` is stored: an existing provider with the same upstream and
+/// credential (its id, or the next `-N` one) is reused; otherwise `p` is created under the
+/// first free id of that sequence. `None` when it could not be created (reported).
 async fn put_provider(
     cx: Ctx<'_>,
     actor: &Actor,
     keys: &MasterKeys,
     p: &plan::PlannedProvider,
     report: &mut Report,
-) -> bool {
-    let what = format!("provider {}", p.id);
-    match crud::get::<providers::ProviderRow>(cx, actor, &p.id).await {
-        Ok(existing) => {
-            let same = existing.kind == p.kind.as_str() && existing.base_url == p.base_url;
-            if same {
-                report.skipped.push(format!(
-                    "{what}: already exists (its stored credentials are kept)"
-                ));
-            } else {
-                report.failed.push(format!(
-                    "{what}: a provider with this id exists for another upstream ({} {}); \
-                     delete or rename it first",
-                    existing.kind,
-                    existing.base_url.as_deref().unwrap_or("-")
-                ));
+) -> Option<String> {
+    let mut id = p.id.clone();
+    for n in 2.. {
+        let mut conn = match cx.pool.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                report.failed.push(format!("provider {id}: {}", words(&e.into())));
+                return None;
             }
-            return same;
-        }
-        Err(Error::NotFound(_)) => {}
-        Err(e) => {
-            report.failed.push(format!("{what}: {}", words(&e)));
-            return false;
+        };
+        match repo::providers::get(&mut conn, &id, false).await {
+            Ok(Some(row)) if same_upstream(&row, p, keys) => {
+                report.skipped.push(format!("provider {id}: already exists"));
+                return Some(id);
+            }
+            Ok(Some(_)) if n < 100 => id = format!("{}-{n}", p.id),
+            Ok(_) => break,
+            Err(e) => {
+                report.failed.push(format!("provider {id}: {}", words(&e.into())));
+                return None;
+            }
         }
     }
     let secret = |s: &Option<plan::Secret>| s.as_ref().map(|s| s.value.clone());
     let req = CreateProvider {
-        id: p.id.clone(),
+        id: id.clone(),
         kind: p.kind,
         base_url: p.base_url.clone(),
         api_key: secret(&p.api_key),
@@ -186,7 +182,23 @@ async fn put_provider(
         aws_session_token: secret(&p.aws_session_token),
         api_keys: None,
     };
-    record(report, what, providers::create(cx, actor, keys, req).await)
+    let created = providers::create(cx, actor, keys, req).await;
+    record(report, format!("provider {id}"), created).then_some(id)
+}
+
+/// Whether a stored provider is the planned one: same kind, base URL, settings and
+/// credentials (opened with the master keys to compare).
+fn same_upstream(row: &providers::ProviderRow, p: &plan::PlannedProvider, keys: &MasterKeys) -> bool {
+    let open = |s: Option<&switchboard_shared::sealed::Sealed>| s.map(|s| keys.open(s).ok());
+    let planned = |s: &Option<plan::Secret>| s.as_ref().map(|s| Some(s.value.clone()));
+    let extra = &row.extra.0;
+    row.kind == p.kind.as_str()
+        && row.base_url == p.base_url
+        && extra.api_version == p.api_version
+        && extra.region == p.region
+        && open(row.credential.as_ref().map(|c| &c.0)) == planned(&p.api_key)
+        && open(extra.aws_access_key_id.as_ref()) == planned(&p.aws_access_key_id)
+        && open(extra.aws_secret_access_key.as_ref()) == planned(&p.aws_secret_access_key)
 }
 
 /// Creates `p`'s policy unless the model has one already; fallbacks to models that were not

@@ -32,6 +32,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod fleet;
 pub mod grpc;
 pub mod ingest;

@@ -47,6 +47,9 @@ enum Command {
         #[command(subcommand)]
         command: PricesCommand,
     },
+    /// Check the config, Postgres, NATS/JetStream, Redis, the master keys, the gRPC endpoint,
+    /// clocks and every provider's upstream; print a report with fixes; exit 1 on a failure.
+    Doctor,
     /// Import another gateway's configuration.
     Import {
         #[command(subcommand)]
@@ -183,6 +186,16 @@ async fn run(
     settings: Settings,
     env: Vec<(String, String)>,
 ) -> anyhow::Result<()> {
+    if let Command::Doctor = command {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pool = controlplane::db::connect_lazy(&config.database.url)?;
+        let report = controlplane::doctor::run(&settings, &pool).await;
+        print!("{report}");
+        if report.passed() {
+            return Ok(());
+        }
+        anyhow::bail!("doctor: failed: {}", report.failures().join(", "));
+    }
     let pool =
         controlplane::db::connect(&config.database.url, config.database.max_connections).await?;
     match command {
@@ -252,7 +265,7 @@ async fn run(
             controlplane::db::migrate(&pool).await?;
             import_litellm(&pool, &settings, &litellm_config, &env).await?;
         }
-        Command::Openapi => {}
+        Command::Openapi | Command::Doctor => {}
     }
     Ok(())
 }

@@ -16,6 +16,7 @@
 //! - [`budget`]: calendar-aligned budget periods in a time zone, and nano-dollar money.
 //! - [`sealed`]: AES-256-GCM sealing of upstream credentials under rotatable master keys.
 //! - [`cluster`]: NATS subjects, JetStream names and messages between the planes.
+//! - [`doctor`]: the report of the `doctor` commands of both planes (checks, fixes, exit).
 //! - [`fleet_keys`]: Redis keys of the deployment state that data-plane replicas share.
 //! - [`proto`]: the generated gRPC `ConfigService` (from `proto/`).
 //!
@@ -30,6 +31,7 @@
 
 pub mod budget;
 pub mod cluster;
+pub mod doctor;
 pub mod fleet_keys;
 pub mod keys;
 pub mod layered_config;

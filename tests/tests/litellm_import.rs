@@ -57,7 +57,10 @@ async fn answers(gw: &Gateway, key: &str, model: &str) -> serde_json::Value {
         let reply = send(request(
             Method::POST,
             &gw.url("/v1/chat/completions"),
-            &[("authorization", &auth), ("content-type", "application/json")],
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
             body.clone(),
         ))
         .await;
@@ -100,7 +103,10 @@ async fn imported_litellm_configs_answer_through_the_gateway(pool: PgPool) {
 
     // The peers' mock paces streams under /paced/; this mock does it with a scenario knob.
     let peers = PEERS
-        .replace("http://127.0.0.1:MOCK_PORT/paced/v1", &mock.scenario_url("interval_ms=10"))
+        .replace(
+            "http://127.0.0.1:MOCK_PORT/paced/v1",
+            &mock.scenario_url("interval_ms=10"),
+        )
         .replace("http://127.0.0.1:MOCK_PORT", &origin);
     let plan = litellm::plan(&peers, &[]).unwrap();
     let report = litellm::apply(cx, &Actor::system(), &keys, &plan).await;
@@ -116,7 +122,10 @@ async fn imported_litellm_configs_answer_through_the_gateway(pool: PgPool) {
 
     // Imported again: everything is already there and left alone.
     let again = litellm::apply(cx, &Actor::system(), &keys, &plan).await;
-    assert!(again.created.is_empty() && again.failed.is_empty(), "{again:?}");
+    assert!(
+        again.created.is_empty() && again.failed.is_empty(),
+        "{again:?}"
+    );
 
     cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "acme"}))
         .await;

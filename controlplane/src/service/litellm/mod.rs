@@ -97,9 +97,10 @@ pub async fn apply(cx: Ctx<'_>, actor: &Actor, keys: &MasterKeys, plan: &Plan) -
     for d in &plan.deployments {
         let what = format!("deployment {}", d.id);
         let Some(provider) = stored_as.get(&d.provider) else {
-            report
-                .failed
-                .push(format!("{what}: its provider {} was not created", d.provider));
+            report.failed.push(format!(
+                "{what}: its provider {} was not created",
+                d.provider
+            ));
             continue;
         };
         let created = deployments::create(cx, actor, body(d, provider)).await;
@@ -152,19 +153,25 @@ async fn put_provider(
         let mut conn = match cx.pool.acquire().await {
             Ok(c) => c,
             Err(e) => {
-                report.failed.push(format!("provider {id}: {}", words(&e.into())));
+                report
+                    .failed
+                    .push(format!("provider {id}: {}", words(&e.into())));
                 return None;
             }
         };
         match repo::providers::get(&mut conn, &id, false).await {
             Ok(Some(row)) if same_upstream(&row, p, keys) => {
-                report.skipped.push(format!("provider {id}: already exists"));
+                report
+                    .skipped
+                    .push(format!("provider {id}: already exists"));
                 return Some(id);
             }
             Ok(Some(_)) if n < 100 => id = format!("{}-{n}", p.id),
             Ok(_) => break,
             Err(e) => {
-                report.failed.push(format!("provider {id}: {}", words(&e.into())));
+                report
+                    .failed
+                    .push(format!("provider {id}: {}", words(&e.into())));
                 return None;
             }
         }
@@ -188,7 +195,11 @@ async fn put_provider(
 
 /// Whether a stored provider is the planned one: same kind, base URL, settings and
 /// credentials (opened with the master keys to compare).
-fn same_upstream(row: &providers::ProviderRow, p: &plan::PlannedProvider, keys: &MasterKeys) -> bool {
+fn same_upstream(
+    row: &providers::ProviderRow,
+    p: &plan::PlannedProvider,
+    keys: &MasterKeys,
+) -> bool {
     let open = |s: Option<&switchboard_shared::sealed::Sealed>| s.map(|s| keys.open(s).ok());
     let planned = |s: &Option<plan::Secret>| s.as_ref().map(|s| Some(s.value.clone()));
     let extra = &row.extra.0;

@@ -66,6 +66,19 @@ pub async fn upstream(
             format!("{shown} refused the credential (HTTP {})", r.status().as_u16()),
             format!("set a valid api_key: PUT /admin/v1/providers/{} (the upstream's account may also lack access)", p.id),
         ),
+        // Gemini answers a bad key with 400 API_KEY_INVALID.
+        Ok(r) if r.status().as_u16() == 400 && kind == Some(ProviderKind::Gemini) => {
+            let body = r.text().await.unwrap_or_default();
+            if body.contains("API_KEY_INVALID") {
+                report.fail(
+                    name,
+                    format!("{shown} refused the credential (API_KEY_INVALID)"),
+                    format!("set a valid api_key: PUT /admin/v1/providers/{}", p.id),
+                );
+            } else {
+                report.ok(name, format!("{shown} reachable, HTTP 400 to a model list"));
+            }
+        }
         Ok(r) => report.ok(name, format!("{shown} reachable, HTTP {} to an authenticated model list", r.status().as_u16())),
         Err(e) => {
             let why = if e.is_timeout() {

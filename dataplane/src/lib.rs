@@ -50,6 +50,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod context;
+pub mod doctor;
 pub mod error;
 pub mod fleet;
 pub mod handlers;

@@ -130,3 +130,76 @@ async fn doctor_passes_a_healthy_cluster_and_names_what_is_broken(pool: PgPool) 
         "{refused}"
     );
 }
+
+/// A standalone data-plane config: one provider on `base_url` whose key is sealed under
+/// [`MASTER_KEYS`], and a `redis:` section at `redis`.
+fn dataplane_config(base_url: &str, redis: &str) -> String {
+    let sealed = MasterKeys::parse(MASTER_KEYS).unwrap().seal("sk-dp-doctor");
+    let sealed = serde_json::to_string(&sealed).unwrap();
+    let rest = format!(
+        "providers:\n  - {{ id: up, kind: openai, base_url: \"{base_url}\", api_key: {{ sealed: {sealed} }} }}\n\
+         deployments:\n  - {{ id: d1, model: m, provider: up, upstream_model: u }}\n"
+    );
+    format!(
+        "{}redis:\n  url: {{ value: \"{redis}\" }}\n  key_prefix: \"sbtest-doctor\"\n",
+        config_yaml(&snapshot("", &rest), "")
+    )
+}
+
+async fn dataplane_doctor(config: &str, keys: &str) -> switchboard_shared::doctor::Report {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dataplane.yaml");
+    std::fs::write(&path, config).unwrap();
+    dataplane::doctor::run(&path, &[], Some(keys), (None, None)).await
+}
+
+#[tokio::test]
+async fn dataplane_doctor_passes_a_healthy_setup_and_names_what_is_broken() {
+    let mock = MockUpstream::start().await.unwrap();
+    let healthy = dataplane_doctor(
+        &dataplane_config(&mock.base_url(), &redis_url()),
+        MASTER_KEYS,
+    )
+    .await;
+    assert!(healthy.passed(), "{healthy}");
+    for name in [
+        "config",
+        "redis",
+        "clock skew vs redis",
+        "master keys",
+        "upstream up",
+    ] {
+        assert!(
+            healthy
+                .checks
+                .iter()
+                .any(|c| c.name == name && c.status == Status::Ok),
+            "no passing {name} check: {healthy}"
+        );
+    }
+
+    let wrong_key = "k9:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+    let broken = dataplane_doctor(
+        &dataplane_config("http://127.0.0.1:1/v1", "redis://127.0.0.1:1"),
+        wrong_key,
+    )
+    .await;
+    let text = broken.to_string();
+    assert_eq!(
+        broken.failures(),
+        ["redis", "master keys", "upstream up"],
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL redis: cannot reach redis://127.0.0.1:1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provider up (sealed with key \"k1\")"),
+        "{text}"
+    );
+    assert!(!text.contains("sk-dp-doctor"));
+
+    let invalid = dataplane_doctor("server: {}\n", MASTER_KEYS).await;
+    assert_eq!(invalid.failures(), ["config"], "{invalid}");
+}

@@ -111,6 +111,7 @@ enum AdminCommand {
     },
 }
 
+#[allow(clippy::print_stdout)] // `import litellm --dry-run` prints its plan.
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
     if let Command::Import { .. } = cli.command {
@@ -180,6 +181,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[allow(clippy::print_stdout)] // `doctor` prints its report.
 async fn run(
     command: Command,
     config: Config,
@@ -303,6 +305,7 @@ fn litellm_plan(
 /// `controlplane import litellm`: writes the plan as the system actor (a running server's
 /// reconcile loop publishes the new revisions) and prints what happened; fails when a write
 /// was refused.
+#[allow(clippy::print_stdout)] // The import's report is its output.
 async fn import_litellm(
     pool: &sqlx::PgPool,
     settings: &Settings,

@@ -401,3 +401,55 @@ async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests report failure by panicking.
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<std::ffi::OsString> {
+        list.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn import_litellm_takes_its_own_config_and_keeps_the_control_planes() {
+        let line = [
+            "controlplane",
+            "--config",
+            "cp.yaml",
+            "import",
+            "litellm",
+            "--config",
+            "litellm.yaml",
+            "--dry-run",
+        ];
+        let cli = Cli::try_parse_from(line).unwrap();
+        let Command::Import {
+            command: ImportCommand::Litellm { config, dry_run },
+        } = cli.command
+        else {
+            panic!("not an import");
+        };
+        assert_eq!((config, dry_run), (PathBuf::from("litellm.yaml"), true));
+        assert_eq!(own_config(args(&line)), Some(PathBuf::from("cp.yaml")));
+        let equals = [
+            "controlplane",
+            "--config=cp2.yaml",
+            "import",
+            "litellm",
+            "--config",
+            "l.yaml",
+        ];
+        assert_eq!(own_config(args(&equals)), Some(PathBuf::from("cp2.yaml")));
+    }
+
+    #[test]
+    fn doctor_parses() {
+        assert!(matches!(
+            Cli::try_parse_from(["controlplane", "doctor"])
+                .unwrap()
+                .command,
+            Command::Doctor
+        ));
+    }
+}

@@ -16,6 +16,26 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// How many migrations the database has applied (an error when it has none, not even the
+/// bookkeeping table).
+pub async fn applied_migrations(pool: &PgPool) -> Result<usize, sqlx::migrate::MigrateError> {
+    use sqlx::migrate::Migrate as _;
+    let mut conn = pool.acquire().await?;
+    Ok(conn
+        .list_applied_migrations(&MIGRATOR.table_name)
+        .await?
+        .len())
+}
+
+/// A pool that connects on first use (for `doctor`, which reports an unreachable database
+/// instead of failing on it).
+pub fn connect_lazy(url: &str) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .connect_lazy(url)
+}
+
 /// A bounded pool.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()

@@ -19,7 +19,8 @@
 //! Beside them, low-level modules any layer may use: [`config`] (the YAML file +
 //! `SWITCHBOARD__*` overrides, checked into [`config::Settings`]), [`db`] (migrations, the
 //! pool, the advisory lock of one-replica jobs), [`fleet`] (data-plane heartbeats and
-//! `?wait_ms=`); and transports: [`publish`] (the NATS JetStream publisher of
+//! `?wait_ms=`), [`doctor`] (`controlplane doctor`: every dependency checked, a fix per
+//! failure); and transports: [`publish`] (the NATS JetStream publisher of
 //! `docs/cluster.md` and the `watch` of the latest snapshot), [`grpc`] (the ConfigService
 //! served from that watch), [`ingest`] (usage events from JetStream into day-partitioned spend
 //! rows, exactly once). [`server`]: [`serve`] starts all of it in-process (the binary and the
@@ -32,6 +33,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod fleet;
 pub mod grpc;
 pub mod ingest;

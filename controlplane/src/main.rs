@@ -47,6 +47,31 @@ enum Command {
         #[command(subcommand)]
         command: PricesCommand,
     },
+    /// Check the config, Postgres, NATS/JetStream, Redis, the master keys, the gRPC endpoint,
+    /// clocks and every provider's upstream; print a report with fixes; exit 1 on a failure.
+    Doctor,
+    /// Import another gateway's configuration.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// A LiteLLM proxy config.yaml: model_list, router_settings, fallbacks -> providers,
+    /// deployments and model policies. The control plane's own config comes from
+    /// SWITCHBOARD_CONFIG / SWITCHBOARD__* (or `controlplane --config FILE import ...`).
+    Litellm {
+        /// The LiteLLM config file.
+        // Named `config` like the global option so that clap does not propagate that one
+        // here: after `litellm`, `--config` is the LiteLLM file.
+        #[arg(long, value_name = "LITELLM_YAML")]
+        config: PathBuf,
+        /// Print what would be created and what cannot be mapped; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,13 +111,36 @@ enum AdminCommand {
     },
 }
 
+#[allow(clippy::print_stdout)] // `import litellm --dry-run` prints its plan.
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Import { .. } = cli.command {
+        cli.config = own_config(std::env::args_os().collect());
+    }
     if let Command::Openapi = cli.command {
         let mut out = std::io::stdout();
         return match out.write_all(controlplane::routes::openapi_json().as_bytes()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(_) => ExitCode::FAILURE,
+        };
+    }
+    if let Command::Import {
+        command:
+            ImportCommand::Litellm {
+                config: litellm_config,
+                dry_run: true,
+            },
+    } = &cli.command
+    {
+        return match litellm_plan(litellm_config, &process_env()) {
+            Ok(plan) => {
+                print!("dry run: nothing written\n{}", plan.describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("controlplane: {e:#}");
+                ExitCode::from(2)
+            }
         };
     }
     tracing_subscriber::fmt()
@@ -133,12 +181,23 @@ fn main() -> ExitCode {
     }
 }
 
+#[allow(clippy::print_stdout)] // `doctor` prints its report.
 async fn run(
     command: Command,
     config: Config,
     settings: Settings,
     env: Vec<(String, String)>,
 ) -> anyhow::Result<()> {
+    if let Command::Doctor = command {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pool = controlplane::db::connect_lazy(&config.database.url)?;
+        let report = controlplane::doctor::run(&settings, &pool).await;
+        print!("{report}");
+        if report.passed() {
+            return Ok(());
+        }
+        anyhow::bail!("doctor: failed: {}", report.failures().join(", "));
+    }
     let pool =
         controlplane::db::connect(&config.database.url, config.database.max_connections).await?;
     match command {
@@ -198,9 +257,85 @@ async fn run(
                 "prices synced"
             );
         }
-        Command::Openapi => {}
+        Command::Import {
+            command:
+                ImportCommand::Litellm {
+                    config: litellm_config,
+                    ..
+                },
+        } => {
+            controlplane::db::migrate(&pool).await?;
+            import_litellm(&pool, &settings, &litellm_config, &env).await?;
+        }
+        Command::Openapi | Command::Doctor => {}
     }
     Ok(())
+}
+
+/// The control plane's own config file when the subcommand has a `--config` of its own (which
+/// clap also hands to the global option): a `--config` before the subcommand, else
+/// `SWITCHBOARD_CONFIG`.
+fn own_config(args: Vec<std::ffi::OsString>) -> Option<PathBuf> {
+    let mut before = args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "import")
+        .filter_map(|a| a.to_str());
+    while let Some(arg) = before.next() {
+        if arg == "--config" {
+            return before.next().map(PathBuf::from);
+        }
+        if let Some(value) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(value));
+        }
+    }
+    std::env::var_os("SWITCHBOARD_CONFIG").map(PathBuf::from)
+}
+
+/// Reads a LiteLLM config file into a plan (`env` resolves `os.environ/NAME`).
+fn litellm_plan(
+    path: &std::path::Path,
+    env: &[(String, String)],
+) -> anyhow::Result<controlplane::service::litellm::Plan> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    Ok(controlplane::service::litellm::plan(&text, env)?)
+}
+
+/// `controlplane import litellm`: writes the plan as the system actor (a running server's
+/// reconcile loop publishes the new revisions) and prints what happened; fails when a write
+/// was refused.
+#[allow(clippy::print_stdout)] // The import's report is its output.
+async fn import_litellm(
+    pool: &sqlx::PgPool,
+    settings: &Settings,
+    path: &std::path::Path,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
+    use controlplane::service::litellm;
+    let plan = litellm_plan(path, env)?;
+    let cx = Ctx {
+        pool,
+        publisher: None,
+    };
+    let report = litellm::apply(cx, &Actor::system(), &settings.master_keys, &plan).await;
+    for line in &report.created {
+        println!("created {line}");
+    }
+    for line in &report.skipped {
+        println!("skipped {line}");
+    }
+    for line in &plan.notes {
+        println!("not mapped: {line}");
+    }
+    for line in &report.failed {
+        println!("FAILED {line}");
+    }
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} object(s) could not be imported", report.failed.len())
+    }
 }
 
 /// `controlplane admin create`: the password from standard input, the admin made as the
@@ -264,5 +399,57 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests report failure by panicking.
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<std::ffi::OsString> {
+        list.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn import_litellm_takes_its_own_config_and_keeps_the_control_planes() {
+        let line = [
+            "controlplane",
+            "--config",
+            "cp.yaml",
+            "import",
+            "litellm",
+            "--config",
+            "litellm.yaml",
+            "--dry-run",
+        ];
+        let cli = Cli::try_parse_from(line).unwrap();
+        let Command::Import {
+            command: ImportCommand::Litellm { config, dry_run },
+        } = cli.command
+        else {
+            panic!("not an import");
+        };
+        assert_eq!((config, dry_run), (PathBuf::from("litellm.yaml"), true));
+        assert_eq!(own_config(args(&line)), Some(PathBuf::from("cp.yaml")));
+        let equals = [
+            "controlplane",
+            "--config=cp2.yaml",
+            "import",
+            "litellm",
+            "--config",
+            "l.yaml",
+        ];
+        assert_eq!(own_config(args(&equals)), Some(PathBuf::from("cp2.yaml")));
+    }
+
+    #[test]
+    fn doctor_parses() {
+        assert!(matches!(
+            Cli::try_parse_from(["controlplane", "doctor"])
+                .unwrap()
+                .command,
+            Command::Doctor
+        ));
     }
 }

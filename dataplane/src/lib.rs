@@ -55,6 +55,7 @@ pub mod concurrency;
 pub mod config;
 pub mod context;
 pub mod count_tokens;
+pub mod doctor;
 pub mod error;
 pub mod fleet;
 pub mod handlers;

@@ -52,6 +52,10 @@ enum Command {
     /// Read a virtual key from standard input and print its `key_hash` and `display_prefix`
     /// under the config's pepper, for adding the key to a snapshot.
     HashKey,
+    /// Check the config, master keys, Redis, NATS, the control plane's gRPC endpoint, the
+    /// snapshot's credentials and every upstream; print a report with fixes; exit 1 on a
+    /// failure.
+    Doctor,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         }),
         Command::Check => check(&cli.config, cli.controlplane, cli.nats),
         Command::HashKey => hash_key(&cli.config),
+        Command::Doctor => doctor(&cli.config, cli.controlplane, cli.nats),
     }
 }
 
@@ -161,6 +166,34 @@ fn check(path: &std::path::Path, controlplane: Option<String>, nats: Option<Stri
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[allow(clippy::print_stdout)] // The report is this command's output.
+fn doctor(path: &std::path::Path, controlplane: Option<String>, nats: Option<String>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let keys = std::env::var(dataplane::server::MASTER_KEYS_ENV).ok();
+    let report = runtime.block_on(dataplane::doctor::run(
+        path,
+        &process_env(),
+        keys.as_deref(),
+        (controlplane, nats),
+    ));
+    print!("{report}");
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -18,6 +18,7 @@
 //! - [`cluster`]: NATS subjects, JetStream names and messages between the planes.
 //! - [`cluster_trust`]: snapshot signatures (Ed25519) and the ingest tags of usage events and
 //!   heartbeats (HMAC), so that neither plane trusts a message for arriving on NATS or gRPC.
+//! - [`doctor`]: the report of the `doctor` commands of both planes (checks, fixes, exit).
 //! - [`fleet_keys`]: Redis keys of the deployment state that data-plane replicas share.
 //! - `redis_conn` (feature `redis`): one Redis connection for a single server, a Redis Cluster
 //!   or a Sentinel-managed master, used by both planes.
@@ -35,6 +36,7 @@
 pub mod budget;
 pub mod cluster;
 pub mod cluster_trust;
+pub mod doctor;
 pub mod fleet_keys;
 pub mod keys;
 pub mod layered_config;

@@ -139,6 +139,7 @@ macro_rules! delete_fn {
 pub mod admins;
 pub mod audit;
 pub mod budgets;
+pub mod clock;
 pub mod deployments;
 pub mod keys;
 pub mod models;

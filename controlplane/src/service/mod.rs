@@ -12,6 +12,8 @@
 //!   [`admins`], [`budgets`], [`prices`] (sync and override commands; the read model that
 //!   snapshots use is [`price_book`]), [`spend`], [`fleet`] (with the audit log and the
 //!   revision).
+//! - [`litellm`]: `controlplane import litellm`, a LiteLLM proxy config written as providers,
+//!   deployments and model policies through the resources above.
 //!
 //! Views and request bodies carry their OpenAPI schema (`utoipa::ToSchema`) where they are
 //! defined, here: the audit log records exactly what the API shows.
@@ -24,6 +26,7 @@ pub mod deployments;
 pub mod error;
 pub mod fleet;
 pub mod keys;
+pub mod litellm;
 pub mod models;
 pub mod price_book;
 pub mod prices;

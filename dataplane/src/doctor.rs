@@ -95,7 +95,7 @@ pub async fn run(
 /// NATS and the control plane's gRPC endpoint; the current snapshot.
 async fn cluster_checks(cluster: &ClusterConfig, report: &mut Report) -> Option<Snapshot> {
     if let Some(url) = &cluster.nats_url {
-        nats(url, &NatsNames::new(&cluster.namespace), report).await;
+        nats(cluster, url, &NatsNames::new(&cluster.namespace), report).await;
     }
     let url = cluster.controlplane_grpc.as_deref()?;
     let shown = redacted(url);
@@ -141,9 +141,21 @@ async fn cluster_checks(cluster: &ClusterConfig, report: &mut Report) -> Option<
     }
 }
 
-async fn nats(url: &str, names: &NatsNames, report: &mut Report) {
+async fn nats(cluster: &ClusterConfig, url: &str, names: &NatsNames, report: &mut Report) {
     let shown = redacted(url);
-    let connect = nats_options(url).connection_timeout(WAIT).connect(url);
+    let options = match cluster.nats_auth() {
+        Ok(auth) => nats_options(url, &auth).await.map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    let options = match options {
+        Ok(options) => options,
+        Err(e) => {
+            let fix = "check cluster.nats_creds_file, nats_nkey_seed and the TLS files";
+            report.fail("nats", format!("cannot build the NATS login: {e}"), fix);
+            return;
+        }
+    };
+    let connect = options.connection_timeout(WAIT).connect(url);
     let client = match tokio::time::timeout(WAIT * 2, connect).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

@@ -83,6 +83,7 @@ fn settings(namespace: &str, listen: u16, oidc_port: u16) -> Settings {
         spend: SpendConfig::default(),
         prices: PricesConfig::default(),
         redis: None,
+        nats_replicas: 1,
         trust: controlplane::config::ClusterTrust::with_keys(
             namespace,
             switchboard_tests::cluster_keys::SIGNING_SEED,

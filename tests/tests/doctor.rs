@@ -43,6 +43,14 @@ fn settings(cp: &ControlPlane, namespace: &str, redis: &str, keys: &str) -> Sett
             key_prefix: "sbtest-doctor".to_owned(),
             reconcile_interval: Duration::from_secs(60),
         }),
+        nats_replicas: 1,
+        trust: controlplane::config::ClusterTrust::with_keys(
+            namespace,
+            switchboard_tests::cluster_keys::SIGNING_SEED,
+            switchboard_tests::cluster_keys::GRPC_TOKEN,
+            switchboard_tests::cluster_keys::INGEST_KEY,
+        ),
+        ui: Default::default(),
     }
 }
 

@@ -32,6 +32,7 @@ async fn data_plane(
     let mut cluster = ClusterConfig::with_urls(Some(cp.grpc.clone()), Some(nats_url()));
     cluster.namespace = namespace.to_owned();
     cluster.snapshot_cache = Some(cache.to_path_buf());
+    common::cluster::trust(&mut cluster);
     let section: String = serde_yaml_ng::to_string(&cluster)
         .unwrap()
         .lines()

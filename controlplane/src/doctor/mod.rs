@@ -112,7 +112,15 @@ async fn postgres(pool: &PgPool, report: &mut Report) -> Option<Vec<ProviderRow>
 /// NATS: reachable, JetStream enabled, the streams the planes share present.
 async fn nats(settings: &Settings, report: &mut Report) {
     let url = redacted(&settings.nats_url);
-    let connect = nats_options(&settings.nats_url)
+    let options = match nats_options(&settings.nats_url, &settings.trust.nats).await {
+        Ok(options) => options,
+        Err(e) => {
+            let fix = "check nats.creds_file (readable by the control plane)";
+            report.fail("nats", format!("cannot read the NATS credentials: {e}"), fix);
+            return;
+        }
+    };
+    let connect = options
         .connection_timeout(WAIT)
         .connect(settings.nats_url.as_str());
     let client = match tokio::time::timeout(WAIT * 2, connect).await {

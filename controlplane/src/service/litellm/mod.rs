@@ -132,6 +132,7 @@ fn body(d: &plan::PlannedDeployment, provider: &str) -> DeploymentBody {
         limits: RateLimits {
             rpm: d.rpm,
             tpm: d.tpm,
+            concurrency: None,
         },
         priority: d.priority,
         price: d.price.clone(),

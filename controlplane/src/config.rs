@@ -69,6 +69,12 @@ pub struct SpendConfig {
     /// Days of raw spend rows kept (daily partitions dropped after); rollups stay. 0: forever.
     #[serde(default = "default_raw_retention_days")]
     pub raw_retention_days: u64,
+    /// Days of request-log rows kept (daily partitions dropped after). 0: forever.
+    #[serde(default = "default_request_log_retention_days")]
+    pub request_log_retention_days: u64,
+    /// Days of captured request content kept (opted-in tenants only). 0: forever.
+    #[serde(default = "default_content_retention_days")]
+    pub content_retention_days: u64,
 }
 
 impl Default for SpendConfig {
@@ -76,6 +82,8 @@ impl Default for SpendConfig {
         Self {
             ingest: true,
             raw_retention_days: default_raw_retention_days(),
+            request_log_retention_days: default_request_log_retention_days(),
+            content_retention_days: default_content_retention_days(),
         }
     }
 }
@@ -113,6 +121,12 @@ fn yes() -> bool {
 }
 fn default_raw_retention_days() -> u64 {
     90
+}
+fn default_request_log_retention_days() -> u64 {
+    30
+}
+fn default_content_retention_days() -> u64 {
+    7
 }
 fn default_prices_interval_seconds() -> u64 {
     3600

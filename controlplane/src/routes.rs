@@ -18,7 +18,8 @@ use utoipa_axum::routes;
 
 use crate::api::error::{ApiError, FieldError, Problem};
 use crate::api::{
-    admins, auth, budgets, deployments, keys, models, prices, providers, spend, status, tenants,
+    admins, auth, budgets, deployments, keys, models, prices, providers, requests, spend, status,
+    tenants,
 };
 use crate::service::Error as ServiceError;
 use crate::state::AppState;
@@ -41,6 +42,7 @@ use crate::state::AppState;
         (name = "models", description = "Routing policies per public model name"),
         (name = "admins"), (name = "status", description = "Audit log, fleet, revision"),
         (name = "spend", description = "Spend totals from the daily rollups"),
+        (name = "requests", description = "The request log: every request with its attempts"),
         (name = "budgets", description = "Budgets of keys and tenants with this period's spend"),
         (name = "prices", description = "Model prices: LiteLLM's price file as synced, with admin overrides")
     )
@@ -101,6 +103,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(status::fleet))
         .routes(routes!(status::revision))
         .routes(routes!(spend::report))
+        .routes(routes!(requests::list))
+        .routes(routes!(requests::get))
         .routes(routes!(budgets::list))
         .routes(routes!(
             budgets::get_tenant_budget,

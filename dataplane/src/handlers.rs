@@ -117,13 +117,46 @@ async fn serve_proxy(
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
-    (request_id, client_request_id): (String, Option<String>),
+    mut ids: (String, Option<String>),
     started: Instant,
 ) -> Result<Response, ApiError> {
     let (catalog, key) = caller(state, headers)?;
+    let mut model = String::new();
+    let served = serve_caller(
+        state,
+        (endpoint, headers, body),
+        (&catalog, &key),
+        &mut ids,
+        &mut model,
+        started,
+    )
+    .await;
+    served.inspect_err(|error| {
+        let refused = crate::accounting::Refused {
+            endpoint: endpoint.as_str(),
+            model,
+            latency: started.elapsed(),
+        };
+        crate::accounting::record_refusal(&state.books, &key, ids, refused, error);
+    })
+}
+
+/// [`serve_proxy`] for an authenticated caller. Writes the model asked for into `model` as
+/// soon as it is known, and takes the ids out of `ids` only once nothing can be refused.
+async fn serve_caller(
+    state: &Arc<AppState>,
+    (endpoint, headers, body): (Endpoint, &HeaderMap, Body),
+    (catalog, key): (&Arc<Catalog>, &Arc<KeyEntry>),
+    ids: &mut (String, Option<String>),
+    model_asked: &mut String,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let key = Arc::clone(key);
     let bytes = read_body(body, headers, state.max_body_bytes).await?;
     let view = parse(bytes, endpoint)?;
-    let (model, selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
+    model_asked.clone_from(&view.model);
+    let client_request_id = ids.1.clone();
+    let (model, selection) = crate::selectors::resolve(catalog, &key.key, &view, headers)?;
     tracing::Span::current().record("model", model.name.as_str());
     crate::context::check_output_limit(model, view.max_tokens)?;
 
@@ -151,7 +184,7 @@ async fn serve_proxy(
         facts.estimated_tokens,
         || {
             let models = std::iter::once(model).chain(crate::selectors::fallbacks(
-                &catalog,
+                catalog,
                 &facts.key.key,
                 model,
             ));
@@ -173,10 +206,10 @@ async fn serve_proxy(
     let ledger = Ledger::open(
         state.books.clone(),
         Arc::clone(&request.facts),
-        request_id,
+        std::mem::take(&mut ids.0),
         ticket,
     );
-    let mut response = forward(&catalog, &request, ledger).await;
+    let mut response = forward(catalog, &request, ledger).await;
     limits.write_headers(response.headers_mut());
     response
         .headers_mut()

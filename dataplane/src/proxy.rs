@@ -256,7 +256,7 @@ async fn forward_inner(
         };
     }
     let error = tries.into_error(&request.facts.model.name);
-    ledger.gave_up(error.status());
+    ledger.gave_up(&error);
     axum::response::IntoResponse::into_response(error)
 }
 
@@ -323,7 +323,7 @@ async fn try_model(
                 )));
             }
             Attempt::Failed(error) => {
-                ledger.attempt_failed();
+                ledger.attempt_failed(&error);
                 failures_in_a_row += 1;
                 tries.last_error = Some(error);
             }

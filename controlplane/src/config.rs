@@ -39,6 +39,10 @@ pub struct Config {
     /// The Redis the data planes count budgets in; absent: no budget reconciliation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
+    /// OpenTelemetry trace export; every key is overridden by its standard `OTEL_*` variable
+    /// (`docs/observability.md`). Absent, with no `OTEL_EXPORTER_OTLP_ENDPOINT`: no traces.
+    #[serde(default)]
+    pub telemetry: switchboard_shared::telemetry::TelemetryConfig,
 }
 
 /// The data planes' Redis, whose budget counters the control plane reconciles with Postgres

@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use sqlx::PgPool;
 use switchboard_shared::cluster::NatsNames;
 use switchboard_shared::usage::UsageRecord;
+use tracing::Instrument;
 
 /// Name of the durable consumer all control-plane replicas share.
 pub const CONSUMER: &str = "spend-ingest";
@@ -149,8 +150,15 @@ pub async fn ingest_one_batch(
     if records.is_empty() {
         return Ok(0);
     }
-    let inserted = insert_batch(pool, &records).await?;
-    record_requests(pool, &records).await?;
+    let span = tracing::debug_span!(target: switchboard_shared::telemetry::TARGET,
+        "ingest usage", messaging.system = "nats", switchboard.records = records.len());
+    let inserted = async {
+        let inserted = insert_batch(pool, &records).await?;
+        record_requests(pool, &records).await?;
+        Ok::<u64, sqlx::Error>(inserted)
+    }
+    .instrument(span)
+    .await?;
     // After commit only. A failed ack means redelivery, which the insert absorbs.
     let acks = delivered.iter().map(|m| m.ack());
     for result in futures_util::future::join_all(acks).await {

@@ -8,7 +8,7 @@
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -131,6 +131,34 @@ pub fn openapi_json() -> String {
     text
 }
 
+/// One exported span per admin API request when trace export is on
+/// (`switchboard_shared::telemetry`): method, route template and status, continuing the
+/// caller's `traceparent`; never a body or a token.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use switchboard_shared::telemetry::{TARGET, continue_trace, enabled};
+    use tracing::Instrument;
+    if !enabled() {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let method = request.method().as_str().to_owned();
+    let span = tracing::debug_span!(target: TARGET, "admin request",
+        otel.name = format!("{method} {route}"), otel.kind = "server",
+        http.request.method = method.as_str(), http.route = route.as_str(),
+        http.response.status_code = tracing::field::Empty);
+    {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        continue_trace(&span, header("traceparent"), header("tracestate"));
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
 /// The admin REST router.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
@@ -141,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         get(move || async move { ([(CONTENT_TYPE, "application/json")], doc).into_response() }),
     )
     .route("/healthz", get(|| async { "ok" }))
+    .route_layer(axum::middleware::from_fn(traced))
     .fallback(|| async { ApiError::from(ServiceError::NotFound("route".into())) })
     .layer(DefaultBodyLimit::max(max_body))
     .with_state(state)

@@ -179,6 +179,11 @@ pub struct Ledger {
     attempt_started: Option<std::time::Instant>,
     /// Why the request failed, when it did (the error the client got).
     error_kind: Option<&'static str>,
+    /// The request's exported span (disabled when trace export is off), its open attempt's
+    /// and, from the first byte on, its relay's.
+    trace: tracing::Span,
+    attempt_span: tracing::Span,
+    relay_span: tracing::Span,
     ttft: Option<Duration>,
     closed: bool,
 }
@@ -202,9 +207,25 @@ impl Ledger {
             attempt_log: Vec::new(),
             attempt_started: None,
             error_kind: None,
+            trace: tracing::Span::none(),
+            attempt_span: tracing::Span::none(),
+            relay_span: tracing::Span::none(),
             ttft: None,
             closed: false,
         }
+    }
+
+    /// Makes `trace` (the request's exported span) the parent of the attempt, relay and
+    /// account spans, and the one the outcome is recorded on.
+    pub fn traced(&mut self, trace: &tracing::Span) {
+        if !trace.is_disabled() {
+            self.trace = trace.clone();
+        }
+    }
+
+    /// The open attempt's span, for the attempt to run in (its `traceparent` goes upstream).
+    pub fn attempt_span(&self) -> tracing::Span {
+        self.attempt_span.clone()
     }
 
     /// The request this ledger accounts for.
@@ -243,6 +264,12 @@ impl Ledger {
             latency_ms: 0,
         });
         self.attempt_started = Some(std::time::Instant::now());
+        if !self.trace.is_disabled() {
+            let provider = deployment.provider_kind.as_str();
+            let model = deployment.upstream_model.as_str();
+            self.attempt_span =
+                crate::telemetry::attempt(&self.trace, &deployment.id, provider, model);
+        }
         self.deployment = Some(Arc::clone(deployment));
         self.inflight = Some(deployment.state.begin());
     }
@@ -265,6 +292,8 @@ impl Ledger {
             last.status = status;
             last.error_kind = error_kind.map(str::to_owned);
             last.latency_ms = millis(started.elapsed());
+            let span = std::mem::replace(&mut self.attempt_span, tracing::Span::none());
+            crate::telemetry::attempt_ended(&span, status, error_kind);
         }
     }
 
@@ -272,6 +301,9 @@ impl Ledger {
     pub fn first_byte(&mut self) {
         if self.ttft.is_none() {
             self.ttft = Some(self.request.started.elapsed());
+            if !self.trace.is_disabled() {
+                self.relay_span = crate::telemetry::relay(&self.trace);
+            }
         }
     }
 
@@ -345,6 +377,9 @@ impl Ledger {
         }
         let elapsed = self.request.started.elapsed();
         self.end_attempt(status.as_u16(), None);
+        self.relay_span = tracing::Span::none();
+        let account = crate::telemetry::account(&self.trace);
+        let _account = account.enter();
         let (usage, reported) = match measured {
             Measured::Reported(usage) => (usage, true),
             Measured::Counted(usage) => (usage, false),
@@ -407,6 +442,12 @@ impl Ledger {
             attempt_log: std::mem::take(&mut self.attempt_log),
             content: None,
         };
+        crate::telemetry::finished(
+            &self.trace,
+            &record,
+            deployment.map(|d| d.provider_kind.as_str()),
+            deployment.map(|d| d.upstream_model.as_str()),
+        );
         self.books.sink.emit(record);
     }
 }

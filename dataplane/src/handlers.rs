@@ -98,10 +98,10 @@ async fn proxy(
     let gateway_header = HeaderValue::from_str(&id);
     let id_header = HeaderValue::from_str(client_id.as_deref().unwrap_or(&id));
     let ids = (id, client_id);
-    let mut response = match serve_proxy(&state, endpoint, &headers, body, ids, started)
-        .instrument(span)
-        .await
-    {
+    // The exported span is the outer one: the log span stays the current one.
+    let trace = crate::telemetry::request(endpoint.as_str(), &ids.0, &headers);
+    let served = serve_proxy(&state, endpoint, &headers, body, ids, (started, &trace));
+    let mut response = match served.instrument(span).instrument(trace.clone()).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -118,9 +118,12 @@ async fn serve_proxy(
     headers: &HeaderMap,
     body: Body,
     mut ids: (String, Option<String>),
-    started: Instant,
+    (started, trace): (Instant, &tracing::Span),
 ) -> Result<Response, ApiError> {
-    let (catalog, key) = caller(state, headers)?;
+    let (catalog, key) = crate::telemetry::authenticate()
+        .in_scope(|| caller(state, headers))
+        .inspect_err(|e| crate::telemetry::failed(trace, e.kind(), e.status().as_u16()))?;
+    crate::telemetry::caller(trace, &key.tenant.tenant.id, &key.key.id);
     let mut model = String::new();
     let served = serve_caller(
         state,
@@ -128,10 +131,11 @@ async fn serve_proxy(
         (&catalog, &key),
         &mut ids,
         &mut model,
-        started,
+        (started, trace),
     )
     .await;
     served.inspect_err(|error| {
+        crate::telemetry::failed(trace, error.kind(), error.status().as_u16());
         let refused = crate::accounting::Refused {
             endpoint: endpoint.as_str(),
             model,
@@ -149,7 +153,7 @@ async fn serve_caller(
     (catalog, key): (&Arc<Catalog>, &Arc<KeyEntry>),
     ids: &mut (String, Option<String>),
     model_asked: &mut String,
-    started: Instant,
+    (started, trace): (Instant, &tracing::Span),
 ) -> Result<Response, ApiError> {
     let key = Arc::clone(key);
     let bytes = read_body(body, headers, state.max_body_bytes).await?;
@@ -158,6 +162,7 @@ async fn serve_caller(
     let client_request_id = ids.1.clone();
     let (model, selection) = crate::selectors::resolve(catalog, &key.key, &view, headers)?;
     tracing::Span::current().record("model", model.name.as_str());
+    crate::telemetry::model(trace, endpoint.as_str(), &model.name);
     crate::context::check_output_limit(model, view.max_tokens)?;
 
     let prompt_estimate = view.estimated_prompt_tokens();
@@ -196,6 +201,7 @@ async fn serve_caller(
         },
         facts.started_at,
     )
+    .instrument(crate::telemetry::admit())
     .await?;
     let request = RequestContext {
         facts: Arc::new(facts),
@@ -203,12 +209,13 @@ async fn serve_caller(
         selection,
         explain: headers.contains_key(crate::proxy::EXPLAIN_REQUEST_HEADER),
     };
-    let ledger = Ledger::open(
+    let mut ledger = Ledger::open(
         state.books.clone(),
         Arc::clone(&request.facts),
         std::mem::take(&mut ids.0),
         ticket,
     );
+    ledger.traced(trace);
     let mut response = forward(catalog, &request, ledger).await;
     limits.write_headers(response.headers_mut());
     response

@@ -44,6 +44,7 @@ use http_body_util::BodyExt;
 use switchboard_shared::snapshot::ModelPolicy;
 use switchboard_shared::usage::{Outcome, Usage};
 use tokio::time::{Instant, timeout_at};
+use tracing::Instrument;
 
 use crate::accounting::{Ledger, usage_from_body};
 use crate::catalog::{Catalog, DeploymentEntry, ModelEntry};
@@ -125,6 +126,7 @@ fn candidates(
     explain: &mut Option<String>,
     excluded: &mut Option<Exclusion>,
 ) -> Vec<usize> {
+    let _route = crate::telemetry::route().entered();
     let decided = std::time::Instant::now();
     let mut order = attempt_order(model, input);
     let mut left_out = String::new();
@@ -294,6 +296,7 @@ async fn try_model(
             ledger.request_id(),
             ledger.webhooks(),
         )
+        .instrument(ledger.attempt_span())
         .await;
         match attempted {
             Attempt::Complete {

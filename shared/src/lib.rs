@@ -38,6 +38,8 @@ pub mod pricing;
 pub mod sealed;
 pub mod secret;
 pub mod snapshot;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 pub mod usage;
 pub mod validate;
 

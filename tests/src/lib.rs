@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod mock;
+pub mod otlp;
 pub mod services;
 
 pub use mock::{MockOptions, MockUpstream, RecordedRequest};

@@ -41,6 +41,10 @@ pub struct Config {
     /// The Redis the data planes count budgets in; absent: no budget reconciliation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
+    /// OpenTelemetry trace export; every key is overridden by its standard `OTEL_*` variable
+    /// (`docs/observability.md`). Absent, with no `OTEL_EXPORTER_OTLP_ENDPOINT`: no traces.
+    #[serde(default)]
+    pub telemetry: switchboard_shared::telemetry::TelemetryConfig,
     /// The admin console at `/ui` (docs/ui.md).
     #[serde(default)]
     pub ui: UiConfig,
@@ -128,6 +132,12 @@ pub struct SpendConfig {
     /// Days of raw spend rows kept (daily partitions dropped after); rollups stay. 0: forever.
     #[serde(default = "default_raw_retention_days")]
     pub raw_retention_days: u64,
+    /// Days of request-log rows kept (daily partitions dropped after). 0: forever.
+    #[serde(default = "default_request_log_retention_days")]
+    pub request_log_retention_days: u64,
+    /// Days of captured request content kept (opted-in tenants only). 0: forever.
+    #[serde(default = "default_content_retention_days")]
+    pub content_retention_days: u64,
 }
 
 impl Default for SpendConfig {
@@ -135,6 +145,8 @@ impl Default for SpendConfig {
         Self {
             ingest: true,
             raw_retention_days: default_raw_retention_days(),
+            request_log_retention_days: default_request_log_retention_days(),
+            content_retention_days: default_content_retention_days(),
         }
     }
 }
@@ -172,6 +184,12 @@ fn yes() -> bool {
 }
 fn default_raw_retention_days() -> u64 {
     90
+}
+fn default_request_log_retention_days() -> u64 {
+    30
+}
+fn default_content_retention_days() -> u64 {
+    7
 }
 fn default_prices_interval_seconds() -> u64 {
     3600

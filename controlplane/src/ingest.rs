@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use sqlx::PgPool;
 use switchboard_shared::cluster::NatsNames;
 use switchboard_shared::usage::UsageRecord;
+use tracing::Instrument;
 
 /// Name of the durable consumer all control-plane replicas share.
 pub const CONSUMER: &str = "spend-ingest";
@@ -163,7 +164,15 @@ pub async fn ingest_one_batch(
     if records.is_empty() {
         return Ok(0);
     }
-    let inserted = insert_batch(pool, &records).await?;
+    let span = tracing::debug_span!(target: switchboard_shared::telemetry::TARGET,
+        "ingest usage", messaging.system = "nats", switchboard.records = records.len());
+    let inserted = async {
+        let inserted = insert_batch(pool, &records).await?;
+        record_requests(pool, &records).await?;
+        Ok::<u64, sqlx::Error>(inserted)
+    }
+    .instrument(span)
+    .await?;
     // After commit only. A failed ack means redelivery, which the insert absorbs.
     let acks = delivered.iter().map(|m| m.ack());
     for result in futures_util::future::join_all(acks).await {
@@ -182,6 +191,43 @@ pub async fn insert_batch(pool: &PgPool, records: &[UsageRecord]) -> sqlx::Resul
 }
 
 pub use crate::repo::spend::{drop_expired_partitions, ensure_partitions};
+
+/// The request log: every record (refusals included) becomes one `request_log` row, and the
+/// content an opted-in tenant's data plane captured one `request_content` row. Idempotent like
+/// the spend insert, and done before the batch is acknowledged, so it is as lossless.
+pub async fn record_requests(pool: &PgPool, records: &[UsageRecord]) -> sqlx::Result<()> {
+    crate::repo::requests::insert_log(pool, records).await?;
+    crate::repo::requests::insert_content(pool, records).await?;
+    Ok(())
+}
+
+/// Keeps the request log's and captured content's daily partitions made a week ahead and drops
+/// those past their retentions (`request_log_retention_days`, `content_retention_days`).
+pub async fn request_log_upkeep(
+    pool: &PgPool,
+    today: NaiveDate,
+    settings: &crate::config::SpendConfig,
+) {
+    use crate::repo::spend::{drop_expired_partitions_of, ensure_partitions_of};
+    let tables = [
+        ("request_log", settings.request_log_retention_days),
+        ("request_content", settings.content_retention_days),
+    ];
+    for (table, keep_days) in tables {
+        if let Err(e) = ensure_partitions_of(pool, table, today, 7).await {
+            tracing::warn!(error = %e, table, "partitions not made");
+        }
+        if keep_days > 0 {
+            match drop_expired_partitions_of(pool, table, today, keep_days).await {
+                Ok(dropped) if !dropped.is_empty() => {
+                    tracing::info!(?dropped, "partitions past retention dropped");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, table, "retention not applied"),
+            }
+        }
+    }
+}
 
 /// Today in UTC, the partitions' time zone.
 pub fn utc_today(now: DateTime<Utc>) -> NaiveDate {

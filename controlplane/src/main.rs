@@ -143,12 +143,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let env = process_env();
     let settings = match Config::load(cli.config.as_deref(), &env).and_then(|c| {
         let settings = c
@@ -172,7 +166,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, settings.0, settings.1, env)) {
+    // Logs, and trace export when configured; the gRPC exporter is built inside the runtime,
+    // and the guard flushes spans at exit.
+    let telemetry = {
+        let _entered = runtime.enter();
+        let lookup = |name: &str| std::env::var(name).ok();
+        settings
+            .0
+            .telemetry
+            .resolve(&lookup, "switchboard-controlplane")
+            .and_then(|traces| {
+                use switchboard_shared::telemetry::{LogFormat, init};
+                init(traces.as_ref(), LogFormat::Text)
+            })
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("telemetry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(run(cli.command, settings.0, settings.1, env));
+    drop(telemetry);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("controlplane: {e:#}");

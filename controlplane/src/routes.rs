@@ -8,7 +8,7 @@
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -18,7 +18,8 @@ use utoipa_axum::routes;
 
 use crate::api::error::{ApiError, FieldError, Problem};
 use crate::api::{
-    admins, auth, budgets, deployments, keys, models, prices, providers, spend, status, tenants,
+    admins, auth, budgets, deployments, keys, models, prices, providers, requests, spend, status,
+    tenants,
 };
 use crate::service::Error as ServiceError;
 use crate::state::AppState;
@@ -41,6 +42,7 @@ use crate::state::AppState;
         (name = "models", description = "Routing policies per public model name"),
         (name = "admins"), (name = "status", description = "Audit log, fleet, revision"),
         (name = "spend", description = "Spend totals from the daily rollups"),
+        (name = "requests", description = "The request log: every request with its attempts"),
         (name = "budgets", description = "Budgets of keys and tenants with this period's spend"),
         (name = "prices", description = "Model prices: LiteLLM's price file as synced, with admin overrides")
     )
@@ -101,6 +103,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(status::fleet))
         .routes(routes!(status::revision))
         .routes(routes!(spend::report))
+        .routes(routes!(requests::list))
+        .routes(routes!(requests::get))
         .routes(routes!(budgets::list))
         .routes(routes!(
             budgets::get_tenant_budget,
@@ -127,6 +131,34 @@ pub fn openapi_json() -> String {
     text
 }
 
+/// One exported span per admin API request when trace export is on
+/// (`switchboard_shared::telemetry`): method, route template and status, continuing the
+/// caller's `traceparent`; never a body or a token.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use switchboard_shared::telemetry::{TARGET, continue_trace, enabled};
+    use tracing::Instrument;
+    if !enabled() {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let method = request.method().as_str().to_owned();
+    let span = tracing::debug_span!(target: TARGET, "admin request",
+        otel.name = format!("{method} {route}"), otel.kind = "server",
+        http.request.method = method.as_str(), http.route = route.as_str(),
+        http.response.status_code = tracing::field::Empty);
+    {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        continue_trace(&span, header("traceparent"), header("tracestate"));
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
 /// The admin REST router.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
@@ -138,6 +170,7 @@ pub fn router(state: AppState) -> Router {
     )
     .route("/healthz", get(|| async { "ok" }))
     .merge(crate::ui::router())
+    .route_layer(axum::middleware::from_fn(traced))
     .fallback(|| async { ApiError::from(ServiceError::NotFound("route".into())) })
     .layer(DefaultBodyLimit::max(max_body))
     .with_state(state)

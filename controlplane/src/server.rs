@@ -29,7 +29,13 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 /// Keeps spend partitions made a week ahead and drops raw ones past retention, hourly.
-async fn spend_upkeep(pool: PgPool, retention_days: u64, mut stop: watch::Receiver<bool>) {
+/// The request log's and captured content's partitions too, by their own retentions.
+async fn spend_upkeep(
+    pool: PgPool,
+    spend: crate::config::SpendConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let retention_days = spend.raw_retention_days;
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
@@ -49,6 +55,7 @@ async fn spend_upkeep(pool: PgPool, retention_days: u64, mut stop: watch::Receiv
                 Err(e) => tracing::warn!(error = %e, "spend retention not applied"),
             }
         }
+        crate::ingest::request_log_upkeep(&pool, today, &spend).await;
     }
 }
 
@@ -174,11 +181,7 @@ fn spawn_jobs(
             stopped(stop.clone()),
         ));
     }
-    tasks.spawn(spend_upkeep(
-        pool.clone(),
-        spend.raw_retention_days,
-        stop.clone(),
-    ));
+    tasks.spawn(spend_upkeep(pool.clone(), spend.clone(), stop.clone()));
     if let (Some(counters), Some(redis)) = (&state.counters, &settings.redis) {
         tasks.spawn(crate::service::budgets::counters::run(
             pool.clone(),

@@ -58,6 +58,9 @@ fn record(i: usize, at: DateTime<Utc>) -> UsageRecord {
         started_at: at,
         latency_ms: 12,
         ttft_ms: Some(4),
+        error_kind: None,
+        attempt_log: Vec::new(),
+        content: None,
     }
 }
 

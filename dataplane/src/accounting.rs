@@ -36,7 +36,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use switchboard_shared::budget::{MAX_CHARGE_NANOS, charge_nanos};
 use switchboard_shared::pricing::cost;
-use switchboard_shared::usage::{Outcome, Usage, UsageRecord};
+use switchboard_shared::usage::{AttemptRecord, Outcome, Usage, UsageRecord};
 
 use crate::catalog::DeploymentEntry;
 use crate::context::RequestFacts;
@@ -178,6 +178,17 @@ pub struct Ledger {
     /// Marks the request in flight on its current deployment until the answer ends.
     inflight: Option<crate::fleet::InFlight>,
     attempts: u32,
+    /// Each attempt for the request log; the last one open until it ends.
+    attempt_log: Vec<AttemptRecord>,
+    /// When the open attempt started.
+    attempt_started: Option<std::time::Instant>,
+    /// Why the request failed, when it did (the error the client got).
+    error_kind: Option<&'static str>,
+    /// The request's exported span (disabled when trace export is off), its open attempt's
+    /// and, from the first byte on, its relay's.
+    trace: tracing::Span,
+    attempt_span: tracing::Span,
+    relay_span: tracing::Span,
     ttft: Option<Duration>,
     closed: bool,
 }
@@ -198,9 +209,28 @@ impl Ledger {
             deployment: None,
             inflight: None,
             attempts: 0,
+            attempt_log: Vec::new(),
+            attempt_started: None,
+            error_kind: None,
+            trace: tracing::Span::none(),
+            attempt_span: tracing::Span::none(),
+            relay_span: tracing::Span::none(),
             ttft: None,
             closed: false,
         }
+    }
+
+    /// Makes `trace` (the request's exported span) the parent of the attempt, relay and
+    /// account spans, and the one the outcome is recorded on.
+    pub fn traced(&mut self, trace: &tracing::Span) {
+        if !trace.is_disabled() {
+            self.trace = trace.clone();
+        }
+    }
+
+    /// The open attempt's span, for the attempt to run in (its `traceparent` goes upstream).
+    pub fn attempt_span(&self) -> tracing::Span {
+        self.attempt_span.clone()
     }
 
     /// The request this ledger accounts for.
@@ -253,16 +283,43 @@ impl Ledger {
     /// An attempt on `deployment` starts: counted, and in flight there until it ends.
     pub fn attempt_began(&mut self, deployment: &Arc<DeploymentEntry>) {
         self.attempts += 1;
+        self.attempt_log.push(AttemptRecord {
+            deployment_id: deployment.id.clone(),
+            status: 0,
+            error_kind: None,
+            latency_ms: 0,
+        });
+        self.attempt_started = Some(std::time::Instant::now());
+        if !self.trace.is_disabled() {
+            let provider = deployment.provider_kind.as_str();
+            let model = deployment.upstream_model.as_str();
+            self.attempt_span =
+                crate::telemetry::attempt(&self.trace, &deployment.id, provider, model);
+        }
         self.deployment = Some(Arc::clone(deployment));
         self.inflight = Some(deployment.state.begin());
     }
 
-    /// The attempt failed before any answer: no longer in flight, and its deployment gets
-    /// its token estimate back.
-    pub fn attempt_failed(&mut self) {
+    /// The attempt failed before any answer with `error`: no longer in flight, and its
+    /// deployment gets its token estimate back.
+    pub fn attempt_failed(&mut self, error: &crate::error::ApiError) {
+        self.end_attempt(error.status().as_u16(), Some(error.kind()));
         self.inflight = None;
         if let Some(d) = &self.deployment {
             self.ticket.release_deployment(&self.books.limiter, d);
+        }
+    }
+
+    /// Ends the open attempt (if any) in the request log with `status`.
+    fn end_attempt(&mut self, status: u16, error_kind: Option<&'static str>) {
+        if let (Some(started), Some(last)) =
+            (self.attempt_started.take(), self.attempt_log.last_mut())
+        {
+            last.status = status;
+            last.error_kind = error_kind.map(str::to_owned);
+            last.latency_ms = millis(started.elapsed());
+            let span = std::mem::replace(&mut self.attempt_span, tracing::Span::none());
+            crate::telemetry::attempt_ended(&span, status, error_kind);
         }
     }
 
@@ -270,6 +327,9 @@ impl Ledger {
     pub fn first_byte(&mut self) {
         if self.ttft.is_none() {
             self.ttft = Some(self.request.started.elapsed());
+            if !self.trace.is_disabled() {
+                self.relay_span = crate::telemetry::relay(&self.trace);
+            }
         }
     }
 
@@ -288,8 +348,9 @@ impl Ledger {
 
     /// Closes the books on a request that got no answer: every attempt failed, or none could
     /// be made. It is charged nothing.
-    pub fn gave_up(mut self, status: StatusCode) {
-        self.settle(Outcome::UpstreamError, status, Measured::Nothing);
+    pub fn gave_up(mut self, error: &crate::error::ApiError) {
+        self.error_kind = Some(error.kind());
+        self.settle(Outcome::UpstreamError, error.status(), Measured::Nothing);
     }
 
     /// Closes the books on a streamed answer: `usage` is what the stream reported (possibly
@@ -341,6 +402,10 @@ impl Ledger {
             return;
         }
         let elapsed = self.request.started.elapsed();
+        self.end_attempt(status.as_u16(), None);
+        self.relay_span = tracing::Span::none();
+        let account = crate::telemetry::account(&self.trace);
+        let _account = account.enter();
         let (usage, reported) = match measured {
             Measured::Reported(usage) => (usage, true),
             Measured::Counted(usage) => (usage, false),
@@ -399,9 +464,84 @@ impl Ledger {
             started_at: self.request.started_at,
             latency_ms: millis(elapsed),
             ttft_ms: self.ttft.map(millis),
+            error_kind: error_kind(outcome, status, self.error_kind),
+            attempt_log: std::mem::take(&mut self.attempt_log),
+            content: None,
         };
+        crate::telemetry::finished(
+            &self.trace,
+            &record,
+            deployment.map(|d| d.provider_kind.as_str()),
+            deployment.map(|d| d.upstream_model.as_str()),
+        );
         self.books.sink.emit(record);
     }
+}
+
+/// A request refused before any attempt, for the request log.
+#[derive(Debug)]
+pub struct Refused {
+    pub endpoint: &'static str,
+    /// The model asked for ('' when the body could not be read).
+    pub model: String,
+    /// From arrival to the refusal.
+    pub latency: Duration,
+}
+
+/// Emits the usage record of a request `key` made that the gateway refused with `error`
+/// before any upstream attempt (a limit, a budget, a bad body, an unknown model): it costs
+/// nothing and is only for the request log.
+pub fn record_refusal(
+    books: &Books,
+    key: &crate::catalog::KeyEntry,
+    (request_id, client_request_id): (String, Option<String>),
+    refused: Refused,
+    error: &crate::error::ApiError,
+) {
+    let status = error.status();
+    books.sink.emit(UsageRecord {
+        request_id,
+        client_request_id,
+        tenant_id: key.tenant.tenant.id.clone(),
+        key_id: key.key.id.clone(),
+        model: refused.model,
+        deployment_id: None,
+        provider_id: None,
+        endpoint: refused.endpoint.to_owned(),
+        stream: false,
+        outcome: Outcome::Refused,
+        status: status.as_u16(),
+        attempts: 0,
+        usage: Usage::default(),
+        usage_reported: false,
+        cost_usd: 0.0,
+        price_revision: 0,
+        price_version: None,
+        started_at: books.clock.now(),
+        latency_ms: millis(refused.latency),
+        ttft_ms: None,
+        error_kind: Some(error.kind().to_owned()),
+        attempt_log: Vec::new(),
+        content: None,
+    });
+}
+
+/// The request log's error kind of a request that ended with `outcome` and `status`: the
+/// gateway's own error when it answered with one, else a label for how the answer failed.
+fn error_kind(outcome: Outcome, status: StatusCode, known: Option<&'static str>) -> Option<String> {
+    let kind = match (outcome, known) {
+        (Outcome::Success, _) if status.is_success() => return None,
+        (_, Some(kind)) => kind,
+        (Outcome::ClientDisconnected, None) => "client_disconnected",
+        (Outcome::Success | Outcome::UpstreamError | Outcome::Refused, None) => {
+            if status.is_success() {
+                "upstream_stream_broken"
+            } else {
+                "upstream_error_status"
+            }
+        }
+    };
+    Some(kind.to_owned())
 }
 
 /// What a request costing `cost_usd` is charged, in nano-dollars: at most

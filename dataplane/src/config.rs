@@ -39,6 +39,10 @@ pub struct Config {
     /// Where to get snapshots from (cluster mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+    /// OpenTelemetry trace export; every key is overridden by its standard `OTEL_*` variable
+    /// (`docs/observability.md`). Absent, with no `OTEL_EXPORTER_OTLP_ENDPOINT`: no traces.
+    #[serde(default)]
+    pub telemetry: switchboard_shared::telemetry::TelemetryConfig,
 }
 
 /// Cluster mode: snapshots come from the control plane over NATS JetStream, with gRPC as the

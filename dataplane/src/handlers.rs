@@ -115,17 +115,17 @@ pub(crate) async fn proxy_to(
     let gateway_header = HeaderValue::from_str(&id);
     let id_header = HeaderValue::from_str(client_id.as_deref().unwrap_or(&id));
     let ids = (id, client_id);
-    let mut response = match serve_proxy(
+    // The exported span is the outer one: the log span stays the current one.
+    let trace = crate::telemetry::request(endpoint.as_str(), &ids.0, &headers);
+    let served = serve_proxy(
         &state,
         (endpoint, passthrough),
         &headers,
         body,
         ids,
-        started,
-    )
-    .instrument(span)
-    .await
-    {
+        (started, &trace),
+    );
+    let mut response = match served.instrument(span).instrument(trace.clone()).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -141,10 +141,50 @@ async fn serve_proxy(
     (endpoint, passthrough): (Endpoint, Option<crate::request::Passthrough>),
     headers: &HeaderMap,
     body: Body,
-    (request_id, client_request_id): (String, Option<String>),
-    started: Instant,
+    mut ids: (String, Option<String>),
+    (started, trace): (Instant, &tracing::Span),
 ) -> Result<Response, ApiError> {
-    let (catalog, key) = caller(state, headers)?;
+    let (catalog, key) = crate::telemetry::authenticate()
+        .in_scope(|| caller(state, headers))
+        .inspect_err(|e| crate::telemetry::failed(trace, e.kind(), e.status().as_u16()))?;
+    crate::telemetry::caller(trace, &key.tenant.tenant.id, &key.key.id);
+    let mut model = String::new();
+    let served = serve_caller(
+        state,
+        (endpoint, passthrough, headers, body),
+        (&catalog, &key),
+        &mut ids,
+        &mut model,
+        (started, trace),
+    )
+    .await;
+    served.inspect_err(|error| {
+        crate::telemetry::failed(trace, error.kind(), error.status().as_u16());
+        let refused = crate::accounting::Refused {
+            endpoint: endpoint.as_str(),
+            model,
+            latency: started.elapsed(),
+        };
+        crate::accounting::record_refusal(&state.books, &key, ids, refused, error);
+    })
+}
+
+/// [`serve_proxy`] for an authenticated caller. Writes the model asked for into `model` as
+/// soon as it is known, and takes the ids out of `ids` only once nothing can be refused.
+async fn serve_caller(
+    state: &Arc<AppState>,
+    (endpoint, passthrough, headers, body): (
+        Endpoint,
+        Option<crate::request::Passthrough>,
+        &HeaderMap,
+        Body,
+    ),
+    (catalog, key): (&Arc<Catalog>, &Arc<KeyEntry>),
+    ids: &mut (String, Option<String>),
+    model_asked: &mut String,
+    (started, trace): (Instant, &tracing::Span),
+) -> Result<Response, ApiError> {
+    let key = Arc::clone(key);
     let bytes = read_body(body, headers, state.max_body_bytes).await?;
     let (bytes, keep) = match endpoint {
         Endpoint::Responses => {
@@ -154,12 +194,15 @@ async fn serve_proxy(
         _ => (bytes, None),
     };
     let mut view = parse(bytes, endpoint)?;
+    model_asked.clone_from(&view.model);
     view.anthropic_headers = anthropic_headers(headers);
     let kind = passthrough.as_ref().map(|p| p.kind);
     view.passthrough = passthrough;
-    let (model, mut selection) = crate::selectors::resolve(&catalog, &key.key, &view, headers)?;
+    let client_request_id = ids.1.clone();
+    let (model, mut selection) = crate::selectors::resolve(catalog, &key.key, &view, headers)?;
     selection.provider_kind = kind;
     tracing::Span::current().record("model", model.name.as_str());
+    crate::telemetry::model(trace, endpoint.as_str(), &model.name);
     crate::context::check_output_limit(model, view.max_tokens)?;
 
     let prompt_estimate = view.estimated_prompt_tokens();
@@ -186,7 +229,7 @@ async fn serve_proxy(
         facts.estimated_tokens,
         || {
             let models = std::iter::once(model).chain(crate::selectors::fallbacks(
-                &catalog,
+                catalog,
                 &facts.key.key,
                 model,
             ));
@@ -198,6 +241,7 @@ async fn serve_proxy(
         },
         facts.started_at,
     )
+    .instrument(crate::telemetry::admit())
     .await?;
     let request = RequestContext {
         facts: Arc::new(facts),
@@ -205,13 +249,14 @@ async fn serve_proxy(
         selection,
         explain: headers.contains_key(crate::proxy::EXPLAIN_REQUEST_HEADER),
     };
-    let ledger = Ledger::open(
+    let mut ledger = Ledger::open(
         state.books.clone(),
         Arc::clone(&request.facts),
-        request_id,
+        std::mem::take(&mut ids.0),
         ticket,
     );
-    let mut response = forward(&catalog, &request, ledger).await;
+    ledger.traced(trace);
+    let mut response = forward(catalog, &request, ledger).await;
     if let Some(keep) = keep {
         response = keep.keep(response);
     }

@@ -76,6 +76,7 @@ pub mod server;
 pub mod shared_redis;
 pub mod sse;
 pub mod state;
+pub mod telemetry;
 pub mod usage_publisher;
 pub mod webhooks;
 

@@ -75,10 +75,11 @@ fn main() -> ExitCode {
 }
 
 fn run_server(options: dataplane::Options) -> ExitCode {
-    let format = Config::load(&options.config_path, &process_env())
+    let config = Config::load(&options.config_path, &process_env()).ok();
+    let format = config
+        .as_ref()
         .map(|c| c.server.log_format)
         .unwrap_or_default();
-    init_logging(format);
     // On one core (e.g. pinned with taskset) the work-stealing scheduler only adds overhead.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let built = if cores == 1 {
@@ -97,7 +98,21 @@ fn run_server(options: dataplane::Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dataplane::serve(options)) {
+    // The gRPC exporter is built inside the runtime; the guard flushes spans at exit.
+    let telemetry = {
+        let _entered = runtime.enter();
+        init_logging(config.as_ref().map(|c| &c.telemetry), format)
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("telemetry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(dataplane::serve(options));
+    drop(telemetry);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -107,16 +122,23 @@ fn run_server(options: dataplane::Options) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Log lines to stderr and, when configured (`telemetry:` or the `OTEL_*` variables), trace
+/// export.
+fn init_logging(
+    file: Option<&switchboard_shared::telemetry::TelemetryConfig>,
+    format: LogFormat,
+) -> Result<Option<switchboard_shared::telemetry::Telemetry>, String> {
+    use switchboard_shared::telemetry as otel;
+    let env = |name: &str| std::env::var(name).ok();
+    let traces = file
+        .cloned()
+        .unwrap_or_default()
+        .resolve(&env, "switchboard-dataplane")?;
+    let format = match format {
+        LogFormat::Text => otel::LogFormat::Text,
+        LogFormat::Json => otel::LogFormat::Json,
+    };
+    otel::init(traces.as_ref(), format)
 }
 
 fn check(path: &std::path::Path, controlplane: Option<String>, nats: Option<String>) -> ExitCode {

@@ -44,6 +44,7 @@ use http_body_util::BodyExt;
 use switchboard_shared::snapshot::ModelPolicy;
 use switchboard_shared::usage::{Outcome, Usage};
 use tokio::time::{Instant, timeout_at};
+use tracing::Instrument;
 
 use crate::accounting::{Ledger, usage_from_body};
 use crate::catalog::{Catalog, DeploymentEntry, ModelEntry};
@@ -126,6 +127,7 @@ fn candidates(
     explain: &mut Option<String>,
     tries: &mut Tries,
 ) -> Vec<usize> {
+    let _route = crate::telemetry::route().entered();
     let decided = std::time::Instant::now();
     let ranked = attempt_order(model, input);
     let mut order = ranked.clone();
@@ -306,7 +308,7 @@ async fn forward_inner(
         };
     }
     let error = tries.into_error(&request.facts.model.name);
-    ledger.gave_up(error.status());
+    ledger.gave_up(&error);
     axum::response::IntoResponse::into_response(error)
 }
 
@@ -347,6 +349,7 @@ async fn try_model(
             ledger.request_id(),
             ledger.webhooks(),
         )
+        .instrument(ledger.attempt_span())
         .await;
         match attempted {
             Attempt::Complete {
@@ -376,7 +379,7 @@ async fn try_model(
                 )));
             }
             Attempt::Failed(error) => {
-                ledger.attempt_failed();
+                ledger.attempt_failed(&error);
                 failures_in_a_row += 1;
                 tries.last_error = Some(error);
             }

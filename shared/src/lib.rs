@@ -47,6 +47,8 @@ pub mod redis_conn;
 pub mod sealed;
 pub mod secret;
 pub mod snapshot;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 pub mod usage;
 pub mod validate;
 

@@ -48,6 +48,10 @@ pub enum Outcome {
     UpstreamError,
     /// The client went away before the answer was complete.
     ClientDisconnected,
+    /// The gateway refused the request before any upstream attempt (a limit, a budget, a bad
+    /// request or an unknown model; never an unauthenticated one). Recorded in the request
+    /// log only: it has no spend.
+    Refused,
 }
 
 impl Outcome {
@@ -56,8 +60,37 @@ impl Outcome {
             Outcome::Success => "success",
             Outcome::UpstreamError => "upstream_error",
             Outcome::ClientDisconnected => "client_disconnected",
+            Outcome::Refused => "refused",
         }
     }
+}
+
+/// One upstream attempt of a request, for the request log's attempt timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The deployment tried.
+    pub deployment_id: String,
+    /// The HTTP status the attempt ended with: the upstream's for an answer, the gateway's
+    /// (502, 504, 429) for a failure it turned into an error.
+    pub status: u16,
+    /// Why the attempt failed (`upstream_failed`, `upstream_timeout`, ...); absent for an
+    /// answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    /// Milliseconds from the attempt's start to its answer's head, or to its failure.
+    pub latency_ms: u64,
+}
+
+/// A tenant's opted-in copy of a request's content (see `Tenant::capture_content`),
+/// truncated to the data plane's configured size. Never logged, never traced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedContent {
+    /// The request body as the client sent it (UTF-8, cut at a character boundary).
+    pub prompt: String,
+    /// The answer body as the client received it (for streams, the relayed events).
+    pub completion: String,
+    /// Whether either part was cut to the size limit.
+    pub truncated: bool,
 }
 
 /// One finished request that reached the routing phase.
@@ -105,6 +138,16 @@ pub struct UsageRecord {
     pub latency_ms: u64,
     /// Milliseconds from arrival to the first body bytes of the answer, for streams.
     pub ttft_ms: Option<u64>,
+    /// Why the request failed or was refused (the gateway's error kind, e.g.
+    /// `budget_exceeded`, `upstream_failed`); absent on success and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    /// Each upstream attempt in order (empty for a refused request and in older records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<AttemptRecord>,
+    /// The request's content, only for a tenant that opted in to capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<CapturedContent>,
 }
 
 #[cfg(test)]

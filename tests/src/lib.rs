@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cluster_keys;
 pub mod mock;
+pub mod otlp;
 pub mod services;
 
 pub use mock::{MockOptions, MockUpstream, RecordedRequest};

@@ -123,10 +123,16 @@ async fn bad_numbers_change_nothing(redis_prefix: Option<&str>) {
         0,
         "a refused request reached upstream"
     );
-    assert!(
-        gw.usage.records().is_empty(),
-        "a refused request was recorded"
-    );
+    // Each refusal is in the request log (issue 15), charged nothing and never attempted.
+    for r in gw.usage.records() {
+        assert_eq!(
+            r.outcome,
+            switchboard_shared::usage::Outcome::Refused,
+            "{r:?}"
+        );
+        assert_eq!((r.attempts, r.cost_usd, r.status), (0, 0.0, 400), "{r:?}");
+        assert_eq!(r.error_kind.as_deref(), Some("bad_request"), "{r:?}");
+    }
     assert_eq!(
         key_info(&gw).await,
         before,

@@ -555,6 +555,14 @@ deployments:
     assert_eq!(reply.status, 429, "{}", reply.text());
     assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
     assert!(reply.headers.contains_key("retry-after"));
-    // Only the admitted request was accounted.
-    assert_eq!(gw.usage_records(1).await.len(), 1);
+    // Only the admitted request was accounted; the refusals (403, 429) are only logged.
+    let records = gw.usage_records(3).await;
+    let refused = switchboard_shared::usage::Outcome::Refused;
+    let charged: Vec<_> = records.iter().filter(|r| r.outcome != refused).collect();
+    assert_eq!(charged.len(), 1, "{records:?}");
+    let kinds: Vec<_> = records
+        .iter()
+        .filter_map(|r| r.error_kind.as_deref())
+        .collect();
+    assert_eq!(kinds, ["model_not_allowed", "rate_limited"], "{records:?}");
 }

@@ -50,6 +50,9 @@ fn record(i: usize) -> UsageRecord {
         started_at: Utc::now(),
         latency_ms: 3,
         ttft_ms: None,
+        error_kind: None,
+        attempt_log: Vec::new(),
+        content: None,
     }
 }
 

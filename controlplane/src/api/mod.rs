@@ -19,6 +19,7 @@ pub mod keys;
 pub mod models;
 pub mod prices;
 pub mod providers;
+pub mod requests;
 pub mod spend;
 pub mod status;
 pub mod tenants;

@@ -145,6 +145,7 @@ pub mod keys;
 pub mod models;
 pub mod prices;
 pub mod providers;
+pub mod requests;
 pub mod revision;
 pub mod rows;
 pub mod spend;

@@ -3,7 +3,7 @@
 
 use chrono::{Days, NaiveDate};
 use sqlx::{PgExecutor, PgPool};
-use switchboard_shared::usage::UsageRecord;
+use switchboard_shared::usage::{Outcome, UsageRecord};
 
 // Answered as read: it carries its serde and OpenAPI derives (its doc is its schema's).
 /// One group's totals.
@@ -80,7 +80,8 @@ pub async fn insert_usage(db: impl PgExecutor<'_>, records: &[UsageRecord]) -> s
     let mut price_version = Vec::with_capacity(n);
     let mut latency = Vec::with_capacity(n);
     let mut ttft = Vec::with_capacity(n);
-    for r in records {
+    // A refusal never reached a deployment and costs nothing: it is in the request log only.
+    for r in records.iter().filter(|r| r.outcome != Outcome::Refused) {
         started_at.push(r.started_at);
         request_id.push(r.request_id.as_str());
         tenant_id.push(r.tenant_id.as_str());
@@ -139,13 +140,34 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn partition_name(day: NaiveDate) -> String {
-    format!("spend_events_{}", day.format("%Y%m%d"))
-}
-
-/// Makes daily partitions from yesterday to `days_ahead` days after `today` (idempotent).
+/// Makes `spend_events`' daily partitions from yesterday to `days_ahead` days after `today`.
 pub async fn ensure_partitions(
     pool: &PgPool,
+    today: NaiveDate,
+    days_ahead: u64,
+) -> sqlx::Result<()> {
+    ensure_partitions_of(pool, "spend_events", today, days_ahead).await
+}
+
+/// Drops `spend_events`' daily partitions wholly older than `keep_days` before `today`.
+/// Rollups stay. Returns the partitions dropped.
+pub async fn drop_expired_partitions(
+    pool: &PgPool,
+    today: NaiveDate,
+    keep_days: u64,
+) -> sqlx::Result<Vec<String>> {
+    drop_expired_partitions_of(pool, "spend_events", today, keep_days).await
+}
+
+fn partition_name(table: &str, day: NaiveDate) -> String {
+    format!("{table}_{}", day.format("%Y%m%d"))
+}
+
+/// Makes daily partitions of `table` (a day-partitioned table of ours, named by a constant)
+/// from yesterday to `days_ahead` days after `today` (idempotent).
+pub async fn ensure_partitions_of(
+    pool: &PgPool,
+    table: &'static str,
     today: NaiveDate,
     days_ahead: u64,
 ) -> sqlx::Result<()> {
@@ -156,25 +178,26 @@ pub async fn ensure_partitions(
         };
         let Some(next) = day.succ_opt() else { break };
         let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF spend_events \
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF {table} \
              FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00')",
-            partition_name(day)
+            partition_name(table, day)
         );
         // DDL with a table name in it cannot be a checked statement (nor take parameters):
-        // built from dates only, so nothing from outside reaches it.
+        // built from a constant and dates only, so nothing from outside reaches it.
         if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await {
             // Rows for that day already sit in the default partition (a replay of old
             // events): they stay there, which is correct, only less tidy.
-            tracing::warn!(error = %e, %day, "cannot create spend partition");
+            tracing::warn!(error = %e, %day, table, "cannot create a daily partition");
         }
     }
     Ok(())
 }
 
-/// Drops daily partitions wholly older than `keep_days` before `today`. Rollups stay.
+/// Drops daily partitions of `table` wholly older than `keep_days` before `today`.
 /// Returns the partitions dropped.
-pub async fn drop_expired_partitions(
+pub async fn drop_expired_partitions_of(
     pool: &PgPool,
+    table: &'static str,
     today: NaiveDate,
     keep_days: u64,
 ) -> sqlx::Result<Vec<String>> {
@@ -185,21 +208,23 @@ pub async fn drop_expired_partitions(
         r#"SELECT c.relname::text AS "name!" FROM pg_inherits i
         JOIN pg_class c ON c.oid = i.inhrelid
         JOIN pg_class p ON p.oid = i.inhparent
-        WHERE p.relname = 'spend_events' AND c.relname ~ '^spend_events_[0-9]{8}$'"#
+        WHERE p.relname = $1 AND c.relname ~ ('^' || $1 || '_[0-9]{8}$')"#,
+        table
     )
     .fetch_all(pool)
     .await?;
+    let prefix = format!("{table}_");
     let mut dropped = Vec::new();
     for name in names {
         let Some(day) = name
-            .strip_prefix("spend_events_")
+            .strip_prefix(&prefix)
             .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
         else {
             continue;
         };
         if day < cutoff {
             // DDL naming a table, like the partitions' creation; `name` matched
-            // ^spend_events_[0-9]{8}$ above.
+            // ^{table}_[0-9]{8}$ above.
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {name}")))
                 .execute(pool)
                 .await?;

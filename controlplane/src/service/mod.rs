@@ -32,6 +32,7 @@ pub mod price_book;
 pub mod prices;
 pub mod providers;
 pub mod reconcile;
+pub mod requests;
 pub mod snapshot;
 pub mod spend;
 pub mod tenants;

@@ -338,6 +338,9 @@ pub fn usage_record(
         started_at,
         latency_ms: 3,
         ttft_ms: None,
+        error_kind: None,
+        attempt_log: Vec::new(),
+        content: None,
     }
 }
 

@@ -16,6 +16,8 @@ use super::{SendError, UpstreamResponse};
 pub static JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// W3C trace context, sent when trace export is on (`crate::telemetry`).
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// An HTTP upstream as an adaptor holds it.
 #[derive(Debug)]
@@ -80,6 +82,10 @@ impl Http {
         }
         if let Some(id) = &request_id {
             headers.push((REQUEST_ID, id));
+        }
+        let traceparent = crate::telemetry::upstream_call(self.upstream.host_header());
+        if let Some(value) = &traceparent {
+            headers.push((TRACEPARENT, value));
         }
         let response = self.upstream.post(path, &headers, body).await?;
         Ok(UpstreamResponse {

@@ -120,6 +120,9 @@ fn record(i: usize) -> UsageRecord {
         started_at: Utc.with_ymd_and_hms(2026, 11, 3, 12, 0, 0).unwrap(),
         latency_ms: 12,
         ttft_ms: None,
+        error_kind: None,
+        attempt_log: Vec::new(),
+        content: None,
     }
 }
 

@@ -278,7 +278,7 @@ async fn forward_inner(
     let mut tries = Tries::default();
     let wait = Duration::from_millis(request.facts.model.policy.concurrency_wait_ms);
     if let Err(error) = ledger.take_slots(wait).await {
-        ledger.gave_up(error.status());
+        ledger.gave_up(&error);
         return axum::response::IntoResponse::into_response(error);
     }
     let base_input = RouteInput {

@@ -20,6 +20,7 @@ use crate::grpc::ConfigGrpc;
 use crate::publish::Publisher;
 use crate::routes::router;
 use crate::service::budgets::counters::Counters;
+use crate::service::login_guard::LoginGuard;
 use crate::service::reconcile::{reconcile, reconcile_loop};
 use crate::state::AppState;
 
@@ -90,7 +91,9 @@ pub async fn serve(
     let publisher = Arc::new(Publisher::new(nats.clone(), names.clone()));
     let fleet = Arc::new(Fleet::new(settings.heartbeat_interval));
     let counters = settings.redis.as_ref().map(Counters::connect).transpose()?;
+    let login_guard = Arc::new(LoginGuard::new(&settings.admin_auth));
     let state = AppState {
+        login_guard,
         pool: pool.clone(),
         settings: Arc::new(settings),
         publisher: publisher.clone(),
@@ -196,6 +199,8 @@ fn spawn_listeners(
     let app = router(state.clone());
     let mut rest_stop = stop.clone();
     tasks.spawn(async move {
+        // The peer address feeds the login rate limit per client.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let result = axum::serve(rest, app)
             .with_graceful_shutdown(async move {
                 let _ = rest_stop.wait_for(|s| *s).await;

@@ -212,6 +212,9 @@ async fn missing_expired_and_tampered_tokens_get_401(pool: PgPool) {
             tenant_id: None,
             iat: now - 1000,
             exp: now - 10,
+            ver: 0,
+            iss: "switchboard-controlplane".into(),
+            aud: "switchboard-admin".into(),
         },
     )
     .unwrap();
@@ -241,6 +244,9 @@ async fn missing_expired_and_tampered_tokens_get_401(pool: PgPool) {
             tenant_id: None,
             iat: now,
             exp: now + 60,
+            ver: 0,
+            iss: "switchboard-controlplane".into(),
+            aud: "switchboard-admin".into(),
         },
     )
     .unwrap();

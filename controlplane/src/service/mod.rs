@@ -24,6 +24,7 @@ pub mod deployments;
 pub mod error;
 pub mod fleet;
 pub mod keys;
+pub mod login_guard;
 pub mod models;
 pub mod price_book;
 pub mod prices;

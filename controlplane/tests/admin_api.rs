@@ -578,13 +578,13 @@ async fn provider_credentials_are_ciphertext_in_postgres_and_never_returned(pool
     let keys = switchboard_shared::sealed::MasterKeys::parse(common::MASTER_KEYS).unwrap();
     assert_eq!(keys.open(&sealed).unwrap(), secret);
 
-    // An update without api_key keeps it; the audit log never has it.
+    // An update without api_key keeps it (same base URL); the audit log never has it.
     let r = cp
         .call(
             Method::PUT,
             "/admin/v1/providers/openai",
             &root,
-            Some(json!({"kind": "openai", "base_url": "https://example.com/v1"})),
+            Some(json!({"kind": "openai", "base_url": "https://api.openai.com/v1"})),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

@@ -18,7 +18,8 @@ use utoipa_axum::routes;
 
 use crate::api::error::{ApiError, FieldError, Problem};
 use crate::api::{
-    admins, auth, budgets, deployments, keys, models, prices, providers, spend, status, tenants,
+    admins, auth, budgets, dead_letters, deployments, keys, models, prices, providers, spend,
+    status, tenants,
 };
 use crate::service::Error as ServiceError;
 use crate::state::AppState;
@@ -101,6 +102,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(status::audit))
         .routes(routes!(status::fleet))
         .routes(routes!(status::revision))
+        .routes(routes!(dead_letters::list))
         .routes(routes!(spend::report))
         .routes(routes!(budgets::list))
         .routes(routes!(

@@ -139,6 +139,7 @@ macro_rules! delete_fn {
 pub mod admins;
 pub mod audit;
 pub mod budgets;
+pub mod dead_letters;
 pub mod deployments;
 pub mod keys;
 pub mod models;

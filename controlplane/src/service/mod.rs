@@ -20,6 +20,7 @@ pub mod admins;
 pub mod auth;
 pub mod budgets;
 pub mod crud;
+pub mod dead_letters;
 pub mod deployments;
 pub mod error;
 pub mod fleet;

@@ -72,7 +72,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::get, tenants::update, tenants::delete))
         .routes(routes!(keys::list, keys::create))
-        .routes(routes!(keys::get, keys::update))
+        .routes(routes!(keys::get, keys::update, keys::delete))
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::rotate))
         .routes(routes!(providers::list, providers::create))

@@ -385,3 +385,54 @@ async fn a_login_flood_never_runs_more_password_checks_than_the_cap(pool: PgPool
         "a flood of 100 with a cap of 2 must be refused in part"
     );
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_deleted_key_leaves_the_snapshot_and_stays_gone(pool: PgPool) {
+    let cp = common::start(pool.clone()).await;
+    let root = cp
+        .admin("root@example.com", Role::PlatformAdmin, None)
+        .await;
+    for t in ["acme", "globex"] {
+        let r = cp.post("/admin/v1/tenants", &root, json!({"id": t})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let r = cp
+        .post("/admin/v1/keys", &root, json!({"tenant_id": "acme"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let uri = format!("/admin/v1/keys/{id}");
+    // Another tenant's admin and a viewer cannot delete it.
+    let globex = cp
+        .admin("ops@globex.example", Role::TenantAdmin, Some("globex"))
+        .await;
+    let viewer = cp.admin("v@example.com", Role::Viewer, None).await;
+    let r = cp.call(Method::DELETE, &uri, &globex, None).await;
+    r.assert_problem(StatusCode::NOT_FOUND, None, "other tenant");
+    let r = cp.call(Method::DELETE, &uri, &viewer, None).await;
+    r.assert_problem(StatusCode::FORBIDDEN, None, "viewer");
+
+    let r = cp.call(Method::DELETE, &uri, &root, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let deleted_at = r.revision();
+    assert_eq!(cp.get(&uri, &root).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        cp.call(Method::DELETE, &uri, &root, None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let snapshot = controlplane::service::snapshot::build_consistent(&pool)
+        .await
+        .unwrap();
+    assert!(snapshot.revision >= deleted_at);
+    assert!(snapshot.virtual_keys.iter().all(|k| k.id != id));
+    let audit = cp.get("/admin/v1/audit?limit=1000", &root).await;
+    assert!(
+        audit.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "delete" && e["object_id"] == id.as_str()),
+        "{}",
+        audit.body
+    );
+}

@@ -38,6 +38,9 @@ pub struct Config {
     pub spend: SpendConfig,
     #[serde(default)]
     pub prices: PricesConfig,
+    /// Rules for provider base URLs (scheme, host allow-list).
+    #[serde(default)]
+    pub providers: ProvidersConfig,
     /// The Redis the data planes count budgets in; absent: no budget reconciliation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
@@ -119,6 +122,33 @@ pub struct RedisConfig {
     /// Seconds between reconciliation passes (one replica at a time, by advisory lock).
     #[serde(default = "default_reconcile_interval_seconds")]
     pub reconcile_interval_seconds: u64,
+}
+
+/// What a provider's `base_url` may be, checked on create and update: `https`, except for the
+/// hosts in `http_hosts`; and, when `allowed_hosts` is not empty, a host it matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersConfig {
+    /// Host patterns a base URL may name: `api.openai.com` (exactly) or `*.openai.azure.com`
+    /// (any subdomain). Empty: any host.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Hosts a base URL may reach over plain `http` (same patterns). Default: loopback only.
+    #[serde(default = "default_http_hosts")]
+    pub http_hosts: Vec<String>,
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            http_hosts: default_http_hosts(),
+        }
+    }
+}
+
+fn default_http_hosts() -> Vec<String> {
+    ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()
 }
 
 /// Spend ingestion and storage.
@@ -402,6 +432,37 @@ pub struct AuthConfig {
     pub jwt_secret: SecretRef,
     #[serde(default = "default_token_ttl_seconds")]
     pub token_ttl_seconds: u64,
+    /// The JWTs' `iss`: tokens with another issuer are refused.
+    #[serde(default = "default_jwt_issuer")]
+    pub issuer: String,
+    /// The JWTs' `aud`: tokens for another audience are refused.
+    #[serde(default = "default_jwt_audience")]
+    pub audience: String,
+    /// Login attempts allowed per account (email, any case) per minute, per replica.
+    #[serde(default = "default_login_per_account_per_minute")]
+    pub login_per_account_per_minute: u32,
+    /// Login attempts allowed per client IP per minute, per replica.
+    #[serde(default = "default_login_per_ip_per_minute")]
+    pub login_per_ip_per_minute: u32,
+    /// Password checks (argon2id, 19 MiB each) run at once; a login beyond it gets 429.
+    #[serde(default = "default_max_concurrent_password_checks")]
+    pub max_concurrent_password_checks: u32,
+}
+
+fn default_jwt_issuer() -> String {
+    "switchboard-controlplane".into()
+}
+fn default_jwt_audience() -> String {
+    "switchboard-admin".into()
+}
+fn default_login_per_account_per_minute() -> u32 {
+    10
+}
+fn default_login_per_ip_per_minute() -> u32 {
+    60
+}
+fn default_max_concurrent_password_checks() -> u32 {
+    4
 }
 
 fn default_listen() -> SocketAddr {
@@ -448,6 +509,10 @@ pub struct Settings {
     pub pepper: Vec<u8>,
     pub jwt_secret: Vec<u8>,
     pub token_ttl: Duration,
+    /// JWT issuer and audience, login rate limits and the password-check cap.
+    pub admin_auth: AdminAuthSettings,
+    /// Rules for provider base URLs.
+    pub providers: ProvidersConfig,
     pub master_keys: MasterKeys,
     pub spend: SpendConfig,
     pub prices: PricesConfig,
@@ -479,6 +544,28 @@ pub struct OidcSettings {
     pub roles: std::collections::BTreeMap<String, String>,
     pub tenant_claim: String,
     pub label: String,
+}
+
+/// How admin sessions are issued and checked, and how logins are limited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAuthSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub login_per_account_per_minute: u32,
+    pub login_per_ip_per_minute: u32,
+    pub max_concurrent_password_checks: u32,
+}
+
+impl Default for AdminAuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: default_jwt_issuer(),
+            audience: default_jwt_audience(),
+            login_per_account_per_minute: default_login_per_account_per_minute(),
+            login_per_ip_per_minute: default_login_per_ip_per_minute(),
+            max_concurrent_password_checks: default_max_concurrent_password_checks(),
+        }
+    }
 }
 
 /// The `redis` section, checked, with the URL resolved. Its `Debug` never shows the URL (it
@@ -656,6 +743,14 @@ impl Config {
                 pepper,
                 jwt_secret,
                 token_ttl: Duration::from_secs(self.auth.token_ttl_seconds),
+                admin_auth: AdminAuthSettings {
+                    issuer: self.auth.issuer.clone(),
+                    audience: self.auth.audience.clone(),
+                    login_per_account_per_minute: self.auth.login_per_account_per_minute,
+                    login_per_ip_per_minute: self.auth.login_per_ip_per_minute,
+                    max_concurrent_password_checks: self.auth.max_concurrent_password_checks,
+                },
+                providers: self.providers.clone(),
                 master_keys,
                 spend: self.spend.clone(),
                 prices: self.prices.clone(),
@@ -791,6 +886,7 @@ impl Config {
         if self.auth.token_ttl_seconds == 0 {
             push("auth.token_ttl_seconds", "must be positive".into());
         }
+        self.check_auth(push);
         if let Some(r) = &self.redis {
             // The data planes' rule for the same prefix.
             let prefix_ok = !r.key_prefix.is_empty()
@@ -810,6 +906,39 @@ impl Config {
                     "must be between 1 and 3600".into(),
                 );
             }
+        }
+    }
+}
+
+impl Config {
+    /// The problems of the `auth` section's plain values.
+    fn check_auth(&self, push: &mut impl FnMut(&str, String)) {
+        let a = &self.auth;
+        for (path, value) in [("auth.issuer", &a.issuer), ("auth.audience", &a.audience)] {
+            if value.trim().is_empty() {
+                push(path, "must not be empty".into());
+            }
+        }
+        for (path, value) in [
+            (
+                "auth.login_per_account_per_minute",
+                a.login_per_account_per_minute,
+            ),
+            ("auth.login_per_ip_per_minute", a.login_per_ip_per_minute),
+            (
+                "auth.max_concurrent_password_checks",
+                a.max_concurrent_password_checks,
+            ),
+        ] {
+            if value == 0 {
+                push(path, "must be positive".into());
+            }
+        }
+        if a.max_concurrent_password_checks > 256 {
+            push(
+                "auth.max_concurrent_password_checks",
+                "must be at most 256 (each check holds 19 MiB)".into(),
+            );
         }
     }
 }

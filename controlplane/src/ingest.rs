@@ -8,8 +8,11 @@
 //! inserted) are added to the daily rollups in the same statement — commits, and only then
 //! acknowledges the messages. A crash between commit and ack means redelivery, and the
 //! redelivered rows conflict and change nothing; a crash before commit loses nothing because
-//! nothing was acknowledged. A message that is not a usage record is terminated (never
-//! redelivered) and logged.
+//! nothing was acknowledged. A message that is not a usage record, or whose values the books
+//! refuse, is stored as a dead letter (`service::dead_letters`) and terminated (never
+//! redelivered); when Postgres refuses a batch for its data, its rows are written one by one
+//! and only the refused ones are dead-lettered, so a poisoned event never blocks its
+//! batch-mates.
 //!
 //! Raw rows live in daily partitions made ahead of time ([`ensure_partitions`]) and dropped
 //! after the retention period ([`drop_expired_partitions`]); the rollups stay.
@@ -150,15 +153,9 @@ pub async fn ingest_one_batch(
             let _ = message.ack_with(AckKind::Term).await;
             continue;
         }
-        match serde_json::from_slice::<UsageRecord>(&message.payload) {
-            Ok(record) => {
-                records.push(record);
-                delivered.push(message);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "not a usage record; discarding the message");
-                let _ = message.ack_with(AckKind::Term).await;
-            }
+        if let Some(record) = admit(pool, &message).await? {
+            records.push(record);
+            delivered.push(message);
         }
     }
     if records.is_empty() {
@@ -167,9 +164,9 @@ pub async fn ingest_one_batch(
     let span = tracing::debug_span!(target: switchboard_shared::telemetry::TARGET,
         "ingest usage", messaging.system = "nats", switchboard.records = records.len());
     let inserted = async {
-        let inserted = insert_batch(pool, &records).await?;
+        let inserted = insert_or_dead_letter(pool, &records, &delivered).await?;
         record_requests(pool, &records).await?;
-        Ok::<u64, sqlx::Error>(inserted)
+        Ok::<u64, anyhow::Error>(inserted)
     }
     .instrument(span)
     .await?;
@@ -181,6 +178,67 @@ pub async fn ingest_one_batch(
         }
     }
     tracing::debug!(delivered = records.len(), inserted, "spend batch written");
+    Ok(inserted)
+}
+
+/// The message's record when it can be booked; otherwise it is dead-lettered and terminated.
+/// Fails only when the dead letter cannot be stored (the message is then redelivered).
+async fn admit(pool: &PgPool, message: &jetstream::Message) -> anyhow::Result<Option<UsageRecord>> {
+    use crate::service::dead_letters::{check_record, store};
+    let (kind, request_id, reason) = match serde_json::from_slice::<UsageRecord>(&message.payload) {
+        Ok(record) => match check_record(&record) {
+            None => return Ok(Some(record)),
+            Some(reason) => ("out_of_range", Some(record.request_id), reason),
+        },
+        Err(e) => ("malformed", None, format!("not a usage record: {e}")),
+    };
+    store(pool, kind, request_id.as_deref(), &reason, &message.payload)
+        .await
+        .map_err(|e| anyhow::anyhow!("storing a dead letter: {e}"))?;
+    let _ = message.ack_with(AckKind::Term).await;
+    Ok(None)
+}
+
+/// Inserts the batch; when Postgres refuses it for its data (SQLSTATE class 22 or 23), writes
+/// the rows one by one and dead-letters (and terminates) those it refuses. Connection and
+/// other faults fail the batch, which is redelivered.
+async fn insert_or_dead_letter(
+    pool: &PgPool,
+    records: &[UsageRecord],
+    delivered: &[jetstream::Message],
+) -> anyhow::Result<u64> {
+    let refused_for_data = |e: &sqlx::Error| {
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+    };
+    match insert_batch(pool, records).await {
+        Ok(n) => return Ok(n),
+        Err(e) if refused_for_data(&e) => {
+            tracing::warn!(error = %e, "usage batch refused; writing its rows one by one");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut inserted = 0;
+    for (record, message) in records.iter().zip(delivered) {
+        match insert_batch(pool, std::slice::from_ref(record)).await {
+            Ok(n) => inserted += n,
+            Err(e) if refused_for_data(&e) => {
+                let reason = format!("refused by Postgres: {e}");
+                crate::service::dead_letters::store(
+                    pool,
+                    "refused",
+                    Some(&record.request_id),
+                    &reason,
+                    &message.payload,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("storing a dead letter: {e}"))?;
+                let _ = message.ack_with(AckKind::Term).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(inserted)
 }
 

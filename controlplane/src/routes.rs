@@ -18,8 +18,8 @@ use utoipa_axum::routes;
 
 use crate::api::error::{ApiError, FieldError, Problem};
 use crate::api::{
-    admins, auth, budgets, deployments, keys, models, prices, providers, requests, spend, status,
-    tenants,
+    admins, auth, budgets, dead_letters, deployments, keys, models, prices, providers, requests,
+    spend, status, tenants,
 };
 use crate::service::Error as ServiceError;
 use crate::state::AppState;
@@ -73,7 +73,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::get, tenants::update, tenants::delete))
         .routes(routes!(keys::list, keys::create))
-        .routes(routes!(keys::get, keys::update))
+        .routes(routes!(keys::get, keys::update, keys::delete))
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::rotate))
         .routes(routes!(providers::list, providers::create))
@@ -98,10 +98,12 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(prices::get))
         .routes(routes!(prices::put_override, prices::delete_override))
         .routes(routes!(admins::list, admins::create))
-        .routes(routes!(admins::delete))
+        .routes(routes!(admins::update, admins::delete))
+        .routes(routes!(admins::revoke_sessions))
         .routes(routes!(status::audit))
         .routes(routes!(status::fleet))
         .routes(routes!(status::revision))
+        .routes(routes!(dead_letters::list))
         .routes(routes!(spend::report))
         .routes(routes!(requests::list))
         .routes(routes!(requests::get))

@@ -20,6 +20,7 @@ use crate::grpc::{ConfigGrpc, TokenCheck};
 use crate::publish::Publisher;
 use crate::routes::router;
 use crate::service::budgets::counters::Counters;
+use crate::service::login_guard::LoginGuard;
 use crate::service::reconcile::{reconcile, reconcile_loop};
 use crate::state::AppState;
 
@@ -112,7 +113,9 @@ pub async fn serve(
         Fleet::new(settings.heartbeat_interval).with_ingest_keys(trust.ingest_keys.clone()),
     );
     let counters = settings.redis.as_ref().map(Counters::connect).transpose()?;
+    let login_guard = Arc::new(LoginGuard::new(&settings.admin_auth));
     let state = AppState {
+        login_guard,
         pool: pool.clone(),
         settings: Arc::new(settings),
         publisher: publisher.clone(),
@@ -217,6 +220,8 @@ fn spawn_listeners(
     let app = router(state.clone());
     let mut rest_stop = stop.clone();
     tasks.spawn(async move {
+        // The peer address feeds the login rate limit per client.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let result = axum::serve(rest, app)
             .with_graceful_shutdown(async move {
                 let _ = rest_stop.wait_for(|s| *s).await;

@@ -10,6 +10,7 @@ use crate::fleet::Fleet;
 use crate::publish::Publisher;
 use crate::service::Ctx;
 use crate::service::budgets::counters::Counters;
+use crate::service::login_guard::LoginGuard;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -19,6 +20,8 @@ pub struct AppState {
     pub fleet: Arc<Fleet>,
     /// The data planes' budget counters, when a `redis` section is configured.
     pub counters: Option<Counters>,
+    /// Login rate limits and the password-check cap of this replica.
+    pub login_guard: Arc<LoginGuard>,
 }
 
 impl AppState {

@@ -212,6 +212,9 @@ async fn missing_expired_and_tampered_tokens_get_401(pool: PgPool) {
             tenant_id: None,
             iat: now - 1000,
             exp: now - 10,
+            ver: 0,
+            iss: "switchboard-controlplane".into(),
+            aud: "switchboard-admin".into(),
         },
     )
     .unwrap();
@@ -241,6 +244,9 @@ async fn missing_expired_and_tampered_tokens_get_401(pool: PgPool) {
             tenant_id: None,
             iat: now,
             exp: now + 60,
+            ver: 0,
+            iss: "switchboard-controlplane".into(),
+            aud: "switchboard-admin".into(),
         },
     )
     .unwrap();
@@ -572,13 +578,13 @@ async fn provider_credentials_are_ciphertext_in_postgres_and_never_returned(pool
     let keys = switchboard_shared::sealed::MasterKeys::parse(common::MASTER_KEYS).unwrap();
     assert_eq!(keys.open(&sealed).unwrap(), secret);
 
-    // An update without api_key keeps it; the audit log never has it.
+    // An update without api_key keeps it (same base URL); the audit log never has it.
     let r = cp
         .call(
             Method::PUT,
             "/admin/v1/providers/openai",
             &root,
-            Some(json!({"kind": "openai", "base_url": "https://example.com/v1"})),
+            Some(json!({"kind": "openai", "base_url": "https://api.openai.com/v1"})),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

@@ -218,6 +218,7 @@ async fn reconcile_restores_lost_counters_to_this_periods_postgres_spend(pool: P
             subjects: 3,
             raised: 3,
             raised_nanos: 3_750_000_000 + 750_000_000 + 8 * NANOS,
+            failed: 0,
         }
     );
     assert_eq!(redis.get(&k1).await, Some(750_000_000));
@@ -1192,4 +1193,43 @@ async fn bad_budget_input_gets_the_right_4xx_and_changes_nothing(pool: PgPool) {
         "{}",
         r.body
     );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn one_tenants_refused_counter_does_not_stop_the_others_reconciliation(pool: PgPool) {
+    let now = at("2026-11-20T12:00:00Z");
+    let daily = json!({"max_usd": 100, "period": "daily"});
+    tenant(&pool, "acme", None).await;
+    tenant(&pool, "globex", None).await;
+    key(&pool, "a1", "acme", Some(daily.clone())).await;
+    key(&pool, "g1", "globex", Some(daily.clone())).await;
+    spend(
+        &pool,
+        &[
+            record("r1", "acme", "a1", at("2026-11-20T01:00:00Z"), 1.0),
+            record("r2", "globex", "g1", at("2026-11-20T01:00:00Z"), 2.0),
+        ],
+    )
+    .await;
+    let redis = Scratch::new();
+    let day = period_of(&budget(daily), now);
+    let a1 = redis.key(BudgetScope::Key, "a1", "acme", &day);
+    let g1 = redis.key(BudgetScope::Key, "g1", "globex", &day);
+    // acme's counter is something Redis refuses to read as a number (WRONGTYPE).
+    let () = redis::cmd("LPUSH")
+        .arg(&a1)
+        .arg("not a counter")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+
+    let outcome = reconcile_once(&pool, &redis.counters(), now, 90)
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.raised, outcome.failed),
+        (1, 1),
+        "globex raised, acme refused: {outcome:?}"
+    );
+    assert_eq!(redis.get(&g1).await, Some(2 * NANOS));
 }

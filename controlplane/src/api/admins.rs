@@ -1,8 +1,9 @@
-//! Admin users: `/admin/v1/admins`, platform admins only.
+//! Admin users: `/admin/v1/admins`, platform admins only — except
+//! `POST /admins/{id}/revoke-sessions`, which any admin may call for itself.
 
 use super::error::Problem;
 use super::{ListParams, Page, Wait, handler};
-use crate::service::admins::{self, AdminView, CreateAdmin};
+use crate::service::admins::{self, AdminView, CreateAdmin, UpdateAdmin};
 
 handler! {
     #[utoipa::path(get, path = "/admins", tag = "admins", params(ListParams),
@@ -18,3 +19,16 @@ handler! {
 }
 
 handler! { remove "admins", "/admins/{id}"("id") [], by require_platform_admin, admins::delete }
+
+handler! {
+    save patch "admins", "/admins/{id}", UpdateAdmin => AdminView, by require_platform_admin, admins::update
+}
+
+handler! {
+    #[utoipa::path(post, path = "/admins/{id}/revoke-sessions", tag = "admins",
+        params(("id" = String, Path), Wait),
+        responses((status = 200, body = AdminView), (status = 404, body = Problem)))]
+    act revoke_sessions(state, caller, id) {
+        admins::revoke_sessions(state.ctx(), &caller, &id)
+    }
+}

@@ -1,5 +1,6 @@
-//! The [`Caller`] extractor every protected handler takes: the bearer JWT, verified, as the
-//! service layer's [`Actor`]. Role checks are the actor's (`caller.require_writer()?`).
+//! The [`Caller`] extractor every protected handler takes: the bearer JWT, verified (signature,
+//! expiry, issuer, audience), then checked against the admin as it is now (its current role,
+//! tenant and token version: [`session_actor`]), as the service layer's [`Actor`]. Role checks are the actor's (`caller.require_writer()?`).
 
 use std::ops::Deref;
 
@@ -8,7 +9,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use crate::service::auth::verify_token;
+use crate::service::auth::{session_actor, verify_token};
 use crate::service::{Actor, Error};
 use crate::state::AppState;
 
@@ -40,7 +41,8 @@ impl FromRequestParts<AppState> for Caller {
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(Error::Unauthenticated("missing bearer token"))?;
-        let claims = verify_token(&state.settings.jwt_secret, token.trim())?;
-        Ok(Caller(Actor::from_claims(claims)))
+        let settings = &state.settings;
+        let claims = verify_token(&settings.jwt_secret, &settings.admin_auth, token.trim())?;
+        Ok(Caller(session_actor(&state.pool, &claims).await?))
     }
 }

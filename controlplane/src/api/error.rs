@@ -54,6 +54,7 @@ impl ApiError {
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
                 ServiceError::Conflict(_) => StatusCode::CONFLICT,
                 ServiceError::Upstream(_) => StatusCode::BAD_GATEWAY,
+                ServiceError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
@@ -72,6 +73,7 @@ impl ApiError {
                 ServiceError::NotFound(_) => "not-found",
                 ServiceError::Conflict(_) => "conflict",
                 ServiceError::Upstream(_) => "bad-gateway",
+                ServiceError::TooManyRequests { .. } => "too-many-requests",
                 ServiceError::Internal(_) => "internal",
             },
         }
@@ -104,6 +106,14 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::Service(ServiceError::TooManyRequests {
+            retry_after_secs, ..
+        }) = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
         response
     }
 }

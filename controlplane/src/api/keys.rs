@@ -14,6 +14,8 @@ handler! {
 
 handler! { save patch "keys", "/keys/{id}", UpdateKey => KeyView, by require_writer, crud::update::<KeyRow, _> }
 
+handler! { remove "keys", "/keys/{id}"("id") [], by require_writer, crud::delete::<KeyRow> }
+
 handler! {
     #[utoipa::path(post, path = "/keys/{id}/revoke", tag = "keys", params(("id" = String, Path), Wait),
         responses((status = 200, body = KeyView), (status = 404, body = Problem)))]

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod body;
 pub mod budgets;
 pub mod caller;
+pub mod dead_letters;
 pub mod deployments;
 pub mod error;
 pub mod keys;

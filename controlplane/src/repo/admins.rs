@@ -22,6 +22,16 @@ pub struct Credentials {
     pub password_hash: String,
     pub role: String,
     pub tenant_id: Option<String>,
+    pub token_version: i64,
+}
+
+/// What a session check reads: the admin as it is now.
+#[derive(Debug)]
+pub struct Session {
+    pub email: String,
+    pub role: String,
+    pub tenant_id: Option<String>,
+    pub token_version: i64,
 }
 
 /// A new admin user.
@@ -44,7 +54,7 @@ pub async fn credentials(
 ) -> sqlx::Result<Option<Credentials>> {
     sqlx::query_as!(
         Credentials,
-        "SELECT id, email, password_hash, role, tenant_id FROM admin_users \
+        "SELECT id, email, password_hash, role, tenant_id, token_version FROM admin_users \
          WHERE lower(email) = lower($1)",
         email
     )
@@ -88,6 +98,61 @@ pub async fn insert(db: impl PgExecutor<'_>, a: &NewAdmin<'_>) -> sqlx::Result<A
 /// Deletes the admin `id`; the deleted row, if there was one.
 pub async fn delete(db: impl PgExecutor<'_>, id: uuid::Uuid) -> sqlx::Result<Option<AdminView>> {
     q!("DELETE FROM admin_users WHERE id = $1 RETURNING", [""], id)
+        .fetch_optional(db)
+        .await
+}
+
+/// The admin `id` as it is now, for a session check (primary-key read).
+pub async fn session(db: impl PgExecutor<'_>, id: uuid::Uuid) -> sqlx::Result<Option<Session>> {
+    sqlx::query_as!(
+        Session,
+        "SELECT email, role, tenant_id, token_version FROM admin_users WHERE id = $1",
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Ends every session of the admin `id` (bumps its token version); the row, if there is one.
+pub async fn revoke_sessions(
+    db: impl PgExecutor<'_>,
+    id: uuid::Uuid,
+) -> sqlx::Result<Option<AdminView>> {
+    q!(
+        "UPDATE admin_users SET token_version = token_version + 1, updated_at = now() \
+         WHERE id = $1 RETURNING",
+        [""],
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Sets role, tenant and (when given) password hash of the admin `id`, and ends its sessions.
+pub async fn update(
+    db: impl PgExecutor<'_>,
+    id: uuid::Uuid,
+    role: &str,
+    tenant_id: Option<&str>,
+    password_hash: Option<&str>,
+) -> sqlx::Result<Option<AdminView>> {
+    q!(
+        "UPDATE admin_users SET role = $2, tenant_id = $3, \
+         password_hash = coalesce($4, password_hash), token_version = token_version + 1, \
+         updated_at = now() WHERE id = $1 RETURNING",
+        [""],
+        id,
+        role,
+        tenant_id,
+        password_hash
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The admin `id` (for update), if there is one.
+pub async fn get(db: impl PgExecutor<'_>, id: uuid::Uuid) -> sqlx::Result<Option<AdminView>> {
+    q!("SELECT", ["FROM admin_users WHERE id = $1 FOR UPDATE"], id)
         .fetch_optional(db)
         .await
 }

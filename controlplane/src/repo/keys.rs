@@ -44,6 +44,9 @@ pub struct SecretFields<'a> {
 
 get_fn!(KeyRow, q, "FROM virtual_keys WHERE id = $1");
 
+// Nothing references a key by foreign key: spend rows keep its id as plain text.
+delete_fn!("DELETE FROM virtual_keys WHERE id = $1");
+
 all_fn!(KeyRow, q, ["FROM virtual_keys ORDER BY id"]);
 
 tenant_list_fn!(KeyRow, q, "FROM virtual_keys", "tenant_id", "id");

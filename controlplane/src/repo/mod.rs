@@ -140,6 +140,7 @@ pub mod admins;
 pub mod audit;
 pub mod budgets;
 pub mod clock;
+pub mod dead_letters;
 pub mod deployments;
 pub mod keys;
 pub mod models;

@@ -41,26 +41,25 @@ save_fns! {
 // Deployments reference the provider: deleting it while they exist fails (23503).
 delete_fn!("DELETE FROM providers WHERE id = $1");
 
-/// The providers with a stored credential, locked (master-key rotation).
-pub async fn with_credential_locked(conn: &mut PgConnection) -> sqlx::Result<Vec<ProviderRow>> {
-    q!(
-        "SELECT",
-        ["FROM providers WHERE credential IS NOT NULL ORDER BY id FOR UPDATE"]
-    )
-    .fetch_all(conn)
-    .await
+/// Every provider, locked (master-key rotation).
+pub async fn all_locked(conn: &mut PgConnection) -> sqlx::Result<Vec<ProviderRow>> {
+    q!("SELECT", ["FROM providers ORDER BY id FOR UPDATE"])
+        .fetch_all(conn)
+        .await
 }
 
-/// Replaces the provider's credential (re-sealed).
-pub async fn set_credential(
+/// Replaces the provider's sealed fields (re-sealed): the credential and the extras.
+pub async fn set_sealed(
     db: impl PgExecutor<'_>,
     id: &str,
-    credential: &Sealed,
+    credential: Option<&Sealed>,
+    extra: &ProviderExtra,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "UPDATE providers SET credential = $2, updated_at = now() WHERE id = $1",
+        "UPDATE providers SET credential = $2, extra = $3, updated_at = now() WHERE id = $1",
         id,
-        Json(credential) as _
+        credential.map(Json) as _,
+        Json(extra) as _
     )
     .execute(db)
     .await?;

@@ -1,5 +1,9 @@
 //! Admin users: who may use the admin API. Passwords are stored as argon2id hashes and never
 //! returned. [`create`] is also what the CLI and the bootstrap use.
+//!
+//! Sessions end on demand: [`update`] (role, tenant, password) and [`revoke_sessions`] bump the
+//! admin's token version, and [`delete`] removes the row, so every token issued before stops
+//! working on the next request (`service::auth::session_actor`).
 
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -7,7 +11,7 @@ use utoipa::ToSchema;
 use super::auth::hash_password;
 use super::crud;
 use super::write::{Change, Committed, Write};
-use super::{Actor, Ctx, Error, FieldError, Page, Paging, Result, Role};
+use super::{Actor, Ctx, Error, FieldError, Page, Paging, Result, Role, double_option};
 use crate::repo;
 use crate::repo::admins::NewAdmin;
 pub use crate::repo::rows::AdminView;
@@ -30,6 +34,51 @@ pub struct CreateAdmin {
     pub tenant_id: Option<String>,
 }
 
+/// Fields to change; absent fields stay. Any change ends the admin's sessions.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAdmin {
+    pub role: Option<Role>,
+    /// Required for (and only for) tenant admins; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub tenant_id: Option<Option<String>>,
+    /// A new password, at least 12 characters. Write-only.
+    pub password: Option<String>,
+}
+
+/// The password rule, as a problem.
+fn check_password(password: &str, problems: &mut Vec<FieldError>) {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        problems.push(FieldError::new(
+            "password",
+            format!("must be at least {MIN_PASSWORD_CHARS} characters"),
+        ));
+    }
+}
+
+/// The role/tenant rule, as a problem.
+fn check_role_tenant(role: Role, tenant_id: Option<&str>, problems: &mut Vec<FieldError>) {
+    match (role, tenant_id) {
+        (Role::TenantAdmin, None) => problems.push(FieldError::new(
+            "tenant_id",
+            "is required for a tenant admin",
+        )),
+        (Role::PlatformAdmin | Role::Viewer, Some(_)) => problems.push(FieldError::new(
+            "tenant_id",
+            "only tenant admins belong to a tenant",
+        )),
+        _ => {}
+    }
+}
+
+/// An argon2id hash of `password`, off the async workers.
+async fn hash(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| Error::Internal(format!("hashing task: {e}")))?
+}
+
 impl CreateAdmin {
     /// Every problem of the request at once; the email trimmed.
     fn check(&self) -> Result<String> {
@@ -38,23 +87,8 @@ impl CreateAdmin {
         if !(email.contains('@') && email.len() <= 254 && !email.contains(char::is_whitespace)) {
             problems.push(FieldError::new("email", "must be an email address"));
         }
-        if self.password.chars().count() < MIN_PASSWORD_CHARS {
-            problems.push(FieldError::new(
-                "password",
-                format!("must be at least {MIN_PASSWORD_CHARS} characters"),
-            ));
-        }
-        match (self.role, &self.tenant_id) {
-            (Role::TenantAdmin, None) => problems.push(FieldError::new(
-                "tenant_id",
-                "is required for a tenant admin",
-            )),
-            (Role::PlatformAdmin | Role::Viewer, Some(_)) => problems.push(FieldError::new(
-                "tenant_id",
-                "only tenant admins belong to a tenant",
-            )),
-            _ => {}
-        }
+        check_password(&self.password, &mut problems);
+        check_role_tenant(self.role, self.tenant_id.as_deref(), &mut problems);
         if problems.is_empty() {
             Ok(email)
         } else {
@@ -76,10 +110,7 @@ pub async fn create(
     req: CreateAdmin,
 ) -> Result<(AdminView, Committed)> {
     let email = req.check()?;
-    let password = req.password;
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| Error::Internal(format!("hashing task: {e}")))??;
+    let hash = hash(req.password).await?;
     let mut w = Write::begin(cx.pool, actor).await?;
     if let Some(tenant) = &req.tenant_id
         && !crud::exists::<TenantRow>(w.conn(), tenant).await?
@@ -114,7 +145,7 @@ pub async fn create(
 
 /// Deletes the admin `id`; an admin cannot delete itself.
 pub async fn delete(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<Committed> {
-    let uuid: uuid::Uuid = id.parse().map_err(|_| Error::not_found("admin user", id))?;
+    let uuid = parse_id(id)?;
     if actor.id == Some(uuid) {
         return Err(Error::Conflict("an admin cannot delete itself".into()));
     }
@@ -131,6 +162,89 @@ pub async fn delete(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<Committed> {
         None,
     );
     w.finish(cx.publisher, change, None).await
+}
+
+fn parse_id(id: &str) -> Result<uuid::Uuid> {
+    id.parse().map_err(|_| Error::not_found("admin user", id))
+}
+
+/// Changes the admin `id`'s role, tenant or password and ends its sessions (platform admins
+/// only, checked by the caller).
+pub async fn update(
+    cx: Ctx<'_>,
+    actor: &Actor,
+    id: &str,
+    req: UpdateAdmin,
+) -> Result<(AdminView, Committed)> {
+    let uuid = parse_id(id)?;
+    let mut problems = Vec::new();
+    if let Some(password) = &req.password {
+        check_password(password, &mut problems);
+    }
+    let hash = match req.password {
+        Some(password) if problems.is_empty() => Some(hash(password).await?),
+        _ => None,
+    };
+    let mut w = Write::begin(cx.pool, actor).await?;
+    let before = repo::admins::get(w.conn(), uuid)
+        .await?
+        .ok_or_else(|| Error::not_found("admin user", id))?;
+    let role = match req.role {
+        Some(role) => role,
+        None => Role::parse(&before.role)
+            .ok_or_else(|| Error::Internal(format!("admin {id} has an unknown role")))?,
+    };
+    let tenant_id = req.tenant_id.unwrap_or_else(|| before.tenant_id.clone());
+    check_role_tenant(role, tenant_id.as_deref(), &mut problems);
+    if !problems.is_empty() {
+        return Err(Error::Invalid(problems));
+    }
+    if let Some(tenant) = &tenant_id
+        && !crud::exists::<TenantRow>(w.conn(), tenant).await?
+    {
+        return Err(Error::invalid("tenant_id", "unknown tenant"));
+    }
+    let role = role.as_str();
+    let after = repo::admins::update(w.conn(), uuid, role, tenant_id.as_deref(), hash.as_deref())
+        .await?
+        .ok_or_else(|| Error::not_found("admin user", id))?;
+    let change = Change::of(
+        "update",
+        OBJECT_TYPE,
+        id,
+        after.tenant_id.as_deref(),
+        Some(&before),
+        Some(&after),
+    );
+    let committed = w.finish(cx.publisher, change, None).await?;
+    Ok((after, committed))
+}
+
+/// Ends every session of the admin `id` ("log out everywhere"): a platform admin may end
+/// anyone's, any admin its own; for the others the admin is not found.
+pub async fn revoke_sessions(
+    cx: Ctx<'_>,
+    actor: &Actor,
+    id: &str,
+) -> Result<(AdminView, Committed)> {
+    let uuid = parse_id(id)?;
+    if actor.id != Some(uuid) && actor.role != Role::PlatformAdmin {
+        return Err(Error::not_found("admin user", id));
+    }
+    let mut w = Write::begin(cx.pool, actor).await?;
+    let after = repo::admins::revoke_sessions(w.conn(), uuid)
+        .await?
+        .ok_or_else(|| Error::not_found("admin user", id))?;
+    let change = Change::of(
+        "revoke_sessions",
+        OBJECT_TYPE,
+        id,
+        after.tenant_id.as_deref(),
+        None,
+        Some(&after),
+    );
+    let committed = w.finish(cx.publisher, change, None).await?;
+    Ok((after, committed))
 }
 
 /// Creates a platform admin from bootstrap settings when no admin exists yet (as the process

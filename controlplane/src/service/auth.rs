@@ -1,5 +1,8 @@
 //! Who is acting: admin passwords (argon2id), the JWTs handed out at login (HS256, short
-//! lived), the [`Actor`] every service function is given — a plain value that the admin API
+//! lived, with issuer, audience and the admin's token version), the session check every
+//! authenticated request makes ([`session_actor`]: the admin's current role, tenant and token
+//! version, read from Postgres, so a deleted, demoted or revoked admin loses its rights at
+//! once), the [`Actor`] every service function is given — a plain value that the admin API
 //! makes from a token and the CLI and the bootstrap make with [`Actor::system`] — and what
 //! each role may do.
 //!
@@ -14,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{Error, Result};
+use super::login_guard::LoginGuard;
+use crate::config::AdminAuthSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +58,10 @@ pub struct Claims {
     pub tenant_id: Option<String>,
     pub iat: u64,
     pub exp: u64,
+    /// The admin's token version when the token was issued; a bump ends the session.
+    pub ver: i64,
+    pub iss: String,
+    pub aud: String,
 }
 
 /// Who a change is made by: an authenticated admin, or the process itself.
@@ -114,16 +123,6 @@ impl Actor {
         self.require_platform_admin()
     }
 
-    /// The actor a token's claims name.
-    pub fn from_claims(claims: Claims) -> Self {
-        Self {
-            id: claims.sub.parse().ok(),
-            email: claims.email,
-            role: claims.role,
-            tenant_id: claims.tenant_id,
-        }
-    }
-
     /// Whether the actor may see objects of `tenant_id`. Refusals turn `false` into 404.
     pub fn sees_tenant(&self, tenant_id: &str) -> bool {
         match self.role {
@@ -151,11 +150,13 @@ pub fn issue_token(secret: &[u8], claims: &Claims) -> Result<String> {
     .map_err(|e| Error::Internal(format!("signing a token: {e}")))
 }
 
-/// Checks signature, algorithm and expiry (no leeway).
-pub fn verify_token(secret: &[u8], token: &str) -> Result<Claims> {
+/// Checks signature, algorithm, expiry (no leeway), issuer and audience.
+pub fn verify_token(secret: &[u8], auth: &AdminAuthSettings, token: &str) -> Result<Claims> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+    validation.set_issuer(&[auth.issuer.as_str()]);
+    validation.set_audience(&[auth.audience.as_str()]);
     jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
         .map(|data| data.claims)
         .map_err(|e| match e.kind() {
@@ -195,23 +196,40 @@ pub struct Token {
     pub expires_in: u64,
 }
 
+/// What a login needs besides the request: the JWT settings and the replica's guard.
+#[derive(Clone, Copy)]
+pub struct LoginCtx<'a> {
+    pub jwt_secret: &'a [u8],
+    pub ttl: std::time::Duration,
+    pub auth: &'a AdminAuthSettings,
+    pub guard: &'a LoginGuard,
+    /// The client's address, when known (rate limited per address).
+    pub ip: Option<std::net::IpAddr>,
+}
+
 /// Checks `email` and `password` and signs a token valid for `ttl`. A wrong password and an
-/// unknown email take as long and answer alike.
+/// unknown email take as long and answer alike. Rate limits and the password-check cap answer
+/// 429 before any hashing.
 pub async fn login(
     pool: &sqlx::PgPool,
-    jwt_secret: &[u8],
-    ttl: std::time::Duration,
+    cx: LoginCtx<'_>,
     email: &str,
     password: String,
 ) -> Result<Token> {
+    cx.guard.admit(email, cx.ip)?;
+    let slot = cx.guard.check_slot()?;
     let row = crate::repo::admins::credentials(pool, email).await?;
     let phc = row
         .as_ref()
         .map_or_else(|| dummy_hash().to_owned(), |r| r.password_hash.clone());
-    // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
-    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-        .await
-        .unwrap_or(false);
+    // argon2 takes tens of milliseconds of CPU: keep it off the async workers. The slot
+    // travels with the check, so it is held until the hash is done even if the client left.
+    let matches = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        verify_password(&password, &phc)
+    })
+    .await
+    .unwrap_or(false);
     let Some(admin) = row.filter(|_| matches) else {
         return Err(Error::Unauthenticated("wrong email or password"));
     };
@@ -220,7 +238,7 @@ pub async fn login(
         admin.id
     )))?;
     let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-    let ttl = ttl.as_secs();
+    let ttl = cx.ttl.as_secs();
     let claims = Claims {
         sub: admin.id.to_string(),
         email: admin.email,
@@ -228,10 +246,37 @@ pub async fn login(
         tenant_id: admin.tenant_id,
         iat: now,
         exp: now + ttl,
+        ver: admin.token_version,
+        iss: cx.auth.issuer.clone(),
+        aud: cx.auth.audience.clone(),
     };
     Ok(Token {
-        access_token: issue_token(jwt_secret, &claims)?,
+        access_token: issue_token(cx.jwt_secret, &claims)?,
         expires_in: ttl,
+    })
+}
+
+/// The actor a verified token's claims stand for, as the admin is now: its current role and
+/// tenant from Postgres (one primary-key read). A deleted admin, or a token issued before the
+/// admin's token version was bumped, is 401.
+pub async fn session_actor(pool: &sqlx::PgPool, claims: &Claims) -> Result<Actor> {
+    let id: uuid::Uuid = claims
+        .sub
+        .parse()
+        .map_err(|_| Error::Unauthenticated("the token is invalid"))?;
+    let Some(now) = crate::repo::admins::session(pool, id).await? else {
+        return Err(Error::Unauthenticated("the session has ended"));
+    };
+    if now.token_version != claims.ver {
+        return Err(Error::Unauthenticated("the session has been revoked"));
+    }
+    let role = Role::parse(&now.role)
+        .ok_or_else(|| Error::Internal(format!("admin {id} has an unknown role")))?;
+    Ok(Actor {
+        id: Some(id),
+        email: now.email,
+        role,
+        tenant_id: now.tenant_id,
     })
 }
 
@@ -251,6 +296,7 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_tampering_or_expiry_is_refused() {
         let secret = [7u8; 32];
+        let auth = AdminAuthSettings::default();
         let now = chrono::Utc::now().timestamp() as u64;
         let claims = Claims {
             sub: uuid::Uuid::now_v7().to_string(),
@@ -259,23 +305,38 @@ mod tests {
             tenant_id: None,
             iat: now,
             exp: now + 60,
+            ver: 0,
+            iss: auth.issuer.clone(),
+            aud: auth.audience.clone(),
         };
         let token = issue_token(&secret, &claims).unwrap();
         assert_eq!(
-            verify_token(&secret, &token).unwrap().email,
+            verify_token(&secret, &auth, &token).unwrap().email,
             "a@example.com"
         );
-        assert!(verify_token(&[8u8; 32], &token).is_err());
+        assert!(verify_token(&[8u8; 32], &auth, &token).is_err());
+        for (iss, aud) in [
+            ("someone-else", "switchboard-admin"),
+            ("switchboard-controlplane", "another-app"),
+        ] {
+            let foreign = Claims {
+                iss: iss.into(),
+                aud: aud.into(),
+                ..claims.clone()
+            };
+            let token = issue_token(&secret, &foreign).unwrap();
+            assert!(verify_token(&secret, &auth, &token).is_err(), "{iss} {aud}");
+        }
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         parts[1] = parts[1].replacen('e', "f", 1);
-        assert!(verify_token(&secret, &parts.join(".")).is_err());
+        assert!(verify_token(&secret, &auth, &parts.join(".")).is_err());
         let expired = Claims {
             exp: now - 5,
             ..claims
         };
         let token = issue_token(&secret, &expired).unwrap();
         assert!(matches!(
-            verify_token(&secret, &token),
+            verify_token(&secret, &auth, &token),
             Err(Error::Unauthenticated("the token has expired"))
         ));
     }

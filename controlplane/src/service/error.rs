@@ -42,6 +42,13 @@ pub enum Error {
     /// sent).
     #[error("{0}")]
     Upstream(String),
+    /// Too many attempts (login rate limits, the password-check cap): retry after the given
+    /// seconds.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: &'static str,
+        retry_after_secs: u64,
+    },
     /// A fault of ours or of a dependency; the cause is for the log only.
     #[error("internal error")]
     Internal(String),

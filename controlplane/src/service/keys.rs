@@ -121,8 +121,11 @@ pub struct UpdateKey {
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
+// Deleting a key removes it from the next snapshot. It cannot come back: data planes install
+// only snapshots newer than the one they hold, the key id (UUID v7) is never reused, and its
+// secret's hash (192 random bits) is never made again; the audit log keeps the deleted row.
 resource!(KeyRow => KeyView, repo: keys, noun: "virtual key", object_type: "virtual_key",
-    section: "virtual_keys", tenant: |r| Some(&r.tenant_id));
+    section: "virtual_keys", tenant: |r| Some(&r.tenant_id), removed_by: delete);
 
 /// A new secret's stored form, with the secret.
 fn secret_fields(pepper: &[u8], secret: &str) -> (String, String) {

@@ -1,5 +1,11 @@
 //! Providers. The upstream credentials are write-only: sealed with the master key before they
 //! reach Postgres, never returned, shipped sealed in snapshots.
+//!
+//! Because they are write-only, the place they are sent is guarded too: a base URL must be
+//! `https` (plain `http` only for the configured `providers.http_hosts`, loopback by default),
+//! name a host of `providers.allowed_hosts` when that list is set, and carry no user info; and
+//! an update that changes `base_url` or `kind` must re-enter every stored credential, so that
+//! nobody can point a stored secret at a host of their choosing.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -9,7 +15,8 @@ use utoipa::ToSchema;
 
 use super::crud::{self, resource};
 use super::write::{Change, Committed, Write};
-use super::{Actor, Ctx, Error, Result, check_id};
+use super::{Actor, Ctx, Error, FieldError, Result, check_id};
+use crate::config::ProvidersConfig;
 use crate::repo;
 use crate::repo::providers::ProviderFields;
 pub use crate::repo::rows::ProviderRow;
@@ -201,6 +208,106 @@ pub struct UpdateProvider {
 resource!(ProviderRow => ProviderView, repo: providers, noun: "provider",
     object_type: "provider", section: "providers", tenant: |_r| None, removed_by: delete);
 
+/// What provider writes need from the settings: the master keys that seal credentials and the
+/// base-URL rules.
+#[derive(Clone, Copy)]
+pub struct ProviderRules<'a> {
+    pub keys: &'a MasterKeys,
+    pub urls: &'a ProvidersConfig,
+}
+
+/// Whether `host` matches `pattern`: equal (any case), or `*.suffix` and a subdomain of it.
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    let pattern = pattern.trim_start_matches('[').trim_end_matches(']');
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host
+            .strip_suffix(suffix)
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        None => pattern == host,
+    }
+}
+
+/// The base-URL rules of the module header, as a problem at `base_url`.
+pub fn check_base_url(rules: &ProvidersConfig, base_url: &str) -> Result<()> {
+    let bad = |message: String| Err(Error::invalid("base_url", message));
+    let Ok(url) = reqwest::Url::parse(base_url) else {
+        return bad("must be an absolute http(s) URL".into());
+    };
+    let Some(host) = url.host_str() else {
+        return bad("must name a host".into());
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if !url.username().is_empty() || url.password().is_some() {
+        return bad("must not carry user info; use the credential fields".into());
+    }
+    let any = |patterns: &[String]| patterns.iter().any(|p| host_matches(p, host));
+    match url.scheme() {
+        "https" => {}
+        "http" if any(&rules.http_hosts) => {}
+        "http" => {
+            return bad(format!(
+                "must use https; plain http is allowed only for providers.http_hosts ({host} is not one)"
+            ));
+        }
+        other => return bad(format!("scheme {other:?} is not http(s)")),
+    }
+    if !rules.allowed_hosts.is_empty() && !any(&rules.allowed_hosts) {
+        return bad(format!(
+            "host {host} is not in this control plane's providers.allowed_hosts"
+        ));
+    }
+    Ok(())
+}
+
+/// A change of `base_url` or `kind` must re-enter every stored credential: the problems, one
+/// per credential kept from before.
+fn check_credentials_reentered(before: &ProviderRow, req: &UpdateProvider) -> Result<()> {
+    let kind = enum_text(&req.kind);
+    if before.base_url.as_deref() == req.base_url.as_deref() && before.kind == kind {
+        return Ok(());
+    }
+    let why = "must be given again when base_url or kind changes (stored credentials are \
+               never sent to a new destination)";
+    let mut problems = Vec::new();
+    if before.credential.is_some() && req.api_key.is_none() && !req.remove_api_key {
+        problems.push(FieldError::new("api_key", why));
+    }
+    let extra = &before.extra.0;
+    let kept = [
+        (
+            "aws_access_key_id",
+            extra.aws_access_key_id.is_some(),
+            req.aws_access_key_id.is_none(),
+        ),
+        (
+            "aws_secret_access_key",
+            extra.aws_secret_access_key.is_some(),
+            req.aws_secret_access_key.is_none(),
+        ),
+        (
+            "aws_session_token",
+            extra.aws_session_token.is_some(),
+            req.aws_session_token.is_none(),
+        ),
+        (
+            "api_keys",
+            !extra.api_keys.is_empty(),
+            req.api_keys.is_none(),
+        ),
+    ];
+    for (field, stored, absent) in kept {
+        if stored && absent {
+            problems.push(FieldError::new(field, why));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(problems))
+    }
+}
+
 fn check_api_key(key: Option<&String>) -> Result<()> {
     if key.is_some_and(|k| k.trim().is_empty()) {
         return Err(Error::invalid("api_key", "must not be empty"));
@@ -208,15 +315,19 @@ fn check_api_key(key: Option<&String>) -> Result<()> {
     Ok(())
 }
 
-/// Creates a provider, its credentials sealed with `keys`.
+/// Creates a provider, its credentials sealed with the rules' keys.
 pub async fn create(
     cx: Ctx<'_>,
     actor: &Actor,
-    keys: &MasterKeys,
+    rules: ProviderRules<'_>,
     req: CreateProvider,
 ) -> Result<(ProviderView, Committed)> {
+    let keys = rules.keys;
     check_id("id", &req.id)?;
     check_api_key(req.api_key.as_ref())?;
+    if let Some(url) = &req.base_url {
+        check_base_url(rules.urls, url)?;
+    }
     let sealed = req.api_key.as_deref().map(|k| keys.seal(k));
     let extra = extra_fields!(req).merge(&ProviderExtra::default(), keys)?;
     let kind = enum_text(&req.kind);
@@ -231,16 +342,22 @@ pub async fn create(
     crud::saved(cx, w, &req.id, None, &row).await
 }
 
-/// Replaces a provider's settings; absent credentials keep the stored ones.
+/// Replaces a provider's settings; absent credentials keep the stored ones, unless the base URL
+/// or kind changes (then they must be given again).
 pub async fn update(
     cx: Ctx<'_>,
     actor: &Actor,
-    keys: &MasterKeys,
+    rules: ProviderRules<'_>,
     id: &str,
     req: UpdateProvider,
 ) -> Result<(ProviderView, Committed)> {
+    let keys = rules.keys;
     check_api_key(req.api_key.as_ref())?;
+    if let Some(url) = &req.base_url {
+        check_base_url(rules.urls, url)?;
+    }
     let (mut w, before) = crud::begin::<ProviderRow>(cx, actor, id).await?;
+    check_credentials_reentered(&before, &req)?;
     let credential = match (&req.api_key, req.remove_api_key) {
         (Some(_), true) => {
             return Err(Error::invalid(
@@ -264,26 +381,64 @@ pub async fn update(
     crud::saved(cx, w, id, Some(&before), &row).await
 }
 
-/// Re-seals every stored credential not sealed with the current sealing key (master-key
-/// rotation, `controlplane keys reseal`), in one write. Returns how many were re-sealed.
+/// One sealed value under the current sealing key: `None` when it already is.
+fn resealed(keys: &MasterKeys, id: &str, field: &str, sealed: &Sealed) -> Result<Option<Sealed>> {
+    if sealed.key_id == keys.sealing_key_id() {
+        return Ok(None);
+    }
+    keys.reseal(sealed)
+        .map(Some)
+        .map_err(|e| Error::Internal(format!("provider {id}: cannot re-seal {field}: {e}")))
+}
+
+/// The row's sealed fields — the credential, the AWS keys and every weighted key in `extra` —
+/// under the current sealing key; `None` when all of them already are.
+fn reseal_row(
+    keys: &MasterKeys,
+    row: &ProviderRow,
+) -> Result<Option<(Option<Sealed>, ProviderExtra)>> {
+    let mut changed = false;
+    let mut one = |field: &str, value: &Option<Sealed>| -> Result<Option<Sealed>> {
+        let Some(sealed) = value else {
+            return Ok(None);
+        };
+        Ok(Some(match resealed(keys, &row.id, field, sealed)? {
+            Some(new) => {
+                changed = true;
+                new
+            }
+            None => sealed.clone(),
+        }))
+    };
+    let credential = one("api_key", &row.credential.as_ref().map(|c| c.0.clone()))?;
+    let old = &row.extra.0;
+    let mut extra = old.clone();
+    extra.aws_access_key_id = one("aws_access_key_id", &old.aws_access_key_id)?;
+    extra.aws_secret_access_key = one("aws_secret_access_key", &old.aws_secret_access_key)?;
+    extra.aws_session_token = one("aws_session_token", &old.aws_session_token)?;
+    for (i, k) in extra.api_keys.iter_mut().enumerate() {
+        if let Some(new) = one(&format!("api_keys[{i}]"), &Some(k.key.clone()))? {
+            k.key = new;
+        }
+    }
+    Ok(changed.then_some((credential, extra)))
+}
+
+/// Re-seals every sealed provider field not sealed with the current sealing key — the
+/// credential, Bedrock's AWS keys and the weighted `api_keys` in `extra` (master-key
+/// rotation, `controlplane keys reseal`), in one write. Returns how many providers changed.
 pub async fn reseal_credentials(pool: &sqlx::PgPool, keys: &MasterKeys) -> Result<usize> {
     let mut w = Write::begin(pool, &Actor::system()).await?;
-    let rows = repo::providers::with_credential_locked(w.conn()).await?;
+    let rows = repo::providers::all_locked(w.conn()).await?;
     let mut count = 0;
     for row in rows {
-        let Some(sealed) = &row.credential else {
+        let Some((credential, extra)) = reseal_row(keys, &row)? else {
             continue;
         };
-        if sealed.0.key_id == keys.sealing_key_id() {
-            continue;
-        }
-        let resealed = keys
-            .reseal(&sealed.0)
-            .map_err(|e| Error::Internal(format!("provider {}: cannot re-seal: {e}", row.id)))?;
-        repo::providers::set_credential(w.conn(), &row.id, &resealed).await?;
+        repo::providers::set_sealed(w.conn(), &row.id, credential.as_ref(), &extra).await?;
         let before = ProviderView::from(&row);
         let mut after = before.clone();
-        after.api_key_sealed_with = Some(resealed.key_id.clone());
+        after.api_key_sealed_with = credential.as_ref().map(|c| c.key_id.clone());
         let change = Change::of(
             "reseal",
             "provider",
@@ -297,4 +452,41 @@ pub async fn reseal_credentials(pool: &sqlx::PgPool, keys: &MasterKeys) -> Resul
     }
     w.commit(None, None).await?;
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_need_https_except_for_http_hosts_and_match_the_allow_list() {
+        let open = ProvidersConfig::default();
+        for ok in [
+            "https://api.openai.com/v1",
+            "http://127.0.0.1:9000/v1",
+            "http://localhost/v1",
+            "http://[::1]:8080",
+        ] {
+            assert!(check_base_url(&open, ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://evil.example/v1",
+            "ftp://api.openai.com",
+            "not a url",
+            "https://user:pw@api.openai.com/v1",
+            "http://127.0.0.1.evil.example/v1",
+        ] {
+            assert!(check_base_url(&open, bad).is_err(), "{bad}");
+        }
+        let listed = ProvidersConfig {
+            allowed_hosts: vec!["api.openai.com".into(), "*.openai.azure.com".into()],
+            http_hosts: vec![],
+        };
+        assert!(check_base_url(&listed, "https://api.openai.com/v1").is_ok());
+        assert!(check_base_url(&listed, "https://r1.openai.azure.com").is_ok());
+        assert!(check_base_url(&listed, "https://openai.azure.com").is_err());
+        assert!(check_base_url(&listed, "https://evilopenai.azure.com").is_err());
+        assert!(check_base_url(&listed, "https://api.openai.com.evil.example").is_err());
+        assert!(check_base_url(&listed, "http://127.0.0.1/v1").is_err());
+    }
 }

@@ -51,6 +51,8 @@ pub fn settings(namespace: &str) -> Settings {
         pepper: PEPPER.to_vec(),
         jwt_secret: b"test-jwt-secret-that-is-long-enough-0123".to_vec(),
         token_ttl: Duration::from_secs(900),
+        admin_auth: controlplane::config::AdminAuthSettings::default(),
+        providers: controlplane::config::ProvidersConfig::default(),
         master_keys: MasterKeys::parse(MASTER_KEYS).unwrap(),
         spend: controlplane::config::SpendConfig::default(),
         prices: controlplane::config::PricesConfig::default(),

@@ -101,6 +101,8 @@ impl ControlPlane {
             pepper: PEPPER.as_bytes().to_vec(),
             jwt_secret: b"e2e-jwt-secret-that-is-long-enough-0123456".to_vec(),
             token_ttl: Duration::from_secs(900),
+            admin_auth: controlplane::config::AdminAuthSettings::default(),
+            providers: controlplane::config::ProvidersConfig::default(),
             master_keys: MasterKeys::parse(MASTER_KEYS).unwrap(),
             spend: SpendConfig::default(),
             prices: PricesConfig::default(),

@@ -20,17 +20,20 @@ INSERT INTO spend_daily AS d (
     completion_tokens, cached_read_tokens, cache_creation_tokens, cost_usd)
 SELECT (started_at AT TIME ZONE 'UTC')::date, tenant_id, key_id, model,
     coalesce(deployment_id, ''), count(*), count(*) FILTER (WHERE outcome <> 'success'),
-    sum(prompt_tokens), sum(completion_tokens), sum(cached_read_tokens),
-    sum(cache_creation_tokens), sum(cost_usd)
+    -- Token sums saturate at bigint's maximum rather than fail the batch (issue 13).
+    least(sum(prompt_tokens), 9223372036854775807)::bigint,
+    least(sum(completion_tokens), 9223372036854775807)::bigint,
+    least(sum(cached_read_tokens), 9223372036854775807)::bigint,
+    least(sum(cache_creation_tokens), 9223372036854775807)::bigint, sum(cost_usd)
 FROM new_rows
 GROUP BY 1, 2, 3, 4, 5
 ON CONFLICT (day, tenant_id, key_id, model, deployment_id) DO UPDATE SET
     requests = d.requests + EXCLUDED.requests,
     errors = d.errors + EXCLUDED.errors,
-    prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-    completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-    cached_read_tokens = d.cached_read_tokens + EXCLUDED.cached_read_tokens,
-    cache_creation_tokens = d.cache_creation_tokens + EXCLUDED.cache_creation_tokens,
+    prompt_tokens = least(d.prompt_tokens::numeric + EXCLUDED.prompt_tokens, 9223372036854775807)::bigint,
+    completion_tokens = least(d.completion_tokens::numeric + EXCLUDED.completion_tokens, 9223372036854775807)::bigint,
+    cached_read_tokens = least(d.cached_read_tokens::numeric + EXCLUDED.cached_read_tokens, 9223372036854775807)::bigint,
+    cache_creation_tokens = least(d.cache_creation_tokens::numeric + EXCLUDED.cache_creation_tokens, 9223372036854775807)::bigint,
     cost_usd = d.cost_usd + EXCLUDED.cost_usd
 RETURNING 1
 )

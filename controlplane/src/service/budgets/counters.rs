@@ -106,6 +106,9 @@ pub struct Outcome {
     pub raised: usize,
     /// The sum of the raises, in nano-dollars.
     pub raised_nanos: i64,
+    /// Counters Redis refused to raise (logged and counted in
+    /// `switchboard_budget_reconcile_failures_total`); the others were still reconciled.
+    pub failed: usize,
 }
 
 /// One counter to raise.
@@ -149,12 +152,16 @@ impl Counters {
     }
 
     /// Raises every target counter that is below its figure; one round trip per [`BATCH`].
-    /// Returns how many were raised and by how much in total.
-    pub async fn raise(&self, targets: &[Target]) -> Result<(usize, i64), ReconcileError> {
+    /// Returns how many were raised, by how much in total, and how many Redis refused: a
+    /// command Redis refuses (a wrong type, an amount out of range) is logged and counted, and
+    /// never stops the other subjects' raises. A connection fault fails the pass.
+    pub async fn raise(&self, targets: &[Target]) -> Result<(usize, i64, usize), ReconcileError> {
         let mut raised = 0;
         let mut raised_nanos = 0i64;
+        let mut failed = 0;
         for batch in targets.chunks(BATCH) {
             let mut pipe = redis::pipe();
+            pipe.ignore_errors();
             // Loaded in the same round trip, ahead of its calls: a Redis that restarted since
             // the last batch has lost its script cache.
             pipe.load_script(&self.raise).ignore();
@@ -167,14 +174,30 @@ impl Counters {
                 );
             }
             let mut conn = self.conn.clone();
-            let raises: Vec<i64> = pipe.query_async(&mut conn).await?;
-            for r in raises.into_iter().filter(|r| *r > 0) {
-                raised += 1;
-                raised_nanos = raised_nanos.saturating_add(r);
+            let raises: Vec<redis::RedisResult<i64>> = pipe.query_async(&mut conn).await?;
+            for (t, r) in batch.iter().zip(raises) {
+                match r {
+                    Ok(r) if r > 0 => {
+                        raised += 1;
+                        raised_nanos = raised_nanos.saturating_add(r);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed += 1;
+                        refused(&t.key, e);
+                    }
+                }
             }
         }
-        Ok((raised, raised_nanos))
+        Ok((raised, raised_nanos, failed))
     }
+}
+
+/// Logs and counts a counter Redis refused to raise.
+fn refused(key: &str, e: redis::RedisError) {
+    metrics::counter!("switchboard_budget_reconcile_failures_total").increment(1);
+    tracing::warn!(counter = %key, error = %ReconcileError::from(e),
+        "Redis refused a budget counter; the others are still reconciled");
 }
 
 /// Raises the counters of `subjects` for their periods containing `now` to at least their
@@ -205,11 +228,12 @@ pub async fn reconcile_subjects(
             ttl_seconds: p.period.seconds_left(now).map_or(0, |left| left + 86_400),
         })
         .collect();
-    let (raised, raised_nanos) = counters.raise(&targets).await?;
+    let (raised, raised_nanos, failed) = counters.raise(&targets).await?;
     Ok(Outcome {
         subjects: subjects.len(),
         raised,
         raised_nanos,
+        failed,
     })
 }
 

@@ -335,7 +335,11 @@ async fn import_litellm(
         pool,
         publisher: None,
     };
-    let report = litellm::apply(cx, &Actor::system(), &settings.master_keys, &plan).await;
+    let rules = controlplane::service::providers::ProviderRules {
+        keys: &settings.master_keys,
+        urls: &settings.providers,
+    };
+    let report = litellm::apply(cx, &Actor::system(), rules, &plan).await;
     for line in &report.created {
         println!("created {line}");
     }

@@ -84,6 +84,8 @@ fn settings(namespace: &str, listen: u16, oidc_port: u16) -> Settings {
         prices: PricesConfig::default(),
         redis: None,
         nats_replicas: 1,
+        admin_auth: controlplane::config::AdminAuthSettings::default(),
+        providers: controlplane::config::ProvidersConfig::default(),
         trust: controlplane::config::ClusterTrust::with_keys(
             namespace,
             switchboard_tests::cluster_keys::SIGNING_SEED,

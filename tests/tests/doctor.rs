@@ -44,6 +44,8 @@ fn settings(cp: &ControlPlane, namespace: &str, redis: &str, keys: &str) -> Sett
             reconcile_interval: Duration::from_secs(60),
         }),
         nats_replicas: 1,
+        admin_auth: controlplane::config::AdminAuthSettings::default(),
+        providers: controlplane::config::ProvidersConfig::default(),
         trust: controlplane::config::ClusterTrust::with_keys(
             namespace,
             switchboard_tests::cluster_keys::SIGNING_SEED,

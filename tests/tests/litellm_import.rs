@@ -101,6 +101,11 @@ async fn imported_litellm_configs_answer_through_the_gateway(pool: PgPool) {
         publisher: None,
     };
     let keys = MasterKeys::parse(MASTER_KEYS).unwrap();
+    let urls = controlplane::config::ProvidersConfig::default();
+    let rules = controlplane::service::providers::ProviderRules {
+        keys: &keys,
+        urls: &urls,
+    };
 
     // The peers' mock paces streams under /paced/; this mock does it with a scenario knob.
     let peers = PEERS
@@ -110,19 +115,19 @@ async fn imported_litellm_configs_answer_through_the_gateway(pool: PgPool) {
         )
         .replace("http://127.0.0.1:MOCK_PORT", &origin);
     let plan = litellm::plan(&peers, &[]).unwrap();
-    let report = litellm::apply(cx, &Actor::system(), &keys, &plan).await;
+    let report = litellm::apply(cx, &Actor::system(), rules, &plan).await;
     assert!(report.failed.is_empty(), "{report:?}");
     assert_eq!(report.created.len(), 6, "{report:?}");
 
     let multi = MULTI.replace("MOCK_URL", &origin);
     let plan = litellm::plan(&multi, &env()).unwrap();
-    let report = litellm::apply(cx, &Actor::system(), &keys, &plan).await;
+    let report = litellm::apply(cx, &Actor::system(), rules, &plan).await;
     // The vertex_ai fallback of gpt-4o was dropped in the plan; nothing failed to write.
     assert!(report.failed.is_empty(), "{report:?}");
     assert!(!format!("{report:?}{}", plan.describe()).contains("sk-openai-import-test"));
 
     // Imported again: everything is already there and left alone.
-    let again = litellm::apply(cx, &Actor::system(), &keys, &plan).await;
+    let again = litellm::apply(cx, &Actor::system(), rules, &plan).await;
     assert!(
         again.created.is_empty() && again.failed.is_empty(),
         "{again:?}"

@@ -116,7 +116,11 @@ async fn nats(settings: &Settings, report: &mut Report) {
         Ok(options) => options,
         Err(e) => {
             let fix = "check nats.creds_file (readable by the control plane)";
-            report.fail("nats", format!("cannot read the NATS credentials: {e}"), fix);
+            report.fail(
+                "nats",
+                format!("cannot read the NATS credentials: {e}"),
+                fix,
+            );
             return;
         }
     };

@@ -122,8 +122,9 @@ fn login_page(state: &AppState, email: &str, errors: &FormErrors) -> Response {
 }
 
 async fn login_form(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    let signed_in = cookie(&headers, COOKIE)
-        .is_some_and(|t| verify_token(&state.settings.jwt_secret, &t).is_ok());
+    let signed_in = cookie(&headers, COOKIE).is_some_and(|t| {
+        verify_token(&state.settings.jwt_secret, &state.settings.admin_auth, &t).is_ok()
+    });
     if signed_in {
         return Redirect::to("/ui").into_response();
     }
@@ -135,6 +136,10 @@ async fn login(State(state): State<AppState>, req: Request) -> Response {
     if let Some(refused) = cross_origin(req.headers()) {
         return refused;
     }
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|axum::extract::ConnectInfo(a)| a.ip());
     let f = match fields(req, &state).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -142,16 +147,19 @@ async fn login(State(state): State<AppState>, req: Request) -> Response {
     let email = f.text("email");
     let password = f.0.get("password").cloned().unwrap_or_default();
     let settings = &state.settings;
-    match auth::login(
-        &state.pool,
-        &settings.jwt_secret,
-        settings.token_ttl,
-        &email,
-        password,
-    )
-    .await
-    {
-        Ok(token) => match verify_token(&settings.jwt_secret, &token.access_token) {
+    let cx = auth::LoginCtx {
+        jwt_secret: &settings.jwt_secret,
+        ttl: settings.token_ttl,
+        auth: &settings.admin_auth,
+        guard: &state.login_guard,
+        ip,
+    };
+    match auth::login(&state.pool, cx, &email, password).await {
+        Ok(token) => match verify_token(
+            &settings.jwt_secret,
+            &settings.admin_auth,
+            &token.access_token,
+        ) {
             Ok(claims) => session::start(&state, &claims, Redirect::to("/ui").into_response()),
             Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         },

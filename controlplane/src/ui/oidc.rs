@@ -397,6 +397,10 @@ fn session_claims(
         },
         iat,
         exp: iat + state.settings.token_ttl.as_secs(),
+        // SSO sessions have no admin row (and so no token version): see `session::actor`.
+        ver: 0,
+        iss: state.settings.admin_auth.issuer.clone(),
+        aud: state.settings.admin_auth.audience.clone(),
     })
 }
 

@@ -360,8 +360,11 @@ pub async fn providers_post(State(s): State<AppState>, form: PostForm) -> Respon
                 body.insert(name.into(), json!(v));
             }
         }
-        let keys = &s.settings.master_keys;
-        Ok(providers::create(s.ctx(), &session.actor, keys, parse(Value::Object(body))?).await?)
+        let rules = providers::ProviderRules {
+            keys: &s.settings.master_keys,
+            urls: &s.settings.providers,
+        };
+        Ok(providers::create(s.ctx(), &session.actor, rules, parse(Value::Object(body))?).await?)
     }
     .await;
     let q = ListQuery::default();

@@ -136,13 +136,33 @@ impl FromRequestParts<AppState> for Session {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let token = cookie(&parts.headers, COOKIE).ok_or_else(to_login)?;
         let secret = &state.settings.jwt_secret;
-        let claims = verify_token(secret, &token).map_err(|_| to_login())?;
+        let auth = &state.settings.admin_auth;
+        let claims = verify_token(secret, auth, &token).map_err(|_| to_login())?;
+        let actor = actor(state, &claims).await.map_err(|_| to_login())?;
         Ok(Session {
             csrf: csrf_of(secret, &token),
             expires_at: claims.exp,
-            actor: Actor::from_claims(claims),
+            actor,
         })
     }
+}
+
+/// The admin a console session stands for. A password session is the admin as it is now
+/// (`session_actor`: current role and tenant, token version checked, so a deleted, demoted or
+/// revoked admin is signed out on the next page). An SSO session (`sub` = `oidc:...`, minted
+/// by `ui::oidc` only after the provider's ID token was verified) has no admin row: its role
+/// and tenant are the ones mapped from that ID token, for the session's lifetime
+/// (`auth.token_ttl_seconds`); the identity provider decides again at the next sign-in.
+async fn actor(state: &AppState, claims: &Claims) -> crate::service::Result<Actor> {
+    if claims.sub.starts_with("oidc:") {
+        return Ok(Actor {
+            id: None,
+            email: claims.email.clone(),
+            role: claims.role,
+            tenant_id: claims.tenant_id.clone(),
+        });
+    }
+    crate::service::auth::session_actor(&state.pool, claims).await
 }
 
 /// The refusal of a write whose `Origin` names another host than `Host`.

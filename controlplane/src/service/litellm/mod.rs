@@ -14,7 +14,7 @@ use switchboard_shared::snapshot::{Cooldown, RateLimits, Timeouts};
 
 use super::deployments::{self, DeploymentBody};
 use super::models::{self, PolicyBody};
-use super::providers::{self, CreateProvider};
+use super::providers::{self, CreateProvider, ProviderRules};
 use super::{Actor, Ctx, Error, crud};
 use crate::repo;
 pub use plan::{ParseError, Plan, plan};
@@ -85,11 +85,11 @@ impl Plan {
 
 /// Writes `plan` through the service layer as `actor`: providers, then deployments, then
 /// model policies (whose fallbacks name the models just created).
-pub async fn apply(cx: Ctx<'_>, actor: &Actor, keys: &MasterKeys, plan: &Plan) -> Report {
+pub async fn apply(cx: Ctx<'_>, actor: &Actor, rules: ProviderRules<'_>, plan: &Plan) -> Report {
     let mut report = Report::default();
     let mut stored_as = BTreeMap::new();
     for p in &plan.providers {
-        if let Some(id) = put_provider(cx, actor, keys, p, &mut report).await {
+        if let Some(id) = put_provider(cx, actor, rules, p, &mut report).await {
             stored_as.insert(p.id.clone(), id);
         }
     }
@@ -145,7 +145,7 @@ fn body(d: &plan::PlannedDeployment, provider: &str) -> DeploymentBody {
 async fn put_provider(
     cx: Ctx<'_>,
     actor: &Actor,
-    keys: &MasterKeys,
+    rules: ProviderRules<'_>,
     p: &plan::PlannedProvider,
     report: &mut Report,
 ) -> Option<String> {
@@ -161,7 +161,7 @@ async fn put_provider(
             }
         };
         match repo::providers::get(&mut conn, &id, false).await {
-            Ok(Some(row)) if same_upstream(&row, p, keys) => {
+            Ok(Some(row)) if same_upstream(&row, p, rules.keys) => {
                 report
                     .skipped
                     .push(format!("provider {id}: already exists"));
@@ -190,7 +190,7 @@ async fn put_provider(
         aws_session_token: secret(&p.aws_session_token),
         api_keys: None,
     };
-    let created = providers::create(cx, actor, keys, req).await;
+    let created = providers::create(cx, actor, rules, req).await;
     record(report, format!("provider {id}"), created).then_some(id)
 }
 

@@ -39,7 +39,8 @@ async fn data_plane(namespace: &str, cp: &ControlPlane) -> DataPlane {
     let config = format!(
         "server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\n  shutdown_grace_seconds: 1\n\
          cluster:\n  namespace: {namespace}\n  nats_url: \"{nats}\"\n  controlplane_grpc: \"{grpc}\"\n  \
-         heartbeat_interval_ms: 500\n  snapshot_cache: \"{cache}\"\n  usage_spill_path: \"{spill}\"\n",
+         heartbeat_interval_ms: 500\n  snapshot_cache: \"{cache}\"\n  usage_spill_path: \"{spill}\"\n{trust}",
+        trust = common::cluster::trust_yaml(),
         nats = nats_url(),
         grpc = cp.grpc,
         cache = dir.path().join("snapshot.json").display(),

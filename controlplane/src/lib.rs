@@ -19,7 +19,7 @@
 //! Beside them, low-level modules any layer may use: [`config`] (the YAML file +
 //! `SWITCHBOARD__*` overrides, checked into [`config::Settings`]), [`db`] (migrations, the
 //! pool, the advisory lock of one-replica jobs), [`fleet`] (data-plane heartbeats and
-//! `?wait_ms=`), [`doctor`] (`controlplane doctor`: every dependency checked, a fix per
+//! `?wait_ms=`), [`metrics`] (the Prometheus exposition at `/metrics`), [`doctor`] (`controlplane doctor`: every dependency checked, a fix per
 //! failure); and transports: [`publish`] (the NATS JetStream publisher of
 //! `docs/cluster.md` and the `watch` of the latest snapshot), [`grpc`] (the ConfigService
 //! served from that watch), [`ingest`] (usage events from JetStream into day-partitioned spend
@@ -37,6 +37,7 @@ pub mod doctor;
 pub mod fleet;
 pub mod grpc;
 pub mod ingest;
+pub mod metrics;
 pub mod publish;
 pub mod repo;
 pub mod routes;

@@ -4,7 +4,7 @@
 //! Layers, outer to inner: the request body limit (`server.max_body_bytes`, 413 beyond it,
 //! answered by [`crate::api::body::Body`]), then the routes. Every route under `/admin/v1` except
 //! `POST /auth/login` takes a [`crate::api::caller::Caller`], i.e. a valid bearer JWT; `/openapi.json`
-//! and `/healthz` are open.
+//! `/healthz` and `/metrics` (Prometheus text, [`crate::metrics`]) are open.
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::CONTENT_TYPE;
@@ -163,6 +163,8 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
 
 /// The admin REST router.
 pub fn router(state: AppState) -> Router {
+    // Before anything counts: a counter incremented before the recorder exists is lost.
+    crate::metrics::install();
     let max_body = state.settings.max_body_bytes;
     let (api, doc) = api().split_for_parts();
     let doc = Json(doc);
@@ -171,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         get(move || async move { ([(CONTENT_TYPE, "application/json")], doc).into_response() }),
     )
     .route("/healthz", get(|| async { "ok" }))
+    .route("/metrics", get(|| async { crate::metrics::render() }))
     .merge(crate::ui::router())
     .route_layer(axum::middleware::from_fn(traced))
     .fallback(|| async { ApiError::from(ServiceError::NotFound("route".into())) })

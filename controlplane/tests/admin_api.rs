@@ -323,6 +323,21 @@ async fn bad_input_gets_the_right_4xx_and_changes_nothing(pool: PgPool) {
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("limits.rpm"),
         ),
+        // Not stored by the control plane yet: refused, never taken and dropped.
+        (
+            Method::POST,
+            "/admin/v1/tenants".into(),
+            raw(r#"{"id": "x", "limits": {"concurrency": 4}}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("limits.concurrency"),
+        ),
+        (
+            Method::POST,
+            "/admin/v1/keys".into(),
+            raw(r#"{"tenant_id": "acme", "name": "k", "limits": {"concurrency": 4}}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("limits.concurrency"),
+        ),
         (
             Method::POST,
             "/admin/v1/tenants".into(),

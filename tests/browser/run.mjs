@@ -8,7 +8,8 @@
 //  3. create tenants, a provider (pointing at the mock upstream; its credential never shown),
 //     a deployment and a key (secret shown once, with a copy button); each write says it was
 //     applied on all data planes; a bad id is refused next to its field
-//  4. the key works through the data plane; the request shows in spend (and its CSV)
+//  4. the key works through the data plane; the request shows in spend (and its CSV) and in
+//     the request log with its attempt
 //  5. revoke the key; the data plane refuses it
 //  6. writes without the CSRF token are refused
 //  7. a tenant admin sees only its tenant (lists, filters, direct writes on another tenant's key)
@@ -199,6 +200,19 @@ try {
     return (await root.textContent("body")).includes(keyId);
   });
   await shot(root, "spend");
+  // the same request in the request log, with its attempt timeline
+  await until("the request shows in the request log", async () => {
+    await root.goto(`${UI}/ui/requests?key_id=${keyId}`);
+    return (await root.textContent("#requests tbody")).includes("m-chat");
+  });
+  check("the request log row names the key and the deployment",
+    (await root.textContent("#requests tbody")).includes(keyId) && (await root.textContent("#requests tbody")).includes("d-mock"));
+  await Promise.all([root.waitForNavigation(), root.click("#requests tbody a")]);
+  check("a request's page shows its attempt on the deployment",
+    (await root.textContent("#attempts tbody")).includes("d-mock") && (await root.textContent("#request")).includes("success"));
+  await shot(root, "requests");
+  r = await root.goto(`${UI}/ui/requests?status=lots`);
+  check("a bad status filter is refused in words", r.status() === 422 && (await root.textContent("body")).includes("status"), r.status());
   const csv = await root.request.get(`${UI}/ui/spend?group_by=key&format=csv`);
   check("the spend CSV export holds the key", csv.headers()["content-type"].startsWith("text/csv") && (await csv.text()).includes(keyId));
   await root.goto(`${UI}/ui`);
@@ -292,6 +306,8 @@ try {
   check("a tenant admin does not see another tenant's keys", !body.includes(keyId));
   await ta.goto(`${UI}/ui/keys?tenant_id=acme`);
   check("a tenant admin cannot list another tenant's keys by filter", !(await ta.textContent("body")).includes(keyId));
+  await ta.goto(`${UI}/ui/requests?tenant_id=acme`);
+  check("a tenant admin does not see another tenant's requests", !(await ta.textContent("body")).includes(keyId));
   await ta.goto(`${UI}/ui/tenants`);
   body = await ta.textContent("#tenants");
   check("a tenant admin sees only its tenant", body.includes("globex") && !body.includes("acme"));

@@ -122,6 +122,7 @@ pub async fn create(
         .clone()
         .ok_or_else(|| Error::invalid("id", "is required"))?;
     check_id("id", &id)?;
+    super::check_stored_limits(&req.limits)?;
     let mut w = Write::begin(cx.pool, actor).await?;
     check_provider(&mut w, &req).await?;
     let row = repo::deployments::insert(w.conn(), &id, &req.fields()).await?;
@@ -138,6 +139,7 @@ pub async fn update(
     if req.id.as_ref().is_some_and(|body_id| body_id != id) {
         return Err(Error::invalid("id", "differs from the id in the path"));
     }
+    super::check_stored_limits(&req.limits)?;
     let (mut w, before) = crud::begin::<DeploymentRow>(cx, actor, id).await?;
     check_provider(&mut w, &req).await?;
     let row = repo::deployments::update(w.conn(), id, &req.fields()).await?;

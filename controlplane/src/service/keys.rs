@@ -145,6 +145,7 @@ pub async fn create(
         (None, Some(own)) => own.to_owned(),
         (None, None) => return Err(Error::invalid("tenant_id", "is required")),
     };
+    super::check_stored_limits(&req.limits)?;
     let mut w = Write::begin(cx.pool, actor).await?;
     // Another tenant's id reads exactly like an unknown one.
     if !crud::exists::<TenantRow>(w.conn(), &tenant_id).await? || !actor.sees_tenant(&tenant_id) {
@@ -179,6 +180,9 @@ fn with_secret(key: String, virtual_key: KeyView) -> KeyWithSecret {
 impl crud::Edit<KeyRow> for UpdateKey {
     async fn apply(self, w: &mut Write, id: &str, before: &KeyRow) -> Result<KeyRow> {
         let req = self;
+        if let Some(asked) = &req.limits {
+            super::check_stored_limits(asked)?;
+        }
         let limits = req.limits.unwrap_or(limits(before.rpm, before.tpm));
         let budget = match req.budget {
             Some(b) => b,

@@ -81,7 +81,7 @@ impl Drop for CheckSlot {
 }
 
 fn refused(reason: &'static str, detail: &'static str, retry_after_secs: u64) -> Error {
-    metrics::counter!("switchboard_login_refusals_total", "reason" => reason).increment(1);
+    metrics::counter!(crate::metrics::LOGIN_REFUSALS_TOTAL, "reason" => reason).increment(1);
     tracing::warn!(reason, "login refused");
     Error::TooManyRequests {
         detail,

@@ -107,6 +107,7 @@ pub async fn create(
         limits,
         budget,
     } = req;
+    super::check_stored_limits(&limits)?;
     let settings = UpdateTenant {
         name,
         status,
@@ -120,6 +121,7 @@ pub async fn create(
 
 impl crud::Edit<TenantRow> for UpdateTenant {
     async fn apply(self, w: &mut Write, id: &str, _before: &TenantRow) -> Result<TenantRow> {
+        super::check_stored_limits(&self.limits)?;
         Ok(repo::tenants::update(w.conn(), id, &self.fields()).await?)
     }
 }

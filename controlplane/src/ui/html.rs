@@ -29,6 +29,7 @@ const NAV: &[(&str, &str, bool)] = &[
     ("/ui/models", "Model policies", false),
     ("/ui/budgets", "Budgets", true),
     ("/ui/spend", "Spend", true),
+    ("/ui/requests", "Requests", true),
     ("/ui/prices", "Prices", false),
     ("/ui/fleet", "Fleet", false),
     ("/ui/audit", "Audit log", true),

@@ -5,6 +5,7 @@
 //! A sibling of [`crate::api`] in the layers: handlers call [`crate::service`] with the
 //! session's [`crate::service::Actor`], exactly as the API's handlers do with a token's, and
 //! never the repository. Pages: [`pages`] (overview, budgets, spend, fleet, audit), [`prices`],
+//! [`requests`] (the request log and one request's attempts),
 //! [`resources`] (tenants, keys, providers, deployments, model policies); sign-in and the
 //! session in [`session`]; single sign-on in [`oidc`]; the frame and shared pieces in [`html`].
 
@@ -12,6 +13,7 @@ pub mod html;
 pub mod oidc;
 pub mod pages;
 pub mod prices;
+pub mod requests;
 pub mod resources;
 pub mod session;
 
@@ -77,6 +79,8 @@ pub fn router() -> Router<AppState> {
         .route("/ui/prices/sync", post(prices::sync_post))
         .route("/ui/fleet", get(pages::fleet_page))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/requests", get(requests::list))
+        .route("/ui/requests/{id}", get(requests::detail))
         .route(
             "/ui/assets/ui.css",
             get(|| async { asset(CSS, "text/css; charset=utf-8") }),

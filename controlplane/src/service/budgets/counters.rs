@@ -195,7 +195,7 @@ impl Counters {
 
 /// Logs and counts a counter Redis refused to raise.
 fn refused(key: &str, e: redis::RedisError) {
-    metrics::counter!("switchboard_budget_reconcile_failures_total").increment(1);
+    metrics::counter!(crate::metrics::BUDGET_RECONCILE_FAILURES_TOTAL).increment(1);
     tracing::warn!(counter = %key, error = %ReconcileError::from(e),
         "Redis refused a budget counter; the others are still reconciled");
 }

@@ -35,7 +35,10 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::describe_counter;
-    describe_counter!(LOGIN_REFUSALS_TOTAL, "Admin logins refused with 429, by reason");
+    describe_counter!(
+        LOGIN_REFUSALS_TOTAL,
+        "Admin logins refused with 429, by reason"
+    );
     describe_counter!(
         INGEST_DEAD_LETTERS_TOTAL,
         "Usage events stored as dead letters instead of spend rows, by reason"

@@ -344,13 +344,21 @@ async fn logins_are_rate_limited_per_account_and_per_address_with_retry_after(po
     let req = Request::get("/metrics").body(Body::empty()).unwrap();
     let response = cp.router.clone().oneshot(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
     let text = String::from_utf8(bytes.to_vec()).unwrap();
     for reason in ["account", "ip"] {
         let series = format!("switchboard_login_refusals_total{{reason=\"{reason}\"}}");
-        assert!(text.contains(&series), "{series} missing from /metrics:\n{text}");
+        assert!(
+            text.contains(&series),
+            "{series} missing from /metrics:\n{text}"
+        );
     }
-    assert!(!text.contains("example.com"), "an email in /metrics:\n{text}");
+    assert!(
+        !text.contains("example.com"),
+        "an email in /metrics:\n{text}"
+    );
 }
 
 #[sqlx::test(migrations = "../migrations")]

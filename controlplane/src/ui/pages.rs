@@ -44,6 +44,11 @@ pub fn refused(session: &Session, current: &str, title: &str, e: Error) -> Respo
             tracing::error!(%cause, "ui: a page failed");
             "Internal error.".to_owned()
         }
+        Error::Invalid(fields) => fields
+            .iter()
+            .map(|f| format!("{}: {}", f.path, f.message))
+            .collect::<Vec<_>>()
+            .join("; "),
         other => other.to_string(),
     };
     let mut response = page(
@@ -55,6 +60,7 @@ pub fn refused(session: &Session, current: &str, title: &str, e: Error) -> Respo
     *response.status_mut() = match e {
         Error::Forbidden(_) => axum::http::StatusCode::FORBIDDEN,
         Error::NotFound(_) => axum::http::StatusCode::NOT_FOUND,
+        Error::Invalid(_) => axum::http::StatusCode::UNPROCESSABLE_ENTITY,
         _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
     };
     response

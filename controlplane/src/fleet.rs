@@ -89,8 +89,10 @@ pub fn authenticated(
             _ => &UNAUTHENTICATED_USAGE,
         };
         let total = count.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::counter!(crate::metrics::UNAUTHENTICATED_MESSAGES_TOTAL, "kind" => kind)
-            .increment(1);
+        crate::metrics::count(
+            crate::metrics::UNAUTHENTICATED_MESSAGES_TOTAL,
+            Some(("kind", kind)),
+        );
         tracing::warn!(
             kind,
             sender = %sender.chars().take(64).collect::<String>(),

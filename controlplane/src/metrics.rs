@@ -5,8 +5,14 @@
 //! metrics on their own port (`dataplane/src/metrics.rs`); these complete the picture the
 //! alert rules in `deploy/prometheus/` read. Labels carry reasons and kinds, never ids,
 //! emails or secrets.
+//!
+//! The recorder is the control plane's own, not the process-wide one of the `metrics` crate:
+//! a program (or a test) that runs a data plane in the same process keeps its global recorder,
+//! and each plane's `/metrics` shows its own series. So every count goes through [`count`].
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 /// Logins answered 429 (`reason`: `account`, `ip`, `busy`).
 pub const LOGIN_REFUSALS_TOTAL: &str = "switchboard_login_refusals_total";
@@ -17,20 +23,21 @@ pub const BUDGET_RECONCILE_FAILURES_TOTAL: &str = "switchboard_budget_reconcile_
 /// Usage events and heartbeats dropped for a missing or wrong ingest tag (`kind`).
 pub const UNAUTHENTICATED_MESSAGES_TOTAL: &str = "switchboard_unauthenticated_messages_total";
 
-/// Installs the process-wide recorder, or returns the installed one's handle (tests run many
-/// control planes in one process; the `metrics` crate's recorder is global by design).
-pub fn install() -> PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => {
-                describe();
-                handle
-            }
-            // Another recorder is installed (a program embedding us): render an empty one.
-            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-        })
-        .clone()
+fn recorder() -> &'static PrometheusRecorder {
+    static RECORDER: OnceLock<PrometheusRecorder> = OnceLock::new();
+    RECORDER.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&recorder, describe);
+        recorder
+    })
+}
+
+/// Adds one to the counter `name`, with one label when `label` is given.
+pub fn count(name: &'static str, label: Option<(&'static str, &'static str)>) {
+    metrics::with_local_recorder(recorder(), || match label {
+        Some((key, value)) => metrics::counter!(name, key => value).increment(1),
+        None => metrics::counter!(name).increment(1),
+    });
 }
 
 fn describe() {
@@ -55,5 +62,5 @@ fn describe() {
 
 /// The exposition text (Prometheus text format).
 pub fn render() -> String {
-    install().render()
+    recorder().handle().render()
 }

@@ -163,8 +163,6 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
 
 /// The admin REST router.
 pub fn router(state: AppState) -> Router {
-    // Before anything counts: a counter incremented before the recorder exists is lost.
-    crate::metrics::install();
     let max_body = state.settings.max_body_bytes;
     let (api, doc) = api().split_for_parts();
     let doc = Json(doc);

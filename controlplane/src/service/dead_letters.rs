@@ -53,7 +53,10 @@ pub async fn store(
 ) -> Result<()> {
     let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX_PAYLOAD_BYTES)]);
     repo::dead_letters::insert(pool, request_id, reason, &text).await?;
-    metrics::counter!(crate::metrics::INGEST_DEAD_LETTERS_TOTAL, "reason" => kind).increment(1);
+    crate::metrics::count(
+        crate::metrics::INGEST_DEAD_LETTERS_TOTAL,
+        Some(("reason", kind)),
+    );
     tracing::error!(kind, reason, request_id, "usage event dead-lettered");
     Ok(())
 }

@@ -81,7 +81,10 @@ impl Drop for CheckSlot {
 }
 
 fn refused(reason: &'static str, detail: &'static str, retry_after_secs: u64) -> Error {
-    metrics::counter!(crate::metrics::LOGIN_REFUSALS_TOTAL, "reason" => reason).increment(1);
+    crate::metrics::count(
+        crate::metrics::LOGIN_REFUSALS_TOTAL,
+        Some(("reason", reason)),
+    );
     tracing::warn!(reason, "login refused");
     Error::TooManyRequests {
         detail,

@@ -195,7 +195,7 @@ impl Counters {
 
 /// Logs and counts a counter Redis refused to raise.
 fn refused(key: &str, e: redis::RedisError) {
-    metrics::counter!(crate::metrics::BUDGET_RECONCILE_FAILURES_TOTAL).increment(1);
+    crate::metrics::count(crate::metrics::BUDGET_RECONCILE_FAILURES_TOTAL, None);
     tracing::warn!(counter = %key, error = %ReconcileError::from(e),
         "Redis refused a budget counter; the others are still reconciled");
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use switchboard_shared::cluster::{NatsNames, nats_options};
-use switchboard_shared::doctor::{Report, redacted, skew};
+use switchboard_shared::doctor::{Report, redacted};
 use switchboard_shared::proto::GetSnapshotRequest;
 use switchboard_shared::proto::config_service_client::ConfigServiceClient;
 use switchboard_shared::sealed::MasterKeys;
@@ -70,7 +70,10 @@ pub async fn run(
     let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     if let Some(r) = &config.redis {
         match r.url.resolve_with(lookup, keys.as_ref()) {
-            Ok(url) => redis(&url, &mut report).await,
+            Ok(url) => {
+                let fix = "start Redis or correct redis.url (rate limits, budgets and the fleet state live there)";
+                switchboard_shared::doctor::redis(&url, fix, MAX_SKEW, &mut report).await;
+            }
             Err(e) => report.fail(
                 "redis",
                 format!("redis.url: {e}"),
@@ -188,35 +191,6 @@ async fn nats(cluster: &ClusterConfig, url: &str, names: &NatsNames, report: &mu
             Ok(Err(e)) => report.fail("jetstream", format!("not available: {e}"), "enable JetStream on the NATS server (`nats-server -js`) and give this user access"),
             Err(_) => report.fail("jetstream", "no answer within 3 s", "enable JetStream on the NATS server"),
         }
-    }
-}
-
-async fn redis(url: &str, report: &mut Report) {
-    let shown = redacted(url);
-    let check = async {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| e.to_string())?;
-        let before = chrono::Utc::now();
-        let (secs, micros): (i64, i64) = redis::cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((before, secs, micros))
-    };
-    match tokio::time::timeout(WAIT, check).await {
-        Ok(Ok((before, secs, micros))) => {
-            report.ok("redis", format!("reached {shown}"));
-            let nanos = u32::try_from(micros.saturating_mul(1000)).unwrap_or(0);
-            if let Some(theirs) = chrono::DateTime::from_timestamp(secs, nanos) {
-                let (d, ahead) = skew(before, theirs);
-                report.clock("redis", d, ahead, MAX_SKEW);
-            }
-        }
-        Ok(Err(e)) => report.fail("redis", format!("cannot reach {shown}: {e}"), "start Redis or correct redis.url (rate limits, budgets and the fleet state live there)"),
-        Err(_) => report.fail("redis", format!("no answer from {shown} within 3 s"), "start Redis or correct redis.url"),
     }
 }
 

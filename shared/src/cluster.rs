@@ -242,8 +242,9 @@ pub async fn nats_options(
     Ok(options)
 }
 
-/// `%XX` escapes decoded (an invalid escape is kept as written).
-fn percent_decode(text: &str) -> String {
+/// `%XX` escapes decoded (an invalid escape is kept as written). Also read by `telemetry`
+/// (OTLP header values).
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

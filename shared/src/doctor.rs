@@ -149,6 +149,42 @@ pub fn skew(
     )
 }
 
+/// Redis at `url` (one server, a Cluster or a Sentinel-managed master, as
+/// [`crate::redis_conn`] reads the URL): reachable, and its clock within `max_skew` of ours.
+/// `fix` tells the operator what to do when it is not reachable. Both planes' `doctor` call it.
+#[cfg(feature = "redis")]
+pub async fn redis(url: &str, fix: &str, max_skew: Duration, report: &mut Report) {
+    use crate::redis_conn::{RedisConn, RedisTarget};
+    const WAIT: Duration = Duration::from_secs(3);
+    let shown = redacted(url);
+    let check = async {
+        let target = RedisTarget {
+            url,
+            connect_timeout: WAIT,
+            response_timeout: WAIT,
+        };
+        let mut conn = RedisConn::lazy(&target).map_err(|e| e.to_string())?;
+        let before = chrono::Utc::now();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((before, secs, micros))
+    };
+    match tokio::time::timeout(WAIT, check).await {
+        Ok(Ok((before, secs, micros))) => {
+            report.ok("redis", format!("reached {shown}"));
+            let nanos = u32::try_from(micros.saturating_mul(1000)).unwrap_or(0);
+            if let Some(theirs) = chrono::DateTime::from_timestamp(secs, nanos) {
+                let (d, ahead) = skew(before, theirs);
+                report.clock("redis", d, ahead, max_skew);
+            }
+        }
+        Ok(Err(e)) => report.fail("redis", format!("cannot reach {shown}: {e}"), fix),
+        Err(_) => report.fail("redis", format!("no answer from {shown} within 3 s"), fix),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

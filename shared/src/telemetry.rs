@@ -121,31 +121,12 @@ fn parse_headers(text: &str) -> Result<BTreeMap<String, String>, String> {
         let (k, v) = pair
             .split_once('=')
             .ok_or("OTEL_EXPORTER_OTLP_HEADERS: each entry must be key=value")?;
-        out.insert(k.trim().to_owned(), percent_decode(v.trim()));
+        out.insert(
+            k.trim().to_owned(),
+            crate::cluster::percent_decode(v.trim()),
+        );
     }
     Ok(out)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl TelemetryConfig {

@@ -30,7 +30,8 @@ pub async fn run(settings: &Settings, pool: &PgPool) -> Report {
     let providers = postgres(pool, &mut report).await;
     nats(settings, &mut report).await;
     if let Some(r) = &settings.redis {
-        redis(&r.url, &mut report).await;
+        let fix = "start Redis or correct redis.url (budget counters are reconciled there)";
+        switchboard_shared::doctor::redis(&r.url, fix, MAX_SKEW, &mut report).await;
     }
     if let Some(providers) = &providers {
         master_keys(providers, &settings.master_keys, &mut report);
@@ -168,43 +169,6 @@ async fn nats(settings: &Settings, report: &mut Report) {
             "jetstream",
             format!("not available: {e}"),
             "enable JetStream on the NATS server (`nats-server -js`, or `jetstream {}` in its config) and give this user access to it",
-        ),
-    }
-}
-
-/// Redis: reachable, clock.
-async fn redis(url: &str, report: &mut Report) {
-    let shown = redacted(url);
-    let check = async {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| e.to_string())?;
-        let before = chrono::Utc::now();
-        let (secs, micros): (i64, i64) = redis::cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((before, secs, micros))
-    };
-    match tokio::time::timeout(WAIT, check).await {
-        Ok(Ok((before, secs, micros))) => {
-            report.ok("redis", format!("reached {shown}"));
-            if let Some(theirs) = chrono::DateTime::from_timestamp(secs, (micros * 1000) as u32) {
-                let (d, ahead) = skew(before, theirs);
-                report.clock("redis", d, ahead, MAX_SKEW);
-            }
-        }
-        Ok(Err(e)) => report.fail(
-            "redis",
-            format!("cannot reach {shown}: {e}"),
-            "start Redis or correct redis.url (budget counters are reconciled there)",
-        ),
-        Err(_) => report.fail(
-            "redis",
-            format!("no answer from {shown} within 3 s"),
-            "start Redis or correct redis.url",
         ),
     }
 }

@@ -10,14 +10,13 @@ mod common;
 use std::time::{Duration, Instant};
 use switchboard_tests::services::nats_url;
 
-use common::cluster::{ControlPlane, MASTER_KEYS, call, unique_namespace};
+use common::cluster::{ControlPlane, call, unique_namespace};
 use common::*;
 use dataplane::config::ClusterConfig;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use switchboard_shared::cluster::NatsNames;
-use switchboard_shared::sealed::MasterKeys;
 
 const WITHIN: Duration = Duration::from_secs(1);
 
@@ -32,19 +31,7 @@ async fn data_plane(
     cluster.namespace = namespace.to_owned();
     cluster.snapshot_cache = Some(cache.to_path_buf());
     cluster.heartbeat_interval_ms = 500;
-    common::cluster::trust(&mut cluster);
-    let section: String = serde_yaml_ng::to_string(&cluster)
-        .unwrap()
-        .lines()
-        .map(|l| format!("  {l}\n"))
-        .collect();
-    let text = format!("server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n{section}");
-    let gateway =
-        Gateway::start_with_keys(&text, Some(MasterKeys::parse(MASTER_KEYS).unwrap())).await;
-    let handle = dataplane::cluster::start(gateway.state.clone(), &cluster)
-        .await
-        .unwrap();
-    (gateway, handle)
+    common::cluster::follower(cluster).await
 }
 
 const CHAT_BODY: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{ControlPlane, MASTER_KEYS, call, unique_namespace};
+use common::cluster::{ControlPlane, call, unique_namespace};
 use common::*;
 use dataplane::config::ClusterConfig;
 use http::{Method, StatusCode};
@@ -21,7 +21,6 @@ use switchboard_shared::cluster_trust::{
 };
 use switchboard_shared::proto::config_service_client::ConfigServiceClient;
 use switchboard_shared::proto::{GetSnapshotRequest, WatchSnapshotRequest};
-use switchboard_shared::sealed::MasterKeys;
 use switchboard_tests::cluster_keys::{GRPC_TOKEN, INGEST_KEY, signing_public};
 use switchboard_tests::services::nats_url;
 use tonic::transport::Channel;
@@ -139,19 +138,7 @@ async fn watchers_over_the_cap_get_resource_exhausted(pool: PgPool) {
 async fn data_plane(namespace: &str) -> (Gateway, dataplane::cluster::Cluster) {
     let mut cluster = ClusterConfig::with_urls(None, Some(nats_url()));
     cluster.namespace = namespace.to_owned();
-    common::cluster::trust(&mut cluster);
-    let section: String = serde_yaml_ng::to_string(&cluster)
-        .unwrap()
-        .lines()
-        .map(|l| format!("  {l}\n"))
-        .collect();
-    let text = format!("server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n{section}");
-    let gateway =
-        Gateway::start_with_keys(&text, Some(MasterKeys::parse(MASTER_KEYS).unwrap())).await;
-    let handle = dataplane::cluster::start(gateway.state.clone(), &cluster)
-        .await
-        .unwrap();
-    (gateway, handle)
+    common::cluster::follower(cluster).await
 }
 
 /// Waits until `check` holds, for up to 10 s.

@@ -32,19 +32,7 @@ async fn data_plane(
     let mut cluster = ClusterConfig::with_urls(Some(cp.grpc.clone()), Some(nats_url()));
     cluster.namespace = namespace.to_owned();
     cluster.snapshot_cache = Some(cache.to_path_buf());
-    common::cluster::trust(&mut cluster);
-    let section: String = serde_yaml_ng::to_string(&cluster)
-        .unwrap()
-        .lines()
-        .map(|l| format!("  {l}\n"))
-        .collect();
-    let text = format!("server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n{section}");
-    let gateway =
-        Gateway::start_with_keys(&text, Some(MasterKeys::parse(MASTER_KEYS).unwrap())).await;
-    let handle = dataplane::cluster::start(gateway.state.clone(), &cluster)
-        .await
-        .unwrap();
-    (gateway, handle)
+    common::cluster::follower(cluster).await
 }
 
 /// Polls until `model` answers 200 through `gw` with `key`; the answer's body.

@@ -27,6 +27,26 @@ pub fn trust(cluster: &mut dataplane::config::ClusterConfig) {
     cluster.ingest_key = Some(SecretRef::Value(INGEST_KEY.into()));
 }
 
+/// An in-process data plane following `cluster` as a cluster-mode `dataplane serve` does, with
+/// the test cluster's keys: the gateway and its follower (dropping the follower stops it).
+pub async fn follower(
+    mut cluster: dataplane::config::ClusterConfig,
+) -> (super::Gateway, dataplane::cluster::Cluster) {
+    trust(&mut cluster);
+    let section: String = serde_yaml_ng::to_string(&cluster)
+        .unwrap()
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    let text = format!("server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n{section}");
+    let keys = MasterKeys::parse(MASTER_KEYS).unwrap();
+    let gateway = super::Gateway::start_with_keys(&text, Some(keys)).await;
+    let handle = dataplane::cluster::start(gateway.state.clone(), &cluster)
+        .await
+        .unwrap();
+    (gateway, handle)
+}
+
 /// The same keys as lines of a YAML `cluster:` section (two-space indent).
 pub fn trust_yaml() -> String {
     format!(

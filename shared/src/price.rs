@@ -10,7 +10,10 @@
 //!   silently left out.
 //! - **Lenient** ([`PriceEntry::from_litellm`], [`parse_price_file`], the price-file path): picks
 //!   the supported fields and ignores the rest of the file's many fields (`_priority`, `_batches`
-//!   and `_flex` variants, per-image/audio/second prices, `source`, ...).
+//!   and `_flex` variants, per-token audio and image prices, `source`, ...). The per-image,
+//!   per-pixel, per-second and per-character prices of image and audio models are read into
+//!   [`MediaRates`]; the file prices an image's size and quality as entries of their own
+//!   (`high/1024-x-1024/gpt-image-1`), which [`attach_image_variants`] gathers.
 //!
 //! Both ways fail on a supported field of the wrong type (naming it), treat `null` as absent, and
 //! accept integers where a rate is expected (the file writes some zero rates as `0`). Rates must
@@ -73,6 +76,100 @@ pub struct PriceEntry {
     pub supports_reasoning: Option<bool>,
     pub supports_system_messages: Option<bool>,
     pub supports_parallel_function_calling: Option<bool>,
+    /// Per-unit prices of image and audio models (per image, pixel, second, character).
+    pub media: MediaRates,
+}
+
+/// The price file's per-unit prices of image and audio models, in its field names: what
+/// [`crate::pricing::media_cost`] charges images, transcriptions and speech by.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MediaRates {
+    pub input_cost_per_image: Option<f64>,
+    pub output_cost_per_image: Option<f64>,
+    pub input_cost_per_pixel: Option<f64>,
+    pub output_cost_per_pixel: Option<f64>,
+    pub input_cost_per_second: Option<f64>,
+    pub output_cost_per_second: Option<f64>,
+    pub input_cost_per_character: Option<f64>,
+    pub output_cost_per_character: Option<f64>,
+    /// USD per image by `<quality>/<size>` or `<size>` (`high/1024-x-1024`, `1024-x-1024`),
+    /// gathered from the price file's entries named `<quality>/<size>/<model>` and
+    /// `<size>/<model>` ([`image_variant_names`], [`attach_image_variants`]). Written as the
+    /// field `image_variants` (a Switchboard extension; the file has no such field).
+    pub image_variants: BTreeMap<String, f64>,
+}
+
+/// The qualities and sizes the price file names image prices by.
+const IMAGE_QUALITIES: [&str; 5] = ["low", "medium", "high", "standard", "hd"];
+const IMAGE_SIZES: [&str; 7] = [
+    "256-x-256",
+    "512-x-512",
+    "1024-x-1024",
+    "1024-x-1536",
+    "1536-x-1024",
+    "1024-x-1792",
+    "1792-x-1024",
+];
+
+/// The price-file entry names that may price `model`'s images by size and quality:
+/// `<quality>/<size>/<model>` and `<size>/<model>`.
+pub fn image_variant_names(model: &str) -> Vec<String> {
+    let mut names = Vec::with_capacity(IMAGE_SIZES.len() * (IMAGE_QUALITIES.len() + 1));
+    for size in IMAGE_SIZES {
+        names.push(format!("{size}/{model}"));
+        for quality in IMAGE_QUALITIES {
+            names.push(format!("{quality}/{size}/{model}"));
+        }
+    }
+    names
+}
+
+/// Writes the per-image prices that `entries` (name → entry, as [`image_variant_names`] of
+/// `model` looked up) state into `entry.media.image_variants`: an entry's `input_cost_per_image`
+/// or `output_cost_per_image`, else its per-pixel price times the size's pixels. Variants the
+/// entry already has (an admin's own) are kept.
+pub fn attach_image_variants(
+    entry: &mut PriceEntry,
+    model: &str,
+    entries: &BTreeMap<String, PriceEntry>,
+) {
+    for name in image_variant_names(model) {
+        let Some(variant) = entries.get(&name) else {
+            continue;
+        };
+        let key = name
+            .strip_suffix(model)
+            .and_then(|k| k.strip_suffix('/'))
+            .unwrap_or_default();
+        let Some(price) = variant.media.per_image(pixels(key)) else {
+            continue;
+        };
+        entry
+            .media
+            .image_variants
+            .entry(key.to_owned())
+            .or_insert(price);
+    }
+}
+
+/// The pixels of the size in a variant key (`high/1024-x-1536` → 1024 × 1536).
+pub fn pixels(key: &str) -> Option<u64> {
+    let size = key.rsplit('/').next()?;
+    let (w, h) = size.split_once("-x-")?;
+    w.parse::<u64>().ok()?.checked_mul(h.parse().ok()?)
+}
+
+impl MediaRates {
+    /// One image's price from these rates: per image (input or output, as the file names it),
+    /// else per pixel times `pixels`.
+    pub fn per_image(&self, pixels: Option<u64>) -> Option<f64> {
+        let per_image = self.input_cost_per_image.or(self.output_cost_per_image);
+        let per_pixel = match (self.input_cost_per_pixel, self.output_cost_per_pixel) {
+            (None, None) => None,
+            (i, o) => Some(i.unwrap_or(0.0) + o.unwrap_or(0.0)),
+        };
+        per_image.or_else(|| Some(per_pixel? * pixels? as f64))
+    }
 }
 
 /// The four per-token rates a tier can override.
@@ -200,6 +297,10 @@ impl Serialize for PriceEntry {
             ),
         ];
         present(&mut map, &base)?;
+        present(&mut map, &self.media.named())?;
+        if !self.media.image_variants.is_empty() {
+            map.serialize_entry("image_variants", &self.media.image_variants)?;
+        }
         for tier in &self.context_tiers {
             let suffix = threshold_suffix(tier.threshold_tokens);
             for (name, value) in tier.rates.named() {
@@ -251,6 +352,21 @@ fn present<M: SerializeMap, T: Serialize>(
         }
     }
     Ok(())
+}
+
+impl MediaRates {
+    fn named(&self) -> [(&'static str, Option<f64>); 8] {
+        [
+            ("input_cost_per_image", self.input_cost_per_image),
+            ("output_cost_per_image", self.output_cost_per_image),
+            ("input_cost_per_pixel", self.input_cost_per_pixel),
+            ("output_cost_per_pixel", self.output_cost_per_pixel),
+            ("input_cost_per_second", self.input_cost_per_second),
+            ("output_cost_per_second", self.output_cost_per_second),
+            ("input_cost_per_character", self.input_cost_per_character),
+            ("output_cost_per_character", self.output_cost_per_character),
+        ]
+    }
 }
 
 impl TierRates {
@@ -307,6 +423,14 @@ fn slot<'a>(entry: &'a mut PriceEntry, name: &str) -> Option<Slot<'a>> {
         "cache_creation_input_token_cost_above_1hr" => {
             Rate(&mut e.cache_creation_input_token_cost_above_1hr)
         }
+        "input_cost_per_image" => Rate(&mut e.media.input_cost_per_image),
+        "output_cost_per_image" => Rate(&mut e.media.output_cost_per_image),
+        "input_cost_per_pixel" => Rate(&mut e.media.input_cost_per_pixel),
+        "output_cost_per_pixel" => Rate(&mut e.media.output_cost_per_pixel),
+        "input_cost_per_second" => Rate(&mut e.media.input_cost_per_second),
+        "output_cost_per_second" => Rate(&mut e.media.output_cost_per_second),
+        "input_cost_per_character" => Rate(&mut e.media.input_cost_per_character),
+        "output_cost_per_character" => Rate(&mut e.media.output_cost_per_character),
         "max_input_tokens" => Whole(&mut e.max_input_tokens),
         "max_output_tokens" => Whole(&mut e.max_output_tokens),
         "max_tokens" => Whole(&mut e.max_tokens),
@@ -330,6 +454,8 @@ fn parse_fields(fields: &Map<String, Value>, mode: Mode) -> Result<PriceEntry, E
     for (name, value) in fields {
         if name == "tiered_pricing" {
             entry.tiered_pricing = parse_range_tiers(value, mode)?;
+        } else if name == "image_variants" {
+            entry.media.image_variants = parse_image_variants(value)?;
         } else if let Some(slot) = slot(&mut entry, name) {
             match slot {
                 Slot::Rate(place) => *place = rate(name, value)?,
@@ -368,6 +494,27 @@ fn parse_fields(fields: &Map<String, Value>, mode: Mode) -> Result<PriceEntry, E
         })
         .collect();
     Ok(entry)
+}
+
+/// `image_variants`: an object of variant key → USD per image.
+fn parse_image_variants(value: &Value) -> Result<BTreeMap<String, f64>, EntryError> {
+    let fields = match value {
+        Value::Null => return Ok(BTreeMap::new()),
+        Value::Object(fields) => fields,
+        _ => {
+            return Err(EntryError::at(
+                "image_variants",
+                "`image_variants` must be an object of USD per image",
+            ));
+        }
+    };
+    let mut variants = BTreeMap::new();
+    for (key, value) in fields {
+        if let Some(price) = rate(&format!("image_variants.{key}"), value)? {
+            variants.insert(key.clone(), price);
+        }
+    }
+    Ok(variants)
 }
 
 fn parse_range_tiers(value: &Value, mode: Mode) -> Result<Vec<RangeTier>, EntryError> {
@@ -586,7 +733,7 @@ pub(crate) mod arb {
         let tiers = (context_tiers(), range_tiers());
         let limits = (n(), n(), n(), s(), s());
         let flags = proptest::collection::vec(proptest::option::of(any::<bool>()), 8);
-        (rates, tiers, limits, flags).prop_map(|(rates, tiers, limits, flags)| PriceEntry {
+        let base = (rates, tiers, limits, flags).prop_map(|(rates, tiers, limits, flags)| PriceEntry {
             input_cost_per_token: rates.0,
             output_cost_per_token: rates.1,
             cache_read_input_token_cost: rates.2,
@@ -607,6 +754,23 @@ pub(crate) mod arb {
             supports_reasoning: flags[5],
             supports_system_messages: flags[6],
             supports_parallel_function_calling: flags[7],
+            media: MediaRates::default(),
+        });
+        let per_unit = proptest::collection::vec(r(), 8);
+        let variants = proptest::collection::btree_map("[a-z0-9/-]{1,20}", rate(), 0..=3);
+        (base, per_unit, variants).prop_map(|(mut entry, r, image_variants)| {
+            entry.media = MediaRates {
+                input_cost_per_image: r[0],
+                output_cost_per_image: r[1],
+                input_cost_per_pixel: r[2],
+                output_cost_per_pixel: r[3],
+                input_cost_per_second: r[4],
+                output_cost_per_second: r[5],
+                input_cost_per_character: r[6],
+                output_cost_per_character: r[7],
+                image_variants,
+            };
+            entry
         })
     }
 }
@@ -809,6 +973,11 @@ mod tests {
                         ..TierRates::default()
                     },
                 }],
+                // Per-image prices are read (into `media`), not ignored.
+                media: MediaRates {
+                    input_cost_per_image: Some(0.01),
+                    ..MediaRates::default()
+                },
                 ..PriceEntry::default()
             }
         );

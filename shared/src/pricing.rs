@@ -37,8 +37,8 @@
 //! 5. The result is never negative and never NaN: it is clamped at 0, which only matters for
 //!    hand-built entries, since the parsers reject negative rates.
 
-use crate::price::{PriceEntry, RangeTier, TierRates};
-use crate::usage::Usage;
+use crate::price::{PriceEntry, RangeTier, TierRates, pixels};
+use crate::usage::{MediaUsage, Usage};
 
 /// Cost in USD of `usage` under `price` (see the module documentation for the rules).
 pub fn cost(usage: &Usage, price: &PriceEntry) -> f64 {
@@ -49,6 +49,63 @@ pub fn cost(usage: &Usage, price: &PriceEntry) -> f64 {
         + usage.completion_tokens as f64 * rates.output;
     // `max` also turns a NaN into 0.
     total.max(0.0)
+}
+
+/// Cost in USD of an image or audio request's `media` under `price`, as LiteLLM's cost
+/// calculator prices it from the same fields; `None` when the entry has no per-unit price for
+/// it (the request is then priced by its tokens alone).
+///
+/// - **Images**: `count` × one image's price: the entry's `image_variants` for
+///   `<quality>/<size>`, else `<size>`, else `medium/<size>` (LiteLLM's order and its default
+///   quality), where the size is written `1024-x-1024` (a client's `1024x1024` is converted;
+///   no size means `1024-x-1024`, OpenAI's default); else the entry's own
+///   `input_cost_per_image` / `output_cost_per_image`, or per-pixel price × the size's pixels.
+/// - **Seconds**: `output_cost_per_second`, else `input_cost_per_second`, × the seconds — one
+///   rate, not both (LiteLLM's `cost_per_second`; `whisper-1` states both at the same value).
+/// - **Characters**: `input_cost_per_character` × the characters (`output_cost_per_character`
+///   when only that is stated).
+pub fn media_cost(media: &MediaUsage, price: &PriceEntry) -> Option<f64> {
+    let rates = &price.media;
+    let total = match media {
+        MediaUsage::Images {
+            count,
+            size,
+            quality,
+        } => image_price(price, size.as_deref(), quality.as_deref())? * *count as f64,
+        MediaUsage::AudioSeconds { seconds } => {
+            rates
+                .output_cost_per_second
+                .or(rates.input_cost_per_second)?
+                * seconds
+        }
+        MediaUsage::Characters { count } => {
+            rates
+                .input_cost_per_character
+                .or(rates.output_cost_per_character)?
+                * *count as f64
+        }
+    };
+    Some(total.max(0.0))
+}
+
+/// One image's price at `size` and `quality` (see [`media_cost`]).
+fn image_price(price: &PriceEntry, size: Option<&str>, quality: Option<&str>) -> Option<f64> {
+    let size = match size {
+        Some(s) if s.contains("-x-") => s.to_owned(),
+        Some(s) if s.contains('x') && s != "auto" => s.replacen('x', "-x-", 1),
+        _ => "1024-x-1024".to_owned(),
+    };
+    let variants = &price.media.image_variants;
+    let quality = quality.filter(|q| *q != "auto");
+    let keys = [
+        quality.map(|q| format!("{q}/{size}")),
+        Some(size.clone()),
+        Some(format!("medium/{size}")),
+    ];
+    keys.iter()
+        .flatten()
+        .find_map(|key| variants.get(key).copied())
+        .or_else(|| price.media.per_image(pixels(&size)))
 }
 
 /// The per-token rates that apply to one request.

@@ -38,6 +38,25 @@ impl Usage {
     }
 }
 
+/// What an image or audio request is priced by, beside (or instead of) tokens: see
+/// [`crate::pricing::media_cost`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MediaUsage {
+    /// Images generated, at a size (`1024x1024`) and quality (`high`, `standard`) when known.
+    Images {
+        count: u64,
+        #[serde(default)]
+        size: Option<String>,
+        #[serde(default)]
+        quality: Option<String>,
+    },
+    /// Seconds of audio transcribed.
+    AudioSeconds { seconds: f64 },
+    /// Characters of text spoken.
+    Characters { count: u64 },
+}
+
 /// How a request ended, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use switchboard_shared::price::{PriceEntry, parse_price_file};
-use switchboard_shared::pricing::cost;
-use switchboard_shared::usage::Usage;
+use switchboard_shared::pricing::{cost, media_cost};
+use switchboard_shared::usage::{MediaUsage, Usage};
 
 const PRICE_FILE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -135,4 +135,92 @@ fn per_query_bands_are_not_token_prices() {
     let price = entry("exa_ai/search");
     assert!(price.tiered_pricing.is_empty());
     assert_eq!(cost(&usage(1_000, 0, 0, 1_000), price), 0.0);
+}
+
+/// `model`'s entry with its per-size-and-quality entries gathered, as the snapshot build does.
+fn with_variants(model: &str) -> PriceEntry {
+    let mut entry = entry(model).clone();
+    switchboard_shared::price::attach_image_variants(&mut entry, model, entries());
+    entry
+}
+
+fn images(count: u64, size: Option<&str>, quality: Option<&str>) -> MediaUsage {
+    MediaUsage::Images {
+        count,
+        size: size.map(str::to_owned),
+        quality: quality.map(str::to_owned),
+    }
+}
+
+#[test]
+fn gpt_image_1_is_priced_per_image_by_size_and_quality() {
+    // The file prices gpt-image-1 images in entries of their own:
+    // `high/1024-x-1024/gpt-image-1` has `input_cost_per_image: 0.167`, ...
+    let price = with_variants("gpt-image-1");
+    assert_eq!(price.media.image_variants.len(), 9);
+    assert_close(price.media.image_variants["high/1024-x-1024"], 0.167);
+    let at = |n, size, quality| media_cost(&images(n, size, quality), &price).unwrap();
+    assert_close(at(1, Some("1024x1024"), Some("high")), 0.167);
+    assert_close(at(3, Some("1536x1024"), Some("low")), 3.0 * 0.016);
+    assert_close(at(2, Some("1024x1536"), Some("medium")), 2.0 * 0.063);
+    // No quality (or `auto`): LiteLLM's order — `<size>/<model>` (none for gpt-image-1), then
+    // `medium/<size>/<model>`. No size: OpenAI's default, 1024x1024.
+    assert_close(at(1, None, None), 0.042);
+    assert_close(at(1, Some("auto"), Some("auto")), 0.042);
+}
+
+#[test]
+fn gpt_image_1_5_has_size_only_entries_too() {
+    let price = with_variants("gpt-image-1.5");
+    let at = |quality| media_cost(&images(1, Some("1024x1536"), quality), &price).unwrap();
+    assert_close(at(Some("high")), 0.2);
+    // `1024-x-1536/gpt-image-1.5` is stated at 0.013: a request without quality gets it.
+    assert_close(at(None), 0.013);
+}
+
+#[test]
+fn dall_e_3_is_priced_as_the_file_states_it() {
+    // This file has no `dall-e-3` entry of OpenAI's own any more; Azure's is per pixel
+    // (`azure/hd/1024-x-1792/dall-e-3`: `input_cost_per_pixel: 7.19343e-08`).
+    assert!(!entries().contains_key("dall-e-3"));
+    let azure = entry("azure/hd/1024-x-1792/dall-e-3");
+    let cost = media_cost(&images(2, Some("1024x1792"), None), azure).unwrap();
+    assert_close(cost, 2.0 * 7.19343e-08 * 1024.0 * 1792.0);
+    // AI/ML API's `aiml/dall-e-3` states a flat `output_cost_per_image: 0.052`.
+    let cost = media_cost(&images(2, None, None), entry("aiml/dall-e-3")).unwrap();
+    assert_close(cost, 0.104);
+}
+
+#[test]
+fn whisper_is_priced_per_second_and_tts_per_character() {
+    // whisper-1 states `input_cost_per_second` and `output_cost_per_second`, both 0.0001:
+    // one of them applies (LiteLLM's cost_per_second), not their sum.
+    let whisper = entry("whisper-1");
+    let cost = media_cost(&MediaUsage::AudioSeconds { seconds: 90.0 }, whisper).unwrap();
+    assert_close(cost, 0.009);
+    // gpt-4o-transcribe states `input_cost_per_second: 0.0001` beside its token prices.
+    let cost = media_cost(
+        &MediaUsage::AudioSeconds { seconds: 10.0 },
+        entry("gpt-4o-transcribe"),
+    )
+    .unwrap();
+    assert_close(cost, 0.001);
+    let tts = MediaUsage::Characters { count: 1000 };
+    assert_close(media_cost(&tts, entry("tts-1")).unwrap(), 0.015);
+    assert_close(media_cost(&tts, entry("tts-1-hd")).unwrap(), 0.03);
+    // gpt-4o-mini-tts has no per-character price: it is priced by tokens instead.
+    assert_eq!(media_cost(&tts, entry("gpt-4o-mini-tts")), None);
+}
+
+#[test]
+fn media_rates_survive_a_snapshot_round_trip() {
+    let price = with_variants("gpt-image-1");
+    let json = serde_json::to_value(&price).unwrap();
+    assert_eq!(json["image_variants"]["low/1024-x-1024"], 0.011);
+    let back: PriceEntry = serde_json::from_value(json).unwrap();
+    assert_eq!(back, price);
+    let whisper = entry("whisper-1");
+    let back: PriceEntry = serde_json::from_value(serde_json::to_value(whisper).unwrap()).unwrap();
+    assert_eq!(&back, whisper);
+    assert_eq!(back.media.input_cost_per_second, Some(0.0001));
 }

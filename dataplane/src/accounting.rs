@@ -35,8 +35,8 @@ use std::time::Duration;
 use http::StatusCode;
 use serde::Deserialize;
 use switchboard_shared::budget::{MAX_CHARGE_NANOS, charge_nanos};
-use switchboard_shared::pricing::cost;
-use switchboard_shared::usage::{AttemptRecord, Outcome, Usage, UsageRecord};
+use switchboard_shared::pricing::{cost, media_cost};
+use switchboard_shared::usage::{AttemptRecord, MediaUsage, Outcome, Usage, UsageRecord};
 
 use crate::catalog::DeploymentEntry;
 use crate::context::RequestFacts;
@@ -191,6 +191,9 @@ pub struct Ledger {
     relay_span: tracing::Span,
     ttft: Option<Duration>,
     closed: bool,
+    /// What an image or audio request is priced by: the request's statement, corrected by
+    /// the answer ([`Ledger::measured_media`]).
+    media: Option<MediaUsage>,
 }
 
 impl Ledger {
@@ -202,6 +205,7 @@ impl Ledger {
         ticket: Ticket,
     ) -> Self {
         Self {
+            media: request.media.clone(),
             books,
             request,
             request_id,
@@ -218,6 +222,12 @@ impl Ledger {
             ttft: None,
             closed: false,
         }
+    }
+
+    /// What the answer of an image or audio request says it used (images generated, seconds
+    /// transcribed), which prices it.
+    pub fn measured_media(&mut self, media: MediaUsage) {
+        self.media = Some(media);
     }
 
     /// Makes `trace` (the request's exported span) the parent of the attempt, relay and
@@ -341,6 +351,11 @@ impl Ledger {
         let measured = match (usage, outcome) {
             (Some(usage), _) => Measured::Reported(usage),
             (None, Outcome::UpstreamError) => Measured::Nothing,
+            // Images and audio are priced by their units, not by an allowance of tokens.
+            (None, _) if self.media.is_some() => Measured::Counted(Usage {
+                prompt_tokens: self.request.prompt_estimate,
+                ..Usage::default()
+            }),
             (None, _) => self.upper_bound(),
         };
         self.settle(outcome, status, measured);
@@ -419,9 +434,15 @@ impl Ledger {
             usage.total_tokens()
         };
         let deployment = self.deployment.as_deref();
-        let cost_usd = deployment
-            .and_then(|d| d.price.as_ref())
-            .map_or(0.0, |p| cost(&usage, p));
+        let media = self
+            .media
+            .as_ref()
+            .filter(|_| measured != Measured::Nothing);
+        let cost_usd = deployment.and_then(|d| d.price.as_ref()).map_or(0.0, |p| {
+            media
+                .and_then(|m| media_cost(m, p))
+                .unwrap_or_else(|| cost(&usage, p))
+        });
         self.ticket.settle(
             self.books.stores(),
             &self.request.key,

@@ -62,6 +62,9 @@ pub struct RequestFacts {
     /// The serving snapshot's revision and price-file version, which price the request.
     pub revision: u64,
     pub price_version: Option<u64>,
+    /// What an image or audio request is priced by, as the request states it (the answer
+    /// may correct it, see `crate::media`); `None` for every other request.
+    pub media: Option<switchboard_shared::usage::MediaUsage>,
 }
 
 impl RequestFacts {
@@ -78,6 +81,12 @@ impl RequestFacts {
             .into_iter()
             .filter_map(|d| d.price.as_ref())
             .map(|price| {
+                let media = self.media.as_ref();
+                if let Some(cost) =
+                    media.and_then(|m| switchboard_shared::pricing::media_cost(m, price))
+                {
+                    return cost;
+                }
                 let usage = Usage {
                     prompt_tokens: self.prompt_estimate,
                     completion_tokens: completion_allowance(

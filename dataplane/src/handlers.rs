@@ -16,6 +16,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
+use switchboard_shared::snapshot::ProviderKind;
+use switchboard_shared::usage::MediaUsage;
 use tracing::Instrument;
 
 use crate::accounting::Ledger;
@@ -57,6 +59,29 @@ pub async fn embeddings(state: State<Arc<AppState>>, headers: HeaderMap, body: B
 /// stored responses and `previous_response_id` through [`crate::responses`].
 pub async fn responses(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     proxy(state, Endpoint::Responses, headers, body).await
+}
+
+/// `POST /v1/images/generations`: OpenAI's image generation (see [`crate::media`]).
+pub async fn images_generations(
+    state: State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy(state, Endpoint::ImagesGenerations, headers, body).await
+}
+
+/// `POST /v1/audio/transcriptions`: a multipart audio upload (see [`crate::media`]).
+pub async fn audio_transcriptions(
+    state: State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy(state, Endpoint::AudioTranscriptions, headers, body).await
+}
+
+/// `POST /v1/audio/speech`: text to binary audio, relayed as it arrives (see [`crate::media`]).
+pub async fn audio_speech(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy(state, Endpoint::AudioSpeech, headers, body).await
 }
 
 /// `POST /v1/messages`: Anthropic's Messages API, with the same keys, limits and routing.
@@ -193,11 +218,8 @@ async fn serve_caller(
         }
         _ => (bytes, None),
     };
-    let mut view = parse(bytes, endpoint)?;
+    let (view, media, kind) = read_request(endpoint, bytes, headers, passthrough)?;
     model_asked.clone_from(&view.model);
-    view.anthropic_headers = anthropic_headers(headers);
-    let kind = passthrough.as_ref().map(|p| p.kind);
-    view.passthrough = passthrough;
     let client_request_id = ids.1.clone();
     let (model, mut selection) = crate::selectors::resolve(catalog, &key.key, &view, headers)?;
     selection.provider_kind = kind;
@@ -222,6 +244,7 @@ async fn serve_caller(
             .saturating_add(view.max_tokens.unwrap_or(0).saturating_mul(view.choices)),
         revision: catalog.revision,
         price_version: catalog.price_version,
+        media,
     };
     let (ticket, limits) = Ticket::admit(
         state.books.stores(),
@@ -265,6 +288,29 @@ async fn serve_caller(
         .headers_mut()
         .insert(REVISION, catalog.revision_header.clone());
     Ok(response)
+}
+
+/// The request's view, what an image or audio request is priced by, and the provider kind its
+/// deployments must have: a passthrough's, or `openai` for images and audio.
+fn read_request(
+    endpoint: Endpoint,
+    bytes: bytes::Bytes,
+    headers: &HeaderMap,
+    passthrough: Option<crate::request::Passthrough>,
+) -> Result<(RequestView, Option<MediaUsage>, Option<ProviderKind>), ApiError> {
+    let (mut view, media) = if endpoint.is_media() {
+        let (view, media) = crate::media::parse(endpoint, bytes, headers)?;
+        (view, Some(media))
+    } else {
+        (parse(bytes, endpoint)?, None)
+    };
+    view.anthropic_headers = anthropic_headers(headers);
+    let kind = match &passthrough {
+        Some(target) => Some(target.kind),
+        None => media.is_some().then_some(ProviderKind::Openai),
+    };
+    view.passthrough = passthrough;
+    Ok((view, media, kind))
 }
 
 /// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on

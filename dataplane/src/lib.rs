@@ -31,7 +31,7 @@
 //! table and layer stack, [`error`] the one error type (OpenAI's shape; Anthropic's on
 //! `/v1/messages`), [`responses`] the Responses API's stored responses and
 //! [`responses_http`] its `GET`/`DELETE` routes, [`count_tokens`] Anthropic's token
-//! counting, [`passthrough`] metered passthrough routes, [`metrics`] every metric name, [`config`] the two-stage config,
+//! counting, [`passthrough`] metered passthrough routes, [`media`] the image and audio endpoints (OpenAI-compatible deployments, priced per image, second and character), [`metrics`] every metric name, [`config`] the two-stage config,
 //! [`shared_redis`] the connection to the state that replicas share, [`webhooks`] signed
 //! budget alerts, [`clock`] the wall clock budgets read (movable in tests), and [`server`]
 //! start, reload and drain. In cluster mode, [`cluster`] receives
@@ -60,6 +60,7 @@ pub mod error;
 pub mod fleet;
 pub mod handlers;
 pub mod limits;
+pub mod media;
 pub mod metrics;
 pub mod passthrough;
 pub mod providers;

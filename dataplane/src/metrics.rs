@@ -236,7 +236,7 @@ impl<T, const N: usize> Table<T, N> {
 }
 
 /// Route templates: the closed set of the route table, plus `other` for unmatched paths.
-pub const ROUTES: [&str; 15] = [
+pub const ROUTES: [&str; 18] = [
     "/v1/chat/completions",
     "/v1/messages",
     "/v1/messages/count_tokens",
@@ -245,6 +245,9 @@ pub const ROUTES: [&str; 15] = [
     "/passthrough/{kind}/{*path}",
     "/v1/completions",
     "/v1/embeddings",
+    "/v1/images/generations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/speech",
     "/v1/models",
     "/v1/models/{model}",
     "/v1/key/info",
@@ -285,7 +288,7 @@ fn status_index(code: u16) -> usize {
 
 /// Counts an answer by route template (an index into [`ROUTES`]) and status.
 pub fn count_request(route: usize, status: u16) {
-    static TABLE: Table<Counter, { 9 * 19 }> = Table::new();
+    static TABLE: Table<Counter, { ROUTES.len() * STATUSES.len() }> = Table::new();
     let route = route.min(ROUTES.len() - 1);
     let status = status_index(status);
     if let Some(c) = TABLE.get(

@@ -42,7 +42,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use switchboard_shared::snapshot::ModelPolicy;
-use switchboard_shared::usage::{Outcome, Usage};
+use switchboard_shared::usage::{MediaUsage, Outcome, Usage};
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
@@ -88,6 +88,14 @@ enum Attempt {
         content_type: Option<HeaderValue>,
         body: Bytes,
         usage: Option<Usage>,
+        /// What an image or transcription answer says it produced.
+        media: Option<MediaUsage>,
+    },
+    /// A binary answer (speech audio) to relay as it arrives.
+    Audio {
+        body: UpstreamBody,
+        content_type: Option<HeaderValue>,
+        deadline: Instant,
     },
     /// A stream whose first bytes have arrived.
     Stream {
@@ -344,7 +352,7 @@ async fn try_model(
         let attempted = attempt(
             deployment,
             &model.policy,
-            &request.view,
+            (&request.view, request.facts.media.as_ref()),
             request.facts.endpoint,
             ledger.request_id(),
             ledger.webhooks(),
@@ -357,7 +365,11 @@ async fn try_model(
                 content_type,
                 body,
                 usage,
+                media,
             } => {
+                if let Some(media) = media {
+                    ledger.measured_media(media);
+                }
                 let outcome = if status.is_success() {
                     remember_choice(request, model, index, input);
                     Outcome::Success
@@ -366,6 +378,16 @@ async fn try_model(
                 };
                 ledger.answered(outcome, status, usage);
                 return ControlFlow::Break(complete_response(status, content_type, body));
+            }
+            Attempt::Audio {
+                body,
+                content_type,
+                deadline,
+            } => {
+                remember_choice(request, model, index, input);
+                ledger.first_byte();
+                let relay = crate::media::BinaryRelay::new(body, ledger, deadline);
+                return ControlFlow::Break(audio_response(relay, content_type));
             }
             Attempt::Stream {
                 body,
@@ -550,7 +572,7 @@ impl Try<'_> {
 async fn attempt(
     deployment: &DeploymentEntry,
     policy: &ModelPolicy,
-    view: &RequestView,
+    (view, media): (&RequestView, Option<&MediaUsage>),
     endpoint: Endpoint,
     request_id: &str,
     webhooks: &crate::webhooks::Webhooks,
@@ -593,7 +615,7 @@ async fn attempt(
         at.reading = deployment.adaptor.rate_limits(&response.headers);
     }
     match verdict {
-        Verdict::Success => read_answer(&at, response, view.stream).await,
+        Verdict::Success => read_answer(&at, response, view.stream, (endpoint, media)).await,
         Verdict::RateLimited { retry_after } => {
             let period = retry_after.unwrap_or(Duration::from_secs(policy.cooldown.seconds));
             let outcome = HealthOutcome::RateLimited { period };
@@ -670,13 +692,28 @@ async fn relay_refusal(response: UpstreamResponse, deadline: Instant) -> Attempt
         content_type,
         body,
         usage: None,
+        media: None,
     }
 }
 
 /// A 2xx: a stream once its first bytes arrive (when the client asked for one), else the whole
 /// answer, whose usage is read from it. A complete body for a streamed request, or a body past
 /// the size caps, fails the attempt (502 if no other deployment answers).
-async fn read_answer(at: &Try<'_>, response: UpstreamResponse, stream: bool) -> Attempt {
+async fn read_answer(
+    at: &Try<'_>,
+    response: UpstreamResponse,
+    stream: bool,
+    (endpoint, asked): (Endpoint, Option<&MediaUsage>),
+) -> Attempt {
+    if endpoint == Endpoint::AudioSpeech {
+        // Binary audio: relayed as it arrives, priced by the request's characters.
+        at.answered(false);
+        return Attempt::Audio {
+            content_type: response.headers.get(CONTENT_TYPE).cloned(),
+            body: response.body,
+            deadline: at.deadline,
+        };
+    }
     let is_event_stream = response
         .headers
         .get(CONTENT_TYPE)
@@ -717,14 +754,20 @@ async fn read_answer(at: &Try<'_>, response: UpstreamResponse, stream: bool) -> 
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    match usage_from_body(&bytes) {
-        Ok(usage) => {
+    let read = if endpoint.is_media() {
+        crate::media::read_answer(endpoint, asked, &bytes)
+    } else {
+        usage_from_body(&bytes).map(|usage| (usage, None))
+    };
+    match read {
+        Ok((usage, media)) => {
             at.answered(false);
             Attempt::Complete {
                 status: StatusCode::OK,
                 content_type,
                 body: bytes,
                 usage,
+                media,
             }
         }
         Err(_) => at.broke(AttemptResult::Malformed, "its answer was not valid JSON"),
@@ -771,6 +814,16 @@ fn complete_response(
         CONTENT_TYPE,
         content_type.unwrap_or(HeaderValue::from_static("application/json")),
     );
+    response
+}
+
+/// A binary answer relayed as it arrives, in the upstream's content type.
+fn audio_response(relay: crate::media::BinaryRelay, content_type: Option<HeaderValue>) -> Response {
+    let mut response = Response::new(Body::from_stream(relay));
+    let fallback = HeaderValue::from_static("application/octet-stream");
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, content_type.unwrap_or(fallback));
     response
 }
 

@@ -51,6 +51,9 @@ pub struct RequestView {
     /// A metered passthrough's target (set by its handler): the provider kind, and the path
     /// below the provider's base URL.
     pub passthrough: Option<Passthrough>,
+    /// The body's content type when it is not JSON (a multipart upload, with its boundary),
+    /// sent upstream as it came.
+    pub content_type: Option<http::HeaderValue>,
     model_span: Range<usize>,
     /// The raw `stream_options` value's span, when present.
     stream_options_span: Option<Range<usize>>,
@@ -172,6 +175,7 @@ impl RequestView {
         Ok(Self {
             anthropic_headers: Vec::new(),
             passthrough: None,
+            content_type: None,
             uses_tools,
             has_images,
             prompt_span,
@@ -187,6 +191,33 @@ impl RequestView {
         })
     }
 
+    /// A view of a body that is not JSON (a multipart upload of `content_type`) whose model
+    /// name sits at `model_span`: nothing streams, no prompt, one answer.
+    pub fn with_model_at(
+        body: Bytes,
+        model: String,
+        model_span: Range<usize>,
+        content_type: http::HeaderValue,
+    ) -> Self {
+        Self {
+            anthropic_headers: Vec::new(),
+            passthrough: None,
+            content_type: Some(content_type),
+            uses_tools: false,
+            has_images: false,
+            prompt_span: None,
+            model,
+            stream: false,
+            client_wants_usage: false,
+            max_tokens: None,
+            choices: 1,
+            model_span,
+            stream_options_span: None,
+            object_start: 0,
+            body,
+        }
+    }
+
     /// The prompt's bytes as sent (`messages` or `prompt`), if any.
     pub fn prompt_bytes(&self) -> &[u8] {
         self.prompt_span
@@ -197,6 +228,10 @@ impl RequestView {
 
     /// A rough prompt size for the token-limit estimate: about four bytes a token.
     pub fn estimated_prompt_tokens(&self) -> u64 {
+        if self.content_type.is_some() {
+            // An upload (audio), not prompt text.
+            return 0;
+        }
         (self.body.len() as u64).div_ceil(4)
     }
 

@@ -57,6 +57,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/images/generations", post(handlers::images_generations))
+        .route(
+            "/v1/audio/transcriptions",
+            post(handlers::audio_transcriptions),
+        )
+        .route("/v1/audio/speech", post(handlers::audio_speech))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{model}", get(handlers::retrieve_model))
         .route("/v1/key/info", get(handlers::key_info))

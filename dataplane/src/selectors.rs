@@ -87,7 +87,10 @@ impl Exclusion {
                 format!("the prompt is longer than any deployment of `{model}` accepts")
             }
             Exclusion::ProviderKind => {
-                format!("no deployment of `{model}` is on a provider of the passthrough's kind")
+                format!(
+                    "no deployment of `{model}` is on a provider of the kind this request needs \
+                     (the passthrough's kind; `openai` for images and audio)"
+                )
             }
         }
     }

@@ -7,6 +7,9 @@
 //! Provider credentials stay sealed: the snapshot carries `SecretRef::Sealed`.
 
 use sqlx::{PgConnection, PgPool};
+use std::collections::BTreeMap;
+
+use switchboard_shared::price::{PriceEntry, attach_image_variants, image_variant_names};
 use switchboard_shared::snapshot::{SCHEMA_VERSION, Snapshot};
 
 use super::price_book as prices;
@@ -38,8 +41,12 @@ pub async fn build_in(conn: &mut PgConnection) -> Result<Snapshot, sqlx::Error> 
         .collect();
     if !unpriced.is_empty() {
         let prices = prices::effective_prices_in(conn, &unpriced).await?;
+        let variants = image_variants_in(conn, &prices).await?;
         for d in deployments.iter_mut().filter(|d| d.price.is_none()) {
-            d.price = prices.get(&d.upstream_model).cloned();
+            d.price = prices.get(&d.upstream_model).cloned().map(|mut price| {
+                attach_image_variants(&mut price, &d.upstream_model, &variants);
+                price
+            });
         }
     }
     let price_version = repo::prices::current_version(&mut *conn).await?;
@@ -63,4 +70,22 @@ pub async fn build_in(conn: &mut PgConnection) -> Result<Snapshot, sqlx::Error> 
             })
             .collect(),
     })
+}
+
+/// The price file's per-size and per-quality entries (`high/1024-x-1024/gpt-image-1`) of the
+/// image-generation models among `prices`, which price their images by size and quality. One
+/// query, and none when no deployment serves an image model.
+async fn image_variants_in(
+    conn: &mut PgConnection,
+    prices: &BTreeMap<String, PriceEntry>,
+) -> Result<BTreeMap<String, PriceEntry>, sqlx::Error> {
+    let names: Vec<String> = prices
+        .iter()
+        .filter(|(_, p)| p.mode.as_deref() == Some("image_generation"))
+        .flat_map(|(model, _)| image_variant_names(model))
+        .collect();
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    prices::effective_prices_in(conn, &names).await
 }

@@ -137,9 +137,11 @@ impl ProviderAdaptor for AnthropicAdaptor {
                     );
                     Ok(translate::wrap_for_client(chat, request))
                 }
-                Endpoint::Completions | Endpoint::Embeddings => {
-                    Ok(not_served("Anthropic", request.endpoint))
-                }
+                Endpoint::Completions
+                | Endpoint::Embeddings
+                | Endpoint::ImagesGenerations
+                | Endpoint::AudioTranscriptions
+                | Endpoint::AudioSpeech => Ok(not_served("Anthropic", request.endpoint)),
             }
         }
         .boxed()

@@ -15,6 +15,8 @@ use super::{SendError, UpstreamResponse};
 
 pub static JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
+/// `accept` for answers of any type (speech is binary audio).
+pub static ANY: HeaderValue = HeaderValue::from_static("*/*");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// W3C trace context, sent when trace export is on (`crate::telemetry`).
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -68,9 +70,23 @@ impl Http {
         request_id: Option<&str>,
         body: &[u8],
     ) -> Result<UpstreamResponse, SendError> {
+        self.post_typed(path, &JSON, accept, extra, request_id, body)
+            .await
+    }
+
+    /// [`Http::post`] of a body of `content_type` (a multipart upload's, with its boundary).
+    pub async fn post_typed(
+        &self,
+        path: &str,
+        content_type: &HeaderValue,
+        accept: &HeaderValue,
+        extra: impl IntoIterator<Item = (HeaderName, &HeaderValue)>,
+        request_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<UpstreamResponse, SendError> {
         let request_id = request_id.and_then(|id| HeaderValue::from_str(id).ok());
         let mut headers: Vec<(HeaderName, &HeaderValue)> = Vec::with_capacity(6);
-        headers.push((CONTENT_TYPE, &JSON));
+        headers.push((CONTENT_TYPE, content_type));
         headers.push((ACCEPT, accept));
         // Pushed one by one (not `extend`), so that the list may also hold the shorter-lived
         // request id.

@@ -119,7 +119,10 @@ impl MockAdaptor {
                 "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
                 "usage": usage,
             }),
-            Endpoint::Embeddings => json!({
+            Endpoint::Embeddings
+            | Endpoint::ImagesGenerations
+            | Endpoint::AudioTranscriptions
+            | Endpoint::AudioSpeech => json!({
                 "object": "list",
                 "data": embeddings(&request.view.body),
                 "model": model,
@@ -194,6 +197,10 @@ impl ProviderAdaptor for MockAdaptor {
         &'a self,
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
+        if request.endpoint.is_media() {
+            let refusal = super::chat_only::not_served("Mock", request.endpoint);
+            return std::future::ready(Ok(refusal)).boxed();
+        }
         if !matches!(request.endpoint, Endpoint::Messages | Endpoint::Responses) {
             return std::future::ready(Ok(Self::answer(request))).boxed();
         }

@@ -66,6 +66,13 @@ pub enum Endpoint {
     /// A metered passthrough (`/passthrough/{kind}/{path}`): the body goes to the path the
     /// request names below the provider's base URL (see [`RequestView::passthrough`]).
     Passthrough,
+    /// OpenAI's `/v1/images/generations` (OpenAI-compatible deployments only, see
+    /// `crate::media`).
+    ImagesGenerations,
+    /// OpenAI's `/v1/audio/transcriptions`: a multipart upload (OpenAI-compatible only).
+    AudioTranscriptions,
+    /// OpenAI's `/v1/audio/speech`: a binary audio answer (OpenAI-compatible only).
+    AudioSpeech,
 }
 
 impl Endpoint {
@@ -78,6 +85,9 @@ impl Endpoint {
             Endpoint::Responses => "responses",
             Endpoint::CountTokens => "count_tokens",
             Endpoint::Passthrough => "passthrough",
+            Endpoint::ImagesGenerations => "images_generations",
+            Endpoint::AudioTranscriptions => "audio_transcriptions",
+            Endpoint::AudioSpeech => "audio_speech",
         }
     }
 
@@ -92,11 +102,22 @@ impl Endpoint {
             | Endpoint::Passthrough => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::ImagesGenerations => "/images/generations",
+            Endpoint::AudioTranscriptions => "/audio/transcriptions",
+            Endpoint::AudioSpeech => "/audio/speech",
         }
     }
 
     pub fn supports_streaming(self) -> bool {
-        !matches!(self, Endpoint::Embeddings | Endpoint::CountTokens)
+        !matches!(self, Endpoint::Embeddings | Endpoint::CountTokens) && !self.is_media()
+    }
+
+    /// An image or audio endpoint: OpenAI-compatible deployments only, priced per unit.
+    pub fn is_media(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ImagesGenerations | Endpoint::AudioTranscriptions | Endpoint::AudioSpeech
+        )
     }
 }
 

@@ -25,6 +25,9 @@ pub struct OpenAiAdaptor {
     embeddings_path: String,
     /// `/responses`, for deployments that serve the Responses API natively.
     responses_path: String,
+    images_path: String,
+    transcriptions_path: String,
+    speech_path: String,
 }
 
 impl OpenAiAdaptor {
@@ -37,6 +40,9 @@ impl OpenAiAdaptor {
             completions_path: path(Endpoint::Completions),
             embeddings_path: path(Endpoint::Embeddings),
             responses_path: format!("{}/responses", http.base_path),
+            images_path: path(Endpoint::ImagesGenerations),
+            transcriptions_path: path(Endpoint::AudioTranscriptions),
+            speech_path: path(Endpoint::AudioSpeech),
             http,
         })
     }
@@ -51,6 +57,9 @@ impl OpenAiAdaptor {
             | Endpoint::Passthrough => &self.chat_path,
             Endpoint::Completions => &self.completions_path,
             Endpoint::Embeddings => &self.embeddings_path,
+            Endpoint::ImagesGenerations => &self.images_path,
+            Endpoint::AudioTranscriptions => &self.transcriptions_path,
+            Endpoint::AudioSpeech => &self.speech_path,
         }
     }
 }
@@ -81,6 +90,28 @@ pub async fn send_openai_compatible(
         let no_extra = std::iter::empty();
         return http
             .post(&path, accept, no_extra, Some(request.request_id), &body)
+            .await;
+    }
+    if request.endpoint.is_media() {
+        // Images and audio: the body as sent (JSON, or a multipart upload in its own content
+        // type), only the model swapped; any answer type accepted (speech is binary audio).
+        let view = request.view;
+        // In a multipart form the model is a bare value, not a JSON string.
+        let body = match &view.content_type {
+            Some(_) => view.upstream_body(request.upstream_model.as_bytes()),
+            None => view.upstream_body(request.upstream_model_json),
+        };
+        let content_type = view.content_type.as_ref().unwrap_or(&common::JSON);
+        let no_extra = std::iter::empty();
+        return http
+            .post_typed(
+                path,
+                content_type,
+                &common::ANY,
+                no_extra,
+                Some(request.request_id),
+                &body,
+            )
             .await;
     }
     if request.native_responses {

@@ -8,7 +8,9 @@
 //! `base_url` at [`MockUpstream::base_url`] or [`MockUpstream::scenario_url`]; the
 //! `mock-upstream` binary runs the same server for the benchmark and for other processes
 //! (`GET /mock/stats` reports its counts). Scenario knobs are described in [`scenario`].
-//! `POST /v1/responses` speaks OpenAI's Responses API (see [`responses`]).
+//! `POST /v1/responses` speaks OpenAI's Responses API (see [`responses`]); the image and audio
+//! endpoints (`/v1/images/generations`, `/v1/audio/transcriptions`, `/v1/audio/speech`) their
+//! own shapes (see [`media`]).
 //! A chat request with `tools` is answered with the tool-call fixture
 //! (`tests/fixtures/openai/chat_completion_tool_calls{.json,_stream.sse}`).
 
@@ -16,6 +18,7 @@ pub mod anthropic;
 pub mod bedrock;
 mod body;
 pub mod gemini;
+pub mod media;
 mod render;
 pub mod responses;
 pub mod scenario;

@@ -28,7 +28,7 @@ use super::render::{
 };
 use super::scenario::{Fault, Scenario, split_scenario};
 use super::state::{RecordedRequest, State};
-use super::{anthropic, bedrock, gemini};
+use super::{anthropic, bedrock, gemini, media};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
@@ -237,6 +237,18 @@ async fn answer(
                 &state,
             ),
         });
+    }
+    if let Some(route) = media::MediaRoute::of(path).filter(|_| parts.method == Method::POST) {
+        if scenario.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(scenario.latency_ms)).await;
+        }
+        if let Some(response) = fault_response(scenario.fault_for(index), &scenario).await? {
+            return Ok(response);
+        }
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        return Ok(media::respond(route, &parts.headers, &body, created));
     }
     if path.starts_with("/openai/deployments/")
         && !parts

@@ -733,29 +733,30 @@ pub(crate) mod arb {
         let tiers = (context_tiers(), range_tiers());
         let limits = (n(), n(), n(), s(), s());
         let flags = proptest::collection::vec(proptest::option::of(any::<bool>()), 8);
-        let base = (rates, tiers, limits, flags).prop_map(|(rates, tiers, limits, flags)| PriceEntry {
-            input_cost_per_token: rates.0,
-            output_cost_per_token: rates.1,
-            cache_read_input_token_cost: rates.2,
-            cache_creation_input_token_cost: rates.3,
-            cache_creation_input_token_cost_above_1hr: rates.4,
-            context_tiers: tiers.0,
-            tiered_pricing: tiers.1,
-            max_input_tokens: limits.0,
-            max_output_tokens: limits.1,
-            max_tokens: limits.2,
-            litellm_provider: limits.3,
-            mode: limits.4,
-            supports_vision: flags[0],
-            supports_function_calling: flags[1],
-            supports_tool_choice: flags[2],
-            supports_prompt_caching: flags[3],
-            supports_response_schema: flags[4],
-            supports_reasoning: flags[5],
-            supports_system_messages: flags[6],
-            supports_parallel_function_calling: flags[7],
-            media: MediaRates::default(),
-        });
+        let base =
+            (rates, tiers, limits, flags).prop_map(|(rates, tiers, limits, flags)| PriceEntry {
+                input_cost_per_token: rates.0,
+                output_cost_per_token: rates.1,
+                cache_read_input_token_cost: rates.2,
+                cache_creation_input_token_cost: rates.3,
+                cache_creation_input_token_cost_above_1hr: rates.4,
+                context_tiers: tiers.0,
+                tiered_pricing: tiers.1,
+                max_input_tokens: limits.0,
+                max_output_tokens: limits.1,
+                max_tokens: limits.2,
+                litellm_provider: limits.3,
+                mode: limits.4,
+                supports_vision: flags[0],
+                supports_function_calling: flags[1],
+                supports_tool_choice: flags[2],
+                supports_prompt_caching: flags[3],
+                supports_response_schema: flags[4],
+                supports_reasoning: flags[5],
+                supports_system_messages: flags[6],
+                supports_parallel_function_calling: flags[7],
+                media: MediaRates::default(),
+            });
         let per_unit = proptest::collection::vec(r(), 8);
         let variants = proptest::collection::btree_map("[a-z0-9/-]{1,20}", rate(), 0..=3);
         (base, per_unit, variants).prop_map(|(mut entry, r, image_variants)| {

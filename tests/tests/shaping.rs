@@ -169,6 +169,14 @@ fn user(content: Value) -> Value {
         {"role": "user", "content": content}]})
 }
 
+/// A request body, its extra headers, the upstream that must serve it, the rule shown.
+type Case = (
+    Value,
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+    &'static str,
+);
+
 #[tokio::test]
 async fn content_rules_pick_the_model_by_what_the_request_holds() {
     let mock = MockUpstream::start().await.unwrap();
@@ -178,7 +186,7 @@ async fn content_rules_pick_the_model_by_what_the_request_holds() {
     let mut tools = user(json!("weather?"));
     tools["tools"] =
         json!([{"type": "function", "function": {"name": "weather", "parameters": {}}}]);
-    let cases: Vec<(Value, Vec<(&str, &str)>, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (user(image), vec![], "vision", "rules[0](images) -> vision"),
         (tools, vec![], "tooling", "rules[1](tools) -> tooling"),
         (

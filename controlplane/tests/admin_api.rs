@@ -323,18 +323,18 @@ async fn bad_input_gets_the_right_4xx_and_changes_nothing(pool: PgPool) {
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("limits.rpm"),
         ),
-        // Not stored by the control plane yet: refused, never taken and dropped.
+        // Stored since 0270; 0 would refuse every request.
         (
             Method::POST,
             "/admin/v1/tenants".into(),
-            raw(r#"{"id": "x", "limits": {"concurrency": 4}}"#),
+            raw(r#"{"id": "x", "limits": {"concurrency": 0}}"#),
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("limits.concurrency"),
         ),
         (
             Method::POST,
             "/admin/v1/keys".into(),
-            raw(r#"{"tenant_id": "acme", "name": "k", "limits": {"concurrency": 4}}"#),
+            raw(r#"{"tenant_id": "acme", "name": "k", "limits": {"concurrency": 0}}"#),
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("limits.concurrency"),
         ),

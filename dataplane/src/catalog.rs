@@ -15,9 +15,9 @@
 //! [`Catalog::build`] validates, then compiles one snapshot section at a time, each in its own
 //! function: tenants, keys (which point at their tenant), providers (credentials resolved,
 //! one adaptor per credential), deployments (which take their provider's adaptor), and the
-//! public names (models, groups, `tag:` selectors). Per-model runtime state starts fresh with
-//! each catalog: the round-robin position, the metrics handles, the prefix index and session
-//! affinity's table ([`affinity`]). The catalog reads no request-side module: the selectors
+//! public names (models, groups, content-rule aliases, `tag:` selectors). Per-model runtime
+//! state starts fresh with each catalog: the round-robin position, the metrics handles, the
+//! prefix index, session affinity's table ([`affinity`]) and the compiled content rules. The catalog reads no request-side module: the selectors
 //! and the router read it.
 
 use std::collections::HashMap;
@@ -30,8 +30,8 @@ use switchboard_shared::keys::{KEY_HASH_LEN, parse_key_hash};
 use switchboard_shared::price::PriceEntry;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::{
-    Deployment, ModelPolicy, Provider, ProviderKind, RateLimits, Snapshot, Strategy, Tenant,
-    TenantStatus, VirtualKey,
+    ModelPolicy, Provider, ProviderKind, RateLimits, Snapshot, Strategy, Tenant, TenantStatus,
+    Transforms, VirtualKey,
 };
 use switchboard_shared::validate::{Problem, Problems};
 
@@ -46,6 +46,7 @@ use crate::providers::client::HttpClient;
 use crate::providers::keyring::KeyRing;
 use crate::providers::registry;
 use crate::request::json_string_literal;
+use crate::rules::ContentRules;
 
 mod affinity;
 
@@ -153,6 +154,24 @@ pub struct ModelEntry {
     pub affinity: SessionAffinity,
     /// Which deployment served which prompt prefix (`prefix_affinity` models only).
     pub prefix: Option<PrefixIndex>,
+    /// The policy's content rules, compiled (`None` without rules).
+    pub rules: Option<ContentRules>,
+}
+
+impl ModelEntry {
+    /// Every tag its deployments carry, declared or derived, lower-cased and sorted (for
+    /// `GET /v1/models`).
+    pub fn tags(&self) -> Vec<String> {
+        let mut tags: Vec<String> = self
+            .deployments
+            .iter()
+            .flat_map(|d| d.all_tags())
+            .map(|t| t.to_ascii_lowercase())
+            .collect();
+        tags.sort();
+        tags.dedup();
+        tags
+    }
 }
 
 /// A deployment ready to be called.
@@ -168,10 +187,14 @@ pub struct DeploymentEntry {
     pub weight: u32,
     pub priority: u32,
     pub tags: Vec<String>,
+    /// Tags from the words of the model names, when the model's policy says `derive_tags`.
+    pub derived_tags: Vec<String>,
     pub limits: RateLimits,
     pub price: Option<PriceEntry>,
     /// Spend caps and request quotas; counted in `state.caps`.
     pub caps: Option<switchboard_shared::snapshot::DeploymentCaps>,
+    /// Edits to the body this deployment receives, after its model policy's.
+    pub transforms: Transforms,
     pub adaptor: Arc<dyn ProviderAdaptor>,
     /// Load, latency, breaker and quota: carried over by id, shared through Redis.
     pub state: Arc<DeploymentState>,
@@ -179,6 +202,11 @@ pub struct DeploymentEntry {
 }
 
 impl DeploymentEntry {
+    /// The declared tags, then the derived ones.
+    pub fn all_tags(&self) -> impl Iterator<Item = &String> {
+        self.tags.iter().chain(&self.derived_tags)
+    }
+
     pub fn subject(&self) -> Subject<'_> {
         Subject {
             scope: Scope::Deployment,
@@ -212,7 +240,7 @@ impl Catalog {
         let keys = build_keys(&snapshot.virtual_keys, &tenants, &carry);
         let mut problems = Vec::new();
         let adaptors = build_providers(&snapshot.providers, ctx, &mut problems);
-        let by_model = build_deployments(&snapshot.deployments, &adaptors, &carry);
+        let by_model = build_deployments(snapshot, &adaptors, &carry);
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
@@ -473,12 +501,18 @@ fn resolve_secret(
 
 /// Deployments by model name, each with its provider's adaptor and its state carried over.
 fn build_deployments(
-    deployments: &[Deployment],
+    snapshot: &Snapshot,
     adaptors: &HashMap<&str, (ProviderKind, Arc<dyn ProviderAdaptor>)>,
     carry: &Carryover<'_>,
 ) -> HashMap<String, Vec<Arc<DeploymentEntry>>> {
+    let derive = |model: &str| {
+        snapshot
+            .models
+            .iter()
+            .any(|m| m.model == model && m.derive_tags)
+    };
     let mut by_model: HashMap<String, Vec<Arc<DeploymentEntry>>> = HashMap::new();
-    for d in deployments {
+    for d in &snapshot.deployments {
         let Some((kind, adaptor)) = adaptors.get(d.provider.as_str()) else {
             continue; // its provider failed and is already reported
         };
@@ -492,9 +526,15 @@ fn build_deployments(
             weight: d.weight,
             priority: d.priority,
             tags: d.tags.clone(),
+            derived_tags: if derive(&d.model) {
+                derived_tags(&[&d.model, &d.upstream_model], &d.tags)
+            } else {
+                Vec::new()
+            },
             limits: d.limits,
             price: d.price.clone(),
             caps: d.caps,
+            transforms: d.transforms.clone(),
             adaptor: Arc::clone(adaptor),
             state: carry.state(&d.id).unwrap_or_default(),
             limit_state: carry.limit_state_or_new(Scope::Deployment, &d.id, d.limits),
@@ -515,7 +555,8 @@ struct Models {
 }
 
 /// Every public name: each deployed model with its policy, each model group over its
-/// members' deployments, and `tag:<t>` over every deployment carrying tag `t`.
+/// members' deployments, each content-rule alias (no deployments of its own), and `tag:<t>`
+/// over every deployment carrying tag `t`.
 fn build_models(
     snapshot: &Snapshot,
     by_model: &HashMap<String, Vec<Arc<DeploymentEntry>>>,
@@ -539,11 +580,24 @@ fn build_models(
         models.insert(policy.model.clone(), entry);
         model_names.push(policy.model.clone());
     }
-    // `tag:<t>`: every deployment carrying tag `t`, whatever its model (not listed).
-    let mut by_tag: HashMap<&str, Vec<Arc<DeploymentEntry>>> = HashMap::new();
+    // Content-rule aliases: a public name whose rules pick the model that serves.
+    let aliases = snapshot.models.iter().filter(|m| {
+        m.members.is_empty() && !m.rules.is_empty() && !by_model.contains_key(&m.model)
+    });
+    for policy in aliases {
+        let entry = model_entry(&policy.model, policy.clone(), Vec::new());
+        models.insert(policy.model.clone(), entry);
+        model_names.push(policy.model.clone());
+    }
+    // `tag:<t>`: every deployment carrying tag `t` (any case), whatever its model (not
+    // listed).
+    let mut by_tag: HashMap<String, Vec<Arc<DeploymentEntry>>> = HashMap::new();
     for d in by_model.values().flatten() {
-        for tag in &d.tags {
-            by_tag.entry(tag.as_str()).or_default().push(Arc::clone(d));
+        let mut tags: Vec<String> = d.all_tags().map(|t| t.to_ascii_lowercase()).collect();
+        tags.sort();
+        tags.dedup();
+        for tag in tags {
+            by_tag.entry(tag).or_default().push(Arc::clone(d));
         }
     }
     for (tag, deployments) in by_tag {
@@ -558,6 +612,25 @@ fn build_models(
     }
 }
 
+/// The lower-cased words of `names` (split at anything not a letter or digit), without pure
+/// numbers, the tags in `declared` (any case) and repeats: the tags a deployment gets from its
+/// model names when its policy says `derive_tags`.
+pub fn derived_tags(names: &[&str], declared: &[String]) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    let words = names
+        .iter()
+        .flat_map(|n| n.split(|c: char| !c.is_alphanumeric()));
+    for word in words {
+        let word = word.to_lowercase();
+        let numeric = word.chars().all(|c| c.is_ascii_digit());
+        let known = declared.iter().any(|t| t.eq_ignore_ascii_case(&word)) || tags.contains(&word);
+        if !word.is_empty() && !numeric && !known {
+            tags.push(word);
+        }
+    }
+    tags
+}
+
 /// One public name over `deployments`, with fresh runtime state.
 fn model_entry(
     name: &str,
@@ -566,6 +639,7 @@ fn model_entry(
 ) -> Arc<ModelEntry> {
     let prefix = (policy.strategy == Strategy::PrefixAffinity).then(PrefixIndex::new);
     Arc::new(ModelEntry {
+        rules: ContentRules::compile(&policy.rules),
         prefix,
         policy,
         total_weight: deployments.iter().map(|d| u64::from(d.weight)).sum(),

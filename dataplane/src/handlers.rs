@@ -401,7 +401,8 @@ pub async fn list_models(
         .model_names()
         .iter()
         .filter(|name| key.key.allows_model(name))
-        .map(|name| model_object(name))
+        .filter_map(|name| catalog.model(name))
+        .map(|entry| model_object(entry))
         .collect();
     Ok(Json(json!({ "object": "list", "data": data })).into_response())
 }
@@ -478,14 +479,22 @@ pub async fn retrieve_model(
     let (catalog, key) = caller(&state, &headers)?;
     match catalog.model(&model) {
         Some(entry) if key.key.allows_model(&entry.name) => {
-            Ok(Json(model_object(&entry.name)).into_response())
+            Ok(Json(model_object(entry)).into_response())
         }
         _ => Err(ApiError::ModelNotFound { model }),
     }
 }
 
-fn model_object(name: &str) -> serde_json::Value {
-    json!({ "id": name, "object": "model", "created": 0, "owned_by": "switchboard" })
+/// One model in OpenAI's shape, with the tags its deployments carry (declared or derived)
+/// for `tag:` names and the tags header.
+fn model_object(entry: &crate::catalog::ModelEntry) -> serde_json::Value {
+    json!({
+        "id": entry.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "switchboard",
+        "tags": entry.tags(),
+    })
 }
 
 /// `GET /healthz`: the process is alive.

@@ -15,12 +15,15 @@
 //!    all replicas through Redis (with a degraded mode while Redis is down); [`budget`] spend
 //!    per key and tenant per period, in Redis or (without it) per replica in process.
 //! 4. [`routing`] — the order in which the model's deployments are tried, after [`selectors`]
-//!    (tags, model groups, capabilities, session affinity) narrow them.
-//! 5. [`proxy`] — attempts, retries, fallbacks, timeouts and circuit breakers, through a
-//!    provider adaptor ([`providers`]), which answers in the client's protocol (translating
-//!    where the deployment speaks another); each deployment's load, latency, breaker and quota
-//!    live in [`fleet`], which owns them: the loop reports each attempt's outcome there
-//!    (`record`), and a background task shares them across replicas through Redis.
+//!    (content rules from [`rules`], tags, model groups, capabilities, session affinity)
+//!    narrow them.
+//! 5. [`proxy`] — attempts (each body shaped by the model's and deployment's transforms,
+//!    [`request::RequestView::transformed`]), retries, fallbacks, timeouts and circuit
+//!    breakers, through a provider adaptor ([`providers`]), which answers in the client's
+//!    protocol (translating where the deployment speaks another); each deployment's load,
+//!    latency, breaker and quota live in [`fleet`], which owns them: the loop reports each
+//!    attempt's outcome there (`record`), and a background task shares them across replicas
+//!    through Redis.
 //! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream;
 //!    [`sse`] cuts every upstream event stream into events (CRLF, LF and CR, linear time).
 //! 7. [`accounting`] — the request's `Ledger`: usage, cost, the ticket's settlement and the
@@ -72,6 +75,7 @@ pub mod responses;
 pub mod responses_http;
 pub mod routes;
 pub mod routing;
+pub mod rules;
 pub mod selectors;
 pub mod server;
 pub mod shared_redis;

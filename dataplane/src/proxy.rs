@@ -75,9 +75,10 @@ pub const CREDENTIAL_REJECTED_OUT: Duration = Duration::from_secs(300);
 
 /// Request header asking for the routing decision in the answer.
 pub const EXPLAIN_REQUEST_HEADER: &str = "x-switchboard-explain";
-/// Response header with the routing decision: per model tried, the strategy, the order with
-/// each candidate's signals (see [`crate::routing::describe`]), the deployments left out and
-/// why, and whether a session's deployment was kept.
+/// Response header with the routing decision: the content rule that chose the model, if one
+/// did; per model tried, the strategy, the order with each candidate's signals (see
+/// [`crate::routing::describe`]), the deployments left out and why, whether a session's
+/// deployment was kept, and the transforms each candidate's body gets.
 pub const EXPLAIN_RESPONSE_HEADER: &str = "x-switchboard-route";
 
 /// What one attempt produced.
@@ -110,8 +111,8 @@ enum Attempt {
 /// Forwards the request, trying deployments and fallbacks (found in `catalog`) in turn, and
 /// closes the ledger (or hands it to the streaming body).
 pub async fn forward(catalog: &Catalog, request: &RequestContext, ledger: Ledger) -> Response {
-    let mut explain =
-        (request.explain || tracing::enabled!(tracing::Level::DEBUG)).then(String::new);
+    let mut explain = (request.explain || tracing::enabled!(tracing::Level::DEBUG))
+        .then(|| request.selection.rule.clone().unwrap_or_default());
     let mut response = forward_inner(catalog, request, ledger, &mut explain).await;
     if let Some(text) = explain {
         tracing::debug!(route = %text, "routing decision");
@@ -237,6 +238,14 @@ fn explain_order(
         ids.join(","),
         if kept { " session" } else { "" }
     ));
+    for &i in order {
+        let d = &model.deployments[i];
+        let mut names = model.policy.transforms.names();
+        names.extend(d.transforms.names());
+        if !names.is_empty() {
+            text.push_str(&format!(" transform:{}={}", d.id, names.join("+")));
+        }
+    }
 }
 
 /// What the attempts on all models so far have left, for the error when none answers.
@@ -586,6 +595,11 @@ async fn attempt(
         deadline: started + Duration::from_millis(policy.timeouts.total_ms),
         reading: None,
     };
+    let shaped = match view.transformed(&[&policy.transforms, &deployment.transforms]) {
+        Ok(shaped) => shaped,
+        Err(error) => return Attempt::Failed(error),
+    };
+    let view = shaped.as_ref().unwrap_or(view);
     let request = UpstreamRequest {
         endpoint,
         view,

@@ -5,6 +5,11 @@
 //! forwards every other byte as the client sent it. The edits are splices at byte offsets that
 //! the parser reports: the public model name becomes the upstream one, and a stream gets
 //! `"stream_options":{"include_usage":true}` so that the upstream reports usage.
+//!
+//! Two readings go further, each only when the snapshot asks for it: a model's content rules
+//! may read the last user message's text ([`RequestView::last_user_text`], from the `messages`
+//! span the one parse found), and a model's or deployment's transforms rebuild the body an
+//! attempt sends ([`RequestView::transformed`]).
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -12,6 +17,7 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use switchboard_shared::snapshot::Transforms;
 
 use crate::error::ApiError;
 
@@ -95,6 +101,32 @@ fn raw_even_if_null<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
+}
+
+/// One chat message, for [`RequestView::last_user_text`]: its role and raw content.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+/// One content part; only its `text` is read.
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// A message content's text: the string itself, or its parts' texts joined by newlines.
+fn text_of(content: &RawValue) -> Option<String> {
+    if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(content.get()) {
+        return Some(text.into_owned());
+    }
+    let parts = serde_json::from_str::<Vec<Part<'_>>>(content.get()).ok()?;
+    let texts: Vec<&str> = parts.iter().filter_map(|p| p.text.as_deref()).collect();
+    Some(texts.join("\n"))
 }
 
 #[derive(Deserialize)]
@@ -224,6 +256,44 @@ impl RequestView {
             .as_ref()
             .and_then(|span| self.body.get(span.clone()))
             .unwrap_or_default()
+    }
+
+    /// The text of the last `user` message (its string content, or its parts' `text`s joined
+    /// by newlines), or the legacy `prompt` string; `None` when there is none. Reads only the
+    /// prompt's span, and is called only by content rules that match on text.
+    pub fn last_user_text(&self) -> Option<String> {
+        let raw = self.prompt_bytes();
+        if let Ok(messages) = serde_json::from_slice::<Vec<Message<'_>>>(raw) {
+            let last = messages
+                .iter()
+                .rev()
+                .find(|m| m.role.as_deref() == Some("user"))?;
+            return last.content.and_then(text_of);
+        }
+        serde_json::from_slice::<Cow<'_, str>>(raw)
+            .ok()
+            .map(Cow::into_owned)
+    }
+
+    /// The view an attempt sends after `transforms` (a model policy's, then a deployment's),
+    /// or `None` when they change nothing. The body is rebuilt and parsed again; the
+    /// endpoint's adjustments (`stream`, usage reporting) and the handler's fields are kept.
+    /// A passthrough's body is never changed.
+    pub fn transformed(&self, transforms: &[&Transforms]) -> Result<Option<Self>, ApiError> {
+        if self.passthrough.is_some() || transforms.iter().all(|t| t.is_empty()) {
+            return Ok(None);
+        }
+        let mut body: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&self.body).map_err(|e| body_error(&self.body, &e))?;
+        for t in transforms {
+            t.apply(&mut body);
+        }
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut view = Self::parse(Bytes::from(bytes))?;
+        view.stream = self.stream;
+        view.client_wants_usage = self.client_wants_usage;
+        view.anthropic_headers.clone_from(&self.anthropic_headers);
+        Ok(Some(view))
     }
 
     /// A rough prompt size for the token-limit estimate: about four bytes a token.
@@ -480,5 +550,35 @@ mod tests {
             assert_eq!(err.status(), http::StatusCode::BAD_REQUEST, "{body}");
             assert_eq!(v["error"]["param"].as_str(), param, "{body}: {v}");
         }
+    }
+
+    #[test]
+    fn transforms_rebuild_the_body_and_keep_the_endpoints_choices() {
+        let mut v = view(r#"{"model":"m","stream":true,"max_tokens":900,"seed":3}"#);
+        v.client_wants_usage = true;
+        let none = Transforms::default();
+        assert!(v.transformed(&[&none]).unwrap().is_none());
+        let policy: Transforms = serde_yaml_ng::from_str("max_tokens: 100").unwrap();
+        let deployment: Transforms = serde_yaml_ng::from_str("drop: [seed]").unwrap();
+        let t = v.transformed(&[&policy, &deployment]).unwrap().unwrap();
+        assert_eq!(t.max_tokens, Some(100));
+        assert!(t.stream && t.client_wants_usage);
+        let sent: Value = serde_json::from_slice(&t.upstream_body(b"\"u\"")).unwrap();
+        assert_eq!(
+            sent,
+            json!({"model": "u", "stream": true, "max_tokens": 100})
+        );
+    }
+
+    #[test]
+    fn last_user_text_reads_strings_parts_and_prompts() {
+        let chat = view(
+            r#"{"model":"m","messages":[{"role":"user","content":"one"},{"role":"assistant","content":"x"},{"role":"user","content":[{"type":"text","text":"two"},{"type":"image_url","image_url":{"url":"u"}},{"type":"text","text":"three"}]}]}"#,
+        );
+        assert_eq!(chat.last_user_text().as_deref(), Some("two\nthree"));
+        let legacy = view(r#"{"model":"m","prompt":"say \"hi\""}"#);
+        assert_eq!(legacy.last_user_text().as_deref(), Some("say \"hi\""));
+        let no_user = view(r#"{"model":"m","messages":[{"role":"system","content":"s"}]}"#);
+        assert_eq!(no_user.last_user_text(), None);
     }
 }

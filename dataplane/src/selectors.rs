@@ -2,8 +2,10 @@
 //!
 //! - **Tags.** A model name `tag:a,b` means every deployment, of any model the key may use,
 //!   that carries all of the tags; the `x-switchboard-tags: a,b` header narrows an ordinary
-//!   model's deployments the same way. Tags compare without regard to ASCII case. When no
-//!   deployment of the model carries the tags asked for, those tagged `default` serve
+//!   model's deployments the same way. Tags compare without regard to ASCII case, and a
+//!   model whose policy says `derive_tags` gives its deployments the words of their model
+//!   names as tags too ([`crate::catalog::derived_tags`]). When no deployment of the model
+//!   carries the tags asked for, those tagged `default` serve
 //!   ([`Selection::default_tag_fallback`]).
 //! - **Capabilities.** A request with images needs a deployment whose price entry does not say
 //!   `supports_vision: false`; one with `tools`/`functions` needs `supports_function_calling`
@@ -14,6 +16,9 @@
 //!   Here the header becomes a session hash; the memory itself is runtime state of each
 //!   model, kept in the catalog ([`crate::catalog::SessionAffinity`]).
 //!
+//! - **Content rules.** A model whose policy has `rules` hands a request to the model of the
+//!   first rule it meets (images, tools, prompt size, text of the last user message, headers;
+//!   [`crate::rules`]) before anything else narrows.
 //! - **Fallbacks.** A model's fallbacks pass the same checks as the model asked for: the key's
 //!   `allowed_models` ([`fallbacks`]), then the capabilities and tags per deployment.
 //!
@@ -108,6 +113,9 @@ pub struct Selection {
     pub session: Option<u64>,
     /// Only deployments on a provider of this kind (a metered passthrough).
     pub provider_kind: Option<switchboard_shared::snapshot::ProviderKind>,
+    /// The content rule that chose the model, as the explain header shows it:
+    /// `auto: rules[0](images) -> vision`.
+    pub rule: Option<String>,
 }
 
 impl Selection {
@@ -125,7 +133,7 @@ impl Selection {
         if !self
             .tags
             .iter()
-            .all(|t| d.tags.iter().any(|have| have.eq_ignore_ascii_case(t)))
+            .all(|t| d.all_tags().any(|have| have.eq_ignore_ascii_case(t)))
         {
             return Err(Exclusion::Tags);
         }
@@ -201,7 +209,7 @@ pub fn resolve<'c>(
             ));
         };
         let model = catalog
-            .model(&format!("{TAG_PREFIX}{first}"))
+            .model(&format!("{TAG_PREFIX}{}", first.to_ascii_lowercase()))
             .ok_or_else(|| ApiError::ModelNotFound {
                 model: view.model.clone(),
             })?;
@@ -218,10 +226,41 @@ pub fn resolve<'c>(
                 model: model.name.clone(),
             });
         }
-        model
+        apply_rules(catalog, model, view, headers, &mut selection)?
     };
     selection.tags.extend(header_tags(headers));
     Ok((model, selection))
+}
+
+/// The model that serves a request for `model`: the target of the first content rule the
+/// request meets (noted in `selection.rule`), else `model` itself. The key's access was
+/// checked on the name it asked for; a rule's target is the operator's choice.
+fn apply_rules<'c>(
+    catalog: &'c Catalog,
+    model: &'c Arc<ModelEntry>,
+    view: &RequestView,
+    headers: &HeaderMap,
+    selection: &mut Selection,
+) -> Result<&'c Arc<ModelEntry>, ApiError> {
+    let Some(rules) = &model.rules else {
+        return Ok(model);
+    };
+    let Some(matched) = rules.pick(view, headers) else {
+        return Ok(model);
+    };
+    let target = catalog
+        .model(matched.target)
+        .ok_or_else(|| ApiError::ModelNotFound {
+            model: matched.target.to_owned(),
+        })?;
+    selection.rule = Some(format!(
+        "{}: rules[{}]({}) -> {}",
+        model.name,
+        matched.index,
+        rules.conditions(matched.index).join("+"),
+        target.name
+    ));
+    Ok(target)
 }
 
 /// The fallbacks of `model` that may serve a request of `key`, in order: those that exist and

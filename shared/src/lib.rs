@@ -5,6 +5,8 @@
 //!   tenants, virtual keys, providers, deployments, per-model routing policies, prices.
 //! - [`validate`]: checks a snapshot as a whole and reports *every* problem with its path,
 //!   one module per snapshot section (tenants, keys, providers, deployments, models).
+//! - [`shaping`]: transforms (body edits per model or deployment) and content rules (which
+//!   model an alias's request goes to), declared in the snapshot.
 //! - [`secret`]: references to secrets (an environment variable or an inline value), so that a
 //!   standalone file need not hold an upstream credential.
 //! - [`layered_config`]: config files with `SWITCHBOARD__*` environment overrides.
@@ -46,6 +48,7 @@ pub mod pricing;
 pub mod redis_conn;
 pub mod sealed;
 pub mod secret;
+pub mod shaping;
 pub mod snapshot;
 #[cfg(feature = "otel")]
 pub mod telemetry;

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::price::PriceEntry;
 use crate::secret::SecretRef;
+pub use crate::shaping::{ContentRule, RuleMatch, Transforms};
 
 /// The schema version this crate reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -330,6 +331,9 @@ pub struct Deployment {
     /// deployment is out of rotation until its period ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caps: Option<DeploymentCaps>,
+    /// Edits to the body this deployment receives, applied after the model policy's.
+    #[serde(default, skip_serializing_if = "Transforms::is_empty")]
+    pub transforms: Transforms,
 }
 
 /// A deployment's own spend caps (USD, priced by its `price` entry) and request quotas, per
@@ -401,6 +405,20 @@ pub struct ModelPolicy {
     /// `limits.tpm / 1000`, instead: traffic in proportion to what each account may take.
     #[serde(default)]
     pub weights_from_limits: bool,
+    /// The model's deployments also carry the words of their public and upstream model
+    /// names as tags (`gpt-4o-mini` gives `gpt`, `4o`, `mini`; numbers alone are left out),
+    /// for `tag:` names and the tags header; `GET /v1/models` lists every model's tags.
+    #[serde(default)]
+    pub derive_tags: bool,
+    /// Edits to the body every deployment of this model receives (after routing, before a
+    /// deployment's own `transforms`).
+    #[serde(default, skip_serializing_if = "Transforms::is_empty")]
+    pub transforms: Transforms,
+    /// Content rules: the first whose conditions a request meets sends it to that rule's
+    /// model instead. A name with rules need not be served by deployments of its own (an
+    /// alias), but then its last rule must match every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<ContentRule>,
 }
 
 /// Which deployments a [`ModelPolicy`]'s `prefer` tries first.
@@ -439,6 +457,9 @@ impl ModelPolicy {
             latency_buffer_pct: 0.0,
             prefer: None,
             weights_from_limits: false,
+            derive_tags: false,
+            transforms: Transforms::default(),
+            rules: Vec::new(),
         }
     }
 }

@@ -1,8 +1,10 @@
-//! `deployments`: a provider plus the model name it knows, with weight, limits and price.
+//! `deployments`: a provider plus the model name it knows, with weight, limits, price, caps
+//! and transforms.
 
 use sqlx::PgExecutor;
 use sqlx::types::Json;
 use switchboard_shared::price::PriceEntry;
+use switchboard_shared::snapshot::{DeploymentCaps, Transforms};
 
 use super::rows::DeploymentRow;
 
@@ -11,8 +13,10 @@ macro_rules! q {
     ($head:literal, [$($tail:literal),*] $($args:tt)*) => {
         sqlx::query_as!(
             DeploymentRow,
-            $head + r#" id, model, provider_id, upstream_model, weight, tags, rpm, tpm, priority,
-            price AS "price: Json<PriceEntry>", created_at, updated_at "# $(+ $tail)* $($args)*
+            $head + r#" id, model, provider_id, upstream_model, weight, tags, rpm, tpm,
+            concurrency, priority, price AS "price: Json<PriceEntry>",
+            caps AS "caps: Json<DeploymentCaps>", transforms AS "transforms: Json<Transforms>",
+            created_at, updated_at "# $(+ $tail)* $($args)*
         )
     };
 }
@@ -27,8 +31,12 @@ pub struct DeploymentFields<'a> {
     pub tags: &'a [String],
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
+    pub concurrency: Option<i64>,
     pub priority: i64,
     pub price: Option<&'a PriceEntry>,
+    pub caps: Option<&'a DeploymentCaps>,
+    /// `None` when there are none (stored as SQL `NULL`).
+    pub transforms: Option<&'a Transforms>,
 }
 
 get_fn!(DeploymentRow, q, "FROM deployments WHERE id = $1");
@@ -37,12 +45,14 @@ platform_list_fns!(DeploymentRow, q, "FROM deployments", " ORDER BY id");
 save_fns! {
     DeploymentRow, DeploymentFields, q,
     |f| [f.model, f.provider_id, f.upstream_model, f.weight, f.tags, f.rpm, f.tpm, f.priority,
-        f.price.map(Json) as _],
+        f.price.map(Json) as _, f.concurrency, f.caps.map(Json) as _,
+        f.transforms.map(Json) as _],
     insert: "INSERT INTO deployments (id, model, provider_id, upstream_model, weight, tags, rpm, \
-         tpm, priority, price) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING",
+         tpm, priority, price, concurrency, caps, transforms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING",
     update: "UPDATE deployments SET model = $2, provider_id = $3, upstream_model = $4, weight = $5, \
-         tags = $6, rpm = $7, tpm = $8, priority = $9, price = $10, updated_at = now() \
-         WHERE id = $1 RETURNING",
+         tags = $6, rpm = $7, tpm = $8, priority = $9, price = $10, concurrency = $11, \
+         caps = $12, transforms = $13, updated_at = now() WHERE id = $1 RETURNING",
 }
 
 delete_fn!("DELETE FROM deployments WHERE id = $1");

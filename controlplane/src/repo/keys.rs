@@ -16,7 +16,7 @@ macro_rules! q {
         sqlx::query_as!(
             KeyRow,
             $head + r#" id, tenant_id, name, key_hash, display_prefix, status, expires_at,
-            allowed_models, rpm, tpm, budget AS "budget: Json<Budget>",
+            allowed_models, rpm, tpm, concurrency, budget AS "budget: Json<Budget>",
             metadata AS "metadata: Json<BTreeMap<String, String>>", created_at, updated_at,
             revoked_at "# $(+ $tail)* $($args)*
         )
@@ -31,6 +31,7 @@ pub struct KeyFields<'a> {
     pub allowed_models: &'a [String],
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
+    pub concurrency: Option<i64>,
     pub budget: Option<&'a Budget>,
     pub metadata: &'a BTreeMap<String, String>,
 }
@@ -51,7 +52,7 @@ all_fn!(KeyRow, q, ["FROM virtual_keys ORDER BY id"]);
 
 tenant_list_fn!(KeyRow, q, "FROM virtual_keys", "tenant_id", "id");
 
-/// Runs `$sql` — `$1` the id, `$2`..`$8` the [`KeyFields`], then `$extra` — returning the row.
+/// Runs `$sql` — `$1` the id, `$2`..`$9` the [`KeyFields`], then `$extra` — returning the row.
 macro_rules! save {
     ($db:expr, $sql:literal, $id:expr, $k:expr $(, $extra:expr)*) => {
         q!(
@@ -64,7 +65,8 @@ macro_rules! save {
             $k.rpm,
             $k.tpm,
             $k.budget.map(Json) as _,
-            Json($k.metadata) as _
+            Json($k.metadata) as _,
+            $k.concurrency
             $(, $extra)*
         )
         .fetch_one($db)
@@ -83,8 +85,8 @@ pub async fn insert(
     save!(
         db,
         "INSERT INTO virtual_keys (id, name, expires_at, allowed_models, rpm, tpm, budget, \
-         metadata, tenant_id, key_hash, display_prefix) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING",
+         metadata, concurrency, tenant_id, key_hash, display_prefix) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING",
         id,
         k,
         tenant_id,
@@ -98,7 +100,8 @@ pub async fn update(db: impl PgExecutor<'_>, id: &str, k: &KeyFields<'_>) -> sql
     save!(
         db,
         "UPDATE virtual_keys SET name = $2, expires_at = $3, allowed_models = $4, rpm = $5, \
-         tpm = $6, budget = $7, metadata = $8, updated_at = now() WHERE id = $1 RETURNING",
+         tpm = $6, budget = $7, metadata = $8, concurrency = $9, updated_at = now() \
+         WHERE id = $1 RETURNING",
         id,
         k
     )

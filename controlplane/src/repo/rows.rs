@@ -10,16 +10,16 @@ use switchboard_shared::price::PriceEntry;
 use switchboard_shared::sealed::Sealed;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::{
-    Budget, Deployment, KeyStatus, ModelPolicy, Provider, ProviderKind, RateLimits, Tenant,
-    TenantStatus, VirtualKey,
+    Budget, Deployment, DeploymentCaps, KeyStatus, ModelPolicy, Provider, ProviderKind, RateLimits,
+    Tenant, TenantStatus, Transforms, VirtualKey,
 };
 
-pub fn limits(rpm: Option<i64>, tpm: Option<i64>) -> RateLimits {
+/// Stored limit columns as the snapshot's [`RateLimits`].
+pub fn limits(rpm: Option<i64>, tpm: Option<i64>, concurrency: Option<i64>) -> RateLimits {
     RateLimits {
         rpm: rpm.map(clamp_u32),
         tpm: tpm.map(clamp_u32),
-        // Not stored by the control plane yet: set in standalone snapshots only.
-        concurrency: None,
+        concurrency: concurrency.map(clamp_u32),
     }
 }
 
@@ -46,6 +46,7 @@ pub struct TenantRow {
     pub status: String,
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
+    pub concurrency: Option<i64>,
     pub budget: Option<Json<Budget>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -61,7 +62,7 @@ impl TenantRow {
             id: self.id.clone(),
             name: self.name.clone(),
             status: self.status(),
-            limits: limits(self.rpm, self.tpm),
+            limits: limits(self.rpm, self.tpm, self.concurrency),
             budget: self.budget.as_ref().map(|b| b.0.clone()),
         }
     }
@@ -79,6 +80,7 @@ pub struct KeyRow {
     pub allowed_models: Vec<String>,
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
+    pub concurrency: Option<i64>,
     pub budget: Option<Json<Budget>>,
     pub metadata: Json<BTreeMap<String, String>>,
     pub created_at: DateTime<Utc>,
@@ -102,7 +104,7 @@ impl KeyRow {
             created_at: Some(self.created_at),
             expires_at: self.expires_at,
             allowed_models: self.allowed_models.clone(),
-            limits: limits(self.rpm, self.tpm),
+            limits: limits(self.rpm, self.tpm, self.concurrency),
             budget: self.budget.as_ref().map(|b| b.0.clone()),
             metadata: self.metadata.0.clone(),
         }
@@ -193,8 +195,11 @@ pub struct DeploymentRow {
     pub tags: Vec<String>,
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
+    pub concurrency: Option<i64>,
     pub priority: i64,
     pub price: Option<Json<PriceEntry>>,
+    pub caps: Option<Json<DeploymentCaps>>,
+    pub transforms: Option<Json<Transforms>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -208,11 +213,15 @@ impl DeploymentRow {
             upstream_model: self.upstream_model.clone(),
             weight: clamp_u32(self.weight),
             tags: self.tags.clone(),
-            limits: limits(self.rpm, self.tpm),
+            limits: limits(self.rpm, self.tpm, self.concurrency),
             priority: clamp_u32(self.priority),
             price: self.price.as_ref().map(|p| p.0.clone()),
-            // Not stored by the control plane yet: set in standalone snapshots only.
-            caps: None,
+            caps: self.caps.as_ref().map(|c| c.0),
+            transforms: self
+                .transforms
+                .as_ref()
+                .map(|t| t.0.clone())
+                .unwrap_or_default(),
         }
     }
 }

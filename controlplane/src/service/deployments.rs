@@ -1,10 +1,11 @@
-//! Deployments: each a provider plus the model name it knows, with weight, limits, priority
-//! and an optional price of its own.
+//! Deployments: each a provider plus the model name it knows, with weight, limits (requests
+//! in flight included), priority, and optionally a price of its own, spend caps and request
+//! quotas, and transforms of the body it receives.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use switchboard_shared::price::PriceEntry;
-use switchboard_shared::snapshot::RateLimits;
+use switchboard_shared::snapshot::{DeploymentCaps, RateLimits, Transforms};
 use utoipa::ToSchema;
 
 use super::crud::{self, resource};
@@ -32,6 +33,14 @@ pub struct DeploymentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub price: Option<PriceEntry>,
+    /// Spend caps and request quotas per UTC day and month.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub caps: Option<DeploymentCaps>,
+    /// Edits to the body this deployment receives (after its model policy's).
+    #[serde(skip_serializing_if = "Transforms::is_empty")]
+    #[schema(value_type = Object)]
+    pub transforms: Transforms,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -45,9 +54,15 @@ impl From<&DeploymentRow> for DeploymentView {
             upstream_model: r.upstream_model.clone(),
             weight: clamp_u32(r.weight),
             tags: r.tags.clone(),
-            limits: limits(r.rpm, r.tpm),
+            limits: limits(r.rpm, r.tpm, r.concurrency),
             priority: clamp_u32(r.priority),
             price: r.price.as_ref().map(|p| p.0.clone()),
+            caps: r.caps.as_ref().map(|c| c.0),
+            transforms: r
+                .transforms
+                .as_ref()
+                .map(|t| t.0.clone())
+                .unwrap_or_default(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -75,6 +90,16 @@ pub struct DeploymentBody {
     /// LiteLLM-style price entry, e.g. `{"input_cost_per_token": 2.5e-06}`.
     #[schema(value_type = Option<Object>)]
     pub price: Option<PriceEntry>,
+    /// Spend caps and request quotas per UTC day and month, e.g. `{"usd_per_day": 5}`:
+    /// once one is used up, the deployment is out of rotation until its period ends.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub caps: Option<DeploymentCaps>,
+    /// Edits to the body this deployment receives, e.g. `{"max_tokens": 4096, "drop":
+    /// ["logit_bias"], "strip_cache_control": true}` (see docs/routing.md).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub transforms: Transforms,
 }
 
 fn one() -> u32 {
@@ -94,8 +119,11 @@ impl DeploymentBody {
             tags: &self.tags,
             rpm: self.limits.rpm.map(i64::from),
             tpm: self.limits.tpm.map(i64::from),
+            concurrency: self.limits.concurrency.map(i64::from),
             priority: i64::from(self.priority),
             price: self.price.as_ref(),
+            caps: self.caps.as_ref(),
+            transforms: (!self.transforms.is_empty()).then_some(&self.transforms),
         }
     }
 }
@@ -122,7 +150,6 @@ pub async fn create(
         .clone()
         .ok_or_else(|| Error::invalid("id", "is required"))?;
     check_id("id", &id)?;
-    super::check_stored_limits(&req.limits)?;
     let mut w = Write::begin(cx.pool, actor).await?;
     check_provider(&mut w, &req).await?;
     let row = repo::deployments::insert(w.conn(), &id, &req.fields()).await?;
@@ -139,7 +166,6 @@ pub async fn update(
     if req.id.as_ref().is_some_and(|body_id| body_id != id) {
         return Err(Error::invalid("id", "differs from the id in the path"));
     }
-    super::check_stored_limits(&req.limits)?;
     let (mut w, before) = crud::begin::<DeploymentRow>(cx, actor, id).await?;
     check_provider(&mut w, &req).await?;
     let row = repo::deployments::update(w.conn(), id, &req.fields()).await?;

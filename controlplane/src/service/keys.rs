@@ -65,7 +65,7 @@ impl From<&KeyRow> for KeyView {
             status: r.status(),
             expires_at: r.expires_at,
             allowed_models: r.allowed_models.clone(),
-            limits: limits(r.rpm, r.tpm),
+            limits: limits(r.rpm, r.tpm, r.concurrency),
             budget: r.budget.as_ref().map(|b| b.0.clone()),
             metadata: r.metadata.0.clone(),
             created_at: r.created_at,
@@ -145,7 +145,6 @@ pub async fn create(
         (None, Some(own)) => own.to_owned(),
         (None, None) => return Err(Error::invalid("tenant_id", "is required")),
     };
-    super::check_stored_limits(&req.limits)?;
     let mut w = Write::begin(cx.pool, actor).await?;
     // Another tenant's id reads exactly like an unknown one.
     if !crud::exists::<TenantRow>(w.conn(), &tenant_id).await? || !actor.sees_tenant(&tenant_id) {
@@ -160,6 +159,7 @@ pub async fn create(
         allowed_models: &req.allowed_models,
         rpm: req.limits.rpm.map(i64::from),
         tpm: req.limits.tpm.map(i64::from),
+        concurrency: req.limits.concurrency.map(i64::from),
         budget: req.budget.as_ref(),
         metadata: &req.metadata,
     };
@@ -180,10 +180,9 @@ fn with_secret(key: String, virtual_key: KeyView) -> KeyWithSecret {
 impl crud::Edit<KeyRow> for UpdateKey {
     async fn apply(self, w: &mut Write, id: &str, before: &KeyRow) -> Result<KeyRow> {
         let req = self;
-        if let Some(asked) = &req.limits {
-            super::check_stored_limits(asked)?;
-        }
-        let limits = req.limits.unwrap_or(limits(before.rpm, before.tpm));
+        let limits = req
+            .limits
+            .unwrap_or(limits(before.rpm, before.tpm, before.concurrency));
         let budget = match req.budget {
             Some(b) => b,
             None => before.budget.as_ref().map(|b| b.0.clone()),
@@ -197,6 +196,7 @@ impl crud::Edit<KeyRow> for UpdateKey {
                 .unwrap_or(&before.allowed_models),
             rpm: limits.rpm.map(i64::from),
             tpm: limits.tpm.map(i64::from),
+            concurrency: limits.concurrency.map(i64::from),
             budget: budget.as_ref(),
             metadata: req.metadata.as_ref().unwrap_or(&before.metadata.0),
         };

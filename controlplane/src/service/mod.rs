@@ -141,19 +141,6 @@ where
     <Option<T> as Deserialize>::deserialize(d).map(Some)
 }
 
-/// Refuses `limits.concurrency` on a tenant, key or deployment: the data plane enforces it
-/// from standalone snapshots, but the control plane does not store it yet, and a value taken
-/// and then dropped would be a limit the operator believes in and nobody enforces.
-pub fn check_stored_limits(limits: &switchboard_shared::snapshot::RateLimits) -> Result<()> {
-    match limits.concurrency {
-        Some(_) => Err(Error::invalid(
-            "limits.concurrency",
-            "is not stored by the control plane yet: set it in a standalone snapshot",
-        )),
-        None => Ok(()),
-    }
-}
-
 /// Operator-chosen ids (tenants, providers, deployments): 1–64 of `[A-Za-z0-9._-]`.
 pub fn check_id(path: &str, id: &str) -> Result<()> {
     let ok = !id.is_empty()

@@ -35,7 +35,7 @@ impl From<&TenantRow> for TenantView {
             id: r.id.clone(),
             name: r.name.clone(),
             status: r.status(),
-            limits: limits(r.rpm, r.tpm),
+            limits: limits(r.rpm, r.tpm, r.concurrency),
             budget: r.budget.as_ref().map(|b| b.0.clone()),
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -89,6 +89,7 @@ impl UpdateTenant {
             status: enum_text(&self.status),
             rpm: self.limits.rpm.map(i64::from),
             tpm: self.limits.tpm.map(i64::from),
+            concurrency: self.limits.concurrency.map(i64::from),
             budget: self.budget.as_ref(),
         }
     }
@@ -107,7 +108,6 @@ pub async fn create(
         limits,
         budget,
     } = req;
-    super::check_stored_limits(&limits)?;
     let settings = UpdateTenant {
         name,
         status,
@@ -121,7 +121,6 @@ pub async fn create(
 
 impl crud::Edit<TenantRow> for UpdateTenant {
     async fn apply(self, w: &mut Write, id: &str, _before: &TenantRow) -> Result<TenantRow> {
-        super::check_stored_limits(&self.limits)?;
         Ok(repo::tenants::update(w.conn(), id, &self.fields()).await?)
     }
 }

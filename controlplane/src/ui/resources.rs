@@ -56,6 +56,7 @@ fn limits_and_budget(f: &Fields, body: &mut Map<String, Value>) -> Result<(), Fo
     let mut limits = Map::new();
     number(f, "limits.rpm", "rpm", &mut limits)?;
     number(f, "limits.tpm", "tpm", &mut limits)?;
+    number(f, "limits.concurrency", "concurrency", &mut limits)?;
     body.insert("limits".into(), Value::Object(limits));
     let mut budget = Map::new();
     number(f, "budget.max_usd", "max_usd", &mut budget)?;
@@ -89,6 +90,7 @@ fn limit_inputs(e: &FormErrors) -> Markup {
     html! {
         (input(e, "limits.rpm", "Requests per minute", "number", ""))
         (input(e, "limits.tpm", "Tokens per minute", "number", ""))
+        (input(e, "limits.concurrency", "Requests in flight", "number", ""))
         (input(e, "budget.max_usd", "Budget (USD)", "text", ""))
         (select(e, "budget.period", "Budget period", PERIODS, "monthly"))
     }
@@ -618,6 +620,7 @@ async fn key_page(
                 (input(&e, "allowed_models", "Allowed models (comma-separated; empty: all)", "text", &k.allowed_models.join(", ")))
                 (input(&e, "limits.rpm", "Requests per minute", "number", &num(k.limits.rpm)))
                 (input(&e, "limits.tpm", "Tokens per minute", "number", &num(k.limits.tpm)))
+                (input(&e, "limits.concurrency", "Requests in flight", "number", &num(k.limits.concurrency)))
                 (input(&e, "budget.max_usd", "Budget (USD; empty: none)", "text",
                     &k.budget.as_ref().map(|b| b.max_usd.to_string()).unwrap_or_default()))
                 (select(&e, "budget.period", "Budget period", PERIODS, &period))
@@ -709,6 +712,7 @@ async fn tenant_page(
                 (select(&e, "status", "Status (suspended: every key refused)", &["active", "suspended"], &status))
                 (input(&e, "limits.rpm", "Requests per minute", "number", &num(t.limits.rpm)))
                 (input(&e, "limits.tpm", "Tokens per minute", "number", &num(t.limits.tpm)))
+                (input(&e, "limits.concurrency", "Requests in flight", "number", &num(t.limits.concurrency)))
                 (input(&e, "budget.max_usd", "Budget (USD; empty: none)", "text",
                     &t.budget.as_ref().map(|b| b.max_usd.to_string()).unwrap_or_default()))
                 (select(&e, "budget.period", "Budget period", PERIODS, &period))

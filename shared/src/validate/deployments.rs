@@ -1,4 +1,5 @@
-//! The `deployments` section: a model name, an upstream model, a known provider, a weight.
+//! The `deployments` section: a model name, an upstream model, a known provider, a weight,
+//! caps and transforms within their bounds.
 
 use super::{Collector, Names, check_limits};
 use crate::snapshot::Deployment;
@@ -28,6 +29,7 @@ pub(super) fn check(c: &mut Collector, deployments: &[Deployment], names: &Names
         if let Some(caps) = &d.caps {
             check_caps(c, &format!("{path}.caps"), caps);
         }
+        super::shaping::check_transforms(c, &format!("{path}.transforms"), &d.transforms);
     }
 }
 

@@ -37,7 +37,7 @@ pub(super) fn check(c: &mut Collector, keys: &[VirtualKey], names: &Names<'_>) {
             );
         }
         for (j, m) in k.allowed_models.iter().enumerate() {
-            if !names.served.contains(m.as_str()) {
+            if !names.served.contains(m.as_str()) && !names.aliases.contains(m.as_str()) {
                 c.push(
                     format!("{path}.allowed_models[{j}]"),
                     format!("no deployment serves model {m:?}"),

@@ -8,7 +8,8 @@
 //! One module per snapshot section, each reading its section with the names the others
 //! define ([`Names`], collected first, with the duplicate-id checks):
 //! [`tenants`], [`providers`], [`keys`] (`virtual_keys`), [`deployments`] and [`models`]
-//! (routing policies and model groups). Problems come out in that order, after the schema
+//! (routing policies, model groups and content-rule aliases), with [`shaping`] checking the
+//! transforms and content rules both of the last two carry. Problems come out in that order, after the schema
 //! version and the ids. Rate limits and budgets, which several sections carry, are checked
 //! here.
 
@@ -16,7 +17,10 @@ mod deployments;
 mod keys;
 mod models;
 mod providers;
+mod shaping;
 mod tenants;
+
+pub use shaping::{MAX_REGEX_BYTES, compile_rule_regex};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -95,8 +99,12 @@ struct Names<'a> {
     providers: HashSet<&'a str>,
     /// Models that deployments serve.
     deployed: HashSet<&'a str>,
-    /// Every public model name: the deployed models and the model groups.
+    /// Every public model name that deployments serve: the deployed models and the model
+    /// groups (what fallbacks and content rules may lead to).
     served: HashSet<&'a str>,
+    /// Names with content rules that no deployment serves of its own: public too (a key may
+    /// list them), but only as names clients ask for.
+    aliases: HashSet<&'a str>,
 }
 
 impl<'a> Names<'a> {
@@ -106,7 +114,7 @@ impl<'a> Names<'a> {
         let providers = c.unique_ids("providers", s.providers.iter().map(|p| p.id.as_str()));
         c.unique_ids("deployments", s.deployments.iter().map(|d| d.id.as_str()));
         c.unique_ids("virtual_keys", s.virtual_keys.iter().map(|k| k.id.as_str()));
-        let deployed: HashSet<&str> = s.deployments.iter().map(|d| d.model.as_str()).collect();
+        let deployed: HashSet<&'a str> = s.deployments.iter().map(|d| d.model.as_str()).collect();
         // Model groups are public names too.
         let groups = s.models.iter().filter(|m| !m.members.is_empty());
         let served = deployed
@@ -114,11 +122,19 @@ impl<'a> Names<'a> {
             .copied()
             .chain(groups.map(|m| m.model.as_str()))
             .collect();
+        let aliases = s
+            .models
+            .iter()
+            .filter(|m| m.members.is_empty() && !m.rules.is_empty())
+            .map(|m| m.model.as_str())
+            .filter(|name| !deployed.contains(name))
+            .collect();
         Names {
             tenants,
             providers,
             deployed,
             served,
+            aliases,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `models` section: one policy per public name; a policy names a served model or is a
 //! group of served models; fallbacks lead somewhere else that exists; retries, timeouts,
-//! scoring, prefix affinity and cooldown are within their bounds and read by the strategy.
+//! scoring, prefix affinity and cooldown are within their bounds and read by the strategy;
+//! transforms and content rules pass [`super::shaping`].
 
 use std::collections::HashMap;
 
@@ -22,6 +23,8 @@ pub(super) fn check(c: &mut Collector, models: &[ModelPolicy], names: &Names<'_>
         check_attempts(c, &path, m);
         check_strategy_settings(c, &path, m);
         check_cooldown(c, &path, m);
+        super::shaping::check_transforms(c, &format!("{path}.transforms"), &m.transforms);
+        super::shaping::check_rules(c, &path, m, models, names);
     }
 }
 
@@ -29,7 +32,8 @@ pub(super) fn check(c: &mut Collector, models: &[ModelPolicy], names: &Names<'_>
 /// members deployments serve; `tag:` names are taken.
 fn check_name(c: &mut Collector, path: &str, m: &ModelPolicy, names: &Names<'_>) {
     if m.members.is_empty() {
-        if !names.served.contains(m.model.as_str()) {
+        // A content-rule alias need not be served itself (its rules are checked apart).
+        if !names.served.contains(m.model.as_str()) && !names.aliases.contains(m.model.as_str()) {
             c.push(
                 format!("{path}.model"),
                 format!("no deployment serves model {:?}", m.model),

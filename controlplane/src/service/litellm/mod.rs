@@ -136,6 +136,8 @@ fn body(d: &plan::PlannedDeployment, provider: &str) -> DeploymentBody {
         },
         priority: d.priority,
         price: d.price.clone(),
+        caps: None,
+        transforms: Default::default(),
     }
 }
 
@@ -257,6 +259,7 @@ async fn put_policy(
             allowed_failures: p.allowed_failures.unwrap_or(defaults.1.allowed_failures),
             seconds: p.cooldown_seconds.unwrap_or(defaults.1.seconds),
         },
+        ..PolicyBody::default()
     };
     let result = models::put(cx, actor, &p.model, body)
         .await

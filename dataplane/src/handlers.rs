@@ -204,6 +204,12 @@ async fn serve_caller(
     tracing::Span::current().record("model", model.name.as_str());
     crate::telemetry::model(trace, endpoint.as_str(), &model.name);
     crate::context::check_output_limit(model, view.max_tokens)?;
+    let mut cache =
+        crate::cache::Plan::new(&state.cache, (&**model, &*key), endpoint, headers, &view);
+    let at = (endpoint, &view, &**catalog, started);
+    if let Some(hit) = from_cache(state, cache.as_ref(), (&**model, &*key), ids, at).await {
+        return Ok(hit);
+    }
 
     let prompt_estimate = view.estimated_prompt_tokens();
     let facts = RequestFacts {
@@ -256,7 +262,8 @@ async fn serve_caller(
         ticket,
     );
     ledger.traced(trace);
-    let mut response = forward(catalog, &request, ledger).await;
+    ledger.report_to_cache(cache.as_mut().and_then(crate::cache::Plan::settled));
+    let mut response = crate::cache::fill(cache, forward(catalog, &request, ledger).await);
     if let Some(keep) = keep {
         response = keep.keep(response);
     }
@@ -265,6 +272,37 @@ async fn serve_caller(
         .headers_mut()
         .insert(REVISION, catalog.revision_header.clone());
     Ok(response)
+}
+
+/// The answer from the response cache, if `cache` (the request's plan, when its model or key
+/// caches) finds one: recorded as a hit at cost 0, with what it saved. Hits are not admitted:
+/// no limit or budget is charged for them.
+async fn from_cache(
+    state: &AppState,
+    cache: Option<&crate::cache::Plan>,
+    (model, key): (&crate::catalog::ModelEntry, &KeyEntry),
+    ids: &mut (String, Option<String>),
+    (endpoint, view, catalog, started): (Endpoint, &RequestView, &Catalog, Instant),
+) -> Option<Response> {
+    let entry = cache?.lookup(model).await?;
+    let now_ms = state.books.clock.now().timestamp_millis();
+    let saved_usd = entry.cost_usd;
+    let mut response = crate::cache::hit_response(entry, now_ms);
+    response
+        .headers_mut()
+        .insert(REVISION, catalog.revision_header.clone());
+    let hit = crate::accounting::CacheHit {
+        endpoint: endpoint.as_str(),
+        model,
+        stream: view.stream,
+        latency: started.elapsed(),
+        saved_usd,
+        revision: catalog.revision,
+        price_version: catalog.price_version,
+    };
+    let ids = (std::mem::take(&mut ids.0), ids.1.take());
+    crate::accounting::record_cache_hit(&state.books, key, ids, hit);
+    Some(response)
 }
 
 /// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on

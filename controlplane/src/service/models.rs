@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use switchboard_shared::snapshot::{Cooldown, ModelPolicy, Strategy, Timeouts};
+use switchboard_shared::snapshot::{Cooldown, ModelPolicy, ResponseCache, Strategy, Timeouts};
 use utoipa::ToSchema;
 
 use super::crud::{self, resource};
@@ -23,6 +23,10 @@ pub struct PolicyView {
     pub timeouts: Timeouts,
     #[schema(value_type = Object)]
     pub cooldown: Cooldown,
+    /// The exact response cache (`enabled`, `ttl_seconds`, `max_entry_bytes`,
+    /// `shared_across_tenants`); absent: nothing is cached.
+    #[schema(value_type = Option<Object>)]
+    pub cache: Option<ResponseCache>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -37,6 +41,7 @@ impl From<&PolicyRow> for PolicyView {
             retries: p.retries,
             timeouts: p.timeouts,
             cooldown: p.cooldown,
+            cache: p.cache,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -60,6 +65,11 @@ pub struct PolicyBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub cooldown: Cooldown,
+    /// The exact response cache: `{enabled, ttl_seconds, max_entry_bytes,
+    /// shared_across_tenants}` (defaults true, 300, 1048576, false); absent: nothing cached.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub cache: Option<ResponseCache>,
 }
 
 resource!(PolicyRow => PolicyView, repo: models, noun: "model policy",
@@ -78,6 +88,7 @@ pub async fn put(
     policy.retries = req.retries.unwrap_or(policy.retries);
     policy.timeouts = req.timeouts;
     policy.cooldown = req.cooldown;
+    policy.cache = req.cache;
     let mut w = Write::begin(cx.pool, actor).await?;
     let before = repo::models::get(w.conn(), model, true).await?;
     let row = repo::models::upsert(w.conn(), model, &policy).await?;

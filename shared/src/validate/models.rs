@@ -22,6 +22,9 @@ pub(super) fn check(c: &mut Collector, models: &[ModelPolicy], names: &Names<'_>
         check_attempts(c, &path, m);
         check_strategy_settings(c, &path, m);
         check_cooldown(c, &path, m);
+        if let Some(cache) = &m.cache {
+            super::cache::check(c, &format!("{path}.cache"), cache, false);
+        }
     }
 }
 

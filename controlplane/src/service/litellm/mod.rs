@@ -257,6 +257,7 @@ async fn put_policy(
             allowed_failures: p.allowed_failures.unwrap_or(defaults.1.allowed_failures),
             seconds: p.cooldown_seconds.unwrap_or(defaults.1.seconds),
         },
+        cache: None,
     };
     let result = models::put(cx, actor, &p.model, body)
         .await

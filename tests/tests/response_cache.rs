@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use switchboard_tests::services::redis_url;
 
-const OPENAI: &str = "rc-openai";
+const OPENAI: &str = "chunks=6";
 
 /// Tenants `acme` and `globex` with a key each; model `m` (OpenAI protocol, priced) and
 /// `claude` (Anthropic) cache for 60 s; `plain` does not. Returns (acme's, globex's secret).
@@ -258,11 +258,11 @@ async fn the_same_chat_twice_is_answered_from_the_cache_at_no_cost(pool: PgPool)
         assert!(hit["deployment_id"].is_null());
     }
     let today = chrono::Utc::now().date_naive();
-    let spend = format!("/admin/v1/spend?group_by=tenant_id&from={today}&to={today}");
+    let spend = format!("/admin/v1/spend?group_by=model&tenant_id=acme&from={today}&to={today}");
     let report = call(&cp.rest, Method::GET, &spend, Some(&cp.token), Value::Null).await;
     assert_eq!(report.status, StatusCode::OK, "{}", report.text());
-    let data = report.json()["data"].as_array().unwrap().clone();
-    let acme_spend = data.iter().find(|r| r["group"] == "acme").unwrap();
+    let data = report.json()["rows"].as_array().unwrap().clone();
+    let acme_spend = data.iter().find(|r| r["group"] == "m").unwrap();
     assert_eq!(acme_spend["cached_responses"], 2, "{acme_spend}");
     let saved = acme_spend["saved_usd"].as_f64().unwrap();
     assert!((saved - 2.0 * cost).abs() < 1e-12, "{acme_spend}");
@@ -361,7 +361,7 @@ async fn standalone_gateways_cache_in_process() {
     let mock = MockUpstream::start().await.unwrap();
     let config = with_deployment_fields(
         &one_deployment(
-            &mock.scenario_url("rc-local"),
+            &mock.scenario_url("chunks=7"),
             "",
             "models:\n  - { model: m, cache: { ttl_seconds: 30 } }",
         ),

@@ -6,6 +6,7 @@
 //! function of its own module; this file only strings them together and shapes the HTTP
 //! answer.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -204,13 +205,11 @@ async fn serve_caller(
     tracing::Span::current().record("model", model.name.as_str());
     crate::telemetry::model(trace, endpoint.as_str(), &model.name);
     crate::context::check_output_limit(model, view.max_tokens)?;
-    let mut cache =
-        crate::cache::Plan::new(&state.cache, (&**model, &*key), endpoint, headers, &view);
-    let at = (endpoint, &view, &**catalog, started);
-    if let Some(hit) = from_cache(state, cache.as_ref(), (&**model, &*key), ids, at).await {
-        return Ok(hit);
-    }
-
+    let at = (endpoint, headers, &view, &**catalog, started);
+    let mut cache = match consult_cache(state, (&**model, &*key), ids, at).await {
+        ControlFlow::Continue(plan) => plan,
+        ControlFlow::Break(hit) => return Ok(hit),
+    };
     let prompt_estimate = view.estimated_prompt_tokens();
     let facts = RequestFacts {
         endpoint,
@@ -274,17 +273,29 @@ async fn serve_caller(
     Ok(response)
 }
 
-/// The answer from the response cache, if `cache` (the request's plan, when its model or key
-/// caches) finds one: recorded as a hit at cost 0, with what it saved. Hits are not admitted:
-/// no limit or budget is charged for them.
-async fn from_cache(
+/// The response cache's part before admission, for a request whose model or key caches:
+/// the stored answer when there is one (`Break`: recorded as a hit at cost 0, with what it
+/// saved; hits are not admitted, so no limit or budget is charged), else the request's cache
+/// plan (`Continue`, `None` when nothing is cached for it).
+async fn consult_cache(
     state: &AppState,
-    cache: Option<&crate::cache::Plan>,
     (model, key): (&crate::catalog::ModelEntry, &KeyEntry),
     ids: &mut (String, Option<String>),
-    (endpoint, view, catalog, started): (Endpoint, &RequestView, &Catalog, Instant),
-) -> Option<Response> {
-    let entry = cache?.lookup(model).await?;
+    (endpoint, headers, view, catalog, started): (
+        Endpoint,
+        &HeaderMap,
+        &RequestView,
+        &Catalog,
+        Instant,
+    ),
+) -> ControlFlow<Response, Option<crate::cache::Plan>> {
+    let plan = crate::cache::Plan::new(&state.cache, (model, key), endpoint, headers, view);
+    let Some(found) = &plan else {
+        return ControlFlow::Continue(None);
+    };
+    let Some(entry) = found.lookup(model).await else {
+        return ControlFlow::Continue(plan);
+    };
     let now_ms = state.books.clock.now().timestamp_millis();
     let saved_usd = entry.cost_usd;
     let mut response = crate::cache::hit_response(entry, now_ms);
@@ -302,7 +313,7 @@ async fn from_cache(
     };
     let ids = (std::mem::take(&mut ids.0), ids.1.take());
     crate::accounting::record_cache_hit(&state.books, key, ids, hit);
-    Some(response)
+    ControlFlow::Break(response)
 }
 
 /// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on

@@ -61,6 +61,8 @@ fn record(i: usize, at: DateTime<Utc>) -> UsageRecord {
         error_kind: None,
         attempt_log: Vec::new(),
         content: None,
+        cached_response: false,
+        saved_usd: 0.0,
     }
 }
 

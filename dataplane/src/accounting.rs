@@ -190,6 +190,8 @@ pub struct Ledger {
     attempt_span: tracing::Span,
     relay_span: tracing::Span,
     ttft: Option<Duration>,
+    /// Told the cost of a successful answer, for the response cache to store it.
+    cache: Option<Arc<crate::cache::Settled>>,
     closed: bool,
     /// What an image or audio request is priced by: the request's statement, corrected by
     /// the answer ([`Ledger::measured_media`]).
@@ -220,6 +222,7 @@ impl Ledger {
             attempt_span: tracing::Span::none(),
             relay_span: tracing::Span::none(),
             ttft: None,
+            cache: None,
             closed: false,
         }
     }
@@ -228,6 +231,12 @@ impl Ledger {
     /// transcribed), which prices it.
     pub fn measured_media(&mut self, media: MediaUsage) {
         self.media = Some(media);
+    }
+
+    /// Tells `settled` the cost when the request succeeds with usage reported (the response
+    /// cache stores only such answers).
+    pub fn report_to_cache(&mut self, settled: Option<Arc<crate::cache::Settled>>) {
+        self.cache = settled;
     }
 
     /// Makes `trace` (the request's exported span) the parent of the attempt, relay and
@@ -450,6 +459,9 @@ impl Ledger {
             actual_tokens,
             charged_nanos(cost_usd),
         );
+        if let (Some(settled), true) = (&self.cache, reported && status == StatusCode::OK) {
+            settled.succeeded(cost_usd);
+        }
         if let Some(d) = deployment
             && measured != Measured::Nothing
         {
@@ -488,6 +500,8 @@ impl Ledger {
             error_kind: error_kind(outcome, status, self.error_kind),
             attempt_log: std::mem::take(&mut self.attempt_log),
             content: None,
+            cached_response: false,
+            saved_usd: 0.0,
         };
         crate::telemetry::finished(
             &self.trace,
@@ -544,6 +558,66 @@ pub fn record_refusal(
         error_kind: Some(error.kind().to_owned()),
         attempt_log: Vec::new(),
         content: None,
+        cached_response: false,
+        saved_usd: 0.0,
+    });
+}
+
+/// A request answered from the response cache, for [`record_cache_hit`].
+#[derive(Debug)]
+pub struct CacheHit<'a> {
+    pub endpoint: &'static str,
+    pub model: &'a crate::catalog::ModelEntry,
+    pub stream: bool,
+    /// From arrival to the answer.
+    pub latency: Duration,
+    /// What the stored answer cost when it was generated.
+    pub saved_usd: f64,
+    pub revision: u64,
+    pub price_version: Option<u64>,
+}
+
+/// Emits the usage record of a request `key` made that was answered from the response cache:
+/// no deployment, no usage, cost 0, `cached_response` and what it saved (also counted in the
+/// model's metrics). Limits and budgets are not charged: nothing reached an upstream.
+pub fn record_cache_hit(
+    books: &Books,
+    key: &crate::catalog::KeyEntry,
+    (request_id, client_request_id): (String, Option<String>),
+    hit: CacheHit<'_>,
+) {
+    hit.model.metrics.record_cache_saved(hit.saved_usd);
+    let latency_ms = millis(hit.latency);
+    books.sink.emit(UsageRecord {
+        request_id,
+        client_request_id,
+        tenant_id: key.tenant.tenant.id.clone(),
+        key_id: key.key.id.clone(),
+        model: hit.model.name.clone(),
+        deployment_id: None,
+        provider_id: None,
+        endpoint: hit.endpoint.to_owned(),
+        stream: hit.stream,
+        outcome: Outcome::Success,
+        status: StatusCode::OK.as_u16(),
+        attempts: 0,
+        usage: Usage::default(),
+        usage_reported: false,
+        cost_usd: 0.0,
+        price_revision: hit.revision,
+        price_version: hit.price_version,
+        started_at: books.clock.now(),
+        latency_ms,
+        ttft_ms: hit.stream.then_some(latency_ms),
+        error_kind: None,
+        attempt_log: Vec::new(),
+        content: None,
+        cached_response: true,
+        saved_usd: if hit.saved_usd.is_finite() {
+            hit.saved_usd
+        } else {
+            0.0
+        },
     });
 }
 

@@ -6,6 +6,7 @@
 //! function of its own module; this file only strings them together and shapes the HTTP
 //! answer.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -226,7 +227,11 @@ async fn serve_caller(
     tracing::Span::current().record("model", model.name.as_str());
     crate::telemetry::model(trace, endpoint.as_str(), &model.name);
     crate::context::check_output_limit(model, view.max_tokens)?;
-
+    let at = (endpoint, headers, &view, &**catalog, started);
+    let mut cache = match consult_cache(state, (&**model, &*key), ids, at).await {
+        ControlFlow::Continue(plan) => plan,
+        ControlFlow::Break(hit) => return Ok(hit),
+    };
     let prompt_estimate = view.estimated_prompt_tokens();
     let facts = RequestFacts {
         endpoint,
@@ -279,7 +284,8 @@ async fn serve_caller(
         ticket,
     );
     ledger.traced(trace);
-    let mut response = forward(catalog, &request, ledger).await;
+    ledger.report_to_cache(cache.as_mut().and_then(crate::cache::Plan::settled));
+    let mut response = crate::cache::fill(cache, forward(catalog, &request, ledger).await);
     if let Some(keep) = keep {
         response = keep.keep(response);
     }
@@ -311,6 +317,49 @@ fn read_request(
     };
     view.passthrough = passthrough;
     Ok((view, media, kind))
+}
+
+/// The response cache's part before admission, for a request whose model or key caches:
+/// the stored answer when there is one (`Break`: recorded as a hit at cost 0, with what it
+/// saved; hits are not admitted, so no limit or budget is charged), else the request's cache
+/// plan (`Continue`, `None` when nothing is cached for it).
+async fn consult_cache(
+    state: &AppState,
+    (model, key): (&crate::catalog::ModelEntry, &KeyEntry),
+    ids: &mut (String, Option<String>),
+    (endpoint, headers, view, catalog, started): (
+        Endpoint,
+        &HeaderMap,
+        &RequestView,
+        &Catalog,
+        Instant,
+    ),
+) -> ControlFlow<Response, Option<crate::cache::Plan>> {
+    let plan = crate::cache::Plan::new(&state.cache, (model, key), endpoint, headers, view);
+    let Some(found) = &plan else {
+        return ControlFlow::Continue(None);
+    };
+    let Some(entry) = found.lookup(model).await else {
+        return ControlFlow::Continue(plan);
+    };
+    let now_ms = state.books.clock.now().timestamp_millis();
+    let saved_usd = entry.cost_usd;
+    let mut response = crate::cache::hit_response(entry, now_ms);
+    response
+        .headers_mut()
+        .insert(REVISION, catalog.revision_header.clone());
+    let hit = crate::accounting::CacheHit {
+        endpoint: endpoint.as_str(),
+        model,
+        stream: view.stream,
+        latency: started.elapsed(),
+        saved_usd,
+        revision: catalog.revision,
+        price_version: catalog.price_version,
+    };
+    let ids = (std::mem::take(&mut ids.0), ids.1.take());
+    crate::accounting::record_cache_hit(&state.books, key, ids, hit);
+    ControlFlow::Break(response)
 }
 
 /// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on

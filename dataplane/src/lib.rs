@@ -14,6 +14,8 @@
 //!    requests and tokens per minute for key, tenant and deployment, in process or shared by
 //!    all replicas through Redis (with a degraded mode while Redis is down); [`budget`] spend
 //!    per key and tenant per period, in Redis or (without it) per replica in process.
+//!    Before admission, [`cache`] may answer from the exact response cache (a model or key
+//!    that opted in); a hit reaches no upstream and is charged nothing.
 //! 4. [`routing`] — the order in which the model's deployments are tried, after [`selectors`]
 //!    (content rules from [`rules`], tags, model groups, capabilities, session affinity)
 //!    narrow them.
@@ -50,6 +52,7 @@
 pub mod accounting;
 pub mod auth;
 pub mod budget;
+pub mod cache;
 pub mod caps;
 pub mod catalog;
 pub mod clock;

@@ -47,6 +47,13 @@ pub const LIMITS_DEGRADED_TOTAL: &str = "switchboard_limits_degraded_total";
 /// Upstream answers cut off for passing a size cap, by `part`: `body` (a complete answer or
 /// error body) or `event` (one event of an event stream).
 pub const UPSTREAM_OVERSIZE_TOTAL: &str = "switchboard_upstream_oversize_total";
+/// Response-cache lookups by model and `result`: `hit`, `miss` or `bypass` (the client said
+/// not to read). Hit ratio: `hit / (hit + miss)`.
+pub const RESPONSE_CACHE_LOOKUPS_TOTAL: &str = "switchboard_response_cache_lookups_total";
+/// What answers served from the response cache cost when they were generated, in nano-USD,
+/// by model: the spend the cache saved.
+pub const RESPONSE_CACHE_SAVED_NANODOLLARS_TOTAL: &str =
+    "switchboard_response_cache_saved_nanodollars_total";
 
 /// Every name above, for the test that scrapes `/metrics`.
 pub const ALL: &[&str] = &[
@@ -67,6 +74,8 @@ pub const ALL: &[&str] = &[
     LIMITS_DEGRADED_TOTAL,
     ROUTING_DECISION_SECONDS,
     UPSTREAM_OVERSIZE_TOTAL,
+    RESPONSE_CACHE_LOOKUPS_TOTAL,
+    RESPONSE_CACHE_SAVED_NANODOLLARS_TOTAL,
 ];
 
 /// Buckets of the routing-decision histogram: 1 µs to 1 ms.
@@ -127,7 +136,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    const COUNTERS: [(&str, &str); 11] = [
+    const COUNTERS: [(&str, &str); 13] = [
         (REQUESTS_TOTAL, "Requests answered, by endpoint and status."),
         (
             UPSTREAM_ATTEMPTS_TOTAL,
@@ -156,6 +165,14 @@ fn describe() {
         (
             UPSTREAM_OVERSIZE_TOTAL,
             "Upstream answers cut off for passing a size cap, by part (body, event).",
+        ),
+        (
+            RESPONSE_CACHE_LOOKUPS_TOTAL,
+            "Response-cache lookups, by model and result (hit, miss, bypass).",
+        ),
+        (
+            RESPONSE_CACHE_SAVED_NANODOLLARS_TOTAL,
+            "Cost in nano-USD that answers from the response cache saved, by model.",
         ),
     ];
     const GAUGES: [(&str, &str); 3] = [
@@ -196,6 +213,18 @@ pub struct ModelMetrics {
     cached_read: Counter,
     cache_creation: Counter,
     cost: Counter,
+    /// The response cache's counters, registered on the model's first lookup (a model
+    /// without a cache policy exports none).
+    cache: OnceLock<CacheCounters>,
+    model: String,
+}
+
+#[derive(Debug)]
+struct CacheCounters {
+    hit: Counter,
+    miss: Counter,
+    bypass: Counter,
+    saved: Counter,
 }
 
 impl ModelMetrics {
@@ -207,7 +236,40 @@ impl ModelMetrics {
             cached_read: tokens("cached_read"),
             cache_creation: tokens("cache_creation"),
             cost: counter!(COST_NANODOLLARS_TOTAL, "model" => model.to_owned()),
+            cache: OnceLock::new(),
+            model: model.to_owned(),
         }
+    }
+
+    /// Counts a response-cache lookup: `hit`, `miss` or `bypass`.
+    pub fn record_cache_lookup(&self, result: &'static str) {
+        let c = self.cache_counters();
+        match result {
+            "hit" => c.hit.increment(1),
+            "miss" => c.miss.increment(1),
+            _ => c.bypass.increment(1),
+        }
+    }
+
+    /// Counts what an answer from the cache saved.
+    pub fn record_cache_saved(&self, saved_usd: f64) {
+        if saved_usd > 0.0 && saved_usd.is_finite() {
+            let nanos = (saved_usd * 1e9).round() as u64;
+            self.cache_counters().saved.increment(nanos);
+        }
+    }
+
+    fn cache_counters(&self) -> &CacheCounters {
+        self.cache.get_or_init(|| {
+            let model = &self.model;
+            let lookups = |result: &'static str| counter!(RESPONSE_CACHE_LOOKUPS_TOTAL, "model" => model.clone(), "result" => result);
+            CacheCounters {
+                hit: lookups("hit"),
+                miss: lookups("miss"),
+                bypass: lookups("bypass"),
+                saved: counter!(RESPONSE_CACHE_SAVED_NANODOLLARS_TOTAL, "model" => model.clone()),
+            }
+        })
     }
 
     pub fn record(&self, usage: &Usage, cost_usd: f64) {

@@ -118,6 +118,7 @@ pub fn build_state_with_keys(
         ),
     };
     let responses = crate::responses::ResponseStore::new(shared.clone());
+    let cache = crate::cache::CacheStore::new(shared.clone());
     let books = Books {
         limiter: Arc::new(limiter),
         slots,
@@ -133,7 +134,8 @@ pub fn build_state_with_keys(
     Ok(Arc::new(
         AppState::new(pepper, http, books, server.max_body_bytes, metrics)
             .with_master_keys(master_keys)
-            .with_response_store(responses),
+            .with_response_store(responses)
+            .with_cache_store(cache),
     ))
 }
 

@@ -37,6 +37,8 @@ pub struct AppState {
     master_keys: Option<MasterKeys>,
     /// Stored Responses API responses (in process unless set with a Redis one).
     pub responses: Arc<crate::responses::ResponseStore>,
+    /// The response cache's answers (in process unless set with a Redis one).
+    pub cache: Arc<crate::cache::CacheStore>,
     shutting_down: AtomicBool,
 }
 
@@ -130,6 +132,7 @@ impl AppState {
             metrics,
             master_keys: None,
             responses: Arc::default(),
+            cache: Arc::default(),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -143,6 +146,12 @@ impl AppState {
     /// Sets where stored responses are kept (before the state is shared).
     pub fn with_response_store(mut self, store: crate::responses::ResponseStore) -> Self {
         self.responses = Arc::new(store);
+        self
+    }
+
+    /// Sets where the response cache keeps answers (before the state is shared).
+    pub fn with_cache_store(mut self, store: crate::cache::CacheStore) -> Self {
+        self.cache = Arc::new(store);
         self
     }
 

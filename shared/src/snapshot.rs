@@ -150,6 +150,10 @@ pub struct VirtualKey {
     pub budget: Option<Budget>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The exact response cache for this key's requests, in place of each model's own
+    /// (`enabled: false` turns it off for the key). Absent: the model's policy decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<ResponseCache>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +423,59 @@ pub struct ModelPolicy {
     /// alias), but then its last rule must match every request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<ContentRule>,
+    /// The exact response cache: identical requests answered from a stored answer for a
+    /// while. Absent: nothing is cached (unless a key says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<ResponseCache>,
+}
+
+/// Settings of the exact response cache (`docs/response-cache.md`), on a model policy or a
+/// key. An entry is keyed by the tenant, the public model, the endpoint and the request body in
+/// canonical form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseCache {
+    /// Whether answers are cached and served from the cache.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long a stored answer is served.
+    #[serde(default = "default_cache_ttl_seconds")]
+    pub ttl_seconds: u64,
+    /// The largest answer stored (bytes as the client got them); a larger one is not kept.
+    #[serde(default = "default_cache_max_entry_bytes")]
+    pub max_entry_bytes: u64,
+    /// One entry for every tenant instead of one per tenant. Only on a model policy: a key
+    /// cannot reach into other tenants' answers.
+    #[serde(default)]
+    pub shared_across_tenants: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_cache_ttl_seconds() -> u64 {
+    300
+}
+
+fn default_cache_max_entry_bytes() -> u64 {
+    1 << 20
+}
+
+/// Longest `ttl_seconds` of a [`ResponseCache`]: 30 days.
+pub const MAX_CACHE_TTL_SECONDS: u64 = 30 * 24 * 3600;
+/// Largest `max_entry_bytes` of a [`ResponseCache`]: 16 MiB.
+pub const MAX_CACHE_ENTRY_BYTES: u64 = 16 << 20;
+
+impl Default for ResponseCache {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_seconds: default_cache_ttl_seconds(),
+            max_entry_bytes: default_cache_max_entry_bytes(),
+            shared_across_tenants: false,
+        }
+    }
 }
 
 /// Which deployments a [`ModelPolicy`]'s `prefer` tries first.
@@ -460,6 +517,7 @@ impl ModelPolicy {
             derive_tags: false,
             transforms: Transforms::default(),
             rules: Vec::new(),
+            cache: None,
         }
     }
 }

@@ -167,6 +167,14 @@ pub struct UsageRecord {
     /// The request's content, only for a tenant that opted in to capture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<CapturedContent>,
+    /// Answered from the gateway's response cache: no upstream was called and `cost_usd`
+    /// is 0. Absent (false) in older records.
+    #[serde(default)]
+    pub cached_response: bool,
+    /// For a cached answer, what it cost when it was generated: what this request saved,
+    /// in USD. 0 otherwise and in older records.
+    #[serde(default)]
+    pub saved_usd: f64,
 }
 
 #[cfg(test)]

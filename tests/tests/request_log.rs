@@ -13,64 +13,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{ControlPlane, MASTER_KEYS, call, unique_namespace};
+use common::cluster::{ControlPlane, call, unique_namespace};
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use switchboard_tests::services::nats_url;
 
-/// A data plane run through `dataplane::serve_until`; stops when dropped.
-struct DataPlane {
-    base: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for DataPlane {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+type DataPlane = common::cluster::Served;
 
 async fn data_plane(namespace: &str, cp: &ControlPlane) -> DataPlane {
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\n  shutdown_grace_seconds: 1\n\
-         cluster:\n  namespace: {namespace}\n  nats_url: \"{nats}\"\n  controlplane_grpc: \"{grpc}\"\n  \
-         heartbeat_interval_ms: 500\n  snapshot_cache: \"{cache}\"\n  usage_spill_path: \"{spill}\"\n{trust}",
-        trust = common::cluster::trust_yaml(),
-        nats = nats_url(),
-        grpc = cp.grpc,
-        cache = dir.path().join("snapshot.json").display(),
-        spill = dir.path().join("usage.jsonl").display(),
-    );
-    let path = dir.path().join("dp.yaml");
-    std::fs::write(&path, config).unwrap();
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(dataplane::serve_until(
-        dataplane::Options {
-            config_path: path,
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            master_keys: Some(MASTER_KEYS.to_owned()),
-            ..Default::default()
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-        move |addr| {
-            let _ = addr_tx.send(addr);
-        },
-    ));
-    let base = format!("http://{}", addr_rx.await.unwrap());
-    DataPlane {
-        base,
-        _stop: stop_tx,
-        task,
-        _dir: dir,
-    }
+    common::cluster::served(namespace, cp, "").await
 }
 
 /// A chat for `model` with `secret` (and the client's `x-request-id`, if given).

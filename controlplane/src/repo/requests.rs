@@ -44,6 +44,10 @@ pub struct RequestRow {
     pub cost_usd: f64,
     pub latency_ms: i32,
     pub ttft_ms: Option<i32>,
+    /// Answered from the gateway's response cache: no upstream, cost 0.
+    pub cached_response: bool,
+    /// For a cached answer, what it cost when it was generated (USD).
+    pub saved_usd: f64,
 }
 
 /// The captured content of one request (opted-in tenants only).
@@ -98,6 +102,8 @@ fn log_row(r: &UsageRecord) -> Value {
         "cost_usd": if r.cost_usd.is_finite() { r.cost_usd } else { 0.0 },
         "latency_ms": i32::try_from(r.latency_ms).unwrap_or(i32::MAX),
         "ttft_ms": r.ttft_ms.map(|t| i32::try_from(t).unwrap_or(i32::MAX)),
+        "cached_response": r.cached_response,
+        "saved_usd": if r.saved_usd.is_finite() { r.saved_usd } else { 0.0 },
     })
 }
 
@@ -113,17 +119,20 @@ pub async fn insert_log(db: impl PgExecutor<'_>, records: &[UsageRecord]) -> sql
         r#"INSERT INTO request_log (started_at, request_id, client_request_id, tenant_id,
             key_id, model, deployment_id, provider_id, endpoint, stream, outcome, status,
             error_kind, attempts, prompt_tokens, completion_tokens, cached_read_tokens,
-            cache_creation_tokens, cache_hit, cost_usd, latency_ms, ttft_ms)
+            cache_creation_tokens, cache_hit, cost_usd, latency_ms, ttft_ms, cached_response,
+            saved_usd)
         SELECT started_at, request_id, client_request_id, tenant_id, key_id, model,
             deployment_id, provider_id, endpoint, stream, outcome, status, error_kind,
             coalesce(attempts, '[]'::jsonb), prompt_tokens, completion_tokens,
-            cached_read_tokens, cache_creation_tokens, cache_hit, cost_usd, latency_ms, ttft_ms
+            cached_read_tokens, cache_creation_tokens, cache_hit, cost_usd, latency_ms, ttft_ms,
+            coalesce(cached_response, false), coalesce(saved_usd, 0)
         FROM jsonb_to_recordset($1::jsonb) AS r(started_at timestamptz, request_id text,
             client_request_id text, tenant_id text, key_id text, model text,
             deployment_id text, provider_id text, endpoint text, stream boolean, outcome text,
             status smallint, error_kind text, attempts jsonb, prompt_tokens bigint,
             completion_tokens bigint, cached_read_tokens bigint, cache_creation_tokens bigint,
-            cache_hit boolean, cost_usd double precision, latency_ms integer, ttft_ms integer)
+            cache_hit boolean, cost_usd double precision, latency_ms integer, ttft_ms integer,
+            cached_response boolean, saved_usd double precision)
         ON CONFLICT DO NOTHING"#,
         rows
     )
@@ -172,7 +181,8 @@ pub async fn list(db: impl PgExecutor<'_>, f: &Filter<'_>) -> sqlx::Result<Vec<R
         r#"SELECT request_id, client_request_id, started_at, tenant_id, key_id, model,
             deployment_id, provider_id, endpoint, stream, outcome, status, error_kind,
             attempts, prompt_tokens, completion_tokens, cached_read_tokens,
-            cache_creation_tokens, cache_hit, cost_usd, latency_ms, ttft_ms
+            cache_creation_tokens, cache_hit, cost_usd, latency_ms, ttft_ms, cached_response,
+            saved_usd
         FROM request_log
         WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR tenant_id = $2)
         AND ($3::text IS NULL OR key_id = $3) AND ($4::text IS NULL OR model = $4)
@@ -211,7 +221,8 @@ pub async fn get(
         r#"SELECT request_id, client_request_id, started_at, tenant_id, key_id, model,
             deployment_id, provider_id, endpoint, stream, outcome, status, error_kind,
             attempts, prompt_tokens, completion_tokens, cached_read_tokens,
-            cache_creation_tokens, cache_hit, cost_usd, latency_ms, ttft_ms
+            cache_creation_tokens, cache_hit, cost_usd, latency_ms, ttft_ms, cached_response,
+            saved_usd
         FROM request_log WHERE request_id = $1 AND ($2::text IS NULL OR tenant_id = $2)
         ORDER BY started_at DESC LIMIT 1"#,
         request_id,

@@ -107,6 +107,8 @@ impl KeyRow {
             limits: limits(self.rpm, self.tpm, self.concurrency),
             budget: self.budget.as_ref().map(|b| b.0.clone()),
             metadata: self.metadata.0.clone(),
+            // Not stored by the control plane yet: a key's cache setting is standalone-only.
+            cache: None,
         }
     }
 }

@@ -18,6 +18,10 @@ pub struct SpendRow {
     pub cached_read_tokens: i64,
     pub cache_creation_tokens: i64,
     pub cost_usd: f64,
+    /// Requests answered from the gateway's response cache (cost 0).
+    pub cached_responses: i64,
+    /// What those answers cost when they were generated: the spend the cache saved (USD).
+    pub saved_usd: f64,
 }
 
 /// Totals per `group_by` (`tenant_id`, `key_id`, `model` or `deployment_id`) over the days
@@ -40,7 +44,8 @@ pub async fn report(
         sum(completion_tokens)::bigint AS "completion_tokens!",
         sum(cached_read_tokens)::bigint AS "cached_read_tokens!",
         sum(cache_creation_tokens)::bigint AS "cache_creation_tokens!",
-        sum(cost_usd) AS "cost_usd!"
+        sum(cost_usd) AS "cost_usd!",
+        sum(cached_responses)::bigint AS "cached_responses!", sum(saved_usd) AS "saved_usd!"
         FROM spend_daily WHERE day BETWEEN $2 AND $3
         AND ($4::text IS NULL OR tenant_id = $4) AND ($5::text IS NULL OR tenant_id = $5)
         GROUP BY 1 ORDER BY 8 DESC, 1"#,
@@ -80,6 +85,8 @@ pub async fn insert_usage(db: impl PgExecutor<'_>, records: &[UsageRecord]) -> s
     let mut price_version = Vec::with_capacity(n);
     let mut latency = Vec::with_capacity(n);
     let mut ttft = Vec::with_capacity(n);
+    let mut cached_response = Vec::with_capacity(n);
+    let mut saved = Vec::with_capacity(n);
     // A refusal never reached a deployment and costs nothing: it is in the request log only.
     for r in records.iter().filter(|r| r.outcome != Outcome::Refused) {
         started_at.push(r.started_at);
@@ -104,6 +111,12 @@ pub async fn insert_usage(db: impl PgExecutor<'_>, records: &[UsageRecord]) -> s
         price_version.push(r.price_version.map(clamp));
         latency.push(i32::try_from(r.latency_ms).unwrap_or(i32::MAX));
         ttft.push(r.ttft_ms.map(|t| i32::try_from(t).unwrap_or(i32::MAX)));
+        cached_response.push(r.cached_response);
+        saved.push(if r.saved_usd.is_finite() {
+            r.saved_usd
+        } else {
+            0.0
+        });
     }
     // The statement is in its own file: it is long, and one statement is clearer whole.
     let new_rows = sqlx::query_file_scalar!(
@@ -130,6 +143,8 @@ pub async fn insert_usage(db: impl PgExecutor<'_>, records: &[UsageRecord]) -> s
         &latency as _,
         &ttft as _,
         &price_version as _,
+        &cached_response as _,
+        &saved as _,
     )
     .fetch_one(db)
     .await?;

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use switchboard_shared::snapshot::{
-    ContentRule, Cooldown, ModelPolicy, Preference, Strategy, Timeouts, Transforms,
+    ContentRule, Cooldown, ModelPolicy, Preference, ResponseCache, Strategy, Timeouts, Transforms,
 };
 use utoipa::ToSchema;
 
@@ -28,6 +28,10 @@ pub struct PolicyView {
     pub cooldown: Cooldown,
     #[serde(flatten)]
     pub routing: Routing,
+    /// The exact response cache (`enabled`, `ttl_seconds`, `max_entry_bytes`,
+    /// `shared_across_tenants`); absent: nothing is cached.
+    #[schema(value_type = Option<Object>)]
+    pub cache: Option<ResponseCache>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -43,6 +47,7 @@ impl From<&PolicyRow> for PolicyView {
             timeouts: p.timeouts,
             cooldown: p.cooldown,
             routing: Routing::of(p),
+            cache: p.cache,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -66,6 +71,11 @@ pub struct PolicyBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub cooldown: Cooldown,
+    /// The exact response cache: `{enabled, ttl_seconds, max_entry_bytes,
+    /// shared_across_tenants}` (defaults true, 300, 1048576, false); absent: nothing cached.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub cache: Option<ResponseCache>,
     /// How long a request may wait for a cooling deployment (default 1000, at most 30000).
     pub wait_for_cooldown_ms: Option<u64>,
     /// How long a request may wait for a concurrency slot (default 0, at most 30000).
@@ -156,6 +166,7 @@ pub async fn put(
     policy.derive_tags = req.derive_tags;
     policy.transforms = req.transforms;
     policy.rules = req.rules;
+    policy.cache = req.cache;
     let mut w = Write::begin(cx.pool, actor).await?;
     let before = repo::models::get(w.conn(), model, true).await?;
     let row = repo::models::upsert(w.conn(), model, &policy).await?;

@@ -343,6 +343,8 @@ pub fn usage_record(
         error_kind: None,
         attempt_log: Vec::new(),
         content: None,
+        cached_response: false,
+        saved_usd: 0.0,
     }
 }
 

@@ -45,5 +45,8 @@ pub(super) fn check(c: &mut Collector, keys: &[VirtualKey], names: &Names<'_>) {
             }
         }
         check_limits_and_budget(c, &path, k.limits, k.budget.as_ref());
+        if let Some(cache) = &k.cache {
+            super::cache::check(c, &format!("{path}.cache"), cache, true);
+        }
     }
 }

@@ -13,6 +13,7 @@
 //! version and the ids. Rate limits and budgets, which several sections carry, are checked
 //! here.
 
+mod cache;
 mod deployments;
 mod keys;
 mod models;
@@ -325,6 +326,21 @@ models:
                 "providers[0].base_url",
             ),
             ("kind: openai,", "kind: azure,", "providers[0].api_version"),
+            (
+                "fallbacks: [small] }",
+                "fallbacks: [small], cache: { ttl_seconds: 0 } }",
+                "models[0].cache.ttl_seconds",
+            ),
+            (
+                "fallbacks: [small] }",
+                "fallbacks: [small], cache: { max_entry_bytes: 999999999 } }",
+                "models[0].cache.max_entry_bytes",
+            ),
+            (
+                "allowed_models: [gpt-4o] }",
+                "allowed_models: [gpt-4o], cache: { shared_across_tenants: true } }",
+                "virtual_keys[0].cache.shared_across_tenants",
+            ),
             (
                 "kind: openai,",
                 "kind: azure, api_version: \"2024-10-21&x=1\",",

@@ -25,6 +25,9 @@ pub(super) fn check(c: &mut Collector, models: &[ModelPolicy], names: &Names<'_>
         check_cooldown(c, &path, m);
         super::shaping::check_transforms(c, &format!("{path}.transforms"), &m.transforms);
         super::shaping::check_rules(c, &path, m, models, names);
+        if let Some(cache) = &m.cache {
+            super::cache::check(c, &format!("{path}.cache"), cache, false);
+        }
     }
 }
 

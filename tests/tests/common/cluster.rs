@@ -220,3 +220,60 @@ pub async fn call(
     };
     send(request(method, &format!("{base}{path}"), &headers, text)).await
 }
+
+/// A data plane run through the real server entry point (`dataplane::serve_until`, so with its
+/// usage publisher) following a control plane; stops when dropped.
+pub struct Served {
+    pub base: String,
+    /// Dropping it would shut the data plane down.
+    _stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a [`Served`] data plane in `namespace` following `cp`; `extra` is appended to its
+/// config (a `redis:` section, say).
+pub async fn served(namespace: &str, cp: &ControlPlane, extra: &str) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\n  shutdown_grace_seconds: 1\n\
+         cluster:\n  namespace: {namespace}\n  nats_url: \"{nats}\"\n  controlplane_grpc: \"{grpc}\"\n  \
+         heartbeat_interval_ms: 500\n  snapshot_cache: \"{cache}\"\n  usage_spill_path: \"{spill}\"\n{trust}{extra}",
+        trust = trust_yaml(),
+        nats = switchboard_tests::services::nats_url(),
+        grpc = cp.grpc,
+        cache = dir.path().join("snapshot.json").display(),
+        spill = dir.path().join("usage.jsonl").display(),
+    );
+    let path = dir.path().join("dp.yaml");
+    std::fs::write(&path, config).unwrap();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(dataplane::serve_until(
+        dataplane::Options {
+            config_path: path,
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            master_keys: Some(MASTER_KEYS.to_owned()),
+            ..Default::default()
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |addr| {
+            let _ = addr_tx.send(addr);
+        },
+    ));
+    let base = format!("http://{}", addr_rx.await.unwrap());
+    Served {
+        base,
+        _stop: stop_tx,
+        task,
+        _dir: dir,
+    }
+}

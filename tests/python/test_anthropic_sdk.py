@@ -7,7 +7,7 @@ their coordinates in the environment:
 - SWITCHBOARD_KEY: a key allowed to use every model
 
 Models: `claude` (an Anthropic deployment: bytes pass through), `gpt` (an OpenAI-compatible
-deployment: translated both ways), `claude-too-long` and `claude-busy` (Anthropic upstreams
+deployment: translated both ways), `vertex-claude` (Claude on Vertex AI: `rawPredict`), `claude-too-long` and `claude-busy` (Anthropic upstreams
 that refuse every prompt as too long, or rate limit it with `retry-after: 7`). The SDK sends the key as `Authorization: Bearer`.
 """
 
@@ -178,3 +178,23 @@ def test_a_beta_header_reaches_an_anthropic_deployment():
         extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"},
     )
     assert reply.content[0].text == "Hi! My name is Claude."
+
+
+def test_message_and_stream_from_claude_on_vertex():
+    reply = client().messages.create(model="vertex-claude", max_tokens=100, messages=MESSAGES)
+    assert reply.content[0].text == "Hi! My name is Claude."
+    assert reply.usage.cache_read_input_tokens == 40
+    with client().messages.stream(model="vertex-claude", max_tokens=100, messages=MESSAGES) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello! How can I help?"
+    assert final.usage.output_tokens == 15
+
+
+def test_tools_from_claude_on_vertex():
+    reply = client().messages.create(
+        model="vertex-claude", max_tokens=100, messages=MESSAGES, tools=TOOLS
+    )
+    assert reply.stop_reason == "tool_use"
+    call = [b for b in reply.content if b.type == "tool_use"][0]
+    assert call.input == {"location": "San Francisco, CA", "unit": "celsius"}

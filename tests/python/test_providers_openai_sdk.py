@@ -1,7 +1,8 @@
 """The official `openai` Python SDK against deployments on every provider, through the gateway.
 
 Run by tests/tests/provider_sdks.rs (see test_anthropic_sdk.py for the environment). Models:
-`claude` (Anthropic, translated), `azure` (Azure OpenAI), `gemini` (Gemini, translated), `bedrock` (Bedrock Converse, SigV4),
+`claude` (Anthropic, translated), `azure` (Azure OpenAI), `gemini` (Gemini, translated), `bedrock` (Bedrock Converse, SigV4), `vertex-gemini` and
+`vertex-claude` (Vertex AI with a service account's OAuth2 token: a Gemini model and Claude),
 `claude-too-long` (an Anthropic
 upstream that refuses every prompt as too long).
 """
@@ -133,3 +134,36 @@ def test_bedrock_chat_stream_and_tools():
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert calls[0].function.name == "top_song"
     assert json.loads("".join(tc.function.arguments or "" for tc in calls)) == {"sign": "WZPZ"}
+
+
+def test_vertex_gemini_chat_stream_and_tools():
+    reply = client().chat.completions.create(model="vertex-gemini", messages=MESSAGES)
+    assert reply.choices[0].message.content == "AI learns patterns from data to make predictions."
+    chunks = list(
+        client().chat.completions.create(
+            model="vertex-gemini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "AI learns patterns from data to make predictions."
+    assert chunks[-1].usage.prompt_tokens == 120
+    reply = client().chat.completions.create(model="vertex-gemini", messages=MESSAGES, tools=TOOLS)
+    call = reply.choices[0].message.tool_calls[0]
+    assert json.loads(call.function.arguments) == {"location": "Boston, MA"}
+
+
+def test_vertex_claude_chat_stream_and_tools():
+    reply = client().chat.completions.create(model="vertex-claude", messages=MESSAGES)
+    assert reply.choices[0].message.content == "Hi! My name is Claude."
+    assert reply.usage.prompt_tokens == 75
+    chunks = list(
+        client().chat.completions.create(
+            model="vertex-claude", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello! How can I help?"
+    assert chunks[-1].usage.completion_tokens == 15
+    reply = client().chat.completions.create(model="vertex-claude", messages=MESSAGES, tools=TOOLS)
+    call = reply.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"

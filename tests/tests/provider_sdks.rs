@@ -1,6 +1,7 @@
 //! The official SDKs against deployments on every provider: the `openai` SDK against
-//! Anthropic, Azure, Gemini and Bedrock deployments, the `anthropic` SDK against `/v1/messages` with an
-//! Anthropic and an OpenAI-compatible deployment behind it
+//! Anthropic, Azure, Gemini, Bedrock and Vertex AI (Gemini and Claude) deployments, the
+//! `anthropic` SDK against `/v1/messages` with an Anthropic, an OpenAI-compatible and a Vertex AI
+//! (Claude) deployment behind it
 //! (tests/python/test_providers_openai_sdk.py, tests/python/test_anthropic_sdk.py), and the
 //! `openai` SDK's Responses API against a native, an Anthropic and a chat-only deployment
 //! (tests/python/test_responses_sdk.py).
@@ -15,6 +16,7 @@ use std::process::Stdio;
 
 use common::*;
 use switchboard_tests::mock::bedrock::{BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY};
+use switchboard_tests::mock::vertex::service_account;
 
 fn python() -> PathBuf {
     if let Ok(p) = std::env::var("SWITCHBOARD_PYTHON") {
@@ -36,6 +38,9 @@ async fn the_openai_and_anthropic_sdks_work_against_every_provider() {
     let root = mock.base_url();
     let azure_root = root.trim_end_matches("/v1").to_owned();
     let gemini_root = format!("{azure_root}/v1beta");
+    // A Vertex AI service account whose tokens come from the mock's token endpoint.
+    let vertex_key =
+        serde_json::to_string(&service_account(&format!("{azure_root}/token"))).unwrap();
     let config = config_yaml(
         &snapshot(
             "",
@@ -48,6 +53,7 @@ async fn the_openai_and_anthropic_sdks_work_against_every_provider() {
   - {{ id: gem, kind: gemini, base_url: \"{gemini_root}\", api_key: {{ value: g-x }} }}
   - {{ id: br, kind: bedrock, base_url: \"{azure_root}\", region: us-east-1, aws_access_key_id: {{ value: {BEDROCK_ACCESS_KEY_ID} }}, aws_secret_access_key: {{ value: \"{BEDROCK_SECRET_ACCESS_KEY}\" }} }}
   - {{ id: az, kind: azure, base_url: \"{azure_root}\", api_version: 2024-10-21, api_key: {{ value: az-x }} }}
+  - {{ id: vx, kind: vertex, base_url: \"{azure_root}\", region: us-central1, api_key: {{ value: {vertex_key} }} }}
 deployments:
   - {{ id: d1, model: claude, provider: ant, upstream_model: claude-up }}
   - {{ id: d2, model: claude-too-long, provider: ant-long, upstream_model: claude-up }}
@@ -58,6 +64,8 @@ deployments:
   - {{ id: d5, model: azure-embed, provider: az, upstream_model: embed-prod }}
   - {{ id: d6, model: gemini, provider: gem, upstream_model: gemini-up }}
   - {{ id: d7, model: bedrock, provider: br, upstream_model: \"anthropic.claude-3-5-sonnet-20240620-v1:0\" }}
+  - {{ id: d10, model: vertex-gemini, provider: vx, upstream_model: gemini-2.5-flash }}
+  - {{ id: d11, model: vertex-claude, provider: vx, upstream_model: \"claude-sonnet-4@20250514\" }}
 models:
   - {{ model: claude-too-long, retries: 0 }}
   - {{ model: claude-busy, retries: 0 }}
@@ -86,7 +94,8 @@ models:
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the SDK suites failed:\n{stdout}");
     assert!(
-        stdout.contains("36 passed"),
-        "expected all 36 SDK tests to run:\n{stdout}"
+        stdout.contains("40 passed"),
+        "expected all 40 SDK tests to run:\n{stdout}"
     );
+    assert!(mock.tokens_issued() >= 1, "Vertex AI calls carried a token");
 }

@@ -29,6 +29,10 @@ pub async fn upstream(
             "https://bedrock-runtime.{}.amazonaws.com",
             p.extra.0.region.as_deref().unwrap_or("us-east-1")
         ),
+        (Some(ProviderKind::Vertex), None) => match p.extra.0.region.as_deref() {
+            Some("global") | None => "https://aiplatform.googleapis.com".to_owned(),
+            Some(location) => format!("https://{location}-aiplatform.googleapis.com"),
+        },
         _ => {
             report.fail(
                 name,
@@ -61,7 +65,7 @@ pub async fn upstream(
         credential.as_deref(),
     );
     match request.send().await {
-        Ok(r) if matches!(r.status().as_u16(), 401 | 403) && kind != Some(ProviderKind::Bedrock) => report.fail(
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) && !matches!(kind, Some(ProviderKind::Bedrock | ProviderKind::Vertex)) => report.fail(
             name,
             format!("{shown} refused the credential (HTTP {})", r.status().as_u16()),
             format!("set a valid api_key: PUT /admin/v1/providers/{} (the upstream's account may also lack access)", p.id),
@@ -130,8 +134,8 @@ fn probe(
                 api_version.unwrap_or_default()
             ))
             .header("api-key", key),
-        // SigV4 is not reproduced here: only reachability.
-        Some(ProviderKind::Bedrock) => client.get(base),
+        // SigV4 and Vertex's OAuth2 token are not reproduced here: only reachability.
+        Some(ProviderKind::Bedrock | ProviderKind::Vertex) => client.get(base),
         _ => client.get(format!("{base}/models")).bearer_auth(key),
     }
 }

@@ -122,6 +122,8 @@ pub struct ProviderExtra {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_access_key_id: Option<Sealed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_secret_access_key: Option<Sealed>,
@@ -166,6 +168,7 @@ impl ProviderRow {
                 .map(|c| SecretRef::Sealed(c.0.clone())),
             api_version: self.extra.0.api_version.clone(),
             region: self.extra.0.region.clone(),
+            project: self.extra.0.project.clone(),
             aws_access_key_id: sealed(self.extra.0.aws_access_key_id.as_ref()),
             aws_secret_access_key: sealed(self.extra.0.aws_secret_access_key.as_ref()),
             aws_session_token: sealed(self.extra.0.aws_session_token.as_ref()),

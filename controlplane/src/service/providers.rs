@@ -34,8 +34,10 @@ pub struct ProviderView {
     pub api_key_sealed_with: Option<String>,
     /// Azure OpenAI's `api-version`.
     pub api_version: Option<String>,
-    /// Bedrock's AWS region.
+    /// Bedrock's AWS region, or Vertex AI's location.
     pub region: Option<String>,
+    /// Vertex AI's Google Cloud project (when not the service account's own).
+    pub project: Option<String>,
     /// Whether AWS credentials are stored (never returned).
     pub has_aws_credentials: bool,
     /// How many weighted credentials (`api_keys`) are stored (never returned).
@@ -54,6 +56,7 @@ impl From<&ProviderRow> for ProviderView {
             api_key_sealed_with: r.credential.as_ref().map(|c| c.0.key_id.clone()),
             api_version: r.extra.0.api_version.clone(),
             region: r.extra.0.region.clone(),
+            project: r.extra.0.project.clone(),
             has_aws_credentials: r.extra.0.aws_access_key_id.is_some(),
             api_key_count: r.extra.0.api_keys.len(),
             created_at: r.created_at,
@@ -70,12 +73,15 @@ pub struct CreateProvider {
     pub kind: ProviderKind,
     /// Including the API version path, e.g. `https://api.openai.com/v1`.
     pub base_url: Option<String>,
-    /// The upstream credential. Write-only.
+    /// The upstream credential (for `vertex`: the service account's JSON key). Write-only.
     pub api_key: Option<String>,
     /// Azure OpenAI's `api-version` (required for `azure`).
     pub api_version: Option<String>,
-    /// AWS region (required for `bedrock`).
+    /// AWS region (required for `bedrock`), or the Google Cloud location (required for
+    /// `vertex`: `us-central1`, `global`, ...).
     pub region: Option<String>,
+    /// The Google Cloud project (`vertex`; defaults to the service account's `project_id`).
+    pub project: Option<String>,
     /// AWS credentials for SigV4 (`bedrock`). Write-only.
     pub aws_access_key_id: Option<String>,
     pub aws_secret_access_key: Option<String>,
@@ -90,6 +96,7 @@ pub struct CreateProvider {
 struct ExtraFields<'a> {
     api_version: &'a Option<String>,
     region: &'a Option<String>,
+    project: &'a Option<String>,
     aws_access_key_id: &'a Option<String>,
     aws_secret_access_key: &'a Option<String>,
     aws_session_token: &'a Option<String>,
@@ -101,6 +108,7 @@ macro_rules! extra_fields {
         ExtraFields {
             api_version: &$req.api_version,
             region: &$req.region,
+            project: &$req.project,
             aws_access_key_id: &$req.aws_access_key_id,
             aws_secret_access_key: &$req.aws_secret_access_key,
             aws_session_token: &$req.aws_session_token,
@@ -159,6 +167,7 @@ impl ExtraFields<'_> {
                 .clone()
                 .or_else(|| before.api_version.clone()),
             region: self.region.clone().or_else(|| before.region.clone()),
+            project: self.project.clone().or_else(|| before.project.clone()),
             aws_access_key_id: seal(
                 "aws_access_key_id",
                 self.aws_access_key_id,
@@ -195,8 +204,11 @@ pub struct UpdateProvider {
     pub remove_api_key: bool,
     /// Azure OpenAI's `api-version` (required for `azure`).
     pub api_version: Option<String>,
-    /// AWS region (required for `bedrock`).
+    /// AWS region (required for `bedrock`), or the Google Cloud location (required for
+    /// `vertex`: `us-central1`, `global`, ...).
     pub region: Option<String>,
+    /// The Google Cloud project (`vertex`; defaults to the service account's `project_id`).
+    pub project: Option<String>,
     /// AWS credentials for SigV4 (`bedrock`). Write-only.
     pub aws_access_key_id: Option<String>,
     pub aws_secret_access_key: Option<String>,
@@ -315,6 +327,65 @@ fn check_api_key(key: Option<&String>) -> Result<()> {
     Ok(())
 }
 
+/// Where a key file without `token_uri` gets its tokens (as the data plane's Vertex adaptor).
+const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+
+/// A Vertex AI credential must be a service account's JSON key whose `token_uri` passes the
+/// base-URL rules: the data plane sends a signed assertion there, which is worth a token. The
+/// problem is reported at `field` and never quotes the key.
+fn check_service_account(rules: &ProvidersConfig, field: &str, json: &str) -> Result<()> {
+    #[derive(Deserialize)]
+    struct KeyFile {
+        #[serde(rename = "type")]
+        kind: String,
+        client_email: String,
+        private_key: String,
+        #[serde(default)]
+        token_uri: Option<String>,
+    }
+    let bad = |message: &str| Err(Error::invalid(field, message));
+    let Ok(key) = serde_json::from_str::<KeyFile>(json) else {
+        return bad(
+            "must be a service account's JSON key file (type, client_email, private_key, token_uri)",
+        );
+    };
+    if key.kind != "service_account" {
+        return bad("the key file's type must be service_account");
+    }
+    if key.client_email.is_empty() || !key.private_key.contains("PRIVATE KEY-----") {
+        return bad("the key file needs client_email and a PEM private_key");
+    }
+    let uri = key.token_uri.as_deref().unwrap_or(GOOGLE_TOKEN_URI);
+    check_base_url(rules, uri).map_err(|e| match e {
+        Error::Invalid(problems) => Error::Invalid(
+            problems
+                .into_iter()
+                .map(|p| FieldError::new(field, format!("token_uri {}", p.message)))
+                .collect(),
+        ),
+        other => other,
+    })
+}
+
+/// The Vertex credentials of a write checked with [`check_service_account`].
+fn check_vertex_credentials(
+    rules: &ProvidersConfig,
+    kind: ProviderKind,
+    api_key: Option<&String>,
+    api_keys: Option<&Vec<NewProviderKey>>,
+) -> Result<()> {
+    if kind != ProviderKind::Vertex {
+        return Ok(());
+    }
+    if let Some(key) = api_key {
+        check_service_account(rules, "api_key", key)?;
+    }
+    for (i, k) in api_keys.into_iter().flatten().enumerate() {
+        check_service_account(rules, &format!("api_keys[{i}].key"), &k.key)?;
+    }
+    Ok(())
+}
+
 /// Creates a provider, its credentials sealed with the rules' keys.
 pub async fn create(
     cx: Ctx<'_>,
@@ -325,6 +396,12 @@ pub async fn create(
     let keys = rules.keys;
     check_id("id", &req.id)?;
     check_api_key(req.api_key.as_ref())?;
+    check_vertex_credentials(
+        rules.urls,
+        req.kind,
+        req.api_key.as_ref(),
+        req.api_keys.as_ref(),
+    )?;
     if let Some(url) = &req.base_url {
         check_base_url(rules.urls, url)?;
     }
@@ -353,6 +430,12 @@ pub async fn update(
 ) -> Result<(ProviderView, Committed)> {
     let keys = rules.keys;
     check_api_key(req.api_key.as_ref())?;
+    check_vertex_credentials(
+        rules.urls,
+        req.kind,
+        req.api_key.as_ref(),
+        req.api_keys.as_ref(),
+    )?;
     if let Some(url) = &req.base_url {
         check_base_url(rules.urls, url)?;
     }

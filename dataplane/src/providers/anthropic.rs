@@ -14,6 +14,7 @@
 //! retried elsewhere, 429 cools the deployment for `retry-after`, 401/403 take it out, and
 //! 400/404/413 (context length, unknown model, too large) go back to the client translated.
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -87,6 +88,37 @@ impl AnthropicAdaptor {
     }
 }
 
+/// The Messages API body of one attempt: the client's own with the model swapped on
+/// `/v1/messages`, a translation on chat completions and `/v1/responses` (through chat's
+/// shape). `Err` is the refusal to answer with, without a network call.
+pub fn messages_body(request: &UpstreamRequest<'_>) -> Result<Bytes, UpstreamResponse> {
+    let view = request.view;
+    let chat = match request.endpoint {
+        Endpoint::Messages => return Ok(view.upstream_body(request.upstream_model_json)),
+        Endpoint::Responses => anthropic_openai::openai_body(request)?,
+        _ => view.body.clone(),
+    };
+    openai_anthropic::request(&chat, request.upstream_model, view.stream)
+        .map(Bytes::from)
+        .map_err(|e| translate::refusal(request.endpoint, &e))
+}
+
+/// A Messages API answer in the client's protocol: as it came for `/v1/messages`, translated
+/// for chat completions and `/v1/responses`.
+pub fn for_client(response: UpstreamResponse, request: &UpstreamRequest<'_>) -> UpstreamResponse {
+    if request.endpoint == Endpoint::Messages {
+        return response;
+    }
+    let chat = translate::wrap(
+        response,
+        request.view.stream,
+        openai_anthropic::StreamToOpenAi::new(),
+        openai_anthropic::response,
+        openai_anthropic::error,
+    );
+    translate::wrap_for_client(chat, request)
+}
+
 impl ProviderAdaptor for AnthropicAdaptor {
     fn send<'a>(
         &'a self,
@@ -112,30 +144,12 @@ impl ProviderAdaptor for AnthropicAdaptor {
                     self.post(&self.count_tokens_path, &body, request).await
                 }
                 Endpoint::ChatCompletions | Endpoint::Responses => {
-                    // A Responses request goes through chat's shape first.
-                    let chat = if request.endpoint == Endpoint::Responses {
-                        match anthropic_openai::openai_body(request) {
-                            Ok(chat) => chat,
-                            Err(refusal) => return Ok(refusal),
-                        }
-                    } else {
-                        view.body.clone()
+                    let body = match messages_body(request) {
+                        Ok(body) => body,
+                        Err(refusal) => return Ok(refusal),
                     };
-                    let body =
-                        match openai_anthropic::request(&chat, request.upstream_model, view.stream)
-                        {
-                            Ok(body) => body,
-                            Err(e) => return Ok(translate::refusal(request.endpoint, &e)),
-                        };
                     let response = self.post(&self.messages_path, &body, request).await?;
-                    let chat = translate::wrap(
-                        response,
-                        view.stream,
-                        openai_anthropic::StreamToOpenAi::new(),
-                        openai_anthropic::response,
-                        openai_anthropic::error,
-                    );
-                    Ok(translate::wrap_for_client(chat, request))
+                    Ok(for_client(response, request))
                 }
                 Endpoint::Completions
                 | Endpoint::Embeddings

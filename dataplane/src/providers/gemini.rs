@@ -56,11 +56,7 @@ impl ChatOnly for GeminiAdaptor {
         let mut path = String::with_capacity(self.prefix.len() + model.len() + 40);
         path.push_str(&self.prefix);
         common::push_segment(&mut path, model);
-        path.push_str(if stream {
-            ":streamGenerateContent?alt=sse"
-        } else {
-            ":generateContent"
-        });
+        path.push_str(method(stream));
         path
     }
 
@@ -69,32 +65,48 @@ impl ChatOnly for GeminiAdaptor {
         let accept = common::accept(stream, &EVENT_STREAM);
         let no_extra = std::iter::empty();
         let request_id = Some(out.request.request_id);
-        let mut response = self
+        let response = self
             .http
             .post(out.path, accept, no_extra, request_id, out.body)
             .await?;
-        if response.status == StatusCode::BAD_REQUEST
-            || response.status == StatusCode::TOO_MANY_REQUESTS
-        {
-            let (read, bytes) = translate::read_error(response).await;
-            response = read;
-            if openai_gemini::is_invalid_api_key(&bytes) {
-                response.status = StatusCode::UNAUTHORIZED;
-            }
-            if let Some(secs) = openai_gemini::retry_delay_secs(&bytes) {
-                response
-                    .headers
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-        }
-        Ok(translate::wrap(
-            response,
-            stream,
-            openai_gemini::StreamToOpenAi::new(),
-            openai_gemini::response,
-            openai_gemini::error,
-        ))
+        Ok(answer(response, stream).await)
     }
+}
+
+/// The method after a model's path: `:generateContent`, or `:streamGenerateContent?alt=sse`
+/// for a stream (the Gemini API's and Vertex AI's alike).
+pub fn method(stream: bool) -> &'static str {
+    if stream {
+        ":streamGenerateContent?alt=sse"
+    } else {
+        ":generateContent"
+    }
+}
+
+/// A `generateContent` answer (Gemini's, or Vertex AI's for Google's models) in OpenAI's chat
+/// shape: an invalid-key 400 becomes a 401, a 429's `retryDelay` becomes `Retry-After`.
+pub async fn answer(mut response: UpstreamResponse, stream: bool) -> UpstreamResponse {
+    if response.status == StatusCode::BAD_REQUEST
+        || response.status == StatusCode::TOO_MANY_REQUESTS
+    {
+        let (read, bytes) = translate::read_error(response).await;
+        response = read;
+        if openai_gemini::is_invalid_api_key(&bytes) {
+            response.status = StatusCode::UNAUTHORIZED;
+        }
+        if let Some(secs) = openai_gemini::retry_delay_secs(&bytes) {
+            response
+                .headers
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+    }
+    translate::wrap(
+        response,
+        stream,
+        openai_gemini::StreamToOpenAi::new(),
+        openai_gemini::response,
+        openai_gemini::error,
+    )
 }
 
 impl ProviderAdaptor for GeminiAdaptor {

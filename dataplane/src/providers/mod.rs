@@ -11,6 +11,8 @@
 //!   requests are translated.
 //! - [`bedrock`]: Amazon Bedrock's Converse API, SigV4-signed, event-stream framing decoded.
 //! - [`gemini`]: Google's Gemini API (`generateContent`), translated.
+//! - [`vertex`]: Google Cloud's Vertex AI — Gemini and Anthropic models with a service
+//!   account's OAuth2 token (the Gemini and Anthropic translations reused).
 //! - [`mock`]: answers inside the process, deterministically and offline.
 //! - [`registry`]: which adaptor serves which provider kind — the one place that names them
 //!   all; the catalog builds every adaptor through it.
@@ -38,6 +40,7 @@ pub mod mock;
 pub mod openai;
 pub mod registry;
 pub mod translate;
+pub mod vertex;
 
 use std::fmt;
 use std::time::Duration;

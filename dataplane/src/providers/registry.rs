@@ -22,6 +22,7 @@ use super::common::Http;
 use super::gemini::GeminiAdaptor;
 use super::mock::MockAdaptor;
 use super::openai::OpenAiAdaptor;
+use super::vertex::VertexAdaptor;
 
 /// What a constructor gets: the snapshot provider, the shared HTTP client and one of the
 /// provider's credentials, already resolved from its secret reference.
@@ -67,5 +68,6 @@ pub fn build(
         ProviderKind::Gemini => Arc::new(GeminiAdaptor::new(&s)?),
         ProviderKind::Bedrock => Arc::new(BedrockAdaptor::new(&s)?),
         ProviderKind::Azure => Arc::new(AzureAdaptor::new(&s)?),
+        ProviderKind::Vertex => Arc::new(VertexAdaptor::new(&s)?),
     })
 }

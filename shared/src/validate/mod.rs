@@ -273,7 +273,7 @@ models:
         assert_eq!(problems(&good()), Vec::<String>::new());
         let more = good().replace(
             "  - { id: m, kind: mock }",
-            "  - { id: m, kind: mock }\n  - { id: a, kind: anthropic, base_url: \"https://api.anthropic.com/v1\" }\n  - { id: z, kind: azure, base_url: \"https://x.openai.azure.com\", api_version: 2025-01-01-preview }\n  - { id: b, kind: bedrock, region: eu-west-1, aws_access_key_id: { env: AK }, aws_secret_access_key: { env: SK } }\n  - { id: g, kind: gemini, base_url: \"https://generativelanguage.googleapis.com/v1beta\" }",
+            "  - { id: m, kind: mock }\n  - { id: a, kind: anthropic, base_url: \"https://api.anthropic.com/v1\" }\n  - { id: z, kind: azure, base_url: \"https://x.openai.azure.com\", api_version: 2025-01-01-preview }\n  - { id: b, kind: bedrock, region: eu-west-1, aws_access_key_id: { env: AK }, aws_secret_access_key: { env: SK } }\n  - { id: g, kind: gemini, base_url: \"https://generativelanguage.googleapis.com/v1beta\" }\n  - { id: v, kind: vertex, region: global, project: my-proj, api_key: { env: SA } }",
         );
         assert_eq!(problems(&more), Vec::<String>::new());
     }
@@ -365,6 +365,27 @@ models:
                 "kind: openai,",
                 "kind: openai, region: us-east-1,",
                 "providers[0].region",
+            ),
+            ("kind: openai,", "kind: vertex,", "providers[0].region"),
+            (
+                "kind: openai,",
+                "kind: vertex, region: global,",
+                "providers[0].api_key",
+            ),
+            (
+                "kind: openai,",
+                "kind: vertex, region: \"us central\",",
+                "providers[0].region",
+            ),
+            (
+                "kind: openai,",
+                "kind: openai, project: p,",
+                "providers[0].project",
+            ),
+            (
+                "kind: openai,",
+                "kind: vertex, region: global, aws_access_key_id: { env: A },",
+                "providers[0].aws_access_key_id",
             ),
             (
                 "upstream_model: gpt-4o }",

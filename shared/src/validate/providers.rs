@@ -1,6 +1,6 @@
 //! The `providers` section: credentials given once, a base URL where the kind needs one, and
-//! the fields only one kind reads (Azure's `api_version`, Bedrock's region and AWS keys)
-//! present exactly there.
+//! the fields only one kind reads (Azure's `api_version`, Bedrock's region and AWS keys,
+//! Vertex's project and location) present exactly there.
 
 use super::Collector;
 use crate::snapshot::{Provider, ProviderKind};
@@ -12,6 +12,7 @@ pub(super) fn check(c: &mut Collector, providers: &[Provider]) {
         check_base_url(c, &path, p);
         check_api_version(c, &path, p);
         check_aws(c, &path, p);
+        check_vertex(c, &path, p);
     }
 }
 
@@ -24,7 +25,8 @@ fn is_api_version(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// Whether `r` looks like an AWS region (it becomes part of a host name and the signature).
+/// Whether `r` looks like an AWS region or a Google Cloud location (it becomes part of a host
+/// name, a path and, for AWS, the signature).
 fn is_region(r: &str) -> bool {
     !r.is_empty()
         && r.len() <= 30
@@ -52,7 +54,7 @@ fn check_api_keys(c: &mut Collector, path: &str, p: &Provider) {
 
 fn check_base_url(c: &mut Collector, path: &str, p: &Provider) {
     match (p.kind, &p.base_url) {
-        (ProviderKind::Mock, _) | (ProviderKind::Bedrock, None) => {}
+        (ProviderKind::Mock, _) | (ProviderKind::Bedrock, None) | (ProviderKind::Vertex, None) => {}
         (_, None) => c.push(format!("{path}.base_url"), "is required for this kind"),
         (_, Some(url)) => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -90,12 +92,28 @@ fn check_aws(c: &mut Collector, path: &str, p: &Provider) {
         ("aws_session_token", p.aws_session_token.is_some()),
         ("region", p.region.is_some()),
     ];
+    if p.kind == ProviderKind::Vertex {
+        // Vertex takes `region` (its location), checked in `check_vertex`, and no AWS keys.
+        for (field, present) in &aws[..3] {
+            if *present {
+                c.push(
+                    format!("{path}.{field}"),
+                    "is only allowed for kind bedrock",
+                );
+            }
+        }
+        return;
+    }
     if p.kind != ProviderKind::Bedrock {
         for (field, present) in aws {
             if present {
                 c.push(
                     format!("{path}.{field}"),
-                    "is only allowed for kind bedrock",
+                    if field == "region" {
+                        "is only allowed for kinds bedrock and vertex"
+                    } else {
+                        "is only allowed for kind bedrock"
+                    },
                 );
             }
         }
@@ -118,6 +136,49 @@ fn check_aws(c: &mut Collector, path: &str, p: &Provider) {
         c.push(
             format!("{path}.api_key"),
             "is not used by kind bedrock: give aws_access_key_id and aws_secret_access_key",
+        );
+    }
+}
+
+/// Whether `p` looks like a Google Cloud project id (it becomes a path segment).
+fn is_project(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 63
+        && p.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b':' || b == b'.'
+        })
+}
+
+/// Vertex needs its location (`region`) and the service account (`api_key` or `api_keys`);
+/// `project` is Vertex's alone.
+fn check_vertex(c: &mut Collector, path: &str, p: &Provider) {
+    if p.kind != ProviderKind::Vertex {
+        if p.project.is_some() {
+            c.push(format!("{path}.project"), "is only allowed for kind vertex");
+        }
+        return;
+    }
+    match &p.region {
+        None => c.push(
+            format!("{path}.region"),
+            "is required for kind vertex (its location, e.g. us-central1 or global)",
+        ),
+        Some(r) if !is_region(r) => c.push(
+            format!("{path}.region"),
+            format!("{r:?} must look like us-central1 or global"),
+        ),
+        Some(_) => {}
+    }
+    if let Some(project) = p.project.as_deref().filter(|v| !is_project(v)) {
+        c.push(
+            format!("{path}.project"),
+            format!("{project:?} must be a Google Cloud project id like my-project-123"),
+        );
+    }
+    if p.api_key.is_none() && p.api_keys.is_empty() {
+        c.push(
+            format!("{path}.api_key"),
+            "is required for kind vertex: the service account's JSON key",
         );
     }
 }

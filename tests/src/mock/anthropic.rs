@@ -32,6 +32,9 @@ const ERROR_AUTHENTICATION: &str =
     include_str!("../../fixtures/anthropic/error_authentication.json");
 const ERROR_SERVER: &str = include_str!("../../fixtures/anthropic/error_server.json");
 
+/// The `anthropic_version` Vertex AI's `rawPredict` wants in the body.
+pub const VERTEX_VERSION: &str = "vertex-2023-10-16";
+
 /// The fields the Messages API accepts at the top level.
 const KNOWN_FIELDS: &[&str] = &[
     "model",
@@ -114,28 +117,52 @@ pub fn respond(
             "anthropic-version: header is required",
         );
     }
+    messages(Dialect::Anthropic, body, scenario, fault, state)
+}
+
+/// Where a Messages API body is sent: to Anthropic (`model` in the body, the version in a
+/// header), or to Vertex AI's `rawPredict` (no `model`, `anthropic_version` in the body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Anthropic,
+    Vertex,
+}
+
+/// The body checks of the Messages API in `dialect` and the fixture answer; faults other than
+/// the ones answered before (auth) are the caller's.
+pub fn messages(
+    dialect: Dialect,
+    body: &[u8],
+    scenario: &Scenario,
+    fault: Option<Fault>,
+    state: &Arc<State>,
+) -> Response<MockBody> {
+    let invalid = |message: &str| error(StatusCode::BAD_REQUEST, "invalid_request_error", message);
     let Ok(request) = serde_json::from_slice::<Map<String, Value>>(body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "There was an error parsing the body of your request",
-        );
+        return invalid("There was an error parsing the body of your request");
     };
-    if let Some(unknown) = request.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            &format!("{unknown}: Extra inputs are not permitted"),
-        );
+    // The field that names the model (Anthropic) or the API version (Vertex AI).
+    let own = match dialect {
+        Dialect::Anthropic => "model",
+        Dialect::Vertex => "anthropic_version",
+    };
+    if let Some(unknown) = request.keys().find(|k| {
+        let k = k.as_str();
+        k != own && (k == "model" || !KNOWN_FIELDS.contains(&k))
+    }) {
+        return invalid(&format!("{unknown}: Extra inputs are not permitted"));
     }
-    for required in ["model", "messages", "max_tokens"] {
+    for required in [own, "messages", "max_tokens"] {
         if !request.contains_key(required) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &format!("{required}: Field required"),
-            );
+            return invalid(&format!("{required}: Field required"));
         }
+    }
+    if dialect == Dialect::Vertex
+        && request.get("anthropic_version") != Some(&Value::from(VERTEX_VERSION))
+    {
+        return invalid(&format!(
+            "anthropic_version: Input should be '{VERTEX_VERSION}'"
+        ));
     }
     let tools = request
         .get("tools")
@@ -174,7 +201,10 @@ pub fn sse_events(transcript: &'static str) -> Vec<Bytes> {
         .collect()
 }
 
-fn fault_answer(fault: Option<Fault>, scenario: &Scenario) -> Option<Response<MockBody>> {
+pub(super) fn fault_answer(
+    fault: Option<Fault>,
+    scenario: &Scenario,
+) -> Option<Response<MockBody>> {
     let (status, body) = match fault? {
         Fault::RateLimited => (StatusCode::TOO_MANY_REQUESTS, ERROR_RATE_LIMIT),
         Fault::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, ERROR_SERVER),

@@ -66,6 +66,19 @@ pub fn respond(
     if headers.get("x-goog-api-key").is_none() {
         return json(StatusCode::FORBIDDEN, ERROR_PERMISSION);
     }
+    generate(stream, query, body, scenario, fault, state)
+}
+
+/// The body checks of `generateContent` and the fixture answer (the Gemini API's and Vertex
+/// AI's alike); faults other than the ones answered before (auth) are the caller's.
+pub fn generate(
+    stream: bool,
+    query: Option<&str>,
+    body: &[u8],
+    scenario: &Scenario,
+    fault: Option<Fault>,
+    state: &Arc<State>,
+) -> Response<MockBody> {
     if stream && !query.is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse")) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -149,7 +162,7 @@ fn long_events(chunks: usize, bytes: u64) -> Vec<Bytes> {
     events
 }
 
-fn fault_answer(fault: Option<Fault>) -> Option<Response<MockBody>> {
+pub(super) fn fault_answer(fault: Option<Fault>) -> Option<Response<MockBody>> {
     let (status, body) = match fault? {
         Fault::RateLimited => (StatusCode::TOO_MANY_REQUESTS, ERROR_RATE_LIMIT),
         Fault::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, ERROR_SERVER),
@@ -171,7 +184,7 @@ fn error(status: StatusCode, message: &str) -> Response<MockBody> {
     response
 }
 
-fn json(status: StatusCode, body: &'static str) -> Response<MockBody> {
+pub(super) fn json(status: StatusCode, body: &'static str) -> Response<MockBody> {
     let mut response = Response::new(MockBody::full(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response

@@ -1,8 +1,8 @@
 //! A mock LLM upstream — OpenAI, Azure OpenAI (`/openai/deployments/{d}/...?api-version=`),
 //! Anthropic (`/v1/messages`, see [`anthropic`]), Gemini (`/v1beta/models/{m}:...`, see
-//! [`gemini`]) and Bedrock (`/model/{id}/converse[-stream]`, SigV4-checked, see [`bedrock`])
-//! — fast enough to benchmark a gateway against and scriptable enough to test its
-//! failure handling.
+//! [`gemini`]), Bedrock (`/model/{id}/converse[-stream]`, SigV4-checked, see [`bedrock`]) and
+//! Vertex AI (a token endpoint and `/v1/projects/…/publishers/…`, see [`vertex`]) — fast
+//! enough to benchmark a gateway against and scriptable enough to test its failure handling.
 //!
 //! Integration tests start one in-process with [`MockUpstream::start`] and point a provider's
 //! `base_url` at [`MockUpstream::base_url`] or [`MockUpstream::scenario_url`]; the
@@ -26,6 +26,7 @@ mod server;
 mod state;
 mod template;
 mod upstream;
+pub mod vertex;
 
 #[cfg(test)]
 mod tests;

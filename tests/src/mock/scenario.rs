@@ -98,6 +98,9 @@ pub struct Scenario {
     /// `event_text`: Gemini and Bedrock streams become `chunks` events of this many bytes of
     /// text each (then their finish and usage events), instead of the fixture's transcript.
     pub event_text: Option<u64>,
+    /// `token_ttl`: `expires_in` seconds of the access tokens the Vertex AI token endpoint
+    /// issues; `None` means 3599, as Google's.
+    pub token_ttl: Option<u64>,
 }
 
 /// How the mock ends the lines of an OpenAI stream.
@@ -175,11 +178,13 @@ impl Scenario {
                 "stream_as_json" => scenario.stream_as_json = value.parse().map_err(|e| bad(&e))?,
                 "ratelimit_reset" => scenario.ratelimit_reset = Some(value.to_owned()),
                 "event_text" => scenario.event_text = Some(number()?),
+                "token_ttl" => scenario.token_ttl = Some(number()?),
                 _ => {
                     return Err(ScenarioError(format!(
                         "unknown mock scenario knob {key:?} (known: latency_ms, chunks, \
                          interval_ms, fault, fail_first, retry_after, cached, prompt, line_ends, \
-                         oversize, litellm_usage, stream_as_json, ratelimit_reset, event_text)"
+                         oversize, litellm_usage, stream_as_json, ratelimit_reset, event_text, \
+                         token_ttl)"
                     )));
                 }
             }

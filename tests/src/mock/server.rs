@@ -28,7 +28,7 @@ use super::render::{
 };
 use super::scenario::{Fault, Scenario, split_scenario};
 use super::state::{RecordedRequest, State};
-use super::{anthropic, bedrock, gemini, media};
+use super::{anthropic, bedrock, gemini, media, vertex};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
@@ -126,8 +126,14 @@ impl Route {
 enum ProviderRoute {
     Anthropic,
     AnthropicCountTokens,
-    Gemini { stream: bool },
-    Bedrock { stream: bool },
+    Gemini {
+        stream: bool,
+    },
+    Bedrock {
+        stream: bool,
+    },
+    /// Vertex AI's token endpoint and model paths.
+    Vertex(vertex::Route),
 }
 
 impl ProviderRoute {
@@ -144,6 +150,7 @@ impl ProviderRoute {
         gemini::route(path)
             .map(|stream| Self::Gemini { stream })
             .or_else(|| bedrock::route(path).map(|stream| Self::Bedrock { stream }))
+            .or_else(|| vertex::route(path).map(Self::Vertex))
     }
 }
 
@@ -236,6 +243,18 @@ async fn answer(
                 fault,
                 &state,
             ),
+            ProviderRoute::Vertex(route) => {
+                let call = vertex::Call {
+                    route,
+                    full_path: parts.uri.path(),
+                    query: parts.uri.query(),
+                    headers,
+                    body: &body,
+                    scenario: &scenario,
+                    fault,
+                };
+                vertex::respond(&call, &state)
+            }
         });
     }
     if let Some(route) = media::MediaRoute::of(path).filter(|_| parts.method == Method::POST) {

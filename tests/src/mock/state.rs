@@ -60,6 +60,11 @@ pub struct State {
     pub max_in_flight: AtomicUsize,
     next_id: AtomicU64,
     pub templates: Templates,
+    /// Vertex AI access tokens issued by the token endpoint, with their expiry
+    /// ([`super::vertex`]).
+    pub vertex_tokens: Mutex<HashMap<String, Instant>>,
+    /// How many tokens the token endpoint has issued.
+    pub tokens_issued: AtomicUsize,
 }
 
 impl State {
@@ -74,6 +79,8 @@ impl State {
             max_in_flight: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             templates: Templates::build()?,
+            vertex_tokens: Mutex::default(),
+            tokens_issued: AtomicUsize::new(0),
         })
     }
 
@@ -138,6 +145,7 @@ impl State {
             "completed_streams": self.completed_streams.load(Ordering::Relaxed),
             "in_flight": self.in_flight.load(Ordering::Relaxed),
             "max_in_flight": self.max_in_flight.load(Ordering::Relaxed),
+            "tokens_issued": self.tokens_issued.load(Ordering::Relaxed),
         });
         Bytes::from(doc.to_string())
     }

@@ -65,6 +65,20 @@ impl MockUpstream {
         Ok(MockUpstream { addr, state, task })
     }
 
+    /// How many access tokens the Vertex AI token endpoint (`POST /token`) has issued.
+    pub fn tokens_issued(&self) -> usize {
+        self.state.tokens_issued.load(Ordering::Relaxed)
+    }
+
+    /// Revokes every access token issued so far: Vertex AI answers them with a 401.
+    pub fn revoke_tokens(&self) {
+        self.state
+            .vertex_tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
     /// The address the mock listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -187,6 +187,7 @@ async fn put_provider(
         api_key: secret(&p.api_key),
         api_version: p.api_version.clone(),
         region: p.region.clone(),
+        project: None,
         aws_access_key_id: secret(&p.aws_access_key_id),
         aws_secret_access_key: secret(&p.aws_secret_access_key),
         aws_session_token: secret(&p.aws_session_token),

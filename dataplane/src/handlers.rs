@@ -256,6 +256,7 @@ async fn serve_caller(
         ticket,
     );
     ledger.traced(trace);
+    ledger.capture(&request.view.body);
     let mut response = forward(catalog, &request, ledger).await;
     if let Some(keep) = keep {
         response = keep.keep(response);

@@ -47,6 +47,7 @@ pub struct TenantRow {
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub budget: Option<Json<Budget>>,
+    pub capture_content: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -63,6 +64,7 @@ impl TenantRow {
             status: self.status(),
             limits: limits(self.rpm, self.tpm),
             budget: self.budget.as_ref().map(|b| b.0.clone()),
+            capture_content: self.capture_content,
         }
     }
 }

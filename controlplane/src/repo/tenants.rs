@@ -10,8 +10,8 @@ macro_rules! q {
     ($head:literal, [$($tail:literal),*] $($args:tt)*) => {
         sqlx::query_as!(
             TenantRow,
-            $head + r#" id, name, status, rpm, tpm, budget AS "budget: Json<Budget>", created_at,
-            updated_at "# $(+ $tail)* $($args)*
+            $head + r#" id, name, status, rpm, tpm, budget AS "budget: Json<Budget>", capture_content,
+            created_at, updated_at "# $(+ $tail)* $($args)*
         )
     };
 }
@@ -24,6 +24,7 @@ pub struct TenantFields<'a> {
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub budget: Option<&'a Budget>,
+    pub capture_content: bool,
 }
 
 get_fn!(TenantRow, q, "FROM tenants WHERE id = $1");
@@ -33,11 +34,12 @@ all_fn!(TenantRow, q, ["FROM tenants ORDER BY id"]);
 tenant_list_fn!(TenantRow, q, "FROM tenants", "id", "id");
 
 save_fns! {
-    TenantRow, TenantFields, q, |f| [f.name, &f.status, f.rpm, f.tpm, f.budget.map(Json) as _],
-    insert: "INSERT INTO tenants (id, name, status, rpm, tpm, budget) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING",
+    TenantRow, TenantFields, q, |f| [f.name, &f.status, f.rpm, f.tpm, f.budget.map(Json) as _,
+        f.capture_content],
+    insert: "INSERT INTO tenants (id, name, status, rpm, tpm, budget, capture_content) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING",
     update: "UPDATE tenants SET name = $2, status = $3, rpm = $4, tpm = $5, budget = $6, \
-         updated_at = now() WHERE id = $1 RETURNING",
+         capture_content = $7, updated_at = now() WHERE id = $1 RETURNING",
 }
 
 // Keys and tenant admins reference the tenant: deleting it while they exist fails (23503).

@@ -88,6 +88,9 @@ fn api() -> OpenApiRouter<AppState> {
             deployments::update,
             deployments::delete
         ))
+        .routes(routes!(deployments::health_all))
+        .routes(routes!(deployments::health))
+        .routes(routes!(deployments::test))
         .routes(routes!(models::list))
         .routes(routes!(models::get, models::put, models::delete))
         // Prices: fixed segments win over `{model}`, which takes `/` as `%2F` (`api::prices`).

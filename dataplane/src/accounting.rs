@@ -148,6 +148,9 @@ pub struct Books {
     pub sink: Arc<dyn UsageSink>,
     /// The time budgets are charged at and spend records carry.
     pub clock: crate::clock::Clock,
+    /// The most bytes of a prompt, and of an answer, kept for a tenant that opted in to
+    /// content capture (`server.capture_max_bytes`).
+    pub capture_max_bytes: usize,
 }
 
 impl Books {
@@ -192,10 +195,62 @@ pub struct Ledger {
     ttft: Option<Duration>,
     /// Told the cost of a successful answer, for the response cache to store it.
     cache: Option<Arc<crate::cache::Settled>>,
+    /// The request's content, for a tenant that opted in ([`Ledger::capture`]).
+    capture: Option<Box<Capture>>,
     closed: bool,
     /// What an image or audio request is priced by: the request's statement, corrected by
     /// the answer ([`Ledger::measured_media`]).
     media: Option<MediaUsage>,
+}
+
+/// A prompt and its answer as they pass, each cut at `limit` bytes (on a character boundary).
+/// Only for a tenant with `capture_content`; it goes into the usage record alone — never a
+/// log line or a span.
+#[derive(Debug)]
+struct Capture {
+    limit: usize,
+    prompt: String,
+    answer: Vec<u8>,
+    truncated: bool,
+}
+
+/// `bytes` as text: a character cut at the end is dropped, anything else invalid replaced.
+fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(e) if e.error_len().is_none() => {
+            String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+impl Capture {
+    fn new(prompt: &[u8], limit: usize) -> Self {
+        Self {
+            limit,
+            prompt: text(&prompt[..prompt.len().min(limit)]),
+            answer: Vec::new(),
+            truncated: prompt.len() > limit,
+        }
+    }
+
+    fn answer(&mut self, bytes: &[u8]) {
+        let room = self.limit.saturating_sub(self.answer.len());
+        if bytes.len() > room {
+            self.truncated = true;
+        }
+        self.answer
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn finish(self) -> CapturedContent {
+        CapturedContent {
+            prompt: self.prompt,
+            completion: text(&self.answer),
+            truncated: self.truncated,
+        }
+    }
 }
 
 impl Ledger {
@@ -223,6 +278,7 @@ impl Ledger {
             relay_span: tracing::Span::none(),
             ttft: None,
             cache: None,
+            capture: None,
             closed: false,
         }
     }
@@ -237,6 +293,22 @@ impl Ledger {
     /// cache stores only such answers).
     pub fn report_to_cache(&mut self, settled: Option<Arc<crate::cache::Settled>>) {
         self.cache = settled;
+    }
+
+    /// Starts capturing the request's content (`prompt`, the body as the client sent it) when
+    /// its tenant opted in; for any other tenant it does nothing.
+    pub fn capture(&mut self, prompt: &[u8]) {
+        if self.request.key.tenant.tenant.capture_content {
+            let limit = self.books.capture_max_bytes;
+            self.capture = Some(Box::new(Capture::new(prompt, limit)));
+        }
+    }
+
+    /// Bytes of the answer as the client receives them, kept when capturing.
+    pub fn capture_answer(&mut self, bytes: &[u8]) {
+        if let Some(capture) = self.capture.as_mut() {
+            capture.answer(bytes);
+        }
     }
 
     /// Makes `trace` (the request's exported span) the parent of the attempt, relay and
@@ -499,7 +571,7 @@ impl Ledger {
             ttft_ms: self.ttft.map(millis),
             error_kind: error_kind(outcome, status, self.error_kind),
             attempt_log: std::mem::take(&mut self.attempt_log),
-            content: None,
+            content: self.capture.take().map(|c| c.finish()),
             cached_response: false,
             saved_usd: 0.0,
         };
@@ -825,6 +897,24 @@ impl Generated {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_capture_is_cut_at_its_limit_on_a_character_boundary() {
+        let mut c = Capture::new("héllo".as_bytes(), 2);
+        assert_eq!(c.prompt, "h", "the cut é is dropped, not mangled");
+        c.answer(b"ab");
+        c.answer(b"cd");
+        let done = c.finish();
+        assert_eq!((done.completion.as_str(), done.truncated), ("ab", true));
+        let mut c = Capture::new(b"hi", 16);
+        c.answer(b"there");
+        let done = c.finish();
+        assert_eq!(
+            (done.prompt.as_str(), done.completion.as_str()),
+            ("hi", "there")
+        );
+        assert!(!done.truncated);
+    }
 
     #[test]
     fn reads_usage_from_a_completion_including_cached_tokens() {

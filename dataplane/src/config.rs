@@ -354,6 +354,10 @@ pub struct ServerConfig {
     pub watch_interval_ms: u64,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// The most bytes of a prompt, and of its answer, kept in the request log for a tenant
+    /// that opted in to content capture (`capture_content`); longer ones are cut.
+    #[serde(default = "default_capture_max_bytes")]
+    pub capture_max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,6 +388,9 @@ fn default_max_upstream_body_bytes() -> usize {
 }
 fn default_max_upstream_event_bytes() -> usize {
     crate::providers::UpstreamCaps::default().event_bytes
+}
+fn default_capture_max_bytes() -> usize {
+    16 * 1024
 }
 fn default_shutdown_grace_seconds() -> u64 {
     30

@@ -284,6 +284,7 @@ async fn serve_caller(
         ticket,
     );
     ledger.traced(trace);
+    ledger.capture(&request.view.body);
     ledger.report_to_cache(cache.as_mut().and_then(crate::cache::Plan::settled));
     let mut response = crate::cache::fill(cache, forward(catalog, &request, ledger).await);
     if let Some(keep) = keep {

@@ -423,10 +423,12 @@ pub enum AttemptResult {
     ClientError,
     BrokenBody,
     Malformed,
+    /// A refusal whose body says it lasts (unknown model, exhausted quota).
+    PermanentError,
 }
 
 impl AttemptResult {
-    const COUNT: usize = 10;
+    const COUNT: usize = 11;
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -440,6 +442,7 @@ impl AttemptResult {
             AttemptResult::ClientError => "client_error",
             AttemptResult::BrokenBody => "broken_body",
             AttemptResult::Malformed => "malformed",
+            AttemptResult::PermanentError => "permanent_error",
         }
     }
 }

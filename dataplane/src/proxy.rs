@@ -19,8 +19,11 @@
 //!   5xx and 408, a 2xx whose body is broken;
 //! - 429: the breaker opens at once for the upstream's `Retry-After` (or the cooldown), and the
 //!   next deployment is tried;
-//! - 401/403: our credential is bad: the deployment is taken out for
-//!   [`CREDENTIAL_REJECTED_OUT`], an error is logged once per episode, and it is not retried;
+//! - 401/403, and refusals whose body says they last (Gemini's `API_KEY_INVALID`, a 404 for
+//!   the model, OpenAI's 429 `insufficient_quota`; [`crate::providers::permanent_error`]):
+//!   the deployment is taken out for [`CREDENTIAL_REJECTED_OUT`], an error is logged and a
+//!   webhook sent once per episode, the error is kept for the health API, and the next
+//!   deployment is tried;
 //! - the request's own fault (400 context length or content filter, 404 model, 422): relayed to
 //!   the client as is, never retried — another deployment would refuse it too.
 //!
@@ -68,6 +71,9 @@ const TOO_LARGE: &str = "its answer was larger than the gateway accepts";
 
 /// Largest upstream error body relayed to a client; longer ones are cut.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// How long the body of a 429 or 401/403 is waited for, to read whether the failure lasts.
+const VERDICT_BODY_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a deployment whose upstream refuses our credential stays out before one probe
 /// checks whether the credential works again.
@@ -385,6 +391,7 @@ async fn try_model(
                 } else {
                     Outcome::UpstreamError
                 };
+                ledger.capture_answer(&body);
                 ledger.answered(outcome, status, usage);
                 return ControlFlow::Break(complete_response(status, content_type, body));
             }
@@ -628,81 +635,114 @@ async fn attempt(
     if matches!(verdict, Verdict::Success | Verdict::RateLimited { .. }) {
         at.reading = deployment.adaptor.rate_limits(&response.headers);
     }
+    if verdict == Verdict::Success {
+        return read_answer(&at, response, view.stream, (endpoint, media)).await;
+    }
+    if verdict == Verdict::Failed {
+        return at.broke(
+            AttemptResult::ServerError,
+            "it answered with a server error",
+        );
+    }
+    // A refusal: its body may say the failure lasts (a bad key, an unknown model, no quota).
+    let status = response.status;
+    let content_type = response.headers.get(CONTENT_TYPE).cloned();
+    // A refusal relayed to the client may take the attempt's whole time; the others are read
+    // only for their verdict, so a body that dawdles is not waited for long.
+    let deadline = match verdict {
+        Verdict::ClientError => at.deadline,
+        _ => at.deadline.min(Instant::now() + VERDICT_BODY_WAIT),
+    };
+    let body = error_body(response.body, deadline).await;
+    if let Some(error) = crate::providers::permanent_error(endpoint, status, &body, unix_ms()) {
+        return permanent(&at, &error, webhooks);
+    }
     match verdict {
-        Verdict::Success => read_answer(&at, response, view.stream, (endpoint, media)).await,
         Verdict::RateLimited { retry_after } => {
             let period = retry_after.unwrap_or(Duration::from_secs(policy.cooldown.seconds));
             let outcome = HealthOutcome::RateLimited { period };
             at.report(outcome, AttemptResult::RateLimited);
             Attempt::Failed(ApiError::UpstreamRateLimited { retry_after })
         }
-        Verdict::Failed => at.broke(
-            AttemptResult::ServerError,
-            "it answered with a server error",
-        ),
-        Verdict::CredentialRejected => credential_rejected(&at, response.status, webhooks),
-        Verdict::ClientError => {
+        _ => {
             // Not the deployment's fault: if this was the probe, let another request probe.
             at.report(HealthOutcome::Refused, AttemptResult::ClientError);
-            relay_refusal(response, at.deadline).await
+            relay_refusal(status, content_type, body)
         }
     }
 }
 
-/// 401/403: the deployment goes out for [`CREDENTIAL_REJECTED_OUT`], and the first
-/// rejection of the episode is logged and sent as a webhook.
-fn credential_rejected(
+/// A failure that lasts (401/403, or a body saying so — see
+/// [`crate::providers::permanent_error`]): the deployment goes out for
+/// [`CREDENTIAL_REJECTED_OUT`] and the next one is tried; the first of the episode is logged
+/// and sent as a webhook, and the error is kept for the health API.
+fn permanent(
     at: &Try<'_>,
-    status: StatusCode,
+    error: &switchboard_shared::fleet_keys::PermanentError,
     webhooks: &crate::webhooks::Webhooks,
 ) -> Attempt {
     let deployment = at.deployment;
-    let outcome = HealthOutcome::CredentialRejected {
+    let outcome = HealthOutcome::Permanent {
         period: CREDENTIAL_REJECTED_OUT,
+        error,
     };
-    if at
-        .report(outcome, AttemptResult::CredentialRejected)
-        .first_alert
-    {
+    let credential = matches!(error.status, 401 | 403) || error.kind == "credential_invalid";
+    let result = if credential {
+        AttemptResult::CredentialRejected
+    } else {
+        AttemptResult::PermanentError
+    };
+    if at.report(outcome, result).first_alert {
         tracing::error!(
             deployment = %deployment.id,
             provider = %deployment.provider_id,
-            status = status.as_u16(),
+            status = error.status,
+            kind = %error.kind,
             out_seconds = CREDENTIAL_REJECTED_OUT.as_secs(),
-            "the upstream rejected the gateway's credential; taking the deployment out"
+            "the upstream answered a lasting error; taking the deployment out"
         );
         webhooks.send(crate::webhooks::Event {
-            kind: "upstream.credential_rejected",
+            kind: if credential {
+                "upstream.credential_rejected"
+            } else {
+                "upstream.permanent_error"
+            },
             at: chrono::Utc::now(),
             scope: "deployment",
             id: deployment.id.clone(),
             spent_usd: None,
             limit_usd: None,
             provider: Some(deployment.provider_id.clone()),
-            status: Some(status.as_u16()),
+            status: Some(error.status),
         });
     }
     Attempt::Failed(ApiError::UpstreamFailed {
-        reason: "it rejected the gateway's credentials",
+        reason: if credential {
+            "it rejected the gateway's credentials"
+        } else {
+            "it answered a lasting error (see the deployment's health)"
+        },
     })
+}
+
+/// An error answer's body, up to [`MAX_ERROR_BODY_BYTES`] (empty if it does not come by
+/// `deadline`).
+async fn error_body(body: UpstreamBody, deadline: Instant) -> Bytes {
+    let limited = http_body_util::Limited::new(body, MAX_ERROR_BODY_BYTES);
+    match timeout_at(deadline, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        _ => Bytes::new(),
+    }
 }
 
 /// The upstream refused the request itself: its answer goes to the client as is (an empty
 /// one becomes our own error).
-async fn relay_refusal(response: UpstreamResponse, deadline: Instant) -> Attempt {
-    let content_type = response.headers.get(CONTENT_TYPE).cloned();
-    let limited = http_body_util::Limited::new(response.body, MAX_ERROR_BODY_BYTES);
-    let body = match timeout_at(deadline, limited.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        _ => Bytes::new(),
-    };
+fn relay_refusal(status: StatusCode, content_type: Option<HeaderValue>, body: Bytes) -> Attempt {
     if body.is_empty() {
-        return Attempt::Failed(ApiError::UpstreamRejected {
-            status: response.status,
-        });
+        return Attempt::Failed(ApiError::UpstreamRejected { status });
     }
     Attempt::Complete {
-        status: response.status,
+        status,
         content_type,
         body,
         usage: None,

@@ -92,6 +92,14 @@ impl SseRelay {
         }
     }
 
+    /// Hands what goes to the client to the ledger's content capture (a no-op for tenants
+    /// that did not opt in).
+    fn capture(&mut self, out: Option<&Bytes>) {
+        if let (Some(bytes), Some(ledger)) = (out, self.ledger.as_mut()) {
+            ledger.capture_answer(bytes);
+        }
+    }
+
     fn close(&mut self, outcome: Outcome, status: StatusCode) {
         self.finished = true;
         if let Some(ledger) = self.ledger.take() {
@@ -292,9 +300,11 @@ impl Stream for SseRelay {
                 }
                 (None, false) => Some(rest),
             };
+            this.capture(out.as_ref());
             this.close(Outcome::Success, StatusCode::OK);
             return Poll::Ready(out.map(Ok));
         }
+        this.capture(out.as_ref());
         match out {
             Some(bytes) => Poll::Ready(Some(Ok(bytes))),
             // Nothing complete yet: the upstream returned `Pending`, so its waker is set.

@@ -130,6 +130,7 @@ pub fn build_state_with_keys(
         },
         sink,
         clock: crate::clock::Clock::default(),
+        capture_max_bytes: server.capture_max_bytes,
     };
     Ok(Arc::new(
         AppState::new(pepper, http, books, server.max_body_bytes, metrics)

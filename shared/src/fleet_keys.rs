@@ -2,10 +2,15 @@
 //!
 //! Every key starts with the data plane's `redis.key_prefix` and carries its subject in a hash
 //! tag (`{...}`), so each script touches one key and one slot on Redis Cluster.
+//!
+//! The data planes write a deployment's hash (`dataplane/src/fleet/sync.rs`); the control
+//! plane reads it for `GET /admin/v1/deployments/{id}/health` through [`HealthFields::read`],
+//! so the field names and encodings below are the contract between them.
 
 /// The hash with one deployment's shared state: minute counts (`m`, `rq`, `tk`, `fl`), breaker
-/// (`until`, `probe`), and per replica in-flight counts (`if:<replica>`) and latency averages
-/// (`lat:<replica>`).
+/// (`until`, `probe`), per replica in-flight counts (`if:<replica>` = `n:at_ms`) and latency
+/// averages (`lat:<replica>` = `latency:at_ms:ttft:at_ms`), the last permanent error an
+/// upstream answered ([`ERROR_FIELD`]) and its latest quota reading ([`QUOTA_FIELD`]).
 pub fn deployment_state(prefix: &str, deployment_id: &str) -> String {
     format!("{prefix}:fleet:{{{deployment_id}}}")
 }
@@ -15,9 +20,308 @@ pub fn prefix_index(prefix: &str, model: &str) -> String {
     format!("{prefix}:pfx:{{{model}}}")
 }
 
+/// `at_ms:status:kind:message` — the last permanent error read from an upstream's body.
+pub const ERROR_FIELD: &str = "err";
+/// `at_ms:remaining_requests:limit_requests:remaining_tokens:limit_tokens` (empty: unknown) —
+/// the upstream's latest `x-ratelimit-*` reading.
+pub const QUOTA_FIELD: &str = "q";
+
+/// A replica's in-flight count or latency older than this no longer counts (ms).
+pub const REPLICA_STALE_MS: u64 = 60_000;
+
+/// A permanent error an upstream answered (invalid key, unknown model, exhausted quota), as a
+/// data plane recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermanentError {
+    /// Unix milliseconds of the answer.
+    pub at_ms: u64,
+    /// The upstream's HTTP status.
+    pub status: u16,
+    /// `credential_invalid`, `model_not_found`, `quota_exhausted` or `permission_denied`.
+    pub kind: String,
+    /// The upstream's own message (at most 200 characters).
+    pub message: String,
+}
+
+impl PermanentError {
+    /// Reads an upstream's refusal for a failure that lasts: an invalid key (any 401, Gemini's
+    /// 400 `API_KEY_INVALID`), a refused permission (403, Anthropic's `permission_error`), a
+    /// model the upstream does not know (a 404 naming a model, OpenAI's `model_not_found`), an
+    /// exhausted account (OpenAI's 429 `insufficient_quota`). `None` for anything passing.
+    pub fn from_answer(status: u16, body: &[u8], at_ms: u64) -> Option<Self> {
+        let text = String::from_utf8_lossy(body);
+        let kind = match status {
+            401 => "credential_invalid",
+            403 => "permission_denied",
+            400 if text.contains("API_KEY_INVALID") => "credential_invalid",
+            404 if text.to_ascii_lowercase().contains("model") => "model_not_found",
+            429 if text.contains("insufficient_quota") => "quota_exhausted",
+            _ => return None,
+        };
+        Some(Self {
+            at_ms,
+            status,
+            kind: kind.to_owned(),
+            message: error_message(&text),
+        })
+    }
+
+    /// The hash field's value.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.at_ms, self.status, self.kind, self.message
+        )
+    }
+
+    fn decode(value: &str) -> Option<Self> {
+        let mut parts = value.splitn(4, ':');
+        Some(Self {
+            at_ms: parts.next()?.parse().ok()?,
+            status: parts.next()?.parse().ok()?,
+            kind: parts.next()?.to_owned(),
+            message: parts.next().unwrap_or_default().to_owned(),
+        })
+    }
+}
+
+/// An upstream error body's `error.message` (OpenAI, Anthropic, Gemini) or `message`, else its
+/// text: one line, key-like words masked, at most 200 characters. Safe to store and show.
+pub fn error_message(body: &str) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.get("message"))
+                .or_else(|| v.pointer("/0/error/message"))
+        })
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(body);
+    let masked: Vec<&str> = message
+        .split_whitespace()
+        .map(|w| {
+            let keyish = w.len() >= 24 && w.chars().any(|c| c.is_ascii_digit());
+            if keyish || w.contains("sk-") || w.starts_with("AIza") {
+                "[masked]"
+            } else {
+                w
+            }
+        })
+        .collect();
+    masked.join(" ").chars().take(200).collect()
+}
+
+/// What the upstream said is left of its own rate limits for the gateway's account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaReading {
+    /// Unix milliseconds of the reading.
+    pub at_ms: u64,
+    pub remaining_requests: Option<u64>,
+    pub limit_requests: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub limit_tokens: Option<u64>,
+}
+
+impl QuotaReading {
+    /// The hash field's value.
+    pub fn encode(&self) -> String {
+        let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        format!(
+            "{}:{}:{}:{}:{}",
+            self.at_ms,
+            n(self.remaining_requests),
+            n(self.limit_requests),
+            n(self.remaining_tokens),
+            n(self.limit_tokens)
+        )
+    }
+
+    fn decode(value: &str) -> Option<Self> {
+        let parts: Vec<Option<u64>> = value.split(':').map(|p| p.parse().ok()).collect();
+        match parts[..] {
+            [Some(at_ms), rr, lr, rt, lt] => Some(Self {
+                at_ms,
+                remaining_requests: rr,
+                limit_requests: lr,
+                remaining_tokens: rt,
+                limit_tokens: lt,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A deployment's hash summed over the cluster's replicas, as an operator reads it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HealthFields {
+    /// Requests, tokens and failures counted in the current minute (0 when the stored minute
+    /// is over).
+    pub requests_this_minute: u64,
+    pub tokens_this_minute: u64,
+    pub failures_this_minute: u64,
+    /// Unix ms until which the breaker is open; 0 when closed.
+    pub open_until_ms: u64,
+    /// Replicas that reported within [`REPLICA_STALE_MS`].
+    pub replicas: u32,
+    /// Requests in flight across those replicas.
+    pub inflight: u64,
+    /// The mean of the replicas' latency (whole answers) and TTFT (streams) averages, in ms.
+    pub latency_ms: Option<f64>,
+    pub ttft_ms: Option<f64>,
+    pub last_error: Option<PermanentError>,
+    pub quota: Option<QuotaReading>,
+}
+
+impl HealthFields {
+    /// Reads a flat `HGETALL` answer at `now_ms`.
+    pub fn read(fields: &[String], now_ms: u64) -> Self {
+        let mut h = Self::default();
+        let num = |s: &str| s.parse::<u64>().unwrap_or(0);
+        let fresh = |at: &str| now_ms.saturating_sub(num(at)) <= REPLICA_STALE_MS;
+        let (mut minute, mut lat, mut ttft) = (0, (0.0, 0u32), (0.0, 0u32));
+        let mut counts = (0, 0, 0);
+        for pair in fields.chunks_exact(2) {
+            let (name, value) = (pair[0].as_str(), pair[1].as_str());
+            match name {
+                "m" => minute = num(value),
+                "rq" => counts.0 = num(value),
+                "tk" => counts.1 = num(value),
+                "fl" => counts.2 = num(value),
+                "until" => h.open_until_ms = num(value),
+                ERROR_FIELD => h.last_error = PermanentError::decode(value),
+                QUOTA_FIELD => h.quota = QuotaReading::decode(value),
+                _ if name.starts_with("if:") => {
+                    if let Some((n, at)) = value.split_once(':')
+                        && fresh(at)
+                    {
+                        h.replicas += 1;
+                        h.inflight += num(n);
+                    }
+                }
+                _ if name.starts_with("lat:") => {
+                    if let [l, l_at, t, t_at] = value.split(':').collect::<Vec<_>>()[..] {
+                        for (sum, v, at) in [(&mut lat, l, l_at), (&mut ttft, t, t_at)] {
+                            if let Ok(x) = v.parse::<f64>()
+                                && x > 0.0
+                                && fresh(at)
+                            {
+                                sum.0 += x;
+                                sum.1 += 1;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if minute == now_ms / 60_000 {
+            (
+                h.requests_this_minute,
+                h.tokens_this_minute,
+                h.failures_this_minute,
+            ) = counts;
+        }
+        let mean = |(sum, n): (f64, u32)| (n > 0).then(|| sum / f64::from(n));
+        (h.latency_ms, h.ttft_ms) = (mean(lat), mean(ttft));
+        h
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permanent_errors_are_read_from_bodies() {
+        let kind = |status: u16, body: &str| {
+            PermanentError::from_answer(status, body.as_bytes(), 1).map(|e| e.kind)
+        };
+        let quota = r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        assert_eq!(kind(429, quota).as_deref(), Some("quota_exhausted"));
+        assert_eq!(
+            kind(429, r#"{"error":{"type":"rate_limit_exceeded"}}"#),
+            None
+        );
+        let gemini = r#"{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#;
+        assert_eq!(kind(400, gemini).as_deref(), Some("credential_invalid"));
+        assert_eq!(
+            kind(400, r#"{"error":{"message":"context too long"}}"#),
+            None
+        );
+        let missing =
+            r#"{"error":{"message":"The model `gpt-9` does not exist","code":"model_not_found"}}"#;
+        assert_eq!(kind(404, missing).as_deref(), Some("model_not_found"));
+        assert_eq!(kind(404, r#"{"error":{"message":"Invalid URL"}}"#), None);
+        let anthropic =
+            r#"{"type":"error","error":{"type":"permission_error","message":"no access"}}"#;
+        assert_eq!(kind(403, anthropic).as_deref(), Some("permission_denied"));
+        let e = PermanentError::from_answer(
+            401,
+            br#"{"error":{"message":"Incorrect API key provided: sk-abc123****wxyz. See the docs."}}"#,
+            7,
+        )
+        .unwrap();
+        assert_eq!(
+            e.message,
+            "Incorrect API key provided: [masked] See the docs."
+        );
+        assert_eq!(PermanentError::decode(&e.encode()), Some(e));
+    }
+
+    #[test]
+    fn health_fields_sum_fresh_replicas_and_decode_errors_and_quota() {
+        let now = 10 * 60_000 + 5_000;
+        let fields: Vec<String> = [
+            "m",
+            "10",
+            "rq",
+            "40",
+            "tk",
+            "900",
+            "fl",
+            "4",
+            "until",
+            "700000",
+            "if:a",
+            "2:604000",
+            "if:b",
+            "3:604000",
+            "if:gone",
+            "9:1000",
+            "lat:a",
+            "100:604000:0:0",
+            "lat:b",
+            "300:604000:50:604000",
+            "err",
+            "604000:401:credential_invalid:Incorrect API key: sk-...: check it",
+            "q",
+            "604000:10::500:1000",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let h = HealthFields::read(&fields, now);
+        assert_eq!((h.requests_this_minute, h.failures_this_minute), (40, 4));
+        assert_eq!(
+            (h.replicas, h.inflight),
+            (2, 5),
+            "the stale replica left out"
+        );
+        assert_eq!((h.latency_ms, h.ttft_ms), (Some(200.0), Some(50.0)));
+        assert_eq!(h.open_until_ms, 700_000);
+        let e = h.last_error.unwrap();
+        assert_eq!((e.status, e.kind.as_str()), (401, "credential_invalid"));
+        assert_eq!(e.message, "Incorrect API key: sk-...: check it");
+        let q = h.quota.unwrap();
+        assert_eq!((q.remaining_requests, q.limit_requests), (Some(10), None));
+        assert_eq!(QuotaReading::decode(&q.encode()), Some(q));
+        let later = HealthFields::read(&fields, now + 60_000);
+        assert_eq!(
+            later.requests_this_minute, 0,
+            "an old minute counts nothing"
+        );
+    }
 
     #[test]
     fn keys_carry_their_subject_as_a_hash_tag() {

@@ -111,6 +111,10 @@ pub struct Tenant {
     pub limits: RateLimits,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Keep each request's content (prompt and answer, cut to the data plane's
+    /// `server.capture_max_bytes`) in the request log. Off unless the tenant opts in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture_content: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 //     a deployment and a key (secret shown once, with a copy button); each write says it was
 //     applied on all data planes; a bad id is refused next to its field
 //  4. the key works through the data plane; the request shows in spend (and its CSV) and in
-//     the request log with its attempt
+//     the request log with its attempt; the deployment's health page and its test button
 //  5. revoke the key; the data plane refuses it
 //  6. writes without the CSRF token are refused
 //  7. a tenant admin sees only its tenant (lists, filters, direct writes on another tenant's key)
@@ -211,6 +211,14 @@ try {
   check("a request's page shows its attempt on the deployment",
     (await root.textContent("#attempts tbody")).includes("d-mock") && (await root.textContent("#request")).includes("success"));
   await shot(root, "requests");
+  // the deployment's health page; its test button sends one test call to the upstream
+  await Promise.all([root.goto(`${UI}/ui/deployments`)]);
+  await Promise.all([root.waitForNavigation(), root.click('#deployments a[href="/ui/deployments/d-mock/health"]')]);
+  check("a deployment's health page shows it", (await root.textContent("#deployment-health")).includes("d-mock"));
+  await Promise.all([root.waitForNavigation(), root.click("#test")]);
+  check("the test button reports the upstream's answer", (await root.textContent("#test-result")).includes("Test passed"),
+    await root.textContent("#test-result"));
+  await shot(root, "deployment-health");
   r = await root.goto(`${UI}/ui/requests?status=lots`);
   check("a bad status filter is refused in words", r.status() === 422 && (await root.textContent("body")).includes("status"), r.status());
   const csv = await root.request.get(`${UI}/ui/spend?group_by=key&format=csv`);
@@ -312,6 +320,8 @@ try {
   body = await ta.textContent("#tenants");
   check("a tenant admin sees only its tenant", body.includes("globex") && !body.includes("acme"));
   check("a tenant admin has no Providers link", (await ta.locator('nav a[href="/ui/providers"]').count()) === 0);
+  const health = await ta.goto(`${UI}/ui/deployments/health`);
+  check("a tenant admin is refused deployment health (403)", health.status() === 403, health.status());
   const prov = await ta.goto(`${UI}/ui/providers`);
   check("a tenant admin is refused the providers page (403)", prov.status() === 403, prov.status());
   const taCsrf = await csrfOf(ta);
@@ -335,6 +345,11 @@ try {
   check("the server refuses a viewer's write (403)", vWrite.status() === 403, vWrite.status());
   const vRevoke = await viewer.request.post(`${UI}/ui/keys/${globexKey}/revoke`, { form: { csrf: vCsrf } });
   check("the server refuses a viewer's revoke (403)", vRevoke.status() === 403, vRevoke.status());
+  await viewer.goto(`${UI}/ui/deployments/d-mock/health`);
+  check("a viewer reads deployment health without the test button",
+    (await viewer.textContent("#deployment-health")).includes("d-mock") && (await viewer.locator("#test").count()) === 0);
+  const vTest = await viewer.request.post(`${UI}/ui/deployments/d-mock/test`, { form: { csrf: vCsrf } });
+  check("the server refuses a viewer's test call (403)", vTest.status() === 403, vTest.status());
 
   // logout
   await Promise.all([viewer.waitForNavigation(), viewer.click('form[action="/ui/logout"] button')]);

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,17 @@ impl ReceivedSpan {
 pub struct OtlpReceiver {
     pub addr: SocketAddr,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// Export requests received.
+    exports: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the receiver does with an export.
+#[derive(Debug, Clone)]
+struct Sink {
+    /// `None`: read the body and discard it (the benchmark: no decoding, no memory growth).
+    kept: Option<Arc<Mutex<Vec<ReceivedSpan>>>>,
+    exports: Arc<AtomicU64>,
 }
 
 impl Drop for OtlpReceiver {
@@ -113,26 +124,50 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl OtlpReceiver {
-    /// Listens on a free local port.
+    /// Listens on a free local port, decoding and keeping every span.
     pub async fn start() -> OtlpReceiver {
+        Self::listen(true).await
+    }
+
+    /// Listens on a free local port, answering every export with success and discarding it
+    /// unread (for the benchmark, where what matters is the exporter's cost).
+    pub async fn start_discarding() -> OtlpReceiver {
+        Self::listen(false).await
+    }
+
+    /// Export requests received so far.
+    pub fn exports(&self) -> u64 {
+        self.exports.load(Ordering::Relaxed)
+    }
+
+    async fn listen(keep: bool) -> OtlpReceiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a local port");
         let addr = listener.local_addr().expect("its address");
         let spans = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&spans);
+        let exports = Arc::new(AtomicU64::new(0));
+        let sink = Sink {
+            kept: keep.then(|| Arc::clone(&spans)),
+            exports: Arc::clone(&exports),
+        };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let kept = Arc::clone(&kept);
+                let sink = sink.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| receive(Arc::clone(&kept), req));
+                    let service = service_fn(move |req| receive(sink.clone(), req));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
-        OtlpReceiver { addr, spans, task }
+        OtlpReceiver {
+            addr,
+            spans,
+            exports,
+            task,
+        }
     }
 
     /// The base URL to configure as `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -163,7 +198,7 @@ impl OtlpReceiver {
 }
 
 async fn receive(
-    kept: Arc<Mutex<Vec<ReceivedSpan>>>,
+    sink: Sink,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let reply = |status: StatusCode, body: Vec<u8>| {
@@ -180,6 +215,11 @@ async fn receive(
     }
     let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
         return reply(StatusCode::BAD_REQUEST, Vec::new());
+    };
+    sink.exports.fetch_add(1, Ordering::Relaxed);
+    let Some(kept) = sink.kept else {
+        let done = ExportTraceServiceResponse::default().encode_to_vec();
+        return reply(StatusCode::OK, done);
     };
     match decode(&body) {
         Ok(spans) => {

@@ -333,3 +333,90 @@ async fn tenant_admins_see_only_their_tenant(
     let hidden = call(&cp.rest, Method::GET, &other, Some(&token), Value::Null).await;
     assert_eq!(hidden.status, StatusCode::NOT_FOUND, "{}", hidden.text());
 }
+
+/// `GET /admin/v1/requests/{id}` as the platform admin until it answers 200 (the row arrives
+/// through the usage pipeline).
+async fn detail(cp: &ControlPlane, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let path = format!("/admin/v1/requests/{id}");
+        let reply = call(&cp.rest, Method::GET, &path, Some(&cp.token), Value::Null).await;
+        if reply.status == StatusCode::OK {
+            return reply.json();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn content_is_captured_only_for_the_tenant_that_opted_in(pool: PgPool) {
+    let namespace = unique_namespace();
+    let mock = MockUpstream::start().await.unwrap();
+    let cp = ControlPlane::start(pool.clone(), &namespace).await;
+    let (acme, poor) = configure(&cp, &mock).await;
+    let reply = cp
+        .write(
+            Method::PUT,
+            "/admin/v1/tenants/acme",
+            json!({"capture_content": true}),
+        )
+        .await;
+    assert_eq!(reply.json()["capture_content"], true);
+    let dp = data_plane(&namespace, &cp).await;
+    // The PUT came before the data plane started: its first snapshot carries it.
+    until_served(&dp, &acme).await;
+
+    let captured = chat(&dp, &acme, "m", Some("capture-1")).await;
+    assert_eq!(captured.status, StatusCode::OK, "{}", captured.text());
+    let body = json!({"model": "m", "stream": true,
+        "messages": [{"role": "user", "content": "stream me"}]});
+    let auth = format!("Bearer {acme}");
+    let streamed = send(request(
+        Method::POST,
+        &format!("{}/v1/chat/completions", dp.base),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    ))
+    .await;
+    assert_eq!(streamed.status, StatusCode::OK);
+    let other = chat(&dp, &poor, "m", Some("not-captured-1")).await;
+
+    let row = detail(&cp, &gateway_id(&captured)).await;
+    let content = &row["content"];
+    assert!(
+        content["prompt"].as_str().unwrap().contains("\"hello\""),
+        "{row}"
+    );
+    assert!(
+        content["completion"]
+            .as_str()
+            .unwrap()
+            .contains("Hello! How can I assist you today?"),
+        "{row}"
+    );
+    assert_eq!(content["truncated"], false, "{row}");
+    let row = detail(&cp, &gateway_id(&streamed)).await;
+    let content = &row["content"];
+    assert!(
+        content["prompt"].as_str().unwrap().contains("stream me"),
+        "{row}"
+    );
+    let completion = content["completion"].as_str().unwrap();
+    assert!(
+        completion.contains("tok0") && completion.contains("[DONE]"),
+        "{row}"
+    );
+    let row = detail(&cp, &gateway_id(&other)).await;
+    assert!(
+        row["content"].is_null(),
+        "another tenant's content is never kept: {row}"
+    );
+}

@@ -227,5 +227,5 @@ async fn grpc(listen: SocketAddr, report: &mut Report) {
     }
 }
 
-mod upstream;
+pub mod upstream;
 use upstream::upstream;

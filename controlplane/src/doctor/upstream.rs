@@ -19,21 +19,13 @@ pub async fn upstream(
 ) {
     let name = format!("upstream {}", p.id);
     let kind = p.kind();
-    let base = match (kind, p.base_url.as_deref()) {
-        (Some(ProviderKind::Mock), _) => {
+    let base = match base_url(p) {
+        Ok(base) => base,
+        Err(Unreachable::Mock) => {
             report.ok(name, "kind mock answers inside the data plane");
             return;
         }
-        (_, Some(url)) => url.trim_end_matches('/').to_owned(),
-        (Some(ProviderKind::Bedrock), None) => format!(
-            "https://bedrock-runtime.{}.amazonaws.com",
-            p.extra.0.region.as_deref().unwrap_or("us-east-1")
-        ),
-        (Some(ProviderKind::Vertex), None) => match p.extra.0.region.as_deref() {
-            Some("global") | None => "https://aiplatform.googleapis.com".to_owned(),
-            Some(location) => format!("https://{location}-aiplatform.googleapis.com"),
-        },
-        _ => {
+        Err(Unreachable::NoBaseUrl) => {
             report.fail(
                 name,
                 "no base_url",
@@ -51,12 +43,7 @@ pub async fn upstream(
         );
         return;
     }
-    let credential = p
-        .credential
-        .as_ref()
-        .map(|c| &c.0)
-        .or(p.extra.0.api_keys.first().map(|k| &k.key))
-        .and_then(|s| keys.open(s).ok());
+    let credential = credential(p, keys);
     let request = probe(
         client,
         kind,
@@ -85,15 +72,23 @@ pub async fn upstream(
         }
         Ok(r) => report.ok(name, format!("{shown} reachable, HTTP {} to an authenticated model list", r.status().as_u16())),
         Err(e) => {
-            let why = if e.is_timeout() {
-                "timed out".to_owned()
-            } else if format!("{e:?}").to_ascii_lowercase().contains("certificate") {
-                "TLS: the certificate is not trusted".to_owned()
-            } else {
-                "cannot connect".to_owned()
-            };
+            let why = unreached(&e);
             report.fail(name, format!("{shown}: {why}"), "check that the upstream is up and reachable from here (firewall, proxy, TLS certificate)");
         }
+    }
+}
+
+/// Why a call got no answer, in words (never the error's text, which may name the URL).
+pub fn unreached(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if format!("{e:?}")
+        .to_ascii_lowercase()
+        .contains("certificate")
+    {
+        "TLS: the certificate is not trusted"
+    } else {
+        "cannot connect"
     }
 }
 
@@ -111,6 +106,62 @@ async fn resolve(url: &str) -> Result<(), String> {
     }
 }
 
+/// Why a provider has no URL to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Kind `mock`: it answers inside the data plane.
+    Mock,
+    /// No `base_url`, and the kind has no fixed one.
+    NoBaseUrl,
+}
+
+/// The provider's API base URL (no trailing `/`), as the data planes call it.
+pub fn base_url(p: &ProviderRow) -> Result<String, Unreachable> {
+    match (p.kind(), p.base_url.as_deref()) {
+        (Some(ProviderKind::Mock), _) => Err(Unreachable::Mock),
+        (_, Some(url)) => Ok(url.trim_end_matches('/').to_owned()),
+        (Some(ProviderKind::Bedrock), None) => Ok(format!(
+            "https://bedrock-runtime.{}.amazonaws.com",
+            p.extra.0.region.as_deref().unwrap_or("us-east-1")
+        )),
+        (Some(ProviderKind::Vertex), None) => Ok(match p.extra.0.region.as_deref() {
+            Some("global") | None => "https://aiplatform.googleapis.com".to_owned(),
+            Some(location) => format!("https://{location}-aiplatform.googleapis.com"),
+        }),
+        _ => Err(Unreachable::NoBaseUrl),
+    }
+}
+
+/// The provider's credential (its first key, for a multi-key provider), opened with the master
+/// keys; `None` when it has none or it does not open. For the call only: never print it.
+pub fn credential(p: &ProviderRow, keys: &MasterKeys) -> Option<String> {
+    p.credential
+        .as_ref()
+        .map(|c| &c.0)
+        .or(p.extra.0.api_keys.first().map(|k| &k.key))
+        .and_then(|s| keys.open(s).ok())
+}
+
+/// `request` with the kind's credential header (Bedrock's SigV4 and Vertex's OAuth2 token are
+/// not reproduced here).
+pub fn authenticate(
+    request: RequestBuilder,
+    kind: Option<ProviderKind>,
+    key: Option<&str>,
+) -> RequestBuilder {
+    let key = key.unwrap_or_default();
+    match kind {
+        Some(ProviderKind::Anthropic) => request
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01"),
+        Some(ProviderKind::Gemini) => request.header("x-goog-api-key", key),
+        Some(ProviderKind::Azure) => request.header("api-key", key),
+        // SigV4 and Vertex's OAuth2 token are not reproduced here: only reachability.
+        Some(ProviderKind::Bedrock | ProviderKind::Vertex) => request,
+        _ => request.bearer_auth(key),
+    }
+}
+
 /// A read-only authenticated call of the provider's API.
 fn probe(
     client: &reqwest::Client,
@@ -119,23 +170,14 @@ fn probe(
     api_version: Option<&str>,
     key: Option<&str>,
 ) -> RequestBuilder {
-    let key = key.unwrap_or_default();
-    match kind {
-        Some(ProviderKind::Anthropic) => client
-            .get(format!("{base}/models"))
-            .header("x-api-key", key)
-            .header("anthropic-version", "2023-06-01"),
-        Some(ProviderKind::Gemini) => client
-            .get(format!("{base}/models"))
-            .header("x-goog-api-key", key),
-        Some(ProviderKind::Azure) => client
-            .get(format!(
-                "{base}/openai/models?api-version={}",
-                api_version.unwrap_or_default()
-            ))
-            .header("api-key", key),
+    let url = match kind {
+        Some(ProviderKind::Azure) => format!(
+            "{base}/openai/models?api-version={}",
+            api_version.unwrap_or_default()
+        ),
         // SigV4 and Vertex's OAuth2 token are not reproduced here: only reachability.
-        Some(ProviderKind::Bedrock | ProviderKind::Vertex) => client.get(base),
-        _ => client.get(format!("{base}/models")).bearer_auth(key),
-    }
+        Some(ProviderKind::Bedrock | ProviderKind::Vertex) => base.to_owned(),
+        _ => format!("{base}/models"),
+    };
+    authenticate(client.get(url), kind, key)
 }

@@ -142,6 +142,7 @@ pub mod budgets;
 pub mod clock;
 pub mod dead_letters;
 pub mod deployments;
+pub mod health;
 pub mod keys;
 pub mod models;
 pub mod prices;

@@ -48,6 +48,7 @@ pub struct TenantRow {
     pub tpm: Option<i64>,
     pub concurrency: Option<i64>,
     pub budget: Option<Json<Budget>>,
+    pub capture_content: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -64,6 +65,7 @@ impl TenantRow {
             status: self.status(),
             limits: limits(self.rpm, self.tpm, self.concurrency),
             budget: self.budget.as_ref().map(|b| b.0.clone()),
+            capture_content: self.capture_content,
         }
     }
 }

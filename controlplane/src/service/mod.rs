@@ -11,7 +11,8 @@
 //! - Resources: [`tenants`], [`keys`], [`providers`], [`deployments`], [`models`],
 //!   [`admins`], [`budgets`], [`prices`] (sync and override commands; the read model that
 //!   snapshots use is [`price_book`]), [`spend`], [`fleet`] (with the audit log and the
-//!   revision).
+//!   revision), [`requests`] (the request log), [`health`] (deployment health from the data
+//!   planes' shared state and the request log) and [`test_call`] (a deployment's test call).
 //! - [`litellm`]: `controlplane import litellm`, a LiteLLM proxy config written as providers,
 //!   deployments and model policies through the resources above.
 //!
@@ -26,6 +27,7 @@ pub mod dead_letters;
 pub mod deployments;
 pub mod error;
 pub mod fleet;
+pub mod health;
 pub mod keys;
 pub mod litellm;
 pub mod login_guard;
@@ -38,6 +40,7 @@ pub mod requests;
 pub mod snapshot;
 pub mod spend;
 pub mod tenants;
+pub mod test_call;
 pub mod write;
 
 use std::sync::Arc;

@@ -25,6 +25,10 @@ pub struct TenantView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub budget: Option<Budget>,
+    /// Requests' content (prompt and answer, cut to the data planes' `capture_max_bytes`) is
+    /// kept in the request log (`GET /admin/v1/requests/{id}`), for
+    /// `spend.content_retention_days`.
+    pub capture_content: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -37,6 +41,7 @@ impl From<&TenantRow> for TenantView {
             status: r.status(),
             limits: limits(r.rpm, r.tpm, r.concurrency),
             budget: r.budget.as_ref().map(|b| b.0.clone()),
+            capture_content: r.capture_content,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -62,6 +67,9 @@ pub struct CreateTenant {
     pub limits: RateLimits,
     #[schema(value_type = Option<Object>)]
     pub budget: Option<Budget>,
+    /// Keep requests' content in the request log (default false: never kept).
+    #[serde(default)]
+    pub capture_content: bool,
 }
 
 // `CreateTenant` repeats these fields: serde's `flatten` does not work with
@@ -80,6 +88,9 @@ pub struct UpdateTenant {
     pub limits: RateLimits,
     #[schema(value_type = Option<Object>)]
     pub budget: Option<Budget>,
+    /// Keep requests' content in the request log (default false: never kept).
+    #[serde(default)]
+    pub capture_content: bool,
 }
 
 impl UpdateTenant {
@@ -91,6 +102,7 @@ impl UpdateTenant {
             tpm: self.limits.tpm.map(i64::from),
             concurrency: self.limits.concurrency.map(i64::from),
             budget: self.budget.as_ref(),
+            capture_content: self.capture_content,
         }
     }
 }
@@ -107,12 +119,14 @@ pub async fn create(
         status,
         limits,
         budget,
+        capture_content,
     } = req;
     let settings = UpdateTenant {
         name,
         status,
         limits,
         budget,
+        capture_content,
     };
     let mut w = Write::begin(cx.pool, actor).await?;
     let row = repo::tenants::insert(w.conn(), &id, &settings.fields()).await?;

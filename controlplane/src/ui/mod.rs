@@ -5,10 +5,12 @@
 //! A sibling of [`crate::api`] in the layers: handlers call [`crate::service`] with the
 //! session's [`crate::service::Actor`], exactly as the API's handlers do with a token's, and
 //! never the repository. Pages: [`pages`] (overview, budgets, spend, fleet, audit), [`prices`],
-//! [`requests`] (the request log and one request's attempts),
+//! [`requests`] (the request log and one request's attempts), [`health`] (deployment health
+//! and the test call),
 //! [`resources`] (tenants, keys, providers, deployments, model policies); sign-in and the
 //! session in [`session`]; single sign-on in [`oidc`]; the frame and shared pieces in [`html`].
 
+pub mod health;
 pub mod html;
 pub mod oidc;
 pub mod pages;
@@ -67,6 +69,9 @@ pub fn router() -> Router<AppState> {
             "/ui/deployments",
             get(resources::deployments_get).post(resources::deployments_post),
         )
+        .route("/ui/deployments/health", get(health::list))
+        .route("/ui/deployments/{id}/health", get(health::detail))
+        .route("/ui/deployments/{id}/test", post(health::test))
         .route(
             "/ui/models",
             get(resources::models_get).post(resources::models_post),

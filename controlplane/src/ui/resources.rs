@@ -417,12 +417,14 @@ async fn deployments_page(
             }
         }
         div.tablewrap { table #deployments {
-            thead { tr { th { "Id" } th { "Model" } th { "Provider" } th { "Upstream model" } th.num { "Weight" } th.num { "Priority" } th { "Limits" } } }
+            thead { tr { th { "Id" } th { "Model" } th { "Provider" } th { "Upstream model" } th.num { "Weight" } th.num { "Priority" } th { "Limits" } th { "Health" } } }
             tbody { @for d in &list.items { tr {
                 td { (d.id) } td { (d.model) } td { (d.provider) } td { (d.upstream_model) }
                 td.num { (d.weight) } td.num { (d.priority) } td { (limits_cell(d.limits.rpm, d.limits.tpm)) }
+                td { a href=(format!("/ui/deployments/{}/health", super::pages::urlencode(&d.id))) { "health" } }
             } } }
         } }
+        p { a href="/ui/deployments/health" { "Every deployment's health" } }
         (pager("/ui/deployments", q.offset.unwrap_or(0), list.next_offset))
     };
     page_with(session, "/ui/deployments", "Deployments", &e, content)
@@ -716,6 +718,8 @@ async fn tenant_page(
                 (input(&e, "budget.max_usd", "Budget (USD; empty: none)", "text",
                     &t.budget.as_ref().map(|b| b.max_usd.to_string()).unwrap_or_default()))
                 (select(&e, "budget.period", "Budget period", PERIODS, &period))
+                (select(&e, "capture_content", "Keep requests' content in the request log",
+                    &["off", "on"], if t.capture_content { "on" } else { "off" }))
                 div { button type="submit" { "Save" } }
             }
         } @else {
@@ -746,6 +750,10 @@ pub async fn tenant_post(
         let mut body = Map::new();
         body.insert("name".into(), json!(f.text("name")));
         body.insert("status".into(), json!(f.get("status").unwrap_or("active")));
+        body.insert(
+            "capture_content".into(),
+            json!(f.get("capture_content") == Some("on")),
+        );
         limits_and_budget(&f, &mut body)?;
         let req: tenants::UpdateTenant = parse(Value::Object(body))?;
         Ok(crud::update::<TenantRow, _>(s.ctx(), &session.actor, &id, req).await?)

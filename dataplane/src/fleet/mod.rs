@@ -26,6 +26,8 @@ pub mod sync;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
+use switchboard_shared::fleet_keys::PermanentError;
 use switchboard_shared::snapshot::Cooldown;
 
 pub use breaker::{Breaker, Gate, unix_ms};
@@ -41,6 +43,10 @@ pub struct DeploymentState {
     pub quota: UpstreamQuota,
     /// What its own spend caps and request quotas have used ([`crate::caps`]).
     pub caps: Arc<crate::caps::CapUsage>,
+    /// The last permanent error an upstream answered, for the health API; [`sync`] writes it
+    /// to the shared hash once (`error_unsent`).
+    pub last_error: ArcSwapOption<PermanentError>,
+    error_unsent: std::sync::atomic::AtomicBool,
 }
 
 /// How one attempt on a deployment ended, as the forward loop reports it to
@@ -54,8 +60,12 @@ pub enum Outcome<'a> {
     Failed { cooldown: &'a Cooldown },
     /// The upstream said 429: out for `period` at once.
     RateLimited { period: Duration },
-    /// The upstream refused our credential: out for `period` at once.
-    CredentialRejected { period: Duration },
+    /// The upstream's body says the failure lasts (invalid key, unknown model, exhausted
+    /// quota): out for `period` at once, alerted once per episode, kept for the health API.
+    Permanent {
+        period: Duration,
+        error: &'a PermanentError,
+    },
     /// The request's own fault (relayed to the client): says nothing about the deployment,
     /// so a probe it held goes back.
     Refused,
@@ -124,14 +134,28 @@ impl DeploymentState {
                 self.breaker.open(period);
                 recorded.cooled = true;
             }
-            Outcome::CredentialRejected { period } => {
+            Outcome::Permanent { period, error } => {
                 self.breaker.open(period);
                 recorded.first_alert = self.breaker.first_alert();
                 recorded.cooled = recorded.first_alert;
+                self.last_error.store(Some(Arc::new(error.clone())));
+                self.error_unsent
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Outcome::Refused => self.breaker.release_probe(),
         }
         recorded
+    }
+
+    /// The last permanent error's hash value, once after each new error (for [`sync`]).
+    pub fn take_unsent_error(&self) -> Option<String> {
+        if !self
+            .error_unsent
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        self.last_error.load().as_ref().map(|e| e.encode())
     }
 
     /// Tokens a finished request used, for this minute's totals.
@@ -186,14 +210,23 @@ mod tests {
     }
 
     #[test]
-    fn a_credential_rejection_alerts_once_per_episode() {
+    fn a_permanent_error_takes_it_out_alerts_once_and_is_sent_once() {
         let state = DeploymentState::new();
-        let out = Outcome::CredentialRejected {
-            period: Duration::from_secs(300),
+        let error = PermanentError {
+            at_ms: 5,
+            status: 429,
+            kind: "quota_exhausted".into(),
+            message: "You exceeded your current quota".into(),
         };
-        let first = state.record(out, None);
-        assert!(first.cooled && first.first_alert);
-        assert_eq!(state.record(out, None), Recorded::default());
+        let out = Outcome::Permanent {
+            period: Duration::from_secs(300),
+            error: &error,
+        };
+        assert!(state.record(out, None).first_alert);
+        assert!(!state.record(out, None).first_alert, "once per episode");
+        assert!(state.is_open());
+        assert_eq!(state.take_unsent_error(), Some(error.encode()));
+        assert_eq!(state.take_unsent_error(), None, "sent once");
         assert!(matches!(state.gate(unix_ms()), Gate::Open { .. }));
     }
 

@@ -11,6 +11,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use switchboard_shared::fleet_keys::QuotaReading;
+
 use super::ratelimit::UpstreamRateLimits;
 
 const UNKNOWN: u64 = u64::MAX;
@@ -24,6 +26,8 @@ pub struct UpstreamQuota {
     limit_tokens: AtomicU64,
     remaining_tokens: AtomicU64,
     tokens_reset_at_ms: AtomicU64,
+    /// When the latest reading arrived (0: never).
+    read_at_ms: AtomicU64,
 }
 
 impl Default for UpstreamQuota {
@@ -35,6 +39,7 @@ impl Default for UpstreamQuota {
             limit_tokens: AtomicU64::new(UNKNOWN),
             remaining_tokens: AtomicU64::new(UNKNOWN),
             tokens_reset_at_ms: AtomicU64::new(0),
+            read_at_ms: AtomicU64::new(0),
         }
     }
 }
@@ -68,6 +73,23 @@ impl UpstreamQuota {
         let at = |d: Duration| now_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(0));
         store(&self.requests_reset_at_ms, r.reset_requests.map(at));
         store(&self.tokens_reset_at_ms, r.reset_tokens.map(at));
+        store(&self.read_at_ms, Some(now_ms));
+    }
+
+    /// The latest reading, for the health API (through the shared hash); `None` before any.
+    pub fn reading(&self) -> Option<QuotaReading> {
+        let at_ms = self.read_at_ms.load(Ordering::Relaxed);
+        let known = |cell: &AtomicU64| {
+            let v = cell.load(Ordering::Relaxed);
+            (v != UNKNOWN).then_some(v)
+        };
+        (at_ms != 0).then(|| QuotaReading {
+            at_ms,
+            remaining_requests: known(&self.remaining_requests),
+            limit_requests: known(&self.limit_requests),
+            remaining_tokens: known(&self.remaining_tokens),
+            limit_tokens: known(&self.limit_tokens),
+        })
     }
 
     /// The larger used share (0..1) of the request and token quotas, if the upstream reported

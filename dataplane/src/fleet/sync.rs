@@ -11,7 +11,9 @@
 //! 3. applies this replica's breaker changes to `until` (an opening only ever lengthens it; a
 //!    closing applies only to the episode it closes) and, for a half-open breaker that a
 //!    request here wanted to probe, claims the cluster's single probe (`probe`);
-//! 4. returns the whole hash, from which the task sets the local cache.
+//! 4. stores the last permanent error an upstream answered (`err`, once per error) and the
+//!    upstream's latest quota reading (`q`), for the control plane's health API;
+//! 5. returns the whole hash, from which the task sets the local cache.
 //!
 //! When Redis fails, the task flips [`SharedRedis`]'s flag (logging once), and every
 //! deployment decides on its own numbers again until a later tick succeeds.
@@ -83,6 +85,8 @@ for i = 1, #all, 2 do
     end
   end
 end
+if ARGV[17] ~= '' then redis.call('HSET', k, 'err', ARGV[17]) end
+if ARGV[18] ~= '' then redis.call('HSET', k, 'q', ARGV[18]) end
 redis.call('PEXPIRE', k, 3600000)
 return all
 ";
@@ -180,7 +184,15 @@ pub async fn tick(
             .arg(close)
             .arg(stale_ms)
             .arg(if wants_probe { "1" } else { "0" })
-            .arg(PROBE_CLAIM_MS);
+            .arg(PROBE_CLAIM_MS)
+            .arg(state.take_unsent_error().unwrap_or_default())
+            .arg(
+                state
+                    .quota
+                    .reading()
+                    .map(|q| q.encode())
+                    .unwrap_or_default(),
+            );
     }
     let mut conn = redis.conn();
     let deadline = redis.timeout().max(Duration::from_millis(200));
@@ -458,6 +470,20 @@ mod tests {
         state.load.record_tokens(40, now);
         state.load.record_latency(100.0, now);
         state.breaker.open(Duration::from_secs(60));
+        let error = switchboard_shared::fleet_keys::PermanentError {
+            at_ms: now,
+            status: 404,
+            kind: "model_not_found".into(),
+            message: "The model `gpt-9` does not exist".into(),
+        };
+        let period = Duration::from_secs(60);
+        state.record(
+            super::super::Outcome::Permanent {
+                period,
+                error: &error,
+            },
+            None,
+        );
         let script = Script::new(SCRIPT);
         tick(&redis, &script, "me", &[("d1", &state)]).await;
         assert!(redis.is_up());
@@ -476,6 +502,25 @@ mod tests {
             fields["until"].parse::<u64>().unwrap() > now,
             "the opening was written"
         );
+        assert_eq!(
+            fields["err"],
+            error.encode(),
+            "the permanent error was written"
+        );
+        let _: () = redis::cmd("HDEL")
+            .arg(&key)
+            .arg("err")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        tick(&redis, &script, "me", &[("d1", &state)]).await;
+        let err: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("err")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(err, None, "an error is sent once, not every tick");
         let _: () = redis::cmd("DEL")
             .arg(&key)
             .query_async(&mut conn)

@@ -262,6 +262,21 @@ pub fn classify_http(status: StatusCode, headers: &HeaderMap) -> Verdict {
     }
 }
 
+/// A lasting failure read from an upstream's refusal
+/// ([`switchboard_shared::fleet_keys::PermanentError::from_answer`]), except a passthrough's
+/// 404: the client chose that path, so it says nothing about the deployment.
+pub fn permanent_error(
+    endpoint: Endpoint,
+    status: StatusCode,
+    body: &[u8],
+    at_ms: u64,
+) -> Option<switchboard_shared::fleet_keys::PermanentError> {
+    if endpoint == Endpoint::Passthrough && status == StatusCode::NOT_FOUND {
+        return None;
+    }
+    switchboard_shared::fleet_keys::PermanentError::from_answer(status.as_u16(), body, at_ms)
+}
+
 /// `retry-after-ms` (OpenAI, Azure) or `Retry-After` in seconds (the HTTP-date form is rare
 /// from LLM APIs and is ignored), capped at an hour so that a hostile value cannot park a
 /// deployment forever.
@@ -279,6 +294,14 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_passthrough_404_is_the_clients() {
+        let missing = br#"{"error":{"message":"The model `x` does not exist"}}"#;
+        let at = |endpoint| permanent_error(endpoint, StatusCode::NOT_FOUND, missing, 1);
+        assert!(at(Endpoint::ChatCompletions).is_some());
+        assert_eq!(at(Endpoint::Passthrough), None);
+    }
 
     #[test]
     fn statuses_are_classified() {

@@ -26,7 +26,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values = ["non-stream", "stream"])]
     pub modes: Vec<Mode>,
     /// Targets to measure; nginx and litellm run only when available.
-    #[arg(long, value_delimiter = ',', default_values = ["direct", "gateway", "gateway-redis", "nginx", "litellm"])]
+    #[arg(long, value_delimiter = ',', default_values = ["direct", "gateway", "gateway-traced-1pct", "gateway-traced-100pct", "gateway-redis", "nginx", "litellm"])]
     pub targets: Vec<Target>,
     /// The `litellm` executable (from `pip install 'litellm[proxy]'`); without it LiteLLM is
     /// skipped.
@@ -68,6 +68,15 @@ pub enum Target {
     Direct,
     /// Switchboard's data plane, rate limits in process.
     Gateway,
+    /// The gateway exporting OpenTelemetry traces (OTLP/HTTP to a receiver in the benchmark
+    /// process that reads and discards them), sampling 1 % of requests.
+    #[value(name = "gateway-traced-1pct")]
+    #[serde(rename = "gateway-traced-1pct")]
+    GatewayTraced1pct,
+    /// The same, sampling every request.
+    #[value(name = "gateway-traced-100pct")]
+    #[serde(rename = "gateway-traced-100pct")]
+    GatewayTraced100pct,
     /// Switchboard's data plane with the same limits shared through Redis (a redis-server the
     /// benchmark starts on the load core).
     GatewayRedis,
@@ -78,10 +87,21 @@ pub enum Target {
 }
 
 impl Target {
+    /// The trace sampling ratio of a traced gateway (`None`: tracing off).
+    pub fn sampling(self) -> Option<f64> {
+        match self {
+            Target::GatewayTraced1pct => Some(0.01),
+            Target::GatewayTraced100pct => Some(1.0),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
             Target::Gateway => "gateway",
+            Target::GatewayTraced1pct => "gateway-traced-1pct",
+            Target::GatewayTraced100pct => "gateway-traced-100pct",
             Target::GatewayRedis => "gateway-redis",
             Target::Nginx => "nginx",
             Target::Litellm => "litellm",

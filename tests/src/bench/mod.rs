@@ -48,6 +48,12 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
     } else {
         None
     };
+    let traced = args.targets.iter().any(|t| t.sampling().is_some());
+    let otlp = if traced {
+        Some(crate::otlp::OtlpReceiver::start_discarding().await)
+    } else {
+        None
+    };
     let env = Env {
         bin_dir,
         dir: temp.0.clone(),
@@ -55,6 +61,7 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
         mock_addr,
         scenario: format!("chunks={}", args.chunks),
         redis_url: redis.as_ref().map(|(_, url)| url.clone()),
+        otlp_endpoint: otlp.as_ref().map(crate::otlp::OtlpReceiver::endpoint),
     };
     let mut report = Report {
         context: Context {
@@ -69,12 +76,15 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
         cells: Vec::new(),
         notes: Vec::new(),
         redis_vs_in_process: Vec::new(),
+        tracing_vs_off: Vec::new(),
     };
     let ticks_per_second = procs::clock_ticks_per_second();
     let mut started: Vec<(Target, Result<Running, String>)> = Vec::new();
     for target in [
         Target::Direct,
         Target::Gateway,
+        Target::GatewayTraced1pct,
+        Target::GatewayTraced100pct,
         Target::GatewayRedis,
         Target::Nginx,
         Target::Litellm,
@@ -130,6 +140,13 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
     }
     report.compare_with_direct();
     report.compare_redis_with_in_process();
+    report.compare_tracing_with_off();
+    if let Some(otlp) = otlp {
+        report.notes.push(format!(
+            "the OTLP receiver got {} export requests from the traced gateways",
+            otlp.exports()
+        ));
+    }
     Ok(report)
 }
 

@@ -79,6 +79,20 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Per mode: the Redis-mode gateway's throughput ÷ the in-process gateway's.
     pub redis_vs_in_process: Vec<(Mode, f64)>,
+    /// Per traced gateway and mode: its throughput and CPU per request ÷ the untraced
+    /// gateway's (tracing off), from the same run.
+    pub tracing_vs_off: Vec<TracingCost>,
+}
+
+/// What exporting traces costs, against the same gateway with tracing off.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TracingCost {
+    pub target: Target,
+    pub mode: Mode,
+    /// Throughput ÷ the untraced gateway's.
+    pub throughput: f64,
+    /// CPU µs per request ÷ the untraced gateway's.
+    pub cpu: Option<f64>,
 }
 
 impl Report {
@@ -101,16 +115,42 @@ impl Report {
         }
     }
 
+    /// The measured cell of `target` in `mode`, if any.
+    fn measured(&self, target: Target, mode: Mode) -> Option<&Cell> {
+        self.cells
+            .iter()
+            .find(|c| c.target == target && c.mode == mode && c.failed.is_none() && c.requests > 0)
+    }
+
+    /// Fills in each traced gateway's throughput and CPU against the untraced one's.
+    pub fn compare_tracing_with_off(&mut self) {
+        let mut costs = Vec::new();
+        for target in [Target::GatewayTraced1pct, Target::GatewayTraced100pct] {
+            for mode in [Mode::NonStream, Mode::Stream] {
+                let (Some(off), Some(on)) = (
+                    self.measured(Target::Gateway, mode),
+                    self.measured(target, mode),
+                ) else {
+                    continue;
+                };
+                costs.push(TracingCost {
+                    target,
+                    mode,
+                    throughput: on.req_per_s / off.req_per_s,
+                    cpu: on
+                        .cpu_us_per_req
+                        .zip(off.cpu_us_per_req)
+                        .map(|(a, b)| a / b),
+                });
+            }
+        }
+        self.tracing_vs_off = costs;
+    }
+
     /// Fills in the Redis-mode gateway's throughput against the in-process one's, per mode.
     pub fn compare_redis_with_in_process(&mut self) {
-        let measured = |target: Target, mode: Mode| {
-            self.cells
-                .iter()
-                .find(|c| {
-                    c.target == target && c.mode == mode && c.failed.is_none() && c.requests > 0
-                })
-                .map(|c| c.req_per_s)
-        };
+        let measured =
+            |target: Target, mode: Mode| self.measured(target, mode).map(|c| c.req_per_s);
         self.redis_vs_in_process = [Mode::NonStream, Mode::Stream]
             .into_iter()
             .filter_map(|mode| {
@@ -185,6 +225,15 @@ impl Report {
                 mode.name()
             ));
         }
+        for t in &self.tracing_vs_off {
+            out.push_str(&format!(
+                "Tracing ({}) vs off, {}: {:.2}× the throughput, {} the CPU per request\n",
+                t.target.name(),
+                t.mode.name(),
+                t.throughput,
+                t.cpu.map_or("–".to_owned(), |c| format!("{c:.2}×")),
+            ));
+        }
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
         }
@@ -236,6 +285,7 @@ mod tests {
             ],
             notes: vec!["litellm skipped".into()],
             redis_vs_in_process: Vec::new(),
+            tracing_vs_off: Vec::new(),
         };
         report.compare_with_direct();
         report.compare_redis_with_in_process();
@@ -275,6 +325,24 @@ mod tests {
             report
                 .markdown()
                 .contains("Redis-mode limits vs in-process, non-stream: 0.85×"),
+        );
+        let mut traced = Cell::measured(
+            Target::GatewayTraced100pct,
+            Mode::NonStream,
+            &load(1800, 1000),
+            1.0,
+        );
+        traced.cpu_us_per_req = Some(30.0);
+        report.cells[3].cpu_us_per_req = Some(20.0);
+        report.cells.push(traced);
+        report.compare_tracing_with_off();
+        assert_eq!(report.tracing_vs_off.len(), 1);
+        assert_eq!(report.tracing_vs_off[0].throughput, 0.9);
+        assert_eq!(report.tracing_vs_off[0].cpu, Some(1.5));
+        assert!(
+            report
+                .markdown()
+                .contains("Tracing (gateway-traced-100pct) vs off, non-stream: 0.90× the throughput, 1.50× the CPU per request"),
         );
         assert_eq!(thousands(70213.4), "70,213");
         assert_eq!(thousands(999.0), "999");

@@ -44,6 +44,8 @@ pub struct Env {
     pub scenario: String,
     /// The benchmark's own redis-server, when a Redis-mode target runs.
     pub redis_url: Option<String>,
+    /// The OTLP receiver's base URL, when a traced target runs.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Env {
@@ -117,9 +119,13 @@ pub async fn start(target: Target, env: &Env, litellm: Option<&Path>) -> Result<
             path: format!("/s/{}/v1/chat/completions", env.scenario),
             proc: None,
         }),
-        Target::Gateway => start_gateway(env, None).await,
+        Target::Gateway => start_gateway(env, target, None).await,
+        Target::GatewayTraced1pct | Target::GatewayTraced100pct => match &env.otlp_endpoint {
+            Some(_) => start_gateway(env, target, None).await,
+            None => Err("no OTLP receiver was started".to_owned()),
+        },
         Target::GatewayRedis => match &env.redis_url {
-            Some(url) => start_gateway(env, Some(url)).await,
+            Some(url) => start_gateway(env, target, Some(url)).await,
             None => Err("no redis-server was started".to_owned()),
         },
         Target::Nginx => start_nginx(env).await,
@@ -183,18 +189,33 @@ pub fn gateway_config(upstream_base: &str, redis_url: Option<&str>) -> String {
     )
 }
 
-async fn start_gateway(env: &Env, redis_url: Option<&str>) -> Result<Running, String> {
+/// The standard OpenTelemetry variables of a gateway `target`: tracing off, or exporting over
+/// OTLP/HTTP to `endpoint` with the target's sampling ratio (the benchmark sends no
+/// `traceparent`, so the ratio alone decides).
+pub fn otel_env(target: Target, endpoint: Option<&str>) -> Vec<(&'static str, String)> {
+    match (target.sampling(), endpoint) {
+        (Some(ratio), Some(endpoint)) => vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+            ("OTEL_TRACES_SAMPLER", "traceidratio".to_owned()),
+            ("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()),
+        ],
+        _ => vec![("OTEL_SDK_DISABLED", "true".to_owned())],
+    }
+}
+
+async fn start_gateway(
+    env: &Env,
+    target: Target,
+    redis_url: Option<&str>,
+) -> Result<Running, String> {
     let binary = env.bin_dir.join("dataplane");
     if !binary.is_file() {
         return Err(format!(
             "{binary:?} not found: cargo build --release -p switchboard-dataplane"
         ));
     }
-    let name = if redis_url.is_some() {
-        "gateway-redis"
-    } else {
-        "gateway"
-    };
+    let name = target.name();
     let config = env.dir.join(format!("{name}.yaml"));
     std::fs::write(&config, gateway_config(&env.upstream_base(), redis_url)).map_err(err)?;
     let port = free_port().map_err(err)?;
@@ -204,7 +225,8 @@ async fn start_gateway(env: &Env, redis_url: Option<&str>) -> Result<Running, St
         .arg(&config)
         .arg("--listen")
         .arg(addr.to_string())
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .envs(otel_env(target, env.otlp_endpoint.as_deref()));
     let proc =
         Proc::spawn("dataplane", cmd, env.dir.join(format!("{name}.log")), false).map_err(err)?;
     let path = "/v1/chat/completions".to_owned();
@@ -303,5 +325,14 @@ mod tests {
         assert!(!nginx.contains('@'), "{nginx}");
         assert!(nginx.contains("server 127.0.0.1:2;") && nginx.contains("listen 127.0.0.1:1;"));
         assert!(LITELLM_TEMPLATE.contains("@API_BASE@"));
+
+        let traced = otel_env(Target::GatewayTraced1pct, Some("http://127.0.0.1:4318"));
+        assert!(traced.contains(&("OTEL_TRACES_SAMPLER_ARG", "0.01".to_owned())));
+        assert!(traced.contains(&(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://127.0.0.1:4318".to_owned()
+        )));
+        let off = otel_env(Target::Gateway, Some("http://127.0.0.1:4318"));
+        assert_eq!(off, [("OTEL_SDK_DISABLED", "true".to_owned())]);
     }
 }

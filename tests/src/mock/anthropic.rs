@@ -206,7 +206,10 @@ pub(super) fn fault_answer(
     scenario: &Scenario,
 ) -> Option<Response<MockBody>> {
     let (status, body) = match fault? {
-        Fault::RateLimited => (StatusCode::TOO_MANY_REQUESTS, ERROR_RATE_LIMIT),
+        // Anthropic has no distinct "out of credit" answer: a rate limit stands in.
+        Fault::RateLimited | Fault::QuotaExhausted => {
+            (StatusCode::TOO_MANY_REQUESTS, ERROR_RATE_LIMIT)
+        }
         Fault::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, ERROR_SERVER),
         Fault::Unavailable => (StatusCode::from_u16(529).ok()?, ERROR_OVERLOADED),
         Fault::BadRequest => (StatusCode::BAD_REQUEST, ERROR_CONTEXT_LENGTH),

@@ -230,7 +230,7 @@ fn check_signature(path: &str, headers: &HeaderMap, body: &[u8]) -> Option<Respo
 
 fn fault_answer(fault: Option<Fault>) -> Option<Response<MockBody>> {
     Some(match fault? {
-        Fault::RateLimited => error(
+        Fault::RateLimited | Fault::QuotaExhausted => error(
             StatusCode::TOO_MANY_REQUESTS,
             "ThrottlingException",
             ERROR_THROTTLING,

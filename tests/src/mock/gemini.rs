@@ -164,7 +164,9 @@ fn long_events(chunks: usize, bytes: u64) -> Vec<Bytes> {
 
 pub(super) fn fault_answer(fault: Option<Fault>) -> Option<Response<MockBody>> {
     let (status, body) = match fault? {
-        Fault::RateLimited => (StatusCode::TOO_MANY_REQUESTS, ERROR_RATE_LIMIT),
+        Fault::RateLimited | Fault::QuotaExhausted => {
+            (StatusCode::TOO_MANY_REQUESTS, ERROR_RATE_LIMIT)
+        }
         Fault::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, ERROR_SERVER),
         Fault::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, ERROR_OVERLOADED),
         Fault::BadRequest => (StatusCode::BAD_REQUEST, ERROR_CONTEXT_LENGTH),

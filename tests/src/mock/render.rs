@@ -22,6 +22,8 @@ pub const ERROR_SERVER: &str = include_str!("../../fixtures/openai/error_server.
 pub const ERROR_OVERLOADED: &str = include_str!("../../fixtures/openai/error_overloaded.json");
 pub const ERROR_CONTEXT_LENGTH: &str =
     include_str!("../../fixtures/openai/error_context_length.json");
+pub const ERROR_INSUFFICIENT_QUOTA: &str =
+    include_str!("../../fixtures/openai/error_insufficient_quota.json");
 pub const ERROR_INVALID_API_KEY: &str =
     include_str!("../../fixtures/openai/error_invalid_api_key.json");
 

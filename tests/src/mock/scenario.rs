@@ -27,6 +27,9 @@ pub enum Fault {
     BadRequest,
     /// 401 `invalid_api_key`.
     Unauthorized,
+    /// 429 `insufficient_quota` (OpenAI's "out of credit", which no retry fixes; a plain
+    /// rate limit for the other formats).
+    QuotaExhausted,
     /// Never answers; the request stays open until the client goes away.
     Hang,
     /// Closes the connection without any response.
@@ -47,13 +50,14 @@ impl FromStr for Fault {
             "503" => Self::Unavailable,
             "400" => Self::BadRequest,
             "401" => Self::Unauthorized,
+            "quota" => Self::QuotaExhausted,
             "hang" => Self::Hang,
             "reset" => Self::Reset,
             "reset_mid_stream" => Self::ResetMidStream,
             "malformed" => Self::Malformed,
             other => {
                 return Err(format!(
-                    "unknown fault {other:?}: expected one of 429, 500, 503, 400, 401, hang, \
+                    "unknown fault {other:?}: expected one of 429, 500, 503, 400, 401, quota, hang, \
                      reset, reset_mid_stream, malformed"
                 ));
             }
@@ -95,6 +99,9 @@ pub struct Scenario {
     /// `ratelimit_reset`: sent as written in `x-ratelimit-reset-requests` and
     /// `x-ratelimit-reset-tokens` on OpenAI answers.
     pub ratelimit_reset: Option<String>,
+    /// `api_key`: the OpenAI routes refuse any other bearer token with 401 `invalid_api_key`
+    /// (by default they take any).
+    pub api_key: Option<String>,
     /// `event_text`: Gemini and Bedrock streams become `chunks` events of this many bytes of
     /// text each (then their finish and usage events), instead of the fixture's transcript.
     pub event_text: Option<u64>,
@@ -179,12 +186,13 @@ impl Scenario {
                 "ratelimit_reset" => scenario.ratelimit_reset = Some(value.to_owned()),
                 "event_text" => scenario.event_text = Some(number()?),
                 "token_ttl" => scenario.token_ttl = Some(number()?),
+                "api_key" => scenario.api_key = Some(value.to_owned()),
                 _ => {
                     return Err(ScenarioError(format!(
                         "unknown mock scenario knob {key:?} (known: latency_ms, chunks, \
                          interval_ms, fault, fail_first, retry_after, cached, prompt, line_ends, \
                          oversize, litellm_usage, stream_as_json, ratelimit_reset, event_text, \
-                         token_ttl)"
+                         token_ttl, api_key)"
                     )));
                 }
             }

@@ -23,8 +23,8 @@ use tokio::task::JoinSet;
 
 use super::body::MockBody;
 use super::render::{
-    self, ERROR_CONTEXT_LENGTH, ERROR_INVALID_API_KEY, ERROR_OVERLOADED, ERROR_RATE_LIMIT,
-    ERROR_SERVER, Reply,
+    self, ERROR_CONTEXT_LENGTH, ERROR_INSUFFICIENT_QUOTA, ERROR_INVALID_API_KEY, ERROR_OVERLOADED,
+    ERROR_RATE_LIMIT, ERROR_SERVER, Reply,
 };
 use super::scenario::{Fault, Scenario, split_scenario};
 use super::state::{RecordedRequest, State};
@@ -291,6 +291,14 @@ async fn answer(
     if scenario.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(scenario.latency_ms)).await;
     }
+    if let Some(expected) = &scenario.api_key {
+        let bearer = parts.headers.get(http::header::AUTHORIZATION);
+        let given = bearer.and_then(|v| v.to_str().ok()?.strip_prefix("Bearer "));
+        if given != Some(expected.as_str()) {
+            let body = Bytes::from_static(ERROR_INVALID_API_KEY.as_bytes());
+            return Ok(json(StatusCode::UNAUTHORIZED, body));
+        }
+    }
     let fault = scenario.fault_for(index);
     if let Some(response) = fault_response(fault, &scenario).await? {
         return Ok(response);
@@ -375,6 +383,7 @@ async fn fault_response(
         Some(Fault::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, ERROR_OVERLOADED),
         Some(Fault::BadRequest) => (StatusCode::BAD_REQUEST, ERROR_CONTEXT_LENGTH),
         Some(Fault::Unauthorized) => (StatusCode::UNAUTHORIZED, ERROR_INVALID_API_KEY),
+        Some(Fault::QuotaExhausted) => (StatusCode::TOO_MANY_REQUESTS, ERROR_INSUFFICIENT_QUOTA),
     };
     let mut response = json(status, Bytes::from_static(body.as_bytes()));
     if status == StatusCode::TOO_MANY_REQUESTS {

@@ -30,7 +30,15 @@ pub fn trust(cluster: &mut dataplane::config::ClusterConfig) {
 /// An in-process data plane following `cluster` as a cluster-mode `dataplane serve` does, with
 /// the test cluster's keys: the gateway and its follower (dropping the follower stops it).
 pub async fn follower(
+    cluster: dataplane::config::ClusterConfig,
+) -> (super::Gateway, dataplane::cluster::Cluster) {
+    follower_with(cluster, "").await
+}
+
+/// [`follower`], with more top-level YAML sections (`extra`, e.g. a `redis:` section).
+pub async fn follower_with(
     mut cluster: dataplane::config::ClusterConfig,
+    extra: &str,
 ) -> (super::Gateway, dataplane::cluster::Cluster) {
     trust(&mut cluster);
     let section: String = serde_yaml_ng::to_string(&cluster)
@@ -38,7 +46,8 @@ pub async fn follower(
         .lines()
         .map(|l| format!("  {l}\n"))
         .collect();
-    let text = format!("server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n{section}");
+    let text =
+        format!("server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n{section}{extra}");
     let keys = MasterKeys::parse(MASTER_KEYS).unwrap();
     let gateway = super::Gateway::start_with_keys(&text, Some(keys)).await;
     let handle = dataplane::cluster::start(gateway.state.clone(), &cluster)

@@ -146,6 +146,12 @@ impl Counters {
             .is_ok()
     }
 
+    /// The connection (a cheap clone), for reading the data planes' other shared state: the
+    /// deployment health of [`crate::service::health`].
+    pub fn conn(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
     /// The key prefix (equal to the data planes' `redis.key_prefix`).
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -1,0 +1,304 @@
+//! Deployment health and test calls, against a real control plane, a cluster-mode data plane
+//! sharing its deployment state through the real Redis, and the mock upstream:
+//!
+//! - `POST /admin/v1/deployments/{id}/test` on a deployment whose provider has a wrong key
+//!   answers with the upstream's 401 explained (the mock saw the deployment's own credential
+//!   and a one-token chat), and no data plane takes the deployment out: its shared breaker
+//!   stays closed and no permanent error is recorded. A right key tests OK.
+//! - A lasting error in an upstream's body (OpenAI's 429 `insufficient_quota`) takes the
+//!   deployment out for longer than the 429's `Retry-After`, and `GET
+//!   /admin/v1/deployments/{id}/health` (and the list form) shows the open breaker and the
+//!   error in the upstream's words.
+//! - Roles: a viewer reads health but may not send a test call; a tenant admin reads neither.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{ControlPlane, call, unique_namespace};
+use common::*;
+use controlplane::config::RedisSettings;
+use dataplane::config::ClusterConfig;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use switchboard_tests::services::{nats_url, redis_url};
+
+const RIGHT_KEY: &str = "sk-right-health-test";
+const WRONG_KEY: &str = "sk-wrong-health-test";
+
+struct Cluster {
+    cp: ControlPlane,
+    mock: MockUpstream,
+    gw: Gateway,
+    _follower: dataplane::cluster::Cluster,
+    secret: String,
+}
+
+/// Providers `good` (the right key), `wrong` (a wrong key) and `broke` (an account out of
+/// quota); deployments `d-good` (model `m`), `d-wrong` (`m-new`), `d-quota` (`m-quota`).
+async fn configure(cp: &ControlPlane, mock: &MockUpstream) -> String {
+    cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "acme"}))
+        .await;
+    let keyed = mock.scenario_url(&format!("api_key={RIGHT_KEY}"));
+    for (id, url, key) in [
+        ("good", keyed.clone(), RIGHT_KEY),
+        ("wrong", keyed, WRONG_KEY),
+        ("broke", mock.scenario_url("fault=quota"), RIGHT_KEY),
+    ] {
+        cp.write(
+            Method::POST,
+            "/admin/v1/providers",
+            json!({"id": id, "kind": "openai", "base_url": url, "api_key": key}),
+        )
+        .await;
+    }
+    for (id, model, provider) in [
+        ("d-good", "m", "good"),
+        ("d-wrong", "m-new", "wrong"),
+        ("d-quota", "m-quota", "broke"),
+    ] {
+        cp.write(
+            Method::POST,
+            "/admin/v1/deployments",
+            json!({"id": id, "model": model, "provider": provider, "upstream_model": "gpt-4o"}),
+        )
+        .await;
+    }
+    let key = cp
+        .write(Method::POST, "/admin/v1/keys", json!({"tenant_id": "acme"}))
+        .await;
+    key.json()["key"].as_str().unwrap().to_owned()
+}
+
+async fn start(pool: PgPool) -> Cluster {
+    let namespace = unique_namespace();
+    let prefix = format!("sbtest-health-{}", uuid::Uuid::now_v7().simple());
+    let redis = RedisSettings {
+        url: redis_url(),
+        key_prefix: prefix.clone(),
+        reconcile_interval: Duration::from_secs(60),
+    };
+    let cp = ControlPlane::start_with(pool, &namespace, &nats_url(), Some(redis)).await;
+    let mock = MockUpstream::start().await.unwrap();
+    let secret = configure(&cp, &mock).await;
+    let mut cluster = ClusterConfig::with_urls(Some(cp.grpc.clone()), Some(nats_url()));
+    cluster.namespace = namespace;
+    let redis_yaml = format!(
+        "redis:\n  url: {{ value: \"{}\" }}\n  key_prefix: \"{prefix}\"\n  refresh_ms: 100\n",
+        redis_url()
+    );
+    let (gw, follower) = common::cluster::follower_with(cluster, &redis_yaml).await;
+    let started = Instant::now();
+    while chat(&gw, &secret, "m").await.status != StatusCode::OK {
+        assert!(started.elapsed() < Duration::from_secs(15), "never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Cluster {
+        cp,
+        mock,
+        gw,
+        _follower: follower,
+        secret,
+    }
+}
+
+async fn chat(gw: &Gateway, secret: &str, model: &str) -> Reply {
+    let auth = format!("Bearer {secret}");
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    send(request(
+        Method::POST,
+        &gw.url("/v1/chat/completions"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    ))
+    .await
+}
+
+async fn get(cp: &ControlPlane, token: &str, path: &str) -> Reply {
+    call(&cp.rest, Method::GET, path, Some(token), Value::Null).await
+}
+
+/// Polls `/deployments/{id}/health` until `done` holds for it (or 10 s pass).
+async fn health_until(cp: &ControlPlane, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let reply = get(cp, &cp.token, &format!("/admin/v1/deployments/{id}/health")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let health = reply.json();
+        if done(&health) {
+            return health;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still {health} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_test_call_explains_a_wrong_key_without_taking_the_deployment_out(pool: PgPool) {
+    let c = start(pool).await;
+    let path = "/admin/v1/deployments/d-wrong/test";
+    let reply = call(
+        &c.cp.rest,
+        Method::POST,
+        path,
+        Some(&c.cp.token),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let result = reply.json();
+    assert_eq!(result["ok"], false, "{result}");
+    assert_eq!(result["status"], 401, "{result}");
+    assert_eq!(result["error_kind"], "credential_invalid", "{result}");
+    let explanation = result["explanation"].as_str().unwrap();
+    assert!(
+        explanation.starts_with("the upstream refused the credential")
+            && explanation.contains("Incorrect API key provided")
+            && explanation.contains("/admin/v1/providers/wrong"),
+        "{explanation}"
+    );
+    assert!(!reply.text().contains(WRONG_KEY), "the key is never shown");
+    let seen = c.mock.requests(&format!("api_key={RIGHT_KEY}"));
+    let test = seen.last().unwrap();
+    assert_eq!(test.path, "/v1/chat/completions");
+    assert_eq!(test.headers["authorization"], format!("Bearer {WRONG_KEY}"));
+    let body: Value = serde_json::from_slice(&test.body).unwrap();
+    assert_eq!(
+        (body["model"].as_str(), body["max_tokens"].as_u64()),
+        (Some("gpt-4o"), Some(1))
+    );
+
+    // No data plane took it out: its shared state (synced every 100 ms) stays closed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = health_until(&c.cp, "d-wrong", |h| h["live"] == true).await;
+    assert_eq!(health["breaker"], "closed", "{health}");
+    assert!(health["last_permanent_error"].is_null(), "{health}");
+
+    let path = "/admin/v1/deployments/d-good/test";
+    let reply = call(
+        &c.cp.rest,
+        Method::POST,
+        path,
+        Some(&c.cp.token),
+        Value::Null,
+    )
+    .await;
+    let result = reply.json();
+    assert_eq!(
+        (result["ok"].as_bool(), result["status"].as_u64()),
+        (Some(true), Some(200)),
+        "{result}"
+    );
+    let path = "/admin/v1/deployments/nope/test";
+    let reply = call(
+        &c.cp.rest,
+        Method::POST,
+        path,
+        Some(&c.cp.token),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_lasting_upstream_error_shows_in_health_and_takes_the_deployment_out(pool: PgPool) {
+    let c = start(pool).await;
+    let refused = chat(&c.gw, &c.secret, "m-quota").await;
+    assert_ne!(refused.status, StatusCode::OK, "{}", refused.text());
+    assert_eq!(c.mock.request_count("fault=quota"), 1);
+    let health = health_until(&c.cp, "d-quota", |h| !h["last_permanent_error"].is_null()).await;
+    let error = &health["last_permanent_error"];
+    assert_eq!(error["kind"], "quota_exhausted", "{health}");
+    assert_eq!(error["status"], 429, "{health}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("You exceeded your current quota"),
+        "{health}"
+    );
+    assert_eq!(health["breaker"], "open", "{health}");
+    assert!(health["replicas"].as_u64().unwrap() >= 1, "{health}");
+
+    // Out for longer than the 429's Retry-After (1 s): the upstream is not asked again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = chat(&c.gw, &c.secret, "m-quota").await;
+    assert_ne!(again.status, StatusCode::OK);
+    assert_eq!(
+        c.mock.request_count("fault=quota"),
+        1,
+        "not retried as a passing 429"
+    );
+
+    let list = get(&c.cp, &c.cp.token, "/admin/v1/deployments/health").await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text());
+    let list = list.json();
+    let by_id = |id: &str| {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["deployment_id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {list}"))
+            .clone()
+    };
+    assert_eq!(by_id("d-quota")["breaker"], "open");
+    assert_eq!(by_id("d-good")["breaker"], "closed");
+    roles(&c.cp).await;
+}
+
+/// A viewer reads health but may not test; a tenant admin reads neither.
+async fn roles(cp: &ControlPlane) {
+    for (email, role, tenant) in [
+        ("viewer@example.com", "viewer", None),
+        ("acme-admin@example.com", "tenant_admin", Some("acme")),
+    ] {
+        let password = "a long enough password";
+        cp.write(
+            Method::POST,
+            "/admin/v1/admins",
+            json!({"email": email, "password": password, "role": role, "tenant_id": tenant}),
+        )
+        .await;
+        let login = call(
+            &cp.rest,
+            Method::POST,
+            "/admin/v1/auth/login",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+        let token = login.json()["access_token"].as_str().unwrap().to_owned();
+        let health = get(cp, &token, "/admin/v1/deployments/d-good/health").await;
+        let test = call(
+            &cp.rest,
+            Method::POST,
+            "/admin/v1/deployments/d-good/test",
+            Some(&token),
+            Value::Null,
+        )
+        .await;
+        let reads = if role == "viewer" {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(health.status, reads, "{role}: {}", health.text());
+        assert_eq!(
+            test.status,
+            StatusCode::FORBIDDEN,
+            "{role}: {}",
+            test.text()
+        );
+    }
+}

@@ -25,12 +25,12 @@ pub struct DeploymentView {
     pub upstream_model: String,
     pub weight: u32,
     pub tags: Vec<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::RateLimitsBody)]
     pub limits: RateLimits,
     pub priority: u32,
     /// LiteLLM-style price entry (USD per token).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::price_book::PriceEntryDoc>)]
     pub price: Option<PriceEntry>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -68,12 +68,12 @@ pub struct DeploymentBody {
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::RateLimitsBody>)]
     pub limits: RateLimits,
     #[serde(default)]
     pub priority: u32,
     /// LiteLLM-style price entry, e.g. `{"input_cost_per_token": 2.5e-06}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::price_book::PriceEntryDoc>)]
     pub price: Option<PriceEntry>,
 }
 

@@ -141,6 +141,24 @@ where
     <Option<T> as Deserialize>::deserialize(d).map(Some)
 }
 
+// Limits are parsed straight into `shared::snapshot::RateLimits`; this type only documents
+// them in the OpenAPI document (the api tests keep the two alike).
+/// Requests and tokens per minute of a tenant, key or deployment; absent or `null` means
+/// unlimited. Unknown fields are refused, and so is `concurrency` (a standalone snapshot's
+/// setting the control plane does not store yet).
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = RateLimits)]
+#[allow(dead_code)]
+pub struct RateLimitsBody {
+    /// Requests per minute.
+    #[schema(example = 600)]
+    rpm: Option<u32>,
+    /// Tokens (prompt and completion) per minute.
+    #[schema(example = 100000)]
+    tpm: Option<u32>,
+}
+
 /// Refuses `limits.concurrency` on a tenant, key or deployment: the data plane enforces it
 /// from standalone snapshots, but the control plane does not store it yet, and a value taken
 /// and then dropped would be a limit the operator believes in and nobody enforces.
@@ -168,5 +186,23 @@ pub fn check_id(path: &str, id: &str) -> Result<()> {
             path,
             "must be 1-64 characters of letters, digits, '.', '_' or '-'",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_shared::snapshot::RateLimits;
+    use utoipa::PartialSchema;
+
+    use super::price_book::tests::{documented, written};
+
+    #[test]
+    fn the_documented_limits_are_the_stored_ones() {
+        let stored = RateLimits {
+            rpm: Some(1),
+            tpm: Some(1),
+            concurrency: None,
+        };
+        assert_eq!(written(stored), documented(super::RateLimitsBody::schema()));
     }
 }

@@ -20,10 +20,10 @@ pub struct TenantView {
     pub name: String,
     #[schema(value_type = String, example = "active")]
     pub status: TenantStatus,
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::RateLimitsBody)]
     pub limits: RateLimits,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Budget>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -58,9 +58,9 @@ pub struct CreateTenant {
     #[schema(value_type = Option<String>)]
     pub status: TenantStatus,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::RateLimitsBody>)]
     pub limits: RateLimits,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Budget>,
 }
 
@@ -76,9 +76,9 @@ pub struct UpdateTenant {
     #[schema(value_type = Option<String>)]
     pub status: TenantStatus,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::RateLimitsBody>)]
     pub limits: RateLimits,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Budget>,
 }
 

@@ -43,7 +43,9 @@ pub fn pieces(input: &[u8]) -> Vec<Bytes> {
     let mut rng = fastrand::Rng::with_seed(hash(input));
     let mut cuts: Vec<usize> = match rng.u8(..4) {
         0 => (1..input.len().min(32)).collect(),
-        _ => (0..rng.usize(..=16)).map(|_| rng.usize(..=input.len())).collect(),
+        _ => (0..rng.usize(..=16))
+            .map(|_| rng.usize(..=input.len()))
+            .collect(),
     };
     cuts.push(input.len());
     cuts.sort_unstable();

@@ -59,12 +59,17 @@ fn options() -> anyhow::Result<Options> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value\n{USAGE}"));
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
+        };
         match arg.as_str() {
             "--seconds" => o.seconds = value()?.parse().context("--seconds")?,
             "--target" => o.only.push(value()?),
             "--max-len" => o.settings.max_len = value()?.parse().context("--max-len")?,
-            "--slow-ms" => o.settings.slow = Duration::from_millis(value()?.parse().context("--slow-ms")?),
+            "--slow-ms" => {
+                o.settings.slow = Duration::from_millis(value()?.parse().context("--slow-ms")?)
+            }
             "--seed" => o.settings.seed = value()?.parse().context("--seed")?,
             "--corpus" => o.settings.corpus = value()?.into(),
             "--artifacts" => o.settings.artifacts = value()?.into(),
@@ -101,7 +106,10 @@ fn fuzz() -> anyhow::Result<bool> {
     run::install_panic_hook();
     drive::init();
     if let Some((name, file)) = &o.replay {
-        let target = targets.iter().find(|t| t.name == name).context("no such target")?;
+        let target = targets
+            .iter()
+            .find(|t| t.name == name)
+            .context("no such target")?;
         let input = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         return Ok(run::replay(target, &input, GLOBAL));
     }
@@ -110,10 +118,16 @@ fn fuzz() -> anyhow::Result<bool> {
             bail!("no target {name} (fuzz --list names them)");
         }
     }
-    println!("fuzz: seed {} (pass --seed to repeat this run)", o.settings.seed);
+    println!(
+        "fuzz: seed {} (pass --seed to repeat this run)",
+        o.settings.seed
+    );
     let mut ok = true;
     let mut total = 0;
-    for target in targets.iter().filter(|t| o.only.is_empty() || o.only.iter().any(|n| n == t.name)) {
+    for target in targets
+        .iter()
+        .filter(|t| o.only.is_empty() || o.only.iter().any(|n| n == t.name))
+    {
         let report = run::target(target, &o.settings, GLOBAL)?;
         println!("{report}");
         total += report.executions;

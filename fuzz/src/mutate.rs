@@ -110,7 +110,11 @@ impl Mutator {
                 let run = data[at.min(end)..end].to_vec();
                 if !run.is_empty() {
                     // Mostly a few hundred copies; now and then up to the maximum length.
-                    let most = if rng.u8(..4) == 0 { usize::MAX } else { 1 + rng.usize(..300) };
+                    let most = if rng.u8(..4) == 0 {
+                        usize::MAX
+                    } else {
+                        1 + rng.usize(..300)
+                    };
                     let times = (self.max_len / run.len()).min(most);
                     let grown = run.repeat(times);
                     data.splice(at..at, grown);

@@ -91,7 +91,11 @@ pub fn install_panic_hook() {
 }
 
 /// One execution: `Err` says why it failed.
-fn execute(target: &Target, input: &[u8], alloc: &'static StatsAlloc<System>) -> Result<usize, String> {
+fn execute(
+    target: &Target,
+    input: &[u8],
+    alloc: &'static StatsAlloc<System>,
+) -> Result<usize, String> {
     let region = Region::new(alloc);
     let outcome = catch_unwind(AssertUnwindSafe(|| (target.run)(input)));
     let allocated = region.change().bytes_allocated;
@@ -144,7 +148,11 @@ pub fn target(
         let took = began.elapsed();
         report.slowest = report.slowest.max(took);
         if took > settings.slow && report.slow_input.is_none() {
-            report.slow_input = Some(keep(&settings.artifacts, &format!("slow-{}", target.name), &input)?);
+            report.slow_input = Some(keep(
+                &settings.artifacts,
+                &format!("slow-{}", target.name),
+                &input,
+            )?);
         }
         report.executions += 1;
         report.largest_input = report.largest_input.max(input.len());

@@ -76,15 +76,60 @@ const STREAM_TOKENS: &[&[u8]] = &[
 pub fn all() -> Vec<Target> {
     let keep = |seeds| seeds;
     vec![
-        Target { name: "request", run: request, tokens: JSON_TOKENS, derive: keep },
-        Target { name: "sse", run: sse_scanner, tokens: STREAM_TOKENS, derive: keep },
-        Target { name: "relay", run: relay, tokens: STREAM_TOKENS, derive: keep },
-        Target { name: "anthropic_stream", run: anthropic_stream, tokens: STREAM_TOKENS, derive: keep },
-        Target { name: "openai_stream", run: openai_stream, tokens: STREAM_TOKENS, derive: keep },
-        Target { name: "gemini_stream", run: gemini_stream, tokens: STREAM_TOKENS, derive: keep },
-        Target { name: "bedrock_stream", run: bedrock_stream, tokens: STREAM_TOKENS, derive: bedrock_seeds },
-        Target { name: "snapshot", run: snapshot, tokens: &[], derive: keep },
-        Target { name: "prices", run: prices, tokens: &[], derive: keep },
+        Target {
+            name: "request",
+            run: request,
+            tokens: JSON_TOKENS,
+            derive: keep,
+        },
+        Target {
+            name: "sse",
+            run: sse_scanner,
+            tokens: STREAM_TOKENS,
+            derive: keep,
+        },
+        Target {
+            name: "relay",
+            run: relay,
+            tokens: STREAM_TOKENS,
+            derive: keep,
+        },
+        Target {
+            name: "anthropic_stream",
+            run: anthropic_stream,
+            tokens: STREAM_TOKENS,
+            derive: keep,
+        },
+        Target {
+            name: "openai_stream",
+            run: openai_stream,
+            tokens: STREAM_TOKENS,
+            derive: keep,
+        },
+        Target {
+            name: "gemini_stream",
+            run: gemini_stream,
+            tokens: STREAM_TOKENS,
+            derive: keep,
+        },
+        Target {
+            name: "bedrock_stream",
+            run: bedrock_stream,
+            tokens: STREAM_TOKENS,
+            derive: bedrock_seeds,
+        },
+        Target {
+            name: "snapshot",
+            run: snapshot,
+            tokens: &[],
+            derive: keep,
+        },
+        Target {
+            name: "prices",
+            run: prices,
+            tokens: &[],
+            derive: keep,
+        },
     ]
 }
 
@@ -105,7 +150,7 @@ fn request(input: &[u8]) -> Check {
             ));
         }
     }
-    let stream = drive::hash(input) % 2 == 0;
+    let stream = drive::hash(input).is_multiple_of(2);
     let _ = anthropic_openai::request(input, "fuzz-model", stream);
     let _ = openai_anthropic::request(input, "fuzz-model", stream);
     let _ = responses_openai::request(input, "fuzz-model", stream);
@@ -127,9 +172,14 @@ fn sse_scanner(input: &[u8]) -> Check {
     }
     // A CRLF split between two reads ends its event one byte earlier (the LF is left over).
     let same = whole.len() == cut.len()
-        && whole.iter().zip(&cut).all(|(w, c)| w == c || *w == c + 1 && input[*c] == b'\n');
+        && whole
+            .iter()
+            .zip(&cut)
+            .all(|(w, c)| w == c || *w == c + 1 && input[*c] == b'\n');
     if !same {
-        return Err(format!("event ends differ: whole {whole:?}, in pieces {cut:?}"));
+        return Err(format!(
+            "event ends differ: whole {whole:?}, in pieces {cut:?}"
+        ));
     }
     let mut start = 0;
     for end in whole {
@@ -146,7 +196,7 @@ fn sse_scanner(input: &[u8]) -> Check {
 
 /// The passthrough relay, with and without usage stripping.
 fn relay(input: &[u8]) -> Check {
-    let strip = drive::hash(input) % 2 == 0;
+    let strip = drive::hash(input).is_multiple_of(2);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
     let out = drive::block_on(async {
         let mut relay = SseRelay::unaccounted(trickle(pieces(input)), strip, deadline);
@@ -163,7 +213,11 @@ fn relay(input: &[u8]) -> Check {
         return Err("the relay changed a stream it had nothing to strip from".into());
     }
     if out.len() > 2 * input.len() + 1024 {
-        return Err(format!("{} bytes relayed for {} in", out.len(), input.len()));
+        return Err(format!(
+            "{} bytes relayed for {} in",
+            out.len(),
+            input.len()
+        ));
     }
     Ok(())
 }
@@ -181,7 +235,10 @@ fn openai_stream(input: &[u8]) -> Check {
         "id": "resp_fuzz", "object": "response", "created_at": 0, "status": "in_progress",
         "model": "fuzz-model", "output": [],
     });
-    translated::<Sse, _>(input, responses_openai::StreamToResponses::new(skeleton.clone()))?;
+    translated::<Sse, _>(
+        input,
+        responses_openai::StreamToResponses::new(skeleton.clone()),
+    )?;
     let _ = responses_openai::response_of(skeleton, input);
     whole(input, anthropic_openai::response, anthropic_openai::error)
 }
@@ -207,7 +264,11 @@ fn bedrock_seeds(mut seeds: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         let Ok(doc) = serde_json::from_slice::<Value>(seed) else {
             continue;
         };
-        let events = doc.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+        let events = doc
+            .get("events")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let mut stream = Vec::new();
         for event in events {
             let (Some(kind), Some(payload)) = (event[0].as_str(), event.get(1)) else {
@@ -239,10 +300,17 @@ where
 }
 
 /// A complete answer and an error body through their converters.
-fn whole(input: &[u8], answer: fn(Bytes) -> Bytes, error: fn(http::StatusCode, Bytes) -> Bytes) -> Check {
+fn whole(
+    input: &[u8],
+    answer: fn(Bytes) -> Bytes,
+    error: fn(http::StatusCode, Bytes) -> Bytes,
+) -> Check {
     let body = Bytes::copy_from_slice(input);
     bounded(input, answer(body.clone()).len())?;
-    bounded(input, error(http::StatusCode::TOO_MANY_REQUESTS, body).len())
+    bounded(
+        input,
+        error(http::StatusCode::TOO_MANY_REQUESTS, body).len(),
+    )
 }
 
 fn bounded(input: &[u8], out: usize) -> Check {
@@ -267,7 +335,9 @@ fn snapshot(input: &[u8]) -> Check {
     match Snapshot::from_json(&json) {
         Ok(back) if back == parsed => Ok(()),
         Ok(_) => Err("a valid snapshot changed through its canonical JSON".into()),
-        Err(e) => Err(format!("a valid snapshot's canonical JSON does not parse: {e}")),
+        Err(e) => Err(format!(
+            "a valid snapshot's canonical JSON does not parse: {e}"
+        )),
     }
 }
 
@@ -279,8 +349,17 @@ fn prices(input: &[u8]) -> Check {
     };
     let usages = [
         Usage::default(),
-        Usage { prompt_tokens: 300_000, completion_tokens: 1000, cached_read_tokens: 500, ..Usage::default() },
-        Usage { prompt_tokens: u64::MAX, completion_tokens: u64::MAX, ..Usage::default() },
+        Usage {
+            prompt_tokens: 300_000,
+            completion_tokens: 1000,
+            cached_read_tokens: 500,
+            ..Usage::default()
+        },
+        Usage {
+            prompt_tokens: u64::MAX,
+            completion_tokens: u64::MAX,
+            ..Usage::default()
+        },
     ];
     for (model, entry) in &entries {
         for usage in &usages {
@@ -290,7 +369,11 @@ fn prices(input: &[u8]) -> Check {
         match PriceEntry::from_json_strict(&json) {
             Ok(back) if back == *entry => {}
             Ok(back) => return Err(format!("{model}: {entry:?} read back as {back:?}")),
-            Err(e) => return Err(format!("{model}: its own serialisation {json} is refused: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "{model}: its own serialisation {json} is refused: {e}"
+                ));
+            }
         }
     }
     Ok(())

@@ -308,7 +308,12 @@ pub(crate) mod tests {
     /// The property names of a documentation type's schema, sorted.
     pub(crate) fn documented(schema: impl Serialize) -> Vec<String> {
         let schema = serde_json::to_value(schema).unwrap();
-        let mut names: Vec<String> = schema["properties"].as_object().unwrap().keys().cloned().collect();
+        let mut names: Vec<String> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         names.sort();
         names
     }
@@ -337,7 +342,10 @@ pub(crate) mod tests {
             cache_creation_input_token_cost: rate,
             cache_creation_input_token_cost_above_1hr: rate,
             context_tiers: Vec::new(),
-            tiered_pricing: vec![RangeTier { range: [0, 1000], rates }],
+            tiered_pricing: vec![RangeTier {
+                range: [0, 1000],
+                rates,
+            }],
             max_input_tokens: Some(1),
             max_output_tokens: Some(1),
             max_tokens: Some(1),
@@ -353,6 +361,9 @@ pub(crate) mod tests {
             supports_parallel_function_calling: Some(true),
         };
         assert_eq!(written(&entry), documented(PriceEntryDoc::schema()));
-        assert_eq!(written(&entry.tiered_pricing[0]), documented(RangeTierDoc::schema()));
+        assert_eq!(
+            written(&entry.tiered_pricing[0]),
+            documented(RangeTierDoc::schema())
+        );
     }
 }

@@ -124,9 +124,53 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/admin/v1", v1)
 }
 
+/// The admin API's routes and their OpenAPI document.
+fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut doc) = api().split_for_parts();
+    common_responses(&mut doc);
+    (routes, doc)
+}
+
+/// Documents the answers every operation can give besides its own: 400 for a query, path or
+/// body that does not parse, 401 without a valid bearer token (both problem JSON).
+fn common_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let responses = &mut op.responses.responses;
+            for (status, description) in [
+                ("400", "A query, path or body that does not parse"),
+                ("401", "No valid bearer token"),
+            ] {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem(description).into());
+            }
+        }
+    }
+}
+
 /// The OpenAPI document of the admin API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().split_for_parts().1
+    parts().1
 }
 
 /// The document as checked in under `openapi/controlplane.json`.
@@ -167,7 +211,7 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
 /// The admin REST router.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
-    let (api, doc) = api().split_for_parts();
+    let (api, doc) = parts();
     let doc = Json(doc);
     api.route(
         "/openapi.json",

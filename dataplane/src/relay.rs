@@ -78,15 +78,28 @@ impl SseRelay {
         ledger: Ledger,
         deadline: tokio::time::Instant,
     ) -> Self {
+        let mut relay = Self::unaccounted(upstream, !ledger.request().client_wants_usage, deadline);
+        relay.pending = Some(first);
+        relay.ledger = Some(ledger);
+        relay
+    }
+
+    /// A relay that charges nothing: the same event processing with no ledger behind it (the
+    /// fuzz targets in `fuzz/` drive it; every relay on the request path has a ledger).
+    pub fn unaccounted(
+        upstream: UpstreamBody,
+        strip_usage_event: bool,
+        deadline: tokio::time::Instant,
+    ) -> Self {
         Self {
             upstream,
-            pending: Some(first),
+            pending: None,
             tail: BytesMut::new(),
             scanner: EventScanner::default(),
-            strip_usage_event: !ledger.request().client_wants_usage,
+            strip_usage_event,
             usage: None,
             generated: Generated::default(),
-            ledger: Some(ledger),
+            ledger: None,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             finished: false,
         }

@@ -192,6 +192,7 @@ macro_rules! list_params {
         #[into_params(parameter_in = Query)]
         pub struct $name {
             /// Page size, 1..=1000 (default 100).
+            #[param(minimum = 1, maximum = 1000)]
             pub limit: Option<u32>,
             /// Items to skip; pass the previous page's `next_offset`.
             pub offset: Option<u64>,
@@ -253,6 +254,7 @@ pub fn check_limit(limit: Option<u32>) -> Result<(), ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct Wait {
     /// Wait up to this many milliseconds (≤ 30000) for the fleet to apply the write.
+    #[param(maximum = 30000)]
     pub wait_ms: Option<u64>,
 }
 

@@ -46,7 +46,7 @@ list_params! {
 /// so it sets `input_cost_per_token` or `output_cost_per_token`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(transparent)]
-#[schema(value_type = Object)]
+#[schema(value_type = crate::service::price_book::PriceEntryDoc)]
 pub struct PriceEntryBody(serde_json::Value);
 
 /// `POST /prices/sync` body.

@@ -26,12 +26,12 @@ pub struct DeploymentView {
     pub upstream_model: String,
     pub weight: u32,
     pub tags: Vec<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::RateLimitsBody)]
     pub limits: RateLimits,
     pub priority: u32,
     /// LiteLLM-style price entry (USD per token).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::price_book::PriceEntryDoc>)]
     pub price: Option<PriceEntry>,
     /// Spend caps and request quotas per UTC day and month.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,12 +83,12 @@ pub struct DeploymentBody {
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::RateLimitsBody>)]
     pub limits: RateLimits,
     #[serde(default)]
     pub priority: u32,
     /// LiteLLM-style price entry, e.g. `{"input_cost_per_token": 2.5e-06}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::price_book::PriceEntryDoc>)]
     pub price: Option<PriceEntry>,
     /// Spend caps and request quotas per UTC day and month, e.g. `{"usd_per_day": 5}`:
     /// once one is used up, the deployment is out of rotation until its period ends.

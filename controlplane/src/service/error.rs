@@ -85,6 +85,11 @@ impl From<sqlx::Error> for Error {
                         db.constraint().unwrap_or("foreign key")
                     ));
                 }
+                // character_not_in_repertoire, untranslatable_character: a NUL character,
+                // which Postgres stores in neither text nor jsonb.
+                Some("22021" | "22P05") => {
+                    return Error::invalid("", "contains a NUL character (\\u0000)");
+                }
                 // check_violation
                 Some("23514") => {
                     return Error::invalid(

@@ -44,10 +44,10 @@ pub struct KeyView {
     pub status: KeyStatus,
     pub expires_at: Option<DateTime<Utc>>,
     pub allowed_models: Vec<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::RateLimitsBody)]
     pub limits: RateLimits,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Budget>,
     pub metadata: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
@@ -96,9 +96,9 @@ pub struct CreateKey {
     #[serde(default)]
     pub allowed_models: Vec<String>,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::RateLimitsBody>)]
     pub limits: RateLimits,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Budget>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -113,10 +113,10 @@ pub struct UpdateKey {
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub allowed_models: Option<Vec<String>>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::RateLimitsBody>)]
     pub limits: Option<RateLimits>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Option<Budget>>,
     pub metadata: Option<BTreeMap<String, String>>,
 }

@@ -144,6 +144,26 @@ where
     <Option<T> as Deserialize>::deserialize(d).map(Some)
 }
 
+// Limits are parsed straight into `shared::snapshot::RateLimits`; this type only documents
+// them in the OpenAPI document (the api tests keep the two alike).
+/// Requests and tokens per minute and requests in flight of a tenant, key or deployment;
+/// absent or `null` means unlimited. Unknown fields are refused.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = RateLimits)]
+#[allow(dead_code)]
+pub struct RateLimitsBody {
+    /// Requests per minute.
+    #[schema(example = 600)]
+    rpm: Option<u32>,
+    /// Tokens (prompt and completion) per minute.
+    #[schema(example = 100000)]
+    tpm: Option<u32>,
+    /// Requests in flight at once, across every replica (at least 1).
+    #[schema(example = 8, minimum = 1)]
+    concurrency: Option<u32>,
+}
+
 /// Operator-chosen ids (tenants, providers, deployments): 1–64 of `[A-Za-z0-9._-]`.
 pub fn check_id(path: &str, id: &str) -> Result<()> {
     let ok = !id.is_empty()
@@ -158,5 +178,23 @@ pub fn check_id(path: &str, id: &str) -> Result<()> {
             path,
             "must be 1-64 characters of letters, digits, '.', '_' or '-'",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_shared::snapshot::RateLimits;
+    use utoipa::PartialSchema;
+
+    use super::price_book::tests::{documented, written};
+
+    #[test]
+    fn the_documented_limits_are_the_stored_ones() {
+        let stored = RateLimits {
+            rpm: Some(1),
+            tpm: Some(1),
+            concurrency: Some(1),
+        };
+        assert_eq!(written(stored), documented(super::RateLimitsBody::schema()));
     }
 }

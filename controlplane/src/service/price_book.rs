@@ -94,12 +94,71 @@ impl PriceSource {
     }
 }
 
+// Entries are parsed by `shared::price` (strictly where an admin writes one); these types only
+// document them in the OpenAPI document.
+/// A price entry in LiteLLM's field names, USD per token. Long-context rates have variable
+/// names — `input_cost_per_token_above_200k_tokens` and its siblings for output, cache reads
+/// and cache writes (`..._above_<N>_tokens` for thresholds that are not whole thousands) —
+/// and are the only other fields an entry may carry.
+#[derive(ToSchema)]
+#[schema(as = PriceEntry)]
+#[allow(dead_code)]
+pub struct PriceEntryDoc {
+    #[schema(minimum = 0.0, example = 2.5e-6)]
+    input_cost_per_token: Option<f64>,
+    #[schema(minimum = 0.0, example = 1e-5)]
+    output_cost_per_token: Option<f64>,
+    /// A prompt token read from the provider's prompt cache.
+    #[schema(minimum = 0.0)]
+    cache_read_input_token_cost: Option<f64>,
+    /// A prompt token written to the provider's prompt cache.
+    #[schema(minimum = 0.0)]
+    cache_creation_input_token_cost: Option<f64>,
+    /// A prompt token written to a 1-hour cache (kept, billed as a plain cache write).
+    #[schema(minimum = 0.0)]
+    cache_creation_input_token_cost_above_1hr: Option<f64>,
+    /// Rates by prompt length, in the order given.
+    tiered_pricing: Option<Vec<RangeTierDoc>>,
+    max_input_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+    max_tokens: Option<u64>,
+    litellm_provider: Option<String>,
+    /// `chat`, `embedding`, `completion`, ...
+    mode: Option<String>,
+    supports_vision: Option<bool>,
+    supports_function_calling: Option<bool>,
+    supports_tool_choice: Option<bool>,
+    supports_prompt_caching: Option<bool>,
+    supports_response_schema: Option<bool>,
+    supports_reasoning: Option<bool>,
+    supports_system_messages: Option<bool>,
+    supports_parallel_function_calling: Option<bool>,
+}
+
+/// Rates for prompts whose length in tokens falls in `range`.
+#[derive(ToSchema)]
+#[schema(as = RangeTier)]
+#[allow(dead_code)]
+pub struct RangeTierDoc {
+    /// `[low, high]` in prompt tokens.
+    #[schema(min_items = 2, max_items = 2)]
+    range: Vec<u64>,
+    #[schema(minimum = 0.0)]
+    input_cost_per_token: Option<f64>,
+    #[schema(minimum = 0.0)]
+    output_cost_per_token: Option<f64>,
+    #[schema(minimum = 0.0)]
+    cache_read_input_token_cost: Option<f64>,
+    #[schema(minimum = 0.0)]
+    cache_creation_input_token_cost: Option<f64>,
+}
+
 /// One model's effective price.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EffectivePrice {
     pub model: String,
     /// LiteLLM's field names, USD per token.
-    #[schema(value_type = Object)]
+    #[schema(value_type = PriceEntryDoc)]
     pub entry: PriceEntry,
     pub source: PriceSource,
     /// The current price version when it lists this model (under an override too).
@@ -121,7 +180,7 @@ pub struct PriceFilter {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct OverrideView {
     /// LiteLLM's field names, USD per token. Replaces the file's entry as a whole.
-    #[schema(value_type = Object)]
+    #[schema(value_type = PriceEntryDoc)]
     pub entry: PriceEntry,
     /// The admin who set it (`system` from the command line).
     pub updated_by: String,
@@ -132,7 +191,7 @@ pub struct OverrideView {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct FileEntry {
     pub version_id: i64,
-    #[schema(value_type = Object)]
+    #[schema(value_type = PriceEntryDoc)]
     pub entry: PriceEntry,
 }
 
@@ -141,7 +200,7 @@ pub struct FileEntry {
 pub struct ModelPrice {
     pub model: String,
     /// What the model costs: the override's entry if any, else the file's.
-    #[schema(value_type = Object)]
+    #[schema(value_type = PriceEntryDoc)]
     pub effective: PriceEntry,
     pub source: PriceSource,
     /// The current version's entry, if it lists the model.
@@ -236,4 +295,75 @@ pub async fn model_price_in(
 /// The kept versions, current first.
 pub async fn versions(pool: &PgPool) -> Result<Vec<PriceVersion>> {
     Ok(repo::prices::versions(pool).await?)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+    use switchboard_shared::price::{RangeTier, TierRates};
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    /// The property names of a documentation type's schema, sorted.
+    pub(crate) fn documented(schema: impl Serialize) -> Vec<String> {
+        let schema = serde_json::to_value(schema).unwrap();
+        let mut names: Vec<String> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The field names of a value as the API writes it, sorted.
+    pub(crate) fn written(value: impl Serialize) -> Vec<String> {
+        let value = serde_json::to_value(value).unwrap();
+        let mut names: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_documented_price_entry_has_every_fixed_field_of_the_real_one() {
+        let rate = Some(1e-6);
+        let rates = TierRates {
+            input_cost_per_token: rate,
+            output_cost_per_token: rate,
+            cache_read_input_token_cost: rate,
+            cache_creation_input_token_cost: rate,
+        };
+        let entry = PriceEntry {
+            input_cost_per_token: rate,
+            output_cost_per_token: rate,
+            cache_read_input_token_cost: rate,
+            cache_creation_input_token_cost: rate,
+            cache_creation_input_token_cost_above_1hr: rate,
+            context_tiers: Vec::new(),
+            tiered_pricing: vec![RangeTier {
+                range: [0, 1000],
+                rates,
+            }],
+            max_input_tokens: Some(1),
+            max_output_tokens: Some(1),
+            max_tokens: Some(1),
+            litellm_provider: Some("openai".into()),
+            mode: Some("chat".into()),
+            supports_vision: Some(true),
+            supports_function_calling: Some(true),
+            supports_tool_choice: Some(true),
+            supports_prompt_caching: Some(true),
+            supports_response_schema: Some(true),
+            supports_reasoning: Some(true),
+            supports_system_messages: Some(true),
+            supports_parallel_function_calling: Some(true),
+        };
+        assert_eq!(written(&entry), documented(PriceEntryDoc::schema()));
+        assert_eq!(
+            written(&entry.tiered_pricing[0]),
+            documented(RangeTierDoc::schema())
+        );
+    }
 }

@@ -20,10 +20,10 @@ pub struct TenantView {
     pub name: String,
     #[schema(value_type = String, example = "active")]
     pub status: TenantStatus,
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::RateLimitsBody)]
     pub limits: RateLimits,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Budget>,
     /// Requests' content (prompt and answer, cut to the data planes' `capture_max_bytes`) is
     /// kept in the request log (`GET /admin/v1/requests/{id}`), for
@@ -63,9 +63,9 @@ pub struct CreateTenant {
     #[schema(value_type = Option<String>)]
     pub status: TenantStatus,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::RateLimitsBody>)]
     pub limits: RateLimits,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Budget>,
     /// Keep requests' content in the request log (default false: never kept).
     #[serde(default)]
@@ -84,9 +84,9 @@ pub struct UpdateTenant {
     #[schema(value_type = Option<String>)]
     pub status: TenantStatus,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::RateLimitsBody>)]
     pub limits: RateLimits,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Budget>,
     /// Keep requests' content in the request log (default false: never kept).
     #[serde(default)]

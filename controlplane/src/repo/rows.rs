@@ -10,8 +10,8 @@ use switchboard_shared::price::PriceEntry;
 use switchboard_shared::sealed::Sealed;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::{
-    Budget, Deployment, KeyStatus, ModelPolicy, Provider, ProviderKind, RateLimits, Tenant,
-    TenantStatus, VirtualKey,
+    Budget, Deployment, KeyStatus, ModelPolicy, PreviousSecret, Provider, ProviderKind, RateLimits,
+    Tenant, TenantStatus, VirtualKey,
 };
 
 pub fn limits(rpm: Option<i64>, tpm: Option<i64>) -> RateLimits {
@@ -84,6 +84,9 @@ pub struct KeyRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The hash of the secret the last rotation replaced, accepted until `previous_expires_at`.
+    pub previous_key_hash: Option<String>,
+    pub previous_expires_at: Option<DateTime<Utc>>,
 }
 
 impl KeyRow {
@@ -105,7 +108,16 @@ impl KeyRow {
             limits: limits(self.rpm, self.tpm),
             budget: self.budget.as_ref().map(|b| b.0.clone()),
             metadata: self.metadata.0.clone(),
+            previous_secret: self.previous_secret(),
         }
+    }
+
+    /// The rotated-out secret, when the last rotation left one in its grace window.
+    pub fn previous_secret(&self) -> Option<PreviousSecret> {
+        Some(PreviousSecret {
+            key_hash: self.previous_key_hash.clone()?,
+            expires_at: self.previous_expires_at?,
+        })
     }
 }
 

@@ -1135,9 +1135,36 @@ cluster:
                 "SWITCHBOARD__CLUSTER__INGEST_KEYS__VALUE",
                 "k-0123456789abcdef",
             ),
+            ("SWITCHBOARD__CLUSTER__GRPC_PLAINTEXT", "true"),
         ]);
         let c = Config::parse("", &e).unwrap();
         assert!(c.settings(&e).is_ok());
+    }
+
+    #[test]
+    fn grpc_is_tls_unless_plaintext_is_asked_for_and_ingest_keys_may_be_per_data_plane() {
+        let e = env(&[("TEST_JWT", &"j".repeat(32)), (MASTER_KEYS_ENV, MK)]);
+        let problems = |file: &str| match Config::parse(file, &e).unwrap().settings(&e) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.0.iter().map(|p| p.path.clone()).collect::<Vec<_>>(),
+        };
+        let without = FILE.replace("  grpc_plaintext: true\n", "");
+        assert_eq!(problems(&without), ["cluster.grpc_tls_cert_file"]);
+        let half = format!("{without}  grpc_tls_cert_file: /nonexistent/cert.pem\n");
+        assert_eq!(problems(&half), ["cluster.grpc_tls_key_file"]);
+        let both = format!("{half}  grpc_tls_key_file: /nonexistent/key.pem\n");
+        assert_eq!(problems(&both), ["cluster.grpc_tls_cert_file"]);
+        assert!(
+            problems(&format!("{both}  grpc_plaintext: true\n"))
+                .contains(&"cluster.grpc_plaintext".to_owned())
+        );
+        let per_dataplane = FILE.replace(
+            "ingest_keys: { value: \"ingest-key-0123456789\" }",
+            "dataplane_ingest_keys: { value: \"dp-1:dp-1-key-0123456789\" }",
+        );
+        assert!(problems(&per_dataplane).is_empty());
+        let bad = per_dataplane.replace("dp-1:dp-1-key-0123456789", "dp-1-key-0123456789");
+        assert_eq!(problems(&bad), ["cluster.dataplane_ingest_keys"]);
     }
 
     #[test]

@@ -243,7 +243,7 @@ pub async fn nats_options(
 }
 
 /// `%XX` escapes decoded (an invalid escape is kept as written). Also read by `telemetry`
-/// (OTLP header values).
+/// (OTLP header values) and `redis_conn` (a URL's `ca_file`).
 pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

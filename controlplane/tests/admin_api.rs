@@ -600,7 +600,7 @@ async fn a_rotation_keeps_the_old_secret_for_its_grace_window(pool: PgPool) {
     for (body, path) in [
         (json!({"grace_minutes": 10081}), "grace_minutes"),
         (json!({"grace_minutes": -1}), "grace_minutes"),
-        (json!({"grace": 5}), ""),
+        (json!({"grace": 5}), "grace"),
     ] {
         let r = cp.post(&rotate, &root, body.clone()).await;
         r.assert_problem(

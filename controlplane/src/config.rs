@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::grpc::GrpcTls;
 use serde::{Deserialize, Serialize};
 use switchboard_shared::cluster::{DEFAULT_NAMESPACE, NatsAuth, valid_namespace};
 use switchboard_shared::cluster_trust::{IngestKeys, SnapshotSigner, SnapshotVerifier};
@@ -339,6 +340,26 @@ pub struct ClusterConfig {
     /// `allow_unsigned_snapshots`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest_keys: Option<SecretRef>,
+    /// Ingest keys per data plane, `DATAPLANE_ID:KEY` comma-separated in one secret (an id
+    /// twice while its key rotates). A listed data plane is authenticated under its own keys
+    /// only; with no `ingest_keys`, an id not listed is unknown. Refused usage events are kept
+    /// as dead letters, refused heartbeats dropped; both counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_ingest_keys: Option<SecretRef>,
+    /// The gRPC ConfigService's TLS certificate chain and private key (PEM files). Required
+    /// unless `grpc_plaintext` (or `allow_unsigned_snapshots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_cert_file: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_key_file: Option<std::path::PathBuf>,
+    /// mTLS: the CA (PEM file) data planes' client certificates must chain to; a data plane
+    /// without one is refused in the handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_client_ca_file: Option<std::path::PathBuf>,
+    /// Serve gRPC without TLS, on purpose: only where no one outside the cluster can reach it
+    /// or listen to it.
+    #[serde(default)]
+    pub grpc_plaintext: bool,
 }
 
 impl Default for ClusterConfig {
@@ -353,7 +374,68 @@ impl Default for ClusterConfig {
             grpc_tokens: None,
             grpc_max_watchers: default_grpc_max_watchers(),
             ingest_keys: None,
+            dataplane_ingest_keys: None,
+            grpc_tls_cert_file: None,
+            grpc_tls_key_file: None,
+            grpc_tls_client_ca_file: None,
+            grpc_plaintext: false,
         }
+    }
+}
+
+impl ClusterConfig {
+    /// The gRPC TLS files, read; `None` for plaintext, which must be asked for (or be
+    /// development mode). Problems are `(path, message)`.
+    fn grpc_tls(&self) -> (Option<GrpcTls>, Vec<(String, String)>) {
+        let mut problems = Vec::new();
+        let mut push = |path: &str, message: &str| problems.push((path.into(), message.into()));
+        let tls = match (&self.grpc_tls_cert_file, &self.grpc_tls_key_file) {
+            (Some(cert), Some(key)) => {
+                match GrpcTls::read(cert, key, self.grpc_tls_client_ca_file.as_deref()) {
+                    Ok(tls) => Some(tls),
+                    Err((path, message)) => {
+                        push(path, &message);
+                        None
+                    }
+                }
+            }
+            (Some(_), None) => {
+                push(
+                    "cluster.grpc_tls_key_file",
+                    "is required with grpc_tls_cert_file",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                push(
+                    "cluster.grpc_tls_cert_file",
+                    "is required with grpc_tls_key_file",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let files = self.grpc_tls_cert_file.is_some() || self.grpc_tls_key_file.is_some();
+        if self.grpc_plaintext && files {
+            push(
+                "cluster.grpc_plaintext",
+                "contradicts grpc_tls_cert_file: choose one",
+            );
+        }
+        if !files && !self.grpc_plaintext && !self.allow_unsigned_snapshots {
+            push(
+                "cluster.grpc_tls_cert_file",
+                "is required (with grpc_tls_key_file), or cluster.grpc_plaintext: true where \
+                 only the cluster can reach the gRPC port",
+            );
+        }
+        if !files && self.grpc_tls_client_ca_file.is_some() {
+            push(
+                "cluster.grpc_tls_client_ca_file",
+                "needs grpc_tls_cert_file and grpc_tls_key_file",
+            );
+        }
+        (tls, problems)
     }
 }
 
@@ -377,6 +459,8 @@ pub struct ClusterTrust {
     pub ingest_keys: Option<IngestKeys>,
     /// NATS login and TLS beyond the URL.
     pub nats: NatsAuth,
+    /// The gRPC ConfigService's TLS; `None`: plaintext (asked for, or development).
+    pub grpc_tls: Option<GrpcTls>,
 }
 
 impl std::fmt::Debug for ClusterTrust {
@@ -387,6 +471,7 @@ impl std::fmt::Debug for ClusterTrust {
             .field("grpc_max_watchers", &self.grpc_max_watchers)
             .field("ingest_keys", &self.ingest_keys)
             .field("nats", &self.nats)
+            .field("grpc_tls", &self.grpc_tls)
             .finish_non_exhaustive()
     }
 }
@@ -414,7 +499,27 @@ impl ClusterTrust {
             grpc_max_watchers: default_grpc_max_watchers(),
             ingest_keys: IngestKeys::parse(ingest_key).ok(),
             nats: NatsAuth::default(),
+            grpc_tls: None,
         }
+    }
+}
+
+/// The ingest keys from the shared list and the per-data-plane one; `None` with neither.
+fn ingest_keys(
+    shared: Option<&str>,
+    per_dataplane: Option<&str>,
+) -> Result<Option<IngestKeys>, (&'static str, String)> {
+    let per = |e| ("cluster.dataplane_ingest_keys", e);
+    match (shared, per_dataplane) {
+        (Some(shared), per_dataplane) => {
+            let keys = IngestKeys::parse(shared).map_err(|e| ("cluster.ingest_keys", e))?;
+            match per_dataplane {
+                Some(list) => keys.with_dataplanes(list).map(Some).map_err(per),
+                None => Ok(Some(keys)),
+            }
+        }
+        (None, Some(list)) => IngestKeys::dataplanes_only(list).map(Some).map_err(per),
+        (None, None) => Ok(None),
     }
 }
 
@@ -786,6 +891,7 @@ impl Config {
         let seed = text("cluster.snapshot_signing_key", &c.snapshot_signing_key);
         let tokens = text("cluster.grpc_tokens", &c.grpc_tokens);
         let ingest = text("cluster.ingest_keys", &c.ingest_keys);
+        let per_dataplane = text("cluster.dataplane_ingest_keys", &c.dataplane_ingest_keys);
         let nkey_seed = text("nats.nkey_seed", &self.nats.nkey_seed);
         let mut trust = ClusterTrust {
             grpc_max_watchers: c.grpc_max_watchers,
@@ -826,11 +932,13 @@ impl Config {
             None if !c.allow_unsigned_snapshots => push("cluster.grpc_tokens", required.into()),
             None => {}
         }
-        match ingest.as_deref().map(IngestKeys::parse) {
-            Some(Ok(keys)) => trust.ingest_keys = Some(keys),
-            Some(Err(e)) => push("cluster.ingest_keys", e),
-            None if !c.allow_unsigned_snapshots => push("cluster.ingest_keys", required.into()),
-            None => {}
+        let keys = ingest_keys(ingest.as_deref(), per_dataplane.as_deref());
+        match keys {
+            Ok(keys) => trust.ingest_keys = keys,
+            Err((path, e)) => push(path, e),
+        }
+        if ingest.is_none() && per_dataplane.is_none() && !c.allow_unsigned_snapshots {
+            push("cluster.ingest_keys", required.into());
         }
         if c.grpc_max_watchers == 0 {
             push("cluster.grpc_max_watchers", "must be positive".into());
@@ -845,6 +953,9 @@ impl Config {
         for (path, message) in trust.nats.problems(&self.nats.url, "nats") {
             push(&path, message);
         }
+        let (grpc_tls, tls_problems) = c.grpc_tls();
+        trust.grpc_tls = grpc_tls;
+        problems.extend(tls_problems);
         (trust, problems)
     }
 
@@ -977,6 +1088,7 @@ cluster:
   snapshot_signing_key: { value: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" }
   grpc_tokens: { value: "grpc-token-0123456789" }
   ingest_keys: { value: "ingest-key-0123456789" }
+  grpc_plaintext: true
 "#;
     const MK: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
@@ -1023,9 +1135,36 @@ cluster:
                 "SWITCHBOARD__CLUSTER__INGEST_KEYS__VALUE",
                 "k-0123456789abcdef",
             ),
+            ("SWITCHBOARD__CLUSTER__GRPC_PLAINTEXT", "true"),
         ]);
         let c = Config::parse("", &e).unwrap();
         assert!(c.settings(&e).is_ok());
+    }
+
+    #[test]
+    fn grpc_is_tls_unless_plaintext_is_asked_for_and_ingest_keys_may_be_per_data_plane() {
+        let e = env(&[("TEST_JWT", &"j".repeat(32)), (MASTER_KEYS_ENV, MK)]);
+        let problems = |file: &str| match Config::parse(file, &e).unwrap().settings(&e) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.0.iter().map(|p| p.path.clone()).collect::<Vec<_>>(),
+        };
+        let without = FILE.replace("  grpc_plaintext: true\n", "");
+        assert_eq!(problems(&without), ["cluster.grpc_tls_cert_file"]);
+        let half = format!("{without}  grpc_tls_cert_file: /nonexistent/cert.pem\n");
+        assert_eq!(problems(&half), ["cluster.grpc_tls_key_file"]);
+        let both = format!("{half}  grpc_tls_key_file: /nonexistent/key.pem\n");
+        assert_eq!(problems(&both), ["cluster.grpc_tls_cert_file"]);
+        assert!(
+            problems(&format!("{both}  grpc_plaintext: true\n"))
+                .contains(&"cluster.grpc_plaintext".to_owned())
+        );
+        let per_dataplane = FILE.replace(
+            "ingest_keys: { value: \"ingest-key-0123456789\" }",
+            "dataplane_ingest_keys: { value: \"dp-1:dp-1-key-0123456789\" }",
+        );
+        assert!(problems(&per_dataplane).is_empty());
+        let bad = per_dataplane.replace("dp-1:dp-1-key-0123456789", "dp-1-key-0123456789");
+        assert_eq!(problems(&bad), ["cluster.dataplane_ingest_keys"]);
     }
 
     #[test]

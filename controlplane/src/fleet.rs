@@ -2,10 +2,11 @@
 //! arrived. A data plane unheard for 3 heartbeat intervals is gone. Admin writes with
 //! `?wait_ms=N` wait here until every live data plane serves their revision.
 //!
-//! A heartbeat counts only with a valid ingest tag ([`authenticated`]): the sender's id and an
-//! HMAC under the cluster's ingest key in its headers, so that someone who can publish on NATS
-//! cannot make `wait_ms` lie. Untagged and wrongly tagged messages (heartbeats here, usage
-//! events in `ingest`) are dropped, logged and counted ([`unauthenticated_count`]).
+//! A heartbeat counts only with a valid ingest tag ([`authenticate`]): the sender's id and an
+//! HMAC under the cluster's ingest key (or that data plane's own key) in its headers, so that
+//! someone who can publish on NATS cannot make `wait_ms` lie. Untagged, wrongly tagged and
+//! unknown senders' messages are logged and counted ([`unauthenticated_count`]); heartbeats
+//! are then dropped, usage events kept as dead letters (`ingest`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,7 +18,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
 use switchboard_shared::cluster::{Heartbeat, NatsNames};
-use switchboard_shared::cluster_trust::{DATAPLANE_HEADER, IngestKeys, SIGNATURE_HEADER};
+use switchboard_shared::cluster_trust::{
+    DATAPLANE_HEADER, IngestKeys, SIGNATURE_HEADER, TagRefusal,
+};
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
@@ -63,17 +66,18 @@ pub fn unauthenticated_count(kind: &str) -> u64 {
     }
 }
 
-/// Whether a message of `kind` carries a valid ingest tag under `keys` (always, without keys).
-/// A refusal is counted and logged (never the payload or the tag) and the message must be
-/// dropped.
-pub fn authenticated(
+/// Checks that a message of `kind` carries a valid ingest tag under `keys` (always passes
+/// without keys): from a known data plane, under its keys. A refusal is counted and logged
+/// (never the payload or the tag); the `Err` says why, for the caller to drop the message
+/// (heartbeats) or keep it as a dead letter (usage events).
+pub fn authenticate(
     keys: Option<&IngestKeys>,
     kind: &'static str,
     headers: Option<&async_nats::HeaderMap>,
     payload: &[u8],
-) -> bool {
+) -> Result<(), String> {
     let Some(keys) = keys else {
-        return true;
+        return Ok(());
     };
     let header = |name: &str| {
         headers
@@ -82,25 +86,32 @@ pub fn authenticated(
             .unwrap_or_default()
     };
     let sender = header(DATAPLANE_HEADER);
-    let ok = !sender.is_empty() && keys.verify(kind, &sender, payload, &header(SIGNATURE_HEADER));
-    if !ok {
-        let count = match kind {
-            "heartbeat" => &UNAUTHENTICATED_HEARTBEATS,
-            _ => &UNAUTHENTICATED_USAGE,
-        };
-        let total = count.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::metrics::count(
-            crate::metrics::UNAUTHENTICATED_MESSAGES_TOTAL,
-            Some(("kind", kind)),
-        );
-        tracing::warn!(
-            kind,
-            sender = %sender.chars().take(64).collect::<String>(),
-            total,
-            "dropped a message without a valid ingest tag (forged, or a data plane with the wrong cluster.ingest_key)"
-        );
-    }
-    ok
+    let Err(refusal) = keys.check(kind, &sender, payload, &header(SIGNATURE_HEADER)) else {
+        return Ok(());
+    };
+    let count = match kind {
+        "heartbeat" => &UNAUTHENTICATED_HEARTBEATS,
+        _ => &UNAUTHENTICATED_USAGE,
+    };
+    let total = count.fetch_add(1, Ordering::Relaxed) + 1;
+    crate::metrics::count(
+        crate::metrics::UNAUTHENTICATED_MESSAGES_TOTAL,
+        Some(("kind", kind)),
+    );
+    // The id is the sender's claim: cut, and shown debug-quoted.
+    let sender: String = sender.chars().take(64).collect();
+    let why = match refusal {
+        TagRefusal::NoSender => "no data-plane id".to_owned(),
+        TagRefusal::UnknownSender => format!("unknown data plane {sender:?}"),
+        TagRefusal::BadTag => format!("ingest tag missing or not valid for data plane {sender:?}"),
+    };
+    tracing::warn!(
+        kind,
+        reason = refusal.reason(),
+        total,
+        "refused a message: {why} (forged, or a data plane with the wrong cluster.ingest_key)"
+    );
+    Err(why)
 }
 
 impl Fleet {
@@ -121,12 +132,14 @@ impl Fleet {
 
     /// Records `message` if it is an authenticated heartbeat from the data plane it names.
     fn on_message(&self, message: &async_nats::Message) {
-        if !authenticated(
+        if authenticate(
             self.keys.as_ref(),
             "heartbeat",
             message.headers.as_ref(),
             &message.payload,
-        ) {
+        )
+        .is_err()
+        {
             return;
         }
         match serde_json::from_slice::<Heartbeat>(&message.payload) {

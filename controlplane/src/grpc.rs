@@ -9,7 +9,11 @@
 //! exactly as of what it got on NATS. All watchers share one copy of each body (the envelope's
 //! `bytes` field is a `Bytes` pointing into the publisher's buffer), and at most
 //! `max_watchers` streams are open at once; more get `RESOURCE_EXHAUSTED`.
+//!
+//! It is served over TLS ([`GrpcTls`], rustls) with the configured certificate, and with mTLS
+//! when a client CA is configured; plaintext only when `cluster.grpc_plaintext` says so.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -27,6 +31,67 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::publish::Built;
+
+/// The ConfigService's TLS: its certificate chain and private key (PEM) and, for mTLS, the
+/// CA (PEM) every client certificate must chain to. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct GrpcTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// When set, a client without a certificate from this CA is refused in the handshake.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for GrpcTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTls")
+            .field("mtls", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcTls {
+    /// Reads the PEM files; an error names the setting of the file that could not be read.
+    pub fn read(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<Self, (&'static str, String)> {
+        let read = |setting: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|e| (setting, format!("{}: {e}", path.display())))
+        };
+        Ok(Self {
+            cert_pem: read("cluster.grpc_tls_cert_file", cert)?,
+            key_pem: read("cluster.grpc_tls_key_file", key)?,
+            client_ca_pem: client_ca
+                .map(|ca| read("cluster.grpc_tls_client_ca_file", ca))
+                .transpose()?,
+        })
+    }
+
+    /// tonic's server TLS settings (rustls, ring).
+    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+}
+
+/// The gRPC server: over TLS when `tls` is given, else plaintext. Fails on a certificate or
+/// key that does not parse.
+pub fn server_builder(tls: Option<&GrpcTls>) -> anyhow::Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder
+            .tls_config(tls.server_config())
+            .map_err(|e| anyhow::anyhow!("cluster.grpc_tls_cert_file / grpc_tls_key_file: {e}")),
+        None => Ok(builder),
+    }
+}
 
 pub struct ConfigGrpc {
     latest: watch::Receiver<Option<Arc<Built>>>,

@@ -37,8 +37,9 @@ pub struct IngestSettings {
     pub batch: usize,
     /// How long a fetch waits for a batch to fill before writing what it has.
     pub max_wait: Duration,
-    /// Ingest tag keys; events without a valid tag are terminated and counted
-    /// (`crate::fleet::authenticated`). `None` (development only): every event counts.
+    /// Ingest tag keys; events without a valid tag, or from an unknown data plane, are counted
+    /// and kept as dead letters (`crate::fleet::authenticate`). `None` (development only):
+    /// every event counts.
     pub keys: Option<switchboard_shared::cluster_trust::IngestKeys>,
 }
 
@@ -144,13 +145,13 @@ pub async fn ingest_one_batch(
     let mut delivered = Vec::with_capacity(settings.batch);
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
-        if !crate::fleet::authenticated(
+        if let Err(why) = crate::fleet::authenticate(
             settings.keys.as_ref(),
             "usage",
             message.headers.as_ref(),
             &message.payload,
         ) {
-            let _ = message.ack_with(AckKind::Term).await;
+            quarantine(pool, &message, &why).await?;
             continue;
         }
         if let Some(record) = admit(pool, &message).await? {
@@ -179,6 +180,28 @@ pub async fn ingest_one_batch(
     }
     tracing::debug!(delivered = records.len(), inserted, "spend batch written");
     Ok(inserted)
+}
+
+/// Keeps an event that failed authentication as a dead letter (never in spend) with `why`,
+/// and terminates it. Fails only when the dead letter cannot be stored (the message is then
+/// redelivered).
+async fn quarantine(pool: &PgPool, message: &jetstream::Message, why: &str) -> anyhow::Result<()> {
+    // The request id is the sender's claim, kept only as the payload says it.
+    let request_id = serde_json::from_slice::<UsageRecord>(&message.payload)
+        .ok()
+        .map(|r| r.request_id);
+    let reason = format!("not authenticated: {why}");
+    crate::service::dead_letters::store(
+        pool,
+        "unauthenticated",
+        request_id.as_deref(),
+        &reason,
+        &message.payload,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("storing a dead letter: {e}"))?;
+    let _ = message.ack_with(AckKind::Term).await;
+    Ok(())
 }
 
 /// The message's record when it can be booked; otherwise it is dead-lettered and terminated.

@@ -87,6 +87,13 @@ pub async fn serve(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rest = TcpListener::bind(settings.listen).await?;
     let grpc = TcpListener::bind(settings.grpc_listen).await?;
+    let grpc_server = crate::grpc::server_builder(settings.trust.grpc_tls.as_ref())?;
+    if settings.trust.grpc_tls.is_none() {
+        tracing::warn!(
+            "the gRPC ConfigService is plaintext (cluster.grpc_plaintext): keep it on a network \
+             only the cluster reaches"
+        );
+    }
     let rest_addr = rest.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
 
@@ -142,7 +149,7 @@ pub async fn serve(
         let stop = stop.clone();
         tasks.spawn(async move { fleet.listen(nats, &names, stop).await });
     }
-    spawn_listeners(&mut tasks, rest, grpc, &state, &stop);
+    spawn_listeners(&mut tasks, rest, (grpc, grpc_server), &state, &stop);
     tracing::info!(%rest_addr, %grpc_addr, "control plane serving");
     Ok(Running {
         rest_addr,
@@ -209,11 +216,12 @@ fn spawn_jobs(
     Ok(())
 }
 
-/// The admin REST API and the gRPC ConfigService, each stopping gracefully on `stop`.
+/// The admin REST API and the gRPC ConfigService (on `grpc_server`, TLS or not), each stopping
+/// gracefully on `stop`.
 fn spawn_listeners(
     tasks: &mut JoinSet<()>,
     rest: TcpListener,
-    grpc: TcpListener,
+    (grpc, mut grpc_server): (TcpListener, tonic::transport::Server),
     state: &AppState,
     stop: &watch::Receiver<bool>,
 ) {
@@ -239,7 +247,7 @@ fn spawn_listeners(
     );
     let mut grpc_stop = stop.clone();
     tasks.spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = grpc_server
             .add_service(service)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc),

@@ -567,6 +567,81 @@ async fn keys_show_their_secret_once_and_rotate(pool: PgPool) {
     assert_eq!(seen.len(), 3);
 }
 
+/// The rotated-out secret the snapshot ships for key `id`, if any.
+async fn previous_in_snapshot(
+    cp: &Cp,
+    id: &str,
+) -> Option<switchboard_shared::snapshot::PreviousSecret> {
+    let snapshot = controlplane::service::snapshot::build_consistent(cp.pool())
+        .await
+        .unwrap();
+    let key = snapshot.virtual_keys.iter().find(|k| k.id == id).unwrap();
+    key.previous_secret.clone()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rotation_keeps_the_old_secret_for_its_grace_window(pool: PgPool) {
+    let cp = start(pool).await;
+    let root = cp
+        .admin("root@example.com", Role::PlatformAdmin, None)
+        .await;
+    two_tenants_with_keys(&cp, &root).await;
+    let created = cp
+        .post("/admin/v1/keys", &root, json!({"tenant_id": "acme"}))
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let old_hash = switchboard_shared::keys::hash_key_hex(
+        common::PEPPER,
+        created.body["key"].as_str().unwrap(),
+    );
+    let rotate = format!("/admin/v1/keys/{id}/rotate");
+
+    // Out of range or unknown fields: 422 at the field, and the secret stays.
+    for (body, path) in [
+        (json!({"grace_minutes": 10081}), "grace_minutes"),
+        (json!({"grace_minutes": -1}), "grace_minutes"),
+        (json!({"grace": 5}), "grace"),
+    ] {
+        let r = cp.post(&rotate, &root, body.clone()).await;
+        r.assert_problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(path),
+            &body.to_string(),
+        );
+    }
+    assert_eq!(previous_in_snapshot(&cp, &id).await, None);
+
+    // 30 minutes of grace: the key's view says until when, the snapshot ships the old hash
+    // with that expiry.
+    let asked = chrono::Utc::now();
+    let rotated = cp.post(&rotate, &root, json!({"grace_minutes": 30})).await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    let until: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(rotated.body["previous_secret_expires_at"].clone()).unwrap();
+    let window = until - asked;
+    assert!(
+        window > chrono::Duration::minutes(29) && window <= chrono::Duration::minutes(31),
+        "{window}"
+    );
+    let view = cp.get(&format!("/admin/v1/keys/{id}"), &root).await;
+    assert_eq!(
+        view.body["previous_secret_expires_at"],
+        rotated.body["previous_secret_expires_at"]
+    );
+    assert!(!view.body.to_string().contains(&old_hash));
+    let shipped = previous_in_snapshot(&cp, &id).await.unwrap();
+    assert_eq!(
+        (shipped.key_hash.as_str(), shipped.expires_at),
+        (old_hash.as_str(), until)
+    );
+
+    // A rotation without a body (no grace window) ends every old secret at once.
+    let again = cp.call(Method::POST, &rotate, &root, None).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert!(again.body.get("previous_secret_expires_at").is_none());
+    assert_eq!(previous_in_snapshot(&cp, &id).await, None);
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn provider_credentials_are_ciphertext_in_postgres_and_never_returned(pool: PgPool) {
     let cp = start(pool).await;

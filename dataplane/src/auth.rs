@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use switchboard_shared::keys::hash_key;
@@ -31,20 +31,25 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-/// The key entry for the request, or the 401 that explains why not.
+/// The key entry for the request at `now`, or the 401 that explains why not. A key's
+/// rotated-out secret works like its current one until its grace window ends; after that it
+/// is an unknown key.
 pub fn authenticate(
     catalog: &Catalog,
     pepper: &[u8],
     headers: &HeaderMap,
+    now: DateTime<Utc>,
 ) -> Result<Arc<KeyEntry>, ApiError> {
     let secret = presented_key(headers).ok_or(ApiError::MissingKey)?;
+    let hash = hash_key(pepper, secret);
     let entry = catalog
-        .key(&hash_key(pepper, secret))
+        .key(&hash)
+        .or_else(|| catalog.previous_key(&hash, now))
         .ok_or(ApiError::InvalidKey)?;
     if entry.key.status == KeyStatus::Revoked {
         return Err(ApiError::RevokedKey);
     }
-    if !entry.key.is_usable_at(Utc::now()) {
+    if !entry.key.is_usable_at(now) {
         return Err(ApiError::ExpiredKey);
     }
     if !entry.tenant_active() {

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use http::HeaderValue;
 use switchboard_shared::keys::{KEY_HASH_LEN, parse_key_hash};
 use switchboard_shared::price::PriceEntry;
@@ -66,6 +67,9 @@ pub struct Catalog {
     /// The revision as a header value, for `x-switchboard-config-revision`.
     pub revision_header: HeaderValue,
     keys: HashMap<[u8; KEY_HASH_LEN], Arc<KeyEntry>>,
+    /// Rotated-out secrets in their grace window: the key's entry (one set of counters for
+    /// both secrets) and when the old secret stops working.
+    previous_keys: HashMap<[u8; KEY_HASH_LEN], (Arc<KeyEntry>, DateTime<Utc>)>,
     models: HashMap<String, Arc<ModelEntry>>,
     /// Every public model name, sorted, for `GET /v1/models`.
     model_names: Vec<String>,
@@ -237,7 +241,7 @@ impl Catalog {
         snapshot.validate()?;
         let carry = Carryover::from(ctx.previous);
         let tenants = build_tenants(&snapshot.tenants, &carry);
-        let keys = build_keys(&snapshot.virtual_keys, &tenants, &carry);
+        let (keys, previous_keys) = build_keys(&snapshot.virtual_keys, &tenants, &carry);
         let mut problems = Vec::new();
         let adaptors = build_providers(&snapshot.providers, ctx, &mut problems);
         let by_model = build_deployments(snapshot, &adaptors, &carry);
@@ -254,6 +258,7 @@ impl Catalog {
             content_hash: snapshot.content_hash(),
             revision_header: HeaderValue::from(snapshot.revision),
             keys,
+            previous_keys,
             models,
             model_names,
             tenants,
@@ -264,6 +269,17 @@ impl Catalog {
     /// The key whose HMAC is `hash`.
     pub fn key(&self, hash: &[u8; KEY_HASH_LEN]) -> Option<&Arc<KeyEntry>> {
         self.keys.get(hash)
+    }
+
+    /// The key whose rotated-out secret has the HMAC `hash`, while its grace window lasts at
+    /// `now`.
+    pub fn previous_key(
+        &self,
+        hash: &[u8; KEY_HASH_LEN],
+        now: DateTime<Utc>,
+    ) -> Option<&Arc<KeyEntry>> {
+        let (entry, until) = self.previous_keys.get(hash)?;
+        (now < *until).then_some(entry)
     }
 
     pub fn model(&self, name: &str) -> Option<&Arc<ModelEntry>> {
@@ -368,13 +384,22 @@ fn build_tenants(tenants: &[Tenant], carry: &Carryover<'_>) -> HashMap<String, A
         .collect()
 }
 
-/// Keys by their HMAC, each with its tenant and counters.
+/// The keys by their current secret's HMAC, and by a rotated-out secret's HMAC with when it
+/// stops working.
+type KeyMaps = (
+    HashMap<[u8; KEY_HASH_LEN], Arc<KeyEntry>>,
+    HashMap<[u8; KEY_HASH_LEN], (Arc<KeyEntry>, DateTime<Utc>)>,
+);
+
+/// Keys by their HMAC, each with its tenant and counters, and by their rotated-out secret's
+/// HMAC (the same entry).
 fn build_keys(
     keys: &[VirtualKey],
     tenants: &HashMap<String, Arc<TenantEntry>>,
     carry: &Carryover<'_>,
-) -> HashMap<[u8; KEY_HASH_LEN], Arc<KeyEntry>> {
+) -> KeyMaps {
     let mut built = HashMap::with_capacity(keys.len());
+    let mut previous = HashMap::new();
     for k in keys {
         // Validation has checked both the hash format and the tenant reference.
         let (Some(hash), Some(tenant)) = (parse_key_hash(&k.key_hash), tenants.get(&k.tenant_id))
@@ -387,9 +412,15 @@ fn build_keys(
             limit_state: carry.limit_state_or_new(Scope::Key, &k.id, k.limits),
             budget_cell: BudgetCell::default(),
         };
-        built.insert(hash, Arc::new(entry));
+        let entry = Arc::new(entry);
+        if let Some(old) = &k.previous_secret
+            && let Some(old_hash) = parse_key_hash(&old.key_hash)
+        {
+            previous.insert(old_hash, (Arc::clone(&entry), old.expires_at));
+        }
+        built.insert(hash, entry);
     }
-    built
+    (built, previous)
 }
 
 /// Each provider's adaptor by provider id. A provider whose credentials do not resolve or

@@ -106,6 +106,15 @@ pub struct ClusterConfig {
     pub nats_client_cert: Option<std::path::PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats_client_key: Option<std::path::PathBuf>,
+    /// gRPC TLS (an `https://` `controlplane_grpc`): the CA (PEM file) the control plane's
+    /// certificate must chain to. Required with https; an `http://` URL is plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlplane_grpc_ca_file: Option<std::path::PathBuf>,
+    /// gRPC mTLS: this data plane's client certificate chain and private key (PEM files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlplane_grpc_client_cert: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlplane_grpc_client_key: Option<std::path::PathBuf>,
 }
 
 fn default_usage_queue_capacity() -> usize {
@@ -133,6 +142,9 @@ impl ClusterConfig {
             nats_ca_file: None,
             nats_client_cert: None,
             nats_client_key: None,
+            controlplane_grpc_ca_file: None,
+            controlplane_grpc_client_cert: None,
+            controlplane_grpc_client_key: None,
         }
     }
 
@@ -221,6 +233,47 @@ impl ClusterConfig {
         }
     }
 
+    /// The gRPC URL's scheme against the TLS files: https needs the CA, http takes none.
+    fn validate_grpc_url(&self, url: &str, push: &mut impl FnMut(&str, &str)) {
+        let client_files = [
+            &self.controlplane_grpc_client_cert,
+            &self.controlplane_grpc_client_key,
+        ];
+        let tls_files =
+            self.controlplane_grpc_ca_file.is_some() || client_files.iter().any(|f| f.is_some());
+        match url.parse::<http::Uri>() {
+            Ok(uri) if uri.host().is_none() => push(
+                "cluster.controlplane_grpc",
+                "must be a URL with a host, e.g. https://controlplane:8082",
+            ),
+            Ok(uri) if uri.scheme_str() == Some("https") => {
+                if self.controlplane_grpc_ca_file.is_none() {
+                    push(
+                        "cluster.controlplane_grpc_ca_file",
+                        "is required with an https:// controlplane_grpc (the CA of the control \
+                         plane's certificate)",
+                    );
+                }
+                if client_files.iter().filter(|f| f.is_some()).count() == 1 {
+                    push(
+                        "cluster.controlplane_grpc_client_cert",
+                        "and controlplane_grpc_client_key go together (mTLS)",
+                    );
+                }
+            }
+            Ok(uri) if uri.scheme_str() == Some("http") && tls_files => push(
+                "cluster.controlplane_grpc",
+                "is http:// (plaintext) but TLS files are set: use https://",
+            ),
+            Ok(uri) if uri.scheme_str() == Some("http") => {}
+            _ => push(
+                "cluster.controlplane_grpc",
+                "must be an https:// URL (or http://, plaintext) with a host, e.g. \
+                 https://controlplane:8082",
+            ),
+        }
+    }
+
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
     }
@@ -233,17 +286,7 @@ impl ClusterConfig {
             );
         }
         if let Some(url) = &self.controlplane_grpc {
-            match url.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
-                Ok(uri) if uri.scheme_str() == Some("https") => push(
-                    "cluster.controlplane_grpc",
-                    "https is not supported by this build; use http:// (inside the cluster network)",
-                ),
-                _ => push(
-                    "cluster.controlplane_grpc",
-                    "must be an http:// URL with a host, e.g. http://controlplane:8082",
-                ),
-            }
+            self.validate_grpc_url(url, push);
         }
         if let Some(url) = &self.nats_url {
             let bad = url

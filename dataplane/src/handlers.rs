@@ -411,7 +411,7 @@ pub(crate) fn caller(
     headers: &HeaderMap,
 ) -> Result<(Arc<Catalog>, Arc<KeyEntry>), ApiError> {
     let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.pepper(), headers)?;
+    let key = authenticate(&catalog, state.pepper(), headers, state.books.clock.now())?;
     Ok((catalog, key))
 }
 

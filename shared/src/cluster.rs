@@ -243,7 +243,8 @@ pub async fn nats_options(
 }
 
 /// `%XX` escapes decoded (an invalid escape is kept as written). Also read by `telemetry`
-/// (OTLP header values) and the tests' mock token endpoint (form values).
+/// (OTLP header values), `redis_conn` (a URL's `ca_file`) and the tests' mock token endpoint
+/// (form values).
 pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -11,7 +11,8 @@
 //!   dropped.
 //! - **Usage events and heartbeats** from data planes carry the sender's id and an
 //!   HMAC-SHA-256 under the cluster's ingest key ([`IngestKeys`]), in NATS headers; the control
-//!   plane drops and counts anything whose tag does not verify.
+//!   plane refuses and counts anything whose tag does not verify (optionally with one key per
+//!   data-plane id, so a data plane cannot speak for another).
 //!
 //! Keys are written as standard base64 of their 32 raw bytes: the Ed25519 seed (private, a
 //! secret reference on the control plane) and the Ed25519 public key (not secret, a
@@ -194,17 +195,66 @@ impl SnapshotVerifier {
 
 /// The cluster's ingest keys: data planes tag usage events and heartbeats with the first,
 /// the control plane accepts a tag under any of them (so the key can be rotated: add the new
-/// one on the control plane, move the data planes to it, drop the old one). `Debug` never shows
-/// them.
+/// one on the control plane, move the data planes to it, drop the old one).
+///
+/// The control plane may also hold keys per data-plane id ([`IngestKeys::with_dataplanes`]):
+/// a data plane listed there is authenticated under its own keys only, so the shared key (or
+/// another data plane's) cannot speak for it; with no shared key at all, an id not listed is
+/// unknown. `Debug` never shows a key.
 #[derive(Clone)]
 pub struct IngestKeys {
     keys: Vec<Vec<u8>>,
+    dataplanes: std::collections::HashMap<String, Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for IngestKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IngestKeys({} keys, <redacted>)", self.keys.len())
+        write!(
+            f,
+            "IngestKeys({} keys, {} data planes, <redacted>)",
+            self.keys.len(),
+            self.dataplanes.len()
+        )
     }
+}
+
+/// Why a usage event or heartbeat was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagRefusal {
+    /// No sender id in the headers.
+    NoSender,
+    /// A sender id with no key of its own, and no shared key to try.
+    UnknownSender,
+    /// No tag, or one that does not verify under the sender's keys.
+    BadTag,
+}
+
+impl TagRefusal {
+    /// Low-cardinality name, for metric labels.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NoSender => "no_sender",
+            Self::UnknownSender => "unknown_dataplane",
+            Self::BadTag => "bad_tag",
+        }
+    }
+}
+
+/// Splits a comma-separated list of secrets, each at least 16 bytes.
+fn key_list(list: &str) -> Result<Vec<Vec<u8>>, String> {
+    let keys: Vec<Vec<u8>> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    if keys.is_empty() {
+        return Err("no key given".into());
+    }
+    if keys.iter().any(|k| k.len() < 16) {
+        return Err("each key must be at least 16 bytes long".into());
+    }
+    Ok(keys)
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -212,19 +262,45 @@ type HmacSha256 = Hmac<Sha256>;
 impl IngestKeys {
     /// From a comma-separated list of secrets (each at least 16 bytes).
     pub fn parse(list: &str) -> Result<Self, String> {
-        let keys: Vec<Vec<u8>> = list
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(|k| k.as_bytes().to_vec())
-            .collect();
-        if keys.is_empty() {
+        Ok(Self {
+            keys: key_list(list)?,
+            dataplanes: std::collections::HashMap::new(),
+        })
+    }
+
+    /// Only keys per data plane (no shared key): see [`IngestKeys::with_dataplanes`].
+    pub fn dataplanes_only(list: &str) -> Result<Self, String> {
+        Self {
+            keys: Vec::new(),
+            dataplanes: std::collections::HashMap::new(),
+        }
+        .with_dataplanes(list)
+    }
+
+    /// Adds keys per data plane from `ID:KEY` entries, comma-separated (an id may appear
+    /// twice while its key is rotated). A listed data plane is authenticated under its own
+    /// keys only. The error never shows a key.
+    pub fn with_dataplanes(mut self, list: &str) -> Result<Self, String> {
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some((id, key)) = entry.split_once(':') else {
+                return Err("each entry must be DATAPLANE_ID:KEY".into());
+            };
+            let (id, key) = (id.trim(), key.trim());
+            if id.is_empty() {
+                return Err("an entry has no data-plane id".into());
+            }
+            if key.len() < 16 {
+                return Err(format!(
+                    "the key of data plane {id:?} must be at least 16 bytes long"
+                ));
+            }
+            let keys = self.dataplanes.entry(id.to_owned()).or_default();
+            keys.push(key.as_bytes().to_vec());
+        }
+        if self.dataplanes.is_empty() {
             return Err("no key given".into());
         }
-        if keys.iter().any(|k| k.len() < 16) {
-            return Err("each key must be at least 16 bytes long".into());
-        }
-        Ok(Self { keys })
+        Ok(self)
     }
 
     fn mac(key: &[u8], kind: &str, dataplane_id: &str, payload: &[u8]) -> HmacSha256 {
@@ -235,25 +311,51 @@ impl IngestKeys {
         mac
     }
 
-    /// Hex tag of a message of `kind` (`usage`, `heartbeat`) from `dataplane_id`.
+    /// Hex tag of a message of `kind` (`usage`, `heartbeat`) from `dataplane_id`, under the
+    /// first shared key (a data plane's set; one with only per-data-plane keys tags under its
+    /// first key for `dataplane_id`).
     pub fn tag(&self, kind: &str, dataplane_id: &str, payload: &[u8]) -> String {
+        let key = self
+            .keys
+            .first()
+            .or_else(|| self.dataplanes.get(dataplane_id)?.first())
+            .map_or(&[][..], Vec::as_slice);
         hex::encode(
-            Self::mac(&self.keys[0], kind, dataplane_id, payload)
+            Self::mac(key, kind, dataplane_id, payload)
                 .finalize()
                 .into_bytes(),
         )
     }
 
-    /// Whether `tag` (hex) is valid for the message under one of the keys; constant time.
-    pub fn verify(&self, kind: &str, dataplane_id: &str, payload: &[u8], tag: &str) -> bool {
-        let Ok(tag) = hex::decode(tag) else {
-            return false;
+    /// Whether `tag` (hex) is valid for the message from `dataplane_id`: under that data
+    /// plane's own keys if it has any, else under a shared key; constant time per key.
+    pub fn check(
+        &self,
+        kind: &str,
+        dataplane_id: &str,
+        payload: &[u8],
+        tag: &str,
+    ) -> Result<(), TagRefusal> {
+        if dataplane_id.is_empty() {
+            return Err(TagRefusal::NoSender);
+        }
+        let keys = match self.dataplanes.get(dataplane_id) {
+            Some(own) => own,
+            None if self.keys.is_empty() => return Err(TagRefusal::UnknownSender),
+            None => &self.keys,
         };
-        self.keys.iter().any(|key| {
+        let tag = hex::decode(tag).map_err(|_| TagRefusal::BadTag)?;
+        let valid = keys.iter().any(|key| {
             Self::mac(key, kind, dataplane_id, payload)
                 .verify_slice(&tag)
                 .is_ok()
-        })
+        });
+        valid.then_some(()).ok_or(TagRefusal::BadTag)
+    }
+
+    /// Whether [`IngestKeys::check`] accepts the message.
+    pub fn verify(&self, kind: &str, dataplane_id: &str, payload: &[u8], tag: &str) -> bool {
+        self.check(kind, dataplane_id, payload, tag).is_ok()
     }
 }
 
@@ -360,5 +462,39 @@ mod tests {
         assert!(IngestKeys::parse("short").is_err());
         assert!(!format!("{keys:?}").contains("ingest-key"));
         assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd"));
+    }
+
+    #[test]
+    fn a_data_plane_with_its_own_key_is_authenticated_by_it_alone() {
+        let shared = "the-shared-ingest-key-0123456789";
+        let own = IngestKeys::parse("dp-1-own-ingest-key-0123456789").unwrap();
+        let shared_keys = IngestKeys::parse(shared).unwrap();
+        let keys = IngestKeys::parse(shared)
+            .unwrap()
+            .with_dataplanes("dp-1:dp-1-own-ingest-key-0123456789")
+            .unwrap();
+        let check =
+            |k: &IngestKeys, id: &str| keys.check("usage", id, b"{}", &k.tag("usage", id, b"{}"));
+        assert_eq!(check(&own, "dp-1"), Ok(()));
+        // The shared key no longer speaks for dp-1, but still for ids with no key of their own.
+        assert_eq!(check(&shared_keys, "dp-1"), Err(TagRefusal::BadTag));
+        assert_eq!(check(&shared_keys, "dp-2"), Ok(()));
+        assert_eq!(
+            keys.check("usage", "", b"{}", "00"),
+            Err(TagRefusal::NoSender)
+        );
+        // Without a shared key, an id with no key is unknown.
+        let strict = IngestKeys::dataplanes_only("dp-1:dp-1-own-ingest-key-0123456789").unwrap();
+        assert_eq!(
+            strict.check("usage", "dp-2", b"{}", &own.tag("usage", "dp-2", b"{}")),
+            Err(TagRefusal::UnknownSender)
+        );
+        assert_eq!(
+            strict.check("usage", "dp-1", b"{}", &own.tag("usage", "dp-1", b"{}")),
+            Ok(())
+        );
+        assert!(IngestKeys::dataplanes_only("dp-1=short").is_err());
+        assert!(IngestKeys::dataplanes_only("dp-1:short").is_err());
+        assert!(!format!("{strict:?}").contains("own-ingest"));
     }
 }

@@ -42,6 +42,12 @@ use redis::{
 /// - `redis+sentinel://[:password@]s1:26379[,s2:26379…]/<master name>[/db]`: the master the
 ///   sentinels monitor under that name (the password, if any, is the master's and the
 ///   sentinels').
+///
+/// `user:password@` logs in as a Redis ACL user (`AUTH user password`), `:password@` as the
+/// default user. `rediss://` is TLS (rustls): the server's certificate must chain to the
+/// system's roots, or to the CA in the PEM file a `ca_file=/path` query parameter names
+/// (`rediss://sb:pw@redis:6380/?ca_file=/etc/switchboard/redis-ca.pem`; for every URL of a
+/// cluster list; not with `redis+sentinel://`).
 #[derive(Clone)]
 pub struct RedisTarget<'a> {
     pub url: &'a str,
@@ -61,10 +67,68 @@ enum Topology {
     },
 }
 
+/// `url` without its `ca_file=` query parameter, and that parameter's path (decoded).
+fn split_ca_file(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut ca_file = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|param| match param.strip_prefix("ca_file=") {
+            Some(path) => {
+                ca_file = Some(crate::cluster::percent_decode(path));
+                false
+            }
+            None => !param.is_empty(),
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, ca_file)
+}
+
+/// The CA named by the URLs' `ca_file` (the same for all), read.
+fn read_ca_file(urls: &[String]) -> Result<(Vec<String>, Option<Vec<u8>>), String> {
+    let mut path = None;
+    let mut stripped = Vec::with_capacity(urls.len());
+    for url in urls {
+        let (url, ca) = split_ca_file(url);
+        if ca.is_some() && path.is_some() && ca != path {
+            return Err("every URL of a cluster list must name the same ca_file".into());
+        }
+        path = path.or(ca);
+        stripped.push(url);
+    }
+    let Some(path) = path else {
+        return Ok((stripped, None));
+    };
+    if stripped.iter().any(|u| !u.starts_with("rediss://")) {
+        return Err("ca_file needs a rediss:// URL".into());
+    }
+    let pem = std::fs::read(&path).map_err(|e| format!("ca_file {path}: {e}"))?;
+    Ok((stripped, Some(pem)))
+}
+
+fn tls_certificates(ca: Vec<u8>) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca),
+    }
+}
+
 impl RedisTarget<'_> {
     /// What is wrong with the URL, if anything; never echoes it.
     pub fn problem(&self) -> Option<String> {
-        self.topology().err()
+        let topology = self.topology().err();
+        topology.or_else(|| match self.topology() {
+            Ok(Topology::Standalone(url)) => read_ca_file(&[url]).err(),
+            Ok(Topology::Cluster(urls)) => read_ca_file(&urls).err(),
+            _ => None,
+        })
     }
 
     /// `standalone`, `cluster` or `sentinel` (for logs and metrics; never the URL).
@@ -79,11 +143,14 @@ impl RedisTarget<'_> {
     fn topology(&self) -> Result<Topology, String> {
         let url = self.url.trim();
         let check = |u: &str| {
-            redis::Client::open(u)
+            redis::Client::open(split_ca_file(u).0.as_str())
                 .map(|_| ())
                 .map_err(|e| format!("not a Redis URL: {}", e.category()))
         };
         if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            if rest.contains("ca_file=") {
+                return Err("ca_file is not supported with redis+sentinel://".into());
+            }
             return sentinel_topology(rest, &check);
         }
         let (urls, cluster): (Vec<String>, bool) =
@@ -237,7 +304,12 @@ impl RedisConn {
         })?;
         Ok(Self(match topology {
             Topology::Standalone(url) => {
-                let client = redis::Client::open(url.as_str())?;
+                let (url, ca) = read_ca_file(&[url]).map_err(bad_ca)?;
+                let url = url.concat();
+                let client = match ca {
+                    Some(ca) => redis::Client::build_with_tls(url.as_str(), tls_certificates(ca))?,
+                    None => redis::Client::open(url.as_str())?,
+                };
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(target.connect_timeout))
                     .set_response_timeout(Some(target.response_timeout))
@@ -250,7 +322,12 @@ impl RedisConn {
                 // cluster client's own timeout retries (and, under load, over-admitted in
                 // tests: replies of timed-out calls). One retry follows a MOVED/ASK after a
                 // failover or resharding.
-                let client = ClusterClient::builder(urls)
+                let (urls, ca) = read_ca_file(&urls).map_err(bad_ca)?;
+                let mut builder = ClusterClient::builder(urls);
+                if let Some(ca) = ca {
+                    builder = builder.certs(tls_certificates(ca));
+                }
+                let client = builder
                     .connection_timeout(target.connect_timeout)
                     .retries(1)
                     .min_retry_wait(10)
@@ -321,6 +398,11 @@ impl RedisConn {
             }
         }
     }
+}
+
+/// A `ca_file` problem as a client-config error (the message names the file, not the URL).
+fn bad_ca(problem: String) -> RedisError {
+    RedisError::from((ErrorKind::InvalidClientConfig, "bad Redis ca_file", problem))
 }
 
 async fn cluster_conn(
@@ -514,6 +596,32 @@ mod tests {
             let problem = topology(bad).unwrap_err();
             assert!(!problem.contains("hunter2"), "{problem}");
         }
+    }
+
+    #[test]
+    fn a_ca_file_parameter_is_taken_off_the_url() {
+        assert_eq!(
+            split_ca_file("rediss://u:p@h:1/0?ca_file=%2Fetc%2Fca.pem&protocol=resp3"),
+            (
+                "rediss://u:p@h:1/0?protocol=resp3".to_owned(),
+                Some("/etc/ca.pem".to_owned())
+            )
+        );
+        assert_eq!(split_ca_file("rediss://h:1/?ca_file=/x").0, "rediss://h:1/");
+        assert_eq!(split_ca_file("redis://h:1").1, None);
+        let problem = |url: &str| {
+            RedisTarget {
+                url,
+                connect_timeout: Duration::from_millis(100),
+                response_timeout: Duration::from_millis(100),
+            }
+            .problem()
+            .unwrap_or_default()
+        };
+        assert!(problem("redis://:hunter2@h:1/?ca_file=/x").contains("needs a rediss:// URL"));
+        assert!(problem("rediss://:hunter2@h:1/?ca_file=/no/such/file").contains("/no/such/file"));
+        assert!(!problem("rediss://:hunter2@h:1/?ca_file=/no/such/file").contains("hunter2"));
+        assert!(problem("redis+sentinel://s:1/m?ca_file=/x").contains("not supported"));
     }
 
     #[test]

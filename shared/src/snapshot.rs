@@ -158,6 +158,20 @@ pub struct VirtualKey {
     /// (`enabled: false` turns it off for the key). Absent: the model's policy decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<ResponseCache>,
+    /// The secret a rotation replaced, still accepted until its expiry (the rotation's grace
+    /// window). Absent when the key was never rotated with a grace window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A rotated-out secret of a [`VirtualKey`]: its keyed hash and when it stops working.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousSecret {
+    /// Lower-case hex HMAC-SHA-256 of the old secret, like [`VirtualKey::key_hash`].
+    pub key_hash: String,
+    /// The old secret is refused from this instant on.
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,10 @@
 //! The cluster channels trust only the cluster, against a real control plane, Postgres and
 //! NATS: the gRPC ConfigService wants its bearer token and caps its watchers; a forged snapshot
 //! head (no valid signature, revision `u64::MAX`) freezes neither the data plane nor the control
-//! plane; forged usage events and heartbeats never reach spend or the fleet view.
+//! plane; forged usage events and heartbeats never reach spend or the fleet view (events are
+//! kept as dead letters), and with per-data-plane ingest keys a data plane speaks only for
+//! itself; a rotated virtual key's old secret works on the data plane until its grace window
+//! ends.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 #[allow(unused_imports)] // Not every shared helper is needed here.
@@ -246,6 +249,87 @@ async fn a_forged_head_freezes_neither_the_data_plane_nor_the_control_plane(pool
     let _ = js.delete_object_store(&names.snapshot_bucket).await;
 }
 
+/// What the data plane answers `secret` at `GET /v1/key/info`: the status and the key's id.
+async fn key_info(gw: &Gateway, secret: &str) -> (StatusCode, Option<String>) {
+    let auth = format!("Bearer {secret}");
+    let reply = send(request(
+        Method::GET,
+        &gw.url("/v1/key/info"),
+        &[("authorization", &auth)],
+        "",
+    ))
+    .await;
+    let id = (reply.status == StatusCode::OK)
+        .then(|| reply.json()["key"]["id"].as_str().map(str::to_owned))
+        .flatten();
+    (reply.status, id)
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rotated_out_secret_works_in_the_cluster_until_its_grace_window_ends(pool: PgPool) {
+    let namespace = unique_namespace();
+    let cp = ControlPlane::start(pool, &namespace).await;
+    cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "acme"}))
+        .await;
+    let created = cp
+        .write(Method::POST, "/admin/v1/keys", json!({"tenant_id": "acme"}))
+        .await
+        .json();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let old = created["key"].as_str().unwrap().to_owned();
+    let (gw, _cluster) = data_plane(&namespace).await;
+    eventually("the data plane knows the key", async || {
+        key_info(&gw, &old).await.0 == StatusCode::OK
+    })
+    .await;
+
+    // Rotated with ten minutes of grace: both secrets are the same key on the data plane.
+    let rotate = format!("/admin/v1/keys/{id}/rotate");
+    let rotated = cp
+        .write(Method::POST, &rotate, json!({"grace_minutes": 10}))
+        .await
+        .json();
+    assert!(
+        rotated["previous_secret_expires_at"].is_string(),
+        "{rotated}"
+    );
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    eventually("the data plane knows the new secret", async || {
+        key_info(&gw, &new).await.0 == StatusCode::OK
+    })
+    .await;
+    assert_eq!(
+        key_info(&gw, &old).await,
+        (StatusCode::OK, Some(id.clone()))
+    );
+    assert_eq!(
+        key_info(&gw, &new).await,
+        (StatusCode::OK, Some(id.clone()))
+    );
+
+    // Eleven minutes on (the data plane's clock): the old secret is refused, the new one not.
+    gw.state.books.clock.advance(Duration::from_secs(11 * 60));
+    assert_eq!(key_info(&gw, &old).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(key_info(&gw, &new).await.0, StatusCode::OK);
+
+    // A rotation without grace: the secret it replaces stops at once.
+    let third = cp
+        .write(Method::POST, &rotate, serde_json::Value::Null)
+        .await
+        .json();
+    assert!(third.get("previous_secret_expires_at").is_none(), "{third}");
+    let third = third["key"].as_str().unwrap().to_owned();
+    eventually("the data plane knows the third secret", async || {
+        key_info(&gw, &third).await.0 == StatusCode::OK
+    })
+    .await;
+    assert_eq!(key_info(&gw, &new).await.0, StatusCode::UNAUTHORIZED);
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let names = NatsNames::new(&namespace);
+    let _ = js.delete_stream(&names.config_stream).await;
+    let _ = js.delete_object_store(&names.snapshot_bucket).await;
+}
+
 /// A usage record of tenant `acme` with this request id.
 fn usage_json(request_id: &str) -> Vec<u8> {
     format!(
@@ -309,6 +393,15 @@ async fn forged_usage_and_heartbeats_are_dropped_and_counted(pool: PgPool) {
     })
     .await;
     assert_eq!(spend_rows(&pool).await, 0, "a forged event reached spend");
+    // Each is kept, with its reason, as a dead letter.
+    eventually("three forged events are dead letters", async || {
+        dead_letters(&pool).await.len() == 3
+    })
+    .await;
+    for (request_id, reason) in dead_letters(&pool).await {
+        assert!(request_id.starts_with("forged-"), "{request_id}");
+        assert!(reason.starts_with("not authenticated: "), "{reason}");
+    }
 
     // The same event, tagged by a data plane with the cluster's key, is taken.
     let payload = usage_json("genuine-1");
@@ -366,6 +459,98 @@ async fn forged_usage_and_heartbeats_are_dropped_and_counted(pool: PgPool) {
     .await;
     assert_eq!(fleet.status, StatusCode::OK);
     assert!(!fleet.text().contains("ghost"), "{}", fleet.text());
+    let _ = js.delete_stream(&names.usage_stream).await;
+}
+
+/// The dead letters' request ids and reasons, oldest first.
+async fn dead_letters(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query_as::<_, (Option<String>, String)>(
+        "SELECT request_id, reason FROM ingest_dead_letters ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, reason)| (id.unwrap_or_default(), reason))
+    .collect()
+}
+
+/// Publishes a usage event with `request_id` on JetStream, tagged by `sender` under `keys`.
+async fn publish_usage(
+    js: &async_nats::jetstream::Context,
+    names: &NatsNames,
+    (sender, keys): (&str, &IngestKeys),
+    request_id: &str,
+) {
+    let payload = usage_json(request_id);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(DATAPLANE_HEADER, sender);
+    let tag = keys.tag("usage", sender, &payload);
+    headers.insert(SIGNATURE_HEADER, tag.as_str());
+    js.publish_with_headers(names.usage_subject.clone(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn usage_is_authenticated_per_data_plane_and_strangers_are_kept_aside(pool: PgPool) {
+    const DP1_KEY: &str = "dp-1-own-ingest-key-0123456789";
+    let namespace = unique_namespace();
+    let cp = ControlPlane::start_tuned(pool.clone(), &namespace, &nats_url(), None, |s| {
+        // Per-data-plane keys only: dp-1 is known, nobody else is.
+        s.trust.ingest_keys =
+            Some(IngestKeys::dataplanes_only(&format!("dp-1:{DP1_KEY}")).unwrap());
+    })
+    .await;
+    let names = NatsNames::new(&namespace);
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let dp1 = IngestKeys::parse(DP1_KEY).unwrap();
+    let cluster_key = IngestKeys::parse(INGEST_KEY).unwrap();
+    let before = controlplane::fleet::unauthenticated_count("usage");
+
+    // dp-1 under its own key: booked. dp-1 under the (former) cluster key, and dp-2, which
+    // has no key here even though its tag is well formed: counted and kept, never booked.
+    publish_usage(&js, &names, ("dp-1", &dp1), "own-key").await;
+    publish_usage(&js, &names, ("dp-1", &cluster_key), "shared-key").await;
+    publish_usage(&js, &names, ("dp-2", &dp1), "stranger").await;
+    eventually("dp-1's event reaches spend", async || {
+        spend_rows(&pool).await == 1
+    })
+    .await;
+    eventually("the other two are dead letters", async || {
+        dead_letters(&pool).await.len() == 2
+    })
+    .await;
+    let kept = dead_letters(&pool).await;
+    assert_eq!(kept[0].0, "shared-key");
+    assert!(
+        kept[0].1.contains("not valid for data plane \"dp-1\""),
+        "{}",
+        kept[0].1
+    );
+    assert_eq!(kept[1].0, "stranger");
+    assert!(
+        kept[1].1.contains("unknown data plane \"dp-2\""),
+        "{}",
+        kept[1].1
+    );
+    assert!(controlplane::fleet::unauthenticated_count("usage") >= before + 2);
+    let listed = call(
+        &cp.rest,
+        Method::GET,
+        "/admin/v1/dead-letters",
+        Some(&cp.token),
+        json!(null),
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(
+        listed.text().contains("unknown data plane"),
+        "{}",
+        listed.text()
+    );
     let _ = js.delete_stream(&names.usage_stream).await;
 }
 
@@ -428,4 +613,84 @@ async fn watchers_memory(pool: PgPool) {
         after.saturating_sub(before),
         after.saturating_sub(before) * 1024 / 1000
     );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+#[ignore = "a measurement, not a check"]
+async fn login_flood(pool: PgPool) {
+    let namespace = unique_namespace();
+    // As if the flood came from many addresses: the per-address limit never answers early, so
+    // every login that is not refused for its account runs argon2 (under the global cap).
+    let cp = ControlPlane::start_tuned(pool.clone(), &namespace, &nats_url(), None, |s| {
+        s.admin_auth.login_per_ip_per_minute = 100_000;
+    })
+    .await;
+    cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "acme"}))
+        .await;
+    let names = NatsNames::new(&namespace);
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let keys = IngestKeys::parse(INGEST_KEY).unwrap();
+    let before = rss_kib();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // 500 bad logins at once (each from a different account, so the per-account limit does
+    // not answer them all early), while a usage event is ingested and a write is published.
+    let started = Instant::now();
+    let logins = (0..500).map(|i| {
+        let rest = cp.rest.clone();
+        async move {
+            call(
+                &rest,
+                Method::POST,
+                "/admin/v1/auth/login",
+                None,
+                json!({"email": format!("nobody{i}@example.com"), "password": "wrong password"}),
+            )
+            .await
+            .status
+        }
+    });
+    let during = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = Instant::now();
+        publish_usage(&js, &names, ("dp-1", &keys), "during-flood").await;
+        eventually("the event is ingested during the flood", async || {
+            spend_rows(&pool).await == 1
+        })
+        .await;
+        let ingested = t.elapsed();
+        let t = Instant::now();
+        let written = cp
+            .write(Method::POST, "/admin/v1/tenants", json!({"id": "beta"}))
+            .await;
+        (ingested, t.elapsed(), written.status)
+    };
+    let (statuses, (ingested, published, write_status)) =
+        tokio::join!(futures_util::future::join_all(logins), during);
+    let flood = started.elapsed();
+    sampler.abort();
+    let mut counts = std::collections::BTreeMap::new();
+    for s in &statuses {
+        *counts.entry(s.as_u16()).or_insert(0) += 1;
+    }
+    eprintln!(
+        "500 concurrent bad logins in {flood:?}: answers {counts:?}; process RSS {before} KiB -> peak {} KiB; \
+         during the flood a usage event was ingested in {ingested:?} and an admin write published in {published:?} ({write_status})",
+        peak.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS)
+    );
+    let _ = js.delete_stream(&names.usage_stream).await;
 }

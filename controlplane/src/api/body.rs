@@ -1,5 +1,5 @@
-//! Our JSON body extractor, so that a bad body gets problem JSON with the path of the bad
-//! field: 400 when the body is not JSON, 422 when it is JSON of the wrong shape (wrong types,
+//! Our JSON body extractors (required, or optional with a default), so that a bad body gets
+//! problem JSON with the path of the bad field: 400 when the body is not JSON, 422 when it is JSON of the wrong shape (wrong types,
 //! unknown fields, missing fields), 413 over the body limit.
 
 use axum::body::Bytes;
@@ -21,14 +21,40 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge
-            } else {
-                ApiError::MalformedJson(rejection.body_text())
-            }
-        })?;
+        let bytes = read(req, state).await?;
         parse(&bytes).map(Body)
+    }
+}
+
+/// The body's bytes: 413 over the body limit, 400 when it cannot be read.
+async fn read<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge
+        } else {
+            ApiError::MalformedJson(rejection.body_text())
+        }
+    })
+}
+
+/// An optional JSON request body: none at all, or `null`, reads as `T::default()`; anything
+/// else as [`Body`] reads it.
+#[derive(Debug)]
+pub struct OrDefault<T>(pub T);
+
+impl<T, S> FromRequest<S> for OrDefault<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read(req, state).await?;
+        if bytes.is_empty() {
+            return Ok(OrDefault(T::default()));
+        }
+        parse::<Option<T>>(&bytes).map(|v| OrDefault(v.unwrap_or_default()))
     }
 }
 

@@ -18,7 +18,7 @@ macro_rules! q {
             $head + r#" id, tenant_id, name, key_hash, display_prefix, status, expires_at,
             allowed_models, rpm, tpm, concurrency, budget AS "budget: Json<Budget>",
             metadata AS "metadata: Json<BTreeMap<String, String>>", created_at, updated_at,
-            revoked_at "# $(+ $tail)* $($args)*
+            revoked_at, previous_key_hash, previous_expires_at "# $(+ $tail)* $($args)*
         )
     };
 }
@@ -119,19 +119,25 @@ pub async fn revoke(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<KeyRow> {
     .await
 }
 
-/// Gives the key a new secret.
+/// Gives the key a new secret. With a grace window of `grace_minutes` (> 0) the current
+/// secret's hash becomes the previous one, valid until now plus the window; with none, any
+/// previous secret is dropped at once.
 pub async fn set_secret(
     db: impl PgExecutor<'_>,
     id: &str,
     secret: &SecretFields<'_>,
+    grace_minutes: u32,
 ) -> sqlx::Result<KeyRow> {
     q!(
-        "UPDATE virtual_keys SET key_hash = $2, display_prefix = $3, updated_at = now() \
-         WHERE id = $1 RETURNING",
+        "UPDATE virtual_keys SET \
+         previous_key_hash = CASE WHEN $4 > 0 THEN key_hash END, \
+         previous_expires_at = CASE WHEN $4 > 0 THEN now() + make_interval(mins => $4) END, \
+         key_hash = $2, display_prefix = $3, updated_at = now() WHERE id = $1 RETURNING",
         [""],
         id,
         secret.key_hash,
-        secret.display_prefix
+        secret.display_prefix,
+        i32::try_from(grace_minutes).unwrap_or(i32::MAX)
     )
     .fetch_one(db)
     .await

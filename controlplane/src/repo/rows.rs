@@ -10,8 +10,8 @@ use switchboard_shared::price::PriceEntry;
 use switchboard_shared::sealed::Sealed;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::{
-    Budget, Deployment, DeploymentCaps, KeyStatus, ModelPolicy, Provider, ProviderKind, RateLimits,
-    Tenant, TenantStatus, Transforms, VirtualKey,
+    Budget, Deployment, DeploymentCaps, KeyStatus, ModelPolicy, PreviousSecret, Provider,
+    ProviderKind, RateLimits, Tenant, TenantStatus, Transforms, VirtualKey,
 };
 
 /// Stored limit columns as the snapshot's [`RateLimits`].
@@ -88,6 +88,9 @@ pub struct KeyRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The hash of the secret the last rotation replaced, accepted until `previous_expires_at`.
+    pub previous_key_hash: Option<String>,
+    pub previous_expires_at: Option<DateTime<Utc>>,
 }
 
 impl KeyRow {
@@ -111,7 +114,16 @@ impl KeyRow {
             metadata: self.metadata.0.clone(),
             // Not stored by the control plane yet: a key's cache setting is standalone-only.
             cache: None,
+            previous_secret: self.previous_secret(),
         }
+    }
+
+    /// The rotated-out secret, when the last rotation left one in its grace window.
+    pub fn previous_secret(&self) -> Option<PreviousSecret> {
+        Some(PreviousSecret {
+            key_hash: self.previous_key_hash.clone()?,
+            expires_at: self.previous_expires_at?,
+        })
     }
 }
 

@@ -53,6 +53,10 @@ pub struct KeyView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Until when the secret replaced by the last rotation still works (its grace window);
+    /// absent when no old secret works.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
 }
 
 impl From<&KeyRow> for KeyView {
@@ -71,6 +75,7 @@ impl From<&KeyRow> for KeyView {
             created_at: r.created_at,
             updated_at: r.updated_at,
             revoked_at: r.revoked_at,
+            previous_secret_expires_at: r.previous_expires_at.filter(|at| *at > Utc::now()),
         }
     }
 }
@@ -119,6 +124,19 @@ pub struct UpdateKey {
     #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Option<Budget>>,
     pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// The longest grace window a rotation may give the old secret: one week.
+pub const MAX_GRACE_MINUTES: u32 = 7 * 24 * 60;
+
+/// How to rotate: how long the old secret keeps working.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// Minutes the old secret keeps working beside the new one (0, the default: it stops at
+    /// once; at most 10080, a week). A later rotation replaces the old secret it left.
+    #[serde(default)]
+    pub grace_minutes: u32,
 }
 
 // Deleting a key removes it from the next snapshot. It cannot come back: data planes install
@@ -224,13 +242,21 @@ pub async fn revoke(cx: Ctx<'_>, actor: &Actor, id: &str) -> Result<(KeyView, Co
     Ok((KeyView::from(&row), committed))
 }
 
-/// Gives the key a fresh secret; a revoked key cannot be rotated.
+/// Gives the key a fresh secret, the old one working on for `req.grace_minutes`; a revoked
+/// key cannot be rotated.
 pub async fn rotate(
     cx: Ctx<'_>,
     actor: &Actor,
     pepper: &[u8],
     id: &str,
+    req: RotateKey,
 ) -> Result<(KeyWithSecret, Committed)> {
+    if req.grace_minutes > MAX_GRACE_MINUTES {
+        return Err(Error::invalid(
+            "grace_minutes",
+            format!("must be at most {MAX_GRACE_MINUTES} (a week)"),
+        ));
+    }
     let (mut w, before) = crud::begin::<KeyRow>(cx, actor, id).await?;
     if before.status() == KeyStatus::Revoked {
         return Err(Error::Conflict("a revoked key cannot be rotated".into()));
@@ -241,7 +267,7 @@ pub async fn rotate(
         key_hash: &key_hash,
         display_prefix: &display_prefix,
     };
-    let row = repo::keys::set_secret(w.conn(), id, &secret_fields).await?;
+    let row = repo::keys::set_secret(w.conn(), id, &secret_fields, req.grace_minutes).await?;
     let committed = finish_without_body(cx, w, "rotate", &before, &row).await?;
     Ok((with_secret(secret, KeyView::from(&row)), committed))
 }

@@ -202,7 +202,8 @@ async fn keys_page(
                 th { "Models" } th { "Limits" } th { "Budget" } @if session.can_write() { th { "" } } } }
             tbody { @for k in &list.items { tr data-key=(k.id) {
                 td { a href=(format!("/ui/keys/{}", k.id)) { (k.id) } } td { (k.tenant_id) } td { (k.name) } td { code { (k.display_prefix) "…" } }
-                td.status { (format!("{:?}", k.status).to_lowercase()) }
+                td.status { (format!("{:?}", k.status).to_lowercase())
+                    @if let Some(until) = old_secret_until(k.previous_secret_expires_at) { br; small.muted { (until) } } }
                 td { (k.expires_at.map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_else(|| "never".into())) }
                 td { @if k.allowed_models.is_empty() { span.muted { "all" } } @else { (k.allowed_models.join(", ")) } }
                 td { (limits_cell(k.limits.rpm, k.limits.tpm)) } td { (budget_cell(k.budget.as_ref())) }
@@ -559,16 +560,24 @@ pub async fn key_rotate(
     Path(id): Path<String>,
     form: PostForm,
 ) -> Response {
-    let session = form.session;
-    let result = match session.actor.require_writer() {
-        Ok(()) => keys::rotate(s.ctx(), &session.actor, &s.settings.pepper, &id).await,
-        Err(e) => Err(e),
-    };
+    let PostForm { session, fields: f } = form;
+    let result: Result<_, FormErrors> = async {
+        session.actor.require_writer()?;
+        let mut body = Map::new();
+        number(&f, "grace_minutes", "grace_minutes", &mut body)?;
+        let req: keys::RotateKey = parse(Value::Object(body))?;
+        Ok(keys::rotate(s.ctx(), &session.actor, &s.settings.pepper, &id, req).await?)
+    }
+    .await;
     let q = ListQuery::default();
     match result {
         Ok((rotated, committed)) => {
+            let old = match rotated.virtual_key.previous_secret_expires_at {
+                Some(at) => format!("works until {} UTC", at.format("%Y-%m-%d %H:%M")),
+                None => "no longer works".to_owned(),
+            };
             let what = format!(
-                "Key {} rotated: the old secret no longer works",
+                "Key {} rotated: the old secret {old}",
                 rotated.virtual_key.id
             );
             let done = applied(&s, &what, &committed).await;
@@ -581,8 +590,13 @@ pub async fn key_rotate(
             )
             .await
         }
-        Err(e) => keys_page(&s, &session, &q, e.into(), None).await,
+        Err(e) => key_page(&s, &session, &id, e, None).await,
     }
+}
+
+/// When a rotated-out secret stops working, for the key's views.
+fn old_secret_until(at: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
+    at.map(|at| format!("old secret until {} UTC", at.format("%Y-%m-%d %H:%M")))
 }
 
 pub async fn key_get(
@@ -612,6 +626,9 @@ async fn key_page(
         @if let Some(n) = notice { (n) }
         p { "Tenant " strong { (k.tenant_id) } ", status " strong { (format!("{:?}", k.status).to_lowercase()) }
             ", secret " code { (k.display_prefix) "…" } "." }
+        @if let Some(until) = old_secret_until(k.previous_secret_expires_at) {
+            p #old-secret { "The " (until) " (the last rotation's grace window)." }
+        }
         @if session.can_write() && k.revoked_at.is_none() {
             (general(&e))
             form.box method="post" action=(format!("/ui/keys/{}", k.id)) {
@@ -628,8 +645,10 @@ async fn key_page(
                 (select(&e, "budget.period", "Budget period", PERIODS, &period))
                 div { button type="submit" { "Save" } }
             }
-            form.inline method="post" action=(format!("/ui/keys/{}/rotate", k.id)) {
-                (csrf(session)) button.secondary type="submit" { "Rotate secret" }
+            form.box method="post" action=(format!("/ui/keys/{}/rotate", k.id)) {
+                (csrf(session))
+                (input(&e, "grace_minutes", "Grace window (minutes the old secret keeps working; empty: none)", "number", ""))
+                div { button.secondary type="submit" { "Rotate secret" } }
             }
         }
         p { a href="/ui/keys" { "All keys" } }

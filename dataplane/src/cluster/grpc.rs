@@ -8,7 +8,9 @@
 //!
 //! Both carry the same canonical JSON, content hash and signature as NATS, so the
 //! [`Installer`] checks them the same way, and a revision that arrives on both paths is
-//! installed once. Every call carries `authorization: Bearer <cluster.controlplane_grpc_token>`.
+//! installed once. Every call carries `authorization: Bearer <cluster.controlplane_grpc_token>`,
+//! over TLS (rustls) to an `https://` control plane ([`client_tls`]: the pinned CA, and this
+//! data plane's certificate for mTLS).
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use switchboard_shared::proto::{GetSnapshotRequest, SnapshotEnvelope, WatchSnaps
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::cluster::install::{Announced, Installer, Offer, Source};
 
@@ -50,6 +52,33 @@ impl std::fmt::Debug for Bearer {
     }
 }
 
+/// The client TLS settings for an `https://` control plane: the CA its certificate must chain
+/// to and, for mTLS, this data plane's certificate. `None` for an `http://` one (plaintext).
+pub fn client_tls(
+    config: &crate::config::ClusterConfig,
+) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = &config.controlplane_grpc_ca_file else {
+        return Ok(None);
+    };
+    let read = |setting: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("{setting}: {}: {e}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(
+        "cluster.controlplane_grpc_ca_file",
+        ca,
+    )?));
+    if let (Some(cert), Some(key)) = (
+        &config.controlplane_grpc_client_cert,
+        &config.controlplane_grpc_client_key,
+    ) {
+        tls = tls.identity(Identity::from_pem(
+            read("cluster.controlplane_grpc_client_cert", cert)?,
+            read("cluster.controlplane_grpc_client_key", key)?,
+        ));
+    }
+    Ok(Some(tls))
+}
+
 /// A lazily connected `ConfigService` client.
 #[derive(Debug, Clone)]
 pub struct GrpcSource {
@@ -60,9 +89,14 @@ pub struct GrpcSource {
 }
 
 impl GrpcSource {
-    /// Prepares the client, presenting `token` if given; nothing is dialled until the first
-    /// call.
-    pub fn new(url: &str, token: Option<&str>, dataplane_id: &str) -> anyhow::Result<Self> {
+    /// Prepares the client, presenting `token` if given, over `tls` if given; nothing is
+    /// dialled until the first call.
+    pub fn new(
+        url: &str,
+        token: Option<&str>,
+        tls: Option<ClientTlsConfig>,
+        dataplane_id: &str,
+    ) -> anyhow::Result<Self> {
         let bearer = match token {
             Some(token) => Some(
                 format!("Bearer {token}")
@@ -73,8 +107,14 @@ impl GrpcSource {
             ),
             None => None,
         };
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| anyhow::anyhow!("cluster.controlplane_grpc: {e}"))?
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| anyhow::anyhow!("cluster.controlplane_grpc: {e}"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("cluster.controlplane_grpc TLS: {e}"))?;
+        }
+        let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -108,7 +108,13 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
                 ),
                 None => None,
             };
-            Some(grpc::GrpcSource::new(url, token.as_deref(), &dataplane_id)?)
+            let tls = grpc::client_tls(config)?;
+            Some(grpc::GrpcSource::new(
+                url,
+                token.as_deref(),
+                tls,
+                &dataplane_id,
+            )?)
         }
         None => None,
     };

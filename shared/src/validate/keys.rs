@@ -1,5 +1,6 @@
-//! The `virtual_keys` section: a known tenant, a well-formed and unique key hash, an expiry
-//! after creation, allowed models that exist, limits and budget.
+//! The `virtual_keys` section: a known tenant, well-formed and unique key hashes (the current
+//! secret's and a rotated-out one's), an expiry after creation, allowed models that exist,
+//! limits and budget.
 
 use std::collections::HashMap;
 
@@ -27,6 +28,20 @@ pub(super) fn check(c: &mut Collector, keys: &[VirtualKey], names: &Names<'_>) {
                 format!("{path}.key_hash"),
                 format!("same hash as virtual_keys[{first}]: one secret, two keys"),
             );
+        }
+        if let Some(previous) = &k.previous_secret {
+            let at = format!("{path}.previous_secret.key_hash");
+            if parse_key_hash(&previous.key_hash).is_none() {
+                c.push(
+                    at,
+                    "must be 64 hex digits (HMAC-SHA-256 of the key under the pepper)",
+                );
+            } else if let Some(first) = key_hashes.insert(previous.key_hash.as_str(), i) {
+                c.push(
+                    at,
+                    format!("same hash as virtual_keys[{first}]: one secret, two keys"),
+                );
+            }
         }
         if let (Some(created), Some(expires)) = (k.created_at, k.expires_at)
             && expires < created

@@ -533,6 +533,27 @@ models:
     }
 
     #[test]
+    fn a_rotated_out_secret_must_be_well_formed_and_unique() {
+        let previous = |hash: &str| {
+            good().replacen(
+                "virtual_keys:\n",
+                &format!(
+                    "virtual_keys:\n  - {{ id: k0, tenant_id: t1, key_hash: \"{}\", \
+                     previous_secret: {{ key_hash: \"{hash}\", \
+                     expires_at: \"2030-01-01T00:00:00Z\" }} }}\n",
+                    "2".repeat(64)
+                ),
+                1,
+            )
+        };
+        assert!(problems(&previous(&"3".repeat(64))).is_empty());
+        for (hash, why) in [(HASH_A, "same hash as"), ("xyz", "must be 64 hex digits")] {
+            let found = problems(&previous(hash));
+            assert!(found.iter().any(|p| p.contains(why)), "{hash}: {found:#?}");
+        }
+    }
+
+    #[test]
     fn one_budget_is_checked_at_its_own_paths() {
         let budget =
             |max_usd: f64, soft_usd: Option<f64>, tz: Option<&str>| crate::snapshot::Budget {

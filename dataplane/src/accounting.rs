@@ -36,7 +36,9 @@ use http::StatusCode;
 use serde::Deserialize;
 use switchboard_shared::budget::{MAX_CHARGE_NANOS, charge_nanos};
 use switchboard_shared::pricing::{cost, media_cost};
-use switchboard_shared::usage::{AttemptRecord, MediaUsage, Outcome, Usage, UsageRecord};
+use switchboard_shared::usage::{
+    AttemptRecord, CapturedContent, MediaUsage, Outcome, Usage, UsageRecord,
+};
 
 use crate::catalog::DeploymentEntry;
 use crate::context::RequestFacts;

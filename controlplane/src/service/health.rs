@@ -252,8 +252,11 @@ mod tests {
             tags: Vec::new(),
             rpm: None,
             tpm: None,
+            concurrency: None,
             priority: 0,
             price: None,
+            caps: None,
+            transforms: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };

@@ -359,6 +359,8 @@ pub(crate) mod tests {
             supports_reasoning: Some(true),
             supports_system_messages: Some(true),
             supports_parallel_function_calling: Some(true),
+            // Image and audio rates are written only when set (docs/media.md).
+            media: Default::default(),
         };
         assert_eq!(written(&entry), documented(PriceEntryDoc::schema()));
         assert_eq!(

@@ -116,8 +116,9 @@ fn default_usage_queue_capacity() -> usize {
     100_000
 }
 
+/// `usage_publisher::DEFAULT_SPILL_MAX_BYTES` (that module sits above this one).
 fn default_usage_spill_max_bytes() -> u64 {
-    crate::usage_publisher::DEFAULT_SPILL_MAX_BYTES
+    256 * 1024 * 1024
 }
 
 impl ClusterConfig {

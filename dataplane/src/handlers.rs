@@ -256,7 +256,7 @@ async fn serve_caller(
         ticket,
     );
     ledger.traced(trace);
-    let mut response = forward(catalog, &request, ledger).await;
+    let mut response = forward_to_the_end(catalog, request, ledger).await?;
     if let Some(keep) = keep {
         response = keep.keep(response);
     }
@@ -265,6 +265,26 @@ async fn serve_caller(
         .headers_mut()
         .insert(REVISION, catalog.revision_header.clone());
     Ok(response)
+}
+
+/// Forwards the request. A non-streamed answer is generated, and billed by the provider,
+/// whether or not the client waits for it: it is forwarded in a task of its own, so a client
+/// that leaves before it arrives is charged the usage the provider reports rather than the
+/// most it could have cost. A stream stays tied to the client (leaving cancels it upstream,
+/// and it is charged what was relayed).
+async fn forward_to_the_end(
+    catalog: &Arc<Catalog>,
+    request: RequestContext,
+    ledger: Ledger,
+) -> Result<Response, ApiError> {
+    if request.facts.stream {
+        return Ok(forward(catalog, &request, ledger).await);
+    }
+    let catalog = Arc::clone(catalog);
+    let detached = async move { forward(&catalog, &request, ledger).await };
+    tokio::spawn(detached.in_current_span())
+        .await
+        .map_err(|_| ApiError::Internal)
 }
 
 /// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on

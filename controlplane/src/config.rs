@@ -193,6 +193,10 @@ pub struct PricesConfig {
     /// Seconds between syncs (one replica syncs, by advisory lock).
     #[serde(default = "default_prices_interval_seconds")]
     pub interval_seconds: u64,
+    /// Hosts a sync may read from (`url` and the URL of a sync on demand); empty: any. A
+    /// redirect is followed only to the host it came from, whatever this says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for PricesConfig {
@@ -200,6 +204,7 @@ impl Default for PricesConfig {
         Self {
             url: None,
             interval_seconds: default_prices_interval_seconds(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -222,6 +227,22 @@ fn default_request_log_retention_days() -> u64 {
 fn default_content_retention_days() -> u64 {
     7
 }
+/// Why `url` may not be synced from, if it may not: not http(s), or (with `allowed_hosts`
+/// set) a host outside them.
+pub fn check_price_source(url: &str, allowed_hosts: &[String]) -> Option<String> {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return Some("is not a valid URL".into());
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Some("must be an http:// or https:// URL".into());
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    if !allowed_hosts.is_empty() && !allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return Some(format!("host {host} is not in prices.allowed_hosts"));
+    }
+    None
+}
+
 fn default_prices_interval_seconds() -> u64 {
     3600
 }
@@ -986,9 +1007,9 @@ impl Config {
             push("cluster.reconcile_interval_ms", "must be positive".into());
         }
         if let Some(url) = &self.prices.url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+            && let Some(problem) = check_price_source(url, &self.prices.allowed_hosts)
         {
-            push("prices.url", "must be an http:// or https:// URL".into());
+            push("prices.url", problem);
         }
         if self.prices.interval_seconds < 60 {
             push("prices.interval_seconds", "must be at least 60".into());

@@ -1,5 +1,7 @@
 //! The fleet as this replica hears it: the last heartbeat of each data plane, with when it
-//! arrived. A data plane unheard for 3 heartbeat intervals is gone. Admin writes with
+//! arrived. A data plane unheard for 3 heartbeat intervals is gone; one unheard for 30 is
+//! forgotten, by [`Fleet::listen`]'s timer (every 3 intervals), so the map stays bounded
+//! however many data plane ids come and go, whether or not anyone reads it. Admin writes with
 //! `?wait_ms=N` wait here until every live data plane serves their revision.
 //!
 //! A heartbeat counts only with a valid ingest tag ([`authenticate`]): the sender's id and an
@@ -174,13 +176,24 @@ impl Fleet {
         self.changed.send_replace(());
     }
 
+    /// Forgets the data planes unheard for 30 heartbeat intervals. Returns how many are
+    /// still tracked.
+    pub fn prune(&self) -> usize {
+        let forget = self.interval * 30;
+        let Ok(mut seen) = self.seen.lock() else {
+            return 0;
+        };
+        seen.retain(|_, s| s.at.elapsed() <= forget);
+        seen.len()
+    }
+
     /// Live data planes, sorted by id, with their lag behind `current`.
     pub fn live(&self, current: u64) -> Vec<DataPlane> {
         let cutoff = self.interval * 3;
-        let Ok(mut seen) = self.seen.lock() else {
+        self.prune();
+        let Ok(seen) = self.seen.lock() else {
             return Vec::new();
         };
-        seen.retain(|_, s| s.at.elapsed() <= cutoff * 10);
         let mut out: Vec<DataPlane> = seen
             .values()
             .filter(|s| s.at.elapsed() <= cutoff)
@@ -236,13 +249,16 @@ impl Fleet {
         }
     }
 
-    /// Subscribes to every heartbeat and records them until `shutdown`.
+    /// Subscribes to every heartbeat and records them until `shutdown`; prunes the map every
+    /// 3 heartbeat intervals.
     pub async fn listen(
         &self,
         client: async_nats::Client,
         names: &NatsNames,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut prune = tokio::time::interval((self.interval * 3).max(Duration::from_millis(10)));
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             match client.subscribe(names.heartbeat_wildcard()).await {
                 Ok(mut sub) => loop {
@@ -251,6 +267,9 @@ impl Fleet {
                             Some(m) => self.on_message(&m),
                             None => break,
                         },
+                        _ = prune.tick() => {
+                            self.prune();
+                        }
                         _ = shutdown.changed() => return,
                     }
                 },
@@ -261,5 +280,51 @@ impl Fleet {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(id: &str) -> Heartbeat {
+        Heartbeat {
+            dataplane_id: id.into(),
+            hostname: "h".into(),
+            version: "v".into(),
+            revision: 1,
+            content_hash: String::new(),
+            ready: true,
+            started_at: Utc::now(),
+            sent_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_listener_forgets_silent_data_planes_without_being_read() {
+        let fleet = std::sync::Arc::new(Fleet::new(Duration::from_millis(5)));
+        fleet.record(heartbeat("gone-1"));
+        fleet.record(heartbeat("gone-2"));
+        assert_eq!(fleet.seen.lock().unwrap().len(), 2);
+        let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let client = async_nats::connect(url).await.unwrap();
+        let names = NatsNames::new(&format!("fleetprune{}", std::process::id()));
+        let (stop, stopped) = watch::channel(false);
+        let listener = {
+            let fleet = fleet.clone();
+            tokio::spawn(async move { fleet.listen(client, &names, stopped).await })
+        };
+        // 30 intervals of silence are 150 ms; nothing calls `live` meanwhile.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fleet.seen.lock().unwrap().len() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            fleet.seen.lock().unwrap().len(),
+            0,
+            "silent data planes are pruned"
+        );
+        stop.send_replace(true);
+        listener.await.unwrap();
     }
 }

@@ -15,7 +15,10 @@
 //! batch-mates.
 //!
 //! Raw rows live in daily partitions made ahead of time ([`ensure_partitions`]) and dropped
-//! after the retention period ([`drop_expired_partitions`]); the rollups stay.
+//! after the retention period ([`drop_expired_partitions`]); the rollups stay. An event that
+//! started before that retention (a spill file or a stream replayed long after the fact) is
+//! refused and dead-lettered as `expired`: its raw row is gone, so storing it again would add
+//! it to the rollups a second time.
 
 use std::time::Duration;
 
@@ -41,6 +44,9 @@ pub struct IngestSettings {
     /// and kept as dead letters (`crate::fleet::authenticate`). `None` (development only):
     /// every event counts.
     pub keys: Option<switchboard_shared::cluster_trust::IngestKeys>,
+    /// `spend.raw_retention_days` (0: forever): an event that started before it is refused
+    /// and dead-lettered (`expired`), never added to the rollups a second time.
+    pub raw_retention_days: u64,
 }
 
 impl Default for IngestSettings {
@@ -49,6 +55,7 @@ impl Default for IngestSettings {
             batch: 1000,
             max_wait: Duration::from_millis(200),
             keys: None,
+            raw_retention_days: 0,
         }
     }
 }
@@ -154,7 +161,7 @@ pub async fn ingest_one_batch(
             quarantine(pool, &message, &why).await?;
             continue;
         }
-        if let Some(record) = admit(pool, &message).await? {
+        if let Some(record) = admit(pool, &message, settings.raw_retention_days).await? {
             records.push(record);
             delivered.push(message);
         }
@@ -206,12 +213,20 @@ async fn quarantine(pool: &PgPool, message: &jetstream::Message, why: &str) -> a
 
 /// The message's record when it can be booked; otherwise it is dead-lettered and terminated.
 /// Fails only when the dead letter cannot be stored (the message is then redelivered).
-async fn admit(pool: &PgPool, message: &jetstream::Message) -> anyhow::Result<Option<UsageRecord>> {
-    use crate::service::dead_letters::{check_record, store};
+async fn admit(
+    pool: &PgPool,
+    message: &jetstream::Message,
+    raw_retention_days: u64,
+) -> anyhow::Result<Option<UsageRecord>> {
+    use crate::service::dead_letters::{check_record, expired, store};
+    let today = utc_today(Utc::now());
     let (kind, request_id, reason) = match serde_json::from_slice::<UsageRecord>(&message.payload) {
         Ok(record) => match check_record(&record) {
-            None => return Ok(Some(record)),
             Some(reason) => ("out_of_range", Some(record.request_id), reason),
+            None => match expired(&record, today, raw_retention_days) {
+                None => return Ok(Some(record)),
+                Some(reason) => ("expired", Some(record.request_id), reason),
+            },
         },
         Err(e) => ("malformed", None, format!("not a usage record: {e}")),
     };

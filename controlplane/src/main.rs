@@ -255,18 +255,24 @@ async fn run(
         Command::Prices {
             command: PricesCommand::Sync { file, url },
         } => {
+            use controlplane::service::prices;
             controlplane::db::migrate(&pool).await?;
-            let outcome = match (file, url) {
-                (Some(path), _) => {
-                    controlplane::service::prices::sync_from_file(&pool, &path).await?
-                }
+            let (source, result) = match (file, url) {
+                (Some(path), _) => (
+                    path.display().to_string(),
+                    prices::sync_from_file(&pool, &path).await,
+                ),
                 (None, Some(url)) => {
                     let _ = rustls::crypto::ring::default_provider().install_default();
-                    let client = reqwest::Client::new();
-                    controlplane::service::prices::sync_from_url(&pool, &client, &url).await?
+                    let client = prices::http_client()?;
+                    let result = prices::sync_from_url(&pool, &client, &url).await;
+                    (url, result)
                 }
                 (None, None) => anyhow::bail!("prices sync needs --file or --url"),
             };
+            let system = controlplane::service::Actor::system();
+            prices::audit_sync(&pool, &system, &source, result.as_ref()).await;
+            let outcome = result?;
             tracing::info!(
                 version = outcome.version_id,
                 new = outcome.new_version,

@@ -186,6 +186,7 @@ fn spawn_jobs(
             names.clone(),
             crate::ingest::IngestSettings {
                 keys: settings.trust.ingest_keys.clone(),
+                raw_retention_days: spend.raw_retention_days,
                 ..Default::default()
             },
             stopped(stop.clone()),
@@ -202,8 +203,7 @@ fn spawn_jobs(
         ));
     }
     if let Some(url) = &settings.prices.url {
-        let client = reqwest::Client::builder()
-            .build()
+        let client = crate::service::prices::http_client()
             .map_err(|e| anyhow::anyhow!("prices.url client: {e}"))?;
         tasks.spawn(crate::service::prices::run_scheduled(
             pool.clone(),

@@ -129,3 +129,53 @@ async fn daily_token_rollups_saturate_instead_of_failing_the_batch(pool: PgPool)
         .unwrap();
     assert_eq!(rolled, i64::MAX);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_event_older_than_raw_retention_is_refused_not_booked_again(pool: PgPool) {
+    // `spend.raw_retention_days` is 90 by default: a spill file replayed 100 days late.
+    let cp = start(pool.clone()).await;
+    let names = NatsNames::new(&cp.namespace);
+    let js = async_nats::jetstream::new(async_nats::connect(common::nats_url()).await.unwrap());
+    controlplane::ingest::ensure_usage_stream(&js, &names)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let old = usage_record("too-old", "t1", "k1", now - chrono::Days::new(100), 0.01);
+    let fresh = usage_record("fresh", "t1", "k1", now, 0.01);
+    for r in [old, fresh] {
+        let payload = serde_json::to_vec(&r).unwrap();
+        js.publish(names.usage_subject.clone(), payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = (Vec::new(), Vec::new());
+    while Instant::now() < deadline {
+        let booked: Vec<String> = sqlx::query_scalar("SELECT request_id FROM spend_events")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let refused: Vec<(Option<String>, String)> =
+            sqlx::query_as("SELECT request_id, reason FROM ingest_dead_letters")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        seen = (booked, refused);
+        if !seen.0.is_empty() && !seen.1.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (booked, refused) = seen;
+    assert_eq!(booked, ["fresh"]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0.as_deref(), Some("too-old"));
+    assert!(refused[0].1.contains("retention"), "{}", refused[0].1);
+    let daily: i64 = sqlx::query_scalar("SELECT count(*) FROM spend_daily")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(daily, 1, "only the fresh event reaches the rollups");
+}

@@ -1,6 +1,7 @@
 //! Price sync against real Postgres: LiteLLM's real price file from disk and over HTTP,
-//! versions only on change, overrides winning, bad files refused without a trace, and one
-//! replica at a time for scheduled syncs.
+//! versions only on change, overrides winning, bad files refused without a trace, one
+//! replica at a time for scheduled syncs, and a hostile source (an endless body, a redirect
+//! to another host) refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
@@ -228,4 +229,100 @@ async fn snapshots_carry_the_effective_price_of_unpriced_deployments(pool: PgPoo
         "a deployment's own price wins"
     );
     after.validate().unwrap();
+}
+
+/// A source that answers every request with an endless chunked body.
+async fn endless_source() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+                // Stops when the client hangs up (or after 1 GiB, whichever comes first).
+                for _ in 0..16_384 {
+                    if socket.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}/prices.json")
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_endless_body_is_refused_at_the_size_cap(pool: PgPool) {
+    let _ = client();
+    let url = endless_source().await;
+    let err = prices::sync_from_url(&pool, &prices::http_client().unwrap(), &url)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, prices::SyncError::Fetch { .. }), "{err}");
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert_eq!(versions(&pool).await, 0);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn redirects_are_followed_only_to_the_same_host(pool: PgPool) {
+    let _ = client();
+    let file = std::fs::read(price_file()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let redirect = |to: String| {
+        move || {
+            let to = to.clone();
+            async move { (StatusCode::FOUND, [("location", to)]) }
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/prices.json",
+            axum::routing::get(move || {
+                let file = file.clone();
+                async move { file }
+            }),
+        )
+        .route("/same", axum::routing::get(redirect("/prices.json".into())))
+        .route(
+            "/away",
+            axum::routing::get(redirect(format!("http://localhost:{port}/prices.json"))),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = prices::http_client().unwrap();
+
+    // Another host (the same machine by another name): refused, nothing stored.
+    let err = prices::sync_from_url(&pool, &client, &format!("http://127.0.0.1:{port}/away"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, prices::SyncError::Fetch { .. }), "{err}");
+    assert_eq!(versions(&pool).await, 0);
+    // The same host: followed.
+    let done = prices::sync_from_url(&pool, &client, &format!("http://127.0.0.1:{port}/same"))
+        .await
+        .unwrap();
+    assert!(done.new_version);
+}
+
+#[test]
+fn only_allowed_hosts_are_synced_from() {
+    let allowed = vec!["raw.example.com".to_owned()];
+    assert_eq!(
+        prices::check_source("https://RAW.example.com/p.json", &allowed),
+        None
+    );
+    assert_eq!(
+        prices::check_source("https://any.example.org/p.json", &[]),
+        None
+    );
+    let refused = prices::check_source("http://169.254.169.254/latest", &allowed).unwrap();
+    assert!(refused.contains("allowed_hosts"), "{refused}");
+    assert!(prices::check_source("file:///etc/passwd", &[]).is_some());
 }

@@ -912,6 +912,20 @@ async fn a_sync_on_demand_stores_publishes_and_never_echoes_the_file(pool: PgPoo
         assert_eq!(r.status, status, "{body}: {}", r.body);
         assert_eq!(r.body["errors"][0]["path"], path, "{body}: {}", r.body);
     }
+    // The three syncs that reached their source are audited as failed, without the file.
+    let failed: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM audit_log WHERE action = 'sync_failed' RETURNING after::text",
+    )
+    .fetch_all(cp.pool())
+    .await
+    .unwrap();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|a| !a.contains("leaky") && !a.contains("pw")),
+        "{failed:?}"
+    );
     assert_eq!(
         fingerprint(&cp).await,
         after_good,
@@ -943,5 +957,54 @@ async fn a_sync_on_demand_stores_publishes_and_never_echoes_the_file(pool: PgPoo
             (r.body["version_id"].as_i64().unwrap(), true),
             (version, false)
         ]
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn syncs_on_demand_obey_allowed_hosts_and_are_audited(pool: PgPool) {
+    let mut settings = common::settings(&common::unique_namespace());
+    settings.prices.allowed_hosts = vec!["127.0.0.1".into()];
+    let cp = common::start_with(pool, settings).await;
+    let root = cp
+        .admin("root@example.com", Role::PlatformAdmin, None)
+        .await;
+    let good = format!(
+        "{}/prices.json",
+        serve(SMALL_FILE.as_bytes().to_vec()).await
+    );
+    let outside = good.replace("127.0.0.1", "localhost");
+
+    let r = cp
+        .post("/admin/v1/prices/sync", &root, json!({"url": outside}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.body.to_string().contains("allowed_hosts"), "{}", r.body);
+    let r = cp
+        .post("/admin/v1/prices/sync", &root, json!({"url": good}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let bad = format!("{}/prices.json", serve(b"not json".to_vec()).await);
+    let r = cp
+        .post("/admin/v1/prices/sync", &root, json!({"url": bad}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+
+    let audited: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT action, actor, after FROM audit_log WHERE object_type = 'price_version' ORDER BY id",
+    )
+    .fetch_all(cp.pool())
+    .await
+    .unwrap();
+    let actions: Vec<&str> = audited.iter().map(|(a, _, _)| a.as_str()).collect();
+    assert_eq!(actions, ["sync", "sync_failed"], "{audited:?}");
+    assert!(
+        audited
+            .iter()
+            .all(|(_, actor, _)| actor == "root@example.com")
+    );
+    assert_eq!(audited[0].2["entries"], 4, "{audited:?}");
+    assert!(
+        !audited[1].2.to_string().contains("not json"),
+        "no file content"
     );
 }

@@ -22,11 +22,13 @@
 //!   one token per event relayed — OpenAI and Anthropic stream about one token per event, so
 //!   this errs a few tokens high — or, when more, the relayed text's estimate at four bytes a
 //!   token (Gemini and Bedrock send many tokens an event);
-//! - a non-streamed answer that may have been generated but whose usage is unknown (the client
-//!   went away while waiting, or a provider that reports none) → the most it could have cost:
-//!   the prompt estimate plus the completion allowance (`max_tokens`, else the model's output
-//!   limit) — the upstream finishes and bills a non-streamed answer whether or not anyone
-//!   reads it;
+//! - a non-streamed answer that may have been generated but whose usage is unknown (a provider
+//!   that reports none, or a ledger dropped before the answer arrived) → the most it could have
+//!   cost: the prompt estimate plus the completion allowance (`max_tokens`, bounded by the
+//!   model's output limit) — the upstream finishes and bills a non-streamed answer whether or
+//!   not anyone reads it. A client that leaves while waiting does not drop the ledger: the
+//!   handler forwards a non-streamed request in a task of its own, so it is charged the usage
+//!   the provider reports;
 //! - an upstream error without usage, or a request that never reached a deployment → nothing.
 
 use std::sync::{Arc, Mutex};

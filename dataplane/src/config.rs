@@ -74,6 +74,10 @@ pub struct ClusterConfig {
     /// are published from it once NATS is back (also after a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_spill_path: Option<std::path::PathBuf>,
+    /// Largest size of the spill file in bytes; past it its oldest records are dropped
+    /// (counted as `switchboard_usage_records_total{result="evicted"}`).
+    #[serde(default = "default_usage_spill_max_bytes")]
+    pub usage_spill_max_bytes: u64,
     /// The control plane's snapshot public key(s), base64, comma-separated: a snapshot (from
     /// NATS, gRPC or the cache file) is installed only if signed by one of them. Several while
     /// a signing key is rotated (`docs/security.md`). Required unless
@@ -121,6 +125,11 @@ fn default_usage_queue_capacity() -> usize {
     100_000
 }
 
+/// `usage_publisher::DEFAULT_SPILL_MAX_BYTES` (that module sits above this one).
+fn default_usage_spill_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
 impl ClusterConfig {
     /// A cluster section with only the two URLs set and everything else at its default.
     pub fn with_urls(controlplane_grpc: Option<String>, nats_url: Option<String>) -> Self {
@@ -133,6 +142,7 @@ impl ClusterConfig {
             snapshot_cache: None,
             usage_queue_capacity: default_usage_queue_capacity(),
             usage_spill_path: None,
+            usage_spill_max_bytes: default_usage_spill_max_bytes(),
             snapshot_public_keys: String::new(),
             allow_unsigned_snapshots: false,
             controlplane_grpc_token: None,

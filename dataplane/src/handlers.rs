@@ -286,7 +286,8 @@ async fn serve_caller(
     ledger.traced(trace);
     ledger.capture(&request.view.body);
     ledger.report_to_cache(cache.as_mut().and_then(crate::cache::Plan::settled));
-    let mut response = crate::cache::fill(cache, forward(catalog, &request, ledger).await);
+    let answer = forward_to_the_end(catalog, request, ledger).await?;
+    let mut response = crate::cache::fill(cache, answer);
     if let Some(keep) = keep {
         response = keep.keep(response);
     }
@@ -361,6 +362,26 @@ async fn consult_cache(
     let ids = (std::mem::take(&mut ids.0), ids.1.take());
     crate::accounting::record_cache_hit(&state.books, key, ids, hit);
     ControlFlow::Break(response)
+}
+
+/// Forwards the request. A non-streamed answer is generated, and billed by the provider,
+/// whether or not the client waits for it: it is forwarded in a task of its own, so a client
+/// that leaves before it arrives is charged the usage the provider reports rather than the
+/// most it could have cost. A stream stays tied to the client (leaving cancels it upstream,
+/// and it is charged what was relayed).
+async fn forward_to_the_end(
+    catalog: &Arc<Catalog>,
+    request: RequestContext,
+    ledger: Ledger,
+) -> Result<Response, ApiError> {
+    if request.facts.stream {
+        return Ok(forward(catalog, &request, ledger).await);
+    }
+    let catalog = Arc::clone(catalog);
+    let detached = async move { forward(&catalog, &request, ledger).await };
+    tokio::spawn(detached.in_current_span())
+        .await
+        .map_err(|_| ApiError::Internal)
 }
 
 /// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on

@@ -37,13 +37,17 @@ pub const INFLIGHT_REQUESTS: &str = "switchboard_inflight_requests";
 /// Budget checks done without Redis (degraded), counted whatever the policy did.
 pub const BUDGET_DEGRADED_TOTAL: &str = "switchboard_budget_degraded_total";
 /// Usage records by fate: `published` (stored by JetStream), `spilled` (to the spill file),
-/// `dropped` (lost: queue full with no spill file). Only in cluster mode.
+/// `dropped` (lost: queue full with no spill file, or the file cannot be written), `evicted`
+/// (lost: the oldest records of a full spill file). Only in cluster mode.
 pub const USAGE_RECORDS_TOTAL: &str = "switchboard_usage_records_total";
 /// Time spent choosing the order of deployments (the strategy itself, not the attempts).
 pub const ROUTING_DECISION_SECONDS: &str = "switchboard_routing_decision_seconds";
 /// 1 while the shared Redis answers, 0 while limits run degraded.
 pub const REDIS_UP: &str = "switchboard_redis_up";
 pub const LIMITS_DEGRADED_TOTAL: &str = "switchboard_limits_degraded_total";
+/// Token-limit corrections not sent to Redis because the settlement queue was full (the
+/// estimate then stands for the rest of the window).
+pub const SETTLEMENTS_DROPPED_TOTAL: &str = "switchboard_limits_settlements_dropped_total";
 /// Upstream answers cut off for passing a size cap, by `part`: `body` (a complete answer or
 /// error body) or `event` (one event of an event stream).
 pub const UPSTREAM_OVERSIZE_TOTAL: &str = "switchboard_upstream_oversize_total";
@@ -507,6 +511,18 @@ pub fn count_usage_published() {
 /// Counts usage records written to the spill file.
 pub fn count_usage_spilled(n: usize) {
     counter!(USAGE_RECORDS_TOTAL, "result" => "spilled").increment(n as u64);
+}
+
+/// Counts a token-limit correction dropped for a full settlement queue.
+pub fn count_settlement_dropped() {
+    static C: OnceLock<Counter> = OnceLock::new();
+    C.get_or_init(|| counter!(SETTLEMENTS_DROPPED_TOTAL))
+        .increment(1);
+}
+
+/// Counts the oldest records dropped from a full spill file.
+pub fn count_usage_evicted(n: u64) {
+    counter!(USAGE_RECORDS_TOTAL, "result" => "evicted").increment(n);
 }
 
 /// Counts usage records lost.

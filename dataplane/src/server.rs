@@ -339,6 +339,7 @@ async fn start_usage_publisher(
             subject: names.usage_subject,
             capacity: cluster.usage_queue_capacity,
             spill_path: cluster.usage_spill_path.clone(),
+            spill_max_bytes: cluster.usage_spill_max_bytes,
             tag: cluster
                 .ingest_keys()?
                 .map(|keys| (cluster.dataplane_id.clone().unwrap_or_default(), keys)),

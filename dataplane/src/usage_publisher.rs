@@ -10,9 +10,12 @@
 //! While NATS or the stream is unreachable the task keeps what failed and retries with
 //! backoff. Records that do not fit in memory — the queue is full, or the backlog outgrows
 //! the queue's capacity — go to the spill file when one is configured (JSON lines, appended
-//! by the task, never by a request) and are replayed once publishing works again; without a
-//! spill file they are counted in `switchboard_usage_dropped_total` and logged. At shutdown
+//! by the task, never by a request; capped in size, see [`spill`]) and are replayed once
+//! publishing works again; without a spill file they are counted in
+//! `switchboard_usage_records_total{result="dropped"}` and logged. At shutdown
 //! [`NatsUsageSink::close`] flushes what it can within a deadline and spills the rest.
+
+mod spill;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -22,7 +25,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage};
 use crossbeam_queue::ArrayQueue;
 use switchboard_shared::usage::UsageRecord;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
 
 use crate::accounting::UsageSink;
@@ -35,6 +37,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest one publish round may take before it counts as failed.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Default [`PublisherSettings::spill_max_bytes`] (`cluster.usage_spill_max_bytes`): about
+/// half a million records.
+pub const DEFAULT_SPILL_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Settings of the usage publisher.
 #[derive(Debug, Clone)]
 pub struct PublisherSettings {
@@ -44,10 +50,24 @@ pub struct PublisherSettings {
     pub capacity: usize,
     /// Where records that don't fit in memory go until NATS takes them.
     pub spill_path: Option<PathBuf>,
+    /// Largest size of the spill file; past it the oldest records in it are dropped (counted).
+    pub spill_max_bytes: u64,
     /// This data plane's id and ingest key: each event carries the id and its HMAC in NATS
     /// headers, so the control plane can tell it from a forged one (`shared::cluster_trust`).
     /// `None`: untagged (development only).
     pub tag: Option<(String, switchboard_shared::cluster_trust::IngestKeys)>,
+}
+
+impl Default for PublisherSettings {
+    fn default() -> Self {
+        Self {
+            subject: String::new(),
+            capacity: 100_000,
+            spill_path: None,
+            spill_max_bytes: DEFAULT_SPILL_MAX_BYTES,
+            tag: None,
+        }
+    }
 }
 
 /// A [`UsageSink`] that publishes to JetStream from a background task.
@@ -78,6 +98,10 @@ impl NatsUsageSink {
             wake: Arc::clone(&wake),
             backlog: VecDeque::new(),
             capacity,
+            spill: settings
+                .spill_path
+                .clone()
+                .map(|path| spill::Spill::new(path, settings.spill_max_bytes)),
             settings,
         };
         tokio::spawn(async move {
@@ -128,19 +152,19 @@ impl UsageSink for NatsUsageSink {
     }
 }
 
-/// A record in the backlog, and whether it was spilled before (read back from the spill
-/// file): `switchboard_usage_records_total{result="spilled"}` counts each record once, however
-/// often a replay puts it back in the file.
+/// A record in the backlog, and where it came from: `replay` is its offset in the spill file
+/// being replayed (it is still there, so it is never spilled again:
+/// `switchboard_usage_records_total{result="spilled"}` counts each record once).
 struct Held {
     record: UsageRecord,
-    spilled: bool,
+    replay: Option<u64>,
 }
 
 impl Held {
     fn fresh(record: UsageRecord) -> Self {
         Self {
             record,
-            spilled: false,
+            replay: None,
         }
     }
 }
@@ -154,6 +178,7 @@ struct Publisher {
     /// Records taken from the queue but not yet acknowledged by the stream.
     backlog: VecDeque<Held>,
     capacity: usize,
+    spill: Option<spill::Spill>,
     settings: PublisherSettings,
 }
 
@@ -167,7 +192,7 @@ impl Publisher {
             self.drain_queues().await;
             let connected = self.jetstream.client().connection_state()
                 == async_nats::connection::State::Connected;
-            if connected && healthy && self.backlog.is_empty() {
+            if connected && healthy && self.backlog.len() <= self.capacity / 2 {
                 self.replay_spill().await;
             }
             if connected && !self.backlog.is_empty() && tokio::time::Instant::now() >= next_attempt
@@ -198,6 +223,7 @@ impl Publisher {
                 healthy = false;
             }
             if !healthy {
+                self.pause_replay();
                 self.spill_excess().await;
             }
             let wait = if self.backlog.is_empty() {
@@ -308,34 +334,30 @@ impl Publisher {
         self.spill(excess).await;
     }
 
+    /// Appends fresh records to the spill file (none come from it: see [`Held`]), or drops
+    /// them without one. Counts what was spilled, dropped and evicted.
     async fn spill(&self, records: Vec<Held>) {
-        let Some(path) = &self.settings.spill_path else {
+        let Some(spill) = &self.spill else {
             for Held { record: r, .. } in &records {
                 metrics::count_usage_dropped();
                 tracing::error!(request_id = %r.request_id, "usage backlog full: record dropped");
             }
             return;
         };
-        let mut text = Vec::with_capacity(records.len() * 512);
-        for Held { record, .. } in &records {
-            if serde_json::to_writer(&mut text, record).is_ok() {
-                text.push(b'\n');
+        let fresh: Vec<&UsageRecord> = records.iter().map(|h| &h.record).collect();
+        match spill.append(&fresh).await {
+            Ok(done) => {
+                metrics::count_usage_spilled(done.written as usize);
+                if done.evicted > 0 {
+                    metrics::count_usage_evicted(done.evicted);
+                    tracing::error!(
+                        evicted = done.evicted,
+                        "usage spill file full (cluster.usage_spill_max_bytes): oldest records dropped"
+                    );
+                }
             }
-        }
-        let written = async {
-            let mut f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await?;
-            f.write_all(&text).await?;
-            f.sync_data().await
-        }
-        .await;
-        match written {
-            Ok(()) => metrics::count_usage_spilled(records.iter().filter(|h| !h.spilled).count()),
             Err(e) => {
-                for Held { record: r, .. } in &records {
+                for r in fresh {
                     metrics::count_usage_dropped();
                     tracing::error!(request_id = %r.request_id, error = %e, "usage spill failed: record dropped");
                 }
@@ -343,41 +365,42 @@ impl Publisher {
         }
     }
 
-    /// Moves spilled records back into the backlog (all of them: the file is only written
-    /// while the backlog is large, and read once it has drained), then removes the file.
+    /// Feeds the next slice of the spill file into the backlog, as far as the backlog has
+    /// room; removes the file once all of it has been acknowledged.
     async fn replay_spill(&mut self) {
-        let Some(path) = self.settings.spill_path.clone() else {
+        let pending = self.backlog.iter().any(|h| h.replay.is_some());
+        let room = self.capacity.saturating_sub(self.backlog.len());
+        let Some(spill) = &mut self.spill else {
             return;
         };
-        let Ok(file) = tokio::fs::File::open(&path).await else {
-            return;
-        };
-        let mut lines = tokio::io::BufReader::new(file).lines();
-        let mut restored = 0usize;
-        let mut overflow = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let held = |record| Held {
-                record,
-                spilled: true,
-            };
-            match serde_json::from_str::<UsageRecord>(&line) {
-                Ok(r) if self.backlog.len() < self.capacity => {
-                    self.backlog.push_back(held(r));
-                    restored += 1;
+        spill.finish_replay(pending).await;
+        match spill.next_slice(room).await {
+            Ok(slice) => {
+                if slice.is_empty() {
+                    // The end of the file may have been found only now.
+                    spill.finish_replay(pending).await;
+                } else {
+                    tracing::debug!(records = slice.len(), "replaying spilled usage records");
                 }
-                Ok(r) => overflow.push(held(r)),
-                // A torn last line from a crash mid-write: nothing to recover from it.
-                Err(_) => tracing::warn!("skipping an unreadable line in the usage spill file"),
+                self.backlog
+                    .extend(slice.into_iter().map(|(record, at)| Held {
+                        record,
+                        replay: Some(at),
+                    }));
             }
+            Err(e) => tracing::error!(error = %e, "cannot read the usage spill file"),
         }
-        if let Err(e) = tokio::fs::remove_file(&path).await {
-            tracing::error!(error = %e, "cannot remove the usage spill file; records may be sent twice");
-        }
-        if !overflow.is_empty() {
-            self.spill(overflow).await;
-        }
-        if restored > 0 {
-            tracing::info!(restored, "replaying spilled usage records");
+    }
+
+    /// Publishing failed: the records read from the spill file leave the backlog (they are
+    /// still in the file) and the replay will resume at the first of them.
+    fn pause_replay(&mut self) {
+        let Some(spill) = &mut self.spill else {
+            return;
+        };
+        if let Some(first) = self.backlog.iter().filter_map(|h| h.replay).min() {
+            spill.rewind(first);
+            self.backlog.retain(|h| h.replay.is_none());
         }
     }
 
@@ -394,6 +417,7 @@ impl Publisher {
                 tokio::time::sleep(MIN_BACKOFF).await;
             }
         }
+        self.pause_replay();
         let left: Vec<_> = self.backlog.drain(..).collect();
         if !left.is_empty() {
             tracing::warn!(records = left.len(), "usage not published before shutdown");

@@ -250,6 +250,7 @@ async fn usage_from_data_planes_becomes_one_spend_row_per_request(pool: PgPool) 
             capacity: 1000,
             spill_path: None,
             tag: common::cluster::usage_tag("dp-e2e"),
+            ..Default::default()
         },
     );
     const N: usize = 40;

@@ -3,7 +3,8 @@
 //! `stream_as_json`, `event_text`) against the gateway. Size caps give a clear 502 in the
 //! client's shape and a metric; CRLF and CR streams are relayed event by event; absurd
 //! rate-limit headers are no panic; usage the client did not ask for never reaches it; a JSON
-//! answer to a stream is refused; a cut Gemini stream is charged by its text.
+//! answer to a stream is refused; a cut Gemini stream is charged by its text; a client that
+//! leaves before a non-streamed answer is charged the usage the provider reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
@@ -372,4 +373,39 @@ async fn the_mock_provider_embeds_each_input() {
         (0.into(), 1.into())
     );
     assert_ne!(data[0]["embedding"], data[1]["embedding"]);
+}
+
+#[tokio::test]
+async fn a_client_leaving_before_a_non_streamed_answer_is_charged_its_real_usage() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&one_deployment(
+        &mock.scenario_url("latency_ms=600"),
+        "",
+        "",
+    ))
+    .await;
+    let auth = format!("Bearer {KEY}");
+    let sent = client().request(request(
+        http::Method::POST,
+        &gw.url(CHAT),
+        &[("authorization", auth.as_str())],
+        ASK,
+    ));
+    // The client gives up while the upstream is still working on the answer.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(150), sent)
+            .await
+            .is_err()
+    );
+    let records = gw.usage_records(1).await;
+    let r = &records[0];
+    assert!(r.usage_reported, "charged an estimate: {r:?}");
+    assert_eq!(
+        (r.usage.prompt_tokens, r.usage.completion_tokens),
+        (
+            switchboard_tests::mock::PROMPT_TOKENS,
+            switchboard_tests::mock::COMPLETION_TOKENS
+        ),
+        "charged what the provider reported, not prompt + max_tokens"
+    );
 }

@@ -108,6 +108,7 @@ async fn a_passthrough_is_a_priced_spend_row_and_is_refused_at_the_budget(pool: 
             capacity: 100,
             spill_path: None,
             tag: common::cluster::usage_tag("dp-passthrough"),
+            ..Default::default()
         },
     );
     dataplane::accounting::UsageSink::emit(sink.as_ref(), records[0].clone());

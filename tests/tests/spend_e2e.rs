@@ -726,3 +726,52 @@ async fn an_exhausted_budget_holds_when_redis_restarts_empty(pool: PgPool) {
     }
     cluster.drop_usage_stream().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn one_client_request_id_five_times_is_five_spend_rows(pool: PgPool) {
+    let cluster = Cluster::start(pool.clone(), &nats_url()).await;
+    let mut gateway_ids = BTreeSet::new();
+    for i in 0..5 {
+        let reply = send(request(
+            Method::POST,
+            &format!("{}/v1/chat/completions", cluster.planes[i % 2].base),
+            &[
+                ("authorization", &format!("Bearer {}", cluster.secret)),
+                ("content-type", "application/json"),
+                ("x-request-id", "the-same-every-time"),
+            ],
+            json!({"model": "m-4o", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+        ))
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.headers["x-request-id"], "the-same-every-time");
+        let id = reply.headers["x-switchboard-request-id"].to_str().unwrap();
+        gateway_ids.insert(id.to_owned());
+    }
+    assert_eq!(gateway_ids.len(), 5);
+    let rows = cluster.spend_rows(5, Duration::from_secs(30)).await;
+    let row_ids: BTreeSet<String> = rows.keys().cloned().collect();
+    assert_eq!(
+        row_ids, gateway_ids,
+        "one spend row per request, under the gateway's id"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logged = loop {
+        let logged: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT request_id, client_request_id FROM request_log")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        if logged.len() >= 5 || Instant::now() > deadline {
+            break logged;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(logged.len(), 5, "{logged:?}");
+    for (id, client_id) in &logged {
+        assert!(gateway_ids.contains(id), "{id}");
+        assert_eq!(client_id.as_deref(), Some("the-same-every-time"));
+    }
+    cluster.drop_usage_stream().await;
+}

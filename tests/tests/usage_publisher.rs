@@ -103,6 +103,7 @@ fn settings(names: &NatsNames, capacity: usize, spill: Option<&Path>) -> Publish
         tag: None,
         capacity,
         spill_path: spill.map(Path::to_path_buf),
+        ..PublisherSettings::default()
     }
 }
 
@@ -177,21 +178,27 @@ async fn records_emitted_while_nats_is_down_arrive_after_it_returns() {
     sink.close(Duration::from_secs(5)).await;
 }
 
-/// `switchboard_usage_records_total{result="spilled"}` so far in this process.
-fn spilled_so_far() -> u64 {
+/// `switchboard_usage_records_total{result}` so far in this process.
+fn records_so_far(result: &str) -> u64 {
+    let label = format!("result=\"{result}\"");
     dataplane::metrics::install()
         .render()
         .lines()
-        .find(|l| {
-            l.starts_with("switchboard_usage_records_total") && l.contains("result=\"spilled\"")
-        })
+        .find(|l| l.starts_with("switchboard_usage_records_total") && l.contains(&label))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
 
+fn spilled_so_far() -> u64 {
+    records_so_far("spilled")
+}
+
+/// Held by the tests that touch a spill file, so the counters move for one of them at a time.
+static SPILLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn a_backlog_beyond_memory_goes_to_the_spill_file_and_is_replayed() {
-    // The only test of this binary that spills: the counter moves for it alone.
+    let _alone = SPILLING.lock().await;
     let spilled_before = spilled_so_far();
     let mut nats = ThrowawayNats::start().await;
     let names = NatsNames::new(&unique_namespace("sp"));
@@ -244,8 +251,137 @@ async fn a_backlog_beyond_memory_goes_to_the_spill_file_and_is_replayed() {
     assert_eq!(ids.len(), 61);
     sink.close(Duration::from_secs(5)).await;
     assert!(!spill.exists(), "a replayed spill file is removed");
+    assert!(!spill.with_extension("spill.replay").exists());
     // Replaying 60 records into a backlog of 10 put 50 back in the file, again and again: each
     // record is still counted once (the one emitted during the replay may have spilled too).
     let spilled = spilled_so_far() - spilled_before;
     assert!((60..=61).contains(&spilled), "{spilled} counted as spilled");
+}
+
+async fn stream_of(js: &jetstream::Context, names: &NatsNames) -> stream::Stream {
+    loop {
+        if let Ok(s) = js.get_stream(&names.usage_stream).await {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Request ids in the spill file and in the replay in progress.
+fn ids_on_disk(spill: &Path) -> std::collections::BTreeSet<String> {
+    let replay = spill.with_extension("spill.replay");
+    [spill, replay.as_path()]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<UsageRecord>(l).ok())
+                .map(|r| r.request_id)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn write_records(path: &Path, ids: std::ops::Range<usize>) {
+    let mut text = String::new();
+    for i in ids {
+        text.push_str(&serde_json::to_string(&record(i)).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn a_full_spill_file_drops_its_oldest_records_and_counts_them() {
+    let _alone = SPILLING.lock().await;
+    let evicted_before = records_so_far("evicted");
+    let mut nats = ThrowawayNats::start().await;
+    let names = NatsNames::new(&unique_namespace("cap"));
+    let spill_dir = tempfile::tempdir().unwrap();
+    let spill = spill_dir.path().join("usage.spill");
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    create_usage_stream(&js, &names).await;
+    nats.stop().await;
+
+    let line = serde_json::to_string(&record(0)).unwrap().len() as u64 + 1;
+    let max_bytes = 20 * line;
+    let sink = NatsUsageSink::start(
+        js.clone(),
+        PublisherSettings {
+            spill_max_bytes: max_bytes,
+            ..settings(&names, 10, Some(&spill))
+        },
+    );
+    for i in 0..100 {
+        sink.emit(record(i));
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    sink.close(Duration::from_millis(300)).await;
+    let size = std::fs::metadata(&spill).unwrap().len();
+    assert!(
+        size <= max_bytes,
+        "{size} bytes in a file capped at {max_bytes}"
+    );
+    let kept = ids_on_disk(&spill);
+    assert!(!kept.is_empty());
+    assert!(kept.contains("req-000099"), "the newest record is kept");
+    // Records 0..5 stay in memory until shutdown (half the capacity); 5 is the first spilled.
+    assert!(
+        !kept.contains("req-000005"),
+        "the oldest record in the file goes first"
+    );
+    let evicted = records_so_far("evicted") - evicted_before;
+    assert_eq!(
+        evicted + kept.len() as u64,
+        100,
+        "every lost record is counted"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_stopped_half_way_leaves_every_unpublished_record_on_disk() {
+    let _alone = SPILLING.lock().await;
+    let names = NatsNames::new(&unique_namespace("rp"));
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let mut stream = create_usage_stream(&js, &names).await;
+    let spill_dir = tempfile::tempdir().unwrap();
+    let spill = spill_dir.path().join("usage.spill");
+    // A replay a crash interrupted, and records spilled after it.
+    write_records(&spill.with_extension("spill.replay"), 0..1000);
+    write_records(&spill, 1000..2000);
+
+    let sink = NatsUsageSink::start(js.clone(), settings(&names, 10, Some(&spill)));
+    wait_for_count(&mut stream, 30, Duration::from_secs(10)).await;
+    sink.close(Duration::ZERO).await;
+    let (published, _) = stored_ids(&mut stream).await;
+    let on_disk = ids_on_disk(&spill);
+    let all: std::collections::BTreeSet<_> = published.union(&on_disk).cloned().collect();
+    assert_eq!(
+        all.len(),
+        2000,
+        "a record neither published nor on disk is lost"
+    );
+
+    // The next start finishes the replay: every record once in the stream, no file left.
+    let sink = NatsUsageSink::start(js.clone(), settings(&names, 10, Some(&spill)));
+    let mut stream = stream_of(&js, &names).await;
+    assert_eq!(
+        wait_for_count(&mut stream, 2000, Duration::from_secs(60)).await,
+        2000
+    );
+    sink.close(Duration::from_secs(5)).await;
+    let (ids, count) = stored_ids(&mut stream).await;
+    assert_eq!((ids.len(), count), (2000, 2000));
+    assert!(
+        ids_on_disk(&spill).is_empty(),
+        "a replayed spill file is removed"
+    );
+    js.delete_stream(&names.usage_stream).await.unwrap();
 }

@@ -162,7 +162,7 @@ pub async fn sync(
     Body(req): Body<SyncBody>,
 ) -> Result<Json<SyncOutcome>, ApiError> {
     caller.require_platform_admin()?;
-    let configured = state.settings.prices.url.as_deref();
+    let configured = &state.settings.prices;
     Ok(Json(
         prices::sync_now(state.ctx(), &caller, req.url, configured).await?,
     ))

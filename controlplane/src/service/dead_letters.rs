@@ -43,6 +43,25 @@ pub fn check_record(r: &UsageRecord) -> Option<String> {
     None
 }
 
+/// Why a record is refused for its age, if it is: it started on a UTC day whose raw spend
+/// partition retention has dropped (`spend.raw_retention_days`, 0 = kept forever). Stored, it
+/// would land in the default partition and be added to the rollups a second time (a spill
+/// file or a stream replayed long after the fact).
+pub fn expired(
+    r: &UsageRecord,
+    today: chrono::NaiveDate,
+    raw_retention_days: u64,
+) -> Option<String> {
+    if raw_retention_days == 0 {
+        return None;
+    }
+    let cutoff = today.checked_sub_days(chrono::Days::new(raw_retention_days))?;
+    let day = r.started_at.date_naive();
+    (day < cutoff).then(|| {
+        format!("started on {day}, before the raw spend retention ({raw_retention_days} days)")
+    })
+}
+
 /// Stores a dead letter and counts it. `kind` is the metric's low-cardinality reason.
 pub async fn store(
     pool: &sqlx::PgPool,

@@ -172,7 +172,7 @@ pub async fn clear_post(State(s): State<AppState>, form: PostForm) -> Response {
 
 pub async fn sync_post(State(s): State<AppState>, form: PostForm) -> Response {
     let PostForm { session, fields: f } = form;
-    let configured = s.settings.prices.url.as_deref();
+    let configured = &s.settings.prices;
     let result = match session.actor.require_platform_admin() {
         Ok(()) => {
             prices::sync_now(

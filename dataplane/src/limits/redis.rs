@@ -15,7 +15,11 @@
 //! **Settlement off the request path.** The real token count corrects the estimate through the
 //! same script in `settle` mode; [`RedisLimiter::settle`] only queues it, and a background
 //! task sends what has queued up as one pipeline, summed into one correction per set of cells
-//! (under load, most of a batch is the same few subjects).
+//! (under load, most of a batch is the same few subjects). The queue is bounded
+//! ([`SETTLE_QUEUE`]): while Redis is slower than the requests settling, a correction that
+//! finds it full is dropped and counted (`switchboard_limits_settlements_dropped_total`, logged
+//! at most once a minute) — the estimate then stands until the window passes — rather than
+//! growing memory without bound.
 //!
 //! **Keys and Redis Cluster.** Keys look like `<prefix>:rl:{t:<tenant>}:k:<key>:rpm`. A
 //! request's key and tenant are checked by one script call, so they must share a slot: both
@@ -51,6 +55,8 @@ const WINDOW_MICROS: u64 = 60_000_000;
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Most settlements sent in one pipeline.
 const SETTLE_BATCH: usize = 512;
+/// Most settlements waiting for the worker.
+const SETTLE_QUEUE: usize = 65_536;
 
 /// The limiter backed by the shared Redis.
 #[derive(Debug, Clone)]
@@ -64,7 +70,7 @@ struct Inner {
     script: Script,
     /// This process's limiter over the subjects' own counters: the fallback of `open`.
     local: LocalLimiter,
-    settlements: mpsc::UnboundedSender<Settlement>,
+    settlements: mpsc::Sender<Settlement>,
 }
 
 /// One queued token correction: the cells and their limits, and the signed units to add.
@@ -86,7 +92,7 @@ impl RedisLimiter {
     /// A limiter over `redis`. Starts the settlement task and the probe, so it must be called
     /// within a Tokio runtime.
     pub fn new(redis: SharedRedis) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SETTLE_QUEUE);
         let script = admission_script();
         let inner = Arc::new(Inner {
             redis: redis.clone(),
@@ -200,7 +206,7 @@ impl RedisLimiter {
                 })
                 .collect();
             if !cells.is_empty() && delta != 0 {
-                let _ = self.inner.settlements.send(Settlement { cells, delta });
+                enqueue(&self.inner.settlements, Settlement { cells, delta });
             }
         }
     }
@@ -276,8 +282,7 @@ impl RateLimiter for RedisLimiter {
                     .map(|tpm| (cell_key(prefix, tenant, s, Resource::Tokens), tpm))
             })
             .collect();
-        // Fails only when the worker has ended, i.e. the runtime is shutting down.
-        let _ = self.inner.settlements.send(Settlement { cells, delta });
+        enqueue(&self.inner.settlements, Settlement { cells, delta });
     }
 }
 
@@ -516,14 +521,34 @@ fn interpret(reply: &[i64], cells: &[Cell], subjects: &[Subject<'_>]) -> Option<
     }
 }
 
+/// Queues a settlement for the worker without waiting; a full queue drops it, counted. False
+/// when it was not queued.
+fn enqueue(queue: &mpsc::Sender<Settlement>, settlement: Settlement) -> bool {
+    match queue.try_send(settlement) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics::count_settlement_dropped();
+            static LAST_WARNED: std::sync::Mutex<Option<std::time::Instant>> =
+                std::sync::Mutex::new(None);
+            if let Ok(mut last) = LAST_WARNED.lock()
+                && last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "token-limit settlement queue full: corrections dropped (Redis too slow)"
+                );
+            }
+            false
+        }
+        // The worker has ended, i.e. the runtime is shutting down.
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
 /// Sends queued settlements as pipelines until the limiter is dropped. Settlements queued
 /// while Redis is down are dropped: their admissions were made by the local fallback, which
 /// `settle` corrects directly.
-async fn settle_worker(
-    redis: SharedRedis,
-    script: Script,
-    mut queue: mpsc::UnboundedReceiver<Settlement>,
-) {
+async fn settle_worker(redis: SharedRedis, script: Script, mut queue: mpsc::Receiver<Settlement>) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while let Some(first) = queue.recv().await {
         batch.clear();
@@ -664,6 +689,22 @@ async fn probe(limiter: Weak<Inner>) {
 mod tests {
     use super::*;
     use crate::limits::LocalLimitState;
+
+    #[test]
+    fn a_full_settlement_queue_drops_and_counts_instead_of_growing() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let one = || Settlement {
+            cells: vec![("k".into(), 10)],
+            delta: 1,
+        };
+        assert!(enqueue(&tx, one()));
+        assert!(enqueue(&tx, one()));
+        assert!(!enqueue(&tx, one()), "the third waits nowhere");
+        assert!(rx.try_recv().is_ok());
+        assert!(enqueue(&tx, one()), "room again once the worker takes one");
+        drop(rx);
+        assert!(!enqueue(&tx, one()));
+    }
 
     fn subject<'a>(scope: Scope, id: &'a str, state: &'a LocalLimitState) -> Subject<'a> {
         Subject::limited(scope, id, state, Some(10), None)

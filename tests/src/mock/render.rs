@@ -172,9 +172,24 @@ impl Templates {
         self.one(&self.completion, reply, "cmpl-mock-")
     }
 
-    /// An embeddings list with one vector.
-    pub fn embedding(&self, reply: &Reply<'_>) -> Bytes {
-        self.one(&self.embedding, reply, "")
+    /// An embeddings list with `n` vectors (index 0 to n-1), as many as the request's inputs.
+    pub fn embedding(&self, reply: &Reply<'_>, n: usize) -> Bytes {
+        let one = self.one(&self.embedding, reply, "");
+        if n <= 1 {
+            return one;
+        }
+        let Ok(mut list) = serde_json::from_slice::<serde_json::Value>(&one) else {
+            return one;
+        };
+        let first = list["data"][0].clone();
+        list["data"] = (0..n)
+            .map(|i| {
+                let mut item = first.clone();
+                item["index"] = json!(i);
+                item
+            })
+            .collect();
+        serde_json::to_vec(&list).map_or(one, Bytes::from)
     }
 
     fn one(&self, template: &Template, reply: &Reply<'_>, id_prefix: &str) -> Bytes {

@@ -166,6 +166,23 @@ struct Peek<'a> {
     /// A chat request with tools gets the tool-call fixture.
     #[serde(borrow, default)]
     tools: Option<&'a RawValue>,
+    /// An embeddings request's input: one vector per string (or token list) in a list.
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+}
+
+/// How many embeddings `input` asks for, as OpenAI counts them: a list of strings or of token
+/// lists is one per element; a string or one token list is one.
+fn embedding_inputs(input: Option<&RawValue>) -> usize {
+    let Some(items) = input.and_then(|i| serde_json::from_str::<Vec<&RawValue>>(i.get()).ok())
+    else {
+        return 1;
+    };
+    if items.iter().all(|i| i.get().starts_with(['"', '['])) {
+        items.len().max(1)
+    } else {
+        1
+    }
 }
 
 #[derive(Deserialize)]
@@ -466,7 +483,7 @@ fn render_output(
             Output::Stream(templates.completion_stream(&reply, chunks, include_usage))
         }
         (Route::Embeddings | Route::Models | Route::Responses, _) => {
-            Output::Json(templates.embedding(&reply))
+            Output::Json(templates.embedding(&reply, embedding_inputs(peek.input)))
         }
     })
 }

@@ -237,6 +237,32 @@ async fn legacy_completions_embeddings_models_and_stats() {
         EMBEDDING_DIMENSIONS
     );
     assert_eq!(doc["usage"]["prompt_tokens"], EMBEDDING_PROMPT_TOKENS);
+    assert_eq!(doc["data"].as_array().unwrap().len(), 1);
+
+    // A list of inputs gets one embedding each, indexed in order, as OpenAI answers.
+    for (input, n) in [
+        (json!(["hello", "world"]), 2),
+        (json!([[1, 2], [3], [4]]), 3),
+        (json!([1, 2, 3]), 1),
+    ] {
+        let doc = call(
+            addr,
+            "POST",
+            "/v1/embeddings",
+            json!({"model": "emb", "input": input}),
+        )
+        .await
+        .json();
+        let data = doc["data"].as_array().unwrap();
+        assert_eq!(data.len(), n, "{input}");
+        for (i, item) in data.iter().enumerate() {
+            assert_eq!(item["index"], i, "{input}");
+            assert_eq!(
+                item["embedding"].as_array().unwrap().len(),
+                EMBEDDING_DIMENSIONS
+            );
+        }
+    }
 
     let doc = call(addr, "GET", "/s/latency_ms=1/v1/models", Value::Null)
         .await

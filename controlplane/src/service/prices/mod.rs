@@ -23,6 +23,13 @@
 //! Scheduled syncs run on every control-plane replica's timer but only one replica does the
 //! work: each run takes a Postgres advisory lock ([`SYNC_LOCK`], [`crate::db::with_try_lock`])
 //! and skips when another replica holds it.
+//!
+//! The source is untrusted input: the body is read in chunks and refused past
+//! [`MAX_FILE_BYTES`] whatever its `content-length` says; redirects are followed only to the
+//! same host ([`http_client`]); `prices.allowed_hosts`, when set, names the only hosts a sync
+//! may read from ([`check_source`]), scheduled or on demand. Every sync, done or failed, is
+//! audited (`action` `sync` or `sync_failed`, object `price_version`, actor `system` for the
+//! schedule and the CLI) without the file's content or the URL's credentials.
 
 pub mod overrides;
 
@@ -98,7 +105,7 @@ pub async fn sync_from_url(
         source_name: source_name.clone(),
         message,
     };
-    let response = client
+    let mut response = client
         .get(url)
         .timeout(Duration::from_secs(60))
         .send()
@@ -113,11 +120,91 @@ pub async fn sync_from_url(
     {
         return Err(fetch_error(format!("larger than {MAX_FILE_BYTES} bytes")));
     }
-    let bytes = response
-        .bytes()
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|e| fetch_error(e.without_url().to_string()))?;
+        .map_err(|e| fetch_error(e.without_url().to_string()))?
+    {
+        if bytes.len() + chunk.len() > MAX_FILE_BYTES {
+            return Err(fetch_error(format!("larger than {MAX_FILE_BYTES} bytes")));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     store(pool, &source_name, &bytes).await
+}
+
+/// Most redirects a sync follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// The HTTP client of price syncs: follows at most [`MAX_REDIRECTS`] redirects, and only to
+/// the host it started from (never from `https` to `http`), so a source cannot send the
+/// control plane to another host.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let to = attempt.url();
+        let same_host = attempt.previous().first().is_some_and(|from| {
+            from.host_str() == to.host_str() && !(from.scheme() == "https" && to.scheme() == "http")
+        });
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else if same_host {
+            attempt.follow()
+        } else {
+            attempt.error("a redirect to another host was refused")
+        }
+    });
+    reqwest::Client::builder().redirect(policy).build()
+}
+
+pub use crate::config::check_price_source as check_source;
+
+/// Appends the audit row of one sync (`actor`: who asked; the schedule and the CLI are
+/// `system`). Never holds the file's content nor the URL's credentials. A failure to audit
+/// is logged, not raised: the sync itself is done.
+pub async fn audit_sync(
+    pool: &PgPool,
+    actor: &Actor,
+    source: &str,
+    result: Result<&SyncOutcome, &SyncError>,
+) {
+    let revision = repo::revision::current(pool).await.unwrap_or(0);
+    let source = if source.contains("://") {
+        redact_url(source)
+    } else {
+        source.to_owned()
+    };
+    let (action, object_id, after) = match result {
+        Ok(o) => (
+            "sync",
+            o.version_id.to_string(),
+            serde_json::json!({"source": source, "version_id": o.version_id,
+                "new_version": o.new_version, "entries": o.entries}),
+        ),
+        Err(e) => {
+            let error = match e {
+                SyncError::Fetch { .. } => "the source could not be read",
+                SyncError::Invalid { .. } => "not a valid price file",
+                SyncError::Db(_) => "database error",
+            };
+            let after = serde_json::json!({"source": source, "error": error});
+            ("sync_failed", String::new(), after)
+        }
+    };
+    let entry = repo::audit::NewEntry {
+        actor_id: actor.id,
+        actor: &actor.email,
+        action,
+        object_type: "price_version",
+        object_id: &object_id,
+        tenant_id: None,
+        revision: i64::try_from(revision).unwrap_or(i64::MAX),
+        before: None,
+        after: Some(after),
+    };
+    if let Err(e) = repo::audit::insert(pool, entry).await {
+        tracing::warn!(error = %e, "price sync not audited");
+    }
 }
 
 /// `url` without user, password, query and fragment.
@@ -210,7 +297,13 @@ pub async fn run_scheduled(
 ) {
     let (pool, client, url) = (&pool, &client, &url);
     super::every(every, shutdown, move || async move {
-        match sync_once_locked(pool, client, url).await {
+        let result = sync_once_locked(pool, client, url).await;
+        match &result {
+            Ok(Some(o)) => audit_sync(pool, &Actor::system(), url, Ok(o)).await,
+            Err(e) => audit_sync(pool, &Actor::system(), url, Err(e)).await,
+            Ok(None) => {}
+        }
+        match result {
             Ok(Some(o)) => tracing::info!(
                 version = o.version_id,
                 new = o.new_version,
@@ -234,22 +327,22 @@ pub async fn sync_now(
     cx: Ctx<'_>,
     actor: &Actor,
     url: Option<String>,
-    configured: Option<&str>,
+    configured: &crate::config::PricesConfig,
 ) -> Result<SyncOutcome> {
     let url = url
-        .or_else(|| configured.map(str::to_owned))
+        .or_else(|| configured.url.clone())
         .ok_or_else(|| Error::invalid("url", "is required: no prices.url is configured"))?;
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(Error::invalid("url", "must be an http:// or https:// URL"));
+    if let Some(problem) = check_source(&url, &configured.allowed_hosts) {
+        return Err(Error::invalid("url", problem));
     }
-    let client = reqwest::Client::builder()
-        .build()
-        .map_err(|e| Error::Internal(format!("price client: {e}")))?;
-    let outcome = match sync_once_locked(cx.pool, &client, &url).await {
-        Ok(Some(outcome)) => outcome,
+    let client = http_client().map_err(|e| Error::Internal(format!("price client: {e}")))?;
+    let result = match sync_once_locked(cx.pool, &client, &url).await {
         Ok(None) => return Err(Error::Conflict("another price sync is running".into())),
-        Err(e) => return Err(sync_error(e)),
+        Ok(Some(outcome)) => Ok(outcome),
+        Err(e) => Err(e),
     };
+    audit_sync(cx.pool, actor, &url, result.as_ref()).await;
+    let outcome = result.map_err(sync_error)?;
     tracing::info!(
         actor = %actor.email,
         version = outcome.version_id,

@@ -316,7 +316,7 @@ mod tests {
         };
         // 30 intervals of silence are 150 ms; nothing calls `live` meanwhile.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while fleet.seen.lock().unwrap().len() > 0 && Instant::now() < deadline {
+        while !fleet.seen.lock().unwrap().is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(

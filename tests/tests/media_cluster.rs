@@ -142,6 +142,7 @@ async fn media_spend_rows_cost_what_the_price_file_states(pool: PgPool) {
             capacity: 100,
             spill_path: None,
             tag: common::cluster::usage_tag("dp-media"),
+            ..Default::default()
         },
     );
     for record in &records {

@@ -14,8 +14,10 @@
 //! `/passthrough/openai/chat/completions`), `anthropic` (below `/v1`:
 //! `/passthrough/anthropic/messages`) and `gemini` (below the version path, and naming the
 //! model as Gemini's API does: `/passthrough/gemini/models/{model}:generateContent`, or
-//! `:streamGenerateContent?alt=sse`; usage from `usageMetadata`). Others answer 404. The
-//! body must be a JSON object; for `openai` and `anthropic` it names the `model`, and only
+//! `:streamGenerateContent?alt=sse`; usage from `usageMetadata`) and `azure` (below the
+//! deployment's URL, with the provider's `api-version`:
+//! `/passthrough/azure/chat/completions`). Others answer 404. The
+//! body must be a JSON object; for `openai`, `anthropic` and `azure` it names the `model`, and only
 //! the model is changed; for `gemini` the path's model becomes the upstream one and the body
 //! goes as sent. No query string is forwarded but Gemini's `alt=sse` (others: 400). Errors
 //! leave in the provider's shape.
@@ -46,6 +48,7 @@ pub async fn passthrough(
         "openai" => ProviderKind::Openai,
         "anthropic" => ProviderKind::Anthropic,
         "gemini" => ProviderKind::Gemini,
+        "azure" => ProviderKind::Azure,
         _ => {
             return ApiError::RouteNotFound {
                 path: format!("/passthrough/{}", kind.chars().take(40).collect::<String>()),

@@ -1,7 +1,7 @@
 //! Metered passthrough (`/passthrough/{kind}/{path}`) in process, against the mock: the
 //! credential is injected and only the model changed; the key's allow-list and budget admit or
 //! refuse it like chat; an admitted request leaves a usage record priced from the answer
-//! (Gemini's `usageMetadata` too, whole and streamed).
+//! (Gemini's `usageMetadata` too, whole and streamed; Azure at its deployment URLs).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
@@ -23,7 +23,7 @@ fn config(root: &str, budget: &str) -> String {
     let price = format!(
         "price: {{ input_cost_per_token: {INPUT}, output_cost_per_token: {OUTPUT}, cache_read_input_token_cost: {CACHE_READ}, cache_creation_input_token_cost: {CACHE_WRITE} }}"
     );
-    let gemini_root = root.trim_end_matches("/v1");
+    let host = root.trim_end_matches("/v1");
     let snapshot = format!(
         "revision: 1
 tenants: [{{ id: t1 }}]
@@ -33,11 +33,13 @@ virtual_keys:
 providers:
   - {{ id: ant, kind: anthropic, base_url: \"{root}\", api_key: {{ value: sk-ant-upstream }} }}
   - {{ id: oai, kind: openai, base_url: \"{root}\", api_key: {{ value: sk-oai-upstream }} }}
-  - {{ id: gem, kind: gemini, base_url: \"{gemini_root}/v1beta\", api_key: {{ value: AIza-upstream }} }}
+  - {{ id: az, kind: azure, base_url: \"{host}\", api_version: 2024-10-21, api_key: {{ value: az-upstream }} }}
+  - {{ id: gem, kind: gemini, base_url: \"{host}/v1beta\", api_key: {{ value: AIza-upstream }} }}
 deployments:
   - {{ id: d1, model: claude, provider: ant, upstream_model: claude-up, {price} }}
   - {{ id: d2, model: gpt, provider: oai, upstream_model: gpt-up, {price} }}
   - {{ id: d3, model: gemini, provider: gem, upstream_model: gemini-up, {price} }}
+  - {{ id: d4, model: azgpt, provider: az, upstream_model: gpt-prod, {price} }}
 ",
         key_hash(KEY),
         key_hash(LIMITED_KEY)
@@ -314,4 +316,29 @@ async fn a_gemini_passthrough_keeps_the_allow_list_and_refuses_odd_paths() {
     .await;
     assert_eq!(reply.json()["error"]["status"], "INVALID_ARGUMENT");
     assert_eq!(mock.request_count(""), 0);
+}
+
+#[tokio::test]
+async fn an_azure_passthrough_goes_to_the_deployment_url_and_is_priced() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&config(&mock.base_url(), "")).await;
+    let body = json!({"model": "azgpt", "messages": [{"role": "user", "content": "Hi"}]});
+    let path = "/passthrough/azure/chat/completions";
+    let reply = call(&gw, path, KEY, &body, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let sent = mock.requests("");
+    let sent = sent.last().unwrap();
+    assert_eq!(sent.path, "/openai/deployments/gpt-prod/chat/completions");
+    assert_eq!(sent.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(sent.headers["api-key"], "az-upstream");
+    assert!(sent.headers.get("authorization").is_none());
+    let record = gw.usage_records(1).await.pop().unwrap();
+    assert_eq!(record.endpoint, "passthrough");
+    assert_eq!(record.deployment_id.as_deref(), Some("d4"));
+    assert_eq!(record.usage.prompt_tokens, PROMPT_TOKENS);
+    let cost = PROMPT_TOKENS as f64 * INPUT + COMPLETION_TOKENS as f64 * OUTPUT;
+    assert!((record.cost_usd - cost).abs() < 1e-12);
+    // The allow-list holds here too.
+    let refused = call(&gw, path, LIMITED_KEY, &body, &[]).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
 }

@@ -823,13 +823,33 @@ impl From<PartialUsage> for Usage {
 struct UsageOnly {
     #[serde(default)]
     usage: Option<PartialUsage>,
+    /// Gemini's usage (a metered passthrough's answer or stream event).
+    #[serde(default, rename = "usageMetadata")]
+    usage_metadata: Option<serde_json::Value>,
+}
+
+impl UsageOnly {
+    fn partial(self) -> Option<PartialUsage> {
+        self.usage
+            .or_else(|| self.usage_metadata.as_ref().and_then(gemini_usage))
+    }
+}
+
+/// Gemini's `usageMetadata`, read as its translator reads it (cached content inside the
+/// prompt, thoughts billed as output).
+fn gemini_usage(metadata: &serde_json::Value) -> Option<PartialUsage> {
+    if !metadata.is_object() {
+        return None;
+    }
+    let usage = crate::providers::translate::openai_gemini::usage(metadata);
+    serde_json::from_value(usage).ok()
 }
 
 /// Usage from a complete (non-streamed) JSON answer. `Err` when the body is not a JSON object:
 /// a 2xx with a broken body is an upstream failure, not something to relay.
 pub fn usage_from_body(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
     let parsed: UsageOnly = serde_json::from_slice(body)?;
-    Ok(parsed.usage.map(Usage::from))
+    Ok(parsed.partial().map(Usage::from))
 }
 
 #[derive(Deserialize)]
@@ -847,6 +867,9 @@ struct UsageChunkFields<'a> {
     /// The Responses API's `response.completed` carries it inside the response.
     #[serde(default)]
     response: Option<UsageOnly>,
+    /// Gemini's events (a metered passthrough) carry it in every event, cumulatively.
+    #[serde(default, rename = "usageMetadata")]
+    usage_metadata: Option<serde_json::Value>,
 }
 
 /// What else a chunk with usage carries, which decides what a client that did not ask for
@@ -858,19 +881,21 @@ pub enum UsageChunk {
     /// An OpenAI chunk with choices (content, or LiteLLM's final `delta: {}`): kept, with its
     /// `usage` field removed.
     WithChoices,
-    /// An Anthropic or Responses API event (it has a `type`): usage is part of that
-    /// protocol; never touched.
+    /// An Anthropic or Responses API event (it has a `type`), or a Gemini one (usage in
+    /// `usageMetadata`): usage is part of that protocol; never touched.
     Anthropic,
 }
 
 /// Usage from one SSE event's `data:` payload, and what else the event carries.
 pub fn usage_from_chunk(data: &[u8]) -> Option<(PartialUsage, UsageChunk)> {
     let chunk: UsageChunkFields<'_> = serde_json::from_slice(data).ok()?;
+    let gemini = chunk.usage_metadata.as_ref().and_then(gemini_usage);
     let usage = chunk
         .usage
-        .or(chunk.message.and_then(|m| m.usage))
-        .or(chunk.response.and_then(|r| r.usage))?;
-    let kind = if chunk.r#type.is_some() {
+        .or(chunk.message.and_then(UsageOnly::partial))
+        .or(chunk.response.and_then(UsageOnly::partial))
+        .or(gemini)?;
+    let kind = if chunk.r#type.is_some() || gemini.is_some() {
         UsageChunk::Anthropic
     } else if chunk.choices.is_none_or(|c| c.get().trim() == "[]") {
         UsageChunk::UsageOnly
@@ -957,6 +982,24 @@ mod tests {
         let (partial, kind) = usage_from_chunk(&event).unwrap();
         assert_eq!(Usage::from(partial), expected);
         assert_eq!(kind, UsageChunk::Anthropic);
+    }
+
+    #[test]
+    fn reads_gemini_usage_metadata_whole_and_streamed() {
+        let metadata = r#"{"promptTokenCount":120,"candidatesTokenCount":9,"cachedContentTokenCount":100,"thoughtsTokenCount":4}"#;
+        let expected = Usage {
+            prompt_tokens: 120,
+            completion_tokens: 13,
+            cached_read_tokens: 100,
+            cache_creation_tokens: 0,
+        };
+        let body = format!(r#"{{"candidates":[],"usageMetadata":{metadata}}}"#);
+        assert_eq!(usage_from_body(body.as_bytes()).unwrap(), Some(expected));
+        let (partial, kind) = usage_from_chunk(body.as_bytes()).unwrap();
+        assert_eq!(Usage::from(partial), expected);
+        // Gemini's events are its protocol: never stripped.
+        assert_eq!(kind, UsageChunk::Anthropic);
+        assert_eq!(usage_from_body(br#"{"usageMetadata":null}"#).unwrap(), None);
     }
 
     #[test]

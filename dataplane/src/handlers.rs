@@ -310,8 +310,12 @@ fn read_request(
         let (view, media) = crate::media::parse(endpoint, bytes, headers)?;
         (view, Some(media))
     } else {
-        (parse(bytes, endpoint)?, None)
+        let named = passthrough.as_ref().and_then(|p| p.model.clone());
+        (parse(bytes, endpoint, named)?, None)
     };
+    if passthrough.as_ref().is_some_and(|p| p.stream) {
+        view.stream = true;
+    }
     view.anthropic_headers = anthropic_headers(headers);
     let kind = match &passthrough {
         Some(target) => Some(target.kind),
@@ -387,9 +391,16 @@ async fn forward_to_the_end(
 /// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on
 /// `/v1/messages` Anthropic's rules (`max_tokens` required; streams always report usage, and
 /// its API refuses `stream_options`); on `/v1/responses`, streams always report usage (in
-/// `response.completed`).
-fn parse(bytes: bytes::Bytes, endpoint: Endpoint) -> Result<RequestView, ApiError> {
-    let mut view = RequestView::parse(bytes)?;
+/// `response.completed`). A model `named` outside the body (a Gemini path) is the model.
+fn parse(
+    bytes: bytes::Bytes,
+    endpoint: Endpoint,
+    named: Option<String>,
+) -> Result<RequestView, ApiError> {
+    let mut view = match named {
+        Some(model) => RequestView::parse_named(bytes, model)?,
+        None => RequestView::parse(bytes)?,
+    };
     if !endpoint.supports_streaming() {
         view.stream = false;
     }

@@ -225,15 +225,23 @@ fn without_usage(event: &[u8]) -> Bytes {
     out.freeze()
 }
 
-static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+static USAGE_KEYS: LazyLock<[memmem::Finder<'static>; 2]> = LazyLock::new(|| {
+    [
+        memmem::Finder::new(b"\"usage\""),
+        memmem::Finder::new(b"\"usageMetadata\""),
+    ]
+});
 
-/// Whether `bytes` holds a `"usage"` key whose value is an object. OpenAI-compatible servers
-/// put `"usage":null` in every chunk of a stream that asked for usage; only the one real
-/// report is worth parsing.
+/// Whether `bytes` holds a `"usage"` (or Gemini's `"usageMetadata"`) key whose value is an
+/// object. OpenAI-compatible servers put `"usage":null` in every chunk of a stream that
+/// asked for usage; only the one real report is worth parsing.
 fn has_usage_object(bytes: &[u8]) -> bool {
-    USAGE_KEY.find_iter(bytes).any(|at| {
-        let mut rest = bytes[at + b"\"usage\"".len()..]
+    USAGE_KEYS.iter().any(|key| has_object_at(bytes, key))
+}
+
+fn has_object_at(bytes: &[u8], key: &memmem::Finder<'_>) -> bool {
+    key.find_iter(bytes).any(|at| {
+        let mut rest = bytes[at + key.needle().len()..]
             .iter()
             .filter(|b| !b.is_ascii_whitespace());
         rest.next() == Some(&b':') && rest.next() == Some(&b'{')
@@ -483,6 +491,10 @@ mod tests {
     #[test]
     fn only_usage_objects_count() {
         assert!(has_usage_object(br#"{"usage":{"prompt_tokens":1}}"#));
+        assert!(has_usage_object(
+            br#"{"usageMetadata": {"promptTokenCount":1}}"#
+        ));
+        assert!(!has_usage_object(br#"{"usageMetadata":null}"#));
         assert!(has_usage_object(b"{\"usage\" :\n {}}"));
         assert!(!has_usage_object(br#"{"usage":null}"#));
         assert!(!has_usage_object(br#"{"finish_reason":"usage","x":{}}"#));

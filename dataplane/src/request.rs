@@ -22,11 +22,16 @@ use switchboard_shared::snapshot::Transforms;
 use crate::error::ApiError;
 
 /// Where a metered passthrough goes: deployments of `kind`, at `path` (which starts with `/`)
-/// below the provider's base URL (below its `/v1` for Anthropic).
+/// below the provider's base URL (below its `/v1` for Anthropic). For Gemini, whose paths
+/// name the model (`models/{model}:{method}`), `model` is that public name and `path` the
+/// rest (`:generateContent`, `:streamGenerateContent?alt=sse`), which follows the upstream
+/// model's segment; `stream` says the path asks for a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Passthrough {
     pub kind: switchboard_shared::snapshot::ProviderKind,
     pub path: String,
+    pub model: Option<String>,
+    pub stream: bool,
 }
 
 /// The fields the gateway needs, plus where to splice.
@@ -138,27 +143,24 @@ struct StreamOptions {
 impl RequestView {
     /// Parses the body. Errors are 400s in OpenAI's shape naming the bad field.
     pub fn parse(body: Bytes) -> Result<Self, ApiError> {
+        Self::parse_inner(body, None)
+    }
+
+    /// Parses a body whose model is named elsewhere (a Gemini path) as `model`: the body's
+    /// own `model`, if any, is neither read nor changed.
+    pub fn parse_named(body: Bytes, model: String) -> Result<Self, ApiError> {
+        Self::parse_inner(body, Some(model))
+    }
+
+    fn parse_inner(body: Bytes, named: Option<String>) -> Result<Self, ApiError> {
         let fields: Fields<'_> =
             serde_json::from_slice(&body).map_err(|e| body_error(&body, &e))?;
-        let Some(raw_model) = fields.model else {
-            return Err(ApiError::bad_request(
-                "you must provide a model parameter",
-                Some("model"),
-            ));
-        };
-        let model: String = match serde_json::from_str::<String>(raw_model.get()) {
-            Ok(m) if !m.is_empty() => m,
-            Ok(_) => {
-                return Err(ApiError::bad_request(
-                    "`model` must not be empty",
-                    Some("model"),
-                ));
-            }
-            Err(_) => {
-                return Err(ApiError::bad_request(
-                    format!("`model` must be a string, got {}", raw_model.get()),
-                    Some("model"),
-                ));
+        let (model, model_span) = match named {
+            Some(model) => (model, 0..0),
+            None => {
+                let model = model_of(fields.model)?;
+                let span = fields.model.map_or(0..0, |raw| span_of(&body, raw.get()));
+                (model, span)
             }
         };
         let client_wants_usage = match fields.stream_options {
@@ -193,7 +195,6 @@ impl RequestView {
         let choices = whole_number(fields.n, "n", MAX_CHOICES)?
             .unwrap_or(1)
             .max(whole_number(fields.best_of, "best_of", MAX_CHOICES)?.unwrap_or(1));
-        let model_span = span_of(&body, raw_model.get());
         let stream_options_span = fields.stream_options.map(|raw| span_of(&body, raw.get()));
         let object_start = body.iter().position(|&b| b == b'{').map_or(0, |p| p + 1);
         let present =
@@ -306,10 +307,16 @@ impl RequestView {
     }
 
     /// The body to send upstream: the model replaced by `upstream_model_json` (a JSON string
-    /// literal, quotes included) and, for streams, usage reporting switched on.
+    /// literal, quotes included; nothing when the model was named outside the body) and, for
+    /// streams, usage reporting switched on.
     pub fn upstream_body(&self, upstream_model_json: &[u8]) -> Bytes {
+        let model: &[u8] = if self.model_span.is_empty() {
+            b""
+        } else {
+            upstream_model_json
+        };
         let mut edits: [(Range<usize>, Cow<'_, [u8]>); 2] = [
-            (self.model_span.clone(), Cow::Borrowed(upstream_model_json)),
+            (self.model_span.clone(), Cow::Borrowed(model)),
             (0..0, Cow::Borrowed(b"")),
         ];
         if self.stream && !self.client_wants_usage {
@@ -335,6 +342,27 @@ impl RequestView {
         }
         out.extend_from_slice(&self.body[at..]);
         out.freeze()
+    }
+}
+
+/// The body's `model`: a non-empty string, else a 400 naming it.
+fn model_of(raw_model: Option<&RawValue>) -> Result<String, ApiError> {
+    let Some(raw_model) = raw_model else {
+        return Err(ApiError::bad_request(
+            "you must provide a model parameter",
+            Some("model"),
+        ));
+    };
+    match serde_json::from_str::<String>(raw_model.get()) {
+        Ok(m) if !m.is_empty() => Ok(m),
+        Ok(_) => Err(ApiError::bad_request(
+            "`model` must not be empty",
+            Some("model"),
+        )),
+        Err(_) => Err(ApiError::bad_request(
+            format!("`model` must be a string, got {}", raw_model.get()),
+            Some("model"),
+        )),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Metered passthrough (`/passthrough/{kind}/{path}`) in process, against the mock: the
 //! credential is injected and only the model changed; the key's allow-list and budget admit or
-//! refuse it like chat; an admitted request leaves a usage record priced from the answer.
+//! refuse it like chat; an admitted request leaves a usage record priced from the answer
+//! (Gemini's `usageMetadata` too, whole and streamed; Azure at its deployment URLs).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
@@ -9,6 +10,7 @@ use common::*;
 use http::Method;
 use serde_json::{Value, json};
 use switchboard_tests::mock::anthropic::ANTHROPIC_USAGE;
+use switchboard_tests::mock::gemini::GEMINI_USAGE;
 use switchboard_tests::mock::{COMPLETION_TOKENS, PROMPT_TOKENS};
 
 const INPUT: f64 = 0.000_01;
@@ -21,6 +23,7 @@ fn config(root: &str, budget: &str) -> String {
     let price = format!(
         "price: {{ input_cost_per_token: {INPUT}, output_cost_per_token: {OUTPUT}, cache_read_input_token_cost: {CACHE_READ}, cache_creation_input_token_cost: {CACHE_WRITE} }}"
     );
+    let host = root.trim_end_matches("/v1");
     let snapshot = format!(
         "revision: 1
 tenants: [{{ id: t1 }}]
@@ -30,9 +33,13 @@ virtual_keys:
 providers:
   - {{ id: ant, kind: anthropic, base_url: \"{root}\", api_key: {{ value: sk-ant-upstream }} }}
   - {{ id: oai, kind: openai, base_url: \"{root}\", api_key: {{ value: sk-oai-upstream }} }}
+  - {{ id: az, kind: azure, base_url: \"{host}\", api_version: 2024-10-21, api_key: {{ value: az-upstream }} }}
+  - {{ id: gem, kind: gemini, base_url: \"{host}/v1beta\", api_key: {{ value: AIza-upstream }} }}
 deployments:
   - {{ id: d1, model: claude, provider: ant, upstream_model: claude-up, {price} }}
   - {{ id: d2, model: gpt, provider: oai, upstream_model: gpt-up, {price} }}
+  - {{ id: d3, model: gemini, provider: gem, upstream_model: gemini-up, {price} }}
+  - {{ id: d4, model: azgpt, provider: az, upstream_model: gpt-prod, {price} }}
 ",
         key_hash(KEY),
         key_hash(LIMITED_KEY)
@@ -186,4 +193,152 @@ async fn an_openai_passthrough_is_recorded_and_the_allow_list_applies() {
     ))
     .await;
     assert_eq!(anonymous.status, 401);
+}
+
+fn contents() -> Value {
+    json!({"contents": [{"role": "user", "parts": [{"text": "Hello"}]}], "generationConfig": {"maxOutputTokens": 20}})
+}
+
+/// What the mock's Gemini answer (and its stream's last event) costs: the cached part of the
+/// prompt at the cache-read price, thoughts as output.
+fn gemini_cost() -> f64 {
+    let (prompt, cached, candidates, thoughts) = GEMINI_USAGE;
+    (prompt - cached) as f64 * INPUT
+        + cached as f64 * CACHE_READ
+        + (candidates + thoughts) as f64 * OUTPUT
+}
+
+/// Checks the latest upstream call went to Gemini for `method` with the deployment's key and
+/// the body as sent, and the `n`th usage record is priced from `usageMetadata`.
+async fn assert_gemini_metered(gw: &Gateway, mock: &MockUpstream, method: &str, n: usize) {
+    let sent = mock.requests("");
+    let sent = sent.last().unwrap();
+    assert_eq!(sent.path, format!("/v1beta/models/gemini-up:{method}"));
+    assert_eq!(sent.headers["x-goog-api-key"], "AIza-upstream");
+    assert!(
+        sent.headers.get("authorization").is_none(),
+        "the client's key went upstream"
+    );
+    assert_eq!(sent.json(), contents());
+    let records = gw.usage_records(n).await;
+    assert_eq!(records.len(), n);
+    let record = records.last().unwrap();
+    assert_eq!(record.endpoint, "passthrough");
+    assert_eq!(record.deployment_id.as_deref(), Some("d3"));
+    assert_eq!(record.model, "gemini");
+    assert!(record.usage_reported);
+    let (prompt, cached, candidates, thoughts) = GEMINI_USAGE;
+    assert_eq!(record.usage.prompt_tokens, prompt);
+    assert_eq!(record.usage.cached_read_tokens, cached);
+    assert_eq!(record.usage.completion_tokens, candidates + thoughts);
+    let cost = gemini_cost();
+    assert!(
+        (record.cost_usd - cost).abs() < 1e-12,
+        "{} != {cost}",
+        record.cost_usd
+    );
+}
+
+#[tokio::test]
+async fn a_gemini_passthrough_is_priced_from_usage_metadata_whole_and_streamed() {
+    let mock = MockUpstream::start().await.unwrap();
+    // Two calls spend the budget; the third is refused.
+    let budget = format!(
+        ", budget: {{ max_usd: {}, period: monthly }}",
+        gemini_cost() * 1.5
+    );
+    let gw = Gateway::start(&config(&mock.base_url(), &budget)).await;
+    let whole = "/passthrough/gemini/models/gemini:generateContent";
+    let reply = call(&gw, whole, KEY, &contents(), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.json()["usageMetadata"]["promptTokenCount"],
+        GEMINI_USAGE.0
+    );
+    assert_gemini_metered(&gw, &mock, "generateContent", 1).await;
+
+    let streamed = "/passthrough/gemini/models/gemini:streamGenerateContent?alt=sse";
+    let reply = call(&gw, streamed, KEY, &contents(), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // The events arrive as Gemini sent them, usage included.
+    assert!(
+        reply.text().contains("\"thoughtsTokenCount\":4"),
+        "{}",
+        reply.text()
+    );
+    assert_gemini_metered(&gw, &mock, "streamGenerateContent", 2).await;
+    assert_eq!(
+        mock.requests("").last().unwrap().query.as_deref(),
+        Some("alt=sse")
+    );
+    assert!(gw.usage_records(2).await[1].stream);
+
+    // Settlement runs in the background: give it a moment. Then the budget refuses, in
+    // Google's error shape, and nothing reaches the upstream.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = mock.request_count("");
+    let refused = call(&gw, whole, KEY, &contents(), &[]).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert_eq!(refused.json()["error"]["code"], 429);
+    assert!(refused.text().contains("budget"), "{}", refused.text());
+    assert_eq!(mock.request_count(""), before);
+}
+
+#[tokio::test]
+async fn a_gemini_passthrough_keeps_the_allow_list_and_refuses_odd_paths() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&config(&mock.base_url(), "")).await;
+    let whole = "/passthrough/gemini/models/gemini:generateContent";
+    // A key limited to `gpt` may not reach `gemini`: refused in Google's shape.
+    let refused = call(&gw, whole, LIMITED_KEY, &contents(), &[]).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["status"], "PERMISSION_DENIED");
+    // A model without Gemini deployments, a stream without `alt=sse`, another query, a path
+    // that names no model: 400s, and no upstream call.
+    for path in [
+        "/passthrough/gemini/models/gpt:generateContent",
+        "/passthrough/gemini/models/gemini:streamGenerateContent",
+        "/passthrough/gemini/models/gemini:generateContent?key=AIza-client",
+        "/passthrough/gemini/cachedContents",
+        "/passthrough/openai/chat/completions?x=1",
+    ] {
+        let reply = call(&gw, path, KEY, &contents(), &[]).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text());
+    }
+    let reply = call(
+        &gw,
+        "/passthrough/gemini/cachedContents",
+        KEY,
+        &contents(),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.json()["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(mock.request_count(""), 0);
+}
+
+#[tokio::test]
+async fn an_azure_passthrough_goes_to_the_deployment_url_and_is_priced() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&config(&mock.base_url(), "")).await;
+    let body = json!({"model": "azgpt", "messages": [{"role": "user", "content": "Hi"}]});
+    let path = "/passthrough/azure/chat/completions";
+    let reply = call(&gw, path, KEY, &body, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let sent = mock.requests("");
+    let sent = sent.last().unwrap();
+    assert_eq!(sent.path, "/openai/deployments/gpt-prod/chat/completions");
+    assert_eq!(sent.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(sent.headers["api-key"], "az-upstream");
+    assert!(sent.headers.get("authorization").is_none());
+    let record = gw.usage_records(1).await.pop().unwrap();
+    assert_eq!(record.endpoint, "passthrough");
+    assert_eq!(record.deployment_id.as_deref(), Some("d4"));
+    assert_eq!(record.usage.prompt_tokens, PROMPT_TOKENS);
+    let cost = PROMPT_TOKENS as f64 * INPUT + COMPLETION_TOKENS as f64 * OUTPUT;
+    assert!((record.cost_usd - cost).abs() < 1e-12);
+    // The allow-list holds here too.
+    let refused = call(&gw, path, LIMITED_KEY, &body, &[]).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
 }

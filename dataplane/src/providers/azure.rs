@@ -6,15 +6,17 @@
 //! `model`), and `/v1/messages` clients are translated as for any OpenAI-compatible API.
 //! Azure's 429s carry `retry-after-ms`, which [`super::retry_after`] reads; its content
 //! filter refusals are 400s with code `content_filter`, relayed to the client as they are.
+//! A metered passthrough (`/passthrough/azure/{path}`) goes to the deployment's URL with
+//! `{path}` after its name (`/openai/deployments/{deployment}/{path}?api-version=...`).
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::HeaderName;
 
 use super::common::{self, Http};
-use super::openai::send_openai_compatible;
+use super::openai::{send_openai_compatible, send_passthrough};
 use super::registry::Setup;
-use super::{ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
+use super::{Endpoint, ProviderAdaptor, SendError, UpstreamRequest, UpstreamResponse};
 
 const API_KEY: HeaderName = HeaderName::from_static("api-key");
 
@@ -61,6 +63,12 @@ impl ProviderAdaptor for AzureAdaptor {
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
         async move {
+            if let (Endpoint::Passthrough, Some(target)) =
+                (request.endpoint, &request.view.passthrough)
+            {
+                let path = self.path(request.upstream_model, &target.path);
+                return send_passthrough(&self.http, &path, request).await;
+            }
             let path = self.path(request.upstream_model, request.endpoint.openai_path());
             send_openai_compatible(&self.http, &path, request).await
         }

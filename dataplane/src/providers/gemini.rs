@@ -3,7 +3,8 @@
 //!
 //! Chat requests are translated both ways ([`super::translate::openai_gemini`]);
 //! `/v1/messages` requests go through OpenAI's shape first. Completions and embeddings are
-//! not served (400 without a network call).
+//! not served (400 without a network call). A metered passthrough
+//! (`/passthrough/gemini/models/{model}:{method}`) goes as sent, to the upstream model.
 //!
 //! Gemini answers an invalid API key with a 400 (`API_KEY_INVALID`), which would look like
 //! the client's fault; the adaptor reads small error bodies and turns that one into a 401,
@@ -85,21 +86,8 @@ pub fn method(stream: bool) -> &'static str {
 
 /// A `generateContent` answer (Gemini's, or Vertex AI's for Google's models) in OpenAI's chat
 /// shape: an invalid-key 400 becomes a 401, a 429's `retryDelay` becomes `Retry-After`.
-pub async fn answer(mut response: UpstreamResponse, stream: bool) -> UpstreamResponse {
-    if response.status == StatusCode::BAD_REQUEST
-        || response.status == StatusCode::TOO_MANY_REQUESTS
-    {
-        let (read, bytes) = translate::read_error(response).await;
-        response = read;
-        if openai_gemini::is_invalid_api_key(&bytes) {
-            response.status = StatusCode::UNAUTHORIZED;
-        }
-        if let Some(secs) = openai_gemini::retry_delay_secs(&bytes) {
-            response
-                .headers
-                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-    }
+pub async fn answer(response: UpstreamResponse, stream: bool) -> UpstreamResponse {
+    let response = read_status(response).await;
     translate::wrap(
         response,
         stream,
@@ -109,11 +97,66 @@ pub async fn answer(mut response: UpstreamResponse, stream: bool) -> UpstreamRes
     )
 }
 
+impl GeminiAdaptor {
+    /// A metered passthrough: the client's body as sent, to `models/{upstream model}` and the
+    /// rest of the client's path (`:generateContent`, `:streamGenerateContent?alt=sse`); the
+    /// answer as Gemini gave it, with the adaptor's statuses for a bad key and rate limits.
+    async fn passthrough(
+        &self,
+        request: &UpstreamRequest<'_>,
+        rest: &str,
+    ) -> Result<UpstreamResponse, SendError> {
+        let mut path = String::with_capacity(self.prefix.len() + rest.len() + 40);
+        path.push_str(&self.prefix);
+        common::push_segment(&mut path, request.upstream_model);
+        path.push_str(rest);
+        let view = request.view;
+        let accept = common::accept(view.stream, &EVENT_STREAM);
+        let no_extra = std::iter::empty();
+        let response = self
+            .http
+            .post(
+                &path,
+                accept,
+                no_extra,
+                Some(request.request_id),
+                &view.body,
+            )
+            .await?;
+        Ok(read_status(response).await)
+    }
+}
+
+/// For a 400 or 429, reads the (small) error body to tell an invalid key (made a 401) and
+/// to turn `RetryInfo.retryDelay` into `Retry-After`.
+async fn read_status(response: UpstreamResponse) -> UpstreamResponse {
+    if response.status != StatusCode::BAD_REQUEST
+        && response.status != StatusCode::TOO_MANY_REQUESTS
+    {
+        return response;
+    }
+    let (mut response, bytes) = translate::read_error(response).await;
+    if openai_gemini::is_invalid_api_key(&bytes) {
+        response.status = StatusCode::UNAUTHORIZED;
+    }
+    if let Some(secs) = openai_gemini::retry_delay_secs(&bytes) {
+        response
+            .headers
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
 impl ProviderAdaptor for GeminiAdaptor {
     fn send<'a>(
         &'a self,
         request: &'a UpstreamRequest<'a>,
     ) -> BoxFuture<'a, Result<UpstreamResponse, SendError>> {
-        chat_only::send(self, request).boxed()
+        match (&request.endpoint, &request.view.passthrough) {
+            (super::Endpoint::Passthrough, Some(target)) => {
+                self.passthrough(request, &target.path).boxed()
+            }
+            _ => chat_only::send(self, request).boxed(),
+        }
     }
 }

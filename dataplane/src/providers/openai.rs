@@ -73,6 +73,21 @@ impl ProviderAdaptor for OpenAiAdaptor {
     }
 }
 
+/// Sends one attempt of a metered passthrough to an OpenAI-compatible API at `path` (the
+/// whole upstream path): the client's body with only the model swapped, the answer as it is.
+pub async fn send_passthrough(
+    http: &Http,
+    path: &str,
+    request: &UpstreamRequest<'_>,
+) -> Result<UpstreamResponse, SendError> {
+    let view = request.view;
+    let body = view.upstream_body(request.upstream_model_json);
+    let accept = common::accept(view.stream, &EVENT_STREAM);
+    let no_extra = std::iter::empty();
+    http.post(path, accept, no_extra, Some(request.request_id), &body)
+        .await
+}
+
 /// Sends one attempt to an OpenAI-compatible API at `path` (OpenAI itself, Azure OpenAI):
 /// the client's body with the model swapped, or — for a `/v1/messages` client, and a
 /// `/v1/responses` client of a deployment without native Responses — the translation of its
@@ -83,14 +98,8 @@ pub async fn send_openai_compatible(
     request: &UpstreamRequest<'_>,
 ) -> Result<UpstreamResponse, SendError> {
     if let (Endpoint::Passthrough, Some(target)) = (request.endpoint, &request.view.passthrough) {
-        let view = request.view;
-        let body = view.upstream_body(request.upstream_model_json);
-        let accept = common::accept(view.stream, &EVENT_STREAM);
         let path = format!("{}{}", http.base_path, target.path);
-        let no_extra = std::iter::empty();
-        return http
-            .post(&path, accept, no_extra, Some(request.request_id), &body)
-            .await;
+        return send_passthrough(http, &path, request).await;
     }
     if request.endpoint.is_media() {
         // Images and audio: the body as sent (JSON, or a multipart upload in its own content

@@ -191,8 +191,9 @@ fn finish_reason(reason: &str, called_tools: bool) -> Value {
 }
 
 /// OpenAI's usage object for Gemini's `usageMetadata` (whose prompt count includes the
-/// cached part; thoughts are billed as output).
-fn usage(u: &Value) -> Value {
+/// cached part; thoughts are billed as output). The accounting reads a metered Gemini
+/// passthrough's usage through it too.
+pub fn usage(u: &Value) -> Value {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     openai::usage(
         n("promptTokenCount"),

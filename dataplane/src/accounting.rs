@@ -655,10 +655,15 @@ struct UsageOnly {
 }
 
 /// Usage from a complete (non-streamed) JSON answer. `Err` when the body is not a JSON object:
-/// a 2xx with a broken body is an upstream failure, not something to relay.
-pub fn usage_from_body(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
-    let parsed: UsageOnly = serde_json::from_slice(body)?;
-    Ok(parsed.usage.map(Usage::from))
+/// a 2xx with a broken body is an upstream failure, not something to relay. One validating
+/// pass over the body ([`crate::json_scan`]); serde reads only the `usage` member.
+pub fn usage_from_body(body: &[u8]) -> Result<Option<Usage>, crate::json_scan::Malformed> {
+    let Some(range) = crate::json_scan::top_level_member(body, b"usage")? else {
+        return Ok(None);
+    };
+    let usage: Option<PartialUsage> =
+        serde_json::from_slice(&body[range]).map_err(|_| crate::json_scan::Malformed)?;
+    Ok(usage.map(Usage::from))
 }
 
 #[derive(Deserialize)]

@@ -1,15 +1,15 @@
 //! Authentication: a virtual key from the request headers to its catalog entry.
 //!
 //! The key is read from `Authorization: Bearer <key>` or `x-api-key`, hashed with the pepper
-//! (HMAC-SHA-256, about a microsecond) and looked up in the catalog's map — no lock, no I/O.
-//! The secret itself is never stored, logged or echoed.
+//! (HMAC-SHA-256, its pads computed once per process: about a microsecond) and looked up in
+//! the catalog's map — no lock, no I/O. The secret itself is never stored, logged or echoed.
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
-use switchboard_shared::keys::hash_key;
+use switchboard_shared::keys::KeyHasher;
 use switchboard_shared::snapshot::KeyStatus;
 
 use crate::catalog::{Catalog, KeyEntry};
@@ -34,12 +34,12 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 /// The key entry for the request, or the 401 that explains why not.
 pub fn authenticate(
     catalog: &Catalog,
-    pepper: &[u8],
+    hasher: &KeyHasher,
     headers: &HeaderMap,
 ) -> Result<Arc<KeyEntry>, ApiError> {
     let secret = presented_key(headers).ok_or(ApiError::MissingKey)?;
     let entry = catalog
-        .key(&hash_key(pepper, secret))
+        .key(&hasher.hash(secret))
         .ok_or(ApiError::InvalidKey)?;
     if entry.key.status == KeyStatus::Revoked {
         return Err(ApiError::RevokedKey);

@@ -315,7 +315,7 @@ pub(crate) fn caller(
     headers: &HeaderMap,
 ) -> Result<(Arc<Catalog>, Arc<KeyEntry>), ApiError> {
     let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.pepper(), headers)?;
+    let key = authenticate(&catalog, state.key_hasher(), headers)?;
     Ok((catalog, key))
 }
 

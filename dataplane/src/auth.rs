@@ -1,15 +1,15 @@
 //! Authentication: a virtual key from the request headers to its catalog entry.
 //!
 //! The key is read from `Authorization: Bearer <key>` or `x-api-key`, hashed with the pepper
-//! (HMAC-SHA-256, about a microsecond) and looked up in the catalog's map — no lock, no I/O.
-//! The secret itself is never stored, logged or echoed.
+//! (HMAC-SHA-256, its pads computed once per process: about a microsecond) and looked up in
+//! the catalog's map — no lock, no I/O. The secret itself is never stored, logged or echoed.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
-use switchboard_shared::keys::hash_key;
+use switchboard_shared::keys::KeyHasher;
 use switchboard_shared::snapshot::KeyStatus;
 
 use crate::catalog::{Catalog, KeyEntry};
@@ -36,12 +36,12 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 /// is an unknown key.
 pub fn authenticate(
     catalog: &Catalog,
-    pepper: &[u8],
+    hasher: &KeyHasher,
     headers: &HeaderMap,
     now: DateTime<Utc>,
 ) -> Result<Arc<KeyEntry>, ApiError> {
     let secret = presented_key(headers).ok_or(ApiError::MissingKey)?;
-    let hash = hash_key(pepper, secret);
+    let hash = hasher.hash(secret);
     let entry = catalog
         .key(&hash)
         .or_else(|| catalog.previous_key(&hash, now))

@@ -29,6 +29,8 @@ use crate::providers::client::HttpClient;
 pub struct AppState {
     catalog: ArcSwapOption<Catalog>,
     pepper: Vec<u8>,
+    /// The pepper, keyed once for the per-request key hash.
+    key_hasher: switchboard_shared::keys::KeyHasher,
     pub client: HttpClient,
     pub books: Books,
     pub max_body_bytes: usize,
@@ -125,6 +127,7 @@ impl AppState {
     ) -> Self {
         Self {
             catalog: ArcSwapOption::empty(),
+            key_hasher: switchboard_shared::keys::KeyHasher::new(&pepper),
             pepper,
             client,
             books,
@@ -175,8 +178,9 @@ impl AppState {
         self.catalog.load_full()
     }
 
-    pub fn pepper(&self) -> &[u8] {
-        &self.pepper
+    /// Hashes a presented virtual key the way snapshots store it.
+    pub fn key_hasher(&self) -> &switchboard_shared::keys::KeyHasher {
+        &self.key_hasher
     }
 
     /// Compiles and swaps in `snapshot`, unless it is older than the one being served or

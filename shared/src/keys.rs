@@ -24,6 +24,36 @@ pub fn hash_key(pepper: &[u8], secret: &str) -> [u8; KEY_HASH_LEN] {
     mac.finalize().into_bytes().into()
 }
 
+/// [`hash_key`] with the pepper's HMAC pads computed once: the data plane hashes every
+/// request's key, and keying the HMAC anew each time doubles the SHA-256 work (two of the four
+/// compressions are the pads). Same output as [`hash_key`].
+#[derive(Clone)]
+pub struct KeyHasher {
+    keyed: Hmac<Sha256>,
+}
+
+impl KeyHasher {
+    pub fn new(pepper: &[u8]) -> Self {
+        let Ok(keyed) = Hmac::<Sha256>::new_from_slice(pepper) else {
+            unreachable!("HMAC takes keys of any length")
+        };
+        Self { keyed }
+    }
+
+    /// HMAC-SHA-256 of `secret` under the pepper.
+    pub fn hash(&self, secret: &str) -> [u8; KEY_HASH_LEN] {
+        let mut mac = self.keyed.clone();
+        mac.update(secret.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl std::fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHasher(..)")
+    }
+}
+
 /// [`hash_key`] as the lower-case hex string stored in snapshots.
 pub fn hash_key_hex(pepper: &[u8], secret: &str) -> String {
     hex::encode(hash_key(pepper, secret))
@@ -52,6 +82,15 @@ mod tests {
             hash_key_hex(b"Jefe", "what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn the_prekeyed_hasher_matches_hash_key() {
+        let hasher = KeyHasher::new(b"pepper-a");
+        for secret in ["", "sk-123", &"x".repeat(200)] {
+            assert_eq!(hasher.hash(secret), hash_key(b"pepper-a", secret));
+        }
+        assert_ne!(hasher.hash("sk-123"), hash_key(b"pepper-b", "sk-123"));
     }
 
     #[test]

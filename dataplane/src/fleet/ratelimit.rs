@@ -65,13 +65,14 @@ impl UpstreamRateLimits {
 
     /// OpenAI's (and Azure OpenAI's) headers.
     pub fn from_openai_headers(headers: &HeaderMap) -> Option<Self> {
+        use crate::limits::names::*;
         Self {
-            limit_requests: number(headers, "x-ratelimit-limit-requests"),
-            limit_tokens: number(headers, "x-ratelimit-limit-tokens"),
-            remaining_requests: number(headers, "x-ratelimit-remaining-requests"),
-            remaining_tokens: number(headers, "x-ratelimit-remaining-tokens"),
-            reset_requests: text(headers, "x-ratelimit-reset-requests").and_then(go_duration),
-            reset_tokens: text(headers, "x-ratelimit-reset-tokens").and_then(go_duration),
+            limit_requests: number(headers, &LIMIT_REQUESTS),
+            limit_tokens: number(headers, &LIMIT_TOKENS),
+            remaining_requests: number(headers, &REMAINING_REQUESTS),
+            remaining_tokens: number(headers, &REMAINING_TOKENS),
+            reset_requests: text(headers, &RESET_REQUESTS).and_then(go_duration),
+            reset_tokens: text(headers, &RESET_TOKENS).and_then(go_duration),
         }
         .nonempty()
     }
@@ -98,11 +99,11 @@ impl UpstreamRateLimits {
     }
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn text<'a>(headers: &'a HeaderMap, name: impl http::header::AsHeaderName) -> Option<&'a str> {
     headers.get(name)?.to_str().ok().map(str::trim)
 }
 
-fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
+fn number(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<u64> {
     text(headers, name)?.parse().ok()
 }
 

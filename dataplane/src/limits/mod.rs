@@ -158,23 +158,10 @@ pub struct LimitView {
 impl LimitView {
     /// Writes `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` as OpenAI does.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
+        use names::*;
         let pairs = [
-            (
-                self.requests,
-                [
-                    "x-ratelimit-limit-requests",
-                    "x-ratelimit-remaining-requests",
-                    "x-ratelimit-reset-requests",
-                ],
-            ),
-            (
-                self.tokens,
-                [
-                    "x-ratelimit-limit-tokens",
-                    "x-ratelimit-remaining-tokens",
-                    "x-ratelimit-reset-tokens",
-                ],
-            ),
+            (self.requests, [&LIMIT_REQUESTS, &REMAINING_REQUESTS, &RESET_REQUESTS]),
+            (self.tokens, [&LIMIT_TOKENS, &REMAINING_TOKENS, &RESET_TOKENS]),
         ];
         for (state, [limit, remaining, reset]) in pairs {
             if let Some(s) = state {
@@ -186,6 +173,21 @@ impl LimitView {
             }
         }
     }
+}
+
+/// OpenAI's rate-limit header names, made once: a name given as a string is parsed and
+/// validated again on every insert or lookup, six times per answer.
+pub mod names {
+    use http::HeaderName;
+
+    pub const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+    pub const REMAINING_REQUESTS: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining-requests");
+    pub const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+    pub const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+    pub const REMAINING_TOKENS: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining-tokens");
+    pub const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 }
 
 /// OpenAI's reset format: `20ms`, `1.5s`, `6m0s`.

@@ -443,7 +443,12 @@ pub(crate) fn caller(
     headers: &HeaderMap,
 ) -> Result<(Arc<Catalog>, Arc<KeyEntry>), ApiError> {
     let catalog = state.catalog().ok_or(ApiError::NotReady)?;
-    let key = authenticate(&catalog, state.key_hasher(), headers, state.books.clock.now())?;
+    let key = authenticate(
+        &catalog,
+        state.key_hasher(),
+        headers,
+        state.books.clock.now(),
+    )?;
     Ok((catalog, key))
 }
 

@@ -293,10 +293,29 @@ mod tests {
     #[test]
     fn refuses_what_is_not_one_json_value() {
         for bad in [
-            "", "{", r#"{"usage":}"#, r#"{"a":1,}"#, "[1,]", "01", "1.", "-", "1e", r#""\x""#,
-            "\"a\u{1}\"", r#"{"a" 1}"#, "{} {}", "tru", "nul", r#"{1:2}"#, r#""\u12g4""#, "[}",
+            "",
+            "{",
+            r#"{"usage":}"#,
+            r#"{"a":1,}"#,
+            "[1,]",
+            "01",
+            "1.",
+            "-",
+            "1e",
+            r#""\x""#,
+            "\"a\u{1}\"",
+            r#"{"a" 1}"#,
+            "{} {}",
+            "tru",
+            "nul",
+            r#"{1:2}"#,
+            r#""\u12g4""#,
+            "[}",
             // JSON, but not an object: no answer of the APIs we read.
-            "[]", "null", "1", r#""usage""#,
+            "[]",
+            "null",
+            "1",
+            r#""usage""#,
         ] {
             assert_eq!(usage(bad), Err(Malformed), "{bad:?}");
         }
@@ -315,12 +334,15 @@ mod tests {
             Just("null".to_owned()),
             Just("true".to_owned()),
             any::<i64>().prop_map(|n| n.to_string()),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| f.to_string()),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| f.to_string()),
             ".*".prop_map(|s| serde_json::to_string(&s).unwrap()),
         ];
         atom.prop_recursive(4, 32, 6, |inner| {
             prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(inner.clone(), 0..5)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
                 prop::collection::vec(("(usage|[a-z]{1,3})", inner), 0..5).prop_map(|m| {
                     let members: Vec<String> =
                         m.into_iter().map(|(k, v)| format!("{k:?}:{v}")).collect();

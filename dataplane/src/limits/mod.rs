@@ -160,8 +160,14 @@ impl LimitView {
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         use names::*;
         let pairs = [
-            (self.requests, [&LIMIT_REQUESTS, &REMAINING_REQUESTS, &RESET_REQUESTS]),
-            (self.tokens, [&LIMIT_TOKENS, &REMAINING_TOKENS, &RESET_TOKENS]),
+            (
+                self.requests,
+                [&LIMIT_REQUESTS, &REMAINING_REQUESTS, &RESET_REQUESTS],
+            ),
+            (
+                self.tokens,
+                [&LIMIT_TOKENS, &REMAINING_TOKENS, &RESET_TOKENS],
+            ),
         ];
         for (state, [limit, remaining, reset]) in pairs {
             if let Some(s) = state {

@@ -28,8 +28,7 @@
 //!    through Redis.
 //! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream;
 //!    [`sse`] cuts every upstream event stream into events (CRLF, LF and CR, linear time).
-//! 7. [`accounting`] — the request's `Ledger`: usage (from a non-streamed answer through
-//!    [`json_scan`], one validating pass), cost, the ticket's settlement and the
+//! 7. [`accounting`] — the request's `Ledger`: usage, cost, the ticket's settlement and the
 //!    usage record, which [`usage_publisher`] sends to the control plane over NATS JetStream
 //!    in cluster mode.
 //!
@@ -66,7 +65,6 @@ pub mod doctor;
 pub mod error;
 pub mod fleet;
 pub mod handlers;
-pub mod json_scan;
 pub mod limits;
 pub mod media;
 pub mod metrics;

@@ -159,6 +159,11 @@ fn common_responses(doc: &mut utoipa::openapi::OpenApi) {
             for (status, description) in [
                 ("400", "A query, path or body that does not parse"),
                 ("401", "No valid bearer token"),
+                (
+                    "422",
+                    "A value the control plane cannot take, named in `errors` (e.g. a NUL \
+                     character, which Postgres cannot store, in any field or query parameter)",
+                ),
             ] {
                 responses
                     .entry(status.to_owned())

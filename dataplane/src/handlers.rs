@@ -286,7 +286,7 @@ async fn serve_caller(
     ledger.traced(trace);
     ledger.capture(&request.view.body);
     ledger.report_to_cache(cache.as_mut().and_then(crate::cache::Plan::settled));
-    let answer = forward_to_the_end(catalog, request, ledger).await?;
+    let answer = forward_to_the_end(catalog, request, ledger, trace).await?;
     let mut response = crate::cache::fill(cache, answer);
     if let Some(keep) = keep {
         response = keep.keep(response);
@@ -377,13 +377,16 @@ async fn forward_to_the_end(
     catalog: &Arc<Catalog>,
     request: RequestContext,
     ledger: Ledger,
+    trace: &tracing::Span,
 ) -> Result<Response, ApiError> {
     if request.facts.stream {
         return Ok(forward(catalog, &request, ledger).await);
     }
     let catalog = Arc::clone(catalog);
     let detached = async move { forward(&catalog, &request, ledger).await };
-    tokio::spawn(detached.in_current_span())
+    // The task runs in the request's spans as the handler does: the exported trace outside
+    // (its phase spans stay in the client's trace), the log span inside.
+    tokio::spawn(detached.in_current_span().instrument(trace.clone()))
         .await
         .map_err(|_| ApiError::Internal)
 }

@@ -275,7 +275,8 @@ async fn legacy_completions_embeddings_models_and_stats() {
     assert_eq!(unparsable.status, StatusCode::BAD_REQUEST);
 
     let stats = call(addr, "GET", "/mock/stats", Value::Null).await.json();
-    assert_eq!(stats["requests"][""], 4);
+    // Four single requests and the three embeddings of lists.
+    assert_eq!(stats["requests"][""], 7);
     assert_eq!(stats["requests"]["chunks=2"], 1);
     assert_eq!(stats["requests"]["latency_ms=1"], 1);
     assert_eq!(stats["completed_streams"], 1);

@@ -913,12 +913,11 @@ async fn a_sync_on_demand_stores_publishes_and_never_echoes_the_file(pool: PgPoo
         assert_eq!(r.body["errors"][0]["path"], path, "{body}: {}", r.body);
     }
     // The three syncs that reached their source are audited as failed, without the file.
-    let failed: Vec<String> = sqlx::query_scalar(
-        "SELECT after::text FROM audit_log WHERE action = 'sync_failed'",
-    )
-    .fetch_all(cp.pool())
-    .await
-    .unwrap();
+    let failed: Vec<String> =
+        sqlx::query_scalar("SELECT after::text FROM audit_log WHERE action = 'sync_failed'")
+            .fetch_all(cp.pool())
+            .await
+            .unwrap();
     assert_eq!(failed.len(), 3, "{failed:?}");
     assert!(
         failed

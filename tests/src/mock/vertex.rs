@@ -26,9 +26,9 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use rsa::RsaPublicKey;
 use rsa::pkcs1::EncodeRsaPublicKey;
-use rsa::pkcs8::DecodePublicKey;
+use rsa::pkcs8::DecodePrivateKey;
+use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -44,7 +44,6 @@ use super::state::State;
 /// the mock's).
 pub const TEST_SERVICE_ACCOUNT: &str =
     include_str!("../../fixtures/vertex/test_service_account.json");
-const TEST_PUBLIC_KEY: &str = include_str!("../../fixtures/vertex/test_service_account_public.pem");
 const TOKEN_RESPONSE: &str = include_str!("../../fixtures/vertex/token_response.json");
 const INVALID_GRANT: &str = include_str!("../../fixtures/vertex/token_error_invalid_grant.json");
 const UNAUTHENTICATED: &str = include_str!("../../fixtures/vertex/error_unauthenticated.json");
@@ -233,7 +232,10 @@ fn token(call: &Call<'_>, state: &State) -> Response<MockBody> {
 /// Whether `assertion` is the test account's, signed with its key, for `audience`.
 fn verify(assertion: &str, audience: &str) -> Result<(), String> {
     let account: Value = serde_json::from_str(TEST_SERVICE_ACCOUNT).map_err(|e| e.to_string())?;
-    let public = RsaPublicKey::from_public_key_pem(TEST_PUBLIC_KEY).map_err(|e| e.to_string())?;
+    // The public half of the test account's own key: the fixture holds no second key file.
+    let private = account["private_key"].as_str().unwrap_or_default();
+    let private = RsaPrivateKey::from_pkcs8_pem(private).map_err(|e| e.to_string())?;
+    let public = RsaPublicKey::from(&private);
     let der = public.to_pkcs1_der().map_err(|e| e.to_string())?;
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_audience(&[audience]);

@@ -8,9 +8,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use http::HeaderName;
 use http::header::Entry;
-use switchboard_shared::cluster::REVISION_HEADER;
 
 use crate::count_tokens;
 use crate::error::ErrorKind;
@@ -78,11 +76,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-const REVISION_NAME: HeaderName = HeaderName::from_static(REVISION_HEADER);
-
 /// Adds the served revision unless the handler did.
 fn stamp_revision(state: &AppState, response: &mut Response) {
-    if let Entry::Vacant(slot) = response.headers_mut().entry(REVISION_NAME) {
+    if let Entry::Vacant(slot) = response.headers_mut().entry(crate::handlers::REVISION) {
         slot.insert(state.revision_header());
     }
 }

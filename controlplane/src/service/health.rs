@@ -61,7 +61,7 @@ pub struct DeploymentHealth {
     /// The last lasting error an upstream answered (bad key, unknown model, no quota).
     pub last_permanent_error: Option<PermanentErrorView>,
     /// Its own spend caps and request quotas, what the data planes counted against them and
-    /// which one is used up; absent for a deployment without `caps`.
+    /// which one is used up; `null` for a deployment without `caps`.
     pub caps: Option<CapsHealth>,
     /// Its attempts in the request log over the last [`RECENT_MINUTES`] minutes.
     pub recent: RecentAttempts,
@@ -79,7 +79,7 @@ pub struct QuotaView {
     pub limit_tokens: Option<u64>,
 }
 
-/// A deployment's `caps` as configured (absent: unlimited), the requests and USD the data
+/// A deployment's `caps` as configured (`null`: unlimited), the requests and USD the data
 /// planes counted against them in the current UTC day and month, and the cap used up.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CapsHealth {
@@ -87,14 +87,14 @@ pub struct CapsHealth {
     pub usd_per_month: Option<f64>,
     pub requests_per_day: Option<u64>,
     pub requests_per_month: Option<u64>,
-    /// Counted today (UTC); absent when the shared counters were not read (no `redis`
+    /// Counted today (UTC); `null` when the shared counters were not read (no `redis`
     /// section, Redis unreachable).
     pub today: Option<CapUseView>,
-    /// Counted this calendar month (UTC); absent like `today`.
+    /// Counted this calendar month (UTC); `null` like `today`.
     pub this_month: Option<CapUseView>,
     /// The cap used up, which keeps the deployment out of rotation until its period ends:
     /// `usd_per_day`, `requests_per_day`, `usd_per_month` or `requests_per_month` (the first
-    /// in that order); absent while none is (or when the counters were not read).
+    /// in that order); `null` while none is (or when the counters were not read).
     pub exhausted: Option<String>,
 }
 

@@ -208,3 +208,34 @@ async fn one_page(
         content,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caps_cell_shows_each_periods_use_and_the_cap_used_up() {
+        let used = |requests, usd| Some(CapUseView { requests, usd });
+        let c = CapsHealth {
+            usd_per_day: Some(1.0),
+            usd_per_month: None,
+            requests_per_day: Some(3),
+            requests_per_month: Some(100),
+            today: used(3, 0.0087),
+            this_month: used(40, 2.5),
+            exhausted: Some("requests_per_day".into()),
+        };
+        let text = caps(Some(&c)).into_string();
+        assert!(text.contains("today $0.0087 of $1 · 3 of 3 req"), "{text}");
+        assert!(text.contains("month 40 of 100 req"), "{text}");
+        assert!(text.contains("exhausted: requests_per_day"), "{text}");
+        let unread = CapsHealth {
+            today: None,
+            this_month: None,
+            exhausted: None,
+            ..c
+        };
+        assert!(caps(Some(&unread)).into_string().contains("today not read"));
+        assert!(caps(None).into_string().contains("none"));
+    }
+}

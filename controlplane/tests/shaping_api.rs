@@ -1,7 +1,8 @@
 //! Settings the data plane once read from standalone snapshots only, written through the admin
 //! API and found in the snapshot the control plane builds: requests in flight of tenants, keys
 //! and deployments; a deployment's caps and transforms; a model policy's routing refinements,
-//! transforms and content rules. Bad ones are refused with the path of the bad value.
+//! transforms and content rules; a key's own response cache (set, changed, cleared, audited).
+//! Bad ones are refused with the path of the bad value.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
@@ -141,5 +142,83 @@ async fn bad_transforms_and_rules_are_refused_at_their_paths(pool: PgPool) {
             .await
             .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, Some(path), path);
     }
+    assert_eq!(cp.fingerprint().await, before, "nothing was written");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_keys_own_cache_is_stored_shown_audited_and_reaches_the_snapshot(pool: PgPool) {
+    let cp = start(pool).await;
+    let root = cp
+        .admin("root@example.com", Role::PlatformAdmin, None)
+        .await;
+    created(&cp, &root, "/admin/v1/tenants", json!({"id": "acme"})).await;
+    let body = json!({"tenant_id": "acme", "cache": {"ttl_seconds": 60}});
+    let view = created(&cp, &root, "/admin/v1/keys", body).await;
+    assert_eq!(view["cache"]["ttl_seconds"], 60, "{view}");
+    assert_eq!(view["cache"]["enabled"], true, "defaults filled in: {view}");
+    let id = view["id"].as_str().unwrap().to_owned();
+    let plain = created(&cp, &root, "/admin/v1/keys", json!({"tenant_id": "acme"})).await;
+    assert!(plain.get("cache").is_none(), "{plain}");
+    let cache_of =
+        |s: &Snapshot, id: &str| s.virtual_keys.iter().find(|k| k.id == id).unwrap().cache;
+    let s = built(&cp).await;
+    assert_eq!(cache_of(&s, &id).unwrap().ttl_seconds, 60);
+    assert_eq!(cache_of(&s, plain["id"].as_str().unwrap()), None);
+
+    let uri = format!("/admin/v1/keys/{id}");
+    let off = json!({"cache": {"enabled": false}});
+    let r = cp.call(Method::PATCH, &uri, &root, Some(off)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["cache"]["enabled"], false, "{}", r.body);
+    let renamed = json!({"name": "renamed"});
+    let r = cp.call(Method::PATCH, &uri, &root, Some(renamed)).await;
+    assert_eq!(
+        r.body["cache"]["enabled"], false,
+        "an absent cache stays: {}",
+        r.body
+    );
+    assert!(!cache_of(&built(&cp).await, &id).unwrap().enabled);
+    // The audit log records the change of the key's cache like any key write.
+    let audit = cp.get("/admin/v1/audit", &root).await;
+    let items = audit.body["items"].as_array().unwrap();
+    let changed = items.iter().filter(|e| {
+        e["object_id"] == id.as_str()
+            && e["action"] == "update"
+            && e["before"]["cache"]["ttl_seconds"] == 60
+            && e["after"]["cache"]["enabled"] == false
+    });
+    assert_eq!(changed.count(), 1, "{}", audit.body);
+
+    let r = cp
+        .call(Method::PATCH, &uri, &root, Some(json!({"cache": null})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.get("cache").is_none(), "null clears: {}", r.body);
+    assert_eq!(cache_of(&built(&cp).await, &id), None);
+
+    // Validated like a model policy's cache, at the request's own paths; nothing written.
+    let before = cp.fingerprint().await;
+    let cases = [
+        (
+            json!({"cache": {"ttl_seconds": 0}}),
+            Some("cache.ttl_seconds"),
+        ),
+        (
+            json!({"cache": {"shared_across_tenants": true}}),
+            Some("cache.shared_across_tenants"),
+        ),
+        (json!({"cache": {"ttl": 5}}), None),
+    ];
+    for (body, path) in cases {
+        cp.call(Method::PATCH, &uri, &root, Some(body.clone()))
+            .await
+            .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, path, &body.to_string());
+    }
+    let big = json!({"tenant_id": "acme", "cache": {"max_entry_bytes": 999_999_999u64}});
+    cp.post("/admin/v1/keys", &root, big).await.assert_problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("cache.max_entry_bytes"),
+        "max_entry_bytes",
+    );
     assert_eq!(cp.fingerprint().await, before, "nothing was written");
 }

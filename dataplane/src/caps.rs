@@ -8,21 +8,22 @@
 //! Each deployment's [`CapUsage`] (held by its [`crate::fleet::DeploymentState`], so a reload
 //! keeps it) counts the requests it served and what they cost, for the current day and month.
 //! The ledger's settlement adds each request ([`CapStore::record`]). With Redis the same
-//! amounts are added to the cluster's counters (`<prefix>:dcap:<id>:<period>:{req,usd}`, one
-//! pipeline off the request path) and the totals they answer raise the local view, so a
-//! replica learns what the others spent with its next request there: the cap is overrun by at
-//! most one request per replica. Routing reads only the local atomics.
+//! amounts are added to the cluster's counters (`<prefix>:dcap:{<id>}:<period>:{req,usd}`,
+//! named by `switchboard_shared::fleet_keys`, where the control plane reads them for the
+//! deployment's health; one pipeline off the request path) and the totals they answer raise the
+//! local view, so a replica learns what the others spent with its next request there: the cap
+//! is overrun by at most one request per replica. Routing reads only the local atomics.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
+use switchboard_shared::fleet_keys::{
+    CapPeriod, CapUse, NANOS_PER_USD, cap_counters, cap_periods as periods, cap_used_up,
+};
 use switchboard_shared::snapshot::DeploymentCaps;
 
 use crate::shared_redis::SharedRedis;
-
-/// Nano-USD in one USD.
-const NANOS_PER_USD: f64 = 1e9;
 
 /// Where the cluster's totals live.
 #[derive(Debug, Clone)]
@@ -98,13 +99,6 @@ pub struct Exhausted {
     pub resets_in: Duration,
 }
 
-/// Day and month numbers of `now` (plus one, so 0 means "never").
-fn periods(now: DateTime<Utc>) -> (u64, u64) {
-    let day = u64::try_from(now.timestamp().div_euclid(86_400)).unwrap_or(0) + 1;
-    let month = u64::try_from(i64::from(now.year()) * 12 + i64::from(now.month0())).unwrap_or(0);
-    (day, month + 1)
-}
-
 /// Time until the next UTC midnight, and until the first of next month.
 fn resets(now: DateTime<Utc>) -> (Duration, Duration) {
     let secs = now.timestamp();
@@ -125,38 +119,23 @@ fn resets(now: DateTime<Utc>) -> (Duration, Duration) {
 impl CapUsage {
     /// The first of `caps` used up at `now`, if any.
     pub fn exhausted(&self, caps: &DeploymentCaps, now: DateTime<Utc>) -> Option<Exhausted> {
-        let (day, month) = periods(now);
+        let ((day_requests, day_usd), (month_requests, month_usd)) = self.used(now);
+        let today = CapUse {
+            requests: day_requests,
+            usd: day_usd,
+        };
+        let this_month = CapUse {
+            requests: month_requests,
+            usd: month_usd,
+        };
+        let cap = cap_used_up(caps, today, this_month)?;
         let (day_reset, month_reset) = resets(now);
-        let (day_requests, day_usd) = self.day.used(day);
-        let (month_requests, month_usd) = self.month.used(month);
-        let over_usd = |cap: Option<f64>, used: f64| cap.is_some_and(|c| used >= c);
-        let over_req = |cap: Option<u64>, used: u64| cap.is_some_and(|c| used >= c);
-        let checks = [
-            (
-                over_usd(caps.usd_per_day, day_usd),
-                "usd_per_day",
-                day_reset,
-            ),
-            (
-                over_req(caps.requests_per_day, day_requests),
-                "requests_per_day",
-                day_reset,
-            ),
-            (
-                over_usd(caps.usd_per_month, month_usd),
-                "usd_per_month",
-                month_reset,
-            ),
-            (
-                over_req(caps.requests_per_month, month_requests),
-                "requests_per_month",
-                month_reset,
-            ),
-        ];
-        checks
-            .into_iter()
-            .find(|(over, _, _)| *over)
-            .map(|(_, cap, resets_in)| Exhausted { cap, resets_in })
+        let resets_in = if cap.ends_with("_per_day") {
+            day_reset
+        } else {
+            month_reset
+        };
+        Some(Exhausted { cap, resets_in })
     }
 
     /// `(requests, usd)` used today and this month, for the explain header and tests.
@@ -181,15 +160,15 @@ impl CapStore {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let base = format!("{}:dcap:{id}", redis.prefix());
+        let id = id.to_owned();
         let redis = redis.clone();
         let usage = std::sync::Arc::clone(usage);
         runtime.spawn(async move {
-            let day_totals = add_in_redis(&redis, &format!("{base}:d{day}"), nanos, 2).await;
+            let day_totals = add_in_redis(&redis, &id, CapPeriod::Day(day), nanos).await;
             if let Some((r, n)) = day_totals {
                 usage.day.raise(day, r, n);
             }
-            let month_totals = add_in_redis(&redis, &format!("{base}:m{month}"), nanos, 32).await;
+            let month_totals = add_in_redis(&redis, &id, CapPeriod::Month(month), nanos).await;
             if let Some((r, n)) = month_totals {
                 usage.month.raise(month, r, n);
             }
@@ -197,10 +176,15 @@ impl CapStore {
     }
 }
 
-/// Adds one request and `nanos` to the counters under `key`, kept `days` days; the totals.
-async fn add_in_redis(redis: &SharedRedis, key: &str, nanos: i64, days: u64) -> Option<(u64, i64)> {
-    let (req, usd) = (format!("{key}:req"), format!("{key}:usd"));
-    let ttl = days * 86_400;
+/// Adds one request and `nanos` to deployment `id`'s counters of `period`; the totals.
+async fn add_in_redis(
+    redis: &SharedRedis,
+    id: &str,
+    period: CapPeriod,
+    nanos: i64,
+) -> Option<(u64, i64)> {
+    let (req, usd) = cap_counters(redis.prefix(), id, period);
+    let ttl = period.ttl_seconds();
     let mut pipe = redis::pipe();
     pipe.incr(&req, 1)
         .incr(&usd, nanos)

@@ -3,9 +3,14 @@
 //! Every key starts with the data plane's `redis.key_prefix` and carries its subject in a hash
 //! tag (`{...}`), so each script touches one key and one slot on Redis Cluster.
 //!
-//! The data planes write a deployment's hash (`dataplane/src/fleet/sync.rs`); the control
-//! plane reads it for `GET /admin/v1/deployments/{id}/health` through [`HealthFields::read`],
-//! so the field names and encodings below are the contract between them.
+//! The data planes write a deployment's hash (`dataplane/src/fleet/sync.rs`) and its caps
+//! counters (`dataplane/src/caps.rs`); the control plane reads both for
+//! `GET /admin/v1/deployments/{id}/health` through [`HealthFields::read`], [`cap_counters`] and
+//! [`cap_used_up`], so the names, periods and encodings below are the contract between them.
+
+use chrono::{DateTime, Datelike, Utc};
+
+use crate::snapshot::DeploymentCaps;
 
 /// The hash with one deployment's shared state: minute counts (`m`, `rq`, `tk`, `fl`), breaker
 /// (`until`, `probe`), per replica in-flight counts (`if:<replica>` = `n:at_ms`) and latency
@@ -18,6 +23,78 @@ pub fn deployment_state(prefix: &str, deployment_id: &str) -> String {
 /// The capped stream of one `prefix_affinity` model's prefix-index entries.
 pub fn prefix_index(prefix: &str, model: &str) -> String {
     format!("{prefix}:pfx:{{{model}}}")
+}
+
+/// Nano-USD in one USD: a caps spend counter holds whole nano-USD.
+pub const NANOS_PER_USD: f64 = 1e9;
+
+/// The period a deployment's caps counter covers: a UTC day or calendar month, numbered from
+/// the epoch plus one (so 0 means "never counted"), as [`cap_periods`] gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapPeriod {
+    Day(u64),
+    Month(u64),
+}
+
+impl CapPeriod {
+    /// How long Redis keeps a period's counters: a day past a day, a day past a month.
+    pub fn ttl_seconds(self) -> u64 {
+        match self {
+            Self::Day(_) => 2 * 86_400,
+            Self::Month(_) => 32 * 86_400,
+        }
+    }
+}
+
+/// The numbers of the UTC day and month of `now`, for [`CapPeriod`].
+pub fn cap_periods(now: DateTime<Utc>) -> (u64, u64) {
+    let day = u64::try_from(now.timestamp().div_euclid(86_400)).unwrap_or(0) + 1;
+    let month = u64::try_from(i64::from(now.year()) * 12 + i64::from(now.month0())).unwrap_or(0);
+    (day, month + 1)
+}
+
+/// The counters of one deployment's caps in `period`: `(requests, nano-USD)`, i.e.
+/// `<prefix>:dcap:{<id>}:d<day>:req` and `...:usd` (`m<month>` for a month). Both share the
+/// deployment's hash tag, so one `MGET` reads a period's pair on Redis Cluster too.
+pub fn cap_counters(prefix: &str, deployment_id: &str, period: CapPeriod) -> (String, String) {
+    let base = match period {
+        CapPeriod::Day(n) => format!("{prefix}:dcap:{{{deployment_id}}}:d{n}"),
+        CapPeriod::Month(n) => format!("{prefix}:dcap:{{{deployment_id}}}:m{n}"),
+    };
+    (format!("{base}:req"), format!("{base}:usd"))
+}
+
+/// What a deployment used of its caps in one period.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CapUse {
+    pub requests: u64,
+    pub usd: f64,
+}
+
+/// The first of `caps` that `today` and `this_month` have used up (reached or passed), by its
+/// field name: `usd_per_day`, `requests_per_day`, `usd_per_month` or `requests_per_month`.
+/// Routing leaves the deployment out while one is; health shows the same name.
+pub fn cap_used_up(
+    caps: &DeploymentCaps,
+    today: CapUse,
+    this_month: CapUse,
+) -> Option<&'static str> {
+    let usd = |cap: Option<f64>, used: f64| cap.is_some_and(|c| used >= c);
+    let req = |cap: Option<u64>, used: u64| cap.is_some_and(|c| used >= c);
+    [
+        (usd(caps.usd_per_day, today.usd), "usd_per_day"),
+        (
+            req(caps.requests_per_day, today.requests),
+            "requests_per_day",
+        ),
+        (usd(caps.usd_per_month, this_month.usd), "usd_per_month"),
+        (
+            req(caps.requests_per_month, this_month.requests),
+            "requests_per_month",
+        ),
+    ]
+    .into_iter()
+    .find_map(|(over, name)| over.then_some(name))
 }
 
 /// `at_ms:status:kind:message` — the last permanent error read from an upstream's body.
@@ -327,5 +404,42 @@ mod tests {
     fn keys_carry_their_subject_as_a_hash_tag() {
         assert_eq!(deployment_state("sb", "d1"), "sb:fleet:{d1}");
         assert_eq!(prefix_index("sb", "llama"), "sb:pfx:{llama}");
+        let (req, usd) = cap_counters("sb", "d1", CapPeriod::Day(20_428));
+        assert_eq!(
+            (req.as_str(), usd.as_str()),
+            ("sb:dcap:{d1}:d20428:req", "sb:dcap:{d1}:d20428:usd")
+        );
+        assert_eq!(
+            cap_counters("sb", "d1", CapPeriod::Month(7)).0,
+            "sb:dcap:{d1}:m7:req"
+        );
+    }
+
+    #[test]
+    fn cap_periods_are_utc_days_and_months_and_caps_are_used_up_when_reached() {
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        let (d1, m1) = cap_periods(at("2026-12-31T23:59:59Z"));
+        let (d2, m2) = cap_periods(at("2027-01-01T00:00:00Z"));
+        assert_eq!((d2, m2), (d1 + 1, m1 + 1));
+        assert_eq!(cap_periods(at("1970-01-01T00:00:00Z")), (1, 1970 * 12 + 1));
+        let caps = DeploymentCaps {
+            usd_per_day: Some(0.01),
+            requests_per_month: Some(5),
+            ..DeploymentCaps::default()
+        };
+        let used = |requests, usd| CapUse { requests, usd };
+        assert_eq!(cap_used_up(&caps, used(4, 0.009), used(4, 0.009)), None);
+        assert_eq!(
+            cap_used_up(&caps, used(4, 0.01), used(4, 0.01)),
+            Some("usd_per_day")
+        );
+        assert_eq!(
+            cap_used_up(&caps, used(0, 0.0), used(5, 0.02)),
+            Some("requests_per_month")
+        );
+        assert_eq!(
+            cap_used_up(&DeploymentCaps::default(), used(9, 9.0), used(9, 9.0)),
+            None
+        );
     }
 }

@@ -273,6 +273,16 @@ try {
   r = await submit(root, `/ui/keys/${keyId}`, { "limits.rpm": "120", expires_at: "2099-01-31", allowed_models: "m-chat" });
   check("a key's limits, expiry and models are saved", r.status() === 200 && (await root.textContent("body")).includes(`Key ${keyId} saved`)
     && (await root.inputValue("#f-limits-rpm")) === "120" && (await root.inputValue("#f-expires_at")) === "2099-01-31");
+  r = await submit(root, `/ui/keys/${keyId}`, { "cache.ttl_seconds": "60" });
+  check("a key's own response cache is saved", r.status() === 200 && (await root.inputValue("#f-cache-ttl_seconds")) === "60"
+    && (await root.inputValue("#f-limits-rpm")) === "120");
+  r = await submit(root, `/ui/keys/${keyId}`, { "cache.ttl_seconds": "0" });
+  check("0 turns the response cache off for the key", r.status() === 200 && (await root.inputValue("#f-cache-ttl_seconds")) === "0");
+  r = await submit(root, `/ui/keys/${keyId}`, { "cache.ttl_seconds": "99999999" });
+  check("a too long cache TTL is refused next to its field", r.status() === 422
+    && (await root.locator("#f-cache-ttl_seconds-err").textContent()).includes("between 1 and"));
+  r = await submit(root, `/ui/keys/${keyId}`, { "cache.ttl_seconds": "" });
+  check("an empty cache TTL leaves it to the models' policies", r.status() === 200 && (await root.inputValue("#f-cache-ttl_seconds")) === "");
   await Promise.all([root.waitForNavigation(), root.click(`form[action="/ui/keys/${keyId}/rotate"] button`)]);
   const rotated = (await root.textContent("#new-secret")).trim();
   check("rotating shows the new secret once", rotated.startsWith("sk-") && rotated !== secret);

@@ -9,6 +9,9 @@
 //!   deployment out for longer than the 429's `Retry-After`, and `GET
 //!   /admin/v1/deployments/{id}/health` (and the list form) shows the open breaker and the
 //!   error in the upstream's words.
+//! - A deployment's caps: health shows the settings, the requests and USD the data plane
+//!   counted today and this month in the shared counters (nano-USD in Redis), and the cap used
+//!   up once it is reached; a deployment without caps has none.
 //! - Roles: a viewer reads health but may not send a test call; a tenant admin reads neither.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
@@ -254,6 +257,73 @@ async fn a_lasting_upstream_error_shows_in_health_and_takes_the_deployment_out(p
     assert_eq!(by_id("d-quota")["breaker"], "open");
     assert_eq!(by_id("d-good")["breaker"], "closed");
     roles(&c.cp).await;
+}
+
+/// USD per prompt or completion token of `d-capped`.
+const TOKEN_USD: f64 = 0.0001;
+
+#[sqlx::test(migrations = "../migrations")]
+async fn caps_usage_counted_by_the_data_plane_shows_in_health(pool: PgPool) {
+    let c = start(pool).await;
+    let price = json!({"input_cost_per_token": TOKEN_USD, "output_cost_per_token": TOKEN_USD});
+    let deployment = json!({"id": "d-capped", "model": "m-capped", "provider": "good",
+        "upstream_model": "gpt-4o", "price": price,
+        "caps": {"requests_per_day": 3, "usd_per_month": 100.0}});
+    c.cp.write(Method::POST, "/admin/v1/deployments", deployment)
+        .await;
+    let fresh = health_until(&c.cp, "d-capped", |h| !h["caps"]["today"].is_null()).await;
+    let caps = &fresh["caps"];
+    assert_eq!(caps["requests_per_day"], 3, "{fresh}");
+    assert_eq!(caps["usd_per_month"], 100.0, "{fresh}");
+    assert!(caps["usd_per_day"].is_null(), "unlimited: {fresh}");
+    assert_eq!(caps["today"]["requests"], 0, "{fresh}");
+    assert!(caps["exhausted"].is_null(), "{fresh}");
+
+    // Three chats (the first once the data plane has the deployment) use up the quota.
+    let mut cost = 0.0;
+    let started = Instant::now();
+    let mut served = 0;
+    while served < 3 {
+        let reply = chat(&c.gw, &c.secret, "m-capped").await;
+        if reply.status == StatusCode::OK {
+            let usage = &reply.json()["usage"];
+            let tokens = usage["prompt_tokens"].as_u64().unwrap()
+                + usage["completion_tokens"].as_u64().unwrap();
+            cost += tokens as f64 * TOKEN_USD;
+            served += 1;
+        } else {
+            assert_eq!(served, 0, "{}", reply.text());
+            assert!(started.elapsed() < Duration::from_secs(10), "never served");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let health = health_until(&c.cp, "d-capped", |h| {
+        h["caps"]["today"]["requests"] == 3 && h["caps"]["this_month"]["requests"] == 3
+    })
+    .await;
+    let caps = &health["caps"];
+    assert_eq!(caps["exhausted"], "requests_per_day", "{health}");
+    for period in ["today", "this_month"] {
+        let usd = caps[period]["usd"].as_f64().unwrap();
+        assert!(
+            cost > 0.0 && (usd - cost).abs() < 1e-9,
+            "{usd} vs {cost}: {health}"
+        );
+    }
+    let list = get(&c.cp, &c.cp.token, "/admin/v1/deployments/health").await;
+    let list = list.json();
+    let of = |id: &str| {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["deployment_id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {list}"))["caps"]
+            .clone()
+    };
+    assert_eq!(of("d-capped")["exhausted"], "requests_per_day", "{list}");
+    assert_eq!(of("d-capped")["today"]["requests"], 3, "{list}");
+    assert!(of("d-good").is_null(), "no caps: {list}");
 }
 
 /// A viewer reads health but may not test; a tenant admin reads neither.

@@ -11,6 +11,11 @@
 //! - `Cache-Control: no-store` is neither answered from nor stored; `no-cache` is not
 //!   answered from.
 //!
+//! - A key's own cache policy, set through the admin API: its second identical chat on a model
+//!   whose policy caches nothing is a hit (through the other replica); another key of the same
+//!   tenant is not cached; a key with `enabled: false` is not cached on a caching model; `null`
+//!   gives the model policy back the say.
+//!
 //! Standalone: the in-process store answers the second request; a model without a cache
 //! policy says nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
@@ -354,6 +359,75 @@ async fn no_store_and_no_cache_are_honoured(dp: &Served, secret: &str, mock: &Mo
     .await;
     assert_eq!(cache_header(&ours), "bypass");
     assert_eq!(mock.request_count(OPENAI), calls + 4 + misses);
+}
+
+/// A new key of `acme` with `cache` as its own policy: (id, secret).
+async fn key_with_cache(cp: &ControlPlane, cache: Value) -> (String, String) {
+    let body = json!({"tenant_id": "acme", "cache": cache});
+    let key = cp.write(Method::POST, "/admin/v1/keys", body).await.json();
+    for (field, value) in cache.as_object().unwrap() {
+        assert_eq!(&key["cache"][field], value, "{key}");
+    }
+    let text = |field: &str| key[field].as_str().unwrap().to_owned();
+    (text("id"), text("key"))
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_keys_own_cache_policy_set_through_the_admin_api_is_honoured(pool: PgPool) {
+    let namespace = unique_namespace();
+    let mock = MockUpstream::start().await.unwrap();
+    let cp = ControlPlane::start(pool.clone(), &namespace).await;
+    let (uncached, _) = configure(&cp, &mock).await;
+    let (caching_id, caching) = key_with_cache(&cp, json!({"ttl_seconds": 60})).await;
+    let (_, off) = key_with_cache(&cp, json!({"enabled": false})).await;
+    let redis = format!(
+        "redis:\n  url: {{ value: \"{}\" }}\n  key_prefix: \"rck{}\"\n",
+        redis_url(),
+        uuid::Uuid::now_v7().simple()
+    );
+    let (a, b) = (
+        served(&namespace, &cp, &redis).await,
+        served(&namespace, &cp, &redis).await,
+    );
+    for dp in [&a, &b] {
+        for secret in [&uncached, &caching, &off] {
+            until_served(dp, secret).await;
+        }
+    }
+    let path = "/v1/chat/completions";
+    // `plain`'s policy caches nothing: the key's own policy does.
+    let body = chat_body("plain", "Cached for this key", false);
+    let first = post_as(&a.base, path, &caching, &[], &body).await;
+    assert_eq!(cache_header(&first), "miss", "{}", first.text());
+    let (hit, misses) = until_hit(&b.base, path, &caching, &body).await;
+    assert_eq!(hit.json(), first.json());
+    let other = post_as(&a.base, path, &uncached, &[], &body).await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.text());
+    assert_eq!(cache_header(&other), "(none)", "another key is not cached");
+    assert_eq!(mock.request_count(OPENAI), 2 + misses);
+    // `m`'s policy caches; the key with `enabled: false` turns it off for itself.
+    let m = chat_body("m", "Never cached for this key", false);
+    for _ in 0..2 {
+        let reply = post_as(&a.base, path, &off, &[], &m).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(cache_header(&reply), "(none)");
+    }
+    assert_eq!(mock.request_count(OPENAI), 4 + misses);
+
+    // `null` clears the key's policy: `plain` is no longer cached for it.
+    let uri = format!("/admin/v1/keys/{caching_id}");
+    let cleared = cp.write(Method::PATCH, &uri, json!({"cache": null})).await;
+    assert!(cleared.json().get("cache").is_none(), "{}", cleared.text());
+    let started = Instant::now();
+    loop {
+        let reply = post_as(&a.base, path, &caching, &[], &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        if cache_header(&reply) == "(none)" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still cached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

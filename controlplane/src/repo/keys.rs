@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use sqlx::types::Json;
-use switchboard_shared::snapshot::Budget;
+use switchboard_shared::snapshot::{Budget, ResponseCache};
 
 use super::rows::KeyRow;
 
@@ -18,7 +18,8 @@ macro_rules! q {
             $head + r#" id, tenant_id, name, key_hash, display_prefix, status, expires_at,
             allowed_models, rpm, tpm, concurrency, budget AS "budget: Json<Budget>",
             metadata AS "metadata: Json<BTreeMap<String, String>>", created_at, updated_at,
-            revoked_at, previous_key_hash, previous_expires_at "# $(+ $tail)* $($args)*
+            revoked_at, previous_key_hash, previous_expires_at,
+            cache AS "cache: Json<ResponseCache>" "# $(+ $tail)* $($args)*
         )
     };
 }
@@ -34,6 +35,8 @@ pub struct KeyFields<'a> {
     pub concurrency: Option<i64>,
     pub budget: Option<&'a Budget>,
     pub metadata: &'a BTreeMap<String, String>,
+    /// The key's own response cache (`None`: the model policy decides).
+    pub cache: Option<&'a ResponseCache>,
 }
 
 /// A new key's secret as stored: its keyed hash and display prefix.
@@ -52,7 +55,7 @@ all_fn!(KeyRow, q, ["FROM virtual_keys ORDER BY id"]);
 
 tenant_list_fn!(KeyRow, q, "FROM virtual_keys", "tenant_id", "id");
 
-/// Runs `$sql` — `$1` the id, `$2`..`$9` the [`KeyFields`], then `$extra` — returning the row.
+/// Runs `$sql` — `$1` the id, `$2`..`$10` the [`KeyFields`], then `$extra` — returning the row.
 macro_rules! save {
     ($db:expr, $sql:literal, $id:expr, $k:expr $(, $extra:expr)*) => {
         q!(
@@ -66,7 +69,8 @@ macro_rules! save {
             $k.tpm,
             $k.budget.map(Json) as _,
             Json($k.metadata) as _,
-            $k.concurrency
+            $k.concurrency,
+            $k.cache.map(Json) as _
             $(, $extra)*
         )
         .fetch_one($db)
@@ -85,8 +89,8 @@ pub async fn insert(
     save!(
         db,
         "INSERT INTO virtual_keys (id, name, expires_at, allowed_models, rpm, tpm, budget, \
-         metadata, concurrency, tenant_id, key_hash, display_prefix) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING",
+         metadata, concurrency, cache, tenant_id, key_hash, display_prefix) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING",
         id,
         k,
         tenant_id,
@@ -100,7 +104,7 @@ pub async fn update(db: impl PgExecutor<'_>, id: &str, k: &KeyFields<'_>) -> sql
     save!(
         db,
         "UPDATE virtual_keys SET name = $2, expires_at = $3, allowed_models = $4, rpm = $5, \
-         tpm = $6, budget = $7, metadata = $8, concurrency = $9, updated_at = now() \
+         tpm = $6, budget = $7, metadata = $8, concurrency = $9, cache = $10, updated_at = now() \
          WHERE id = $1 RETURNING",
         id,
         k

@@ -11,7 +11,7 @@ use switchboard_shared::sealed::Sealed;
 use switchboard_shared::secret::SecretRef;
 use switchboard_shared::snapshot::{
     Budget, Deployment, DeploymentCaps, KeyStatus, ModelPolicy, PreviousSecret, Provider,
-    ProviderKind, RateLimits, Tenant, TenantStatus, Transforms, VirtualKey,
+    ProviderKind, RateLimits, ResponseCache, Tenant, TenantStatus, Transforms, VirtualKey,
 };
 
 /// Stored limit columns as the snapshot's [`RateLimits`].
@@ -91,6 +91,8 @@ pub struct KeyRow {
     /// The hash of the secret the last rotation replaced, accepted until `previous_expires_at`.
     pub previous_key_hash: Option<String>,
     pub previous_expires_at: Option<DateTime<Utc>>,
+    /// The key's own response cache, in place of the model policies' (absent: theirs).
+    pub cache: Option<Json<ResponseCache>>,
 }
 
 impl KeyRow {
@@ -112,8 +114,7 @@ impl KeyRow {
             limits: limits(self.rpm, self.tpm, self.concurrency),
             budget: self.budget.as_ref().map(|b| b.0.clone()),
             metadata: self.metadata.0.clone(),
-            // Not stored by the control plane yet: a key's cache setting is standalone-only.
-            cache: None,
+            cache: self.cache.as_ref().map(|c| c.0),
             previous_secret: self.previous_secret(),
         }
     }

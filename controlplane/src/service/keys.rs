@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use switchboard_shared::keys::{display_prefix, hash_key_hex};
-use switchboard_shared::snapshot::{Budget, KeyStatus, RateLimits};
+use switchboard_shared::snapshot::{Budget, KeyStatus, RateLimits, ResponseCache};
 use utoipa::ToSchema;
 
 use super::crud::{self, resource};
@@ -50,6 +50,11 @@ pub struct KeyView {
     #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Budget>,
     pub metadata: BTreeMap<String, String>,
+    /// The key's own exact response cache (`enabled`, `ttl_seconds`, `max_entry_bytes`), used
+    /// for its requests in place of each model policy's; absent: the model policy decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub cache: Option<ResponseCache>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -72,6 +77,7 @@ impl From<&KeyRow> for KeyView {
             limits: limits(r.rpm, r.tpm, r.concurrency),
             budget: r.budget.as_ref().map(|b| b.0.clone()),
             metadata: r.metadata.0.clone(),
+            cache: r.cache.as_ref().map(|c| c.0),
             created_at: r.created_at,
             updated_at: r.updated_at,
             revoked_at: r.revoked_at,
@@ -107,9 +113,14 @@ pub struct CreateKey {
     pub budget: Option<Budget>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The key's own exact response cache, in place of each model policy's:
+    /// `{enabled, ttl_seconds, max_entry_bytes}` (defaults true, 300, 1048576); `enabled:
+    /// false` turns caching off for the key. Absent: the model policy decides.
+    #[schema(value_type = Option<Object>)]
+    pub cache: Option<ResponseCache>,
 }
 
-/// Fields to change; absent fields stay, `null` clears `expires_at` and `budget`.
+/// Fields to change; absent fields stay, `null` clears `expires_at`, `budget` and `cache`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
@@ -124,6 +135,10 @@ pub struct UpdateKey {
     #[schema(value_type = Option<super::budgets::BudgetBody>)]
     pub budget: Option<Option<Budget>>,
     pub metadata: Option<BTreeMap<String, String>>,
+    /// The key's own response cache (see `CreateKey`); `null`: the model policy decides.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub cache: Option<Option<ResponseCache>>,
 }
 
 /// The longest grace window a rotation may give the old secret: one week.
@@ -180,6 +195,7 @@ pub async fn create(
         concurrency: req.limits.concurrency.map(i64::from),
         budget: req.budget.as_ref(),
         metadata: &req.metadata,
+        cache: req.cache.as_ref(),
     };
     let secret_fields = SecretFields {
         key_hash: &key_hash,
@@ -205,6 +221,7 @@ impl crud::Edit<KeyRow> for UpdateKey {
             Some(b) => b,
             None => before.budget.as_ref().map(|b| b.0.clone()),
         };
+        let cache = req.cache.unwrap_or(before.cache.as_ref().map(|c| c.0));
         let fields = KeyFields {
             name: req.name.as_ref().unwrap_or(&before.name),
             expires_at: req.expires_at.unwrap_or(before.expires_at),
@@ -217,6 +234,7 @@ impl crud::Edit<KeyRow> for UpdateKey {
             concurrency: limits.concurrency.map(i64::from),
             budget: budget.as_ref(),
             metadata: req.metadata.as_ref().unwrap_or(&before.metadata.0),
+            cache: cache.as_ref(),
         };
         Ok(repo::keys::update(w.conn(), id, &fields).await?)
     }

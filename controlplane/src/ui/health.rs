@@ -1,5 +1,5 @@
 //! Deployment health in the console: `/ui/deployments/health` lists every deployment's
-//! breaker, load, latency, recent failure rate and last lasting error, and
+//! breaker, load, latency, recent failure rate, caps usage and last lasting error, and
 //! `/ui/deployments/{id}/health` shows one with its latest failed attempts and — for platform
 //! admins — a button that sends the test call (`POST /ui/deployments/{id}/test`) and shows what
 //! the upstream answered. Both read `service::health` and `service::test_call`, as
@@ -13,7 +13,7 @@ use maud::{Markup, html};
 use super::html::{csrf, page};
 use super::pages::{refused, urlencode};
 use super::session::{PostForm, Session};
-use crate::service::health::{self, DeploymentHealth};
+use crate::service::health::{self, CapUseView, CapsHealth, DeploymentHealth};
 use crate::service::test_call::{self, TestResult};
 use crate::state::AppState;
 
@@ -44,6 +44,37 @@ fn breaker(h: &DeploymentHealth) -> Markup {
     }
 }
 
+/// `used` of the caps `usd` and `requests` of one period, e.g. `$0.0087 of $0.01 · 3 of 5 req`
+/// (unlimited ones left out).
+fn period_use(used: Option<CapUseView>, usd: Option<f64>, requests: Option<u64>) -> String {
+    let Some(u) = used else {
+        return "not read".to_owned();
+    };
+    let mut parts = Vec::new();
+    if let Some(cap) = usd {
+        parts.push(format!("${:.4} of ${cap}", u.usd));
+    }
+    if let Some(cap) = requests {
+        parts.push(format!("{} of {cap} req", u.requests));
+    }
+    parts.join(" · ")
+}
+
+/// A deployment's caps: what each period used of them, and the one used up.
+fn caps(c: Option<&CapsHealth>) -> Markup {
+    let Some(c) = c else {
+        return html! { span.muted { "none" } };
+    };
+    let day = c.usd_per_day.is_some() || c.requests_per_day.is_some();
+    let month = c.usd_per_month.is_some() || c.requests_per_month.is_some();
+    html! {
+        @if day { "today " (period_use(c.today, c.usd_per_day, c.requests_per_day)) }
+        @if day && month { br; }
+        @if month { "month " (period_use(c.this_month, c.usd_per_month, c.requests_per_month)) }
+        @if let Some(cap) = &c.exhausted { br; span.bad { "exhausted: " (cap) } }
+    }
+}
+
 /// `GET /ui/deployments/health`: every deployment's health.
 pub async fn list(State(state): State<AppState>, session: Session) -> Response {
     let all = match health::all(state.ctx(), &session.actor, state.counters.as_ref()).await {
@@ -58,17 +89,17 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Response {
         div.tablewrap { table #health {
             thead { tr { th { "Deployment" } th { "Model" } th { "Breaker" } th.num { "Replicas" }
                 th.num { "In flight" } th.num { "Latency" } th.num { "TTFT" }
-                th { "Failures (15 min)" } th { "Last lasting error" } } }
+                th { "Failures (15 min)" } th { "Caps used" } th { "Last lasting error" } } }
             tbody {
                 @for h in &all { tr {
                     td { a href=(format!("/ui/deployments/{}/health", urlencode(&h.deployment_id))) {
                         (h.deployment_id) } }
                     td { (h.model) } td { (breaker(h)) } td.num { (h.replicas) }
                     td.num { (h.inflight) } td.num { (ms(h.latency_ms)) } td.num { (ms(h.ttft_ms)) }
-                    td { (rate(h)) }
+                    td { (rate(h)) } td.caps { (caps(h.caps.as_ref())) }
                     td { @if let Some(e) = &h.last_permanent_error { (e.kind) } @else { "—" } }
                 } }
-                @if all.is_empty() { tr { td colspan="9" .muted { "No deployment yet." } } }
+                @if all.is_empty() { tr { td colspan="10" .muted { "No deployment yet." } } }
             }
         } }
         p { a href="/ui/deployments" { "Deployments" } }
@@ -140,6 +171,7 @@ async fn one_page(
                 (q.remaining_tokens.map_or("?".into(), |v| v.to_string())) "/"
                 (q.limit_tokens.map_or("?".into(), |v| v.to_string())) " tokens left"
             } @else { "not reported" } }
+            dt { "Caps used" } dd { (caps(h.caps.as_ref())) }
             dt { "Last lasting error" } dd { @if let Some(e) = &h.last_permanent_error {
                 (e.kind) " (HTTP " (e.status) ")"
                 @if let Some(at) = e.at { " at " (at.format("%Y-%m-%d %H:%M:%S UTC")) }
@@ -175,4 +207,35 @@ async fn one_page(
         &format!("Health of {}", h.deployment_id),
         content,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caps_cell_shows_each_periods_use_and_the_cap_used_up() {
+        let used = |requests, usd| Some(CapUseView { requests, usd });
+        let c = CapsHealth {
+            usd_per_day: Some(1.0),
+            usd_per_month: None,
+            requests_per_day: Some(3),
+            requests_per_month: Some(100),
+            today: used(3, 0.0087),
+            this_month: used(40, 2.5),
+            exhausted: Some("requests_per_day".into()),
+        };
+        let text = caps(Some(&c)).into_string();
+        assert!(text.contains("today $0.0087 of $1 · 3 of 3 req"), "{text}");
+        assert!(text.contains("month 40 of 100 req"), "{text}");
+        assert!(text.contains("exhausted: requests_per_day"), "{text}");
+        let unread = CapsHealth {
+            today: None,
+            this_month: None,
+            exhausted: None,
+            ..c
+        };
+        assert!(caps(Some(&unread)).into_string().contains("today not read"));
+        assert!(caps(None).into_string().contains("none"));
+    }
 }

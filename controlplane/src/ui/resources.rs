@@ -10,6 +10,7 @@ use axum::response::Response;
 use maud::{Markup, html};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
+use switchboard_shared::snapshot::ResponseCache;
 
 use super::html::{FormErrors, applied, csrf, general, input, page_with, pager, select, usd};
 use super::pages::{ListQuery, refused};
@@ -643,6 +644,8 @@ async fn key_page(
                 (input(&e, "budget.max_usd", "Budget (USD; empty: none)", "text",
                     &k.budget.as_ref().map(|b| b.max_usd.to_string()).unwrap_or_default()))
                 (select(&e, "budget.period", "Budget period", PERIODS, &period))
+                (input(&e, "cache.ttl_seconds", "Response cache for this key (seconds an answer is kept; 0: never cached; empty: the models' policies decide)",
+                    "number", &cache_ttl(k.cache.as_ref())))
                 div { button type="submit" { "Save" } }
             }
             form.box method="post" action=(format!("/ui/keys/{}/rotate", k.id)) {
@@ -654,6 +657,33 @@ async fn key_page(
         p { a href="/ui/keys" { "All keys" } }
     };
     page_with(session, "/ui/keys", &format!("Key {}", k.id), &e, content)
+}
+
+/// The key form's `cache.ttl_seconds` for the key's `cache`: empty for none, 0 when off.
+fn cache_ttl(cache: Option<&ResponseCache>) -> String {
+    match cache {
+        None => String::new(),
+        Some(c) if !c.enabled => "0".to_owned(),
+        Some(c) => c.ttl_seconds.to_string(),
+    }
+}
+
+/// The key form's `cache.ttl_seconds` as the key's `cache`: empty clears it (the models'
+/// policies decide), 0 turns caching off for the key, seconds cache for that long; the key's
+/// other cache settings (`max_entry_bytes`, set through the API) stay as they are.
+fn key_cache(f: &Fields, current: Option<ResponseCache>) -> Result<Value, FormErrors> {
+    let Some(text) = f.get("cache.ttl_seconds") else {
+        return Ok(Value::Null);
+    };
+    let ttl: u64 = text
+        .parse()
+        .map_err(|_| FormErrors::field("cache.ttl_seconds", "must be a whole number"))?;
+    let mut cache = current.unwrap_or_default();
+    cache.enabled = ttl > 0;
+    if ttl > 0 {
+        cache.ttl_seconds = ttl;
+    }
+    Ok(json!(cache))
 }
 
 pub async fn key_post(
@@ -684,6 +714,8 @@ pub async fn key_post(
         body.insert("allowed_models".into(), json!(models));
         limits_and_budget(&f, &mut body)?;
         body.entry("budget").or_insert(Value::Null);
+        let current = crud::get::<KeyRow>(s.ctx(), &session.actor, &id).await?;
+        body.insert("cache".into(), key_cache(&f, current.cache)?);
         let req: keys::UpdateKey = parse(Value::Object(body))?;
         Ok(crud::update::<KeyRow, _>(s.ctx(), &session.actor, &id, req).await?)
     }

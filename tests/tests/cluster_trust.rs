@@ -31,6 +31,11 @@ use switchboard_tests::cluster_keys::{GRPC_TOKEN, INGEST_KEY, signing_public};
 use switchboard_tests::services::nats_url;
 use tonic::transport::Channel;
 
+/// The control-plane binary's allocator (`controlplane/src/main.rs`), so that the memory
+/// measurements below (`login_flood`, `watchers_memory`) see what a deployed control plane does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A ConfigService client presenting `token` (if any).
 async fn grpc_client(
     url: &str,
@@ -610,7 +615,10 @@ async fn chat(gw: &Gateway, secret: &str, model: &str) -> Reply {
     send(request(
         Method::POST,
         &gw.url("/v1/chat/completions"),
-        &[("authorization", &auth), ("content-type", "application/json")],
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
         body.to_string(),
     ))
     .await
@@ -716,7 +724,10 @@ async fn after_a_master_key_rotation_data_planes_with_only_the_new_key_install_a
     cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "beta"}))
         .await;
     let after = head_revision(&js, &names).await;
-    assert!(after > before, "the write was published ({before} -> {after})");
+    assert!(
+        after > before,
+        "the write was published ({before} -> {after})"
+    );
 
     // A data plane with only the new key installs it and every sealed field opens: Bedrock's
     // SigV4 checks out at the mock, and both weighted keys arrive as they were entered.
@@ -737,7 +748,10 @@ async fn after_a_master_key_rotation_data_planes_with_only_the_new_key_install_a
         switchboard_tests::mock::bedrock::BEDROCK_ACCESS_KEY_ID
     );
     assert!(
-        signed.header("authorization").unwrap().contains(&credential),
+        signed
+            .header("authorization")
+            .unwrap()
+            .contains(&credential),
         "{:?}",
         signed.header("authorization")
     );
@@ -825,6 +839,10 @@ async fn watchers_memory(pool: PgPool) {
     );
 }
 
+/// `cargo test -p switchboard-tests --test cluster_trust -- --ignored --nocapture login_flood`
+/// A measurement: 500 concurrent bad logins against one control plane while a usage event is
+/// ingested and an admin write is published; prints the answers, this process's peak RSS
+/// (server and clients together) and how long ingestion and publishing took meanwhile.
 #[sqlx::test(migrations = "../migrations")]
 #[ignore = "a measurement, not a check"]
 async fn login_flood(pool: PgPool) {
@@ -878,13 +896,19 @@ async fn login_flood(pool: PgPool) {
         })
         .await;
         let ingested = t.elapsed();
+        let head_before = head_revision(&js, &names).await;
         let t = Instant::now();
-        let written = cp
-            .write(Method::POST, "/admin/v1/tenants", json!({"id": "beta"}))
+        cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "beta"}))
             .await;
-        (ingested, t.elapsed(), written.status)
+        let mut head_after = head_revision(&js, &names).await;
+        while head_after <= head_before {
+            assert!(t.elapsed() < Duration::from_secs(10), "never published");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            head_after = head_revision(&js, &names).await;
+        }
+        (ingested, t.elapsed(), (head_before, head_after))
     };
-    let (statuses, (ingested, published, write_status)) =
+    let (statuses, (ingested, published, heads)) =
         tokio::join!(futures_util::future::join_all(logins), during);
     let flood = started.elapsed();
     sampler.abort();
@@ -894,8 +918,11 @@ async fn login_flood(pool: PgPool) {
     }
     eprintln!(
         "500 concurrent bad logins in {flood:?}: answers {counts:?}; process RSS {before} KiB -> peak {} KiB; \
-         during the flood a usage event was ingested in {ingested:?} and an admin write published in {published:?} ({write_status})",
-        peak.load(std::sync::atomic::Ordering::Relaxed)
+         during the flood a usage event was ingested in {ingested:?} and an admin write was published on NATS \
+         (head revision {} -> {}) {published:?} after it was sent",
+        peak.load(std::sync::atomic::Ordering::Relaxed),
+        heads.0,
+        heads.1
     );
     assert!(
         statuses

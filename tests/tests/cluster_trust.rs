@@ -4,7 +4,9 @@
 //! plane; forged usage events and heartbeats never reach spend or the fleet view (events are
 //! kept as dead letters), and with per-data-plane ingest keys a data plane speaks only for
 //! itself; a rotated virtual key's old secret works on the data plane until its grace window
-//! ends.
+//! ends; after a master-key rotation (reseal, old key dropped) a data plane holding only the new
+//! key installs and answers through Bedrock and weighted keys, while one holding only the old
+//! key refuses the new revision and keeps serving its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 #[allow(unused_imports)] // Not every shared helper is needed here.
@@ -12,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{ControlPlane, call, unique_namespace};
+use common::cluster::{ControlPlane, MASTER_KEYS, call, follower_keyed, unique_namespace};
 use common::*;
 use dataplane::config::ClusterConfig;
 use http::{Method, StatusCode};
@@ -24,9 +26,15 @@ use switchboard_shared::cluster_trust::{
 };
 use switchboard_shared::proto::config_service_client::ConfigServiceClient;
 use switchboard_shared::proto::{GetSnapshotRequest, WatchSnapshotRequest};
+use switchboard_shared::sealed::MasterKeys;
 use switchboard_tests::cluster_keys::{GRPC_TOKEN, INGEST_KEY, signing_public};
 use switchboard_tests::services::nats_url;
 use tonic::transport::Channel;
+
+/// The control-plane binary's allocator (`controlplane/src/main.rs`), so that the memory
+/// measurements below (`login_flood`, `watchers_memory`) see what a deployed control plane does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A ConfigService client presenting `token` (if any).
 async fn grpc_client(
@@ -554,6 +562,222 @@ async fn usage_is_authenticated_per_data_plane_and_strangers_are_kept_aside(pool
     let _ = js.delete_stream(&names.usage_stream).await;
 }
 
+/// The sealing key a rotation introduces (the old one is the test cluster's `k1`).
+const NEW_MASTER_KEY: &str = "k2:ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM=";
+/// The two weighted keys of the OpenAI-compatible provider.
+const WEIGHTED: [&str; 2] = ["sk-rotation-heavy", "sk-rotation-light"];
+
+/// A Bedrock provider (`br`, signing with the mock's AWS credentials) and an OpenAI-compatible
+/// one with two weighted keys (`multi`), both on the mock; models `mb` and `mm` on them; a
+/// tenant and a virtual key, whose secret is returned.
+async fn sealed_providers(cp: &ControlPlane, mock: &MockUpstream) -> String {
+    use switchboard_tests::mock::bedrock::{BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY};
+    let price = json!({"input_cost_per_token": 1e-6, "output_cost_per_token": 1e-5});
+    let bedrock_url = mock.base_url().trim_end_matches("/v1").to_owned();
+    let writes = [
+        ("/admin/v1/tenants", json!({"id": "acme"})),
+        (
+            "/admin/v1/providers",
+            json!({"id": "br", "kind": "bedrock", "base_url": bedrock_url, "region": "us-east-1",
+                   "aws_access_key_id": BEDROCK_ACCESS_KEY_ID,
+                   "aws_secret_access_key": BEDROCK_SECRET_ACCESS_KEY}),
+        ),
+        (
+            "/admin/v1/providers",
+            json!({"id": "multi", "kind": "openai", "base_url": mock.base_url(),
+                   "api_keys": [{"key": WEIGHTED[0], "weight": 3}, {"key": WEIGHTED[1]}]}),
+        ),
+        (
+            "/admin/v1/deployments",
+            json!({"id": "d-br", "model": "mb", "provider": "br",
+                   "upstream_model": "anthropic.claude-3-5-sonnet-20240620-v1:0", "price": price}),
+        ),
+        (
+            "/admin/v1/deployments",
+            json!({"id": "d-multi", "model": "mm", "provider": "multi",
+                   "upstream_model": "gpt-4o", "price": price}),
+        ),
+    ];
+    for (path, body) in writes {
+        cp.write(Method::POST, path, body).await;
+    }
+    let key = cp
+        .write(Method::POST, "/admin/v1/keys", json!({"tenant_id": "acme"}))
+        .await
+        .json();
+    key["key"].as_str().unwrap().to_owned()
+}
+
+/// A chat completion of `model` on `gw` with the virtual key `secret`.
+async fn chat(gw: &Gateway, secret: &str, model: &str) -> Reply {
+    let auth = format!("Bearer {secret}");
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    send(request(
+        Method::POST,
+        &gw.url("/v1/chat/completions"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    ))
+    .await
+}
+
+/// The revision of the head on NATS now.
+async fn head_revision(js: &async_nats::jetstream::Context, names: &NatsNames) -> u64 {
+    let message = js
+        .get_stream(&names.config_stream)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&names.head_subject)
+        .await
+        .unwrap();
+    serde_json::from_slice::<SnapshotHead>(&message.payload)
+        .unwrap()
+        .revision
+}
+
+/// What became of `revision` at an installer (waits up to 10 s for its event).
+async fn fate_of(
+    events: &mut tokio::sync::broadcast::Receiver<dataplane::cluster::Event>,
+    revision: u64,
+) -> dataplane::cluster::Outcome {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.revision == revision => return event.outcome,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("installer events ended: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("revision {revision} never reached the data plane"))
+}
+
+/// Chats through `multi` until the mock has seen both weighted keys (at most 200 requests;
+/// with weights 3:1 missing one that long has odds below 1e-24); each answer must be 200 and
+/// every key the mock sees one of the two.
+async fn both_weighted_keys_reach_the_mock(gw: &Gateway, secret: &str, mock: &MockUpstream) {
+    for _ in 0..200 {
+        let reply = chat(gw, secret, "mm").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let seen: std::collections::BTreeSet<String> = mock
+            .requests("")
+            .iter()
+            .filter(|r| r.path == "/v1/chat/completions")
+            .filter_map(|r| r.header("authorization").map(str::to_owned))
+            .collect();
+        let expected: std::collections::BTreeSet<String> =
+            WEIGHTED.iter().map(|k| format!("Bearer {k}")).collect();
+        assert!(seen.is_subset(&expected), "{seen:?}");
+        if seen == expected {
+            return;
+        }
+    }
+    panic!("one weighted key never reached the mock");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn after_a_master_key_rotation_data_planes_with_only_the_new_key_install_and_answer(
+    pool: PgPool,
+) {
+    let namespace = unique_namespace();
+    let names = NatsNames::new(&namespace);
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let mock = MockUpstream::start().await.unwrap();
+    let mut cp = ControlPlane::start(pool.clone(), &namespace).await;
+    let secret = sealed_providers(&cp, &mock).await;
+    let cluster = || {
+        let mut c = ClusterConfig::with_urls(None, Some(nats_url()));
+        c.namespace = namespace.clone();
+        c
+    };
+    // A data plane that holds only the old key, serving what was sealed with it.
+    let (old_gw, old_dp) = follower_keyed(cluster(), "", MASTER_KEYS).await;
+    let mut old_events = old_dp.installer().subscribe();
+    let before = head_revision(&js, &names).await;
+    eventually("the old data plane installs", async || {
+        old_gw.state.revision() == before
+    })
+    .await;
+    cp.stop().await;
+
+    // The rotation as documented: the new key first with the old one still listed, reseal,
+    // then a control plane with only the new key, which publishes the next write.
+    let both = format!("{NEW_MASTER_KEY},{MASTER_KEYS}");
+    let mut cp = ControlPlane::start_tuned(pool.clone(), &namespace, &nats_url(), None, |s| {
+        s.master_keys = MasterKeys::parse(&both).unwrap();
+    })
+    .await;
+    let keys = MasterKeys::parse(&both).unwrap();
+    let resealed = controlplane::service::providers::reseal_credentials(&pool, &keys)
+        .await
+        .unwrap();
+    assert_eq!(resealed, 2, "both providers hold sealed fields");
+    cp.stop().await;
+    let cp = ControlPlane::start_tuned(pool, &namespace, &nats_url(), None, |s| {
+        s.master_keys = MasterKeys::parse(NEW_MASTER_KEY).unwrap();
+    })
+    .await;
+    cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "beta"}))
+        .await;
+    let after = head_revision(&js, &names).await;
+    assert!(
+        after > before,
+        "the write was published ({before} -> {after})"
+    );
+
+    // A data plane with only the new key installs it and every sealed field opens: Bedrock's
+    // SigV4 checks out at the mock, and both weighted keys arrive as they were entered.
+    let (new_gw, _new_dp) = follower_keyed(cluster(), "", NEW_MASTER_KEY).await;
+    eventually("the new data plane installs the new revision", async || {
+        new_gw.state.revision() == after
+    })
+    .await;
+    let reply = chat(&new_gw, &secret, "mb").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let signed = mock
+        .requests("")
+        .into_iter()
+        .find(|r| r.path.starts_with("/model/"))
+        .expect("the Bedrock call reached the mock");
+    let credential = format!(
+        "Credential={}/",
+        switchboard_tests::mock::bedrock::BEDROCK_ACCESS_KEY_ID
+    );
+    assert!(
+        signed
+            .header("authorization")
+            .unwrap()
+            .contains(&credential),
+        "{:?}",
+        signed.header("authorization")
+    );
+    both_weighted_keys_reach_the_mock(&new_gw, &secret, &mock).await;
+
+    // The data plane left with only the old key cannot open the new revision: it refuses it,
+    // counts the refusal, and keeps serving (and answering from) the revision it had.
+    let refused = fate_of(&mut old_events, after).await;
+    assert!(
+        matches!(&refused, dataplane::cluster::Outcome::Rejected(r) if r.contains("no master key with id \"k2\"")),
+        "{refused:?}"
+    );
+    assert_eq!(old_gw.state.revision(), before);
+    let metrics = send(request(Method::GET, &old_gw.url("/metrics"), &[], ""))
+        .await
+        .text();
+    assert!(
+        metrics.contains("switchboard_snapshot_refused_total{reason=\"invalid\"}"),
+        "{metrics}"
+    );
+    let reply = chat(&old_gw, &secret, "mb").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let _ = js.delete_stream(&names.config_stream).await;
+    let _ = js.delete_object_store(&names.snapshot_bucket).await;
+}
+
 /// This process's resident set size in KiB (Linux).
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -615,6 +839,10 @@ async fn watchers_memory(pool: PgPool) {
     );
 }
 
+/// `cargo test -p switchboard-tests --test cluster_trust -- --ignored --nocapture login_flood`
+/// A measurement: 500 concurrent bad logins against one control plane while a usage event is
+/// ingested and an admin write is published; prints the answers, this process's peak RSS
+/// (server and clients together) and how long ingestion and publishing took meanwhile.
 #[sqlx::test(migrations = "../migrations")]
 #[ignore = "a measurement, not a check"]
 async fn login_flood(pool: PgPool) {
@@ -668,13 +896,19 @@ async fn login_flood(pool: PgPool) {
         })
         .await;
         let ingested = t.elapsed();
+        let head_before = head_revision(&js, &names).await;
         let t = Instant::now();
-        let written = cp
-            .write(Method::POST, "/admin/v1/tenants", json!({"id": "beta"}))
+        cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "beta"}))
             .await;
-        (ingested, t.elapsed(), written.status)
+        let mut head_after = head_revision(&js, &names).await;
+        while head_after <= head_before {
+            assert!(t.elapsed() < Duration::from_secs(10), "never published");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            head_after = head_revision(&js, &names).await;
+        }
+        (ingested, t.elapsed(), (head_before, head_after))
     };
-    let (statuses, (ingested, published, write_status)) =
+    let (statuses, (ingested, published, heads)) =
         tokio::join!(futures_util::future::join_all(logins), during);
     let flood = started.elapsed();
     sampler.abort();
@@ -684,8 +918,11 @@ async fn login_flood(pool: PgPool) {
     }
     eprintln!(
         "500 concurrent bad logins in {flood:?}: answers {counts:?}; process RSS {before} KiB -> peak {} KiB; \
-         during the flood a usage event was ingested in {ingested:?} and an admin write published in {published:?} ({write_status})",
-        peak.load(std::sync::atomic::Ordering::Relaxed)
+         during the flood a usage event was ingested in {ingested:?} and an admin write was published on NATS \
+         (head revision {} -> {}) {published:?} after it was sent",
+        peak.load(std::sync::atomic::Ordering::Relaxed),
+        heads.0,
+        heads.1
     );
     assert!(
         statuses

@@ -2,7 +2,7 @@
 //! with certificates made here: a data plane that trusts the control plane's CA and presents
 //! a client certificate from the client CA installs snapshots over gRPC alone; a plaintext
 //! client, a client without a certificate, and one whose certificate comes from another CA
-//! get nothing.
+//! get nothing. The certificates `deploy/gen-secrets` makes with openssl carry gRPC TLS too.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 #[allow(unused_imports)] // Not every shared helper is needed here.
@@ -155,4 +155,59 @@ async fn the_config_service_serves_over_mtls_only(pool: PgPool) {
     // The same client with the right CA and certificate does get one.
     let right = trusting().identity(Identity::from_pem(&client_cert, &client_key));
     get_snapshot(&https, Some(right)).await.unwrap();
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn deploy_generated_certificates_carry_grpc_tls(pool: PgPool) {
+    dataplane::install_crypto_provider();
+    // What a deployment runs once (it needs openssl): the env file and tls/ beside it.
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gen-secrets");
+    let ran = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(dir.path().join("secrets.env"))
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let tls = dir.path().join("tls");
+    let server = controlplane::grpc::GrpcTls::read(
+        &tls.join("controlplane.pem"),
+        &tls.join("controlplane.key"),
+        None,
+    )
+    .unwrap();
+    let namespace = unique_namespace();
+    let cp = ControlPlane::start_tuned(pool, &namespace, &nats_url(), None, |s| {
+        s.trust.grpc_tls = Some(server);
+    })
+    .await;
+    cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "acme"}))
+        .await;
+    // `localhost` is one of the names the certificate carries (the deploy files dial
+    // `controlplane` and `switchboard-controlplane`, which do not resolve here).
+    let https = cp.grpc.replacen("http://127.0.0.1", "https://localhost", 1);
+
+    // A data plane trusting only the generated CA installs over gRPC alone.
+    let mut cluster = ClusterConfig::with_urls(Some(https.clone()), None);
+    cluster.namespace = namespace.clone();
+    cluster.controlplane_grpc_ca_file = Some(tls.join("ca.pem"));
+    let (gw, _cluster) = common::cluster::follower(cluster).await;
+    let started = Instant::now();
+    while gw.state.revision() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never installed over TLS with the generated certificates"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The name matters: the same server at an address the certificate does not name fails.
+    let ca = std::fs::read_to_string(tls.join("ca.pem")).unwrap();
+    let trusting = || ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca));
+    let by_ip = https.replacen("https://localhost", "https://127.0.0.1", 1);
+    assert!(get_snapshot(&by_ip, Some(trusting())).await.is_err());
+    get_snapshot(&https, Some(trusting())).await.unwrap();
 }

@@ -37,8 +37,17 @@ pub async fn follower(
 
 /// [`follower`], with more top-level YAML sections (`extra`, e.g. a `redis:` section).
 pub async fn follower_with(
+    cluster: dataplane::config::ClusterConfig,
+    extra: &str,
+) -> (super::Gateway, dataplane::cluster::Cluster) {
+    follower_keyed(cluster, extra, MASTER_KEYS).await
+}
+
+/// [`follower_with`], holding `master_keys` (`id:base64[,...]`) instead of the test cluster's.
+pub async fn follower_keyed(
     mut cluster: dataplane::config::ClusterConfig,
     extra: &str,
+    master_keys: &str,
 ) -> (super::Gateway, dataplane::cluster::Cluster) {
     trust(&mut cluster);
     let section: String = serde_yaml_ng::to_string(&cluster)
@@ -48,7 +57,7 @@ pub async fn follower_with(
         .collect();
     let text =
         format!("server:\n  key_pepper: {{ value: \"{PEPPER}\" }}\ncluster:\n{section}{extra}");
-    let keys = MasterKeys::parse(MASTER_KEYS).unwrap();
+    let keys = MasterKeys::parse(master_keys).unwrap();
     let gateway = super::Gateway::start_with_keys(&text, Some(keys)).await;
     let handle = dataplane::cluster::start(gateway.state.clone(), &cluster)
         .await

@@ -292,7 +292,7 @@ async fn serve_caller(
     ledger.traced(trace);
     ledger.capture(&request.view.body);
     ledger.report_to_cache(cache.as_mut().and_then(crate::cache::Plan::settled));
-    let answer = forward_to_the_end(catalog, request, ledger, trace).await?;
+    let answer = forward_to_the_end(catalog, request, ledger, trace).await;
     let mut response = crate::cache::fill(cache, answer);
     if let Some(keep) = keep {
         response = keep.keep(response);
@@ -375,28 +375,62 @@ async fn consult_cache(
 }
 
 /// Forwards the request. A non-streamed answer is generated, and billed by the provider,
-/// whether or not the client waits for it: it is forwarded in a task of its own, so a client
-/// that leaves before it arrives is charged the usage the provider reports rather than the
-/// most it could have cost. A stream stays tied to the client (leaving cancels it upstream,
+/// whether or not the client waits for it: if the client leaves before it arrives, the
+/// exchange goes on in a task of its own ([`Detachable`]), so the client is charged the usage
+/// the provider reports rather than the most it could have cost. A stream stays tied to the client (leaving cancels it upstream,
 /// and it is charged what was relayed).
 async fn forward_to_the_end(
     catalog: &Arc<Catalog>,
     request: RequestContext,
     ledger: Ledger,
     trace: &tracing::Span,
-) -> Result<Response, ApiError> {
+) -> Response {
     if request.facts.stream {
         // Boxed, so that the request's own state machine does not hold (and copy) this one.
-        return Ok(Box::pin(forward(catalog, &request, ledger)).await);
+        return Box::pin(forward(catalog, &request, ledger)).await;
     }
     let catalog = Arc::clone(catalog);
-    // Boxed, so that spawning moves a pointer rather than the exchange's whole state machine.
-    let detached = Box::pin(async move { forward(&catalog, &request, ledger).await });
-    // The task runs in the request's spans as the handler does: the exported trace outside
-    // (its phase spans stay in the client's trace), the log span inside.
-    tokio::spawn(detached.in_current_span().instrument(trace.clone()))
-        .await
-        .map_err(|_| ApiError::Internal)
+    let exchange = async move { forward(&catalog, &request, ledger).await };
+    // If it goes on in a task of its own, it runs in the request's spans as the handler does:
+    // the exported trace outside (its phase spans stay in the client's trace), the log span
+    // inside.
+    let exchange = exchange.in_current_span().instrument(trace.clone());
+    Detachable(Some(Box::pin(exchange))).await
+}
+
+/// A future polled in place while its caller waits, and moved into a task of its own if the
+/// caller drops it first (a client that leaves): it then runs to the end unobserved. No task
+/// is spawned for the common case of a client that waits for its answer. Boxed, so that
+/// moving it moves a pointer rather than the exchange's whole state machine.
+struct Detachable<F: Future<Output = Response> + Send + 'static>(
+    Option<std::pin::Pin<Box<F>>>,
+);
+
+impl<F: Future<Output = Response> + Send + 'static> Future for Detachable<F> {
+    type Output = Response;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Response> {
+        let Some(exchange) = self.0.as_mut() else {
+            unreachable!("a Detachable is not polled after it answered")
+        };
+        let answer = std::task::ready!(exchange.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(answer)
+    }
+}
+
+impl<F: Future<Output = Response> + Send + 'static> Drop for Detachable<F> {
+    fn drop(&mut self) {
+        // Outside a runtime (the process is shutting down) there is nothing to finish it on.
+        if let Some(exchange) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(exchange);
+        }
+    }
 }
 
 /// The body's few fields, adjusted to the endpoint: no streaming where it has none, and on
@@ -456,7 +490,7 @@ pub(crate) fn caller(
     let catalog = state.catalog().ok_or(ApiError::NotReady)?;
     let key = authenticate(
         &catalog,
-        state.key_hasher(),
+        state.key_digests(),
         headers,
         state.books.clock.now(),
     )?;

@@ -857,6 +857,12 @@ async fn first_event(body: &mut UpstreamBody) -> Result<Option<Bytes>, BodyError
     }
 }
 
+/// An answer's header map, with room for what the gateway adds to it (type, rate limits, ids,
+/// revision, length): a map that grows while they are inserted rehashes twice.
+fn answer_headers() -> http::HeaderMap {
+    http::HeaderMap::with_capacity(16)
+}
+
 fn complete_response(
     status: StatusCode,
     content_type: Option<HeaderValue>,
@@ -864,6 +870,7 @@ fn complete_response(
 ) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
+    *response.headers_mut() = answer_headers();
     response.headers_mut().insert(
         CONTENT_TYPE,
         content_type.unwrap_or(HeaderValue::from_static("application/json")),
@@ -883,6 +890,7 @@ fn audio_response(relay: crate::media::BinaryRelay, content_type: Option<HeaderV
 
 fn stream_response(relay: SseRelay) -> Response {
     let mut response = Response::new(Body::from_stream(relay));
+    *response.headers_mut() = answer_headers();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -225,27 +225,27 @@ fn without_usage(event: &[u8]) -> Bytes {
     out.freeze()
 }
 
-static USAGE_KEYS: LazyLock<[memmem::Finder<'static>; 2]> = LazyLock::new(|| {
-    [
-        memmem::Finder::new(b"\"usage\""),
-        memmem::Finder::new(b"\"usageMetadata\""),
-    ]
-});
+/// The start both usage keys share: `"usage"` and Gemini's `"usageMetadata"` are found with
+/// one search of each event, not one per key.
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage"));
 
 /// Whether `bytes` holds a `"usage"` (or Gemini's `"usageMetadata"`) key whose value is an
 /// object. OpenAI-compatible servers put `"usage":null` in every chunk of a stream that
 /// asked for usage; only the one real report is worth parsing.
 fn has_usage_object(bytes: &[u8]) -> bool {
-    USAGE_KEYS.iter().any(|key| has_object_at(bytes, key))
+    USAGE_KEY.find_iter(bytes).any(|at| {
+        let rest = &bytes[at + USAGE_KEY.needle().len()..];
+        rest.strip_prefix(b"\"")
+            .or_else(|| rest.strip_prefix(b"Metadata\""))
+            .is_some_and(object_follows)
+    })
 }
 
-fn has_object_at(bytes: &[u8], key: &memmem::Finder<'_>) -> bool {
-    key.find_iter(bytes).any(|at| {
-        let mut rest = bytes[at + key.needle().len()..]
-            .iter()
-            .filter(|b| !b.is_ascii_whitespace());
-        rest.next() == Some(&b':') && rest.next() == Some(&b'{')
-    })
+/// Whether `rest` (what follows a key) is `:` then an object, whitespace aside.
+fn object_follows(rest: &[u8]) -> bool {
+    let mut rest = rest.iter().filter(|b| !b.is_ascii_whitespace());
+    rest.next() == Some(&b':') && rest.next() == Some(&b'{')
 }
 
 /// The payload of an event's `data:` line(s), when it has exactly one (OpenAI's events do).
@@ -497,6 +497,8 @@ mod tests {
         assert!(!has_usage_object(br#"{"usageMetadata":null}"#));
         assert!(has_usage_object(b"{\"usage\" :\n {}}"));
         assert!(!has_usage_object(br#"{"usage":null}"#));
+        assert!(!has_usage_object(br#"{"usages":{},"usageMeta":{}}"#));
+        assert!(has_usage_object(br#"{"usage":null,"usageMetadata":{}}"#));
         assert!(!has_usage_object(br#"{"finish_reason":"usage","x":{}}"#));
         // Escaped inside a string, the key is not a key.
         assert!(!has_usage_object(br#"{"content":"\"usage\": {"}"#));

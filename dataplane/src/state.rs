@@ -29,8 +29,8 @@ use crate::providers::client::HttpClient;
 pub struct AppState {
     catalog: ArcSwapOption<Catalog>,
     pepper: Vec<u8>,
-    /// The pepper, keyed once for the per-request key hash.
-    key_hasher: switchboard_shared::keys::KeyHasher,
+    /// The pepper, keyed once for the per-request key hash, and the hashes it remembers.
+    key_digests: crate::auth::KeyDigests,
     pub client: HttpClient,
     pub books: Books,
     pub max_body_bytes: usize,
@@ -127,7 +127,7 @@ impl AppState {
     ) -> Self {
         Self {
             catalog: ArcSwapOption::empty(),
-            key_hasher: switchboard_shared::keys::KeyHasher::new(&pepper),
+            key_digests: crate::auth::KeyDigests::new(&pepper),
             pepper,
             client,
             books,
@@ -179,8 +179,8 @@ impl AppState {
     }
 
     /// Hashes a presented virtual key the way snapshots store it.
-    pub fn key_hasher(&self) -> &switchboard_shared::keys::KeyHasher {
-        &self.key_hasher
+    pub fn key_digests(&self) -> &crate::auth::KeyDigests {
+        &self.key_digests
     }
 
     /// Compiles and swaps in `snapshot`, unless it is older than the one being served or

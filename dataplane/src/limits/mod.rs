@@ -276,4 +276,37 @@ mod tests {
         assert_eq!(format_reset(360_000_000_000), "6m0s");
         assert_eq!(format_reset(1), "1ms");
     }
+
+    #[test]
+    fn headers_carry_each_limits_figures() {
+        let state = |limit, remaining, reset_nanos| gcra::CellState {
+            limit,
+            remaining,
+            reset_nanos,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-limit-requests", HeaderValue::from_static("7"));
+        LimitView {
+            requests: Some(state(600, 599, 100_000_000)),
+            tokens: Some(state(90_000, 1_234, 1_450_000_000)),
+        }
+        .write_headers(&mut headers);
+        let got = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(got("x-ratelimit-limit-requests").as_deref(), Some("600"));
+        assert_eq!(got("x-ratelimit-remaining-requests").as_deref(), Some("599"));
+        assert_eq!(got("x-ratelimit-reset-requests").as_deref(), Some("100ms"));
+        assert_eq!(got("x-ratelimit-limit-tokens").as_deref(), Some("90000"));
+        assert_eq!(got("x-ratelimit-remaining-tokens").as_deref(), Some("1234"));
+        assert_eq!(got("x-ratelimit-reset-tokens").as_deref(), Some("1.5s"));
+        assert_eq!(headers.len(), 6, "an upstream's value is replaced, not kept beside");
+        let mut only_tokens = HeaderMap::new();
+        LimitView {
+            requests: None,
+            tokens: Some(state(10, 0, 6_000_000_000)),
+        }
+        .write_headers(&mut only_tokens);
+        assert_eq!(only_tokens.len(), 3);
+        assert_eq!(only_tokens["x-ratelimit-reset-tokens"], "6s");
+        assert_eq!(only_tokens["x-ratelimit-remaining-tokens"], "0");
+    }
 }

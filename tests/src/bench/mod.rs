@@ -43,14 +43,17 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
     };
     let temp = TempDir::new()?;
     let (mut mock, mock_addr) = targets::start_mock(&bin_dir, &temp.0, &pinning).await?;
-    let redis = if args.targets.contains(&Target::GatewayRedis)
+    // Redis and the OTLP receiver serve only the cells' targets.
+    let cells = args.modes.iter().any(|m| m.is_cell());
+    let redis = if cells
+        && args.targets.contains(&Target::GatewayRedis)
         && skip_reason(Target::GatewayRedis, args).is_none()
     {
         Some(targets::start_redis(&temp.0, &pinning).await?)
     } else {
         None
     };
-    let traced = args.targets.iter().any(|t| t.sampling().is_some());
+    let traced = cells && args.targets.iter().any(|t| t.sampling().is_some());
     let otlp = if traced {
         Some(crate::otlp::OtlpReceiver::start_discarding().await)
     } else {
@@ -81,7 +84,7 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
     };
     let ticks_per_second = procs::clock_ticks_per_second();
     let cell_modes: Vec<Mode> = args.modes.iter().copied().filter(|m| m.is_cell()).collect();
-    if !cell_modes.is_empty() {
+    if cells {
         run_cells(args, &env, &cell_modes, ticks_per_second, &mut report).await;
     }
     if args.modes.contains(&Mode::SlowStreams) {
@@ -152,7 +155,9 @@ async fn run_cells(
             continue;
         }
         let running = targets::start(target, env, args.litellm.as_deref()).await;
-        if let Ok(running) = &running {
+        if let Ok(running) = &running
+            && running.proc.is_some()
+        {
             report.startups.push(Startup::of(target, running));
         }
         started.push((target, running));

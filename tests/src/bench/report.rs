@@ -224,14 +224,16 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let mut footnotes = Vec::new();
-        if !self.cells.is_empty() {
-            out.push_str(&self.cells_table(&mut footnotes));
-        }
         let c = &self.context;
-        out.push_str(&format!(
-            "\nnproc {}; {}; {} s per cell after {} s warm-up; median of {} rounds; concurrency {}; {} chunks per stream\n",
-            c.nproc, c.pinning, c.duration_s, c.warmup_s, c.rounds, c.concurrency, c.stream_chunks
-        ));
+        if self.cells.is_empty() {
+            out.push_str(&format!("nproc {}; {}\n", c.nproc, c.pinning));
+        } else {
+            out.push_str(&self.cells_table(&mut footnotes));
+            out.push_str(&format!(
+                "\nnproc {}; {}; {} s per cell after {} s warm-up; median of {} rounds; concurrency {}; {} chunks per stream\n",
+                c.nproc, c.pinning, c.duration_s, c.warmup_s, c.rounds, c.concurrency, c.stream_chunks
+            ));
+        }
         for (i, note) in footnotes.iter().enumerate() {
             out.push_str(&format!("[{}] {note}\n", i + 1));
         }
@@ -399,7 +401,7 @@ fn propagation_markdown(p: &Propagation) -> String {
          | data plane start → ready (fetch + install) s | {:.2} |\n\
          | data plane RSS idle after install / after the changes MB | {:.1} / {:.1} |\n\
          | control plane RSS MB | {:.1} |\n\
-         | snapshot body bytes | {} |\n\
+         | snapshot cache file bytes (body + signed head) | {} |\n\
          | SQL seeding of the keys s (setup, not a product figure) | {:.1} |\n",
         p.changes,
         p.lost,

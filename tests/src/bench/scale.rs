@@ -50,7 +50,7 @@ pub struct Propagation {
     /// Its resident memory after the changes.
     pub dataplane_end_rss_mb: f64,
     pub controlplane_rss_mb: f64,
-    /// Size of the snapshot body the data plane installed, from its cache file.
+    /// Size of the data plane's snapshot cache file (the body and its signed head).
     pub snapshot_bytes: u64,
     /// Changes timed (creations and revocations).
     pub changes: usize,
@@ -137,8 +137,9 @@ async fn measure(
 
     let cache = env.dir.join("propagation-snapshot.json");
     let (dp, addr) = start_dataplane(env, &cp_env, nats_url, &namespace, &cache, result).await?;
-    result.snapshot_bytes = std::fs::metadata(&cache).map_or(0, |m| m.len());
     let timed = time_changes(&admin, addr, changes).await;
+    // The cache file is written after the install; by now it holds the last revision.
+    result.snapshot_bytes = cache_body_bytes(&cache);
     result.dataplane_end_rss_mb = mib(dp.tree_rss_bytes());
     result.controlplane_rss_mb = mib(cp.tree_rss_bytes());
     let timed = timed?;
@@ -156,6 +157,12 @@ async fn measure(
     dp.stop(Duration::from_secs(3)).await;
     cp.stop(Duration::from_secs(3)).await;
     Ok(())
+}
+
+/// The size of the snapshot body in the data plane's cache file (the file wraps the body
+/// with its signed head), 0 if it cannot be read.
+fn cache_body_bytes(cache: &Path) -> u64 {
+    std::fs::metadata(cache).map_or(0, |m| m.len())
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -331,6 +331,55 @@ mod tests {
         assert_eq!(result.proxy_cpu_share, 0.5);
     }
 
+    #[tokio::test]
+    async fn reads_paced_streams_to_their_end_and_counts_them_open_meanwhile() {
+        let mock = crate::mock::MockUpstream::start().await.unwrap();
+        let spec = |scenario: &str| {
+            Arc::new(SlowSpec {
+                addr: mock.addr(),
+                path: format!("/s/{scenario}/v1/chat/completions"),
+                body: Bytes::from_static(br#"{"model":"m","stream":true}"#),
+                bearer: "Bearer x".to_owned(),
+                streams: 1,
+                ramp: Duration::ZERO,
+                stream_timeout: Duration::from_secs(30),
+                nominal: Duration::from_secs(1),
+            })
+        };
+        let open = Arc::new(AtomicUsize::new(0));
+        // 50 chunks 20 ms apart: open for about a second.
+        let stream = tokio::spawn(one_stream(
+            spec("chunks=50,interval_ms=20"),
+            Arc::clone(&open),
+            Instant::now(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while open.load(Ordering::Relaxed) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the stream never counted as open"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(stream.await.unwrap().is_ok());
+        assert_eq!(open.load(Ordering::Relaxed), 0);
+        assert!(
+            mock.wait_for_completed_streams(1, Duration::from_secs(5))
+                .await
+        );
+
+        let failed = one_stream(spec("fault=500"), Arc::clone(&open), Instant::now()).await;
+        assert_eq!(failed, Err("status 500 Internal Server Error".to_owned()));
+        let cut = one_stream(
+            spec("chunks=5,fault=reset_mid_stream"),
+            Arc::clone(&open),
+            Instant::now(),
+        )
+        .await;
+        assert!(cut.is_err(), "{cut:?}");
+        assert_eq!(open.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn reads_the_open_file_limits() {
         let (soft, hard) = open_file_limits().unwrap();

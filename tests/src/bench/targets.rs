@@ -309,10 +309,17 @@ async fn start_nginx(env: &Env) -> Result<Running, String> {
     let config = dir.join("nginx.conf");
     let mut text = nginx_config(&dir, addr, env.mock_addr);
     if let Some(connections) = env.nginx_connections {
-        text = text.replace(
-            "worker_connections 4096;",
-            &format!("worker_connections {connections};"),
-        );
+        // Many connections at once (the slow-streams section): room for them all, and an
+        // accept queue as long as the gateway's rather than nginx's default 511.
+        text = text
+            .replace(
+                "worker_connections 4096;",
+                &format!("worker_connections {connections};"),
+            )
+            .replace(
+                &format!("listen {addr};"),
+                &format!("listen {addr} backlog=1024;"),
+            );
     }
     std::fs::write(&config, text).map_err(err)?;
     let mut cmd = command(&binary, env.pinning.proxy_core);

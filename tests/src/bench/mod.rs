@@ -196,8 +196,9 @@ async fn run_cells(
 /// fresh proxy whose upstream paces its chunks, `--slow-streams` streams through it at once.
 async fn run_slow_streams(args: &BenchArgs, env: &Env, ticks_per_second: u64, report: &mut Report) {
     let streams = args.slow_streams.max(1);
-    // The bench holds one socket a stream, a proxy two (client and upstream).
-    if let Some(note) = slow::ensure_open_files(2 * streams as u64 + 256) {
+    // The bench holds one socket a stream, a proxy two (client and upstream) and nginx up
+    // to its worker_connections.
+    if let Some(note) = slow::ensure_open_files(4 * streams as u64 + 256) {
         report.notes.push(note);
     }
     let mut env = env.clone();
@@ -205,7 +206,9 @@ async fn run_slow_streams(args: &BenchArgs, env: &Env, ticks_per_second: u64, re
         "chunks={},interval_ms={}",
         args.slow_chunks, args.slow_interval_ms
     );
-    env.nginx_connections = Some((2 * streams + 256).max(4096));
+    // nginx warned "worker_connections are not enough, reusing connections" (and dropped
+    // streams) at 2 × streams + 256 already; it counts more than the two sockets a stream.
+    env.nginx_connections = Some((4 * streams + 256).max(4096));
     for target in [Target::Gateway, Target::Nginx] {
         if !args.targets.contains(&target) || skip_reason(target, args).is_some() {
             continue;

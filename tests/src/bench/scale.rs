@@ -100,23 +100,49 @@ pub async fn run(
         keys,
         ..Propagation::default()
     };
-    if let Err(error) = measure(env, database_url, nats_url, changes, &mut result).await {
+    let namespace = format!("bench{}", std::process::id());
+    if let Err(error) = measure(
+        env,
+        database_url,
+        nats_url,
+        &namespace,
+        changes,
+        &mut result,
+    )
+    .await
+    {
         result.failed = Some(format!("{error:#}"));
     }
+    if let Err(error) = delete_nats_state(nats_url, &namespace).await {
+        tracing::warn!("could not delete the run's JetStream state: {error:#}");
+    }
     result
+}
+
+/// Deletes the run's streams and snapshot bucket from the shared NATS: at 100,000 keys they
+/// hold up to `SNAPSHOTS_KEPT` snapshots of about 29 MB each.
+async fn delete_nats_state(nats_url: &str, namespace: &str) -> anyhow::Result<()> {
+    let names = switchboard_shared::cluster::NatsNames::new(namespace);
+    let client = async_nats::connect(nats_url).await?;
+    let jetstream = async_nats::jetstream::new(client);
+    // Each may be missing when the run failed early; that is fine.
+    let _ = jetstream.delete_object_store(&names.snapshot_bucket).await;
+    let _ = jetstream.delete_stream(&names.config_stream).await;
+    let _ = jetstream.delete_stream(&names.usage_stream).await;
+    Ok(())
 }
 
 async fn measure(
     env: &Env,
     database_url: &str,
     nats_url: &str,
+    namespace: &str,
     changes: usize,
     result: &mut Propagation,
 ) -> anyhow::Result<()> {
     let psql = which("psql").context("psql not found (apt-get install postgresql-client)")?;
     let db = Database::create(&psql, database_url)?;
-    let namespace = format!("bench{}", std::process::id());
-    let cp_env = controlplane_env(&db.url, nats_url, &namespace)?;
+    let cp_env = controlplane_env(&db.url, nats_url, namespace)?;
     let (cp, admin) = start_controlplane(env, &cp_env, &db, result).await?;
     admin
         .call(
@@ -136,7 +162,7 @@ async fn measure(
         .await?;
 
     let cache = env.dir.join("propagation-snapshot.json");
-    let (dp, addr) = start_dataplane(env, &cp_env, nats_url, &namespace, &cache, result).await?;
+    let (dp, addr) = start_dataplane(env, &cp_env, nats_url, namespace, &cache, result).await?;
     let timed = time_changes(&admin, addr, changes).await;
     // The cache file is written after the install; by now it holds the last revision.
     result.snapshot_bytes = cache_body_bytes(&cache);

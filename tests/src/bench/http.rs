@@ -60,3 +60,33 @@ pub async fn wait_ready(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `method path` with an optional JSON body and bearer token on a fresh connection: the status
+/// and the body parsed as JSON (`Null` when it is not JSON). For the admin API.
+pub async fn json_call(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let mut sender = connect(addr).await?;
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = bearer {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let bytes = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::from(bytes)))?)
+        .await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    ))
+}

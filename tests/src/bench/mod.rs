@@ -15,6 +15,8 @@ pub mod http;
 pub mod load;
 pub mod procs;
 pub mod report;
+pub mod scale;
+pub mod slow;
 pub mod targets;
 
 use std::path::PathBuf;
@@ -26,7 +28,7 @@ use bytes::Bytes;
 use cli::{BenchArgs, Mode, Target};
 use load::LoadSpec;
 use procs::{Pinning, TempDir};
-use report::{Cell, Context, Report};
+use report::{Cell, Context, Report, Startup};
 use targets::{BENCH_KEY, BENCH_MODEL, Env, Running};
 
 /// How long a child may take to exit after SIGTERM before it is killed.
@@ -41,14 +43,17 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
     };
     let temp = TempDir::new()?;
     let (mut mock, mock_addr) = targets::start_mock(&bin_dir, &temp.0, &pinning).await?;
-    let redis = if args.targets.contains(&Target::GatewayRedis)
+    // Redis and the OTLP receiver serve only the cells' targets.
+    let cells = args.modes.iter().any(|m| m.is_cell());
+    let redis = if cells
+        && args.targets.contains(&Target::GatewayRedis)
         && skip_reason(Target::GatewayRedis, args).is_none()
     {
         Some(targets::start_redis(&temp.0, &pinning).await?)
     } else {
         None
     };
-    let traced = args.targets.iter().any(|t| t.sampling().is_some());
+    let traced = cells && args.targets.iter().any(|t| t.sampling().is_some());
     let otlp = if traced {
         Some(crate::otlp::OtlpReceiver::start_discarding().await)
     } else {
@@ -62,6 +67,8 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
         scenario: format!("chunks={}", args.chunks),
         redis_url: redis.as_ref().map(|(_, url)| url.clone()),
         otlp_endpoint: otlp.as_ref().map(crate::otlp::OtlpReceiver::endpoint),
+        keys: args.keys.max(1),
+        nginx_connections: None,
     };
     let mut report = Report {
         context: Context {
@@ -73,22 +80,73 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
             concurrency: args.concurrency,
             stream_chunks: args.chunks,
         },
-        cells: Vec::new(),
-        notes: Vec::new(),
-        redis_vs_in_process: Vec::new(),
-        tracing_vs_off: Vec::new(),
+        ..Report::default()
     };
     let ticks_per_second = procs::clock_ticks_per_second();
+    let cell_modes: Vec<Mode> = args.modes.iter().copied().filter(|m| m.is_cell()).collect();
+    if cells {
+        run_cells(args, &env, &cell_modes, ticks_per_second, &mut report).await;
+    }
+    if args.modes.contains(&Mode::SlowStreams) {
+        run_slow_streams(args, &env, ticks_per_second, &mut report).await;
+    }
+    if args.modes.contains(&Mode::Propagation) {
+        report.propagation = Some(
+            scale::run(
+                &env,
+                args.keys.max(1),
+                args.changes.max(1),
+                &args.database_url,
+                &args.nats_url,
+            )
+            .await,
+        );
+    }
+    if let Some(status) = mock.exited() {
+        report
+            .notes
+            .push(format!("the mock upstream died during the run ({status})"));
+    }
+    mock.stop(STOP_GRACE).await;
+    if let Some((redis, _)) = redis {
+        redis.stop(STOP_GRACE).await;
+    }
+    report.compare_with_direct();
+    report.compare_redis_with_in_process();
+    report.compare_tracing_with_off();
+    report.compare_keys_with_one();
+    if let Some(otlp) = otlp {
+        report.notes.push(format!(
+            "the OTLP receiver got {} export requests from the traced gateways",
+            otlp.exports()
+        ));
+    }
+    Ok(report)
+}
+
+/// The targets to measure, in the table's order.
+const ORDER: [Target; 8] = [
+    Target::Direct,
+    Target::Gateway,
+    Target::GatewayTraced1pct,
+    Target::GatewayTraced100pct,
+    Target::GatewayRedis,
+    Target::Gateway100kKeys,
+    Target::Nginx,
+    Target::Litellm,
+];
+
+/// The steady-load cells: every requested target in every cell mode, in rounds; the median
+/// round of each goes into the report, with each proxy's start-up figures.
+async fn run_cells(
+    args: &BenchArgs,
+    env: &Env,
+    modes: &[Mode],
+    ticks_per_second: u64,
+    report: &mut Report,
+) {
     let mut started: Vec<(Target, Result<Running, String>)> = Vec::new();
-    for target in [
-        Target::Direct,
-        Target::Gateway,
-        Target::GatewayTraced1pct,
-        Target::GatewayTraced100pct,
-        Target::GatewayRedis,
-        Target::Nginx,
-        Target::Litellm,
-    ] {
+    for target in ORDER {
         if !args.targets.contains(&target) {
             continue;
         }
@@ -96,15 +154,18 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
             report.notes.push(note);
             continue;
         }
-        started.push((
-            target,
-            targets::start(target, &env, args.litellm.as_deref()).await,
-        ));
+        let running = targets::start(target, env, args.litellm.as_deref()).await;
+        if let Ok(running) = &running
+            && running.proc.is_some()
+        {
+            report.startups.push(Startup::of(target, running));
+        }
+        started.push((target, running));
     }
     // samples[target index][mode index]: one cell per round.
-    let mut samples: Vec<Vec<Vec<Cell>>> = vec![vec![Vec::new(); args.modes.len()]; started.len()];
+    let mut samples: Vec<Vec<Vec<Cell>>> = vec![vec![Vec::new(); modes.len()]; started.len()];
     for _ in 0..args.rounds.max(1) {
-        for (m, &mode) in args.modes.iter().enumerate() {
+        for (m, &mode) in modes.iter().enumerate() {
             for (t, (target, running)) in started.iter_mut().enumerate() {
                 let cell = match running {
                     Ok(running) => measure(running, *target, mode, args, ticks_per_second).await,
@@ -129,25 +190,56 @@ pub async fn run(args: &BenchArgs, pinning: Pinning, nproc: usize) -> anyhow::Re
             proc.stop(STOP_GRACE).await;
         }
     }
-    if let Some(status) = mock.exited() {
-        report
-            .notes
-            .push(format!("the mock upstream died during the run ({status})"));
+}
+
+/// The slow-streams section: for the gateway and nginx (when requested and available), a
+/// fresh proxy whose upstream paces its chunks, `--slow-streams` streams through it at once.
+async fn run_slow_streams(args: &BenchArgs, env: &Env, ticks_per_second: u64, report: &mut Report) {
+    let streams = args.slow_streams.max(1);
+    // The bench holds one socket a stream, a proxy two (client and upstream) and nginx up
+    // to its worker_connections.
+    if let Some(note) = slow::ensure_open_files(4 * streams as u64 + 256) {
+        report.notes.push(note);
     }
-    mock.stop(STOP_GRACE).await;
-    if let Some((redis, _)) = redis {
-        redis.stop(STOP_GRACE).await;
+    let mut env = env.clone();
+    env.scenario = format!(
+        "chunks={},interval_ms={}",
+        args.slow_chunks, args.slow_interval_ms
+    );
+    // nginx warned "worker_connections are not enough, reusing connections" (and dropped
+    // streams) at 2 × streams + 256 already; it counts more than the two sockets a stream.
+    env.nginx_connections = Some((4 * streams + 256).max(4096));
+    for target in [Target::Gateway, Target::Nginx] {
+        if !args.targets.contains(&target) || skip_reason(target, args).is_some() {
+            continue;
+        }
+        let result = match targets::start(target, &env, None).await {
+            Ok(mut running) => {
+                let spec = slow::SlowSpec {
+                    addr: running.addr,
+                    path: running.path.clone(),
+                    body: body(Mode::Stream),
+                    bearer: format!("Bearer {BENCH_KEY}"),
+                    streams,
+                    ramp: Duration::from_secs_f64(args.slow_ramp_s.max(0.0)),
+                    stream_timeout: Duration::from_secs(300),
+                    nominal: Duration::from_millis(args.slow_interval_ms)
+                        * u32::try_from(args.slow_chunks).unwrap_or(u32::MAX),
+                };
+                let proc = running.proc.take();
+                let result = match &proc {
+                    Some(proc) => slow::run(&spec, target, proc, ticks_per_second).await,
+                    None => slow::SlowResult::failed(target, streams, "no process".into()),
+                };
+                if let Some(proc) = proc {
+                    proc.stop(STOP_GRACE).await;
+                }
+                result
+            }
+            Err(reason) => slow::SlowResult::failed(target, streams, reason),
+        };
+        report.slow_streams.push(result);
     }
-    report.compare_with_direct();
-    report.compare_redis_with_in_process();
-    report.compare_tracing_with_off();
-    if let Some(otlp) = otlp {
-        report.notes.push(format!(
-            "the OTLP receiver got {} export requests from the traced gateways",
-            otlp.exports()
-        ));
-    }
-    Ok(report)
 }
 
 /// The round with the median throughput; a failed round wins, so failures are never hidden.
@@ -190,8 +282,8 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 /// The request body of a mode.
 fn body(mode: Mode) -> Bytes {
     let stream = match mode {
-        Mode::NonStream => "",
-        Mode::Stream => r#","stream":true"#,
+        Mode::NonStream | Mode::Propagation => "",
+        Mode::Stream | Mode::SlowStreams => r#","stream":true"#,
     };
     Bytes::from(format!(
         r#"{{"model":"{BENCH_MODEL}","messages":[{{"role":"user","content":"hello"}}]{stream}}}"#

@@ -5,10 +5,13 @@ use serde::Serialize;
 
 use super::cli::{Mode, Target};
 use super::load::LoadResult;
+use super::scale::Propagation;
+use super::slow::SlowResult;
+use super::targets::Running;
 
 /// The conditions of a run, printed with the table: figures from another machine or another
 /// pinning are not comparable.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Context {
     pub nproc: usize,
     pub pinning: String,
@@ -39,6 +42,8 @@ pub struct Cell {
     pub rss_mb: Option<f64>,
     /// `req_per_s` ÷ the direct cell's of the same mode.
     pub vs_direct: Option<f64>,
+    /// `req_per_s` ÷ the nginx cell's of the same mode.
+    pub vs_nginx: Option<f64>,
     /// `p50_ms` − the direct cell's of the same mode.
     pub added_p50_ms: Option<f64>,
 }
@@ -65,13 +70,32 @@ impl Cell {
             cpu_us_per_req: None,
             rss_mb: None,
             vs_direct: None,
+            vs_nginx: None,
             added_p50_ms: None,
         }
     }
 }
 
+/// A proxy's start: how long until it answered ready, and its memory then, idle.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Startup {
+    pub target: Target,
+    pub ready_s: f64,
+    pub idle_rss_mb: f64,
+}
+
+impl Startup {
+    pub fn of(target: Target, running: &Running) -> Self {
+        Self {
+            target,
+            ready_s: running.ready_after.unwrap_or_default().as_secs_f64(),
+            idle_rss_mb: running.idle_rss_bytes.unwrap_or_default() as f64 / (1024.0 * 1024.0),
+        }
+    }
+}
+
 /// Everything one run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub context: Context,
     pub cells: Vec<Cell>,
@@ -82,6 +106,14 @@ pub struct Report {
     /// Per traced gateway and mode: its throughput and CPU per request ÷ the untraced
     /// gateway's (tracing off), from the same run.
     pub tracing_vs_off: Vec<TracingCost>,
+    /// Per proxy started for the cells: time to ready and idle memory.
+    pub startups: Vec<Startup>,
+    /// Per mode: the 100k-key gateway's throughput ÷ the one-key gateway's.
+    pub keys_vs_one: Vec<(Mode, f64)>,
+    /// The slow-streams section, one entry per proxy.
+    pub slow_streams: Vec<SlowResult>,
+    /// The propagation section.
+    pub propagation: Option<Propagation>,
 }
 
 /// What exporting traces costs, against the same gateway with tracing off.
@@ -96,23 +128,49 @@ pub struct TracingCost {
 }
 
 impl Report {
-    /// Fills in the ratios against the direct cell of each mode.
+    /// Fills in the ratios against the direct and the nginx cell of each mode.
     pub fn compare_with_direct(&mut self) {
-        let direct: Vec<(Mode, f64, f64)> = self
-            .cells
-            .iter()
-            .filter(|c| c.target == Target::Direct && c.failed.is_none() && c.requests > 0)
-            .map(|c| (c.mode, c.req_per_s, c.p50_ms))
-            .collect();
+        let of = |target: Target| -> Vec<(Mode, f64, f64)> {
+            self.cells
+                .iter()
+                .filter(|c| c.target == target && c.failed.is_none() && c.requests > 0)
+                .map(|c| (c.mode, c.req_per_s, c.p50_ms))
+                .collect()
+        };
+        let (direct, nginx) = (of(Target::Direct), of(Target::Nginx));
         for cell in &mut self.cells {
-            if cell.target == Target::Direct || cell.failed.is_some() || cell.requests == 0 {
+            if cell.failed.is_some() || cell.requests == 0 {
                 continue;
             }
-            if let Some(&(_, rps, p50)) = direct.iter().find(|(mode, ..)| *mode == cell.mode) {
+            let same_mode = |list: &[(Mode, f64, f64)]| {
+                list.iter().find(|(mode, ..)| *mode == cell.mode).copied()
+            };
+            if let Some((_, rps, p50)) = same_mode(&direct)
+                && cell.target != Target::Direct
+            {
                 cell.vs_direct = Some(cell.req_per_s / rps);
                 cell.added_p50_ms = Some(cell.p50_ms - p50);
             }
+            if let Some((_, rps, _)) = same_mode(&nginx)
+                && cell.target != Target::Nginx
+            {
+                cell.vs_nginx = Some(cell.req_per_s / rps);
+            }
         }
+    }
+
+    /// Fills in the 100k-key gateway's throughput against the one-key gateway's, per mode.
+    pub fn compare_keys_with_one(&mut self) {
+        let measured =
+            |target: Target, mode: Mode| self.measured(target, mode).map(|c| c.req_per_s);
+        self.keys_vs_one = [Mode::NonStream, Mode::Stream]
+            .into_iter()
+            .filter_map(|mode| {
+                let one = measured(Target::Gateway, mode)?;
+                let many = measured(Target::Gateway100kKeys, mode)?;
+                Some((mode, many / one))
+            })
+            .collect();
     }
 
     /// The measured cell of `target` in `mode`, if any.
@@ -161,34 +219,59 @@ impl Report {
             .collect();
     }
 
-    /// The markdown table, its context line and the notes.
+    /// The markdown table, its context line and the notes, then the sections of the modes
+    /// run.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        out.push_str(
-            "| target | mode | req/s | × direct | p50 ms | +p50 ms | p99 ms | errors | proxy CPU µs/req | proxy RSS MB |\n",
-        );
-        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
         let mut footnotes = Vec::new();
+        let c = &self.context;
+        if self.cells.is_empty() {
+            out.push_str(&format!("nproc {}; {}\n", c.nproc, c.pinning));
+        } else {
+            out.push_str(&self.cells_table(&mut footnotes));
+            out.push_str(&format!(
+                "\nnproc {}; {}; {} s per cell after {} s warm-up; median of {} rounds; concurrency {}; {} chunks per stream\n",
+                c.nproc, c.pinning, c.duration_s, c.warmup_s, c.rounds, c.concurrency, c.stream_chunks
+            ));
+        }
+        for (i, note) in footnotes.iter().enumerate() {
+            out.push_str(&format!("[{}] {note}\n", i + 1));
+        }
+        out.push_str(&self.comparisons());
+        for note in &self.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
+        if !self.slow_streams.is_empty() {
+            out.push_str(&slow_streams_markdown(&self.slow_streams));
+        }
+        if let Some(propagation) = &self.propagation {
+            out.push_str(&propagation_markdown(propagation));
+        }
+        out
+    }
+
+    /// The main table, one row per cell; failures and errors become numbered footnotes.
+    fn cells_table(&self, footnotes: &mut Vec<String>) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "| target | mode | req/s | × direct | × nginx | p50 ms | +p50 ms | p99 ms | errors | proxy CPU µs/req | proxy RSS MB |\n",
+        );
+        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+        let ratio = |r: Option<f64>| r.map_or("–".to_owned(), |r| format!("{r:.2}×"));
         for cell in &self.cells {
-            let name = format!("| {} | {} ", cell.target.name(), cell.mode.name());
-            out.push_str(&name);
+            let (target, mode) = (cell.target.name(), cell.mode.name());
+            out.push_str(&format!("| {target} | {mode} "));
             if let Some(reason) = &cell.failed {
-                footnotes.push(format!(
-                    "{} {}: failed: {reason}",
-                    cell.target.name(),
-                    cell.mode.name()
-                ));
+                footnotes.push(format!("{target} {mode}: failed: {reason}"));
                 out.push_str(&format!(
-                    "| failed [{}] | – | – | – | – | – | – | – |\n",
+                    "| failed [{}] | – | – | – | – | – | – | – | – |\n",
                     footnotes.len()
                 ));
                 continue;
             }
             let errors = if cell.errors > 0 {
                 footnotes.push(format!(
-                    "{} {}: {} errors, e.g. {}",
-                    cell.target.name(),
-                    cell.mode.name(),
+                    "{target} {mode}: {} errors, e.g. {}",
                     cell.errors,
                     cell.error_samples.join("; ")
                 ));
@@ -197,10 +280,10 @@ impl Report {
                 "0".to_owned()
             };
             out.push_str(&format!(
-                "| {} | {} | {:.2} | {} | {:.2} | {} | {} | {} |\n",
+                "| {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} |\n",
                 thousands(cell.req_per_s),
-                cell.vs_direct
-                    .map_or("–".to_owned(), |r| format!("{r:.2}×")),
+                ratio(cell.vs_direct),
+                ratio(cell.vs_nginx),
                 cell.p50_ms,
                 cell.added_p50_ms
                     .map_or("–".to_owned(), |d| format!("{d:+.2}")),
@@ -211,14 +294,12 @@ impl Report {
                 cell.rss_mb.map_or("–".to_owned(), |m| format!("{m:.0}")),
             ));
         }
-        let c = &self.context;
-        out.push_str(&format!(
-            "\nnproc {}; {}; {} s per cell after {} s warm-up; median of {} rounds; concurrency {}; {} chunks per stream\n",
-            c.nproc, c.pinning, c.duration_s, c.warmup_s, c.rounds, c.concurrency, c.stream_chunks
-        ));
-        for (i, note) in footnotes.iter().enumerate() {
-            out.push_str(&format!("[{}] {note}\n", i + 1));
-        }
+        out
+    }
+
+    /// One line per comparison between targets of the same run, and the proxies' start-up.
+    fn comparisons(&self) -> String {
+        let mut out = String::new();
         for (mode, ratio) in &self.redis_vs_in_process {
             out.push_str(&format!(
                 "Redis-mode limits vs in-process, {}: {ratio:.2}× the throughput\n",
@@ -234,11 +315,107 @@ impl Report {
                 t.cpu.map_or("–".to_owned(), |c| format!("{c:.2}×")),
             ));
         }
-        for note in &self.notes {
-            out.push_str(&format!("note: {note}\n"));
+        for (mode, ratio) in &self.keys_vs_one {
+            out.push_str(&format!(
+                "100k keys vs 1 key, {}: {ratio:.2}× the throughput\n",
+                mode.name()
+            ));
+        }
+        for s in &self.startups {
+            out.push_str(&format!(
+                "start-up, {}: ready after {:.2} s, {:.1} MB RSS idle\n",
+                s.target.name(),
+                s.ready_s,
+                s.idle_rss_mb
+            ));
         }
         out
     }
+}
+
+/// The slow-streams section: one row per proxy.
+fn slow_streams_markdown(results: &[SlowResult]) -> String {
+    let mut out = String::from(
+        "\n### Many slow streams\n\n| proxy | streams | completed | errors | most open at once | idle RSS MB | peak RSS MB | KiB per open stream | stream p50 / p99 s (nominal) | wall s | proxy CPU share |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    let mut notes = Vec::new();
+    for r in results {
+        if let Some(reason) = &r.failed {
+            out.push_str(&format!(
+                "| {} | {} | failed: {} |\n",
+                r.target.name(),
+                r.streams,
+                reason.lines().next().unwrap_or_default()
+            ));
+            continue;
+        }
+        if r.errors > 0 {
+            notes.push(format!(
+                "{}: {} errors, e.g. {}",
+                r.target.name(),
+                r.errors,
+                r.error_samples.join("; ")
+            ));
+        }
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.2} / {:.2} ({:.2}) | {:.1} | {:.2} |\n",
+            r.target.name(),
+            thousands(r.streams as f64),
+            thousands(r.completed as f64),
+            thousands(r.errors as f64),
+            thousands(r.peak_open as f64),
+            r.idle_rss_mb,
+            r.peak_rss_mb,
+            r.kib_per_open_stream
+                .map_or("–".to_owned(), |k| format!("{k:.1}")),
+            r.p50_stream_s,
+            r.p99_stream_s,
+            r.nominal_stream_s,
+            r.wall_s,
+            r.proxy_cpu_share,
+        ));
+    }
+    for note in notes {
+        out.push_str(&format!("{note}\n"));
+    }
+    out
+}
+
+/// The propagation section.
+fn propagation_markdown(p: &Propagation) -> String {
+    let mut out = format!(
+        "\n### One key change at {} keys (control plane → NATS → data plane)\n\n",
+        thousands(p.keys as f64)
+    );
+    if let Some(reason) = &p.failed {
+        out.push_str(&format!("failed: {reason}\n"));
+        return out;
+    }
+    let q = |q: &super::scale::Quantiles| format!("{:.0} / {:.0} / {:.0}", q.p50, q.p99, q.max);
+    out.push_str(&format!(
+        "| figure | value |\n|---|--:|\n\
+         | changes timed (creations + revocations) | {} ({} never shown) |\n\
+         | admin call (commit, build, publish) p50 / p99 / max ms | {} |\n\
+         | admin answer → data plane answers the new way, p50 / p99 / max ms | {} |\n\
+         | admin call sent → data plane answers the new way, p50 / p99 / max ms | {} |\n\
+         | data plane start → ready (fetch + install) s | {:.2} |\n\
+         | data plane RSS idle after install / after the changes MB | {:.1} / {:.1} |\n\
+         | control plane RSS MB | {:.1} |\n\
+         | snapshot cache file bytes (body + signed head) | {} |\n\
+         | SQL seeding of the keys s (setup, not a product figure) | {:.1} |\n",
+        p.changes,
+        p.lost,
+        q(&p.admin_call_ms),
+        q(&p.propagation_ms),
+        q(&p.end_to_end_ms),
+        p.dataplane_ready_s,
+        p.dataplane_idle_rss_mb,
+        p.dataplane_end_rss_mb,
+        p.controlplane_rss_mb,
+        thousands(p.snapshot_bytes as f64),
+        p.seed_s,
+    ));
+    out
 }
 
 /// `70213.4` → `70,213`.
@@ -284,8 +461,7 @@ mod tests {
                 Cell::failed(Target::Gateway, Mode::NonStream, "no binary".into()),
             ],
             notes: vec!["litellm skipped".into()],
-            redis_vs_in_process: Vec::new(),
-            tracing_vs_off: Vec::new(),
+            ..Report::default()
         };
         report.compare_with_direct();
         report.compare_redis_with_in_process();
@@ -295,7 +471,7 @@ mod tests {
         assert_eq!(report.cells[2].vs_direct, None);
         let table = report.markdown();
         assert!(
-            table.contains("| nginx | non-stream | 500 | 0.50× | 1.50 | +0.50 |"),
+            table.contains("| nginx | non-stream | 500 | 0.50× | – | 1.50 | +0.50 |"),
             "{table}"
         );
         assert!(
@@ -321,6 +497,29 @@ mod tests {
         ));
         report.compare_redis_with_in_process();
         assert_eq!(report.redis_vs_in_process, [(Mode::NonStream, 0.85)]);
+        report.compare_with_direct();
+        assert_eq!(report.cells[3].vs_nginx, Some(4.0));
+        assert_eq!(report.cells[0].vs_nginx, Some(2.0));
+        assert!(
+            report
+                .markdown()
+                .contains("| gateway | non-stream | 2,000 | 2.00× | 4.00× |"),
+            "{}",
+            report.markdown()
+        );
+        report.cells.push(Cell::measured(
+            Target::Gateway100kKeys,
+            Mode::NonStream,
+            &load(1000, 1000),
+            1.0,
+        ));
+        report.compare_keys_with_one();
+        assert_eq!(report.keys_vs_one, [(Mode::NonStream, 0.5)]);
+        assert!(
+            report
+                .markdown()
+                .contains("100k keys vs 1 key, non-stream: 0.50× the throughput")
+        );
         assert!(
             report
                 .markdown()

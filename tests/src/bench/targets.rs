@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -34,7 +34,7 @@ const REDIS_READY: Duration = Duration::from_secs(10);
 const LITELLM_READY: Duration = Duration::from_secs(120);
 
 /// What the benchmark shares between targets.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Env {
     pub bin_dir: PathBuf,
     pub dir: PathBuf,
@@ -46,6 +46,10 @@ pub struct Env {
     pub redis_url: Option<String>,
     /// The OTLP receiver's base URL, when a traced target runs.
     pub otlp_endpoint: Option<String>,
+    /// Virtual keys in the large gateway's snapshot (`--keys`).
+    pub keys: usize,
+    /// nginx's `worker_connections` when more than the template's 4096 are needed.
+    pub nginx_connections: Option<usize>,
 }
 
 impl Env {
@@ -62,6 +66,11 @@ pub struct Running {
     /// Path of the chat completions endpoint on `addr`.
     pub path: String,
     pub proc: Option<Proc>,
+    /// From the proxy's start until it first answered ready (for a gateway: reading and
+    /// installing its snapshot).
+    pub ready_after: Option<Duration>,
+    /// The proxy's resident memory (process tree) when it first answered ready, idle.
+    pub idle_rss_bytes: Option<u64>,
 }
 
 /// Starts `mock-upstream --no-record` on the load core; returns it and its address.
@@ -118,8 +127,11 @@ pub async fn start(target: Target, env: &Env, litellm: Option<&Path>) -> Result<
             addr: env.mock_addr,
             path: format!("/s/{}/v1/chat/completions", env.scenario),
             proc: None,
+            ready_after: None,
+            idle_rss_bytes: None,
         }),
         Target::Gateway => start_gateway(env, target, None).await,
+        Target::Gateway100kKeys => start_gateway(env, target, None).await,
         Target::GatewayTraced1pct | Target::GatewayTraced100pct => match &env.otlp_endpoint {
             Some(_) => start_gateway(env, target, None).await,
             None => Err("no OTLP receiver was started".to_owned()),
@@ -138,13 +150,14 @@ pub async fn start(target: Target, env: &Env, litellm: Option<&Path>) -> Result<
 
 /// Waits for `GET ready_path` to answer 200; on failure, kills the proxy and reports why
 /// with the tail of its log.
-async fn until_ready(
+pub async fn until_ready(
     mut proc: Proc,
     addr: SocketAddr,
     ready_path: &str,
     timeout: Duration,
     path: String,
 ) -> Result<Running, String> {
+    let spawned = Instant::now();
     let ready = wait_ready(addr, ready_path, timeout, || match proc.exited() {
         Some(status) => Err(format!("exited ({status}) before it was ready")),
         None => Ok(()),
@@ -154,6 +167,8 @@ async fn until_ready(
         Ok(()) => Ok(Running {
             addr,
             path,
+            ready_after: Some(spawned.elapsed()),
+            idle_rss_bytes: Some(proc.tree_rss_bytes()),
             proc: Some(proc),
         }),
         Err(reason) => Err(format!("{reason}; log tail:\n{}", proc.log_tail(10))),
@@ -168,7 +183,9 @@ fn err(e: impl std::fmt::Display) -> String {
 /// tenant have limits and budgets far above what the load reaches, so that every request does
 /// the limit and budget work — in process, or through Redis when `redis_url` is given (one
 /// script call per request for both, plus the pipelined token and spend settlements).
-pub fn gateway_config(upstream_base: &str, redis_url: Option<&str>) -> String {
+/// `extra_keys` more keys (no limits, spread over 100 more tenants) make a large snapshot;
+/// the load uses only the first.
+pub fn gateway_config(upstream_base: &str, redis_url: Option<&str>, extra_keys: usize) -> String {
     let key_hash = switchboard_shared::keys::hash_key_hex(BENCH_PEPPER.as_bytes(), BENCH_KEY);
     let redis = redis_url.map_or(String::new(), |url| {
         format!("redis:\n  url: {{ value: \"{url}\" }}\n  key_prefix: bench\n")
@@ -178,15 +195,50 @@ pub fn gateway_config(upstream_base: &str, redis_url: Option<&str>) -> String {
   key_pepper: {{ value: "{BENCH_PEPPER}" }}
 {redis}snapshot:
   revision: 1
-  tenants: [{{ id: bench, limits: {{ rpm: 1000000000, tpm: 4000000000 }}, budget: {{ max_usd: 1000000000, period: monthly }} }}]
+  tenants: [{{ id: bench, limits: {{ rpm: 1000000000, tpm: 4000000000 }}, budget: {{ max_usd: 1000000000, period: monthly }} }}{tenants}]
   virtual_keys:
     - {{ id: bench-key, tenant_id: bench, key_hash: "{key_hash}", limits: {{ rpm: 1000000000, tpm: 4000000000 }}, budget: {{ max_usd: 1000000000, period: monthly }} }}
-  providers:
+{extra}  providers:
     - {{ id: mock, kind: openai, base_url: "{upstream_base}" }}
   deployments:
     - {{ id: mock-gpt, model: {BENCH_MODEL}, provider: mock, upstream_model: gpt-bench-upstream, price: {{ input_cost_per_token: 0.000001, output_cost_per_token: 0.000002 }} }}
-"#
+"#,
+        extra = extra_keys_yaml(extra_keys),
+        tenants = extra_tenants(extra_keys),
     )
+}
+
+/// YAML lines for `count` more virtual keys of the snapshot (after the bench key), and a
+/// `more_tenants` line with their 100 tenants. Their secrets are never used, but their hashes
+/// are real HMACs, as a control plane would store them.
+fn extra_keys_yaml(count: usize) -> String {
+    if count == 0 {
+        return String::new();
+    }
+    let hasher = switchboard_shared::keys::KeyHasher::new(BENCH_PEPPER.as_bytes());
+    let mut out = String::with_capacity(count * 140);
+    for i in 0..count {
+        let hash = hex_lower(&hasher.hash(&format!("sk-bench-extra-{i}")));
+        out.push_str(&format!(
+            "    - {{ id: extra-{i}, tenant_id: extra-{}, key_hash: \"{hash}\" }}\n",
+            i % 100
+        ));
+    }
+    out
+}
+
+/// The tenants of [`extra_keys_yaml`]'s keys, as more entries of a flow list.
+fn extra_tenants(count: usize) -> String {
+    if count == 0 {
+        return String::new();
+    }
+    (0..100.min(count))
+        .map(|t| format!(", {{ id: extra-{t} }}"))
+        .collect()
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The standard OpenTelemetry variables of a gateway `target`: tracing off, or exporting over
@@ -217,7 +269,12 @@ async fn start_gateway(
     }
     let name = target.name();
     let config = env.dir.join(format!("{name}.yaml"));
-    std::fs::write(&config, gateway_config(&env.upstream_base(), redis_url)).map_err(err)?;
+    let extra_keys = match target {
+        Target::Gateway100kKeys => env.keys.saturating_sub(1),
+        _ => 0,
+    };
+    let text = gateway_config(&env.upstream_base(), redis_url, extra_keys);
+    std::fs::write(&config, text).map_err(err)?;
     let port = free_port().map_err(err)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut cmd = command(&binary, env.pinning.proxy_core);
@@ -250,7 +307,21 @@ async fn start_nginx(env: &Env) -> Result<Running, String> {
     let port = free_port().map_err(err)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let config = dir.join("nginx.conf");
-    std::fs::write(&config, nginx_config(&dir, addr, env.mock_addr)).map_err(err)?;
+    let mut text = nginx_config(&dir, addr, env.mock_addr);
+    if let Some(connections) = env.nginx_connections {
+        // Many connections at once (the slow-streams section): room for them all, and an
+        // accept queue as long as the gateway's rather than nginx's default 511.
+        text = text
+            .replace(
+                "worker_connections 4096;",
+                &format!("worker_connections {connections};"),
+            )
+            .replace(
+                &format!("listen {addr};"),
+                &format!("listen {addr} backlog=1024;"),
+            );
+    }
+    std::fs::write(&config, text).map_err(err)?;
     let mut cmd = command(&binary, env.pinning.proxy_core);
     cmd.arg("-c")
         .arg(&config)
@@ -287,10 +358,21 @@ mod tests {
 
     #[test]
     fn generated_configs_fill_every_placeholder() {
-        let gateway = gateway_config("http://127.0.0.1:9/s/chunks=20/v1", None);
+        let gateway = gateway_config("http://127.0.0.1:9/s/chunks=20/v1", None, 0);
         let with_redis = gateway_config(
             "http://127.0.0.1:9/s/chunks=20/v1",
             Some("redis://127.0.0.1:7"),
+            0,
+        );
+        let large = gateway_config("http://127.0.0.1:9/s/chunks=20/v1", None, 299);
+        let large = dataplane::config::Config::parse(&large, &[]).unwrap();
+        large.validate().unwrap();
+        let snapshot = large.snapshot.unwrap();
+        assert_eq!(snapshot.virtual_keys.len(), 300);
+        assert_eq!(snapshot.tenants.len(), 101);
+        assert_eq!(
+            snapshot.virtual_keys[299].key_hash,
+            switchboard_shared::keys::hash_key_hex(b"bench-pepper", "sk-bench-extra-298")
         );
         let config = dataplane::config::Config::parse(&with_redis, &[]).unwrap();
         config.validate().unwrap();

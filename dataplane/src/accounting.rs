@@ -323,6 +323,11 @@ impl Ledger {
         }
     }
 
+    /// The request's exported span (none when it is not exported), the parent of its phases.
+    pub fn trace(&self) -> &tracing::Span {
+        &self.trace
+    }
+
     /// The open attempt's span, for the attempt to run in (its `traceparent` goes upstream).
     pub fn attempt_span(&self) -> tracing::Span {
         self.attempt_span.clone()

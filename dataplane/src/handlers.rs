@@ -176,7 +176,7 @@ async fn serve_proxy(
     mut ids: (String, Option<String>),
     (started, trace): (Instant, &tracing::Span),
 ) -> Result<Response, ApiError> {
-    let (catalog, key) = crate::telemetry::authenticate()
+    let (catalog, key) = crate::telemetry::authenticate(trace)
         .in_scope(|| caller(state, headers))
         .inspect_err(|e| crate::telemetry::failed(trace, e.kind(), e.status().as_u16()))?;
     crate::telemetry::caller(trace, &key.tenant.tenant.id, &key.key.id);
@@ -275,7 +275,7 @@ async fn serve_caller(
         },
         facts.started_at,
     )
-    .instrument(crate::telemetry::admit())
+    .instrument(crate::telemetry::admit(trace))
     .await?;
     let request = RequestContext {
         facts: Arc::new(facts),
@@ -402,9 +402,7 @@ async fn forward_to_the_end(
 /// caller drops it first (a client that leaves): it then runs to the end unobserved. No task
 /// is spawned for the common case of a client that waits for its answer. Boxed, so that
 /// moving it moves a pointer rather than the exchange's whole state machine.
-struct Detachable<F: Future<Output = Response> + Send + 'static>(
-    Option<std::pin::Pin<Box<F>>>,
-);
+struct Detachable<F: Future<Output = Response> + Send + 'static>(Option<std::pin::Pin<Box<F>>>);
 
 impl<F: Future<Output = Response> + Send + 'static> Future for Detachable<F> {
     type Output = Response;

@@ -130,10 +130,14 @@ fn init_logging(
 ) -> Result<Option<switchboard_shared::telemetry::Telemetry>, String> {
     use switchboard_shared::telemetry as otel;
     let env = |name: &str| std::env::var(name).ok();
-    let traces = file
+    let mut traces = file
         .cloned()
         .unwrap_or_default()
         .resolve(&env, "switchboard-dataplane")?;
+    if let Some(traces) = traces.as_mut() {
+        // The request path samples at each request's head (`telemetry::request`).
+        traces.head_sampled = true;
+    }
     let format = match format {
         LogFormat::Text => otel::LogFormat::Text,
         LogFormat::Json => otel::LogFormat::Json,

@@ -142,7 +142,6 @@ fn candidates(
     explain: &mut Option<String>,
     tries: &mut Tries,
 ) -> Vec<usize> {
-    let _route = crate::telemetry::route().entered();
     let decided = std::time::Instant::now();
     let ranked = attempt_order(model, input);
     let mut order = ranked.clone();
@@ -324,7 +323,8 @@ async fn forward_inner(
             prefix_keys: &prefix_keys,
             ..base_input
         };
-        let order = candidates(request, model, &input, explain, &mut tries);
+        let route = crate::telemetry::route(ledger.trace());
+        let order = route.in_scope(|| candidates(request, model, &input, explain, &mut tries));
         ledger = match try_model(request, model, &order, &input, ledger, &mut tries).await {
             ControlFlow::Break(response) => return response,
             ControlFlow::Continue(ledger) => ledger,

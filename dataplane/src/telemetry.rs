@@ -14,7 +14,7 @@
 
 use http::HeaderMap;
 pub use switchboard_shared::telemetry::TARGET;
-use switchboard_shared::telemetry::{continue_trace, current_traceparent, enabled};
+use switchboard_shared::telemetry::{continue_trace, current_traceparent, enabled, sampled};
 use switchboard_shared::usage::UsageRecord;
 use tracing::Span;
 use tracing::field::Empty;
@@ -29,8 +29,14 @@ pub fn operation(endpoint: &str) -> &'static str {
     }
 }
 
-/// The request's span, continuing the client's W3C trace context when it sent one.
+/// The request's span, continuing the client's W3C trace context when it sent one; none at
+/// all for a request the sampler leaves out ([`sampled`]: decided here, at the head, so that
+/// neither it nor its phases make a span).
 pub fn request(endpoint: &str, request_id: &str, headers: &HeaderMap) -> Span {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if !enabled() || !sampled(header("traceparent")) {
+        return Span::none();
+    }
     let span = tracing::debug_span!(target: TARGET, "request",
         otel.name = Empty, otel.kind = "server", otel.status_code = Empty,
         gen_ai.operation.name = operation(endpoint), gen_ai.request.model = Empty,
@@ -42,30 +48,43 @@ pub fn request(endpoint: &str, request_id: &str, headers: &HeaderMap) -> Span {
         switchboard.cost_usd = Empty, switchboard.cache_read_tokens = Empty,
         switchboard.cache_creation_tokens = Empty, switchboard.ttft_ms = Empty,
         switchboard.attempts = Empty, switchboard.outcome = Empty);
-    if enabled() {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        continue_trace(&span, header("traceparent"), header("tracestate"));
-    }
+    continue_trace(&span, header("traceparent"), header("tracestate"));
     span
 }
 
+// Every phase is a child of an explicit parent, the request's span, and none when that is
+// none (tracing off, or a request the sampler left out): a span without a parent would start
+// a trace of its own.
+
 /// The `authenticate` phase.
-pub fn authenticate() -> Span {
-    tracing::debug_span!(target: TARGET, "authenticate")
+pub fn authenticate(parent: &Span) -> Span {
+    if parent.is_none() {
+        return Span::none();
+    }
+    tracing::debug_span!(target: TARGET, parent: parent, "authenticate")
 }
 
 /// The `admit` phase (limits and budgets).
-pub fn admit() -> Span {
-    tracing::debug_span!(target: TARGET, "admit")
+pub fn admit(parent: &Span) -> Span {
+    if parent.is_none() {
+        return Span::none();
+    }
+    tracing::debug_span!(target: TARGET, parent: parent, "admit")
 }
 
 /// The `route` phase of one model.
-pub fn route() -> Span {
-    tracing::debug_span!(target: TARGET, "route")
+pub fn route(parent: &Span) -> Span {
+    if parent.is_none() {
+        return Span::none();
+    }
+    tracing::debug_span!(target: TARGET, parent: parent, "route")
 }
 
 /// One upstream attempt, a child of `parent`.
 pub fn attempt(parent: &Span, deployment: &str, provider: &str, model: &str) -> Span {
+    if parent.is_none() {
+        return Span::none();
+    }
     tracing::debug_span!(target: TARGET, parent: parent, "attempt",
         otel.kind = "client", otel.status_code = Empty, switchboard.deployment = deployment,
         gen_ai.provider.name = provider, gen_ai.request.model = model,
@@ -74,11 +93,17 @@ pub fn attempt(parent: &Span, deployment: &str, provider: &str, model: &str) -> 
 
 /// The `relay` phase: the answer passed on to the client, from its first bytes.
 pub fn relay(parent: &Span) -> Span {
+    if parent.is_none() {
+        return Span::none();
+    }
     tracing::debug_span!(target: TARGET, parent: parent, "relay")
 }
 
 /// The `account` phase: cost, settlement, the usage record.
 pub fn account(parent: &Span) -> Span {
+    if parent.is_none() {
+        return Span::none();
+    }
     tracing::debug_span!(target: TARGET, parent: parent, "account")
 }
 

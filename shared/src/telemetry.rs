@@ -16,7 +16,7 @@
 //! counts and timings — never a secret, a prompt or an answer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt as _;
@@ -39,6 +39,54 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Whether traces are exported (a pipeline is installed).
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// The head sampler of a [`Resolved::head_sampled`] pipeline: its name's index in
+/// [`SAMPLERS`] and its ratio's bits.
+static HEAD_SAMPLER: AtomicU64 = AtomicU64::new(0);
+static HEAD_RATIO: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a request is to be exported, decided at its head by the configured sampler (W3C
+/// `traceparent` of the client, if any, for the parent-based ones): `false` when export is off.
+/// A request left out makes no span at all.
+pub fn sampled(traceparent: Option<&str>) -> bool {
+    if !enabled() {
+        return false;
+    }
+    let sampler = SAMPLERS[HEAD_SAMPLER.load(Ordering::Relaxed) as usize % SAMPLERS.len()];
+    let ratio = f64::from_bits(HEAD_RATIO.load(Ordering::Relaxed));
+    let coin = || {
+        // Any uniform 53 bits will do: a fresh SipHash key pair per call.
+        let draw = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
+        ((draw >> 11) as f64) / ((1u64 << 53) as f64) < ratio
+    };
+    let root = |sampler: &str| match sampler {
+        "always_off" | "parentbased_always_off" => false,
+        "traceidratio" | "parentbased_traceidratio" => coin(),
+        _ => true,
+    };
+    if sampler.starts_with("parentbased_")
+        && let Some(flag) = traceparent.and_then(parent_sampled)
+    {
+        return flag;
+    }
+    root(sampler)
+}
+
+/// The sampled flag of a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`), if it is one.
+fn parent_sampled(traceparent: &str) -> Option<bool> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let [version, trace, parent, flags] = parts[..] else {
+        return None;
+    };
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !(hex(version, 2) && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)) {
+        return None;
+    }
+    if version == "ff" || trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    u8::from_str_radix(flags, 16).ok().map(|f| f & 1 == 1)
 }
 
 /// The config file's `telemetry:` section; each key is overridden by its environment variable.
@@ -89,6 +137,11 @@ pub struct Resolved {
     pub service_name: String,
     pub sampler: String,
     pub ratio: f64,
+    /// The caller decides each trace's sampling at its head, before it makes any span
+    /// ([`sampled`]), and the SDK keeps what it is given: the data plane's request path, so
+    /// that a request left out costs what it costs with tracing off. `false` (the control
+    /// plane): the SDK samples.
+    pub head_sampled: bool,
 }
 
 impl std::fmt::Debug for Resolved {
@@ -101,6 +154,7 @@ impl std::fmt::Debug for Resolved {
             .field("service_name", &self.service_name)
             .field("sampler", &self.sampler)
             .field("ratio", &self.ratio)
+            .field("head_sampled", &self.head_sampled)
             .finish()
     }
 }
@@ -203,12 +257,17 @@ impl TelemetryConfig {
                 .unwrap_or_else(|| default_service.to_owned()),
             sampler,
             ratio,
+            head_sampled: false,
         }))
     }
 }
 
 impl Resolved {
     fn sampler(&self) -> Sampler {
+        if self.head_sampled {
+            // Roots were sampled by the caller; a continued trace follows its parent's flag.
+            return Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
+        }
         let ratio = Sampler::TraceIdRatioBased(self.ratio);
         match self.sampler.as_str() {
             "always_on" => Sampler::AlwaysOn,
@@ -325,6 +384,11 @@ pub fn init(traces: Option<&Resolved>, format: LogFormat) -> Result<Option<Telem
         .with(logs)
         .try_init()
         .map_err(|e| e.to_string())?;
+    if traces.head_sampled {
+        let index = SAMPLERS.iter().position(|s| *s == traces.sampler);
+        HEAD_SAMPLER.store(index.unwrap_or(0) as u64, Ordering::Relaxed);
+        HEAD_RATIO.store(traces.ratio.to_bits(), Ordering::Relaxed);
+    }
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Some(Telemetry { provider }))
 }
@@ -390,6 +454,30 @@ pub fn current_traceparent() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_traceparent_says_whether_its_trace_is_sampled() {
+        let tp =
+            |flags: &str| format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+        assert_eq!(parent_sampled(&tp("01")), Some(true));
+        assert_eq!(parent_sampled(&tp("03")), Some(true));
+        assert_eq!(parent_sampled(&tp("00")), Some(false));
+        assert_eq!(
+            parent_sampled(" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 "),
+            Some(true)
+        );
+        for broken in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
+        ] {
+            assert_eq!(parent_sampled(broken), None, "{broken:?}");
+        }
+    }
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| {

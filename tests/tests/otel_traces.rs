@@ -41,7 +41,9 @@ async fn a_chat_is_one_trace_with_phase_spans_and_genai_attributes() {
         service_name: Some("gateway-under-test".into()),
         ..TelemetryConfig::default()
     };
-    let resolved = file.resolve(&|_| None, "unused").unwrap().unwrap();
+    let mut resolved = file.resolve(&|_| None, "unused").unwrap().unwrap();
+    // As the data plane installs it: each request sampled at its head.
+    resolved.head_sampled = true;
     let pipeline = telemetry::init(Some(&resolved), LogFormat::Text)
         .unwrap()
         .unwrap();
@@ -152,4 +154,40 @@ async fn a_chat_is_one_trace_with_phase_spans_and_genai_attributes() {
             assert!(!value.contains("Hello!"), "{}: answer exported", span.name);
         }
     }
+
+    // A client trace that is not sampled (flags 00) makes no span at all; the sampled one
+    // sent after it shows the export is still flowing.
+    let chat = |trace: String| {
+        let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}]}"#;
+        request(
+            Method::POST,
+            &gw.url("/v1/chat/completions"),
+            &[
+                ("authorization", &format!("Bearer {KEY}")),
+                ("content-type", "application/json"),
+                ("traceparent", &trace),
+            ],
+            body.to_owned(),
+        )
+    };
+    let unsampled = "0af7651916cd43dd8448eb211c80319d";
+    let sampled = "1bf7651916cd43dd8448eb211c80319e";
+    for (trace, flags) in [(unsampled, "00"), (sampled, "01")] {
+        let reply = send(chat(format!("00-{trace}-{CLIENT_SPAN}-{flags}"))).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    gw.usage_records(3).await;
+    pipeline.flush();
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), |spans| {
+            spans
+                .iter()
+                .any(|s| s.trace_id == sampled && s.name == "account")
+        })
+        .await;
+    assert!(
+        !spans.iter().any(|s| s.trace_id == unsampled),
+        "a request its client did not sample exported {:?}",
+        names(&spans)
+    );
 }

@@ -89,7 +89,10 @@ impl KeyDigests {
 
     /// Secrets remembered now.
     pub fn remembered(&self) -> usize {
-        self.known.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -159,7 +162,11 @@ mod tests {
         let hasher = KeyHasher::new(b"pepper");
         let stranger = digests.digest("sk-nobody", |_| false);
         assert_eq!(stranger, hasher.hash("sk-nobody"));
-        assert_eq!(digests.remembered(), 0, "a secret that names no key is not kept");
+        assert_eq!(
+            digests.remembered(),
+            0,
+            "a secret that names no key is not kept"
+        );
         let mut asked = 0;
         for _ in 0..3 {
             let known = digests.digest("sk-someone", |hash| {

@@ -402,9 +402,7 @@ async fn forward_to_the_end(
 /// caller drops it first (a client that leaves): it then runs to the end unobserved. No task
 /// is spawned for the common case of a client that waits for its answer. Boxed, so that
 /// moving it moves a pointer rather than the exchange's whole state machine.
-struct Detachable<F: Future<Output = Response> + Send + 'static>(
-    Option<std::pin::Pin<Box<F>>>,
-);
+struct Detachable<F: Future<Output = Response> + Send + 'static>(Option<std::pin::Pin<Box<F>>>);
 
 impl<F: Future<Output = Response> + Send + 'static> Future for Detachable<F> {
     type Output = Response;

@@ -79,5 +79,7 @@ pub async fn test(
     Path(id): Path<String>,
 ) -> Result<Json<TestResult>, ApiError> {
     let keys = &state.settings.master_keys;
-    Ok(Json(test_call::run(state.ctx(), &caller, keys, &id).await?))
+    Ok(Json(
+        test_call::run(state.ctx(), &caller, keys, state.test_calls.as_ref(), &id).await?,
+    ))
 }

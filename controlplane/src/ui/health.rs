@@ -124,7 +124,15 @@ pub async fn test(
 ) -> Response {
     let session = form.session;
     let keys = &state.settings.master_keys;
-    match test_call::run(state.ctx(), &session.actor, keys, &id).await {
+    match test_call::run(
+        state.ctx(),
+        &session.actor,
+        keys,
+        state.test_calls.as_ref(),
+        &id,
+    )
+    .await
+    {
         Ok(result) => one_page(&state, &session, &id, Some(result)).await,
         Err(e) => refused(&session, CURRENT, "Deployment test", e),
     }

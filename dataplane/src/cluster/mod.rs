@@ -9,6 +9,8 @@
 //!   unreachable.
 //! - [`cache`] — the last good snapshot on disk, served at start before anything answers.
 //! - [`heartbeat`] — this replica's id and served revision, for the control plane's fleet view.
+//! - [`test_call`] — answers the control plane's deployment test calls (NATS request/reply)
+//!   through the deployment's adaptor, recording nothing.
 //!
 //! [`start`] loads the cache, then spawns the follower (NATS, falling back to gRPC and back),
 //! the gRPC bootstrap and the heartbeat. Until some snapshot is installed `/readyz` answers
@@ -21,6 +23,7 @@ pub mod grpc;
 pub mod heartbeat;
 pub mod install;
 pub mod nats;
+pub mod test_call;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +150,14 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
             hostname: hostname(),
             started_at: chrono::Utc::now(),
         };
+        let responder = test_call::Responder {
+            client: nats.client().clone(),
+            subject: names.test_subject.clone(),
+            dataplane_id: dataplane_id.clone(),
+            keys: ingest_keys.clone(),
+            state: Arc::clone(&state),
+        };
+        tasks.push(tokio::spawn(responder.run()));
         tasks.push(tokio::spawn(heartbeat::run(
             nats.client().clone(),
             names.heartbeat_subject(&dataplane_id),

@@ -293,12 +293,19 @@ mod tests {
         .write_headers(&mut headers);
         let got = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(got("x-ratelimit-limit-requests").as_deref(), Some("600"));
-        assert_eq!(got("x-ratelimit-remaining-requests").as_deref(), Some("599"));
+        assert_eq!(
+            got("x-ratelimit-remaining-requests").as_deref(),
+            Some("599")
+        );
         assert_eq!(got("x-ratelimit-reset-requests").as_deref(), Some("100ms"));
         assert_eq!(got("x-ratelimit-limit-tokens").as_deref(), Some("90000"));
         assert_eq!(got("x-ratelimit-remaining-tokens").as_deref(), Some("1234"));
         assert_eq!(got("x-ratelimit-reset-tokens").as_deref(), Some("1.5s"));
-        assert_eq!(headers.len(), 6, "an upstream's value is replaced, not kept beside");
+        assert_eq!(
+            headers.len(),
+            6,
+            "an upstream's value is replaced, not kept beside"
+        );
         let mut only_tokens = HeaderMap::new();
         LimitView {
             requests: None,

@@ -282,18 +282,31 @@ async fn without_a_data_plane_the_control_plane_makes_the_test_call(pool: PgPool
         )
         .await
         .unwrap();
-    nats.flush().await.unwrap();
     let forger = nats.clone();
     let forging = tokio::spawn(async move {
-        let message = asked.next().await.unwrap();
-        let forged = json!({"dataplane_id": "dp-x", "deployment_id": "d-wrong", "revision": 1,
-            "found": true, "status": 200, "latency_ms": 1});
-        forger
-            .publish(message.reply.unwrap(), forged.to_string().into())
-            .await
-            .unwrap();
-        forger.flush().await.unwrap();
+        loop {
+            let message = asked.next().await.unwrap();
+            let reply_to = message.reply.unwrap();
+            if &message.payload[..] == b"ping" {
+                forger.publish(reply_to, "pong".into()).await.unwrap();
+                continue;
+            }
+            let forged = json!({"dataplane_id": "dp-x", "deployment_id": "d-wrong",
+                "revision": 1, "found": true, "status": 200, "latency_ms": 1});
+            forger
+                .publish(reply_to, forged.to_string().into())
+                .await
+                .unwrap();
+            forger.flush().await.unwrap();
+            return;
+        }
     });
+    // Asked on the same connection, after the subscription: answered once the server has it.
+    let pong = nats
+        .request(names.test_subject.clone(), "ping".into())
+        .await
+        .unwrap();
+    assert_eq!(&pong.payload[..], b"pong");
     let result = test_call(&cp, "d-wrong").await;
     forging.await.unwrap();
     assert_eq!(result["via"], "control_plane", "{result}");

@@ -145,34 +145,62 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
         ));
     }
     if let Some(nats) = nats {
-        let identity = heartbeat::Identity {
+        let on_nats = OnNats {
             dataplane_id: dataplane_id.clone(),
-            hostname: hostname(),
-            started_at: chrono::Utc::now(),
-        };
-        let responder = test_call::Responder {
-            client: nats.client().clone(),
-            subject: names.test_subject.clone(),
-            dataplane_id: dataplane_id.clone(),
-            keys: ingest_keys.clone(),
-            state: Arc::clone(&state),
-        };
-        tasks.push(tokio::spawn(responder.run()));
-        tasks.push(tokio::spawn(heartbeat::run(
-            nats.client().clone(),
-            names.heartbeat_subject(&dataplane_id),
-            identity,
+            names,
             ingest_keys,
-            state,
-            installer.served(),
-            config.heartbeat_interval(),
-        )));
+            heartbeat_interval: config.heartbeat_interval(),
+        };
+        tasks.extend(on_nats.spawn(&nats, state, &installer));
     }
     Ok(Cluster {
         dataplane_id,
         installer,
         tasks,
     })
+}
+
+/// What the tasks on a data plane's NATS connection need besides it.
+struct OnNats {
+    dataplane_id: String,
+    names: NatsNames,
+    ingest_keys: Option<switchboard_shared::cluster_trust::IngestKeys>,
+    heartbeat_interval: Duration,
+}
+
+impl OnNats {
+    /// Starts the test-call responder and the heartbeat.
+    fn spawn(
+        self,
+        nats: &nats::NatsSource,
+        state: Arc<AppState>,
+        installer: &Installer,
+    ) -> [JoinHandle<()>; 2] {
+        let responder = test_call::Responder {
+            client: nats.client().clone(),
+            subject: self.names.test_subject.clone(),
+            dataplane_id: self.dataplane_id.clone(),
+            keys: self.ingest_keys.clone(),
+            state: Arc::clone(&state),
+        };
+        let identity = heartbeat::Identity {
+            dataplane_id: self.dataplane_id.clone(),
+            hostname: hostname(),
+            started_at: chrono::Utc::now(),
+        };
+        [
+            tokio::spawn(responder.run()),
+            tokio::spawn(heartbeat::run(
+                nats.client().clone(),
+                self.names.heartbeat_subject(&self.dataplane_id),
+                identity,
+                self.ingest_keys,
+                state,
+                installer.served(),
+                self.heartbeat_interval,
+            )),
+        ]
+    }
 }
 
 /// Follows NATS while it works and gRPC `WatchSnapshot` while it does not; never returns.

@@ -42,7 +42,7 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Which way the test call went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Via {
+pub enum TestVia {
     /// A data plane made the call with the credential it serves with.
     Dataplane,
     /// No data plane answered; the control plane made the call itself.
@@ -67,7 +67,7 @@ pub struct TestResult {
     pub ok: bool,
     pub deployment_id: String,
     pub provider: String,
-    /// The URL called (without any user or password in it).
+    /// The URL called (without any user or password in it), on a control-plane call.
     pub url: Option<String>,
     /// The upstream's HTTP status (absent when it could not be reached).
     pub status: Option<u16>,
@@ -80,7 +80,7 @@ pub struct TestResult {
     /// The upstream's own message (key-like words masked, at most 200 characters).
     pub upstream_message: Option<String>,
     /// Who made the call: a data plane, or the control plane when none answered.
-    pub via: Via,
+    pub via: TestVia,
     /// The id of the data plane that made the call (with `via: dataplane`).
     pub answered_by: Option<String>,
     /// The revision of the snapshot that data plane serves.
@@ -213,7 +213,7 @@ pub async fn run(
 }
 
 /// A result about `d` of `p`, nothing known yet.
-fn blank(d: &DeploymentRow, p: &ProviderRow, via: Via) -> TestResult {
+fn blank(d: &DeploymentRow, p: &ProviderRow, via: TestVia) -> TestResult {
     TestResult {
         ok: false,
         deployment_id: d.id.clone(),
@@ -234,7 +234,7 @@ fn blank(d: &DeploymentRow, p: &ProviderRow, via: Via) -> TestResult {
 
 /// The result a data plane's `reply` describes, explained.
 fn from_reply(reply: &TestCallReply, d: &DeploymentRow, p: &ProviderRow) -> TestResult {
-    let mut result = blank(d, p, Via::Dataplane);
+    let mut result = blank(d, p, TestVia::Dataplane);
     result.answered_by = Some(reply.dataplane_id.clone());
     result.revision = Some(reply.revision);
     result.latency_ms = reply.latency_ms;
@@ -344,7 +344,7 @@ impl Asker {
 
 /// The test call made by the control plane itself.
 async fn direct(d: &DeploymentRow, p: &ProviderRow, keys: &MasterKeys) -> Result<TestResult> {
-    let mut result = blank(d, p, Via::ControlPlane);
+    let mut result = blank(d, p, TestVia::ControlPlane);
     let kind = p.kind();
     let base = match (base_url(p), kind) {
         (Err(Unreachable::Mock), _) => {

@@ -145,7 +145,9 @@ fn test_result(t: &TestResult) -> Markup {
             strong { @if t.ok { "Test passed" } @else { "Test failed" } }
             @if let Some(status) = t.status { " · HTTP " (status) }
             " · " (t.latency_ms) " ms"
+            @if let Some(dp) = &t.answered_by { " · sent by data plane " code { (dp) } }
             p { (t.explanation) }
+            @if let Some(why) = &t.fallback { p.muted { "Sent by the control plane: " (why) } }
             @if let Some(url) = &t.url { p.muted { "Called " code { (url) } } }
         }
     }

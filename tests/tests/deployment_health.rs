@@ -45,8 +45,9 @@ struct Cluster {
 }
 
 /// Providers `good` (the right key), `wrong` (a wrong key), `broke` (an account out of quota)
-/// and `br` (Bedrock, signing with the mock's AWS keys); deployments `d-good` (model `m`),
-/// `d-wrong` (`m-new`), `d-quota` (`m-quota`), `d-br` (`m-br`).
+/// `multi` (the right key and a wrong one), and `br` (Bedrock, signing with the mock's AWS
+/// keys); deployments `d-good` (model `m`), `d-wrong` (`m-new`), `d-quota` (`m-quota`),
+/// `d-multi` (`m-multi`), `d-br` (`m-br`).
 async fn configure(cp: &ControlPlane, mock: &MockUpstream) -> String {
     use switchboard_tests::mock::bedrock::{BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY};
     cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "acme"}))
@@ -64,6 +65,15 @@ async fn configure(cp: &ControlPlane, mock: &MockUpstream) -> String {
         )
         .await;
     }
+    // Two keys, the second wrong: a test call tries each.
+    let keyed_url = mock.scenario_url(&format!("api_key={RIGHT_KEY}"));
+    cp.write(
+        Method::POST,
+        "/admin/v1/providers",
+        json!({"id": "multi", "kind": "openai", "base_url": keyed_url,
+               "api_keys": [{"key": RIGHT_KEY}, {"key": WRONG_KEY}]}),
+    )
+    .await;
     let bedrock_url = mock.base_url().trim_end_matches("/v1").to_owned();
     cp.write(
         Method::POST,
@@ -77,6 +87,7 @@ async fn configure(cp: &ControlPlane, mock: &MockUpstream) -> String {
         ("d-good", "m", "good", "gpt-4o"),
         ("d-wrong", "m-new", "wrong", "gpt-4o"),
         ("d-quota", "m-quota", "broke", "gpt-4o"),
+        ("d-multi", "m-multi", "multi", "gpt-4o"),
         (
             "d-br",
             "m-br",
@@ -237,6 +248,30 @@ async fn a_test_call_explains_a_wrong_key_without_taking_the_deployment_out(pool
         "{result}"
     );
     assert_eq!(result["via"], "dataplane", "{result}");
+    // Each key of a multi-key provider is tried: the second is named.
+    let result = test_call(&c.cp, "d-multi").await;
+    assert_eq!(
+        (result["ok"].as_bool(), result["status"].as_u64()),
+        (Some(false), Some(401)),
+        "{result}"
+    );
+    assert_eq!(result["key_index"], 1, "{result}");
+    assert!(
+        result["explanation"]
+            .as_str()
+            .unwrap()
+            .starts_with("key 1 of the provider's api_keys: the upstream refused the credential"),
+        "{result}"
+    );
+    let keys: Vec<String> = c.mock.requests(&wrong)[before + 3..]
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        [format!("Bearer {RIGHT_KEY}"), format!("Bearer {WRONG_KEY}")],
+        "after d-good's test: the first key, then the second"
+    );
     // Bedrock: signed with SigV4 by the data plane (the mock answers 403 to anything else).
     let result = test_call(&c.cp, "d-br").await;
     assert_eq!(

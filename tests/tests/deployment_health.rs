@@ -37,6 +37,7 @@ const RIGHT_KEY: &str = "sk-right-health-test";
 const WRONG_KEY: &str = "sk-wrong-health-test";
 
 struct Cluster {
+    namespace: String,
     cp: ControlPlane,
     mock: MockUpstream,
     gw: Gateway,
@@ -120,7 +121,7 @@ async fn start(pool: PgPool) -> Cluster {
     let mock = MockUpstream::start().await.unwrap();
     let secret = configure(&cp, &mock).await;
     let mut cluster = ClusterConfig::with_urls(Some(cp.grpc.clone()), Some(nats_url()));
-    cluster.namespace = namespace;
+    cluster.namespace = namespace.clone();
     cluster.heartbeat_interval_ms = 200;
     let redis_yaml = format!(
         "redis:\n  url: {{ value: \"{}\" }}\n  key_prefix: \"{prefix}\"\n  refresh_ms: 100\n",
@@ -142,6 +143,7 @@ async fn start(pool: PgPool) -> Cluster {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Cluster {
+        namespace,
         cp,
         mock,
         gw,
@@ -280,6 +282,7 @@ async fn a_test_call_explains_a_wrong_key_without_taking_the_deployment_out(pool
         "{result}"
     );
     assert_eq!(result["via"], "dataplane", "{result}");
+    absent_from_the_snapshot(&c).await;
     let reply = call(
         &c.cp.rest,
         Method::POST,
@@ -289,6 +292,34 @@ async fn a_test_call_explains_a_wrong_key_without_taking_the_deployment_out(pool
     )
     .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+/// Asked on NATS as the control plane asks, about a deployment its snapshot lacks, the data
+/// plane replies "not found" with the revision it serves, tagged under the ingest key.
+async fn absent_from_the_snapshot(c: &Cluster) {
+    use switchboard_shared::cluster::{NatsNames, TEST_REPLY_KIND, TestCallReply};
+    use switchboard_shared::cluster_trust::IngestKeys;
+    let names = NatsNames::new(&c.namespace);
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let question = json!({"deployment_id": "absent"}).to_string();
+    let message = nats
+        .request(names.test_subject, question.into())
+        .await
+        .unwrap();
+    let reply: TestCallReply = serde_json::from_slice(&message.payload).unwrap();
+    assert!(!reply.found, "{reply:?}");
+    assert_eq!(reply.status, None, "nothing sent: {reply:?}");
+    assert_eq!(reply.dataplane_id, c.follower.dataplane_id);
+    assert_eq!(reply.revision, c.gw.state.revision(), "{reply:?}");
+    let headers = message.headers.unwrap();
+    let header = |name: &str| headers.get(name).unwrap().as_str().to_owned();
+    let keys = IngestKeys::parse(switchboard_tests::cluster_keys::INGEST_KEY).unwrap();
+    assert!(keys.verify(
+        TEST_REPLY_KIND,
+        &header("Switchboard-Dataplane"),
+        &message.payload,
+        &header("Switchboard-Signature"),
+    ));
 }
 
 /// `POST /admin/v1/deployments/{id}/test` as the platform admin; its 200 answer.

@@ -121,6 +121,11 @@ pub async fn serve(
     );
     let counters = settings.redis.as_ref().map(Counters::connect).transpose()?;
     let login_guard = Arc::new(LoginGuard::new(&settings.admin_auth));
+    let test_calls = crate::service::test_call::Asker {
+        client: nats.clone(),
+        subject: names.test_subject.clone(),
+        keys: trust.ingest_keys.clone(),
+    };
     let state = AppState {
         login_guard,
         pool: pool.clone(),
@@ -128,6 +133,7 @@ pub async fn serve(
         publisher: publisher.clone(),
         fleet: fleet.clone(),
         counters,
+        test_calls: Some(test_calls),
     };
 
     // Build (and try to publish) the current snapshot before answering anything.

@@ -22,6 +22,8 @@ pub struct AppState {
     pub counters: Option<Counters>,
     /// Login rate limits and the password-check cap of this replica.
     pub login_guard: Arc<LoginGuard>,
+    /// How a deployment's test call asks a data plane over NATS.
+    pub test_calls: Option<crate::service::test_call::Asker>,
 }
 
 impl AppState {

@@ -23,6 +23,12 @@
 //! Data planes announce themselves with a [`Heartbeat`] on its heartbeat subject (core NATS,
 //! not persisted) every few seconds and at once after applying a revision, which is what lets
 //! an admin write wait until the fleet has applied it.
+//!
+//! A deployment's test call (`POST /admin/v1/deployments/{id}/test`) is core NATS
+//! request/reply on `test_subject`: the control plane sends a [`TestCallRequest`], the data
+//! planes listen in the queue group [`TEST_QUEUE_GROUP`] so exactly one of them makes the call
+//! with the credential it already holds, and it answers a [`TestCallReply`] tagged like a
+//! heartbeat (kind [`TEST_REPLY_KIND`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -55,6 +61,8 @@ pub struct NatsNames {
     pub usage_stream: String,
     /// Subject data planes publish `UsageRecord` JSON on: `<ns>.usage.events`.
     pub usage_subject: String,
+    /// Subject of test-call requests (core NATS request/reply): `<ns>.fleet.test`.
+    pub test_subject: String,
     /// How many NATS servers keep a copy of each JetStream stream and object store the
     /// control plane creates (1 on a single server; 3 on a production cluster, so that the
     /// loss of one server loses no usage record and no snapshot). Not part of the names: set
@@ -74,6 +82,7 @@ impl NatsNames {
             heartbeat_prefix: format!("{namespace}.fleet.heartbeat"),
             usage_stream: format!("{upper}_USAGE"),
             usage_subject: format!("{namespace}.usage.events"),
+            test_subject: format!("{namespace}.fleet.test"),
             replicas: 1,
         }
     }
@@ -325,6 +334,44 @@ pub struct Heartbeat {
     pub sent_at: DateTime<Utc>,
 }
 
+/// The queue group data planes answer test calls in, so that one of them answers each.
+pub const TEST_QUEUE_GROUP: &str = "switchboard-test-calls";
+/// The ingest-key tag kind of a [`TestCallReply`] (`cluster_trust::IngestKeys::tag`).
+pub const TEST_REPLY_KIND: &str = "test-reply";
+
+/// The control plane asks a data plane to test one deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCallRequest {
+    pub deployment_id: String,
+}
+
+/// What a data plane found when it sent a deployment's test call through its adaptor: the
+/// facts only; the control plane words the explanation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCallReply {
+    /// The data plane that made the call.
+    pub dataplane_id: String,
+    /// The deployment asked about.
+    pub deployment_id: String,
+    /// The revision of the snapshot it serves.
+    pub revision: u64,
+    /// Whether the deployment is in that snapshot (when not, nothing was sent).
+    pub found: bool,
+    /// The upstream's HTTP status, when it answered.
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    /// The lasting error its answer names (`fleet_keys::PermanentError::from_answer`).
+    pub error_kind: Option<String>,
+    /// The upstream's message, key-like words masked (`fleet_keys::error_message`), on a
+    /// refusal.
+    pub upstream_message: Option<String>,
+    /// Why no answer came (could not connect, timed out), in words.
+    pub failure: Option<String>,
+    /// Which of a multi-key provider's keys the result is about (the first that failed, or
+    /// the last tried when all answered).
+    pub key_index: Option<usize>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +414,7 @@ mod tests {
         assert_eq!(n.heartbeat_wildcard(), "test-a1.fleet.heartbeat.*");
         assert_eq!(n.usage_stream, "TEST_A1_USAGE");
         assert_eq!(n.usage_subject, "test-a1.usage.events");
+        assert_eq!(n.test_subject, "test-a1.fleet.test");
         assert!(valid_namespace("switchboard") && valid_namespace("t_1-x"));
         for bad in ["", "1abc", "a.b", "a*", "a>", &"a".repeat(33)] {
             assert!(!valid_namespace(bad), "{bad}");

@@ -2,9 +2,14 @@
 //! sharing its deployment state through the real Redis, and the mock upstream:
 //!
 //! - `POST /admin/v1/deployments/{id}/test` on a deployment whose provider has a wrong key
-//!   answers with the upstream's 401 explained (the mock saw the deployment's own credential
-//!   and a one-token chat), and no data plane takes the deployment out: its shared breaker
-//!   stays closed and no permanent error is recorded. A right key tests OK.
+//!   is made by the data plane (asked over NATS request/reply; `via: dataplane`, naming it)
+//!   and answers with the upstream's 401 explained (the mock saw the deployment's own
+//!   credential and a one-token chat), and no data plane takes the deployment out: its shared
+//!   breaker stays closed, no permanent error is recorded, and the next live chat is still
+//!   sent to it. A right key tests OK; a Bedrock deployment tests OK through the data plane's
+//!   SigV4 signing (the mock refuses unsigned requests).
+//! - With no data plane listening, the control plane makes the call itself and says why
+//!   (`via: control_plane`); a reply not tagged under the cluster's ingest key is not believed.
 //! - A lasting error in an upstream's body (OpenAI's 429 `insufficient_quota`) takes the
 //!   deployment out for longer than the 429's `Retry-After`, and `GET
 //!   /admin/v1/deployments/{id}/health` (and the list form) shows the open breaker and the
@@ -32,16 +37,20 @@ const RIGHT_KEY: &str = "sk-right-health-test";
 const WRONG_KEY: &str = "sk-wrong-health-test";
 
 struct Cluster {
+    namespace: String,
     cp: ControlPlane,
     mock: MockUpstream,
     gw: Gateway,
-    _follower: dataplane::cluster::Cluster,
+    follower: dataplane::cluster::Cluster,
     secret: String,
 }
 
-/// Providers `good` (the right key), `wrong` (a wrong key) and `broke` (an account out of
-/// quota); deployments `d-good` (model `m`), `d-wrong` (`m-new`), `d-quota` (`m-quota`).
+/// Providers `good` (the right key), `wrong` (a wrong key), `broke` (an account out of quota)
+/// `multi` (the right key and a wrong one), and `br` (Bedrock, signing with the mock's AWS
+/// keys); deployments `d-good` (model `m`), `d-wrong` (`m-new`), `d-quota` (`m-quota`),
+/// `d-multi` (`m-multi`), `d-br` (`m-br`).
 async fn configure(cp: &ControlPlane, mock: &MockUpstream) -> String {
+    use switchboard_tests::mock::bedrock::{BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY};
     cp.write(Method::POST, "/admin/v1/tenants", json!({"id": "acme"}))
         .await;
     let keyed = mock.scenario_url(&format!("api_key={RIGHT_KEY}"));
@@ -57,15 +66,40 @@ async fn configure(cp: &ControlPlane, mock: &MockUpstream) -> String {
         )
         .await;
     }
-    for (id, model, provider) in [
-        ("d-good", "m", "good"),
-        ("d-wrong", "m-new", "wrong"),
-        ("d-quota", "m-quota", "broke"),
+    // Two keys, the second wrong: a test call tries each.
+    let keyed_url = mock.scenario_url(&format!("api_key={RIGHT_KEY}"));
+    cp.write(
+        Method::POST,
+        "/admin/v1/providers",
+        json!({"id": "multi", "kind": "openai", "base_url": keyed_url,
+               "api_keys": [{"key": RIGHT_KEY}, {"key": WRONG_KEY}]}),
+    )
+    .await;
+    let bedrock_url = mock.base_url().trim_end_matches("/v1").to_owned();
+    cp.write(
+        Method::POST,
+        "/admin/v1/providers",
+        json!({"id": "br", "kind": "bedrock", "base_url": bedrock_url, "region": "us-east-1",
+               "aws_access_key_id": BEDROCK_ACCESS_KEY_ID,
+               "aws_secret_access_key": BEDROCK_SECRET_ACCESS_KEY}),
+    )
+    .await;
+    for (id, model, provider, upstream) in [
+        ("d-good", "m", "good", "gpt-4o"),
+        ("d-wrong", "m-new", "wrong", "gpt-4o"),
+        ("d-quota", "m-quota", "broke", "gpt-4o"),
+        ("d-multi", "m-multi", "multi", "gpt-4o"),
+        (
+            "d-br",
+            "m-br",
+            "br",
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        ),
     ] {
         cp.write(
             Method::POST,
             "/admin/v1/deployments",
-            json!({"id": id, "model": model, "provider": provider, "upstream_model": "gpt-4o"}),
+            json!({"id": id, "model": model, "provider": provider, "upstream_model": upstream}),
         )
         .await;
     }
@@ -87,7 +121,8 @@ async fn start(pool: PgPool) -> Cluster {
     let mock = MockUpstream::start().await.unwrap();
     let secret = configure(&cp, &mock).await;
     let mut cluster = ClusterConfig::with_urls(Some(cp.grpc.clone()), Some(nats_url()));
-    cluster.namespace = namespace;
+    cluster.namespace = namespace.clone();
+    cluster.heartbeat_interval_ms = 200;
     let redis_yaml = format!(
         "redis:\n  url: {{ value: \"{}\" }}\n  key_prefix: \"{prefix}\"\n  refresh_ms: 100\n",
         redis_url()
@@ -98,11 +133,21 @@ async fn start(pool: PgPool) -> Cluster {
         assert!(started.elapsed() < Duration::from_secs(15), "never served");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The snapshot may come over gRPC first: wait until the data plane's heartbeat shows it is
+    // on NATS (its test-call subscription went to the server before that heartbeat).
+    while get(&cp, &cp.token, "/admin/v1/fleet").await.json()["dataplanes"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(started.elapsed() < Duration::from_secs(15), "no heartbeat");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Cluster {
+        namespace,
         cp,
         mock,
         gw,
-        _follower: follower,
+        follower,
         secret,
     }
 }
@@ -147,20 +192,19 @@ async fn health_until(cp: &ControlPlane, id: &str, done: impl Fn(&Value) -> bool
 #[sqlx::test(migrations = "../migrations")]
 async fn a_test_call_explains_a_wrong_key_without_taking_the_deployment_out(pool: PgPool) {
     let c = start(pool).await;
-    let path = "/admin/v1/deployments/d-wrong/test";
-    let reply = call(
-        &c.cp.rest,
-        Method::POST,
-        path,
-        Some(&c.cp.token),
-        Value::Null,
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let result = reply.json();
+    let wrong = format!("api_key={RIGHT_KEY}");
+    let before = c.mock.request_count(&wrong);
+    let result = test_call(&c.cp, "d-wrong").await;
     assert_eq!(result["ok"], false, "{result}");
     assert_eq!(result["status"], 401, "{result}");
     assert_eq!(result["error_kind"], "credential_invalid", "{result}");
+    assert_eq!(result["via"], "dataplane", "{result}");
+    assert_eq!(
+        result["answered_by"].as_str(),
+        Some(c.follower.dataplane_id.as_str()),
+        "{result}"
+    );
+    assert!(result["fallback"].is_null(), "{result}");
     let explanation = result["explanation"].as_str().unwrap();
     assert!(
         explanation.starts_with("the upstream refused the credential")
@@ -168,8 +212,12 @@ async fn a_test_call_explains_a_wrong_key_without_taking_the_deployment_out(pool
             && explanation.contains("/admin/v1/providers/wrong"),
         "{explanation}"
     );
-    assert!(!reply.text().contains(WRONG_KEY), "the key is never shown");
-    let seen = c.mock.requests(&format!("api_key={RIGHT_KEY}"));
+    assert!(
+        !result.to_string().contains(WRONG_KEY),
+        "the key is never shown"
+    );
+    assert_eq!(c.mock.request_count(&wrong), before + 1, "one test request");
+    let seen = c.mock.requests(&wrong);
     let test = seen.last().unwrap();
     assert_eq!(test.path, "/v1/chat/completions");
     assert_eq!(test.headers["authorization"], format!("Bearer {WRONG_KEY}"));
@@ -179,37 +227,192 @@ async fn a_test_call_explains_a_wrong_key_without_taking_the_deployment_out(pool
         (Some("gpt-4o"), Some(1))
     );
 
-    // No data plane took it out: its shared state (synced every 100 ms) stays closed.
+    // No data plane took it out: its shared state (synced every 100 ms) stays closed, and the
+    // next live chat for its model is still sent to it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let health = health_until(&c.cp, "d-wrong", |h| h["live"] == true).await;
     assert_eq!(health["breaker"], "closed", "{health}");
     assert!(health["last_permanent_error"].is_null(), "{health}");
+    let live = chat(&c.gw, &c.secret, "m-new").await;
+    assert_ne!(live.status, StatusCode::OK, "{}", live.text());
+    assert_eq!(
+        c.mock.request_count(&wrong),
+        before + 2,
+        "the live chat was routed to the tested deployment"
+    );
+    let last = c.mock.requests(&wrong).pop().unwrap();
+    assert_eq!(last.headers["authorization"], format!("Bearer {WRONG_KEY}"));
 
-    let path = "/admin/v1/deployments/d-good/test";
-    let reply = call(
-        &c.cp.rest,
-        Method::POST,
-        path,
-        Some(&c.cp.token),
-        Value::Null,
-    )
-    .await;
-    let result = reply.json();
+    let result = test_call(&c.cp, "d-good").await;
     assert_eq!(
         (result["ok"].as_bool(), result["status"].as_u64()),
         (Some(true), Some(200)),
         "{result}"
     );
-    let path = "/admin/v1/deployments/nope/test";
+    assert_eq!(result["via"], "dataplane", "{result}");
+    // Each key of a multi-key provider is tried: the second is named.
+    let result = test_call(&c.cp, "d-multi").await;
+    assert_eq!(
+        (result["ok"].as_bool(), result["status"].as_u64()),
+        (Some(false), Some(401)),
+        "{result}"
+    );
+    assert_eq!(result["key_index"], 1, "{result}");
+    assert!(
+        result["explanation"]
+            .as_str()
+            .unwrap()
+            .starts_with("key 1 of the provider's api_keys: the upstream refused the credential"),
+        "{result}"
+    );
+    let keys: Vec<String> = c.mock.requests(&wrong)[before + 3..]
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        [format!("Bearer {RIGHT_KEY}"), format!("Bearer {WRONG_KEY}")],
+        "after d-good's test: the first key, then the second"
+    );
+    // Bedrock: signed with SigV4 by the data plane (the mock answers 403 to anything else).
+    let result = test_call(&c.cp, "d-br").await;
+    assert_eq!(
+        (result["ok"].as_bool(), result["status"].as_u64()),
+        (Some(true), Some(200)),
+        "{result}"
+    );
+    assert_eq!(result["via"], "dataplane", "{result}");
+    absent_from_the_snapshot(&c).await;
     let reply = call(
         &c.cp.rest,
         Method::POST,
-        path,
+        "/admin/v1/deployments/nope/test",
         Some(&c.cp.token),
         Value::Null,
     )
     .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+/// Asked on NATS as the control plane asks, about a deployment its snapshot lacks, the data
+/// plane replies "not found" with the revision it serves, tagged under the ingest key.
+async fn absent_from_the_snapshot(c: &Cluster) {
+    use switchboard_shared::cluster::{NatsNames, TEST_REPLY_KIND, TestCallReply};
+    use switchboard_shared::cluster_trust::IngestKeys;
+    let names = NatsNames::new(&c.namespace);
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let question = json!({"deployment_id": "absent"}).to_string();
+    let message = nats
+        .request(names.test_subject, question.into())
+        .await
+        .unwrap();
+    let reply: TestCallReply = serde_json::from_slice(&message.payload).unwrap();
+    assert!(!reply.found, "{reply:?}");
+    assert_eq!(reply.status, None, "nothing sent: {reply:?}");
+    assert_eq!(reply.dataplane_id, c.follower.dataplane_id);
+    assert_eq!(reply.revision, c.gw.state.revision(), "{reply:?}");
+    let headers = message.headers.unwrap();
+    let header = |name: &str| headers.get(name).unwrap().as_str().to_owned();
+    let keys = IngestKeys::parse(switchboard_tests::cluster_keys::INGEST_KEY).unwrap();
+    assert!(keys.verify(
+        TEST_REPLY_KIND,
+        &header("Switchboard-Dataplane"),
+        &message.payload,
+        &header("Switchboard-Signature"),
+    ));
+}
+
+/// `POST /admin/v1/deployments/{id}/test` as the platform admin; its 200 answer.
+async fn test_call(cp: &ControlPlane, id: &str) -> Value {
+    let path = format!("/admin/v1/deployments/{id}/test");
+    let reply = call(&cp.rest, Method::POST, &path, Some(&cp.token), Value::Null).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.json()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn without_a_data_plane_the_control_plane_makes_the_test_call(pool: PgPool) {
+    use futures_util::StreamExt;
+    let namespace = unique_namespace();
+    let cp = ControlPlane::start(pool, &namespace).await;
+    let mock = MockUpstream::start().await.unwrap();
+    configure(&cp, &mock).await;
+
+    // Something answering on the test subject without the cluster's ingest-key tag.
+    let names = switchboard_shared::cluster::NatsNames::new(&namespace);
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let mut asked = nats
+        .queue_subscribe(
+            names.test_subject.clone(),
+            switchboard_shared::cluster::TEST_QUEUE_GROUP.into(),
+        )
+        .await
+        .unwrap();
+    let forger = nats.clone();
+    let forging = tokio::spawn(async move {
+        loop {
+            let message = asked.next().await.unwrap();
+            let reply_to = message.reply.unwrap();
+            if &message.payload[..] == b"ping" {
+                forger.publish(reply_to, "pong".into()).await.unwrap();
+                continue;
+            }
+            let forged = json!({"dataplane_id": "dp-x", "deployment_id": "d-wrong",
+                "revision": 1, "found": true, "status": 200, "latency_ms": 1});
+            forger
+                .publish(reply_to, forged.to_string().into())
+                .await
+                .unwrap();
+            forger.flush().await.unwrap();
+            return;
+        }
+    });
+    // Asked on the same connection, after the subscription: answered once the server has it.
+    let pong = nats
+        .request(names.test_subject.clone(), "ping".into())
+        .await
+        .unwrap();
+    assert_eq!(&pong.payload[..], b"pong");
+    let result = test_call(&cp, "d-wrong").await;
+    forging.await.unwrap();
+    assert_eq!(result["via"], "control_plane", "{result}");
+    assert!(
+        result["fallback"]
+            .as_str()
+            .unwrap()
+            .contains("not tagged by a data plane"),
+        "{result}"
+    );
+    assert_eq!(
+        (result["ok"].as_bool(), result["status"].as_u64()),
+        (Some(false), Some(401)),
+        "the control plane's own call: {result}"
+    );
+    assert_eq!(result["error_kind"], "credential_invalid", "{result}");
+    drop(nats);
+
+    // Nobody listening: the control plane calls at once and says so.
+    let result = test_call(&cp, "d-good").await;
+    assert_eq!(result["via"], "control_plane", "{result}");
+    assert!(result["answered_by"].is_null(), "{result}");
+    assert!(
+        result["fallback"]
+            .as_str()
+            .unwrap()
+            .contains("no data plane is listening"),
+        "{result}"
+    );
+    assert_eq!(result["ok"], true, "{result}");
+    // ... and cannot sign Bedrock.
+    let result = test_call(&cp, "d-br").await;
+    assert_eq!(result["ok"], false, "{result}");
+    assert!(
+        result["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("does not sign Bedrock"),
+        "{result}"
+    );
 }
 
 #[sqlx::test(migrations = "../migrations")]

@@ -5,7 +5,10 @@
 //! `cluster/heartbeat.rs` and `usage_publisher.rs`) — and cannot publish a head, an object or
 //! another data plane's heartbeat, read usage or heartbeats, or change a stream. The
 //! control-plane credential can set everything up, publish and consume usage as
-//! `controlplane/src/publish.rs` and `ingest.rs` do.
+//! `controlplane/src/publish.rs` and `ingest.rs` do. A deployment test call goes from the
+//! control plane to a data plane and back (request/reply, as `service/test_call.rs` and
+//! `cluster/test_call.rs` do it), while a data plane can neither ask one nor publish into an
+//! inbox other than the reply of a request it received.
 //!
 //! A refusal is proven twice: the server reports a permissions violation to the client, and the
 //! message never arrives (at a control-plane subscriber, or in the stream that would keep it).
@@ -458,6 +461,80 @@ async fn a_data_plane_cannot_publish_config_or_read_what_is_not_its_own() {
         stored_objects,
         "a data plane's message reached the object store"
     );
+}
+
+#[tokio::test]
+async fn test_calls_go_from_the_control_plane_to_a_data_plane_and_back() {
+    use switchboard_shared::cluster::TEST_QUEUE_GROUP;
+    let nats = ConfiguredNats::start().await;
+    let names = NatsNames::default();
+    let (cp, _) = login(&nats, "controlplane", CONTROLPLANE_PASSWORD).await;
+    let (dp, dp_errors) = login(&nats, "dataplane-0", DATAPLANE_PASSWORD).await;
+    let mut asked = dp
+        .queue_subscribe(names.test_subject.clone(), TEST_QUEUE_GROUP.into())
+        .await
+        .unwrap();
+    dp.flush().await.unwrap();
+    let answering = dp.clone();
+    let responder = tokio::spawn(async move {
+        let message = asked.next().await.unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Switchboard-Dataplane", "dataplane-0");
+        let reply_to = message.reply.unwrap();
+        answering
+            .publish_with_headers(reply_to.clone(), headers, "reply".into())
+            .await
+            .unwrap();
+        answering.flush().await.unwrap();
+        (asked, message.payload, reply_to)
+    });
+    // `flush` only writes: the server may not have the data plane's subscription yet, which
+    // the control plane hears as "no responders" (and then tries again).
+    let started = Instant::now();
+    let reply = loop {
+        let question = "{\"deployment_id\":\"d\"}";
+        let asking = cp.request(names.test_subject.clone(), question.into());
+        match tokio::time::timeout(Duration::from_secs(5), asking).await {
+            Ok(Err(e))
+                if e.kind() == async_nats::RequestErrorKind::NoResponders
+                    && started.elapsed() < Duration::from_secs(5) =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Ok(reply)) => break reply,
+            Ok(Err(e)) => panic!("test call: {e}; refused:\n{}", nats.violations()),
+            Err(_) => panic!("no reply within 5 s"),
+        }
+    };
+    assert_eq!(&reply.payload[..], b"reply");
+    let (mut asked, question, reply_to) = responder.await.unwrap();
+    assert_eq!(&question[..], b"{\"deployment_id\":\"d\"}");
+
+    // A data plane may not ask for a test call (its own subscription never sees it) ...
+    dp.publish(names.test_subject.clone(), "forged".into())
+        .await
+        .unwrap();
+    dp.flush().await.unwrap();
+    refused(&dp_errors, &names.test_subject).await;
+    assert!(
+        tokio::time::timeout(QUIET, asked.next()).await.is_err(),
+        "a data plane's test call was delivered"
+    );
+    // ... nor publish into an inbox that is not a reply to what it received, nor answer twice.
+    let mut inbox = cp.subscribe("_INBOX.cp-owned.>").await.unwrap();
+    cp.flush().await.unwrap();
+    dp.publish("_INBOX.cp-owned.x", "forged".into())
+        .await
+        .unwrap();
+    dp.flush().await.unwrap();
+    refused(&dp_errors, "_INBOX.cp-owned.x").await;
+    assert!(
+        tokio::time::timeout(QUIET, inbox.next()).await.is_err(),
+        "a data plane published into another client's inbox"
+    );
+    dp.publish(reply_to.clone(), "again".into()).await.unwrap();
+    dp.flush().await.unwrap();
+    refused(&dp_errors, reply_to.as_str()).await;
 }
 
 #[tokio::test]

@@ -66,9 +66,12 @@ pub async fn health(
     Ok(Json(one))
 }
 
-/// Sends one minimal real request (a one-token chat) to the deployment's upstream with its
-/// credential, from the control plane, and says what happened. No data plane is involved: a
-/// failed test never takes the deployment out of service. Platform admins only.
+/// Sends one minimal real request (a one-token chat) to the deployment's upstream and says
+/// what happened. A data plane makes the call through the deployment's adaptor with the
+/// credential it serves with (asked over NATS; `via: dataplane`, `answered_by`), recording
+/// nothing: a failed test never takes the deployment out of service. When no data plane
+/// answers, the control plane makes the call itself (`via: control_plane`, `fallback` says
+/// why). Platform admins only.
 #[utoipa::path(post, path = "/deployments/{id}/test", tag = "deployments",
     params(("id" = String, Path, description = "The deployment's id")),
     responses((status = 200, body = TestResult), (status = 403, body = Problem),
@@ -79,5 +82,7 @@ pub async fn test(
     Path(id): Path<String>,
 ) -> Result<Json<TestResult>, ApiError> {
     let keys = &state.settings.master_keys;
-    Ok(Json(test_call::run(state.ctx(), &caller, keys, &id).await?))
+    Ok(Json(
+        test_call::run(state.ctx(), &caller, keys, state.test_calls.as_ref(), &id).await?,
+    ))
 }

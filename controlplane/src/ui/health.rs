@@ -124,7 +124,15 @@ pub async fn test(
 ) -> Response {
     let session = form.session;
     let keys = &state.settings.master_keys;
-    match test_call::run(state.ctx(), &session.actor, keys, &id).await {
+    match test_call::run(
+        state.ctx(),
+        &session.actor,
+        keys,
+        state.test_calls.as_ref(),
+        &id,
+    )
+    .await
+    {
         Ok(result) => one_page(&state, &session, &id, Some(result)).await,
         Err(e) => refused(&session, CURRENT, "Deployment test", e),
     }
@@ -137,7 +145,9 @@ fn test_result(t: &TestResult) -> Markup {
             strong { @if t.ok { "Test passed" } @else { "Test failed" } }
             @if let Some(status) = t.status { " · HTTP " (status) }
             " · " (t.latency_ms) " ms"
+            @if let Some(dp) = &t.answered_by { " · sent by data plane " code { (dp) } }
             p { (t.explanation) }
+            @if let Some(why) = &t.fallback { p.muted { "Sent by the control plane: " (why) } }
             @if let Some(url) = &t.url { p.muted { "Called " code { (url) } } }
         }
     }

@@ -9,6 +9,8 @@
 //!   unreachable.
 //! - [`cache`] — the last good snapshot on disk, served at start before anything answers.
 //! - [`heartbeat`] — this replica's id and served revision, for the control plane's fleet view.
+//! - [`test_call`] — answers the control plane's deployment test calls (NATS request/reply)
+//!   through the deployment's adaptor, recording nothing.
 //!
 //! [`start`] loads the cache, then spawns the follower (NATS, falling back to gRPC and back),
 //! the gRPC bootstrap and the heartbeat. Until some snapshot is installed `/readyz` answers
@@ -21,6 +23,7 @@ pub mod grpc;
 pub mod heartbeat;
 pub mod install;
 pub mod nats;
+pub mod test_call;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,26 +145,62 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
         ));
     }
     if let Some(nats) = nats {
-        let identity = heartbeat::Identity {
+        let on_nats = OnNats {
             dataplane_id: dataplane_id.clone(),
-            hostname: hostname(),
-            started_at: chrono::Utc::now(),
-        };
-        tasks.push(tokio::spawn(heartbeat::run(
-            nats.client().clone(),
-            names.heartbeat_subject(&dataplane_id),
-            identity,
+            names,
             ingest_keys,
-            state,
-            installer.served(),
-            config.heartbeat_interval(),
-        )));
+            heartbeat_interval: config.heartbeat_interval(),
+        };
+        tasks.extend(on_nats.spawn(&nats, state, &installer));
     }
     Ok(Cluster {
         dataplane_id,
         installer,
         tasks,
     })
+}
+
+/// What the tasks on a data plane's NATS connection need besides it.
+struct OnNats {
+    dataplane_id: String,
+    names: NatsNames,
+    ingest_keys: Option<switchboard_shared::cluster_trust::IngestKeys>,
+    heartbeat_interval: Duration,
+}
+
+impl OnNats {
+    /// Starts the test-call responder and the heartbeat.
+    fn spawn(
+        self,
+        nats: &nats::NatsSource,
+        state: Arc<AppState>,
+        installer: &Installer,
+    ) -> [JoinHandle<()>; 2] {
+        let responder = test_call::Responder {
+            client: nats.client().clone(),
+            subject: self.names.test_subject.clone(),
+            dataplane_id: self.dataplane_id.clone(),
+            keys: self.ingest_keys.clone(),
+            state: Arc::clone(&state),
+        };
+        let identity = heartbeat::Identity {
+            dataplane_id: self.dataplane_id.clone(),
+            hostname: hostname(),
+            started_at: chrono::Utc::now(),
+        };
+        [
+            tokio::spawn(responder.run()),
+            tokio::spawn(heartbeat::run(
+                nats.client().clone(),
+                self.names.heartbeat_subject(&self.dataplane_id),
+                identity,
+                self.ingest_keys,
+                state,
+                installer.served(),
+                self.heartbeat_interval,
+            )),
+        ]
+    }
 }
 
 /// Follows NATS while it works and gRPC `WatchSnapshot` while it does not; never returns.

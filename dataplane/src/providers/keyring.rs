@@ -178,6 +178,10 @@ impl ProviderAdaptor for KeyRing {
     fn rate_limits(&self, headers: &HeaderMap) -> Option<crate::fleet::UpstreamRateLimits> {
         self.keys.first()?.adaptor.rate_limits(headers)
     }
+
+    fn key_adaptors(&self) -> Option<Vec<Arc<dyn ProviderAdaptor>>> {
+        Some(self.keys.iter().map(|k| Arc::clone(&k.adaptor)).collect())
+    }
 }
 
 #[cfg(test)]

@@ -247,6 +247,13 @@ pub trait ProviderAdaptor: Send + Sync + fmt::Debug {
     fn rate_limits(&self, headers: &HeaderMap) -> Option<crate::fleet::UpstreamRateLimits> {
         crate::fleet::UpstreamRateLimits::from_openai_headers(headers)
     }
+
+    /// One adaptor per credential when this one spreads traffic over several keys
+    /// ([`keyring::KeyRing`]), so that a test call can try each key without resting any;
+    /// `None` for an adaptor with one credential.
+    fn key_adaptors(&self) -> Option<Vec<std::sync::Arc<dyn ProviderAdaptor>>> {
+        None
+    }
 }
 
 /// The classification shared by HTTP APIs that follow common status conventions.

@@ -52,59 +52,64 @@ pub fn request(endpoint: &str, request_id: &str, headers: &HeaderMap) -> Span {
     span
 }
 
-// Every phase is a child of an explicit parent, the request's span, and none when that is
-// none (tracing off, or a request the sampler left out): a span without a parent would start
-// a trace of its own.
-
-/// The `authenticate` phase.
-pub fn authenticate(parent: &Span) -> Span {
+/// A phase's span, made by `make` as a child of the request's span `parent`; none when that
+/// is none (tracing off, or a request the sampler left out): a span without a parent would
+/// start a trace of its own.
+fn child(parent: &Span, make: impl FnOnce() -> Span) -> Span {
     if parent.is_none() {
         return Span::none();
     }
-    tracing::debug_span!(target: TARGET, parent: parent, "authenticate")
+    make()
+}
+
+/// The `authenticate` phase.
+pub fn authenticate(parent: &Span) -> Span {
+    child(
+        parent,
+        || tracing::debug_span!(target: TARGET, parent: parent, "authenticate"),
+    )
 }
 
 /// The `admit` phase (limits and budgets).
 pub fn admit(parent: &Span) -> Span {
-    if parent.is_none() {
-        return Span::none();
-    }
-    tracing::debug_span!(target: TARGET, parent: parent, "admit")
+    child(
+        parent,
+        || tracing::debug_span!(target: TARGET, parent: parent, "admit"),
+    )
 }
 
 /// The `route` phase of one model.
 pub fn route(parent: &Span) -> Span {
-    if parent.is_none() {
-        return Span::none();
-    }
-    tracing::debug_span!(target: TARGET, parent: parent, "route")
+    child(
+        parent,
+        || tracing::debug_span!(target: TARGET, parent: parent, "route"),
+    )
 }
 
 /// One upstream attempt, a child of `parent`.
 pub fn attempt(parent: &Span, deployment: &str, provider: &str, model: &str) -> Span {
-    if parent.is_none() {
-        return Span::none();
-    }
-    tracing::debug_span!(target: TARGET, parent: parent, "attempt",
-        otel.kind = "client", otel.status_code = Empty, switchboard.deployment = deployment,
-        gen_ai.provider.name = provider, gen_ai.request.model = model,
-        server.address = Empty, http.response.status_code = Empty, error.type = Empty)
+    child(parent, || {
+        tracing::debug_span!(target: TARGET, parent: parent, "attempt",
+            otel.kind = "client", otel.status_code = Empty, switchboard.deployment = deployment,
+            gen_ai.provider.name = provider, gen_ai.request.model = model,
+            server.address = Empty, http.response.status_code = Empty, error.type = Empty)
+    })
 }
 
 /// The `relay` phase: the answer passed on to the client, from its first bytes.
 pub fn relay(parent: &Span) -> Span {
-    if parent.is_none() {
-        return Span::none();
-    }
-    tracing::debug_span!(target: TARGET, parent: parent, "relay")
+    child(
+        parent,
+        || tracing::debug_span!(target: TARGET, parent: parent, "relay"),
+    )
 }
 
 /// The `account` phase: cost, settlement, the usage record.
 pub fn account(parent: &Span) -> Span {
-    if parent.is_none() {
-        return Span::none();
-    }
-    tracing::debug_span!(target: TARGET, parent: parent, "account")
+    child(
+        parent,
+        || tracing::debug_span!(target: TARGET, parent: parent, "account"),
+    )
 }
 
 /// Records the caller (tenant, key id) on the request's `span`.

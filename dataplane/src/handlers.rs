@@ -377,8 +377,8 @@ async fn consult_cache(
 /// Forwards the request. A non-streamed answer is generated, and billed by the provider,
 /// whether or not the client waits for it: if the client leaves before it arrives, the
 /// exchange goes on in a task of its own ([`Detachable`]), so the client is charged the usage
-/// the provider reports rather than the most it could have cost. A stream stays tied to the client (leaving cancels it upstream,
-/// and it is charged what was relayed).
+/// the provider reports rather than the most it could have cost. A stream stays tied to the
+/// client (leaving cancels it upstream, and it is charged what was relayed).
 async fn forward_to_the_end(
     catalog: &Arc<Catalog>,
     request: RequestContext,

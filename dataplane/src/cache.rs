@@ -31,9 +31,7 @@
 //! failure is a miss, never an error.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -41,13 +39,13 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http::header::{AGE, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use http_body::Frame;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use switchboard_shared::snapshot::ResponseCache;
 
 use crate::catalog::{KeyEntry, ModelEntry};
+use crate::observed::{Observer, observed};
 use crate::providers::Endpoint;
 use crate::request::RequestView;
 use crate::shared_redis::SharedRedis;
@@ -368,12 +366,14 @@ impl Plan {
             .to_owned();
         let limit = usize::try_from(self.policy.max_entry_bytes).unwrap_or(usize::MAX);
         response.map(|inner| {
-            Body::new(Copying {
+            observed(
                 inner,
-                copy: Some(BytesMut::new()),
-                limit,
-                finish: Some((self, settled, content_type)),
-            })
+                Copying {
+                    copy: Some(BytesMut::new()),
+                    limit,
+                    finish: Some((self, settled, content_type)),
+                },
+            )
         })
     }
 }
@@ -416,16 +416,15 @@ pub fn hit_response(entry: Entry, now_ms: i64) -> Response {
     response
 }
 
-/// A body that passes every frame on at once and keeps a copy (up to a limit) to store.
+/// Keeps a copy of an answer as it passes (up to a limit) and stores it when it is complete.
 struct Copying {
-    inner: Body,
     copy: Option<BytesMut>,
     limit: usize,
     finish: Option<(Plan, Arc<Settled>, String)>,
 }
 
-impl Copying {
-    fn look(&mut self, data: &Bytes) {
+impl Observer for Copying {
+    fn data(&mut self, data: &Bytes) {
         let over = match &mut self.copy {
             Some(copy) if copy.len() + data.len() <= self.limit => {
                 copy.extend_from_slice(data);
@@ -460,39 +459,9 @@ impl Copying {
         let ttl = Duration::from_secs(plan.policy.ttl_seconds);
         tokio::spawn(async move { plan.store.put(&plan.key, entry, ttl).await });
     }
-}
 
-impl http_body::Body for Copying {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    this.look(data);
-                }
-                if this.inner.is_end_stream() {
-                    this.end();
-                }
-            }
-            None => this.end(),
-            Some(Err(_)) => this.finish = None,
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+    fn failed(&mut self) {
+        self.finish = None;
     }
 }
 

@@ -401,7 +401,9 @@ async fn forward_to_the_end(
 /// A future polled in place while its caller waits, and moved into a task of its own if the
 /// caller drops it first (a client that leaves): it then runs to the end unobserved. No task
 /// is spawned for the common case of a client that waits for its answer. Boxed, so that
-/// moving it moves a pointer rather than the exchange's whole state machine.
+/// moving it moves a pointer rather than the exchange's whole state machine. A panic while it
+/// is polled in place becomes a 500 for the client (as a panicking task's join would have),
+/// rather than a connection closed without an answer.
 struct Detachable<F: Future<Output = Response> + Send + 'static>(Option<std::pin::Pin<Box<F>>>);
 
 impl<F: Future<Output = Response> + Send + 'static> Future for Detachable<F> {
@@ -414,7 +416,17 @@ impl<F: Future<Output = Response> + Send + 'static> Future for Detachable<F> {
         let Some(exchange) = self.0.as_mut() else {
             unreachable!("a Detachable is not polled after it answered")
         };
-        let answer = std::task::ready!(exchange.as_mut().poll(cx));
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exchange.as_mut().poll(cx)));
+        let answer = match polled {
+            Ok(std::task::Poll::Pending) => return std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(answer)) => answer,
+            Err(_) => {
+                tracing::error!("the exchange panicked; answered 500");
+                ApiError::Internal.into_response()
+            }
+        };
+        // Dropped here, panicked or not: never moved into a task.
         self.0 = None;
         std::task::Poll::Ready(answer)
     }
@@ -665,4 +677,43 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 /// A known path with the wrong method: 405 in OpenAI's shape.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_exchange_answers_500() {
+        let exchange = async {
+            if std::hint::black_box(true) {
+                panic!("a bug in the exchange");
+            }
+            StatusCode::OK.into_response()
+        };
+        let answer = Detachable(Some(Box::pin(exchange))).await;
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(answer.extensions().get::<ApiError>().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_exchange_left_by_its_caller_runs_to_the_end() {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let exchange = async move {
+            tokio::task::yield_now().await;
+            let _ = done.send(());
+            StatusCode::OK.into_response()
+        };
+        let mut detachable = Detachable(Some(Box::pin(exchange)));
+        // Polled once (it waits), then dropped as a handler is when its client leaves.
+        let waker = futures_util::task::noop_waker();
+        let polled =
+            std::pin::Pin::new(&mut detachable).poll(&mut std::task::Context::from_waker(&waker));
+        assert!(polled.is_pending());
+        drop(detachable);
+        tokio::time::timeout(std::time::Duration::from_secs(5), finished)
+            .await
+            .expect("the detached exchange finished")
+            .unwrap();
+    }
 }

@@ -68,6 +68,7 @@ pub mod handlers;
 pub mod limits;
 pub mod media;
 pub mod metrics;
+pub mod observed;
 pub mod passthrough;
 pub mod providers;
 pub mod proxy;

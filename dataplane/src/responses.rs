@@ -16,18 +16,15 @@
 //! lookup, so another tenant's id is a 404 like an unknown one.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use http_body::Frame;
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
+use crate::observed::{Observer, observed};
 use crate::shared_redis::SharedRedis;
 use crate::sse::{self, EventScanner};
 
@@ -252,13 +249,15 @@ impl Pending {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         response.map(|body| {
-            Body::new(Keep {
-                inner: body,
-                buf: BytesMut::new(),
-                scanner: EventScanner::default(),
-                sse,
-                pending: Some(self),
-            })
+            observed(
+                body,
+                Keep {
+                    buf: BytesMut::new(),
+                    scanner: EventScanner::default(),
+                    sse,
+                    pending: Some(self),
+                },
+            )
         })
     }
 
@@ -280,9 +279,8 @@ impl Pending {
     }
 }
 
-/// A body that passes every frame on at once and stores the response it carries.
+/// Stores the response an answer carries, as it passes.
 struct Keep {
-    inner: Body,
     /// A JSON answer so far, or a stream's events not yet complete.
     buf: BytesMut,
     scanner: EventScanner,
@@ -290,8 +288,8 @@ struct Keep {
     pending: Option<Pending>,
 }
 
-impl Keep {
-    fn look(&mut self, data: &Bytes) {
+impl Observer for Keep {
+    fn data(&mut self, data: &Bytes) {
         if self.pending.is_none() {
             return;
         }
@@ -333,36 +331,9 @@ impl Keep {
             pending.finish(response);
         }
     }
-}
 
-impl http_body::Body for Keep {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    this.look(data);
-                }
-                // A complete body's last frame: the server does not poll for the end.
-                if this.inner.is_end_stream() {
-                    this.end();
-                }
-            }
-            None => this.end(),
-            Some(Err(_)) => this.pending = None,
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn failed(&mut self) {
+        self.pending = None;
     }
 }
 

@@ -23,7 +23,8 @@
 //! script on `NOSCRIPT`), as a single admission's call was. A failed call answers every
 //! admission it carried with the failure, and each caller applies the failure policy as
 //! before. An admission waits at most for the call in flight when it queued and then its own,
-//! so its caller bounds the wait to twice the timeout; one whose caller gave up is not sent.
+//! so at most twice the timeout, without a timer of its own; one whose caller is gone (the
+//! client left) is not sent.
 
 use redis::Script;
 use tokio::sync::{mpsc, oneshot};
@@ -77,7 +78,6 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct Batcher {
     queue: mpsc::UnboundedSender<Pending>,
-    timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Pending {
@@ -90,9 +90,8 @@ impl Batcher {
     /// Starts the sending task (within a Tokio runtime); it ends when the batcher is dropped.
     pub fn start(redis: SharedRedis, script: Script) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        let timeout = redis.timeout();
         tokio::spawn(run(redis, script, rx));
-        Self { queue, timeout }
+        Self { queue }
     }
 
     /// Sends `admission` with whatever else is waiting and returns the script's reply for it
@@ -102,12 +101,9 @@ impl Batcher {
         if self.queue.send(Pending { admission, reply }).is_err() {
             return Err(Failure::Unexpected);
         }
-        match tokio::time::timeout(2 * self.timeout, answer).await {
-            Ok(Ok(result)) => result,
-            // The task ended (the runtime is shutting down).
-            Ok(Err(_)) => Err(Failure::Unexpected),
-            Err(_) => Err(Failure::Timeout),
-        }
+        // No timer of its own: the call in flight when it queued and its own call are each
+        // bounded by the timeout, and so is the wait.
+        answer.await.unwrap_or(Err(Failure::Unexpected))
     }
 }
 

@@ -282,34 +282,37 @@ fn settle_budget(stores: Stores<'_>, reservation: Reservation, actual: i64) {
     if reservation.is_empty() {
         return;
     }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let budgets = stores.budgets.clone();
     let webhooks = stores.webhooks.clone();
-    runtime.spawn(async move {
-        for crossing in budgets.settle(reservation, actual).await {
-            tracing::warn!(
-                scope = crossing.scope.as_str(),
-                id = %crossing.id,
-                threshold = ?crossing.threshold,
-                spent_usd = crossing.spent_usd,
-                "budget threshold crossed"
-            );
-            webhooks.send(Event {
-                kind: match crossing.threshold {
-                    Threshold::Soft => "budget.soft_threshold",
-                    Threshold::Hard => "budget.exhausted",
-                },
-                at: chrono::Utc::now(),
-                scope: crossing.scope.as_str(),
-                id: crossing.id,
-                spent_usd: Some(crossing.spent_usd),
-                limit_usd: Some(crossing.limit_usd),
-                provider: None,
-                status: None,
-            });
-        }
+    stores
+        .budgets
+        .settle_then(reservation, actual, move |crossings| {
+            for crossing in crossings {
+                announce(&webhooks, crossing);
+            }
+        });
+}
+
+/// Logs a crossed budget threshold and sends its webhook.
+fn announce(webhooks: &Webhooks, crossing: crate::budget::Crossing) {
+    tracing::warn!(
+        scope = crossing.scope.as_str(),
+        id = %crossing.id,
+        threshold = ?crossing.threshold,
+        spent_usd = crossing.spent_usd,
+        "budget threshold crossed"
+    );
+    webhooks.send(Event {
+        kind: match crossing.threshold {
+            Threshold::Soft => "budget.soft_threshold",
+            Threshold::Hard => "budget.exhausted",
+        },
+        at: chrono::Utc::now(),
+        scope: crossing.scope.as_str(),
+        id: crossing.id,
+        spent_usd: Some(crossing.spent_usd),
+        limit_usd: Some(crossing.limit_usd),
+        provider: None,
+        status: None,
     });
 }
 

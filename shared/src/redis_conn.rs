@@ -361,6 +361,12 @@ impl RedisConn {
         }))
     }
 
+    /// Whether this is a Redis Cluster, where a script's keys must share a slot (callers that
+    /// coalesce calls group them by [`hash_tag`]).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.0, Inner::Cluster(_))
+    }
+
     async fn command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         match &mut self.0 {
             Inner::Standalone(c) => c.req_packed_command(cmd).await,
@@ -468,8 +474,8 @@ fn slot_part(cmd: &Cmd) -> Option<Vec<u8>> {
 }
 
 /// Redis Cluster's rule: the bytes between the first `{` and the next `}`, if not empty;
-/// else the whole key.
-fn hash_tag(key: &[u8]) -> &[u8] {
+/// else the whole key. Keys with the same tag live in one slot.
+pub fn hash_tag(key: &[u8]) -> &[u8] {
     if let Some(open) = key.iter().position(|b| *b == b'{')
         && let Some(len) = key[open + 1..].iter().position(|b| *b == b'}')
         && len > 0

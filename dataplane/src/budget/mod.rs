@@ -320,8 +320,25 @@ impl Budgets {
             return Vec::new();
         }
         match &self.store {
-            Store::Redis(r) => r.settle(&reservation, actual_nanos).await,
+            Store::Redis(r) => r.settle(reservation, actual_nanos).await,
             Store::Local(_) => local::settle(&reservation, actual_nanos),
+        }
+    }
+
+    /// [`Budgets::settle`] without a task waiting for it: `then` is called with the crossings
+    /// once the settlement is done (at once in process; by the settlement task in Redis).
+    pub fn settle_then(
+        &self,
+        reservation: Reservation,
+        actual_nanos: i64,
+        then: impl FnOnce(Vec<Crossing>) + Send + 'static,
+    ) {
+        if reservation.is_empty() {
+            return;
+        }
+        match &self.store {
+            Store::Redis(r) => r.settle_then(reservation, actual_nanos, Box::new(then)),
+            Store::Local(_) => then(local::settle(&reservation, actual_nanos)),
         }
     }
 

@@ -10,6 +10,11 @@
 --        counter, KEYS[n+1..]. Entry k of KEYS (cell or counter) has its two values at
 --        ARGV[2k+2], ARGV[2k+3]: a cell's limit per minute and units to take; a counter's
 --        maximum and the expiry (seconds, 0 = none) to give it.
+--   'm'  many admissions in one call (coalesced by limits/batch.rs), decided one after the
+--        other: ARGV[2] = their count; then per admission ARGV[p] = n cells, ARGV[p+1] = m
+--        counters, ARGV[p+2] = the amount to reserve on its counters, and its n + m entries'
+--        two values each (as in 'b'). Its keys follow the previous admission's in KEYS. Returns
+--        one reply per admission, each as below.
 --   's'  settle: for KEYS[i]: ARGV[2i] = limit per minute, ARGV[2i+1] = signed units to add
 --        (positive charges more, negative gives back).
 -- Each cell holds the theoretical arrival time (TAT) in microseconds of Redis server time; each
@@ -46,45 +51,61 @@ local function store(key, tat)
   end
 end
 
-if mode == 'a' or mode == 'b' then
-  -- Where entry k's two values start: ARGV[base + 2k].
-  local n, base = #KEYS, 0
-  if mode == 'b' then
-    n, base = tonumber(ARGV[2]), 2
-  end
+-- One admission: cells KEYS[k0+1..k0+n], then counters KEYS[k0+n+1..k0+n+m]; entry e (cell or
+-- counter, 1-based) has its two values at ARGV[a0+2e], ARGV[a0+2e+1]. Checks every cell, then
+-- every counter, before it writes anything; returns the reply described above.
+local function admit(k0, n, m, amount, a0)
   local tats = {}
   for i = 1, n do
-    local limit = math.max(tonumber(ARGV[base + 2 * i]), 1)
-    local units = math.min(tonumber(ARGV[base + 2 * i + 1]), limit)
-    local tat = math.max(tat_of(KEYS[i]), now) + units * window / limit
+    local limit = math.max(tonumber(ARGV[a0 + 2 * i]), 1)
+    local units = math.min(tonumber(ARGV[a0 + 2 * i + 1]), limit)
+    local tat = math.max(tat_of(KEYS[k0 + i]), now) + units * window / limit
     local ahead = tat - now
     if ahead > window then
       return {0, i, math.ceil(ahead - window)}
     end
     tats[i] = tat
   end
-  if mode == 'b' then
-    local amount = tonumber(ARGV[3])
-    for k = n + 1, #KEYS do
-      local spent = tonumber(redis.call('GET', KEYS[k]) or '0')
-      if spent >= tonumber(ARGV[base + 2 * k]) then
-        return {2, k - n, spent}
-      end
+  for k = n + 1, n + m do
+    local spent = tonumber(redis.call('GET', KEYS[k0 + k]) or '0')
+    if spent >= tonumber(ARGV[a0 + 2 * k]) then
+      return {2, k - n, spent}
     end
-    for k = n + 1, #KEYS do
-      redis.call('INCRBY', KEYS[k], amount)
-      local ttl = tonumber(ARGV[base + 2 * k + 1])
-      if ttl > 0 then
-        redis.call('EXPIRE', KEYS[k], ttl)
-      end
+  end
+  for k = n + 1, n + m do
+    redis.call('INCRBY', KEYS[k0 + k], amount)
+    local ttl = tonumber(ARGV[a0 + 2 * k + 1])
+    if ttl > 0 then
+      redis.call('EXPIRE', KEYS[k0 + k], ttl)
     end
   end
   local out = {1}
   for i = 1, n do
-    store(KEYS[i], tats[i])
+    store(KEYS[k0 + i], tats[i])
     out[i + 1] = math.floor(tats[i] - now)
   end
   return out
+end
+
+if mode == 'a' then
+  return admit(0, #KEYS, 0, 0, 0)
+end
+
+if mode == 'b' then
+  local n = tonumber(ARGV[2])
+  return admit(0, n, #KEYS - n, tonumber(ARGV[3]), 2)
+end
+
+if mode == 'm' then
+  -- Many admissions, each as in 'b', decided one after the other in the order given.
+  local replies, k0, p = {}, 0, 3
+  for j = 1, tonumber(ARGV[2]) do
+    local n, m = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+    replies[j] = admit(k0, n, m, tonumber(ARGV[p + 2]), p + 1)
+    k0 = k0 + n + m
+    p = p + 3 + 2 * (n + m)
+  end
+  return replies
 end
 
 if mode == 's' then

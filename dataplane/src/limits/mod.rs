@@ -9,6 +9,7 @@
 //! Token limits are charged twice: an estimate at admission (prompt size plus `max_tokens`),
 //! then a correction once the real usage is known ([`RateLimiter::settle`]).
 
+mod batch;
 pub mod gcra;
 pub mod local;
 pub mod redis;

@@ -12,6 +12,11 @@
 //! all or none, so a request refused by either leaves nothing charged on the other, and
 //! admission stays one round trip.
 //!
+//! **Coalesced.** The script call is not made per request: admissions queue to a task of the
+//! limiter ([`super::batch`]) that sends what queued while its previous call was in flight as
+//! one call of the script's mode `m`, which decides them one after the other, each as its own
+//! call would. Under load one round trip (and one script call) serves many requests.
+//!
 //! **Settlement off the request path.** The real token count corrects the estimate through the
 //! same script in `settle` mode; [`RedisLimiter::settle`] only queues it, and a background
 //! task sends what has queued up as one pipeline, summed into one correction per set of cells
@@ -42,6 +47,7 @@ use std::time::Duration;
 use redis::Script;
 use tokio::sync::mpsc;
 
+use super::batch::{self, Batcher};
 use super::gcra::CellState;
 use super::local::LocalLimiter;
 use super::{Admission, Denial, LimitView, RateLimiter, Refusal, Resource, Scope, Subject};
@@ -71,6 +77,8 @@ struct Inner {
     /// This process's limiter over the subjects' own counters: the fallback of `open`.
     local: LocalLimiter,
     settlements: mpsc::Sender<Settlement>,
+    /// Where admissions queue to go to Redis together.
+    batcher: Batcher,
 }
 
 /// One queued token correction: the cells and their limits, and the signed units to add.
@@ -99,6 +107,7 @@ impl RedisLimiter {
             script: script.clone(),
             local: LocalLimiter::new(),
             settlements: tx,
+            batcher: Batcher::start(redis.clone(), script.clone()),
         });
         metrics::set_redis_up(redis.is_up());
         // Loaded ahead of the first request (on every node of a cluster), so that the first
@@ -117,14 +126,9 @@ impl RedisLimiter {
     async fn admit_shared(&self, subjects: &[Subject<'_>], estimated_tokens: u64) -> Admission {
         let inner = &self.inner;
         let cells = Cells::of(inner.redis.prefix(), subjects, estimated_tokens);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(inner.script.get_hash())
-            .arg(cells.keys.len())
-            .arg(&cells.keys)
-            .arg("a")
-            .arg(&cells.args);
-        let result = match call(&inner.redis, &inner.script, &cmd).await {
-            Ok(reply) => interpret(&reply, &cells.cells, subjects).ok_or(Failure::Unexpected),
+        let (cells, admission) = cells.into_admission(0, &[]);
+        let result = match inner.batcher.admit(admission).await {
+            Ok(reply) => interpret(&reply, &cells, subjects).ok_or(Failure::Unexpected),
             Err(failure) => Err(failure),
         };
         result.unwrap_or_else(|failure| {
@@ -149,8 +153,8 @@ impl RedisLimiter {
             return Joint::Unreachable(self.admit_degraded(subjects, estimated_tokens));
         }
         let cells = Cells::of(inner.redis.prefix(), subjects, estimated_tokens);
-        let cmd = charging_command(&inner.script, &cells, amount, counters);
-        let reply = match call(&inner.redis, &inner.script, &cmd).await {
+        let (cells, admission) = cells.into_admission(amount, counters);
+        let reply = match inner.batcher.admit(admission).await {
             Ok(reply) => reply,
             Err(failure) => {
                 self.went_down(failure.reason());
@@ -160,7 +164,7 @@ impl RedisLimiter {
         if let Some(full) = counter_refusal(&reply, counters.len()) {
             return full;
         }
-        match interpret(&reply, &cells.cells, subjects) {
+        match interpret(&reply, &cells, subjects) {
             Some(Ok(view)) => Joint::Admitted(view),
             Some(Err(denial)) => Joint::Limited(denial),
             None => {
@@ -295,6 +299,25 @@ struct Cells {
 }
 
 impl Cells {
+    /// The cells, and the admission to send for them with `amount` charged to `counters`.
+    fn into_admission(
+        self,
+        amount: i64,
+        counters: &[CounterCharge<'_>],
+    ) -> (Vec<Cell>, batch::Admission) {
+        let mut keys = self.keys;
+        let cells = keys.len();
+        keys.extend(counters.iter().map(|c| c.key.to_owned()));
+        let admission = batch::Admission {
+            keys,
+            cells,
+            cell_args: self.args,
+            counter_args: counters.iter().map(|c| (c.max, c.ttl_seconds)).collect(),
+            amount,
+        };
+        (self.cells, admission)
+    }
+
     fn of(prefix: &str, subjects: &[Subject<'_>], estimated_tokens: u64) -> Self {
         let tenant = tenant_of(subjects);
         let mut cells = Cells {
@@ -425,7 +448,7 @@ pub(crate) fn admission_script() -> Script {
 }
 
 /// Why a script call gave no usable answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Failure {
     Timeout,
     Redis(redis::RedisError),
@@ -446,12 +469,29 @@ impl Failure {
 /// than through `ScriptInvocation`, which copies every argument once more; `NOSCRIPT` (a
 /// restarted or flushed Redis) loads the script and sends it again, within the same bound.
 async fn call(redis: &SharedRedis, script: &Script, cmd: &redis::Cmd) -> Result<Vec<i64>, Failure> {
+    call_as(redis, script, cmd).await
+}
+
+/// [`call`] of a mode-`m` command: one reply per admission.
+pub(crate) async fn call_many(
+    redis: &SharedRedis,
+    script: &Script,
+    cmd: &redis::Cmd,
+) -> Result<Vec<Vec<i64>>, Failure> {
+    call_as(redis, script, cmd).await
+}
+
+async fn call_as<T: redis::FromRedisValue>(
+    redis: &SharedRedis,
+    script: &Script,
+    cmd: &redis::Cmd,
+) -> Result<T, Failure> {
     let mut conn = redis.conn();
     let attempt = async {
-        match cmd.query_async::<Vec<i64>>(&mut conn).await {
+        match cmd.query_async::<T>(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 script.load_async(&mut conn).await?;
-                cmd.query_async::<Vec<i64>>(&mut conn).await
+                cmd.query_async::<T>(&mut conn).await
             }
             other => other,
         }
@@ -978,6 +1018,58 @@ mod tests {
                     .unwrap(),
                 Some((0, 120))
             );
+        }
+
+        #[tokio::test]
+        async fn concurrent_admissions_go_together_and_stay_exact() {
+            let l = limiter("coalesce");
+            let (ks, ts) = (LocalLimitState::new(), LocalLimitState::new());
+            let s = [
+                Subject::limited(Scope::Key, "k", &ks, Some(40), None),
+                Subject::limited(Scope::Tenant, "t", &ts, Some(1000), Some(100_000)),
+            ];
+            let counter = format!("{}:budget:{{t:t}}:key:k:0", l.redis().prefix());
+            let charge = [CounterCharge {
+                key: &counter,
+                max: 1_000_000,
+                ttl_seconds: 60,
+            }];
+            // 100 at once, half charging a counter: exactly the key's 40 pass, each seeing
+            // one more taken than the one before it, and only the admitted are charged.
+            let calls = (0..100).map(|i| {
+                let (l, s) = (&l, &s);
+                async move {
+                    if i % 2 == 0 {
+                        match l.admit_charging(s, 10, 7, &charge).await {
+                            Joint::Admitted(view) => Some((view, true)),
+                            Joint::Limited(Denial::Limited(_)) => None,
+                            other => panic!("{other:?}"),
+                        }
+                    } else {
+                        l.admit(s, 10).await.ok().map(|view| (view, false))
+                    }
+                }
+            });
+            let admitted: Vec<_> = futures_util::future::join_all(calls)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            assert_eq!(admitted.len(), 40);
+            let mut remaining: Vec<u64> = admitted
+                .iter()
+                .map(|(v, _)| v.requests.unwrap().remaining)
+                .collect();
+            remaining.sort_unstable();
+            assert_eq!(remaining, (0..40).collect::<Vec<u64>>());
+            let charged = admitted.iter().filter(|(_, c)| *c).count() as i64;
+            let spent: i64 = get(&l, &counter).await.unwrap().parse().unwrap();
+            assert_eq!(spent, 7 * charged);
+            // The tenant's token cell took the admitted requests' tokens, no more (less what
+            // has refilled since).
+            let view = l.admit(&s[1..], 0).await.unwrap();
+            let left = view.tokens.unwrap().remaining;
+            assert!((99_600..99_700).contains(&left), "{left}");
         }
 
         #[tokio::test]

@@ -451,6 +451,9 @@ async fn a_full_snapshot_follows_the_deltas(pool: PgPool) {
     .await;
     demo_config(&cp).await;
     let before = head_revision(&namespace).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("c.json");
+    let (gw, _cluster) = data_plane(&namespace, &cache, true).await;
     let (_, _, first) = create_key(&cp).await;
     let (_, _, _) = create_key(&cp).await;
     // Two deltas past the head: no full snapshot yet (several reconcile passes go by).
@@ -465,4 +468,17 @@ async fn a_full_snapshot_follows_the_deltas(pool: PgPool) {
     })
     .await
     .expect("the full snapshot follows three deltas");
+    // The data plane had that revision from the deltas already; it fetches the full snapshot
+    // for its cache file, which empties the delta journal.
+    let journal = dataplane::cluster::cache::journal_path(&cache);
+    tokio::time::timeout(PATIENCE, async {
+        while journal.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the cache file is rewritten from the full snapshot");
+    assert_eq!(gw.state.revision(), third);
+    let (_, body) = dataplane::cluster::cache::load(&cache).unwrap().unwrap();
+    assert_eq!(Snapshot::from_json(&body).unwrap().revision, third);
 }

@@ -146,6 +146,8 @@ pub struct Installer {
     events: broadcast::Sender<Event>,
     served: watch::Sender<u64>,
     live: AtomicBool,
+    /// Whether deltas were journalled since the cache file's snapshot was written.
+    journalled: AtomicBool,
     /// `None` (development only, `allow_unsigned_snapshots`): origins are not checked.
     verifier: Option<SnapshotVerifier>,
     /// Revisions whose refusal was logged at error level (the last few).
@@ -172,6 +174,7 @@ impl Installer {
             events: broadcast::channel(64).0,
             served,
             live: AtomicBool::new(false),
+            journalled: AtomicBool::new(false),
             verifier: None,
             logged: std::sync::Mutex::new(VecDeque::new()),
         }
@@ -347,17 +350,25 @@ impl Installer {
                     DeltaRefused::Invalid(problems) => problems.to_string(),
                     other => format!("{other:?}"),
                 })?;
-            if let Some(path) = journal
-                && let Err(e) = cache::append_delta(&path, &message)
-            {
-                tracing::warn!(revision, error = %e, "cannot append to the delta journal");
-            }
-            Ok::<u64, String>(revision)
+            let journalled = match journal {
+                Some(path) => match cache::append_delta(&path, &message) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(revision, error = %e, "cannot append to the delta journal");
+                        false
+                    }
+                },
+                None => false,
+            };
+            Ok::<_, String>((revision, journalled))
         })
         .await
         .unwrap_or_else(|e| Err(format!("installation failed: {e}")));
         match applied {
-            Ok(revision) => {
+            Ok((revision, journalled)) => {
+                if journalled {
+                    self.journalled.store(true, Ordering::Relaxed);
+                }
                 metrics::count_delta_applied();
                 if source != Source::Cache {
                     self.live.store(true, Ordering::Relaxed);
@@ -374,6 +385,40 @@ impl Installer {
                 self.refuse(source, head.revision, "invalid", format!("delta: {reason}"));
                 DeltaOutcome::Rejected(reason)
             }
+        }
+    }
+
+    /// Whether a full snapshot of `revision` is worth fetching though it is the revision
+    /// served: it was reached by deltas, so the cache file holds an older snapshot and a
+    /// journal that would otherwise only grow.
+    pub fn wants_cache_refresh(&self, revision: u64) -> bool {
+        self.cache.is_some()
+            && self.journalled.load(Ordering::Relaxed)
+            && self.state.revision() == revision
+    }
+
+    /// Writes the full snapshot of the revision served (signed head checked by the caller,
+    /// body against its hash here) to the cache file, which empties the delta journal.
+    pub async fn refresh_cache(&self, announced: Announced, body: Bytes) {
+        let _turn = self.turn.lock().await;
+        let Some(path) = self.cache.clone() else {
+            return;
+        };
+        if self.state.revision() != announced.revision {
+            return;
+        }
+        let written = tokio::task::spawn_blocking(move || {
+            let actual = hex::encode(Sha256::digest(&body));
+            if !actual.eq_ignore_ascii_case(&announced.content_hash) {
+                return false;
+            }
+            write_cache(&path, Some(&announced), &body, announced.revision);
+            true
+        })
+        .await
+        .unwrap_or(false);
+        if written {
+            self.journalled.store(false, Ordering::Relaxed);
         }
     }
 

@@ -307,9 +307,17 @@ impl Following {
         };
         // The origin first: a forged head (say revision u64::MAX) is refused before its
         // revision is believed or its object fetched.
-        if installer.refuse_untrusted(Source::Nats, Some(&announced))
-            || installer.skip_stale(Source::Nats, head.revision)
-        {
+        if installer.refuse_untrusted(Source::Nats, Some(&announced)) {
+            return;
+        }
+        // The full snapshot of the revision deltas brought: only for the cache file.
+        if installer.wants_cache_refresh(head.revision) {
+            if let Ok(body) = self.fetch(&head).await {
+                installer.refresh_cache(announced, body).await;
+            }
+            return;
+        }
+        if installer.skip_stale(Source::Nats, head.revision) {
             return;
         }
         let body = match self.fetch(&head).await {

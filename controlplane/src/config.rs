@@ -337,6 +337,13 @@ pub struct ClusterConfig {
     /// How often the published head is checked against Postgres and republished if behind.
     #[serde(default = "default_reconcile_interval_ms")]
     pub reconcile_interval_ms: u64,
+    /// Key-only changes travel as deltas; a full snapshot is published once this many
+    /// revisions have gone out as deltas since the last one (checked every reconcile pass).
+    #[serde(default = "default_full_snapshot_every_deltas")]
+    pub full_snapshot_every_deltas: u64,
+    /// ... or once the head is this many seconds old and deltas went out since.
+    #[serde(default = "default_full_snapshot_every_seconds")]
+    pub full_snapshot_every_seconds: u64,
     /// Base64 Ed25519 seed (32 bytes) every published snapshot is signed with
     /// (`docs/security.md`). Required unless `allow_unsigned_snapshots`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,6 +396,8 @@ impl Default for ClusterConfig {
             namespace: default_namespace(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             reconcile_interval_ms: default_reconcile_interval_ms(),
+            full_snapshot_every_deltas: default_full_snapshot_every_deltas(),
+            full_snapshot_every_seconds: default_full_snapshot_every_seconds(),
             snapshot_signing_key: None,
             snapshot_public_keys: String::new(),
             allow_unsigned_snapshots: false,
@@ -615,6 +624,12 @@ fn default_heartbeat_interval_ms() -> u64 {
 fn default_reconcile_interval_ms() -> u64 {
     3_000
 }
+fn default_full_snapshot_every_deltas() -> u64 {
+    100
+}
+fn default_full_snapshot_every_seconds() -> u64 {
+    60
+}
 fn default_token_ttl_seconds() -> u64 {
     900
 }
@@ -632,6 +647,8 @@ pub struct Settings {
     pub namespace: String,
     pub heartbeat_interval: Duration,
     pub reconcile_interval: Duration,
+    /// When deltas are followed by a full snapshot.
+    pub full_snapshots: crate::publish::FullSnapshots,
     pub pepper: Vec<u8>,
     pub jwt_secret: Vec<u8>,
     pub token_ttl: Duration,
@@ -866,6 +883,10 @@ impl Config {
                 namespace: self.cluster.namespace.clone(),
                 heartbeat_interval: Duration::from_millis(self.cluster.heartbeat_interval_ms),
                 reconcile_interval: Duration::from_millis(self.cluster.reconcile_interval_ms),
+                full_snapshots: crate::publish::FullSnapshots {
+                    every_deltas: self.cluster.full_snapshot_every_deltas.max(1),
+                    every: Duration::from_secs(self.cluster.full_snapshot_every_seconds),
+                },
                 pepper,
                 jwt_secret,
                 token_ttl: Duration::from_secs(self.auth.token_ttl_seconds),

@@ -10,6 +10,9 @@
 //!   which also covers NATS outages and several replicas.
 //! - [`Publisher::follow_head`]: follows the head subject so that snapshots published by other
 //!   replicas reach this replica's gRPC watchers too.
+//! - [`Publisher::publish_delta`]: after a key-only commit, a signed config delta on the delta
+//!   subject (`shared::config_delta`), when the revision it applies on top of is the last one
+//!   published (as a head or a delta); otherwise the caller publishes a full snapshot.
 //!
 //! Every snapshot this replica offers is signed ([`Publisher::with_signing`], Ed25519 over
 //! namespace, revision, content hash and issue time; `shared::cluster_trust`). A head on NATS
@@ -31,8 +34,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use switchboard_shared::cluster::{NatsNames, SNAPSHOTS_KEPT, SnapshotHead, snapshot_object};
+use switchboard_shared::cluster::{
+    DELTA_MAX_AGE, DELTAS_KEPT, NatsNames, SNAPSHOTS_KEPT, SnapshotHead, snapshot_object,
+};
 use switchboard_shared::cluster_trust::{SnapshotClaims, SnapshotSigner, SnapshotVerifier};
+use switchboard_shared::config_delta::{self, ConfigDelta, DeltaHead};
 use switchboard_shared::snapshot::Snapshot;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Mutex, OnceCell, watch};
@@ -82,6 +88,24 @@ impl Built {
     }
 }
 
+/// When the reconcile loop follows deltas with a full snapshot (`cluster.full_snapshot_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullSnapshots {
+    /// After this many revisions past the head.
+    pub every_deltas: u64,
+    /// Once the head is this old and revisions went out past it.
+    pub every: Duration,
+}
+
+impl Default for FullSnapshots {
+    fn default() -> Self {
+        Self {
+            every_deltas: 100,
+            every: Duration::from_secs(60),
+        }
+    }
+}
+
 /// What a publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Published {
@@ -95,6 +119,7 @@ pub struct Publisher {
     names: NatsNames,
     js: jetstream::Context,
     stream: OnceCell<Stream>,
+    deltas: OnceCell<Stream>,
     store: OnceCell<ObjectStore>,
     latest: watch::Sender<Option<Arc<Built>>>,
     /// One publish at a time per replica; replicas race safely through the expected sequence.
@@ -103,6 +128,7 @@ pub struct Publisher {
     signer: Option<SnapshotSigner>,
     /// Which heads count; `None` (development only): any.
     verifier: Option<SnapshotVerifier>,
+    full_snapshots: FullSnapshots,
 }
 
 impl Publisher {
@@ -111,13 +137,51 @@ impl Publisher {
             names,
             js: jetstream::new(client),
             stream: OnceCell::new(),
+            deltas: OnceCell::new(),
             store: OnceCell::new(),
             latest: watch::channel(None).0,
             publishing: Mutex::new(()),
             namespace: String::new(),
             signer: None,
             verifier: None,
+            full_snapshots: FullSnapshots::default(),
         }
+    }
+
+    /// Follows deltas with a full snapshot as `policy` says.
+    pub fn with_full_snapshots(mut self, policy: FullSnapshots) -> Self {
+        self.full_snapshots = policy;
+        self
+    }
+
+    /// Whether Postgres at revision `committed` should be published as a full snapshot now:
+    /// some revision up to it went out neither as a head nor as a delta (a CLI write, a price
+    /// update, a failed publish: looked at twice, 250 ms apart, so a delta being published
+    /// right now is not mistaken for one), or the deltas since the head reached the count or
+    /// age of [`FullSnapshots`].
+    pub async fn full_due(&self, committed: u64) -> anyhow::Result<bool> {
+        let head = self.head().await?.and_then(|(_, h)| h);
+        let head_revision = head.as_ref().map_or(0, |h| h.revision);
+        if head_revision >= committed {
+            return Ok(false);
+        }
+        let Some(head) = head else {
+            return Ok(true);
+        };
+        if committed - head_revision >= self.full_snapshots.every_deltas {
+            return Ok(true);
+        }
+        let age = (Utc::now() - head.published_at)
+            .to_std()
+            .unwrap_or_default();
+        if age >= self.full_snapshots.every {
+            return Ok(true);
+        }
+        if self.published_tip().await? < committed {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            return Ok(self.published_tip().await? < committed);
+        }
+        Ok(false)
     }
 
     /// Signs what it publishes with `signer` for `namespace`, and adopts or respects only the
@@ -228,9 +292,104 @@ impl Publisher {
                     num_replicas: self.names.replicas,
                     ..Default::default()
                 };
+                let stream = self.js.get_or_create_stream(config).await?;
+                // Data planes open both streams together: create the deltas' with the heads'.
+                self.delta_stream().await?;
+                Ok::<_, anyhow::Error>(stream)
+            })
+            .await
+    }
+
+    /// The delta stream: every delta, the oldest dropped past [`DELTAS_KEPT`] or
+    /// [`DELTA_MAX_AGE`] (a data plane that far behind installs the full head instead).
+    async fn delta_stream(&self) -> anyhow::Result<&Stream> {
+        self.deltas
+            .get_or_try_init(|| async {
+                let config = jetstream::stream::Config {
+                    name: self.names.delta_stream.clone(),
+                    subjects: vec![self.names.delta_subject.clone()],
+                    max_messages: DELTAS_KEPT,
+                    max_age: DELTA_MAX_AGE,
+                    storage: StorageType::File,
+                    num_replicas: self.names.replicas,
+                    ..Default::default()
+                };
                 Ok::<_, anyhow::Error>(self.js.get_or_create_stream(config).await?)
             })
             .await
+    }
+
+    /// The revision of the last delta on the delta subject that verifies, if any.
+    pub async fn last_delta_revision(&self) -> anyhow::Result<Option<u64>> {
+        let stream = self.delta_stream().await?;
+        match stream
+            .get_last_raw_message_by_subject(&self.names.delta_subject)
+            .await
+        {
+            Ok(message) => Ok(config_delta::split(&message.payload)
+                .ok()
+                .filter(|(head, _)| self.trusted_delta(head))
+                .map(|(head, _)| head.revision)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn trusted_delta(&self, head: &DeltaHead) -> bool {
+        self.verifier
+            .as_ref()
+            .is_none_or(|v| v.verify_delta(&head.claims(), &head.signature).is_ok())
+    }
+
+    /// The highest revision published so far, as a head or as a delta (0: none).
+    pub async fn published_tip(&self) -> anyhow::Result<u64> {
+        let head = self
+            .head()
+            .await?
+            .and_then(|(_, h)| h)
+            .map_or(0, |h| h.revision);
+        let delta = self.last_delta_revision().await?.unwrap_or(0);
+        Ok(head.max(delta))
+    }
+
+    /// Publishes `delta` as revision `revision` on top of `revision - 1`, signed, if that base
+    /// is the last revision published; returns false without publishing otherwise (a revision
+    /// in between was never published: the caller publishes a full snapshot instead), and true
+    /// without publishing when something at or past `revision` already went out.
+    pub async fn publish_delta(&self, revision: u64, delta: &ConfigDelta) -> anyhow::Result<bool> {
+        let _one_at_a_time = self.publishing.lock().await;
+        let base = revision.saturating_sub(1);
+        let tip = self.published_tip().await?;
+        if tip >= revision {
+            // A full snapshot at or past it went out meanwhile (the reconcile loop's).
+            return Ok(true);
+        }
+        if tip != base {
+            return Ok(false);
+        }
+        let body = serde_json::to_vec(delta)?;
+        let mut head = DeltaHead {
+            namespace: self.namespace.clone(),
+            base_revision: base,
+            revision,
+            content_hash: config_delta::body_hash(&body),
+            published_at: Utc::now(),
+            signature: String::new(),
+        };
+        if let Some(signer) = &self.signer {
+            head.signature = signer.sign_delta(&head.claims());
+        }
+        let message = config_delta::encode(&head, &body);
+        self.js
+            .publish(self.names.delta_subject.clone(), Bytes::from(message))
+            .await?
+            .await?;
+        tracing::info!(
+            revision,
+            keys = delta.virtual_keys.len() + delta.removed_virtual_keys.len(),
+            "config delta published"
+        );
+        Ok(true)
     }
 
     async fn store(&self) -> anyhow::Result<&ObjectStore> {

@@ -111,11 +111,15 @@ pub async fn serve(
         .connect(settings.nats_url.as_str())
         .await?;
     let names = NatsNames::new(&settings.namespace).with_replicas(settings.nats_replicas);
-    let publisher = Arc::new(Publisher::new(nats.clone(), names.clone()).with_signing(
-        &settings.namespace,
-        trust.signer.clone(),
-        trust.verifier.clone(),
-    ));
+    let publisher = Arc::new(
+        Publisher::new(nats.clone(), names.clone())
+            .with_signing(
+                &settings.namespace,
+                trust.signer.clone(),
+                trust.verifier.clone(),
+            )
+            .with_full_snapshots(settings.full_snapshots),
+    );
     let fleet = Arc::new(
         Fleet::new(settings.heartbeat_interval).with_ingest_keys(trust.ingest_keys.clone()),
     );

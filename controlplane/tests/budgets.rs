@@ -653,9 +653,35 @@ async fn two_tenants_with_keys(cp: &Cp, root: &str) -> (String, String) {
     (ids[0].clone(), ids[1].clone())
 }
 
-/// The budget of `id` in the latest snapshot this control plane built, once its revision is
-/// at least `revision`.
+/// The budget of `id` as published: a key's in the config delta of `revision` (key-only
+/// writes go out as deltas, `docs/cluster.md`), a tenant's in the latest snapshot this control
+/// plane built, once its revision is at least `revision`.
 async fn published_budget(cp: &Cp, section: &str, id: &str, revision: u64) -> Value {
+    if section == "virtual_keys" {
+        let names = switchboard_shared::cluster::NatsNames::new(&cp.namespace);
+        let js = async_nats::jetstream::new(async_nats::connect(common::nats_url()).await.unwrap());
+        let message = js
+            .get_stream(&names.delta_stream)
+            .await
+            .unwrap()
+            .get_last_raw_message_by_subject(&names.delta_subject)
+            .await
+            .unwrap();
+        let (head, body) = switchboard_shared::config_delta::split(&message.payload).unwrap();
+        assert!(
+            head.revision >= revision,
+            "the write's delta was never published"
+        );
+        let delta: Value = serde_json::from_slice(body).unwrap();
+        let key = delta["virtual_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["id"] == id)
+            .unwrap()
+            .clone();
+        return key.get("budget").cloned().unwrap_or(Value::Null);
+    }
     let mut latest = cp.running.state.publisher.subscribe();
     let built = tokio::time::timeout(
         Duration::from_secs(10),

@@ -26,6 +26,29 @@ use tokio::io::AsyncReadExt;
 use common::{nats_url, start, unique_namespace};
 
 /// What a data plane would read: the head, then the body it names, hash-checked.
+/// The last config delta on NATS: its head and body (hash checked).
+async fn read_delta(
+    namespace: &str,
+) -> (
+    switchboard_shared::config_delta::DeltaHead,
+    switchboard_shared::config_delta::ConfigDelta,
+) {
+    let names = NatsNames::new(namespace);
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let message = js
+        .get_stream(&names.delta_stream)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&names.delta_subject)
+        .await
+        .unwrap();
+    let (head, body) = switchboard_shared::config_delta::split(&message.payload).unwrap();
+    (
+        head,
+        switchboard_shared::config_delta::parse_body(body).unwrap(),
+    )
+}
+
 async fn read_published(namespace: &str) -> Option<(SnapshotHead, Snapshot)> {
     let names = NatsNames::new(namespace);
     let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
@@ -55,6 +78,7 @@ async fn cleanup(namespace: &str) {
     let names = NatsNames::new(namespace);
     let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     let _ = js.delete_stream(&names.config_stream).await;
+    let _ = js.delete_stream(&names.delta_stream).await;
     let _ = js.delete_object_store(&names.snapshot_bucket).await;
 }
 
@@ -93,18 +117,25 @@ async fn a_committed_write_is_published_with_its_revision_and_sealed_credentials
     assert_eq!(key.status, StatusCode::CREATED, "{}", key.body);
     let revision = key.revision();
 
-    // Published before the response (publishing failures would only delay it).
-    let (head, snapshot) = read_published(&cp.namespace).await.expect("a head");
-    assert_eq!(head.revision, revision);
-    assert_eq!(snapshot.revision, revision);
+    // Published before the response (publishing failures would only delay it): the key as a
+    // delta on top of the deployment's revision (this control plane signs nothing), the full
+    // head at that revision.
+    let (delta_head, delta) = read_delta(&cp.namespace).await;
+    assert_eq!(
+        (delta_head.base_revision, delta_head.revision),
+        (revision - 1, revision)
+    );
     let hash =
         switchboard_shared::keys::hash_key_hex(common::PEPPER, key.body["key"].as_str().unwrap());
-    let k = snapshot
+    let k = delta
         .virtual_keys
         .iter()
         .find(|k| k.key_hash == hash)
         .expect("the new key");
     assert_eq!(k.allowed_models, vec!["gpt-4o".to_owned()]);
+    let (head, snapshot) = read_published(&cp.namespace).await.expect("a head");
+    assert_eq!(head.revision, revision - 1);
+    assert_eq!(snapshot.revision, revision - 1);
     assert!(snapshot.validate().is_ok());
 
     // The credential travels sealed, and opens with the master keys.
@@ -116,15 +147,15 @@ async fn a_committed_write_is_published_with_its_revision_and_sealed_credentials
     let keys = switchboard_shared::sealed::MasterKeys::parse(common::MASTER_KEYS).unwrap();
     assert_eq!(keys.open(sealed).unwrap(), secret);
 
-    // A revoke is the next revision on NATS, with the key revoked.
+    // A revoke is the next revision on NATS, a delta with the key revoked.
     let id = key.body["id"].as_str().unwrap();
     let r = cp
         .post(&format!("/admin/v1/keys/{id}/revoke"), &root, json!({}))
         .await;
-    let (head, snapshot) = read_published(&cp.namespace).await.unwrap();
-    assert_eq!(head.revision, r.revision());
+    let (delta_head, delta) = read_delta(&cp.namespace).await;
+    assert_eq!(delta_head.revision, r.revision());
     assert!(r.revision() > revision);
-    let k = snapshot
+    let k = delta
         .virtual_keys
         .iter()
         .find(|k| k.key_hash == hash)

@@ -18,7 +18,8 @@
 //! public names (models, groups, content-rule aliases, `tag:` selectors). Per-model runtime
 //! state starts fresh with each catalog: the round-robin position, the metrics handles, the
 //! prefix index, session affinity's table ([`affinity`]) and the compiled content rules. The catalog reads no request-side module: the selectors
-//! and the router read it.
+//! and the router read it. A config delta (changed keys only) makes a new catalog from the
+//! served one without a rebuild ([`delta`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ use crate::request::json_string_literal;
 use crate::rules::ContentRules;
 
 mod affinity;
+mod delta;
 
 pub use affinity::{SESSION_TTL_SECONDS, SessionAffinity, unix_seconds};
 

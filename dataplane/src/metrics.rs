@@ -33,6 +33,11 @@ pub const SNAPSHOT_REVISION: &str = "switchboard_config_revision";
 pub const SNAPSHOT_RELOADS_TOTAL: &str = "switchboard_snapshot_reloads_total";
 /// Cluster snapshots refused (unsigned, badly signed, replayed, unsealed secrets, ...).
 pub const SNAPSHOT_REFUSED_TOTAL: &str = "switchboard_snapshot_refused_total";
+/// Config deltas applied on top of the catalog served (`docs/cluster.md`, "Deltas").
+pub const CONFIG_DELTAS_APPLIED_TOTAL: &str = "switchboard_config_deltas_applied_total";
+/// Times a delta arrived whose base was not the revision served and the gap did not close
+/// by itself, so the full head was fetched again.
+pub const CONFIG_DELTA_GAPS_TOTAL: &str = "switchboard_config_delta_gaps_total";
 pub const INFLIGHT_REQUESTS: &str = "switchboard_inflight_requests";
 /// Budget checks done without Redis (degraded), counted whatever the policy did.
 pub const BUDGET_DEGRADED_TOTAL: &str = "switchboard_budget_degraded_total";
@@ -73,6 +78,8 @@ pub const ALL: &[&str] = &[
     SNAPSHOT_REVISION,
     SNAPSHOT_RELOADS_TOTAL,
     SNAPSHOT_REFUSED_TOTAL,
+    CONFIG_DELTAS_APPLIED_TOTAL,
+    CONFIG_DELTA_GAPS_TOTAL,
     INFLIGHT_REQUESTS,
     REDIS_UP,
     LIMITS_DEGRADED_TOTAL,
@@ -140,7 +147,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    const COUNTERS: [(&str, &str); 13] = [
+    const COUNTERS: [(&str, &str); 15] = [
         (REQUESTS_TOTAL, "Requests answered, by endpoint and status."),
         (
             UPSTREAM_ATTEMPTS_TOTAL,
@@ -161,6 +168,14 @@ fn describe() {
         (
             SNAPSHOT_REFUSED_TOTAL,
             "Cluster snapshots refused, by reason (unsigned, bad_signature, wrong_namespace, replayed, unsealed_secret, ...).",
+        ),
+        (
+            CONFIG_DELTAS_APPLIED_TOTAL,
+            "Config deltas applied on top of the snapshot served (key changes without a full install).",
+        ),
+        (
+            CONFIG_DELTA_GAPS_TOTAL,
+            "Config deltas that did not follow on from the revision served, so the full head was fetched.",
         ),
         (
             LIMITS_DEGRADED_TOTAL,
@@ -492,6 +507,16 @@ pub fn count_reload(result: &'static str) {
 /// Counts a refused cluster snapshot.
 pub fn count_snapshot_refused(reason: &'static str) {
     counter!(SNAPSHOT_REFUSED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Counts a config delta applied.
+pub fn count_delta_applied() {
+    counter!(CONFIG_DELTAS_APPLIED_TOTAL).increment(1);
+}
+
+/// Counts a gap in the deltas that sent a data plane back to the full head.
+pub fn count_delta_gap() {
+    counter!(CONFIG_DELTA_GAPS_TOTAL).increment(1);
 }
 
 /// Counts a budget check that could not reach Redis.

@@ -71,6 +71,17 @@ pub enum Refused {
     Invalid(Problems),
 }
 
+/// Why a config delta was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaRefused {
+    /// Its revision is not newer than the one served.
+    NotNewer { serving: u64 },
+    /// It applies on top of another revision than the one served (a gap, or nothing served).
+    NotItsBase { serving: u64 },
+    /// Its keys do not fit the catalog: every problem.
+    Invalid(Problems),
+}
+
 /// Which revisions may replace the one served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
@@ -229,6 +240,33 @@ impl AppState {
         self.books.budgets.prune(self.books.clock.now());
         metrics::set_revision(revision);
         Ok(Installed::Swapped { revision })
+    }
+
+    /// Applies a config delta that makes `revision` on top of `base`, without a rebuild
+    /// ([`Catalog::apply_delta`]), when `base` is the revision served.
+    pub fn install_delta(
+        &self,
+        delta: &switchboard_shared::config_delta::ConfigDelta,
+        base: u64,
+        revision: u64,
+        content_hash: String,
+    ) -> Result<u64, DeltaRefused> {
+        let Some(previous) = self.catalog() else {
+            return Err(DeltaRefused::NotItsBase { serving: 0 });
+        };
+        let serving = previous.revision;
+        if revision <= serving {
+            return Err(DeltaRefused::NotNewer { serving });
+        }
+        if base != serving {
+            return Err(DeltaRefused::NotItsBase { serving });
+        }
+        let catalog = previous
+            .apply_delta(delta, revision, content_hash)
+            .map_err(DeltaRefused::Invalid)?;
+        self.catalog.store(Some(Arc::new(catalog)));
+        metrics::set_revision(revision);
+        Ok(revision)
     }
 
     /// The revision gate's answer for `revision` against the catalog served now, for a source

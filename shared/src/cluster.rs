@@ -37,6 +37,10 @@ use serde::{Deserialize, Serialize};
 pub const REVISION_HEADER: &str = "x-switchboard-config-revision";
 /// Largest snapshot either side accepts over gRPC.
 pub const MAX_SNAPSHOT_BYTES: usize = 512 * 1024 * 1024;
+/// How many deltas the delta stream keeps at most (the oldest go first).
+pub const DELTAS_KEPT: i64 = 10_000;
+/// How long the delta stream keeps a delta at most.
+pub const DELTA_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// How many snapshot bodies the control plane keeps in the object store.
 pub const SNAPSHOTS_KEPT: u64 = 5;
 /// The namespace used when none is configured.
@@ -55,6 +59,12 @@ pub struct NatsNames {
     pub head_subject: String,
     /// JetStream object store bucket holding snapshot bodies.
     pub snapshot_bucket: String,
+    /// JetStream stream of config deltas (`<NS>_CONFIG_DELTAS`, bounded by age and count;
+    /// `crate::config_delta`).
+    pub delta_stream: String,
+    /// Subject config deltas are published on: `<ns>.config-delta` (outside `<ns>.config.>`,
+    /// whose stream keeps one message per subject).
+    pub delta_subject: String,
     /// Prefix of heartbeat subjects (`<ns>.fleet.heartbeat`); the data plane's id follows.
     pub heartbeat_prefix: String,
     /// JetStream stream of usage events (work queue; the control plane owns and consumes it).
@@ -79,6 +89,8 @@ impl NatsNames {
             config_subjects: format!("{namespace}.config.>"),
             head_subject: format!("{namespace}.config.head"),
             snapshot_bucket: format!("{}_snapshots", namespace.replace('-', "_")),
+            delta_stream: format!("{upper}_CONFIG_DELTAS"),
+            delta_subject: format!("{namespace}.config-delta"),
             heartbeat_prefix: format!("{namespace}.fleet.heartbeat"),
             usage_stream: format!("{upper}_USAGE"),
             usage_subject: format!("{namespace}.usage.events"),
@@ -410,6 +422,8 @@ mod tests {
         assert_eq!(n.config_stream, "TEST_A1_CONFIG");
         assert_eq!(n.head_subject, "test-a1.config.head");
         assert_eq!(n.snapshot_bucket, "test_a1_snapshots");
+        assert_eq!(n.delta_stream, "TEST_A1_CONFIG_DELTAS");
+        assert_eq!(n.delta_subject, "test-a1.config-delta");
         assert_eq!(n.heartbeat_subject("dp-1"), "test-a1.fleet.heartbeat.dp-1");
         assert_eq!(n.heartbeat_wildcard(), "test-a1.fleet.heartbeat.*");
         assert_eq!(n.usage_stream, "TEST_A1_USAGE");

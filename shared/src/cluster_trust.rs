@@ -8,7 +8,8 @@
 //!   and the issue time — so the head (and, through its hash, the body) of a snapshot cannot be
 //!   forged, moved to another namespace or edited. Data planes pin one or more public keys
 //!   ([`SnapshotVerifier`]) so that a new signing key can be rolled in before the old one is
-//!   dropped.
+//!   dropped. **Config deltas** (`crate::config_delta`) are signed with the same keys over
+//!   [`DeltaClaims`] (base revision too), under a domain tag of their own.
 //! - **Usage events and heartbeats** from data planes carry the sender's id and an
 //!   HMAC-SHA-256 under the cluster's ingest key ([`IngestKeys`]), in NATS headers; the control
 //!   plane refuses and counts anything whose tag does not verify (optionally with one key per
@@ -74,6 +75,36 @@ impl SnapshotClaims<'_> {
     }
 }
 
+/// What a config delta's signature covers (`docs/cluster.md`, "Deltas"): like
+/// [`SnapshotClaims`] plus the revision the delta applies on top of, under a domain tag of its
+/// own, so a delta's signature can never pass for a head's or the other way round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaClaims<'a> {
+    pub namespace: &'a str,
+    /// The revision the delta applies on top of.
+    pub base_revision: u64,
+    /// The revision it makes.
+    pub revision: u64,
+    /// Hex SHA-256 of the delta body (compared lower-case).
+    pub content_hash: &'a str,
+    /// When the control plane signed it, in microseconds since the Unix epoch.
+    pub issued_at_micros: i64,
+}
+
+impl DeltaClaims<'_> {
+    fn message(&self) -> Vec<u8> {
+        format!(
+            "switchboard-delta-v1\n{}\n{}\n{}\n{}\n{}",
+            self.namespace,
+            self.base_revision,
+            self.revision,
+            self.content_hash.to_ascii_lowercase(),
+            self.issued_at_micros
+        )
+        .into_bytes()
+    }
+}
+
 /// Why a snapshot's origin was not accepted. [`TrustError::reason`] is the metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustError {
@@ -124,6 +155,11 @@ impl SnapshotSigner {
     pub fn sign(&self, claims: &SnapshotClaims<'_>) -> String {
         STANDARD.encode(self.key.sign(&claims.message()).to_bytes())
     }
+
+    /// Base64 signature over a delta's `claims`.
+    pub fn sign_delta(&self, claims: &DeltaClaims<'_>) -> String {
+        STANDARD.encode(self.key.sign(&claims.message()).to_bytes())
+    }
 }
 
 /// The public keys a snapshot may be signed with, and the namespace it must name.
@@ -170,10 +206,29 @@ impl SnapshotVerifier {
     /// Whether `claims` are this cluster's and `signature` (base64) is valid under one of the
     /// trusted keys.
     pub fn verify(&self, claims: &SnapshotClaims<'_>, signature: &str) -> Result<(), TrustError> {
-        if claims.namespace != self.namespace {
+        self.verify_message(claims.namespace, &claims.message(), signature)
+    }
+
+    /// Whether a delta's `claims` are this cluster's and `signature` is valid under one of the
+    /// trusted keys.
+    pub fn verify_delta(
+        &self,
+        claims: &DeltaClaims<'_>,
+        signature: &str,
+    ) -> Result<(), TrustError> {
+        self.verify_message(claims.namespace, &claims.message(), signature)
+    }
+
+    fn verify_message(
+        &self,
+        namespace: &str,
+        message: &[u8],
+        signature: &str,
+    ) -> Result<(), TrustError> {
+        if namespace != self.namespace {
             return Err(TrustError::WrongNamespace {
                 expected: self.namespace.clone(),
-                got: claims.namespace.chars().take(64).collect(),
+                got: namespace.chars().take(64).collect(),
             });
         }
         if signature.is_empty() {
@@ -184,10 +239,9 @@ impl SnapshotVerifier {
             .ok()
             .and_then(|raw| Signature::from_slice(&raw).ok())
             .ok_or(TrustError::BadSignature)?;
-        let message = claims.message();
         self.keys
             .iter()
-            .any(|key| key.verify(&message, &signature).is_ok())
+            .any(|key| key.verify(message, &signature).is_ok())
             .then_some(())
             .ok_or(TrustError::BadSignature)
     }
@@ -428,6 +482,53 @@ mod tests {
             signer.public_key_base64(),
             "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
         );
+    }
+
+    #[test]
+    fn a_delta_signature_is_not_a_head_signature() {
+        let signer = SnapshotSigner::from_base64(SEED).unwrap();
+        let verifier = SnapshotVerifier::parse("ns", &signer.public_key_base64()).unwrap();
+        let delta = DeltaClaims {
+            namespace: "ns",
+            base_revision: 2,
+            revision: 3,
+            content_hash: "ab",
+            issued_at_micros: 7,
+        };
+        let signature = signer.sign_delta(&delta);
+        assert_eq!(verifier.verify_delta(&delta, &signature), Ok(()));
+        // Neither a head with the same numbers nor another base passes.
+        assert_eq!(
+            verifier.verify(&claims(3), &signature),
+            Err(TrustError::BadSignature)
+        );
+        assert_eq!(
+            verifier.verify_delta(&claims_on(&delta, 1), &signature),
+            Err(TrustError::BadSignature)
+        );
+        assert_eq!(
+            verifier.verify_delta(&delta, &signer.sign(&claims(3))),
+            Err(TrustError::BadSignature)
+        );
+        let moved = DeltaClaims {
+            namespace: "other",
+            ..delta.clone()
+        };
+        assert_eq!(
+            verifier
+                .verify_delta(&moved, &signature)
+                .unwrap_err()
+                .reason(),
+            "wrong_namespace"
+        );
+        assert_eq!(verifier.verify_delta(&delta, ""), Err(TrustError::Unsigned));
+    }
+
+    fn claims_on<'a>(delta: &DeltaClaims<'a>, base_revision: u64) -> DeltaClaims<'a> {
+        DeltaClaims {
+            base_revision,
+            ..delta.clone()
+        }
     }
 
     #[test]

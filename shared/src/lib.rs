@@ -38,6 +38,7 @@
 pub mod budget;
 pub mod cluster;
 pub mod cluster_trust;
+pub mod config_delta;
 pub mod doctor;
 pub mod fleet_keys;
 pub mod keys;

@@ -76,6 +76,7 @@ fn settings(namespace: &str, listen: u16, oidc_port: u16) -> Settings {
         namespace: namespace.to_owned(),
         heartbeat_interval: Duration::from_millis(500),
         reconcile_interval: Duration::from_millis(500),
+        full_snapshots: Default::default(),
         pepper: PEPPER.as_bytes().to_vec(),
         jwt_secret: b"browser-jwt-secret-that-is-long-enough-0123".to_vec(),
         token_ttl: Duration::from_secs(900),

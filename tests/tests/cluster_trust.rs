@@ -697,7 +697,8 @@ async fn after_a_master_key_rotation_data_planes_with_only_the_new_key_install_a
     // A data plane that holds only the old key, serving what was sealed with it.
     let (old_gw, old_dp) = follower_keyed(cluster(), "", MASTER_KEYS).await;
     let mut old_events = old_dp.installer().subscribe();
-    let before = head_revision(&js, &names).await;
+    // The committed revision (the key went out as a delta, past the head).
+    let before = controlplane::repo::revision::current(&pool).await.unwrap();
     eventually("the old data plane installs", async || {
         old_gw.state.revision() == before
     })

@@ -1,8 +1,8 @@
 //! The shipped NATS permissions (`deploy/nats/nats-server.conf`) against a real nats-server
 //! started with that very file: a data-plane credential can do what a data plane does — follow
-//! the head with an ordered consumer, fetch the snapshot object, publish its own heartbeat and
+//! the head and the config deltas with ordered consumers, fetch the snapshot object, publish its own heartbeat and
 //! usage records (the same async-nats calls as `dataplane/src/cluster/nats.rs`,
-//! `cluster/heartbeat.rs` and `usage_publisher.rs`) — and cannot publish a head, an object or
+//! `cluster/heartbeat.rs` and `usage_publisher.rs`) — and cannot publish a head, a delta, an object or
 //! another data plane's heartbeat, read usage or heartbeats, or change a stream. The
 //! control-plane credential can set everything up, publish and consume usage as
 //! `controlplane/src/publish.rs` and `ingest.rs` do. A deployment test call goes from the
@@ -175,6 +175,7 @@ struct Published {
     body: Vec<u8>,
     config: stream::Stream,
     usage: stream::Stream,
+    deltas: stream::Stream,
 }
 
 async fn publish_as_controlplane(js: &jetstream::Context, names: &NatsNames) -> Published {
@@ -228,12 +229,61 @@ async fn publish_as_controlplane(js: &jetstream::Context, names: &NatsNames) -> 
     .unwrap()
     .await
     .expect("the control plane publishes a head");
+    let deltas = js
+        .get_or_create_stream(stream::Config {
+            name: names.delta_stream.clone(),
+            subjects: vec![names.delta_subject.clone()],
+            max_messages: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("the control plane creates the delta stream");
+    js.publish(names.delta_subject.clone(), DELTA.into())
+        .await
+        .unwrap()
+        .await
+        .expect("the control plane publishes a delta");
     Published {
         head,
         body,
         config,
         usage,
+        deltas,
     }
+}
+
+/// The delta message the control plane publishes (its form does not matter to NATS).
+const DELTA: &str = "{\"revision\":8}\n{}";
+
+/// The data plane's delta reads, as `cluster/nats.rs` does them: every delta the stream holds.
+async fn read_deltas_as_dataplane(
+    js: &jetstream::Context,
+    names: &NatsNames,
+    nats: &ConfiguredNats,
+) -> Vec<u8> {
+    let refused = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        panic!("{what}: {e}; the server refused:\n{}", nats.violations())
+    };
+    let mut messages = js
+        .get_stream(&names.delta_stream)
+        .await
+        .unwrap_or_else(|e| refused("delta stream info", &e))
+        .create_consumer(OrderedConfig {
+            filter_subject: names.delta_subject.clone(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| refused("ordered consumer on the deltas", &e))
+        .messages()
+        .await
+        .unwrap_or_else(|e| refused("delta messages", &e));
+    let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+        .await
+        .unwrap_or_else(|e| refused("a delta within 5 s", &e))
+        .unwrap_or_else(|| refused("the consumer is open", &"it ended"))
+        .unwrap_or_else(|e| refused("a delta message", &e));
+    message.payload.to_vec()
 }
 
 /// The data plane's reads, as `cluster/nats.rs` does them: the last head, then its object.
@@ -311,6 +361,10 @@ async fn a_data_plane_reads_config_and_reports_only_as_itself() {
     let dp_js = jetstream::new(dp.clone());
     let (head, body) = read_as_dataplane(&dp_js, &names, &nats).await;
     assert_eq!(head, published.head, "{}", nats.violations());
+    assert_eq!(
+        read_deltas_as_dataplane(&dp_js, &names, &nats).await,
+        DELTA.as_bytes()
+    );
     assert!(body == published.body, "object body differs");
 
     // Another data plane's heartbeat first, then its own, on one connection (so in order):
@@ -410,6 +464,28 @@ async fn a_data_plane_cannot_publish_config_or_read_what_is_not_its_own() {
         .unwrap();
     let last: SnapshotHead = serde_json::from_slice(&last.payload).unwrap();
     assert_eq!(last, published.head, "the head changed");
+
+    // A delta (which, signed or not, no data plane may send).
+    dp.publish(names.delta_subject.clone(), "forged".into())
+        .await
+        .unwrap();
+    refused(&dp_errors, &names.delta_subject).await;
+    let ack = dp_js
+        .publish(names.delta_subject.clone(), "forged".into())
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), ack)
+            .await
+            .map_or(true, |a| a.is_err()),
+        "the delta stream acknowledged a data plane's delta"
+    );
+    let last = published
+        .deltas
+        .get_last_raw_message_by_subject(&names.delta_subject)
+        .await
+        .unwrap();
+    assert_eq!(last.payload.as_ref(), DELTA.as_bytes(), "a delta was added");
 
     // An object body or its metadata.
     let chunk = format!("$O.{}.C.forged", names.snapshot_bucket);

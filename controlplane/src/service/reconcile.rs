@@ -2,6 +2,11 @@
 //! Postgres is ahead of what this replica holds and publishes it when the head is behind;
 //! [`reconcile_loop`] runs it at start-up and on a timer. This is what makes a publish that
 //! failed or timed out after a commit (NATS down, several replicas) eventually happen.
+//!
+//! Key-only writes publish deltas, which leave the head behind Postgres on purpose: the full
+//! snapshot is built only when [`Publisher::full_due`] says so (a revision that went out
+//! neither way, or enough deltas, or an old enough head). So this replica's gRPC view (the
+//! latest full snapshot) may trail Postgres by up to that many deltas or that long.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +22,10 @@ use crate::repo;
 /// the head is behind it. Returns the revision held afterwards.
 pub async fn reconcile(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<u64> {
     let committed = repo::revision::current(pool).await?;
-    if committed > publisher.latest_revision() || publisher.subscribe().borrow().is_none() {
+    let none_yet = publisher.subscribe().borrow().is_none();
+    if none_yet
+        || (committed > publisher.latest_revision() && publisher.full_due(committed).await?)
+    {
         let snapshot = snapshot::build_consistent(pool).await?;
         if let Err(problems) = snapshot.validate() {
             anyhow::bail!("the stored configuration is invalid: {problems}");

@@ -5,6 +5,8 @@
 //! start-up use it). [`build_in`] reads through a caller's transaction; the write path calls it
 //! after bumping the revision, whose row lock makes the same guarantee (see [`super::write`]).
 //! Provider credentials stay sealed: the snapshot carries `SecretRef::Sealed`.
+//! [`keys_in`] reads only what a key-only write needs to be validated (the keys, their
+//! tenants, and the small sections their references point at), for the delta path.
 
 use sqlx::{PgConnection, PgPool};
 use std::collections::BTreeMap;
@@ -88,4 +90,56 @@ async fn image_variants_in(
         return Ok(BTreeMap::new());
     }
     prices::effective_prices_in(conn, &names).await
+}
+
+/// The part of the snapshot that validates the keys `ids` as `conn` sees the database: those
+/// keys, their tenants, and every provider, deployment and model policy (few, and what a
+/// key's `allowed_models` refer to), without prices. Also the ids among `ids` that no longer
+/// exist (deleted). Thousands of times cheaper than [`build_in`] at 100,000 keys.
+pub async fn keys_in(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<(Snapshot, Vec<String>), sqlx::Error> {
+    let revision = repo::revision::current(&mut *conn).await?;
+    let mut keys = Vec::new();
+    let mut removed = Vec::new();
+    for id in ids {
+        match repo::keys::get(&mut *conn, id, false).await? {
+            Some(row) => keys.push(row.to_snapshot()),
+            None => removed.push(id.clone()),
+        }
+    }
+    let mut tenant_ids: Vec<String> = keys.iter().map(|k| k.tenant_id.clone()).collect();
+    tenant_ids.sort_unstable();
+    tenant_ids.dedup();
+    let mut tenants = Vec::new();
+    for id in &tenant_ids {
+        if let Some(row) = repo::tenants::get(&mut *conn, id, false).await? {
+            tenants.push(row);
+        }
+    }
+    let providers = repo::providers::all(&mut *conn).await?;
+    let deployments = repo::deployments::all(&mut *conn).await?;
+    let policies = repo::models::all(&mut *conn).await?;
+    let snapshot = Snapshot {
+        schema_version: SCHEMA_VERSION,
+        revision,
+        price_version: None,
+        tenants: tenants.iter().map(TenantRow::to_snapshot).collect(),
+        virtual_keys: keys,
+        providers: providers
+            .iter()
+            .filter_map(ProviderRow::to_snapshot)
+            .collect(),
+        deployments: deployments.iter().map(DeploymentRow::to_snapshot).collect(),
+        models: policies
+            .into_iter()
+            .map(|p| {
+                let mut policy = p.policy.0;
+                policy.model = p.model;
+                policy
+            })
+            .collect(),
+    };
+    Ok((snapshot, removed))
 }

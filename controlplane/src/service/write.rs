@@ -8,6 +8,13 @@
 //! and rolled back), commits, and only then hands the snapshot to the publisher. A failed
 //! request therefore changes nothing, and nothing is published before it is committed.
 //! [`Write::finish`] is the usual tail: the audit row of one object's change, then the commit.
+//!
+//! A write whose audit rows are all about virtual keys is **key-only**: it changes nothing in
+//! the snapshot but those keys. Its commit validates just them ([`snapshot::keys_in`]: the
+//! keys against their tenants and the models they name), commits, and publishes a signed
+//! config delta (`docs/cluster.md`, "Deltas") instead of building the whole snapshot — at
+//! 100,000 keys, milliseconds instead of most of a second. When the delta cannot follow on
+//! from what was last published, a full snapshot is built and published after the commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +22,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use switchboard_shared::config_delta::ConfigDelta;
 use switchboard_shared::snapshot::Snapshot;
 
 use super::auth::Actor;
@@ -84,9 +92,12 @@ impl<'a> Change<'a> {
 /// An open write transaction with its revision.
 pub struct Write {
     tx: Transaction<'static, Postgres>,
+    pool: PgPool,
     pub revision: u64,
     actor_id: Option<uuid::Uuid>,
     actor: String,
+    /// Ids of the virtual keys audited so far; `None` once anything else was.
+    keys_only: Option<Vec<String>>,
 }
 
 /// A committed write.
@@ -101,9 +112,11 @@ impl Write {
         let revision = repo::revision::bump(&mut *tx).await?;
         Ok(Self {
             tx,
+            pool: pool.clone(),
             revision,
             actor_id: actor.id,
             actor: actor.email.clone(),
+            keys_only: Some(Vec::new()),
         })
     }
 
@@ -118,6 +131,12 @@ impl Write {
 
     /// Appends the audit row of `change`.
     pub async fn audit(&mut self, change: Change<'_>) -> Result<()> {
+        match &mut self.keys_only {
+            Some(ids) if change.object_type == "virtual_key" => {
+                ids.push(change.object_id.to_owned());
+            }
+            _ => self.keys_only = None,
+        }
         let entry = repo::audit::NewEntry {
             actor_id: self.actor_id,
             actor: &self.actor,
@@ -152,6 +171,9 @@ impl Write {
         publisher: Option<&Arc<Publisher>>,
         scope: Option<Scope>,
     ) -> Result<Committed> {
+        if let Some(ids) = self.keys_only.take().filter(|ids| !ids.is_empty()) {
+            return self.commit_keys(publisher, scope, ids).await;
+        }
         let snapshot = snapshot::build_in(&mut self.tx).await?;
         if let Err(problems) = snapshot.validate() {
             return Err(Error::Invalid(scoped_problems(
@@ -173,6 +195,76 @@ impl Write {
             let _ = tokio::time::timeout(PUBLISH_WAIT, publishing).await;
         }
         Ok(Committed { revision })
+    }
+
+    /// [`Write::commit`] of a key-only write: validates the keys `ids`, commits, publishes
+    /// their delta (or, when it cannot follow on, the full snapshot).
+    async fn commit_keys(
+        mut self,
+        publisher: Option<&Arc<Publisher>>,
+        scope: Option<Scope>,
+        mut ids: Vec<String>,
+    ) -> Result<Committed> {
+        ids.sort_unstable();
+        ids.dedup();
+        let (partial, removed) = snapshot::keys_in(&mut self.tx, &ids).await?;
+        if let Err(problems) = partial.validate() {
+            return Err(Error::Invalid(scoped_problems(
+                &partial,
+                scope.as_ref(),
+                problems.0,
+            )));
+        }
+        self.tx.commit().await?;
+        let revision = self.revision;
+        if let Some(publisher) = publisher {
+            let delta = ConfigDelta {
+                virtual_keys: partial.virtual_keys,
+                removed_virtual_keys: removed,
+            };
+            let publisher = Arc::clone(publisher);
+            let pool = self.pool;
+            let publishing = tokio::spawn(async move {
+                publish_delta_or_full(&pool, &publisher, revision, &delta).await;
+            });
+            // As in `commit`: the answer waits for the publication, but not for long.
+            let _ = tokio::time::timeout(PUBLISH_WAIT, publishing).await;
+        }
+        Ok(Committed { revision })
+    }
+}
+
+/// Publishes `delta` as `revision`; when it cannot follow on from what was published (or
+/// fails), builds and publishes the full snapshot instead. Errors are logged: the reconcile
+/// loop publishes whatever is still missing.
+async fn publish_delta_or_full(
+    pool: &PgPool,
+    publisher: &Publisher,
+    revision: u64,
+    delta: &ConfigDelta,
+) {
+    match tokio::time::timeout(
+        crate::publish::PUBLISH_TIMEOUT,
+        publisher.publish_delta(revision, delta),
+    )
+    .await
+    {
+        Ok(Ok(true)) => return,
+        Ok(Ok(false)) => {
+            tracing::debug!(revision, "the delta does not follow on; publishing in full");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(revision, error = %e, "delta publish failed; publishing in full");
+        }
+        Err(_) => tracing::warn!(revision, "delta publish timed out; publishing in full"),
+    }
+    match snapshot::build_consistent(pool).await {
+        Ok(snapshot) => {
+            publisher
+                .offer_and_publish(Arc::new(Built::from_snapshot(&snapshot)))
+                .await;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot build the snapshot; will retry"),
     }
 }
 

@@ -48,6 +48,7 @@ pub fn settings(namespace: &str) -> Settings {
         namespace: namespace.to_owned(),
         heartbeat_interval: Duration::from_millis(500),
         reconcile_interval: Duration::from_millis(500),
+        full_snapshots: Default::default(),
         pepper: PEPPER.to_vec(),
         jwt_secret: b"test-jwt-secret-that-is-long-enough-0123".to_vec(),
         token_ttl: Duration::from_secs(900),

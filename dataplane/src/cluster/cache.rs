@@ -9,6 +9,13 @@
 //! one, and the directory flushed — a crash leaves either the old file or the new one, never
 //! half of one. The file is readable and writable by its owner only (mode 0600 on Unix,
 //! whatever the umask): it holds the fleet's key hashes and sealed credentials.
+//!
+//! Config deltas applied after that snapshot are appended to a journal beside it,
+//! `<file>.deltas` (each record: its length in decimal, a newline, the delta message exactly
+//! as published, signature included; flushed to disk), which the next snapshot written empties.
+//! A start loads the snapshot, then replays the journal through the same checks as NATS — so
+//! a key revoked by a delta stays revoked across a restart while the control plane is away.
+//! A torn last record (a crash mid-append) ends the replay there.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -67,7 +74,60 @@ pub fn store(path: &Path, announced: Option<&Announced>, body: &[u8]) -> io::Res
     if let Ok(dir) = File::open(&parent) {
         let _ = dir.sync_all();
     }
-    Ok(())
+    // The journal's deltas are all in this snapshot or older than it.
+    match fs::remove_file(journal_path(path)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// `<file>.deltas` beside the cache file `path`.
+pub fn journal_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".deltas");
+    path.with_file_name(name)
+}
+
+/// Appends one delta message to the journal of the cache file `path`, flushed to disk.
+pub fn append_delta(path: &Path, message: &[u8]) -> io::Result<()> {
+    let journal = journal_path(path);
+    let mut file = if journal.exists() {
+        fs::OpenOptions::new().append(true).open(&journal)?
+    } else {
+        let mut file = create_private(&journal)?;
+        file.flush()?;
+        file
+    };
+    let mut record = format!("{}\n", message.len()).into_bytes();
+    record.extend_from_slice(message);
+    file.write_all(&record)?;
+    file.sync_data()
+}
+
+/// The journal's delta messages in order (none when there is no journal); a torn or
+/// malformed record ends the list.
+pub fn load_deltas(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let file = match fs::read(journal_path(path)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    let mut rest = file.as_slice();
+    while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+        let Some(len) = std::str::from_utf8(&rest[..end])
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            break;
+        };
+        let Some(message) = rest.get(end + 1..end + 1 + len) else {
+            break;
+        };
+        out.push(message.to_vec());
+        rest = &rest[end + 1 + len..];
+    }
+    Ok(out)
 }
 
 /// Creates (or truncates) `path` for writing, owner-only from the first byte on Unix: the
@@ -130,6 +190,20 @@ mod tests {
             (Some(head), b"{\"revision\":2}".to_vec())
         );
         assert!(!temporary_path(&path).exists());
+        // Deltas journalled after it come back in order; a torn last one is left out; the next
+        // snapshot empties the journal.
+        append_delta(&path, b"one\ntwo").unwrap();
+        append_delta(&path, b"three").unwrap();
+        assert_eq!(
+            load_deltas(&path).unwrap(),
+            [b"one\ntwo".to_vec(), b"three".to_vec()]
+        );
+        let mut torn = fs::read(journal_path(&path)).unwrap();
+        torn.extend_from_slice(b"10\nabc");
+        fs::write(journal_path(&path), torn).unwrap();
+        assert_eq!(load_deltas(&path).unwrap().len(), 2);
+        store(&path, None, b"{\"revision\":3}").unwrap();
+        assert!(load_deltas(&path).unwrap().is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 

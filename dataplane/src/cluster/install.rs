@@ -21,6 +21,13 @@
 //!
 //! The CPU-heavy part (hashing, parsing and compiling a snapshot of 100,000 keys) runs on a
 //! blocking thread so that the request path is never stalled behind it.
+//!
+//! Config deltas ([`Installer::offer_delta`]) take the same turn: split and hash-checked,
+//! their signature verified ([`SnapshotVerifier::verify_delta`], same keys, same refusal
+//! metric), then applied by [`AppState::install_delta`] only when they apply on top of the
+//! revision served; one that does not is a [`DeltaOutcome::Gap`] for the source to resolve.
+//! An applied delta is appended to the cache's delta journal (`cache::append_delta`), which a
+//! full snapshot's cache write empties and a start replays after the cached snapshot.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -38,7 +45,8 @@ use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::cluster::cache;
 use crate::metrics;
-use crate::state::{AppState, Gate, Installed, Refused, Rule};
+use crate::state::{AppState, DeltaRefused, Gate, Installed, Refused, Rule};
+use switchboard_shared::config_delta;
 
 /// Where a snapshot came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,9 +107,25 @@ pub struct Offer {
 pub enum Outcome {
     /// Now serving it.
     Installed,
+    /// A config delta, applied on top of the catalog served (no full install).
+    DeltaApplied,
     /// Not newer than what is served (a repeat, or a race between control planes): ignored.
     Stale { serving: u64 },
     /// Broken, tampered with or invalid; the reason says which. The old snapshot still serves.
+    Rejected(String),
+}
+
+/// What became of a config delta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaOutcome {
+    /// Applied: now serving its revision.
+    Applied { revision: u64 },
+    /// Its revision is not newer than the one served: ignored.
+    Stale,
+    /// It applies on top of `base`, which is not the revision served: the source keeps it
+    /// until the revisions in between arrive, or fetches the full head.
+    Gap { base: u64 },
+    /// Broken, forged or invalid; the old catalog still serves.
     Rejected(String),
 }
 
@@ -122,6 +146,8 @@ pub struct Installer {
     events: broadcast::Sender<Event>,
     served: watch::Sender<u64>,
     live: AtomicBool,
+    /// Whether deltas were journalled since the cache file's snapshot was written.
+    journalled: AtomicBool,
     /// `None` (development only, `allow_unsigned_snapshots`): origins are not checked.
     verifier: Option<SnapshotVerifier>,
     /// Revisions whose refusal was logged at error level (the last few).
@@ -148,6 +174,7 @@ impl Installer {
             events: broadcast::channel(64).0,
             served,
             live: AtomicBool::new(false),
+            journalled: AtomicBool::new(false),
             verifier: None,
             logged: std::sync::Mutex::new(VecDeque::new()),
         }
@@ -286,6 +313,115 @@ impl Installer {
         outcome
     }
 
+    /// Checks a config delta message (head line and body, as published) and applies it when
+    /// it follows on from the revision served; one at a time with snapshot offers.
+    pub async fn offer_delta(&self, source: Source, message: Bytes) -> DeltaOutcome {
+        let (head, _) = match config_delta::split(&message) {
+            Ok(split) => split,
+            Err(e) => {
+                self.refuse(source, 0, e.reason(), e.to_string());
+                return DeltaOutcome::Rejected(e.to_string());
+            }
+        };
+        if let Some(verifier) = &self.verifier
+            && let Err(e) = verifier.verify_delta(&head.claims(), &head.signature)
+        {
+            self.refuse(source, head.revision, e.reason(), format!("delta: {e}"));
+            return DeltaOutcome::Rejected(e.to_string());
+        }
+        let _turn = self.turn.lock().await;
+        let serving = self.state.revision();
+        if head.revision <= serving {
+            return DeltaOutcome::Stale;
+        }
+        if head.base_revision != serving {
+            return DeltaOutcome::Gap {
+                base: head.base_revision,
+            };
+        }
+        let state = Arc::clone(&self.state);
+        let journal = self.cache.clone().filter(|_| source != Source::Cache);
+        let applied = tokio::task::spawn_blocking(move || {
+            let (head, body) = config_delta::split(&message).map_err(|e| e.to_string())?;
+            let delta = config_delta::parse_body(body).map_err(|e| e.to_string())?;
+            let revision = state
+                .install_delta(&delta, head.base_revision, head.revision, head.content_hash)
+                .map_err(|e| match e {
+                    DeltaRefused::Invalid(problems) => problems.to_string(),
+                    other => format!("{other:?}"),
+                })?;
+            let journalled = match journal {
+                Some(path) => match cache::append_delta(&path, &message) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(revision, error = %e, "cannot append to the delta journal");
+                        false
+                    }
+                },
+                None => false,
+            };
+            Ok::<_, String>((revision, journalled))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("installation failed: {e}")));
+        match applied {
+            Ok((revision, journalled)) => {
+                if journalled {
+                    self.journalled.store(true, Ordering::Relaxed);
+                }
+                metrics::count_delta_applied();
+                if source != Source::Cache {
+                    self.live.store(true, Ordering::Relaxed);
+                }
+                self.served.send_replace(revision);
+                self.record(Event {
+                    source,
+                    revision,
+                    outcome: Outcome::DeltaApplied,
+                });
+                DeltaOutcome::Applied { revision }
+            }
+            Err(reason) => {
+                self.refuse(source, head.revision, "invalid", format!("delta: {reason}"));
+                DeltaOutcome::Rejected(reason)
+            }
+        }
+    }
+
+    /// Whether a full snapshot of `revision` is worth fetching though it is the revision
+    /// served: it was reached by deltas, so the cache file holds an older snapshot and a
+    /// journal that would otherwise only grow.
+    pub fn wants_cache_refresh(&self, revision: u64) -> bool {
+        self.cache.is_some()
+            && self.journalled.load(Ordering::Relaxed)
+            && self.state.revision() == revision
+    }
+
+    /// Writes the full snapshot of the revision served (signed head checked by the caller,
+    /// body against its hash here) to the cache file, which empties the delta journal.
+    pub async fn refresh_cache(&self, announced: Announced, body: Bytes) {
+        let _turn = self.turn.lock().await;
+        let Some(path) = self.cache.clone() else {
+            return;
+        };
+        if self.state.revision() != announced.revision {
+            return;
+        }
+        let written = tokio::task::spawn_blocking(move || {
+            let actual = hex::encode(Sha256::digest(&body));
+            if !actual.eq_ignore_ascii_case(&announced.content_hash) {
+                return false;
+            }
+            write_cache(&path, Some(&announced), &body, announced.revision);
+            true
+        })
+        .await
+        .unwrap_or(false);
+        if written {
+            self.journalled.store(false, Ordering::Relaxed);
+        }
+    }
+
     fn record(&self, event: Event) {
         let source = event.source.as_str();
         let revision = event.revision;
@@ -293,6 +429,9 @@ impl Installer {
             Outcome::Installed => {
                 metrics::count_reload("swapped");
                 tracing::info!(revision, source, "snapshot installed");
+            }
+            Outcome::DeltaApplied => {
+                tracing::info!(revision, source, "config delta applied");
             }
             Outcome::Stale { serving } => {
                 tracing::debug!(
@@ -349,14 +488,17 @@ impl Installer {
         })
         .await;
         match read {
-            Ok(Ok(Some((announced, body)))) => Some(
-                self.offer(Offer {
-                    source: Source::Cache,
-                    announced,
-                    body: Bytes::from(body),
-                })
-                .await,
-            ),
+            Ok(Ok(Some((announced, body)))) => {
+                let outcome = self
+                    .offer(Offer {
+                        source: Source::Cache,
+                        announced,
+                        body: Bytes::from(body),
+                    })
+                    .await;
+                self.replay_journal().await;
+                Some(outcome)
+            }
             Ok(Ok(None)) => None,
             Ok(Err(reason)) => {
                 self.reject(Source::Cache, 0, reason.clone());
@@ -366,6 +508,26 @@ impl Installer {
                 let reason = e.to_string();
                 self.reject(Source::Cache, 0, reason.clone());
                 Some(Outcome::Rejected(reason))
+            }
+        }
+    }
+}
+
+impl Installer {
+    /// Applies the deltas journalled after the cached snapshot, in order, each checked as it
+    /// was from NATS; stops at the first that does not apply.
+    async fn replay_journal(&self) {
+        let Some(path) = self.cache.clone() else {
+            return;
+        };
+        let read = tokio::task::spawn_blocking(move || cache::load_deltas(&path)).await;
+        let Ok(Ok(messages)) = read else {
+            return;
+        };
+        for message in messages {
+            match self.offer_delta(Source::Cache, Bytes::from(message)).await {
+                DeltaOutcome::Applied { .. } | DeltaOutcome::Stale => {}
+                DeltaOutcome::Gap { .. } | DeltaOutcome::Rejected(_) => break,
             }
         }
     }

@@ -91,7 +91,7 @@ pub async fn start(state: Arc<AppState>, config: &ClusterConfig) -> anyhow::Resu
                 revision = state.revision(),
                 "serving the cached snapshot until the control plane answers"
             ),
-            Outcome::Stale { .. } | Outcome::Rejected(_) => {}
+            Outcome::Stale { .. } | Outcome::Rejected(_) | Outcome::DeltaApplied => {}
         }
     }
     let nats = match &config.nats_url {

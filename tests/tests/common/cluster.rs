@@ -136,6 +136,7 @@ impl ControlPlane {
             namespace: namespace.to_owned(),
             heartbeat_interval: Duration::from_millis(500),
             reconcile_interval: Duration::from_millis(500),
+            full_snapshots: Default::default(),
             pepper: PEPPER.as_bytes().to_vec(),
             jwt_secret: b"e2e-jwt-secret-that-is-long-enough-0123456".to_vec(),
             token_ttl: Duration::from_secs(900),

@@ -6,58 +6,55 @@
 //! allocator call that frees a page: a process that went idle after an install — a data plane
 //! with no traffic yet — kept hundreds of megabytes resident that it no longer used. (The
 //! workspace forbids `unsafe`, so `mi_collect` cannot be called.) [`release`] makes that later
-//! call: a thread waits out the delay, then allocates and frees one large block, which is never
+//! call: a task waits out the delay, then allocates and frees one large block, which is never
 //! touched (so it costs no resident memory) and whose free lets the allocator purge what is
 //! due. Under any other allocator it is a harmless allocation.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// How long after an install the allocator is nudged: past mimalloc's default purge delay
-/// (1 s), and again once a blocking thread that ran the install has ended (tokio keeps idle
-/// ones for 10 s), since its pages are freed when it ends.
-const NUDGES: [Duration; 2] = [Duration::from_millis(1_500), Duration::from_secs(12)];
+/// The allocator is nudged every [`NUDGE_EVERY`], [`NUDGES`] times after an install: past
+/// mimalloc's default purge delay (1 s) even when later frees (the snapshot's, the previous
+/// catalog's) pushed it on, and past the end of a blocking thread that ran the install (tokio
+/// keeps idle ones for 10 s; its pages are freed when it ends).
+const NUDGE_EVERY: Duration = Duration::from_millis(1_500);
+const NUDGES: usize = 10;
 
 /// A block large enough to get a page of its own (a "huge" allocation in mimalloc), whose free
 /// ends in the arena code that runs due purges.
 const BLOCK_BYTES: usize = 64 << 20;
 
-/// A thread is waiting to nudge.
+/// A task is waiting to nudge.
 static WAITING: AtomicBool = AtomicBool::new(false);
-/// An install asked for a release since the waiting thread began its round.
+/// An install asked for a release since the waiting task began its round.
 static AGAIN: AtomicBool = AtomicBool::new(false);
 
 /// After an install: lets the allocator return the install's freed memory (see the module
-/// header). Returns at once; one short-lived thread does the waiting, and goes around again
-/// for installs that came while it waited.
+/// header). Returns at once; one task does the waiting, and goes around again for installs
+/// that came while it waited. Outside a runtime (tools, tests) it does nothing.
 pub fn release() {
     AGAIN.store(true, Ordering::SeqCst);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     if WAITING.swap(true, Ordering::SeqCst) {
         return;
     }
-    let spawned = std::thread::Builder::new()
-        .name("memory-release".into())
-        .spawn(|| {
-            loop {
-                AGAIN.store(false, Ordering::SeqCst);
-                let mut waited = Duration::ZERO;
-                for at in NUDGES {
-                    std::thread::sleep(at.saturating_sub(waited));
-                    waited = at;
-                    nudge();
-                }
-                WAITING.store(false, Ordering::SeqCst);
-                // An install in between either found this thread waiting (go around again)
-                // or started a thread of its own.
-                if !AGAIN.load(Ordering::SeqCst) || WAITING.swap(true, Ordering::SeqCst) {
-                    break;
-                }
+    runtime.spawn(async {
+        loop {
+            AGAIN.store(false, Ordering::SeqCst);
+            for _ in 0..NUDGES {
+                tokio::time::sleep(NUDGE_EVERY).await;
+                nudge();
             }
-        });
-    if let Err(e) = spawned {
-        WAITING.store(false, Ordering::SeqCst);
-        tracing::debug!(error = %e, "no thread to release memory after the install");
-    }
+            WAITING.store(false, Ordering::SeqCst);
+            // An install in between either found this task waiting (go around again) or
+            // started a task of its own.
+            if !AGAIN.load(Ordering::SeqCst) || WAITING.swap(true, Ordering::SeqCst) {
+                break;
+            }
+        }
+    });
 }
 
 /// One allocation and free of [`BLOCK_BYTES`], never written.

@@ -6,7 +6,7 @@
 //! allocator call that frees a page: a process that went idle after an install — a data plane
 //! with no traffic yet — kept hundreds of megabytes resident that it no longer used. (The
 //! workspace forbids `unsafe`, so `mi_collect` cannot be called.) [`release`] makes that later
-//! call: a task waits out the delay, then allocates and frees one large block, which is never
+//! call: a thread waits out the delay, then allocates and frees one large block, which is never
 //! touched (so it costs no resident memory) and whose free lets the allocator purge what is
 //! due. Under any other allocator it is a harmless allocation.
 
@@ -24,37 +24,44 @@ const NUDGES: usize = 10;
 /// ends in the arena code that runs due purges.
 const BLOCK_BYTES: usize = 64 << 20;
 
-/// A task is waiting to nudge.
+/// A thread is waiting to nudge.
 static WAITING: AtomicBool = AtomicBool::new(false);
-/// An install asked for a release since the waiting task began its round.
+/// An install asked for a release since the waiting thread began its round.
 static AGAIN: AtomicBool = AtomicBool::new(false);
 
 /// After an install: lets the allocator return the install's freed memory (see the module
-/// header). Returns at once; one task does the waiting, and goes around again for installs
-/// that came while it waited. Outside a runtime (tools, tests) it does nothing.
+/// header). Returns at once; one short-lived thread of its own does the waiting (a nudge from
+/// a runtime worker, the thread that did the install's frees, measured 90 MB resident at
+/// 100,000 keys where a thread of its own left 47 MB), and goes around again for installs that
+/// came while it waited.
 pub fn release() {
     AGAIN.store(true, Ordering::SeqCst);
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
     if WAITING.swap(true, Ordering::SeqCst) {
         return;
     }
-    runtime.spawn(async {
-        loop {
-            AGAIN.store(false, Ordering::SeqCst);
-            for _ in 0..NUDGES {
-                tokio::time::sleep(NUDGE_EVERY).await;
-                nudge();
+    let spawned = std::thread::Builder::new()
+        .name("memory-release".into())
+        .spawn(|| {
+            loop {
+                AGAIN.store(false, Ordering::SeqCst);
+                for _ in 0..NUDGES {
+                    // A thread of its own, not a runtime worker: sleeping blocks nothing.
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(NUDGE_EVERY);
+                    nudge();
+                }
+                WAITING.store(false, Ordering::SeqCst);
+                // An install in between either found this thread waiting (go around again)
+                // or started a thread of its own.
+                if !AGAIN.load(Ordering::SeqCst) || WAITING.swap(true, Ordering::SeqCst) {
+                    break;
+                }
             }
-            WAITING.store(false, Ordering::SeqCst);
-            // An install in between either found this task waiting (go around again) or
-            // started a task of its own.
-            if !AGAIN.load(Ordering::SeqCst) || WAITING.swap(true, Ordering::SeqCst) {
-                break;
-            }
-        }
-    });
+        });
+    if let Err(e) = spawned {
+        WAITING.store(false, Ordering::SeqCst);
+        tracing::debug!(error = %e, "no thread to release memory after the install");
+    }
 }
 
 /// One allocation and free of [`BLOCK_BYTES`], never written.

@@ -286,7 +286,11 @@ impl Plan {
         headers: &HeaderMap,
         view: &RequestView,
     ) -> Option<Self> {
-        let policy = key.key.cache.or(model.policy.cache).filter(|p| p.enabled)?;
+        let policy = key
+            .key
+            .cache()
+            .or(model.policy.cache)
+            .filter(|p| p.enabled)?;
         if !matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Messages)
             || view.passthrough.is_some()
         {

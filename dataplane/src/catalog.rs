@@ -22,8 +22,8 @@
 //! served one without a rebuild ([`delta`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -52,8 +52,10 @@ use crate::rules::ContentRules;
 
 mod affinity;
 mod delta;
+mod key;
 
 pub use affinity::{SESSION_TTL_SECONDS, SessionAffinity, unix_seconds};
+pub use key::Key;
 
 /// Prefix of model names that select deployments by tag (`tag:fast`); the catalog builds one
 /// such model per tag.
@@ -92,8 +94,10 @@ pub struct TenantEntry {
 /// A virtual key with its tenant and counters.
 #[derive(Debug)]
 pub struct KeyEntry {
-    pub key: VirtualKey,
+    pub key: Key,
     pub tenant: Arc<TenantEntry>,
+    /// The key's rate-limit counters; one shared, never-touched state for keys without
+    /// per-minute limits ([`Carryover::limit_state_or_new`]).
     pub limit_state: Arc<LocalLimitState>,
     /// The key budget's counter of the current period, cached (empty in a new catalog).
     pub budget_cell: BudgetCell,
@@ -105,7 +109,7 @@ impl KeyEntry {
         [
             Subject {
                 scope: Scope::Key,
-                id: &self.key.id,
+                id: self.key.id(),
                 limits: self.key.limits,
                 local: &self.limit_state,
             },
@@ -123,9 +127,9 @@ impl KeyEntry {
     pub fn budget_subjects(&self) -> Option<Subjects<'_>> {
         let tenant = &self.tenant.tenant;
         Subjects::of(
-            self.key.budget.as_ref().map(|budget| BudgetSubject {
+            self.key.budget().map(|budget| BudgetSubject {
                 scope: BudgetScope::Key,
-                id: &self.key.id,
+                id: self.key.id(),
                 tenant_id: &tenant.id,
                 budget,
                 cell: &self.budget_cell,
@@ -326,11 +330,15 @@ impl<'a> Carryover<'a> {
                 (t.tenant.limits, &t.limit_state),
             );
         }
-        for k in previous.keys.values() {
-            carry.limits.insert(
-                (Scope::Key, k.key.id.as_str()),
-                (k.key.limits, &k.limit_state),
-            );
+        // Keys without per-minute limits share one untouched state: nothing to carry.
+        for k in previous
+            .keys
+            .values()
+            .filter(|k| !k.key.limits.is_unlimited())
+        {
+            carry
+                .limits
+                .insert((Scope::Key, k.key.id()), (k.key.limits, &k.limit_state));
         }
         for d in previous.models.values().flat_map(|m| m.deployments.iter()) {
             carry.limits.insert(
@@ -343,12 +351,18 @@ impl<'a> Carryover<'a> {
     }
 
     /// The counters of a subject carried over ([`Carryover::limit_state`]), else fresh ones.
+    /// A subject without per-minute limits never touches its counters (the limiters read
+    /// `rpm` and `tpm` first), so all of them share one state instead of an allocation each.
     fn limit_state_or_new(
         &self,
         scope: Scope,
         id: &str,
         limits: RateLimits,
     ) -> Arc<LocalLimitState> {
+        static UNLIMITED: LazyLock<Arc<LocalLimitState>> = LazyLock::new(Arc::default);
+        if limits.is_unlimited() {
+            return Arc::clone(&UNLIMITED);
+        }
         self.limit_state(scope, id, limits).unwrap_or_default()
     }
 
@@ -409,7 +423,7 @@ fn build_keys(
             continue;
         };
         let entry = KeyEntry {
-            key: k.clone(),
+            key: Key::new(k),
             tenant: Arc::clone(tenant),
             limit_state: carry.limit_state_or_new(Scope::Key, &k.id, k.limits),
             budget_cell: BudgetCell::default(),

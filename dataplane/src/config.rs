@@ -484,6 +484,32 @@ pub enum ConfigError {
     Invalid { path: String, problems: Problems },
 }
 
+/// The part of the file the process needs before the rest: how to log. Everything else is
+/// skipped unread (a standalone snapshot can hold 100,000 keys, which [`Config::load`] then
+/// reads once).
+#[derive(Debug, Default, Deserialize)]
+pub struct LoggingConfig {
+    #[serde(default)]
+    pub server: LoggingServer,
+    #[serde(default)]
+    pub telemetry: switchboard_shared::telemetry::TelemetryConfig,
+}
+
+/// [`ServerConfig::log_format`], alone.
+#[derive(Debug, Default, Deserialize)]
+pub struct LoggingServer {
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+impl LoggingConfig {
+    /// Reads the file's logging settings, overrides from `env` included.
+    pub fn load(path: &Path, env: &[(String, String)]) -> Option<LoggingConfig> {
+        let text = std::fs::read_to_string(path).ok()?;
+        switchboard_shared::layered_config::parse(&text, env).ok()
+    }
+}
+
 impl Config {
     /// Reads, overrides from `env` and parses a file. Does not validate.
     pub fn load(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {

@@ -179,7 +179,7 @@ async fn serve_proxy(
     let (catalog, key) = crate::telemetry::authenticate(trace)
         .in_scope(|| caller(state, headers))
         .inspect_err(|e| crate::telemetry::failed(trace, e.kind(), e.status().as_u16()))?;
-    crate::telemetry::caller(trace, &key.tenant.tenant.id, &key.key.id);
+    crate::telemetry::caller(trace, &key.tenant.tenant.id, key.key.id());
     let mut model = String::new();
     let served = serve_caller(
         state,
@@ -571,12 +571,12 @@ pub async fn key_info(
     }
     Ok(Json(json!({
         "key": {
-            "id": key.key.id,
-            "name": key.key.name,
-            "display_prefix": key.key.display_prefix,
+            "id": key.key.id(),
+            "name": key.key.name(),
+            "display_prefix": key.key.display_prefix(),
             "tenant_id": tenant.id,
             "expires_at": key.key.expires_at,
-            "allowed_models": key.key.allowed_models,
+            "allowed_models": key.key.allowed_models(),
             "limits": key.key.limits,
             "budget": key_budget,
         },

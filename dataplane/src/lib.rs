@@ -67,6 +67,7 @@ pub mod fleet;
 pub mod handlers;
 pub mod limits;
 pub mod media;
+pub mod memory;
 pub mod metrics;
 pub mod observed;
 pub mod passthrough;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dataplane::config::{Config, LogFormat, process_env, redacted_url};
+use dataplane::config::{Config, LogFormat, LoggingConfig, process_env, redacted_url};
 use switchboard_shared::keys::{display_prefix, hash_key_hex};
 
 /// mimalloc instead of the system allocator: the request path allocates small, short-lived
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
 }
 
 fn run_server(options: dataplane::Options) -> ExitCode {
-    let config = Config::load(&options.config_path, &process_env()).ok();
+    let config = LoggingConfig::load(&options.config_path, &process_env());
     let format = config
         .as_ref()
         .map(|c| c.server.log_format)

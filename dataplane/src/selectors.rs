@@ -30,9 +30,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use http::HeaderMap;
-use switchboard_shared::snapshot::VirtualKey;
 
-use crate::catalog::{Catalog, DeploymentEntry, ModelEntry};
+use crate::catalog::{Catalog, DeploymentEntry, Key, ModelEntry};
 use crate::error::ApiError;
 use crate::request::RequestView;
 
@@ -120,7 +119,7 @@ pub struct Selection {
 
 impl Selection {
     /// Whether `d` may serve this request, or why not.
-    pub fn check(&self, d: &DeploymentEntry, key: &VirtualKey) -> Result<(), Exclusion> {
+    pub fn check(&self, d: &DeploymentEntry, key: &Key) -> Result<(), Exclusion> {
         if self.per_deployment_access && !key.allows_model(&d.model) {
             return Err(Exclusion::NotAllowed);
         }
@@ -187,7 +186,7 @@ impl Selection {
 /// an empty tag list (400).
 pub fn resolve<'c>(
     catalog: &'c Catalog,
-    key: &VirtualKey,
+    key: &Key,
     view: &RequestView,
     headers: &HeaderMap,
 ) -> Result<(&'c Arc<ModelEntry>, Selection), ApiError> {
@@ -213,7 +212,7 @@ pub fn resolve<'c>(
             .ok_or_else(|| ApiError::ModelNotFound {
                 model: view.model.clone(),
             })?;
-        selection.per_deployment_access = !key.allowed_models.is_empty();
+        selection.per_deployment_access = !key.allowed_models().is_empty();
         model
     } else {
         let model = catalog
@@ -269,7 +268,7 @@ fn apply_rules<'c>(
 /// asked for ([`Selection::check`]), and the budget reservation is priced over all of them.
 pub fn fallbacks<'a>(
     catalog: &'a Catalog,
-    key: &'a VirtualKey,
+    key: &'a Key,
     model: &'a ModelEntry,
 ) -> impl Iterator<Item = &'a Arc<ModelEntry>> + 'a {
     model
@@ -338,7 +337,7 @@ mod tests {
         let snapshot = switchboard_shared::snapshot::Snapshot::from_yaml(&yaml).unwrap();
         let c = crate::catalog::build_for_test(&snapshot, &|_| None).unwrap();
         let m = c.model("m").unwrap();
-        let key = snapshot.virtual_keys[0].clone();
+        let key = Key::new(&snapshot.virtual_keys[0]);
         let asked = Selection {
             tags: vec!["fast".into(), "eu".into()],
             ..Selection::default()

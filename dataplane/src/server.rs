@@ -221,8 +221,11 @@ pub async fn serve_until(
         sink,
         master_keys,
     )?;
+    // Standalone: the snapshot is compiled into the catalog and then dropped, not kept for the
+    // life of the process (at 100,000 keys it is tens of megabytes).
+    let standalone = config.snapshot.is_some();
     // Cluster mode: the tasks that follow the control plane, kept alive until return.
-    let _cluster = first_snapshot(&state, &config, &options.config_path).await?;
+    let _cluster = first_snapshot(&state, &mut config, &options.config_path).await?;
     let _shared_state = start_shared_state(&state, config.redis.as_ref())?;
     let listen = options.listen.unwrap_or(config.server.listen);
     let listener = TcpListener::bind(listen)
@@ -242,7 +245,7 @@ pub async fn serve_until(
         "switchboard data plane listening"
     );
 
-    if config.snapshot.is_some() {
+    if standalone {
         tokio::spawn(watch_config(
             Arc::clone(&state),
             options.config_path.clone(),
@@ -265,15 +268,16 @@ pub async fn serve_until(
 
 /// Standalone: installs the file's snapshot (an invalid one fails the start). Cluster: starts
 /// following the control plane and returns its tasks, which stop when dropped.
+/// The standalone snapshot is taken out of `config` and dropped once installed.
 async fn first_snapshot(
     state: &Arc<AppState>,
-    config: &Config,
+    config: &mut Config,
     config_path: &Path,
 ) -> anyhow::Result<Option<cluster::Cluster>> {
-    match (&config.snapshot, &config.cluster) {
+    match (config.snapshot.take(), &config.cluster) {
         (Some(snapshot), _) => {
             state
-                .install(snapshot)
+                .install(&snapshot)
                 .map_err(|problems| anyhow::anyhow!("{}: {problems}", config_path.display()))?;
             Ok(None)
         }

@@ -235,10 +235,12 @@ impl AppState {
         )
         .map_err(Refused::Invalid)?;
         let revision = catalog.revision;
+        // The previous catalog goes when its last request ends.
         self.catalog.store(Some(Arc::new(catalog)));
         // In-process budget counters of ended periods are not needed any more.
         self.books.budgets.prune(self.books.clock.now());
         metrics::set_revision(revision);
+        crate::memory::release();
         Ok(Installed::Swapped { revision })
     }
 

@@ -73,9 +73,9 @@ impl Default for PublisherSettings {
 /// A [`UsageSink`] that publishes to JetStream from a background task.
 #[derive(Debug)]
 pub struct NatsUsageSink {
-    queue: Arc<ArrayQueue<UsageRecord>>,
+    queue: Arc<ArrayQueue<Box<UsageRecord>>>,
     wake: Arc<Notify>,
-    overflow: Arc<ArrayQueue<UsageRecord>>,
+    overflow: Arc<ArrayQueue<Box<UsageRecord>>>,
     stop: std::sync::Mutex<Option<oneshot::Sender<Duration>>>,
     done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -84,6 +84,9 @@ impl NatsUsageSink {
     /// Starts the publishing task on the current runtime.
     pub fn start(jetstream: jetstream::Context, settings: PublisherSettings) -> Arc<Self> {
         let capacity = settings.capacity.max(1);
+        // Boxed records: the queue writes every slot when it is made, so a slot is 16 bytes
+        // resident from the start, where an inline record (several hundred bytes) made the
+        // default 100,000 slots tens of megabytes before the first request.
         let queue = Arc::new(ArrayQueue::new(capacity));
         // Room for records that arrive while the main queue is full: the task moves them to
         // the spill file. Small, since it only bridges until the task's next turn.
@@ -139,7 +142,7 @@ impl NatsUsageSink {
 
 impl UsageSink for NatsUsageSink {
     fn emit(&self, record: UsageRecord) {
-        if let Err(record) = self.queue.push(record)
+        if let Err(record) = self.queue.push(Box::new(record))
             && let Err(record) = self.overflow.push(record)
         {
             metrics::count_usage_dropped();
@@ -172,8 +175,8 @@ impl Held {
 /// The background task's state.
 struct Publisher {
     jetstream: jetstream::Context,
-    queue: Arc<ArrayQueue<UsageRecord>>,
-    overflow: Arc<ArrayQueue<UsageRecord>>,
+    queue: Arc<ArrayQueue<Box<UsageRecord>>>,
+    overflow: Arc<ArrayQueue<Box<UsageRecord>>>,
     wake: Arc<Notify>,
     /// Records taken from the queue but not yet acknowledged by the stream.
     backlog: VecDeque<Held>,
@@ -249,9 +252,9 @@ impl Publisher {
         for queue in [&self.overflow, &self.queue] {
             while let Some(r) = queue.pop() {
                 if self.backlog.len() < self.capacity {
-                    self.backlog.push_back(Held::fresh(r));
+                    self.backlog.push_back(Held::fresh(*r));
                 } else {
-                    excess.push(Held::fresh(r));
+                    excess.push(Held::fresh(*r));
                 }
             }
         }

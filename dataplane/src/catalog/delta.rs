@@ -39,25 +39,28 @@ impl Catalog {
         let mut previous_keys = self.previous_keys.clone();
         let mut carry = Carryover::default();
         for (hash, entry) in &self.keys {
-            if changed.contains(entry.key.id.as_str()) {
+            if changed.contains(entry.key.id()) {
                 keys.remove(hash);
-                carry.limits.insert(
-                    (Scope::Key, entry.key.id.as_str()),
-                    (entry.key.limits, &entry.limit_state),
-                );
+                // Keys without per-minute limits share one untouched state: nothing to carry.
+                if !entry.key.limits.is_unlimited() {
+                    carry.limits.insert(
+                        (Scope::Key, entry.key.id()),
+                        (entry.key.limits, &entry.limit_state),
+                    );
+                }
             }
         }
-        previous_keys.retain(|_, (entry, _)| !changed.contains(entry.key.id.as_str()));
+        previous_keys.retain(|_, (entry, _)| !changed.contains(entry.key.id()));
         let (new_keys, new_previous) = build_keys(&delta.virtual_keys, &self.tenants, &carry);
         for (hash, entry) in new_keys {
             if keys.contains_key(&hash) || previous_keys.contains_key(&hash) {
-                problems.push(same_hash(&entry.key.id));
+                problems.push(same_hash(entry.key.id()));
             }
             keys.insert(hash, entry);
         }
         for (hash, (entry, until)) in new_previous {
             if keys.contains_key(&hash) || previous_keys.contains_key(&hash) {
-                problems.push(same_hash(&entry.key.id));
+                problems.push(same_hash(entry.key.id()));
             }
             previous_keys.insert(hash, (entry, until));
         }

@@ -82,6 +82,8 @@ pub struct Startup {
     pub target: Target,
     pub ready_s: f64,
     pub idle_rss_mb: f64,
+    /// Idle RSS [`super::targets::SETTLE`] later.
+    pub settled_rss_mb: f64,
 }
 
 impl Startup {
@@ -90,6 +92,8 @@ impl Startup {
             target,
             ready_s: running.ready_after.unwrap_or_default().as_secs_f64(),
             idle_rss_mb: running.idle_rss_bytes.unwrap_or_default() as f64 / (1024.0 * 1024.0),
+            settled_rss_mb: running.settled_rss_bytes.unwrap_or_default() as f64
+                / (1024.0 * 1024.0),
         }
     }
 }
@@ -323,10 +327,12 @@ impl Report {
         }
         for s in &self.startups {
             out.push_str(&format!(
-                "start-up, {}: ready after {:.2} s, {:.1} MB RSS idle\n",
+                "start-up, {}: ready after {:.2} s, {:.1} MB RSS idle, {:.1} MB {} s later\n",
                 s.target.name(),
                 s.ready_s,
-                s.idle_rss_mb
+                s.idle_rss_mb,
+                s.settled_rss_mb,
+                super::targets::SETTLE.as_secs(),
             ));
         }
         out
@@ -399,7 +405,7 @@ fn propagation_markdown(p: &Propagation) -> String {
          | admin answer → data plane answers the new way, p50 / p99 / max ms | {} |\n\
          | admin call sent → data plane answers the new way, p50 / p99 / max ms | {} |\n\
          | data plane start → ready (fetch + install) s | {:.2} |\n\
-         | data plane RSS idle after install / after the changes MB | {:.1} / {:.1} |\n\
+         | data plane RSS idle after install / 3 s later / after the changes MB | {:.1} / {:.1} / {:.1} |\n\
          | control plane RSS MB | {:.1} |\n\
          | snapshot cache file bytes (body + signed head) | {} |\n\
          | SQL seeding of the keys s (setup, not a product figure) | {:.1} |\n",
@@ -410,6 +416,7 @@ fn propagation_markdown(p: &Propagation) -> String {
         q(&p.end_to_end_ms),
         p.dataplane_ready_s,
         p.dataplane_idle_rss_mb,
+        p.dataplane_settled_rss_mb,
         p.dataplane_end_rss_mb,
         p.controlplane_rss_mb,
         thousands(p.snapshot_bytes as f64),

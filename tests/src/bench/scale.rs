@@ -47,6 +47,8 @@ pub struct Propagation {
     pub dataplane_ready_s: f64,
     /// The data plane's resident memory when ready, idle, with all the keys.
     pub dataplane_idle_rss_mb: f64,
+    /// The same, [`super::targets::SETTLE`] later, still idle.
+    pub dataplane_settled_rss_mb: f64,
     /// Its resident memory after the changes.
     pub dataplane_end_rss_mb: f64,
     pub controlplane_rss_mb: f64,
@@ -425,6 +427,7 @@ async fn start_dataplane(
         .map_err(|e| anyhow::anyhow!("cluster-mode data plane: {e}"))?;
     result.dataplane_ready_s = running.ready_after.unwrap_or_default().as_secs_f64();
     result.dataplane_idle_rss_mb = mib(running.idle_rss_bytes.unwrap_or_default());
+    result.dataplane_settled_rss_mb = mib(running.settled_rss_bytes.unwrap_or_default());
     let proc = running.proc.context("no data plane process")?;
     Ok((proc, addr))
 }

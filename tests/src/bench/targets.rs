@@ -71,7 +71,13 @@ pub struct Running {
     pub ready_after: Option<Duration>,
     /// The proxy's resident memory (process tree) when it first answered ready, idle.
     pub idle_rss_bytes: Option<u64>,
+    /// The same, [`SETTLE`] later, still idle: what an allocator gives back after a delay
+    /// (mimalloc purges freed pages 1 s after they were freed) is given back by then.
+    pub settled_rss_bytes: Option<u64>,
 }
+
+/// How long after ready [`Running::settled_rss_bytes`] is read.
+pub const SETTLE: Duration = Duration::from_secs(3);
 
 /// Starts `mock-upstream --no-record` on the load core; returns it and its address.
 pub async fn start_mock(
@@ -129,6 +135,7 @@ pub async fn start(target: Target, env: &Env, litellm: Option<&Path>) -> Result<
             proc: None,
             ready_after: None,
             idle_rss_bytes: None,
+            settled_rss_bytes: None,
         }),
         Target::Gateway => start_gateway(env, target, None).await,
         Target::Gateway100kKeys => start_gateway(env, target, None).await,
@@ -164,13 +171,19 @@ pub async fn until_ready(
     })
     .await;
     match ready {
-        Ok(()) => Ok(Running {
-            addr,
-            path,
-            ready_after: Some(spawned.elapsed()),
-            idle_rss_bytes: Some(proc.tree_rss_bytes()),
-            proc: Some(proc),
-        }),
+        Ok(()) => {
+            let ready_after = spawned.elapsed();
+            let idle = proc.tree_rss_bytes();
+            tokio::time::sleep(SETTLE).await;
+            Ok(Running {
+                addr,
+                path,
+                ready_after: Some(ready_after),
+                idle_rss_bytes: Some(idle),
+                settled_rss_bytes: Some(proc.tree_rss_bytes()),
+                proc: Some(proc),
+            })
+        }
         Err(reason) => Err(format!("{reason}; log tail:\n{}", proc.log_tail(10))),
     }
 }

@@ -12,11 +12,11 @@ use sqlx::{PgConnection, PgPool};
 use std::collections::BTreeMap;
 
 use switchboard_shared::price::{PriceEntry, attach_image_variants, image_variant_names};
-use switchboard_shared::snapshot::{SCHEMA_VERSION, Snapshot};
+use switchboard_shared::snapshot::{ModelPolicy, SCHEMA_VERSION, Snapshot};
 
 use super::price_book as prices;
 use crate::repo;
-use crate::repo::rows::{DeploymentRow, KeyRow, ProviderRow, TenantRow};
+use crate::repo::rows::{DeploymentRow, KeyRow, PolicyRow, ProviderRow, TenantRow};
 
 /// The snapshot of the committed state, from one consistent read.
 pub async fn build_consistent(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
@@ -63,14 +63,7 @@ pub async fn build_in(conn: &mut PgConnection) -> Result<Snapshot, sqlx::Error> 
             .filter_map(ProviderRow::to_snapshot)
             .collect(),
         deployments,
-        models: policies
-            .into_iter()
-            .map(|p| {
-                let mut policy = p.policy.0;
-                policy.model = p.model;
-                policy
-            })
-            .collect(),
+        models: model_policies(policies),
     })
 }
 
@@ -132,14 +125,18 @@ pub async fn keys_in(
             .filter_map(ProviderRow::to_snapshot)
             .collect(),
         deployments: deployments.iter().map(DeploymentRow::to_snapshot).collect(),
-        models: policies
-            .into_iter()
-            .map(|p| {
-                let mut policy = p.policy.0;
-                policy.model = p.model;
-                policy
-            })
-            .collect(),
+        models: model_policies(policies),
     };
     Ok((snapshot, removed))
+}
+
+/// Model policies as the snapshot carries them: each named by its row's model.
+fn model_policies(rows: Vec<PolicyRow>) -> Vec<ModelPolicy> {
+    rows.into_iter()
+        .map(|row| {
+            let mut policy = row.policy.0;
+            policy.model = row.model;
+            policy
+        })
+        .collect()
 }

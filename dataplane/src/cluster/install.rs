@@ -300,10 +300,7 @@ impl Installer {
             metrics::count_snapshot_refused(reason);
         }
         if outcome == Outcome::Installed {
-            if source != Source::Cache {
-                self.live.store(true, Ordering::Relaxed);
-            }
-            self.served.send_replace(revision);
+            self.serving(source, revision);
         }
         self.record(Event {
             source,
@@ -370,10 +367,7 @@ impl Installer {
                     self.journalled.store(true, Ordering::Relaxed);
                 }
                 metrics::count_delta_applied();
-                if source != Source::Cache {
-                    self.live.store(true, Ordering::Relaxed);
-                }
-                self.served.send_replace(revision);
+                self.serving(source, revision);
                 self.record(Event {
                     source,
                     revision,
@@ -420,6 +414,15 @@ impl Installer {
         if written {
             self.journalled.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// `revision` from `source` is now served: waiters learn it, and anything but the cache
+    /// file makes the data plane live.
+    fn serving(&self, source: Source, revision: u64) {
+        if source != Source::Cache {
+            self.live.store(true, Ordering::Relaxed);
+        }
+        self.served.send_replace(revision);
     }
 
     fn record(&self, event: Event) {

@@ -140,43 +140,48 @@ impl NatsSource {
 
     /// An ordered consumer on the head subject, delivering the current head first.
     async fn heads(&self, stream: &jetstream::stream::Stream) -> Result<Ordered, NatsError> {
-        let consumer_error = |message: String| NatsError::Consumer {
-            subject: self.names.head_subject.clone(),
-            message,
-        };
-        stream
-            .create_consumer(OrderedConfig {
-                filter_subject: self.names.head_subject.clone(),
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| consumer_error(e.to_string()))?
-            .messages()
-            .await
-            .map_err(|e| consumer_error(e.to_string()))
+        ordered(
+            stream,
+            &self.names.head_subject,
+            DeliverPolicy::LastPerSubject,
+        )
+        .await
     }
 
     /// An ordered consumer on the delta subject, delivering every delta the stream holds.
     async fn deltas(&self, js: &jetstream::Context) -> Result<Ordered, NatsError> {
-        let consumer_error = |message: String| NatsError::Consumer {
-            subject: self.names.delta_subject.clone(),
-            message,
-        };
-        js.get_stream(&self.names.delta_stream)
-            .await
-            .map_err(|e| consumer_error(e.to_string()))?
-            .create_consumer(OrderedConfig {
-                filter_subject: self.names.delta_subject.clone(),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| consumer_error(e.to_string()))?
-            .messages()
-            .await
-            .map_err(|e| consumer_error(e.to_string()))
+        let stream =
+            js.get_stream(&self.names.delta_stream)
+                .await
+                .map_err(|e| NatsError::Consumer {
+                    subject: self.names.delta_subject.clone(),
+                    message: e.to_string(),
+                })?;
+        ordered(&stream, &self.names.delta_subject, DeliverPolicy::All).await
     }
+}
+
+/// An ordered consumer on `subject` of `stream`, from `deliver`.
+async fn ordered(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    deliver: DeliverPolicy,
+) -> Result<Ordered, NatsError> {
+    let consumer_error = |e: &dyn std::fmt::Display| NatsError::Consumer {
+        subject: subject.to_owned(),
+        message: e.to_string(),
+    };
+    stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: deliver,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| consumer_error(&e))?
+        .messages()
+        .await
+        .map_err(|e| consumer_error(&e))
 }
 
 /// Live ordered consumers on the head and delta subjects.

@@ -78,14 +78,21 @@ async fn a_passthrough_is_a_priced_spend_row_and_is_refused_at_the_budget(pool: 
     let secret = created.json()["key"].as_str().unwrap().to_owned();
     let key_id = created.json()["id"].as_str().unwrap().to_owned();
     // Less than one answer costs: the first passthrough is admitted, the next refused.
-    cp.write(
-        Method::PUT,
-        &format!("/admin/v1/keys/{key_id}/budget?wait_ms=5000"),
-        json!({"max_usd": 0.0001, "period": "monthly"}),
-    )
-    .await;
+    let budgeted = cp
+        .write(
+            Method::PUT,
+            &format!("/admin/v1/keys/{key_id}/budget?wait_ms=5000"),
+            json!({"max_usd": 0.0001, "period": "monthly"}),
+        )
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let (gw, _cluster) = data_plane(&namespace, &cp.grpc, &dir.path().join("dp.json")).await;
+    // The budget (a delta) is served before the first passthrough.
+    common::cluster::until_revision(
+        &format!("http://{}", gw.addr),
+        common::cluster::written_revision(&budgeted),
+    )
+    .await;
     let started = Instant::now();
     let reply = loop {
         let reply = passthrough(&gw, &secret).await;

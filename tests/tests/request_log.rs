@@ -368,8 +368,9 @@ async fn content_is_captured_only_for_the_tenant_that_opted_in(pool: PgPool) {
         .await;
     assert_eq!(reply.json()["capture_content"], true);
     let dp = data_plane(&namespace, &cp).await;
-    // The PUT came before the data plane started: its first snapshot carries it.
+    // The PUT came before the data plane started: it serves it once it reaches its revision.
     until_served(&dp, &acme).await;
+    common::cluster::until_revision(&dp.base, common::cluster::written_revision(&reply)).await;
 
     let captured = chat(&dp, &acme, "m", Some("capture-1")).await;
     assert_eq!(captured.status, StatusCode::OK, "{}", captured.text());

@@ -296,3 +296,43 @@ pub async fn served(namespace: &str, cp: &ControlPlane, extra: &str) -> Served {
         _dir: dir,
     }
 }
+
+/// The revision a committed admin write reports (`x-switchboard-config-revision`).
+pub fn written_revision(reply: &super::Reply) -> u64 {
+    reply
+        .headers
+        .get("x-switchboard-config-revision")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a committed write reports its revision")
+}
+
+/// Waits until the data plane at `base` serves config revision `revision` or a later one
+/// (every answer carries the served revision): a write that travels as a delta, or as a full
+/// snapshot published after the answer, reaches a data plane a moment after the write.
+pub async fn until_revision(base: &str, revision: u64) {
+    let started = std::time::Instant::now();
+    loop {
+        let reply = super::send(super::request(
+            http::Method::GET,
+            &format!("{base}/v1/models"),
+            &[],
+            "",
+        ))
+        .await;
+        let served = reply
+            .headers
+            .get("x-switchboard-config-revision")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if served >= revision {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "the data plane at {base} still serves revision {served}, not {revision}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

@@ -175,13 +175,7 @@ impl Write {
             return self.commit_keys(publisher, scope, ids).await;
         }
         let snapshot = snapshot::build_in(&mut self.tx).await?;
-        if let Err(problems) = snapshot.validate() {
-            return Err(Error::Invalid(scoped_problems(
-                &snapshot,
-                scope.as_ref(),
-                problems.0,
-            )));
-        }
+        valid(&snapshot, scope.as_ref())?;
         self.tx.commit().await?;
         let revision = self.revision;
         if let Some(publisher) = publisher {
@@ -208,13 +202,7 @@ impl Write {
         ids.sort_unstable();
         ids.dedup();
         let (partial, removed) = snapshot::keys_in(&mut self.tx, &ids).await?;
-        if let Err(problems) = partial.validate() {
-            return Err(Error::Invalid(scoped_problems(
-                &partial,
-                scope.as_ref(),
-                problems.0,
-            )));
-        }
+        valid(&partial, scope.as_ref())?;
         self.tx.commit().await?;
         let revision = self.revision;
         if let Some(publisher) = publisher {
@@ -266,6 +254,14 @@ async fn publish_delta_or_full(
         }
         Err(e) => tracing::warn!(error = %e, "cannot build the snapshot; will retry"),
     }
+}
+
+/// `Ok` when `snapshot` (whole, or the part a key-only write touched) validates; else the
+/// problems, scoped to what the write addressed.
+fn valid(snapshot: &Snapshot, scope: Option<&Scope>) -> Result<()> {
+    snapshot
+        .validate()
+        .map_err(|problems| Error::Invalid(scoped_problems(snapshot, scope, problems.0)))
 }
 
 /// Rewrites `virtual_keys[3].limits.rpm` to `limits.rpm` when key 3 is the object written;

@@ -248,6 +248,49 @@ pub fn pager(base: &str, offset: u64, next: Option<u64>) -> Markup {
     }
 }
 
+/// What a page shows above its content after a form post: the notice of a write that went
+/// through, or the errors to show next to the form's inputs. `Shown::default()` is a page
+/// freshly opened.
+#[derive(Default)]
+pub struct Shown {
+    pub errors: FormErrors,
+    pub notice: Option<Markup>,
+}
+
+impl Shown {
+    /// After a write: its errors, or the notice saying whether every data plane applied it
+    /// (`what` names the write and gives its commit).
+    pub async fn after<V>(
+        state: &AppState,
+        result: Result<V, FormErrors>,
+        what: impl FnOnce(&V) -> (String, &Committed),
+    ) -> Self {
+        match result {
+            Ok(done) => {
+                let (text, committed) = what(&done);
+                Self::notice(applied(state, &text, committed).await)
+            }
+            Err(errors) => Self::failed(errors),
+        }
+    }
+
+    /// A page showing a failed write's `errors`.
+    pub fn failed(errors: FormErrors) -> Self {
+        Self {
+            errors,
+            notice: None,
+        }
+    }
+
+    /// A page showing `notice` above its content.
+    pub fn notice(notice: Markup) -> Self {
+        Self {
+            errors: FormErrors::default(),
+            notice: Some(notice),
+        }
+    }
+}
+
 /// Waits (up to [`WAIT`]) for the live data planes to apply `committed`, and says how it went.
 pub async fn applied(state: &AppState, what: &str, committed: &Committed) -> Markup {
     let revision = committed.revision;

@@ -8,7 +8,7 @@ use maud::{Markup, html};
 use serde_json::{Map, Value, json};
 use switchboard_shared::price::PriceEntry;
 
-use super::html::{FormErrors, applied, csrf, general, input, page_with, pager};
+use super::html::{FormErrors, Shown, csrf, general, input, page_with, pager};
 use super::pages::{ListQuery, refused, urlencode};
 use super::session::{PostForm, Session};
 use crate::service::prices::{self, overrides};
@@ -24,16 +24,11 @@ pub async fn prices_get(
     session: Session,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    prices_page(&s, &session, &q, FormErrors::default(), None).await
+    prices_page(&s, &session, &q, Shown::default()).await
 }
 
-async fn prices_page(
-    s: &AppState,
-    session: &Session,
-    q: &ListQuery,
-    e: FormErrors,
-    notice: Option<Markup>,
-) -> Response {
+async fn prices_page(s: &AppState, session: &Session, q: &ListQuery, shown: Shown) -> Response {
+    let Shown { errors: e, notice } = shown;
     let paging = q.paging();
     let search = q.search.clone().filter(|s| !s.is_empty());
     let filter = price_book::PriceFilter {
@@ -138,14 +133,11 @@ pub async fn override_post(State(s): State<AppState>, form: PostForm) -> Respons
         Ok(overrides::put(s.ctx(), &session.actor, &model, &entry).await?)
     }
     .await;
-    let q = ListQuery::default();
-    match result {
-        Ok((_, committed, _)) => {
-            let notice = applied(&s, &format!("Price override of {model} set"), &committed).await;
-            prices_page(&s, &session, &q, FormErrors::default(), Some(notice)).await
-        }
-        Err(e) => prices_page(&s, &session, &q, e, None).await,
-    }
+    let shown = Shown::after(&s, result, |(_, committed, _)| {
+        (format!("Price override of {model} set"), committed)
+    })
+    .await;
+    prices_page(&s, &session, &ListQuery::default(), shown).await
 }
 
 pub async fn clear_post(State(s): State<AppState>, form: PostForm) -> Response {
@@ -155,19 +147,11 @@ pub async fn clear_post(State(s): State<AppState>, form: PostForm) -> Response {
         Ok(()) => overrides::remove(s.ctx(), &session.actor, &model).await,
         Err(e) => Err(e),
     };
-    let q = ListQuery::default();
-    match result {
-        Ok(committed) => {
-            let notice = applied(
-                &s,
-                &format!("Price override of {model} cleared"),
-                &committed,
-            )
-            .await;
-            prices_page(&s, &session, &q, FormErrors::default(), Some(notice)).await
-        }
-        Err(e) => prices_page(&s, &session, &q, e.into(), None).await,
-    }
+    let shown = Shown::after(&s, result.map_err(FormErrors::from), |committed| {
+        (format!("Price override of {model} cleared"), committed)
+    })
+    .await;
+    prices_page(&s, &session, &ListQuery::default(), shown).await
 }
 
 pub async fn sync_post(State(s): State<AppState>, form: PostForm) -> Response {
@@ -185,15 +169,12 @@ pub async fn sync_post(State(s): State<AppState>, form: PostForm) -> Response {
         }
         Err(e) => Err(e),
     };
-    let q = ListQuery::default();
-    match result {
-        Ok(outcome) => {
-            let notice = html! { div.flash.ok role="status" {
-                "Synced: version " (outcome.version_id) ", " (outcome.entries) " entries"
-                @if !outcome.new_version { " (unchanged)" } "."
-            } };
-            prices_page(&s, &session, &q, FormErrors::default(), Some(notice)).await
-        }
-        Err(e) => prices_page(&s, &session, &q, e.into(), None).await,
-    }
+    let shown = match result {
+        Ok(outcome) => Shown::notice(html! { div.flash.ok role="status" {
+            "Synced: version " (outcome.version_id) ", " (outcome.entries) " entries"
+            @if !outcome.new_version { " (unchanged)" } "."
+        } }),
+        Err(e) => Shown::failed(e.into()),
+    };
+    prices_page(&s, &session, &ListQuery::default(), shown).await
 }

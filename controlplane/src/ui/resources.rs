@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use switchboard_shared::snapshot::ResponseCache;
 
-use super::html::{FormErrors, applied, csrf, general, input, page_with, pager, select, usd};
+use super::html::{
+    FormErrors, Shown, applied, csrf, general, input, page_with, pager, select, usd,
+};
 use super::pages::{ListQuery, refused};
 use super::session::{Fields, PostForm, Session};
 use crate::service::crud;
@@ -97,6 +99,17 @@ fn limit_inputs(e: &FormErrors) -> Markup {
     }
 }
 
+/// One page of a platform object's list (providers, deployments, model policies), for
+/// platform readers only.
+async fn platform_list<R: crud::Resource>(
+    s: &AppState,
+    session: &Session,
+    q: &ListQuery,
+) -> Result<crate::service::Page<R::View>, crate::service::Error> {
+    session.actor.require_platform_reader()?;
+    crud::list::<R>(s.ctx(), &session.actor, q.paging(), None).await
+}
+
 // ---- tenants ----
 
 pub async fn tenants_get(
@@ -104,16 +117,11 @@ pub async fn tenants_get(
     session: Session,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    tenants_page(&s, &session, &q, FormErrors::default(), None).await
+    tenants_page(&s, &session, &q, Shown::default()).await
 }
 
-async fn tenants_page(
-    s: &AppState,
-    session: &Session,
-    q: &ListQuery,
-    e: FormErrors,
-    notice: Option<Markup>,
-) -> Response {
+async fn tenants_page(s: &AppState, session: &Session, q: &ListQuery, shown: Shown) -> Response {
+    let Shown { errors: e, notice } = shown;
     let list = match crud::list::<TenantRow>(s.ctx(), &session.actor, q.paging(), None).await {
         Ok(l) => l,
         Err(err) => return refused(session, "/ui/tenants", "Tenants", err),
@@ -153,14 +161,11 @@ pub async fn tenants_post(State(s): State<AppState>, form: PostForm) -> Response
         Ok(tenants::create(s.ctx(), &session.actor, parse(Value::Object(body))?).await?)
     }
     .await;
-    let q = ListQuery::default();
-    match result {
-        Ok((view, committed)) => {
-            let notice = applied(&s, &format!("Tenant {} created", view.id), &committed).await;
-            tenants_page(&s, &session, &q, FormErrors::default(), Some(notice)).await
-        }
-        Err(e) => tenants_page(&s, &session, &q, e, None).await,
-    }
+    let shown = Shown::after(&s, result, |(view, committed)| {
+        (format!("Tenant {} created", view.id), committed)
+    })
+    .await;
+    tenants_page(&s, &session, &ListQuery::default(), shown).await
 }
 
 // ---- keys ----
@@ -170,16 +175,11 @@ pub async fn keys_get(
     session: Session,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    keys_page(&s, &session, &q, FormErrors::default(), None).await
+    keys_page(&s, &session, &q, Shown::default()).await
 }
 
-async fn keys_page(
-    s: &AppState,
-    session: &Session,
-    q: &ListQuery,
-    e: FormErrors,
-    notice: Option<Markup>,
-) -> Response {
+async fn keys_page(s: &AppState, session: &Session, q: &ListQuery, shown: Shown) -> Response {
+    let Shown { errors: e, notice } = shown;
     let list = match crud::list::<KeyRow>(s.ctx(), &session.actor, q.paging(), q.tenant()).await {
         Ok(l) => l,
         Err(err) => return refused(session, "/ui/keys", "Virtual keys", err),
@@ -260,26 +260,15 @@ pub async fn keys_post(State(s): State<AppState>, form: PostForm) -> Response {
         Ok(keys::create(s.ctx(), &session.actor, pepper, parse(Value::Object(body))?).await?)
     }
     .await;
-    let q = ListQuery::default();
-    match result {
+    let shown = match result {
         Ok((created, committed)) => {
-            let done = applied(
-                &s,
-                &format!("Key {} created", created.virtual_key.id),
-                &committed,
-            )
-            .await;
-            keys_page(
-                &s,
-                &session,
-                &q,
-                FormErrors::default(),
-                Some(secret_notice(&created, done)),
-            )
-            .await
+            let what = format!("Key {} created", created.virtual_key.id);
+            let done = applied(&s, &what, &committed).await;
+            Shown::notice(secret_notice(&created, done))
         }
-        Err(e) => keys_page(&s, &session, &q, e, None).await,
-    }
+        Err(errors) => Shown::failed(errors),
+    };
+    keys_page(&s, &session, &ListQuery::default(), shown).await
 }
 
 pub async fn keys_revoke(
@@ -292,14 +281,11 @@ pub async fn keys_revoke(
         Ok(()) => keys::revoke(s.ctx(), &session.actor, &id).await,
         Err(e) => Err(e),
     };
-    let q = ListQuery::default();
-    match result {
-        Ok((view, committed)) => {
-            let notice = applied(&s, &format!("Key {} revoked", view.id), &committed).await;
-            keys_page(&s, &session, &q, FormErrors::default(), Some(notice)).await
-        }
-        Err(e) => keys_page(&s, &session, &q, e.into(), None).await,
-    }
+    let shown = Shown::after(&s, result.map_err(FormErrors::from), |(view, committed)| {
+        (format!("Key {} revoked", view.id), committed)
+    })
+    .await;
+    keys_page(&s, &session, &ListQuery::default(), shown).await
 }
 
 // ---- providers ----
@@ -311,21 +297,12 @@ pub async fn providers_get(
     session: Session,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    providers_page(&s, &session, &q, FormErrors::default(), None).await
+    providers_page(&s, &session, &q, Shown::default()).await
 }
 
-async fn providers_page(
-    s: &AppState,
-    session: &Session,
-    q: &ListQuery,
-    e: FormErrors,
-    notice: Option<Markup>,
-) -> Response {
-    let list = match session.actor.require_platform_reader() {
-        Ok(()) => crud::list::<ProviderRow>(s.ctx(), &session.actor, q.paging(), None).await,
-        Err(err) => Err(err),
-    };
-    let list = match list {
+async fn providers_page(s: &AppState, session: &Session, q: &ListQuery, shown: Shown) -> Response {
+    let Shown { errors: e, notice } = shown;
+    let list = match platform_list::<ProviderRow>(s, session, q).await {
         Ok(l) => l,
         Err(err) => return refused(session, "/ui/providers", "Providers", err),
     };
@@ -371,14 +348,11 @@ pub async fn providers_post(State(s): State<AppState>, form: PostForm) -> Respon
         Ok(providers::create(s.ctx(), &session.actor, rules, parse(Value::Object(body))?).await?)
     }
     .await;
-    let q = ListQuery::default();
-    match result {
-        Ok((view, committed)) => {
-            let notice = applied(&s, &format!("Provider {} created", view.id), &committed).await;
-            providers_page(&s, &session, &q, FormErrors::default(), Some(notice)).await
-        }
-        Err(e) => providers_page(&s, &session, &q, e, None).await,
-    }
+    let shown = Shown::after(&s, result, |(view, committed)| {
+        (format!("Provider {} created", view.id), committed)
+    })
+    .await;
+    providers_page(&s, &session, &ListQuery::default(), shown).await
 }
 
 // ---- deployments ----
@@ -388,21 +362,17 @@ pub async fn deployments_get(
     session: Session,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    deployments_page(&s, &session, &q, FormErrors::default(), None).await
+    deployments_page(&s, &session, &q, Shown::default()).await
 }
 
 async fn deployments_page(
     s: &AppState,
     session: &Session,
     q: &ListQuery,
-    e: FormErrors,
-    notice: Option<Markup>,
+    shown: Shown,
 ) -> Response {
-    let list = match session.actor.require_platform_reader() {
-        Ok(()) => crud::list::<DeploymentRow>(s.ctx(), &session.actor, q.paging(), None).await,
-        Err(err) => Err(err),
-    };
-    let list = match list {
+    let Shown { errors: e, notice } = shown;
+    let list = match platform_list::<DeploymentRow>(s, session, q).await {
         Ok(l) => l,
         Err(err) => return refused(session, "/ui/deployments", "Deployments", err),
     };
@@ -445,14 +415,11 @@ pub async fn deployments_post(State(s): State<AppState>, form: PostForm) -> Resp
         Ok(deployments::create(s.ctx(), &session.actor, parse(Value::Object(body))?).await?)
     }
     .await;
-    let q = ListQuery::default();
-    match result {
-        Ok((view, committed)) => {
-            let notice = applied(&s, &format!("Deployment {} created", view.id), &committed).await;
-            deployments_page(&s, &session, &q, FormErrors::default(), Some(notice)).await
-        }
-        Err(e) => deployments_page(&s, &session, &q, e, None).await,
-    }
+    let shown = Shown::after(&s, result, |(view, committed)| {
+        (format!("Deployment {} created", view.id), committed)
+    })
+    .await;
+    deployments_page(&s, &session, &ListQuery::default(), shown).await
 }
 
 // ---- model policies ----
@@ -472,21 +439,12 @@ pub async fn models_get(
     session: Session,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    models_page(&s, &session, &q, FormErrors::default(), None).await
+    models_page(&s, &session, &q, Shown::default()).await
 }
 
-async fn models_page(
-    s: &AppState,
-    session: &Session,
-    q: &ListQuery,
-    e: FormErrors,
-    notice: Option<Markup>,
-) -> Response {
-    let list = match session.actor.require_platform_reader() {
-        Ok(()) => crud::list::<PolicyRow>(s.ctx(), &session.actor, q.paging(), None).await,
-        Err(err) => Err(err),
-    };
-    let list = match list {
+async fn models_page(s: &AppState, session: &Session, q: &ListQuery, shown: Shown) -> Response {
+    let Shown { errors: e, notice } = shown;
+    let list = match platform_list::<PolicyRow>(s, session, q).await {
         Ok(l) => l,
         Err(err) => return refused(session, "/ui/models", "Model policies", err),
     };
@@ -544,14 +502,11 @@ pub async fn models_post(State(s): State<AppState>, form: PostForm) -> Response 
         Ok(crate::service::models::put(s.ctx(), &session.actor, &model, req).await?)
     }
     .await;
-    let q = ListQuery::default();
-    match result {
-        Ok((view, committed, _)) => {
-            let notice = applied(&s, &format!("Policy of {} saved", view.model), &committed).await;
-            models_page(&s, &session, &q, FormErrors::default(), Some(notice)).await
-        }
-        Err(e) => models_page(&s, &session, &q, e, None).await,
-    }
+    let shown = Shown::after(&s, result, |(view, committed, _)| {
+        (format!("Policy of {} saved", view.model), committed)
+    })
+    .await;
+    models_page(&s, &session, &ListQuery::default(), shown).await
 }
 
 // ---- one key: edit, rotate ----
@@ -582,16 +537,10 @@ pub async fn key_rotate(
                 rotated.virtual_key.id
             );
             let done = applied(&s, &what, &committed).await;
-            keys_page(
-                &s,
-                &session,
-                &q,
-                FormErrors::default(),
-                Some(secret_notice(&rotated, done)),
-            )
-            .await
+            let shown = Shown::notice(secret_notice(&rotated, done));
+            keys_page(&s, &session, &q, shown).await
         }
-        Err(e) => key_page(&s, &session, &id, e, None).await,
+        Err(errors) => key_page(&s, &session, &id, Shown::failed(errors)).await,
     }
 }
 
@@ -605,16 +554,11 @@ pub async fn key_get(
     session: Session,
     Path(id): Path<String>,
 ) -> Response {
-    key_page(&s, &session, &id, FormErrors::default(), None).await
+    key_page(&s, &session, &id, Shown::default()).await
 }
 
-async fn key_page(
-    s: &AppState,
-    session: &Session,
-    id: &str,
-    e: FormErrors,
-    notice: Option<Markup>,
-) -> Response {
+async fn key_page(s: &AppState, session: &Session, id: &str, shown: Shown) -> Response {
+    let Shown { errors: e, notice } = shown;
     let k = match crud::get::<KeyRow>(s.ctx(), &session.actor, id).await {
         Ok(k) => k,
         Err(err) => return refused(session, "/ui/keys", "Virtual key", err),
@@ -720,13 +664,11 @@ pub async fn key_post(
         Ok(crud::update::<KeyRow, _>(s.ctx(), &session.actor, &id, req).await?)
     }
     .await;
-    match result {
-        Ok((view, committed)) => {
-            let notice = applied(&s, &format!("Key {} saved", view.id), &committed).await;
-            key_page(&s, &session, &id, FormErrors::default(), Some(notice)).await
-        }
-        Err(e) => key_page(&s, &session, &id, e, None).await,
-    }
+    let shown = Shown::after(&s, result, |(view, committed)| {
+        (format!("Key {} saved", view.id), committed)
+    })
+    .await;
+    key_page(&s, &session, &id, shown).await
 }
 
 // ---- one tenant: status, limits, budget ----
@@ -736,16 +678,11 @@ pub async fn tenant_get(
     session: Session,
     Path(id): Path<String>,
 ) -> Response {
-    tenant_page(&s, &session, &id, FormErrors::default(), None).await
+    tenant_page(&s, &session, &id, Shown::default()).await
 }
 
-async fn tenant_page(
-    s: &AppState,
-    session: &Session,
-    id: &str,
-    e: FormErrors,
-    notice: Option<Markup>,
-) -> Response {
+async fn tenant_page(s: &AppState, session: &Session, id: &str, shown: Shown) -> Response {
+    let Shown { errors: e, notice } = shown;
     let t = match crud::get::<TenantRow>(s.ctx(), &session.actor, id).await {
         Ok(t) => t,
         Err(err) => return refused(session, "/ui/tenants", "Tenant", err),
@@ -810,11 +747,9 @@ pub async fn tenant_post(
         Ok(crud::update::<TenantRow, _>(s.ctx(), &session.actor, &id, req).await?)
     }
     .await;
-    match result {
-        Ok((view, committed)) => {
-            let notice = applied(&s, &format!("Tenant {} saved", view.id), &committed).await;
-            tenant_page(&s, &session, &id, FormErrors::default(), Some(notice)).await
-        }
-        Err(e) => tenant_page(&s, &session, &id, e, None).await,
-    }
+    let shown = Shown::after(&s, result, |(view, committed)| {
+        (format!("Tenant {} saved", view.id), committed)
+    })
+    .await;
+    tenant_page(&s, &session, &id, shown).await
 }

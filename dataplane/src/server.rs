@@ -276,8 +276,10 @@ async fn first_snapshot(
 ) -> anyhow::Result<Option<cluster::Cluster>> {
     match (config.snapshot.take(), &config.cluster) {
         (Some(snapshot), _) => {
-            state
-                .install(&snapshot)
+            let installed = state.install(&snapshot);
+            drop(snapshot);
+            crate::memory::release();
+            installed
                 .map_err(|problems| anyhow::anyhow!("{}: {problems}", config_path.display()))?;
             Ok(None)
         }
@@ -387,6 +389,8 @@ pub fn reload(state: &AppState, path: &Path, running: &ServerConfig) -> Result<I
             })?;
             state.install(snapshot).map_err(|p| p.to_string())
         });
+    // The file's parse and the previous catalog's build are freed by now.
+    crate::memory::release();
     let label = match &result {
         Ok(Installed::Swapped { .. }) => "swapped",
         Ok(Installed::Unchanged) => "unchanged",

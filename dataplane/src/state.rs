@@ -240,7 +240,6 @@ impl AppState {
         // In-process budget counters of ended periods are not needed any more.
         self.books.budgets.prune(self.books.clock.now());
         metrics::set_revision(revision);
-        crate::memory::release();
         Ok(Installed::Swapped { revision })
     }
 

@@ -285,6 +285,8 @@ impl Installer {
             {
                 write_cache(&path, offer.announced.as_ref(), &offer.body, done.0);
             }
+            drop(offer);
+            crate::memory::release();
             done
         })
         .await;
@@ -357,6 +359,8 @@ impl Installer {
                 },
                 None => false,
             };
+            // The delta's copy of the key maps leaves the previous maps to free.
+            crate::memory::release();
             Ok::<_, String>((revision, journalled))
         })
         .await

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cluster_keys;
+pub mod jetstream;
 pub mod mock;
 pub mod otlp;
 pub mod services;

@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
 use controlplane::publish::{Built, Publisher};
-use futures_util::StreamExt;
 use switchboard_shared::cluster::{NatsNames, SnapshotHead, nats_options};
 use switchboard_shared::snapshot::Snapshot;
+use switchboard_tests::jetstream::first_message;
 use switchboard_tests::services::free_port;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -160,24 +159,12 @@ async fn publish_head(cluster: &ShippedCluster, publisher: &Publisher) {
 /// head subject delivering the last message.
 async fn read_head(client: async_nats::Client, names: &NatsNames) -> SnapshotHead {
     let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream(&names.config_stream).await.unwrap();
-    let mut messages = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: names.head_subject.clone(),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .messages()
+    let (stream, subject) = (&names.config_stream, &names.head_subject);
+    let deliver = DeliverPolicy::LastPerSubject;
+    let head = first_message(&js, stream, subject, deliver, Duration::from_secs(10))
         .await
         .unwrap();
-    let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
-        .await
-        .expect("a head within 10 s")
-        .expect("the consumer is open")
-        .unwrap();
-    serde_json::from_slice(&message.payload).unwrap()
+    serde_json::from_slice(&head).unwrap()
 }
 
 #[tokio::test]

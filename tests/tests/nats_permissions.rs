@@ -20,14 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::{Config as PullConfig, OrderedConfig};
+use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, object_store, stream};
 use async_nats::{Client, Event};
 use futures_util::StreamExt;
 use switchboard_shared::cluster::{NatsNames, SnapshotHead, nats_options, snapshot_object};
+use switchboard_tests::jetstream::{first_message, object};
 use switchboard_tests::services::free_port;
-use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 const CONTROLPLANE_PASSWORD: &str = "cp-test-password";
@@ -261,29 +261,16 @@ async fn read_deltas_as_dataplane(
     names: &NatsNames,
     nats: &ConfiguredNats,
 ) -> Vec<u8> {
-    let refused = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        panic!("{what}: {e}; the server refused:\n{}", nats.violations())
-    };
-    let mut messages = js
-        .get_stream(&names.delta_stream)
-        .await
-        .unwrap_or_else(|e| refused("delta stream info", &e))
-        .create_consumer(OrderedConfig {
-            filter_subject: names.delta_subject.clone(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| refused("ordered consumer on the deltas", &e))
-        .messages()
-        .await
-        .unwrap_or_else(|e| refused("delta messages", &e));
-    let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
-        .await
-        .unwrap_or_else(|e| refused("a delta within 5 s", &e))
-        .unwrap_or_else(|| refused("the consumer is open", &"it ended"))
-        .unwrap_or_else(|e| refused("a delta message", &e));
-    message.payload.to_vec()
+    let (stream, subject) = (&names.delta_stream, &names.delta_subject);
+    first_message(
+        js,
+        stream,
+        subject,
+        DeliverPolicy::All,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_else(|e| refused_by(nats, "the first delta", &e))
 }
 
 /// The data plane's reads, as `cluster/nats.rs` does them: the last head, then its object.
@@ -292,47 +279,26 @@ async fn read_as_dataplane(
     names: &NatsNames,
     nats: &ConfiguredNats,
 ) -> (SnapshotHead, Vec<u8>) {
-    let refused = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        panic!("{what}: {e}; the server refused:\n{}", nats.violations())
-    };
-    let stream = js
-        .get_stream(&names.config_stream)
+    let (stream, subject) = (&names.config_stream, &names.head_subject);
+    let deliver = DeliverPolicy::LastPerSubject;
+    let head = first_message(js, stream, subject, deliver, Duration::from_secs(5))
         .await
-        .unwrap_or_else(|e| refused("stream info", &e));
-    let mut messages = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: names.head_subject.clone(),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| refused("ordered consumer on the head", &e))
-        .messages()
-        .await
-        .unwrap_or_else(|e| refused("head messages", &e));
-    let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
-        .await
-        .unwrap_or_else(|e| refused("a head within 5 s", &e))
-        .unwrap_or_else(|| refused("the consumer is open", &"it ended"))
-        .unwrap_or_else(|e| refused("a head message", &e));
-    let head: SnapshotHead = serde_json::from_slice(&message.payload).unwrap();
-    let bucket = js
-        .get_object_store(&names.snapshot_bucket)
-        .await
-        .unwrap_or_else(|e| refused("object store info", &e));
-    let mut body = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        bucket
-            .get(&head.object)
-            .await
-            .unwrap_or_else(|e| refused("object info", &e))
-            .read_to_end(&mut body)
-            .await
-            .unwrap_or_else(|e| refused("object body", &e))
-    })
+        .unwrap_or_else(|e| refused_by(nats, "the head", &e));
+    let head: SnapshotHead = serde_json::from_slice(&head).unwrap();
+    let body = object(
+        js,
+        &names.snapshot_bucket,
+        &head.object,
+        Duration::from_secs(10),
+    )
     .await
-    .unwrap_or_else(|e| refused("the object within 10 s", &e));
+    .unwrap_or_else(|e| refused_by(nats, "the snapshot", &e));
     (head, body)
+}
+
+/// Fails the test with what the server logged refusing.
+fn refused_by(nats: &ConfiguredNats, what: &str, e: &str) -> ! {
+    panic!("{what}: {e}; the server refused:\n{}", nats.violations())
 }
 
 /// How many messages the object store's stream holds.

@@ -228,6 +228,12 @@ impl RedisLimiter {
         }
     }
 
+    /// How many admissions this limiter decided from its slices alone, without a call to
+    /// Redis (`redis.lease`).
+    pub fn admitted_from_slices(&self) -> u64 {
+        self.inner.slices.admitted_locally()
+    }
+
     /// Gives this replica's unused slices back to Redis (at shutdown).
     pub async fn give_back_leases(&self) {
         self.inner.slices.give_back_all().await;

@@ -19,6 +19,7 @@
 //! frees them as its window passes, a budget counter stays over-counted until the control
 //! plane reconciles it (over, never under).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ pub(crate) struct Slices {
     batcher: Batcher,
     redis: SharedRedis,
     script: Script,
+    /// Admissions decided here without a call.
+    local: AtomicU64,
 }
 
 impl Slices {
@@ -50,6 +53,7 @@ impl Slices {
             batcher: Batcher::start(redis.clone(), script.clone()),
             redis,
             script,
+            local: AtomicU64::new(0),
         });
         if slices.leases.enabled() {
             tokio::spawn(sweep(Arc::downgrade(&slices)));
@@ -68,6 +72,7 @@ impl Slices {
             return self.batcher.admit(admission).await;
         }
         if plan.all_local() {
+            self.local.fetch_add(1, Ordering::Relaxed);
             let cells = &plan.aheads[..admission.cells];
             return Ok(std::iter::once(1).chain(cells.iter().copied()).collect());
         }
@@ -81,6 +86,11 @@ impl Slices {
             self.put_back(&admission, &plan.local);
         }
         merged.ok_or_else(|| result.err().unwrap_or(Failure::Unexpected))
+    }
+
+    /// How many admissions were decided from the slices alone, without a call to Redis.
+    pub fn admitted_locally(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
     }
 
     /// Settles `delta` units of `key` against this replica's slice; false: settle in Redis.

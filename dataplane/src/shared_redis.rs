@@ -360,6 +360,34 @@ mod tests {
         assert!(serde_yaml_ng::from_str::<RedisConfig>("url: { env: R }\nbogus: 1").is_err());
     }
 
+    #[test]
+    fn lease_settings_default_on_and_are_validated() {
+        let c: RedisConfig = serde_yaml_ng::from_str("url: { value: 'redis://h:1' }").unwrap();
+        assert_eq!(c.lease, LeaseConfig::default());
+        assert!(c.lease.enabled && c.problems("redis").is_empty());
+        let c: RedisConfig = serde_yaml_ng::from_str(
+            "url: { value: 'redis://h:1' }\nlease: { fraction: 0.5, min_requests: 1, idle_ms: 0, max_age_ms: 99 }",
+        )
+        .unwrap();
+        let paths: Vec<String> = c.problems("redis").into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "redis.lease.fraction",
+                "redis.lease.min_requests",
+                "redis.lease.idle_ms",
+                "redis.lease.max_age_ms"
+            ]
+        );
+        let off: RedisConfig =
+            serde_yaml_ng::from_str("url: { env: R }\nlease: { enabled: false }").unwrap();
+        assert!(!off.lease.enabled);
+        assert_eq!(off.lease.fraction, LeaseConfig::default().fraction);
+        assert!(
+            serde_yaml_ng::from_str::<RedisConfig>("url: { env: R }\nlease: { bogus: 1 }").is_err()
+        );
+    }
+
     #[tokio::test]
     async fn an_unreachable_redis_marks_itself_down_and_recovers_nothing_by_itself() {
         // Port 1 refuses at once on loopback.

@@ -53,6 +53,10 @@ pub const LIMITS_DEGRADED_TOTAL: &str = "switchboard_limits_degraded_total";
 /// Token-limit corrections not sent to Redis because the settlement queue was full (the
 /// estimate then stands for the rest of the window).
 pub const SETTLEMENTS_DROPPED_TOTAL: &str = "switchboard_limits_settlements_dropped_total";
+/// Slices of large limits and budgets (`redis.lease`), by `event`: `refill` (a slice taken
+/// from Redis), `refused` (Redis had no room for it), `return` (an unused remainder given
+/// back).
+pub const LEASE_EVENTS_TOTAL: &str = "switchboard_limits_lease_events_total";
 /// Upstream answers cut off for passing a size cap, by `part`: `body` (a complete answer or
 /// error body) or `event` (one event of an event stream).
 pub const UPSTREAM_OVERSIZE_TOTAL: &str = "switchboard_upstream_oversize_total";
@@ -147,7 +151,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    const COUNTERS: [(&str, &str); 15] = [
+    const COUNTERS: [(&str, &str); 16] = [
         (REQUESTS_TOTAL, "Requests answered, by endpoint and status."),
         (
             UPSTREAM_ATTEMPTS_TOTAL,
@@ -180,6 +184,10 @@ fn describe() {
         (
             LIMITS_DEGRADED_TOTAL,
             "Admissions decided without Redis, by failure policy (open: local counters; closed: refused).",
+        ),
+        (
+            LEASE_EVENTS_TOTAL,
+            "Slices of large limits and budgets, by event (refill, refused, return).",
         ),
         (
             UPSTREAM_OVERSIZE_TOTAL,
@@ -578,6 +586,30 @@ pub fn count_limits_degraded(policy: &'static str) {
     let i = usize::from(policy == "closed");
     if let Some(c) = TABLE.get(i, || counter!(LIMITS_DEGRADED_TOTAL, "policy" => policy)) {
         c.increment(1);
+    }
+}
+
+/// What happened to a slice of a leased limit or budget: `refill`, `refused` or `return`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEvent {
+    Refill,
+    Refused,
+    Return,
+}
+
+/// Counts `n` lease events of one kind.
+pub fn count_lease(event: LeaseEvent, n: u64) {
+    static TABLE: Table<Counter, 3> = Table::new();
+    let label = match event {
+        LeaseEvent::Refill => "refill",
+        LeaseEvent::Refused => "refused",
+        LeaseEvent::Return => "return",
+    };
+    if let Some(c) = TABLE.get(
+        event as usize,
+        || counter!(LEASE_EVENTS_TOTAL, "event" => label),
+    ) {
+        c.increment(n);
     }
 }
 

@@ -322,6 +322,8 @@ async fn serve_and_drain(
         result = server => result.context("server failed")?,
         () = deadline => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
+    // What this replica leased and did not use goes back for the others.
+    state.books.limiter.give_back_leases().await;
     Ok(())
 }
 

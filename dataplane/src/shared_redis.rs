@@ -49,6 +49,65 @@ pub struct RedisConfig {
     /// lives, so a crashed replica's slots come back within this time.
     #[serde(default = "default_concurrency_lease_ms")]
     pub concurrency_lease_ms: u64,
+    /// Leasing slices of large rate limits and budgets, so that their requests are admitted
+    /// without waiting for Redis (`limits::lease`).
+    #[serde(default)]
+    pub lease: LeaseConfig,
+}
+
+/// The `redis.lease` settings: each replica takes a slice of a large limit or budget from
+/// Redis ahead of use and admits from it locally (see `limits::lease` and docs/limits.md).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// Off: every limited or budgeted request waits for its own admission in Redis.
+    pub enabled: bool,
+    /// A slice is this fraction of the limit (per minute) or of the budget's maximum.
+    pub fraction: f64,
+    /// A limit or budget is leased for a request only when its slice covers at least this
+    /// many of the request's own units (1 request, its estimated tokens, its estimated cost);
+    /// otherwise the request takes the exact path.
+    pub min_requests: u32,
+    /// A slice unused for this long is given back.
+    pub idle_ms: u64,
+    /// A slice is used for at most this long after its last refill, then given back.
+    pub max_age_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fraction: 0.001,
+            min_requests: 10,
+            idle_ms: 1_000,
+            max_age_ms: 1_000,
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// Every problem with these settings, paths under `at` (e.g. `redis.lease`).
+    fn problems(&self, at: &str, out: &mut Vec<Problem>) {
+        let mut push = |field: &str, message: &str| {
+            out.push(Problem {
+                path: format!("{at}.{field}"),
+                message: message.into(),
+            });
+        };
+        if !(self.fraction > 0.0 && self.fraction <= 0.1) {
+            push("fraction", "must be above 0 and at most 0.1");
+        }
+        if !(2..=1_000_000).contains(&self.min_requests) {
+            push("min_requests", "must be between 2 and 1000000");
+        }
+        if !(100..=60_000).contains(&self.idle_ms) {
+            push("idle_ms", "must be between 100 and 60000");
+        }
+        if !(100..=60_000).contains(&self.max_age_ms) {
+            push("max_age_ms", "must be between 100 and 60000");
+        }
+    }
 }
 
 /// What to do about limits while Redis is unreachable.
@@ -128,6 +187,7 @@ impl RedisConfig {
                 "must be between 300 and 600000".into(),
             );
         }
+        self.lease.problems(&format!("{at}.lease"), &mut out);
         out
     }
 }
@@ -141,6 +201,7 @@ pub struct SharedRedis {
     policy: FailurePolicy,
     refresh: Duration,
     lease: Duration,
+    quota_lease: LeaseConfig,
     up: Arc<AtomicBool>,
 }
 
@@ -175,6 +236,7 @@ impl SharedRedis {
             policy: config.failure_policy,
             refresh: Duration::from_millis(config.refresh_ms),
             lease: Duration::from_millis(config.concurrency_lease_ms),
+            quota_lease: config.lease,
             // Optimistic: the first call finds out.
             up: Arc::new(AtomicBool::new(true)),
         })
@@ -201,6 +263,11 @@ impl SharedRedis {
     /// Lifetime of a concurrency lease (`concurrency_lease_ms`).
     pub fn lease_time(&self) -> Duration {
         self.lease
+    }
+
+    /// The `lease` settings: slices of large limits and budgets (`limits::lease`).
+    pub fn quota_lease(&self) -> LeaseConfig {
+        self.quota_lease
     }
 
     pub fn refresh_interval(&self) -> Duration {
@@ -253,6 +320,7 @@ mod tests {
             failure_policy: FailurePolicy::Open,
             refresh_ms: default_refresh_ms(),
             concurrency_lease_ms: default_concurrency_lease_ms(),
+            lease: LeaseConfig::default(),
         }
     }
 
@@ -290,6 +358,34 @@ mod tests {
             serde_yaml_ng::from_str("url: { env: R }\nfailure_policy: closed").unwrap();
         assert_eq!(c.failure_policy, FailurePolicy::Closed);
         assert!(serde_yaml_ng::from_str::<RedisConfig>("url: { env: R }\nbogus: 1").is_err());
+    }
+
+    #[test]
+    fn lease_settings_default_on_and_are_validated() {
+        let c: RedisConfig = serde_yaml_ng::from_str("url: { value: 'redis://h:1' }").unwrap();
+        assert_eq!(c.lease, LeaseConfig::default());
+        assert!(c.lease.enabled && c.problems("redis").is_empty());
+        let c: RedisConfig = serde_yaml_ng::from_str(
+            "url: { value: 'redis://h:1' }\nlease: { fraction: 0.5, min_requests: 1, idle_ms: 0, max_age_ms: 99 }",
+        )
+        .unwrap();
+        let paths: Vec<String> = c.problems("redis").into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "redis.lease.fraction",
+                "redis.lease.min_requests",
+                "redis.lease.idle_ms",
+                "redis.lease.max_age_ms"
+            ]
+        );
+        let off: RedisConfig =
+            serde_yaml_ng::from_str("url: { env: R }\nlease: { enabled: false }").unwrap();
+        assert!(!off.lease.enabled);
+        assert_eq!(off.lease.fraction, LeaseConfig::default().fraction);
+        assert!(
+            serde_yaml_ng::from_str::<RedisConfig>("url: { env: R }\nlease: { bogus: 1 }").is_err()
+        );
     }
 
     #[tokio::test]

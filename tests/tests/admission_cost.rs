@@ -1,6 +1,9 @@
 //! What one admission costs in Redis mode: Redis commands (each a round trip, since an
 //! admission waits for its answer) and heap allocations, counted over many admissions against
-//! a throwaway Redis of the test's own (so no other test's traffic is counted).
+//! a throwaway Redis of the test's own (so no other test's traffic is counted). The exact
+//! path (`redis.lease` off) costs one round trip per admission; with leasing (the default)
+//! these large limits and budgets are admitted from this replica's slices, and the round
+//! trips are the slices' refills, far fewer than one per admission.
 //!
 //! Run alone to see the figures: `cargo test -p switchboard-tests --test admission_cost --
 //! --nocapture`.
@@ -25,8 +28,9 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 const ROUNDS: u64 = 500;
 
 /// Keys: `kb` (limits and a budget, tenant `tb` with limits and a budget), `kl` (limits only,
-/// tenant `tl` with limits), `ko` (a budget only, tenant `to` with nothing).
-fn config_text(redis_url: &str) -> String {
+/// tenant `tl` with limits), `ko` (a budget only, tenant `to` with nothing). `lease`: the
+/// `redis.lease` setting.
+fn config_text(redis_url: &str, lease: bool) -> String {
     let limits = "limits: { rpm: 1000000000, tpm: 1000000000 }";
     let budget = "budget: { max_usd: 1000000, period: monthly }";
     let snapshot = format!(
@@ -45,7 +49,7 @@ deployments:
         key_hash("sk-ko"),
     );
     format!(
-        "{}redis:\n  url: {{ value: \"{redis_url}\" }}\n  key_prefix: cost\n  timeout_ms: 2000\n",
+        "{}redis:\n  url: {{ value: \"{redis_url}\" }}\n  key_prefix: cost\n  timeout_ms: 2000\n  lease: {{ enabled: {lease} }}\n",
         config_yaml(&snapshot, "")
     )
 }
@@ -132,11 +136,9 @@ async fn allocations(state: &AppState, secret: &str) -> f64 {
     (change.allocations + change.reallocations) as f64 / ROUNDS as f64
 }
 
-/// One test, so that no other test allocates while this one counts.
-#[tokio::test(flavor = "current_thread")]
-async fn what_one_admission_costs() {
-    let redis = ThrowawayRedis::start().await;
-    let config = dataplane::config::Config::parse(&config_text(&redis.url()), &[]).unwrap();
+/// A Redis-mode state over `redis`, leasing or not.
+fn redis_state(redis: &ThrowawayRedis, lease: bool) -> Arc<AppState> {
+    let config = dataplane::config::Config::parse(&config_text(&redis.url(), lease), &[]).unwrap();
     let state = dataplane::build_state(
         &config.server,
         config.redis.as_ref(),
@@ -144,14 +146,24 @@ async fn what_one_admission_costs() {
     )
     .unwrap();
     state.install(config.snapshot.as_ref().unwrap()).unwrap();
+    state
+}
+
+const CASES: [(&str, &str); 3] = [
+    ("key and tenant limits and budgets", "sk-kb"),
+    ("key and tenant limits, no budget", "sk-kl"),
+    ("a key budget, no limits", "sk-ko"),
+];
+
+/// One test, so that no other test allocates while this one counts.
+#[tokio::test(flavor = "current_thread")]
+async fn what_one_admission_costs() {
+    let redis = ThrowawayRedis::start().await;
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
 
-    for (what, secret) in [
-        ("key and tenant limits and budgets", "sk-kb"),
-        ("key and tenant limits, no budget", "sk-kl"),
-        ("a key budget, no limits", "sk-ko"),
-    ] {
+    let state = redis_state(&redis, false);
+    for (what, secret) in CASES {
         let (trips, commands, allocations) = measure(&state, &mut conn, secret).await;
         println!(
             "{what}: {trips} round trips, {commands} Redis commands (scripts' own calls \
@@ -159,9 +171,24 @@ async fn what_one_admission_costs() {
         );
         assert_eq!(trips, 1.0, "{what}: one round trip per admission");
     }
+    drop(state);
+
+    let state = redis_state(&redis, true);
+    for (what, secret) in CASES {
+        let (trips, commands, allocations) = measure(&state, &mut conn, secret).await;
+        println!(
+            "leasing, {what}: {trips} round trips, {commands} Redis commands, {allocations} \
+             allocations per admission"
+        );
+        assert!(
+            trips < 0.1,
+            "{what}: leased, yet {trips} round trips per admission"
+        );
+    }
 
     // Without Redis: this process's atomics.
-    let standalone = dataplane::config::Config::parse(&config_text(&redis.url()), &[]).unwrap();
+    let standalone =
+        dataplane::config::Config::parse(&config_text(&redis.url(), true), &[]).unwrap();
     let state = dataplane::build_state(
         &standalone.server,
         None,

@@ -35,6 +35,7 @@ fn replica(prefix: &str, url: &str, policy: FailurePolicy) -> Budgets {
         failure_policy: policy,
         refresh_ms: 200,
         concurrency_lease_ms: 15_000,
+        lease: Default::default(),
     };
     Budgets::new(Some(SharedRedis::connect(&config).unwrap()))
 }

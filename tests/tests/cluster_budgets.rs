@@ -603,3 +603,84 @@ async fn a_rejected_upstream_credential_posts_one_webhook() {
         "no credential in the alert"
     );
 }
+
+/// `redis.lease` with slices of a tenth of a budget: $0.02 of $0.20, which covers more than
+/// ten requests' maximum cost, so the budget is leased.
+fn leasing(config: String) -> String {
+    config.replace(
+        "  timeout_ms: 500\n",
+        "  timeout_ms: 500\n  lease: { fraction: 0.1 }\n",
+    )
+}
+
+/// Polls the key's spend until `done` holds for it, for up to ten seconds (slices are given
+/// back after a second unused); returns the last value seen.
+async fn spent_eventually(gw: &Gateway, done: impl Fn(f64) -> bool) -> f64 {
+    let mut spent = key_spent(gw).await;
+    for _ in 0..200 {
+        if done(spent) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        spent = key_spent(gw).await;
+    }
+    spent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_budget_is_never_overrun_and_its_unused_slices_come_back() {
+    const BUDGET: f64 = 0.2;
+    const SLICE: f64 = 0.02;
+    let mock = MockUpstream::start().await.unwrap();
+    let cfg = leasing(config(
+        &mock.base_url(),
+        &format!(", budget: {{ max_usd: {BUDGET}, period: monthly }}"),
+        "",
+        &unique_prefix(),
+    ));
+    let gws = Arc::new([
+        Gateway::start(&cfg).await,
+        Gateway::start(&cfg).await,
+        Gateway::start(&cfg).await,
+    ]);
+    // One request: charged exactly, and a slice fetched beside it, charged whole.
+    assert_eq!(chat(&gws[0], KEY).await.status, 200);
+    let held = spent_eventually(&gws[0], |s| s > SLICE).await;
+    assert!(about(real_cost() + SLICE)(held), "a slice held: ${held}");
+    // Unused, it goes back: the counter returns to what was spent.
+    let back = spent_eventually(&gws[0], about(real_cost())).await;
+    assert!(about(real_cost())(back), "slice given back: ${back}");
+
+    // Then 24 clients spend the rest through three replicas, each until refused.
+    let workers = (0..24usize).map(|w| {
+        let gws = Arc::clone(&gws);
+        tokio::spawn(async move {
+            loop {
+                let reply = chat(&gws[w % 3], KEY).await;
+                if reply.status != 200 {
+                    return reply;
+                }
+            }
+        })
+    });
+    for w in workers.collect::<Vec<_>>() {
+        let refusal = w.await.unwrap();
+        assert_eq!(refusal.openai_error(429)["code"], "budget_exceeded");
+    }
+    let served = gws.iter().flat_map(|g| g.usage.records());
+    let spent: f64 = served.filter(|r| r.status == 200).map(|r| r.cost_usd).sum();
+    // Slices are charged before use and only when they fit: the overrun is the exact path's,
+    // at most one request's maximum cost; the slices held elsewhere refuse early by at most
+    // one per replica.
+    assert!(spent <= BUDGET + max_cost(), "${spent} of ${BUDGET}");
+    assert!(
+        spent >= BUDGET - 3.0 * SLICE - max_cost(),
+        "${spent} of ${BUDGET}"
+    );
+    // Once every slice is back, the counter is exactly the real spend.
+    let counted = spent_eventually(&gws[0], |s| (s - spent).abs() < 1e-9).await;
+    assert!(
+        (counted - spent).abs() < 1e-9,
+        "${counted} counted, ${spent} spent"
+    );
+}

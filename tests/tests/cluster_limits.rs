@@ -536,3 +536,83 @@ async fn exists(url: &str, key: &str) -> bool {
         .unwrap()
         == 1
 }
+
+/// `redis.lease` with slices of a fiftieth of a limit, so that test-sized limits are leased:
+/// 600 rpm has slices of 12 requests.
+fn leasing(config: String) -> String {
+    config.replace(
+        "  timeout_ms: 200\n",
+        "  timeout_ms: 200\n  lease: { fraction: 0.02 }\n",
+    )
+}
+
+/// The leasing events `event` counted on `gw` (`switchboard_limits_lease_events_total`).
+async fn lease_events(gw: &Gateway, event: &str) -> u64 {
+    let metrics = send(request(Method::GET, &gw.url("/metrics"), &[], ""))
+        .await
+        .text();
+    let prefix = format!("switchboard_limits_lease_events_total{{event=\"{event}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Counts the 200s; every other reply is a 429 naming `scope`.
+fn admitted_or_refused_by(replies: &[Reply], scope: &str) -> u64 {
+    let mut admitted = 0;
+    for r in replies {
+        if r.status == 200 {
+            admitted += 1;
+        } else {
+            let e = r.openai_error(429);
+            assert!(e["message"].as_str().unwrap().contains(scope), "{e}");
+        }
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_limit_holds_across_three_replicas_within_the_slices_held() {
+    const RPM: u64 = 600;
+    const SLICE: u64 = 12;
+    let mock = MockUpstream::start().await.unwrap();
+    let config = leasing(cluster_config(
+        &mock.base_url(),
+        &[("k1", "t1", "rpm: 600"), ("k2", "t2", "rpm: 600")],
+        &redis_url(),
+        &unique_prefix("leased-rpm"),
+        "open",
+    ));
+    let gateways = three_gateways(&config).await;
+    let (replies, elapsed) = hammer(&gateways, "k1", &chat_body("m", None), 900, 12).await;
+    let admitted = admitted_or_refused_by(&replies, "key");
+    // Every unit was charged in Redis before it was used, so no more than the exact path
+    // admits; the slices held elsewhere (or on their way back) refuse early by at most
+    // one slice per replica.
+    let (low, high) = (RPM - 3 * SLICE, RPM + refill(RPM, elapsed));
+    assert!(
+        (low..=high).contains(&admitted),
+        "{admitted} admitted, expected {low}..={high} ({elapsed:?})"
+    );
+    let mut local = 0;
+    for gw in &gateways {
+        assert!(
+            !gw.usage.records().is_empty(),
+            "every replica admitted some"
+        );
+        let Limiter::Redis(limiter) = gw.state.books.limiter.as_ref() else {
+            panic!("a Redis-mode gateway");
+        };
+        local += limiter.admitted_from_slices();
+    }
+    // Most were admitted from slices, without a call to Redis.
+    assert!(local > admitted / 2, "{local} of {admitted} from slices");
+    // The replicas share this process's metrics (with the other tests): slices were fetched.
+    assert!(lease_events(&gateways[0], "refill").await > 0);
+    // A leased key under a small tenant limit (90 rpm, the exact path): the tenant's limit
+    // holds exactly, and what its refusals took from the key's slices is put back.
+    let (replies, elapsed) = hammer(&gateways, "k2", &chat_body("m", None), 270, 9).await;
+    let admitted = admitted_or_refused_by(&replies, "tenant");
+    assert_about(admitted, 90, elapsed, "tenant rpm over a leased key");
+}

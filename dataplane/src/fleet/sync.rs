@@ -446,6 +446,7 @@ mod tests {
             failure_policy: FailurePolicy::Open,
             refresh_ms: 100,
             concurrency_lease_ms: 15_000,
+            lease: Default::default(),
         })
         .unwrap();
         let key = deployment_state(&prefix, "d1");

@@ -6,13 +6,18 @@
 //! unreachable). Callers hold a [`Limiter`], an enum over the implementations, so dispatch
 //! costs a `match` rather than a boxed future per request.
 //!
+//! In Redis mode, large limits and budgets are leased: each replica holds a slice of them,
+//! charged in Redis ahead of use, and admits from it without waiting (`lease`, `slices`).
+//!
 //! Token limits are charged twice: an estimate at admission (prompt size plus `max_tokens`),
 //! then a correction once the real usage is known ([`RateLimiter::settle`]).
 
 mod batch;
 pub mod gcra;
+mod lease;
 pub mod local;
 pub mod redis;
+mod slices;
 
 use std::future::Future;
 use std::time::Duration;
@@ -252,6 +257,14 @@ impl Limiter {
         match self {
             Limiter::Local(l) => l.settle(subjects, estimated_tokens, actual_tokens),
             Limiter::Redis(l) => l.settle(subjects, estimated_tokens, actual_tokens),
+        }
+    }
+
+    /// Gives this replica's unused slices of leased limits and budgets back to Redis (at
+    /// shutdown; nothing to do in process).
+    pub async fn give_back_leases(&self) {
+        if let Limiter::Redis(l) = self {
+            l.give_back_leases().await;
         }
     }
 

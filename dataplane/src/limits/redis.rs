@@ -17,6 +17,11 @@
 //! one call of the script's mode `m`, which decides them one after the other, each as its own
 //! call would. Under load one round trip (and one script call) serves many requests.
 //!
+//! **Leased.** In front of that queue sit this replica's slices of large limits and budgets
+//! (`redis.lease`, [`super::lease`], [`super::slices`]): an admission whose every cell and
+//! counter is covered by a slice is admitted here without a call, and a token correction
+//! that a slice can absorb is settled against it. Small limits keep the exact path above.
+//!
 //! **Settlement off the request path.** The real token count corrects the estimate through the
 //! same script in `settle` mode; [`RedisLimiter::settle`] only queues it, and a background
 //! task sends what has queued up as one pipeline, summed into one correction per set of cells
@@ -47,9 +52,10 @@ use std::time::Duration;
 use redis::Script;
 use tokio::sync::mpsc;
 
-use super::batch::{self, Batcher};
+use super::batch;
 use super::gcra::CellState;
 use super::local::LocalLimiter;
+use super::slices::Slices;
 use super::{Admission, Denial, LimitView, RateLimiter, Refusal, Resource, Scope, Subject};
 use crate::metrics;
 use crate::shared_redis::{FailurePolicy, SharedRedis};
@@ -77,15 +83,16 @@ struct Inner {
     /// This process's limiter over the subjects' own counters: the fallback of `open`.
     local: LocalLimiter,
     settlements: mpsc::Sender<Settlement>,
-    /// Where admissions queue to go to Redis together.
-    batcher: Batcher,
+    /// This replica's slices of large limits and budgets, in front of the queue where
+    /// admissions wait to go to Redis together.
+    slices: Arc<Slices>,
 }
 
 /// One queued token correction: the cells and their limits, and the signed units to add.
 #[derive(Debug)]
-struct Settlement {
-    cells: Vec<(String, u32)>,
-    delta: i64,
+pub(super) struct Settlement {
+    pub(super) cells: Vec<(String, u32)>,
+    pub(super) delta: i64,
 }
 
 /// A cell of one admission call: which subject, which resource, at what limit.
@@ -107,7 +114,7 @@ impl RedisLimiter {
             script: script.clone(),
             local: LocalLimiter::new(),
             settlements: tx,
-            batcher: Batcher::start(redis.clone(), script.clone()),
+            slices: Slices::start(redis.clone(), script.clone()),
         });
         metrics::set_redis_up(redis.is_up());
         // Loaded ahead of the first request (on every node of a cluster), so that the first
@@ -127,7 +134,7 @@ impl RedisLimiter {
         let inner = &self.inner;
         let cells = Cells::of(inner.redis.prefix(), subjects, estimated_tokens);
         let (cells, admission) = cells.into_admission(0, &[]);
-        let result = match inner.batcher.admit(admission).await {
+        let result = match inner.slices.admit(admission).await {
             Ok(reply) => interpret(&reply, &cells, subjects).ok_or(Failure::Unexpected),
             Err(failure) => Err(failure),
         };
@@ -154,7 +161,7 @@ impl RedisLimiter {
         }
         let cells = Cells::of(inner.redis.prefix(), subjects, estimated_tokens);
         let (cells, admission) = cells.into_admission(amount, counters);
-        let reply = match inner.batcher.admit(admission).await {
+        let reply = match inner.slices.admit(admission).await {
             Ok(reply) => reply,
             Err(failure) => {
                 self.went_down(failure.reason());
@@ -193,38 +200,48 @@ impl RedisLimiter {
                 .release_at(subjects, estimated_tokens, self.inner.local.now());
             return;
         }
+        self.correct(subjects, Resource::Requests, -1);
+        self.correct(subjects, Resource::Tokens, -signed(estimated_tokens));
+    }
+
+    /// Adds `delta` units of `what` to every subject's cell: against this replica's slice of
+    /// it where that can absorb them, else queued for Redis.
+    fn correct(&self, subjects: &[Subject<'_>], what: Resource, delta: i64) {
+        if delta == 0 {
+            return;
+        }
         let prefix = self.inner.redis.prefix();
         let tenant = tenant_of(subjects);
-        for (what, delta) in [
-            (Resource::Requests, -1),
-            (Resource::Tokens, -signed(estimated_tokens)),
-        ] {
-            let cells: Vec<(String, u32)> = subjects
-                .iter()
-                .filter_map(|s| {
-                    let limit = match what {
-                        Resource::Requests => s.limits.rpm,
-                        Resource::Tokens => s.limits.tpm,
-                    };
-                    limit.map(|limit| (cell_key(prefix, tenant, s, what), limit))
-                })
-                .collect();
-            if !cells.is_empty() && delta != 0 {
-                enqueue(&self.inner.settlements, Settlement { cells, delta });
-            }
+        let cells: Vec<(String, u32)> = subjects
+            .iter()
+            .filter_map(|s| {
+                let limit = match what {
+                    Resource::Requests => s.limits.rpm,
+                    Resource::Tokens => s.limits.tpm,
+                };
+                limit.map(|limit| (cell_key(prefix, tenant, s, what), limit))
+            })
+            .filter(|(key, _)| !self.inner.slices.settle_local(key, delta))
+            .collect();
+        if !cells.is_empty() {
+            enqueue(&self.inner.settlements, Settlement { cells, delta });
         }
+    }
+
+    /// How many admissions this limiter decided from its slices alone, without a call to
+    /// Redis (`redis.lease`).
+    pub fn admitted_from_slices(&self) -> u64 {
+        self.inner.slices.admitted_locally()
+    }
+
+    /// Gives this replica's unused slices back to Redis (at shutdown).
+    pub async fn give_back_leases(&self) {
+        self.inner.slices.give_back_all().await;
     }
 
     /// Records a failed call: the first one after Redis was up logs and flips the gauge.
     fn went_down(&self, reason: &str) {
-        if self.inner.redis.mark_down() {
-            metrics::set_redis_up(false);
-            tracing::warn!(
-                reason,
-                policy = policy_name(self.inner.redis.policy()),
-                "Redis unreachable: rate limits degraded to this replica's own counters or refusal, budgets to no counting or refusal, per failure_policy"
-            );
-        }
+        went_down(&self.inner.redis, reason);
     }
 
     /// Admission while Redis is unreachable, per the failure policy.
@@ -239,6 +256,18 @@ impl RedisLimiter {
                 .map_err(Denial::Limited),
             FailurePolicy::Closed => Err(Denial::Unavailable),
         }
+    }
+}
+
+/// Records a failed call to `redis`: the first one after it was up logs and flips the gauge.
+pub(super) fn went_down(redis: &SharedRedis, reason: &str) {
+    if redis.mark_down() {
+        metrics::set_redis_up(false);
+        tracing::warn!(
+            reason,
+            policy = policy_name(redis.policy()),
+            "Redis unreachable: rate limits degraded to this replica's own counters or refusal, budgets to no counting or refusal, per failure_policy"
+        );
     }
 }
 
@@ -276,17 +305,7 @@ impl RateLimiter for RedisLimiter {
             );
             return;
         }
-        let prefix = self.inner.redis.prefix();
-        let tenant = tenant_of(subjects);
-        let cells = subjects
-            .iter()
-            .filter_map(|s| {
-                s.limits
-                    .tpm
-                    .map(|tpm| (cell_key(prefix, tenant, s, Resource::Tokens), tpm))
-            })
-            .collect();
-        enqueue(&self.inner.settlements, Settlement { cells, delta });
+        self.correct(subjects, Resource::Tokens, delta);
     }
 }
 
@@ -629,7 +648,7 @@ async fn settle_worker(redis: SharedRedis, script: Script, mut queue: mpsc::Rece
 
 /// One pipeline of `EVALSHA … s …`; those that find the script missing are sent again after
 /// loading it.
-async fn send_settlements(
+pub(super) async fn send_settlements(
     redis: &SharedRedis,
     script: &Script,
     batch: &[Settlement],
@@ -822,13 +841,15 @@ mod tests {
             std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
         }
 
+        /// A limiter on the exact path (no leasing: these tests are about the script).
         fn limiter(name: &str) -> RedisLimiter {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos();
             let config: RedisConfig = serde_yaml_ng::from_str(&format!(
-                "url: {{ value: '{}' }}\nkey_prefix: 'test-rl-{name}-{}-{nanos}'\ntimeout_ms: 2000",
+                "url: {{ value: '{}' }}\nkey_prefix: 'test-rl-{name}-{}-{nanos}'\ntimeout_ms: 2000\n\
+                 lease: {{ enabled: false }}",
                 redis_url(),
                 std::process::id()
             ))
@@ -1089,6 +1110,58 @@ mod tests {
             let s = [Subject::limited(Scope::Key, "k", &state, Some(5), None)];
             assert_eq!(l.admit(&s, 10).await, Err(Denial::Unavailable));
             assert!(!l.redis().is_up());
+        }
+
+        /// Microseconds `key`'s TAT is ahead of Redis's clock (0: idle, no key).
+        async fn ahead(l: &RedisLimiter, key: &str) -> i64 {
+            let tat: i64 = get(l, key).await.map_or(0, |v| v.parse().unwrap());
+            let mut conn = l.redis().conn();
+            let (secs, micros): (i64, i64) =
+                redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+            (tat - (secs * 1_000_000 + micros)).max(0)
+        }
+
+        #[tokio::test]
+        async fn a_slice_is_charged_in_redis_whole_used_locally_and_given_back() {
+            // Slices of a tenth: 100 requests of a 1000 rpm limit, 60 ms of the cell each.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let config: RedisConfig = serde_yaml_ng::from_str(&format!(
+                "url: {{ value: '{}' }}\nkey_prefix: 'test-rl-lease-{nanos}'\ntimeout_ms: 2000\n\
+                 lease: {{ fraction: 0.1, max_age_ms: 60000, idle_ms: 60000 }}",
+                redis_url()
+            ))
+            .unwrap();
+            let l = RedisLimiter::new(SharedRedis::connect(&config).unwrap());
+            let state = LocalLimitState::new();
+            let s = [Subject::limited(Scope::Key, "k", &state, Some(1000), None)];
+            let key = cell_key(l.redis().prefix(), None, &s[0], Resource::Requests);
+            // The first request takes the exact path; its slice is fetched beside it.
+            l.admit(&s, 0).await.unwrap();
+            let mut held = ahead(&l, &key).await;
+            for _ in 0..200 {
+                if held > 5_000_000 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                held = ahead(&l, &key).await;
+            }
+            assert!(held > 5_000_000, "1 + 100 units charged: {held} us ahead");
+            // 50 requests from the slice: Redis is not charged again.
+            for _ in 0..50 {
+                l.admit(&s, 0).await.unwrap();
+            }
+            let used = ahead(&l, &key).await;
+            assert!(used <= held, "{used} after {held}");
+            // The 50 left go back: 3 s of the cell.
+            l.give_back_leases().await;
+            let back = ahead(&l, &key).await;
+            assert!(
+                (3_000_000..5_000_000).contains(&(used - back)),
+                "{used} before, {back} after"
+            );
         }
 
         #[tokio::test]

@@ -792,7 +792,8 @@ struct PromptDetails {
 }
 
 impl PromptDetails {
-    /// As [`PartialUsage::from_span`], for a field that may be absent.
+    /// As [`PartialUsage::from_members`] reads it, for a field that may be absent; `None`
+    /// for serde to decide.
     fn from_span(value: Option<&[u8]>) -> Option<Option<Self>> {
         match value {
             None | Some(b"null") => Some(None),
@@ -824,8 +825,8 @@ fn count(value: Option<&[u8]>) -> Option<Option<u64>> {
     Some(Some(n))
 }
 
-/// The fields of [`PartialUsage`] as its serde reads them, in the order [`PartialUsage::from_span`]
-/// takes their spans.
+/// The fields of [`PartialUsage`] as its serde reads them, in the order
+/// [`PartialUsage::from_members`] takes their spans.
 const PARTIAL_USAGE_FIELDS: [&[u8]; 8] = [
     b"prompt_tokens",
     b"completion_tokens",
@@ -838,17 +839,12 @@ const PARTIAL_USAGE_FIELDS: [&[u8]; 8] = [
 ];
 
 impl PartialUsage {
-    /// The `Option<PartialUsage>` serde reads from `value` (one that [`json_scan`] validated),
-    /// read without serde when it has the usual shape: `null`, or an object whose fields are
-    /// `null` or plain integers (details objects alike). `None` for any other shape (an
-    /// escaped key, a repeated field, a sign, a fraction, an array): serde decides those.
-    fn from_span(value: &[u8]) -> Option<Option<Self>> {
-        if value == b"null" {
-            return Some(None);
-        }
-        let Scan::Object(spans) = json_scan::fields(value, PARTIAL_USAGE_FIELDS) else {
-            return None;
-        };
+    /// The `PartialUsage` serde reads from an object whose members called
+    /// [`PARTIAL_USAGE_FIELDS`] have the values at `spans` in `body` ([`json_scan`] validated
+    /// it and found them), read without serde when they have the usual shape: `null` or plain
+    /// integers (details objects alike). `None` for any other (a sign, a fraction, an
+    /// exponent, an overflow): serde decides those.
+    fn from_members(body: &[u8], spans: [Option<Range<usize>>; 8]) -> Option<Self> {
         let [
             prompt,
             completion,
@@ -858,8 +854,8 @@ impl PartialUsage {
             output,
             read,
             created,
-        ] = spans.map(|span| span.and_then(|span| value.get(span)));
-        Some(Some(Self {
+        ] = spans.map(|span| span.and_then(|span| body.get(span)));
+        Some(Self {
             prompt_tokens: count(prompt)?,
             completion_tokens: count(completion)?,
             prompt_tokens_details: PromptDetails::from_span(prompt_details)?,
@@ -868,7 +864,7 @@ impl PartialUsage {
             output_tokens: count(output)?,
             cache_read_input_tokens: count(read)?,
             cache_creation_input_tokens: count(created)?,
-        }))
+        })
     }
 
     /// Writes the reported parts into `usage`, leaving unreported ones as they were.
@@ -917,13 +913,23 @@ struct UsageOnly {
 }
 
 impl UsageOnly {
-    /// The fields parsed from their values' spans in a body that [`json_scan`] validated;
-    /// `None` when one does not parse as its type.
-    fn from_spans(body: &[u8], [usage, metadata]: [Option<Range<usize>>; 2]) -> Option<Self> {
+    /// The fields parsed from their values' spans in a body that [`json_scan`] validated
+    /// (`members`: those of the `usage` value's members, when it is an object); `None` when
+    /// one does not parse as its type.
+    fn from_spans(
+        body: &[u8],
+        [usage, metadata]: [Option<Range<usize>>; 2],
+        members: [Option<Range<usize>>; 8],
+    ) -> Option<Self> {
         let usage = match usage {
             Some(span) => {
                 let value = body.get(span)?;
-                PartialUsage::from_span(value).or_else(|| serde_json::from_slice(value).ok())?
+                let read = match value {
+                    [b'{', ..] => PartialUsage::from_members(body, members).map(Some),
+                    b"null" => Some(None),
+                    _ => None,
+                };
+                read.or_else(|| serde_json::from_slice(value).ok())?
             }
             None => None,
         };
@@ -957,12 +963,14 @@ fn gemini_usage(metadata: &serde_json::Value) -> Option<PartialUsage> {
 /// a 2xx with a broken body is an upstream failure, not something to relay.
 ///
 /// The body is validated by [`json_scan`], which also finds the `usage` and `usageMetadata`
-/// values for serde to parse alone; what the scan leaves undecided, and every failure (for
+/// values (and the `usage` object's fields) in the same pass, for reading alone; what the scan leaves undecided, and every failure (for
 /// serde's error), is read as [`usage_from_whole_body`] reads it, so the outcome is always
 /// that function's.
 pub fn usage_from_body(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
-    if let Scan::Object(spans) = json_scan::fields(body, USAGE_FIELDS)
-        && let Some(parsed) = UsageOnly::from_spans(body, spans)
+    let (scan, members) =
+        json_scan::fields_within(body, USAGE_FIELDS, Some((0, PARTIAL_USAGE_FIELDS)));
+    if let Scan::Object(spans) = scan
+        && let Some(parsed) = UsageOnly::from_spans(body, spans, members)
     {
         return Ok(parsed.partial().map(Usage::from));
     }

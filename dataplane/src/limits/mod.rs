@@ -174,7 +174,8 @@ impl LimitView {
             if let Some(s) = state {
                 headers.insert(limit, HeaderValue::from(s.limit));
                 headers.insert(remaining, HeaderValue::from(s.remaining));
-                if let Ok(v) = HeaderValue::from_str(&format_reset(s.reset_nanos)) {
+                // The formatted string becomes the value's buffer: no second copy.
+                if let Ok(v) = HeaderValue::try_from(format_reset(s.reset_nanos)) {
                     headers.insert(reset, v);
                 }
             }

@@ -963,9 +963,9 @@ fn gemini_usage(metadata: &serde_json::Value) -> Option<PartialUsage> {
 /// a 2xx with a broken body is an upstream failure, not something to relay.
 ///
 /// The body is validated by [`json_scan`], which also finds the `usage` and `usageMetadata`
-/// values (and the `usage` object's fields) in the same pass, for reading alone; what the scan leaves undecided, and every failure (for
-/// serde's error), is read as [`usage_from_whole_body`] reads it, so the outcome is always
-/// that function's.
+/// values (and the `usage` object's fields) in the same pass, for reading alone; what the
+/// scan leaves undecided, and every failure (for serde's error), is read as
+/// [`usage_from_whole_body`] reads it, so the outcome is always that function's.
 pub fn usage_from_body(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
     let (scan, members) =
         json_scan::fields_within(body, USAGE_FIELDS, Some((0, PARTIAL_USAGE_FIELDS)));

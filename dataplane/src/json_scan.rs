@@ -495,7 +495,8 @@ mod tests {
     #[test]
     fn skips_what_serde_skips_unchecked() {
         // Invalid UTF-8 and a lone surrogate in a skipped string, a number beyond any type.
-        let body = b"{\"a\":\"\xff\xfe\",\"b\":\"\\ud800\",\"c\":1e999999,\"d\":123456789012345678901234567890}";
+        let body = b"{\"a\":\"\xff\xfe\",\"b\":\"\\ud800\",\"c\":1e999999,\
+            \"d\":123456789012345678901234567890}";
         assert_eq!(scan(body), Scan::Object([None, None]));
         assert_eq!(usage_from_body(body).unwrap(), None);
     }
@@ -718,9 +719,13 @@ mod tests {
         /// Generated answers, intact and edited: the same usage, or the same refusal, as serde
         /// over the whole body; and the scan refuses exactly what serde refuses.
         #[test]
-        fn reads_every_body_as_serde_does(body in body(), edits in prop::collection::vec(edit(), 0..3)) {
+        fn reads_every_body_as_serde_does(
+            body in body(),
+            edits in prop::collection::vec(edit(), 0..3),
+        ) {
             let body = apply(body, &edits);
-            prop_assert_eq!(usage_from_body_agrees(&body), Ok(()), "{}", String::from_utf8_lossy(&body));
+            let shown = String::from_utf8_lossy(&body);
+            prop_assert_eq!(usage_from_body_agrees(&body), Ok(()), "{}", shown);
         }
     }
 }

@@ -31,11 +31,14 @@
 //!   the provider reports;
 //! - an upstream error without usage, or a request that never reached a deployment → nothing.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::StatusCode;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use switchboard_shared::budget::{MAX_CHARGE_NANOS, charge_nanos};
 use switchboard_shared::pricing::{cost, media_cost};
 use switchboard_shared::usage::{
@@ -45,6 +48,7 @@ use switchboard_shared::usage::{
 use crate::catalog::DeploymentEntry;
 use crate::context::RequestFacts;
 pub use crate::context::completion_allowance;
+use crate::json_scan::{self, Scan};
 use crate::limits::Limiter;
 use crate::metrics;
 use crate::quota::{Stores, Ticket};
@@ -787,7 +791,82 @@ struct PromptDetails {
     cached_tokens: Option<u64>,
 }
 
+impl PromptDetails {
+    /// As [`PartialUsage::from_members`] reads it, for a field that may be absent; `None`
+    /// for serde to decide.
+    fn from_span(value: Option<&[u8]>) -> Option<Option<Self>> {
+        match value {
+            None | Some(b"null") => Some(None),
+            Some(value) => match json_scan::fields(value, [b"cached_tokens"]) {
+                Scan::Object([cached]) => Some(Some(Self {
+                    cached_tokens: count(cached.and_then(|span| value.get(span)))?,
+                })),
+                Scan::Invalid | Scan::Unsure => None,
+            },
+        }
+    }
+}
+
+/// The `Option<u64>` serde reads from a field's validated value (`None` if absent), when the
+/// value is `null` or plain digits that fit; `None` for anything else, which serde decides
+/// (`-0` reads as 0; a fraction, an exponent or an overflow is refused).
+fn count(value: Option<&[u8]>) -> Option<Option<u64>> {
+    let digits = match value {
+        None | Some(b"null") => return Some(None),
+        Some(digits) => digits,
+    };
+    let mut n: u64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+    }
+    Some(Some(n))
+}
+
+/// The fields of [`PartialUsage`] as its serde reads them, in the order
+/// [`PartialUsage::from_members`] takes their spans.
+const PARTIAL_USAGE_FIELDS: [&[u8]; 8] = [
+    b"prompt_tokens",
+    b"completion_tokens",
+    b"prompt_tokens_details",
+    b"input_tokens",
+    b"input_tokens_details",
+    b"output_tokens",
+    b"cache_read_input_tokens",
+    b"cache_creation_input_tokens",
+];
+
 impl PartialUsage {
+    /// The `PartialUsage` serde reads from an object whose members called
+    /// [`PARTIAL_USAGE_FIELDS`] have the values at `spans` in `body` ([`json_scan`] validated
+    /// it and found them), read without serde when they have the usual shape: `null` or plain
+    /// integers (details objects alike). `None` for any other (a sign, a fraction, an
+    /// exponent, an overflow): serde decides those.
+    fn from_members(body: &[u8], spans: [Option<Range<usize>>; 8]) -> Option<Self> {
+        let [
+            prompt,
+            completion,
+            prompt_details,
+            input,
+            input_details,
+            output,
+            read,
+            created,
+        ] = spans.map(|span| span.and_then(|span| body.get(span)));
+        Some(Self {
+            prompt_tokens: count(prompt)?,
+            completion_tokens: count(completion)?,
+            prompt_tokens_details: PromptDetails::from_span(prompt_details)?,
+            input_tokens: count(input)?,
+            input_tokens_details: PromptDetails::from_span(input_details)?,
+            output_tokens: count(output)?,
+            cache_read_input_tokens: count(read)?,
+            cache_creation_input_tokens: count(created)?,
+        })
+    }
+
     /// Writes the reported parts into `usage`, leaving unreported ones as they were.
     pub fn merge_into(self, usage: &mut Usage) {
         let read = self
@@ -834,6 +913,36 @@ struct UsageOnly {
 }
 
 impl UsageOnly {
+    /// The fields parsed from their values' spans in a body that [`json_scan`] validated
+    /// (`members`: those of the `usage` value's members, when it is an object); `None` when
+    /// one does not parse as its type.
+    fn from_spans(
+        body: &[u8],
+        [usage, metadata]: [Option<Range<usize>>; 2],
+        members: [Option<Range<usize>>; 8],
+    ) -> Option<Self> {
+        let usage = match usage {
+            Some(span) => {
+                let value = body.get(span)?;
+                let read = match value {
+                    [b'{', ..] => PartialUsage::from_members(body, members).map(Some),
+                    b"null" => Some(None),
+                    _ => None,
+                };
+                read.or_else(|| serde_json::from_slice(value).ok())?
+            }
+            None => None,
+        };
+        let usage_metadata = match metadata {
+            Some(span) => serde_json::from_slice(body.get(span)?).ok()?,
+            None => None,
+        };
+        Some(Self {
+            usage,
+            usage_metadata,
+        })
+    }
+
     fn partial(self) -> Option<PartialUsage> {
         self.usage
             .or_else(|| self.usage_metadata.as_ref().and_then(gemini_usage))
@@ -852,9 +961,50 @@ fn gemini_usage(metadata: &serde_json::Value) -> Option<PartialUsage> {
 
 /// Usage from a complete (non-streamed) JSON answer. `Err` when the body is not a JSON object:
 /// a 2xx with a broken body is an upstream failure, not something to relay.
+///
+/// The body is validated by [`json_scan`], which also finds the `usage` and `usageMetadata`
+/// values (and the `usage` object's fields) in the same pass, for reading alone; what the
+/// scan leaves undecided, and every failure (for serde's error), is read as
+/// [`usage_from_whole_body`] reads it, so the outcome is always that function's.
 pub fn usage_from_body(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
+    let (scan, members) =
+        json_scan::fields_within(body, USAGE_FIELDS, Some((0, PARTIAL_USAGE_FIELDS)));
+    if let Scan::Object(spans) = scan
+        && let Some(parsed) = UsageOnly::from_spans(body, spans, members)
+    {
+        return Ok(parsed.partial().map(Usage::from));
+    }
+    usage_from_whole_body(body)
+}
+
+/// The top-level fields whose values [`usage_from_body`] reads.
+const USAGE_FIELDS: [&[u8]; 2] = [b"usage", b"usageMetadata"];
+
+/// [`usage_from_body`] by serde over the whole body: its reference, which the property tests
+/// and the fuzz target `usage_body` hold it to ([`usage_from_body_agrees`]).
+pub fn usage_from_whole_body(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
     let parsed: UsageOnly = serde_json::from_slice(body)?;
     Ok(parsed.partial().map(Usage::from))
+}
+
+/// The property the tests and the fuzz target `usage_body` check on any bytes:
+/// [`usage_from_body`] reads the same usage as [`usage_from_whole_body`], or refuses the body
+/// as it does; and [`json_scan`], where it decides, refuses exactly the bodies that serde
+/// refuses as a top-level object of string keys (whose values it skips).
+pub fn usage_from_body_agrees(body: &[u8]) -> Result<(), String> {
+    let read = usage_from_body(body).ok();
+    let reference = usage_from_whole_body(body).ok();
+    if read != reference {
+        return Err(format!("read {read:?}, serde {reference:?}"));
+    }
+    let scan = json_scan::fields(body, USAGE_FIELDS);
+    if scan != Scan::Unsure {
+        let valid = serde_json::from_slice::<HashMap<String, IgnoredAny>>(body).is_ok();
+        if matches!(scan, Scan::Object(_)) != valid {
+            return Err(format!("the scan found {scan:?}; serde valid: {valid}"));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

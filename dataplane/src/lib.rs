@@ -29,7 +29,8 @@
 //! 6. [`relay`] — streamed answers passed on as they arrive, usage read from the stream;
 //!    [`sse`] cuts every upstream event stream into events (CRLF, LF and CR, linear time).
 //! 7. [`accounting`] — the request's `Ledger`: usage, cost, the ticket's settlement and the
-//!    usage record, which [`usage_publisher`] sends to the control plane over NATS JetStream
+//!    usage record (a complete answer is validated and its usage found by [`json_scan`],
+//!    serde reading only the usage), which [`usage_publisher`] sends to the control plane over NATS JetStream
 //!    in cluster mode.
 //!
 //! Around them: [`handlers`] strings the phases together per route, [`routes`] is the route
@@ -65,6 +66,7 @@ pub mod doctor;
 pub mod error;
 pub mod fleet;
 pub mod handlers;
+pub mod json_scan;
 pub mod limits;
 pub mod media;
 pub mod memory;

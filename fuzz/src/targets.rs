@@ -8,9 +8,12 @@
 //! - `request`: a valid JSON body the parser accepts is still JSON after the gateway's edits
 //!   (model replaced, usage reporting switched on);
 //! - `snapshot`: a snapshot that validates survives its canonical JSON unchanged;
-//! - `prices`: every parsed entry's serialisation reads back strictly as the same entry.
+//! - `prices`: every parsed entry's serialisation reads back strictly as the same entry;
+//! - `usage_body`: a complete answer's usage is read (by a validating scan and serde on its
+//!   usage alone) exactly as serde reads the whole body, refusals included.
 
 use bytes::Bytes;
+use dataplane::accounting::usage_from_body_agrees;
 use dataplane::providers::bedrock::eventstream::{self, EventStream};
 use dataplane::providers::translate::{
     Sse, StreamTranslator, Translated, anthropic_openai, openai_anthropic, openai_bedrock,
@@ -73,6 +76,21 @@ const STREAM_TOKENS: &[&[u8]] = &[
     b":keep-alive\n",
 ];
 
+const USAGE_TOKENS: &[&[u8]] = &[
+    b"\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2},",
+    b"\"usage\":{\"input_tokens\":3,\"cache_read_input_tokens\":1},",
+    b"\"prompt_tokens_details\":{\"cached_tokens\":4}",
+    b"\"usageMetadata\":{\"promptTokenCount\":1,\"candidatesTokenCount\":2},",
+    b"\"us\\u0061ge\":",
+    b"\"\\ud800\\u00e9\"",
+    b"\"\xff\xc3\"",
+    b"1e999",
+    b"-0.5E+3",
+    b"18446744073709551616",
+    b"[[[[[[[[[[[[[[[[",
+    b"]]]]]]]]]]]]]]]]",
+];
+
 pub fn all() -> Vec<Target> {
     let keep = |seeds| seeds;
     vec![
@@ -128,6 +146,12 @@ pub fn all() -> Vec<Target> {
             name: "prices",
             run: prices,
             tokens: &[],
+            derive: keep,
+        },
+        Target {
+            name: "usage_body",
+            run: usage_from_body_agrees,
+            tokens: USAGE_TOKENS,
             derive: keep,
         },
     ]

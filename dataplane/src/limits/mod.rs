@@ -179,7 +179,8 @@ impl LimitView {
             if let Some(s) = state {
                 headers.insert(limit, HeaderValue::from(s.limit));
                 headers.insert(remaining, HeaderValue::from(s.remaining));
-                if let Ok(v) = HeaderValue::from_str(&format_reset(s.reset_nanos)) {
+                // The formatted string becomes the value's buffer: no second copy.
+                if let Ok(v) = HeaderValue::try_from(format_reset(s.reset_nanos)) {
                     headers.insert(reset, v);
                 }
             }
@@ -202,22 +203,45 @@ pub mod names {
     pub const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 }
 
-/// OpenAI's reset format: `20ms`, `1.5s`, `6m0s`.
+/// OpenAI's reset format: `20ms`, `1.5s`, `6m0s`. Written digit by digit into one string
+/// (which becomes the header value's buffer): `format!` cost more than the rest of a header.
 pub fn format_reset(nanos: u64) -> String {
     let ms = nanos.div_ceil(1_000_000);
+    let mut out = String::with_capacity(16);
     if ms < 1000 {
-        format!("{ms}ms")
+        push_number(&mut out, ms);
+        out.push_str("ms");
     } else if ms < 60_000 {
         let tenths = ms.div_ceil(100);
-        if tenths.is_multiple_of(10) {
-            format!("{}s", tenths / 10)
-        } else {
-            format!("{}.{}s", tenths / 10, tenths % 10)
+        push_number(&mut out, tenths / 10);
+        if !tenths.is_multiple_of(10) {
+            out.push('.');
+            push_number(&mut out, tenths % 10);
         }
+        out.push('s');
     } else {
         let secs = ms.div_ceil(1000);
-        format!("{}m{}s", secs / 60, secs % 60)
+        push_number(&mut out, secs / 60);
+        out.push('m');
+        push_number(&mut out, secs % 60);
+        out.push('s');
     }
+    out
+}
+
+/// Appends `n` in decimal.
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 
 /// What admitting a request to its limits answers: the first limited subject's state, or
@@ -289,6 +313,26 @@ mod tests {
         assert_eq!(format_reset(1_450_000_000), "1.5s");
         assert_eq!(format_reset(360_000_000_000), "6m0s");
         assert_eq!(format_reset(1), "1ms");
+        // As `format!` writes it, across every branch and digit count.
+        let reference = |nanos: u64| {
+            let ms = nanos.div_ceil(1_000_000);
+            let tenths = ms.div_ceil(100);
+            let secs = ms.div_ceil(1000);
+            match ms {
+                0..1000 => format!("{ms}ms"),
+                1000..60_000 if tenths.is_multiple_of(10) => format!("{}s", tenths / 10),
+                1000..60_000 => format!("{}.{}s", tenths / 10, tenths % 10),
+                _ => format!("{}m{}s", secs / 60, secs % 60),
+            }
+        };
+        let mut nanos = 0u64;
+        while nanos < u64::MAX / 3 {
+            for n in [nanos, nanos + 1, nanos + 999_999, nanos.wrapping_mul(7)] {
+                assert_eq!(format_reset(n), reference(n), "{n}");
+            }
+            nanos = nanos * 3 + 1;
+        }
+        assert_eq!(format_reset(u64::MAX), reference(u64::MAX));
     }
 
     #[test]

@@ -162,18 +162,23 @@ impl Lease {
     }
 }
 
+/// The lease table's map. Its keys are Redis keys made from catalog ids (never a client's
+/// bytes), looked up three times per entry of every leased admission: foldhash (seeded per
+/// process) instead of SipHash, which cost 5,900 instructions a request.
+type Table = HashMap<String, Lease, foldhash::fast::RandomState>;
+
 /// This replica's slices, by Redis key.
 #[derive(Debug)]
 pub(crate) struct Leases {
     config: LeaseConfig,
-    table: Mutex<HashMap<String, Lease>>,
+    table: Mutex<Table>,
 }
 
 impl Leases {
     pub fn new(config: LeaseConfig) -> Self {
         Self {
             config,
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
         }
     }
 
@@ -198,7 +203,7 @@ impl Leases {
         (slice >= needed).then_some(slice)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -80,7 +80,8 @@ const VERDICT_BODY_WAIT: Duration = Duration::from_secs(2);
 pub const CREDENTIAL_REJECTED_OUT: Duration = Duration::from_secs(300);
 
 /// Request header asking for the routing decision in the answer.
-pub const EXPLAIN_REQUEST_HEADER: &str = "x-switchboard-explain";
+pub const EXPLAIN_REQUEST_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-switchboard-explain");
 /// Response header with the routing decision: the content rule that chose the model, if one
 /// did; per model tried, the strategy, the order with each candidate's signals (see
 /// [`crate::routing::describe`]), the deployments left out and why, whether a session's

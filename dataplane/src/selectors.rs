@@ -29,7 +29,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::catalog::{Catalog, DeploymentEntry, Key, ModelEntry};
 use crate::error::ApiError;
@@ -39,12 +39,13 @@ use crate::request::RequestView;
 // `tag:` models are built there); the names stay reachable here, where requests use them.
 pub use crate::catalog::{TAG_PREFIX, unix_seconds};
 
-/// Request header naming tags that narrow the model's deployments.
-pub const TAGS_HEADER: &str = "x-switchboard-tags";
+/// Request header naming tags that narrow the model's deployments (a `HeaderName`: a `&str`
+/// would be parsed again on every lookup).
+pub const TAGS_HEADER: HeaderName = HeaderName::from_static("x-switchboard-tags");
 /// The tag of the deployments that serve a request whose tags no deployment carries.
 pub const DEFAULT_TAG: &str = "default";
 /// Request header that keeps a conversation on one deployment.
-pub const SESSION_HEADER: &str = "x-session-id";
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
 
 /// What a request needs from a deployment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

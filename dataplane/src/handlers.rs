@@ -390,7 +390,9 @@ async fn forward_to_the_end(
         return Box::pin(forward(catalog, &request, ledger)).await;
     }
     let catalog = Arc::clone(catalog);
-    let exchange = async move { forward(&catalog, &request, ledger).await };
+    // Boxed before the spans wrap it: each wrapper would otherwise copy the whole exchange
+    // (about 1,000 instructions a request in `memcpy`).
+    let exchange = Box::pin(async move { forward(&catalog, &request, ledger).await });
     // If it goes on in a task of its own, it runs in the request's spans as the handler does:
     // the exported trace outside (its phase spans stay in the client's trace), the log span
     // inside.

@@ -179,7 +179,7 @@ impl Books {
 /// [`Ledger::answered`], [`Ledger::gave_up`] or [`Ledger::stream_closed`] — or its drop.
 #[derive(Debug)]
 pub struct Ledger {
-    books: Books,
+    books: Arc<Books>,
     request: Arc<RequestFacts>,
     /// Moved into the usage record when the ledger closes.
     request_id: String,
@@ -264,7 +264,7 @@ impl Capture {
 impl Ledger {
     /// Opens the books of an admitted `request` holding `ticket`.
     pub fn open(
-        books: Books,
+        books: Arc<Books>,
         request: Arc<RequestFacts>,
         request_id: String,
         ticket: Ticket,

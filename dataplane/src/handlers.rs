@@ -284,7 +284,7 @@ async fn serve_caller(
         explain: headers.contains_key(crate::proxy::EXPLAIN_REQUEST_HEADER),
     };
     let mut ledger = Ledger::open(
-        state.books.clone(),
+        Arc::clone(&state.books),
         Arc::clone(&request.facts),
         std::mem::take(&mut ids.0),
         ticket,

@@ -32,7 +32,9 @@ pub struct AppState {
     /// The pepper, keyed once for the per-request key hash, and the hashes it remembers.
     key_digests: crate::auth::KeyDigests,
     pub client: HttpClient,
-    pub books: Books,
+    /// Shared with every request's ledger by pointer: cloning the whole of it (336 bytes,
+    /// six reference counts) per request and moving it with the ledger cost more.
+    pub books: Arc<Books>,
     pub max_body_bytes: usize,
     pub metrics: PrometheusHandle,
     /// Open `{ sealed: ... }` credentials in snapshots from the control plane.
@@ -141,7 +143,7 @@ impl AppState {
             key_digests: crate::auth::KeyDigests::new(&pepper),
             pepper,
             client,
-            books,
+            books: Arc::new(books),
             max_body_bytes,
             metrics,
             master_keys: None,

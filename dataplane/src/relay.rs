@@ -203,7 +203,10 @@ impl SseRelay {
 }
 
 /// An OpenAI chunk event without its `usage` field (its other fields, and any other lines,
-/// as they were). An event whose data is not a JSON object is kept as it is.
+/// as they were). An event whose data is not a JSON object is kept as it is. Only the first
+/// `data` line is the chunk ([`event_data`]): further `data` lines are kept as they came, so
+/// the event never grows by more than the line's prefix (a chunk written once per data line
+/// let a hostile upstream multiply its stream).
 fn without_usage(event: &[u8]) -> Bytes {
     let Some(mut chunk) = event_data(event).and_then(|data| {
         serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(data).ok()
@@ -212,8 +215,10 @@ fn without_usage(event: &[u8]) -> Bytes {
     };
     chunk.remove("usage");
     let mut out = BytesMut::with_capacity(event.len());
+    let mut written = false;
     for line in sse::lines(event).filter(|line| !line.is_empty()) {
-        if sse::field(line, b"data").is_some() {
+        if !written && sse::field(line, b"data").is_some() {
+            written = true;
             out.extend_from_slice(b"data: ");
             out.extend_from_slice(&serde_json::to_vec(&chunk).unwrap_or_default());
         } else {
@@ -502,6 +507,18 @@ mod tests {
         assert!(!has_usage_object(br#"{"finish_reason":"usage","x":{}}"#));
         // Escaped inside a string, the key is not a key.
         assert!(!has_usage_object(br#"{"content":"\"usage\": {"}"#));
+    }
+
+    #[test]
+    fn only_the_chunk_line_is_rewritten_when_an_event_has_several_data_lines() {
+        let event =
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\ndata: [DONE]\rdata: x\n\n";
+        let out = without_usage(event);
+        assert_eq!(
+            &out[..],
+            &b"data: {\"choices\":[]}\ndata: [DONE]\ndata: x\n\n"[..]
+        );
+        assert!(out.len() <= event.len());
     }
 
     #[test]

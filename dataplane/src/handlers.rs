@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -43,55 +43,43 @@ pub const GATEWAY_REQUEST_ID: HeaderName = HeaderName::from_static("x-switchboar
 pub const REVISION: HeaderName =
     HeaderName::from_static(switchboard_shared::cluster::REVISION_HEADER);
 
-pub async fn chat_completions(
-    state: State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    proxy(state, Endpoint::ChatCompletions, headers, body).await
+pub async fn chat_completions(state: State<Arc<AppState>>, request: Request) -> Response {
+    proxy(state, Endpoint::ChatCompletions, request).await
 }
 
-pub async fn completions(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    proxy(state, Endpoint::Completions, headers, body).await
+pub async fn completions(state: State<Arc<AppState>>, request: Request) -> Response {
+    proxy(state, Endpoint::Completions, request).await
 }
 
-pub async fn embeddings(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    proxy(state, Endpoint::Embeddings, headers, body).await
+pub async fn embeddings(state: State<Arc<AppState>>, request: Request) -> Response {
+    proxy(state, Endpoint::Embeddings, request).await
 }
 
 /// `POST /v1/responses`: OpenAI's Responses API, with the same keys, limits and routing;
 /// stored responses and `previous_response_id` through [`crate::responses`].
-pub async fn responses(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    proxy(state, Endpoint::Responses, headers, body).await
+pub async fn responses(state: State<Arc<AppState>>, request: Request) -> Response {
+    proxy(state, Endpoint::Responses, request).await
 }
 
 /// `POST /v1/images/generations`: OpenAI's image generation (see [`crate::media`]).
-pub async fn images_generations(
-    state: State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    proxy(state, Endpoint::ImagesGenerations, headers, body).await
+pub async fn images_generations(state: State<Arc<AppState>>, request: Request) -> Response {
+    proxy(state, Endpoint::ImagesGenerations, request).await
 }
 
 /// `POST /v1/audio/transcriptions`: a multipart audio upload (see [`crate::media`]).
-pub async fn audio_transcriptions(
-    state: State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    proxy(state, Endpoint::AudioTranscriptions, headers, body).await
+pub async fn audio_transcriptions(state: State<Arc<AppState>>, request: Request) -> Response {
+    proxy(state, Endpoint::AudioTranscriptions, request).await
 }
 
 /// `POST /v1/audio/speech`: text to binary audio, relayed as it arrives (see [`crate::media`]).
-pub async fn audio_speech(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    proxy(state, Endpoint::AudioSpeech, headers, body).await
+pub async fn audio_speech(state: State<Arc<AppState>>, request: Request) -> Response {
+    proxy(state, Endpoint::AudioSpeech, request).await
 }
 
 /// `POST /v1/messages`: Anthropic's Messages API, with the same keys, limits and routing.
 /// Every error leaves in Anthropic's shape.
-pub async fn messages(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    let mut response = proxy(state, Endpoint::Messages, headers, body).await;
+pub async fn messages(state: State<Arc<AppState>>, request: Request) -> Response {
+    let mut response = proxy(state, Endpoint::Messages, request).await;
     if let Some(error) = response.extensions_mut().remove::<ApiError>() {
         *response.body_mut() = Body::from(error.anthropic_body());
         response.headers_mut().remove(http::header::CONTENT_LENGTH);
@@ -118,23 +106,20 @@ fn client_request_id(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn proxy(
-    state: State<Arc<AppState>>,
-    endpoint: Endpoint,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    proxy_to(state, endpoint, headers, body, None).await
+async fn proxy(state: State<Arc<AppState>>, endpoint: Endpoint, request: Request) -> Response {
+    proxy_to(state, endpoint, request, None).await
 }
 
-/// [`proxy`], for a metered passthrough to `passthrough` when given.
+/// [`proxy`], for a metered passthrough to `passthrough` when given. The handlers take the
+/// whole request and keep its header map: axum's `HeaderMap` extractor would clone it (two
+/// allocations, and a reference count for every header).
 pub(crate) async fn proxy_to(
     State(state): State<Arc<AppState>>,
     endpoint: Endpoint,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
     passthrough: Option<crate::request::Passthrough>,
 ) -> Response {
+    let (http::request::Parts { headers, .. }, body) = request.into_parts();
     let started = Instant::now();
     let id = uuid::Uuid::now_v7().to_string();
     let client_id = client_request_id(&headers);

@@ -346,6 +346,44 @@ pub const ROUTES: [&str; 18] = [
     "other",
 ];
 
+/// The index in [`ROUTES`] of the template that `path` matches, as the router matches it: a
+/// literal segment equals, `{name}` is one non-empty segment, `{*name}` the non-empty rest;
+/// `other` when none does. Worked out from the path, before the router runs, so that counting
+/// needs nothing from inside the router.
+pub fn route_of(path: &str) -> usize {
+    ROUTES[..ROUTES.len() - 1]
+        .iter()
+        .position(|template| matches_template(template, path))
+        .unwrap_or(ROUTES.len() - 1)
+}
+
+fn matches_template(template: &str, path: &str) -> bool {
+    if !template.contains('{') {
+        return template == path;
+    }
+    let mut segments = path.split('/');
+    let mut parts = template.split('/').peekable();
+    while let Some(part) = parts.next() {
+        let Some(segment) = segments.next() else {
+            return false;
+        };
+        if part.starts_with("{*") {
+            // The rest of the path, at least one character.
+            return !segment.is_empty() || segments.next().is_some();
+        }
+        let matched = if part.starts_with('{') {
+            // A parameter: any segment, but not an empty last one.
+            !segment.is_empty() || parts.peek().is_some()
+        } else {
+            part == segment
+        };
+        if !matched {
+            return false;
+        }
+    }
+    segments.next().is_none()
+}
+
 const STATUSES: [&str; 19] = [
     "200", "400", "401", "403", "404", "405", "408", "413", "422", "429", "499", "500", "502",
     "503", "504", "2xx", "4xx", "5xx", "other",
@@ -633,6 +671,76 @@ mod tests {
             200u16, 400, 401, 403, 404, 405, 408, 413, 422, 429, 499, 500, 502, 503, 504,
         ] {
             assert_eq!(STATUSES[status_index(code)], code.to_string());
+        }
+    }
+
+    /// `route_of` agrees with axum's router, which the table's templates come from: every
+    /// path gets the template the router matches (by `MatchedPath`), or `other`.
+    #[tokio::test]
+    async fn paths_get_the_template_the_router_matches() {
+        use axum::extract::MatchedPath;
+        use tower::ServiceExt;
+        let mut router = axum::Router::new();
+        for template in &ROUTES[..ROUTES.len() - 1] {
+            router = router.route(
+                template,
+                axum::routing::any(|path: MatchedPath| async move { path.as_str().to_owned() }),
+            );
+        }
+        let router = router.fallback(|| async { "other" });
+        let paths = [
+            "/v1/chat/completions",
+            "/v1/chat/completions/",
+            "/v1/chat",
+            "/v1/messages",
+            "/v1/messages/count_tokens",
+            "/v1/messages/x",
+            "/v1/responses",
+            "/v1/responses/",
+            "/v1/responses/resp_1",
+            "/v1/responses/resp_1/x",
+            "/v1/responses//",
+            "/v1/models",
+            "/v1/models/",
+            "/v1/models/gpt-4o",
+            "/v1/models/a/b",
+            "/v1/models//",
+            "/passthrough/openai/v1/chat/completions",
+            "/passthrough/openai/x",
+            "/passthrough/openai/",
+            "/passthrough/openai",
+            "/passthrough//x",
+            "/passthrough/a//",
+            "/passthrough/a//x",
+            "/passthrough///",
+            "/passthrough//",
+            "/passthrough///x",
+            "/v1/key/info",
+            "/healthz",
+            "/healthz/",
+            "/readyz",
+            "/metrics",
+            "/",
+            "",
+            "/v1/embeddings",
+            "/v1/completions",
+            "/v1/images/generations",
+            "/v1/audio/transcriptions",
+            "/v1/audio/speech",
+            "/nope",
+            "/v1/models/%2F",
+        ];
+        for path in paths {
+            let request = http::Request::builder()
+                .uri(format!("http://gateway{path}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let answer = router.clone().oneshot(request).await.unwrap();
+            let body = axum::body::to_bytes(answer.into_body(), 1024)
+                .await
+                .unwrap();
+            let matched = std::str::from_utf8(&body).unwrap();
+            assert_eq!(ROUTES[route_of(path)], matched, "path {path:?}");
         }
     }
 }

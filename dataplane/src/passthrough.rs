@@ -25,8 +25,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
 use switchboard_shared::snapshot::ProviderKind;
 
@@ -41,8 +40,7 @@ pub async fn passthrough(
     state: State<Arc<AppState>>,
     Path((kind, path)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let kind = match kind.as_str() {
         "openai" => ProviderKind::Openai,
@@ -60,7 +58,7 @@ pub async fn passthrough(
         Ok(target) => target,
         Err(error) => return in_shape(kind, error.into_response()),
     };
-    let response = proxy_to(state, Endpoint::Passthrough, headers, body, Some(target)).await;
+    let response = proxy_to(state, Endpoint::Passthrough, request, Some(target)).await;
     in_shape(kind, response)
 }
 

@@ -16,7 +16,7 @@ use controlplane::service::{Actor, Ctx, Error, Role};
 /// hundreds of MB larger. mimalloc gives huge blocks back (`docs/security.md`, the flood
 /// measurement).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: switchboard_alloc::Mimalloc = switchboard_alloc::Mimalloc;
 
 #[derive(Parser)]
 #[command(

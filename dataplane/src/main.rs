@@ -12,7 +12,7 @@ use switchboard_shared::keys::{display_prefix, hash_key_hex};
 /// mimalloc instead of the system allocator: the request path allocates small, short-lived
 /// buffers, where glibc's malloc spent a tenth of the gateway's CPU in the benchmark.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: switchboard_alloc::Mimalloc = switchboard_alloc::Mimalloc;
 
 #[derive(Parser)]
 #[command(

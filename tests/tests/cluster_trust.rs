@@ -34,7 +34,7 @@ use tonic::transport::Channel;
 /// The control-plane binary's allocator (`controlplane/src/main.rs`), so that the memory
 /// measurements below (`login_flood`, `watchers_memory`) see what a deployed control plane does.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: switchboard_alloc::Mimalloc = switchboard_alloc::Mimalloc;
 
 /// A ConfigService client presenting `token` (if any).
 async fn grpc_client(

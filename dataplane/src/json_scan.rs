@@ -142,10 +142,8 @@ impl Cursor<'_> {
         }
         let b = self.b;
         loop {
-            let key = self.named_key()?;
-            let named = names
-                .iter()
-                .position(|name| Some(*name) == b.get(key.clone()));
+            let key = b.get(self.named_key()?).unwrap_or_default();
+            let named = names.iter().position(|name| *name == key);
             let first = self.ws();
             let start = self.i;
             match &mut inner {

@@ -102,6 +102,119 @@ struct Fields<'a> {
     prompt: Option<&'a RawValue>,
 }
 
+#[derive(Debug, PartialEq, Eq)]
+/// [`Fields`] as the rest of the parse reads them: each value's JSON text, `null` dropped where
+/// serde drops it (the fields read as `Option<&RawValue>` without `raw_even_if_null`).
+struct Found<'a> {
+    model: Option<&'a str>,
+    stream: Option<bool>,
+    stream_options: Option<&'a str>,
+    max_tokens: Option<&'a str>,
+    max_completion_tokens: Option<&'a str>,
+    max_output_tokens: Option<&'a str>,
+    n: Option<&'a str>,
+    best_of: Option<&'a str>,
+    tools: Option<&'a str>,
+    functions: Option<&'a str>,
+    messages: Option<&'a str>,
+    prompt: Option<&'a str>,
+}
+
+impl<'a> From<Fields<'a>> for Found<'a> {
+    fn from(f: Fields<'a>) -> Self {
+        let text = |raw: Option<&'a RawValue>| raw.map(RawValue::get);
+        Self {
+            model: text(f.model),
+            stream: f.stream,
+            stream_options: text(f.stream_options),
+            max_tokens: text(f.max_tokens),
+            max_completion_tokens: text(f.max_completion_tokens),
+            max_output_tokens: text(f.max_output_tokens),
+            n: text(f.n),
+            best_of: text(f.best_of),
+            tools: text(f.tools),
+            functions: text(f.functions),
+            messages: text(f.messages),
+            prompt: text(f.prompt),
+        }
+    }
+}
+
+/// Searches a body for an image part. Made once: `memmem::find` builds its searcher on every
+/// call (about 400 instructions, more than the search of a small body).
+static IMAGE_URL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"image_url\""));
+
+/// [`Fields`]' names, in [`Found`]'s order.
+const NAMES: [&[u8]; 12] = [
+    b"model",
+    b"stream",
+    b"stream_options",
+    b"max_tokens",
+    b"max_completion_tokens",
+    b"max_output_tokens",
+    b"n",
+    b"best_of",
+    b"tools",
+    b"functions",
+    b"messages",
+    b"prompt",
+];
+
+/// The fields read by [`json_scan`] instead of serde (a third of serde's instructions for a
+/// small chat body), when the scan decides and every value reads as serde reads it: a
+/// `RawValue` must be UTF-8, `stream` a boolean or `null`. `None` leaves the body to serde,
+/// which then answers as it always did (its error, or the same fields: a property test below
+/// holds the two to each other).
+fn scanned(body: &[u8]) -> Option<Found<'_>> {
+    fn not_null(raw: Option<&str>) -> Option<&str> {
+        raw.filter(|text| *text != "null")
+    }
+    let crate::json_scan::Scan::Object(spans) = crate::json_scan::fields(body, NAMES) else {
+        return None;
+    };
+    let mut raw: [Option<&str>; 12] = [None; 12];
+    for (slot, span) in raw.iter_mut().zip(spans) {
+        if let Some(span) = span {
+            *slot = Some(std::str::from_utf8(body.get(span)?).ok()?);
+        }
+    }
+    let [
+        model,
+        stream,
+        stream_options,
+        max_tokens,
+        max_completion_tokens,
+        max_output_tokens,
+        n,
+        best_of,
+        tools,
+        functions,
+        messages,
+        prompt,
+    ] = raw;
+    let stream = match stream {
+        None | Some("null") => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return None,
+    };
+    Some(Found {
+        model: not_null(model),
+        stream,
+        stream_options,
+        max_tokens,
+        max_completion_tokens,
+        max_output_tokens,
+        n,
+        best_of,
+        tools: not_null(tools),
+        functions: not_null(functions),
+        messages: not_null(messages),
+        prompt: not_null(prompt),
+    })
+}
+
 fn raw_even_if_null<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<&'de RawValue>, D::Error> {
@@ -153,20 +266,24 @@ impl RequestView {
     }
 
     fn parse_inner(body: Bytes, named: Option<String>) -> Result<Self, ApiError> {
-        let fields: Fields<'_> =
-            serde_json::from_slice(&body).map_err(|e| body_error(&body, &e))?;
+        let fields = match scanned(&body) {
+            Some(found) => found,
+            None => Found::from(
+                serde_json::from_slice::<Fields<'_>>(&body).map_err(|e| body_error(&body, &e))?,
+            ),
+        };
         let (model, model_span) = match named {
             Some(model) => (model, 0..0),
             None => {
                 let model = model_of(fields.model)?;
-                let span = fields.model.map_or(0..0, |raw| span_of(&body, raw.get()));
+                let span = fields.model.map_or(0..0, |raw| span_of(&body, raw));
                 (model, span)
             }
         };
         let client_wants_usage = match fields.stream_options {
             None => false,
-            Some(raw) if raw.get() == "null" => false,
-            Some(raw) => serde_json::from_str::<StreamOptions>(raw.get())
+            Some("null") => false,
+            Some(raw) => serde_json::from_str::<StreamOptions>(raw)
                 .map_err(|e| {
                     ApiError::bad_request(
                         format!("invalid `stream_options`: {e}"),
@@ -195,16 +312,15 @@ impl RequestView {
         let choices = whole_number(fields.n, "n", MAX_CHOICES)?
             .unwrap_or(1)
             .max(whole_number(fields.best_of, "best_of", MAX_CHOICES)?.unwrap_or(1));
-        let stream_options_span = fields.stream_options.map(|raw| span_of(&body, raw.get()));
+        let stream_options_span = fields.stream_options.map(|raw| span_of(&body, raw));
         let object_start = body.iter().position(|&b| b == b'{').map_or(0, |p| p + 1);
-        let present =
-            |raw: Option<&RawValue>| raw.is_some_and(|r| !matches!(r.get(), "null" | "[]"));
+        let present = |raw: Option<&str>| raw.is_some_and(|r| !matches!(r, "null" | "[]"));
         let uses_tools = present(fields.tools) || present(fields.functions);
-        let has_images = memchr::memmem::find(&body, b"\"image_url\"").is_some();
+        let has_images = IMAGE_URL.find(&body).is_some();
         let prompt_span = fields
             .messages
             .or(fields.prompt)
-            .map(|raw| span_of(&body, raw.get()));
+            .map(|raw| span_of(&body, raw));
         Ok(Self {
             anthropic_headers: Vec::new(),
             passthrough: None,
@@ -346,21 +462,21 @@ impl RequestView {
 }
 
 /// The body's `model`: a non-empty string, else a 400 naming it.
-fn model_of(raw_model: Option<&RawValue>) -> Result<String, ApiError> {
+fn model_of(raw_model: Option<&str>) -> Result<String, ApiError> {
     let Some(raw_model) = raw_model else {
         return Err(ApiError::bad_request(
             "you must provide a model parameter",
             Some("model"),
         ));
     };
-    match serde_json::from_str::<String>(raw_model.get()) {
+    match serde_json::from_str::<String>(raw_model) {
         Ok(m) if !m.is_empty() => Ok(m),
         Ok(_) => Err(ApiError::bad_request(
             "`model` must not be empty",
             Some("model"),
         )),
         Err(_) => Err(ApiError::bad_request(
-            format!("`model` must be a string, got {}", raw_model.get()),
+            format!("`model` must be a string, got {raw_model}"),
             Some("model"),
         )),
     }
@@ -375,15 +491,10 @@ pub const MAX_CHOICES: u64 = 128;
 
 /// A client-supplied count: absent is `None`; present, it must be a JSON integer (no fraction,
 /// no exponent, not a string, not `null`) in `1..=max`, else a 400 naming `field`.
-fn whole_number(
-    raw: Option<&RawValue>,
-    field: &'static str,
-    max: u64,
-) -> Result<Option<u64>, ApiError> {
-    let Some(raw) = raw else {
+fn whole_number(raw: Option<&str>, field: &'static str, max: u64) -> Result<Option<u64>, ApiError> {
+    let Some(text) = raw else {
         return Ok(None);
     };
-    let text = raw.get();
     let refuse = |what: &str| {
         Err(ApiError::bad_request(
             format!("`{field}` must be a whole number from 1 to {max}; got {what}"),
@@ -449,6 +560,19 @@ fn span_of(whole: &[u8], part: &str) -> Range<usize> {
 /// `name` as a JSON string literal, quotes included, for [`RequestView::upstream_body`].
 pub fn json_string_literal(name: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(name).unwrap_or_else(|_| b"\"\"".to_vec()))
+}
+
+/// Checks [`scanned`] against serde on one body: wherever the scan decides, serde reads the
+/// same fields. `Err` says how they differ (for the property test and the fuzz target).
+pub fn scanned_fields_agree(body: &[u8]) -> Result<(), String> {
+    let Some(found) = scanned(body) else {
+        return Ok(());
+    };
+    match serde_json::from_slice::<Fields<'_>>(body).map(Found::from) {
+        Ok(read) if read == found => Ok(()),
+        Ok(read) => Err(format!("scan {found:?}, serde {read:?}")),
+        Err(e) => Err(format!("scan {found:?}, serde refuses: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -608,5 +732,139 @@ mod tests {
         assert_eq!(legacy.last_user_text().as_deref(), Some("say \"hi\""));
         let no_user = view(r#"{"model":"m","messages":[{"role":"system","content":"s"}]}"#);
         assert_eq!(no_user.last_user_text(), None);
+    }
+
+    mod scanned_against_serde {
+        use super::super::scanned_fields_agree;
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &[
+            "model",
+            "stream",
+            "stream_options",
+            "max_tokens",
+            "max_completion_tokens",
+            "max_output_tokens",
+            "n",
+            "best_of",
+            "tools",
+            "functions",
+            "messages",
+            "prompt",
+            "temperature",
+            "user",
+            "mode\\u006c",
+            "",
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            let leaf = prop::sample::select(vec![
+                "null",
+                "true",
+                "false",
+                "0",
+                "1",
+                "-1",
+                "2.5",
+                "1e2",
+                "128",
+                "1000001",
+                "\"gpt-4o\"",
+                "\"\"",
+                "\"g\\u0070t\"",
+                "\"h\u{e9}\"",
+                "\"\\ud800\"",
+                "[]",
+                "{}",
+                "{\"include_usage\":true}",
+                "[{\"role\":\"user\",\"content\":\"hi\"}]",
+            ])
+            .prop_map(String::from);
+            let nested = leaf.clone().prop_recursive(2, 8, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3)
+                        .prop_map(|items| format!("[{}]", items.join(","))),
+                    prop::collection::vec((prop::sample::select(KEYS), inner), 0..3).prop_map(
+                        |fields| {
+                            let fields: Vec<String> =
+                                fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                            format!("{{{}}}", fields.join(","))
+                        }
+                    ),
+                ]
+            });
+            prop_oneof![3 => leaf, 1 => nested]
+        }
+
+        /// Distinct top-level keys (a repeated one is left to serde), each with a value.
+        fn fields() -> impl Strategy<Value = Vec<(&'static str, String)>> {
+            prop::sample::subsequence(KEYS, 0..8).prop_flat_map(|keys| {
+                let n = keys.len();
+                (Just(keys), prop::collection::vec(value(), n))
+                    .prop_map(|(keys, values)| keys.into_iter().zip(values).collect())
+            })
+        }
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            (
+                fields(),
+                prop::collection::vec(
+                    (
+                        any::<prop::sample::Index>(),
+                        prop::sample::select(vec![
+                            &b" "[..],
+                            b"\"",
+                            b"\\",
+                            b",",
+                            b":",
+                            b"{",
+                            b"}",
+                            b"]",
+                            b"\xff",
+                            b"\xc3",
+                            b"\x01",
+                            b"nul",
+                            b"\"n\":2,",
+                            b"\"stream\":\"yes\",",
+                        ]),
+                    ),
+                    0..2,
+                ),
+            )
+                .prop_map(|(fields, edits)| {
+                    let fields: Vec<String> = fields
+                        .iter()
+                        .map(|(k, v)| format!("\"{k}\" : {v}"))
+                        .collect();
+                    let mut body = format!(" {{{}}} ", fields.join(",")).into_bytes();
+                    for (at, snippet) in edits {
+                        let at = at.index(body.len() + 1);
+                        body.splice(at..at, snippet.iter().copied());
+                    }
+                    body
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// Generated request bodies, intact and edited: wherever the scan reads the
+            /// fields, serde reads the same ones.
+            #[test]
+            fn the_scan_reads_what_serde_reads(body in body()) {
+                let shown = String::from_utf8_lossy(&body);
+                prop_assert_eq!(scanned_fields_agree(&body), Ok(()), "{}", shown);
+            }
+        }
+
+        #[test]
+        fn a_plain_chat_body_is_read_by_the_scan() {
+            let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":null,"n":null}"#;
+            let found = super::super::scanned(body).expect("the scan decides");
+            assert_eq!(found.model, Some("\"gpt-4o\""));
+            assert_eq!(found.stream, None);
+            assert_eq!(found.n, Some("null"));
+            assert_eq!(scanned_fields_agree(body), Ok(()));
+        }
     }
 }

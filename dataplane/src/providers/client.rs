@@ -406,12 +406,11 @@ async fn exchange(mut conn: Conn, request: &[u8]) -> Result<Head, Exchange> {
                 Ok(None) if buf.len() > MAX_HEAD_BYTES => return Err(Exchange::Failed),
                 Ok(None) => break,
                 Err(()) => return Err(Exchange::Failed),
-                Ok(Some((status, headers, len))) => {
+                Ok(Some((status, headers, len, framing))) => {
                     buf.advance(len);
                     if status.is_informational() {
                         continue; // 100 Continue and friends: the real head follows
                     }
-                    let framing = Framing::of(status, &headers);
                     return Ok((status, headers, conn, buf, framing));
                 }
             }
@@ -419,8 +418,10 @@ async fn exchange(mut conn: Conn, request: &[u8]) -> Result<Head, Exchange> {
     }
 }
 
-/// Parses a response head: `Ok(None)` when incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<(StatusCode, HeaderMap, usize)>, ()> {
+/// Parses a response head: `Ok(None)` when incomplete; else the status, the headers, the
+/// head's length and how its body is framed (read from the headers as they are parsed,
+/// rather than looked up again in the map).
+fn parse_head(buf: &[u8]) -> Result<Option<(StatusCode, HeaderMap, usize, Framing)>, ()> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
     let len = match parsed.parse(buf) {
@@ -433,12 +434,63 @@ fn parse_head(buf: &[u8]) -> Result<Option<(StatusCode, HeaderMap, usize)>, ()> 
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(())?;
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut framing = FramingHeaders::default();
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ())?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| ())?;
+        framing.read(&name, &value);
         headers.append(name, value);
     }
-    Ok(Some((status, headers, len)))
+    Ok(Some((status, headers, len, framing.framing(status))))
+}
+
+/// What a head's headers say about the framing of its body: any `connection` value naming
+/// `close`, any `transfer-encoding` value naming `chunked` (case-insensitively), the first
+/// `content-length` (unreadable: `None` within).
+#[derive(Default)]
+struct FramingHeaders {
+    close: bool,
+    chunked: bool,
+    length: Option<Option<u64>>,
+}
+
+impl FramingHeaders {
+    fn read(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let names = |word: &str| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains(word))
+        };
+        if *name == http::header::CONNECTION {
+            self.close |= names("close");
+        } else if *name == http::header::TRANSFER_ENCODING {
+            self.chunked |= names("chunked");
+        } else if *name == http::header::CONTENT_LENGTH && self.length.is_none() {
+            let length = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            self.length = Some(length);
+        }
+    }
+
+    fn framing(&self, status: StatusCode) -> Framing {
+        let reusable = !self.close;
+        if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Framing::Done { reusable };
+        }
+        if self.chunked {
+            return Framing::Chunked {
+                state: Chunk::Size,
+                reusable,
+            };
+        }
+        match self.length.flatten() {
+            Some(0) => Framing::Done { reusable },
+            Some(left) => Framing::Length { left, reusable },
+            None => Framing::UntilClose,
+        }
+    }
 }
 
 /// How the end of a body is found.
@@ -472,38 +524,6 @@ enum Chunk {
 }
 
 impl Framing {
-    fn of(status: StatusCode, headers: &HeaderMap) -> Framing {
-        let reusable = !headers.get_all(http::header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("close"))
-        });
-        if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            return Framing::Done { reusable };
-        }
-        let chunked = headers
-            .get_all(http::header::TRANSFER_ENCODING)
-            .iter()
-            .any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
-            });
-        if chunked {
-            return Framing::Chunked {
-                state: Chunk::Size,
-                reusable,
-            };
-        }
-        match headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            Some(0) => Framing::Done { reusable },
-            Some(left) => Framing::Length { left, reusable },
-            None => Framing::UntilClose,
-        }
-    }
-
     fn is_done(&self) -> bool {
         matches!(self, Framing::Done { .. })
     }
@@ -877,20 +897,18 @@ mod tests {
     #[test]
     fn heads_parse_and_framing_follows_headers() {
         let wire = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nrest";
-        let (status, headers, len) = parse_head(wire).unwrap().unwrap();
+        let (status, headers, len, framing) = parse_head(wire).unwrap().unwrap();
         assert_eq!(status, 200);
         assert_eq!(&wire[len..], b"rest");
-        assert!(matches!(
-            Framing::of(status, &headers),
-            Framing::Chunked { reusable: true, .. }
-        ));
-        let (status, headers, _) =
+        assert_eq!(headers.len(), 2);
+        assert!(matches!(framing, Framing::Chunked { reusable: true, .. }));
+        let (status, _, _, framing) =
             parse_head(b"HTTP/1.1 429 Too Many\r\ncontent-length: 10\r\nconnection: close\r\n\r\n")
                 .unwrap()
                 .unwrap();
         assert_eq!(status, 429);
         assert_eq!(
-            Framing::of(status, &headers),
+            framing,
             Framing::Length {
                 left: 10,
                 reusable: false
@@ -898,6 +916,34 @@ mod tests {
         );
         assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le").unwrap(), None);
         assert!(parse_head(b"garbage\r\n\r\n").is_err());
+        let framing = |head: &[u8]| parse_head(head).unwrap().unwrap().3;
+        // The first content-length counts; any connection value naming close, any coding
+        // naming chunked, whatever their case.
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 7\r\n\r\n"),
+            Framing::Length {
+                left: 5,
+                reusable: true
+            }
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n"),
+            Framing::Done { reusable: false }
+        );
+        assert!(matches!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\ncontent-length: 3\r\n\r\n"
+            ),
+            Framing::Chunked { reusable: true, .. }
+        ));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"),
+            Framing::UntilClose
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Framing::Done { reusable: true }
+        );
     }
 
     #[test]

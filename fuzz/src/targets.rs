@@ -6,7 +6,8 @@
 //!   never more than twice the input;
 //! - stream translators: output linear in the input ([`MAX_GROWTH`]);
 //! - `request`: a valid JSON body the parser accepts is still JSON after the gateway's edits
-//!   (model replaced, usage reporting switched on);
+//!   (model replaced, usage reporting switched on), and wherever the scan reads the body's
+//!   fields serde reads the same ones;
 //! - `snapshot`: a snapshot that validates survives its canonical JSON unchanged;
 //! - `prices`: every parsed entry's serialisation reads back strictly as the same entry;
 //! - `usage_body`: a complete answer's usage is read (by a validating scan and serde on its
@@ -20,7 +21,7 @@ use dataplane::providers::translate::{
     openai_gemini, responses_openai,
 };
 use dataplane::relay::SseRelay;
-use dataplane::request::RequestView;
+use dataplane::request::{RequestView, scanned_fields_agree};
 use dataplane::sse::{self, EventScanner};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -160,6 +161,7 @@ pub fn all() -> Vec<Target> {
 /// Client bodies: the parser every route uses, the gateway's edit of the body, and each
 /// translation of a client body into another provider's request.
 fn request(input: &[u8]) -> Check {
+    scanned_fields_agree(input)?;
     // serde_json skips the strings of fields it ignores without checking their UTF-8, so the
     // parser passes such bytes on as they came: only valid JSON must stay valid.
     let valid = serde_json::from_slice::<Value>(input).is_ok();

@@ -9,7 +9,7 @@
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -194,11 +194,7 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
     if !enabled() {
         return next.run(request).await;
     }
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
+    let route = route_template(request.uri().path());
     let method = request.method().as_str().to_owned();
     let span = tracing::debug_span!(target: TARGET, "admin request",
         otel.name = format!("{method} {route}"), otel.kind = "server",
@@ -214,19 +210,84 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
 }
 
 /// The admin REST router.
+/// The listener's routes beside the admin API's and the console's.
+fn operational(doc: utoipa::openapi::OpenApi) -> [(&'static str, MethodRouter<AppState>); 3] {
+    let doc = Json(doc);
+    [
+        (
+            "/openapi.json",
+            get(move || async move { ([(CONTENT_TYPE, "application/json")], doc).into_response() }),
+        ),
+        ("/healthz", get(|| async { "ok" })),
+        ("/metrics", get(|| async { crate::metrics::render() })),
+    ]
+}
+
+/// The template of the route `path` takes (`/admin/v1/keys/{id}`), empty when none: the
+/// `http.route` of its trace span. Matched here, from the routes' own tables, rather than
+/// read from axum's `MatchedPath`: that extension costs every request of both planes a map
+/// allocation (the planes build axum with the same features), on the data plane's request
+/// path too.
+fn route_template(path: &str) -> String {
+    static TEMPLATES: std::sync::OnceLock<matchit::Router<String>> = std::sync::OnceLock::new();
+    let templates = TEMPLATES.get_or_init(|| {
+        let doc = openapi();
+        let api = doc.paths.paths.keys().cloned();
+        let others = operational(utoipa::openapi::OpenApi::default())
+            .map(|(path, _)| path)
+            .into_iter()
+            .chain(crate::ui::templates())
+            .map(str::to_owned);
+        let mut templates = matchit::Router::new();
+        for template in api.chain(others) {
+            // A template the router took cannot conflict here (the same matcher).
+            let _ = templates.insert(template.clone(), template);
+        }
+        templates
+    });
+    templates
+        .at(path)
+        .map(|found| found.value.clone())
+        .unwrap_or_default()
+}
+
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
     let (api, doc) = parts();
-    let doc = Json(doc);
-    api.route(
-        "/openapi.json",
-        get(move || async move { ([(CONTENT_TYPE, "application/json")], doc).into_response() }),
-    )
-    .route("/healthz", get(|| async { "ok" }))
-    .route("/metrics", get(|| async { crate::metrics::render() }))
-    .merge(crate::ui::router())
-    .route_layer(axum::middleware::from_fn(traced))
-    .fallback(|| async { ApiError::from(ServiceError::NotFound("route".into())) })
-    .layer(DefaultBodyLimit::max(max_body))
-    .with_state(state)
+    operational(doc)
+        .into_iter()
+        .fold(api, |router, (path, handlers)| router.route(path, handlers))
+        .merge(crate::ui::router())
+        .route_layer(axum::middleware::from_fn(traced))
+        .fallback(|| async { ApiError::from(ServiceError::NotFound("route".into())) })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_template;
+
+    /// Every kind of route the listener serves is named by its template: the admin API's
+    /// (from the OpenAPI document), the console's and the operational ones; other paths by
+    /// nothing.
+    #[test]
+    fn requests_are_named_by_the_template_they_took() {
+        for (path, template) in [
+            ("/admin/v1/keys", "/admin/v1/keys"),
+            ("/admin/v1/keys/key_1", "/admin/v1/keys/{id}"),
+            ("/admin/v1/keys/key_1/revoke", "/admin/v1/keys/{id}/revoke"),
+            ("/admin/v1/prices/missing", "/admin/v1/prices/missing"),
+            ("/admin/v1/prices/gpt-4o", "/admin/v1/prices/{model}"),
+            ("/ui/keys/key_1/rotate", "/ui/keys/{id}/rotate"),
+            ("/ui/assets/ui.css", "/ui/assets/ui.css"),
+            ("/openapi.json", "/openapi.json"),
+            ("/healthz", "/healthz"),
+            ("/metrics", "/metrics"),
+            ("/nowhere", ""),
+            ("/admin/v1/keys/key_1/nothing", ""),
+        ] {
+            assert_eq!(route_template(path), template, "{path}");
+        }
+    }
 }

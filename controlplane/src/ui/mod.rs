@@ -23,7 +23,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use maud::html;
 
 use crate::service::auth::{self, verify_token};
@@ -34,66 +34,82 @@ use session::{COOKIE, cookie, cross_origin, fields, set_cookie};
 const CSS: &str = include_str!("assets/ui.css");
 const JS: &str = include_str!("assets/ui.js");
 
-/// The console's routes, for the admin listener's router.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/ui", get(pages::overview))
-        .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
-        .route("/ui/login", get(login_form).post(login))
-        .route("/ui/logout", post(logout))
-        .route("/ui/sso/start", get(oidc::start_sso))
-        .route("/ui/sso/callback", get(oidc::callback))
-        .route(
+/// The console's routes: each template with its handlers. One table for the admin
+/// listener's router ([`router`]) and for the templates its traces name ([`templates`]).
+fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/ui", get(pages::overview)),
+        ("/ui/", get(|| async { Redirect::permanent("/ui") })),
+        ("/ui/login", get(login_form).post(login)),
+        ("/ui/logout", post(logout)),
+        ("/ui/sso/start", get(oidc::start_sso)),
+        ("/ui/sso/callback", get(oidc::callback)),
+        (
             "/ui/tenants",
             get(resources::tenants_get).post(resources::tenants_post),
-        )
-        .route(
+        ),
+        (
             "/ui/keys",
             get(resources::keys_get).post(resources::keys_post),
-        )
-        .route(
+        ),
+        (
             "/ui/tenants/{id}",
             get(resources::tenant_get).post(resources::tenant_post),
-        )
-        .route(
+        ),
+        (
             "/ui/keys/{id}",
             get(resources::key_get).post(resources::key_post),
-        )
-        .route("/ui/keys/{id}/revoke", post(resources::keys_revoke))
-        .route("/ui/keys/{id}/rotate", post(resources::key_rotate))
-        .route(
+        ),
+        ("/ui/keys/{id}/revoke", post(resources::keys_revoke)),
+        ("/ui/keys/{id}/rotate", post(resources::key_rotate)),
+        (
             "/ui/providers",
             get(resources::providers_get).post(resources::providers_post),
-        )
-        .route(
+        ),
+        (
             "/ui/deployments",
             get(resources::deployments_get).post(resources::deployments_post),
-        )
-        .route("/ui/deployments/health", get(health::list))
-        .route("/ui/deployments/{id}/health", get(health::detail))
-        .route("/ui/deployments/{id}/test", post(health::test))
-        .route(
+        ),
+        ("/ui/deployments/health", get(health::list)),
+        ("/ui/deployments/{id}/health", get(health::detail)),
+        ("/ui/deployments/{id}/test", post(health::test)),
+        (
             "/ui/models",
             get(resources::models_get).post(resources::models_post),
-        )
-        .route("/ui/budgets", get(pages::budgets))
-        .route("/ui/spend", get(pages::spend))
-        .route("/ui/prices", get(prices::prices_get))
-        .route("/ui/prices/override", post(prices::override_post))
-        .route("/ui/prices/clear", post(prices::clear_post))
-        .route("/ui/prices/sync", post(prices::sync_post))
-        .route("/ui/fleet", get(pages::fleet_page))
-        .route("/ui/audit", get(pages::audit))
-        .route("/ui/requests", get(requests::list))
-        .route("/ui/requests/{id}", get(requests::detail))
-        .route(
+        ),
+        ("/ui/budgets", get(pages::budgets)),
+        ("/ui/spend", get(pages::spend)),
+        ("/ui/prices", get(prices::prices_get)),
+        ("/ui/prices/override", post(prices::override_post)),
+        ("/ui/prices/clear", post(prices::clear_post)),
+        ("/ui/prices/sync", post(prices::sync_post)),
+        ("/ui/fleet", get(pages::fleet_page)),
+        ("/ui/audit", get(pages::audit)),
+        ("/ui/requests", get(requests::list)),
+        ("/ui/requests/{id}", get(requests::detail)),
+        (
             "/ui/assets/ui.css",
             get(|| async { asset(CSS, "text/css; charset=utf-8") }),
-        )
-        .route(
+        ),
+        (
             "/ui/assets/ui.js",
             get(|| async { asset(JS, "text/javascript; charset=utf-8") }),
-        )
+        ),
+    ]
+}
+
+/// The console's routes, for the admin listener's router.
+pub fn router() -> Router<AppState> {
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handlers)| {
+            router.route(path, handlers)
+        })
+}
+
+/// The console's route templates.
+pub fn templates() -> Vec<&'static str> {
+    routes().into_iter().map(|(path, _)| path).collect()
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {

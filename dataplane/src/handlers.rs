@@ -469,6 +469,14 @@ pub(crate) fn anthropic_headers(headers: &HeaderMap) -> Vec<(http::HeaderName, H
         http::HeaderName::from_static("anthropic-version"),
         http::HeaderName::from_static("anthropic-beta"),
     ];
+    // Most clients send neither: one pass over the few request headers, rather than two hashed
+    // lookups of names that are not there.
+    if !headers
+        .keys()
+        .any(|name| name.as_str().starts_with("anthropic-"))
+    {
+        return Vec::new();
+    }
     NAMES
         .iter()
         .filter_map(|name| {

@@ -57,12 +57,24 @@ use crate::quota::{Stores, Ticket};
 /// to the log (and, in tests, to memory).
 pub trait UsageSink: Send + Sync + std::fmt::Debug {
     fn emit(&self, record: UsageRecord);
+
+    /// Whether a record emitted now would be read at all. `false` lets the ledger skip building
+    /// it (its strings are a dozen allocations): a standalone gateway whose usage log lines
+    /// are filtered out, with no trace to annotate, has no one to give it to.
+    fn wants_records(&self) -> bool {
+        true
+    }
 }
 
 /// Something that only needs to look at each record, such as a log. [`TeeSink`] shows it a
 /// record before handing the record itself on, so the record is never copied.
 pub trait UsageObserver: Send + Sync + std::fmt::Debug {
     fn observe(&self, record: &UsageRecord);
+
+    /// Whether [`UsageObserver::observe`] would look at a record now.
+    fn observes(&self) -> bool {
+        true
+    }
 }
 
 /// Writes each record as one structured log line (target `switchboard::usage`).
@@ -73,9 +85,19 @@ impl UsageSink for LogSink {
     fn emit(&self, record: UsageRecord) {
         self.observe(&record);
     }
+
+    fn wants_records(&self) -> bool {
+        self.observes()
+    }
 }
 
 impl UsageObserver for LogSink {
+    /// Whether the usage log line is written: `switchboard::usage` at `info` is not filtered
+    /// out.
+    fn observes(&self) -> bool {
+        tracing::enabled!(target: "switchboard::usage", tracing::Level::INFO)
+    }
+
     fn observe(&self, r: &UsageRecord) {
         tracing::info!(
             target: "switchboard::usage",
@@ -129,6 +151,10 @@ impl UsageSink for TeeSink {
     fn emit(&self, record: UsageRecord) {
         self.0.observe(&record);
         self.1.emit(record);
+    }
+
+    fn wants_records(&self) -> bool {
+        self.0.observes() || self.1.wants_records()
     }
 }
 
@@ -561,6 +587,9 @@ impl Ledger {
             elapsed.as_secs_f64(),
             self.ttft.filter(|_| stream).map(|t| t.as_secs_f64()),
         );
+        if !self.books.sink.wants_records() && !crate::telemetry::reads_usage(&self.trace) {
+            return;
+        }
         let record = UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
             client_request_id: self.request.client_request_id.clone(),
@@ -1081,6 +1110,26 @@ impl Generated {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_sink_wants_records_only_when_its_line_is_written() {
+        use tracing_subscriber::filter::LevelFilter;
+        let logging = |level| {
+            tracing_subscriber::fmt()
+                .with_max_level(level)
+                .with_writer(std::io::sink)
+                .finish()
+        };
+        tracing::subscriber::with_default(logging(LevelFilter::WARN), || {
+            assert!(!LogSink.wants_records());
+            // A sink that keeps records wants them, whatever the log says.
+            let tee = TeeSink(Arc::new(LogSink), Arc::new(MemorySink::default()));
+            assert!(tee.wants_records());
+        });
+        tracing::subscriber::with_default(logging(LevelFilter::INFO), || {
+            assert!(LogSink.wants_records());
+        });
+    }
 
     #[test]
     fn a_capture_is_cut_at_its_limit_on_a_character_boundary() {

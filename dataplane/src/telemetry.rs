@@ -162,13 +162,19 @@ pub fn upstream_call(host: &http::HeaderValue) -> Option<http::HeaderValue> {
 }
 
 /// The request's outcome on its span: usage, cost, deployment, statuses.
+/// Whether [`finished`] would record a request's usage on `span` (export is on and the
+/// request's trace is sampled).
+pub fn reads_usage(span: &Span) -> bool {
+    enabled() && !span.is_disabled()
+}
+
 pub fn finished(
     span: &Span,
     r: &UsageRecord,
     provider: Option<&str>,
     response_model: Option<&str>,
 ) {
-    if !enabled() || span.is_disabled() {
+    if !reads_usage(span) {
         return;
     }
     span.record("gen_ai.usage.input_tokens", r.usage.prompt_tokens);

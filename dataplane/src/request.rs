@@ -179,39 +179,26 @@ fn scanned(body: &[u8]) -> Option<Found<'_>> {
             *slot = Some(std::str::from_utf8(body.get(span)?).ok()?);
         }
     }
-    let [
-        model,
-        stream,
-        stream_options,
-        max_tokens,
-        max_completion_tokens,
-        max_output_tokens,
-        n,
-        best_of,
-        tools,
-        functions,
-        messages,
-        prompt,
-    ] = raw;
-    let stream = match stream {
+    let stream = match raw[1] {
         None | Some("null") => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
         Some(_) => return None,
     };
+    // In `NAMES`' order.
     Some(Found {
-        model: not_null(model),
+        model: not_null(raw[0]),
         stream,
-        stream_options,
-        max_tokens,
-        max_completion_tokens,
-        max_output_tokens,
-        n,
-        best_of,
-        tools: not_null(tools),
-        functions: not_null(functions),
-        messages: not_null(messages),
-        prompt: not_null(prompt),
+        stream_options: raw[2],
+        max_tokens: raw[3],
+        max_completion_tokens: raw[4],
+        max_output_tokens: raw[5],
+        n: raw[6],
+        best_of: raw[7],
+        tools: not_null(raw[8]),
+        functions: not_null(raw[9]),
+        messages: not_null(raw[10]),
+        prompt: not_null(raw[11]),
     })
 }
 
@@ -812,18 +799,18 @@ mod tests {
                     (
                         any::<prop::sample::Index>(),
                         prop::sample::select(vec![
-                            &b" "[..],
-                            b"\"",
-                            b"\\",
-                            b",",
-                            b":",
-                            b"{",
+                            &b"\xff"[..],
                             b"}",
-                            b"]",
-                            b"\xff",
-                            b"\xc3",
-                            b"\x01",
+                            b"\"",
                             b"nul",
+                            b"\\",
+                            b"\x01",
+                            b" ",
+                            b"{",
+                            b"]",
+                            b":",
+                            b"\xc3",
+                            b",",
                             b"\"n\":2,",
                             b"\"stream\":\"yes\",",
                         ]),

@@ -4,7 +4,8 @@
 //! client's shape and a metric; CRLF and CR streams are relayed event by event; absurd
 //! rate-limit headers are no panic; usage the client did not ask for never reaches it; a JSON
 //! answer to a stream is refused; a cut Gemini stream is charged by its text; a client that
-//! leaves before a non-streamed answer is charged the usage the provider reports.
+//! leaves before a non-streamed answer is charged the usage the provider reports, and is no
+//! longer counted in flight.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers report failure by panicking.
 
 mod common;
@@ -408,4 +409,48 @@ async fn a_client_leaving_before_a_non_streamed_answer_is_charged_its_real_usage
         ),
         "charged what the provider reported, not prompt + max_tokens"
     );
+}
+
+/// The value of `switchboard_inflight_requests`, read by a scrape that is itself in flight.
+async fn in_flight(gw: &Gateway) -> f64 {
+    let text = send(request(http::Method::GET, &gw.url("/metrics"), &[], ""))
+        .await
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchboard_inflight_requests "))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_its_answer_is_no_longer_in_flight() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = Gateway::start(&one_deployment(
+        &mock.scenario_url("latency_ms=600"),
+        "",
+        "",
+    ))
+    .await;
+    let auth = format!("Bearer {KEY}");
+    let sent = client().request(request(
+        http::Method::POST,
+        &gw.url(CHAT),
+        &[("authorization", auth.as_str())],
+        ASK,
+    ));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(150), sent)
+            .await
+            .is_err()
+    );
+    // The exchange finished on its own (its record is written); only the scrape is in flight.
+    gw.usage_records(1).await;
+    let mut seen = in_flight(&gw).await;
+    for _ in 0..50 {
+        if seen == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = in_flight(&gw).await;
+    }
+    assert_eq!(seen, 1.0, "requests in flight after the client left");
 }

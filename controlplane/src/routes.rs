@@ -209,7 +209,6 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
     response
 }
 
-/// The admin REST router.
 /// The listener's routes beside the admin API's and the console's.
 fn operational(doc: utoipa::openapi::OpenApi) -> [(&'static str, MethodRouter<AppState>); 3] {
     let doc = Json(doc);
@@ -251,6 +250,7 @@ fn route_template(path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The admin REST router.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
     let (api, doc) = parts();

@@ -1,8 +1,9 @@
 //! What the data plane reads from a client's request body, and the two edits it makes.
 //!
 //! "Don't touch the body": the gateway parses only `model`, `stream`,
-//! `stream_options.include_usage`, `max_tokens`, `n` and `best_of` (borrowing, without building a tree), and
-//! forwards every other byte as the client sent it. The edits are splices at byte offsets that
+//! `stream_options.include_usage`, `max_tokens`, `n` and `best_of` (borrowing, without
+//! building a tree: [`crate::json_scan`] finds them, serde reads what the scan does not
+//! decide), and forwards every other byte as the client sent it. The edits are splices at byte offsets that
 //! the parser reports: the public model name becomes the upstream one, and a stream gets
 //! `"stream_options":{"include_usage":true}` so that the upstream reports usage.
 //!
@@ -161,8 +162,8 @@ const NAMES: [&[u8]; 12] = [
     b"prompt",
 ];
 
-/// The fields read by [`json_scan`] instead of serde (a third of serde's instructions for a
-/// small chat body), when the scan decides and every value reads as serde reads it: a
+/// The fields read by [`crate::json_scan`] instead of serde (about half of serde's
+/// instructions for a small chat body), when the scan decides and every value reads as serde reads it: a
 /// `RawValue` must be UTF-8, `stream` a boolean or `null`. `None` leaves the body to serde,
 /// which then answers as it always did (its error, or the same fields: a property test below
 /// holds the two to each other).

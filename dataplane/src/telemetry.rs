@@ -161,13 +161,13 @@ pub fn upstream_call(host: &http::HeaderValue) -> Option<http::HeaderValue> {
     current_traceparent().and_then(|t| http::HeaderValue::from_str(&t).ok())
 }
 
-/// The request's outcome on its span: usage, cost, deployment, statuses.
 /// Whether [`finished`] would record a request's usage on `span` (export is on and the
 /// request's trace is sampled).
 pub fn reads_usage(span: &Span) -> bool {
     enabled() && !span.is_disabled()
 }
 
+/// The request's outcome on its span: usage, cost, deployment, statuses.
 pub fn finished(
     span: &Span,
     r: &UsageRecord,

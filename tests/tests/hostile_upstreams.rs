@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use http_body_util::BodyExt;
-use switchboard_shared::usage::Outcome;
+use switchboard_shared::usage::{Outcome, UsageRecord};
 use switchboard_tests::mock::bedrock::{BEDROCK_ACCESS_KEY_ID, BEDROCK_SECRET_ACCESS_KEY};
 
 const CHAT: &str = "/v1/chat/completions";
@@ -376,8 +376,10 @@ async fn the_mock_provider_embeds_each_input() {
     assert_ne!(data[0]["embedding"], data[1]["embedding"]);
 }
 
-#[tokio::test]
-async fn a_client_leaving_before_a_non_streamed_answer_is_charged_its_real_usage() {
+/// A client that gives up on a non-streamed request after 150 ms, while its upstream takes
+/// 600 ms to answer; returned once the exchange has finished on its own (its usage record
+/// written), with the gateway and that record.
+async fn a_client_leaves_early() -> (MockUpstream, Gateway, UsageRecord) {
     let mock = MockUpstream::start().await.unwrap();
     let gw = Gateway::start(&one_deployment(
         &mock.scenario_url("latency_ms=600"),
@@ -398,8 +400,13 @@ async fn a_client_leaving_before_a_non_streamed_answer_is_charged_its_real_usage
             .await
             .is_err()
     );
-    let records = gw.usage_records(1).await;
-    let r = &records[0];
+    let record = gw.usage_records(1).await.remove(0);
+    (mock, gw, record)
+}
+
+#[tokio::test]
+async fn a_client_leaving_before_a_non_streamed_answer_is_charged_its_real_usage() {
+    let (_mock, _gw, r) = a_client_leaves_early().await;
     assert!(r.usage_reported, "charged an estimate: {r:?}");
     assert_eq!(
         (r.usage.prompt_tokens, r.usage.completion_tokens),
@@ -423,27 +430,8 @@ async fn in_flight(gw: &Gateway) -> f64 {
 
 #[tokio::test]
 async fn a_client_that_leaves_before_its_answer_is_no_longer_in_flight() {
-    let mock = MockUpstream::start().await.unwrap();
-    let gw = Gateway::start(&one_deployment(
-        &mock.scenario_url("latency_ms=600"),
-        "",
-        "",
-    ))
-    .await;
-    let auth = format!("Bearer {KEY}");
-    let sent = client().request(request(
-        http::Method::POST,
-        &gw.url(CHAT),
-        &[("authorization", auth.as_str())],
-        ASK,
-    ));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(150), sent)
-            .await
-            .is_err()
-    );
-    // The exchange finished on its own (its record is written); only the scrape is in flight.
-    gw.usage_records(1).await;
+    let (_mock, gw, _) = a_client_leaves_early().await;
+    // The exchange finished on its own; only the scrape is in flight.
     let mut seen = in_flight(&gw).await;
     for _ in 0..50 {
         if seen == 1.0 {
